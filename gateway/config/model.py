@@ -1,0 +1,206 @@
+"""Typed configuration for `vgate serve`; every field is documented in the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"}
+)
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are read relative to the config file's folder."""
+    base = (info.context or {}).get("base_dir")
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(Strict):
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8443
+
+
+class TLS(Strict):
+    cert_file: ConfigPath
+    key_file: ConfigPath
+    client_ca_file: ConfigPath | None = None
+
+
+class Routing(Strict):
+    base_domain: str | None = None
+    path_prefix: str | None = "/clusters"
+
+    @field_validator("base_domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip().lower().rstrip(".")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", v) or ".." in v:
+            raise ValueError("must be a DNS name such as k8s.example.com")
+        return v
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", v) or "/." in v:
+            raise ValueError("must look like /clusters (no trailing slash, no dots segments)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Routing:
+        if not self.base_domain and not self.path_prefix:
+            raise ValueError("set base_domain, path_prefix, or both")
+        return self
+
+
+class Issuer(Strict):
+    issuer: str
+    audiences: Annotated[list[str], Field(min_length=1)]
+    discovery_url: str | None = None
+    ca_file: ConfigPath | None = None
+    username_claim: str = "sub"
+    username_prefix: str = ""
+    groups_claim: str | None = "groups"
+    groups_prefix: str = ""
+    required_claims: dict[str, str] = {}
+    algorithms: Annotated[list[str], Field(min_length=1)] = ["RS256", "ES256"]
+    leeway_seconds: Annotated[int, Field(ge=0, le=300)] = 30
+    max_token_age_seconds: Annotated[int | None, Field(gt=0)] = None
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        if not re.match(r"^https://[^\s/?#]+", v) and not re.match(
+            r"^http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)", v
+        ):
+            raise ValueError("must be an https:// URL (plain http only on loopback)")
+        if "?" in v or "#" in v:
+            raise ValueError("must not have a query or fragment")
+        return v
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algs(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in ALLOWED_ALGORITHMS]
+        if bad:
+            raise ValueError(
+                f"not allowed: {', '.join(bad)} (asymmetric algorithms only; never none or HS*)"
+            )
+        return v
+
+
+class OIDC(Strict):
+    issuers: Annotated[list[Issuer], Field(min_length=1)]
+    token_cache_size: Annotated[int, Field(ge=0)] = 100_000
+    max_token_bytes: Annotated[int, Field(ge=512, le=65536)] = 16384
+    jwks_refresh_min_interval_seconds: Annotated[float, Field(ge=0)] = 10.0
+    jwks_max_age_seconds: Annotated[float, Field(gt=0)] = 3600.0
+
+    @model_validator(mode="after")
+    def _unique(self) -> OIDC:
+        seen = [i.issuer for i in self.issuers]
+        dups = {i for i in seen if seen.count(i) > 1}
+        if dups:
+            raise ValueError(f"issuer listed twice: {', '.join(sorted(dups))}")
+        return self
+
+
+class Tenant(Strict):
+    name: str
+    upstream: str
+    ca_file: ConfigPath | None = None
+    token_file: ConfigPath | None = None
+    client_cert_file: ConfigPath | None = None
+    client_key_file: ConfigPath | None = None
+    insecure_skip_tls_verify: bool = False
+    server_name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TENANT_NAME.fullmatch(v):
+            raise ValueError("must be a DNS label: lowercase letters, digits and '-', max 63")
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+/?", v):
+            raise ValueError("must be scheme://host[:port] (http or https, no path)")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credential(self) -> Tenant:
+        if self.token_file is None and self.client_cert_file is None:
+            raise ValueError("needs token_file or client_cert_file/client_key_file")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
+        return self
+
+
+class Upstream(Strict):
+    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    response_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    max_idle_connections_per_tenant: Annotated[int, Field(ge=0)] = 256
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+
+class Limits(Strict):
+    max_request_head_bytes: Annotated[int, Field(ge=8192, le=1 << 20)] = 65536
+    max_request_body_bytes: Annotated[int, Field(ge=1024)] = 32 << 20
+    keepalive_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 25.0
+
+
+class Audit(Strict):
+    file: str = "-"
+
+
+class Proxy(Strict):
+    trusted_proxies: list[str] = []
+
+
+class GatewayConfig(Strict):
+    listen: Listen = Listen()
+    tls: TLS | None = None
+    workers: Annotated[int, Field(ge=0, le=256)] = 1
+    routing: Routing = Routing()
+    oidc: OIDC
+    policies: ConfigPath = Path("policies")
+    tenants: list[Tenant] = []
+    upstream: Upstream = Upstream()
+    limits: Limits = Limits()
+    audit: Audit = Audit()
+    proxy: Proxy = Proxy()
+    impersonation_mode: Literal["deny", "subjectaccessreview"] = "subjectaccessreview"
+
+    @model_validator(mode="after")
+    def _unique_tenants(self) -> GatewayConfig:
+        names = [t.name for t in self.tenants]
+        dups = {n for n in names if names.count(n) > 1}
+        if dups:
+            raise ValueError(f"tenant listed twice: {', '.join(sorted(dups))}")
+        return self

@@ -1,0 +1,54 @@
+"""Policy files: per tenant, which users and groups get which role."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ROLE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+ROLE_GROUP_PREFIX = "vgate:"
+WELL_KNOWN_ROLES = ("cluster-admin", "admin", "edit", "view")
+
+
+class RoleRule(BaseModel):
+    """Who gets one role: token groups and/or usernames (both with the issuer's prefixes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    groups: Annotated[list[str], Field(max_length=10_000)] = []
+    users: Annotated[list[str], Field(max_length=10_000)] = []
+
+    @field_validator("groups", "users")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or not name.isprintable() or len(name) > 1024:
+                raise ValueError(f"not a usable name: {name[:64]!r}")
+        dups = sorted({n for n in v if v.count(n) > 1})
+        if dups:
+            raise ValueError(f"listed twice: {', '.join(dups)}")
+        return v
+
+
+class PolicyFile(BaseModel):
+    """One `policies/*.yaml` document. `tenant: "*"` applies to every tenant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tenant: str
+    roles: dict[str, RoleRule]
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, v: str) -> str:
+        if v != "*" and not ROLE_NAME.fullmatch(v):
+            raise ValueError("must be a tenant name or '*'")
+        return v
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: dict[str, RoleRule]) -> dict[str, RoleRule]:
+        for role in v:
+            if not ROLE_NAME.fullmatch(role):
+                raise ValueError(f"role {role!r} is not a DNS label")
+        return v
