@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -21,6 +20,7 @@ from gateway.forward.response import client_head
 from gateway.status import PHRASES
 
 if TYPE_CHECKING:
+    from gateway.forward.pool import UpstreamPool
     from gateway.server.exchange import Exchange
 
 log = logging.getLogger("vgate.forward")
@@ -31,10 +31,9 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 class UpstreamConnection(asyncio.Protocol):
     """Carries one exchange at a time; returns itself to its pool when reusable."""
 
-    def __init__(self, release: Callable[[UpstreamConnection], None],
-                 on_failure: Callable[[UpstreamConnection, Exchange, str, bool], None]) -> None:
-        self._release = release
-        self._on_failure = on_failure
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self._head = b""
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -65,7 +64,9 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.finish(reusable=False)
         elif not self._responded:
             retry = self.reused and exchange.method in _IDEMPOTENT and exchange.body_bytes == 0
-            self._on_failure(self, exchange, f"connection lost: {exc or 'closed by peer'}", retry)
+            self.pool.on_failure(
+                self.pool, exchange, self._head, f"connection lost: {exc or 'closed'}", retry
+            )
         elif not exchange.finished:
             # the response was cut short: the client must see a broken stream, not an end
             exchange.conn.abort()
@@ -101,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Write the request head and stream the body; the response goes to `exchange`."""
         assert self.transport is not None
         self.exchange = exchange
+        self._head = head
         self._headers = []
         self._responded = False
         self._request_sent = False
@@ -144,7 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._detach()
         self.close()
-        self._on_failure(self, exchange, "timeout", False)
+        self.pool.on_failure(self.pool, exchange, self._head, "timeout", False)
 
     def _client_gone(self) -> None:
         """The client went away: cancel the upstream request at once."""
@@ -222,10 +224,11 @@ class UpstreamConnection(asyncio.Protocol):
             return  # the tunnel starts when httptools raises HttpParserUpgrade
         reusable = self.parser.should_keep_alive() and self._request_sent and not self.closed
         self._detach()
+        self._head = b""
         exchange.finish()
         if reusable:
             self.idle_since = time.monotonic()
-            self._release(self)
+            self.pool.release(self)
         else:
             self.close()
 

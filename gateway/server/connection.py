@@ -31,6 +31,8 @@ class Limits(Protocol):
 class Dispatcher(Protocol):
     def dispatch(self, exchange: Exchange) -> None: ...
 
+    def done(self, exchange: Exchange) -> None: ...
+
 
 class ClientConnection(asyncio.Protocol):
     """Parses requests, runs one exchange at a time (pipelined ones wait), streams output."""
@@ -103,6 +105,11 @@ class ClientConnection(asyncio.Protocol):
         for ex in (self.current, *self._pipeline):
             if ex is not None and ex.client_gone_hook is not None:
                 ex.client_gone_hook()
+        current = self.current
+        if current is not None and not current.finished:
+            current.finished = True
+            self.current = None
+            self.dispatcher.done(current)
         self._pipeline.clear()
         for waiter in self._drain_waiters:
             if not waiter.done():
@@ -196,6 +203,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not self.current:
             return
         self.current = None
+        self.dispatcher.done(exchange)
         if not (reusable and exchange.keep_alive and exchange.body_done) or self.closing:
             self.close()
             return

@@ -1,0 +1,76 @@
+"""The `vgate` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from gateway import __version__
+
+
+def _check_config(path: Path) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.policy import load_policies
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        return 1
+    _, problems = load_policies(config.policies, known_tenants=[t.name for t in config.tenants])
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in policies", file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(config.tenants)} tenants, {len(config.oidc.issuers)} issuers)")
+    return 0
+
+
+def _serve(path: Path) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.server.serve import serve
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    try:
+        return serve(config)
+    except ValueError as exc:  # policy problems
+        print(exc, file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vgate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vgate {__version__}")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", type=Path, required=True)
+    p = sub.add_parser("check-config", help="validate a config file and its policies")
+    p.add_argument("--config", type=Path, required=True)
+    p = sub.add_parser("quickstart", help="run the gateway on local defaults to try it")
+    p.add_argument("--dir", type=Path, default=Path(".vgate-quickstart"))
+    p.add_argument("--port", type=int, default=8443)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if args.command == "serve":
+        return _serve(args.config)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "quickstart":
+        from gateway.quickstart import run_quickstart
+
+        return run_quickstart(args.dir, args.port)
+    return 2

@@ -1,0 +1,60 @@
+"""The audit log: one JSON line per request, written without blocking the event loop much."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.server.exchange import Exchange
+
+FLUSH_INTERVAL = 0.2
+
+
+class AuditLog:
+    """Buffers lines and flushes them at most every `FLUSH_INTERVAL` seconds (and at close)."""
+
+    def __init__(self, destination: str) -> None:
+        self._own = destination not in ("-", "")
+        self._out: IO[str] = (
+            open(destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            if self._own else sys.stdout
+        )
+        self._last_flush = time.monotonic()
+
+    def write(self, exchange: Exchange) -> None:
+        ident = exchange.identity
+        grant = exchange.grant
+        path = exchange.upstream_target or exchange.target
+        event = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+            "request_id": exchange.request_id.decode(),
+            "source": exchange.conn.peer,
+            "tenant": exchange.tenant,
+            "user": ident.username if ident else None,
+            "uid": ident.uid if ident else None,
+            "issuer": ident.issuer if ident else None,
+            "groups": list(grant.groups) if grant else [],
+            "roles": list(grant.roles) if grant else [],
+            "decision": exchange.decision or "none",
+            "reason": exchange.reason or None,
+            "method": exchange.method.decode("latin-1"),
+            "path": path.decode("latin-1")[:2048],
+            "status": exchange.status,
+            "bytes": exchange.bytes_out,
+            "duration_ms": round((time.monotonic() - exchange.started) * 1000, 3),
+        }
+        if grant and grant.reasons:
+            event["granted_by"] = list(grant.reasons)
+        self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        now = time.monotonic()
+        if now - self._last_flush > FLUSH_INTERVAL:
+            self._last_flush = now
+            self._out.flush()
+
+    def close(self) -> None:
+        self._out.flush()
+        if self._own:
+            self._out.close()

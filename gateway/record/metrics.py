@@ -1,0 +1,32 @@
+"""Prometheus metrics of the gateway (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "vgate_requests_total", "Requests by tenant and HTTP status code",
+            ["tenant", "code"], registry=r)
+        self.latency = Histogram(
+            "vgate_request_duration_seconds",
+            "Time to the end of the response (short requests only; streams excluded)",
+            ["tenant"], buckets=LATENCY_BUCKETS, registry=r)
+        self.auth_failures = Counter(
+            "vgate_auth_failures_total", "Authentication failures by reason", ["reason"],
+            registry=r)
+        self.denials = Counter(
+            "vgate_policy_denials_total", "Requests refused by policy", ["tenant"], registry=r)
+        self.token_cache = Counter(
+            "vgate_token_cache_total", "Verified-token cache lookups", ["result"], registry=r)
+        self.open_streams = Gauge(
+            "vgate_open_streams", "Watches, log follows and tunnels open now", ["kind"],
+            registry=r)
+        self.upstream_errors = Counter(
+            "vgate_upstream_errors_total", "Upstream failures by tenant", ["tenant"], registry=r)

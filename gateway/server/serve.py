@@ -1,0 +1,185 @@
+"""`vgate serve`: build the gateway from config and run it (one or more worker processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+
+from gateway.authn import Authenticator
+from gateway.config import GatewayConfig
+from gateway.forward import Forwarder
+from gateway.policy import PolicyEngine, load_policies
+from gateway.record import Recorder
+from gateway.record.audit import AuditLog
+from gateway.record.metrics import Metrics
+from gateway.registry import TenantRegistry, upstream_from_config
+from gateway.route import Router
+from gateway.server.app import Gateway
+from gateway.server.connection import ClientConnection
+
+log = logging.getLogger("vgate.serve")
+
+
+def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+    ctx.set_alpn_protocols(["http/1.1"])  # kubectl must not negotiate HTTP/2 with us
+    if config.tls.client_ca_file:
+        ctx.load_verify_locations(str(config.tls.client_ca_file))
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None) -> Gateway:
+    """Assemble the request path from a validated config."""
+    policies, problems = load_policies(config.policies)
+    if problems:
+        raise ValueError("\n".join(str(p) for p in problems))
+    registry = registry or TenantRegistry()
+    for tenant in config.tenants:
+        registry.put(upstream_from_config(tenant))
+    return Gateway(
+        router=Router(config.routing.base_domain, config.routing.path_prefix),
+        registry=registry,
+        authenticator=Authenticator(config.oidc),
+        policy=PolicyEngine(policies),
+        forwarder=Forwarder(config.upstream),
+        recorder=Recorder(AuditLog(config.audit.file), Metrics()),
+    )
+
+
+class RunningGateway:
+    """A gateway listening on a socket inside the current event loop."""
+
+    def __init__(self, config: GatewayConfig, gateway: Gateway) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.connections: set[ClientConnection] = set()
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        g = self.gateway
+        await g.authenticator.start()
+        g.forwarder.start()
+        loop = asyncio.get_running_loop()
+        limits = self.config.limits
+
+        def factory() -> ClientConnection:
+            return ClientConnection(g, limits, self.connections)
+
+        ctx = server_ssl_context(self.config)
+        if sock is not None:
+            self.server = await loop.create_server(factory, sock=sock, ssl=ctx, backlog=2048)
+        else:
+            self.server = await loop.create_server(
+                factory, self.config.listen.host, self.config.listen.port,
+                ssl=ctx, backlog=2048, reuse_address=True,
+            )
+        g.readiness.config_loaded = True
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let short requests finish, then end streams and tunnels."""
+        grace = self.config.limits.shutdown_grace_seconds if grace is None else grace
+        self.gateway.readiness.draining = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = asyncio.get_running_loop().time() + grace
+        while asyncio.get_running_loop().time() < deadline:
+            busy = [c for c in self.connections if c.current and not c.current.streaming]
+            if not busy:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            current = conn.current
+            if current is not None and current.streaming and current.chunked_out:
+                current.finish(reusable=False)  # a clean end of a watch: client-go re-watches
+            conn.close()
+        self.gateway.forwarder.close()
+        await self.gateway.authenticator.close()
+        self.gateway.recorder.audit.close()
+
+
+def _bind(config: GatewayConfig) -> socket.socket:
+    host, port = config.listen.host, config.listen.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve_one(config: GatewayConfig, sock: socket.socket) -> None:
+    running = RunningGateway(config, build_gateway(config))
+    await running.start(sock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("vgate listening on %s:%d (pid %d)", config.listen.host, running.port, os.getpid())
+    await stop.wait()
+    log.info("shutting down: draining for up to %.0fs", config.limits.shutdown_grace_seconds)
+    await running.stop()
+
+
+def serve(config: GatewayConfig) -> int:
+    """Run until SIGTERM/SIGINT. `workers: 0` means one per CPU."""
+    _install_uvloop()
+    workers = config.workers or os.cpu_count() or 1
+    sock = _bind(config)
+    if workers == 1:
+        asyncio.run(_serve_one(config, sock))
+        return 0
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # worker: share the listening socket, run its own loop
+            code = 0
+            try:
+                asyncio.run(_serve_one(config, sock))
+            except Exception:
+                log.exception("worker crashed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or (os.waitstatus_to_exitcode(code) if code else 0)
+    print(f"vgate: {workers} workers stopped", file=sys.stderr)
+    return status
