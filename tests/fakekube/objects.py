@@ -27,12 +27,12 @@ def check_body(obj: Any, rtype: ResourceType, namespace: str, name: str | None) 
     if not isinstance(obj, dict):
         raise bad_request("the body of the request was in an unknown format")
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
-    if kind and kind != rtype.kind or api_version and api_version != rtype.api_version:
-        raise bad_request(
-            f"the API version in the data ({api_version}) does not match the expected API "
-            f"version ({rtype.api_version})" if api_version != rtype.api_version else
-            f"the kind in the data ({kind}) does not match the expected kind ({rtype.kind})"
-        )
+    if api_version and api_version != rtype.api_version:
+        raise bad_request(f"the API version in the data ({api_version}) does not match the "
+                          f"expected API version ({rtype.api_version})")
+    if kind and kind != rtype.kind:
+        raise bad_request(f"the kind in the data ({kind}) does not match the expected kind "
+                          f"({rtype.kind})")
     obj["kind"], obj["apiVersion"] = rtype.kind, rtype.api_version
     meta = obj.setdefault("metadata", {})
     if not isinstance(meta, dict):

@@ -156,20 +156,3 @@ def forbidden(username: str, attrs: Attributes, reason: str = "") -> ApiError:
     details["kind"] = attrs.resource
     return ApiError(403, "Forbidden", f"{who} is forbidden: {msg}", details)
 
-
-def resource_rules(
-    rules: Mapping[str, tuple[Rule, ...]], user: EffectiveUser
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(resourceRules, nonResourceRules) for a SelfSubjectRulesReview."""
-    res: list[dict[str, Any]] = []
-    non: list[dict[str, Any]] = []
-    for g in user.groups:
-        for rule in rules.get(g, ()):
-            if rule.paths:
-                non.append({"verbs": list(rule.verbs), "nonResourceURLs": list(rule.paths)})
-            else:
-                res.append(
-                    {"verbs": list(rule.verbs), "apiGroups": list(rule.groups),
-                     "resources": list(rule.resources)}
-                )
-    return res, non

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -73,6 +73,7 @@ class Stream:
     content_type: str
     chunks: AsyncIterator[bytes]
     headers: list[tuple[str, str]] = field(default_factory=list)
+    cleanup: Callable[[], None] | None = None  # called however the stream ends
 
 
 @dataclass

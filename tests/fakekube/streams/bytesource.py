@@ -55,7 +55,7 @@ def send(sink: ByteSink, data: bytes) -> bool:
         return False
     try:
         sink.write(data)
-    except _GONE + (RuntimeError,):
+    except (*_GONE, RuntimeError):
         return False
     return True
 
@@ -66,9 +66,9 @@ async def drain(sink: ByteSink) -> None:
         await sink.drain()
 
 
-async def close_writer(writer: asyncio.StreamWriter, timeout: float = 2.0) -> None:
+async def close_writer(writer: asyncio.StreamWriter, grace: float = 2.0) -> None:
     """Close the transport and wait (bounded) until it is closed."""
     with contextlib.suppress(*_GONE, RuntimeError):
         writer.close()
     with contextlib.suppress(*_GONE, RuntimeError, TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), timeout)
+        await asyncio.wait_for(writer.wait_closed(), grace)

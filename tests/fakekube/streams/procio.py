@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from .tty import LineDiscipline, onlcr
+from .terminal import LineDiscipline, onlcr
 
 Writer = Callable[[bytes], Awaitable[None]]
 

@@ -104,52 +104,17 @@ class WebSocket:
             self._write(OP_CLOSE, code.to_bytes(2, "big") + reason.encode())
             await drain(self._sink)
 
-    async def finish(self, reader: asyncio.Task[object] | None = None, timeout: float = 2.0) -> None:
+    async def finish(self, reader: asyncio.Task[object] | None = None, grace: float = 2.0) -> None:
         """Send close and wait (bounded) for the peer's close, via `reader` or by reading here."""
         await self.send_close()
         if self.close_received:
             return
         with contextlib.suppress(TimeoutError):
             if reader is not None:
-                await asyncio.wait_for(asyncio.shield(reader), timeout)
+                await asyncio.wait_for(asyncio.shield(reader), grace)
             else:
-                await asyncio.wait_for(self._discard_until_closed(), timeout)
+                await asyncio.wait_for(self._discard_until_closed(), grace)
 
     async def _discard_until_closed(self) -> None:
         while await self.recv() is not None:
             pass
-
-
-class WebSocketSource:
-    """A ByteSource over the concatenated binary messages (SPDY tunnelled in WebSocket)."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self._ws = ws
-        self._buffer = bytearray()
-
-    async def readexactly(self, n: int) -> bytes:
-        while len(self._buffer) < n:
-            message = await self._ws.recv()
-            if message is None:
-                raise ConnectionClosed("websocket closed")
-            self._buffer += message
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return out
-
-
-class WebSocketSink:
-    """A ByteSink writing each chunk as one binary message."""
-
-    def __init__(self, ws: WebSocket, sink: ByteSink) -> None:
-        self._ws = ws
-        self._sink = sink
-
-    def write(self, data: bytes) -> None:
-        self._ws.send_nowait(data)
-
-    async def drain(self) -> None:
-        await drain(self._sink)
-
-    def is_closing(self) -> bool:
-        return self._ws.close_sent or self._sink.is_closing()

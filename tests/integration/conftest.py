@@ -1,0 +1,177 @@
+"""The integration world: real kubectl and the real npm OpenID Provider, through a real
+gateway, to two test API servers (tenants `tenant1` and `tenant2`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fakekube import Caller, FakeKube
+from tests.support.gateway_thread import GatewayThread
+from tests.support.oidc import OIDCProvider
+from tests.support.pki import TestCA
+
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+BASE_DOMAIN = "k8s.test"
+
+USERS = {
+    "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["tenant1-admins"]},
+    "bob": {"email": "bob@example.com", "name": "Bob", "groups": ["developers"]},
+    "carol": {"email": "carol@example.com", "name": "Carol", "groups": ["tenant2-admins"]},
+    "mallory": {"email": "mallory@example.com", "name": "M", "groups": ["nobody"]},
+}
+
+POLICIES = {
+    "tenant1.yaml": {
+        "tenant": "tenant1",
+        "roles": {
+            "cluster-admin": {"groups": ["oidc:tenant1-admins"]},
+            "view": {"groups": ["oidc:developers"], "users": ["oidc:auditor@example.com"]},
+        },
+    },
+    "tenant2.yaml": {
+        "tenant": "tenant2",
+        "roles": {"cluster-admin": {"groups": ["oidc:tenant2-admins"]}},
+    },
+}
+
+
+def _require_tools() -> None:
+    if not Path(KUBECTL).exists():
+        pytest.skip("kubectl is not installed (apt or the machine image provides /usr/bin/kubectl)")
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the OpenID Provider (npm oidc-provider) needs it")
+
+
+@dataclass
+class World:
+    dir: Path
+    ca: TestCA
+    idp: OIDCProvider
+    gateway: GatewayThread
+    tenants: dict[str, FakeKube]
+
+    def token(self, user: str) -> str:
+        return self.idp.login(user).id_token
+
+    def server(self, tenant: str, mode: str) -> str:
+        if mode == "path":
+            return f"{self.gateway.url}/clusters/{tenant}"
+        return f"https://{tenant}.{BASE_DOMAIN}:{self.gateway.port}"
+
+    def kubeconfig(self, tenant: str, user: str, mode: str = "path") -> Path:
+        path = self.dir / f"kubeconfig-{tenant}-{user}-{mode}"
+        if not path.exists():
+            path.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config",
+                "clusters": [{"name": tenant, "cluster": {
+                    "server": self.server(tenant, mode),
+                    "certificate-authority": str(self.ca.cert_file)}}],
+                "users": [{"name": user, "user": {"token": self.token(user)}}],
+                "contexts": [{"name": "c", "context": {"cluster": tenant, "user": user,
+                                                       "namespace": "default"}}],
+                "current-context": "c",
+            }))
+        return path
+
+    def kubectl_argv(
+        self, tenant: str, user: str, args: list[str], mode: str = "path"
+    ) -> list[str]:
+        argv = [KUBECTL, "--kubeconfig", str(self.kubeconfig(tenant, user, mode)), *args]
+        if mode == "host":
+            # no DNS for *.k8s.test: give kubectl its own /etc/hosts in a private mount ns
+            hosts = self.dir / "hosts"
+            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    f'mount --bind {hosts} /etc/hosts && exec "$@"', "kubectl-in-ns", *argv]
+        return argv
+
+    def kubectl(self, tenant: str, user: str, *args: str, mode: str = "path",
+                input: bytes | None = None, env: dict | None = None,
+                timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.kubectl_argv(tenant, user, list(args), mode),
+            input=input, capture_output=True, timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def host_mode_available() -> str | None:
+    """Why hostname routing cannot be exercised here, or None if it can."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "hostname routing needs root and unshare(1) to give kubectl a private /etc/hosts"
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return f"unshare -m is not permitted here: {probe.stderr.decode().strip()}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    _require_tools()
+    base = tmp_path_factory.mktemp("world")
+    ca = TestCA(base / "pki")
+    gw_leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
+    tenants: dict[str, FakeKube] = {}
+    for name in ("tenant1", "tenant2"):
+        leaf = ca.issue(name, ["127.0.0.1"])
+        token = f"gateway-credential-for-{name}"
+        fake = FakeKube(
+            name=name,
+            tokens={token: Caller(user="system:serviceaccount:vgate:gateway",
+                                  groups=("system:serviceaccounts",), may_impersonate=True)},
+            tls=leaf,
+        ).start()
+        (base / f"{name}.token").write_text(token + "\n")
+        tenants[name] = fake
+    idp = OIDCProvider(base / "idp", users=USERS).start()
+    policies = base / "policies"
+    policies.mkdir()
+    for file, doc in POLICIES.items():
+        (policies / file).write_text(yaml.safe_dump(doc))
+    (base / "hosts").write_text(
+        "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in tenants)
+    )
+    config = {
+        "tls": {"cert_file": str(gw_leaf.cert_file), "key_file": str(gw_leaf.key_file)},
+        "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{
+            "issuer": idp.issuer, "audiences": ["vgate"],
+            "username_claim": "email", "username_prefix": "oidc:",
+            "groups_claim": "groups", "groups_prefix": "oidc:",
+            "jwks_refresh_min_interval_seconds": 0.5,
+        }], "jwks_refresh_min_interval_seconds": 0.5},
+        "policies": str(policies),
+        "audit": {"file": str(base / "audit.log")},
+        "tenants": [
+            {"name": n, "upstream": f.url, "ca_file": str(ca.cert_file),
+             "token_file": str(base / f"{n}.token")}
+            for n, f in tenants.items()
+        ],
+    }
+    config["oidc"]["issuers"][0].pop("jwks_refresh_min_interval_seconds")
+    gateway = GatewayThread(base / "gateway", config).start()
+    world = World(base, ca, idp, gateway, tenants)
+    try:
+        yield world
+    finally:
+        gateway.stop()
+        idp.stop()
+        for fake in tenants.values():
+            fake.stop()
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

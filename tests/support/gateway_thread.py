@@ -1,0 +1,68 @@
+"""Run a real vgate gateway inside the test process, on its own event loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config import load_config
+from gateway.server.serve import RunningGateway, build_gateway
+
+
+class GatewayThread:
+    """Writes `config` (a dict) to `workdir/vgate.yaml`, loads it like `vgate serve` does,
+    and serves on 127.0.0.1 with an ephemeral port."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {"listen": {"host": "127.0.0.1", "port": 0}, **config}
+        self.config_file = self.workdir / "vgate.yaml"
+        self.config_file.write_text(yaml.safe_dump(config))
+        self.config = load_config(self.config_file)
+        self.loop = asyncio.new_event_loop()
+        self.running: RunningGateway | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> GatewayThread:
+        self._thread.start()
+        self.running = RunningGateway(self.config, build_gateway(self.config))
+        asyncio.run_coroutine_threadsafe(self.running.start(), self.loop).result(15)
+        return self
+
+    @property
+    def gateway(self):
+        assert self.running is not None
+        return self.running.gateway
+
+    @property
+    def port(self) -> int:
+        assert self.running is not None
+        return self.running.port
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def call(self, fn, *args):
+        """Run `fn(*args)` on the gateway's loop thread and return its result."""
+        async def run():
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self.running is not None:
+            asyncio.run_coroutine_threadsafe(self.running.stop(grace), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> GatewayThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
