@@ -15,7 +15,7 @@ from typing import Protocol
 import httptools
 
 from gateway.server.exchange import Exchange
-from gateway.status import status_body
+from gateway.status import PHRASES, status_body
 
 log = logging.getLogger("vgate.server")
 
@@ -91,11 +91,14 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self.tunnel_buffer = [data[offset:]] if offset < len(data) else []
-        except httptools.HttpParserError as exc:
-            if not self.closed:
-                self._reject(400, f"malformed HTTP request: {exc}")
         except _TooLarge as exc:
             self._reject(exc.code, exc.message)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _TooLarge):  # raised inside a parser callback
+                self._reject(cause.code, cause.message)
+            elif not self.closed:
+                self._reject(400, f"malformed HTTP request: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -272,8 +275,9 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, code: int, message: str) -> None:
         body = status_body(code, message)
         self.write(
-            b"HTTP/1.1 %d Bad Request\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (code, len(body), body)
+            b"HTTP/1.1 %d %b\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b"
+            % (code, PHRASES.get(code, "Bad Request").encode(), len(body), body)
         )
         self.close()
 

@@ -116,10 +116,11 @@ _QUERY = ("dryRun", "fieldManager", "fieldValidation", "force", "pretty")
 
 def _path_item(t: ResourceType, collection: bool) -> Obj:
     gvk = {"group": t.group, "version": t.version, "kind": t.kind}
-    params: list[Obj] = [
+    query: list[Obj] = [
         {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
         for n in _QUERY
     ]
+    params: list[Obj] = []
     if not collection:
         params.append({"name": "name", "in": "path", "required": True,
                        "schema": {"type": "string"}})
@@ -128,6 +129,7 @@ def _path_item(t: ResourceType, collection: bool) -> Obj:
                        "schema": {"type": "string"}})
     op = {
         "operationId": f"op{t.kind}",
+        "parameters": query,
         "responses": {"200": {"description": "OK"}},
         "x-kubernetes-action": "post" if collection else "patch",
         "x-kubernetes-group-version-kind": gvk,

@@ -95,6 +95,7 @@ class Harness:
         self.files = files
         self.requests: list[tuple[str, str]] = []
         self.served: list[Served] = []
+        self.stream_started = asyncio.Event()  # set when a request is handed to serve_stream
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._tls.load_cert_chain(cert_file, key_file)
         self._tls.set_alpn_protocols(["http/1.1"])
@@ -165,6 +166,7 @@ class Harness:
         headers = [(k.decode().lower(), v.decode()) for k, v in request.headers]
         req = StreamRequest(parts[7], parts[4], parts[6],
                             parse_qsl(query, keep_blank_values=True), headers)
+        self.stream_started.set()
         code = await serve_stream(req, reader, writer, conn.trailing_data[0], files=self.files)
         choice = negotiate(req)
         protocol = choice.protocol if isinstance(choice, Upgrade) else ""
