@@ -27,6 +27,7 @@ import pytest
 
 from tests.fakekube.streams import FilesystemRegistry, StreamRequest
 from tests.fakekube.streams import spdy_frames as frames
+from tests.fakekube.streams.bytesource import ConnectionClosed, StreamSource
 from tests.fakekube.streams.harness import Harness, Served
 from tests.fakekube.streams.negotiate import Refusal, Upgrade, negotiate
 from tests.fakekube.streams.podfs import PodFilesystem
@@ -68,6 +69,7 @@ async def harness(pki: tuple[TestCA, Leaf]) -> AsyncIterator[Harness]:
         yield h
         # Every session ended and closed its connection once kubectl is gone: nothing leaks.
         assert await h.wait_idle(10)
+        assert h.errors == []
         me = asyncio.current_task()
         assert [t for t in asyncio.all_tasks() if t is not me] == []
 
@@ -332,7 +334,7 @@ async def test_refusal_is_a_status_response(harness: Harness, pki: tuple[TestCA,
 async def test_websocket_with_an_independent_client(harness: Harness,
                                                     pki: tuple[TestCA, Leaf]) -> None:
     """The `websockets` library (not Go) speaks to the same server: stdin, close signal, ping."""
-    from websockets.asyncio.client import connect
+    connect = pytest.importorskip("websockets.asyncio.client").connect
 
     context = ssl.create_default_context(cafile=str(pki[0].cert_file))
     url = harness.url.replace("https", "wss") + (
@@ -397,3 +399,15 @@ async def test_shell_reads_script_from_stdin() -> None:
     proc = Proc(["sh"], io, PodFilesystem("web-0"), {}, commands.run)
     assert await asyncio.wait_for(commands.run(proc), 5) == 7
     assert out == b"one\ntwo\nls: cannot access '/nowhere': No such file or directory\n"
+
+
+async def test_leftover_bytes_come_first() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"defgh")
+    reader.feed_eof()
+    source = StreamSource(reader, b"abc")
+    assert await source.readexactly(2) == b"ab"
+    assert await source.readexactly(4) == b"cdef"
+    assert await source.readexactly(2) == b"gh"
+    with pytest.raises(ConnectionClosed):
+        await source.readexactly(1)

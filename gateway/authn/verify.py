@@ -66,7 +66,7 @@ class IssuerVerifier:
             if claims.get(name) != want:
                 raise AuthError("required_claim", f"claim {name!r} lacks its required value")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_NAME_BYTES:
+        if not isinstance(sub, str) or not _safe_name(sub):
             raise AuthError("invalid", "sub is missing or malformed")
         raw_user = claims.get(cfg.username_claim)
         if not isinstance(raw_user, str) or not raw_user:
@@ -84,13 +84,15 @@ class IssuerVerifier:
                     f"identity {name[:64]!r} from {cfg.issuer} uses the reserved 'system:' prefix",
                     code=403,
                 )
-        exp = claims["exp"]
+        expires_at = float(claims["exp"])
+        if cfg.max_token_age_seconds:  # the cache must not outlive the age bound either
+            expires_at = min(expires_at, iat + cfg.max_token_age_seconds + cfg.leeway_seconds)
         return Identity(
             username=username,
             uid=sub,
             groups=groups,
             issuer=cfg.issuer,
-            expires_at=float(exp),
+            expires_at=expires_at,
             claims=claims,
         )
 

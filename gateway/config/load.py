@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gateway.config.model import GatewayConfig
-from gateway.config.source import LocatedDocument, Problem, read_yaml
+from gateway.config.source import LocatedDocument, LocatedError, Problem, read_yaml
 
 
 class ConfigError(Exception):
@@ -30,24 +30,52 @@ def validation_problems(doc: LocatedDocument, exc: ValidationError) -> list[Prob
     return out
 
 
-def _file_problems(doc: LocatedDocument, cfg: GatewayConfig) -> list[Problem]:
+_FILE_FIELDS = {
+    ("tls",): ("cert_file", "key_file", "client_ca_file"),
+    ("oidc", "issuers", "*"): ("ca_file",),
+    ("tenants", "*"): ("ca_file", "token_file", "client_cert_file", "client_key_file"),
+}
+
+
+def _sections(data: object, path: tuple) -> list[tuple[tuple, dict]]:
+    """The mappings at `path` in raw data (`*` walks a list)."""
+    found: list[tuple[tuple, object]] = [((), data)]
+    for step in path:
+        nxt: list[tuple[tuple, object]] = []
+        for where, value in found:
+            if step == "*" and isinstance(value, list):
+                nxt += [((*where, i), v) for i, v in enumerate(value)]
+            elif isinstance(value, dict) and step in value:
+                nxt.append(((*where, step), value[step]))
+        found = nxt
+    return [(w, v) for w, v in found if isinstance(v, dict)]
+
+
+def _raw_problems(doc: LocatedDocument, base: Path) -> list[Problem]:
+    """Checks that need no valid schema: missing files, duplicate tenants (so that
+    `check-config` reports them together with schema errors)."""
     problems = []
-
-    def need(path: Path | None, where: tuple) -> None:
-        if path is not None and not path.is_file():
-            problems.append(doc.problem(where, f"file not found: {path}"))
-
-    if cfg.tls:
-        need(cfg.tls.cert_file, ("tls", "cert_file"))
-        need(cfg.tls.key_file, ("tls", "key_file"))
-        need(cfg.tls.client_ca_file, ("tls", "client_ca_file"))
-    for i, issuer in enumerate(cfg.oidc.issuers):
-        need(issuer.ca_file, ("oidc", "issuers", i, "ca_file"))
-    for i, tenant in enumerate(cfg.tenants):
-        for field in ("ca_file", "token_file", "client_cert_file", "client_key_file"):
-            need(getattr(tenant, field), ("tenants", i, field))
-    if not cfg.policies.is_dir():
-        problems.append(doc.problem(("policies",), f"policy directory not found: {cfg.policies}"))
+    for path, fields in _FILE_FIELDS.items():
+        for where, section in _sections(doc.data, path):
+            for field in fields:
+                value = section.get(field)
+                if isinstance(value, str) and value and not (base / value).is_file():
+                    problems.append(
+                        doc.problem((*where, field), f"file not found: {base / value}"))
+    policies = doc.data.get("policies", "policies") if isinstance(doc.data, dict) else None
+    if isinstance(policies, str) and not (base / policies).is_dir():
+        problems.append(doc.problem(
+            ("policies",), f"policy directory not found: {base / policies}"))
+    seen: dict[str, int] = {}
+    for where, tenant in _sections(doc.data, ("tenants", "*")):
+        name = tenant.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(doc.problem(
+                (*where, "name"), f"tenant listed twice: {name} (first at line {seen[name]})"))
+        else:
+            seen[name] = doc.line_of((*where, "name")) or 0
     return problems
 
 
@@ -56,15 +84,17 @@ def load_config(path: Path) -> GatewayConfig:
     path = Path(path)
     try:
         doc = read_yaml(path)
+    except LocatedError as exc:
+        raise ConfigError([exc.problem]) from None
     except (OSError, ValueError) as exc:
         raise ConfigError([Problem(str(path), None, "", str(exc))]) from None
     if not isinstance(doc.data, dict):
         raise ConfigError([doc.problem((), "the config must be a YAML mapping")])
+    problems = _raw_problems(doc, path.parent)
     try:
         cfg = GatewayConfig.model_validate(doc.data, context={"base_dir": path.parent})
     except ValidationError as exc:
-        raise ConfigError(validation_problems(doc, exc)) from None
-    problems = _file_problems(doc, cfg)
+        problems = validation_problems(doc, exc) + problems
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: (p.line or 0)))
     return cfg

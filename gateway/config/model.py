@@ -196,11 +196,3 @@ class GatewayConfig(Strict):
     audit: Audit = Audit()
     proxy: Proxy = Proxy()
     impersonation_mode: Literal["deny", "subjectaccessreview"] = "subjectaccessreview"
-
-    @model_validator(mode="after")
-    def _unique_tenants(self) -> GatewayConfig:
-        names = [t.name for t in self.tenants]
-        dups = {n for n in names if names.count(n) > 1}
-        if dups:
-            raise ValueError(f"tenant listed twice: {', '.join(sorted(dups))}")
-        return self

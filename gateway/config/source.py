@@ -23,6 +23,14 @@ class Problem:
         return f"{at}: {self.where}: {self.message}" if self.where else f"{at}: {self.message}"
 
 
+class LocatedError(ValueError):
+    """A YAML file that cannot be read as data, with the line at fault."""
+
+    def __init__(self, file: str, line: int | None, message: str) -> None:
+        super().__init__(f"{file}:{line}: {message}" if line else f"{file}: {message}")
+        self.problem = Problem(file, line, "", message)
+
+
 class LocatedDocument:
     """A parsed YAML mapping plus a map from key paths to line numbers."""
 
@@ -45,17 +53,23 @@ class LocatedDocument:
         return Problem(self.file, self.line_of(path), where, message)
 
 
-def _walk(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Any:
+def _walk(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node))
+            if key in out:  # YAML says keys are unique; silently keeping the last loses rules
+                where = ".".join(str(p) for p in (*path, key))
+                raise LocatedError(
+                    file, key_node.start_mark.line + 1,
+                    f"{where}: key given twice (first at line {lines[(*path, key)]})",
+                )
             lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _walk(value_node, (*path, key), lines)
+            out[key] = _walk(value_node, (*path, key), lines, file)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_walk(item, (*path, i), lines) for i, item in enumerate(node.value)]
+        return [_walk(item, (*path, i), lines, file) for i, item in enumerate(node.value)]
     return yaml.safe_load(yaml.serialize(node))
 
 
@@ -70,8 +84,10 @@ def read_yaml(path: Path, *, max_bytes: int = 1 << 20) -> LocatedDocument:
         raise ValueError(f"{path}: not UTF-8: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise LocatedError(
+            str(path), mark.line + 1 if mark else None,
+            f"invalid YAML: {getattr(exc, 'problem', exc)}",
+        ) from None
     lines: dict[tuple, int] = {}
-    data = _walk(node, (), lines) if node is not None else {}
+    data = _walk(node, (), lines, str(path)) if node is not None else {}
     return LocatedDocument(str(path), data, lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gateway.config.load import validation_problems
-from gateway.config.source import Problem, read_yaml
+from gateway.config.source import LocatedError, Problem, read_yaml
 from gateway.policy.model import PolicyFile
 
 
@@ -32,6 +32,9 @@ def load_policies(
     for path in files:
         try:
             doc = read_yaml(path)
+        except LocatedError as exc:
+            problems.append(exc.problem)
+            continue
         except (OSError, ValueError) as exc:
             problems.append(Problem(str(path), None, "", str(exc)))
             continue

@@ -24,6 +24,16 @@ _WWW_AUTHENTICATE = (b"WWW-Authenticate", b'Bearer realm="vgate"')
 _INVALID_TOKEN = (b"WWW-Authenticate", b'Bearer realm="vgate", error="invalid_token"')
 
 
+_DISCOVERY_PATHS = (b"/api", b"/apis", b"/version")
+
+
+def _is_discovery(exchange: Exchange) -> bool:
+    """Discovery requests (which kubectl makes before anything else)."""
+    path = (exchange.upstream_target or b"").partition(b"?")[0].rstrip(b"/")
+    accept = exchange.header(b"accept") or b""
+    return path in _DISCOVERY_PATHS or b"apidiscovery.k8s.io" in accept
+
+
 @dataclass
 class Readiness:
     config_loaded: bool = False
@@ -127,10 +137,13 @@ class Gateway:
             exchange.decision = "deny"
             exchange.reason = decision.reason
             self.recorder.metrics.denials.labels(upstream.name).inc()
-            exchange.fail(
-                403,
-                f'user "{identity.username}" has no access to tenant "{upstream.name}"',
-            )
+            message = f'user "{identity.username}" has no access to tenant "{upstream.name}"'
+            if _is_discovery(exchange):
+                # client-go's discovery cannot decode a Status and would print "unknown";
+                # for a text body it shows the message, so kubectl users see why.
+                exchange.respond(403, message.encode(), content_type=b"text/plain; charset=utf-8")
+            else:
+                exchange.fail(403, message)
             return
         if client_impersonation(exchange.headers):
             exchange.decision = "deny"

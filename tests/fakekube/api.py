@@ -78,6 +78,13 @@ class Api:
             obj = objects.prepare_update(old, obj, rtype)
         return self.store.put(rtype, obj)
 
+    def get(self, api_version: str, kind: str, name: str,
+            namespace: str = "default") -> dict[str, Any] | None:
+        rtype = by_kind(api_version, kind)
+        if rtype is None:
+            raise ValueError(f"unknown kind {api_version}/{kind}")
+        return self.store.get(rtype, namespace if rtype.namespaced else "", name)
+
     def _counter(self, attr: str) -> Callable[[int], None]:
         def bump(delta: int) -> None:
             setattr(self, attr, getattr(self, attr) + delta)
@@ -181,7 +188,7 @@ class Api:
         pod = self.store.get(PODS, namespace, name)
         if pod is None:
             raise not_found("", "pods", name)
-        logs.pick_container(pod, req.param("container"))
+        logs.check_previous(req, pod, logs.pick_container(pod, req.param("container")))
         if req.flag("follow"):
             return Stream(200, "text/plain",
                           logs.follow(req, self.log_interval, self._counter("active_log_follows")))

@@ -29,6 +29,13 @@ def pick_container(pod: dict[str, Any], wanted: str | None) -> str:
     return wanted
 
 
+def check_previous(req: Request, pod: dict[str, Any], container: str) -> None:
+    """No container here ever restarted, so `previous=true` fails like on a fresh pod."""
+    if req.flag("previous"):
+        raise bad_request(f'previous terminated container "{container}" in pod '
+                          f'"{pod["metadata"]["name"]}" not found')
+
+
 def _fmt(n: int, timestamps: bool) -> bytes:
     line = f"line {n}\n"
     if timestamps:

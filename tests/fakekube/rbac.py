@@ -64,8 +64,7 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
     "system:masters": _EVERYTHING,
     "vgate:cluster-admin": _EVERYTHING,
     "vgate:admin": (
-        Rule(verbs=WRITE, resources=("*",), scope="namespaced"),
-        Rule(verbs=("create",), resources=("pods/exec", "pods/attach", "pods/portforward")),
+        Rule(verbs=WRITE, resources=("*",), scope="namespaced"),  # incl. pods/exec (create)
         Rule(verbs=READ, resources=("*",), scope="cluster"),
     ),
     "vgate:view": (
@@ -80,12 +79,10 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
     ),
     # system:basic-user + system:discovery + system:public-info-viewer
     "system:authenticated": (
-        Rule(
-            verbs=("create",),
-            groups=("authentication.k8s.io", "authorization.k8s.io"),
-            resources=("selfsubjectreviews", "selfsubjectaccessreviews",
-                       "selfsubjectrulesreviews"),
-        ),
+        Rule(verbs=("create",), groups=("authentication.k8s.io",),
+             resources=("selfsubjectreviews",)),
+        Rule(verbs=("create",), groups=("authorization.k8s.io",),
+             resources=("selfsubjectaccessreviews", "selfsubjectrulesreviews")),
         Rule(
             verbs=("get",),
             paths=("/api", "/api/*", "/apis", "/apis/*", "/version", "/version/",

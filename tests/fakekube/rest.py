@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from . import managed, objects, patching
+from . import managed, objects, patching, protobuf
 from .model import (
     ApiError,
     already_exists,
@@ -28,6 +28,7 @@ from .web import JSON, TABLE, Request, Response, json_response
 
 Obj = dict[str, Any]
 NAMESPACES = find("", "v1", "namespaces")
+GRACEFUL = ("pods", "namespaces")  # DELETE answers the object, not a Status
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
                "application/strategic-merge-patch+json", "application/apply-patch+yaml")
 
@@ -46,15 +47,18 @@ def parse_body(req: Request) -> Any:
     """JSON (or YAML) request body; 415 for anything else, 400 when malformed."""
     media = _media(req)
     try:
+        if media == protobuf.MEDIA_TYPE:
+            return protobuf.decode(req.body)
         if media in ("application/yaml", "application/apply-patch+yaml"):
             return yaml.safe_load(req.body or b"")
         if media == "application/json" or media.endswith("+json") or media == "":
             return json.loads(req.body or b"null")
-    except (ValueError, yaml.YAMLError) as e:
+    except (ValueError, KeyError, yaml.YAMLError) as e:
         raise bad_request(f"the object provided is unrecognized or malformed: {e}") from e
     raise ApiError(415, "UnsupportedMediaType",
-                   f'the body of the request was in an unknown format - accepted media types '
-                   f'include: application/json, application/yaml (got "{media}")')
+                   "the body of the request was in an unknown format - accepted media types "
+                   "include: application/json, application/yaml, "
+                   "application/vnd.kubernetes.protobuf")
 
 
 def _dry_run(req: Request) -> bool:
@@ -290,17 +294,27 @@ class Rest:
         return self._save(req, rtype, old, new, warnings)
 
     def _deleted(self, rtype: ResourceType, obj: Obj, dry: bool) -> Obj:
+        """Remove `obj`. Pods and namespaces first turn Terminating (a MODIFIED event with
+        deletionTimestamp), then go at once, as if the kubelet/controller were instant."""
         meta = obj["metadata"]
-        if rtype.plural == "namespaces":
+        ns = meta.get("namespace", "")
+        if rtype.plural in GRACEFUL:
+            meta["deletionTimestamp"] = managed.now()
+            if rtype.plural == "pods":
+                meta["deletionGracePeriodSeconds"] = 30
+            else:
+                obj.setdefault("status", {})["phase"] = "Terminating"
             if not dry:
-                for key in [k for k in self.store.objects if k[2] == meta["name"]]:
-                    t = by_resource(key[0], key[1])
-                    if t is not None:
-                        self.store.remove(t, key[2], key[3])
-            obj.setdefault("status", {})["phase"] = "Terminating"
-        if not dry:
-            obj = self.store.remove(rtype, meta.get("namespace", ""), meta["name"]) or obj
-        return obj
+                obj = self.store.put(rtype, obj)
+        if dry:
+            return obj
+        if rtype.plural == "namespaces":
+            for key in [k for k in self.store.objects if k[2] == meta["name"]]:
+                t = by_resource(key[0], key[1])
+                if t is not None:
+                    self.store.remove(t, key[2], key[3])
+        gone = self.store.remove(rtype, ns, meta["name"])
+        return obj if rtype.plural in GRACEFUL or gone is None else gone
 
     def delete(self, req: Request, rtype: ResourceType, namespace: str, name: str) -> Response:
         old = self._existing(rtype, namespace, name)
@@ -318,8 +332,7 @@ class Rest:
                            "latest version and try again")
         dry = _dry_run(req) or "All" in ((options or {}).get("dryRun") or [])
         gone = self._deleted(rtype, old, dry)
-        if rtype.plural in ("pods", "namespaces"):
-            gone["metadata"].setdefault("deletionTimestamp", managed.now())
+        if rtype.plural in GRACEFUL:
             return json_response(_out(gone, rtype))
         details = {"name": name, **({"group": rtype.group} if rtype.group else {}),
                    "kind": rtype.plural, "uid": old["metadata"]["uid"]}

@@ -80,8 +80,10 @@ def rules_review(rules: Rules, body: Obj, user: EffectiveUser) -> Obj:
     spec = body.get("spec") or {}
     res: list[Obj] = []
     non: list[Obj] = []
+    incomplete = False  # RBAC rules cannot express exceptions or scope limits
     for g in user.groups:
         for rule in rules.get(g, ()):
+            incomplete |= bool(rule.except_resources) or rule.scope != "any"
             if rule.paths:
                 non.append({"verbs": list(rule.verbs), "nonResourceURLs": list(rule.paths)})
             elif rule.scope != "cluster" or not spec.get("namespace"):
@@ -92,5 +94,5 @@ def rules_review(rules: Rules, body: Obj, user: EffectiveUser) -> Obj:
         "apiVersion": "authorization.k8s.io/v1",
         "metadata": {"creationTimestamp": None},
         "spec": spec,
-        "status": {"resourceRules": res, "nonResourceRules": non, "incomplete": False},
+        "status": {"resourceRules": res, "nonResourceRules": non, "incomplete": incomplete},
     }

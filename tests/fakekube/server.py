@@ -17,15 +17,11 @@ import h11
 from .api import Api, Outcome
 from .model import Caller, EffectiveUser, Record, status_body
 from .rbac import RULES, Rule
+from .streams import StreamRequest, serve_stream
 from .web import Request, Response, Stream, Upgrade, json_response
 
 if TYPE_CHECKING:
     from ..support.pki import Leaf
-
-try:
-    from .streams import StreamRequest, serve_stream
-except ImportError:  # the streams package is written separately; answer 501 until it exists
-    StreamRequest = serve_stream = None  # type: ignore[assignment,misc]
 
 MAX_BODY = 8 * 1024 * 1024
 FLOWSCHEMA_UID = str(uuid.uuid5(uuid.NAMESPACE_URL, "fakekube/flowschema"))
@@ -191,6 +187,11 @@ class FakeKube:
         """Create or replace an object (watchers see it). Returns it as stored."""
         return self.call(self.api.put, obj)
 
+    def get(self, api_version: str, kind: str, name: str,
+            namespace: str = "default") -> dict[str, Any] | None:
+        """The stored object, or None."""
+        return self.call(self.api.get, api_version, kind, name, namespace)
+
     # ----- one connection ----------------------------------------------------------------
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -202,7 +203,7 @@ class FakeKube:
         try:
             while True:
                 try:
-                    req = await self._read(conn, reader)
+                    req = await self._read(conn, reader, writer)
                 except _TooLarge:
                     body = status_body(413, "RequestEntityTooLarge",
                                        f"Request entity too large: limit is {MAX_BODY}")
@@ -212,10 +213,10 @@ class FakeKube:
                     return
                 outcome = await self.api.handle(req)
                 if isinstance(outcome.result, Upgrade):
-                    handed_over = await self._upgrade(req, outcome, conn, reader, writer)
-                    if handed_over:
-                        return
-                elif not await self._respond(conn, req, outcome, reader, writer):
+                    handed_over = True
+                    await self._upgrade(req, outcome, conn, reader, writer)
+                    return
+                if not await self._respond(conn, req, outcome, reader, writer):
                     return
                 if conn.our_state is h11.MUST_CLOSE:
                     return
@@ -228,7 +229,8 @@ class FakeKube:
                 with contextlib.suppress(Exception):
                     writer.close()
 
-    async def _read(self, conn: h11.Connection, reader: asyncio.StreamReader) -> Request | None:
+    async def _read(self, conn: h11.Connection, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> Request | None:
         head: h11.Request | None = None
         body = bytearray()
         while True:
@@ -237,6 +239,9 @@ class FakeKube:
             except h11.RemoteProtocolError:
                 return None
             if ev is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    writer.write(conn.send(h11.InformationalResponse(status_code=100,
+                                                                     headers=[])))
                 conn.receive_data(await reader.read(65536))
             elif isinstance(ev, h11.Request):
                 head = ev
@@ -332,18 +337,12 @@ class FakeKube:
                     await aclose()
 
     async def _upgrade(self, req: Request, outcome: Outcome, conn: h11.Connection,
-                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        """Hand an exec/attach/portforward connection to the streams package."""
+                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Hand an exec/attach/portforward connection to the streams package (which does
+        the 101 handshake and closes the writer)."""
         up = outcome.result
         assert isinstance(up, Upgrade)
         rec = Record(req.method, req.target, req.raw_headers, outcome.identity, 101)
-        if serve_stream is None:
-            resp = json_response(status_body(501, "NotImplemented",
-                                             "tests.fakekube.streams is not available"), 501)
-            rec.status = 501
-            self._record(rec)
-            await self._send_plain(conn, writer, resp, self._headers(req, resp, rec.identity))
-            return False
         self._record(rec)
         leftover = bytes(conn.trailing_data[0])
         sreq = StreamRequest(kind=up.kind, namespace=up.namespace, pod=up.pod,
@@ -351,4 +350,3 @@ class FakeKube:
         result = await serve_stream(sreq, reader, writer, leftover)
         if isinstance(result, int):
             rec.status = result
-        return True

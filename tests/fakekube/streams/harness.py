@@ -96,6 +96,7 @@ class Harness:
         self.requests: list[tuple[str, str]] = []
         self.served: list[Served] = []
         self.stream_started = asyncio.Event()  # set when a request is handed to serve_stream
+        self.errors: list[BaseException] = []  # anything unexpected a connection raised
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._tls.load_cert_chain(cert_file, key_file)
         self._tls.set_alpn_protocols(["http/1.1"])
@@ -157,6 +158,8 @@ class Harness:
                 conn.start_next_cycle()
         except (h11.ProtocolError, ConnectionError, ssl.SSLError, OSError):
             pass
+        except Exception as exc:  # recorded for the tests to assert on
+            self.errors.append(exc)
         finally:
             await close_writer(writer)
 

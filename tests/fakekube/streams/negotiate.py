@@ -52,7 +52,7 @@ def _pick(offered: list[str], supported: list[str]) -> str | None:
 def negotiate(req: StreamRequest) -> Upgrade | Refusal:
     """Decide how to answer the upgrade request."""
     if req.kind not in SPDY_PROTOCOLS:
-        return Refusal(404, "NotFound", f"unknown subresource {req.kind!r}")
+        return Refusal(400, "BadRequest", f"unknown streaming subresource {req.kind!r}")
     if req.kind == "exec" and not req.params("command"):
         return Refusal(400, "BadRequest", "you must specify at least one command for the container")
     connection = [v.lower() for v in req.header_values("connection")]
