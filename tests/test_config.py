@@ -141,8 +141,6 @@ def test_duplicate_tenant_is_reported(tmp_path: Path) -> None:
     assert "tenant listed twice: tenant1" in problems[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a duplicate tenant is reported at line 1 of the "
-                   "config (the model-level check has no location), not at the duplicate entry")
 def test_duplicate_tenant_points_at_the_duplicate(tmp_path: Path) -> None:
     text = VALID + "  - name: tenant1\n    upstream: https://10.0.0.11:443\n" \
                    "    token_file: secrets/tenant1.token\n"

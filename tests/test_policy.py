@@ -255,8 +255,6 @@ def test_bad_names_in_rules(tmp_path: Path, text: str, fragment: str) -> None:
     assert fragment in problems[0].message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a role repeated inside one policy file is "
-                   "silently dropped (YAML duplicate key, last wins) instead of reported")
 def test_duplicate_role_key_in_one_file_is_reported(tmp_path: Path) -> None:
     _, problems = _problems(tmp_path, {
         "t1.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n  view: {groups: [b]}\n",
