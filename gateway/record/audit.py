@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -14,7 +15,8 @@ FLUSH_INTERVAL = 0.2
 
 
 class AuditLog:
-    """Buffers lines and flushes them at most every `FLUSH_INTERVAL` seconds (and at close)."""
+    """Buffers lines; a line is on disk at most `FLUSH_INTERVAL` seconds after its request
+    ended (a timer flushes a dirty buffer), and everything is flushed at close."""
 
     def __init__(self, destination: str) -> None:
         self._own = destination not in ("-", "")
@@ -22,7 +24,7 @@ class AuditLog:
             open(destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
             if self._own else sys.stdout
         )
-        self._last_flush = time.monotonic()
+        self._flush_pending: asyncio.TimerHandle | None = None
 
     def write(self, exchange: Exchange) -> None:
         ident = exchange.identity
@@ -49,12 +51,22 @@ class AuditLog:
         if grant and grant.reasons:
             event["granted_by"] = list(grant.reasons)
         self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
-        now = time.monotonic()
-        if now - self._last_flush > FLUSH_INTERVAL:
-            self._last_flush = now
-            self._out.flush()
+        if self._flush_pending is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._out.flush()
+                return
+            self._flush_pending = loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = None
+        self._out.flush()
 
     def close(self) -> None:
+        if self._flush_pending is not None:
+            self._flush_pending.cancel()
+            self._flush_pending = None
         self._out.flush()
         if self._own:
             self._out.close()
