@@ -303,3 +303,38 @@ def test_health_ready_metrics(gateway, client) -> None:
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'vgate_requests_total{code="200",tenant="live"}' in metrics
     assert "vgate_token_cache_total" in metrics
+
+
+def test_graceful_shutdown_ends_watches_cleanly_and_refuses_new(
+    tmp_path, issuer, upstream
+) -> None:
+    async def watch(head, reader, writer) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()  # until the gateway goes away
+        return False
+
+    upstream.handler = watch
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "all.yaml").write_text(yaml.safe_dump(
+        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (tmp_path / "token").write_text("t\n")
+    config = {
+        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"]}]},
+        "policies": str(tmp_path / "p"), "audit": {"file": str(tmp_path / "audit.log")},
+        "tenants": [{"name": "live", "upstream": f"http://127.0.0.1:{upstream.port}",
+                     "token_file": str(tmp_path / "token")}],
+    }
+    gw = GatewayThread(tmp_path, config).start()
+    url = gw.url
+    token = issuer.sign(issuer.claims())
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {token}"}) as c, \
+            c.stream("GET", "/clusters/live/api/v1/pods?watch=true") as r:
+        chunks = r.iter_raw()
+        assert next(chunks) == b"hello"
+        t = time.monotonic()
+        gw.stop(grace=0.5)
+        rest = b"".join(chunks)  # a clean end of stream (terminating chunk), no error
+        assert rest == b"" and time.monotonic() - t < 5
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz", timeout=2)

@@ -107,8 +107,11 @@ class RunningGateway:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             current = conn.current
-            if current is not None and current.streaming and current.chunked_out:
-                current.finish(reusable=False)  # a clean end of a watch: client-go re-watches
+            if current is not None and current.streaming:
+                if current.client_gone_hook is not None:
+                    current.client_gone_hook()  # cancel the upstream watch / close the tunnel
+                if current.chunked_out:
+                    current.finish(reusable=False)  # a clean end: client-go simply re-watches
             conn.close()
         self.gateway.forwarder.close()
         await self.gateway.authenticator.close()
