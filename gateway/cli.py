@@ -6,20 +6,32 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
-def _check_config(path: Path) -> int:
+
+def _load(path: Path) -> GatewayConfig | None:
+    """Load the config, or print every problem (with its location) and return None."""
     from gateway.config import ConfigError, load_config
-    from gateway.policy import load_policies
 
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        return None
+
+
+def _check_config(path: Path) -> int:
+    from gateway.policy import load_policies
+
+    config = _load(path)
+    if config is None:
         return 1
     _, problems = load_policies(config.policies, known_tenants=[t.name for t in config.tenants])
     for problem in problems:
@@ -32,14 +44,10 @@ def _check_config(path: Path) -> int:
 
 
 def _serve(path: Path) -> int:
-    from gateway.config import ConfigError, load_config
     from gateway.server.serve import serve
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return 1
     try:
         return serve(config)
@@ -57,9 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True)
     p = sub.add_parser("check-config", help="validate a config file and its policies")
     p.add_argument("--config", type=Path, required=True)
-    p = sub.add_parser("quickstart", help="run the gateway on local defaults to try it")
-    p.add_argument("--dir", type=Path, default=Path(".vgate-quickstart"))
-    p.add_argument("--port", type=int, default=8443)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
@@ -69,8 +74,4 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.config)
     if args.command == "check-config":
         return _check_config(args.config)
-    if args.command == "quickstart":
-        from gateway.quickstart import run_quickstart
-
-        return run_quickstart(args.dir, args.port)
     return 2
