@@ -31,7 +31,7 @@ def validation_problems(doc: LocatedDocument, exc: ValidationError) -> list[Prob
 
 
 _FILE_FIELDS = {
-    ("tls",): ("cert_file", "key_file", "client_ca_file"),
+    ("tls",): ("cert_file", "key_file"),
     ("oidc", "issuers", "*"): ("ca_file",),
     ("tenants", "*"): ("ca_file", "token_file", "client_cert_file", "client_key_file"),
 }

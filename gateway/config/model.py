@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -43,7 +43,6 @@ class Listen(Strict):
 class TLS(Strict):
     cert_file: ConfigPath
     key_file: ConfigPath
-    client_ca_file: ConfigPath | None = None
 
 
 class Routing(Strict):
@@ -179,10 +178,6 @@ class Audit(Strict):
     file: str = "-"
 
 
-class Proxy(Strict):
-    trusted_proxies: list[str] = []
-
-
 class GatewayConfig(Strict):
     listen: Listen = Listen()
     tls: TLS | None = None
@@ -194,5 +189,3 @@ class GatewayConfig(Strict):
     upstream: Upstream = Upstream()
     limits: Limits = Limits()
     audit: Audit = Audit()
-    proxy: Proxy = Proxy()
-    impersonation_mode: Literal["deny", "subjectaccessreview"] = "subjectaccessreview"

@@ -53,7 +53,6 @@ class Gateway:
         policy: PolicyEngine,
         forwarder: Forwarder,
         recorder: Recorder,
-        trusted_proxies: tuple = (),
     ) -> None:
         self.router = router
         self.registry = registry

@@ -33,9 +33,6 @@ def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
     ctx.set_alpn_protocols(["http/1.1"])  # kubectl must not negotiate HTTP/2 with us
-    if config.tls.client_ca_file:
-        ctx.load_verify_locations(str(config.tls.client_ca_file))
-        ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
 
