@@ -60,8 +60,6 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._keepalive: asyncio.TimerHandle | None = None
         self._read_paused = False
-        self._write_paused = False
-        self._drain_waiters: list[asyncio.Future] = []
         # tunnel mode (after a 101): raw bytes go to `tunnel_sink`
         self.tunnel_sink: Callable[[bytes], None] | None = None
         self.tunnel_buffer: list[bytes] | None = None
@@ -114,23 +112,14 @@ class ClientConnection(asyncio.Protocol):
             self.current = None
             self.dispatcher.done(current)
         self._pipeline.clear()
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
         if self.on_write_pause is not None:
             self.on_write_pause(True)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
         if self.on_write_pause is not None:
             self.on_write_pause(False)
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
 
     # -- httptools callbacks --------------------------------------------------------------
 
@@ -221,16 +210,6 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(data)
-
-    @property
-    def write_paused(self) -> bool:
-        return self._write_paused
-
-    async def drain(self) -> None:
-        if self._write_paused and not self.closed:
-            waiter = self.loop.create_future()
-            self._drain_waiters.append(waiter)
-            await waiter
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None:

@@ -34,8 +34,8 @@ class Exchange:
         "body_buffer", "body_bytes", "body_done", "body_sink", "bytes_out", "chunked_out",
         "client_gone_hook", "conn", "decision", "finished", "grant", "headers", "host",
         "identity", "keep_alive", "method", "reason", "request_id", "started", "status",
-        "streaming", "target", "tenant", "upgrade", "upstream_target", "verb_path",
-        "content_length", "chunked_in", "http11", "auth_reason",
+        "streaming", "target", "tenant", "upgrade", "upstream_target",
+        "content_length", "chunked_in", "http11",
     )
 
     def __init__(
@@ -85,8 +85,6 @@ class Exchange:
         self.grant: Grant | None = None
         self.decision = ""
         self.reason = ""
-        self.auth_reason = ""
-        self.verb_path = b""
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lowercase), or None."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tests.fakekube.model import status_body
+
 
 def success() -> dict[str, Any]:
     """What the kubelet writes on the error channel when the command exited 0."""
@@ -30,15 +32,7 @@ def exit_code(code: int, argv: list[str] | None) -> dict[str, Any]:
 
 def failure(code: int, reason: str, message: str) -> dict[str, Any]:
     """A full Status object as the API server sends in an HTTP error response."""
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
+    return status_body(code, reason, message)
 
 
 def encode(status: dict[str, Any]) -> bytes:
