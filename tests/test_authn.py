@@ -622,6 +622,33 @@ async def test_key_rotation_picked_up_on_unknown_kid(own_idp: CraftingIssuer, ma
     assert own_idp.jwks_fetches == 2
 
 
+async def test_withdrawn_key_revokes_cached_tokens(own_idp: CraftingIssuer, make: Auths) -> None:
+    auth = await make(issuer_config(own_idp), jwks_refresh_min_interval_seconds=0.2)
+    by_rsa = own_idp.sign(own_idp.claims(sub="u-rsa"), kid="rsa1")
+    by_ec = own_idp.sign(own_idp.claims(sub="u-ec"), kid="ec1")
+    assert (await auth.authenticate(by_rsa)).uid == "u-rsa"
+    assert (await auth.authenticate(by_ec)).uid == "u-ec"
+    assert auth.cached(by_rsa) is not None
+    del own_idp.keys["rsa1"]  # the IdP withdraws a compromised key
+    await asyncio.sleep(0.25)
+    # any refresh (here: triggered by an unknown kid) notices the withdrawal
+    await refused(auth, own_idp.sign(own_idp.claims(), kid="ec1", headers={"kid": "unknown"}))
+    assert auth.cached(by_rsa) is None
+    assert (await refused(auth, by_rsa)).reason == "unknown_key"
+    # tokens of the same issuer are re-verified; those whose key remains still work
+    assert (await auth.authenticate(by_ec)).uid == "u-ec"
+
+
+async def test_unchanged_key_set_keeps_the_cache(own_idp: CraftingIssuer, make: Auths) -> None:
+    auth = await make(issuer_config(own_idp), jwks_refresh_min_interval_seconds=0.2)
+    token = own_idp.sign(own_idp.claims(sub="u-keep"))
+    await auth.authenticate(token)
+    await asyncio.sleep(0.25)
+    await refused(auth, own_idp.sign(own_idp.claims(), headers={"kid": "unknown"}))
+    assert own_idp.jwks_fetches == 2
+    assert auth.cached(token) is not None
+
+
 async def test_idp_down_cached_keys_still_validate(own_idp: CraftingIssuer, make: Auths) -> None:
     auth = await make(issuer_config(own_idp), jwks_refresh_min_interval_seconds=0.2)
     own_idp.down()

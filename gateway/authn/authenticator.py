@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ class Authenticator:
                 min_interval=config.jwks_refresh_min_interval_seconds,
                 max_age=config.jwks_max_age_seconds,
             )
+            keys.on_keys_removed = functools.partial(self._forget_issuer, issuer.issuer)
             self._verifiers[issuer.issuer] = IssuerVerifier(issuer, keys)
         self._cache: TLRUCache = TLRUCache(
             maxsize=max(config.token_cache_size, 1),
@@ -101,6 +103,16 @@ class Authenticator:
         if identity is not None:
             self.hits += 1
         return identity
+
+    def _forget_issuer(self, issuer: str) -> None:
+        """An issuer withdrew a signing key: tokens it signed must be verified again, so a
+        token signed by the withdrawn key stops working now rather than at its `exp`."""
+        stale = [key for key, identity in self._cache.items() if identity.issuer == issuer]
+        for key in stale:
+            self._cache.pop(key, None)
+        if stale:
+            log.info("issuer %s: dropped %d cached tokens after a key withdrawal",
+                     issuer, len(stale))
 
     async def authenticate(self, token: str) -> Identity:
         """Verify `token` fully (cache miss path) and remember the result until `exp`."""

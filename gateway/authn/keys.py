@@ -7,6 +7,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -33,6 +34,8 @@ class IssuerKeys:
         self.min_interval = min_interval
         self.max_age = max_age
         self._keys: dict[str | None, _Key] = {}
+        self._fingerprints: frozenset[str] = frozenset()
+        self.on_keys_removed: Callable[[], None] | None = None
         self._fetched_at = 0.0
         self._attempted_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -80,6 +83,7 @@ class IssuerKeys:
             self._jwks_uri = jwks_uri
         jwks = await self._get_json(self._jwks_uri)
         keys: dict[str | None, _Key] = {}
+        fingerprints: set[str] = set()
         for entry in jwks.get("keys", []):
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
                 continue
@@ -92,9 +96,16 @@ class IssuerKeys:
                             self.issuer.issuer, entry.get("kid"), exc)
                 continue
             keys[entry.get("kid")] = _Key(key.key, entry.get("alg"), entry["kty"], entry.get("crv"))
+            fingerprints.add(json.dumps(entry, sort_keys=True))
         if not keys:
             raise RuntimeError("JWKS has no usable signing keys")
+        removed = bool(self._fingerprints - fingerprints)
         self._keys = keys
+        self._fingerprints = frozenset(fingerprints)
+        if removed:
+            log.info("issuer %s: signing keys were withdrawn", self.issuer.issuer)
+            if self.on_keys_removed is not None:
+                self.on_keys_removed()
         self._fetched_at = time.monotonic()
         log.info("issuer %s: loaded %d signing keys", self.issuer.issuer, len(keys))
 
