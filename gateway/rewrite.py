@@ -2,9 +2,10 @@
 
 Removed from the client's request, whatever their case: ``Authorization``,
 ``Proxy-Authorization``, every ``Impersonate-*`` (``Impersonate-Uid`` included), the
-front-proxy ``X-Remote-*`` headers, ``Audit-ID``, hop-by-hop headers and any header the
-client's ``Connection`` names. Added: the tenant credential, the impersonation headers of
-the `Grant`, a request id (as ``Audit-ID`` and as an impersonated extra) and ``Host``.
+front-proxy ``X-Remote-*`` headers, ``Audit-ID``, hop-by-hop headers, any header the
+client's ``Connection`` names, and a bearer token offered as a WebSocket subprotocol.
+Added: the tenant credential, the impersonation headers of the `Grant`, a request id (as
+``Audit-ID`` and as an impersonated extra) and ``Host``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import quote
 
+from gateway.authn.websocket import without_bearer_protocol
 from gateway.identity import Grant
 
 REQUEST_ID_EXTRA = "vgate.io/request-id"
@@ -86,6 +88,10 @@ def upstream_head(
         lower = name.lower()
         if lower in _HOP_BY_HOP or lower.startswith(_DROPPED_PREFIXES) or lower in connection_named:
             continue
+        if lower == b"sec-websocket-protocol":
+            value = without_bearer_protocol(value)
+            if not value:
+                continue
         out += (name, b": ", value, b"\r\n")
     if authorization:
         out += (b"Authorization: ", authorization, b"\r\n")

@@ -725,8 +725,8 @@ async def test_cache_can_be_disabled(
 async def test_expired_token_is_not_served_from_cache(
     idp: CraftingIssuer, make: Auths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    auth = await make(issuer_config(idp, leeway_seconds=1))
-    exp = time.time() + 0.25  # a float exp: cached until exactly then
+    auth = await make(issuer_config(idp, leeway_seconds=5))
+    exp = time.time() + 1.0  # a float exp: cached until exactly then (1 s: slack for a busy CI)
     token = idp.sign(idp.claims(exp=exp))
     identity = await auth.authenticate(token)
     assert identity.expires_at == exp
@@ -769,3 +769,37 @@ async def test_cached_token_respects_max_token_age(idp: CraftingIssuer, make: Au
     with pytest.raises(AuthError) as info:
         await auth.authenticate(token)
     assert info.value.reason == "too_old"
+
+
+# -- the WebSocket bearer subprotocol ------------------------------------------------------
+
+
+def _protocol(token: str) -> bytes:
+    return b"base64url.bearer.authorization.k8s.io." + base64.urlsafe_b64encode(
+        token.encode()).rstrip(b"=")
+
+
+async def test_token_from_websocket_subprotocol(idp: CraftingIssuer, auth: Authenticator) -> None:
+    token = idp.sign(idp.claims())
+    offered = [b"v5.channel.k8s.io, " + _protocol(token)]
+    assert auth.token_from_header(None, offered) == token
+    # an Authorization header wins; the subprotocol is then ignored (and stripped upstream)
+    assert auth.token_from_header(b"Bearer other", offered) == "other"
+    with pytest.raises(AuthError) as info:
+        auth.token_from_header(None, [b"v5.channel.k8s.io"])
+    assert info.value.reason == "missing"
+
+
+@pytest.mark.parametrize(("offered", "reason"), [
+    ([b"base64url.bearer.authorization.k8s.io.%%%"], "malformed"),
+    ([b"base64url.bearer.authorization.k8s.io."], "malformed"),
+    ([_protocol("a b")], "malformed"),
+    ([_protocol("tok\r\nX: y")], "malformed"),
+    ([_protocol("x"), _protocol("y")], "malformed"),
+    ([_protocol("x" * 20000)], "too_large"),
+])
+async def test_bad_websocket_subprotocol_tokens(auth: Authenticator, offered: list[bytes],
+                                                reason: str) -> None:
+    with pytest.raises(AuthError) as info:
+        auth.token_from_header(None, offered)
+    assert info.value.reason == reason

@@ -218,3 +218,24 @@ def test_client_impersonation_detects_any_case() -> None:
 )
 def test_extra_header_name_lowercases_and_percent_encodes(key: str, name: bytes) -> None:
     assert extra_header_name(key) == name
+
+
+# -- a bearer token offered as a WebSocket subprotocol never leaves -----------------------
+
+BEARER = b"base64url.bearer.authorization.k8s.io.ZXlKaGJHY2lPaUpTVXpJMU5pSjk"
+
+
+@pytest.mark.parametrize(("offered", "forwarded"), [
+    ([BEARER + b", v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
+    ([b"v5.channel.k8s.io,  " + BEARER.upper() + b" ,v4.channel.k8s.io"],
+     [b"v5.channel.k8s.io, v4.channel.k8s.io"]),
+    ([BEARER], []),
+    ([BEARER, b"v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
+    ([b"v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
+])
+def test_websocket_bearer_subprotocol_is_removed(offered: list[bytes],
+                                                 forwarded: list[bytes]) -> None:
+    headers = [(b"Sec-WebSocket-Protocol", v) for v in offered]
+    head = _head(headers, upgrade=b"websocket")
+    assert _named(head, b"sec-websocket-protocol") == forwarded
+    assert b"bearer.authorization" not in head.lower()

@@ -15,6 +15,7 @@ from cachetools import TLRUCache
 from gateway.authn.errors import AuthError
 from gateway.authn.keys import IssuerKeys
 from gateway.authn.verify import IssuerVerifier
+from gateway.authn.websocket import websocket_bearer_token
 from gateway.config.model import OIDC
 from gateway.identity import Identity
 
@@ -81,8 +82,18 @@ class Authenticator:
                 if v.keys.stale() or not v.keys.loaded:
                     await v.keys.refresh()
 
-    def token_from_header(self, authorization: bytes | None) -> str:
-        """Extract the bearer token; raise `AuthError` if absent, malformed or too large."""
+    def token_from_header(
+        self, authorization: bytes | None, websocket_protocols: list[bytes] | None = None
+    ) -> str:
+        """Extract the bearer token; raise `AuthError` if absent, malformed or too large.
+
+        Without an `Authorization` header, a WebSocket upgrade may carry the token in its
+        `Sec-WebSocket-Protocol` values (`websocket_protocols`), as kube-apiserver allows.
+        """
+        if not authorization and websocket_protocols:
+            token = websocket_bearer_token(websocket_protocols, max_bytes=self.max_token_bytes)
+            if token is not None:
+                return token
         if not authorization:
             raise AuthError("missing", "no bearer token")
         if len(authorization) > self.max_token_bytes + 7:

@@ -84,8 +84,12 @@ class Gateway:
             exchange.reason = "unknown tenant"
             exchange.fail(404, f'tenant "{route.tenant}" not found')
             return
+        authorization = exchange.header(b"authorization")
+        protocols = None
+        if authorization is None and exchange.upgrade:
+            protocols = [v for n, v in exchange.headers if n.lower() == b"sec-websocket-protocol"]
         try:
-            token = self.authenticator.token_from_header(exchange.header(b"authorization"))
+            token = self.authenticator.token_from_header(authorization, protocols)
         except AuthError as exc:
             self._auth_failed(exchange, exc)
             return
