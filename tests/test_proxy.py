@@ -10,7 +10,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,48 +19,7 @@ import yaml
 
 from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread
-
-Script = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future"]
-
-
-class ScriptedUpstream:
-    """Accepts connections on 127.0.0.1; `handler(head, reader, writer)` answers each request."""
-
-    def __init__(self) -> None:
-        self.heads: list[bytes] = []
-        self.open_streams = 0
-        self.handler = self.default
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop).result()
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.heads.append(head)
-                keep = await self.handler(head, reader, writer)
-                if not keep:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    @staticmethod
-    async def default(head: bytes, reader, writer) -> bool:
-        body = b'{"kind":"List","items":[]}'
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
-        await writer.drain()
-        return True
-
-    def stop(self) -> None:
-        self.server.close()
-        self.loop.call_soon_threadsafe(self.loop.stop)
+from tests.support.scripted import ScriptedUpstream
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ class AuditLog:
         event = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
             "request_id": exchange.request_id.decode(),
-            "source": exchange.conn.peer,
+            "source": exchange.source,
             "tenant": exchange.tenant,
             "user": ident.username if ident else None,
             "uid": ident.uid if ident else None,
@@ -48,6 +48,8 @@ class AuditLog:
             "bytes": exchange.bytes_out,
             "duration_ms": round((time.monotonic() - exchange.started) * 1000, 3),
         }
+        if exchange.source != exchange.conn.peer:
+            event["via"] = exchange.conn.peer
         if grant and grant.reasons:
             event["granted_by"] = list(grant.reasons)
         self._out.write(json.dumps(event, separators=(",", ":")) + "\n")

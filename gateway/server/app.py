@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.authn import Authenticator, AuthError
+from gateway.client_address import ClientAddress
 from gateway.forward import Forwarder
 from gateway.identity import Deny, Grant, Identity
 from gateway.policy import PolicyEngine
@@ -53,6 +54,7 @@ class Gateway:
         policy: PolicyEngine,
         forwarder: Forwarder,
         recorder: Recorder,
+        client_address: ClientAddress | None = None,
     ) -> None:
         self.router = router
         self.registry = registry
@@ -60,6 +62,7 @@ class Gateway:
         self.policy = policy
         self.forwarder = forwarder
         self.recorder = recorder
+        self.client_address = client_address if client_address and client_address.trusted else None
         self.readiness = Readiness()
         self._tasks: set[asyncio.Task] = set()
         registry.on_change(forwarder.forget)
@@ -67,6 +70,11 @@ class Gateway:
     # -- dispatch --------------------------------------------------------------------------
 
     def dispatch(self, exchange: Exchange) -> None:
+        if self.client_address is not None:
+            exchange.source, exchange.forwarded_for = self.client_address.resolve(
+                exchange.conn.peer,
+                [v for n, v in exchange.headers if n.lower() == b"x-forwarded-for"],
+            )
         route = self.router.route(exchange.host, exchange.target)
         if route is None:
             self._local(exchange)
@@ -180,7 +188,7 @@ class Gateway:
             request_id=exchange.request_id,
             framing=framing,
             upgrade=exchange.header(b"upgrade") if exchange.upgrade else None,
-            forwarded_for=exchange.conn.peer.encode() or None,
+            forwarded_for=exchange.forwarded_for or exchange.conn.peer.encode() or None,
         )
         self.forwarder.forward(exchange, upstream, head)
         if exchange.streaming:

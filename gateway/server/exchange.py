@@ -35,7 +35,7 @@ class Exchange:
         "client_gone_hook", "conn", "decision", "finished", "grant", "headers", "host",
         "identity", "keep_alive", "method", "reason", "request_id", "started", "status",
         "streaming", "target", "tenant", "upgrade", "upstream_target",
-        "content_length", "chunked_in", "http11",
+        "content_length", "chunked_in", "http11", "source", "forwarded_for",
     )
 
     def __init__(
@@ -85,6 +85,8 @@ class Exchange:
         self.grant: Grant | None = None
         self.decision = ""
         self.reason = ""
+        self.source = conn.peer  # the client's address (see gateway.client_address)
+        self.forwarded_for: bytes | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lowercase), or None."""

@@ -12,6 +12,7 @@ import ssl
 import sys
 
 from gateway.authn import Authenticator
+from gateway.client_address import ClientAddress
 from gateway.config import GatewayConfig
 from gateway.forward import Forwarder
 from gateway.policy import PolicyEngine, load_policies
@@ -51,6 +52,7 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
         policy=PolicyEngine(policies),
         forwarder=Forwarder(config.upstream),
         recorder=Recorder(AuditLog(config.audit.file), Metrics()),
+        client_address=ClientAddress(config.listen.trusted_proxies),
     )
 
 

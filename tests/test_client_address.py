@@ -1,0 +1,98 @@
+"""X-Forwarded-For is believed only through configured trusted proxies."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gateway.client_address import ClientAddress
+from tests.support.craft import CraftingIssuer
+from tests.support.gateway_thread import GatewayThread
+from tests.support.scripted import ScriptedUpstream
+
+INGRESS = ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]
+
+
+@pytest.mark.parametrize(("peer", "xff", "client", "chain"), [
+    # no trusted peer: the header is ignored entirely
+    ("203.0.113.9", [b"1.2.3.4"], "203.0.113.9", b"203.0.113.9"),
+    # the ingress vouches for the client it saw
+    ("10.0.0.5", [b"198.51.100.7"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
+    # a client-written prefix is dropped: only the hop the ingress appended counts
+    ("10.0.0.5", [b"6.6.6.6, 198.51.100.7"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
+    # two trusted hops (CDN → ingress), repeated header lines
+    ("10.0.0.5", [b"198.51.100.7", b"10.1.1.1"], "198.51.100.7",
+     b"198.51.100.7, 10.1.1.1, 10.0.0.5"),
+    # garbage stops the walk at the last believable hop
+    ("10.0.0.5", [b"198.51.100.7, not-an-ip"], "10.0.0.5", b"10.0.0.5"),
+    ("10.0.0.5", [b"<script>, 10.1.1.1"], "10.1.1.1", b"10.1.1.1, 10.0.0.5"),
+    # ports and IPv6 forms
+    ("10.0.0.5", [b"198.51.100.7:5555"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
+    ("fd00::1", [b"[2001:db8::1]:443"], "2001:db8::1", b"2001:db8::1, fd00::1"),
+    ("::ffff:10.0.0.5", [b"198.51.100.7"], "198.51.100.7", b"198.51.100.7, ::ffff:10.0.0.5"),
+    # trusted peer without a header
+    ("10.0.0.5", [], "10.0.0.5", b"10.0.0.5"),
+])
+def test_resolve(peer: str, xff: list[bytes], client: str, chain: bytes) -> None:
+    assert ClientAddress(INGRESS).resolve(peer, xff) == (client, chain)
+
+
+def test_no_trusted_proxies_means_the_peer() -> None:
+    assert ClientAddress([]).resolve("10.0.0.5", [b"1.2.3.4"]) == ("10.0.0.5", b"10.0.0.5")
+
+
+def test_chain_is_bounded() -> None:
+    hops = b", ".join(b"10.0.%d.%d" % (i // 256, i % 256) for i in range(1000))
+    _, chain = ClientAddress(["10.0.0.0/8"]).resolve("10.0.0.5", [hops])
+    assert chain.count(b",") <= 33
+
+
+# -- through the gateway -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[tuple[GatewayThread, ScriptedUpstream, str, Path]]:
+    issuer = CraftingIssuer().start()
+    upstream = ScriptedUpstream()
+    d: Path = tmp_path_factory.mktemp("xff")
+    (d / "policies").mkdir()
+    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
+        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (d / "token").write_text("upstream-secret\n")
+    config = {
+        "listen": {"host": "127.0.0.1", "port": 0, "trusted_proxies": ["127.0.0.1/32"]},
+        "routing": {"path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
+                              "username_claim": "email"}]},
+        "policies": str(d / "policies"),
+        "audit": {"file": str(d / "audit.log")},
+        "tenants": [{"name": "live", "upstream": f"http://127.0.0.1:{upstream.port}",
+                     "token_file": str(d / "token")}],
+    }
+    with GatewayThread(d, config) as gw:
+        yield gw, upstream, issuer.sign(issuer.claims()), d / "audit.log"
+    upstream.stop()
+    issuer.down()
+
+
+def test_forwarded_chain_and_audit_source(world) -> None:
+    gw, upstream, token, audit = world
+    r = httpx.get(f"{gw.url}/clusters/live/api", timeout=10, headers={
+        "Authorization": f"Bearer {token}", "X-Forwarded-For": "6.6.6.6, 198.51.100.7"})
+    assert r.status_code == 200
+    sent = [line for line in upstream.heads[-1].split(b"\r\n")
+            if line.lower().startswith(b"x-forwarded-for")]
+    assert sent == [b"X-Forwarded-For: 198.51.100.7, 127.0.0.1"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in audit.read_text().splitlines()]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert (lines[-1]["source"], lines[-1]["via"]) == ("198.51.100.7", "127.0.0.1")
