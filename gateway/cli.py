@@ -56,6 +56,22 @@ def _serve(path: Path) -> int:
         return 1
 
 
+def _quickstart(args: argparse.Namespace) -> int:
+    from gateway.quickstart.first_tenant import QuickstartError
+    from gateway.quickstart.run import Options, run
+
+    options = Options(
+        directory=args.dir, kubeconfig=args.kubeconfig, context=args.context,
+        upstream_token_file=args.upstream_token_file, tenant=args.tenant,
+        port=args.port, idp_port=args.idp_port,
+    )
+    try:
+        return run(options, with_bindings=args.bind_roles)
+    except QuickstartError as exc:
+        print(f"vgate quickstart: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vgate", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vgate {__version__}")
@@ -65,6 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True)
     p = sub.add_parser("check-config", help="validate a config file and its policies")
     p.add_argument("--config", type=Path, required=True)
+    p = sub.add_parser(
+        "quickstart",
+        help="run the gateway locally: a local OpenID Provider, the current kubeconfig's "
+             "cluster as the first tenant",
+    )
+    p.add_argument("--dir", type=Path, default=Path("~/.vgate/quickstart"),
+                   help="where the setup lives (reused on the next run)")
+    p.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG or ~/.kube/config")
+    p.add_argument("--context", help="default: the current context")
+    p.add_argument("--upstream-token-file", type=Path,
+                   help="a token for the gateway to use instead of the context's credential")
+    p.add_argument("--tenant", default="local", help="the first tenant's name")
+    p.add_argument("--port", type=int, default=8443)
+    p.add_argument("--idp-port", type=int, default=8444)
+    p.add_argument("--bind-roles", action="store_true",
+                   help="create ClusterRoleBindings vgate:cluster-admin/admin/view in the "
+                        "tenant cluster (otherwise the roles only work once you bind them)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
@@ -74,4 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.config)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "quickstart":
+        return _quickstart(args)
     return 2

@@ -1,0 +1,207 @@
+"""`vgate quickstart`: write a complete local setup into one folder and run it.
+
+The folder holds the gateway's config, a private CA and serving certificate, a policy
+(`alice` is cluster-admin and `bob` may view, in every tenant), the local OpenID
+Provider's config and keys, and the first tenant's credential files. Running it again
+reuses the folder, so cached logins and the CA stay valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gateway.quickstart.dev_idp import DevIdP
+from gateway.quickstart.first_tenant import (
+    QuickstartError,
+    kubeconfig_paths,
+    tenant_from_kubeconfig,
+)
+from gateway.quickstart.pki import serving_certificate
+
+USERS = {
+    "alice": {"email": "alice@example.com", "name": "Alice Admin",
+              "groups": ["platform-admins"], "password": "alice"},
+    "bob": {"email": "bob@example.com", "name": "Bob Viewer",
+            "groups": ["developers"], "password": "bob"},
+}
+POLICY = {
+    "tenant": "*",
+    "roles": {
+        "cluster-admin": {"groups": ["oidc:platform-admins"]},
+        "view": {"groups": ["oidc:developers"]},
+    },
+}
+ROLE_BINDINGS = {"vgate:cluster-admin": "cluster-admin", "vgate:admin": "admin",
+                 "vgate:view": "view"}
+
+
+@dataclass(frozen=True)
+class Options:
+    directory: Path
+    kubeconfig: Path | None = None
+    context: str | None = None
+    upstream_token_file: Path | None = None
+    tenant: str = "local"
+    host: str = "127.0.0.1"
+    port: int = 8443
+    idp_port: int = 8444
+
+
+@dataclass(frozen=True)
+class Prepared:
+    config_file: Path
+    gateway_url: str
+    ca_file: Path
+    tenant: dict
+    tenant_source: str
+    idp: DevIdP
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _secret(path: Path) -> str:
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def prepare(opts: Options) -> Prepared:
+    """Write every file of the setup (idempotent); nothing is started yet."""
+    d = opts.directory.expanduser().resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    for port, what in ((opts.port, "--port"), (opts.idp_port, "--idp-port")):
+        if not _port_free(opts.host, port):
+            raise QuickstartError(f"{opts.host}:{port} is in use; choose another with {what}")
+    tenant, source = tenant_from_kubeconfig(
+        kubeconfig_paths(opts.kubeconfig), opts.context, d / "tenants" / opts.tenant,
+        name=opts.tenant,
+    )
+    if opts.upstream_token_file:
+        for key in ("token_file", "client_cert_file", "client_key_file"):
+            tenant.pop(key, None)
+        tenant["token_file"] = str(opts.upstream_token_file.resolve())
+    serving = serving_certificate(d / "pki", [opts.host, "localhost", "*.localhost"])
+    issuer = f"http://127.0.0.1:{opts.idp_port}"
+    gateway_url = f"https://{opts.host}:{opts.port}"
+    idp_config = {
+        "issuer": issuer, "host": "127.0.0.1", "port": opts.idp_port,
+        "keys": str(d / "idp-keys.json"), "store": str(d / "idp-store.json"),
+        "ttl": {"IdToken": 900, "AccessToken": 900, "RefreshToken": 86400, "DeviceCode": 600},
+        "users": USERS,
+        "clients": [
+            {"client_id": "vgate", "application_type": "native",
+             "token_endpoint_auth_method": "none",
+             "grant_types": ["authorization_code", "refresh_token",
+                             "urn:ietf:params:oauth:grant-type:device_code"],
+             "response_types": ["code"],
+             "redirect_uris": ["http://127.0.0.1/callback", "http://localhost/callback"]},
+        ],
+    }
+    idp = DevIdP(idp_config, d / "idp-config.json", d / "idp.log")
+    (d / "policies").mkdir(exist_ok=True)
+    (d / "policies" / "quickstart.yaml").write_text(yaml.safe_dump(POLICY, sort_keys=False))
+    config = {
+        "listen": {"host": opts.host, "port": opts.port},
+        "tls": {"cert_file": str(serving.cert_file), "key_file": str(serving.key_file)},
+        "routing": {"base_domain": "localhost", "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{
+            "issuer": issuer, "audiences": ["vgate"],
+            "username_claim": "email", "username_prefix": "oidc:",
+            "groups_claim": "groups", "groups_prefix": "oidc:",
+        }]},
+        "policies": str(d / "policies"),
+        "audit": {"file": str(d / "audit.log")},
+        "tenants": [tenant],
+    }
+    config_file = d / "vgate.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    return Prepared(config_file, gateway_url, serving.ca_file, tenant, source, idp)
+
+
+def bind_roles(tenant: dict) -> list[str]:
+    """Create the ClusterRoleBindings of the role groups in the tenant's cluster (server-side
+    apply with the tenant credential); returns what was applied."""
+    import httpx
+
+    verify: str | bool = tenant.get("ca_file") or True
+    if tenant.get("insecure_skip_tls_verify"):
+        verify = False
+    headers = {"Content-Type": "application/apply-patch+yaml"}
+    if tenant.get("token_file"):
+        headers["Authorization"] = "Bearer " + Path(tenant["token_file"]).read_text().strip()
+    cert = ((tenant["client_cert_file"], tenant["client_key_file"])
+            if tenant.get("client_cert_file") else None)
+    applied = []
+    with httpx.Client(base_url=tenant["upstream"], verify=verify, cert=cert, timeout=10) as c:
+        for group, role in ROLE_BINDINGS.items():
+            body = {
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": group, "labels": {"app.kubernetes.io/managed-by": "vgate"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                              "name": group}],
+            }
+            r = c.patch(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{group}",
+                        params={"fieldManager": "vgate-quickstart", "force": "true"},
+                        headers=headers, content=json.dumps(body))
+            if r.status_code >= 300:
+                raise QuickstartError(
+                    f"could not create ClusterRoleBinding {group}: HTTP {r.status_code} "
+                    f"{r.text[:300]}")
+            applied.append(f"{group} → {role}")
+    return applied
+
+
+def banner(p: Prepared, kubeconfig: Path | None) -> str:
+    t = p.tenant["name"]
+    lines = [
+        "vgate quickstart",
+        f"  gateway   {p.gateway_url}   (CA {p.ca_file})",
+        f"  tenant    {t} → {p.tenant_source}",
+        f"            {p.gateway_url}/clusters/{t}   or   https://{t}.localhost:"
+        f"{p.gateway_url.rsplit(':', 1)[1]}",
+        f"  IdP       {p.idp.issuer}   log in as alice/alice (cluster-admin) or bob/bob (view)",
+        f"  config    {p.config_file}",
+    ]
+    if kubeconfig is not None:
+        lines.append(f"  try       KUBECONFIG={kubeconfig} kubectl auth whoami")
+    lines.append("  stop      Ctrl-C")
+    return "\n".join(lines)
+
+
+def run(opts: Options, *, with_bindings: bool) -> int:
+    """Prepare, start the OpenID Provider, and serve until interrupted."""
+    from gateway.config import load_config
+    from gateway.server.serve import serve
+
+    prepared = prepare(opts)
+    if with_bindings:
+        for line in bind_roles(prepared.tenant):
+            print(f"applied ClusterRoleBinding {line}", file=sys.stderr)
+    config = load_config(prepared.config_file)
+    prepared.idp.start()
+    try:
+        print(banner(prepared, None), file=sys.stderr, flush=True)
+        return serve(config)
+    finally:
+        prepared.idp.stop()
