@@ -186,6 +186,11 @@ class Limits(Strict):
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 25.0
 
 
+class NestedImpersonation(Strict):
+    enabled: bool = False
+    decision_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+
+
 class Audit(Strict):
     file: str = "-"
 
@@ -201,3 +206,4 @@ class GatewayConfig(Strict):
     upstream: Upstream = Upstream()
     limits: Limits = Limits()
     audit: Audit = Audit()
+    nested_impersonation: NestedImpersonation = NestedImpersonation()

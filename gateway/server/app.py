@@ -12,6 +12,13 @@ from gateway.authn import Authenticator, AuthError
 from gateway.client_address import ClientAddress
 from gateway.forward import Forwarder
 from gateway.identity import Deny, Grant, Identity
+from gateway.nested_impersonation import (
+    BadImpersonation,
+    NestedImpersonation,
+    Requested,
+    ReviewUnavailable,
+    requested_identity,
+)
 from gateway.policy import PolicyEngine
 from gateway.record import Recorder
 from gateway.registry import TenantRegistry, Upstream
@@ -35,6 +42,15 @@ def _is_discovery(exchange: Exchange) -> bool:
     return path in _DISCOVERY_PATHS or b"apidiscovery.k8s.io" in accept
 
 
+def _forbidden(exchange: Exchange, message: str) -> None:
+    """403 with `message`: a `Status`, except for discovery requests, where client-go cannot
+    decode a Status and would print "unknown"; a text body it shows, so kubectl users see why."""
+    if _is_discovery(exchange):
+        exchange.respond(403, message.encode(), content_type=b"text/plain; charset=utf-8")
+    else:
+        exchange.fail(403, message)
+
+
 @dataclass
 class Readiness:
     config_loaded: bool = False
@@ -55,6 +71,7 @@ class Gateway:
         forwarder: Forwarder,
         recorder: Recorder,
         client_address: ClientAddress | None = None,
+        nested: NestedImpersonation | None = None,
     ) -> None:
         self.router = router
         self.registry = registry
@@ -65,7 +82,10 @@ class Gateway:
         self.client_address = client_address if client_address and client_address.trusted else None
         self.readiness = Readiness()
         self._tasks: set[asyncio.Task] = set()
+        self.nested = nested
         registry.on_change(forwarder.forget)
+        if nested is not None:
+            registry.on_change(nested.forget)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -148,22 +168,58 @@ class Gateway:
             exchange.decision = "deny"
             exchange.reason = decision.reason
             self.recorder.metrics.denials.labels(upstream.name).inc()
-            message = f'user "{identity.username}" has no access to tenant "{upstream.name}"'
-            if _is_discovery(exchange):
-                # client-go's discovery cannot decode a Status and would print "unknown";
-                # for a text body it shows the message, so kubectl users see why.
-                exchange.respond(403, message.encode(), content_type=b"text/plain; charset=utf-8")
-            else:
-                exchange.fail(403, message)
+            _forbidden(exchange,
+                       f'user "{identity.username}" has no access to tenant "{upstream.name}"')
             return
         if client_impersonation(exchange.headers):
+            self._nested(exchange, upstream, decision)
+            return
+        self._forward(exchange, upstream, decision)
+
+    def _nested(self, exchange: Exchange, upstream: Upstream, grant: Grant) -> None:
+        """`kubectl --as`: refused, or checked by SubjectAccessReview when enabled."""
+        if self.nested is None:
             exchange.decision = "deny"
             exchange.reason = "client sent Impersonate-* headers"
-            exchange.fail(
-                403,
-                "impersonation (kubectl --as/--as-group/--as-uid) is not allowed through "
-                "the vgate gateway",
-            )
+            _forbidden(exchange, "impersonation (kubectl --as/--as-group/--as-uid) is not "
+                                 "allowed through the vgate gateway")
+            return
+        try:
+            requested = requested_identity(exchange.headers)
+        except BadImpersonation as exc:
+            exchange.decision = "refused"
+            exchange.reason = str(exc)
+            exchange.fail(400, f"invalid impersonation request: {exc}")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._nested_then_forward(exchange, upstream, grant, requested))
+        exchange.client_gone_hook = task.cancel
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _nested_then_forward(self, exchange: Exchange, upstream: Upstream, grant: Grant,
+                                   requested: Requested) -> None:
+        assert self.nested is not None
+        exchange.grant = grant
+        try:
+            decision = await self.nested.decide(upstream, grant, requested)
+        except ReviewUnavailable as exc:
+            exchange.decision = "refused"
+            exchange.reason = str(exc)
+            exchange.fail(503, "the tenant's API server could not check the impersonation "
+                               "request; try again", extra=[(b"Retry-After", b"1")])
+            return
+        except Exception:
+            log.exception("nested impersonation check crashed")
+            exchange.fail(500, "internal error while checking impersonation")
+            return
+        if exchange.conn.closed:
+            return
+        exchange.client_gone_hook = None
+        if isinstance(decision, Deny):
+            exchange.decision = "deny"
+            exchange.reason = decision.reason
+            _forbidden(exchange, decision.reason)
             return
         self._forward(exchange, upstream, decision)
 

@@ -15,6 +15,7 @@ from gateway.authn import Authenticator
 from gateway.client_address import ClientAddress
 from gateway.config import GatewayConfig
 from gateway.forward import Forwarder
+from gateway.nested_impersonation import NestedImpersonation
 from gateway.policy import PolicyEngine, load_policies
 from gateway.record import Recorder
 from gateway.record.audit import AuditLog
@@ -53,6 +54,9 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
         forwarder=Forwarder(config.upstream),
         recorder=Recorder(AuditLog(config.audit.file), Metrics()),
         client_address=ClientAddress(config.listen.trusted_proxies),
+        nested=(NestedImpersonation(
+            cache_seconds=config.nested_impersonation.decision_cache_seconds)
+            if config.nested_impersonation.enabled else None),
     )
 
 
@@ -113,6 +117,8 @@ class RunningGateway:
                     current.finish(reusable=False)  # a clean end: client-go simply re-watches
             conn.close()
         self.gateway.forwarder.close()
+        if self.gateway.nested is not None:
+            await self.gateway.nested.close()
         await self.gateway.authenticator.close()
         self.gateway.recorder.audit.close()
 

@@ -58,6 +58,7 @@ class World:
     idp: OIDCProvider
     gateway: GatewayThread
     tenants: dict[str, FakeKube]
+    config: dict
 
     def token(self, user: str) -> str:
         return self.idp.login(user).id_token
@@ -158,7 +159,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     }
     config["oidc"]["issuers"][0].pop("jwks_refresh_min_interval_seconds")
     gateway = GatewayThread(base / "gateway", config).start()
-    world = World(base, ca, idp, gateway, tenants)
+    world = World(base, ca, idp, gateway, tenants, config)
     try:
         yield world
     finally:
