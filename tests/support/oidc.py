@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import fcntl
 import hashlib
 import json
 import os
@@ -20,7 +19,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -32,12 +30,12 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.quickstart.dev_idp import ensure_node_modules
 from tests.support.pki import Leaf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEV_IDP_DIR = REPO_ROOT / "deploy" / "dev-idp"
 NODE = shutil.which("node")
-NPM = shutil.which("npm")
 
 DEFAULT_SCOPES = "openid email profile groups offline_access"
 DEFAULT_REDIRECT_URI = "http://127.0.0.1:38123/callback"  # any loopback port works (RFC 8252)
@@ -132,37 +130,6 @@ def _write_private_json(path: Path, data: Any) -> None:
 
 
 # ---------------------------------------------------------------- node side
-
-
-def ensure_node_modules() -> None:
-    """`npm ci` in deploy/dev-idp once per lockfile (a marker holds the lockfile's hash)."""
-    if NODE is None or NPM is None:
-        raise RuntimeError("node/npm not found on PATH: the dev OpenID Provider needs Node.js")
-    lock = DEV_IDP_DIR / "package-lock.json"
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
-    marker = DEV_IDP_DIR / "node_modules" / ".vgate-lock-sha256"
-
-    def fresh() -> bool:
-        return (
-            marker.is_file()
-            and marker.read_text().strip() == digest
-            and (DEV_IDP_DIR / "node_modules" / "oidc-provider" / "package.json").is_file()
-        )
-
-    if fresh():
-        return
-    lock_file = Path(tempfile.gettempdir()) / f"vgate-dev-idp-npm-{os.getuid()}.lock"
-    with lock_file.open("w") as lf:
-        fcntl.flock(lf, fcntl.LOCK_EX)  # parallel test workers: one npm ci at a time
-        if fresh():
-            return
-        proc = subprocess.run(
-            [NPM, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=DEV_IDP_DIR, capture_output=True, text=True, timeout=300, check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"npm ci in {DEV_IDP_DIR} failed:\n{proc.stdout}\n{proc.stderr}")
-        marker.write_text(digest + "\n")
 
 
 def free_port() -> int:
