@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -127,9 +129,11 @@ class Gateway:
             self._authorize(exchange, upstream, identity)
             return
         self.recorder.metrics.token_cache.labels("miss").inc()
-        task = asyncio.get_running_loop().create_task(
-            self._authenticate_then_forward(exchange, upstream, token)
-        )
+        self._spawn(exchange, self._authenticate_then_forward(exchange, upstream, token))
+
+    def _spawn(self, exchange: Exchange, step: Coroutine[Any, Any, None]) -> None:
+        """Run an awaiting step of `exchange`; the client leaving cancels it."""
+        task = asyncio.get_running_loop().create_task(step)
         exchange.client_gone_hook = task.cancel
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -191,11 +195,7 @@ class Gateway:
             exchange.reason = str(exc)
             exchange.fail(400, f"invalid impersonation request: {exc}")
             return
-        task = asyncio.get_running_loop().create_task(
-            self._nested_then_forward(exchange, upstream, grant, requested))
-        exchange.client_gone_hook = task.cancel
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(exchange, self._nested_then_forward(exchange, upstream, grant, requested))
 
     async def _nested_then_forward(self, exchange: Exchange, upstream: Upstream, grant: Grant,
                                    requested: Requested) -> None:
