@@ -65,7 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True)
     p = sub.add_parser("check-config", help="validate a config file and its policies")
     p.add_argument("--config", type=Path, required=True)
+    p = sub.add_parser("login", help="kubectl exec credential plugin: print an ID token")
+    from gateway.login.command import (
+        add_kubeconfig_arguments,
+        add_login_arguments,
+        add_logout_arguments,
+    )
+
+    add_login_arguments(p)
+    p = sub.add_parser("logout", help="forget cached tokens of an issuer, or all")
+    add_logout_arguments(p)
+    p = sub.add_parser("kubeconfig", help="print a tenant's kubeconfig (exec plugin, no secret)")
+    add_kubeconfig_arguments(p)
     args = parser.parse_args(argv)
+    if args.command in ("login", "logout", "kubeconfig"):
+        from gateway.login import command
+
+        return {"login": command.login_main, "logout": command.logout_main,
+                "kubeconfig": command.kubeconfig_main}[args.command](args)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
