@@ -39,6 +39,16 @@ def _check_config(path: Path) -> int:
     if problems:
         print(f"{len(problems)} problem(s) in policies", file=sys.stderr)
         return 1
+    if config.portal is not None:
+        from gateway.portal.app import MIN_SECRET_BYTES, read_secret
+
+        try:
+            read_secret(config.portal.client_secret_file, "portal.client_secret_file")
+            read_secret(config.portal.cookie_secret_file, "portal.cookie_secret_file",
+                        min_bytes=MIN_SECRET_BYTES)
+        except ValueError as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            return 1
     print(f"{path}: ok ({len(config.tenants)} tenants, {len(config.oidc.issuers)} issuers)")
     return 0
 

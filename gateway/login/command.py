@@ -160,7 +160,7 @@ def kubeconfig_main(args: argparse.Namespace) -> int:
         return 2
     spec = KubeconfigSpec(
         tenant=args.tenant, server=server, issuer=args.issuer, client_id=args.client_id,
-        ca_pem=ca, command=args.command, issuer_ca_pem=issuer_ca,
+        ca_pem=ca, command=args.plugin_command, issuer_ca_pem=issuer_ca,
     )
     sys.stdout.write(kubeconfig_yaml(spec))
     return 0
@@ -185,6 +185,7 @@ def add_kubeconfig_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-id", default="vgate")
     p.add_argument("--certificate-authority", help="the gateway's CA (PEM), embedded as data")
     p.add_argument("--issuer-ca-file", help="the IdP's CA (PEM), passed to vgate login")
-    p.add_argument("--command", default="vgate", help="the plugin command kubectl runs")
+    p.add_argument("--command", dest="plugin_command", default="vgate",
+                   help="the plugin command kubectl runs")
 
 

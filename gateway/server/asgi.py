@@ -49,9 +49,15 @@ class AsgiBridge:
         self.max_body_bytes = max_body_bytes
         self._mounts: list[tuple[str, ASGIApp]] = []
         self._tasks: set[asyncio.Task] = set()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
-    def mount(self, prefix: str, app: ASGIApp) -> None:
-        """Serve `app` for `prefix` and everything below it ("/" = every local path)."""
+    def mount(
+        self, prefix: str, app: ASGIApp, *, on_close: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Serve `app` for `prefix` and everything below it ("/" = every local path);
+        `on_close` runs at shutdown (the bridge speaks no lifespan protocol)."""
+        if on_close is not None:
+            self._closers.append(on_close)
         norm = _normalize_prefix(prefix)
         self._mounts = [(p, a) for p, a in self._mounts if p != norm]
         self._mounts.append((norm, app))
@@ -82,6 +88,8 @@ class AsgiBridge:
             exchange.fail(413, "request body too large")
             return True
         prefix, app = found
+        # the audit line records this instead of the target: OAuth callbacks carry a code
+        exchange.upstream_target = raw_path
         call = _Call(self, exchange, app, _scope(exchange, prefix, path, raw_path, query))
         task = asyncio.get_running_loop().create_task(call.run())
         self._tasks.add(task)
@@ -95,6 +103,11 @@ class AsgiBridge:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for closer in self._closers:
+            try:
+                await closer()
+            except Exception:
+                log.exception("closing a mounted application failed")
 
 
 def _scope(exchange: Exchange, prefix: str, path: str, raw_path: bytes, query: bytes) -> Scope:
