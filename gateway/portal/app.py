@@ -147,8 +147,8 @@ class Portal:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        body = _templates.get_template(name).render(**context)
+    def _page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        body = _templates.get_template(template).render(**context)
         return HTMLResponse(body, status_code=status, headers=_SECURITY_HEADERS)
 
     def _error(self, status: int, title: str, message: str, *, retry: bool = True) -> Response:
