@@ -7,14 +7,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.login.cache import CachedTokens, CacheKey, TokenCache
+from gateway.login.errors import IdPUnreachable, LoginError
 from gateway.login.exec_credential import exec_credential, requested_api_version
-from gateway.login.flows import DEFAULT_PORTS, browser_login, device_login
 from gateway.login.kubeconfig import KubeconfigSpec, kubeconfig_yaml
-from gateway.login.provider import IdPUnreachable, LoginError, Provider, Tokens, tls_verify
+
+if TYPE_CHECKING:
+    from gateway.login.provider import Tokens
 
 DEFAULT_SCOPES = "openid email profile groups offline_access"
+DEFAULT_PORTS = (8000, 18000)
 EXPIRY_MARGIN_SECONDS = 30.0
 
 
@@ -65,6 +69,10 @@ def obtain_token(args: argparse.Namespace, cache: TokenCache) -> CachedTokens:
         entry = cache.load(key)
         if entry is not None and entry.valid_for(time.time(), EXPIRY_MARGIN_SECONDS):
             return entry
+        # only now: the OAuth client code costs ~0.1 s to import, the cached path nothing
+        from gateway.login.flows import browser_login, device_login
+        from gateway.login.provider import Provider, tls_verify
+
         provider = Provider(
             args.issuer, args.client_id,
             verify=tls_verify(args.issuer_ca_file, args.issuer_ca_data),
@@ -135,6 +143,8 @@ def logout_main(args: argparse.Namespace) -> int:
             cache.remove(key)
         removed += 1
         if entry.refresh_token and not args.keep_session:
+            from gateway.login.provider import Provider, tls_verify
+
             provider = Provider(entry.issuer, entry.client_id, timeout=5.0,
                                 verify=tls_verify(args.issuer_ca_file, None))
             provider.revoke(entry.refresh_token)

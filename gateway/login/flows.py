@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from gateway.login.provider import LoginError, OAuthFailure, Provider, Tokens
+from gateway.login.errors import LoginError
+from gateway.login.provider import OAuthFailure, Provider, Tokens
 
-DEFAULT_PORTS = (8000, 18000)
 CALLBACK_PATH = "/callback"
 
 _PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8">

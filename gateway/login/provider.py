@@ -17,16 +17,12 @@ import httpx
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import OAuth2Client
 
+from gateway.login.errors import IdPUnreachable, LoginError
+
+__all__ = ["IdPUnreachable", "LoginError", "OAuthFailure", "Provider", "Tokens", "tls_verify"]
+
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MAX_DOCUMENT_BYTES = 512 * 1024
-
-
-class LoginError(Exception):
-    """A login that cannot complete; the message is for the person at the terminal."""
-
-
-class IdPUnreachable(LoginError):
-    """The IdP did not answer (connection refused, DNS, TLS, timeout)."""
 
 
 @dataclass(frozen=True)
