@@ -126,8 +126,15 @@ def login_main(args: argparse.Namespace) -> int:
 def logout_main(args: argparse.Namespace) -> int:
     """Forget cached tokens (and revoke their refresh tokens at the IdP, best effort)."""
     cache = TokenCache(args.cache_dir)
+    if args.tenant:
+        found = _plugin_args_for_tenant(args.tenant)
+        if found is None:
+            print(f"vgate logout: no kubeconfig user vgate-{args.tenant} runs `vgate login` "
+                  "(looked in $KUBECONFIG or ~/.kube/config)", file=sys.stderr)
+            return 1
+        args.issuer, args.client_id, args.user = found
     if not args.all and not args.issuer:
-        print("vgate logout: give --issuer (optionally --client-id/--user) or --all",
+        print("vgate logout: give --tenant, --issuer (optionally --client-id/--user) or --all",
               file=sys.stderr)
         return 2
     removed = 0
@@ -156,6 +163,29 @@ def logout_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugin_args_for_tenant(tenant: str) -> tuple[str, str, str] | None:
+    """(issuer, client id, user) of the kubeconfig user `vgate-<tenant>`, from the files
+    kubectl would read."""
+    import yaml
+
+    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    for name in filter(None, paths.split(os.pathsep)):
+        try:
+            doc = yaml.safe_load(Path(name).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        for user in (doc or {}).get("users") or []:
+            exec_ = ((user or {}).get("user") or {}).get("exec") or {}
+            args = [str(a) for a in exec_.get("args") or []]
+            if user.get("name") != f"vgate-{tenant}" or "login" not in args:
+                continue
+            values = {k: v for k, _, v in (a.partition("=") for a in args) if v}
+            if "--issuer" in values:
+                return (values["--issuer"], values.get("--client-id", "vgate"),
+                        values.get("--user", ""))
+    return None
+
+
 def kubeconfig_main(args: argparse.Namespace) -> int:
     """Print a tenant's kubeconfig (the same one the portal offers)."""
     try:
@@ -177,6 +207,7 @@ def kubeconfig_main(args: argparse.Namespace) -> int:
 
 
 def add_logout_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tenant", help="forget the tokens the kubeconfig user vgate-<tenant> uses")
     p.add_argument("--issuer", help="forget the tokens of this issuer")
     p.add_argument("--client-id", help="only this client")
     p.add_argument("--user", default=None, help="only this user selection")

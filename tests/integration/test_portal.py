@@ -76,6 +76,15 @@ def test_each_user_sees_exactly_their_tenants_and_roles(world):
                 assert 'id="no-tenants"' in page.text
 
 
+def test_gateway_endpoints_stay_in_front_of_the_portal(world):
+    with _client(world) as c:
+        assert c.get(world.url + "/healthz").text == "ok"
+        assert c.get(world.url + "/readyz").status_code == 200
+        assert "vgate" in c.get(world.url + "/metrics").text
+        r = c.get(world.url + "/clusters/tenant1/api")  # a tenant path: the gateway's 401
+        assert r.status_code == 401 and r.json()["kind"] == "Status"
+
+
 def test_session_cookie_flags_and_page_headers(world):
     with _client(world) as c:
         r = c.get(world.url + "/login")

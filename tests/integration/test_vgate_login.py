@@ -120,7 +120,7 @@ def test_logout_forces_a_new_login(world, tmp_path, cache):
     _username(_whoami(world, kc, env))
     runs = world.browser_runs()
     old_refresh = json.loads(_entry_file(cache).read_text())["refresh_token"]
-    r = world.vgate("logout", "--issuer", world.idp.issuer, env=env)
+    r = world.vgate("logout", "--tenant", "tenant1", env={**env, "KUBECONFIG": str(kc)})
     assert r.returncode == 0 and "logged out" in r.stderr, r.stderr
     assert r.stdout == ""
     assert not list(cache.glob("*.json"))
