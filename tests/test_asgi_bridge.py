@@ -212,3 +212,37 @@ async def test_head_has_no_body(server):
     first, _, rest = data.partition(b"\r\n\r\n")
     assert first.startswith(b"HTTP/1.1 200")
     assert rest.startswith(b"HTTP/1.1 201")  # nothing between the HEAD answer and the next
+
+
+async def test_slow_client_slows_a_streaming_app():
+    sent: list[int] = []
+    chunk = b"z" * (1 << 20)
+
+    async def big_stream(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(32):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent.append(i)
+        await send({"type": "http.response.body", "body": b""})
+
+    bridge = AsgiBridge()
+    bridge.mount("/", big_stream)
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(
+        lambda: ClientConnection(_Dispatcher(bridge), _Limits(), set()), "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.5)  # not reading: the app must stall well before 32 MiB
+    stalled_at = len(sent)
+    assert stalled_at < 24, stalled_at
+    total = 0
+    while True:
+        data = await asyncio.wait_for(reader.read(1 << 20), 5)
+        total += len(data)
+        if data.endswith(b"0\r\n\r\n") or not data:
+            break
+    assert len(sent) == 32 and total > 32 * len(chunk)
+    writer.close()
+    srv.close()
+    await bridge.close()

@@ -7,7 +7,8 @@ falls under a mount prefix is handed to that app as an ASGI 3 `http` scope (spec
   `http.request` message; afterwards `receive()` waits for `http.disconnect`;
 - `http.response.start` + `http.response.body` (with `more_body` for streaming) become a
   response with `Content-Length` when the whole body is known, else chunked;
-- `send()` on a disconnected client raises `OSError` (spec 2.4), so streams end;
+- `send()` on a disconnected client raises `OSError` (spec 2.4), so streams end; it
+  waits while the client's socket buffer is full (backpressure);
 - an exception in the app is logged and answered with a plain 500 (no internals), or ends
   the connection when the response had already started. No lifespan protocol.
 """
@@ -144,6 +145,8 @@ class _Call:
         self.body_complete = asyncio.Event()
         self.too_large = False
         self.disconnected = asyncio.Event()
+        self.writable = asyncio.Event()  # cleared while the client's socket buffer is full
+        self.writable.set()
         self.request_delivered = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -153,6 +156,7 @@ class _Call:
         self.close_delimited = False
         exchange.decision = "local"
         exchange.client_gone_hook = self._client_gone
+        exchange.conn.on_write_pause = self._write_paused
         if exchange.header(b"expect") is not None and not exchange.body_done:
             exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         exchange.attach_body_sink(self._body_chunk)
@@ -174,6 +178,13 @@ class _Call:
     def _client_gone(self) -> None:
         self.disconnected.set()
         self.body_complete.set()
+        self.writable.set()
+
+    def _write_paused(self, paused: bool) -> None:
+        if paused:
+            self.writable.clear()
+        else:
+            self.writable.set()
 
     async def receive(self) -> Message:
         if not self.request_delivered and not self.disconnected.is_set():
@@ -208,6 +219,10 @@ class _Call:
             self._send_head(len(body) if not more else None)
         if body and self.exchange.method != b"HEAD":
             self.exchange.send_body(body)
+            if not self.writable.is_set():  # backpressure: a slow client slows the app
+                await self.writable.wait()
+                if self.disconnected.is_set():
+                    raise OSError("client disconnected")
         if not more:
             self.ended = True
             self.exchange.finish(reusable=not self.close_delimited)
@@ -269,6 +284,8 @@ class _Call:
             self._crashed()
         finally:
             ex.client_gone_hook = None
+            if ex.conn.on_write_pause == self._write_paused:
+                ex.conn.on_write_pause = None
 
     def _crashed(self) -> None:
         ex = self.exchange
