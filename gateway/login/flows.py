@@ -4,6 +4,7 @@ and device code. Both talk to the person on stderr only."""
 from __future__ import annotations
 
 import html
+import os
 import secrets
 import sys
 import threading
@@ -84,6 +85,12 @@ def _bind(ports: list[int]) -> HTTPServer:
                      + "; ".join(errors) + "); free one or pass --listen-port")
 
 
+def can_open_browser() -> bool:
+    """A graphical browser can be opened (never a console browser inside kubectl's terminal)."""
+    return (sys.platform in ("darwin", "win32")
+            or any(os.environ.get(v) for v in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")))
+
+
 def browser_login(
     provider: Provider,
     *,
@@ -116,7 +123,7 @@ def browser_login(
                 code_challenge_method="S256", **extra,
             )
         opened = False
-        if open_browser:
+        if open_browser and can_open_browser():
             try:
                 opened = opener(url)
             except Exception:
