@@ -207,6 +207,14 @@ def test_portal_config_problems(tmp_path, issuer, url, message):
     assert any(message in str(p) for p in info.value.problems), info.value.problems
 
 
+def test_check_config_accepts_a_portal(tmp_path):
+    path = _portal_config(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--config", str(path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert ": ok" in r.stdout
+
+
 def test_check_config_reports_a_short_cookie_secret(tmp_path):
     path = _portal_config(tmp_path, cookie="short")
     r = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--config", str(path)],
