@@ -9,7 +9,7 @@ import secrets
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -63,7 +63,6 @@ class SSOWorld:
     tenants: dict[str, FakeKube]
     bin_dir: Path
     browser_log: Path
-    env_extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
