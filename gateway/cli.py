@@ -39,6 +39,16 @@ def _check_config(path: Path) -> int:
     if problems:
         print(f"{len(problems)} problem(s) in policies", file=sys.stderr)
         return 1
+    if config.portal is not None:
+        from gateway.portal.app import MIN_SECRET_BYTES, read_secret
+
+        try:
+            read_secret(config.portal.client_secret_file, "portal.client_secret_file")
+            read_secret(config.portal.cookie_secret_file, "portal.cookie_secret_file",
+                        min_bytes=MIN_SECRET_BYTES)
+        except ValueError as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            return 1
     print(f"{path}: ok ({len(config.tenants)} tenants, {len(config.oidc.issuers)} issuers)")
     return 0
 
@@ -98,7 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bind-roles", action="store_true",
                    help="create ClusterRoleBindings vgate:cluster-admin/admin/view in the "
                         "tenant cluster (otherwise the roles only work once you bind them)")
+    p = sub.add_parser("login", help="kubectl exec credential plugin: print an ID token")
+    from gateway.login.command import (
+        add_kubeconfig_arguments,
+        add_login_arguments,
+        add_logout_arguments,
+    )
+
+    add_login_arguments(p)
+    p = sub.add_parser("logout", help="forget cached tokens of an issuer, or all")
+    add_logout_arguments(p)
+    p = sub.add_parser("kubeconfig", help="print a tenant's kubeconfig (exec plugin, no secret)")
+    add_kubeconfig_arguments(p)
     args = parser.parse_args(argv)
+    if args.command in ("login", "logout", "kubeconfig"):
+        from gateway.login import command
+
+        return {"login": command.login_main, "logout": command.logout_main,
+                "kubeconfig": command.kubeconfig_main}[args.command](args)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -195,6 +195,42 @@ class Audit(Strict):
     file: str = "-"
 
 
+class Portal(Strict):
+    """The SSO web portal served on the gateway's own host at `/` (README: "Portal")."""
+
+    issuer: str                              # must be one of oidc.issuers
+    client_id: str = "vgate-portal"          # confidential client of the portal
+    client_secret_file: ConfigPath
+    public_url: str                          # what users open, e.g. https://k8s.example.com
+    cookie_secret_file: ConfigPath           # signs the session cookie (>= 32 bytes)
+    session_lifetime_seconds: Annotated[int, Field(ge=60, le=86400)] = 3600
+    insecure_http: bool = False              # allow http:// public_url and non-Secure cookies
+    cli_client_id: str = "vgate"             # public client `vgate login` uses (kubeconfigs)
+    scopes: list[str] = ["openid", "email", "profile", "groups"]
+    ca_file: ConfigPath | None = None        # CA of the gateway's certificate, for kubeconfigs
+    login_command: str = "vgate"             # the exec plugin command put in kubeconfigs
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#@]+/?", v):
+            raise ValueError("must be scheme://host[:port] without a path")
+        return v.rstrip("/")
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        if "openid" not in v:
+            raise ValueError("must include openid")
+        return v
+
+    @model_validator(mode="after")
+    def _plain_http(self) -> Portal:
+        if self.public_url.startswith("http://") and not self.insecure_http:
+            raise ValueError("public_url is plain http: set insecure_http: true to allow it")
+        return self
+
+
 class GatewayConfig(Strict):
     listen: Listen = Listen()
     tls: TLS | None = None
@@ -207,3 +243,10 @@ class GatewayConfig(Strict):
     limits: Limits = Limits()
     audit: Audit = Audit()
     nested_impersonation: NestedImpersonation = NestedImpersonation()
+    portal: Portal | None = None
+
+    @model_validator(mode="after")
+    def _portal_issuer(self) -> GatewayConfig:
+        if self.portal and self.portal.issuer not in {i.issuer for i in self.oidc.issuers}:
+            raise ValueError(f"portal.issuer {self.portal.issuer!r} is not one of oidc.issuers")
+        return self

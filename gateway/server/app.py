@@ -26,6 +26,7 @@ from gateway.record import Recorder
 from gateway.registry import TenantRegistry, Upstream
 from gateway.rewrite import client_impersonation, impersonation_block, upstream_head
 from gateway.route import Refused, Router
+from gateway.server.asgi import AsgiBridge
 from gateway.server.exchange import Exchange
 
 log = logging.getLogger("vgate.app")
@@ -74,8 +75,10 @@ class Gateway:
         recorder: Recorder,
         client_address: ClientAddress | None = None,
         nested: NestedImpersonation | None = None,
+        local_apps: AsgiBridge | None = None,
     ) -> None:
         self.router = router
+        self.local_apps = local_apps or AsgiBridge()
         self.registry = registry
         self.authenticator = authenticator
         self.policy = policy
@@ -274,5 +277,5 @@ class Gateway:
         elif path == b"/metrics":
             exchange.respond(200, generate_latest(self.recorder.metrics.registry),
                              content_type=CONTENT_TYPE_LATEST.encode())
-        else:
+        elif not self.local_apps.handle(exchange):  # mounted ASGI apps: portal, admin API
             exchange.fail(404, "not found: address a tenant by hostname or by path prefix")

@@ -23,6 +23,7 @@ from gateway.record.metrics import Metrics
 from gateway.registry import TenantRegistry, upstream_from_config
 from gateway.route import Router
 from gateway.server.app import Gateway
+from gateway.server.asgi import AsgiBridge
 from gateway.server.connection import ClientConnection
 
 log = logging.getLogger("vgate.serve")
@@ -46,17 +47,25 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
     registry = registry or TenantRegistry()
     for tenant in config.tenants:
         registry.put(upstream_from_config(tenant))
+    policy = PolicyEngine(policies)
+    local_apps = AsgiBridge()
+    if config.portal is not None:
+        from gateway.portal import build_portal, policy_access
+
+        portal = build_portal(config, policy_access(registry, policy))
+        local_apps.mount("/", portal.app, on_close=portal.close)
     return Gateway(
         router=Router(config.routing.base_domain, config.routing.path_prefix),
         registry=registry,
         authenticator=Authenticator(config.oidc),
-        policy=PolicyEngine(policies),
+        policy=policy,
         forwarder=Forwarder(config.upstream),
         recorder=Recorder(AuditLog(config.audit.file), Metrics()),
         client_address=ClientAddress(config.listen.trusted_proxies),
         nested=(NestedImpersonation(
             cache_seconds=config.nested_impersonation.decision_cache_seconds)
             if config.nested_impersonation.enabled else None),
+        local_apps=local_apps,
     )
 
 
@@ -116,6 +125,7 @@ class RunningGateway:
                 if current.chunked_out:
                     current.finish(reusable=False)  # a clean end: client-go simply re-watches
             conn.close()
+        await self.gateway.local_apps.close()
         self.gateway.forwarder.close()
         if self.gateway.nested is not None:
             await self.gateway.nested.close()

@@ -1,0 +1,211 @@
+"""The SSO portal over HTTP: sign-in through the real IdP, tenants and roles from the
+policy engine, kubeconfig access control, cookie flags, CSRF-safe logout."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import subprocess
+from collections.abc import Iterator
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+import yaml
+
+from tests.support import sso_world
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso_world.SSOWorld]:
+    why = sso_world.missing_tools()
+    if why:
+        pytest.skip(why)
+    w = sso_world.build(tmp_path_factory.mktemp("portal"))
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def _client(world) -> httpx.Client:
+    ctx = ssl.create_default_context(cafile=str(world.ca.cert_file))
+    return httpx.Client(verify=ctx, timeout=10.0, follow_redirects=False)
+
+
+def sign_in(world, c: httpx.Client, user: str) -> httpx.Response:
+    """Open the portal, go through the IdP's forms as `user`, come back; the final page."""
+    r = c.get(world.url + "/")
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    r = c.get(world.url + "/login")
+    assert r.status_code == 302 and r.headers["location"].startswith(world.idp.issuer)
+    callback = world.url + "/oauth2/callback"
+    params = world.idp._walk(c, c.get(r.headers["location"]), user,
+                             sso_world.USERS[user]["password"], stop_at=callback)
+    assert isinstance(params, dict), params
+    r = c.get(callback, params=params)
+    assert r.status_code == 303, r.text
+    assert r.headers["location"] == "/"
+    return c.get(world.url + "/")
+
+
+def _tenants(page: httpx.Response) -> dict[str, list[str]]:
+    found = {}
+    for m in re.finditer(r'<section class="tenant" id="tenant-([a-z0-9-]+)">(.*?)</section>',
+                         page.text, re.S):
+        found[m.group(1)] = re.findall(r'<span class="role">([^<]+)</span>', m.group(2))
+    return found
+
+
+def test_each_user_sees_exactly_their_tenants_and_roles(world):
+    expected = {
+        "alice": {"tenant1": ["cluster-admin"]},
+        "bob": {"tenant1": ["view"]},
+        "carol": {"tenant1": ["view"], "tenant2": ["cluster-admin"]},
+        "mallory": {},
+    }
+    for user, tenants in expected.items():
+        with _client(world) as c:
+            page = sign_in(world, c, user)
+            assert page.status_code == 200
+            assert f"oidc:{user}@example.com" in page.text
+            assert _tenants(page) == tenants, user
+            if not tenants:
+                assert 'id="no-tenants"' in page.text
+
+
+def test_gateway_endpoints_stay_in_front_of_the_portal(world):
+    with _client(world) as c:
+        assert c.get(world.url + "/healthz").text == "ok"
+        assert c.get(world.url + "/readyz").status_code == 200
+        assert "vgate" in c.get(world.url + "/metrics").text
+        r = c.get(world.url + "/clusters/tenant1/api")  # a tenant path: the gateway's 401
+        assert r.status_code == 401 and r.json()["kind"] == "Status"
+
+
+def test_session_cookie_flags_and_page_headers(world):
+    with _client(world) as c:
+        r = c.get(world.url + "/login")
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith("vgate_portal=")
+        for flag in ("httponly", "secure", "samesite=lax", "path=/", "max-age=600"):
+            assert flag in cookie.lower(), cookie
+        page = sign_in(world, c, "alice")
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert page.headers["cache-control"] == "no-store"
+        assert "<script" not in page.text  # the essential flow needs no JavaScript
+        assert 'name="viewport"' in page.text
+
+
+def test_kubeconfig_download_and_403(world, tmp_path):
+    with _client(world) as c:
+        sign_in(world, c, "alice")
+        for form, server in (("host", f"https://tenant1.k8s.test:{world.gateway.port}"),
+                             ("path", f"{world.url}/clusters/tenant1")):
+            r = c.get(f"{world.url}/tenants/tenant1/kubeconfig", params={"form": form})
+            assert r.status_code == 200
+            assert "attachment" in r.headers["content-disposition"]
+            kc = yaml.safe_load(r.text)
+            assert kc["clusters"][0]["cluster"]["server"] == server
+            assert kc["clusters"][0]["cluster"]["certificate-authority-data"]
+            user = kc["users"][0]["user"]
+            assert set(user) == {"exec"}  # no token, no secret
+            assert user["exec"]["apiVersion"] == "client.authentication.k8s.io/v1"
+            assert user["exec"]["args"][:3] == ["login", f"--issuer={world.idp.issuer}",
+                                                "--client-id=vgate"]
+        r = c.get(f"{world.url}/tenants/tenant2/kubeconfig", params={"form": "path"})
+        assert r.status_code == 403
+        r = c.get(f"{world.url}/tenants/nope/kubeconfig")
+        assert r.status_code == 403
+    with _client(world) as anonymous:
+        r = anonymous.get(f"{world.url}/tenants/tenant1/kubeconfig")
+        assert r.status_code == 303 and "apiVersion" not in r.text
+
+
+def test_logout_needs_the_csrf_token(world):
+    with _client(world) as c:
+        page = sign_in(world, c, "alice")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        r = c.post(world.url + "/logout", data={"csrf": "forged"})
+        assert r.status_code == 403
+        assert c.get(world.url + "/").status_code == 200  # still signed in
+        r = c.get(world.url + "/logout")
+        assert r.status_code == 405
+        r = c.post(world.url + "/logout", data={"csrf": csrf})
+        assert r.status_code == 200 and "Signed out" in r.text
+        r = c.get(world.url + "/")
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+
+
+def test_callback_rejects_foreign_state_and_reports_denial(world):
+    with _client(world) as c:
+        c.get(world.url + "/login")
+        r = c.get(world.url + "/oauth2/callback", params={"code": "x", "state": "forged"})
+        assert r.status_code == 400 and "does not belong" in r.text
+    with _client(world) as c:
+        r = c.get(world.url + "/login")
+        resp = c.get(r.headers["location"])
+        while resp.is_redirect and "/interaction/" not in resp.headers["location"]:
+            resp = c.get(urljoin(str(resp.url), resp.headers["location"]))
+        interaction = urljoin(str(resp.url), resp.headers["location"])
+        resp = c.get(interaction.rstrip("/") + "/abort")  # the user cancels at the IdP
+        while resp.is_redirect and not resp.headers["location"].startswith(world.url):
+            resp = c.get(urljoin(str(resp.url), resp.headers["location"]))
+        r = c.get(resp.headers["location"])
+        assert r.status_code == 403 and "Sign-in cancelled" in r.text
+        assert c.get(world.url + "/").status_code == 303  # not signed in
+
+
+def test_no_codes_or_tokens_in_the_audit_log(world):
+    with _client(world) as c:
+        sign_in(world, c, "bob")
+    audit = (world.dir / "audit.log").read_text()
+    assert "/oauth2/callback" in audit
+    assert "code=" not in audit and "state=" not in audit and "eyJ" not in audit
+
+
+def test_paste_ready_bash_command_keeps_the_existing_kubeconfig(world, tmp_path):
+    with _client(world) as c:
+        page = sign_in(world, c, "alice")
+    bash = re.search(r'<pre class="bash">(.*?)</pre>', page.text, re.S).group(1)
+    bash = bash.replace("&#39;", "'").replace("&amp;", "&").replace("&#34;", '"')
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "mine", "cluster": {"server": "https://mine.example:6443"}}],
+        "users": [{"name": "me", "user": {"token": "keep-me"}}],
+        "contexts": [{"name": "mine", "context": {"cluster": "mine", "user": "me"}}],
+        "current-context": "mine",
+    }))
+    env = {**world.plugin_env("alice", cache=tmp_path / "cache"), "KUBECONFIG": str(kubeconfig)}
+    r = subprocess.run(["bash", "-c", bash], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    merged = yaml.safe_load(kubeconfig.read_text())
+    assert {c["name"] for c in merged["clusters"]} == {"mine", "vgate-tenant1"}
+    assert {u["name"]: u["user"].get("token") for u in merged["users"]}["me"] == "keep-me"
+    assert merged["current-context"] == "vgate-tenant1"
+    # hostname form: kubectl resolves tenant1.k8s.test through a private /etc/hosts
+    why = _host_mode_unavailable()
+    if why:
+        pytest.skip(why)
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f'mount --bind {world.dir / "hosts"} /etc/hosts && exec kubectl auth whoami'],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "oidc:alice@example.com" in r.stdout
+
+
+def _host_mode_unavailable() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "hostname routing needs root and unshare(1) for a private /etc/hosts"
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        return "unshare -m is not permitted here"
+    return None
+
+

@@ -1,0 +1,101 @@
+"""A real Chromium (Debian package, driven by playwright) signs in through the portal,
+sees exactly its tenants, downloads a kubeconfig, and real kubectl uses it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import sso_world
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso_world.SSOWorld]:
+    why = sso_world.missing_tools()
+    if why:
+        pytest.skip(why)
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright pip package is missing")
+    w = sso_world.build(tmp_path_factory.mktemp("browser"))
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def test_chromium_signs_in_downloads_and_kubectl_uses_it(world, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        # a persistent context owns a fresh --user-data-dir (playwright refuses the flag)
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS, ignore_https_errors=True, accept_downloads=True,
+            viewport={"width": 390, "height": 844},  # a phone
+        )
+        try:
+            page = context.new_page()
+            page.set_default_timeout(15000)
+            page.goto(world.url + "/")
+            # the IdP's login form (the dev provider), then its consent form
+            page.wait_for_url(f"{world.idp.issuer}/interaction/**")
+            page.fill("input[name=login]", "carol")
+            page.fill("input[name=password]", sso_world.USERS["carol"]["password"])
+            page.click("button[type=submit]")
+            if page.url.startswith(world.idp.issuer):
+                page.wait_for_selector("button[type=submit]")
+                page.click("button[type=submit]")  # consent
+            page.wait_for_url(world.url + "/")
+            assert page.inner_text("#user") == "oidc:carol@example.com"
+            tenants = page.eval_on_selector_all(
+                "section.tenant", "els => els.map(e => e.id)")
+            assert tenants == ["tenant-tenant1", "tenant-tenant2"]
+            roles = {t: page.inner_text(f"#tenant-{t} .role") for t in ("tenant1", "tenant2")}
+            assert roles == {"tenant1": "view", "tenant2": "cluster-admin"}
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = ARTIFACTS / "portal-tenants.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot of the tenant page: {shot}")
+            cookies = {c["name"]: c for c in context.cookies()}
+            session = cookies["vgate_portal"]
+            assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Lax"
+
+            with page.expect_download() as download:
+                page.click("#download-tenant2-path")
+            kubeconfig = tmp_path / "kubeconfig"
+            download.value.save_as(kubeconfig)
+
+            forbidden = page.goto(world.url + "/tenants/nope/kubeconfig?form=path")
+            assert forbidden is not None and forbidden.status == 403
+
+            page.goto(world.url + "/")
+            page.click("header button[type=submit]")  # sign out (POST + CSRF token)
+            page.wait_for_selector("#message")
+            assert "signed out" in page.inner_text("#message")
+        finally:
+            context.close()
+
+    env = world.plugin_env("carol", cache=tmp_path / "cache")
+    r = world.kubectl(kubeconfig, "auth", "whoami", "-o", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)["status"]["userInfo"]
+    assert info["username"] == "oidc:carol@example.com"
+    assert "vgate:cluster-admin" in info["groups"]
+    r = world.kubectl(kubeconfig, "get", "namespaces", env=env)
+    assert r.returncode == 0, r.stderr
+
+
