@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per IdP/API call is noise
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "check-config":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.login.kubeconfig import KubeconfigSpec, kubeconfig_yaml
 from gateway.quickstart.dev_idp import DevIdP
 from gateway.quickstart.first_tenant import (
     QuickstartError,
@@ -63,6 +65,7 @@ class Prepared:
     tenant: dict
     tenant_source: str
     idp: DevIdP
+    kubeconfig: Path
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -116,6 +119,13 @@ def prepare(opts: Options) -> Prepared:
              "redirect_uris": ["http://127.0.0.1/callback", "http://localhost/callback"]},
         ],
     }
+    portal_secret = _secret(d / "portal-client-secret")
+    _secret(d / "portal-cookie-secret")
+    idp_config["clients"].append({
+        "client_id": "vgate-portal", "client_secret": portal_secret,
+        "grant_types": ["authorization_code"], "response_types": ["code"],
+        "redirect_uris": [f"{gateway_url}/oauth2/callback"],
+    })
     idp = DevIdP(idp_config, d / "idp-config.json", d / "idp.log")
     (d / "policies").mkdir(exist_ok=True)
     (d / "policies" / "quickstart.yaml").write_text(yaml.safe_dump(POLICY, sort_keys=False))
@@ -131,10 +141,26 @@ def prepare(opts: Options) -> Prepared:
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
         "tenants": [tenant],
+        "portal": {
+            "issuer": issuer, "client_secret_file": str(d / "portal-client-secret"),
+            "cookie_secret_file": str(d / "portal-cookie-secret"), "public_url": gateway_url,
+            "ca_file": str(serving.ca_file), "login_command": _login_command(),
+        },
     }
     config_file = d / "vgate.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    return Prepared(config_file, gateway_url, serving.ca_file, tenant, source, idp)
+    kubeconfig = d / "kubeconfig"
+    kubeconfig.write_text(kubeconfig_yaml(KubeconfigSpec(
+        tenant=tenant["name"], server=f"{gateway_url}/clusters/{tenant['name']}",
+        issuer=issuer, client_id="vgate", ca_pem=serving.ca_file.read_bytes(),
+        command=_login_command(),
+    )))
+    return Prepared(config_file, gateway_url, serving.ca_file, tenant, source, idp, kubeconfig)
+
+
+def _login_command() -> str:
+    """The exec plugin command for kubeconfigs: this installation's `vgate` if on PATH."""
+    return shutil.which("vgate") or "vgate"
 
 
 def bind_roles(tenant: dict) -> list[str]:
@@ -153,26 +179,27 @@ def bind_roles(tenant: dict) -> list[str]:
     applied = []
     with httpx.Client(base_url=tenant["upstream"], verify=verify, cert=cert, timeout=10) as c:
         for group, role in ROLE_BINDINGS.items():
+            name = group.replace(":", "-")
             body = {
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": group, "labels": {"app.kubernetes.io/managed-by": "vgate"}},
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "vgate"}},
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                             "name": role},
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
                               "name": group}],
             }
-            r = c.patch(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{group}",
+            r = c.patch(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
                         params={"fieldManager": "vgate-quickstart", "force": "true"},
                         headers=headers, content=json.dumps(body))
             if r.status_code >= 300:
                 raise QuickstartError(
-                    f"could not create ClusterRoleBinding {group}: HTTP {r.status_code} "
+                    f"could not create ClusterRoleBinding {name}: HTTP {r.status_code} "
                     f"{r.text[:300]}")
-            applied.append(f"{group} → {role}")
+            applied.append(f"{name}: group {group} → ClusterRole {role}")
     return applied
 
 
-def banner(p: Prepared, kubeconfig: Path | None) -> str:
+def banner(p: Prepared) -> str:
     t = p.tenant["name"]
     lines = [
         "vgate quickstart",
@@ -181,11 +208,11 @@ def banner(p: Prepared, kubeconfig: Path | None) -> str:
         f"            {p.gateway_url}/clusters/{t}   or   https://{t}.localhost:"
         f"{p.gateway_url.rsplit(':', 1)[1]}",
         f"  IdP       {p.idp.issuer}   log in as alice/alice (cluster-admin) or bob/bob (view)",
+        f"  portal    {p.gateway_url}/   (sign in, download a kubeconfig)",
         f"  config    {p.config_file}",
+        f"  try       KUBECONFIG={p.kubeconfig} kubectl auth whoami",
+        "  stop      Ctrl-C",
     ]
-    if kubeconfig is not None:
-        lines.append(f"  try       KUBECONFIG={kubeconfig} kubectl auth whoami")
-    lines.append("  stop      Ctrl-C")
     return "\n".join(lines)
 
 
@@ -198,10 +225,14 @@ def run(opts: Options, *, with_bindings: bool) -> int:
     if with_bindings:
         for line in bind_roles(prepared.tenant):
             print(f"applied ClusterRoleBinding {line}", file=sys.stderr)
+    else:
+        print("note: the role groups vgate:cluster-admin and vgate:view have no rights in the "
+              "cluster until they are bound: run with --bind-roles once, or see the README",
+              file=sys.stderr)
     config = load_config(prepared.config_file)
     prepared.idp.start()
     try:
-        print(banner(prepared, None), file=sys.stderr, flush=True)
+        print(banner(prepared), file=sys.stderr, flush=True)
         return serve(config)
     finally:
         prepared.idp.stop()

@@ -70,6 +70,8 @@ TYPES: tuple[ResourceType, ...] = (
     ResourceType("apps", "v1", "deployments", "Deployment", True, ("deploy",),
                  subresources=(Sub("status", "Deployment", _STATUS.verbs),),
                  categories=("all",)),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
+                 False, fields=("roleRef", "subjects")),
     ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview",
                  False, verbs=("create",), virtual=True),
     ResourceType("authorization.k8s.io", "v1", "selfsubjectaccessreviews",

@@ -107,6 +107,17 @@ class SSOWorld:
             fake.stop()
 
 
+def plugin_commands(bin_dir: Path) -> Path:
+    """`bin_dir` with `vgate` (this checkout) and `test-browser` (a scripted user), for PATH
+    and $BROWSER of a kubectl that runs `vgate login`."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, module in (("vgate", "gateway"), ("test-browser", "tests.support.browser_user")):
+        script = bin_dir / name
+        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
+        script.chmod(0o755)
+    return bin_dir
+
+
 def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
     ca = TestCA(base / "pki")
     gw_leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
@@ -152,12 +163,7 @@ def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
         },
     }
     gateway = GatewayThread(base / "gateway", config).start()
-    bin_dir = base / "bin"
-    bin_dir.mkdir()
-    for name, module in (("vgate", "gateway"), ("test-browser", "tests.support.browser_user")):
-        script = bin_dir / name
-        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
-        script.chmod(0o755)
+    bin_dir = plugin_commands(base / "bin")
     (base / "hosts").write_text(
         "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in tenants))
     return SSOWorld(base, ca, idp, gateway, tenants, bin_dir, base / "browser.log")

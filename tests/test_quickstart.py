@@ -1,0 +1,93 @@
+"""The quickstart's first tenant from a kubeconfig, and its reusable serving certificate."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.quickstart.first_tenant import (
+    QuickstartError,
+    kubeconfig_paths,
+    tenant_from_kubeconfig,
+)
+from gateway.quickstart.pki import serving_certificate
+
+
+def _write(path: Path, user: dict, cluster: dict | None = None, **top) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": cluster or {
+            "server": "https://10.0.0.1:6443",
+            "certificate-authority-data": base64.b64encode(b"CA PEM").decode()}}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}], **top,
+    }))
+    return path
+
+
+def test_token_user(tmp_path: Path) -> None:
+    kc = _write(tmp_path / "kc", {"token": "s3cret"})
+    tenant, source = tenant_from_kubeconfig([kc], None, tmp_path / "out", name="local")
+    assert tenant["upstream"] == "https://10.0.0.1:6443"
+    assert Path(tenant["ca_file"]).read_bytes() == b"CA PEM"
+    token_file = Path(tenant["token_file"])
+    assert token_file.read_text() == "s3cret\n"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert source == 'context "c" (https://10.0.0.1:6443)'
+
+
+def test_client_certificate_files_relative_to_the_kubeconfig(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    kc = _write(tmp_path / "kc", {"client-certificate": "certs/u.crt",
+                                  "client-key-data": base64.b64encode(b"KEY").decode()},
+                cluster={"server": "https://k.example:443", "insecure-skip-tls-verify": True,
+                         "tls-server-name": "kubernetes"})
+    tenant, _ = tenant_from_kubeconfig([kc], None, tmp_path / "out", name="local")
+    assert tenant["client_cert_file"] == str(tmp_path / "certs" / "u.crt")
+    assert Path(tenant["client_key_file"]).read_bytes() == b"KEY"
+    assert tenant["insecure_skip_tls_verify"] is True
+    assert tenant["server_name"] == "kubernetes"
+    assert "ca_file" not in tenant
+
+
+@pytest.mark.parametrize(("user", "cluster", "needle"), [
+    ({"exec": {"command": "aws"}}, None, "--upstream-token-file"),
+    ({"auth-provider": {"name": "gcp"}}, None, "exec plugin or auth provider"),
+    ({}, None, "neither a token nor a client certificate"),
+    ({"token": "t"}, {"server": "https://rancher.example/k8s/clusters/c-1"}, "has a path"),
+    ({"token": "t"}, {"server": "10.0.0.1:6443"}, "no usable server URL"),
+    ({"token": "t"}, {"server": "https://a:1", "proxy-url": "http://p:3128"}, "proxy-url"),
+    ({"token": "t"}, {"server": "https://a:1", "certificate-authority-data": "%%"}, "base64"),
+])
+def test_refusals_say_what_to_do(tmp_path: Path, user: dict, cluster: dict | None,
+                                 needle: str) -> None:
+    kc = _write(tmp_path / "kc", user, cluster)
+    with pytest.raises(QuickstartError) as info:
+        tenant_from_kubeconfig([kc], None, tmp_path / "out", name="local")
+    assert needle in str(info.value)
+
+
+def test_context_selection_and_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _write(tmp_path / "a", {"token": "from-a"})
+    second = _write(tmp_path / "b", {"token": "from-b"}, **{"current-context": "other"})
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{tmp_path / 'missing'}:{second}")
+    paths = kubeconfig_paths(None)
+    assert paths == [first, tmp_path / "missing", second]
+    tenant, _ = tenant_from_kubeconfig(paths, None, tmp_path / "out", name="t")
+    assert Path(tenant["token_file"]).read_text() == "from-a\n"  # first file wins
+    with pytest.raises(QuickstartError, match='context "nope" not found'):
+        tenant_from_kubeconfig(paths, "nope", tmp_path / "out", name="t")
+    with pytest.raises(QuickstartError, match="no current context"):
+        tenant_from_kubeconfig([tmp_path / "missing"], None, tmp_path / "out", name="t")
+
+
+def test_serving_certificate_is_reused_while_valid(tmp_path: Path) -> None:
+    files = serving_certificate(tmp_path, ["127.0.0.1", "localhost"])
+    ca = files.ca_file.read_bytes()
+    assert files.key_file.stat().st_mode & 0o777 == 0o600
+    assert serving_certificate(tmp_path, ["127.0.0.1"]).ca_file.read_bytes() == ca
+    # a name the certificate lacks: a new one
+    assert serving_certificate(tmp_path, ["10.1.1.1"]).ca_file.read_bytes() != ca
