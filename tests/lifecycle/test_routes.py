@@ -1,0 +1,170 @@
+"""Store → every worker's registry: routes appear, pause, wake on request, and disappear."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gateway.lifecycle.model import Desired, RouteInfo, TenantSpec
+from gateway.lifecycle.route_sync import RouteSync
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from tests.support.craft import CraftingIssuer
+from tests.support.gateway_thread import GatewayThread
+from tests.test_proxy import ScriptedUpstream
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[CraftingIssuer]:
+    iss = CraftingIssuer().start()
+    yield iss
+    iss.down()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ScriptedUpstream]:
+    up = ScriptedUpstream()
+    yield up
+    up.stop()
+
+
+class Manager:
+    """Plays the reconciler's part: writes records and routes from the test thread."""
+
+    def __init__(self, path: Path, token_file: Path, port: int) -> None:
+        self.store = SQLiteTenantStore(path)
+        self.route = RouteInfo(server=f"http://127.0.0.1:{port}", token_file=str(token_file))
+
+    def run(self, coro):
+        return asyncio.run(coro)
+
+    def create(self, name: str, *, paused=False, auto_wake=False) -> None:
+        spec = TenantSpec(name=name, admin_groups=["a"],
+                          desired=Desired.paused if paused else Desired.running)
+        record = self.run(self.store.create(spec))
+        route = self.route.model_copy(update={"paused": paused, "auto_wake": auto_wake})
+        self.run(self.store.update_status(
+            name, record.status.model_copy(update={"route": route}), record.version))
+
+    def set_running(self, name: str) -> None:
+        record = self.run(self.store.get(name))
+        self.run(self.store.update_status(name, record.status.model_copy(
+            update={"route": self.route}), record.version))
+
+    def delete(self, name: str) -> None:
+        record = self.run(self.store.get(name))
+        self.run(self.store.delete(name, record.version))
+
+
+@pytest.fixture
+def world(tmp_path, issuer, upstream):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "all.yaml").write_text(yaml.safe_dump(
+        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    token = tmp_path / "token"
+    token.write_text("upstream-secret\n")
+    config = {
+        "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
+                              "username_claim": "email"}]},
+        "policies": str(tmp_path / "policies"),
+        "audit": {"file": str(tmp_path / "audit.log")},
+    }
+    manager = Manager(tmp_path / "tenants.db", token, upstream.port)
+    with GatewayThread(tmp_path, config) as gw:
+        sync_store = SQLiteTenantStore(tmp_path / "tenants.db")
+        sync = RouteSync(sync_store, gw.gateway.registry, poll_seconds=0.05,
+                         activity_seconds=0.1)
+        task = asyncio.run_coroutine_threadsafe(sync.run(), gw.loop)
+        headers = {"Authorization": f"Bearer {issuer.sign(issuer.claims())}"}
+        with httpx.Client(base_url=gw.url, headers=headers, timeout=10) as client:
+            yield gw, manager, client
+        task.cancel()
+        time.sleep(0.1)
+    asyncio.run(manager.store.close())
+
+
+def wait_for(check, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_created_route_serves_and_deleted_route_is_404_promptly(world):
+    _gw, manager, client = world
+    assert client.get("/clusters/t1/api").status_code == 404
+    manager.create("t1")
+    assert wait_for(lambda: client.get("/clusters/t1/api").status_code == 200)
+    start = time.monotonic()
+    manager.delete("t1")
+    assert wait_for(lambda: client.get("/clusters/t1/api").status_code == 404)
+    assert time.monotonic() - start < 1.0
+
+
+def test_activity_reaches_the_store(world):
+    _gw, manager, client = world
+    manager.create("t1")
+    assert wait_for(lambda: client.get("/clusters/t1/api").status_code == 200)
+    before = time.time()
+    client.get("/clusters/t1/api/v1/pods")
+    assert wait_for(lambda: (manager.run(manager.store.get("t1")).last_activity or 0) >= before)
+
+
+def test_paused_without_auto_wake_is_503_status(world):
+    gw, manager, client = world
+    manager.create("t1", paused=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    r = client.get("/clusters/t1/api/v1/pods")
+    assert r.status_code == 503
+    assert r.json()["message"] == ('tenant "t1" is paused; ask a platform administrator to '
+                                   "resume it")
+    assert manager.run(manager.store.get("t1")).spec.desired is Desired.paused
+
+
+def test_auto_wake_holds_the_request_until_the_tenant_runs(world):
+    gw, manager, client = world
+    manager.create("t1", paused=True, auto_wake=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    # an unauthenticated request wakes nothing
+    assert httpx.get(f"{gw.url}/clusters/t1/api").status_code == 401
+
+    def reconciler():  # sees the resume request, "starts" the cluster after a while
+        assert wait_for(lambda: manager.run(manager.store.get("t1")).spec.desired
+                        is Desired.running, timeout=5)
+        time.sleep(0.3)
+        manager.set_running("t1")
+
+    thread = threading.Thread(target=reconciler)
+    thread.start()
+    start = time.monotonic()
+    responses = []
+    threads = [threading.Thread(target=lambda: responses.append(client.get("/clusters/t1/api")))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    thread.join()
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert time.monotonic() - start >= 0.3
+
+
+def test_auto_wake_gives_up_with_retry_after(world):
+    gw, manager, client = world
+    gw.gateway.wake_timeout = 0.3
+    manager.create("t1", paused=True, auto_wake=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    r = client.get("/clusters/t1/api/v1/pods")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "10"
+    assert r.json()["message"] == 'tenant "t1" is starting; retry shortly'
+    assert manager.run(manager.store.get("t1")).spec.desired is Desired.running
