@@ -46,18 +46,27 @@ class KubeAPI(Protocol):
 class LightkubeAPI:
     """`KubeAPI` over a `lightkube.AsyncClient`."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    def __init__(self, kubeconfig: Manifest | None = None) -> None:
+        """In-cluster / $KUBECONFIG when `kubeconfig` is None, else that kubeconfig dict.
+
+        The client is made on first use, so a missing configuration becomes a step error
+        (shown on the tenant) rather than a crash at start-up.
+        """
+        self._kubeconfig = kubeconfig
+        self._client: Any = None
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: Manifest | None = None) -> LightkubeAPI:
-        """In-cluster / $KUBECONFIG when `kubeconfig` is None, else that kubeconfig dict."""
-        from lightkube import AsyncClient, KubeConfig
+        return cls(kubeconfig)
 
-        if kubeconfig is None:
-            return cls(AsyncClient(field_manager=FIELD_MANAGER))
-        config = KubeConfig.from_dict(kubeconfig)
-        return cls(AsyncClient(config=config, field_manager=FIELD_MANAGER))
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from lightkube import AsyncClient, KubeConfig
+
+            config = KubeConfig.from_dict(self._kubeconfig) if self._kubeconfig else None
+            self._client = AsyncClient(config=config, field_manager=FIELD_MANAGER)
+        return self._client
 
     @staticmethod
     def _resource(api_version: str, kind: str) -> Any:
@@ -116,4 +125,6 @@ class LightkubeAPI:
         return result.status.token, expiry.timestamp()
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

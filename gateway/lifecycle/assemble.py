@@ -1,0 +1,81 @@
+"""Build the lifecycle's parts from the validated `lifecycle:` config section."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.config.model import GatewayConfig, Lifecycle
+from gateway.lifecycle.bootstrap import TokenPolicy
+from gateway.lifecycle.credential_files import CredentialFiles
+from gateway.lifecycle.reconciler import Reconciler
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.steps import Provisioner
+
+DEFAULT_ASSETS = Path("/usr/local/kubebuilder/bin")
+
+
+def lifecycle_of(config: GatewayConfig) -> Lifecycle:
+    if config.lifecycle is None:
+        raise ValueError("this config has no lifecycle: section")
+    return config.lifecycle
+
+
+def open_store(config: GatewayConfig) -> SQLiteTenantStore:
+    return SQLiteTenantStore(lifecycle_of(config).store)
+
+
+def hostname_for(config: GatewayConfig) -> Callable[[str], str | None]:
+    domain = config.routing.base_domain
+    return (lambda name: f"{name}.{domain}") if domain else (lambda name: None)
+
+
+def assets_dir(config: GatewayConfig) -> Path:
+    configured = lifecycle_of(config).local.assets_dir
+    if configured is not None:
+        return configured
+    env = os.environ.get("KUBEBUILDER_ASSETS")
+    return Path(env) if env else DEFAULT_ASSETS
+
+
+def build_provisioner(config: GatewayConfig) -> Provisioner:
+    lc = lifecycle_of(config)
+    files = CredentialFiles(lc.credentials_dir)
+    token = TokenPolicy(seconds=lc.token_seconds)
+    if lc.provisioner == "local":
+        from gateway.lifecycle.local_provisioner import LocalProvisioner, LocalSettings
+
+        return LocalProvisioner(files, LocalSettings(
+            assets_dir=assets_dir(config), work_dir=lc.local.work_dir, token=token))
+    from gateway.lifecycle.connect import connect
+    from gateway.lifecycle.helm_provisioner import (
+        HelmProvisioner,
+        HelmSettings,
+        load_base_values,
+    )
+    from gateway.lifecycle.helm_runner import HelmRunner
+    from gateway.lifecycle.kube import LightkubeAPI
+
+    helm = lc.helm
+    host_config = None
+    if helm.kubeconfig is not None:
+        import yaml
+
+        host_config = yaml.safe_load(helm.kubeconfig.read_text())
+    settings = HelmSettings(
+        chart=helm.chart, repo=helm.repo, chart_version=helm.chart_version,
+        namespace_prefix=helm.namespace_prefix, pod_security=helm.pod_security,
+        gateway_namespace=helm.gateway_namespace,
+        base_values=load_base_values(helm.values_file),
+        ready_timeout=helm.ready_timeout_seconds, token=token,
+    )
+    runner = HelmRunner(helm.binary, kubeconfig=str(helm.kubeconfig) if helm.kubeconfig else None)
+    return HelmProvisioner(LightkubeAPI.from_kubeconfig(host_config), runner, connect, files,
+                           settings)
+
+
+def build_reconciler(config: GatewayConfig, store: SQLiteTenantStore) -> Reconciler:
+    lc = lifecycle_of(config)
+    return Reconciler(store, build_provisioner(config), hostname=hostname_for(config),
+                      auto_wake_default=lc.auto_wake, poll_seconds=lc.poll_seconds)
