@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True)
     p = sub.add_parser("check-config", help="validate a config file and its policies")
     p.add_argument("--config", type=Path, required=True)
+    from gateway.lifecycle import tenant_cli
+
+    tenant_cli.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
@@ -74,4 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.config)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "tenant":
+        return tenant_cli.run(args)
     return 2

@@ -224,6 +224,7 @@ class Lifecycle(Strict):
     helm: LifecycleHelm = LifecycleHelm()
     local: LifecycleLocal = LifecycleLocal()
     manage: bool = True  # run the reconciler in this gateway (one process holds a lease)
+    public_url: str | None = None  # the gateway's address as users see it (for kubectl URLs)
     platform_admin_groups: list[str] = []
     platform_admin_users: list[str] = []
     auto_wake: bool = False
@@ -231,6 +232,13 @@ class Lifecycle(Strict):
     idle_timeout_seconds: Annotated[float | None, Field(gt=0)] = None
     token_seconds: Annotated[int, Field(ge=600, le=86400)] = 3600
     poll_seconds: Annotated[float, Field(gt=0, le=10)] = 0.5
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/?#]+/?", v):
+            raise ValueError("must be scheme://host[:port], like https://vgate.example.com")
+        return v.rstrip("/") if v else v
 
     @model_validator(mode="after")
     def _admins(self) -> Lifecycle:

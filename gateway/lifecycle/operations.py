@@ -113,4 +113,6 @@ def describe(record: TenantRecord, *, path_prefix: str | None = None,
         "servers": servers,
         "spec": record.spec.model_dump(mode="json"),
         "version": record.version,
+        "generation": record.generation,
+        "observed_generation": record.status.observed_generation,
     }

@@ -133,7 +133,9 @@ class Reconciler:
                 reason="Running" if done is Phase.ready else "Paused"))
             return s.model_copy(update={
                 "phase": done, "step": None, "last_error": None, "failures": 0,
-                "observed_generation": generation, "k8s_version": record.spec.k8s_version,
+                "observed_generation": generation,
+                # a paused cluster is upgraded when it resumes
+                "k8s_version": record.spec.k8s_version if done is Phase.ready else s.k8s_version,
                 "hostname": self.hostname(name)})
 
         await self._update(name, converged)
