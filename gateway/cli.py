@@ -33,7 +33,13 @@ def _check_config(path: Path) -> int:
     config = _load(path)
     if config is None:
         return 1
-    _, problems = load_policies(config.policies, known_tenants=[t.name for t in config.tenants])
+    # lifecycle tenants come and go at run time: policies may name tenants not created yet
+    known = None if config.lifecycle else [t.name for t in config.tenants]
+    _, problems = load_policies(config.policies, known_tenants=known)
+    if config.lifecycle is not None:
+        from gateway.lifecycle.assemble import lifecycle_problems
+
+        problems.extend(lifecycle_problems(config))
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

@@ -35,6 +35,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StrictPaths(Strict):
+    """Defaults are validated too, so default relative paths also follow the config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
 class Listen(Strict):
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=0, le=65535)] = 8443
@@ -207,7 +213,7 @@ class LifecycleHelm(Strict):
         return v
 
 
-class LifecycleLocal(Strict):
+class LifecycleLocal(StrictPaths):
     """The `local` provisioner: a kube-apiserver process per tenant, one shared etcd."""
 
     # default: $KUBEBUILDER_ASSETS, else /usr/local/kubebuilder/bin
@@ -215,7 +221,7 @@ class LifecycleLocal(Strict):
     work_dir: ConfigPath = Path("lifecycle-local")
 
 
-class Lifecycle(Strict):
+class Lifecycle(StrictPaths):
     """Tenants created and managed by `vgate tenant ...`; routes reach every worker."""
 
     store: ConfigPath = Path("tenants.db")

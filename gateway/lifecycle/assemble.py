@@ -79,3 +79,48 @@ def build_reconciler(config: GatewayConfig, store: SQLiteTenantStore) -> Reconci
     lc = lifecycle_of(config)
     return Reconciler(store, build_provisioner(config), hostname=hostname_for(config),
                       auto_wake_default=lc.auto_wake, poll_seconds=lc.poll_seconds)
+
+
+def lifecycle_problems(config: GatewayConfig) -> list[str]:
+    """What `check-config` reports about the lifecycle beyond the schema."""
+    import shutil
+
+    import yaml
+
+    lc = lifecycle_of(config)
+    problems = []
+    if lc.provisioner == "helm":
+        if lc.helm.values_file is not None:
+            try:
+                from gateway.lifecycle.helm_provisioner import load_base_values
+
+                load_base_values(lc.helm.values_file)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                problems.append(f"lifecycle.helm.values_file: {exc}")
+        if shutil.which(lc.helm.binary) is None:
+            problems.append(f"lifecycle.helm.binary: {lc.helm.binary!r} not found on PATH "
+                            "(install Helm 3 or set the path)")
+        if lc.helm.kubeconfig is not None and not lc.helm.kubeconfig.is_file():
+            problems.append(f"lifecycle.helm.kubeconfig: file not found: {lc.helm.kubeconfig}")
+    else:
+        assets = assets_dir(config)
+        for binary in ("kube-apiserver", "etcd"):
+            if not (assets / binary).is_file():
+                problems.append(f"lifecycle.local.assets_dir: {assets / binary} not found "
+                                "(set $KUBEBUILDER_ASSETS or lifecycle.local.assets_dir)")
+    if lc.store.exists():
+        import asyncio
+
+        async def names() -> list[str]:
+            store = open_store(config)
+            try:
+                return [r.name for r in await store.list()]
+            finally:
+                await store.close()
+
+        static = {t.name for t in config.tenants}
+        for name in asyncio.run(names()):
+            if name in static:
+                problems.append(f"tenants: {name!r} is both configured statically and "
+                                f"managed by the lifecycle store {lc.store}")
+    return problems

@@ -185,9 +185,16 @@ class Reconciler:
 
     async def run(self, *, lease_ttl: float = 15.0) -> None:
         """Reconcile every tenant, one worker each, while holding the manager lease."""
+        loop = asyncio.get_running_loop()
+        renew_at = 0.0
+        leader = False
         try:
             while True:
-                if await self.store.acquire_lease(MANAGER_LEASE, self.holder, lease_ttl):
+                if loop.time() >= renew_at:  # a write: renew well before expiry, not per poll
+                    leader = await self.store.acquire_lease(MANAGER_LEASE, self.holder,
+                                                            lease_ttl)
+                    renew_at = loop.time() + lease_ttl / 3
+                if leader:
                     for record in await self.store.list():
                         task = self._workers.get(record.name)
                         if task is None or task.done():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from gateway.config.model import Tenant as TenantConfig
 from gateway.lifecycle.model import Desired, RouteInfo, TenantRecord
@@ -32,6 +32,7 @@ class RouteSync:
         poll_seconds: float = 0.5,
         resync_seconds: float = 30.0,
         activity_seconds: float = 10.0,
+        on_roles: Callable[[str, Mapping[str, list[str]] | None], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -39,6 +40,8 @@ class RouteSync:
         self.poll_seconds = poll_seconds
         self.resync_seconds = resync_seconds
         self.activity_seconds = activity_seconds
+        self.on_roles = on_roles
+        self._roles: dict[str, dict[str, list[str]]] = {}
         self._revision: int | None = None
         self._routes: dict[str, RouteInfo] = {}
         self._waking: dict[str, asyncio.Task] = {}
@@ -52,6 +55,7 @@ class RouteSync:
         self._revision = revision
         wanted = {r.name: r.status.route for r in records
                   if r.status.route is not None and r.name not in self.static}
+        self._sync_roles(records)
         for name in set(self._routes) - set(wanted):
             self.registry.remove(name)
             del self._routes[name]
@@ -64,6 +68,22 @@ class RouteSync:
             self.registry.put(upstream)
             self._routes[name] = route
         return True
+
+    def _sync_roles(self, records: list[TenantRecord]) -> None:
+        """Tenants' stored groups as roles: admin groups → cluster-admin, view → view."""
+        if self.on_roles is None:
+            return
+        wanted = {r.name: {"cluster-admin": list(r.spec.admin_groups),
+                           "view": list(r.spec.view_groups)}
+                  for r in records if r.spec.desired is not Desired.deleted
+                  and r.name not in self.static}
+        for name in set(self._roles) - set(wanted):
+            self.on_roles(name, None)
+            del self._roles[name]
+        for name, roles in wanted.items():
+            if self._roles.get(name) != roles:
+                self.on_roles(name, roles)
+                self._roles[name] = roles
 
     def _upstream(self, name: str, route: RouteInfo) -> Upstream | None:
         try:

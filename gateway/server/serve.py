@@ -136,6 +136,14 @@ def _install_uvloop() -> None:
 
 async def _serve_one(config: GatewayConfig, sock: socket.socket) -> None:
     running = RunningGateway(config, build_gateway(config))
+    lifecycle = None
+    if config.lifecycle is not None:
+        from gateway.lifecycle.runtime import LifecycleRuntime
+
+        gateway = running.gateway
+        gateway.wake_timeout = config.lifecycle.wake_timeout_seconds
+        lifecycle = LifecycleRuntime(config, gateway.registry, gateway.policy.set_stored_roles)
+        await lifecycle.start()
     await running.start(sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -145,6 +153,8 @@ async def _serve_one(config: GatewayConfig, sock: socket.socket) -> None:
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", config.limits.shutdown_grace_seconds)
     await running.stop()
+    if lifecycle is not None:
+        await lifecycle.stop()
 
 
 def serve(config: GatewayConfig) -> int:

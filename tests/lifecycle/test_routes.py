@@ -44,8 +44,8 @@ class Manager:
     def run(self, coro):
         return asyncio.run(coro)
 
-    def create(self, name: str, *, paused=False, auto_wake=False) -> None:
-        spec = TenantSpec(name=name, admin_groups=["a"],
+    def create(self, name: str, *, paused=False, auto_wake=False, admins=("a",)) -> None:
+        spec = TenantSpec(name=name, admin_groups=list(admins),
                           desired=Desired.paused if paused else Desired.running)
         record = self.run(self.store.create(spec))
         route = self.route.model_copy(update={"paused": paused, "auto_wake": auto_wake})
@@ -80,7 +80,7 @@ def world(tmp_path, issuer, upstream):
     with GatewayThread(tmp_path, config) as gw:
         sync_store = SQLiteTenantStore(tmp_path / "tenants.db")
         sync = RouteSync(sync_store, gw.gateway.registry, poll_seconds=0.05,
-                         activity_seconds=0.1)
+                         activity_seconds=0.1, on_roles=gw.gateway.policy.set_stored_roles)
         task = asyncio.run_coroutine_threadsafe(sync.run(), gw.loop)
         headers = {"Authorization": f"Bearer {issuer.sign(issuer.claims())}"}
         with httpx.Client(base_url=gw.url, headers=headers, timeout=10) as client:
@@ -168,3 +168,18 @@ def test_auto_wake_gives_up_with_retry_after(world):
     assert r.headers["retry-after"] == "10"
     assert r.json()["message"] == 'tenant "t1" is starting; retry shortly'
     assert manager.run(manager.store.get("t1")).spec.desired is Desired.running
+
+
+def test_stored_admin_groups_grant_cluster_admin(world, issuer, upstream):
+    gw, manager, client = world
+    outsider = {"Authorization": "Bearer " + issuer.sign(issuer.claims(groups=["ops-t1"]))}
+    manager.create("t1", admins=["ops-t1"])
+    manager.create("t2")
+    assert wait_for(lambda: gw.gateway.registry.get("t2") is not None)
+    assert client.get("/clusters/t2/api", headers=outsider).status_code == 403
+    r = client.get("/clusters/t1/api", headers=outsider)
+    assert r.status_code == 200
+    assert b"Impersonate-Group: vgate:cluster-admin" in upstream.heads[-1]
+    manager.delete("t1")
+    assert wait_for(lambda: client.get("/clusters/t1/api", headers=outsider).status_code == 404)
+    assert "t1" not in gw.gateway.policy.tenants_with_rules()
