@@ -140,6 +140,7 @@ class HelmProvisioner:
             (objects.resource_quota(spec, ns), bool(spec.quota)),
             (objects.limit_range(spec, ns), spec.isolate),
             (objects.network_policy(spec, ns, self.settings.gateway_namespace), spec.isolate),
+            (objects.gateway_ingress(spec, ns, self.settings.gateway_namespace), True),
         ]
 
     async def _isolation_done(self, spec: TenantSpec) -> bool:

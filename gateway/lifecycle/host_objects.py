@@ -14,6 +14,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "vgate"}
 QUOTA = "vgate-quota"
 LIMITS = "vgate-limits"
 NETPOL = "vgate-isolate"
+GATEWAY_NETPOL = "vgate-gateway"
 ADMIN_ROLE = "vgate-tenant-admin"
 ADMIN_BINDING = "vgate-tenant-admins"
 TOKEN_SECRET = "vgate-gateway-token"
@@ -73,6 +74,17 @@ def network_policy(spec: TenantSpec, ns: str, gateway_namespace: str) -> Manifes
                          {"namespaceSelector": {"matchLabels": {
                              "kubernetes.io/metadata.name": gateway_namespace}}},
                      ]}]}}
+
+
+def gateway_ingress(spec: TenantSpec, ns: str, gateway_namespace: str) -> Manifest:
+    """Always present: the gateway may reach the tenant's API server pods, whatever other
+    policies (vcluster's own, or `vgate-isolate`) select them — NetworkPolicies add up."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": GATEWAY_NETPOL, "namespace": ns, "labels": labels(spec.name)},
+            "spec": {"podSelector": {"matchLabels": {"app": "vcluster", "release": spec.name}},
+                     "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
+                         "kubernetes.io/metadata.name": gateway_namespace}}}]}]}}
 
 
 def admin_role(spec: TenantSpec, ns: str) -> Manifest:

@@ -37,7 +37,8 @@ async def test_create_converges_with_every_object(setup):
     assert record.status.hostname == "t1.k8s.example.com"
     kinds = {(k[1], k[3]) for k in setup.world.in_namespace(NS)}
     assert {("ResourceQuota", "vgate-quota"), ("LimitRange", "vgate-limits"),
-            ("NetworkPolicy", "vgate-isolate"), ("Role", "vgate-tenant-admin"),
+            ("NetworkPolicy", "vgate-isolate"), ("NetworkPolicy", "vgate-gateway"),
+            ("Role", "vgate-tenant-admin"),
             ("RoleBinding", "vgate-tenant-admins"), ("StatefulSet", "t1"),
             ("Secret", "vgate-gateway-token")} <= kinds
     ns = setup.world.objects[("v1", "Namespace", "", NS)]
