@@ -124,3 +124,20 @@ def lifecycle_problems(config: GatewayConfig) -> list[str]:
                 problems.append(f"tenants: {name!r} is both configured statically and "
                                 f"managed by the lifecycle store {lc.store}")
     return problems
+
+
+def build_admin_app(config: GatewayConfig, authenticate, *, prefix: str = "/admin"):
+    """The admin API for this config; `authenticate(token) -> Identity` is the gateway's
+    authenticator. Mount it at `/admin/` of the gateway (the app expects `prefix` in its
+    paths; pass prefix="" when the mount strips it)."""
+    from gateway.lifecycle.admin_api import admin_app, platform_admin_check
+    from gateway.lifecycle.operations import TenantOperations
+
+    lc = lifecycle_of(config)
+    operations = TenantOperations(open_store(config),
+                                  static_tenants=[t.name for t in config.tenants])
+    return admin_app(operations, authenticate=authenticate,
+                     is_platform_admin=platform_admin_check(lc.platform_admin_groups,
+                                                            lc.platform_admin_users),
+                     prefix=prefix, path_prefix=config.routing.path_prefix,
+                     public_url=lc.public_url)

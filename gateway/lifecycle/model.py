@@ -147,6 +147,7 @@ class RouteInfo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     server: str
     ca_file: str | None = None
+    ca_sha256: str | None = None  # changes when the CA does, so workers rebuild TLS
     token_file: str
     server_name: str | None = None
     paused: bool = False

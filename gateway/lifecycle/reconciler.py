@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ from gateway.lifecycle.model import (
     Condition,
     Desired,
     Phase,
+    RouteInfo,
     TenantRecord,
     TenantStatus,
 )
@@ -35,6 +37,16 @@ log = logging.getLogger("vgate.lifecycle")
 
 MANAGER_LEASE = "lifecycle-manager"
 ProgressHook = Callable[[str, str], None]  # (tenant, step)
+
+
+def _digest(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 class Reconciler:
@@ -67,14 +79,21 @@ class Reconciler:
         spec = record.spec
         if spec.desired is Desired.deleted:
             return [
-                Step("deregister-route", self._route_is(record.name, None),
-                     self._set_route(record.name, None)),
+                Step("deregister-route", self._route_is(record.name, lambda: None),
+                     self._set_route(record.name, lambda: None)),
                 *self.provisioner.down(spec),
             ]
-        route = self.provisioner.route(spec).model_copy(update={
-            "paused": spec.desired is Desired.paused,
-            "auto_wake": self.auto_wake_default if spec.auto_wake is None else spec.auto_wake,
-        })
+
+        def route() -> RouteInfo:
+            """Computed when checked: the CA digest changes once a new CA was written."""
+            info = self.provisioner.route(spec)
+            return info.model_copy(update={
+                "paused": spec.desired is Desired.paused,
+                "auto_wake": self.auto_wake_default if spec.auto_wake is None
+                else spec.auto_wake,
+                "ca_sha256": _digest(info.ca_file),
+            })
+
         if spec.desired is Desired.paused:
             return [
                 Step("mark-route-paused", self._route_is(record.name, route),
@@ -143,14 +162,15 @@ class Reconciler:
 
     # -- the reconciler's own steps ---------------------------------------------------------
 
-    def _route_is(self, name: str, route):
+    def _route_is(self, name: str, route: Callable[[], RouteInfo | None]):
         async def done() -> bool:
-            return (await self.store.get(name)).status.route == route
+            return (await self.store.get(name)).status.route == route()
         return done
 
-    def _set_route(self, name: str, route):
+    def _set_route(self, name: str, route: Callable[[], RouteInfo | None]):
         async def run() -> None:
-            await self._update(name, lambda s: s.model_copy(update={"route": route}))
+            wanted = route()
+            await self._update(name, lambda s: s.model_copy(update={"route": wanted}))
         return run
 
     async def _update(self, name: str, change: Callable[[TenantStatus], TenantStatus]) -> None:
@@ -195,6 +215,8 @@ class Reconciler:
                                                             lease_ttl)
                     renew_at = loop.time() + lease_ttl / 3
                 if leader:
+                    for name in [n for n, t in self._workers.items() if t.done()]:
+                        del self._workers[name]
                     for record in await self.store.list():
                         task = self._workers.get(record.name)
                         if task is None or task.done():

@@ -304,3 +304,14 @@ async def test_ha_deploys_etcd(setup):
     values = setup.world.releases[(NS, "t1")]["values"]["controlPlane"]
     assert values["statefulSet"]["highAvailability"]["replicas"] == 3
     assert values["backingStore"]["etcd"]["deploy"]["enabled"] is True
+
+
+async def test_a_new_ca_reaches_the_files_and_the_route(setup):
+    await setup.store.create(spec())
+    first = (await converge(setup)).status.route
+    secret = setup.world.objects[("v1", "Secret", NS, "vc-t1")]
+    secret["data"]["certificate-authority"] = base64.b64encode(b"NEW-CA").decode()
+    assert await setup.reconciler().reconcile("t1")
+    route = (await setup.store.get("t1")).status.route
+    assert setup.files.ca_path("t1").read_bytes() == b"NEW-CA"
+    assert route.ca_sha256 != first.ca_sha256 and route.ca_sha256 is not None
