@@ -315,3 +315,59 @@ async def test_a_new_ca_reaches_the_files_and_the_route(setup):
     route = (await setup.store.get("t1")).status.route
     assert setup.files.ca_path("t1").read_bytes() == b"NEW-CA"
     assert route.ca_sha256 != first.ca_sha256 and route.ca_sha256 is not None
+
+
+async def test_kill_at_every_pause_and_resume_step(setup, tmp_path_factory):
+    from gateway.lifecycle.credential_files import CredentialFiles
+    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+    from tests.lifecycle.conftest import Setup
+    from tests.lifecycle.fakes import World
+
+    def pod(world):
+        world.objects[("v1", "Pod", NS, "app-x-default-t1")] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "app-x-default-t1", "namespace": NS,
+                         "labels": {"vcluster.loft.sh/managed-by": "t1"}}}
+
+    await setup.store.create(spec())
+    await converge(setup)
+    pod(setup.world)
+    before = setup.world.mutations
+    await set_desired(setup, "t1", Desired.paused)
+    await converge(setup)
+    pause_steps = setup.world.mutations - before
+    before = setup.world.mutations
+    await set_desired(setup, "t1", Desired.running)
+    await converge(setup)
+    resume_steps = setup.world.mutations - before
+    assert pause_steps >= 2 and resume_steps >= 1
+    for phase, desired, steps in ((Phase.paused, Desired.paused, pause_steps),
+                                  (Phase.ready, Desired.running, resume_steps)):
+        for kill_at in range(1, steps + 1):
+            tmp = tmp_path_factory.mktemp(f"{desired.value}{kill_at}")
+            store = SQLiteTenantStore(tmp / "tenants.db")
+            other = Setup(World(), store, CredentialFiles(tmp / "cred"), tmp)
+            try:
+                await store.create(spec())
+                await run_until_converged(other.reconciler(), "t1", within=5.0)
+                pod(other.world)
+                if desired is Desired.running:
+                    await set_desired(other, "t1", Desired.paused)
+                    await run_until_converged(other.reconciler(), "t1", within=5.0)
+                await set_desired(other, "t1", desired)
+                other.world.kill_at = other.world.mutations + kill_at
+                with pytest.raises(Killed):
+                    await run_until_converged(other.reconciler(), "t1", within=5.0)
+                record = await run_until_converged(other.reconciler(), "t1", within=5.0)
+                assert record.status.phase is phase, (desired, kill_at)
+                sts = other.world.objects[("apps/v1", "StatefulSet", NS, "t1")]
+                notes = sts["metadata"].get("annotations") or {}
+                if desired is Desired.paused:
+                    assert sts["spec"]["replicas"] == 0
+                    assert notes == {"loft.sh/paused": "true", "loft.sh/paused-replicas": "1"}
+                    assert record.status.route.paused
+                else:
+                    assert sts["spec"]["replicas"] == 1 and not notes
+                    assert not record.status.route.paused
+            finally:
+                await store.close()
