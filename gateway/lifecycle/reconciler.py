@@ -118,9 +118,9 @@ class Reconciler:
         current = None
         try:
             for step in self.plan(record):
+                current = step.name  # errors name the step, whether checking or running
                 if await step.done():
                     continue
-                current = step.name
                 await self._update(name, lambda s, n=step.name: s.model_copy(
                     update={"phase": busy, "step": n}))
                 if self.on_step:
@@ -130,7 +130,7 @@ class Reconciler:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            message = f"{current or 'check'}: {exc}"
+            message = f"{current or 'plan'}: {exc}"
             log.warning("tenant %s: %s", name, message)
 
             def failed(s: TenantStatus) -> TenantStatus:
