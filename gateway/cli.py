@@ -33,7 +33,13 @@ def _check_config(path: Path) -> int:
     config = _load(path)
     if config is None:
         return 1
-    _, problems = load_policies(config.policies, known_tenants=[t.name for t in config.tenants])
+    # lifecycle tenants come and go at run time: policies may name tenants not created yet
+    known = None if config.lifecycle else [t.name for t in config.tenants]
+    _, problems = load_policies(config.policies, known_tenants=known)
+    if config.lifecycle is not None:
+        from gateway.lifecycle.assemble import lifecycle_problems
+
+        problems.extend(lifecycle_problems(config))
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     add_logout_arguments(p)
     p = sub.add_parser("kubeconfig", help="print a tenant's kubeconfig (exec plugin, no secret)")
     add_kubeconfig_arguments(p)
+    from gateway.lifecycle import tenant_cli
+
+    tenant_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command in ("login", "logout", "kubeconfig"):
         from gateway.login import command
@@ -137,4 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "quickstart":
         return _quickstart(args)
+    if args.command == "tenant":
+        return tenant_cli.run(args)
     return 2

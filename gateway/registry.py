@@ -7,7 +7,7 @@ The proxy only reads.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -17,7 +17,11 @@ from gateway.credentials import TokenFile
 
 @dataclass(eq=False)
 class Upstream:
-    """A tenant's API server endpoint and the gateway's credential for it."""
+    """A tenant's API server endpoint and the gateway's credential for it.
+
+    A `paused` tenant's control plane is stopped: requests get 503, or — when `wake` is set —
+    `await wake()` asks for a resume and returns True once a running entry replaced this one.
+    """
 
     name: str
     host: str
@@ -25,6 +29,8 @@ class Upstream:
     ssl: ssl.SSLContext | None
     server_hostname: str | None
     authorization: Callable[[], bytes] | None
+    paused: bool = False
+    wake: Callable[[], Awaitable[bool]] | None = None
     authority: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +70,8 @@ class TenantRegistry:
     def __init__(self) -> None:
         self._tenants: dict[str, Upstream] = {}
         self._listeners: list[Callable[[str], None]] = []
+        # tenant → wall time of its latest forwarded request; drained by whoever records it
+        self.activity: dict[str, float] = {}
 
     def get(self, name: str) -> Upstream | None:
         return self._tenants.get(name)
@@ -78,6 +86,11 @@ class TenantRegistry:
     def remove(self, name: str) -> None:
         if self._tenants.pop(name, None) is not None:
             self._notify(name)
+
+    def drain_activity(self) -> dict[str, float]:
+        """Take the activity seen since the last call."""
+        seen, self.activity = self.activity, {}
+        return seen
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call `listener(name)` whenever a tenant is added, replaced or removed."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -34,6 +34,12 @@ ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StrictPaths(Strict):
+    """Defaults are validated too, so default relative paths also follow the config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class Listen(Strict):
@@ -231,6 +237,76 @@ class Portal(Strict):
         return self
 
 
+class LifecycleHelm(Strict):
+    """The `helm` provisioner: one vcluster per tenant on the host cluster."""
+
+    binary: str = "helm"
+    kubeconfig: ConfigPath | None = None  # None: in-cluster service account, else $KUBECONFIG
+    chart: str = "vcluster"
+    repo: str | None = "https://charts.loft.sh"
+    chart_version: str | None = "0.26.0"
+    values_file: ConfigPath | None = None
+    namespace_prefix: str = "vcluster-"
+    pod_security: Literal["privileged", "baseline", "restricted"] = "baseline"
+    gateway_namespace: str = "vgate"
+    ready_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+
+    @field_validator("namespace_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,20}-)?", v):
+            raise ValueError("must be a short DNS-label prefix ending in '-', like vcluster-")
+        return v
+
+    @field_validator("gateway_namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if not TENANT_NAME.fullmatch(v):
+            raise ValueError("must be a namespace name (DNS label)")
+        return v
+
+
+class LifecycleLocal(StrictPaths):
+    """The `local` provisioner: a kube-apiserver process per tenant, one shared etcd."""
+
+    # default: $KUBEBUILDER_ASSETS, else /usr/local/kubebuilder/bin
+    assets_dir: ConfigPath | None = None
+    work_dir: ConfigPath = Path("lifecycle-local")
+
+
+class Lifecycle(StrictPaths):
+    """Tenants created and managed by `vgate tenant ...`; routes reach every worker."""
+
+    store: ConfigPath = Path("tenants.db")
+    credentials_dir: ConfigPath = Path("credentials")
+    provisioner: Literal["helm", "local"] = "helm"
+    helm: LifecycleHelm = LifecycleHelm()
+    local: LifecycleLocal = LifecycleLocal()
+    manage: bool = True  # run the reconciler in this gateway (one process holds a lease)
+    public_url: str | None = None  # the gateway's address as users see it (for kubectl URLs)
+    platform_admin_groups: list[str] = []
+    platform_admin_users: list[str] = []
+    auto_wake: bool = False
+    wake_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
+    idle_timeout_seconds: Annotated[float | None, Field(gt=0)] = None
+    token_seconds: Annotated[int, Field(ge=600, le=86400)] = 3600
+    poll_seconds: Annotated[float, Field(gt=0, le=10)] = 0.5
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/?#]+/?", v):
+            raise ValueError("must be scheme://host[:port], like https://vgate.example.com")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _admins(self) -> Lifecycle:
+        for name in (*self.platform_admin_groups, *self.platform_admin_users):
+            if not name or name.startswith("system:"):
+                raise ValueError(f"platform admin {name!r}: empty or system: names are refused")
+        return self
+
+
 class GatewayConfig(Strict):
     listen: Listen = Listen()
     tls: TLS | None = None
@@ -244,6 +320,7 @@ class GatewayConfig(Strict):
     audit: Audit = Audit()
     nested_impersonation: NestedImpersonation = NestedImpersonation()
     portal: Portal | None = None
+    lifecycle: Lifecycle | None = None
 
     @model_validator(mode="after")
     def _portal_issuer(self) -> GatewayConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.identity import Deny, Grant, Identity
@@ -25,6 +26,7 @@ class PolicyEngine:
 
     def __init__(self, policies: list[LoadedPolicy]) -> None:
         self._by_tenant: dict[str, list[_Rule]] = {}
+        self._stored: dict[str, tuple[_Rule, ...]] = {}
         for loaded in policies:
             for role, rule in loaded.policy.roles.items():
                 self._by_tenant.setdefault(loaded.policy.tenant, []).append(
@@ -37,13 +39,25 @@ class PolicyEngine:
                 )
 
     def tenants_with_rules(self) -> set[str]:
-        return set(self._by_tenant)
+        return set(self._by_tenant) | set(self._stored)
+
+    def set_stored_roles(self, tenant: str, roles: Mapping[str, Iterable[str]] | None) -> None:
+        """Roles kept with a lifecycle-managed tenant (role → groups), on top of the policy
+        files; None forgets them."""
+        if roles is None:
+            self._stored.pop(tenant, None)
+            return
+        self._stored[tenant] = tuple(
+            _Rule(role, frozenset(groups), frozenset(), f"tenant {tenant} record")
+            for role, groups in roles.items() if groups
+        )
 
     def decide(self, identity: Identity, tenant: str) -> Grant | Deny:
         roles: dict[str, None] = {}
         reasons: list[str] = []
         groups = set(identity.groups)
-        for rule in (*self._by_tenant.get(tenant, ()), *self._by_tenant.get("*", ())):
+        for rule in (*self._by_tenant.get(tenant, ()), *self._stored.get(tenant, ()),
+                     *self._by_tenant.get("*", ())):
             if identity.username in rule.users:
                 roles.setdefault(rule.role)
                 reasons.append(f"{rule.role}: user {identity.username} ({rule.where})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,7 @@ class Gateway:
         self.recorder = recorder
         self.client_address = client_address if client_address and client_address.trusted else None
         self.readiness = Readiness()
+        self.wake_timeout = 60.0
         self._tasks: set[asyncio.Task] = set()
         self.nested = nested
         registry.on_change(forwarder.forget)
@@ -227,6 +229,10 @@ class Gateway:
         self._forward(exchange, upstream, decision)
 
     def _forward(self, exchange: Exchange, upstream: Upstream, grant: Grant) -> None:
+        if upstream.paused:
+            self._paused(exchange, upstream, grant)
+            return
+        self.registry.activity[upstream.name] = time.time()
         exchange.grant = grant
         exchange.decision = "allow"
         if exchange.chunked_in:
@@ -252,6 +258,44 @@ class Gateway:
         self.forwarder.forward(exchange, upstream, head)
         if exchange.streaming:
             self.recorder.stream_opened(exchange)
+
+    def _paused(self, exchange: Exchange, upstream: Upstream, grant: Grant) -> None:
+        """A paused tenant: 503, or (auto-wake) hold the request until it runs again."""
+        if upstream.wake is None:
+            exchange.decision = "paused"
+            exchange.reason = "tenant paused"
+            exchange.fail(503, f'tenant "{upstream.name}" is paused; ask a platform '
+                               "administrator to resume it")
+            return
+        task = asyncio.get_running_loop().create_task(self._wake(exchange, upstream, grant))
+        exchange.client_gone_hook = task.cancel
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wake(self, exchange: Exchange, upstream: Upstream, grant: Grant) -> None:
+        assert upstream.wake is not None
+        try:
+            async with asyncio.timeout(self.wake_timeout):
+                woke = await upstream.wake()
+        except TimeoutError:
+            woke = False
+        except Exception:
+            log.exception("waking tenant %s failed", upstream.name)
+            woke = False
+        if exchange.conn.closed:
+            return
+        exchange.client_gone_hook = None
+        current = self.registry.get(upstream.name)
+        if woke and current is not None and not current.paused:
+            self._forward(exchange, current, grant)
+            return
+        exchange.decision = "paused"
+        exchange.reason = "tenant waking up"
+        if current is None:
+            exchange.fail(404, f'tenant "{upstream.name}" not found')
+            return
+        exchange.fail(503, f'tenant "{upstream.name}" is starting; retry shortly',
+                      extra=[(b"Retry-After", b"10")])
 
     def done(self, exchange: Exchange) -> None:
         try:

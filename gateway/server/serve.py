@@ -54,10 +54,16 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
 
         portal = build_portal(config, policy_access(registry, policy))
         local_apps.mount("/", portal.app, on_close=portal.close)
+    authenticator = Authenticator(config.oidc)
+    if config.lifecycle is not None:
+        from gateway.lifecycle.assemble import build_admin_app
+
+        admin = build_admin_app(config, authenticator.authenticate, prefix="")  # root_path
+        local_apps.mount("/admin", admin.app, on_close=admin.close)
     return Gateway(
         router=Router(config.routing.base_domain, config.routing.path_prefix),
         registry=registry,
-        authenticator=Authenticator(config.oidc),
+        authenticator=authenticator,
         policy=policy,
         forwarder=Forwarder(config.upstream),
         recorder=Recorder(AuditLog(config.audit.file), Metrics()),
@@ -154,6 +160,14 @@ def _install_uvloop() -> None:
 
 async def _serve_one(config: GatewayConfig, sock: socket.socket) -> None:
     running = RunningGateway(config, build_gateway(config))
+    lifecycle = None
+    if config.lifecycle is not None:
+        from gateway.lifecycle.runtime import LifecycleRuntime
+
+        gateway = running.gateway
+        gateway.wake_timeout = config.lifecycle.wake_timeout_seconds
+        lifecycle = LifecycleRuntime(config, gateway.registry, gateway.policy.set_stored_roles)
+        await lifecycle.start()
     await running.start(sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,6 +177,8 @@ async def _serve_one(config: GatewayConfig, sock: socket.socket) -> None:
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", config.limits.shutdown_grace_seconds)
     await running.stop()
+    if lifecycle is not None:
+        await lifecycle.stop()
 
 
 def serve(config: GatewayConfig) -> int:

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.lifecycle.backoff import Backoff
+from gateway.lifecycle.credential_files import CredentialFiles
+from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
+from gateway.lifecycle.reconciler import Reconciler
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from tests.lifecycle.fakes import FakeHelm, FakeHost, World, connector
+
+
+@dataclass
+class Setup:
+    world: World
+    store: SQLiteTenantStore
+    files: CredentialFiles
+    tmp: Path
+
+    def reconciler(self) -> Reconciler:
+        """A fresh reconciler (as after a restart) over the same store and world."""
+        provisioner = HelmProvisioner(
+            FakeHost(self.world), FakeHelm(self.world), connector(self.world), self.files,
+            HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
+        )
+        return Reconciler(self.store, provisioner, hostname=lambda n: f"{n}.k8s.example.com",
+                          backoff=Backoff(base=0.0, cap=0.0, jitter=0.0), poll_seconds=0.01)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path):
+    store = SQLiteTenantStore(tmp_path / "tenants.db")
+    yield Setup(World(), store, CredentialFiles(tmp_path / "credentials"), tmp_path)
+    await store.close()

@@ -1,0 +1,96 @@
+"""The admin API over httpx.ASGITransport with an injected authenticator."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway.identity import Identity
+from gateway.lifecycle.admin_api import admin_app, platform_admin_check
+from gateway.lifecycle.operations import TenantOperations
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+
+TOKENS = {
+    "admin-token": Identity("alice@corp", "u1", ("platform-admins",), "https://idp", 0.0),
+    "dev-token": Identity("bob@corp", "u2", ("developers",), "https://idp", 0.0),
+}
+
+
+async def authenticate(token: str) -> Identity:
+    try:
+        return TOKENS[token]
+    except KeyError:
+        raise ValueError("bad token") from None
+
+
+@pytest.fixture
+async def api(tmp_path):
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    app = admin_app(TenantOperations(store, static_tenants=["static1"]),
+                    authenticate=authenticate,
+                    is_platform_admin=platform_admin_check(["platform-admins"], []),
+                    path_prefix="/clusters", public_url="https://vgate.example.com")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://vgate",
+                                 headers={"Authorization": "Bearer admin-token"}) as client:
+        yield client, store
+    await store.close()
+
+
+async def test_only_platform_admins_get_in(api):
+    client, _ = api
+    r = await client.get("/admin/tenants", headers={"Authorization": ""})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == 'Bearer realm="vgate"'
+    r = await client.get("/admin/tenants", headers={"Authorization": "Bearer forged"})
+    assert r.status_code == 401 and r.json()["kind"] == "Status"
+    r = await client.get("/admin/tenants", headers={"Authorization": "Bearer dev-token"})
+    assert r.status_code == 403
+    assert r.json()["message"] == 'user "bob@corp" is not a platform administrator'
+    r = await client.post("/admin/tenants", json={"name": "t1", "admin_groups": ["a"]},
+                          headers={"Authorization": "Bearer dev-token"})
+    assert r.status_code == 403
+
+
+async def test_lifecycle_of_a_tenant_through_the_api(api):
+    client, store = api
+    r = await client.post("/admin/tenants", json={"name": "t1", "admin_groups": ["admins"],
+                                                   "k8s_version": "1.31"})
+    assert r.status_code == 201, r.text
+    assert r.json()["phase"] == "Pending"
+    assert r.json()["servers"] == ["https://vgate.example.com/clusters/t1"]
+    r = await client.post("/admin/tenants", json={"name": "t1", "admin_groups": ["admins"]})
+    assert (r.status_code, r.json()["message"]) == (409, 'tenant "t1" already exists')
+    assert [t["name"] for t in (await client.get("/admin/tenants")).json()["items"]] == ["t1"]
+    r = await client.post("/admin/tenants/t1/pause")
+    assert r.json()["desired"] == "paused"
+    r = await client.post("/admin/tenants/t1/resume")
+    assert r.json()["desired"] == "running"
+    r = await client.post("/admin/tenants/t1/upgrade", json={"k8s_version": "1.32"})
+    assert r.json()["k8s_version"] == "1.32"
+    r = await client.post("/admin/tenants/t1/upgrade", json={"k8s_version": "1.31"})
+    assert r.status_code == 409 and "downgrades" in r.json()["message"]
+    r = await client.post("/admin/tenants/t1/upgrade", json={"k8s_version": "9.99"})
+    assert r.status_code == 422
+    assert r.json()["details"]["causes"][0]["field"] == "k8s_version"
+    r = await client.delete("/admin/tenants/t1")
+    assert r.status_code == 202 and r.json()["desired"] == "deleted"
+    r = await client.post("/admin/tenants/t1/resume")
+    assert r.status_code == 409 and r.json()["message"] == 'tenant "t1" is being deleted'
+    assert (await store.get("t1")).spec.desired.value == "deleted"
+
+
+async def test_errors_name_the_field_and_missing_tenants_are_404(api):
+    client, _ = api
+    r = await client.post("/admin/tenants", json={"name": "Bad", "admin_groups": [],
+                                                   "quota": {"cpu": "lots"}})
+    assert r.status_code == 422
+    fields = {c["field"] for c in r.json()["details"]["causes"]}
+    assert fields == {"name", "admin_groups", "quota"}
+    r = await client.post("/admin/tenants", json={"name": "static1", "admin_groups": ["a"]})
+    assert r.status_code == 409 and "configured statically" in r.json()["message"]
+    r = await client.post("/admin/tenants", content=b"{nope")
+    assert r.status_code == 400
+    for method, path in (("GET", "/admin/tenants/ghost"), ("DELETE", "/admin/tenants/ghost"),
+                         ("POST", "/admin/tenants/ghost/pause")):
+        r = await client.request(method, path)
+        assert (r.status_code, r.json()["message"]) == (404, 'tenant "ghost" not found')

@@ -1,0 +1,51 @@
+"""The long-running manager: one lease holder acts; idle tenants get paused."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway.lifecycle.idle import IdlePauser
+from gateway.lifecycle.model import Desired, Phase, TenantSpec
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+
+
+async def test_only_the_lease_holder_reconciles_and_it_follows_spec_changes(setup):
+    first, second = setup.reconciler(), setup.reconciler()
+    second.store = SQLiteTenantStore(setup.store.path)  # another process's connection
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    runs = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+    try:
+        async def phase(want):
+            for _ in range(300):
+                record = await setup.store.get("t1")
+                if record.status.phase is want:
+                    return record
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"never {want}: {record.status}")
+
+        await phase(Phase.ready)
+        assert bool(first._workers) != bool(second._workers)  # exactly one manages
+        record = await setup.store.get("t1")
+        await setup.store.update_spec(
+            "t1", record.spec.model_copy(update={"desired": Desired.paused}), record.version)
+        await phase(Phase.paused)
+    finally:
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        await second.store.close()
+
+
+async def test_idle_tenants_are_paused_and_busy_ones_are_not(setup):
+    store = setup.store
+    for name in ("busy", "idle"):
+        await store.create(TenantSpec(name=name, admin_groups=["a"]))
+        await setup.reconciler().reconcile(name)
+    now = time.time()
+    pauser = IdlePauser(store, "me", idle_seconds=60)
+    assert await pauser.pause_idle(now + 30) == []
+    await store.record_activity({"busy": now + 50})
+    assert await pauser.pause_idle(now + 61) == ["idle"]
+    assert (await store.get("idle")).spec.desired is Desired.paused
+    assert (await store.get("busy")).spec.desired is Desired.running

@@ -1,0 +1,214 @@
+"""Store → every worker's registry: routes appear, pause, wake on request, and disappear."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gateway.lifecycle.model import Desired, RouteInfo, TenantSpec
+from gateway.lifecycle.route_sync import RouteSync
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from tests.support.craft import CraftingIssuer
+from tests.support.gateway_thread import GatewayThread
+from tests.support.scripted import ScriptedUpstream
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[CraftingIssuer]:
+    iss = CraftingIssuer().start()
+    yield iss
+    iss.down()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ScriptedUpstream]:
+    up = ScriptedUpstream()
+    yield up
+    up.stop()
+
+
+class Manager:
+    """Plays the reconciler's part: writes records and routes from the test thread."""
+
+    def __init__(self, path: Path, token_file: Path, port: int) -> None:
+        self.store = SQLiteTenantStore(path)
+        self.route = RouteInfo(server=f"http://127.0.0.1:{port}", token_file=str(token_file))
+
+    def run(self, coro):
+        return asyncio.run(coro)
+
+    def create(self, name: str, *, paused=False, auto_wake=False, admins=("a",)) -> None:
+        spec = TenantSpec(name=name, admin_groups=list(admins),
+                          desired=Desired.paused if paused else Desired.running)
+        record = self.run(self.store.create(spec))
+        route = self.route.model_copy(update={"paused": paused, "auto_wake": auto_wake})
+        self.run(self.store.update_status(
+            name, record.status.model_copy(update={"route": route}), record.version))
+
+    def set_running(self, name: str) -> None:
+        record = self.run(self.store.get(name))
+        self.run(self.store.update_status(name, record.status.model_copy(
+            update={"route": self.route}), record.version))
+
+    def delete(self, name: str) -> None:
+        record = self.run(self.store.get(name))
+        self.run(self.store.delete(name, record.version))
+
+
+@pytest.fixture
+def world(tmp_path, issuer, upstream):
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "all.yaml").write_text(yaml.safe_dump(
+        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    token = tmp_path / "token"
+    token.write_text("upstream-secret\n")
+    config = {
+        "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
+                              "username_claim": "email"}]},
+        "policies": str(tmp_path / "policies"),
+        "audit": {"file": str(tmp_path / "audit.log")},
+    }
+    manager = Manager(tmp_path / "tenants.db", token, upstream.port)
+    with GatewayThread(tmp_path, config) as gw:
+        sync_store = SQLiteTenantStore(tmp_path / "tenants.db")
+        sync = RouteSync(sync_store, gw.gateway.registry, poll_seconds=0.05,
+                         activity_seconds=0.1, on_roles=gw.gateway.policy.set_stored_roles)
+        task = asyncio.run_coroutine_threadsafe(sync.run(), gw.loop)
+        headers = {"Authorization": f"Bearer {issuer.sign(issuer.claims())}"}
+        with httpx.Client(base_url=gw.url, headers=headers, timeout=10) as client:
+            yield gw, manager, client
+        task.cancel()
+        time.sleep(0.1)
+    asyncio.run(manager.store.close())
+
+
+def wait_for(check, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_created_route_serves_and_deleted_route_is_404_promptly(world):
+    _gw, manager, client = world
+    assert client.get("/clusters/t1/api").status_code == 404
+    manager.create("t1")
+    assert wait_for(lambda: client.get("/clusters/t1/api").status_code == 200)
+    start = time.monotonic()
+    manager.delete("t1")
+    assert wait_for(lambda: client.get("/clusters/t1/api").status_code == 404)
+    assert time.monotonic() - start < 1.0
+
+
+def test_activity_reaches_the_store(world):
+    _gw, manager, client = world
+    manager.create("t1")
+    assert wait_for(lambda: client.get("/clusters/t1/api").status_code == 200)
+    before = time.time()
+    client.get("/clusters/t1/api/v1/pods")
+    assert wait_for(lambda: (manager.run(manager.store.get("t1")).last_activity or 0) >= before)
+
+
+def test_paused_without_auto_wake_is_503_status(world):
+    gw, manager, client = world
+    manager.create("t1", paused=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    r = client.get("/clusters/t1/api/v1/pods")
+    assert r.status_code == 503
+    assert r.json()["message"] == ('tenant "t1" is paused; ask a platform administrator to '
+                                   "resume it")
+    assert manager.run(manager.store.get("t1")).spec.desired is Desired.paused
+
+
+def test_auto_wake_holds_the_request_until_the_tenant_runs(world):
+    gw, manager, client = world
+    manager.create("t1", paused=True, auto_wake=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    # an unauthenticated request wakes nothing
+    assert httpx.get(f"{gw.url}/clusters/t1/api").status_code == 401
+
+    def reconciler():  # sees the resume request, "starts" the cluster after a while
+        assert wait_for(lambda: manager.run(manager.store.get("t1")).spec.desired
+                        is Desired.running, timeout=5)
+        time.sleep(0.3)
+        manager.set_running("t1")
+
+    thread = threading.Thread(target=reconciler)
+    thread.start()
+    start = time.monotonic()
+    responses = []
+    threads = [threading.Thread(target=lambda: responses.append(client.get("/clusters/t1/api")))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    thread.join()
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert time.monotonic() - start >= 0.3
+
+
+def test_auto_wake_gives_up_with_retry_after(world):
+    gw, manager, client = world
+    gw.gateway.wake_timeout = 0.3
+    manager.create("t1", paused=True, auto_wake=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    r = client.get("/clusters/t1/api/v1/pods")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "10"
+    assert r.json()["message"] == 'tenant "t1" is starting; retry shortly'
+    assert manager.run(manager.store.get("t1")).spec.desired is Desired.running
+
+
+def test_stored_admin_groups_grant_cluster_admin(world, issuer, upstream):
+    gw, manager, client = world
+    outsider = {"Authorization": "Bearer " + issuer.sign(issuer.claims(groups=["ops-t1"]))}
+    manager.create("t1", admins=["ops-t1"])
+    manager.create("t2")
+    assert wait_for(lambda: gw.gateway.registry.get("t2") is not None)
+    assert client.get("/clusters/t2/api", headers=outsider).status_code == 403
+    r = client.get("/clusters/t1/api", headers=outsider)
+    assert r.status_code == 200
+    assert b"Impersonate-Group: vgate:cluster-admin" in upstream.heads[-1]
+    manager.delete("t1")
+    assert wait_for(lambda: client.get("/clusters/t1/api", headers=outsider).status_code == 404)
+    assert "t1" not in gw.gateway.policy.tenants_with_rules()
+
+
+def test_admin_api_is_mounted_on_the_gateway(tmp_path, issuer):
+    """The admin API answers under /admin of a gateway with a lifecycle: platform admins
+    only, with Kubernetes Status bodies for everyone else."""
+    (tmp_path / "policies").mkdir()
+    config = {
+        "routing": {"path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
+                              "username_claim": "email", "groups_claim": "groups"}]},
+        "policies": str(tmp_path / "policies"),
+        "audit": {"file": str(tmp_path / "audit.log")},
+        "lifecycle": {"store": str(tmp_path / "tenants.db"), "provisioner": "local",
+                      "manage": False, "platform_admin_groups": ["platform-admins"]},
+    }
+    manager = Manager(tmp_path / "tenants.db", tmp_path / "token", 1)
+    manager.create("t1")
+    admin = issuer.sign(issuer.claims(sub="root", email="root@example.com",
+                                      groups=["platform-admins"]))
+    someone = issuer.sign(issuer.claims(sub="dev", email="dev@example.com", groups=["devs"]))
+    with GatewayThread(tmp_path, config) as gw, httpx.Client(base_url=gw.url, timeout=10) as c:
+        r = c.get("/admin/tenants")
+        assert r.status_code == 401 and r.json()["kind"] == "Status"
+        r = c.get("/admin/tenants", headers={"Authorization": f"Bearer {someone}"})
+        assert r.status_code == 403 and r.json()["kind"] == "Status"
+        r = c.get("/admin/tenants", headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 200, r.text
+        assert "t1" in r.text
+    asyncio.run(manager.store.close())

@@ -1,0 +1,95 @@
+"""`vgate serve` with 2 worker processes: every worker follows the store within a poll."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gateway.lifecycle.model import RouteInfo, TenantSpec
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from tests.support.craft import CraftingIssuer
+from tests.support.scripted import ScriptedUpstream
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def served(tmp_path):
+    issuer = CraftingIssuer().start()
+    upstream = ScriptedUpstream()
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "all.yaml").write_text(yaml.safe_dump(
+        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    config = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "workers": 2,
+        "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
+                              "username_claim": "email"}]},
+        "audit": {"file": str(tmp_path / "audit.log")},
+        "policies": str(tmp_path / "policies"),
+        "lifecycle": {"manage": False, "poll_seconds": 0.2},
+    }
+    (tmp_path / "vgate.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
+                             str(tmp_path / "vgate.yaml")], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True)
+    ports = set()
+    deadline = time.monotonic() + 20
+    while len(ports) < 2 and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        found = re.search(r"vgate listening on [\d.]+:(\d+) \(pid (\d+)\)", line)
+        if found:
+            ports.add((int(found.group(1)), int(found.group(2))))
+    assert len(ports) == 2, "workers did not start"
+    port = next(iter(ports))[0]
+    token = issuer.sign(issuer.claims())
+    try:
+        yield tmp_path, port, token, upstream
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        upstream.stop()
+        issuer.down()
+
+
+def test_every_worker_sees_create_and_delete(served):
+    tmp, port, token, upstream = served
+    (tmp / "token").write_text("secret\n")
+    store = SQLiteTenantStore(tmp / "tenants.db")
+    record = asyncio.run(store.create(TenantSpec(name="t1", admin_groups=["a"])))
+    route = RouteInfo(server=f"http://127.0.0.1:{upstream.port}", token_file=str(tmp / "token"))
+    asyncio.run(store.update_status("t1", record.status.model_copy(update={"route": route}),
+                                    record.version))
+
+    def statuses(n=8):  # fresh connections spread over both workers
+        codes = []
+        for _ in range(n):
+            with httpx.Client(headers={"Authorization": f"Bearer {token}",
+                                       "Connection": "close"}) as c:
+                r = c.get(f"http://127.0.0.1:{port}/clusters/t1/api")
+                codes.append(r.status_code)
+        return codes
+
+    deadline = time.monotonic() + 3
+    while statuses() != [200] * 8:
+        assert time.monotonic() < deadline, f"route did not reach every worker: {statuses()}"
+        time.sleep(0.05)
+    record = asyncio.run(store.get("t1"))
+    start = time.monotonic()
+    asyncio.run(store.delete("t1", record.version))
+    while statuses() != [404] * 8:
+        assert time.monotonic() - start < 2, "a worker kept a deleted tenant"
+        time.sleep(0.05)
+    asyncio.run(store.close())

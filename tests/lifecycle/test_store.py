@@ -1,0 +1,111 @@
+"""The SQLite tenant store and the spec model."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.lifecycle.model import TenantSpec, TenantStatus, parse_quota
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.store import Conflict, TenantExists, TenantNotFound
+
+
+def spec(name="t1", **kw):
+    return TenantSpec(name=name, admin_groups=["admins"], **kw)
+
+
+async def test_records_survive_a_restart_and_writes_are_compare_and_swap(tmp_path):
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    created = await store.create(spec())
+    assert created.version == 1 and created.generation == 1
+    with pytest.raises(TenantExists, match='tenant "t1" already exists'):
+        await store.create(spec())
+    updated = await store.update_status("t1", TenantStatus(step="x"), created.version)
+    assert updated.version == 2 and updated.generation == 1
+    with pytest.raises(Conflict):
+        await store.update_spec("t1", spec(ha=3), created.version)
+    again = await store.update_spec("t1", spec(ha=3), updated.version)
+    assert again.generation == 2
+    await store.close()
+    reopened = SQLiteTenantStore(tmp_path / "t.db")
+    record = await reopened.get("t1")
+    assert record.spec.ha == 3 and record.status.step == "x" and record.version == 3
+    with pytest.raises(TenantNotFound):
+        await reopened.get("nope")
+    with pytest.raises(TenantNotFound):
+        await reopened.delete("nope", 1)
+    await reopened.delete("t1", 3)
+    assert await reopened.list() == []
+    await reopened.close()
+
+
+async def test_wal_mode_and_private_file(tmp_path):
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (tmp_path / "t.db").stat().st_mode & 0o077 == 0
+    await store.close()
+
+
+async def test_revision_moves_when_another_connection_writes(tmp_path):
+    reader = SQLiteTenantStore(tmp_path / "t.db")
+    writer = SQLiteTenantStore(tmp_path / "t.db")
+    first = await reader.revision()
+    assert await reader.revision() == first
+    await writer.create(spec())
+    assert await reader.revision() != first
+    await reader.close()
+    await writer.close()
+
+
+async def test_activity_is_batched_monotonic_and_keeps_the_version(tmp_path):
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    await store.create(spec())
+    await store.record_activity({"t1": 100.0, "ghost": 5.0})
+    await store.record_activity({"t1": 50.0})
+    record = await store.get("t1")
+    assert record.last_activity == 100.0 and record.version == 1
+    await store.close()
+
+
+async def test_lease_has_one_holder_until_it_expires(tmp_path):
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    assert await store.acquire_lease("m", "a", 30)
+    assert not await store.acquire_lease("m", "b", 30)
+    assert await store.acquire_lease("m", "a", 30)
+    await store.release_lease("m", "a")
+    assert await store.acquire_lease("m", "b", -1)  # taken, but already expired
+    assert await store.acquire_lease("m", "a", 30)
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "where", "says"),
+    [
+        ({"name": "Bad_Name"}, "name", "DNS label"),
+        ({"name": "admin"}, "name", "reserved"),
+        ({"name": "kube-x"}, "name", "reserved"),
+        ({"admin_groups": []}, "admin_groups", "at least 1"),
+        ({"admin_groups": ["system:masters"]}, "admin_groups", "system:"),
+        ({"view_groups": ["a", "a"]}, "view_groups", "listed twice"),
+        ({"k8s_version": "1.12"}, "k8s_version", "unknown version"),
+        ({"ha": 2}, "ha", "odd"),
+        ({"quota": {"cpu": "ten"}}, "quota", "quantity"),
+    ],
+)
+def test_every_spec_error_names_its_field(fields, where, says):
+    data = {"name": "t1", "admin_groups": ["admins"], **fields}
+    with pytest.raises(ValidationError) as info:
+        TenantSpec(**data)
+    error = info.value.errors()[0]
+    assert error["loc"][0] == where
+    assert says in error["msg"]
+
+
+def test_versions_normalise_and_quota_parses():
+    assert TenantSpec(name="t1", admin_groups=["a"], k8s_version="v1.31.4").k8s_version == "1.31"
+    assert parse_quota("cpu=10, memory=20Gi,pods=50") == {"cpu": "10", "memory": "20Gi",
+                                                          "pods": "50"}
+    assert parse_quota("requests.cpu=500m") == {"requests.cpu": "500m"}
+    for bad in ("cpu", "cpu=", "=5", "cpu=lots", "Bad Key=1"):
+        with pytest.raises(ValueError):
+            parse_quota(bad)
