@@ -1,0 +1,104 @@
+"""The e2e tier: real kube-apiservers (one shared etcd, each under its own prefix) created by
+the lifecycle's `local` provisioner from `$KUBEBUILDER_ASSETS`, the real IdP, a gateway and
+real kubectl. Skips with one line when the binaries are absent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.lifecycle.assemble import DEFAULT_ASSETS
+from gateway.lifecycle.local_process import stop as stop_process
+from gateway.lifecycle.runtime import LifecycleRuntime
+from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from tests.integration.conftest import BASE_DOMAIN, KUBECTL, World
+from tests.support.gateway_thread import GatewayThread
+from tests.support.oidc import OIDCProvider
+from tests.support.pki import TestCA
+
+ASSETS = Path(os.environ.get("KUBEBUILDER_ASSETS") or DEFAULT_ASSETS)
+USERS = {
+    "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["tenant1-admins"]},
+    "bob": {"email": "bob@example.com", "name": "Bob", "groups": ["developers"]},
+    "carol": {"email": "carol@example.com", "name": "Carol", "groups": ["tenant2-admins"]},
+}
+#: besides the admin groups stored with each tenant: developers may view tenant1
+POLICIES = {"tenant1.yaml": {"tenant": "tenant1",
+                             "roles": {"view": {"groups": ["oidc:developers"]}}}}
+
+
+def require_binaries() -> None:
+    missing = [b for b in ("kube-apiserver", "etcd") if not (ASSETS / b).is_file()]
+    if missing:
+        pytest.skip(f"e2e needs {' and '.join(missing)} in {ASSETS} "
+                    "(set $KUBEBUILDER_ASSETS, e.g. from setup-envtest)")
+    if not Path(KUBECTL).exists() or shutil.which("node") is None:
+        pytest.skip("e2e needs kubectl and node (for the OpenID Provider)")
+
+
+def until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def phase(store: SQLiteTenantStore, name: str):
+    try:
+        return asyncio.run(store.get(name)).status.phase
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLiteTenantStore]]:
+    require_binaries()
+    base = tmp_path_factory.mktemp("lifecycle-e2e")
+    ca = TestCA(base / "pki")
+    leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
+    idp = OIDCProvider(base / "idp", users=USERS).start()
+    (base / "policies").mkdir()
+    for file, doc in POLICIES.items():
+        (base / "policies" / file).write_text(yaml.safe_dump(doc))
+    (base / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
+        f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in ("tenant1", "tenant2")))
+    config = {
+        "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
+        "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["vgate"],
+                              "username_claim": "email", "username_prefix": "oidc:",
+                              "groups_claim": "groups", "groups_prefix": "oidc:"}]},
+        "policies": str(base / "policies"),
+        "audit": {"file": str(base / "audit.log")},
+        "lifecycle": {"provisioner": "local", "store": str(base / "tenants.db"),
+                      "credentials_dir": str(base / "credentials"), "poll_seconds": 0.1,
+                      "wake_timeout_seconds": 90,
+                      "local": {"assets_dir": str(ASSETS), "work_dir": str(base / "local")}},
+    }
+    gateway = GatewayThread(base / "gateway", config).start()
+    runtime = LifecycleRuntime(gateway.config, gateway.gateway.registry,
+                               gateway.gateway.policy.set_stored_roles)
+    gateway.gateway.wake_timeout = 90
+    asyncio.run_coroutine_threadsafe(runtime.start(), gateway.loop).result(30)
+    store = SQLiteTenantStore(base / "tenants.db")
+    world = World(base, ca, idp, gateway, {}, config)
+    try:
+        yield world, store
+    finally:
+        asyncio.run_coroutine_threadsafe(runtime.stop(), gateway.loop).result(60)
+        for pid_file in (base / "local" / "tenants").glob("*/pid"):
+            stop_process(pid_file, "kube-apiserver")
+        stop_process(base / "local" / "etcd" / "pid", "etcd")
+        asyncio.run(store.close())
+        gateway.stop()
+        idp.stop()
