@@ -78,7 +78,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     options = Options(
         directory=args.dir, kubeconfig=args.kubeconfig, context=args.context,
-        upstream_token_file=args.upstream_token_file, tenant=args.tenant,
+        upstream_token_file=args.upstream_token_file, tenant=args.tenant, envtest=args.envtest,
         port=args.port, idp_port=args.idp_port,
     )
     try:
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstream-token-file", type=Path,
                    help="a token for the gateway to use instead of the context's credential")
     p.add_argument("--tenant", default="local", help="the first tenant's name")
+    p.add_argument("--envtest", action="store_true",
+                   help="the first tenant is a local kube-apiserver from $KUBEBUILDER_ASSETS "
+                        "(started by the lifecycle manager), not the kubeconfig's cluster")
     p.add_argument("--port", type=int, default=8443)
     p.add_argument("--idp-port", type=int, default=8444)
     p.add_argument("--bind-roles", action="store_true",

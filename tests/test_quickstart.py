@@ -91,3 +91,52 @@ def test_serving_certificate_is_reused_while_valid(tmp_path: Path) -> None:
     assert serving_certificate(tmp_path, ["127.0.0.1"]).ca_file.read_bytes() == ca
     # a name the certificate lacks: a new one
     assert serving_certificate(tmp_path, ["10.1.1.1"]).ca_file.read_bytes() != ca
+
+
+def test_envtest_first_tenant_goes_to_the_lifecycle_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from gateway.config import load_config
+    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+    from gateway.quickstart.run import Options, prepare
+    from tests.support.oidc import free_port
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for binary in ("kube-apiserver", "etcd"):
+        (assets / binary).write_text("#!/bin/sh\n")
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    prepared = prepare(Options(directory=tmp_path / "qs", port=free_port(),
+                               idp_port=free_port()))
+    assert prepared.static_tenant is None
+    assert str(assets) in prepared.tenant_source
+    config = load_config(prepared.config_file)
+    assert config.tenants == [] and config.lifecycle is not None
+    assert config.lifecycle.provisioner == "local"
+
+    async def stored() -> list[str]:
+        store = SQLiteTenantStore(config.lifecycle.store)
+        try:
+            return [r.spec.name for r in await store.list()]
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored()) == ["local"]
+    # a second run keeps the tenant (and the CA)
+    prepare(Options(directory=tmp_path / "qs", port=free_port(), idp_port=free_port()))
+    assert asyncio.run(stored()) == ["local"]
+
+
+def test_no_cluster_at_all_says_both_ways_out(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.quickstart.run import Options, prepare
+    from tests.support.oidc import free_port
+
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path / "none"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    with pytest.raises(QuickstartError) as info:
+        prepare(Options(directory=tmp_path / "qs", port=free_port(), idp_port=free_port()))
+    assert "no current context" in str(info.value) and "--envtest" in str(info.value)

@@ -8,6 +8,7 @@ reuses the folder, so cached logins and the CA stay valid.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.lifecycle.assemble import DEFAULT_ASSETS
 from gateway.login.kubeconfig import KubeconfigSpec, kubeconfig_yaml
 from gateway.quickstart.dev_idp import DevIdP
 from gateway.quickstart.first_tenant import (
@@ -52,6 +54,7 @@ class Options:
     context: str | None = None
     upstream_token_file: Path | None = None
     tenant: str = "local"
+    envtest: bool = False              # first tenant from $KUBEBUILDER_ASSETS, not a kubeconfig
     host: str = "127.0.0.1"
     port: int = 8443
     idp_port: int = 8444
@@ -62,8 +65,9 @@ class Prepared:
     config_file: Path
     gateway_url: str
     ca_file: Path
-    tenant: dict
+    tenant_name: str
     tenant_source: str
+    static_tenant: dict | None  # None: a lifecycle tenant
     idp: DevIdP
     kubeconfig: Path
 
@@ -94,11 +98,8 @@ def prepare(opts: Options) -> Prepared:
     for port, what in ((opts.port, "--port"), (opts.idp_port, "--idp-port")):
         if not _port_free(opts.host, port):
             raise QuickstartError(f"{opts.host}:{port} is in use; choose another with {what}")
-    tenant, source = tenant_from_kubeconfig(
-        kubeconfig_paths(opts.kubeconfig), opts.context, d / "tenants" / opts.tenant,
-        name=opts.tenant,
-    )
-    if opts.upstream_token_file:
+    tenant, source = _first_tenant(opts, d)
+    if tenant is not None and opts.upstream_token_file:
         for key in ("token_file", "client_cert_file", "client_key_file"):
             tenant.pop(key, None)
         tenant["token_file"] = str(opts.upstream_token_file.resolve())
@@ -140,7 +141,13 @@ def prepare(opts: Options) -> Prepared:
         }]},
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
-        "tenants": [tenant],
+        "tenants": [tenant] if tenant is not None else [],
+        "lifecycle": {
+            "store": str(d / "tenants.db"), "credentials_dir": str(d / "credentials"),
+            "provisioner": "local", "local": {"work_dir": str(d / "local")},
+            "public_url": gateway_url, "platform_admin_groups": ["oidc:platform-admins"],
+            "auto_wake": True,
+        },
         "portal": {
             "issuer": issuer, "client_secret_file": str(d / "portal-client-secret"),
             "cookie_secret_file": str(d / "portal-cookie-secret"), "public_url": gateway_url,
@@ -151,11 +158,55 @@ def prepare(opts: Options) -> Prepared:
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     kubeconfig = d / "kubeconfig"
     kubeconfig.write_text(kubeconfig_yaml(KubeconfigSpec(
-        tenant=tenant["name"], server=f"{gateway_url}/clusters/{tenant['name']}",
+        tenant=opts.tenant, server=f"{gateway_url}/clusters/{opts.tenant}",
         issuer=issuer, client_id="vgate", ca_pem=serving.ca_file.read_bytes(),
         command=_login_command(),
     )))
-    return Prepared(config_file, gateway_url, serving.ca_file, tenant, source, idp, kubeconfig)
+    if tenant is None:
+        _register_local_tenant(d / "tenants.db", opts.tenant)
+    return Prepared(config_file, gateway_url, serving.ca_file, opts.tenant, source, tenant,
+                    idp, kubeconfig)
+
+
+def _first_tenant(opts: Options, d: Path) -> tuple[dict | None, str]:
+    """The kubeconfig context's cluster as a static tenant; or None when the first tenant is
+    a local kube-apiserver (envtest binaries) that the lifecycle manager will start."""
+    assets = Path(os.environ.get("KUBEBUILDER_ASSETS") or DEFAULT_ASSETS)
+    has_envtest = all((assets / b).is_file() for b in ("kube-apiserver", "etcd"))
+    local = f"a local kube-apiserver from {assets}, started by the lifecycle manager"
+    if opts.envtest:
+        if not has_envtest:
+            raise QuickstartError(f"--envtest: kube-apiserver and etcd are not in {assets} "
+                                  "(set $KUBEBUILDER_ASSETS, e.g. from setup-envtest)")
+        return None, local
+    try:
+        return tenant_from_kubeconfig(kubeconfig_paths(opts.kubeconfig), opts.context,
+                                      d / "tenants" / opts.tenant, name=opts.tenant)
+    except QuickstartError as exc:
+        if has_envtest and opts.kubeconfig is None and opts.context is None:
+            return None, local
+        raise QuickstartError(f"{exc}\n(or put the envtest binaries kube-apiserver and etcd "
+                              f"in {assets} / $KUBEBUILDER_ASSETS and run with --envtest)"
+                              ) from None
+
+
+def _register_local_tenant(store_file: Path, name: str) -> None:
+    """Ask the lifecycle manager for the first tenant (kept if it exists already)."""
+    from gateway.lifecycle.model import TenantSpec
+    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+    from gateway.lifecycle.store import TenantExists
+
+    async def create() -> None:
+        store = SQLiteTenantStore(store_file)
+        try:
+            await store.create(TenantSpec(name=name, admin_groups=["oidc:platform-admins"],
+                                          view_groups=["oidc:developers"]))
+        except TenantExists:
+            pass
+        finally:
+            await store.close()
+
+    asyncio.run(create())
 
 
 def _login_command() -> str:
@@ -200,7 +251,7 @@ def bind_roles(tenant: dict) -> list[str]:
 
 
 def banner(p: Prepared) -> str:
-    t = p.tenant["name"]
+    t = p.tenant_name
     lines = [
         "vgate quickstart",
         f"  gateway   {p.gateway_url}   (CA {p.ca_file})",
@@ -222,10 +273,13 @@ def run(opts: Options, *, with_bindings: bool) -> int:
     from gateway.server.serve import serve
 
     prepared = prepare(opts)
-    if with_bindings:
-        for line in bind_roles(prepared.tenant):
+    if with_bindings and prepared.static_tenant is None:
+        print("note: --bind-roles is for a kubeconfig's cluster; the lifecycle manager binds "
+              "the roles in its own tenants", file=sys.stderr)
+    elif with_bindings:
+        for line in bind_roles(prepared.static_tenant):
             print(f"applied ClusterRoleBinding {line}", file=sys.stderr)
-    else:
+    elif prepared.static_tenant is not None:
         print("note: the role groups vgate:cluster-admin and vgate:view have no rights in the "
               "cluster until they are bound: run with --bind-roles once, or see the README",
               file=sys.stderr)
