@@ -34,6 +34,7 @@ _FILE_FIELDS = {
     ("tls",): ("cert_file", "key_file"),
     ("oidc", "issuers", "*"): ("ca_file",),
     ("tenants", "*"): ("ca_file", "token_file", "client_cert_file", "client_key_file"),
+    ("ldap",): ("ca_file", "bind_password_file"),
 }
 
 
