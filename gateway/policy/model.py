@@ -7,6 +7,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.directory.dn import normalize_dn
+from gateway.directory.sid import is_sid
+
 ROLE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 ROLE_GROUP_PREFIX = "vgate:"
 WELL_KNOWN_ROLES = ("cluster-admin", "admin", "edit", "view")
@@ -18,6 +21,29 @@ class RoleRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     groups: Annotated[list[str], Field(max_length=10_000)] = []
     users: Annotated[list[str], Field(max_length=10_000)] = []
+    directory_groups: Annotated[list[str], Field(max_length=10_000)] = []
+
+    @field_validator("directory_groups")
+    @classmethod
+    def _directory_groups(cls, v: list[str]) -> list[str]:
+        """Each entry is a group DN or an `S-1-…` SID; stored normalized (DN lowercased)."""
+        out = []
+        for name in v:
+            if isinstance(name, str) and name.upper().startswith("S-1-"):
+                if not is_sid(name.upper()):
+                    raise ValueError(f"malformed SID: {name[:80]!r}")
+                out.append(name.upper())
+                continue
+            try:
+                out.append(normalize_dn(name))
+            except ValueError:
+                raise ValueError(
+                    f"not a group DN or SID: {name[:80]!r} "
+                    "(write CN=…,OU=…,DC=… or S-1-5-21-…)") from None
+        dups = sorted({n for n in out if out.count(n) > 1})
+        if dups:
+            raise ValueError(f"listed twice: {', '.join(dups)}")
+        return out
 
     @field_validator("groups", "users")
     @classmethod
@@ -31,12 +57,30 @@ class RoleRule(BaseModel):
         return v
 
 
+class ForwardDirectoryGroups(BaseModel):
+    """Directory groups whose DN matches `match` are also impersonated, as
+    `ad:<normalized DN>`, for the tenant's own RBAC."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: Annotated[str, Field(min_length=1, max_length=1024)]
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+
 class PolicyFile(BaseModel):
     """One `policies/*.yaml` document. `tenant: "*"` applies to every tenant."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     tenant: str
     roles: dict[str, RoleRule]
+    forward_directory_groups: ForwardDirectoryGroups | None = None
 
     @field_validator("tenant")
     @classmethod

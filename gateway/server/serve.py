@@ -13,6 +13,8 @@ import sys
 
 from gateway.authn import Authenticator
 from gateway.config import GatewayConfig
+from gateway.directory import Directory, DirectoryError
+from gateway.directory.source import LdapSource
 from gateway.forward import Forwarder
 from gateway.policy import PolicyEngine, load_policies
 from gateway.record import Recorder
@@ -44,14 +46,27 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
     registry = registry or TenantRegistry()
     for tenant in config.tenants:
         registry.put(upstream_from_config(tenant))
+    metrics = Metrics()
     return Gateway(
         router=Router(config.routing.base_domain, config.routing.path_prefix),
         registry=registry,
         authenticator=Authenticator(config.oidc),
         policy=PolicyEngine(policies),
         forwarder=Forwarder(config.upstream),
-        recorder=Recorder(AuditLog(config.audit.file), Metrics()),
+        recorder=Recorder(AuditLog(config.audit.file), metrics),
+        directory=build_directory(config, metrics),
     )
+
+
+def build_directory(config: GatewayConfig, metrics: Metrics) -> Directory | None:
+    """The directory groups step, when an `ldap` section is configured."""
+    if config.ldap is None:
+        return None
+    try:
+        source = LdapSource(config.ldap)
+    except DirectoryError as exc:
+        raise ValueError(f"ldap: {exc}") from None
+    return Directory(config.ldap, source, metrics)
 
 
 class RunningGateway:
@@ -112,6 +127,8 @@ class RunningGateway:
             conn.close()
         self.gateway.forwarder.close()
         await self.gateway.authenticator.close()
+        if self.gateway.directory is not None:
+            self.gateway.directory.close()
         self.gateway.recorder.audit.close()
 
 
