@@ -3,9 +3,10 @@ StartTLS with CA verification, a simple bind, timeouts, no referral chasing."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import math
 import logging
+import math
 import ssl
 import threading
 from dataclasses import dataclass
@@ -118,22 +119,21 @@ class Connector:
             if not conn.bind():
                 raise _bind_failure(conn.result or {}, self.config.bind_dn)
         except DirectoryError:
-            _close(conn)
+            close_quietly(conn)
             raise
         except LDAPException as exc:
-            _close(conn)
+            close_quietly(conn)
             kind = "timeout" if "timed out" in str(exc).lower() else "connect"
             if isinstance(exc.__context__, ssl.SSLError) or "certificate" in str(exc).lower():
                 kind = "tls"
             raise DirectoryError(kind, f"{type(exc).__name__}: {exc}") from None
         except (OSError, ssl.SSLError) as exc:
-            _close(conn)
+            close_quietly(conn)
             raise DirectoryError("connect", f"{type(exc).__name__}: {exc}") from None
         return conn
 
 
-def _close(conn: ldap3.Connection) -> None:
-    try:
+def close_quietly(conn: ldap3.Connection) -> None:
+    """Unbind, ignoring a connection that is already broken."""
+    with contextlib.suppress(Exception):
         conn.unbind()
-    except Exception:  # noqa: BLE001 - closing a broken connection
-        pass

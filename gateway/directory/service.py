@@ -134,7 +134,7 @@ class Directory:
                 result.set_exception(unavailable)
                 return
             result.set_result(found)
-        except BaseException as exc:  # noqa: BLE001 - hand any crash to the waiters
+        except BaseException as exc:
             result.set_exception(exc)
         else:
             self._cache[key] = _Cached(found, self.clock())

@@ -10,7 +10,7 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 
 from gateway.config.model import LDAP
-from gateway.directory.connect import Connector, _close
+from gateway.directory.connect import Connector, close_quietly
 from gateway.directory.entry import Membership
 from gateway.directory.errors import DirectoryError
 from gateway.directory.lookup import Lookup
@@ -47,7 +47,7 @@ class LdapSource:
             try:
                 result = self.queries.run(conn, value, chains=chains)
             except (DirectoryError, LDAPException, OSError) as exc:
-                _close(conn)
+                close_quietly(conn)
                 if reused and attempt == 1 and _connection_problem(exc):
                     continue
                 if isinstance(exc, DirectoryError):
@@ -55,7 +55,7 @@ class LdapSource:
                 kind = "timeout" if "timed out" in str(exc).lower() else "connect"
                 raise DirectoryError(kind, f"{type(exc).__name__}: {exc}") from None
             if self._closed.is_set() or self._idle.qsize() >= self.config.pool_size:
-                _close(conn)
+                close_quietly(conn)
             else:
                 self._idle.put(conn)
             return result
@@ -65,7 +65,7 @@ class LdapSource:
         self._closed.set()
         while True:
             try:
-                _close(self._idle.get_nowait())
+                close_quietly(self._idle.get_nowait())
             except queue.Empty:
                 return
 
