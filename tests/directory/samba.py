@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ldap3
 
+from gateway.directory.sid import sid_to_str
 from tests.support.pki import TestCA
 
 REALM = "CORP.EXAMPLE.COM"
@@ -193,12 +194,11 @@ class Seeder:
         self.conn.modify(group_dn, {"member": [(ldap3.MODIFY_DELETE, member_dns)]})
 
     def rid(self, dn: str) -> int:
-        self.conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["objectSid"])
-        return int(str(self.conn.entries[0].objectSid.value).rsplit("-", 1)[1])
+        return int(self.sid(dn).rsplit("-", 1)[1])
 
     def sid(self, dn: str) -> str:
         self.conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["objectSid"])
-        return str(self.conn.entries[0].objectSid.value)
+        return sid_to_str(self.conn.response[0]["raw_attributes"]["objectSid"][0])
 
     def set_primary_group(self, user_dn: str, group_dn: str) -> None:
         self.conn.modify(user_dn, {"primaryGroupID": [(ldap3.MODIFY_REPLACE,
