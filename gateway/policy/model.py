@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from gateway.directory.dn import normalize_dn
 from gateway.directory.sid import is_sid
@@ -15,35 +15,38 @@ ROLE_GROUP_PREFIX = "vgate:"
 WELL_KNOWN_ROLES = ("cluster-admin", "admin", "edit", "view")
 
 
+def _group_ref(name: str) -> str:
+    """A directory group named by DN or SID, normalized (DN lowercased, SID uppercased)."""
+    if name.upper().startswith("S-1-"):
+        if not is_sid(name.upper()):
+            raise ValueError(f"malformed SID: {name[:80]!r}")
+        return name.upper()
+    try:
+        return normalize_dn(name)
+    except ValueError:
+        raise ValueError(f"not a group DN or SID: {name[:80]!r} "
+                         "(write CN=…,OU=…,DC=… or S-1-5-21-…)") from None
+
+
+DirectoryGroupRef = Annotated[str, AfterValidator(_group_ref)]
+
+
 class RoleRule(BaseModel):
-    """Who gets one role: token groups and/or usernames (both with the issuer's prefixes)."""
+    """Who gets one role: token groups and/or usernames (both with the issuer's prefixes),
+    and/or directory groups by DN or objectSid."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     groups: Annotated[list[str], Field(max_length=10_000)] = []
     users: Annotated[list[str], Field(max_length=10_000)] = []
-    directory_groups: Annotated[list[str], Field(max_length=10_000)] = []
+    directory_groups: Annotated[list[DirectoryGroupRef], Field(max_length=10_000)] = []
 
     @field_validator("directory_groups")
     @classmethod
-    def _directory_groups(cls, v: list[str]) -> list[str]:
-        """Each entry is a group DN or an `S-1-…` SID; stored normalized (DN lowercased)."""
-        out = []
-        for name in v:
-            if isinstance(name, str) and name.upper().startswith("S-1-"):
-                if not is_sid(name.upper()):
-                    raise ValueError(f"malformed SID: {name[:80]!r}")
-                out.append(name.upper())
-                continue
-            try:
-                out.append(normalize_dn(name))
-            except ValueError:
-                raise ValueError(
-                    f"not a group DN or SID: {name[:80]!r} "
-                    "(write CN=…,OU=…,DC=… or S-1-5-21-…)") from None
-        dups = sorted({n for n in out if out.count(n) > 1})
+    def _no_duplicates(cls, v: list[str]) -> list[str]:
+        dups = sorted({n for n in v if v.count(n) > 1})
         if dups:
             raise ValueError(f"listed twice: {', '.join(dups)}")
-        return out
+        return v
 
     @field_validator("groups", "users")
     @classmethod

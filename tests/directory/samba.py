@@ -120,7 +120,7 @@ class SambaDC:
                     pass
                 self.admin().unbind()
                 return self
-            except Exception:  # noqa: BLE001 - not ready yet
+            except Exception:
                 time.sleep(0.1)
         raise RuntimeError(f"samba did not start: {self.log.read_text()[-2000:]}")
 

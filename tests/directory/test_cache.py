@@ -126,8 +126,8 @@ def test_slow_directory_times_out_without_blocking_the_loop(tmp_path: Path) -> N
 
 
 def test_flush_file_reaches_every_cache(tmp_path: Path) -> None:
-    a, source_a, clock_a, _ = make(tmp_path)
-    b, source_b, clock_b, _ = make(tmp_path)  # another worker, same flush file
+    a, _, clock_a, _ = make(tmp_path)
+    b, _, clock_b, _ = make(tmp_path)  # another worker, same flush file
     for d in (a, b):
         asyncio.run(d.membership("alice"))
         asyncio.run(d.membership("bob"))

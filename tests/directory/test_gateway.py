@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -68,7 +69,10 @@ class ADWorld(World):
         gw = gateway or self.gateway
         return httpx.get(f"{gw.url}/clusters/{tenant}/api/v1/namespaces/default/pods",
                          headers={"Authorization": f"Bearer {self.token(user)}"},
-                         verify=str(self.ca.cert_file), timeout=timeout)
+                         verify=self.tls(), timeout=timeout)
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca.cert_file))
 
     def token(self, user: str) -> str:
         cache = self.__dict__.setdefault("_tokens", {})
@@ -192,13 +196,13 @@ def test_cached_path_makes_no_directory_round_trip(ad_world: ADWorld) -> None:
     assert ad_world.get("tenant1", "alice").status_code == 200
     before = directory.round_trips
     token = ad_world.token("alice")
-    with httpx.Client(verify=str(ad_world.ca.cert_file)) as client:
+    with httpx.Client(verify=ad_world.tls()) as client:
         for _ in range(200):
             r = client.get(f"{ad_world.gateway.url}/clusters/tenant1/api/v1/namespaces",
                            headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 200
     assert directory.round_trips == before
-    metrics = httpx.get(f"{ad_world.gateway.url}/metrics", verify=str(ad_world.ca.cert_file))
+    metrics = httpx.get(f"{ad_world.gateway.url}/metrics", verify=ad_world.tls())
     assert 'vgate_directory_cache_total{result="hit"}' in metrics.text
 
 
@@ -256,6 +260,7 @@ def test_explain_with_a_wrong_bind_password(ad_world: ADWorld, tmp_path: Path) -
     assert "refused the bind as CN=svc-vgate" in done.stdout and "wrong password" in done.stdout
 
 
+@pytest.mark.slow
 def test_slow_directory_does_not_hold_other_tenants(ad_world: ADWorld, running_dc) -> None:
     assert ad_world.get("tenant2", "bob").status_code == 200  # bob cached
     ad_world.token("frank")
@@ -289,6 +294,7 @@ def test_slow_directory_does_not_hold_other_tenants(ad_world: ADWorld, running_d
     assert ad_world.get("tenant1", "frank").status_code == 403  # answered again
 
 
+@pytest.mark.slow
 def test_directory_stopped_serves_stale_then_fails_closed(ad_world: ADWorld, running_dc,
                                                           tmp_path: Path) -> None:
     cfg = ad_world.config(cache_ttl_seconds=1, max_staleness_seconds=3,
@@ -309,7 +315,7 @@ def test_directory_stopped_serves_stale_then_fails_closed(ad_world: ADWorld, run
         assert all(c in (200, 503) for _, c in codes)
         r = ad_world.get("tenant1", "henry", gw)  # never cached: refused at once
         assert r.status_code == 503 and "directory" in r.json()["message"]
-        metrics = httpx.get(f"{gw.url}/metrics", verify=str(ad_world.ca.cert_file)).text
+        metrics = httpx.get(f"{gw.url}/metrics", verify=ad_world.tls()).text
         assert 'vgate_directory_cache_total{result="stale"}' in metrics
         running_dc.start()
         time.sleep(0.4)

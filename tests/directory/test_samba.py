@@ -129,6 +129,7 @@ def test_explain_chains(corp: Corp) -> None:
     assert top.via == (corp.groups["sre-oncall"], corp.groups["platform-admins"])
 
 
+@pytest.mark.slow
 def test_slow_directory_times_out_and_the_loop_keeps_running(corp: Corp, running_dc) -> None:
     cfg = corp.ldap(timeout_seconds=1, connect_timeout_seconds=1, max_staleness_seconds=0)
     directory = Directory(cfg, LdapSource(cfg), Metrics())
@@ -157,6 +158,7 @@ def test_slow_directory_times_out_and_the_loop_keeps_running(corp: Corp, running
     directory.close()
 
 
+@pytest.mark.slow
 def test_stopped_then_restarted_directory(corp: Corp, running_dc) -> None:
     source = LdapSource(corp.ldap())
     assert source.lookup(corp.upn("alice")).found

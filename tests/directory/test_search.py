@@ -69,3 +69,30 @@ def test_sid_resolution_in_batches_keeps_unresolved_sids() -> None:
     assert resolved[0].dn == f"CN=g0,{BASE}"
     assert len(conn.searches) >= 3  # 100 SIDs per filter
     assert all(f.count("objectSid=") <= 100 for _, f, _ in conn.searches)
+
+
+USER_DN = f"CN=gina,OU=People,{BASE}"
+USER_SID = sid_to_bytes("S-1-5-21-1-2-3-1200")
+
+
+@pytest.mark.parametrize(("attrs", "locked"), [
+    ({"msDS-User-Account-Control-Computed": [b"16"], "lockoutTime": [b"0"]}, True),
+    ({"msDS-User-Account-Control-Computed": [b"0"], "lockoutTime": [b"133000000000000000"]},
+     False),  # the lockout has expired: AD's computed flag is authoritative
+    ({"lockoutTime": [b"133000000000000000"]}, True),  # no computed flag: lockoutTime says
+    ({"lockoutTime": [b"0"]}, False),
+])
+def test_locked_accounts_get_no_groups(attrs: dict, locked: bool) -> None:
+    raw = {"objectSid": [USER_SID], "userAccountControl": [b"512"], "primaryGroupID": [b"513"],
+           "tokenGroups": [sid_to_bytes("S-1-5-21-1-2-3-513")], **attrs}
+    conn = SizeLimitedConnection({USER_DN: raw})
+    m = Lookup(ldap_config()).run(conn, "gina@corp.example.com")
+    assert m.found and m.locked is locked
+    assert (m.groups == ()) is locked
+    assert m.active is not locked
+
+
+def test_two_matching_entries_mean_not_found() -> None:
+    raw = {"objectSid": [USER_SID], "userAccountControl": [b"512"]}
+    conn = SizeLimitedConnection({USER_DN: raw, f"CN=gina2,{BASE}": raw})
+    assert not Lookup(ldap_config()).run(conn, "gina@corp.example.com").found
