@@ -21,7 +21,8 @@ class DirectoryGroup:
 @dataclass(frozen=True, slots=True)
 class Membership:
     """The directory's answer for one user. `keys` holds every normalized group DN and
-    every group SID, which is what policies match against."""
+    every group SID, which is what policies match against; `memo` lets the policy engine
+    keep per-tenant results with the (cached, reused) answer."""
 
     lookup: str
     found: bool
@@ -33,6 +34,8 @@ class Membership:
     groups: tuple[DirectoryGroup, ...] = ()
     method: str = ""
     keys: frozenset[str] = field(default=frozenset(), compare=False)
+    by_key: dict[str, DirectoryGroup] = field(default_factory=dict, compare=False, repr=False)
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def active(self) -> bool:
@@ -49,10 +52,8 @@ class Membership:
         return ""
 
     def group_for_key(self, key: str) -> DirectoryGroup | None:
-        for group in self.groups:
-            if group.sid == key or (group.dn and normalize_dn(group.dn) == key):
-                return group
-        return None
+        """The group a policy key (normalized DN or SID) refers to."""
+        return self.by_key.get(key)
 
 
 def membership(lookup: str, *, dn: str, sid: str | None, guid: str | None, disabled: bool,
@@ -60,13 +61,16 @@ def membership(lookup: str, *, dn: str, sid: str | None, guid: str | None, disab
     """A found user; inactive accounts carry no groups at all."""
     if disabled or locked:
         groups = []
-    keys: set[str] = set()
+    by_key: dict[str, DirectoryGroup] = {}
     for group in groups:
-        keys.add(group.sid)
+        by_key[group.sid] = group
         if group.dn:
-            keys.add(normalize_dn(group.dn))
+            try:
+                by_key[normalize_dn(group.dn)] = group
+            except ValueError:
+                continue
     return Membership(lookup, True, dn, sid, guid, disabled, locked, tuple(groups), method,
-                      frozenset(keys))
+                      frozenset(by_key), by_key)
 
 
 def not_found(lookup: str) -> Membership:

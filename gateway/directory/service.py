@@ -31,6 +31,19 @@ log = logging.getLogger("vgate.directory")
 
 class Source(Protocol):
     def lookup(self, value: str) -> Membership: ...
+    async def check(self) -> str | None:
+        """Connect and bind once (at start-up); the problem, or None when it works."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.deadline):
+                await loop.run_in_executor(self._executor, self.source.check)
+        except DirectoryError as exc:
+            self.metrics.directory_errors.labels(exc.kind).inc()
+            return str(exc)
+        except TimeoutError:
+            return f"no answer within {self.deadline:.1f}s"
+        return None
+
     def close(self) -> None: ...
 
 
@@ -57,6 +70,7 @@ class Directory:
         self.clock = clock
         self._cache: LRUCache[str, _Cached] = LRUCache(maxsize=config.cache_size)
         self._inflight: dict[str, asyncio.Future[Membership]] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(config.pool_size, thread_name_prefix="vgate-ldap")
         self._slots = asyncio.Semaphore(config.pool_size)
         self._down_until = 0.0
@@ -120,7 +134,8 @@ class Directory:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[key] = pending
             task = asyncio.create_task(self._fill(key, value, pending))
-            task.add_done_callback(lambda _t: None)
+            self._tasks.add(task)  # keep a reference until done (even if every waiter left)
+            task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(pending)
 
     async def _fill(self, key: str, value: str, result: asyncio.Future[Membership]) -> None:
@@ -171,6 +186,19 @@ class Directory:
             log.warning("directory lookup failed (%s): %s", exc.kind, exc)
         self._last_error = str(exc)
         self._down_until = self.clock() + self.config.retry_interval_seconds
+
+    async def check(self) -> str | None:
+        """Connect and bind once (at start-up); the problem, or None when it works."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.deadline):
+                await loop.run_in_executor(self._executor, self.source.check)
+        except DirectoryError as exc:
+            self.metrics.directory_errors.labels(exc.kind).inc()
+            return str(exc)
+        except TimeoutError:
+            return f"no answer within {self.deadline:.1f}s"
+        return None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -61,6 +61,14 @@ class LdapSource:
             return result
         raise AssertionError("unreachable")
 
+    def check(self) -> None:
+        """Open and bind one connection (kept in the pool); DirectoryError if that fails."""
+        conn = self.connector.open()
+        if self._idle.qsize() < self.config.pool_size:
+            self._idle.put(conn)
+        else:
+            close_quietly(conn)
+
     def close(self) -> None:
         self._closed.set()
         while True:

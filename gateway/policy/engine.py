@@ -125,6 +125,10 @@ class PolicyEngine:
         rules = (*self._forward.get(tenant, ()), *self._forward.get("*", ()))
         if not rules:
             return ()
+        memo_key = ("forward", tenant, id(self))
+        memoized = directory.memo.get(memo_key)
+        if memoized is not None:
+            return memoized
         names: dict[str, None] = {}
         for group in directory.groups:
             if group.dn is None or not any(r.pattern.search(group.dn) for r in rules):
@@ -134,4 +138,6 @@ class PolicyEngine:
                 names.setdefault(name)
             if len(names) >= MAX_FORWARDED_GROUPS:
                 break
-        return tuple(sorted(names))
+        forwarded = tuple(sorted(names))
+        directory.memo[memo_key] = forwarded
+        return forwarded

@@ -77,11 +77,14 @@ class RunningGateway:
         self.gateway = gateway
         self.connections: set[ClientConnection] = set()
         self.server: asyncio.base_events.Server | None = None
+        self._directory_check: asyncio.Task | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         g = self.gateway
         await g.authenticator.start()
         g.forwarder.start()
+        if g.directory is not None:
+            self._directory_check = asyncio.create_task(self._check_directory())
         loop = asyncio.get_running_loop()
         limits = self.config.limits
 
@@ -97,6 +100,16 @@ class RunningGateway:
                 ssl=ctx, backlog=2048, reuse_address=True,
             )
         g.readiness.config_loaded = True
+
+    async def _check_directory(self) -> None:
+        """Say at start-up, in one log line, whether the directory can be used."""
+        assert self.gateway.directory is not None
+        problem = await self.gateway.directory.check()
+        if problem:
+            log.error("directory check failed (requests will get 503 until it works): %s",
+                      problem)
+        else:
+            log.info("directory reachable and bind accepted")
 
     @property
     def port(self) -> int:
@@ -127,6 +140,8 @@ class RunningGateway:
             conn.close()
         self.gateway.forwarder.close()
         await self.gateway.authenticator.close()
+        if self._directory_check is not None:
+            self._directory_check.cancel()
         if self.gateway.directory is not None:
             self.gateway.directory.close()
         self.gateway.recorder.audit.close()

@@ -112,5 +112,9 @@ class FakeSource:
                                                  f"CN={g},OU=Groups,{BASE}", g)
                                   for i, g in enumerate(groups)])
 
+    def check(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
     def close(self) -> None:
         pass

@@ -320,3 +320,19 @@ def test_directory_stopped_serves_stale_then_fails_closed(ad_world: ADWorld, run
         running_dc.start()
         time.sleep(0.4)
         assert ad_world.get("tenant1", "alice", gw).status_code == 200
+
+
+def test_gateway_with_a_wrong_bind_password_says_so_and_fails_closed(
+        ad_world: ADWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = tmp_path / "bad.pw"
+    bad.write_text("wrong\n")
+    cfg = ad_world.config(bind_password_file=str(bad), flush_file=str(tmp_path / "flush"))
+    with caplog.at_level("INFO", logger="vgate.serve"), \
+            GatewayThread(tmp_path / "gw", cfg) as gw:
+        r = ad_world.get("tenant1", "alice", gw)
+        assert r.status_code == 503 and r.json()["kind"] == "Status"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "directory check failed" not in caplog.text:
+            time.sleep(0.05)
+    assert "directory check failed" in caplog.text
+    assert "wrong password" in caplog.text
