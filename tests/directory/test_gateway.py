@@ -336,3 +336,52 @@ def test_gateway_with_a_wrong_bind_password_says_so_and_fails_closed(
             time.sleep(0.05)
     assert "directory check failed" in caplog.text
     assert "wrong password" in caplog.text
+
+
+@pytest.mark.slow
+def test_flush_reaches_every_worker_of_vgate_serve(ad_world: ADWorld, tmp_path: Path) -> None:
+    corp = ad_world.corp
+    cfg = ad_world.config(flush_file=str(tmp_path / "flush"))
+    cfg.update(workers=2, listen={"host": "127.0.0.1", "port": 0})
+    (tmp_path / "vgate.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "vgate.yaml")],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE, text=True)
+    seeder = Seeder(corp.dc.admin())
+    try:
+        assert proc.stderr is not None
+        watchdog = threading.Timer(30, proc.kill)  # a serve that never starts ends the wait
+        watchdog.start()
+        ports: list[int] = []
+        while len(ports) < 2:  # one line per worker; EOF ends the loop if serve dies
+            line = proc.stderr.readline()
+            if not line:
+                break
+            if "vgate listening on" in line:
+                ports.append(int(line.split(":")[-1].split()[0]))
+        assert len(ports) == 2 and len(set(ports)) == 1, "two workers on one socket"
+        watchdog.cancel()
+        drain = threading.Thread(target=proc.stderr.read, daemon=True)
+        drain.start()  # keep the pipe empty so no worker ever blocks on logging
+        url = f"https://127.0.0.1:{ports.pop()}/clusters/tenant1/api/v1/namespaces"
+        headers = {"Authorization": f"Bearer {ad_world.token('henry')}"}
+
+        def codes(n: int = 30) -> set[int]:
+            out = set()
+            for _ in range(n):  # a new connection each time: any worker may answer
+                out.add(httpx.get(url, headers=headers, verify=ad_world.tls()).status_code)
+            return out
+
+        assert codes() == {200}
+        seeder.remove_members(corp.groups["sre-oncall"], [corp.users["henry"]])
+        assert codes() == {200}  # cached in whichever workers answered
+        done = vgate("directory", "flush", "--config", str(tmp_path / "vgate.yaml"))
+        assert done.returncode == 0, done.stderr
+        time.sleep(1.3)
+        assert codes() == {403}
+    finally:
+        seeder.add_members(corp.groups["sre-oncall"], [corp.users["henry"]])
+        seeder.conn.unbind()
+        proc.terminate()
+        proc.wait(30)
