@@ -77,6 +77,9 @@ class Directory:
         self._last_error = ""
         self._flush = FlushWatcher(config.flush_file)
         self.deadline = config.connect_timeout_seconds + 2 * config.timeout_seconds
+        cache_counter = metrics.directory_cache
+        self._counted = {r: cache_counter.labels(r) for r in
+                         ("hit", "negative_hit", "miss", "stale", "refused")}
         self.round_trips = 0
 
     @staticmethod
@@ -97,8 +100,7 @@ class Directory:
             ttl = (self.config.cache_ttl_seconds if hit.membership.found
                    else self.config.negative_ttl_seconds)
             if age < ttl:
-                self.metrics.directory_cache.labels(
-                    "hit" if hit.membership.found else "negative_hit").inc()
+                self._counted["hit" if hit.membership.found else "negative_hit"].inc()
                 return hit.membership
         if now < self._down_until:
             return self._stale_or_refuse(hit, now)
@@ -106,9 +108,9 @@ class Directory:
 
     def _stale_or_refuse(self, hit: _Cached | None, now: float) -> Membership:
         if hit is not None and now - hit.fetched_at < self.config.max_staleness_seconds:
-            self.metrics.directory_cache.labels("stale").inc()
+            self._counted["stale"].inc()
             return hit.membership
-        self.metrics.directory_cache.labels("refused").inc()
+        self._counted["refused"].inc()
         raise DirectoryUnavailable(f"the directory is unavailable: {self._last_error}")
 
     def _apply_flushes(self, now: float) -> None:
@@ -130,7 +132,7 @@ class Directory:
         key = self.key(value)
         pending = self._inflight.get(key)
         if pending is None:
-            self.metrics.directory_cache.labels("miss").inc()
+            self._counted["miss"].inc()
             pending = asyncio.get_running_loop().create_future()
             self._inflight[key] = pending
             task = asyncio.create_task(self._fill(key, value, pending))
