@@ -3,6 +3,7 @@ AD DC, tenants served by the test API servers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -196,12 +197,27 @@ def test_cached_path_makes_no_directory_round_trip(ad_world: ADWorld) -> None:
     assert ad_world.get("tenant1", "alice").status_code == 200
     before = directory.round_trips
     token = ad_world.token("alice")
+    loop = ad_world.gateway.loop
+    created: list[object] = []
+
+    def counting_factory(loop, coro, **kw):
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kw)
+
     with httpx.Client(verify=ad_world.tls()) as client:
-        for _ in range(200):
-            r = client.get(f"{ad_world.gateway.url}/clusters/tenant1/api/v1/namespaces",
-                           headers={"Authorization": f"Bearer {token}"})
-            assert r.status_code == 200
+        client.get(f"{ad_world.gateway.url}/healthz")  # connection open before counting
+        loop.call_soon_threadsafe(loop.set_task_factory, counting_factory)
+        try:
+            for _ in range(200):
+                r = client.get(f"{ad_world.gateway.url}/clusters/tenant1/api/v1/namespaces",
+                               headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 200
+        finally:
+            loop.call_soon_threadsafe(loop.set_task_factory, None)
     assert directory.round_trips == before
+    per_request = [c for c in created if "_accept_connection" not in getattr(
+        c, "__qualname__", "")]  # asyncio's own accept of a new keep-alive connection
+    assert per_request == [], "the cached path runs without creating a task"
     metrics = httpx.get(f"{ad_world.gateway.url}/metrics", verify=ad_world.tls())
     assert 'vgate_directory_cache_total{result="hit"}' in metrics.text
 
