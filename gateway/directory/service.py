@@ -2,9 +2,10 @@
 
 A fresh cache entry is answered synchronously (no task, no round trip). A miss runs one
 lookup in a worker thread (concurrent misses for the same user share it). When the
-directory fails, entries younger than `max_staleness_seconds` keep being served and
-lookups pause for `retry_interval_seconds`; a user with nothing young enough is refused
-(`DirectoryUnavailable` → 503): groups are never invented.
+directory fails, entries younger than `max_staleness_seconds` keep being served, lookups
+pause for `retry_interval_seconds`, and until a lookup succeeds again an expired entry is
+answered at once while its refresh runs in the background. A user with nothing young
+enough is refused (`DirectoryUnavailable` → 503): groups are never invented.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Directory:
         self._executor = ThreadPoolExecutor(config.pool_size, thread_name_prefix="vgate-ldap")
         self._slots = asyncio.Semaphore(config.pool_size)
         self._down_until = 0.0
+        self._healthy = True
         self._last_error = ""
         self._flush = FlushWatcher(config.flush_file)
         self.deadline = config.connect_timeout_seconds + 2 * config.timeout_seconds
@@ -104,7 +106,28 @@ class Directory:
                 return hit.membership
         if now < self._down_until:
             return self._stale_or_refuse(hit, now)
+        if not self._healthy and hit is not None \
+                and now - hit.fetched_at < self.config.max_staleness_seconds:
+            # the directory failed last time: answer from the cache now and retry behind
+            # the scenes, rather than make this request wait for a directory that may hang
+            self._revalidate(value)
+            self._counted["stale"].inc()
+            return hit.membership
         return None
+
+    def _revalidate(self, value: str) -> None:
+        key = self.key(value)
+        if key in self._inflight:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        pending = loop.create_future()
+        self._inflight[key] = pending
+        task = loop.create_task(self._fill(key, value, pending))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _stale_or_refuse(self, hit: _Cached | None, now: float) -> Membership:
         if hit is not None and now - hit.fetched_at < self.config.max_staleness_seconds:
@@ -156,6 +179,7 @@ class Directory:
         else:
             self._cache[key] = _Cached(found, self.clock())
             self._down_until = 0.0
+            self._healthy = True
             result.set_result(found)
         finally:
             self._inflight.pop(key, None)
@@ -187,6 +211,7 @@ class Directory:
         if self.clock() >= self._down_until:
             log.warning("directory lookup failed (%s): %s", exc.kind, exc)
         self._last_error = str(exc)
+        self._healthy = False
         self._down_until = self.clock() + self.config.retry_interval_seconds
 
     async def check(self) -> str | None:

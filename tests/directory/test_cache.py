@@ -152,3 +152,32 @@ def test_flush_file_compaction_flushes_everything(tmp_path: Path) -> None:
     assert d.config.flush_file.stat().st_size < 100_000
     clock.now += 1.5
     assert d.cached("bob") is None
+
+
+def test_while_unhealthy_stale_is_answered_at_once_and_refreshed_behind(
+        tmp_path: Path) -> None:
+    d, source, clock, metrics = make(tmp_path)
+
+    async def scenario() -> None:
+        await d.membership("alice")
+        source.fail = DirectoryError("timeout", "hangs")
+        clock.now += 11
+        await d.membership("alice")  # this lookup fails: stale, directory now unhealthy
+        assert source.calls == 2
+        clock.now += 2  # past the retry interval, still within max staleness
+        source.delay = 0.3
+        started = asyncio.get_running_loop().time()
+        assert d.cached("alice") is not None  # no waiting for the hanging directory
+        assert asyncio.get_running_loop().time() - started < 0.05
+        assert d.cached("alice") is not None  # one refresh at a time
+        await asyncio.sleep(0.5)
+        assert source.calls == 3  # the refresh ran (and failed) in the background
+        source.fail, source.delay = None, 0.0
+        clock.now += 2
+        assert d.cached("alice") is not None
+        await asyncio.sleep(0.1)
+        assert source.calls == 4  # succeeded: healthy again, fresh entry
+        assert d.cached("alice") is not None and source.calls == 4
+
+    asyncio.run(scenario())
+    assert count(metrics, "stale") >= 3
