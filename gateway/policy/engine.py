@@ -23,8 +23,8 @@ class _Rule:
     role: str
     groups: frozenset[str]
     users: frozenset[str]
-    directory_groups: frozenset[str]
     where: str
+    directory_groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +63,8 @@ class PolicyEngine:
                         role,
                         frozenset(rule.groups),
                         frozenset(rule.users),
-                        frozenset(rule.directory_groups),
                         f"{loaded.file}:{loaded.role_lines.get(role, 0)}",
+                        frozenset(rule.directory_groups),
                     )
                 )
             fwd = loaded.policy.forward_directory_groups

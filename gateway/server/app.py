@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -101,8 +103,9 @@ class Gateway:
         self.recorder.metrics.token_cache.labels("miss").inc()
         self._spawn(exchange, self._authenticate_then_forward(exchange, upstream, token))
 
-    def _spawn(self, exchange: Exchange, work) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def _spawn(self, exchange: Exchange, step: Coroutine[Any, Any, None]) -> None:
+        """Run an awaiting step of `exchange`; the client leaving cancels it."""
+        task = asyncio.get_running_loop().create_task(step)
         exchange.client_gone_hook = task.cancel
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
