@@ -34,8 +34,11 @@ def _check_config(path: Path) -> int:
     if config is None:
         return 1
     # lifecycle tenants come and go at run time: policies may name tenants not created yet
+    from gateway.policy.model import WELL_KNOWN_ROLES
+
     known = None if config.lifecycle else [t.name for t in config.tenants]
-    _, problems = load_policies(config.policies, known_tenants=known)
+    _, problems = load_policies(config.policies, known_tenants=known,
+                                known_roles=WELL_KNOWN_ROLES)
     if config.lifecycle is not None:
         from gateway.lifecycle.assemble import lifecycle_problems
 
@@ -43,7 +46,7 @@ def _check_config(path: Path) -> int:
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
-        print(f"{len(problems)} problem(s) in policies", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in policies or the lifecycle section", file=sys.stderr)
         return 1
     if config.portal is not None:
         from gateway.portal.app import MIN_SECRET_BYTES, read_secret
@@ -86,6 +89,40 @@ def _quickstart(args: argparse.Namespace) -> int:
     except QuickstartError as exc:
         print(f"vgate quickstart: {exc}", file=sys.stderr)
         return 1
+def _policy_explain(path: Path, user: str, tenant: str, username: str | None) -> int:
+    from gateway.directory.explain import explain
+    from gateway.policy import PolicyEngine, load_policies
+
+    config = _load(path)
+    if config is None:
+        return 1
+    policies, problems = load_policies(config.policies)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    if tenant not in {t.name for t in config.tenants}:
+        print(f"note: tenant {tenant!r} is not in the config's tenants", file=sys.stderr)
+    return explain(config, PolicyEngine(policies), user, tenant, print, username=username)
+
+
+def _directory_flush(path: Path, user: str | None) -> int:
+    from gateway.directory.flush import request_flush
+
+    config = _load(path)
+    if config is None:
+        return 1
+    if config.ldap is None:
+        print(f"{path}: no ldap section, nothing to flush", file=sys.stderr)
+        return 1
+    try:
+        request_flush(config.ldap.flush_file, user)
+    except OSError as exc:
+        print(f"cannot write {config.ldap.flush_file}: {exc}", file=sys.stderr)
+        return 1
+    what = f"user {user!r}" if user else "every user"
+    print(f"flush of {what} requested; every worker applies it within about a second")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.lifecycle import tenant_cli
 
     tenant_cli.add_parser(sub)
+    p = sub.add_parser("policy", help="inspect policy decisions")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    e = psub.add_parser("explain", help="what the gateway would do for a user on a tenant")
+    e.add_argument("--config", type=Path, required=True)
+    e.add_argument("--user", required=True,
+                   help="the value the directory is searched with (e.g. the UPN)")
+    e.add_argument("--tenant", required=True)
+    e.add_argument("--username", help="the Kubernetes username (default: prefix + --user)")
+    p = sub.add_parser("directory", help="the directory group cache")
+    dsub = p.add_subparsers(dest="directory_command", required=True)
+    f = dsub.add_parser("flush", help="drop cached groups in every worker")
+    f.add_argument("--config", type=Path, required=True)
+    f.add_argument("--user", help="only this user (default: everyone)")
     args = parser.parse_args(argv)
     if args.command in ("login", "logout", "kubeconfig"):
         from gateway.login import command
@@ -151,4 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         return _quickstart(args)
     if args.command == "tenant":
         return tenant_cli.run(args)
+    if args.command == "policy":
+        return _policy_explain(args.config, args.user, args.tenant, args.username)
+    if args.command == "directory":
+        return _directory_flush(args.config, args.user)
     return 2

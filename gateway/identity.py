@@ -28,6 +28,7 @@ class Grant:
     roles: tuple[str, ...]
     extra: tuple[tuple[str, tuple[str, ...]], ...]
     reasons: tuple[str, ...] = ()
+    directory_groups: tuple[tuple[str, str], ...] = ()  # (role, directory group) pairs
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ _FILE_FIELDS = {
     ("oidc", "issuers", "*"): ("ca_file",),
     ("tenants", "*"): ("ca_file", "token_file", "client_cert_file", "client_key_file"),
     ("portal",): ("client_secret_file", "cookie_secret_file", "ca_file"),
+    ("ldap",): ("ca_file", "bind_password_file"),
 }
 
 

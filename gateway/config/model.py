@@ -307,6 +307,72 @@ class Lifecycle(StrictPaths):
         return self
 
 
+LOOPBACK_HOST = re.compile(r"^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\])$")
+
+
+class LDAP(Strict):
+    """The Active Directory that decides group membership (see README "Active Directory")."""
+
+    urls: Annotated[list[str], Field(min_length=1, max_length=16)]
+    tls: Literal["ldaps", "starttls", "none"] = "ldaps"
+    ca_file: ConfigPath | None = None
+    bind_dn: str
+    bind_password_file: ConfigPath
+    user_base_dn: str
+    user_attribute: Literal["userPrincipalName", "mail", "sAMAccountName"] = "userPrincipalName"
+    user_claim: str = "email"
+    group_base_dn: str
+    nested: bool = True
+    token_groups: bool = True
+    cache_ttl_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    max_staleness_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 600.0
+    negative_ttl_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    retry_interval_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 3.0
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    pool_size: Annotated[int, Field(ge=1, le=64)] = 4
+    page_size: Annotated[int, Field(ge=10, le=1000)] = 500
+    max_groups: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    cache_size: Annotated[int, Field(ge=1)] = 100_000
+    flush_file: Annotated[ConfigPath, Field(validate_default=True)] = Path("directory.flush")
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.fullmatch(r"ldaps?://[^\s/?#:]+(:\d{1,5})?/?", url) and not re.fullmatch(
+                r"ldaps?://\[[0-9a-fA-F:]+\](:\d{1,5})?/?", url
+            ):
+                raise ValueError(f"{url!r} is not ldap://host[:port] or ldaps://host[:port]")
+        return [u.rstrip("/") for u in v]
+
+    @field_validator("bind_dn", "user_base_dn", "group_base_dn")
+    @classmethod
+    def _dn(cls, v: str) -> str:
+        from gateway.directory.dn import is_dn
+
+        if not is_dn(v):
+            raise ValueError(f"{v[:80]!r} is not a distinguished name")
+        return v
+
+    @model_validator(mode="after")
+    def _transport(self) -> LDAP:
+        schemes = {u.split("://", 1)[0] for u in self.urls}
+        if self.tls == "ldaps" and schemes != {"ldaps"}:
+            raise ValueError("tls: ldaps needs ldaps:// URLs")
+        if self.tls in ("starttls", "none") and schemes != {"ldap"}:
+            raise ValueError(f"tls: {self.tls} needs ldap:// URLs")
+        if self.tls == "none":
+            for url in self.urls:
+                host = url.split("://", 1)[1].rsplit(":", 1)[0] if "]" not in url else \
+                    url.split("://", 1)[1].split("]")[0] + "]"
+                if not LOOPBACK_HOST.fullmatch(host):
+                    raise ValueError("tls: none is only allowed for a directory on loopback")
+        if self.max_staleness_seconds and self.max_staleness_seconds < self.cache_ttl_seconds:
+            raise ValueError("max_staleness_seconds must be 0 or at least cache_ttl_seconds")
+        return self
+
+
 class GatewayConfig(Strict):
     listen: Listen = Listen()
     tls: TLS | None = None
@@ -321,6 +387,7 @@ class GatewayConfig(Strict):
     nested_impersonation: NestedImpersonation = NestedImpersonation()
     portal: Portal | None = None
     lifecycle: Lifecycle | None = None
+    ldap: LDAP | None = None
 
     @model_validator(mode="after")
     def _portal_issuer(self) -> GatewayConfig:

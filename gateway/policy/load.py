@@ -18,16 +18,20 @@ class LoadedPolicy:
     policy: PolicyFile
     file: str
     role_lines: dict[str, int]
+    forward_line: int = 0
 
 
 def load_policies(
-    directory: Path, known_tenants: Iterable[str] | None = None
+    directory: Path, known_tenants: Iterable[str] | None = None,
+    known_roles: Iterable[str] | None = None,
 ) -> tuple[list[LoadedPolicy], list[Problem]]:
-    """Parse `*.yaml`/`*.yml` in `directory`; also flag unknown tenants and duplicate rules."""
+    """Parse `*.yaml`/`*.yml` in `directory`; also flag unknown tenants, unknown roles (when
+    `known_roles` is given) and duplicate rules, each with file and line."""
     loaded: list[LoadedPolicy] = []
     problems: list[Problem] = []
     files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     known = set(known_tenants) if known_tenants is not None else None
+    roles_known = set(known_roles) if known_roles is not None else None
     seen_roles: dict[tuple[str, str], str] = {}
     for path in files:
         try:
@@ -48,6 +52,10 @@ def load_policies(
         if known is not None and policy.tenant != "*" and policy.tenant not in known:
             problems.append(doc.problem(("tenant",), f"unknown tenant {policy.tenant!r}"))
         for role in policy.roles:
+            if roles_known is not None and role not in roles_known:
+                problems.append(doc.problem(
+                    ("roles", role),
+                    f"unknown role {role!r} (known: {', '.join(sorted(roles_known))})"))
             key = (policy.tenant, role)
             where = f"{path}:{doc.line_of(('roles', role))}"
             if key in seen_roles:
@@ -62,6 +70,7 @@ def load_policies(
                 policy,
                 str(path),
                 {role: doc.line_of(("roles", role)) or 0 for role in policy.roles},
+                doc.line_of(("forward_directory_groups",)) or 0,
             )
         )
     return loaded, problems

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from gateway.authn.errors import AuthError
 from gateway.config.model import GatewayConfig
+from gateway.directory.errors import DirectoryUnavailable
 from gateway.identity import Identity
 from gateway.login.kubeconfig import (
     KubeconfigSpec,
@@ -38,7 +39,7 @@ from gateway.login.kubeconfig import (
     kubeconfig_yaml,
     powershell_command,
 )
-from gateway.portal.access import TenantAccess
+from gateway.portal.access import TenantAccess, TenantRole
 from gateway.portal.signin import PortalVerifier
 
 log = logging.getLogger("vgate.portal")
@@ -102,6 +103,8 @@ class Portal:
             raise ValueError("no portal section in the config")
         self.settings = portal
         self.access = access
+        # claims the access lookup needs after sign-in (the directory searches by one)
+        self.kept_claims = (config.ldap.user_claim,) if config.ldap else ()
         self.secure = not portal.insecure_http
         self.forms = KubeconfigForms(portal.public_url, config.routing.base_domain,
                                      config.routing.path_prefix)
@@ -161,7 +164,16 @@ class Portal:
         if not isinstance(until, int | float) or until <= time.time() or "user" not in s:
             return None
         return Identity(username=s["user"], uid=s["sub"], groups=tuple(s.get("groups", ())),
-                        issuer=s["iss"], expires_at=float(until))
+                        issuer=s["iss"], expires_at=float(until), claims=s.get("claims", {}))
+
+    async def _tenants(self, identity: Identity) -> list[TenantRole] | Response:
+        """The identity's tenants, or an error page when the directory cannot answer."""
+        try:
+            return await self.access(identity)
+        except DirectoryUnavailable:
+            return self._error(503, "Try again shortly",
+                               "The gateway cannot read your groups from the directory "
+                               "right now.")
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return self._error(404, "Not found", "There is no such page here.", retry=False)
@@ -184,7 +196,9 @@ class Portal:
         if identity is None:
             request.session.clear()
             return RedirectResponse("/login", status_code=303, headers=_SECURITY_HEADERS)
-        tenants = await self.access(identity)
+        tenants = await self._tenants(identity)
+        if isinstance(tenants, Response):
+            return tenants
         rows = []
         for tr in tenants:
             servers = self.forms.servers(tr.tenant)
@@ -254,6 +268,8 @@ class Portal:
             "user": identity.username, "sub": identity.uid, "groups": list(identity.groups),
             "iss": identity.issuer, "until": int(until), "csrf": secrets.token_urlsafe(24),
             "name": str(identity.claims.get("name", ""))[:200],
+            "claims": {c: identity.claims[c] for c in self.kept_claims
+                       if isinstance(identity.claims.get(c), str)},
         })
         return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
 
@@ -263,7 +279,9 @@ class Portal:
             return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
         tenant = request.path_params["tenant"]
         form = request.query_params.get("form", "host")
-        allowed = await self.access(identity)
+        allowed = await self._tenants(identity)
+        if isinstance(allowed, Response):
+            return allowed
         if not any(tr.tenant == tenant for tr in allowed):
             return self._error(403, "No access",
                                f"You have no role on the tenant {tenant[:63]}.", retry=False)

@@ -52,6 +52,12 @@ class AuditLog:
             event["via"] = exchange.conn.peer
         if grant and grant.reasons:
             event["granted_by"] = list(grant.reasons)
+        if grant and grant.directory_groups:
+            event["directory_groups"] = [
+                {"role": role, "group": group} for role, group in grant.directory_groups]
+        directory = getattr(exchange, "directory", None)
+        if directory is not None:
+            event["directory_user"] = directory.dn
         self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
         if self._flush_pending is None:
             try:

@@ -30,3 +30,16 @@ class Metrics:
             registry=r)
         self.upstream_errors = Counter(
             "vgate_upstream_errors_total", "Upstream failures by tenant", ["tenant"], registry=r)
+        self.directory_lookups = Counter(
+            "vgate_directory_lookups_total",
+            "Directory lookups (round trips for one user) by result", ["result"], registry=r)
+        self.directory_latency = Histogram(
+            "vgate_directory_lookup_duration_seconds", "Time of one directory lookup",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.directory_cache = Counter(
+            "vgate_directory_cache_total",
+            "Directory group cache: hit, negative_hit, miss, stale (served while the "
+            "directory is down), refused (down and nothing young enough)", ["result"],
+            registry=r)
+        self.directory_errors = Counter(
+            "vgate_directory_errors_total", "Directory failures by kind", ["kind"], registry=r)

@@ -1,4 +1,5 @@
-"""The gateway: route → authn → policy → rewrite → forward → record, for each exchange."""
+"""The gateway: route → authn → groups → policy → rewrite → forward → record, for each
+exchange."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.authn import Authenticator, AuthError
 from gateway.client_address import ClientAddress
+from gateway.directory import Directory, DirectoryUnavailable, Membership, lookup_value
 from gateway.forward import Forwarder
 from gateway.identity import Deny, Grant, Identity
 from gateway.nested_impersonation import (
@@ -77,6 +79,7 @@ class Gateway:
         client_address: ClientAddress | None = None,
         nested: NestedImpersonation | None = None,
         local_apps: AsgiBridge | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self.router = router
         self.local_apps = local_apps or AsgiBridge()
@@ -86,6 +89,7 @@ class Gateway:
         self.forwarder = forwarder
         self.recorder = recorder
         self.client_address = client_address if client_address and client_address.trusted else None
+        self.directory = directory
         self.readiness = Readiness()
         self.wake_timeout = 60.0
         self._tasks: set[asyncio.Task] = set()
@@ -131,7 +135,7 @@ class Gateway:
         identity = self.authenticator.cached(token)
         if identity is not None:
             self.recorder.metrics.token_cache.labels("hit").inc()
-            self._authorize(exchange, upstream, identity)
+            self._groups(exchange, upstream, identity)
             return
         self.recorder.metrics.token_cache.labels("miss").inc()
         self._spawn(exchange, self._authenticate_then_forward(exchange, upstream, token))
@@ -158,7 +162,64 @@ class Gateway:
         if exchange.conn.closed:
             return
         exchange.client_gone_hook = None
-        self._authorize(exchange, upstream, identity)
+        self._groups(exchange, upstream, identity)
+
+    # -- step 3: directory groups ----------------------------------------------------------
+
+    def _groups(self, exchange: Exchange, upstream: Upstream, identity: Identity) -> None:
+        """Without a directory, straight to policy. With one: a cached answer continues
+        synchronously; a miss awaits one lookup in a task; no answer → 503."""
+        if self.directory is None:
+            self._authorize(exchange, upstream, identity)
+            return
+        value = lookup_value(identity, self.directory.config.user_claim)
+        if value is None:
+            exchange.identity = identity
+            self._directory_refused(
+                exchange, upstream, f"token has no {self.directory.config.user_claim!r} claim "
+                "to find the user in the directory")
+            return
+        try:
+            membership = self.directory.cached(value)
+        except DirectoryUnavailable as exc:
+            exchange.identity = identity
+            self._directory_down(exchange, exc)
+            return
+        if membership is not None:
+            self._authorize(exchange, upstream, identity, membership)
+            return
+        self._spawn(exchange, self._lookup_then_forward(exchange, upstream, identity, value))
+
+    async def _lookup_then_forward(
+        self, exchange: Exchange, upstream: Upstream, identity: Identity, value: str
+    ) -> None:
+        assert self.directory is not None
+        try:
+            membership = await self.directory.membership(value)
+        except DirectoryUnavailable as exc:
+            exchange.identity = identity
+            self._directory_down(exchange, exc)
+            return
+        except Exception:
+            log.exception("directory lookup crashed")
+            exchange.fail(500, "internal error while reading directory groups")
+            return
+        if exchange.conn.closed:
+            return
+        exchange.client_gone_hook = None
+        self._authorize(exchange, upstream, identity, membership)
+
+    def _directory_down(self, exchange: Exchange, exc: DirectoryUnavailable) -> None:
+        exchange.decision = "unavailable"
+        exchange.reason = str(exc)
+        exchange.fail(503, "the gateway cannot read your groups from the directory right "
+                           "now; try again shortly", extra=[(b"Retry-After", b"5")])
+
+    def _directory_refused(self, exchange: Exchange, upstream: Upstream, reason: str) -> None:
+        exchange.decision = "deny"
+        exchange.reason = reason
+        self.recorder.metrics.denials.labels(upstream.name).inc()
+        exchange.fail(403, f"user has no access to tenant \"{upstream.name}\"")
 
     def _auth_failed(self, exchange: Exchange, exc: AuthError) -> None:
         exchange.decision = "unauthenticated" if exc.code == 401 else "refused"
@@ -170,9 +231,12 @@ class Gateway:
         else:
             exchange.fail(403, "the identity in this token may not be used through this gateway")
 
-    def _authorize(self, exchange: Exchange, upstream: Upstream, identity: Identity) -> None:
+    def _authorize(self, exchange: Exchange, upstream: Upstream, identity: Identity,
+                   membership: Membership | None = None) -> None:
         exchange.identity = identity
-        decision = self.policy.decide(identity, upstream.name)
+        exchange.directory = membership
+        decision = (self.policy.decide(identity, upstream.name) if membership is None
+                    else self.policy.decide(identity, upstream.name, membership))
         if isinstance(decision, Deny):
             exchange.decision = "deny"
             exchange.reason = decision.reason

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from gateway.status import PHRASES, status_body
 
 if TYPE_CHECKING:
+    from gateway.directory.entry import Membership
     from gateway.identity import Grant, Identity
     from gateway.server.connection import ClientConnection
 
@@ -35,7 +36,7 @@ class Exchange:
         "client_gone_hook", "conn", "decision", "finished", "grant", "headers", "host",
         "identity", "keep_alive", "method", "reason", "request_id", "started", "status",
         "streaming", "target", "tenant", "upgrade", "upstream_target",
-        "content_length", "chunked_in", "http11", "source", "forwarded_for",
+        "content_length", "chunked_in", "http11", "source", "forwarded_for", "directory",
     )
 
     def __init__(
@@ -83,6 +84,7 @@ class Exchange:
         self.upstream_target: bytes | None = None
         self.identity: Identity | None = None
         self.grant: Grant | None = None
+        self.directory: Membership | None = None
         self.decision = ""
         self.reason = ""
         self.source = conn.peer  # the client's address (see gateway.client_address)

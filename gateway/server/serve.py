@@ -14,6 +14,8 @@ import sys
 from gateway.authn import Authenticator
 from gateway.client_address import ClientAddress
 from gateway.config import GatewayConfig
+from gateway.directory import Directory, DirectoryError
+from gateway.directory.source import LdapSource
 from gateway.forward import Forwarder
 from gateway.nested_impersonation import NestedImpersonation
 from gateway.policy import PolicyEngine, load_policies
@@ -47,12 +49,14 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
     registry = registry or TenantRegistry()
     for tenant in config.tenants:
         registry.put(upstream_from_config(tenant))
+    metrics = Metrics()
     policy = PolicyEngine(policies)
+    directory = build_directory(config, metrics)
     local_apps = AsgiBridge()
     if config.portal is not None:
         from gateway.portal import build_portal, policy_access
 
-        portal = build_portal(config, policy_access(registry, policy))
+        portal = build_portal(config, policy_access(registry, policy, directory))
         local_apps.mount("/", portal.app, on_close=portal.close)
     authenticator = Authenticator(config.oidc)
     if config.lifecycle is not None:
@@ -66,13 +70,25 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
         authenticator=authenticator,
         policy=policy,
         forwarder=Forwarder(config.upstream),
-        recorder=Recorder(AuditLog(config.audit.file), Metrics()),
+        recorder=Recorder(AuditLog(config.audit.file), metrics),
         client_address=ClientAddress(config.listen.trusted_proxies),
         nested=(NestedImpersonation(
             cache_seconds=config.nested_impersonation.decision_cache_seconds)
             if config.nested_impersonation.enabled else None),
         local_apps=local_apps,
+        directory=directory,
     )
+
+
+def build_directory(config: GatewayConfig, metrics: Metrics) -> Directory | None:
+    """The directory groups step, when an `ldap` section is configured."""
+    if config.ldap is None:
+        return None
+    try:
+        source = LdapSource(config.ldap)
+    except DirectoryError as exc:
+        raise ValueError(f"ldap: {exc}") from None
+    return Directory(config.ldap, source, metrics)
 
 
 class RunningGateway:
@@ -83,11 +99,14 @@ class RunningGateway:
         self.gateway = gateway
         self.connections: set[ClientConnection] = set()
         self.server: asyncio.base_events.Server | None = None
+        self._directory_check: asyncio.Task | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         g = self.gateway
         await g.authenticator.start()
         g.forwarder.start()
+        if g.directory is not None:
+            self._directory_check = asyncio.create_task(self._check_directory())
         loop = asyncio.get_running_loop()
         limits = self.config.limits
 
@@ -103,6 +122,16 @@ class RunningGateway:
                 ssl=ctx, backlog=2048, reuse_address=True,
             )
         g.readiness.config_loaded = True
+
+    async def _check_directory(self) -> None:
+        """Say at start-up, in one log line, whether the directory can be used."""
+        assert self.gateway.directory is not None
+        problem = await self.gateway.directory.check()
+        if problem:
+            log.error("directory check failed (requests will get 503 until it works): %s",
+                      problem)
+        else:
+            log.info("directory reachable and bind accepted")
 
     @property
     def port(self) -> int:
@@ -136,6 +165,10 @@ class RunningGateway:
         if self.gateway.nested is not None:
             await self.gateway.nested.close()
         await self.gateway.authenticator.close()
+        if self._directory_check is not None:
+            self._directory_check.cancel()
+        if self.gateway.directory is not None:
+            self.gateway.directory.close()
         self.gateway.recorder.audit.close()
 
 

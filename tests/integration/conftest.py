@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,7 @@ class World:
     idp: OIDCProvider
     gateway: GatewayThread
     tenants: dict[str, FakeKube]
-    config: dict
+    gateway_config: dict = field(default_factory=dict)
 
     def token(self, user: str) -> str:
         return self.idp.login(user).id_token

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def nested(world: World) -> Iterator[GatewayThread]:
-    config = {**world.config, "nested_impersonation": {"enabled": True},
+    config = {**world.gateway_config, "nested_impersonation": {"enabled": True},
               "audit": {"file": str(world.dir / "nested-audit.log")}}
     with GatewayThread(world.dir / "gateway-nested", config) as gw:
         yield gw
