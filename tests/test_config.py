@@ -282,3 +282,10 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
     result = check_config(tmp_path / "nope.yaml", cwd=tmp_path)
     assert result.returncode == 1
     assert str(tmp_path / "nope.yaml") in result.stderr
+
+
+def test_default_policies_folder_is_next_to_the_config(tmp_path, monkeypatch) -> None:
+    (tmp_path / "vgate.yaml").write_text(
+        'oidc: {issuers: [{issuer: "https://idp.example.com", audiences: [vgate]}]}\n')
+    monkeypatch.chdir("/")
+    assert load_config(tmp_path / "vgate.yaml").policies == tmp_path / "policies"

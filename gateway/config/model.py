@@ -379,7 +379,7 @@ class GatewayConfig(Strict):
     workers: Annotated[int, Field(ge=0, le=256)] = 1
     routing: Routing = Routing()
     oidc: OIDC
-    policies: ConfigPath = Path("policies")
+    policies: Annotated[ConfigPath, Field(validate_default=True)] = Path("policies")
     tenants: list[Tenant] = []
     upstream: Upstream = Upstream()
     limits: Limits = Limits()
