@@ -285,6 +285,7 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_default_policies_folder_is_next_to_the_config(tmp_path, monkeypatch) -> None:
+    (tmp_path / "policies").mkdir()
     (tmp_path / "vgate.yaml").write_text(
         'oidc: {issuers: [{issuer: "https://idp.example.com", audiences: [vgate]}]}\n')
     monkeypatch.chdir("/")
