@@ -1,0 +1,3 @@
+"""Placeholder replaced below."""
+def run(*a, **k):
+    return {"runs": [], "short": []}
