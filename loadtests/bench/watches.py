@@ -5,6 +5,7 @@ short-request latency with watches open vs idle. Each count gets freshly started
 from __future__ import annotations
 
 import json
+import resource
 import select
 import subprocess
 import sys
@@ -77,8 +78,23 @@ def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[in
     return result
 
 
+def fd_capped(n: int) -> int:
+    """A proxy holds two descriptors per watch (client and upstream side); stay within the
+    hard RLIMIT_NOFILE that this machine allows (only it can be raised to)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return n
+    return min(n, (min(hard, procs.NOFILE) - 200) // 2)
+
+
 def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
         log: Callable[[str], None] = print) -> dict:
+    capped = [fd_capped(n) for n in counts]
+    for want, got in zip(counts, capped, strict=True):
+        if got < want:
+            log(f"  {want} watches need {2 * want + 200} descriptors per proxy; the hard "
+                f"RLIMIT_NOFILE here allows {got}: measuring {got}")
+    counts = capped
     short_n = 5000 if 5000 in counts else max(counts)
     short_s = max(2.0, min(seconds, 6.0))
     hold = SETTLE + EVENT_PERIOD + 1 + short_s
