@@ -3,7 +3,7 @@
 Starts a static upstream (nginx), nginx as a reverse proxy and vgate (1 worker, a real
 OIDC issuer, policies) on 127.0.0.1, measures them interleaved, prints the tables, writes
 them as Markdown (and JSON) and stops everything it started. Bounded in time (the default
-run takes about 6–8 minutes on 2 cores; --quick under 1.5 minutes).
+run takes about 6-8 minutes on 2 cores; --quick under 1.5 minutes).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     if args.smoke:
-        defaults = dict(rounds=1, seconds=2.0, watches="200", warmup=0.5, pool=12000)
+        defaults = dict(rounds=1, seconds=1.0, watches="200", warmup=0, pool=8000)
     elif args.quick:
         defaults = dict(rounds=1, seconds=4.0, watches="1000,5000", warmup=1.0, pool=20000)
     else:

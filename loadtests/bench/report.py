@@ -60,8 +60,8 @@ def _ratio(a: float, b: float) -> str:
 def _max_table(rmax: dict[str, Summary]) -> list[str]:
     direct, ng = rmax["direct"], rmax["nginx"]
     rows = [
-        "| target | req/s | ×nginx | p50 ms | ×nginx | p99 ms | ×nginx | added p50 ms "
-        "| added p99 ms | CPU µs/req | req/s per core | ×nginx | errors |",
+        "| target | req/s | xnginx | p50 ms | xnginx | p99 ms | xnginx | added p50 ms "
+        "| added p99 ms | CPU µs/req | req/s per core | xnginx | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in rmax.values():
@@ -80,7 +80,7 @@ def _max_table(rmax: dict[str, Summary]) -> list[str]:
 
 def _half_table(rhalf: dict[str, Summary]) -> list[str]:
     direct, ng = rhalf["direct"], rhalf["nginx"]
-    rows = ["| target | achieved req/s | p50 ms | p99 ms | added p99 ms | ×nginx added | "
+    rows = ["| target | achieved req/s | p50 ms | p99 ms | added p99 ms | xnginx added | "
             "CPU µs/req | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     ng_add = ng.p99_ms - direct.p99_ms
     for s in rhalf.values():
@@ -93,7 +93,7 @@ def _half_table(rhalf: dict[str, Summary]) -> list[str]:
 
 def _watch_tables(w: dict) -> list[str]:
     rows = ["| proxy | open watches | opened in s | RSS before MB | RSS open MB | KB per watch "
-            "| ×nginx | events | event p50 ms | event p99 ms | errors |",
+            "| xnginx | events | event p50 ms | event p99 ms | errors |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     per = {(r["proxy"], r["n"]): r for r in w["runs"]}
     for r in w["runs"]:
@@ -106,7 +106,7 @@ def _watch_tables(w: dict) -> list[str]:
             f"{r['event_p99_ms']:.2f} | {r['errors']} |")
     if w.get("short"):
         rows += ["", "Short requests (GET list, cached token, fixed rate) with watches open:", "",
-                 "| proxy | open watches | req/s | p50 ms | p99 ms | p99 × idle | errors |",
+                 "| proxy | open watches | req/s | p50 ms | p99 ms | p99 x idle | errors |",
                  "|---|---:|---:|---:|---:|---:|---:|"]
         idle = {s["proxy"]: s for s in w["short"] if s["n"] == 0}
         for s in w["short"]:
@@ -152,10 +152,10 @@ def closing(results: dict) -> list[str]:
         r = results["max"]
         c, ng = r["vgate-cached"], r["nginx"]
         lines.append(
-            f"vgate (1 worker, cached token) served {_ratio(c.rps, ng.rps)}× nginx's requests/s "
-            f"and {_ratio(c.capacity, ng.capacity)}× nginx's requests per core-second "
+            f"vgate (1 worker, cached token) served {_ratio(c.rps, ng.rps)}x nginx's requests/s "
+            f"and {_ratio(c.capacity, ng.capacity)}x nginx's requests per core-second "
             f"(target ≥ 0.25); with a fresh JWT per request "
-            f"{_ratio(r['vgate-fresh-jwt'].capacity, ng.capacity)}× per core.")
+            f"{_ratio(r['vgate-fresh-jwt'].capacity, ng.capacity)}x per core.")
     if "half" in results:
         h = results["half"]
         add = h["vgate-cached"].p99_ms - h["direct"].p99_ms

@@ -26,9 +26,9 @@ def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _start_upstream(work: Path) -> tuple[subprocess.Popen, int]:
+def _start_upstream(work: Path, period: float) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
-        _python("loadtests.bench.watch_upstream", "--period", str(EVENT_PERIOD)),
+        _python("loadtests.bench.watch_upstream", "--period", str(period)),
         cwd=stack.REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=open(work / "watch-upstream.log", "ab"),  # noqa: SIM115
         preexec_fn=procs.preexec(procs.load_cpu()),
@@ -50,7 +50,8 @@ def _short(url: str, token: str | None, seconds: float) -> dict:
 
 
 def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[int],
-                  during: Callable[[], None] | None, hold: float, work: Path) -> dict:
+                  during: Callable[[], None] | None, hold: float, settle: float,
+                  work: Path) -> dict:
     rss_before = procs.rss_bytes(pids)
     argv = _python("loadtests.bench.watch_client", "--port", str(port), "--path", path,
                    "--n", str(n), "--hold", str(hold))
@@ -65,7 +66,7 @@ def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[in
         line = client.stdout.readline().decode() if ready else ""
         if not line.startswith("OPEN"):
             raise RuntimeError(f"watch client failed before opening {n} watches: {line!r}")
-        time.sleep(SETTLE)
+        time.sleep(settle)
         rss_open = procs.rss_bytes(pids)
         if during is not None:
             during()
@@ -96,13 +97,14 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
                 f"RLIMIT_NOFILE here allows {got}: measuring {got}")
     counts = capped
     short_n = 5000 if 5000 in counts else max(counts)
-    short_s = max(2.0, min(seconds, 6.0))
-    hold = SETTLE + EVENT_PERIOD + 1 + short_s
+    period, settle = (1.0, 0.5) if smoke else (EVENT_PERIOD, SETTLE)
+    short_s = max(1.0 if smoke else 2.0, min(seconds, 6.0))
+    hold = settle + period + 1 + short_s
     port = procs.free_port()
     issuer = LocalIssuer(f"http://127.0.0.1:{port}/issuer")
     docs = stack.static_upstream(work, issuer, procs.load_cpu(), port).start()
     token = issuer.token(7)
-    upstream, up_port = _start_upstream(work)
+    upstream, up_port = _start_upstream(work, period)
     runs: list[dict] = []
     short: list[dict] = []
     try:
@@ -116,7 +118,8 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
                     ("vgate", gate.base, token, gate.pids),
                 ):
                     short_url = base + stack.LIST_PATH
-                    wrk.run(short_url, seconds=1, connections=10, token=tok)  # warm up
+                    if not smoke:
+                        wrk.run(short_url, seconds=1, connections=10, token=tok)  # warm up
                     during = None
                     if n == short_n:
                         idle = _short(short_url, tok, short_s)
@@ -127,19 +130,19 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
 
                     port_of = proxy.port if name == "nginx" else gate.port
                     path = (base.split(str(port_of), 1)[1]) + WATCH_PATH
-                    r = _hold_watches(port_of, path, n, tok, pids, during, hold, work)
+                    r = _hold_watches(port_of, path, n, tok, pids, during, hold, settle, work)
                     r["proxy"] = name
                     runs.append(r)
                     log(f"  {name:<6} {r['open']:>6}/{n} watches open in {r['open_s']:.1f}s: "
                         f"{r['kb_per_watch']:.1f} KB/watch, {r['events']} events, p50 "
                         f"{r['event_p50_ms']:.2f} ms, p99 {r['event_p99_ms']:.2f} ms, errors "
                         f"{r['errors']} {r['first_error']} load {procs.load_average()}")
-                    time.sleep(1.0)
+                    time.sleep(0.2 if smoke else 1.0)
             finally:
                 gate.stop()
                 proxy.stop()
     finally:
         procs.stop(upstream)
         docs.stop()
-    return {"runs": runs, "short": short, "event_period_s": EVENT_PERIOD,
+    return {"runs": runs, "short": short, "event_period_s": period,
             "short_rate": SHORT_RATE, "short_seconds": short_s}
