@@ -86,15 +86,23 @@ class UpstreamConnection(asyncio.Protocol):
                 self.exchange.bytes_out += len(data)
                 self.exchange.conn.write(data)
             return
+        client = self.exchange.conn if self.exchange is not None else None
+        if client is not None:
+            client.cork()  # what this read yields goes to the client in one write
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if client is not None:
+                client.uncork()  # the 101 head goes out before any tunnelled byte
             self._enter_tunnel(data[offset:])
         except httptools.HttpParserError as exc:
             log.warning("malformed response from upstream: %s", exc)
             if self.transport is not None:
                 self.transport.abort()
+        finally:
+            if client is not None:
+                client.uncork()
 
     # -- sending --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from gateway.server.exchange import Exchange
 
 FLUSH_INTERVAL = 0.2
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class AuditLog:
@@ -25,13 +26,23 @@ class AuditLog:
             if self._own else sys.stdout
         )
         self._flush_pending: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self) -> str:
+        """UTC time to the second, formatted once per second."""
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        return self._stamp
 
     def write(self, exchange: Exchange) -> None:
         ident = exchange.identity
         grant = exchange.grant
         path = exchange.upstream_target or exchange.target
         event = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+            "time": self._timestamp(),
             "request_id": exchange.request_id.decode(),
             "source": exchange.conn.peer,
             "tenant": exchange.tenant,
@@ -50,7 +61,7 @@ class AuditLog:
         }
         if grant and grant.reasons:
             event["granted_by"] = list(grant.reasons)
-        self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._out.write(_ENCODER.encode(event) + "\n")
         if self._flush_pending is None:
             try:
                 loop = asyncio.get_running_loop()

@@ -91,10 +91,10 @@ class Gateway:
             return
         identity = self.authenticator.cached(token)
         if identity is not None:
-            self.recorder.metrics.token_cache.labels("hit").inc()
+            self.recorder.metrics.token_cache_hit.inc()
             self._authorize(exchange, upstream, identity)
             return
-        self.recorder.metrics.token_cache.labels("miss").inc()
+        self.recorder.metrics.token_cache_miss.inc()
         task = asyncio.get_running_loop().create_task(
             self._authenticate_then_forward(exchange, upstream, token)
         )

@@ -157,9 +157,11 @@ class Exchange:
             lines.append(b"Connection: close\r\n")
             self.keep_alive = False
         lines.append(b"\r\n")
+        self.conn.cork()  # head and body in one write
         self.send_head(status, b"".join(lines))
         if self.method != b"HEAD":
             self.send_body(body)
+        self.conn.uncork()
         self.finish(reusable=self.keep_alive)
 
     def fail(self, status: int, message: str, *, extra: Headers = ()) -> None:  # type: ignore[assignment]
