@@ -33,20 +33,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated watch counts (default 1000,5000,10000)")
     p.add_argument("--out", type=Path, help="write the Markdown report here")
     p.add_argument("--json", type=Path, help="write the raw numbers here")
+    p.add_argument("--pool", type=int, help="fresh tokens to mint (must cover one round)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     if args.smoke:
-        defaults = dict(rounds=1, seconds=1.0, watches="200", warmup=0, pool=8000)
+        defaults = dict(rounds=1, seconds=1.0, watches="200", warmup=0, pool=16000)
     elif args.quick:
-        defaults = dict(rounds=1, seconds=4.0, watches="1000,5000", warmup=1.0, pool=20000)
+        defaults = dict(rounds=1, seconds=4.0, watches="1000,5000", warmup=1.0, pool=64000)
     else:
         defaults = dict(rounds=3, seconds=8.0, watches="1000,5000,10000", warmup=2.0,
-                        pool=30000)
+                        pool=128000)
     args.rounds = args.rounds or defaults["rounds"]
     args.seconds = args.seconds or defaults["seconds"]
     args.watches = [int(x) for x in (args.watches or defaults["watches"]).split(",") if x]
     args.warmup = defaults["warmup"]
-    args.pool = defaults["pool"]
+    args.pool = args.pool or defaults["pool"]
     return args
 
 
@@ -68,21 +69,25 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     port = procs.free_port()  # the issuer's URL names the upstream that serves its documents
     issuer = LocalIssuer(f"http://127.0.0.1:{port}/issuer")
     up = stack.static_upstream(work, issuer, procs.load_cpu(), port).start()
-    proxy = stack.nginx_proxy(work, up.port, procs.proxy_cpu()).start()
-    gate = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu()).start()
+    proxy = stack.nginx_proxy(work, up.port, procs.proxy_cpu())
+    gate = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu())
+    # fresh JWTs: a second vgate (same code and config), restarted before every round so
+    # its token cache starts empty and one pool of never-seen tokens serves every round
+    fresh = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name="vgate-fresh")
     try:
+        proxy.start()
+        gate.start()
         t0 = time.monotonic()
-        pool = issuer.mint(args.pool * args.rounds)
-        files = [write_tokens(work / f"tokens-{r}.txt", pool[r::args.rounds])
-                 for r in range(args.rounds)]
-        log(f"minted {len(pool)} distinct RS256 tokens in {time.monotonic() - t0:.1f}s")
+        pool = write_tokens(work / "tokens.txt", issuer.mint(args.pool))
+        log(f"minted {args.pool} distinct RS256 tokens in {time.monotonic() - t0:.1f}s")
         cached = issuer.token(10**9)
         path = stack.LIST_PATH
         targets = [
             Target("direct", f"http://127.0.0.1:{up.port}{path}", lambda: up.pids),
             Target("nginx", f"http://127.0.0.1:{proxy.port}{path}", lambda: proxy.pids),
             Target("vgate-cached", gate.base + path, lambda: gate.pids, token=cached),
-            Target("vgate-fresh-jwt", gate.base + path, lambda: gate.pids, token_files=files),
+            Target("vgate-fresh-jwt", fresh.base + path, lambda: fresh.pids,
+                   token_files=[pool], before=fresh.restart),
         ]
         log(f"max throughput: {args.rounds} round(s) x {len(targets)} targets x "
             f"{args.seconds:g}s, {args.connections} connections, load {procs.load_average()}")
@@ -101,6 +106,7 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
         results["half"] = rhalf
         results["half_rate_target"] = half
     finally:
+        fresh.stop()
         gate.stop()
         proxy.stop()
         up.stop()

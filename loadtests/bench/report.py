@@ -67,7 +67,8 @@ def _max_table(rmax: dict[str, Summary]) -> list[str]:
     for s in rmax.values():
         add50 = s.p50_ms - direct.p50_ms if s is not direct else 0.0
         add99 = s.p99_ms - direct.p99_ms if s is not direct else 0.0
-        note = f" ({s.wraps} token reuses)" if s.wraps else ""
+        note = (f" ({s.reused / s.requests:.0%} of requests reused a token: pool too small)"
+                if s.reused else "")
         rows.append(
             f"| {s.name} | {s.rps:,.0f} | {_ratio(s.rps, ng.rps)} | {s.p50_ms:.2f} | "
             f"{_ratio(s.p50_ms, ng.p50_ms)} | {s.p99_ms:.2f} | {_ratio(s.p99_ms, ng.p99_ms)} | "

@@ -211,6 +211,11 @@ class Vgate:
     def stop(self) -> None:
         procs.stop(self.proc)
 
+    def restart(self) -> None:
+        """A fresh process: empty token cache, same port and config."""
+        self.stop()
+        self.start()
+
 
 def _get_status(port: int, path: str) -> int:
     import http.client

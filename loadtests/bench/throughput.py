@@ -21,6 +21,7 @@ class Target:
     pids: Callable[[], list[int]]
     token: str | None = None
     token_files: list[Path] = field(default_factory=list)  # one per round (fresh tokens)
+    before: Callable[[], None] | None = None  # run before each measurement (e.g. a restart)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Summary:
     cpu_us: float  # CPU of the proxy process per request
     requests: int
     errors: int
-    wraps: int
+    reused: int
     samples: list[Sample]
 
     @property
@@ -50,6 +51,8 @@ class Summary:
 
 def measure(target: Target, *, seconds: float, connections: int, round_no: int = 0,
             pace_ms: int = 0) -> Sample:
+    if target.before is not None:
+        target.before()
     pids = target.pids()
     token_file = target.token_files[round_no % len(target.token_files)] \
         if target.token_files else None
@@ -70,7 +73,7 @@ def summarize(name: str, samples: list[Sample]) -> Summary:
         cpu_us=(sum(s.cpu_s for s in samples) / requests * 1e6) if requests else 0.0,
         requests=requests,
         errors=sum(s.result.errors + s.result.non_2xx for s in samples),
-        wraps=sum(s.result.wraps for s in samples),
+        reused=sum(s.result.reused for s in samples),
         samples=samples,
     )
 

@@ -29,7 +29,7 @@ class WrkResult:
     p99_us: float
     p999_us: float
     max_us: float
-    wraps: int
+    reused: int
 
     @property
     def rps(self) -> float:
@@ -71,5 +71,5 @@ def run(
         errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
         non_2xx=data["status"],
         p50_us=data["p50"], p90_us=data["p90"], p99_us=data["p99"], p999_us=data["p999"],
-        max_us=data["max"], wraps=data["wraps"],
+        max_us=data["max"], reused=data["reused"],
     )
