@@ -10,7 +10,6 @@ from gateway.policy.model import ROLE_GROUP_PREFIX
 
 ISSUER_EXTRA = "vgate.io/issuer"
 TENANT_EXTRA = "vgate.io/tenant"
-MAX_CACHED_DECISIONS = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +24,6 @@ class PolicyEngine:
     """Deny by default; every matching rule adds its role, impersonated as `vgate:<role>`."""
 
     def __init__(self, policies: list[LoadedPolicy]) -> None:
-        self._decisions: dict[tuple[Identity, str], Grant | Deny] = {}
         self._by_tenant: dict[str, list[_Rule]] = {}
         for loaded in policies:
             for role, rule in loaded.policy.roles.items():
@@ -42,17 +40,6 @@ class PolicyEngine:
         return set(self._by_tenant)
 
     def decide(self, identity: Identity, tenant: str) -> Grant | Deny:
-        """The decision for `identity` on `tenant`. The rules never change for the life of
-        an engine, so decisions are remembered (a bounded table, emptied when full)."""
-        key = (identity, tenant)
-        decision = self._decisions.get(key)
-        if decision is None:
-            if len(self._decisions) >= MAX_CACHED_DECISIONS:
-                self._decisions.clear()
-            decision = self._decisions[key] = self._decide(identity, tenant)
-        return decision
-
-    def _decide(self, identity: Identity, tenant: str) -> Grant | Deny:
         roles: dict[str, None] = {}
         reasons: list[str] = []
         groups = set(identity.groups)
