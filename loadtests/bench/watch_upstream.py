@@ -46,7 +46,7 @@ class Watchers:
         return b"%x\r\n%b\r\n" % (len(body), body)
 
     async def run(self) -> None:
-        tick = 0.05
+        tick = 0.01  # fine-grained, so events do not arrive in large bursts
         cursor = 0
         while True:
             await asyncio.sleep(tick)
