@@ -4,7 +4,6 @@ local stack. They assert that nothing failed, not how fast anything was."""
 from __future__ import annotations
 
 import csv
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +74,10 @@ def test_summary_counts_failures(tmp_path: Path) -> None:
 
 
 def test_tools_are_reported_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shutil, "which", lambda _name: None)
-    monkeypatch.setattr("loadtests.bench.stack.Path.exists", lambda _self: False)
-    assert "nginx" in (missing_tools() or "")
+    from loadtests.bench import stack, wrk
+
+    monkeypatch.setattr(wrk, "wrk_binary", lambda: None)
+    assert missing_tools() == "wrk is not installed (apt-get install wrk)" or \
+        stack.nginx_binary() is None
+    monkeypatch.setattr(stack, "nginx_binary", lambda: None)
+    assert missing_tools() == "nginx is not installed (apt-get install nginx)"
