@@ -231,3 +231,42 @@ def test_audit_lines_are_json_with_each_requests_identity(tmp_path: Path) -> Non
     assert lines[0]["path"] == '/api?q="\x01\\alice'
     assert lines[3] == {**lines[3], "tenant": None, "groups": [], "reason": 'bad "token"',
                         "path": "/clusters/t/x", "status": 200, "bytes": 12}
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_refusals_keep_a_bodyless_connection_open(gateway, issuer) -> None:
+    """A denied user hammering the gateway reuses its connection: no TCP handshake per 403."""
+    nobody = issuer.sign(issuer.claims(groups=["no-role"]))
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.settimeout(5)
+        for _ in range(3):
+            s.sendall(b"GET /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n"
+                      b"Authorization: Bearer " + nobody.encode() + b"\r\n\r\n")
+            head = _answer(s)
+            assert head.startswith(b"HTTP/1.1 403") and b"Connection: close" not in head
+        s.sendall(b"GET /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = _answer(s)
+        assert head.startswith(b"HTTP/1.1 401") and b"Connection: close" not in head
+
+
+def test_refusal_before_the_body_arrived_closes(gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.settimeout(5)
+        s.sendall(b"POST /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 10\r\n\r\n")
+        head = _answer(s)
+        assert head.startswith(b"HTTP/1.1 401") and b"Connection: close" in head
+        assert _closed_within(s, 5)

@@ -196,7 +196,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.current = None
         self.dispatcher.done(exchange)
-        if not (reusable and exchange.keep_alive and exchange.body_done) or self.closing:
+        if not (reusable and exchange.keep_alive and not exchange.body_pending) or self.closing:
             self.close()
             return
         if self._pipeline:

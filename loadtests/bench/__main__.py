@@ -88,6 +88,8 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
             Target("vgate-cached", gate.base + path, lambda: gate.pids, token=cached),
             Target("vgate-fresh-jwt", fresh.base + path, lambda: fresh.pids,
                    token_files=[pool], before=fresh.restart),
+            Target("vgate-denied", gate.base + path, lambda: gate.pids,
+                   token=issuer.token(10**9 + 1, groups=["no-role-here"]), refused=True),
         ]
         log(f"max throughput: {args.rounds} round(s) x {len(targets)} targets x "
             f"{args.seconds:g}s, {args.connections} connections, load {procs.load_average()}")
@@ -99,7 +101,7 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
         pace = max(1, round(conns * 1000 / half)) if half > 0 else 10
         log(f"latency at half of vgate's max rate: target {half:.0f} req/s = {conns} "
             f"connections x 1 request per {pace} ms, load {procs.load_average()}")
-        fixed = targets[:3]
+        fixed = targets[:3]  # direct, nginx, vgate-cached
         rhalf = interleaved(fixed, rounds=args.rounds, seconds=args.seconds,
                             connections=conns, warmup=0,
                             pace_ms={t.name: pace for t in fixed}, log=log)

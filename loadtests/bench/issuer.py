@@ -48,8 +48,9 @@ class LocalIssuer:
             serialization.NoEncryption(),
         )
 
-    def token(self, n: int, *, ttl: int = 3600) -> str:
-        return _sign(self.private_pem(), self.issuer, n, ttl)
+    def token(self, n: int, *, ttl: int = 3600, groups: list[str] | None = None) -> str:
+        """One token; `groups` replaces the default groups (e.g. to be refused)."""
+        return _sign(self.private_pem(), self.issuer, n, ttl, groups)
 
     def mint(self, count: int, *, start: int = 0, ttl: int = 3600) -> list[str]:
         """`count` distinct tokens (100 users, each token with its own jti), in parallel."""
@@ -68,17 +69,19 @@ def _sign_range(pem: bytes, issuer: str, lo: int, hi: int, ttl: int) -> list[str
     return [_sign_with(key, issuer, n, ttl) for n in range(lo, hi)]
 
 
-def _sign(pem: bytes, issuer: str, n: int, ttl: int) -> str:
-    return _sign_with(serialization.load_pem_private_key(pem, password=None), issuer, n, ttl)
+def _sign(pem: bytes, issuer: str, n: int, ttl: int, groups: list[str] | None = None) -> str:
+    key = serialization.load_pem_private_key(pem, password=None)
+    return _sign_with(key, issuer, n, ttl, groups)
 
 
-def _sign_with(key: object, issuer: str, n: int, ttl: int) -> str:
+def _sign_with(key: object, issuer: str, n: int, ttl: int,
+               groups: list[str] | None = None) -> str:
     now = int(time.time())
     user = n % 100
     claims = {
         "iss": issuer, "aud": AUDIENCE, "sub": f"bench-user-{user:03d}",
         "email": f"bench-user-{user:03d}@example.com", "email_verified": True,
-        "groups": [GROUP, "developers", f"team-{user % 7}"],
+        "groups": groups if groups is not None else [GROUP, "developers", f"team-{user % 7}"],
         "iat": now, "nbf": now - 5, "exp": now + ttl, "jti": f"bench-{n}-{os.getpid()}",
     }
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})

@@ -76,6 +76,9 @@ def _max_table(rmax: dict[str, Summary]) -> list[str]:
             f"{_ratio(s.capacity, ng.capacity)} | {s.errors}{note} |"
         )
     rows.append(f"| {AD_GROUPS_ROW[0]} | {AD_GROUPS_ROW[1]} ||||||||||||")
+    if "vgate-denied" in rmax:
+        rows += ["", "vgate-denied: a valid token whose user has no role on the tenant; every "
+                 "answer is the gateway's 403 `Status` (the errors column counts anything else)."]
     return rows
 
 

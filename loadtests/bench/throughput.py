@@ -22,6 +22,7 @@ class Target:
     token: str | None = None
     token_files: list[Path] = field(default_factory=list)  # one per round (fresh tokens)
     before: Callable[[], None] | None = None  # run before each measurement (e.g. a restart)
+    refused: bool = False  # every answer must be a 403 (a user without a role)
 
 
 @dataclass
@@ -63,7 +64,13 @@ def measure(target: Target, *, seconds: float, connections: int, round_no: int =
     return Sample(result, cpu, procs.load_average())
 
 
-def summarize(name: str, samples: list[Sample]) -> Summary:
+def failures(sample: Sample, refused: bool) -> int:
+    """Requests that did not get the expected answer (2xx, or 403 when `refused`)."""
+    r = sample.result
+    return r.errors + (r.requests - r.non_2xx if refused else r.non_2xx)
+
+
+def summarize(name: str, samples: list[Sample], refused: bool = False) -> Summary:
     requests = sum(s.result.requests for s in samples)
     return Summary(
         name=name,
@@ -72,7 +79,7 @@ def summarize(name: str, samples: list[Sample]) -> Summary:
         p99_ms=statistics.median(s.result.p99_us for s in samples) / 1000,
         cpu_us=(sum(s.cpu_s for s in samples) / requests * 1e6) if requests else 0.0,
         requests=requests,
-        errors=sum(s.result.errors + s.result.non_2xx for s in samples),
+        errors=sum(failures(s, refused) for s in samples),
         reused=sum(s.result.reused for s in samples),
         samples=samples,
     )
@@ -95,6 +102,7 @@ def interleaved(targets: list[Target], *, rounds: int, seconds: float, connectio
             log(f"  round {r + 1}/{rounds} {t.name:<16} {s.result.rps:9.0f} req/s  "
                 f"p50 {s.result.p50_us / 1000:6.2f} ms  p99 {s.result.p99_us / 1000:6.2f} ms  "
                 f"cpu {s.cpu_s / max(s.result.requests, 1) * 1e6:6.1f} µs/req  "
-                f"errors {s.result.errors + s.result.non_2xx}  load {s.load}")
+                f"errors {failures(s, t.refused)}  load {s.load}")
             time.sleep(0.3)
-    return {name: summarize(name, ss) for name, ss in samples.items()}
+    refused = {t.name: t.refused for t in targets}
+    return {name: summarize(name, ss, refused[name]) for name, ss in samples.items()}
