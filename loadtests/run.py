@@ -88,7 +88,7 @@ def _login_all(idp, users: int) -> list[dict]:
 
 def _start_gateway(work: Path, issuer: str, tenants: dict) -> tuple[subprocess.Popen, int]:
     from loadtests.bench import procs
-    from loadtests.bench.stack import _get_status
+    from loadtests.bench.stack import http_status
 
     policies = work / "policies"
     policies.mkdir(exist_ok=True)
@@ -119,7 +119,7 @@ def _start_gateway(work: Path, issuer: str, tenants: dict) -> tuple[subprocess.P
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"vgate exited: see {work / 'vgate.log'}")
-        if _get_status(port, "/readyz") == 200:
+        if http_status(port, "/readyz") == 200:
             return proc, port
         time.sleep(0.1)
     raise RuntimeError("vgate did not become ready")

@@ -198,7 +198,7 @@ class Vgate:
         procs.wait_port(self.port, self.proc, "vgate", timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # ready = signing keys loaded
-            if _get_status(self.port, "/readyz") == 200:
+            if http_status(self.port, "/readyz") == 200:
                 return self
             time.sleep(0.1)
         raise RuntimeError("vgate did not become ready (signing keys not loaded?)")
@@ -217,7 +217,8 @@ class Vgate:
         self.start()
 
 
-def _get_status(port: int, path: str) -> int:
+def http_status(port: int, path: str) -> int:
+    """The status of `GET path` on 127.0.0.1:`port`, or 0 when nothing answers."""
     import http.client
 
     with contextlib.suppress(OSError, http.client.HTTPException):
