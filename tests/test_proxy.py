@@ -297,3 +297,12 @@ def test_graceful_shutdown_ends_watches_cleanly_and_refuses_new(
         assert rest == b"" and time.monotonic() - t < 5
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/healthz", timeout=2)
+
+
+def test_unknown_tenants_create_no_metric_series(client, gateway) -> None:
+    for i in range(3):
+        r = client.get(f"/clusters/made-up-{i}/api")
+        assert r.status_code == 404 and r.json()["reason"] == "NotFound"
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert "made-up-" not in metrics
+    assert 'tenant="live"' in metrics or "vgate_requests_total" in metrics

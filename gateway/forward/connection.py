@@ -45,6 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_sent = False
         self._chunked_body = False
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # response head due by then (loop time)
         self._tunnel = False
         self._upgrade_expected = False
 
@@ -55,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_timer()
         exchange = self.exchange
         if exchange is None:
             return
@@ -86,15 +88,23 @@ class UpstreamConnection(asyncio.Protocol):
                 self.exchange.bytes_out += len(data)
                 self.exchange.conn.write(data)
             return
+        client = self.exchange.conn if self.exchange is not None else None
+        if client is not None:
+            client.cork()  # what this read yields goes to the client in one write
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if client is not None:
+                client.uncork()  # the 101 head goes out before any tunnelled byte
             self._enter_tunnel(data[offset:])
         except httptools.HttpParserError as exc:
             log.warning("malformed response from upstream: %s", exc)
             if self.transport is not None:
                 self.transport.abort()
+        finally:
+            if client is not None:
+                client.uncork()
 
     # -- sending --------------------------------------------------------------------------
 
@@ -112,7 +122,9 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.conn.on_write_pause = self._client_write_paused
         self.transport.write(head)
         if timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+            self._arm_deadline(timeout)
+        else:
+            self._deadline = None  # watches, logs -f, tunnels: no response timeout
         if exchange.upgrade:
             self._request_sent = True
         else:
@@ -139,8 +151,27 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    def _timed_out(self) -> None:
+    def _arm_deadline(self, timeout: float) -> None:
+        """Expect a response head within `timeout`. One timer per connection, re-armed
+        lazily when it fires early, so a pooled connection costs no timer per request."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.closed:
+            return  # answered (or gone) meanwhile
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:  # a later request on this connection: wait for its due
+            self._timer = loop.call_at(deadline, self._check_deadline)
+            return
+        self._timed_out()
+
+    def _timed_out(self) -> None:
+        self._deadline = None
         exchange = self.exchange
         if exchange is None or self._responded:
             return
@@ -156,9 +187,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
 
     def _detach(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
         exchange = self.exchange
         if exchange is not None:
             exchange.client_gone_hook = None
@@ -168,8 +197,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
+
+    def _stop_timer(self) -> None:
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- httptools callbacks --------------------------------------------------------------
 
@@ -185,9 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []
             return  # interim response (100 Continue): wait for the real one
         self._responded = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None  # the timer, if any, finds nothing due and ends
         if status == 101 and self._upgrade_expected:
             lines = [b"HTTP/1.1 101 %b\r\n" % PHRASES[101].encode()]
             lines.extend(b"%b: %b\r\n" % h for h in self._headers)

@@ -26,6 +26,8 @@ class UpstreamFailure(Exception):
 def is_streaming(target: bytes) -> bool:
     """Watches and `logs -f` run as long as the client wants: no response timeout."""
     _, _, query = target.partition(b"?")
+    if b"watch=" not in query and b"follow=" not in query:
+        return False  # the common case, without a generator
     return any(m in query for m in _STREAMING_MARKERS)
 
 

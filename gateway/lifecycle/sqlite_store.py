@@ -47,12 +47,26 @@ class SQLiteTenantStore:
             self.path, timeout=10.0, isolation_level=None, check_same_thread=False
         )
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute(_SCHEMA)
             self._db.execute(_LEASES)
         os.chmod(self.path, 0o600)
+
+    def _wal(self) -> None:
+        """Switch to WAL. Several processes opening a new store at once (gateway workers)
+        race for the exclusive lock this needs, and SQLite answers "locked" at once rather
+        than waiting on the busy timeout: retry for a while."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     # -- sync core (runs in a thread) ------------------------------------------------------
 

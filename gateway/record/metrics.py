@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+MAX_CACHED_CHILDREN = 4096
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -43,3 +44,18 @@ class Metrics:
             registry=r)
         self.directory_errors = Counter(
             "vgate_directory_errors_total", "Directory failures by kind", ["kind"], registry=r)
+        # label children used on every request, looked up once (labels() takes a lock)
+        self.token_cache_hit = self.token_cache.labels("hit")
+        self.token_cache_miss = self.token_cache.labels("miss")
+        self._request_children: dict[tuple[str, int], tuple] = {}
+
+    def request_children(self, tenant: str, status: int) -> tuple:
+        """(requests counter, latency histogram) children for a tenant and status code."""
+        key = (tenant, status)
+        children = self._request_children.get(key)
+        if children is None:
+            if len(self._request_children) >= MAX_CACHED_CHILDREN:
+                self._request_children.clear()
+            children = (self.requests.labels(tenant, str(status)), self.latency.labels(tenant))
+            self._request_children[key] = children
+        return children

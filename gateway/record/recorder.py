@@ -24,9 +24,10 @@ class Recorder:
         tenant = exchange.tenant or ""
         status = exchange.status or 499  # 499: the client left before any response
         exchange.status = status
-        self.metrics.requests.labels(tenant, str(status)).inc()
+        requests, latency = self.metrics.request_children(tenant, status)
+        requests.inc()
         if exchange.streaming and exchange.decision == "allow":
             self.metrics.open_streams.labels("tunnel" if exchange.upgrade else "stream").dec()
         else:
-            self.metrics.latency.labels(tenant).observe(time.monotonic() - exchange.started)
+            latency.observe(time.monotonic() - exchange.started)
         self.audit.write(exchange)

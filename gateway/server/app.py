@@ -115,14 +115,16 @@ class Gateway:
             exchange.reason = route.message
             exchange.fail(route.code, route.message)
             return
-        exchange.tenant = route.tenant
         exchange.upstream_target = route.target
         upstream = self.registry.get(route.tenant)
         if upstream is None:
+            # not recorded as a tenant: metrics are labelled by tenant, and names in
+            # requests are the client's choice (the audit reason keeps it)
             exchange.decision = "refused"
-            exchange.reason = "unknown tenant"
+            exchange.reason = f"unknown tenant {route.tenant[:63]!r}"
             exchange.fail(404, f'tenant "{route.tenant}" not found')
             return
+        exchange.tenant = route.tenant
         authorization = exchange.header(b"authorization")
         protocols = None
         if authorization is None and exchange.upgrade:
@@ -134,10 +136,10 @@ class Gateway:
             return
         identity = self.authenticator.cached(token)
         if identity is not None:
-            self.recorder.metrics.token_cache.labels("hit").inc()
+            self.recorder.metrics.token_cache_hit.inc()
             self._groups(exchange, upstream, identity)
             return
-        self.recorder.metrics.token_cache.labels("miss").inc()
+        self.recorder.metrics.token_cache_miss.inc()
         self._spawn(exchange, self._authenticate_then_forward(exchange, upstream, token))
 
     def _spawn(self, exchange: Exchange, step: Coroutine[Any, Any, None]) -> None:

@@ -59,6 +59,8 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._keepalive: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # None while a request is in progress
+        self._corked: list[bytes] | None = None
         self._read_paused = False
         # tunnel mode (after a 101): raw bytes go to `tunnel_sink`
         self.tunnel_sink: Callable[[bytes], None] | None = None
@@ -81,9 +83,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel_buffer is not None:
             self.tunnel_buffer.append(data)
             return
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
+        self._idle_since = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -196,7 +196,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.current = None
         self.dispatcher.done(exchange)
-        if not (reusable and exchange.keep_alive and exchange.body_done) or self.closing:
+        if not (reusable and exchange.keep_alive and not exchange.body_pending) or self.closing:
             self.close()
             return
         if self._pipeline:
@@ -208,8 +208,21 @@ class ClientConnection(asyncio.Protocol):
     # -- output and flow control ---------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
+        if self._corked is not None:
+            self._corked.append(data)
+        elif not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def cork(self) -> None:
+        """Collect writes until `uncork` (one send for a response head and body that
+        arrived together from upstream, instead of one per piece)."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None:
@@ -241,15 +254,27 @@ class ClientConnection(asyncio.Protocol):
         self._resume_reading()
 
     def _arm_keepalive(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        self._keepalive = self.loop.call_later(
-            self.limits.keepalive_timeout_seconds, self._idle_timeout
-        )
+        """The connection is idle from now on. One timer per connection checks idleness
+        lazily, so a request costs no timer of its own."""
+        self._idle_since = self.loop.time()
+        if self._keepalive is None:
+            self._keepalive = self.loop.call_at(
+                self._idle_since + self.limits.keepalive_timeout_seconds, self._idle_timeout
+            )
 
     def _idle_timeout(self) -> None:
-        if self.current is None and not self._pipeline:
+        self._keepalive = None
+        if self.closed:
+            return
+        timeout = self.limits.keepalive_timeout_seconds
+        idle_since = self._idle_since
+        if idle_since is None or self.current is not None or self._pipeline:
+            # busy (or a request head is arriving): look again one timeout from now
+            self._keepalive = self.loop.call_later(timeout, self._idle_timeout)
+        elif self.loop.time() - idle_since >= timeout:
             self.close()
+        else:
+            self._keepalive = self.loop.call_at(idle_since + timeout, self._idle_timeout)
 
     def _reject(self, code: int, message: str) -> None:
         body = status_body(code, message)
@@ -264,12 +289,14 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after pending output is flushed."""
+        self.uncork()
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
 
     def abort(self) -> None:
         """Drop the connection now (mid-response failures)."""
+        self._corked = None
         if self.transport is not None:
             self.closed = True
             self.transport.abort()

@@ -90,6 +90,13 @@ class Exchange:
         self.source = conn.peer  # the client's address (see gateway.client_address)
         self.forwarded_for: bytes | None = None
 
+    @property
+    def body_pending(self) -> bool:
+        """True while request body bytes may still arrive. A request without
+        Content-Length or chunked framing has no body, so an answer given from the parser's
+        headers-complete callback can keep the connection open."""
+        return not self.body_done and bool(self.content_length or self.chunked_in)
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lowercase), or None."""
         for n, v in self.headers:
@@ -157,13 +164,15 @@ class Exchange:
                      % (content_type, len(body), self.request_id))
         lines.append(b"Cache-Control: no-cache, private\r\n")
         lines.extend(b"%b: %b\r\n" % (n, v) for n, v in extra)
-        if not self.keep_alive or self.conn.closing or not self.body_done or self.upgrade:
+        if not self.keep_alive or self.conn.closing or self.body_pending or self.upgrade:
             lines.append(b"Connection: close\r\n")
             self.keep_alive = False
         lines.append(b"\r\n")
+        self.conn.cork()  # head and body in one write
         self.send_head(status, b"".join(lines))
         if self.method != b"HEAD":
             self.send_body(body)
+        self.conn.uncork()
         self.finish(reusable=self.keep_alive)
 
     def fail(self, status: int, message: str, *, extra: Headers = ()) -> None:  # type: ignore[assignment]

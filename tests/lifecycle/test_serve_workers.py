@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,16 +44,22 @@ def served(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
                              str(tmp_path / "vgate.yaml")], cwd=ROOT, stderr=subprocess.PIPE,
                             text=True)
-    ports = set()
+    lines: list[str] = []
+
+    def drain() -> None:  # keep reading: a full stderr pipe would block the workers' logging
+        for line in iter(proc.stderr.readline, ""):
+            lines.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    ports: set[tuple[int, int]] = set()
     deadline = time.monotonic() + 20
-    while len(ports) < 2 and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        found = re.search(r"vgate listening on [\d.]+:(\d+) \(pid (\d+)\)", line)
-        if found:
-            ports.add((int(found.group(1)), int(found.group(2))))
-    assert len(ports) == 2, "workers did not start"
+    while len(ports) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        for line in list(lines):
+            found = re.search(r"vgate listening on [\d.]+:(\d+) \(pid (\d+)\)", line)
+            if found:
+                ports.add((int(found.group(1)), int(found.group(2))))
+        time.sleep(0.05)
+    assert len(ports) == 2, "workers did not start:\n" + "".join(lines[-30:])
     port = next(iter(ports))[0]
     token = issuer.sign(issuer.claims())
     try:

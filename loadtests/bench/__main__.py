@@ -1,0 +1,152 @@
+"""`python -m loadtests.bench [--quick] [--mode all|requests|watches]`
+
+Starts a static upstream (nginx), nginx as a reverse proxy and vgate (1 worker, a real
+OIDC issuer, policies) on 127.0.0.1, measures them interleaved, prints the tables, writes
+them as Markdown (and JSON) and stops everything it started. Bounded in time (the default
+run takes about 6-8 minutes on 2 cores; --quick under 1.5 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from loadtests.bench import procs, report, stack, watches, wrk
+from loadtests.bench.issuer import LocalIssuer, write_tokens
+from loadtests.bench.throughput import Target, interleaved
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=["all", "requests", "watches"], default="all")
+    p.add_argument("--quick", action="store_true", help="1 round, short runs, fewer watches")
+    p.add_argument("--smoke", action="store_true", help="CI: seconds-long, checks for errors")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
+    p.add_argument("--seconds", type=float, help="seconds per measured run (default 8)")
+    p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    p.add_argument("--watches", default=None,
+                   help="comma-separated watch counts (default 1000,5000,10000)")
+    p.add_argument("--out", type=Path, help="write the Markdown report here")
+    p.add_argument("--json", type=Path, help="write the raw numbers here")
+    p.add_argument("--pool", type=int, help="fresh tokens to mint (must cover one round)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = p.parse_args(argv)
+    if args.smoke:
+        defaults = dict(rounds=1, seconds=1.0, watches="200", warmup=0, pool=16000)
+    elif args.quick:
+        defaults = dict(rounds=1, seconds=4.0, watches="1000,5000", warmup=1.0, pool=64000)
+    else:
+        defaults = dict(rounds=3, seconds=8.0, watches="1000,5000,10000", warmup=2.0,
+                        pool=128000)
+    args.rounds = args.rounds or defaults["rounds"]
+    args.seconds = args.seconds or defaults["seconds"]
+    args.watches = [int(x) for x in (args.watches or defaults["watches"]).split(",") if x]
+    args.warmup = defaults["warmup"]
+    args.pool = args.pool or defaults["pool"]
+    return args
+
+
+def missing_tools() -> str | None:
+    """Why the bench cannot run here (one line), or None."""
+    if stack.nginx_binary() is None:
+        return "nginx is not installed (apt-get install nginx)"
+    if wrk.wrk_binary() is None:
+        return "wrk is not installed (apt-get install wrk)"
+    return None
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
+    """Max throughput (closed loop) and latency at half of vgate's max rate."""
+    port = procs.free_port()  # the issuer's URL names the upstream that serves its documents
+    issuer = LocalIssuer(f"http://127.0.0.1:{port}/issuer")
+    up = stack.static_upstream(work, issuer, procs.load_cpu(), port).start()
+    proxy = stack.nginx_proxy(work, up.port, procs.proxy_cpu())
+    gate = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu())
+    # fresh JWTs: a second vgate (same code and config), restarted before every round so
+    # its token cache starts empty and one pool of never-seen tokens serves every round
+    fresh = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name="vgate-fresh")
+    try:
+        proxy.start()
+        gate.start()
+        t0 = time.monotonic()
+        pool = write_tokens(work / "tokens.txt", issuer.mint(args.pool))
+        log(f"minted {args.pool} distinct RS256 tokens in {time.monotonic() - t0:.1f}s")
+        cached = issuer.token(10**9)
+        path = stack.LIST_PATH
+        targets = [
+            Target("direct", f"http://127.0.0.1:{up.port}{path}", lambda: up.pids),
+            Target("nginx", f"http://127.0.0.1:{proxy.port}{path}", lambda: proxy.pids),
+            Target("vgate-cached", gate.base + path, lambda: gate.pids, token=cached),
+            Target("vgate-fresh-jwt", fresh.base + path, lambda: fresh.pids,
+                   token_files=[pool], before=fresh.restart),
+            Target("vgate-denied", gate.base + path, lambda: gate.pids,
+                   token=issuer.token(10**9 + 1, groups=["no-role-here"]), refused=True),
+        ]
+        log(f"max throughput: {args.rounds} round(s) x {len(targets)} targets x "
+            f"{args.seconds:g}s, {args.connections} connections, load {procs.load_average()}")
+        rmax = interleaved(targets, rounds=args.rounds, seconds=args.seconds,
+                           connections=args.connections, warmup=args.warmup, log=log)
+        results["max"] = rmax
+        half = rmax["vgate-cached"].rps / 2
+        conns = max(4, round(half * 0.010))  # each connection paced to ~10 ms
+        pace = max(1, round(conns * 1000 / half)) if half > 0 else 10
+        log(f"latency at half of vgate's max rate: target {half:.0f} req/s = {conns} "
+            f"connections x 1 request per {pace} ms, load {procs.load_average()}")
+        fixed = targets[:3]  # direct, nginx, vgate-cached
+        rhalf = interleaved(fixed, rounds=args.rounds, seconds=args.seconds,
+                            connections=conns, warmup=0,
+                            pace_ms={t.name: pace for t in fixed}, log=log)
+        results["half"] = rhalf
+        results["half_rate_target"] = half
+    finally:
+        fresh.stop()
+        gate.stop()
+        proxy.stop()
+        up.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    why = missing_tools()
+    if why:
+        print(f"bench: cannot run: {why}", file=sys.stderr)
+        return 2
+    procs.raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="vgate-bench-"))
+    work.chmod(0o755)
+    started = time.monotonic()
+    results: dict = {"machine": report.machine(), "command": " ".join(["python -m loadtests.bench",
+                                                                      *(argv or sys.argv[1:])])}
+    log(f"bench: work dir {work}; {results['machine']['summary']}")
+    try:
+        if args.mode in ("all", "requests"):
+            run_requests(work, args, results)
+        if args.mode in ("all", "watches"):
+            results["watches"] = watches.run(work, args.watches, seconds=args.seconds,
+                                             smoke=args.smoke, log=log)
+    finally:
+        if not args.keep:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+    results["elapsed_s"] = time.monotonic() - started
+    text = report.markdown(results)
+    print()
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(report.as_json(results), indent=2))
+    return 1 if report.errors(results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The bench's tables: machine and versions, throughput and latency as ratios to nginx,
+watch memory and latency; as Markdown (printed and written) and as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loadtests.bench import procs, stack, wrk
+from loadtests.bench.throughput import Summary
+
+AD_GROUPS_ROW = ("vgate-ad-groups", "not measured: the directory-groups step is not on this "
+                 "branch yet")
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "?"
+
+
+def machine() -> dict:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    commit = _version(["git", "-C", str(stack.REPO_ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _version(["git", "-C", str(stack.REPO_ROOT), "status", "--porcelain",
+                      "--untracked-files=no", "gateway"])
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "nginx": _version([stack.nginx_binary() or "nginx", "-v"]).replace("nginx version: ", ""),
+        "wrk": _version([wrk.wrk_binary() or "wrk", "-v"]).split(" [")[0],
+        "vgate": commit + (" (+ uncommitted changes in gateway/)" if dirty not in ("", "?")
+                           else ""),
+        "load_start": procs.load_average(),
+    }
+    info["summary"] = (f"{info['nproc']} x {cpu}, Linux {info['kernel']}, Python "
+                       f"{info['python']}, {info['nginx']}, {info['wrk']}, vgate {info['vgate']}")
+    return info
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "—"
+
+
+def _max_table(rmax: dict[str, Summary]) -> list[str]:
+    direct, ng = rmax["direct"], rmax["nginx"]
+    rows = [
+        "| target | req/s | xnginx | p50 ms | xnginx | p99 ms | xnginx | added p50 ms "
+        "| added p99 ms | CPU µs/req | req/s per core | xnginx | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in rmax.values():
+        add50 = s.p50_ms - direct.p50_ms if s is not direct else 0.0
+        add99 = s.p99_ms - direct.p99_ms if s is not direct else 0.0
+        note = (f" ({s.reused / s.requests:.0%} of requests reused a token: pool too small)"
+                if s.reused else "")
+        rows.append(
+            f"| {s.name} | {s.rps:,.0f} | {_ratio(s.rps, ng.rps)} | {s.p50_ms:.2f} | "
+            f"{_ratio(s.p50_ms, ng.p50_ms)} | {s.p99_ms:.2f} | {_ratio(s.p99_ms, ng.p99_ms)} | "
+            f"{add50:+.2f} | {add99:+.2f} | {s.cpu_us:.1f} | {s.capacity:,.0f} | "
+            f"{_ratio(s.capacity, ng.capacity)} | {s.errors}{note} |"
+        )
+    rows.append(f"| {AD_GROUPS_ROW[0]} | {AD_GROUPS_ROW[1]} ||||||||||||")
+    if "vgate-denied" in rmax:
+        rows += ["", "vgate-denied: a valid token whose user has no role on the tenant; every "
+                 "answer is the gateway's 403 `Status` (the errors column counts anything else)."]
+    return rows
+
+
+def _half_table(rhalf: dict[str, Summary]) -> list[str]:
+    direct, ng = rhalf["direct"], rhalf["nginx"]
+    rows = ["| target | achieved req/s | p50 ms | p99 ms | added p99 ms | xnginx added | "
+            "CPU µs/req | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ng_add = ng.p99_ms - direct.p99_ms
+    for s in rhalf.values():
+        add = s.p99_ms - direct.p99_ms if s is not direct else 0.0
+        rows.append(f"| {s.name} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | "
+                    f"{add:+.2f} | {_ratio(add, ng_add) if s is not direct else '—'} | "
+                    f"{s.cpu_us:.1f} | {s.errors} |")
+    return rows
+
+
+def _watch_tables(w: dict) -> list[str]:
+    rows = ["| proxy | open watches | opened in s | RSS before MB | RSS open MB | KB per watch "
+            "| xnginx | events | event p50 ms | event p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    per = {(r["proxy"], r["n"]): r for r in w["runs"]}
+    for r in w["runs"]:
+        ng = per.get(("nginx", r["n"]))
+        ratio = _ratio(r["kb_per_watch"], ng["kb_per_watch"]) if ng else "—"
+        rows.append(
+            f"| {r['proxy']} | {r['open']:,}/{r['n']:,} | {r['open_s']:.1f} | "
+            f"{r['rss_before'] / 2**20:.1f} | {r['rss_open'] / 2**20:.1f} | "
+            f"{r['kb_per_watch']:.1f} | {ratio} | {r['events']:,} | {r['event_p50_ms']:.2f} | "
+            f"{r['event_p99_ms']:.2f} | {r['errors']} |")
+    if w.get("short"):
+        rows += ["", "Short requests (GET list, cached token, fixed rate) with watches open:", "",
+                 "| proxy | open watches | req/s | p50 ms | p99 ms | p99 x idle | errors |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
+        idle = {s["proxy"]: s for s in w["short"] if s["n"] == 0}
+        for s in w["short"]:
+            base = idle.get(s["proxy"])
+            rows.append(f"| {s['proxy']} | {s['n']:,} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | "
+                        f"{s['p99_ms']:.2f} | "
+                        f"{_ratio(s['p99_ms'], base['p99_ms']) if base else '—'} | "
+                        f"{s['errors']} |")
+    return rows
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    out = [
+        f"### Run of {m['date']} (provisional unless the load average was ~0)",
+        "",
+        f"- command: `{results['command']}`",
+        f"- machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}; Python {m['python']}, "
+        f"nginx {m['nginx']}, {m['wrk']}, vgate {m['vgate']}",
+        f"- load average (1/5/15 min): at start {m['load_start']}, at end "
+        f"{procs.load_average()}; elapsed {results.get('elapsed_s', 0):.0f} s",
+        "- pinning: the proxy under test on CPU "
+        f"{sorted(procs.proxy_cpu() or [])}, wrk, clients and the upstream on "
+        f"{sorted(procs.load_cpu() or [])}",
+        "",
+    ]
+    if "max" in results:
+        out += ["#### Maximum throughput (closed loop, GET of a ~2 KB PodList)", "",
+                *_max_table(results["max"]), ""]
+    if "half" in results:
+        out += [f"#### Latency at half of vgate's max rate "
+                f"({results['half_rate_target']:,.0f} req/s offered)", "",
+                *_half_table(results["half"]), ""]
+    if "watches" in results:
+        out += ["#### Concurrent watches", "", *_watch_tables(results["watches"]), ""]
+    out += closing(results)
+    return "\n".join(out)
+
+
+def closing(results: dict) -> list[str]:
+    lines = []
+    if "max" in results:
+        r = results["max"]
+        c, ng = r["vgate-cached"], r["nginx"]
+        lines.append(
+            f"vgate (1 worker, cached token) served {_ratio(c.rps, ng.rps)}x nginx's requests/s "
+            f"and {_ratio(c.capacity, ng.capacity)}x nginx's requests per core-second "
+            f"(target ≥ 0.25); with a fresh JWT per request "
+            f"{_ratio(r['vgate-fresh-jwt'].capacity, ng.capacity)}x per core.")
+    if "half" in results:
+        h = results["half"]
+        add = h["vgate-cached"].p99_ms - h["direct"].p99_ms
+        lines.append(f"Added p99 at half of vgate's max rate: {add:+.2f} ms (target ≤ 2 ms).")
+    if "watches" in results:
+        for r in results["watches"]["runs"]:
+            if r["proxy"] == "vgate":
+                lines.append(f"{r['n']:,} watches: vgate {r['kb_per_watch']:.1f} KB per watch.")
+    return ["#### Summary", "", *(f"- {x}" for x in lines)]
+
+
+def errors(results: dict) -> int:
+    n = 0
+    for key in ("max", "half"):
+        n += sum(s.errors for s in results.get(key, {}).values())
+    w = results.get("watches") or {}
+    n += sum(r["errors"] for r in w.get("runs", []))
+    n += sum(s["errors"] for s in w.get("short", []))
+    return n
+
+
+def as_json(results: dict) -> dict:
+    def conv(v):
+        if isinstance(v, Summary):
+            d = dataclasses.asdict(v)
+            d["capacity"] = v.capacity
+            return d
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return v
+    return conv(results)

@@ -1,0 +1,230 @@
+"""The systems under test, each a real process on 127.0.0.1: a static upstream (nginx),
+nginx as a reverse proxy, and vgate (1 worker) with a real OIDC issuer and policies."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from loadtests.bench import procs
+from loadtests.bench.issuer import GROUP, LocalIssuer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TENANT = "bench"
+LIST_PATH = "/api/v1/namespaces/default/pods?limit=500"
+
+
+def pod_list(pods: int = 3) -> bytes:
+    """A Kubernetes-shaped PodList of about 2 KB."""
+    items = []
+    for i in range(pods):
+        items.append({
+            "metadata": {
+                "name": f"web-7d4b9c6f8-{i:05d}", "namespace": "default",
+                "uid": f"6b1f3a52-0c1e-4c2b-9a53-{i:012d}", "resourceVersion": str(1000 + i),
+                "creationTimestamp": "2026-11-01T10:00:00Z",
+                "labels": {"app": "web", "pod-template-hash": "7d4b9c6f8"},
+            },
+            "spec": {
+                "containers": [{"name": "web", "image": "registry.example.com/web:1.4.2",
+                                "ports": [{"containerPort": 8080, "protocol": "TCP"}]}],
+                "nodeName": f"node-{i % 3}", "restartPolicy": "Always",
+            },
+            "status": {"phase": "Running", "podIP": f"10.244.{i % 3}.{10 + i}",
+                       "startTime": "2026-11-01T10:00:02Z",
+                       "conditions": [{"type": "Ready", "status": "True"}]},
+        })
+    return json.dumps({"kind": "PodList", "apiVersion": "v1",
+                       "metadata": {"resourceVersion": "123456"}, "items": items},
+                      separators=(",", ":")).encode()
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None)
+
+
+def _nginx_main(workdir: Path, name: str) -> str:
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    return (
+        f"{user}daemon off;\nmaster_process on;\nworker_processes 1;\n"
+        f"worker_rlimit_nofile {procs.NOFILE};\n"
+        f"pid {workdir}/{name}.pid;\nerror_log {workdir}/{name}-error.log warn;\n"
+        "events { worker_connections 40000; multi_accept on; }\n"
+    )
+
+
+def _nginx_http(workdir: Path, name: str) -> str:
+    tmp = workdir / f"{name}-tmp"
+    tmp.mkdir(exist_ok=True)
+    return (
+        "access_log off; keepalive_requests 10000000; keepalive_timeout 120s;\n"
+        f"client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;\n"
+        f"fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;\n"
+    )
+
+
+class Nginx:
+    """One nginx master + 1 worker with its own config, pinned to `cpu`."""
+
+    def __init__(self, workdir: Path, name: str, server_block: str, cpu: set[int] | None,
+                 port: int | None = None):
+        self.workdir, self.name, self.cpu = workdir, name, cpu
+        self.port = port or procs.free_port()
+        self.conf = workdir / f"{name}.conf"
+        self.conf.write_text(
+            _nginx_main(workdir, name)
+            + "http {\n" + _nginx_http(workdir, name)
+            + server_block.replace("@PORT@", str(self.port)) + "}\n"
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Nginx:
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed")
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(self.workdir), "-c", str(self.conf),
+             "-e", str(self.workdir / f"{self.name}-error.log")],
+            preexec_fn=procs.preexec(self.cpu), stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / f"{self.name}-stderr.log", "wb"),  # noqa: SIM115
+        )
+        procs.wait_port(self.port, self.proc, f"nginx ({self.name})")
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return procs.tree(self.proc.pid)
+
+    def stop(self) -> None:
+        procs.stop(self.proc, sig=15)
+
+
+def static_upstream(workdir: Path, issuer: LocalIssuer | None, cpu: set[int] | None,
+                    port: int | None = None) -> Nginx:
+    """nginx serving the PodList for every API path (and the issuer's documents)."""
+    www = workdir / "www"
+    www.mkdir(exist_ok=True)
+    (www / "podlist.json").write_bytes(pod_list())
+    issuer_locations = ""
+    if issuer is not None:
+        for rel, body in issuer.documents().items():
+            (www / rel.replace("/", "_")).write_bytes(body)
+            issuer_locations += (
+                f"  location = /issuer/{rel} {{ default_type application/json; "
+                f"alias {www}/{rel.replace('/', '_')}; }}\n"
+            )
+    block = (
+        "server {\n  listen 127.0.0.1:@PORT@ backlog=4096;\n"
+        f"  root {www}; etag off; if_modified_since off;\n"
+        + issuer_locations
+        + "  location / { default_type application/json;\n"
+        "    add_header Cache-Control \"no-cache, private\";\n"
+        "    try_files /podlist.json =404; }\n}\n"
+    )
+    return Nginx(workdir, "upstream", block, cpu, port)
+
+
+def nginx_proxy(workdir: Path, upstream_port: int, cpu: set[int] | None) -> Nginx:
+    """nginx as a reverse proxy: keep-alive upstream, unbuffered (watches must stream)."""
+    block = (
+        f"upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 1024;\n"
+        "  keepalive_requests 10000000; keepalive_timeout 120s; }\n"
+        "server {\n  listen 127.0.0.1:@PORT@ backlog=4096;\n"
+        "  location / { proxy_pass http://api; proxy_http_version 1.1;\n"
+        "    proxy_set_header Connection \"\"; proxy_set_header Host $proxy_host;\n"
+        "    proxy_buffering off; proxy_request_buffering off;\n"
+        "    proxy_read_timeout 3600s; proxy_send_timeout 3600s; }\n}\n"
+    )
+    return Nginx(workdir, "proxy", block, cpu)
+
+
+class Vgate:
+    """`python -m gateway serve` (1 worker) from this checkout, pinned to `cpu`."""
+
+    def __init__(self, workdir: Path, issuer_url: str, upstream_port: int,
+                 cpu: set[int] | None, name: str = "vgate") -> None:
+        self.workdir, self.cpu, self.name = workdir, cpu, name
+        self.port = procs.free_port()
+        policies = workdir / "policies"
+        policies.mkdir(exist_ok=True)
+        (policies / f"{TENANT}.yaml").write_text(yaml.safe_dump({
+            "tenant": TENANT,
+            "roles": {"view": {"groups": [f"oidc:{GROUP}"]},
+                      "cluster-admin": {"groups": ["oidc:bench-admins"]}},
+        }))
+        (workdir / "tenant.token").write_text("bench-tenant-credential-" + "x" * 900 + "\n")
+        self.config_file = workdir / f"{name}.yaml"
+        self.config_file.write_text(yaml.safe_dump({
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "workers": 1,
+            "routing": {"path_prefix": "/clusters"},
+            "oidc": {"issuers": [{
+                "issuer": issuer_url, "audiences": ["vgate"],
+                "username_claim": "email", "username_prefix": "oidc:",
+                "groups_claim": "groups", "groups_prefix": "oidc:",
+                "algorithms": ["RS256"],
+            }]},
+            "policies": "policies",
+            "tenants": [{"name": TENANT, "upstream": f"http://127.0.0.1:{upstream_port}",
+                         "token_file": "tenant.token"}],
+            "audit": {"file": str(workdir / f"{name}-audit.log")},
+            "limits": {"shutdown_grace_seconds": 1},
+        }))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/clusters/{TENANT}"
+
+    def start(self, timeout: float = 30.0) -> Vgate:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--log-level", "WARNING", "serve",
+             "--config", str(self.config_file)],
+            cwd=REPO_ROOT, env=env, preexec_fn=procs.preexec(self.cpu),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / f"{self.name}-stderr.log", "ab"),  # noqa: SIM115
+        )
+        procs.wait_port(self.port, self.proc, "vgate", timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # ready = signing keys loaded
+            if http_status(self.port, "/readyz") == 200:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("vgate did not become ready (signing keys not loaded?)")
+
+    @property
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return [self.proc.pid]
+
+    def stop(self) -> None:
+        procs.stop(self.proc)
+
+    def restart(self) -> None:
+        """A fresh process: empty token cache, same port and config."""
+        self.stop()
+        self.start()
+
+
+def http_status(port: int, path: str) -> int:
+    """The status of `GET path` on 127.0.0.1:`port`, or 0 when nothing answers."""
+    import http.client
+
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    return 0

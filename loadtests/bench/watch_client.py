@@ -1,0 +1,134 @@
+"""Open N concurrent watches through a proxy, hold them, measure event delivery latency.
+
+`python -m loadtests.bench.watch_client --port P --path /…?watch=true --n N --hold S
+[--token T]` prints `OPEN <n>` once every watch has its response head, keeps reading
+for `hold` seconds, then prints one JSON line with the results and exits (closing all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+
+from loadtests.bench import procs
+from loadtests.bench.watch_upstream import run_loop
+
+_SENT = re.compile(rb'"bench\.vgate\.io/sent-ns":"(\d+)"')
+
+
+class Watch(asyncio.Protocol):
+    def __init__(self, stats: Stats, request: bytes) -> None:
+        self.stats = stats
+        self.request = request
+        self.head_seen = False
+        self.buf = b""
+        self.opened = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        if not self.head_seen:
+            self.buf += data
+            if b"\r\n\r\n" not in self.buf:
+                return
+            head, _, data = self.buf.partition(b"\r\n\r\n")
+            self.buf = b""
+            self.head_seen = True
+            if not head.startswith(b"HTTP/1.1 200"):
+                self.stats.errors += 1
+                self.stats.first_error = self.stats.first_error or head[:200].decode("latin-1")
+                self.opened.set_result(False)
+                if self.transport:
+                    self.transport.close()
+                return
+            self.opened.set_result(True)
+        for m in _SENT.finditer(data):  # events are small: one per chunk, never split here
+            self.stats.latencies.append(now - int(m.group(1)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.stats.errors += 1
+            self.stats.first_error = self.stats.first_error or f"closed before head: {exc}"
+            self.opened.set_result(False)
+        elif self.stats.holding:
+            self.stats.errors += 1
+            self.stats.first_error = self.stats.first_error or f"watch ended early: {exc}"
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latencies: list[int] = []
+        self.errors = 0
+        self.first_error = ""
+        self.holding = False
+
+
+async def run(args: argparse.Namespace) -> dict:
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    auth = f"Authorization: Bearer {args.token}\r\n" if args.token else ""
+    request = (f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
+               f"Accept: application/json\r\n{auth}\r\n").encode()
+    watches: list[Watch] = []
+    gate = asyncio.Semaphore(args.concurrency)
+    t0 = time.monotonic()
+
+    async def open_one() -> None:
+        async with gate:
+            try:
+                _, w = await asyncio.wait_for(loop.create_connection(
+                    lambda: Watch(stats, request), "127.0.0.1", args.port), 30)
+            except (OSError, TimeoutError) as exc:
+                stats.errors += 1
+                stats.first_error = stats.first_error or f"connect: {exc}"
+                return
+            watches.append(w)
+            try:
+                await asyncio.wait_for(asyncio.shield(w.opened), 30)
+            except TimeoutError:
+                stats.errors += 1
+                stats.first_error = stats.first_error or "no response head within 30 s"
+
+    await asyncio.gather(*(open_one() for _ in range(args.n)))
+    open_s = time.monotonic() - t0
+    opened = sum(1 for w in watches if w.opened.done() and w.opened.result())
+    print(f"OPEN {opened}", flush=True)
+    stats.holding = True
+    stats.latencies.clear()
+    await asyncio.sleep(args.hold)
+    stats.holding = False
+    for w in watches:
+        if w.transport is not None:
+            w.transport.close()
+    lat = sorted(stats.latencies)
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(len(lat) * p))] / 1e6 if lat else 0.0
+
+    return {"n": args.n, "open": opened, "open_s": open_s, "events": len(lat),
+            "event_p50_ms": pct(0.50), "event_p99_ms": pct(0.99), "errors": stats.errors,
+            "first_error": stats.first_error}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--path", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--hold", type=float, required=True)
+    p.add_argument("--token")
+    p.add_argument("--concurrency", type=int, default=256)
+    args = p.parse_args()
+    procs.raise_nofile()
+    print(json.dumps(run_loop(run(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""A watch-capable API server stand-in for the bench (not a kube-apiserver: just fast).
+
+`python -m loadtests.bench.watch_upstream [--period S]` listens on 127.0.0.1 (an ephemeral
+port, printed as the first stdout line). `GET …?watch=true` gets a chunked JSON watch
+stream; every watch receives one MODIFIED event every `period` seconds (spread evenly),
+carrying the CLOCK_MONOTONIC time it was written so clients can compute delivery
+latency. Any other request gets a ~2 KB PodList. Exits on SIGTERM or stdin EOF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+
+from loadtests.bench import procs
+from loadtests.bench.stack import pod_list
+
+MAX_HEAD = 65536
+
+
+class Watchers:
+    """Open watch streams, visited round-robin so each gets an event every `period` s."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.streams: dict[int, asyncio.Transport] = {}
+        self.next_id = 0
+        self.rv = 1000
+
+    def add(self, transport: asyncio.Transport) -> int:
+        self.next_id += 1
+        self.streams[self.next_id] = transport
+        return self.next_id
+
+    def event(self) -> bytes:
+        self.rv += 1
+        body = (
+            b'{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":'
+            b'{"name":"web-0","namespace":"default","resourceVersion":"%d",'
+            b'"annotations":{"bench.vgate.io/sent-ns":"%d"}},"status":{"phase":"Running"}}}\n'
+            % (self.rv, time.monotonic_ns())
+        )
+        return b"%x\r\n%b\r\n" % (len(body), body)
+
+    async def run(self) -> None:
+        tick = 0.01  # fine-grained, so events do not arrive in large bursts
+        cursor = 0
+        while True:
+            await asyncio.sleep(tick)
+            ids = list(self.streams)
+            if not ids:
+                continue
+            share = max(1, round(len(ids) * tick / self.period))
+            for i in range(share):
+                t = self.streams.get(ids[(cursor + i) % len(ids)])
+                if t is not None and not t.is_closing():
+                    t.write(self.event())
+            cursor = (cursor + share) % len(ids)
+
+
+class Handler(asyncio.Protocol):
+    def __init__(self, watchers: Watchers, body: bytes) -> None:
+        self.watchers = watchers
+        self.body = body
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.watch_id: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.watch_id is not None:
+            self.watchers.streams.pop(self.watch_id, None)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.watch_id is not None:
+            return
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0]
+            parts = line.split(b" ")
+            if len(parts) != 3:
+                self.transport.close()
+                return
+            target = parts[1]
+            if b"watch=true" in target or b"watch=1" in target:
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Cache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n\r\n")
+                self.watch_id = self.watchers.add(self.transport)
+                return
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Cache-Control: no-cache, private\r\nContent-Length: %d\r\n\r\n%b"
+                % (len(self.body), self.body))
+        if len(self.buf) > MAX_HEAD:
+            self.transport.close()
+
+
+async def serve(period: float) -> None:
+    loop = asyncio.get_running_loop()
+    watchers = Watchers(period)
+    body = pod_list()
+    server = await loop.create_server(lambda: Handler(watchers, body), "127.0.0.1", 0,
+                                      backlog=4096)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
+    ticker = loop.create_task(watchers.run())
+    await stop.wait()
+    ticker.cancel()
+    server.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--period", type=float, default=5.0, help="seconds between events per watch")
+    args = p.parse_args()
+    procs.raise_nofile()
+    run_loop(serve(args.period))
+
+
+def run_loop(coro) -> object:
+    """Run on uvloop when it is installed (it is a vgate dependency on Linux)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    main()
