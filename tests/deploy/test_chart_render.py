@@ -10,7 +10,7 @@ import pytest
 from gateway.config import load_config
 from gateway.config.model import GatewayConfig
 from tests.deploy import mounts, schemas
-from tests.deploy.chart import NAMESPACE, RELEASE, Rendered, render
+from tests.deploy.chart import NAMESPACE, RELEASE, REPO, Rendered, render
 from tests.deploy.variants import VARIANTS
 
 HOST = "vgate.example.com"
@@ -229,9 +229,25 @@ def test_lifecycle_sqlite_is_one_replica_on_a_volume(rendered: dict[str, Rendere
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert out.one("PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert not out.all("PodDisruptionBudget")
-    assert out.gateway_config()["lifecycle"]["store"]["type"] == "sqlite"
+    lifecycle = out.gateway_config()["lifecycle"]
+    assert lifecycle["store"] == "/var/lib/vgate/tenants.db"
+    assert lifecycle["credentials_dir"] == "/var/lib/vgate/credentials"
+    assert lifecycle["helm"]["values_file"] == "/etc/vgate/vcluster/values.yaml"
+    assert lifecycle["helm"]["gateway_namespace"] == NAMESPACE
+    # The base vcluster values are deploy/vcluster/values.yaml, byte for byte.
+    base = out.one("ConfigMap", f"{RELEASE}-vcluster-values")["data"]["values.yaml"]
+    assert base == (REPO / "deploy/vcluster/values.yaml").read_text()
     # No Lease RBAC without leader election.
     assert not out.all("Role")
+
+
+def test_lifecycle_config_loads_with_the_lifecycle_model(rendered: dict[str, Rendered],
+                                                         tmp_path: Path) -> None:
+    if "lifecycle" not in GatewayConfig.model_fields:
+        pytest.skip("this branch's GatewayConfig has no lifecycle section yet")
+    mounts.materialize(rendered["lifecycle-sqlite"], tmp_path)
+    (tmp_path / "var/lib/vgate").mkdir(parents=True, exist_ok=True)
+    load_config(tmp_path / "etc/vgate/config/vgate.yaml")
 
 
 def test_lifecycle_kubernetes_store_scales_with_leader_election(
@@ -248,7 +264,11 @@ def test_lifecycle_kubernetes_store_scales_with_leader_election(
     lease = [r for r in rules if r["apiGroups"] == ["coordination.k8s.io"]]
     assert {"verbs": ["get", "update", "patch"], "resourceNames": [f"{RELEASE}-lifecycle"]} \
         .items() <= next(r for r in lease if "resourceNames" in r).items()
-    assert out.gateway_config()["lifecycle"]["store"] == {
-        "type": "kubernetes", "namespace": NAMESPACE, "lease_name": f"{RELEASE}-lifecycle"}
+    lifecycle = out.gateway_config()["lifecycle"]
+    assert "store" not in lifecycle
+    assert (lifecycle["store_backend"], lifecycle["store_namespace"], lifecycle["lease_name"]) \
+        == ("kubernetes", NAMESPACE, f"{RELEASE}-lifecycle")
+    volumes = dep["spec"]["template"]["spec"]["volumes"]
+    assert next(v for v in volumes if v["name"] == "data")["emptyDir"]["sizeLimit"]
     monitor = out.one("ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["scheme"] == "https"

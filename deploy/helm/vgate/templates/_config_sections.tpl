@@ -41,12 +41,30 @@ and adds its section to $cfg when enabled. Secrets appear only as *_file paths.
 {{- define "vgate.config.lifecycle" -}}
 {{- $v := .root.Values.lifecycle -}}
 {{- if $v.enabled -}}
-{{- $s := dict -}}
+{{- $helm := dict
+  "chart" $v.vcluster.chart
+  "repo" $v.vcluster.repo
+  "chart_version" $v.vcluster.version
+  "values_file" "/etc/vgate/vcluster/values.yaml"
+  "namespace_prefix" $v.namespacePrefix
+  "pod_security" $v.podSecurity
+  "gateway_namespace" .root.Release.Namespace
+-}}
+{{- $s := dict
+  "provisioner" "helm"
+  "helm" $helm
+  "credentials_dir" "/var/lib/vgate/credentials"
+  "platform_admin_groups" $v.platformAdminGroups
+  "platform_admin_users" $v.platformAdminUsers
+  "auto_wake" $v.autoWake
+-}}
+{{- if .root.Values.host -}}{{- $_ := set $s "public_url" (printf "https://%s" .root.Values.host) -}}{{- end -}}
 {{- if eq $v.store.type "sqlite" -}}
-{{- $_ := set $s "store" (dict "type" "sqlite" "path" "/var/lib/vgate/tenants.db") -}}
+{{- $_ := set $s "store" "/var/lib/vgate/tenants.db" -}}
 {{- else -}}
-{{- $_ := set $s "store" (dict "type" "kubernetes" "namespace" .root.Release.Namespace
-      "lease_name" (printf "%s-lifecycle" (include "vgate.fullname" .root))) -}}
+{{- $_ := set $s "store_backend" "kubernetes" -}}
+{{- $_ := set $s "store_namespace" .root.Release.Namespace -}}
+{{- $_ := set $s "lease_name" (printf "%s-lifecycle" (include "vgate.fullname" .root)) -}}
 {{- end -}}
 {{- $_ := set .config "lifecycle" (merge $s (deepCopy ($v.extra | default dict))) -}}
 {{- end -}}
