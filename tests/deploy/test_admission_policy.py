@@ -85,7 +85,8 @@ def test_role_bindings_only_in_tenant_namespaces(policy: dict) -> None:
                   namespace=_ns("vc-team-a", labelled=True)) is None
     denied = _admit(policy, operation="CREATE", resource="rolebindings", obj=binding, old=None,
                     namespace=_ns("kube-system", labelled=False))
-    assert denied == f"the vgate lifecycle manager may only bind roles in namespaces labelled {LABEL}"
+    assert denied == \
+        f"the vgate lifecycle manager may only bind roles in namespaces labelled {LABEL}"
     assert _admit(policy, operation="DELETE", resource="rolebindings", obj=None, old=binding,
                   namespace=_ns("vgate-system", labelled=False)) is not None
 

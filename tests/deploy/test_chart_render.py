@@ -203,6 +203,7 @@ def test_policies_are_rendered_as_files(rendered: dict[str, Rendered], tmp_path:
         (tmp_path / name).write_text(text)
     policies, problems = load_policies(tmp_path, known_tenants=["legacy", "edge"])
     assert problems == []
+    assert policies, "the inline policy did not load"
     assert set(cm["data"]) == {"legacy.yaml"}
 
 

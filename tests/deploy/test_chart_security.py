@@ -35,7 +35,7 @@ def test_pod_is_locked_down(rendered: dict[str, Rendered], variant: str) -> None
     for mount in container["volumeMounts"]:
         if not mount.get("readOnly"):
             v = volumes[mount["name"]]
-            assert "emptyDir" in v and v["emptyDir"]["sizeLimit"] or "persistentVolumeClaim" in v
+            assert ("emptyDir" in v and v["emptyDir"]["sizeLimit"]) or "persistentVolumeClaim" in v
 
 
 @pytest.mark.parametrize("grace", [0, 25, 90.5])
