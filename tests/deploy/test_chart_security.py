@@ -106,6 +106,8 @@ def test_network_policy_admits_only_the_ingress_controller(rendered: dict[str, R
     cidrs = {b["ipBlock"]["cidr"] for r in egress for b in r["to"] if "ipBlock" in b}
     assert cidrs == {"203.0.113.10/32", "10.1.0.0/24", "10.0.0.1/32", "10.20.0.0/16"}
     assert all("0.0.0.0/0" not in str(r) for r in egress)
+    assert egress[-1]["to"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "keycloak"}
     dns = egress[0]
     assert {p["port"] for p in dns["ports"]} == {53}
     tenants = [r for r in egress if any("namespaceSelector" in p and "matchExpressions" in

@@ -76,7 +76,7 @@ FREE_FORM = ("resources", "nodeSelector", "affinity", "podLabels", "podAnnotatio
              "serviceMonitor.labels", "networkPolicy.ingressController.namespaceSelector",
              "networkPolicy.ingressController.podSelector",
              "networkPolicy.metricsNamespaceSelector",
-             "networkPolicy.egress.tenantNamespaceSelector")
+             "networkPolicy.egress.tenantNamespaceSelector", "networkPolicy.egress.extra")
 
 
 BAD_VALUES = [

@@ -34,7 +34,10 @@ FULL: dict[str, Any] = {
         "idp": {"cidrs": ["203.0.113.10/32"], "ports": [443]},
         "directory": {"cidrs": ["10.1.0.0/24"], "ports": [636]},
         "kubeAPIServer": {"cidrs": ["10.0.0.1/32"], "ports": [443]},
-        "staticTenants": {"cidrs": ["10.20.0.0/16"], "ports": [6443]}}},
+        "staticTenants": {"cidrs": ["10.20.0.0/16"], "ports": [6443]},
+        "extra": [{"to": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "keycloak"}}}],
+            "ports": [{"protocol": "TCP", "port": 8443}]}]}},
 }
 
 # name -> values. Every flavour with both TLS modes, both certificate sources, both stores.
