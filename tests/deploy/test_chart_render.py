@@ -52,6 +52,7 @@ def test_crd_shape_check_catches_an_unknown_field(rendered: dict[str, Rendered])
 FRONT_DOORS = {
     "default": {"Ingress"},
     "nginx-passthrough-single-host": {"Ingress"},
+    "nginx-reencrypt-verified": {"Ingress"},
     "traefik-reencrypt": {"Ingress", "ServersTransport"},
     "traefik-passthrough": {"IngressRouteTCP"},
     "gatewayapi-reencrypt": {"HTTPRoute", "BackendTLSPolicy"},
@@ -80,6 +81,15 @@ def test_nginx_reencrypt_terminates_tls_and_speaks_https_to_the_gateway(
     assert [r["host"] for r in ing["spec"]["rules"]] == [HOST, WILDCARD]
     backend = ing["spec"]["rules"][1]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": RELEASE, "port": {"name": "https"}}
+
+
+def test_nginx_can_verify_the_gateway_certificate(rendered: dict[str, Rendered]) -> None:
+    assert "nginx.ingress.kubernetes.io/proxy-ssl-verify" not in \
+        rendered["default"].one("Ingress")["metadata"]["annotations"]
+    ann = rendered["nginx-reencrypt-verified"].one("Ingress")["metadata"]["annotations"]
+    assert ann["nginx.ingress.kubernetes.io/proxy-ssl-verify"] == "on"
+    assert ann["nginx.ingress.kubernetes.io/proxy-ssl-secret"] == f"{NAMESPACE}/vgate-backend-ca"
+    assert ann["nginx.ingress.kubernetes.io/proxy-ssl-name"] == "vgate.vgate-system.svc"
 
 
 def test_nginx_passthrough_routes_by_sni_without_terminating(
@@ -129,6 +139,9 @@ def test_gateway_api_reencrypt_attaches_and_verifies_the_backend(
     assert route["spec"]["hostnames"] == [HOST, WILDCARD]
     assert route["spec"]["parentRefs"][0]["name"] == "shared-gateway"
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": RELEASE, "port": 443}]
+    assert route["spec"]["rules"][0]["timeouts"] == {"request": "0s"}
+    assert "timeouts" not in rendered["gatewayapi-reencrypt-ca"].one("HTTPRoute")["spec"][
+        "rules"][0]
     policy = out.one("BackendTLSPolicy")
     assert policy["spec"]["targetRefs"][0] == {"group": "", "kind": "Service", "name": RELEASE,
                                                "sectionName": "https"}
@@ -273,3 +286,11 @@ def test_lifecycle_kubernetes_store_scales_with_leader_election(
     assert next(v for v in volumes if v["name"] == "data")["emptyDir"]["sizeLimit"]
     monitor = out.one("ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["scheme"] == "https"
+
+
+def test_older_kubernetes_is_refused(helm: str) -> None:
+    from tests.deploy.chart import RenderError
+
+    with pytest.raises(RenderError, match="kubeVersion"):
+        render(helm, {}, extra_args=("--kube-version", "1.29.5"))
+    render(helm, {}, extra_args=("--kube-version", "1.30.0"))

@@ -81,8 +81,8 @@ FREE_FORM = ("resources", "nodeSelector", "affinity", "podLabels", "podAnnotatio
 
 BAD_VALUES = [
     ({"replicaCount": "two"}, "/replicaCount"),
-    ({"bogus": 1}, "'bogus' not allowed"),
-    ({"image": {"repo": "x"}}, "'repo' not allowed"),
+    ({"bogus": 1}, "bogus"),
+    ({"image": {"repo": "x"}}, "repo"),
     ({"ingress": {"flavour": "haproxy"}}, "/ingress/flavour"),
     ({"tls": {"mode": "edge"}}, "/tls/mode"),
     ({"host": "Not A Host"}, "/host"),
@@ -110,7 +110,8 @@ def test_a_wrong_value_fails_with_the_key_in_the_message(helm: str, values: dict
         render(helm, values)
     text = str(err.value)
     assert "values don't meet the specifications of the schema" in text
-    assert message in text
+    # Helm 4 names the key as a JSON pointer (/a/b/0), Helm 3 with dots (a.b.0).
+    assert message in text or message.strip("/").replace("/", ".") in text, text
 
 
 TEMPLATE_CHECKS = [
