@@ -120,12 +120,18 @@ TEMPLATE_CHECKS = [
     ({"portal": {"enabled": True}}, "set portal.clientSecret.name and portal.cookieSecret.name"),
     ({"host": "", "baseDomain": ""}, "set host, baseDomain, or both"),
     ({"ingress": {"flavour": "gatewayAPI", "gatewayRefs": []}}, "ingress.gatewayRefs"),
+    ({"portal": {"enabled": True, "clientSecret": {"name": "p", "key": "k"},
+                 "cookieSecret": {"name": "p", "key": "c"}}, "host": ""},
+     "portal.enabled: set host"),
+    ({"tenants": [{"name": "t1", "upstream": "https://a", "credentialsSecret": "a"},
+                  {"name": "t1", "upstream": "https://b", "credentialsSecret": "b"}]},
+     'tenants: "t1" is listed twice'),
 ]
 
 
 @pytest.mark.parametrize(("values", "message"), TEMPLATE_CHECKS,
                          ids=["nginx-passthrough-wildcard", "portal-secrets", "no-name",
-                              "no-gateway"])
+                              "no-gateway", "portal-without-host", "tenant-twice"])
 def test_combinations_fail_with_a_sentence(helm: str, values: dict, message: str) -> None:
     with pytest.raises(RenderError, match=re.escape(message)):
         render(helm, values)

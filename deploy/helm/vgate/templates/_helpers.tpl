@@ -98,6 +98,16 @@ app.kubernetes.io/part-of: vgate
 {{- if and .Values.portal.enabled (or (not .Values.portal.clientSecret.name) (not .Values.portal.cookieSecret.name)) -}}
 {{- fail "portal.enabled: set portal.clientSecret.name and portal.cookieSecret.name to the Secrets that hold them" -}}
 {{- end -}}
+{{- if and .Values.portal.enabled (not .Values.host) -}}
+{{- fail "portal.enabled: set host, the name the portal is served at" -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range .Values.tenants -}}
+{{- if hasKey $seen .name -}}
+{{- fail (printf "tenants: %q is listed twice" .name) -}}
+{{- end -}}
+{{- $_ := set $seen .name true -}}
+{{- end -}}
 {{- if and (eq .Values.ingress.flavour "gatewayAPI") (not .Values.ingress.gatewayRefs) -}}
 {{- fail "ingress.flavour gatewayAPI: list the Gateway(s) to attach to in ingress.gatewayRefs" -}}
 {{- end -}}
