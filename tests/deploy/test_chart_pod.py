@@ -8,7 +8,6 @@ import ssl
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 from tests.deploy import mounts
