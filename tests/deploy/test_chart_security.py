@@ -54,7 +54,11 @@ def test_no_secret_in_clear_text(rendered: dict[str, Rendered], variant: str) ->
     for value in SECRET_VALUES:
         assert value not in out.text
     container = out.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert "env" not in container and "envFrom" not in container
+    # Environment: no envFrom, no valueFrom, only the helm folders of the lifecycle manager.
+    assert "envFrom" not in container
+    for var in container.get("env", []):
+        assert "valueFrom" not in var
+        assert var["name"].startswith("HELM_") and var["value"].startswith("/tmp/"), var
     # Every credential the config names is a file under a Secret volume.
     pod = out.one("Deployment")["spec"]["template"]["spec"]
     secret_mounts = [m["mountPath"] for m in container["volumeMounts"]
@@ -114,9 +118,19 @@ def test_network_policy_admits_only_the_ingress_controller(rendered: dict[str, R
                                         p["namespaceSelector"] for p in r["to"])]
     assert tenants[0]["to"][0]["namespaceSelector"]["matchExpressions"][0]["key"] == \
         "vgate.io/tenant"
+    # Direct clients only when listed.
+    direct = render_direct(rendered)
+    assert direct == [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
     # Prometheus gets in only when a ServiceMonitor asks it to scrape.
     ha = rendered["lifecycle-kubernetes-ha"].one("NetworkPolicy")["spec"]["ingress"]
     assert len(ha) == 2
+
+
+def render_direct(rendered: dict[str, Rendered]) -> list[dict]:
+    ingress = rendered["no-ingress-loadbalancer"].one("NetworkPolicy")["spec"]["ingress"]
+    assert len(ingress) == 2
+    assert ingress[1]["ports"] == [{"protocol": "TCP", "port": 8443}]
+    return ingress[1]["from"]
 
 
 def _rules(out: Rendered, kind: str, name: str) -> list[dict]:
