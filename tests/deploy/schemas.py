@@ -23,6 +23,7 @@ SHAPED_CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "BackendTLSPolicy"),
+    ("gateway.networking.k8s.io/v1", "TLSRoute"),
     ("gateway.networking.k8s.io/v1alpha2", "TLSRoute"),
     ("traefik.io/v1alpha1", "ServersTransport"),
     ("traefik.io/v1alpha1", "IngressRouteTCP"),

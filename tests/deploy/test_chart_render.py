@@ -159,6 +159,9 @@ def test_gateway_api_reencrypt_attaches_and_verifies_the_backend(
 def test_gateway_api_passthrough_uses_a_tlsroute(rendered: dict[str, Rendered]) -> None:
     out = rendered["gatewayapi-passthrough"]
     route = out.one("TLSRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert rendered["gatewayapi-passthrough-v1alpha2"].one("TLSRoute")["apiVersion"] == \
+        "gateway.networking.k8s.io/v1alpha2"
     assert route["spec"]["hostnames"] == [HOST, WILDCARD]
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": RELEASE, "port": 443}]
     volumes = out.one("Deployment")["spec"]["template"]["spec"]["volumes"]

@@ -58,6 +58,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                                     "serverName": "vgate.vgate-system.svc"}}},
     "gatewayapi-passthrough": {"ingress": {"flavour": "gatewayAPI"},
                                "tls": {"mode": "passthrough"}},
+    "gatewayapi-passthrough-v1alpha2": {
+        "ingress": {"flavour": "gatewayAPI",
+                    "tlsRouteAPIVersion": "gateway.networking.k8s.io/v1alpha2"},
+        "tls": {"mode": "passthrough"}},
     "cert-manager": {"tls": {"source": "certManager",
                              "certManager": {"issuerRef": {"name": "letsencrypt-dns01"}}}},
     "no-ingress-loadbalancer": {"ingress": {"flavour": "none"},
