@@ -92,11 +92,6 @@ BAD_VALUES = [
                             "algorithms": ["HS256"]}]}}, "/oidc/issuers/0/algorithms/0"),
     ({"tenants": [{"name": "Bad_Name", "upstream": "https://x", "credentialsSecret": "s"}]},
      "/tenants/0/name"),
-    ({"lifecycle": {"enabled": True}, "replicaCount": 3}, "/replicaCount"),
-    ({"lifecycle": {"enabled": True}, "replicaCount": 1, "autoscaling": {"enabled": True}},
-     "/autoscaling/enabled"),
-    ({"tls": {"source": "certManager"}}, "/tls/certManager/issuerRef/name"),
-    ({"ldap": {"enabled": True}}, "/ldap/bindPasswordSecret/name"),
     ({"networkPolicy": {"egress": {"idp": {"cidrs": ["not-a-cidr"], "ports": [443]}}}},
      "/networkPolicy/egress/idp/cidrs/0"),
 ]
@@ -115,6 +110,12 @@ def test_a_wrong_value_fails_with_the_key_in_the_message(helm: str, values: dict
 
 
 TEMPLATE_CHECKS = [
+    ({"lifecycle": {"enabled": True}, "replicaCount": 3},
+     "replicaCount is 3, but lifecycle.store.type sqlite allows exactly one replica"),
+    ({"lifecycle": {"enabled": True}, "replicaCount": 1, "autoscaling": {"enabled": True}},
+     "autoscaling.enabled needs several replicas"),
+    ({"tls": {"source": "certManager"}}, "set tls.certManager.issuerRef.name"),
+    ({"ldap": {"enabled": True}}, "set ldap.bindPasswordSecret.name"),
     ({"tls": {"mode": "passthrough"}},
      "ingress-nginx matches SSL-passthrough hosts exactly"),
     ({"portal": {"enabled": True}}, "set portal.clientSecret.name and portal.cookieSecret.name"),
@@ -130,8 +131,9 @@ TEMPLATE_CHECKS = [
 
 
 @pytest.mark.parametrize(("values", "message"), TEMPLATE_CHECKS,
-                         ids=["nginx-passthrough-wildcard", "portal-secrets", "no-name",
-                              "no-gateway", "portal-without-host", "tenant-twice"])
+                         ids=["sqlite-replicas", "sqlite-hpa", "cert-manager-issuer",
+                              "ldap-password", "nginx-passthrough-wildcard", "portal-secrets",
+                              "no-name", "no-gateway", "portal-without-host", "tenant-twice"])
 def test_combinations_fail_with_a_sentence(helm: str, values: dict, message: str) -> None:
     with pytest.raises(RenderError, match=re.escape(message)):
         render(helm, values)
