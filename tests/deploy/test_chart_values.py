@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.deploy.chart import CHART, RenderError, render
+from tests.deploy.variants import VARIANTS
 
 KEY_LINE = re.compile(r"^(?P<indent>\s*)(?:- )?(?P<key>[A-Za-z0-9_.-]+):(?P<rest>.*)$")
 
@@ -139,9 +140,13 @@ def test_combinations_fail_with_a_sentence(helm: str, values: dict, message: str
         render(helm, values)
 
 
-def test_lint_passes(helm: str) -> None:
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_lint_passes(helm: str, variant: str, tmp_path) -> None:
     import subprocess
 
-    proc = subprocess.run([helm, "lint", str(CHART), "--strict"], capture_output=True,
-                          text=True, timeout=60)
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(VARIANTS[variant]))
+    proc = subprocess.run([helm, "lint", str(CHART), "--strict", "--values", str(values)],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
