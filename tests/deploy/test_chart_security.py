@@ -157,8 +157,10 @@ def test_lifecycle_rbac_is_least_privilege(rendered: dict[str, Rendered], varian
         assert "escalate" not in rule["verbs"] and "impersonate" not in rule["verbs"]
     bind = next(r for r in cluster_wide if "bind" in r["verbs"])
     assert bind["resourceNames"] == [f"{RELEASE}-tenant-manager"]
-    assert {tuple(r["resources"]) for r in cluster_wide} == {
-        ("namespaces",), ("rolebindings",), ("clusterroles",)}
+    assert {tuple(r["resources"]): r["verbs"] for r in cluster_wide} == {
+        ("namespaces",): ["get", "list", "watch", "create", "patch", "delete"],
+        ("rolebindings",): ["create", "patch"],
+        ("clusterroles",): ["bind"]}
     binding = out.one("ClusterRoleBinding")
     assert binding["roleRef"]["name"] == f"{RELEASE}-lifecycle"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE,
