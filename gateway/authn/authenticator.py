@@ -127,6 +127,8 @@ class Authenticator:
     def _forget_issuer(self, issuer: str) -> None:
         """An issuer withdrew a signing key: tokens it signed must be verified again, so a
         token signed by the withdrawn key stops working now rather than at its `exp`."""
+        if self._last_hit is not None and self._last_hit[1].issuer == issuer:
+            self._last_hit = None
         stale = [key for key, identity in self._cache.items() if identity.issuer == issuer]
         for key in stale:
             self._cache.pop(key, None)
