@@ -249,6 +249,10 @@ class LifecycleHelm(Strict):
     namespace_prefix: str = "vcluster-"
     pod_security: Literal["privileged", "baseline", "restricted"] = "baseline"
     gateway_namespace: str = "vgate"
+    # the manager's own access in each tenant namespace (the Helm chart sets both): a
+    # RoleBinding of this ClusterRole to this ServiceAccount (in gateway_namespace)
+    manager_cluster_role: str | None = None
+    manager_service_account: str | None = None
     ready_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
 
     @field_validator("namespace_prefix")

@@ -70,6 +70,8 @@ def build_provisioner(config: GatewayConfig) -> Provisioner:
         chart=helm.chart, repo=helm.repo, chart_version=helm.chart_version,
         namespace_prefix=helm.namespace_prefix, pod_security=helm.pod_security,
         gateway_namespace=helm.gateway_namespace,
+        manager_cluster_role=helm.manager_cluster_role,
+        manager_service_account=helm.manager_service_account,
         base_values=load_base_values(helm.values_file),
         ready_timeout=helm.ready_timeout_seconds, token=token,
     )

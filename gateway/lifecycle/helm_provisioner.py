@@ -38,6 +38,9 @@ class HelmSettings:
     namespace_prefix: str = "vcluster-"
     pod_security: str = "baseline"
     gateway_namespace: str = "vgate"
+    # bind this ClusterRole to the manager's ServiceAccount in each tenant namespace
+    manager_cluster_role: str | None = None
+    manager_service_account: str | None = None
     base_values: dict[str, Any] = field(default_factory=dict)
     server_template: str = "https://{name}.{namespace}.svc:443"
     ready_timeout: float = 300.0
@@ -78,6 +81,9 @@ class HelmProvisioner:
         return [
             Step("namespace", lambda: self._namespace_done(spec),
                  lambda: self._namespace_run(spec)),
+            *([Step("manager-access", lambda: self._manager_access_done(spec),
+                    lambda: self._manager_access_run(spec))]
+              if self.settings.manager_cluster_role else []),
             Step("isolation", lambda: self._isolation_done(spec),
                  lambda: self._isolation_run(spec)),
             Step("host-rbac", lambda: self._host_rbac_done(spec),
@@ -133,6 +139,25 @@ class HelmProvisioner:
             raise StepFailed(f"namespace {self.namespace(spec)} is still terminating")
         await self.host.apply(objects.namespace(spec, self.namespace(spec),
                                                 self.settings.pod_security))
+
+    def _manager_binding(self, spec: TenantSpec) -> Manifest:
+        s = self.settings
+        assert s.manager_cluster_role is not None
+        return objects.manager_binding(spec, self.namespace(spec), s.manager_cluster_role,
+                                       s.manager_service_account or "vgate",
+                                       s.gateway_namespace)
+
+    async def _manager_access_done(self, spec: TenantSpec) -> bool:
+        want = self._manager_binding(spec)
+        try:
+            live = await self.host.get(want["apiVersion"], want["kind"],
+                                       want["metadata"]["name"], self.namespace(spec))
+        except Exception:  # before the binding exists, reading it is forbidden (403)
+            return False
+        return live is not None and all(live.get(k) == want[k] for k in ("roleRef", "subjects"))
+
+    async def _manager_access_run(self, spec: TenantSpec) -> None:
+        await self.host.apply(self._manager_binding(spec))
 
     def _isolation_objects(self, spec: TenantSpec) -> list[tuple[Manifest, bool]]:
         ns = self.namespace(spec)

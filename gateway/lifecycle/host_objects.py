@@ -100,3 +100,19 @@ def admin_binding(spec: TenantSpec, ns: str) -> Manifest:
                         "name": ADMIN_ROLE},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g}
                          for g in spec.admin_groups]}
+
+
+MANAGER_BINDING = "vgate-lifecycle-manager"
+
+
+def manager_binding(spec: TenantSpec, ns: str, cluster_role: str, service_account: str,
+                    sa_namespace: str) -> Manifest:
+    """The manager's own access inside the tenant namespace: its ServiceAccount bound to a
+    ClusterRole that is never bound cluster-wide (the Helm chart's `<release>-tenant-manager`),
+    so it reads Secrets in tenant namespaces only."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": MANAGER_BINDING, "namespace": ns, "labels": labels(spec.name)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": cluster_role},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account,
+                          "namespace": sa_namespace}]}

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,12 +19,14 @@ class Setup:
     store: SQLiteTenantStore
     files: CredentialFiles
     tmp: Path
+    settings: HelmSettings = field(
+        default_factory=lambda: HelmSettings(poll_seconds=0.0, ready_timeout=0.05))
 
     def reconciler(self) -> Reconciler:
         """A fresh reconciler (as after a restart) over the same store and world."""
         provisioner = HelmProvisioner(
             FakeHost(self.world), FakeHelm(self.world), connector(self.world), self.files,
-            HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
+            self.settings,
         )
         return Reconciler(self.store, provisioner, hostname=lambda n: f"{n}.k8s.example.com",
                           backoff=Backoff(base=0.0, cap=0.0, jitter=0.0), poll_seconds=0.01)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import stat
 
 import pytest
@@ -58,6 +59,25 @@ async def test_create_converges_with_every_object(setup):
     assert token_file.read_text() in cluster.tokens
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+
+
+async def test_manager_binds_its_own_tenant_role_first(setup):
+    """With the Helm chart's RBAC the manager may read Secrets only in tenant namespaces, via
+    a RoleBinding it creates right after the namespace."""
+    setup.settings = dataclasses.replace(
+        setup.settings, manager_cluster_role="vgate-tenant-manager",
+        manager_service_account="vgate", gateway_namespace="vgate-system")
+    await setup.store.create(spec())
+    record = await converge(setup)
+    assert record.status.phase is Phase.ready
+    binding = setup.world.objects[("rbac.authorization.k8s.io/v1", "RoleBinding", NS,
+                                   "vgate-lifecycle-manager")]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": "vgate-tenant-manager"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vgate",
+                                    "namespace": "vgate-system"}]
+    applied = [c for c in setup.world.calls if c.startswith("apply ")]
+    assert applied[:2] == [f"apply Namespace/{NS}", "apply RoleBinding/vgate-lifecycle-manager"]
 
 
 async def test_second_pass_changes_nothing(setup):

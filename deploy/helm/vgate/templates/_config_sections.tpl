@@ -49,6 +49,8 @@ and adds its section to $cfg when enabled. Secrets appear only as *_file paths.
   "namespace_prefix" $v.namespacePrefix
   "pod_security" $v.podSecurity
   "gateway_namespace" .root.Release.Namespace
+  "manager_cluster_role" (printf "%s-tenant-manager" (include "vgate.fullname" .root))
+  "manager_service_account" (include "vgate.serviceAccountName" .root)
 -}}
 {{- $s := dict
   "provisioner" "helm"
