@@ -31,19 +31,12 @@ log = logging.getLogger("vgate.directory")
 
 
 class Source(Protocol):
+    """The blocking directory behind the cache (run in worker threads)."""
+
     def lookup(self, value: str) -> Membership: ...
-    async def check(self) -> str | None:
-        """Connect and bind once (at start-up); the problem, or None when it works."""
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.deadline):
-                await loop.run_in_executor(self._executor, self.source.check)
-        except DirectoryError as exc:
-            self.metrics.directory_errors.labels(exc.kind).inc()
-            return str(exc)
-        except TimeoutError:
-            return f"no answer within {self.deadline:.1f}s"
-        return None
+
+    def check(self) -> None:
+        """Connect and bind once; raise `DirectoryError` when that fails."""
 
     def close(self) -> None: ...
 
