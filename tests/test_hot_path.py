@@ -15,17 +15,9 @@ import yaml
 
 from gateway.identity import Grant, Identity
 from gateway.record.audit import AuditLog
-from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread
 
 KEEPALIVE = 0.4
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[CraftingIssuer]:
-    iss = CraftingIssuer().start()
-    yield iss
-    iss.down()
 
 
 @pytest.fixture(scope="module")

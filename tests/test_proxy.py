@@ -22,20 +22,6 @@ from tests.support.gateway_thread import GatewayThread
 from tests.support.scripted import ScriptedUpstream
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[CraftingIssuer]:
-    iss = CraftingIssuer().start()
-    yield iss
-    iss.down()
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[ScriptedUpstream]:
-    up = ScriptedUpstream()
-    yield up
-    up.stop()
-
-
 def _dead_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

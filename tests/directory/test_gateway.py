@@ -20,10 +20,10 @@ import yaml
 
 from tests.directory.conftest import Corp
 from tests.directory.samba import SERVICE_DN, Seeder
-from tests.fakekube import Caller, FakeKube
 from tests.integration.conftest import World, _require_tools
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
+from tests.support.tenants import start_tenants, tenant_entries
 
 pytestmark = pytest.mark.integration
 
@@ -96,8 +96,7 @@ def _gateway_config(base: Path, corp: Corp, idp: OIDCProvider, tenants: dict, le
         }]},
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
-        "tenants": [{"name": n, "upstream": f.url, "ca_file": str(corp.ca.cert_file),
-                     "token_file": str(base / f"{n}.token")} for n, f in tenants.items()],
+        "tenants": tenant_entries(tenants, corp.ca, base),
         "ldap": {
             "urls": [corp.dc.ldap_url], "tls": "starttls", "ca_file": str(corp.ca.cert_file),
             "bind_dn": SERVICE_DN, "bind_password_file": str(corp.password_file()),
@@ -116,15 +115,7 @@ def ad_world(corp: Corp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     _require_tools()
     base = tmp_path_factory.mktemp("adworld")
     leaf = corp.ca.issue("gateway", ["127.0.0.1", "localhost"])
-    tenants: dict[str, FakeKube] = {}
-    for name in ("tenant1", "tenant2"):
-        token = f"gateway-credential-for-{name}"
-        tenants[name] = FakeKube(
-            name=name, tls=corp.ca.issue(name, ["127.0.0.1"]),
-            tokens={token: Caller(user="system:serviceaccount:vgate:gateway",
-                                  groups=("system:serviceaccounts",), may_impersonate=True)},
-        ).start()
-        (base / f"{name}.token").write_text(token + "\n")
+    tenants = start_tenants(corp.ca, base)
     idp = OIDCProvider(base / "idp", users=_idp_users()).start()
     gateway = GatewayThread(base / "gateway",
                             _gateway_config(base, corp, idp, tenants, leaf)).start()

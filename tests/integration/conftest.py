@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fakekube import Caller, FakeKube
+from tests.fakekube import FakeKube
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA
+from tests.support.tenants import start_tenants, tenant_entries
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 BASE_DOMAIN = "k8s.test"
@@ -120,18 +121,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("world")
     ca = TestCA(base / "pki")
     gw_leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
-    tenants: dict[str, FakeKube] = {}
-    for name in ("tenant1", "tenant2"):
-        leaf = ca.issue(name, ["127.0.0.1"])
-        token = f"gateway-credential-for-{name}"
-        fake = FakeKube(
-            name=name,
-            tokens={token: Caller(user="system:serviceaccount:vgate:gateway",
-                                  groups=("system:serviceaccounts",), may_impersonate=True)},
-            tls=leaf,
-        ).start()
-        (base / f"{name}.token").write_text(token + "\n")
-        tenants[name] = fake
+    tenants = start_tenants(ca, base)
     idp = OIDCProvider(base / "idp", users=USERS).start()
     policies = base / "policies"
     policies.mkdir()
@@ -151,11 +141,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         }], "jwks_refresh_min_interval_seconds": 0.5},
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
-        "tenants": [
-            {"name": n, "upstream": f.url, "ca_file": str(ca.cert_file),
-             "token_file": str(base / f"{n}.token")}
-            for n, f in tenants.items()
-        ],
+        "tenants": tenant_entries(tenants, ca, base),
     }
     config["oidc"]["issuers"][0].pop("jwks_refresh_min_interval_seconds")
     gateway = GatewayThread(base / "gateway", config).start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,23 +14,7 @@ import yaml
 from gateway.lifecycle.model import Desired, RouteInfo, TenantSpec
 from gateway.lifecycle.route_sync import RouteSync
 from gateway.lifecycle.sqlite_store import SQLiteTenantStore
-from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread
-from tests.support.scripted import ScriptedUpstream
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[CraftingIssuer]:
-    iss = CraftingIssuer().start()
-    yield iss
-    iss.down()
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[ScriptedUpstream]:
-    up = ScriptedUpstream()
-    yield up
-    up.stop()
 
 
 class Manager:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from tests.fakekube import Caller, FakeKube
+from tests.fakekube import FakeKube
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider, free_port
 from tests.support.pki import TestCA
+from tests.support.tenants import start_tenants, tenant_entries
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -121,16 +122,7 @@ def plugin_commands(bin_dir: Path) -> Path:
 def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
     ca = TestCA(base / "pki")
     gw_leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
-    tenants: dict[str, FakeKube] = {}
-    for name in ("tenant1", "tenant2"):
-        token = f"gateway-credential-for-{name}"
-        tenants[name] = FakeKube(
-            name=name,
-            tokens={token: Caller(user="system:serviceaccount:vgate:gateway",
-                                  groups=("system:serviceaccounts",), may_impersonate=True)},
-            tls=ca.issue(name, ["127.0.0.1"]),
-        ).start()
-        (base / f"{name}.token").write_text(token + "\n")
+    tenants = start_tenants(ca, base)
     port = free_port()
     public_url = f"https://127.0.0.1:{port}"
     idp = OIDCProvider(base / "idp", users=USERS, ttl=idp_ttl,
@@ -152,8 +144,7 @@ def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
         }]},
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
-        "tenants": [{"name": n, "upstream": f.url, "ca_file": str(ca.cert_file),
-                     "token_file": str(base / f"{n}.token")} for n, f in tenants.items()],
+        "tenants": tenant_entries(tenants, ca, base),
         "portal": {
             "issuer": idp.issuer, "client_id": idp.portal_client_id,
             "client_secret_file": str(base / "portal-client-secret"),
