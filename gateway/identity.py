@@ -37,3 +37,18 @@ class Deny:
 
     tenant: str
     reason: str
+
+
+MAX_NAME_CHARS = 1024
+
+
+def usable_names(names: list[str], *, what: str = "name") -> list[str]:
+    """`names` unchanged if each is a non-empty, printable (header-safe) name of bounded
+    length, listed once; else ValueError naming the first offender."""
+    for name in names:
+        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise ValueError(f"not a usable {what}: {name[:64]!r}")
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise ValueError(f"listed twice: {', '.join(dups)}")
+    return names

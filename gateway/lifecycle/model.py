@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.identity import usable_names
+
 TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Names that would collide with the gateway's own pages, Kubernetes or vcluster objects.
 RESERVED_NAMES = frozenset(
@@ -69,14 +71,10 @@ def validate_quota(quota: dict[str, str]) -> dict[str, str]:
 
 
 def _group_list(groups: list[str]) -> list[str]:
+    usable_names(groups, what="group name")
     for group in groups:
-        if not group or len(group) > 1024 or not group.isprintable():
-            raise ValueError(f"not a usable group name: {group[:64]!r}")
         if group.startswith("system:"):
             raise ValueError(f"{group!r}: system: groups cannot be tenant groups")
-    dups = sorted({g for g in groups if groups.count(g) > 1})
-    if dups:
-        raise ValueError(f"listed twice: {', '.join(dups)}")
     return groups
 
 

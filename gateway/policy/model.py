@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from gateway.directory.dn import normalize_dn
 from gateway.directory.sid import is_sid
+from gateway.identity import usable_names
 
 ROLE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 ROLE_GROUP_PREFIX = "vgate:"
@@ -51,13 +52,7 @@ class RoleRule(BaseModel):
     @field_validator("groups", "users")
     @classmethod
     def _names(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not name or not name.isprintable() or len(name) > 1024:
-                raise ValueError(f"not a usable name: {name[:64]!r}")
-        dups = sorted({n for n in v if v.count(n) > 1})
-        if dups:
-            raise ValueError(f"listed twice: {', '.join(dups)}")
-        return v
+        return usable_names(v)
 
 
 class ForwardDirectoryGroups(BaseModel):
