@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from gateway.private_file import write_private
 
 
 class CredentialFiles:
@@ -35,15 +36,7 @@ class CredentialFiles:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path.parent, 0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(path, data)
 
     def remove(self, tenant: str) -> None:
         shutil.rmtree(self.folder(tenant), ignore_errors=True)

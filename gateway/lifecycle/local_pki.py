@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.private_file import write_private
+
 FILES = ("ca.crt", "ca.key", "server.crt", "server.key", "sa.key", "sa.pub",
          "admin.crt", "admin.key")
 
@@ -68,9 +70,7 @@ def write_pki(folder: Path, tenant: str) -> None:
             pem, serialization.PublicFormat.SubjectPublicKeyInfo),
     }
     for name, data in out.items():
-        path = folder / name
-        path.write_bytes(data)
-        path.chmod(0o600)
+        write_private(folder / name, data)
 
 
 def pki_complete(folder: Path) -> bool:

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.private_file import write_private
 from gateway.quickstart.first_tenant import QuickstartError
 
 DEV_IDP_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dev-idp"
@@ -65,8 +66,8 @@ class DevIdP:
     def start(self) -> DevIdP:
         """Start and wait until it prints `ready <issuer>`; raise `QuickstartError` if not."""
         ensure_node_modules()
-        self.config_file.write_text(json.dumps(self.config, indent=2))
-        os.chmod(self.config_file, 0o600)  # it holds the portal client's secret
+        # it holds the portal client's secret
+        write_private(self.config_file, json.dumps(self.config, indent=2).encode())
         with self.log_file.open("ab") as log:
             offset = log.tell()
             self._proc = subprocess.Popen(

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.private_file import write_private
+
 
 class QuickstartError(Exception):
     """Something the person running the quickstart must fix; the message says what."""
@@ -49,19 +51,12 @@ def _merged(paths: list[Path]) -> dict:
     return merged
 
 
-def _write_private(path: Path, data: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
-
-
 def _material(entry: dict, base: Path, key: str, out: Path) -> Path | None:
     """`key-data` (base64) written to `out`, or `key` (a file path, relative to its kubeconfig)."""
     data = entry.get(f"{key}-data")
     if data:
         try:
-            return _write_private(out, base64.b64decode(data, validate=True))
+            return write_private(out, base64.b64decode(data, validate=True))
         except ValueError:
             raise QuickstartError(f"{key}-data is not valid base64") from None
     if entry.get(key):
@@ -119,7 +114,7 @@ def tenant_from_kubeconfig(
             "and run the quickstart with --upstream-token-file token")
     token = user.get("token")
     if token:
-        tenant["token_file"] = str(_write_private(out / "upstream.token", token.encode() + b"\n"))
+        tenant["token_file"] = str(write_private(out / "upstream.token", token.encode() + b"\n"))
     elif user.get("tokenFile"):
         token_file = Path(user["tokenFile"]).expanduser()
         tenant["token_file"] = str(token_file if token_file.is_absolute()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.private_file import write_private
 
 VALIDITY = datetime.timedelta(days=30)
 
@@ -21,12 +22,6 @@ class ServingFiles:
     ca_file: Path
     cert_file: Path
     key_file: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -77,7 +72,7 @@ def serving_certificate(directory: Path, sans: list[str]) -> ServingFiles:
     )
     files.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.key_file, _private_pem(key))
+    write_private(files.key_file, _private_pem(key))
     return files
 
 
