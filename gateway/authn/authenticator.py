@@ -22,7 +22,8 @@ from gateway.identity import Identity
 log = logging.getLogger("vgate.authn")
 
 
-def _b64json(segment: str) -> dict:
+def decode_segment(segment: str) -> dict:
+    """A JWT header or payload segment (base64url JSON object); ValueError otherwise."""
     padded = segment + "=" * (-len(segment) % 4)
     value = json.loads(base64.urlsafe_b64decode(padded))
     if not isinstance(value, dict):
@@ -58,7 +59,10 @@ class Authenticator:
         self._last_hit: tuple[str, Identity] | None = None
         self._refresher: asyncio.Task | None = None
         self.hits = 0
-        self.misses = 0
+
+    def keys_for(self, issuer: str) -> IssuerKeys:
+        """The key set of a configured issuer (shared with the portal; refreshed here)."""
+        return self._verifiers[issuer].keys
 
     @property
     def ready(self) -> bool:
@@ -141,13 +145,12 @@ class Authenticator:
         identity = self.cached(token)
         if identity is not None:
             return identity
-        self.misses += 1
         parts = token.split(".")
         if len(parts) != 3:
             raise AuthError("malformed", "not a signed JWT (expected three segments)")
         try:
-            header = _b64json(parts[0])
-            unverified = _b64json(parts[1])
+            header = decode_segment(parts[0])
+            unverified = decode_segment(parts[1])
         except (ValueError, UnicodeDecodeError):
             raise AuthError("malformed", "JWT header or payload is not base64url JSON") from None
         issuer = unverified.get("iss")

@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.authn.errors import AuthError
+from gateway.authn.keys import IssuerKeys
 from gateway.config.model import GatewayConfig
 from gateway.directory.errors import DirectoryUnavailable
 from gateway.identity import Identity
@@ -97,7 +98,7 @@ class KubeconfigForms:
 class Portal:
     """The portal for one gateway config; `app` is the ASGI app to mount at `/`."""
 
-    def __init__(self, config: GatewayConfig, access: TenantAccess) -> None:
+    def __init__(self, config: GatewayConfig, access: TenantAccess, keys: IssuerKeys) -> None:
         portal = config.portal
         if portal is None:
             raise ValueError("no portal section in the config")
@@ -111,7 +112,7 @@ class Portal:
         issuer = next(i for i in config.oidc.issuers if i.issuer == portal.issuer)
         self.ca_pem = portal.ca_file.read_bytes() if portal.ca_file else None
         self.issuer_ca_pem = issuer.ca_file.read_bytes() if issuer.ca_file else None
-        self.verifier = PortalVerifier(config.oidc, portal.issuer, portal.client_id)
+        self.verifier = PortalVerifier(issuer, keys, portal.client_id)
         client_secret = read_secret(portal.client_secret_file, "portal.client_secret_file")
         cookie_secret = read_secret(portal.cookie_secret_file, "portal.cookie_secret_file",
                                     min_bytes=MIN_SECRET_BYTES)
@@ -144,9 +145,6 @@ class Portal:
             )],
             exception_handlers={404: self._not_found, 405: self._not_allowed},
         )
-
-    async def close(self) -> None:
-        await self.verifier.close()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -306,7 +304,8 @@ class Portal:
                           message="You are signed out of the vgate portal.", retry=True)
 
 
-def build_portal(config: GatewayConfig, access: TenantAccess) -> Portal:
-    return Portal(config, access)
+def build_portal(config: GatewayConfig, access: TenantAccess, keys: IssuerKeys) -> Portal:
+    """The portal; `keys` is the gateway authenticator's key set for `portal.issuer`."""
+    return Portal(config, access, keys)
 
 

@@ -6,40 +6,29 @@ prefixes, the `system:` guard); only the audience is the portal's client id.
 
 from __future__ import annotations
 
-import base64
-import json
-
+from gateway.authn.authenticator import decode_segment
 from gateway.authn.errors import AuthError
 from gateway.authn.keys import IssuerKeys
 from gateway.authn.verify import IssuerVerifier
-from gateway.config.model import OIDC
+from gateway.config.model import Issuer
 from gateway.identity import Identity
 
 
 class PortalVerifier:
-    def __init__(self, oidc: OIDC, issuer: str, client_id: str) -> None:
-        base = next(i for i in oidc.issuers if i.issuer == issuer)
-        config = base.model_copy(update={"audiences": [client_id]})
-        self.keys = IssuerKeys(
-            config,
-            min_interval=oidc.jwks_refresh_min_interval_seconds,
-            max_age=oidc.jwks_max_age_seconds,
-        )
-        self._verifier = IssuerVerifier(config, self.keys)
+    """Verifies with the gateway's own key set for the issuer (`keys`, kept fresh by the
+    gateway's authenticator), with the portal's client id as the audience."""
+
+    def __init__(self, issuer: Issuer, keys: IssuerKeys, client_id: str) -> None:
+        config = issuer.model_copy(update={"audiences": [client_id]})
+        self._verifier = IssuerVerifier(config, keys)
 
     async def verify(self, id_token: str, nonce: str | None) -> Identity:
         """Verify like the gateway does; also the nonce of this login when given."""
         try:
-            header = json.loads(base64.urlsafe_b64decode(
-                id_token.split(".")[0] + "=" * (-len(id_token.split(".")[0]) % 4)))
-        except (ValueError, IndexError):
+            header = decode_segment(id_token.split(".")[0])
+        except (ValueError, UnicodeDecodeError):
             raise AuthError("malformed", "ID token header is not base64url JSON") from None
-        if not isinstance(header, dict):
-            raise AuthError("malformed", "ID token header is not an object")
         identity = await self._verifier.verify(id_token, header)
         if nonce is not None and identity.claims.get("nonce") != nonce:
             raise AuthError("bad_nonce", "the ID token's nonce does not belong to this sign-in")
         return identity
-
-    async def close(self) -> None:
-        await self.keys.close()
