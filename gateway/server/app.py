@@ -218,10 +218,14 @@ class Gateway:
                            "now; try again shortly", extra=[(b"Retry-After", b"5")])
 
     def _directory_refused(self, exchange: Exchange, upstream: Upstream, reason: str) -> None:
+        self._deny(exchange, upstream, reason, f'user has no access to tenant "{upstream.name}"')
+
+    def _deny(self, exchange: Exchange, upstream: Upstream, reason: str, message: str) -> None:
+        """Refused by policy: the reason to the audit log, `message` to the client (403)."""
         exchange.decision = "deny"
         exchange.reason = reason
         self.recorder.metrics.denials.labels(upstream.name).inc()
-        exchange.fail(403, f"user has no access to tenant \"{upstream.name}\"")
+        _forbidden(exchange, message)
 
     def _auth_failed(self, exchange: Exchange, exc: AuthError) -> None:
         exchange.decision = "unauthenticated" if exc.code == 401 else "refused"
@@ -240,10 +244,7 @@ class Gateway:
         decision = (self.policy.decide(identity, upstream.name) if membership is None
                     else self.policy.decide(identity, upstream.name, membership))
         if isinstance(decision, Deny):
-            exchange.decision = "deny"
-            exchange.reason = decision.reason
-            self.recorder.metrics.denials.labels(upstream.name).inc()
-            _forbidden(exchange,
+            self._deny(exchange, upstream, decision.reason,
                        f'user "{identity.username}" has no access to tenant "{upstream.name}"')
             return
         if client_impersonation(exchange.headers):
@@ -307,8 +308,7 @@ class Gateway:
             framing = b"Content-Length: %d\r\n" % exchange.content_length
         else:
             framing = b""
-        if exchange.header(b"expect") is not None and not exchange.body_done:
-            exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        exchange.continue_if_expected()
         head = upstream_head(
             exchange.method,
             exchange.upstream_target or b"/",
@@ -333,10 +333,7 @@ class Gateway:
             exchange.fail(503, f'tenant "{upstream.name}" is paused; ask a platform '
                                "administrator to resume it")
             return
-        task = asyncio.get_running_loop().create_task(self._wake(exchange, upstream, grant))
-        exchange.client_gone_hook = task.cancel
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(exchange, self._wake(exchange, upstream, grant))
 
     async def _wake(self, exchange: Exchange, upstream: Upstream, grant: Grant) -> None:
         assert upstream.wake is not None

@@ -64,10 +64,6 @@ class AsgiBridge:
         self._mounts.append((norm, app))
         self._mounts.sort(key=lambda m: len(m[0]), reverse=True)
 
-    @property
-    def mounts(self) -> list[tuple[str, ASGIApp]]:
-        return list(self._mounts)
-
     def match(self, path: str) -> tuple[str, ASGIApp] | None:
         for prefix, app in self._mounts:
             if not prefix or path == prefix or path.startswith(prefix + "/"):
@@ -157,8 +153,7 @@ class _Call:
         exchange.decision = "local"
         exchange.client_gone_hook = self._client_gone
         exchange.conn.on_write_pause = self._write_paused
-        if exchange.header(b"expect") is not None and not exchange.body_done:
-            exchange.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        exchange.continue_if_expected()
         exchange.attach_body_sink(self._body_chunk)
 
     # -- request side --------------------------------------------------------------------

@@ -118,6 +118,11 @@ class Exchange:
         if self.body_sink is not None:
             self.body_sink(None)
 
+    def continue_if_expected(self) -> None:
+        """Send `100 Continue` when the client waits for it before sending its body."""
+        if not self.body_done and self.header(b"expect") is not None:
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def attach_body_sink(self, sink: Callable[[bytes | None], None]) -> None:
         """Send buffered and future body chunks to `sink`; `None` marks the end."""
         self.body_sink = sink

@@ -20,6 +20,7 @@ from gateway.directory.source import LdapSource
 from gateway.forward import Forwarder
 from gateway.nested_impersonation import NestedImpersonation
 from gateway.policy import PolicyEngine, load_policies
+from gateway.policy.load import LoadedPolicy
 from gateway.record import Recorder
 from gateway.record.audit import AuditLog
 from gateway.record.metrics import Metrics
@@ -44,11 +45,19 @@ def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None) -> Gateway:
-    """Assemble the request path from a validated config."""
+def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
+    """The policy files, or ValueError listing every problem."""
     policies, problems = load_policies(config.policies)
     if problems:
         raise ValueError("\n".join(str(p) for p in problems))
+    return policies
+
+
+def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None,
+                  policies: list[LoadedPolicy] | None = None) -> Gateway:
+    """Assemble the request path from a validated config (`policies`: already loaded)."""
+    if policies is None:
+        policies = checked_policies(config)
     registry = registry or TenantRegistry()
     for tenant in config.tenants:
         registry.put(upstream_from_config(tenant))
@@ -56,18 +65,19 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
     policy = PolicyEngine(policies)
     directory = build_directory(config, metrics)
     local_apps = AsgiBridge()
+    authenticator = Authenticator(config.oidc)
     if config.portal is not None:
         from gateway.portal import build_portal, policy_access
 
-        portal = build_portal(config, policy_access(registry, policy, directory))
-        local_apps.mount("/", portal.app, on_close=portal.close)
-    authenticator = Authenticator(config.oidc)
+        portal = build_portal(config, policy_access(registry, policy, directory),
+                              authenticator.keys_for(config.portal.issuer))
+        local_apps.mount("/", portal.app)
     if config.lifecycle is not None:
         from gateway.lifecycle.assemble import build_admin_app
 
         admin = build_admin_app(config, authenticator.authenticate, prefix="")  # root_path
         local_apps.mount("/admin", admin.app, on_close=admin.close)
-    return Gateway(
+    gateway = Gateway(
         router=Router(config.routing.base_domain, config.routing.path_prefix),
         registry=registry,
         authenticator=authenticator,
@@ -81,6 +91,9 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None)
         local_apps=local_apps,
         directory=directory,
     )
+    if config.lifecycle is not None:
+        gateway.wake_timeout = config.lifecycle.wake_timeout_seconds
+    return gateway
 
 
 def build_directory(config: GatewayConfig, metrics: Metrics) -> Directory | None:
@@ -202,14 +215,14 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
-async def _serve_one(config: GatewayConfig, sock: socket.socket) -> None:
-    running = RunningGateway(config, build_gateway(config))
+async def _serve_one(config: GatewayConfig, sock: socket.socket,
+                     policies: list[LoadedPolicy]) -> None:
+    running = RunningGateway(config, build_gateway(config, policies=policies))
     lifecycle = None
     if config.lifecycle is not None:
         from gateway.lifecycle.runtime import LifecycleRuntime
 
         gateway = running.gateway
-        gateway.wake_timeout = config.lifecycle.wake_timeout_seconds
         lifecycle = LifecycleRuntime(config, gateway.registry, gateway.policy.set_stored_roles)
         await lifecycle.start()
     await running.start(sock)
@@ -230,9 +243,10 @@ def serve(config: GatewayConfig) -> int:
     """Run until SIGTERM/SIGINT. `workers: 0` means one per CPU."""
     _install_uvloop()
     workers = config.workers or os.cpu_count() or 1
+    policies = checked_policies(config)  # once, before forking: a problem is reported once
     sock = _bind(config)
     if workers == 1:
-        asyncio.run(_serve_one(config, sock))
+        asyncio.run(_serve_one(config, sock, policies))
         return 0
     children = []
     for _ in range(workers):
@@ -240,7 +254,7 @@ def serve(config: GatewayConfig) -> int:
         if pid == 0:  # worker: share the listening socket, run its own loop
             code = 0
             try:
-                asyncio.run(_serve_one(config, sock))
+                asyncio.run(_serve_one(config, sock, policies))
             except Exception:
                 log.exception("worker crashed")
                 code = 1

@@ -88,7 +88,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLit
     gateway = GatewayThread(base / "gateway", config).start()
     runtime = LifecycleRuntime(gateway.config, gateway.gateway.registry,
                                gateway.gateway.policy.set_stored_roles)
-    gateway.gateway.wake_timeout = 90
     asyncio.run_coroutine_threadsafe(runtime.start(), gateway.loop).result(30)
     store = SQLiteTenantStore(base / "tenants.db")
     world = World(base, ca, idp, gateway, {}, config)
