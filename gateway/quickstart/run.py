@@ -219,16 +219,16 @@ def bind_roles(tenant: dict) -> list[str]:
     apply with the tenant credential); returns what was applied."""
     import httpx
 
-    verify: str | bool = tenant.get("ca_file") or True
-    if tenant.get("insecure_skip_tls_verify"):
-        verify = False
+    from gateway.config.model import Tenant
+    from gateway.registry import upstream_from_config
+
+    up = upstream_from_config(Tenant.model_validate(tenant))  # the gateway's own TLS setup
     headers = {"Content-Type": "application/apply-patch+yaml"}
-    if tenant.get("token_file"):
-        headers["Authorization"] = "Bearer " + Path(tenant["token_file"]).read_text().strip()
-    cert = ((tenant["client_cert_file"], tenant["client_key_file"])
-            if tenant.get("client_cert_file") else None)
+    if up.authorization is not None:
+        headers["Authorization"] = up.authorization().decode()
+    sni = {"sni_hostname": up.server_hostname} if up.server_hostname else {}
     applied = []
-    with httpx.Client(base_url=tenant["upstream"], verify=verify, cert=cert, timeout=10) as c:
+    with httpx.Client(base_url=tenant["upstream"], verify=up.ssl or True, timeout=10) as c:
         for group, role in ROLE_BINDINGS.items():
             name = group.replace(":", "-")
             body = {
@@ -241,7 +241,7 @@ def bind_roles(tenant: dict) -> list[str]:
             }
             r = c.patch(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
                         params={"fieldManager": "vgate-quickstart", "force": "true"},
-                        headers=headers, content=json.dumps(body))
+                        headers=headers, content=json.dumps(body), extensions=sni)
             if r.status_code >= 300:
                 raise QuickstartError(
                     f"could not create ClusterRoleBinding {name}: HTTP {r.status_code} "
