@@ -281,7 +281,15 @@ class LifecycleLocal(StrictPaths):
 class Lifecycle(StrictPaths):
     """Tenants created and managed by `vgate tenant ...`; routes reach every worker."""
 
-    store: ConfigPath = Path("tenants.db")
+    # where tenant records live: "sqlite" (one file, one replica) or "kubernetes" (Tenant
+    # objects and a Lease in the host cluster: several replicas)
+    store_backend: Literal["sqlite", "kubernetes"] = "sqlite"
+    store: ConfigPath = Path("tenants.db")  # the SQLite file
+    # kubernetes store: the namespace of the Tenant objects (default: the pod's own), the
+    # kubeconfig to reach the host (default: in-cluster, else $KUBECONFIG) and the Lease
+    store_namespace: str | None = None
+    store_kubeconfig: ConfigPath | None = None
+    lease_name: str = "vgate-lifecycle"
     credentials_dir: ConfigPath = Path("credentials")
     provisioner: Literal["helm", "local"] = "helm"
     helm: LifecycleHelm = LifecycleHelm()
@@ -302,6 +310,20 @@ class Lifecycle(StrictPaths):
         if v is not None and not re.fullmatch(r"https?://[^\s/?#]+/?", v):
             raise ValueError("must be scheme://host[:port], like https://vgate.example.com")
         return v.rstrip("/") if v else v
+
+    @field_validator("store_namespace", "lease_name")
+    @classmethod
+    def _object_name(cls, v: str | None) -> str | None:
+        if v is not None and not TENANT_NAME.fullmatch(v):
+            raise ValueError("must be a Kubernetes name (DNS label)")
+        return v
+
+    @model_validator(mode="after")
+    def _backend(self) -> Lifecycle:
+        if self.store_backend == "kubernetes" and self.provisioner == "local":
+            raise ValueError("the local provisioner keeps tenants on this machine: use "
+                             "store_backend sqlite with it (kubernetes is for helm)")
+        return self
 
     @model_validator(mode="after")
     def _admins(self) -> Lifecycle:

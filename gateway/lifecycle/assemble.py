@@ -12,9 +12,11 @@ from starlette.applications import Starlette
 from gateway.config.model import GatewayConfig, Lifecycle
 from gateway.lifecycle.bootstrap import TokenPolicy
 from gateway.lifecycle.credential_files import CredentialFiles
+from gateway.lifecycle.credential_secrets import CredentialSecrets
 from gateway.lifecycle.reconciler import Reconciler
 from gateway.lifecycle.sqlite_store import SQLiteTenantStore
 from gateway.lifecycle.steps import Provisioner
+from gateway.lifecycle.store import TenantStore
 
 DEFAULT_ASSETS = Path("/usr/local/kubebuilder/bin")
 
@@ -25,8 +27,43 @@ def lifecycle_of(config: GatewayConfig) -> Lifecycle:
     return config.lifecycle
 
 
-def open_store(config: GatewayConfig) -> SQLiteTenantStore:
-    return SQLiteTenantStore(lifecycle_of(config).store)
+def store_namespace(config: GatewayConfig) -> str:
+    """The kubernetes store's namespace: configured, else the pod's own (ValueError if
+    neither is known)."""
+    from gateway.lifecycle.kube_store import in_cluster_namespace
+
+    namespace = lifecycle_of(config).store_namespace or in_cluster_namespace()
+    if namespace is None:
+        raise ValueError("lifecycle.store_namespace is not set and this is not a pod "
+                         "(no service account namespace file): set it")
+    return namespace
+
+
+def open_store(config: GatewayConfig) -> TenantStore:
+    lc = lifecycle_of(config)
+    if lc.store_backend == "kubernetes":
+        from gateway.lifecycle.kube_store import KubernetesTenantStore
+
+        return KubernetesTenantStore(namespace=store_namespace(config), lease_name=lc.lease_name,
+                                     kubeconfig=lc.store_kubeconfig)
+    return SQLiteTenantStore(lc.store)
+
+
+def shared_credentials(config: GatewayConfig) -> CredentialSecrets | None:
+    """With the kubernetes store, the gateway's tenant credentials live in Secrets beside the
+    Tenant objects (published by the manager, mirrored into files by every worker)."""
+    lc = lifecycle_of(config)
+    if lc.store_backend != "kubernetes":
+        return None
+    from gateway.lifecycle.kube import LightkubeAPI
+
+    kubeconfig = None
+    if lc.store_kubeconfig is not None:
+        import yaml
+
+        kubeconfig = yaml.safe_load(lc.store_kubeconfig.read_text())
+    return CredentialSecrets(LightkubeAPI.from_kubeconfig(kubeconfig), store_namespace(config),
+                             CredentialFiles(lc.credentials_dir))
 
 
 def hostname_for(config: GatewayConfig) -> Callable[[str], str | None]:
@@ -77,10 +114,10 @@ def build_provisioner(config: GatewayConfig) -> Provisioner:
     )
     runner = HelmRunner(helm.binary, kubeconfig=str(helm.kubeconfig) if helm.kubeconfig else None)
     return HelmProvisioner(LightkubeAPI.from_kubeconfig(host_config), runner, connect, files,
-                           settings)
+                           settings, shared=shared_credentials(config))
 
 
-def build_reconciler(config: GatewayConfig, store: SQLiteTenantStore) -> Reconciler:
+def build_reconciler(config: GatewayConfig, store: TenantStore) -> Reconciler:
     lc = lifecycle_of(config)
     return Reconciler(store, build_provisioner(config), hostname=hostname_for(config),
                       auto_wake_default=lc.auto_wake, poll_seconds=lc.poll_seconds)
@@ -113,21 +150,37 @@ def lifecycle_problems(config: GatewayConfig) -> list[str]:
             if not (assets / binary).is_file():
                 problems.append(f"lifecycle.local.assets_dir: {assets / binary} not found "
                                 "(set $KUBEBUILDER_ASSETS or lifecycle.local.assets_dir)")
-    if lc.store.exists():
-        import asyncio
+    if lc.store_backend == "kubernetes":
+        try:
+            store_namespace(config)
+        except ValueError as exc:
+            return [*problems, str(exc)]
+        if lc.store_kubeconfig is not None and not lc.store_kubeconfig.is_file():
+            return [*problems, f"lifecycle.store_kubeconfig: file not found: "
+                               f"{lc.store_kubeconfig}"]
+    elif not lc.store.exists():
+        return problems
+    import asyncio
 
-        async def names() -> list[str]:
-            store = open_store(config)
-            try:
-                return [r.name for r in await store.list()]
-            finally:
-                await store.close()
+    from gateway.lifecycle.store import StoreError
 
-        static = {t.name for t in config.tenants}
-        for name in asyncio.run(names()):
-            if name in static:
-                problems.append(f"tenants: {name!r} is both configured statically and "
-                                f"managed by the lifecycle store {lc.store}")
+    async def names() -> list[str]:
+        store = open_store(config)
+        try:
+            return [r.name for r in await store.list()]
+        finally:
+            await store.close()
+
+    try:
+        stored = asyncio.run(names())
+    except (StoreError, OSError, ValueError) as exc:
+        return [*problems, f"lifecycle store: {exc}"]
+    static = {t.name for t in config.tenants}
+    where = lc.store if lc.store_backend == "sqlite" else f"namespace {store_namespace(config)}"
+    for name in stored:
+        if name in static:
+            problems.append(f"tenants: {name!r} is both configured statically and "
+                            f"managed by the lifecycle store ({where})")
     return problems
 
 

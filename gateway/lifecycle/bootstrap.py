@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.lifecycle.credential_files import CredentialFiles
+from gateway.lifecycle.credential_secrets import CredentialSecrets
 from gateway.lifecycle.kube import KubeAPI, Manifest
 from gateway.lifecycle.steps import Step
 
@@ -105,7 +106,8 @@ class Bootstrap:
     `admin()` opens a client with the tenant's cluster-admin credential (read from wherever
     the provisioner keeps it, used for one step and closed); `as_gateway(token)` opens one
     with the gateway's own token. `save_token`/`load_token` keep the token where the
-    provisioner keeps secrets (a host Secret, or a file).
+    provisioner keeps secrets (a host Secret, or a file). With `shared`, the token and CA
+    are also published for the other gateway replicas (the kubernetes tenant store).
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class Bootstrap:
         save_token: Callable[[str, float], Awaitable[None]],
         ca: Callable[[], Awaitable[bytes]],
         policy: TokenPolicy,
+        shared: CredentialSecrets | None = None,
     ) -> None:
         self.tenant = tenant
         self.admin = admin
@@ -128,6 +131,7 @@ class Bootstrap:
         self.save_token = save_token
         self.ca = ca
         self.policy = policy
+        self.shared = shared
 
     def steps(self) -> list[Step]:
         return [
@@ -163,10 +167,12 @@ class Bootstrap:
         saved = await self.load_token()
         if saved is None or not self._fresh(saved[1]):
             return False
-        token, _ = saved
+        token, ca = saved[0].encode(), await self.ca()
         files = self.files
-        return (files.read(files.token_path(self.tenant)) == token.encode()
-                and files.read(files.ca_path(self.tenant)) == await self.ca())
+        if (files.read(files.token_path(self.tenant)) != token
+                or files.read(files.ca_path(self.tenant)) != ca):
+            return False
+        return self.shared is None or await self.shared.matches(self.tenant, token, ca)
 
     async def _token_run(self) -> None:
         saved = await self.load_token()
@@ -190,5 +196,8 @@ class Bootstrap:
                 await api.close()
         assert expiry is not None
         await self.save_token(token, expiry)
-        self.files.write(self.files.ca_path(self.tenant), await self.ca())
+        ca = await self.ca()
+        self.files.write(self.files.ca_path(self.tenant), ca)
         self.files.write(self.files.token_path(self.tenant), token.encode())
+        if self.shared is not None:
+            await self.shared.publish(self.tenant, token.encode(), ca)

@@ -19,6 +19,7 @@ import yaml
 from gateway.lifecycle import host_objects as objects
 from gateway.lifecycle.bootstrap import Bootstrap, TokenPolicy
 from gateway.lifecycle.credential_files import CredentialFiles
+from gateway.lifecycle.credential_secrets import CredentialSecrets
 from gateway.lifecycle.helm_runner import HelmRelease
 from gateway.lifecycle.kube import KubeAPI, Manifest
 from gateway.lifecycle.model import RouteInfo, TenantSpec
@@ -57,12 +58,15 @@ class HelmProvisioner:
     kind = "helm"
 
     def __init__(self, host: KubeAPI, helm: HelmRelease, connect: VClusterConnect,
-                 files: CredentialFiles, settings: HelmSettings) -> None:
+                 files: CredentialFiles, settings: HelmSettings,
+                 shared: CredentialSecrets | None = None) -> None:
+        """`shared`: publish the gateway's credentials for other replicas (kubernetes store)."""
         self.host = host
         self.helm = helm
         self.connect = connect
         self.files = files
         self.settings = settings
+        self.shared = shared
 
     def namespace(self, spec: TenantSpec) -> str:
         return self.settings.namespace_prefix + spec.name
@@ -315,7 +319,7 @@ class HelmProvisioner:
 
         return Bootstrap(tenant=spec.name, admin=admin, as_gateway=as_gateway,
                          files=self.files, load_token=load_token, save_token=save_token,
-                         ca=ca, policy=self.settings.token)
+                         ca=ca, policy=self.settings.token, shared=self.shared)
 
     # -- pause ------------------------------------------------------------------------------
 
@@ -378,9 +382,13 @@ class HelmProvisioner:
             await asyncio.sleep(self.settings.poll_seconds)
 
     async def _files_gone(self, spec: TenantSpec) -> bool:
-        return not self.files.exists(spec.name)
+        if self.files.exists(spec.name):
+            return False
+        return self.shared is None or await self.shared.withdrawn(spec.name)
 
     async def _remove_files(self, spec: TenantSpec) -> None:
+        if self.shared is not None:
+            await self.shared.withdraw(spec.name)
         self.files.remove(spec.name)
 
 

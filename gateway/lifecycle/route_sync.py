@@ -1,10 +1,11 @@
 """Keep a worker's `TenantRegistry` equal to the routes in the store.
 
 Every gateway worker runs one `RouteSync`. It polls the store's `revision()` (SQLite's
-`PRAGMA data_version`: one cheap query) every `poll_seconds` and re-reads the records only
-when something changed, so a deleted tenant is gone from every worker within a poll. It also
-flushes the registry's per-tenant activity to the store in batches, and gives paused tenants
-that allow it a `wake` that asks for a resume and waits for the running route.
+`PRAGMA data_version`, or the kubernetes store's watch counter: cheap) every
+`poll_seconds` and re-reads the records only when something changed, so a deleted tenant
+is gone from every worker within a poll. It also flushes the registry's per-tenant activity
+to the store in batches, and gives paused tenants that allow it a `wake` that asks for a
+resume and waits for the running route.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from gateway.config.model import Tenant as TenantConfig
 from gateway.lifecycle.model import Desired, RouteInfo, TenantRecord
@@ -33,7 +34,11 @@ class RouteSync:
         resync_seconds: float = 30.0,
         activity_seconds: float = 10.0,
         on_roles: Callable[[str, Mapping[str, list[str]] | None], None] | None = None,
+        credentials: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`credentials` brings the tenants' credential files up to date (the kubernetes
+        store's Secrets mirror); it runs before routes are built and at every resync, which
+        is how a rotated token reaches this worker."""
         self.store = store
         self.registry = registry
         self.static = frozenset(static)
@@ -41,6 +46,7 @@ class RouteSync:
         self.resync_seconds = resync_seconds
         self.activity_seconds = activity_seconds
         self.on_roles = on_roles
+        self.credentials = credentials
         self._roles: dict[str, dict[str, list[str]]] = {}
         self._revision: int | None = None
         self._routes: dict[str, RouteInfo] = {}
@@ -52,6 +58,8 @@ class RouteSync:
         if revision == self._revision and not force:
             return False
         records = await self.store.list()
+        if self.credentials is not None:
+            await self.credentials()
         self._revision = revision
         wanted = {r.name: r.status.route for r in records
                   if r.status.route is not None and r.name not in self.static}

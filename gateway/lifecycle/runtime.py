@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from gateway.config.model import GatewayConfig
-from gateway.lifecycle.assemble import build_reconciler, lifecycle_of, open_store
+from gateway.lifecycle.assemble import (
+    build_reconciler,
+    lifecycle_of,
+    open_store,
+    shared_credentials,
+)
 from gateway.lifecycle.idle import IdlePauser
 from gateway.lifecycle.route_sync import RouteSync
 from gateway.registry import TenantRegistry
@@ -30,14 +35,19 @@ class LifecycleRuntime:
         self.registry = registry
         self.on_roles = on_roles
         self._stores: list = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         lc = lifecycle_of(self.config)
         sync_store = open_store(self.config)
         self._stores.append(sync_store)
+        shared = shared_credentials(self.config)
+        if shared is not None:
+            self._closers.append(shared.api.close)
         sync = RouteSync(sync_store, self.registry, static=[t.name for t in self.config.tenants],
-                         poll_seconds=lc.poll_seconds, on_roles=self.on_roles)
+                         poll_seconds=lc.poll_seconds, on_roles=self.on_roles,
+                         credentials=shared.mirror if shared is not None else None)
         await sync.sync_once(force=True)  # routes are there before the first request
         self._tasks.append(asyncio.create_task(sync.run(), name="lifecycle-routes"))
         if lc.manage:
@@ -57,3 +67,6 @@ class LifecycleRuntime:
                 await task
         for store in self._stores:
             await store.close()
+        for close in self._closers:
+            with contextlib.suppress(Exception):
+                await close()

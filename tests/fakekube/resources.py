@@ -72,6 +72,9 @@ TYPES: tuple[ResourceType, ...] = (
                  categories=("all",)),
     ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
                  False, fields=("roleRef", "subjects")),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, fields=("spec",)),
+    # vgate's own CRD (deploy/helm/vgate/crds/): no status subresource, one object per tenant
+    ResourceType("vgate.io", "v1alpha1", "tenants", "Tenant", True),
     ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview",
                  False, verbs=("create",), virtual=True),
     ResourceType("authorization.k8s.io", "v1", "selfsubjectaccessreviews",

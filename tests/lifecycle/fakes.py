@@ -43,6 +43,7 @@ class World:
         self.mutations = 0
         self.kill_at: int | None = None
         self.fail: dict[str, Exception] = {}  # call label → exception to raise once
+        self.ca_pem: bytes | None = None  # the vclusters' CA (default: a placeholder)
 
     def mutate(self, label: str) -> None:
         if label in self.fail:
@@ -168,7 +169,7 @@ class FakeHelm:
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": f"vc-{release}", "namespace": namespace, "labels": labels},
             "data": {"config": b64(yaml.safe_dump(kubeconfig).encode()),
-                     "certificate-authority": b64(b"CA-" + server.encode())},
+                     "certificate-authority": b64(w.ca_pem or b"CA-" + server.encode())},
         }
         w.objects[("v1", "PersistentVolumeClaim", namespace, f"data-{release}-0")] = {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",

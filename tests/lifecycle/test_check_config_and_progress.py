@@ -68,3 +68,37 @@ def test_progress_plain_lines_and_live_line():
     assert live.getvalue().startswith("\r\x1b[K| t1: namespace [")
     assert live.getvalue().endswith("\r\x1b[Kt1: done\n")
     assert [human_age(s) for s in (5, 125, 7300, 200000, None)] == ["5s", "2m", "2h", "2d", "-"]
+
+
+def test_check_config_on_the_kubernetes_store(tmp_path):
+    helm = {"binary": sys.executable}
+    r = check(tmp_path, {"store_backend": "kubernetes", "provisioner": "local"})
+    assert r.returncode == 1 and "use store_backend sqlite" in r.stderr
+    r = check(tmp_path, {"store_backend": "kubernetes", "helm": helm})
+    assert r.returncode == 1
+    assert "lifecycle.store_namespace is not set and this is not a pod" in r.stderr
+    r = check(tmp_path, {"store_backend": "kubernetes", "store_namespace": "vgate-system",
+                         "store_kubeconfig": "missing.yaml", "helm": helm})
+    assert r.returncode == 1 and "lifecycle.store_kubeconfig: file not found" in r.stderr
+
+
+def test_check_config_reads_the_kubernetes_store(tmp_path):
+    from gateway.lifecycle.connect import token_kubeconfig
+    from tests.fakekube import Caller, FakeKube
+
+    kube = FakeKube(name="host", tokens={
+        "admin": Caller(user="admin", groups=("system:masters",))}).start()
+    try:
+        (tmp_path / "host.yaml").write_text(yaml.safe_dump(
+            token_kubeconfig(kube.url, "admin", None)))
+        lifecycle = {"store_backend": "kubernetes", "store_namespace": "vgate-system",
+                     "store_kubeconfig": str(tmp_path / "host.yaml"),
+                     "helm": {"binary": sys.executable}}
+        r = check(tmp_path, lifecycle)
+        assert r.returncode == 0, r.stderr
+        (tmp_path / "host.yaml").write_text(yaml.safe_dump(
+            token_kubeconfig(kube.url, "wrong-token", None)))
+        r = check(tmp_path, lifecycle)
+        assert r.returncode == 1 and "lifecycle store: cannot read Tenant objects" in r.stderr
+    finally:
+        kube.stop()
