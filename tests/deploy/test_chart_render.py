@@ -287,7 +287,8 @@ def test_lifecycle_kubernetes_store_scales_with_leader_election(
     assert (lifecycle["store_backend"], lifecycle["store_namespace"], lifecycle["lease_name"]) \
         == ("kubernetes", NAMESPACE, f"{RELEASE}-lifecycle")
     volumes = dep["spec"]["template"]["spec"]["volumes"]
-    assert next(v for v in volumes if v["name"] == "data")["emptyDir"]["sizeLimit"]
+    assert next(v for v in volumes if v["name"] == "data")["emptyDir"] == \
+        {"medium": "Memory", "sizeLimit": "16Mi"}  # tokens never touch the node's disk
     monitor = out.one("ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["scheme"] == "https"
 
