@@ -61,6 +61,8 @@ class Listen(Strict):
 class TLS(Strict):
     cert_file: ConfigPath
     key_file: ConfigPath
+    # how often to look for a renewed certificate (cert-manager, kubelet file swaps); 0: never
+    reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
 
 class Routing(Strict):

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 
 from gateway.authn import Authenticator
@@ -29,20 +28,18 @@ from gateway.route import Router
 from gateway.server.app import Gateway
 from gateway.server.asgi import AsgiBridge
 from gateway.server.connection import ClientConnection
+from gateway.server.serving_certificate import ServingCertificate
 
 log = logging.getLogger("vgate.serve")
 
 GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700
 
 
-def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+def serving_certificate(config: GatewayConfig) -> ServingCertificate | None:
     if config.tls is None:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
-    ctx.set_alpn_protocols(["http/1.1"])  # kubectl must not negotiate HTTP/2 with us
-    return ctx
+    return ServingCertificate(config.tls.cert_file, config.tls.key_file,
+                              check_seconds=config.tls.reload_seconds)
 
 
 def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
@@ -116,6 +113,7 @@ class RunningGateway:
         self.connections: set[ClientConnection] = set()
         self.server: asyncio.base_events.Server | None = None
         self._directory_check: asyncio.Task | None = None
+        self.certificate: ServingCertificate | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         g = self.gateway
@@ -129,7 +127,11 @@ class RunningGateway:
         def factory() -> ClientConnection:
             return ClientConnection(g, limits, self.connections)
 
-        ctx = server_ssl_context(self.config)
+        self.certificate = serving_certificate(self.config)
+        ctx = None
+        if self.certificate is not None:
+            ctx = self.certificate.context
+            self.certificate.start()
         if sock is not None:
             self.server = await loop.create_server(factory, sock=sock, ssl=ctx, backlog=2048)
         else:
@@ -186,6 +188,8 @@ class RunningGateway:
         if self.gateway.directory is not None:
             self.gateway.directory.close()
         self.gateway.recorder.audit.close()
+        if self.certificate is not None:
+            await self.certificate.stop()
 
 
 def _bind(config: GatewayConfig) -> socket.socket:
