@@ -1,0 +1,163 @@
+"""Bearer token → `Identity`, with a verified-token cache keyed by the token's hash."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import json
+import logging
+import time
+
+from cachetools import TLRUCache
+
+from gateway.authn.errors import AuthError
+from gateway.authn.keys import IssuerKeys
+from gateway.authn.verify import IssuerVerifier
+from gateway.authn.websocket import websocket_bearer_token
+from gateway.config.model import OIDC
+from gateway.identity import Identity
+
+log = logging.getLogger("vgate.authn")
+
+
+def decode_segment(segment: str) -> dict:
+    """A JWT header or payload segment (base64url JSON object); ValueError otherwise."""
+    padded = segment + "=" * (-len(segment) % 4)
+    value = json.loads(base64.urlsafe_b64decode(padded))
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+class Authenticator:
+    """Authenticates `Authorization` header values.
+
+    A token is verified once (signature and every claim); afterwards its SHA-256 maps to
+    the `Identity` until the token's `exp`, so repeat requests cost a hash and a lookup.
+    """
+
+    def __init__(self, config: OIDC) -> None:
+        self.config = config
+        self.max_token_bytes = config.max_token_bytes
+        self._verifiers: dict[str, IssuerVerifier] = {}
+        for issuer in config.issuers:
+            keys = IssuerKeys(
+                issuer,
+                min_interval=config.jwks_refresh_min_interval_seconds,
+                max_age=config.jwks_max_age_seconds,
+            )
+            keys.on_keys_removed = functools.partial(self._forget_issuer, issuer.issuer)
+            self._verifiers[issuer.issuer] = IssuerVerifier(issuer, keys)
+        self._cache: TLRUCache = TLRUCache(
+            maxsize=max(config.token_cache_size, 1),
+            ttu=lambda _key, identity, _now: identity.expires_at,
+            timer=time.time,
+        )
+        self._cache_enabled = config.token_cache_size > 0
+        self._last_hit: tuple[str, Identity] | None = None
+        self._refresher: asyncio.Task | None = None
+        self.hits = 0
+
+    def keys_for(self, issuer: str) -> IssuerKeys:
+        """The key set of a configured issuer (shared with the portal; refreshed here)."""
+        return self._verifiers[issuer].keys
+
+    @property
+    def ready(self) -> bool:
+        """True once every issuer has a key set."""
+        return all(v.keys.loaded for v in self._verifiers.values())
+
+    async def start(self) -> None:
+        """Fetch every issuer's keys now (failures are logged) and keep them fresh."""
+        await asyncio.gather(*(v.keys.refresh(force=True) for v in self._verifiers.values()))
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="vgate-jwks-refresh")
+
+    async def close(self) -> None:
+        if self._refresher:
+            self._refresher.cancel()
+        for v in self._verifiers.values():
+            await v.keys.close()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.config.jwks_refresh_min_interval_seconds, 5.0))
+            for v in self._verifiers.values():
+                if v.keys.stale() or not v.keys.loaded:
+                    await v.keys.refresh()
+
+    def token_from_header(
+        self, authorization: bytes | None, websocket_protocols: list[bytes] | None = None
+    ) -> str:
+        """Extract the bearer token; raise `AuthError` if absent, malformed or too large.
+
+        Without an `Authorization` header, a WebSocket upgrade may carry the token in its
+        `Sec-WebSocket-Protocol` values (`websocket_protocols`), as kube-apiserver allows.
+        """
+        if not authorization and websocket_protocols:
+            token = websocket_bearer_token(websocket_protocols, max_bytes=self.max_token_bytes)
+            if token is not None:
+                return token
+        if not authorization:
+            raise AuthError("missing", "no bearer token")
+        if len(authorization) > self.max_token_bytes + 7:
+            raise AuthError("too_large", f"token larger than {self.max_token_bytes} bytes")
+        scheme, _, token = authorization.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            raise AuthError("missing", "authorization is not a bearer token")
+        try:
+            return token.strip().decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthError("malformed", "token is not ASCII") from None
+
+    def cached(self, token: str) -> Identity | None:
+        """The cached identity for `token`, if it was verified before and has not expired.
+
+        The most recent hit is kept aside: a client sends the same token request after
+        request, and comparing strings is cheaper than hashing and a cache lookup."""
+        if not self._cache_enabled:
+            return None
+        last = self._last_hit
+        if last is not None and last[0] == token and last[1].expires_at > time.time():
+            self.hits += 1
+            return last[1]
+        identity = self._cache.get(hashlib.sha256(token.encode()).digest())
+        if identity is not None:
+            self.hits += 1
+            self._last_hit = (token, identity)
+        return identity
+
+    def _forget_issuer(self, issuer: str) -> None:
+        """An issuer withdrew a signing key: tokens it signed must be verified again, so a
+        token signed by the withdrawn key stops working now rather than at its `exp`."""
+        if self._last_hit is not None and self._last_hit[1].issuer == issuer:
+            self._last_hit = None
+        stale = [key for key, identity in self._cache.items() if identity.issuer == issuer]
+        for key in stale:
+            self._cache.pop(key, None)
+        if stale:
+            log.info("issuer %s: dropped %d cached tokens after a key withdrawal",
+                     issuer, len(stale))
+
+    async def authenticate(self, token: str) -> Identity:
+        """Verify `token` fully (cache miss path) and remember the result until `exp`."""
+        identity = self.cached(token)
+        if identity is not None:
+            return identity
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise AuthError("malformed", "not a signed JWT (expected three segments)")
+        try:
+            header = decode_segment(parts[0])
+            unverified = decode_segment(parts[1])
+        except (ValueError, UnicodeDecodeError):
+            raise AuthError("malformed", "JWT header or payload is not base64url JSON") from None
+        issuer = unverified.get("iss")
+        verifier = self._verifiers.get(issuer) if isinstance(issuer, str) else None
+        if verifier is None:
+            raise AuthError("unknown_issuer", f"issuer {str(issuer)[:128]!r} is not configured")
+        identity = await verifier.verify(token, header)
+        if self._cache_enabled and identity.expires_at > time.time():
+            self._cache[hashlib.sha256(token.encode()).digest()] = identity
+        return identity

@@ -1,0 +1,116 @@
+"""Verify one JWT against one configured issuer and turn its claims into an `Identity`."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from gateway.authn.errors import AuthError
+from gateway.authn.keys import IssuerKeys
+from gateway.config.model import Issuer
+from gateway.identity import Identity
+
+RESERVED_PREFIX = "system:"
+MAX_GROUPS = 512
+MAX_NAME_BYTES = 1024
+
+
+class IssuerVerifier:
+    """Validates signature, iss, aud, exp, nbf, iat, required claims and the alg allowlist."""
+
+    def __init__(self, issuer: Issuer, keys: IssuerKeys) -> None:
+        self.issuer = issuer
+        self.keys = keys
+        self._algorithms = list(issuer.algorithms)
+
+    async def verify(self, token: str, header: dict) -> Identity:
+        alg = header.get("alg")
+        if alg not in self._algorithms:
+            raise AuthError("bad_algorithm", f"alg {alg!r} is not allowed for {self.issuer.issuer}")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("malformed", "kid is not a string")
+        key = await self.keys.key_for(kid, alg)
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                audience=self.issuer.audiences,
+                issuer=self.issuer.issuer,
+                leeway=self.issuer.leeway_seconds,
+                options={"require": ["iss", "aud", "exp", "iat", "sub"], "verify_iat": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("expired", "token has expired") from None
+        except jwt.ImmatureSignatureError as exc:
+            raise AuthError("not_yet_valid", f"token not yet valid: {exc}") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("bad_audience", "token audience is not accepted") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("bad_signature", "token signature does not verify") from None
+        except jwt.PyJWTError as exc:
+            raise AuthError("invalid", f"token rejected: {exc}") from None
+        return self._identity(claims)
+
+    def _identity(self, claims: dict) -> Identity:
+        cfg = self.issuer
+        now = time.time()
+        iat = claims.get("iat")
+        if not isinstance(iat, int | float) or isinstance(iat, bool):
+            raise AuthError("invalid", "iat is not a number")
+        if cfg.max_token_age_seconds and now - iat > cfg.max_token_age_seconds + cfg.leeway_seconds:
+            raise AuthError("too_old", "token was issued too long ago")
+        for name, want in cfg.required_claims.items():
+            if claims.get(name) != want:
+                raise AuthError("required_claim", f"claim {name!r} lacks its required value")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not _safe_name(sub):
+            raise AuthError("invalid", "sub is missing or malformed")
+        raw_user = claims.get(cfg.username_claim)
+        if not isinstance(raw_user, str) or not raw_user:
+            raise AuthError("no_username", f"claim {cfg.username_claim!r} missing or not a string")
+        if cfg.username_claim == "email" and claims.get("email_verified", True) is not True:
+            raise AuthError("email_unverified", "email_verified is false")
+        username = cfg.username_prefix + raw_user
+        groups = tuple(cfg.groups_prefix + g for g in self._groups(claims))
+        for name in (username, *groups):
+            if not _safe_name(name):
+                raise AuthError("malformed_name", f"unsafe user or group name {name[:64]!r}")
+            if name.startswith(RESERVED_PREFIX):
+                raise AuthError(
+                    "reserved_identity",
+                    f"identity {name[:64]!r} from {cfg.issuer} uses the reserved 'system:' prefix",
+                    code=403,
+                )
+        expires_at = float(claims["exp"])
+        if cfg.max_token_age_seconds:  # the cache must not outlive the age bound either
+            expires_at = min(expires_at, iat + cfg.max_token_age_seconds + cfg.leeway_seconds)
+        return Identity(
+            username=username,
+            uid=sub,
+            groups=groups,
+            issuer=cfg.issuer,
+            expires_at=expires_at,
+            claims=claims,
+        )
+
+    def _groups(self, claims: dict) -> list[str]:
+        if not self.issuer.groups_claim:
+            return []
+        value = claims.get(self.issuer.groups_claim)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+            raise AuthError("malformed", f"claim {self.issuer.groups_claim!r} is not a string list")
+        if len(value) > MAX_GROUPS:
+            raise AuthError("malformed", f"more than {MAX_GROUPS} groups in the token")
+        return value
+
+
+def _safe_name(name: str) -> bool:
+    """Names end up in HTTP headers: no control characters, bounded length."""
+    return 0 < len(name.encode()) <= MAX_NAME_BYTES and name.isprintable()

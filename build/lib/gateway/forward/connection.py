@@ -1,0 +1,287 @@
+"""One HTTP/1.1 connection to a tenant's API server, driven by httptools callbacks.
+
+Response bytes are relayed to the client as they arrive, with no task per chunk and
+no buffering: when the client cannot keep up, reading from the upstream pauses (and
+the other way round for request bodies). A 101 answer turns the connection into a raw
+byte tunnel in both directions — that is how exec, attach, cp and port-forward pass,
+whether they speak WebSocket or SPDY/3.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import httptools
+
+from gateway.forward.response import client_head
+from gateway.status import PHRASES
+
+if TYPE_CHECKING:
+    from gateway.forward.pool import UpstreamPool
+    from gateway.server.exchange import Exchange
+
+log = logging.getLogger("vgate.forward")
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """Carries one exchange at a time; returns itself to its pool when reusable."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self._head = b""
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._responded = False
+        self._request_sent = False
+        self._chunked_body = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # response head due by then (loop time)
+        self._tunnel = False
+        self._upgrade_expected = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._stop_timer()
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self._detach()
+        if self._tunnel:
+            exchange.conn.close()
+            exchange.finish(reusable=False)
+        elif not self._responded:
+            retry = self.reused and exchange.method in _IDEMPOTENT and exchange.body_bytes == 0
+            self.pool.on_failure(
+                self.pool, exchange, self._head, f"connection lost: {exc or 'closed'}", retry
+            )
+        elif not exchange.finished:
+            # the response was cut short: the client must see a broken stream, not an end
+            exchange.conn.abort()
+            exchange.finish(reusable=False)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.conn.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel:
+            if self.exchange is not None:
+                self.exchange.bytes_out += len(data)
+                self.exchange.conn.write(data)
+            return
+        client = self.exchange.conn if self.exchange is not None else None
+        if client is not None:
+            client.cork()  # what this read yields goes to the client in one write
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if client is not None:
+                client.uncork()  # the 101 head goes out before any tunnelled byte
+            self._enter_tunnel(data[offset:])
+        except httptools.HttpParserError as exc:
+            log.warning("malformed response from upstream: %s", exc)
+            if self.transport is not None:
+                self.transport.abort()
+        finally:
+            if client is not None:
+                client.uncork()
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, exchange: Exchange, head: bytes, *, timeout: float | None) -> None:
+        """Write the request head and stream the body; the response goes to `exchange`."""
+        assert self.transport is not None
+        self.exchange = exchange
+        self._head = head
+        self._headers = []
+        self._responded = False
+        self._request_sent = False
+        self._chunked_body = exchange.chunked_in
+        self._upgrade_expected = exchange.upgrade
+        exchange.client_gone_hook = self._client_gone
+        exchange.conn.on_write_pause = self._client_write_paused
+        self.transport.write(head)
+        if timeout is not None:
+            self._arm_deadline(timeout)
+        else:
+            self._deadline = None  # watches, logs -f, tunnels: no response timeout
+        if exchange.upgrade:
+            self._request_sent = True
+        else:
+            exchange.attach_body_sink(self._body)
+        exchange.conn.resume_reading()
+
+    def _body(self, chunk: bytes | None) -> None:
+        if self.transport is None or self.closed:
+            return
+        if chunk is None:
+            if self._chunked_body:
+                self.transport.write(b"0\r\n\r\n")
+            self._request_sent = True
+        elif self._chunked_body:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            self.transport.write(chunk)
+
+    def _client_write_paused(self, paused: bool) -> None:
+        if self.transport is None or self.closed:
+            return
+        if paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def _arm_deadline(self, timeout: float) -> None:
+        """Expect a response head within `timeout`. One timer per connection, re-armed
+        lazily when it fires early, so a pooled connection costs no timer per request."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.closed:
+            return  # answered (or gone) meanwhile
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:  # a later request on this connection: wait for its due
+            self._timer = loop.call_at(deadline, self._check_deadline)
+            return
+        self._timed_out()
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        exchange = self.exchange
+        if exchange is None or self._responded:
+            return
+        self._detach()
+        self.close()
+        self.pool.on_failure(self.pool, exchange, self._head, "timeout", False)
+
+    def _client_gone(self) -> None:
+        """The client went away: cancel the upstream request at once."""
+        self._detach()
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    def _detach(self) -> None:
+        self._deadline = None
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client_gone_hook = None
+            if exchange.conn.on_write_pause == self._client_write_paused:
+                exchange.conn.on_write_pause = None
+        self.exchange = None
+
+    def close(self) -> None:
+        self.closed = True
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _stop_timer(self) -> None:
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self._headers = []
+            return  # interim response (100 Continue): wait for the real one
+        self._responded = True
+        self._deadline = None  # the timer, if any, finds nothing due and ends
+        if status == 101 and self._upgrade_expected:
+            lines = [b"HTTP/1.1 101 %b\r\n" % PHRASES[101].encode()]
+            lines.extend(b"%b: %b\r\n" % h for h in self._headers)
+            lines.append(b"\r\n")
+            exchange.streaming = True
+            exchange.send_head(101, b"".join(lines))
+            return
+        head, chunked, keep_alive = client_head(
+            status,
+            self._headers,
+            request_id=exchange.request_id,
+            method=exchange.method,
+            http11=exchange.http11,
+            keep_alive=exchange.keep_alive and not exchange.upgrade,
+        )
+        exchange.chunked_out = chunked
+        exchange.keep_alive = keep_alive
+        exchange.send_head(status, head)
+        if exchange.method == b"HEAD":
+            # httptools cannot be told the request was HEAD: end here, never reuse
+            self._detach()
+            self.close()
+            exchange.finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.send_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None or not self._responded:
+            return
+        if self._upgrade_expected and exchange.status == 101:
+            return  # the tunnel starts when httptools raises HttpParserUpgrade
+        reusable = self.parser.should_keep_alive() and self._request_sent and not self.closed
+        self._detach()
+        self._head = b""
+        exchange.finish()
+        if reusable:
+            self.idle_since = time.monotonic()
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # -- tunnel ---------------------------------------------------------------------------
+
+    def _enter_tunnel(self, rest: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.status != 101:
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._tunnel = True
+        transport = self.transport
+        assert transport is not None
+
+        def from_client(data: bytes) -> None:
+            transport.write(data)
+
+        if rest:
+            exchange.bytes_out += len(rest)
+            exchange.conn.write(rest)
+        exchange.conn.start_tunnel(from_client)

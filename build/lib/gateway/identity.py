@@ -1,0 +1,54 @@
+"""The small immutable values every step of the request path shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the caller is, as established by authentication (prefixes already applied)."""
+
+    username: str
+    uid: str
+    groups: tuple[str, ...]
+    issuer: str
+    expires_at: float
+    claims: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What the gateway will impersonate upstream for one (identity, tenant)."""
+
+    tenant: str
+    user: str
+    uid: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+    extra: tuple[tuple[str, tuple[str, ...]], ...]
+    reasons: tuple[str, ...] = ()
+    directory_groups: tuple[tuple[str, str], ...] = ()  # (role, directory group) pairs
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Why a caller may not use a tenant; `reason` is for the audit log, never the client."""
+
+    tenant: str
+    reason: str
+
+
+MAX_NAME_CHARS = 1024
+
+
+def usable_names(names: list[str], *, what: str = "name") -> list[str]:
+    """`names` unchanged if each is a non-empty, printable (header-safe) name of bounded
+    length, listed once; else ValueError naming the first offender."""
+    for name in names:
+        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise ValueError(f"not a usable {what}: {name[:64]!r}")
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise ValueError(f"listed twice: {', '.join(dups)}")
+    return names

@@ -1,0 +1,130 @@
+"""`KubeAPI`: the few Kubernetes operations the lifecycle needs, on plain manifests.
+
+`LightkubeAPI` implements it with lightkube's async client (server-side apply, field manager
+`vgate`). Tests use a recording fake with the same methods.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Protocol
+
+Manifest = dict[str, Any]
+FIELD_MANAGER = "vgate"
+
+
+class KubeAPI(Protocol):
+    async def apply(self, obj: Manifest) -> None:
+        """Server-side apply (forced) of one object."""
+
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> Manifest | None:
+        """The object, or None when it does not exist."""
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str, labels: dict[str, str] | None = None
+    ) -> list[Manifest]: ...
+
+    async def delete(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> None:
+        """Delete; an object that is already gone is fine."""
+
+    async def merge_patch(
+        self, api_version: str, kind: str, name: str, namespace: str | None, patch: Manifest
+    ) -> None: ...
+
+    async def create_token(
+        self, namespace: str, service_account: str, seconds: int
+    ) -> tuple[str, float]:
+        """TokenRequest: (token, expiry as a Unix time)."""
+
+    async def close(self) -> None: ...
+
+
+class LightkubeAPI:
+    """`KubeAPI` over a `lightkube.AsyncClient`."""
+
+    def __init__(self, kubeconfig: Manifest | None = None) -> None:
+        """In-cluster / $KUBECONFIG when `kubeconfig` is None, else that kubeconfig dict.
+
+        The client is made on first use, so a missing configuration becomes a step error
+        (shown on the tenant) rather than a crash at start-up.
+        """
+        self._kubeconfig = kubeconfig
+        self._client: Any = None
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: Manifest | None = None) -> LightkubeAPI:
+        return cls(kubeconfig)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from lightkube import AsyncClient, KubeConfig
+
+            config = KubeConfig.from_dict(self._kubeconfig) if self._kubeconfig else None
+            self._client = AsyncClient(config=config, field_manager=FIELD_MANAGER)
+        return self._client
+
+    @staticmethod
+    def _resource(api_version: str, kind: str) -> Any:
+        from lightkube.codecs import resource_registry
+
+        return resource_registry.load(api_version, kind)
+
+    async def apply(self, obj: Manifest) -> None:
+        from lightkube import codecs
+
+        await self.client.apply(codecs.from_dict(obj), force=True)
+
+    async def get(self, api_version, kind, name, namespace=None):
+        from lightkube import ApiError
+
+        try:
+            res = await self.client.get(self._resource(api_version, kind), name,
+                                        namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return res.to_dict()
+
+    async def list(self, api_version, kind, namespace, labels=None):
+        res = self._resource(api_version, kind)
+        return [o.to_dict() async for o in self.client.list(res, namespace=namespace,
+                                                            labels=labels or {})]
+
+    async def delete(self, api_version, kind, name, namespace=None):
+        from lightkube import ApiError
+
+        try:
+            await self.client.delete(self._resource(api_version, kind), name,
+                                     namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+
+    async def merge_patch(self, api_version, kind, name, namespace, patch):
+        from lightkube.types import PatchType
+
+        await self.client.patch(self._resource(api_version, kind), name, patch,
+                                namespace=namespace, patch_type=PatchType.MERGE)
+
+    async def create_token(self, namespace, service_account, seconds):
+        from lightkube.models.authentication_v1 import TokenRequestSpec
+        from lightkube.resources.core_v1 import ServiceAccount
+
+        request = ServiceAccount.Token(spec=TokenRequestSpec(audiences=[],
+                                                             expirationSeconds=seconds))
+        result = await self.client.create(request, service_account, namespace=namespace)
+        expiry = result.status.expirationTimestamp
+        if isinstance(expiry, str):
+            expiry = dt.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+        return result.status.token, expiry.timestamp()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

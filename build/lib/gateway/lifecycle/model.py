@@ -1,0 +1,192 @@
+"""Tenant records: the desired `TenantSpec` and the observed `TenantStatus`.
+
+Validation errors always name the field (pydantic's `loc`), so the CLI and the admin API can
+say which input was wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.identity import usable_names
+
+TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Names that would collide with the gateway's own pages, Kubernetes or vcluster objects.
+RESERVED_NAMES = frozenset(
+    {"admin", "api", "apis", "clusters", "default", "healthz", "kube-node-lease", "kube-public",
+     "kube-system", "livez", "login", "metrics", "portal", "readyz", "static", "vgate", "www"}
+)
+# Kubernetes minor versions the vcluster `k8s` distro can run, and the image tag used for each.
+KNOWN_VERSIONS: dict[str, str] = {
+    "1.30": "v1.30.13",
+    "1.31": "v1.31.9",
+    "1.32": "v1.32.5",
+    "1.33": "v1.33.1",
+}
+DEFAULT_VERSION = "1.32"
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+QUOTA_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+MAX_GROUPS = 64
+
+
+class Desired(StrEnum):
+    running = "running"
+    paused = "paused"
+    deleted = "deleted"
+
+
+class Phase(StrEnum):
+    pending = "Pending"
+    provisioning = "Provisioning"
+    ready = "Ready"
+    pausing = "Pausing"
+    paused = "Paused"
+    deleting = "Deleting"
+
+
+def parse_quota(text: str) -> dict[str, str]:
+    """`cpu=10,memory=20Gi,pods=50` → {"cpu": "10", ...}; ValueError says which item is wrong."""
+    quota: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"{item!r} is not resource=quantity")
+        quota[key] = value
+    return validate_quota(quota)
+
+
+def validate_quota(quota: dict[str, str]) -> dict[str, str]:
+    for key, value in quota.items():
+        if not QUOTA_KEY.fullmatch(key) or len(key) > 253:
+            raise ValueError(f"{key!r} is not a resource name")
+        if not QUANTITY.fullmatch(str(value)):
+            raise ValueError(f"{key}={value!r} is not a Kubernetes quantity (like 10, 500m, 20Gi)")
+    return {k: str(v) for k, v in quota.items()}
+
+
+def _group_list(groups: list[str]) -> list[str]:
+    usable_names(groups, what="group name")
+    for group in groups:
+        if group.startswith("system:"):
+            raise ValueError(f"{group!r}: system: groups cannot be tenant groups")
+    return groups
+
+
+class TenantSpec(BaseModel):
+    """What the platform engineer asked for. Changing it bumps `generation`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    admin_groups: Annotated[list[str], Field(min_length=1, max_length=MAX_GROUPS)]
+    view_groups: Annotated[list[str], Field(max_length=MAX_GROUPS)] = []
+    k8s_version: str = DEFAULT_VERSION
+    ha: Annotated[int, Field(ge=1, le=7)] = 1
+    quota: dict[str, str] = {}
+    isolate: bool = False
+    values: dict[str, Any] = {}
+    auto_wake: bool | None = None
+    desired: Desired = Desired.running
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TENANT_NAME.fullmatch(v):
+            raise ValueError("must be a DNS label: lowercase letters, digits and '-', max 63")
+        if v in RESERVED_NAMES or v.startswith(("kube-", "vgate-", "system")):
+            raise ValueError(f"{v!r} is reserved")
+        return v
+
+    @field_validator("admin_groups", "view_groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        return _group_list(v)
+
+    @field_validator("k8s_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        v = v.removeprefix("v")
+        v = ".".join(v.split(".")[:2])
+        if v not in KNOWN_VERSIONS:
+            raise ValueError(f"unknown version; known: {', '.join(KNOWN_VERSIONS)}")
+        return v
+
+    @field_validator("ha")
+    @classmethod
+    def _ha(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd (1, 3, 5 or 7): etcd needs a majority")
+        return v
+
+    @field_validator("quota")
+    @classmethod
+    def _quota(cls, v: dict[str, str]) -> dict[str, str]:
+        return validate_quota(v)
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str
+    status: str  # "True" | "False" | "Unknown", as in Kubernetes
+    reason: str
+    message: str = ""
+    last_transition: float = Field(default_factory=time.time)
+
+
+class RouteInfo(BaseModel):
+    """How the gateway reaches the tenant. Paths only: the token and CA stay in their files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    server: str
+    ca_file: str | None = None
+    ca_sha256: str | None = None  # changes when the CA does, so workers rebuild TLS
+    token_file: str
+    server_name: str | None = None
+    paused: bool = False
+    auto_wake: bool = False
+
+
+class TenantStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    phase: Phase = Phase.pending
+    step: str | None = None
+    conditions: list[Condition] = []
+    last_error: str | None = None
+    failures: int = 0
+    observed_generation: int = 0
+    k8s_version: str | None = None
+    route: RouteInfo | None = None
+    hostname: str | None = None
+
+    def with_condition(self, condition: Condition) -> TenantStatus:
+        """Replace the condition of the same type; keep its transition time if unchanged."""
+        kept = [c for c in self.conditions if c.type != condition.type]
+        old = next((c for c in self.conditions if c.type == condition.type), None)
+        if old is not None and old.status == condition.status:
+            condition = condition.model_copy(update={"last_transition": old.last_transition})
+        return self.model_copy(update={"conditions": [*kept, condition]})
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+class TenantRecord(BaseModel):
+    """A stored tenant. `version` changes on every write (optimistic concurrency)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    spec: TenantSpec
+    status: TenantStatus = TenantStatus()
+    version: int = 0
+    generation: int = 1
+    created_at: float = 0.0
+    last_activity: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name

@@ -1,0 +1,287 @@
+"""The level-triggered reconciler.
+
+For one tenant a pass builds the plan for its desired state, finds the first step whose
+`done()` is false, runs it, and goes on until every step is done. A step that raises sets the
+`Ready` condition to False with the error and the worker retries after a backoff; nothing is
+ever marked failed for good. Because every decision is taken from the world (not from what
+was recorded), a pass killed anywhere and started again converges, and drift (a deleted
+namespace or binding) is repaired on the next pass.
+
+Route registration is the reconciler's own step, so it is the same for every provisioner:
+last when coming up, first when pausing (the route turns "paused") or deleting (gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from gateway.lifecycle.backoff import Backoff
+from gateway.lifecycle.model import (
+    Condition,
+    Desired,
+    Phase,
+    RouteInfo,
+    TenantRecord,
+    TenantStatus,
+)
+from gateway.lifecycle.steps import Provisioner, Step
+from gateway.lifecycle.store import Conflict, TenantNotFound, TenantStore
+
+log = logging.getLogger("vgate.lifecycle")
+
+MANAGER_LEASE = "lifecycle-manager"
+ProgressHook = Callable[[str, str], None]  # (tenant, step)
+
+
+def _digest(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: TenantStore,
+        provisioner: Provisioner,
+        *,
+        hostname: Callable[[str], str | None] = lambda name: None,
+        auto_wake_default: bool = False,
+        backoff: Backoff | None = None,
+        resync_seconds: float = 60.0,
+        poll_seconds: float = 0.5,
+        on_step: ProgressHook | None = None,
+    ) -> None:
+        self.store = store
+        self.provisioner = provisioner
+        self.hostname = hostname
+        self.auto_wake_default = auto_wake_default
+        self.backoff = backoff or Backoff()
+        self.resync_seconds = resync_seconds
+        self.poll_seconds = poll_seconds
+        self.on_step = on_step
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._workers: dict[str, asyncio.Task] = {}
+
+    # -- one pass --------------------------------------------------------------------------
+
+    def plan(self, record: TenantRecord) -> list[Step]:
+        spec = record.spec
+        if spec.desired is Desired.deleted:
+            return [
+                Step("deregister-route", self._route_is(record.name, lambda: None),
+                     self._set_route(record.name, lambda: None)),
+                *self.provisioner.down(spec),
+            ]
+
+        def route() -> RouteInfo:
+            """Computed when checked: the CA digest changes once a new CA was written."""
+            info = self.provisioner.route(spec)
+            return info.model_copy(update={
+                "paused": spec.desired is Desired.paused,
+                "auto_wake": self.auto_wake_default if spec.auto_wake is None
+                else spec.auto_wake,
+                "ca_sha256": _digest(info.ca_file),
+            })
+
+        if spec.desired is Desired.paused:
+            return [
+                Step("mark-route-paused", self._route_is(record.name, route),
+                     self._set_route(record.name, route)),
+                *self.provisioner.pause(spec),
+            ]
+        return [
+            *self.provisioner.up(spec),
+            Step("register-route", self._route_is(record.name, route),
+                 self._set_route(record.name, route)),
+        ]
+
+    async def reconcile(self, name: str) -> bool:
+        """One pass for one tenant. True when the tenant is converged (or gone)."""
+        try:
+            record = await self.store.get(name)
+        except TenantNotFound:
+            return True
+        desired = record.spec.desired
+        busy = {Desired.running: Phase.provisioning, Desired.paused: Phase.pausing,
+                Desired.deleted: Phase.deleting}[desired]
+        current = None
+        try:
+            for step in self.plan(record):
+                current = step.name  # errors name the step, whether checking or running
+                if await step.done():
+                    continue
+                await self._update(name, lambda s, n=step.name: s.model_copy(
+                    update={"phase": busy, "step": n}))
+                if self.on_step:
+                    self.on_step(name, step.name)
+                log.info("tenant %s: %s", name, step.name)
+                await step.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            message = f"{current or 'plan'}: {exc}"
+            log.warning("tenant %s: %s", name, message)
+
+            def failed(s: TenantStatus) -> TenantStatus:
+                s = s.with_condition(Condition(
+                    type="Ready", status="False", reason="StepFailed", message=message))
+                return s.model_copy(update={"last_error": message, "failures": s.failures + 1})
+
+            await self._update(name, failed)
+            return False
+        if desired is Desired.deleted:
+            await self._forget(name)
+            return True
+        done = Phase.paused if desired is Desired.paused else Phase.ready
+        generation = record.generation
+
+        def converged(s: TenantStatus) -> TenantStatus:
+            s = s.with_condition(Condition(
+                type="Ready", status="True" if done is Phase.ready else "False",
+                reason="Running" if done is Phase.ready else "Paused"))
+            return s.model_copy(update={
+                "phase": done, "step": None, "last_error": None, "failures": 0,
+                "observed_generation": generation,
+                # a paused cluster is upgraded when it resumes
+                "k8s_version": record.spec.k8s_version if done is Phase.ready else s.k8s_version,
+                "hostname": self.hostname(name)})
+
+        await self._update(name, converged)
+        return True
+
+    # -- the reconciler's own steps ---------------------------------------------------------
+
+    def _route_is(self, name: str, route: Callable[[], RouteInfo | None]):
+        async def done() -> bool:
+            return (await self.store.get(name)).status.route == route()
+        return done
+
+    def _set_route(self, name: str, route: Callable[[], RouteInfo | None]):
+        async def run() -> None:
+            wanted = route()
+            await self._update(name, lambda s: s.model_copy(update={"route": wanted}))
+        return run
+
+    async def _update(self, name: str, change: Callable[[TenantStatus], TenantStatus]) -> None:
+        """Apply `change` to the latest status, re-reading on a version conflict."""
+        for _ in range(20):
+            record = await self.store.get(name)
+            new = change(record.status)
+            if new == record.status:
+                return
+            try:
+                await self.store.update_status(name, new, record.version)
+                return
+            except Conflict:
+                continue
+        raise Conflict(name)
+
+    async def _forget(self, name: str) -> None:
+        for _ in range(20):
+            try:
+                record = await self.store.get(name)
+            except TenantNotFound:
+                return
+            if record.spec.desired is not Desired.deleted:
+                return  # re-created or un-deleted meanwhile
+            try:
+                await self.store.delete(name, record.version)
+                return
+            except Conflict:
+                continue
+
+    # -- the long-running manager -----------------------------------------------------------
+
+    async def run(self, *, lease_ttl: float = 15.0) -> None:
+        """Reconcile every tenant, one worker each, while holding the manager lease."""
+        loop = asyncio.get_running_loop()
+        renew_at = 0.0
+        leader = False
+        try:
+            while True:
+                if loop.time() >= renew_at:  # a write: renew well before expiry, not per poll
+                    leader = await self.store.acquire_lease(MANAGER_LEASE, self.holder,
+                                                            lease_ttl)
+                    renew_at = loop.time() + lease_ttl / 3
+                if leader:
+                    for name in [n for n, t in self._workers.items() if t.done()]:
+                        del self._workers[name]
+                    for record in await self.store.list():
+                        task = self._workers.get(record.name)
+                        if task is None or task.done():
+                            self._workers[record.name] = asyncio.create_task(
+                                self._worker(record.name), name=f"reconcile-{record.name}")
+                elif self._workers:
+                    await self._stop_workers()  # someone else manages now
+                await asyncio.sleep(self.poll_seconds)
+        finally:
+            await self._stop_workers()
+            with contextlib.suppress(Exception):
+                await self.store.release_lease(MANAGER_LEASE, self.holder)
+
+    async def _stop_workers(self) -> None:
+        for task in self._workers.values():
+            task.cancel()
+        for task in self._workers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._workers.clear()
+
+    async def _worker(self, name: str) -> None:
+        while True:
+            try:
+                converged = await self.reconcile(name)
+                record = await self.store.get(name)
+            except TenantNotFound:
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("tenant %s: reconcile pass crashed", name)
+                converged, record = False, None
+            failures = record.status.failures if record else 1
+            delay = self.resync_seconds if converged else self.backoff.delay(max(1, failures))
+            await self._wait_for_change(name, record.generation if record else None, delay)
+
+    async def _wait_for_change(self, name: str, generation: int | None, delay: float) -> None:
+        """Sleep up to `delay`, waking early when the tenant's spec changes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while loop.time() < deadline:
+            await asyncio.sleep(min(self.poll_seconds, max(0.0, deadline - loop.time())))
+            try:
+                record = await self.store.get(name)
+            except TenantNotFound:
+                return
+            if record.generation != generation:
+                return
+
+
+async def run_until_converged(
+    reconciler: Reconciler, name: str, *, within: float, backoff_cap: float = 5.0
+) -> TenantRecord | None:
+    """Drive one tenant in this process until it converges (CLI `--wait` without a manager)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        if await reconciler.reconcile(name):
+            try:
+                return await reconciler.store.get(name)
+            except TenantNotFound:
+                return None
+        record = await reconciler.store.get(name)
+        delay = min(backoff_cap, reconciler.backoff.delay(max(1, record.status.failures)))
+        if loop.time() + delay > deadline:
+            raise TimeoutError(record.status.last_error or "not converged")
+        await asyncio.sleep(delay)

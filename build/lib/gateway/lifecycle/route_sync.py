@@ -1,0 +1,173 @@
+"""Keep a worker's `TenantRegistry` equal to the routes in the store.
+
+Every gateway worker runs one `RouteSync`. It polls the store's `revision()` (SQLite's
+`PRAGMA data_version`, or the kubernetes store's watch counter: cheap) every
+`poll_seconds` and re-reads the records only when something changed, so a deleted tenant
+is gone from every worker within a poll. It also flushes the registry's per-tenant activity
+to the store in batches, and gives paused tenants that allow it a `wake` that asks for a
+resume and waits for the running route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from gateway.config.model import Tenant as TenantConfig
+from gateway.lifecycle.model import Desired, RouteInfo, TenantRecord
+from gateway.lifecycle.store import Conflict, TenantNotFound, TenantStore
+from gateway.registry import TenantRegistry, Upstream, upstream_from_config
+
+log = logging.getLogger("vgate.lifecycle.routes")
+
+
+class RouteSync:
+    def __init__(
+        self,
+        store: TenantStore,
+        registry: TenantRegistry,
+        *,
+        static: Iterable[str] = (),
+        poll_seconds: float = 0.5,
+        resync_seconds: float = 30.0,
+        activity_seconds: float = 10.0,
+        on_roles: Callable[[str, Mapping[str, list[str]] | None], None] | None = None,
+        credentials: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`credentials` brings the tenants' credential files up to date (the kubernetes
+        store's Secrets mirror); it runs before routes are built and at every resync, which
+        is how a rotated token reaches this worker."""
+        self.store = store
+        self.registry = registry
+        self.static = frozenset(static)
+        self.poll_seconds = poll_seconds
+        self.resync_seconds = resync_seconds
+        self.activity_seconds = activity_seconds
+        self.on_roles = on_roles
+        self.credentials = credentials
+        self._roles: dict[str, dict[str, list[str]]] = {}
+        self._revision: int | None = None
+        self._routes: dict[str, RouteInfo] = {}
+        self._waking: dict[str, asyncio.Task] = {}
+
+    async def sync_once(self, *, force: bool = False) -> bool:
+        """Apply store changes to the registry; True if the store was re-read."""
+        revision = await self.store.revision()
+        if revision == self._revision and not force:
+            return False
+        records = await self.store.list()
+        if self.credentials is not None:
+            await self.credentials()
+        self._revision = revision
+        wanted = {r.name: r.status.route for r in records
+                  if r.status.route is not None and r.name not in self.static}
+        self._sync_roles(records)
+        for name in set(self._routes) - set(wanted):
+            self.registry.remove(name)
+            del self._routes[name]
+        for name, route in wanted.items():
+            if self._routes.get(name) == route:
+                continue
+            upstream = self._upstream(name, route)
+            if upstream is None:
+                continue
+            self.registry.put(upstream)
+            self._routes[name] = route
+        return True
+
+    def _sync_roles(self, records: list[TenantRecord]) -> None:
+        """Tenants' stored groups as roles: admin groups → cluster-admin, view → view."""
+        if self.on_roles is None:
+            return
+        wanted = {r.name: {"cluster-admin": list(r.spec.admin_groups),
+                           "view": list(r.spec.view_groups)}
+                  for r in records if r.spec.desired is not Desired.deleted
+                  and r.name not in self.static}
+        for name in set(self._roles) - set(wanted):
+            self.on_roles(name, None)
+            del self._roles[name]
+        for name, roles in wanted.items():
+            if self._roles.get(name) != roles:
+                self.on_roles(name, roles)
+                self._roles[name] = roles
+
+    def _upstream(self, name: str, route: RouteInfo) -> Upstream | None:
+        try:
+            upstream = upstream_from_config(TenantConfig(
+                name=name, upstream=route.server, ca_file=route.ca_file,
+                token_file=route.token_file, server_name=route.server_name,
+            ))
+        except (OSError, ValueError) as exc:  # credential files not there (yet)
+            log.warning("tenant %s: route not usable yet: %s", name, exc)
+            return None
+        upstream.paused = route.paused
+        if route.paused and route.auto_wake:
+            upstream.wake = lambda: self.wake(name)
+        return upstream
+
+    async def flush_activity(self) -> None:
+        seen = self.registry.drain_activity()
+        if seen:
+            await self.store.record_activity(seen)
+
+    async def wake(self, name: str) -> bool:
+        """Ask for `name` to run again and wait until its running route is in the registry.
+
+        Concurrent requests for the same tenant share one wake-up.
+        """
+        task = self._waking.get(name)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._wake(name))
+            self._waking[name] = task
+        return await asyncio.shield(task)
+
+    async def _wake(self, name: str) -> bool:
+        for _ in range(20):
+            try:
+                record: TenantRecord = await self.store.get(name)
+            except TenantNotFound:
+                return False
+            if record.spec.desired is Desired.deleted:
+                return False
+            if record.spec.desired is Desired.running:
+                break
+            log.info("tenant %s: waking on request", name)
+            running = record.spec.model_copy(update={"desired": Desired.running})
+            try:
+                await self.store.update_spec(name, running, record.version)
+                break
+            except Conflict:
+                continue
+        while True:
+            await self.sync_once()
+            current = self.registry.get(name)
+            if current is None:
+                return False
+            if not current.paused:
+                return True
+            await asyncio.sleep(self.poll_seconds)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time() + self.resync_seconds
+        next_flush = loop.time() + self.activity_seconds
+        try:
+            while True:
+                now = loop.time()
+                try:
+                    await self.sync_once(force=now >= next_resync)
+                    if now >= next_resync:
+                        next_resync = now + self.resync_seconds
+                    if now >= next_flush:
+                        next_flush = now + self.activity_seconds
+                        await self.flush_activity()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("route sync failed; retrying")
+                await asyncio.sleep(self.poll_seconds)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.flush_activity()

@@ -1,0 +1,215 @@
+"""The embedded `TenantStore`: one SQLite file in WAL mode, shared by every process.
+
+Each instance owns one connection used from worker threads (`asyncio.to_thread`) behind a
+lock. Writes are compare-and-swap on the `version` column. `revision()` is SQLite's
+`PRAGMA data_version`, which changes when *another* connection commits — cheap to poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
+from gateway.lifecycle.store import Conflict, TenantExists, TenantNotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_activity REAL
+)
+"""
+_LEASES = """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires REAL NOT NULL
+)
+"""
+_COLUMNS = "name, spec, status, version, generation, created_at, last_activity"
+
+
+class SQLiteTenantStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        with self._lock:
+            self._wal()
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(_SCHEMA)
+            self._db.execute(_LEASES)
+        os.chmod(self.path, 0o600)
+
+    def _wal(self) -> None:
+        """Switch to WAL. Several processes opening a new store at once (gateway workers)
+        race for the exclusive lock this needs, and SQLite answers "locked" at once rather
+        than waiting on the busy timeout: retry for a while."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    # -- sync core (runs in a thread) ------------------------------------------------------
+
+    def _call(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    @staticmethod
+    def _record(row: tuple) -> TenantRecord:
+        _, spec, status, version, generation, created_at, last_activity = row
+        return TenantRecord(
+            spec=TenantSpec.model_validate_json(spec),
+            status=TenantStatus.model_validate_json(status),
+            version=version,
+            generation=generation,
+            created_at=created_at,
+            last_activity=last_activity,
+        )
+
+    def _get(self, name: str) -> TenantRecord:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tenants WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            raise TenantNotFound(name)
+        return self._record(row)
+
+    def _list(self) -> list[TenantRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM tenants ORDER BY name").fetchall()
+        return [self._record(r) for r in rows]
+
+    def _create(self, spec: TenantSpec) -> TenantRecord:
+        try:
+            self._call(
+                "INSERT INTO tenants (name, spec, status, version, generation, created_at) "
+                "VALUES (?, ?, ?, 1, 1, ?)",
+                (spec.name, spec.model_dump_json(), TenantStatus().model_dump_json(), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise TenantExists(spec.name) from None
+        return self._get(spec.name)
+
+    def _swap(self, name: str, version: int, sql: str, args: tuple) -> TenantRecord:
+        with self._lock:
+            changed = self._db.execute(sql, (*args, name, version)).rowcount
+        if changed != 1:
+            self._get(name)  # TenantNotFound if it is gone
+            raise Conflict(name)
+        return self._get(name)
+
+    def _update_spec(self, name: str, spec: TenantSpec, version: int) -> TenantRecord:
+        return self._swap(
+            name, version,
+            "UPDATE tenants SET spec = ?, version = version + 1, generation = generation + 1 "
+            "WHERE name = ? AND version = ?",
+            (spec.model_dump_json(),),
+        )
+
+    def _update_status(self, name: str, status: TenantStatus, version: int) -> TenantRecord:
+        return self._swap(
+            name, version,
+            "UPDATE tenants SET status = ?, version = version + 1 WHERE name = ? AND version = ?",
+            (status.model_dump_json(),),
+        )
+
+    def _delete(self, name: str, version: int) -> None:
+        with self._lock:
+            changed = self._db.execute(
+                "DELETE FROM tenants WHERE name = ? AND version = ?", (name, version)
+            ).rowcount
+        if changed != 1:
+            self._get(name)
+            raise Conflict(name)
+
+    def _record_activity(self, seen: dict[str, float]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE tenants SET last_activity = ? WHERE name = ? "
+                    "AND (last_activity IS NULL OR last_activity < ?)",
+                    [(t, n, t) for n, t in seen.items()],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _acquire(self, lease: str, holder: str, ttl: float) -> bool:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
+                "expires = excluded.expires WHERE leases.holder = excluded.holder "
+                "OR leases.expires < ?",
+                (lease, holder, now + ttl, now),
+            )
+            row = self._db.execute("SELECT holder FROM leases WHERE name = ?", (lease,)).fetchone()
+        return row is not None and row[0] == holder
+
+    def _release(self, lease: str, holder: str) -> None:
+        self._call("DELETE FROM leases WHERE name = ? AND holder = ?", (lease, holder))
+
+    def _revision(self) -> int:
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- async API -------------------------------------------------------------------------
+
+    async def create(self, spec: TenantSpec) -> TenantRecord:
+        return await asyncio.to_thread(self._create, spec)
+
+    async def get(self, name: str) -> TenantRecord:
+        return await asyncio.to_thread(self._get, name)
+
+    async def list(self) -> list[TenantRecord]:
+        return await asyncio.to_thread(self._list)
+
+    async def update_spec(self, name: str, spec: TenantSpec, version: int) -> TenantRecord:
+        return await asyncio.to_thread(self._update_spec, name, spec, version)
+
+    async def update_status(self, name: str, status: TenantStatus, version: int) -> TenantRecord:
+        return await asyncio.to_thread(self._update_status, name, status, version)
+
+    async def delete(self, name: str, version: int) -> None:
+        await asyncio.to_thread(self._delete, name, version)
+
+    async def record_activity(self, seen: dict[str, float]) -> None:
+        if seen:
+            await asyncio.to_thread(self._record_activity, dict(seen))
+
+    async def acquire_lease(self, lease: str, holder: str, ttl: float) -> bool:
+        return await asyncio.to_thread(self._acquire, lease, holder, ttl)
+
+    async def release_lease(self, lease: str, holder: str) -> None:
+        await asyncio.to_thread(self._release, lease, holder)
+
+    async def revision(self) -> int:
+        return await asyncio.to_thread(self._revision)
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()

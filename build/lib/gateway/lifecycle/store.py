@@ -1,0 +1,64 @@
+"""`TenantStore`: where tenant records live. Secrets never go here."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
+
+
+class StoreError(Exception):
+    """Base of the store's errors; `str()` is a sentence for people."""
+
+
+class TenantExists(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f'tenant "{name}" already exists')
+        self.name = name
+
+
+class TenantNotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f'tenant "{name}" not found')
+        self.name = name
+
+
+class Conflict(StoreError):
+    """The record changed since it was read (its `version` moved on)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f'tenant "{name}" was changed concurrently; read it again')
+        self.name = name
+
+
+class TenantStore(Protocol):
+    async def create(self, spec: TenantSpec) -> TenantRecord:
+        """Store a new tenant; `TenantExists` if the name is taken."""
+
+    async def get(self, name: str) -> TenantRecord:
+        """The record, or `TenantNotFound`."""
+
+    async def list(self) -> list[TenantRecord]:
+        """Every record, sorted by name."""
+
+    async def update_spec(self, name: str, spec: TenantSpec, version: int) -> TenantRecord:
+        """Replace the spec if the record is still at `version` (else `Conflict`)."""
+
+    async def update_status(self, name: str, status: TenantStatus, version: int) -> TenantRecord:
+        """Replace the status if the record is still at `version` (else `Conflict`)."""
+
+    async def delete(self, name: str, version: int) -> None:
+        """Forget the record if it is still at `version`."""
+
+    async def record_activity(self, seen: dict[str, float]) -> None:
+        """Batch of tenant → last request time; never moves `version`, never goes backwards."""
+
+    async def acquire_lease(self, lease: str, holder: str, ttl: float) -> bool:
+        """Take or renew the named lease for `ttl` seconds; False if someone else holds it."""
+
+    async def release_lease(self, lease: str, holder: str) -> None: ...
+
+    async def revision(self) -> int:
+        """A number that changes whenever any other writer committed something."""
+
+    async def close(self) -> None: ...

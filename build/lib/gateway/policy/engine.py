@@ -1,0 +1,157 @@
+"""Decide what an authenticated identity may be in one tenant's cluster."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from gateway.directory.dn import normalize_dn
+from gateway.directory.entry import Membership
+from gateway.identity import Deny, Grant, Identity
+from gateway.policy.load import LoadedPolicy
+from gateway.policy.model import ROLE_GROUP_PREFIX
+
+ISSUER_EXTRA = "vgate.io/issuer"
+TENANT_EXTRA = "vgate.io/tenant"
+DIRECTORY_GROUP_PREFIX = "ad:"
+MAX_GROUP_NAME = 512
+MAX_FORWARDED_GROUPS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    role: str
+    groups: frozenset[str]
+    users: frozenset[str]
+    where: str
+    directory_groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    pattern: re.Pattern[str]
+    where: str
+
+
+def forwarded_name(dn: str) -> str | None:
+    """The stable group name a forwarded directory group is impersonated as, or None when
+    it could not travel safely in a header (control characters, too long)."""
+    try:
+        name = DIRECTORY_GROUP_PREFIX + normalize_dn(dn)
+    except ValueError:
+        return None
+    if len(name) > MAX_GROUP_NAME or not name.isprintable() or not name.isascii():
+        return None
+    return name
+
+
+class PolicyEngine:
+    """Deny by default; every matching rule adds its role, impersonated as `vgate:<role>`.
+
+    With a directory configured, `decide` also gets the user's `Membership`: rules match
+    directory groups by normalized DN or SID, an inactive or unknown account is denied,
+    and groups matching the tenant's `forward_directory_groups` are impersonated too."""
+
+    def __init__(self, policies: list[LoadedPolicy]) -> None:
+        self._by_tenant: dict[str, list[_Rule]] = {}
+        self._stored: dict[str, tuple[_Rule, ...]] = {}
+        self._forward: dict[str, list[_Forward]] = {}
+        for loaded in policies:
+            tenant = loaded.policy.tenant
+            for role, rule in loaded.policy.roles.items():
+                self._by_tenant.setdefault(tenant, []).append(
+                    _Rule(
+                        role,
+                        frozenset(rule.groups),
+                        frozenset(rule.users),
+                        f"{loaded.file}:{loaded.role_lines.get(role, 0)}",
+                        frozenset(rule.directory_groups),
+                    )
+                )
+            fwd = loaded.policy.forward_directory_groups
+            if fwd is not None:
+                self._forward.setdefault(tenant, []).append(
+                    _Forward(re.compile(fwd.match), f"{loaded.file}:{loaded.forward_line}"))
+
+    def tenants_with_rules(self) -> set[str]:
+        return set(self._by_tenant) | set(self._stored)
+
+    def set_stored_roles(self, tenant: str, roles: Mapping[str, Iterable[str]] | None) -> None:
+        """Roles kept with a lifecycle-managed tenant (role → groups), on top of the policy
+        files; None forgets them."""
+        if roles is None:
+            self._stored.pop(tenant, None)
+            return
+        self._stored[tenant] = tuple(
+            _Rule(role, frozenset(groups), frozenset(), f"tenant {tenant} record")
+            for role, groups in roles.items() if groups
+        )
+
+    def decide(
+        self, identity: Identity, tenant: str, directory: Membership | None = None
+    ) -> Grant | Deny:
+        if directory is not None and not directory.active:
+            return Deny(tenant, f"{identity.username}: directory account "
+                                f"{directory.lookup!r} {directory.why_inactive}")
+        roles: dict[str, None] = {}
+        reasons: list[str] = []
+        via_directory: list[tuple[str, str]] = []
+        groups = set(identity.groups)
+        keys = directory.keys if directory is not None else frozenset()
+        for rule in (*self._by_tenant.get(tenant, ()), *self._stored.get(tenant, ()),
+                     *self._by_tenant.get("*", ())):
+            if identity.username in rule.users:
+                roles.setdefault(rule.role)
+                reasons.append(f"{rule.role}: user {identity.username} ({rule.where})")
+                continue
+            matched = rule.groups & groups
+            if matched:
+                roles.setdefault(rule.role)
+                reasons.append(f"{rule.role}: group {sorted(matched)[0]} ({rule.where})")
+                continue
+            matched = rule.directory_groups & keys
+            if matched and directory is not None:
+                key = sorted(matched)[0]
+                group = directory.group_for_key(key)
+                label = (group.dn or group.sid) if group else key
+                roles.setdefault(rule.role)
+                reasons.append(f"{rule.role}: directory group {label} ({rule.where})")
+                via_directory.append((rule.role, label))
+        if not roles:
+            return Deny(tenant, f"no role for {identity.username} on tenant {tenant}")
+        ordered = tuple(sorted(roles))
+        role_groups = tuple(ROLE_GROUP_PREFIX + r for r in ordered)
+        return Grant(
+            tenant=tenant,
+            user=identity.username,
+            uid=identity.uid,
+            groups=role_groups + self._forwarded(tenant, directory),
+            roles=ordered,
+            extra=((ISSUER_EXTRA, (identity.issuer,)), (TENANT_EXTRA, (tenant,))),
+            reasons=tuple(reasons),
+            directory_groups=tuple(via_directory),
+        )
+
+    def _forwarded(self, tenant: str, directory: Membership | None) -> tuple[str, ...]:
+        if directory is None:
+            return ()
+        rules = (*self._forward.get(tenant, ()), *self._forward.get("*", ()))
+        if not rules:
+            return ()
+        memo_key = ("forward", tenant, id(self))
+        memoized = directory.memo.get(memo_key)
+        if memoized is not None:
+            return memoized
+        names: dict[str, None] = {}
+        for group in directory.groups:
+            if group.dn is None or not any(r.pattern.search(group.dn) for r in rules):
+                continue
+            name = forwarded_name(group.dn)
+            if name is not None:
+                names.setdefault(name)
+            if len(names) >= MAX_FORWARDED_GROUPS:
+                break
+        forwarded = tuple(sorted(names))
+        directory.memo[memo_key] = forwarded
+        return forwarded

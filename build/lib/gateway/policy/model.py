@@ -1,0 +1,96 @@
+"""Policy files: per tenant, which users and groups get which role."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from gateway.directory.dn import normalize_dn
+from gateway.directory.sid import is_sid
+from gateway.identity import usable_names
+
+ROLE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+ROLE_GROUP_PREFIX = "vgate:"
+WELL_KNOWN_ROLES = ("cluster-admin", "admin", "edit", "view")
+
+
+def _group_ref(name: str) -> str:
+    """A directory group named by DN or SID, normalized (DN lowercased, SID uppercased)."""
+    if name.upper().startswith("S-1-"):
+        if not is_sid(name.upper()):
+            raise ValueError(f"malformed SID: {name[:80]!r}")
+        return name.upper()
+    try:
+        return normalize_dn(name)
+    except ValueError:
+        raise ValueError(f"not a group DN or SID: {name[:80]!r} "
+                         "(write CN=…,OU=…,DC=… or S-1-5-21-…)") from None
+
+
+DirectoryGroupRef = Annotated[str, AfterValidator(_group_ref)]
+
+
+class RoleRule(BaseModel):
+    """Who gets one role: token groups and/or usernames (both with the issuer's prefixes),
+    and/or directory groups by DN or objectSid."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    groups: Annotated[list[str], Field(max_length=10_000)] = []
+    users: Annotated[list[str], Field(max_length=10_000)] = []
+    directory_groups: Annotated[list[DirectoryGroupRef], Field(max_length=10_000)] = []
+
+    @field_validator("directory_groups")
+    @classmethod
+    def _no_duplicates(cls, v: list[str]) -> list[str]:
+        dups = sorted({n for n in v if v.count(n) > 1})
+        if dups:
+            raise ValueError(f"listed twice: {', '.join(dups)}")
+        return v
+
+    @field_validator("groups", "users")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return usable_names(v)
+
+
+class ForwardDirectoryGroups(BaseModel):
+    """Directory groups whose DN matches `match` are also impersonated, as
+    `ad:<normalized DN>`, for the tenant's own RBAC."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: Annotated[str, Field(min_length=1, max_length=1024)]
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+
+class PolicyFile(BaseModel):
+    """One `policies/*.yaml` document. `tenant: "*"` applies to every tenant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tenant: str
+    roles: dict[str, RoleRule]
+    forward_directory_groups: ForwardDirectoryGroups | None = None
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, v: str) -> str:
+        if v != "*" and not ROLE_NAME.fullmatch(v):
+            raise ValueError("must be a tenant name or '*'")
+        return v
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: dict[str, RoleRule]) -> dict[str, RoleRule]:
+        for role in v:
+            if not ROLE_NAME.fullmatch(role):
+                raise ValueError(f"role {role!r} is not a DNS label")
+        return v

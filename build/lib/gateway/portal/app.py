@@ -1,0 +1,311 @@
+"""The portal's starlette app: sign-in (code + PKCE via authlib), tenant page, kubeconfigs.
+
+Routes (all under the gateway's own host):
+  GET  /                               the tenant page (signs in first when needed)
+  GET  /login                          start the sign-in at the IdP
+  GET  /oauth2/callback                the IdP's answer (state + nonce checked)
+  GET  /tenants/{tenant}/kubeconfig    ?form=host|path; 403 without a role on the tenant
+  POST /logout                         with the session's CSRF token
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
+from authlib.integrations.starlette_client import OAuth
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from gateway.authn.errors import AuthError
+from gateway.authn.keys import IssuerKeys
+from gateway.config.model import GatewayConfig
+from gateway.directory.errors import DirectoryUnavailable
+from gateway.identity import Identity
+from gateway.login.kubeconfig import (
+    KubeconfigSpec,
+    bash_command,
+    kubeconfig_yaml,
+    powershell_command,
+)
+from gateway.portal.access import TenantAccess, TenantRole
+from gateway.portal.signin import PortalVerifier
+
+log = logging.getLogger("vgate.portal")
+
+SESSION_COOKIE = "vgate_portal"
+CALLBACK_PATH = "/oauth2/callback"
+MIN_SECRET_BYTES = 32
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+}
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def read_secret(path: Path, what: str, *, min_bytes: int = 1) -> str:
+    """A secret file's content (stripped); ValueError naming the file when unusable."""
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: {exc.strerror}") from None
+    if len(value.encode()) < min_bytes:
+        raise ValueError(f"{what} {path}: needs at least {min_bytes} bytes")
+    return value
+
+
+@dataclass(frozen=True)
+class KubeconfigForms:
+    """How kubeconfig servers are written: by hostname and/or by path prefix."""
+
+    public_url: str
+    base_domain: str | None
+    path_prefix: str | None
+
+    def servers(self, tenant: str) -> dict[str, str]:
+        out = {}
+        scheme, _, hostport = self.public_url.partition("://")
+        if self.base_domain:
+            port = hostport.rpartition(":")[2] if ":" in hostport.lstrip("[") else ""
+            port = port if port.isdigit() else ""
+            out["host"] = f"{scheme}://{tenant}.{self.base_domain}" + (f":{port}" if port else "")
+        if self.path_prefix:
+            out["path"] = f"{self.public_url}{self.path_prefix}/{tenant}"
+        return out
+
+
+class Portal:
+    """The portal for one gateway config; `app` is the ASGI app to mount at `/`."""
+
+    def __init__(self, config: GatewayConfig, access: TenantAccess, keys: IssuerKeys) -> None:
+        portal = config.portal
+        if portal is None:
+            raise ValueError("no portal section in the config")
+        self.settings = portal
+        self.access = access
+        # claims the access lookup needs after sign-in (the directory searches by one)
+        self.kept_claims = (config.ldap.user_claim,) if config.ldap else ()
+        self.secure = not portal.insecure_http
+        self.forms = KubeconfigForms(portal.public_url, config.routing.base_domain,
+                                     config.routing.path_prefix)
+        issuer = next(i for i in config.oidc.issuers if i.issuer == portal.issuer)
+        self.ca_pem = portal.ca_file.read_bytes() if portal.ca_file else None
+        self.issuer_ca_pem = issuer.ca_file.read_bytes() if issuer.ca_file else None
+        self.verifier = PortalVerifier(issuer, keys, portal.client_id)
+        client_secret = read_secret(portal.client_secret_file, "portal.client_secret_file")
+        cookie_secret = read_secret(portal.cookie_secret_file, "portal.cookie_secret_file",
+                                    min_bytes=MIN_SECRET_BYTES)
+        client_kwargs: dict[str, Any] = {
+            "scope": " ".join(portal.scopes),
+            "code_challenge_method": "S256",
+            "timeout": 10.0,
+        }
+        if issuer.ca_file:
+            client_kwargs["verify"] = ssl.create_default_context(cafile=str(issuer.ca_file))
+        discovery = issuer.discovery_url or (
+            portal.issuer.rstrip("/") + "/.well-known/openid-configuration")
+        self.oauth = OAuth()
+        self.oauth.register(
+            "idp", client_id=portal.client_id, client_secret=client_secret,
+            server_metadata_url=discovery, client_kwargs=client_kwargs,
+        )
+        self.app = Starlette(
+            routes=[
+                Route("/", self.home, methods=["GET"]),
+                Route("/login", self.login, methods=["GET"]),
+                Route(CALLBACK_PATH, self.callback, methods=["GET"]),
+                Route("/tenants/{tenant}/kubeconfig", self.download, methods=["GET"]),
+                Route("/logout", self.logout, methods=["POST"]),
+            ],
+            middleware=[Middleware(
+                SessionMiddleware, secret_key=cookie_secret, session_cookie=SESSION_COOKIE,
+                max_age=portal.session_lifetime_seconds, same_site="lax",
+                https_only=self.secure, path="/",
+            )],
+            exception_handlers={404: self._not_found, 405: self._not_allowed},
+        )
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        body = _templates.get_template(template).render(**context)
+        return HTMLResponse(body, status_code=status, headers=_SECURITY_HEADERS)
+
+    def _error(self, status: int, title: str, message: str, *, retry: bool = True) -> Response:
+        return self._page("message.html", status, title=title, message=message, retry=retry)
+
+    def _identity(self, request: Request) -> Identity | None:
+        """The signed-in identity, while the session's absolute lifetime lasts."""
+        s = request.session
+        until = s.get("until")
+        if not isinstance(until, int | float) or until <= time.time() or "user" not in s:
+            return None
+        return Identity(username=s["user"], uid=s["sub"], groups=tuple(s.get("groups", ())),
+                        issuer=s["iss"], expires_at=float(until), claims=s.get("claims", {}))
+
+    async def _tenants(self, identity: Identity) -> list[TenantRole] | Response:
+        """The identity's tenants, or an error page when the directory cannot answer."""
+        try:
+            return await self.access(identity)
+        except DirectoryUnavailable:
+            return self._error(503, "Try again shortly",
+                               "The gateway cannot read your groups from the directory "
+                               "right now.")
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        return self._error(404, "Not found", "There is no such page here.", retry=False)
+
+    async def _not_allowed(self, request: Request, exc: Exception) -> Response:
+        return self._error(405, "Method not allowed", "This page does not take that method.",
+                           retry=False)
+
+    def _spec(self, tenant: str, server: str) -> KubeconfigSpec:
+        return KubeconfigSpec(
+            tenant=tenant, server=server, issuer=self.settings.issuer,
+            client_id=self.settings.cli_client_id, ca_pem=self.ca_pem,
+            command=self.settings.login_command, issuer_ca_pem=self.issuer_ca_pem,
+        )
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def home(self, request: Request) -> Response:
+        identity = self._identity(request)
+        if identity is None:
+            request.session.clear()
+            return RedirectResponse("/login", status_code=303, headers=_SECURITY_HEADERS)
+        tenants = await self._tenants(identity)
+        if isinstance(tenants, Response):
+            return tenants
+        rows = []
+        for tr in tenants:
+            servers = self.forms.servers(tr.tenant)
+            preferred = servers.get("host") or servers["path"]
+            spec = self._spec(tr.tenant, preferred)
+            rows.append({"tenant": tr.tenant, "roles": tr.roles, "forms": list(servers),
+                         "bash": bash_command(spec), "powershell": powershell_command(spec),
+                         "server": preferred})
+        return self._page(
+            "tenants.html", user=identity.username, name=request.session.get("name", ""),
+            rows=rows, csrf=request.session.get("csrf", ""), issuer=self.settings.issuer,
+        )
+
+    async def login(self, request: Request) -> Response:
+        request.session.clear()
+        redirect_uri = self.settings.public_url + CALLBACK_PATH
+        nonce = secrets.token_urlsafe(24)
+        request.session["nonce"] = nonce
+        try:
+            return await self.oauth.idp.authorize_redirect(request, redirect_uri, nonce=nonce)
+        except Exception as exc:  # discovery failed: the IdP is down or misconfigured
+            log.warning("portal sign-in cannot start: %s", str(exc)[:300])
+            return self._error(503, "Sign-in unavailable",
+                               "The identity provider cannot be reached right now.")
+
+    async def callback(self, request: Request) -> Response:
+        nonce = request.session.get("nonce")
+        if request.query_params.get("error"):
+            error = request.query_params.get("error", "")
+            request.session.clear()
+            if error == "access_denied":
+                return self._error(403, "Sign-in cancelled",
+                                   "The identity provider did not sign you in.")
+            return self._error(400, "Sign-in failed",
+                               f"The identity provider answered: {error[:100]}")
+        try:
+            token = await self.oauth.idp.authorize_access_token(request)
+        except MismatchingStateError:
+            request.session.clear()
+            return self._error(400, "Sign-in expired",
+                               "This sign-in answer does not belong to your browser session "
+                               "(or it took too long).")
+        except OAuthError as exc:
+            request.session.clear()
+            log.info("portal sign-in refused: %s", exc.error)
+            return self._error(400, "Sign-in failed", "The identity provider refused the "
+                               "sign-in.")
+        except Exception as exc:
+            request.session.clear()
+            log.warning("portal code exchange failed: %s", type(exc).__name__)
+            return self._error(502, "Sign-in failed", "The identity provider could not be "
+                               "reached to complete the sign-in.")
+        id_token = token.get("id_token")
+        if not isinstance(id_token, str) or not isinstance(nonce, str):
+            request.session.clear()
+            return self._error(400, "Sign-in failed", "No ID token came back.")
+        try:
+            identity = await self.verifier.verify(id_token, nonce)
+        except AuthError as exc:
+            request.session.clear()
+            log.info("portal sign-in rejected: %s: %s", exc.reason, exc.detail)
+            return self._error(403, "Not allowed",
+                               "Your identity cannot be used through this gateway.")
+        request.session.clear()
+        until = time.time() + self.settings.session_lifetime_seconds
+        request.session.update({
+            "user": identity.username, "sub": identity.uid, "groups": list(identity.groups),
+            "iss": identity.issuer, "until": int(until), "csrf": secrets.token_urlsafe(24),
+            "name": str(identity.claims.get("name", ""))[:200],
+            "claims": {c: identity.claims[c] for c in self.kept_claims
+                       if isinstance(identity.claims.get(c), str)},
+        })
+        return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
+
+    async def download(self, request: Request) -> Response:
+        identity = self._identity(request)
+        if identity is None:
+            return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
+        tenant = request.path_params["tenant"]
+        form = request.query_params.get("form", "host")
+        allowed = await self._tenants(identity)
+        if isinstance(allowed, Response):
+            return allowed
+        if not any(tr.tenant == tenant for tr in allowed):
+            return self._error(403, "No access",
+                               f"You have no role on the tenant {tenant[:63]}.", retry=False)
+        servers = self.forms.servers(tenant)
+        if form not in servers:
+            return self._error(404, "Not found", f"No {form[:10]} form here.", retry=False)
+        body = kubeconfig_yaml(self._spec(tenant, servers[form]))
+        return Response(body, media_type="application/yaml", headers={
+            **_SECURITY_HEADERS,
+            "Content-Disposition": f'attachment; filename="kubeconfig-{tenant}-{form}.yaml"',
+        })
+
+    async def logout(self, request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=4)
+        sent = str(form.get("csrf", ""))
+        expected = str(request.session.get("csrf", ""))
+        if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+            return self._error(403, "Sign-out refused",
+                               "The sign-out form was not from this page; reload and retry.")
+        request.session.clear()
+        return self._page("message.html", title="Signed out",
+                          message="You are signed out of the vgate portal.", retry=True)
+
+
+def build_portal(config: GatewayConfig, access: TenantAccess, keys: IssuerKeys) -> Portal:
+    """The portal; `keys` is the gateway authenticator's key set for `portal.issuer`."""
+    return Portal(config, access, keys)
+
+

@@ -1,0 +1,104 @@
+"""The development OpenID Provider in `deploy/dev-idp/` (npm `oidc-provider`) as a child
+process: dependencies installed on first use, started, awaited, stopped."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.private_file import write_private
+from gateway.quickstart.first_tenant import QuickstartError
+
+DEV_IDP_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dev-idp"
+START_TIMEOUT = 20.0
+
+
+def ensure_node_modules(directory: Path = DEV_IDP_DIR) -> None:
+    """`npm ci` once per lockfile (a marker in node_modules holds the lockfile's hash)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise QuickstartError("Node.js (node and npm) is needed for the local OpenID Provider: "
+                              "install it (Debian: apt-get install nodejs npm)")
+    if not (directory / "server.mjs").is_file():
+        raise QuickstartError(f"{directory} is missing: run vgate from a checkout of its "
+                              "repository for the local OpenID Provider")
+    lock = directory / "package-lock.json"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    marker = directory / "node_modules" / ".vgate-lock-sha256"
+
+    def fresh() -> bool:
+        return (marker.is_file() and marker.read_text().strip() == digest
+                and (directory / "node_modules" / "oidc-provider" / "package.json").is_file())
+
+    if fresh():
+        return
+    lock_file = Path(tempfile.gettempdir()) / f"vgate-dev-idp-npm-{os.getuid()}.lock"
+    with lock_file.open("w") as lf:
+        fcntl.flock(lf, fcntl.LOCK_EX)  # concurrent starts: one npm ci at a time
+        if fresh():
+            return
+        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                              cwd=directory, capture_output=True, text=True, timeout=600,
+                              check=False)
+        if proc.returncode != 0:
+            raise QuickstartError(f"npm ci in {directory} failed:\n{proc.stderr[-2000:]}")
+        marker.write_text(digest + "\n")
+
+
+class DevIdP:
+    """`node server.mjs --config FILE`, output appended to `log_file`."""
+
+    def __init__(self, config: dict, config_file: Path, log_file: Path) -> None:
+        self.config = config
+        self.config_file = config_file
+        self.log_file = log_file
+        self.issuer: str = config["issuer"]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DevIdP:
+        """Start and wait until it prints `ready <issuer>`; raise `QuickstartError` if not."""
+        ensure_node_modules()
+        # it holds the portal client's secret
+        write_private(self.config_file, json.dumps(self.config, indent=2).encode())
+        with self.log_file.open("ab") as log:
+            offset = log.tell()
+            self._proc = subprocess.Popen(
+                [shutil.which("node") or "node", str(DEV_IDP_DIR / "server.mjs"),
+                 "--config", str(self.config_file)],
+                cwd=DEV_IDP_DIR, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
+            )
+        want = f"ready {self.issuer}".encode()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            with self.log_file.open("rb") as f:
+                f.seek(offset)
+                output = f.read()
+            if want in output:
+                return self
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise QuickstartError(f"the local OpenID Provider did not start; its output:\n"
+                              f"{output[-3000:].decode(errors='replace')}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s; a no-op when not running."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

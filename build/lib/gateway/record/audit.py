@@ -1,0 +1,111 @@
+"""The audit log: one JSON line per request, written without blocking the event loop much."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from json.encoder import encode_basestring_ascii  # the C implementation
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.identity import Grant, Identity
+    from gateway.server.exchange import Exchange
+
+FLUSH_INTERVAL = 0.2
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+MAX_CACHED_IDENTITIES = 4096
+
+
+def _string(value: str | None) -> str:
+    """A JSON string (ASCII, escaped) or null."""
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+class AuditLog:
+    """Buffers lines; a line is on disk at most `FLUSH_INTERVAL` seconds after its request
+    ended (a timer flushes a dirty buffer), and everything is flushed at close."""
+
+    def __init__(self, destination: str) -> None:
+        self._own = destination not in ("-", "")
+        self._out: IO[str] = (
+            open(destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            if self._own else sys.stdout
+        )
+        self._flush_pending: asyncio.TimerHandle | None = None
+        self._who_cache: dict[tuple[int, int], tuple[object, object, str]] = {}
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self) -> str:
+        """UTC time to the second, formatted once per second."""
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        return self._stamp
+
+    def write(self, exchange: Exchange) -> None:
+        path = _string((exchange.upstream_target or exchange.target).decode("latin-1")[:2048])
+        duration = round((time.monotonic() - exchange.started) * 1000, 3)
+        optional = ""
+        if exchange.source != exchange.conn.peer:
+            optional += f',"via":{_string(exchange.conn.peer)}'
+        directory = exchange.directory
+        if directory is not None:
+            optional += f',"directory_user":{_string(directory.dn)}'
+        self._out.write(
+            f'{{"time":"{self._timestamp()}","request_id":"{exchange.request_id.decode()}",'
+            f'"source":{_string(exchange.source)},"tenant":{_string(exchange.tenant)},'
+            f'{self._who(exchange.identity, exchange.grant)},'
+            f'"decision":{_string(exchange.decision or "none")},'
+            f'"reason":{_string(exchange.reason or None)},'
+            f'"method":{_string(exchange.method.decode("latin-1"))},"path":{path},'
+            f'"status":{exchange.status:d},"bytes":{exchange.bytes_out:d},'
+            f'"duration_ms":{duration!r}{optional}}}\n'
+        )
+        if self._flush_pending is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._out.flush()
+                return
+            self._flush_pending = loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    def _who(self, ident: Identity | None, grant: Grant | None) -> str:
+        """The identity part of an audit line (user … granted_by), serialized once per
+        (identity, grant) pair: both are immutable and reused across requests."""
+        key = (id(ident), id(grant))
+        hit = self._who_cache.get(key)
+        if hit is not None and hit[0] is ident and hit[1] is grant:
+            return hit[2]
+        who: dict = {
+            "user": ident.username if ident else None,
+            "uid": ident.uid if ident else None,
+            "issuer": ident.issuer if ident else None,
+            "groups": list(grant.groups) if grant else [],
+            "roles": list(grant.roles) if grant else [],
+        }
+        if grant and grant.reasons:
+            who["granted_by"] = list(grant.reasons)
+        if grant and grant.directory_groups:
+            who["directory_groups"] = [
+                {"role": role, "group": group} for role, group in grant.directory_groups]
+        text = _ENCODER.encode(who)[1:-1]
+        if len(self._who_cache) >= MAX_CACHED_IDENTITIES:
+            self._who_cache.clear()
+        self._who_cache[key] = (ident, grant, text)
+        return text
+
+    def _flush(self) -> None:
+        self._flush_pending = None
+        self._out.flush()
+
+    def close(self) -> None:
+        if self._flush_pending is not None:
+            self._flush_pending.cancel()
+            self._flush_pending = None
+        self._out.flush()
+        if self._own:
+            self._out.close()

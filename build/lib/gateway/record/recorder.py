@@ -1,0 +1,33 @@
+"""Record a finished exchange: audit line + metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from gateway.record.audit import AuditLog
+from gateway.record.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.server.exchange import Exchange
+
+
+class Recorder:
+    def __init__(self, audit: AuditLog, metrics: Metrics) -> None:
+        self.audit = audit
+        self.metrics = metrics
+
+    def stream_opened(self, exchange: Exchange) -> None:
+        self.metrics.open_streams.labels("tunnel" if exchange.upgrade else "stream").inc()
+
+    def record(self, exchange: Exchange) -> None:
+        tenant = exchange.tenant or ""
+        status = exchange.status or 499  # 499: the client left before any response
+        exchange.status = status
+        requests, latency = self.metrics.request_children(tenant, status)
+        requests.inc()
+        if exchange.streaming and exchange.decision == "allow":
+            self.metrics.open_streams.labels("tunnel" if exchange.upgrade else "stream").dec()
+        else:
+            latency.observe(time.monotonic() - exchange.started)
+        self.audit.write(exchange)

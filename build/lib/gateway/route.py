@@ -1,0 +1,86 @@
+"""Step 1 of the request path: which tenant does a request address, and what path goes on?
+
+Two ways to name a tenant, both active at once:
+
+* hostname: ``Host: <tenant>.<base_domain>`` (port ignored) — the path is forwarded as is;
+* path prefix: ``/<prefix>/<tenant>/<rest>`` on any host — ``/<rest>`` plus the query
+  string is forwarded byte for byte.
+
+Paths are never decoded. Anything that could make two parsers disagree about which tenant
+is meant (dot segments, encoded dots or slashes in the tenant part, empty segments,
+backslashes, control bytes) is refused before a tenant is chosen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TENANT = re.compile(rb"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_BAD_PATH = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:/|$)|//|\\|%2e%2e|%00|[\x00-\x20\x7f]", re.I)
+# every byte _BAD_PATH cannot match on its own: a path made only of these (no '.', '%',
+# '//' or '\\' either) needs no regex search (the common case on the hot path)
+_PLAIN = bytes(b for b in range(256) if not (b <= 0x20 or b == 0x7F))
+
+
+def _bad_path(path: bytes) -> bool:
+    if (b"." not in path and b"%" not in path and b"//" not in path and b"\\" not in path
+            and not path.translate(None, _PLAIN)):
+        return False
+    return _BAD_PATH.search(path) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A request addressed to `tenant`; `target` is the raw path+query to send upstream."""
+
+    tenant: str
+    target: bytes
+    by: str  # "host" or "path"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The request target is malformed or tricky; answer `code` with `message`."""
+
+    code: int
+    message: str
+
+
+class Router:
+    def __init__(self, base_domain: str | None, path_prefix: str | None) -> None:
+        self._suffix = ("." + base_domain).encode() if base_domain else None
+        self._prefix = (path_prefix.rstrip("/") + "/").encode() if path_prefix else None
+
+    def route(self, host: bytes | None, target: bytes) -> Route | Refused | None:
+        """Route a request; None means "not addressed to a tenant" (the gateway's own pages)."""
+        if not target.startswith(b"/"):
+            return Refused(400, "request target must be an absolute path")
+        path, sep, query = target.partition(b"?")
+        if _bad_path(path):
+            return Refused(400, "request path has empty, dot or encoded-dot segments")
+        tenant = self._tenant_from_host(host) if self._suffix and host else None
+        if tenant is not None:
+            return Route(tenant, target, "host") if tenant else Refused(404, "unknown host")
+        if self._prefix and path.startswith(self._prefix):
+            rest = path[len(self._prefix):]
+            name, _, tail = rest.partition(b"/")
+            if not _TENANT.fullmatch(name):
+                return Refused(404, "no such tenant")
+            return Route(name.decode(), b"/" + tail + sep + query, "path")
+        if self._prefix and path == self._prefix.rstrip(b"/"):
+            return Refused(404, "no such tenant")
+        return None
+
+    def _tenant_from_host(self, host: bytes) -> str | None:
+        """The tenant label of `host`, "" for a malformed name under the base domain, else None."""
+        host = host.strip().lower()
+        if host.startswith(b"["):  # IPv6 literal: never a tenant name
+            return None
+        host = host.rpartition(b":")[0] if b":" in host else host
+        host = host.rstrip(b".")
+        assert self._suffix is not None
+        if not host.endswith(self._suffix):
+            return None
+        label = host[: -len(self._suffix)]
+        return label.decode() if _TENANT.fullmatch(label) else ""

@@ -1,0 +1,185 @@
+"""One request/response on a client connection, and what the record step needs of it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway.status import PHRASES, status_body
+
+if TYPE_CHECKING:
+    from gateway.directory.entry import Membership
+    from gateway.identity import Grant, Identity
+    from gateway.server.connection import ClientConnection
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def new_request_id() -> bytes:
+    """A random UUID-shaped id (used as Audit-ID and impersonated request-id extra)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}".encode()
+
+
+class Exchange:
+    """A parsed request head plus the state of its response.
+
+    The request body arrives through `feed_body`; until a forwarder attaches a sink it is
+    buffered (the connection stops reading past `BODY_BUFFER_LIMIT`). The response goes out
+    through `send_head`/`send_body`/`finish`, or `respond` for a complete local answer.
+    """
+
+    __slots__ = (
+        "body_buffer", "body_bytes", "body_done", "body_sink", "bytes_out", "chunked_out",
+        "client_gone_hook", "conn", "decision", "finished", "grant", "headers", "host",
+        "identity", "keep_alive", "method", "reason", "request_id", "started", "status",
+        "streaming", "target", "tenant", "upgrade", "upstream_target",
+        "content_length", "chunked_in", "http11", "source", "forwarded_for", "directory",
+    )
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        *,
+        http11: bool,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.started = time.monotonic()
+        self.request_id = new_request_id()
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked_in = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"host":
+                self.host = value
+            elif lower == b"content-length":
+                self.content_length = int(value) if value.isdigit() else -1
+            elif lower == b"transfer-encoding":
+                self.chunked_in = True
+        self.body_buffer: list[bytes] = []
+        self.body_bytes = 0
+        self.body_done = False
+        self.body_sink: Callable[[bytes | None], None] | None = None
+        self.client_gone_hook: Callable[[], None] | None = None
+        self.status = 0
+        self.bytes_out = 0
+        self.chunked_out = False
+        self.finished = False
+        self.streaming = False
+        self.tenant: str | None = None
+        self.upstream_target: bytes | None = None
+        self.identity: Identity | None = None
+        self.grant: Grant | None = None
+        self.directory: Membership | None = None
+        self.decision = ""
+        self.reason = ""
+        self.source = conn.peer  # the client's address (see gateway.client_address)
+        self.forwarded_for: bytes | None = None
+
+    @property
+    def body_pending(self) -> bool:
+        """True while request body bytes may still arrive. A request without
+        Content-Length or chunked framing has no body, so an answer given from the parser's
+        headers-complete callback can keep the connection open."""
+        return not self.body_done and bool(self.content_length or self.chunked_in)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lowercase), or None."""
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+    # -- request body -------------------------------------------------------------------
+
+    def feed_body(self, chunk: bytes) -> None:
+        self.body_bytes += len(chunk)
+        if self.body_sink is not None:
+            self.body_sink(chunk)
+        else:
+            self.body_buffer.append(chunk)
+
+    def end_body(self) -> None:
+        self.body_done = True
+        if self.body_sink is not None:
+            self.body_sink(None)
+
+    def continue_if_expected(self) -> None:
+        """Send `100 Continue` when the client waits for it before sending its body."""
+        if not self.body_done and self.header(b"expect") is not None:
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def attach_body_sink(self, sink: Callable[[bytes | None], None]) -> None:
+        """Send buffered and future body chunks to `sink`; `None` marks the end."""
+        self.body_sink = sink
+        buffered, self.body_buffer = self.body_buffer, []
+        for chunk in buffered:
+            sink(chunk)
+        if self.body_done:
+            sink(None)
+
+    # -- response -----------------------------------------------------------------------
+
+    def send_head(self, status: int, head: bytes) -> None:
+        """Write a complete response head (status line through the blank line)."""
+        self.status = status
+        self.conn.write(head)
+
+    def send_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.chunked_out:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+
+    def finish(self, *, reusable: bool = True) -> None:
+        """The response is complete; the connection may carry the next request."""
+        if self.finished:
+            return
+        if self.chunked_out:
+            self.conn.write(b"0\r\n\r\n")
+        self.finished = True
+        self.conn.exchange_finished(self, reusable=reusable)
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = b"application/json",
+        extra: Headers = (),  # type: ignore[assignment]
+    ) -> None:
+        """Answer locally with a complete response."""
+        lines = [b"HTTP/1.1 %d %b\r\n" % (status, PHRASES.get(status, "Unknown").encode())]
+        lines.append(b"Content-Type: %b\r\nContent-Length: %d\r\nAudit-ID: %b\r\n"
+                     % (content_type, len(body), self.request_id))
+        lines.append(b"Cache-Control: no-cache, private\r\n")
+        lines.extend(b"%b: %b\r\n" % (n, v) for n, v in extra)
+        if not self.keep_alive or self.conn.closing or self.body_pending or self.upgrade:
+            lines.append(b"Connection: close\r\n")
+            self.keep_alive = False
+        lines.append(b"\r\n")
+        self.conn.cork()  # head and body in one write
+        self.send_head(status, b"".join(lines))
+        if self.method != b"HEAD":
+            self.send_body(body)
+        self.conn.uncork()
+        self.finish(reusable=self.keep_alive)
+
+    def fail(self, status: int, message: str, *, extra: Headers = ()) -> None:  # type: ignore[assignment]
+        """Answer with a Kubernetes `Status` error."""
+        self.respond(status, status_body(status, message), extra=extra)

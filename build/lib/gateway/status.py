@@ -1,0 +1,46 @@
+"""Kubernetes `Status` error bodies, the shape every API client understands."""
+
+from __future__ import annotations
+
+import json
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "RequestEntityTooLarge",
+    429: "TooManyRequests",
+    431: "BadRequest",
+    500: "InternalError",
+    502: "ServiceUnavailable",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+PHRASES = {
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
+    204: "No Content", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+    413: "Request Entity Too Large", 422: "Unprocessable Entity", 429: "Too Many Requests",
+    414: "URI Too Long", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+
+def status_body(code: int, message: str, reason: str | None = None) -> bytes:
+    """Serialize a `metav1.Status` failure with the given HTTP code and message."""
+    return json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason or _REASONS.get(code, "Unknown"),
+            "code": code,
+        },
+        separators=(",", ":"),
+    ).encode()
