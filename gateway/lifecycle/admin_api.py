@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.identity import Identity
-from gateway.lifecycle.model import TenantSpec
+from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
 from gateway.lifecycle.store import Conflict, TenantExists, TenantNotFound
 
@@ -54,9 +54,8 @@ def status_response(code: int, message: str, *, reason: str | None = None,
 
 
 def validation_causes(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"field": ".".join(str(p) for p in e["loc"]) or "body",
-             "message": e["msg"].removeprefix("Value error, "),
-             "reason": "FieldValueInvalid"} for e in exc.errors()]
+    return [{"field": field, "message": message, "reason": "FieldValueInvalid"}
+            for field, message in field_problems(exc, whole="body")]
 
 
 def platform_admin_check(groups: Iterable[str], users: Iterable[str]

@@ -11,7 +11,7 @@ import time
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.identity import usable_names
 
@@ -32,6 +32,12 @@ DEFAULT_VERSION = "1.32"
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 QUOTA_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 MAX_GROUPS = 64
+
+
+def field_problems(exc: ValidationError, *, whole: str = "input") -> list[tuple[str, str]]:
+    """(dotted field, message) for each error of `exc`; `whole` names the input itself."""
+    return [(".".join(str(p) for p in e["loc"]) or whole, e["msg"].removeprefix("Value error, "))
+            for e in exc.errors()]
 
 
 class Desired(StrEnum):

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import ValidationError
 
-from gateway.lifecycle.model import TenantSpec
+from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
 from gateway.lifecycle.store import StoreError, TenantExists, TenantNotFound
 
@@ -38,8 +38,7 @@ class TenantClient(Protocol):
 
 
 def _invalid(exc: ValidationError) -> Invalid:
-    return Invalid([(".".join(str(p) for p in e["loc"]) or "input",
-                     e["msg"].removeprefix("Value error, ")) for e in exc.errors()])
+    return Invalid(field_problems(exc))
 
 
 class DirectClient:
