@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.lifecycle.model import Desired, TenantRecord, TenantSpec
 from gateway.lifecycle.store import Conflict, StoreError, TenantStore
@@ -94,7 +95,11 @@ def describe(record: TenantRecord, *, path_prefix: str | None = None,
     """A record as JSON for `show` and the admin API: spec, status and how to reach it."""
     servers = []
     if record.status.hostname:
-        servers.append(f"https://{record.status.hostname}")
+        # the tenant's own hostname, on the scheme and port users reach the gateway with
+        public = urlsplit(public_url) if public_url else None
+        scheme = public.scheme if public else "https"
+        port = f":{public.port}" if public and public.port else ""
+        servers.append(f"{scheme}://{record.status.hostname}{port}")
     if path_prefix and public_url:
         servers.append(f"{public_url.rstrip('/')}{path_prefix}/{record.name}")
     return {

@@ -94,3 +94,15 @@ async def test_errors_name_the_field_and_missing_tenants_are_404(api):
                          ("POST", "/admin/tenants/ghost/pause")):
         r = await client.request(method, path)
         assert (r.status_code, r.json()["message"]) == (404, 'tenant "ghost" not found')
+
+
+def test_hostname_server_uses_the_public_scheme_and_port():
+    from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
+    from gateway.lifecycle.operations import describe
+
+    record = TenantRecord(spec=TenantSpec(name="t1", admin_groups=["a"]),
+                          status=TenantStatus(hostname="t1.k8s.example.com"))
+    shown = describe(record, path_prefix="/clusters", public_url="https://vgate.example.com:8443")
+    assert shown["servers"] == ["https://t1.k8s.example.com:8443",
+                                "https://vgate.example.com:8443/clusters/t1"]
+    assert describe(record)["servers"] == ["https://t1.k8s.example.com"]
