@@ -221,3 +221,25 @@ def test_check_config_reports_a_short_cookie_secret(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "cookie_secret_file" in r.stderr and "at least 32 bytes" in r.stderr
+
+
+def test_logout_tenant_lookup_passes_over_malformed_kubeconfigs(tmp_path, monkeypatch):
+    from gateway.login.command import _plugin_args_for_tenant
+
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("- just\n- a list\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump({"users": ["vgate-t1", {"name": "vgate-t1", "user": []},
+                                                {"name": "vgate-t1",
+                                                 "user": {"exec": ["login"]}}]}))
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00")
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"users": [{"name": "vgate-t1", "user": {"exec": {
+        "command": "vgate", "args": ["login", "--issuer=https://idp.example.com",
+                                     "--client-id=cli", "--user=alice"]}}}]}))
+    missing = tmp_path / "missing.yaml"
+    paths = [odd, broken, binary, missing, good]
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join(str(p) for p in paths))
+    assert _plugin_args_for_tenant("t1") == ("https://idp.example.com", "cli", "alice")
+    assert _plugin_args_for_tenant("t2") is None

@@ -8,11 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.quickstart.first_tenant import (
-    QuickstartError,
-    kubeconfig_paths,
-    tenant_from_kubeconfig,
-)
+from gateway.kubeconfig_files import kubeconfig_paths
+from gateway.quickstart.first_tenant import QuickstartError, tenant_from_kubeconfig
 from gateway.quickstart.pki import serving_certificate
 
 

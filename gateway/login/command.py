@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.kubeconfig_files import kubeconfig_paths, named_entries
 from gateway.login.cache import CachedTokens, CacheKey, TokenCache
 from gateway.login.errors import IdPUnreachable, LoginError
 from gateway.login.exec_credential import exec_credential, requested_api_version
@@ -165,19 +166,21 @@ def logout_main(args: argparse.Namespace) -> int:
 
 def _plugin_args_for_tenant(tenant: str) -> tuple[str, str, str] | None:
     """(issuer, client id, user) of the kubeconfig user `vgate-<tenant>`, from the files
-    kubectl would read."""
+    kubectl would read (unreadable files and malformed entries are passed over)."""
     import yaml
 
-    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
-    for name in filter(None, paths.split(os.pathsep)):
+    for path in kubeconfig_paths():
         try:
-            doc = yaml.safe_load(Path(name).read_text())
-        except (OSError, yaml.YAMLError):
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        for user in (doc or {}).get("users") or []:
-            exec_ = ((user or {}).get("user") or {}).get("exec") or {}
-            args = [str(a) for a in exec_.get("args") or []]
-            if user.get("name") != f"vgate-{tenant}" or "login" not in args:
+        for name, user in named_entries(doc, "users"):
+            exec_ = user.get("exec")
+            if name != f"vgate-{tenant}" or not isinstance(exec_, dict) \
+                    or not isinstance(exec_.get("args"), list):
+                continue
+            args = [str(a) for a in exec_["args"]]
+            if "login" not in args:
                 continue
             values = {k: v for k, _, v in (a.partition("=") for a in args) if v}
             if "--issuer" in values:

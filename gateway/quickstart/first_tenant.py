@@ -7,27 +7,17 @@ certificate) that may impersonate; exec plugins and auth providers are refused w
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.kubeconfig_files import named_entries
 from gateway.private_file import write_private
 
 
 class QuickstartError(Exception):
     """Something the person running the quickstart must fix; the message says what."""
-
-
-def kubeconfig_paths(explicit: Path | None) -> list[Path]:
-    """The files kubectl would read: `--kubeconfig`, else `$KUBECONFIG`, else ~/.kube/config."""
-    if explicit is not None:
-        return [explicit]
-    env = os.environ.get("KUBECONFIG")
-    if env:
-        return [Path(p) for p in env.split(os.pathsep) if p]
-    return [Path.home() / ".kube" / "config"]
 
 
 def _merged(paths: list[Path]) -> dict:
@@ -43,10 +33,9 @@ def _merged(paths: list[Path]) -> dict:
         if not isinstance(doc, dict):
             raise QuickstartError(f"{path}: not a kubeconfig")
         base = path.parent
-        for kind, key in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
-            for entry in doc.get(kind) or []:
-                if isinstance(entry, dict) and entry.get("name") not in merged[kind]:
-                    merged[kind][entry["name"]] = (entry.get(key) or {}, base)
+        for kind in ("clusters", "users", "contexts"):
+            for name, body in named_entries(doc, kind):
+                merged[kind].setdefault(name, (body, base))
         merged["current-context"] = merged["current-context"] or doc.get("current-context")
     return merged
 

@@ -20,14 +20,11 @@ from pathlib import Path
 
 import yaml
 
+from gateway.kubeconfig_files import kubeconfig_paths
 from gateway.lifecycle.assemble import DEFAULT_ASSETS
 from gateway.login.kubeconfig import KubeconfigSpec, kubeconfig_yaml
 from gateway.quickstart.dev_idp import DevIdP
-from gateway.quickstart.first_tenant import (
-    QuickstartError,
-    kubeconfig_paths,
-    tenant_from_kubeconfig,
-)
+from gateway.quickstart.first_tenant import QuickstartError, tenant_from_kubeconfig
 from gateway.quickstart.pki import serving_certificate
 
 USERS = {
