@@ -208,6 +208,8 @@ class Reconciler:
         loop = asyncio.get_running_loop()
         renew_at = 0.0
         leader = False
+        seen: int | None = None  # store revision of the last listing
+        full_at = 0.0
         try:
             while True:
                 if loop.time() >= renew_at:  # a write: renew well before expiry, not per poll
@@ -217,11 +219,16 @@ class Reconciler:
                 if leader:
                     for name in [n for n, t in self._workers.items() if t.done()]:
                         del self._workers[name]
-                    for record in await self.store.list():
-                        task = self._workers.get(record.name)
-                        if task is None or task.done():
-                            self._workers[record.name] = asyncio.create_task(
-                                self._worker(record.name), name=f"reconcile-{record.name}")
+                    # new tenants come from other writers, which move the revision; list on
+                    # that (and once per resync), not on every poll
+                    revision = await self.store.revision()
+                    if revision != seen or loop.time() >= full_at or not self._workers:
+                        seen, full_at = revision, loop.time() + self.resync_seconds
+                        for record in await self.store.list():
+                            task = self._workers.get(record.name)
+                            if task is None or task.done():
+                                self._workers[record.name] = asyncio.create_task(
+                                    self._worker(record.name), name=f"reconcile-{record.name}")
                 elif self._workers:
                     await self._stop_workers()  # someone else manages now
                 await asyncio.sleep(self.poll_seconds)
@@ -255,11 +262,17 @@ class Reconciler:
             await self._wait_for_change(name, record.generation if record else None, delay)
 
     async def _wait_for_change(self, name: str, generation: int | None, delay: float) -> None:
-        """Sleep up to `delay`, waking early when the tenant's spec changes."""
+        """Sleep up to `delay`, waking early when the tenant's spec changes (read only when
+        another writer moved the store's revision)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
+        seen = await self.store.revision()
         while loop.time() < deadline:
             await asyncio.sleep(min(self.poll_seconds, max(0.0, deadline - loop.time())))
+            revision = await self.store.revision()
+            if revision == seen:
+                continue
+            seen = revision
             try:
                 record = await self.store.get(name)
             except TenantNotFound:

@@ -1,8 +1,9 @@
 """The embedded `TenantStore`: one SQLite file in WAL mode, shared by every process.
 
 Each instance owns one connection used from worker threads (`asyncio.to_thread`) behind a
-lock. Writes are compare-and-swap on the `version` column. `revision()` is SQLite's
-`PRAGMA data_version`, which changes when *another* connection commits — cheap to poll.
+lock. Writes are compare-and-swap on the `version` column. `revision()` combines SQLite's
+`PRAGMA data_version` (which changes when *another* connection commits) with a count of this
+instance's own writes: cheap to poll, and it moves on every commit.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SQLiteTenantStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._writes = 0  # this connection's commits (data_version does not count them)
         self._db = sqlite3.connect(
             self.path, timeout=10.0, isolation_level=None, check_same_thread=False
         )
@@ -109,6 +111,7 @@ class SQLiteTenantStore:
             )
         except sqlite3.IntegrityError:
             raise TenantExists(spec.name) from None
+        self._writes += 1
         return self._get(spec.name)
 
     def _swap(self, name: str, version: int, sql: str, args: tuple) -> TenantRecord:
@@ -117,6 +120,7 @@ class SQLiteTenantStore:
         if changed != 1:
             self._get(name)  # TenantNotFound if it is gone
             raise Conflict(name)
+        self._writes += 1
         return self._get(name)
 
     def _update_spec(self, name: str, spec: TenantSpec, version: int) -> TenantRecord:
@@ -142,6 +146,7 @@ class SQLiteTenantStore:
         if changed != 1:
             self._get(name)
             raise Conflict(name)
+        self._writes += 1
 
     def _record_activity(self, seen: dict[str, float]) -> None:
         with self._lock:
@@ -153,6 +158,7 @@ class SQLiteTenantStore:
                     [(t, n, t) for n, t in seen.items()],
                 )
                 self._db.execute("COMMIT")
+                self._writes += 1
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -175,7 +181,8 @@ class SQLiteTenantStore:
 
     def _revision(self) -> int:
         with self._lock:
-            return self._db.execute("PRAGMA data_version").fetchone()[0]
+            others = self._db.execute("PRAGMA data_version").fetchone()[0]
+            return (others << 32) + self._writes
 
     # -- async API -------------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ class TenantStore(Protocol):
     async def release_lease(self, lease: str, holder: str) -> None: ...
 
     async def revision(self) -> int:
-        """A number that changes whenever any other writer committed something."""
+        """A number that changes whenever anyone (this instance included) committed a
+        tenant change; cheap to poll. Lease writes need not move it."""
 
     async def close(self) -> None: ...

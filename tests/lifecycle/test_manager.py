@@ -49,3 +49,39 @@ async def test_idle_tenants_are_paused_and_busy_ones_are_not(setup):
     assert await pauser.pause_idle(now + 61) == ["idle"]
     assert (await store.get("idle")).spec.desired is Desired.paused
     assert (await store.get("busy")).spec.desired is Desired.running
+
+
+async def test_the_manager_lists_on_change_not_every_poll_and_sees_its_own_store(setup):
+    """A spec change written through the manager's own store connection still wakes the
+    tenant's worker, and an idle manager does not re-read every record each poll."""
+    reconciler = setup.reconciler()
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    lists = 0
+    original = setup.store.list
+
+    async def counting_list():
+        nonlocal lists
+        lists += 1
+        return await original()
+    setup.store.list = counting_list
+    run = asyncio.create_task(reconciler.run())
+    try:
+        async def phase(want):
+            for _ in range(300):
+                record = await setup.store.get("t1")
+                if record.status.phase is want:
+                    return record
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"never {want}: {record.status}")
+
+        record = await phase(Phase.ready)
+        await asyncio.sleep(0.3)  # 30 polls of 10 ms with nothing new
+        settled = lists
+        await asyncio.sleep(0.3)
+        assert lists == settled, "the manager re-listed an unchanged store"
+        await setup.store.update_spec(
+            "t1", record.spec.model_copy(update={"desired": Desired.paused}), record.version)
+        await phase(Phase.paused)
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)

@@ -109,3 +109,16 @@ def test_versions_normalise_and_quota_parses():
     for bad in ("cpu", "cpu=", "=5", "cpu=lots", "Bad Key=1"):
         with pytest.raises(ValueError):
             parse_quota(bad)
+
+
+async def test_revision_moves_on_this_connections_writes_too(tmp_path):
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    first = await store.revision()
+    created = await store.create(spec())
+    second = await store.revision()
+    assert second != first
+    await store.update_status("t1", TenantStatus(step="x"), created.version)
+    assert await store.revision() != second
+    third = await store.revision()
+    assert await store.revision() == third  # nothing written: no change
+    await store.close()
