@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -95,10 +96,17 @@ def test_helm_in_the_image_is_the_pinned_one() -> None:
 
 @pytest.mark.slow
 def test_the_wheel_carries_the_whole_package(tmp_path: Path) -> None:
+    # the build stage's context: exactly what its COPY lines take (and no build/ left here)
+    context = tmp_path / "src"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, context / name)
+    shutil.copytree(ROOT / "gateway", context / "gateway",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--wheel-dir", str(tmp_path), str(ROOT)],
+                    "--wheel-dir", str(tmp_path / "wheels"), str(context)],
                    check=True, capture_output=True, timeout=300)
-    wheel = next(tmp_path.glob("vgate-*.whl"))
+    wheel = next((tmp_path / "wheels").glob("vgate-*.whl"))
     with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
         entry_points = next(whl.read(n).decode() for n in names

@@ -1,8 +1,0 @@
-"""Step 3 of the request path: Active Directory groups over LDAP, cached per user."""
-
-from gateway.directory.entry import DirectoryGroup, Membership
-from gateway.directory.errors import DirectoryError, DirectoryUnavailable
-from gateway.directory.service import Directory, lookup_value
-
-__all__ = ["Directory", "DirectoryError", "DirectoryGroup", "DirectoryUnavailable",
-           "Membership", "lookup_value"]
