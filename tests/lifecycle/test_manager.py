@@ -10,26 +10,28 @@ from gateway.lifecycle.model import Desired, Phase, TenantSpec
 from gateway.lifecycle.sqlite_store import SQLiteTenantStore
 
 
+async def phase(store, want: Phase, name: str = "t1"):
+    """The record once its phase is `want` (within 3 s)."""
+    for _ in range(300):
+        record = await store.get(name)
+        if record.status.phase is want:
+            return record
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never {want}: {record.status}")
+
+
 async def test_only_the_lease_holder_reconciles_and_it_follows_spec_changes(setup):
     first, second = setup.reconciler(), setup.reconciler()
     second.store = SQLiteTenantStore(setup.store.path)  # another process's connection
     await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
     runs = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
     try:
-        async def phase(want):
-            for _ in range(300):
-                record = await setup.store.get("t1")
-                if record.status.phase is want:
-                    return record
-                await asyncio.sleep(0.01)
-            raise AssertionError(f"never {want}: {record.status}")
-
-        await phase(Phase.ready)
+        await phase(setup.store, Phase.ready)
         assert bool(first._workers) != bool(second._workers)  # exactly one manages
         record = await setup.store.get("t1")
         await setup.store.update_spec(
             "t1", record.spec.model_copy(update={"desired": Desired.paused}), record.version)
-        await phase(Phase.paused)
+        await phase(setup.store, Phase.paused)
     finally:
         for task in runs:
             task.cancel()
@@ -66,22 +68,14 @@ async def test_the_manager_lists_on_change_not_every_poll_and_sees_its_own_store
     setup.store.list = counting_list
     run = asyncio.create_task(reconciler.run())
     try:
-        async def phase(want):
-            for _ in range(300):
-                record = await setup.store.get("t1")
-                if record.status.phase is want:
-                    return record
-                await asyncio.sleep(0.01)
-            raise AssertionError(f"never {want}: {record.status}")
-
-        record = await phase(Phase.ready)
+        record = await phase(setup.store, Phase.ready)
         await asyncio.sleep(0.3)  # 30 polls of 10 ms with nothing new
         settled = lists
         await asyncio.sleep(0.3)
         assert lists == settled, "the manager re-listed an unchanged store"
         await setup.store.update_spec(
             "t1", record.spec.model_copy(update={"desired": Desired.paused}), record.version)
-        await phase(Phase.paused)
+        await phase(setup.store, Phase.paused)
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
