@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from gateway.config.model import Tenant as TenantConfig
+from gateway.lifecycle.credential_secrets import CredentialSecrets
 from gateway.lifecycle.model import Desired, RouteInfo, TenantRecord
 from gateway.lifecycle.store import Conflict, TenantNotFound, TenantStore
 from gateway.registry import TenantRegistry, Upstream, upstream_from_config
@@ -34,11 +35,12 @@ class RouteSync:
         resync_seconds: float = 30.0,
         activity_seconds: float = 10.0,
         on_roles: Callable[[str, Mapping[str, list[str]] | None], None] | None = None,
-        credentials: Callable[[], Awaitable[None]] | None = None,
+        shared: CredentialSecrets | None = None,
     ) -> None:
-        """`credentials` brings the tenants' credential files up to date (the kubernetes
-        store's Secrets mirror); it runs before routes are built and at every resync, which
-        is how a rotated token reaches this worker."""
+        """`shared`: the tenants' credentials come from Secrets (the kubernetes store). They
+        are mirrored into this worker's own credential folder before routes are built and at
+        every resync (how a rotated token reaches it), and routes use that folder's files,
+        whatever paths the manager's replica recorded."""
         self.store = store
         self.registry = registry
         self.static = frozenset(static)
@@ -46,7 +48,7 @@ class RouteSync:
         self.resync_seconds = resync_seconds
         self.activity_seconds = activity_seconds
         self.on_roles = on_roles
-        self.credentials = credentials
+        self.shared = shared
         self._roles: dict[str, dict[str, list[str]]] = {}
         self._revision: int | None = None
         self._routes: dict[str, RouteInfo] = {}
@@ -58,8 +60,8 @@ class RouteSync:
         if revision == self._revision and not force:
             return False
         records = await self.store.list()
-        if self.credentials is not None:
-            await self.credentials()
+        if self.shared is not None:
+            await self.shared.mirror()
         self._revision = revision
         wanted = {r.name: r.status.route for r in records
                   if r.status.route is not None and r.name not in self.static}
@@ -94,10 +96,15 @@ class RouteSync:
                 self._roles[name] = roles
 
     def _upstream(self, name: str, route: RouteInfo) -> Upstream | None:
+        token_file, ca_file = route.token_file, route.ca_file
+        if self.shared is not None:
+            files = self.shared.files
+            token_file = str(files.token_path(name))
+            ca_file = str(files.ca_path(name)) if route.ca_file else None
         try:
             upstream = upstream_from_config(TenantConfig(
-                name=name, upstream=route.server, ca_file=route.ca_file,
-                token_file=route.token_file, server_name=route.server_name,
+                name=name, upstream=route.server, ca_file=ca_file,
+                token_file=token_file, server_name=route.server_name,
             ))
         except (OSError, ValueError) as exc:  # credential files not there (yet)
             log.warning("tenant %s: route not usable yet: %s", name, exc)

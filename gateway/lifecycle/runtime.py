@@ -47,7 +47,7 @@ class LifecycleRuntime:
             self._closers.append(shared.api.close)
         sync = RouteSync(sync_store, self.registry, static=[t.name for t in self.config.tenants],
                          poll_seconds=lc.poll_seconds, on_roles=self.on_roles,
-                         credentials=shared.mirror if shared is not None else None)
+                         shared=shared)
         await sync.sync_once(force=True)  # routes are there before the first request
         self._tasks.append(asyncio.create_task(sync.run(), name="lifecycle-routes"))
         if lc.manage:

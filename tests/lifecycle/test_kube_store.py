@@ -265,7 +265,7 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
                                                                     jitter=0.0),
                                 poll_seconds=0.02)
         registry = TenantRegistry()
-        sync = RouteSync(store, registry, poll_seconds=0.02, credentials=shared.mirror)
+        sync = RouteSync(store, registry, poll_seconds=0.02, shared=shared)
         replicas.append((store, reconciler, registry, sync, api))
     tasks = {}
     try:

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,8 +13,7 @@ from gateway.lifecycle.model import RouteInfo, TenantSpec
 from gateway.lifecycle.sqlite_store import SQLiteTenantStore
 from tests.support.craft import CraftingIssuer
 from tests.support.scripted import ScriptedUpstream
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.served import ServedGateway
 
 
 @pytest.fixture
@@ -41,32 +34,11 @@ def served(tmp_path):
         "lifecycle": {"manage": False, "poll_seconds": 0.2},
     }
     (tmp_path / "vgate.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
-                             str(tmp_path / "vgate.yaml")], cwd=ROOT, stderr=subprocess.PIPE,
-                            text=True)
-    lines: list[str] = []
-
-    def drain() -> None:  # keep reading: a full stderr pipe would block the workers' logging
-        for line in iter(proc.stderr.readline, ""):
-            lines.append(line)
-
-    threading.Thread(target=drain, daemon=True).start()
-    ports: set[tuple[int, int]] = set()
-    deadline = time.monotonic() + 20
-    while len(ports) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        for line in list(lines):
-            found = re.search(r"vgate listening on [\d.]+:(\d+) \(pid (\d+)\)", line)
-            if found:
-                ports.add((int(found.group(1)), int(found.group(2))))
-        time.sleep(0.05)
-    assert len(ports) == 2, "workers did not start:\n" + "".join(lines[-30:])
-    port = next(iter(ports))[0]
     token = issuer.sign(issuer.claims())
     try:
-        yield tmp_path, port, token, upstream
+        with ServedGateway(tmp_path / "vgate.yaml", workers=2) as served:
+            yield tmp_path, served.port, token, upstream
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
         upstream.stop()
         issuer.down()
 

@@ -1,0 +1,53 @@
+"""`vgate serve` as a real process (its workers forked), for tests of the whole command."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServedGateway:
+    """Starts `python -m gateway serve --config <file>` and waits until `workers` workers
+    say they listen; `port` is theirs. Use as a context manager (SIGTERM on exit)."""
+
+    def __init__(self, config_file: Path, *, workers: int = 1, timeout: float = 20.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config_file)],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        ports: set[tuple[int, int]] = set()
+        deadline = time.monotonic() + timeout
+        while len(ports) < workers and time.monotonic() < deadline and self.proc.poll() is None:
+            for line in list(self.lines):
+                found = re.search(r"vgate listening on [\d.]+:(\d+) \(pid (\d+)\)", line)
+                if found:
+                    ports.add((int(found.group(1)), int(found.group(2))))
+            time.sleep(0.05)
+        if len(ports) < workers:
+            self.stop()
+            raise AssertionError("workers did not start:\n" + "".join(self.lines[-30:]))
+        self.port = next(iter(ports))[0]
+
+    def _drain(self) -> None:  # a full stderr pipe would block the workers' logging
+        assert self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, ""):
+            self.lines.append(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+    def __enter__(self) -> ServedGateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
