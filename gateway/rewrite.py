@@ -10,7 +10,6 @@ Added: the tenant credential, the impersonation headers of the `Grant`, a reques
 
 from __future__ import annotations
 
-from functools import lru_cache
 from urllib.parse import quote
 
 from gateway.authn.websocket import without_bearer_protocol
@@ -39,9 +38,25 @@ def extra_header_name(key: str) -> bytes:
     return b"Impersonate-Extra-" + quote(key.lower(), safe="-.!#$&'*+^_`|~").encode()
 
 
-@lru_cache(maxsize=4096)
+MAX_CACHED_BLOCKS = 4096
+_blocks: dict[int, tuple[Grant, bytes]] = {}
+
+
 def impersonation_block(grant: Grant) -> bytes:
-    """The `Impersonate-*` header lines for a grant (cached: grants repeat)."""
+    """The `Impersonate-*` header lines for a grant. Serialized once per `Grant` object (the
+    policy engine hands out the same object for repeat decisions): a lookup by identity,
+    without hashing the grant's fields."""
+    hit = _blocks.get(id(grant))
+    if hit is not None and hit[0] is grant:
+        return hit[1]
+    block = _serialize_block(grant)
+    if len(_blocks) >= MAX_CACHED_BLOCKS:
+        _blocks.clear()
+    _blocks[id(grant)] = (grant, block)
+    return block
+
+
+def _serialize_block(grant: Grant) -> bytes:
     lines = [b"Impersonate-User: " + grant.user.encode()]
     if grant.uid:
         lines.append(b"Impersonate-Uid: " + grant.uid.encode())

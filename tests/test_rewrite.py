@@ -239,3 +239,14 @@ def test_websocket_bearer_subprotocol_is_removed(offered: list[bytes],
     head = _head(headers, upgrade=b"websocket")
     assert _named(head, b"sec-websocket-protocol") == forwarded
     assert b"bearer.authorization" not in head.lower()
+
+
+def test_impersonation_block_is_per_grant_object_not_confused_by_equal_or_new_grants() -> None:
+    blocks = set()
+    for n in range(50):  # many short-lived grants: ids get reused, blocks must not
+        grant = Grant("t", f"oidc:user-{n}", "", ("vgate:view",), ("view",), ())
+        block = impersonation_block(grant)
+        assert block.startswith(b"Impersonate-User: oidc:user-%d\r\n" % n)
+        assert impersonation_block(grant) is block
+        blocks.add(block)
+    assert len(blocks) == 50
