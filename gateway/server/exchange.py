@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from gateway.directory.entry import Membership
     from gateway.identity import Grant, Identity
     from gateway.server.connection import ClientConnection
+    from gateway.server.headers import RequestHeaders
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -33,7 +34,7 @@ class Exchange:
 
     __slots__ = (
         "body_buffer", "body_bytes", "body_done", "body_sink", "bytes_out", "chunked_out",
-        "client_gone_hook", "conn", "decision", "finished", "grant", "headers", "host",
+        "client_gone_hook", "conn", "decision", "finished", "grant", "head", "headers", "host",
         "identity", "keep_alive", "method", "reason", "request_id", "started", "status",
         "streaming", "target", "tenant", "upgrade", "upstream_target",
         "content_length", "chunked_in", "http11", "source", "forwarded_for", "directory",
@@ -44,7 +45,7 @@ class Exchange:
         conn: ClientConnection,
         method: bytes,
         target: bytes,
-        headers: Headers,
+        head: RequestHeaders,
         *,
         http11: bool,
         keep_alive: bool,
@@ -53,23 +54,16 @@ class Exchange:
         self.conn = conn
         self.method = method
         self.target = target
-        self.headers = headers
+        self.head = head
+        self.headers = head.fields
         self.http11 = http11
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self.started = time.monotonic()
         self.request_id = new_request_id()
-        self.host: bytes | None = None
-        self.content_length: int | None = None
-        self.chunked_in = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"host":
-                self.host = value
-            elif lower == b"content-length":
-                self.content_length = int(value) if value.isdigit() else -1
-            elif lower == b"transfer-encoding":
-                self.chunked_in = True
+        self.host = head.host
+        self.content_length = head.content_length
+        self.chunked_in = head.chunked
         self.body_buffer: list[bytes] = []
         self.body_bytes = 0
         self.body_done = False
@@ -98,11 +92,9 @@ class Exchange:
         return not self.body_done and bool(self.content_length or self.chunked_in)
 
     def header(self, name: bytes) -> bytes | None:
-        """The first value of header `name` (lowercase), or None."""
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return None
+        """The first value of header `name` (lowercase), or None. A scan: the hot path
+        reads the fields `head` classified while parsing instead."""
+        return self.head.get(name)
 
     # -- request body -------------------------------------------------------------------
 
@@ -120,7 +112,7 @@ class Exchange:
 
     def continue_if_expected(self) -> None:
         """Send `100 Continue` when the client waits for it before sending its body."""
-        if not self.body_done and self.header(b"expect") is not None:
+        if not self.body_done and self.head.expect:
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def attach_body_sink(self, sink: Callable[[bytes | None], None]) -> None:
