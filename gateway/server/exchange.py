@@ -18,10 +18,25 @@ if TYPE_CHECKING:
 Headers = list[tuple[bytes, bytes]]
 
 
+_ID_BATCH = 256
+_spare_ids: list[bytes] = []
+# a forked worker must not hand out the ids its parent had drawn
+os.register_at_fork(after_in_child=_spare_ids.clear)
+
+
 def new_request_id() -> bytes:
-    """A random UUID-shaped id (used as Audit-ID and impersonated request-id extra)."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}".encode()
+    """A random UUID-shaped id (used as Audit-ID and impersonated request-id extra).
+
+    Drawn from the OS's random source in batches of `_ID_BATCH` (one system call and one
+    hex conversion per batch instead of per request)."""
+    if not _spare_ids:
+        h = os.urandom(16 * _ID_BATCH).hex()
+        _spare_ids.extend(
+            f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{h[i + 16:i + 20]}-"
+            f"{h[i + 20:i + 32]}".encode()
+            for i in range(0, len(h), 32)
+        )
+    return _spare_ids.pop()
 
 
 class Exchange:
