@@ -26,8 +26,9 @@ class Recorder:
         exchange.status = status
         requests, latency = self.metrics.request_children(tenant, status)
         requests.inc()
+        elapsed = time.monotonic() - exchange.started
         if exchange.streaming and exchange.decision == "allow":
             self.metrics.open_streams.labels("tunnel" if exchange.upgrade else "stream").dec()
         else:
-            latency.observe(time.monotonic() - exchange.started)
-        self.audit.write(exchange)
+            latency.observe(elapsed)
+        self.audit.write(exchange, elapsed)
