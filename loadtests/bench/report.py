@@ -95,27 +95,47 @@ def _half_table(rhalf: dict[str, Summary]) -> list[str]:
     return rows
 
 
+def _maybe(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 def _watch_tables(w: dict) -> list[str]:
-    rows = ["| proxy | open watches | opened in s | RSS before MB | RSS open MB | KB per watch "
-            "| xnginx | events | event p50 ms | event p99 ms | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    per = {(r["proxy"], r["n"]): r for r in w["runs"]}
+    rows = ["| proxy | open watches | pattern | opened in s | RSS before MB | RSS open MB "
+            "| KB per watch | xnginx | events | event p50 ms | event p99 ms | CPU µs/event "
+            "| errors |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    per = {(r["proxy"], r["n"], r.get("pattern")): r for r in w["runs"]}
     for r in w["runs"]:
-        ng = per.get(("nginx", r["n"]))
+        ng = per.get(("nginx", r["n"], r.get("pattern")))
         ratio = _ratio(r["kb_per_watch"], ng["kb_per_watch"]) if ng else "—"
+        kb = f"{r['kb_per_watch']:.1f}"
+        if r.get("pattern", "spread") != "spread":  # same process, after the spread run
+            kb = ratio = "—"
         rows.append(
-            f"| {r['proxy']} | {r['open']:,}/{r['n']:,} | {r['open_s']:.1f} | "
+            f"| {r['proxy']} | {r['open']:,}/{r['n']:,} | {r.get('pattern', 'spread')} | "
+            f"{r['open_s']:.1f} | "
             f"{r['rss_before'] / 2**20:.1f} | {r['rss_open'] / 2**20:.1f} | "
-            f"{r['kb_per_watch']:.1f} | {ratio} | {r['events']:,} | {r['event_p50_ms']:.2f} | "
-            f"{r['event_p99_ms']:.2f} | {r['errors']} |")
+            f"{kb} | {ratio} | {r['events']:,} | {r['event_p50_ms']:.2f} | "
+            f"{r['event_p99_ms']:.2f} | {_maybe(r.get('cpu_us_per_event'))} | {r['errors']} |")
     if w.get("short"):
-        rows += ["", "Short requests (GET list, cached token, fixed rate) with watches open:", "",
-                 "| proxy | open watches | req/s | p50 ms | p99 ms | p99 x idle | errors |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
+        rows += ["", "Memory per watch is measured on the spread run (a freshly started proxy); "
+                 "the burst run reuses that process. CPU per event: the proxy's CPU time over "
+                 "the first seconds after the watches opened (nothing but events to relay) "
+                 "over the events the client received in those seconds.", "",
+                 "Events: *spread* = each watch an event every "
+                 f"{w.get('event_period_s', 0):g} s and a bookmark every "
+                 f"{w.get('bookmark_period_s', 0):g} s, evenly spread over time; *burst* = one "
+                 f"event to every watch at the same moment, every "
+                 f"{w.get('burst_period_s', 0):g} s (target for both: p99 ≤ 1.5x idle).", "",
+                 "Short requests (GET list, cached token, fixed rate) with watches open:", "",
+                 "| proxy | open watches | pattern | req/s | p50 ms | p99 ms | p99 x idle "
+                 "| errors |",
+                 "|---|---:|---|---:|---:|---:|---:|---:|"]
         idle = {s["proxy"]: s for s in w["short"] if s["n"] == 0}
         for s in w["short"]:
             base = idle.get(s["proxy"])
-            rows.append(f"| {s['proxy']} | {s['n']:,} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | "
+            rows.append(f"| {s['proxy']} | {s['n']:,} | {s.get('pattern', 'spread')} | "
+                        f"{s['rps']:,.0f} | {s['p50_ms']:.2f} | "
                         f"{s['p99_ms']:.2f} | "
                         f"{_ratio(s['p99_ms'], base['p99_ms']) if base else '—'} | "
                         f"{s['errors']} |")
@@ -165,9 +185,17 @@ def closing(results: dict) -> list[str]:
         add = h["vgate-cached"].p99_ms - h["direct"].p99_ms
         lines.append(f"Added p99 at half of vgate's max rate: {add:+.2f} ms (target ≤ 2 ms).")
     if "watches" in results:
-        for r in results["watches"]["runs"]:
-            if r["proxy"] == "vgate":
+        w = results["watches"]
+        for r in w["runs"]:
+            if r["proxy"] == "vgate" and r.get("pattern", "spread") == "spread":
                 lines.append(f"{r['n']:,} watches: vgate {r['kb_per_watch']:.1f} KB per watch.")
+        idle = {s["proxy"]: s for s in w.get("short", []) if s["n"] == 0}
+        for s in w.get("short", []):
+            base = idle.get(s["proxy"])
+            if s["proxy"] == "vgate" and s["n"] and base:
+                lines.append(
+                    f"Short-request p99 with {s['n']:,} watches open ({s['pattern']} events): "
+                    f"{_ratio(s['p99_ms'], base['p99_ms'])}x idle (target ≤ 1.5).")
     return ["#### Summary", "", *(f"- {x}" for x in lines)]
 
 
