@@ -136,10 +136,10 @@ class Gateway:
             return
         identity = self.authenticator.cached(token)
         if identity is not None:
-            self.recorder.metrics.token_cache_hit.inc()
+            self.recorder.metrics.tally.token_cache_hits += 1
             self._groups(exchange, upstream, identity)
             return
-        self.recorder.metrics.token_cache_miss.inc()
+        self.recorder.metrics.tally.token_cache_misses += 1
         self._spawn(exchange, self._authenticate_then_forward(exchange, upstream, token))
 
     def _spawn(self, exchange: Exchange, step: Coroutine[Any, Any, None]) -> None:
