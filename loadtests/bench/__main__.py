@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.bench import procs, report, stack, watches, wrk
+from loadtests.bench import directory, procs, report, stack, watches, wrk
 from loadtests.bench.issuer import LocalIssuer, write_tokens
 from loadtests.bench.throughput import Target, interleaved
 
@@ -74,7 +74,24 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     # fresh JWTs: a second vgate (same code and config), restarted before every round so
     # its token cache starts empty and one pool of never-seen tokens serves every round
     fresh = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name="vgate-fresh")
+    ad: directory.BenchDirectory | None = None
+    ad_gate: stack.Vgate | None = None
     try:
+        why = directory.unavailable()
+        if why is None:
+            try:
+                t0 = time.monotonic()
+                ad = directory.BenchDirectory(work).start()
+                ad_gate = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(),
+                                      name="vgate-ad", roles=ad.roles(),
+                                      extra={"ldap": ad.vgate_ldap()}).start()
+                log(f"Samba AD DC provisioned and seeded, vgate-ad started in "
+                    f"{time.monotonic() - t0:.1f}s")
+            except Exception as exc:  # the other targets still run
+                why = f"the Samba AD DC or its vgate did not start: {exc}"
+        if why is not None:
+            log(f"vgate-ad-groups: skipped: {why}")
+        results["ad_groups_skipped"] = why
         proxy.start()
         gate.start()
         t0 = time.monotonic()
@@ -91,6 +108,12 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
             Target("vgate-denied", gate.base + path, lambda: gate.pids,
                    token=issuer.token(10**9 + 1, groups=["no-role-here"]), refused=True),
         ]
+        if ad_gate is not None:
+            # no group in the token has a role: access comes from the cached AD group
+            ad_pids = ad_gate.pids
+            targets.append(Target(
+                "vgate-ad-groups", ad_gate.base + path, lambda: ad_pids,
+                token=issuer.token(10**9 + directory.USER_NUMBER, groups=["no-role-here"])))
         log(f"max throughput: {args.rounds} round(s) x {len(targets)} targets x "
             f"{args.seconds:g}s, {args.connections} connections, load {procs.load_average()}")
         rmax = interleaved(targets, rounds=args.rounds, seconds=args.seconds,
@@ -110,6 +133,10 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     finally:
         fresh.stop()
         gate.stop()
+        if ad_gate is not None:
+            ad_gate.stop()
+        if ad is not None:
+            ad.stop()
         proxy.stop()
         up.stop()
 
