@@ -74,6 +74,9 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     # fresh JWTs: a second vgate (same code and config), restarted before every round so
     # its token cache starts empty and one pool of never-seen tokens serves every round
     fresh = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name="vgate-fresh")
+    # two worker processes sharing the same core: CPU per request must not grow with them
+    two = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name="vgate-2-workers",
+                      workers=2)
     ad: directory.BenchDirectory | None = None
     ad_gate: stack.Vgate | None = None
     try:
@@ -94,6 +97,7 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
         results["ad_groups_skipped"] = why
         proxy.start()
         gate.start()
+        two.start()
         t0 = time.monotonic()
         pool = write_tokens(work / "tokens.txt", issuer.mint(args.pool))
         log(f"minted {args.pool} distinct RS256 tokens in {time.monotonic() - t0:.1f}s")
@@ -108,6 +112,8 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
             Target("vgate-denied", gate.base + path, lambda: gate.pids,
                    token=issuer.token(10**9 + 1, groups=["no-role-here"]), refused=True),
         ]
+        targets.append(Target("vgate-2-workers", two.base + path, lambda: two.pids,
+                              token=cached))
         if ad_gate is not None:
             # no group in the token has a role: access comes from the cached AD group
             ad_pids = ad_gate.pids
@@ -133,6 +139,7 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     finally:
         fresh.stop()
         gate.stop()
+        two.stop()
         if ad_gate is not None:
             ad_gate.stop()
         if ad is not None:

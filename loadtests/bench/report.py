@@ -77,6 +77,11 @@ def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[
     if "vgate-denied" in rmax:
         rows += ["", "vgate-denied: a valid token whose user has no role on the tenant; every "
                  "answer is the gateway's 403 `Status` (the errors column counts anything else)."]
+    if "vgate-2-workers" in rmax:
+        two, one = rmax["vgate-2-workers"], rmax["vgate-cached"]
+        rows += ["", "vgate-2-workers: `workers: 2`, both processes on the proxy core; CPU per "
+                 f"request {_ratio(two.cpu_us, one.cpu_us)}x one worker's (1.00 = cost linear in "
+                 "workers: a second core would add a whole worker's throughput)."]
     if "vgate-ad-groups" in rmax:
         rows += ["", "vgate-ad-groups: a user whose token groups give no role; `view` comes "
                  "from an Active Directory group (a real Samba AD DC) that vgate has cached."]
@@ -181,6 +186,14 @@ def closing(results: dict) -> list[str]:
             f"and {_ratio(c.capacity, ng.capacity)}x nginx's requests per core-second "
             f"(target ≥ 0.25); with a fresh JWT per request "
             f"{_ratio(r['vgate-fresh-jwt'].capacity, ng.capacity)}x per core.")
+        if "vgate-2-workers" in r:
+            lines.append(f"Two workers: {r['vgate-2-workers'].cpu_us:.1f} µs of CPU per request "
+                         f"against {c.cpu_us:.1f} with one "
+                         f"({_ratio(r['vgate-2-workers'].cpu_us, c.cpu_us)}x).")
+        if "vgate-ad-groups" in r:
+            lines.append(f"With AD groups cached: {r['vgate-ad-groups'].cpu_us:.1f} µs of CPU per "
+                         f"request ({_ratio(r['vgate-ad-groups'].capacity, ng.capacity)}x nginx "
+                         "per core).")
     if "half" in results:
         h = results["half"]
         add = h["vgate-cached"].p99_ms - h["direct"].p99_ms
