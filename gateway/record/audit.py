@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from gateway.server.exchange import Exchange
 
 FLUSH_INTERVAL = 0.2
-MAX_BUFFERED_LINES = 1024  # written at once when that many wait (bounds the buffer)
+MAX_BUFFERED_LINES = 256  # written at once when that many wait (bounds each write: ~100 KB)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 MAX_CACHED_IDENTITIES = 4096
 
