@@ -58,8 +58,8 @@ def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[
     direct, ng = rmax["direct"], rmax["nginx"]
     rows = [
         "| target | req/s | xnginx | p50 ms | xnginx | p99 ms | xnginx | added p50 ms "
-        "| added p99 ms | CPU µs/req | req/s per core | xnginx | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| added p99 ms | CPU µs/req | of which user | req/s per core | xnginx | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in rmax.values():
         add50 = s.p50_ms - direct.p50_ms if s is not direct else 0.0
@@ -69,19 +69,21 @@ def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[
         rows.append(
             f"| {s.name} | {s.rps:,.0f} | {_ratio(s.rps, ng.rps)} | {s.p50_ms:.2f} | "
             f"{_ratio(s.p50_ms, ng.p50_ms)} | {s.p99_ms:.2f} | {_ratio(s.p99_ms, ng.p99_ms)} | "
-            f"{add50:+.2f} | {add99:+.2f} | {s.cpu_us:.1f} | {s.capacity:,.0f} | "
+            f"{add50:+.2f} | {add99:+.2f} | {s.cpu_us:.1f} | {s.user_us:.1f} | "
+            f"{s.capacity:,.0f} | "
             f"{_ratio(s.capacity, ng.capacity)} | {s.errors}{note} |"
         )
     if "vgate-ad-groups" not in rmax:
-        rows.append(f"| vgate-ad-groups | not measured: {ad_skipped or 'not run'} ||||||||||||")
+        rows.append(f"| vgate-ad-groups | not measured: {ad_skipped or 'not run'} |||||||||||||")
     if "vgate-denied" in rmax:
         rows += ["", "vgate-denied: a valid token whose user has no role on the tenant; every "
                  "answer is the gateway's 403 `Status` (the errors column counts anything else)."]
     if "vgate-2-workers" in rmax:
         two, one = rmax["vgate-2-workers"], rmax["vgate-cached"]
         rows += ["", "vgate-2-workers: `workers: 2`, both processes on the proxy core; CPU per "
-                 f"request {_ratio(two.cpu_us, one.cpu_us)}x one worker's (1.00 = cost linear in "
-                 "workers: a second core would add a whole worker's throughput)."]
+                 f"request {_ratio(two.cpu_us, one.cpu_us)}x one worker's, user space "
+                 f"{_ratio(two.user_us, one.user_us)}x (1.00 = cost linear in workers: a second "
+                 "core would add a whole worker's throughput)."]
     if "vgate-ad-groups" in rmax:
         rows += ["", "vgate-ad-groups: a user whose token groups give no role; `view` comes "
                  "from an Active Directory group (a real Samba AD DC) that vgate has cached."]
@@ -187,9 +189,10 @@ def closing(results: dict) -> list[str]:
             f"(target ≥ 0.25); with a fresh JWT per request "
             f"{_ratio(r['vgate-fresh-jwt'].capacity, ng.capacity)}x per core.")
         if "vgate-2-workers" in r:
-            lines.append(f"Two workers: {r['vgate-2-workers'].cpu_us:.1f} µs of CPU per request "
-                         f"against {c.cpu_us:.1f} with one "
-                         f"({_ratio(r['vgate-2-workers'].cpu_us, c.cpu_us)}x).")
+            two = r["vgate-2-workers"]
+            lines.append(f"Two workers: {two.cpu_us:.1f} µs of CPU per request against "
+                         f"{c.cpu_us:.1f} with one ({_ratio(two.cpu_us, c.cpu_us)}x; user space "
+                         f"{two.user_us:.1f} against {c.user_us:.1f}).")
         if "vgate-ad-groups" in r:
             lines.append(f"With AD groups cached: {r['vgate-ad-groups'].cpu_us:.1f} µs of CPU per "
                          f"request ({_ratio(r['vgate-ad-groups'].capacity, ng.capacity)}x nginx "
