@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.status import PHRASES, status_body
+from gateway.status import status_body, status_line
 
 if TYPE_CHECKING:
     from gateway.directory.entry import Membership
@@ -171,7 +171,7 @@ class Exchange:
         extra: Headers = (),  # type: ignore[assignment]
     ) -> None:
         """Answer locally with a complete response."""
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, PHRASES.get(status, "Unknown").encode())]
+        lines = [status_line(status)]
         lines.append(b"Content-Type: %b\r\nContent-Length: %d\r\nAudit-ID: %b\r\n"
                      % (content_type, len(body), self.request_id))
         lines.append(b"Cache-Control: no-cache, private\r\n")
