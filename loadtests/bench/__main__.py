@@ -3,7 +3,7 @@
 Starts a static upstream (nginx), nginx as a reverse proxy and vgate (1 worker, a real
 OIDC issuer, policies) on 127.0.0.1, measures them interleaved, prints the tables, writes
 them as Markdown (and JSON) and stops everything it started. Bounded in time (the default
-run takes about 9-11 minutes on 2 cores; --quick about 3 minutes).
+run takes about 7-9 minutes on 2 cores; --quick about 3 minutes).
 """
 
 from __future__ import annotations
