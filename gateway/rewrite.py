@@ -10,22 +10,28 @@ Added: the tenant credential, the impersonation headers of the `Grant`, a reques
 
 from __future__ import annotations
 
-from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from gateway.authn.websocket import without_bearer_protocol
 from gateway.identity import Grant
 
+if TYPE_CHECKING:
+    from gateway.server.headers import RequestHeaders
+
 REQUEST_ID_EXTRA = "vgate.io/request-id"
 
-_HOP_BY_HOP = frozenset(
+# never forwarded, whatever their case (the server classifies each field once against
+# these, see gateway.server.headers): hop-by-hop fields, framing (set by the gateway),
+# credentials, and what the gateway itself asserts
+NEVER_FORWARDED = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
         b"transfer-encoding", b"upgrade", b"host", b"expect", b"content-length",
         b"authorization", b"proxy-authorization", b"audit-id", b"x-forwarded-for",
     }
 )
-_DROPPED_PREFIXES = (b"impersonate-", b"x-remote-")
+NEVER_FORWARDED_PREFIXES = (b"impersonate-", b"x-remote-")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -39,9 +45,25 @@ def extra_header_name(key: str) -> bytes:
     return b"Impersonate-Extra-" + quote(key.lower(), safe="-.!#$&'*+^_`|~").encode()
 
 
-@lru_cache(maxsize=4096)
+MAX_CACHED_BLOCKS = 4096
+_blocks: dict[int, tuple[Grant, bytes]] = {}
+
+
 def impersonation_block(grant: Grant) -> bytes:
-    """The `Impersonate-*` header lines for a grant (cached: grants repeat)."""
+    """The `Impersonate-*` header lines for a grant. Serialized once per `Grant` object (the
+    policy engine hands out the same object for repeat decisions): a lookup by identity,
+    without hashing the grant's fields."""
+    hit = _blocks.get(id(grant))
+    if hit is not None and hit[0] is grant:
+        return hit[1]
+    block = _serialize_block(grant)
+    if len(_blocks) >= MAX_CACHED_BLOCKS:
+        _blocks.clear()
+    _blocks[id(grant)] = (grant, block)
+    return block
+
+
+def _serialize_block(grant: Grant) -> bytes:
     lines = [b"Impersonate-User: " + grant.user.encode()]
     if grant.uid:
         lines.append(b"Impersonate-Uid: " + grant.uid.encode())
@@ -55,15 +77,10 @@ def impersonation_block(grant: Grant) -> bytes:
 _REQUEST_ID_HEADER = extra_header_name(REQUEST_ID_EXTRA) + b": "
 
 
-def client_impersonation(headers: Headers) -> Headers:
-    """The client's own `Impersonate-*` headers (e.g. from `kubectl --as`)."""
-    return [(n, v) for n, v in headers if n[:12].lower() == b"impersonate-"]
-
-
 def upstream_head(
     method: bytes,
     target: bytes,
-    headers: Headers,
+    headers: RequestHeaders,
     *,
     authority: bytes,
     authorization: bytes | None,
@@ -75,24 +92,20 @@ def upstream_head(
 ) -> bytes:
     """Serialize the upstream request head.
 
-    `framing` is the body framing line(s) to send (``Content-Length: n\\r\\n``,
+    `headers` has already set aside every field in `NEVER_FORWARDED` or with a prefix in
+    `NEVER_FORWARDED_PREFIXES`; the fields the client's ``Connection`` names are left out
+    here. `framing` is the body framing line(s) to send (``Content-Length: n\\r\\n``,
     ``Transfer-Encoding: chunked\\r\\n`` or empty); `upgrade` the client's `Upgrade` value
     for exec/attach/port-forward.
     """
-    connection_named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            connection_named.update(t.strip().lower() for t in value.split(b","))
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _HOP_BY_HOP or lower.startswith(_DROPPED_PREFIXES) or lower in connection_named:
-            continue
-        if lower == b"sec-websocket-protocol":
+    out += headers.forwardable()
+    if headers.websocket_protocols and not (
+            headers.connection_named and b"sec-websocket-protocol" in headers.connection_named):
+        for value in headers.websocket_protocols:
             value = without_bearer_protocol(value)
-            if not value:
-                continue
-        out += (name, b": ", value, b"\r\n")
+            if value:
+                out += (b"Sec-WebSocket-Protocol: ", value, b"\r\n")
     if authorization:
         out += (b"Authorization: ", authorization, b"\r\n")
     out += (identity_block, _REQUEST_ID_HEADER, request_id, b"\r\nAudit-ID: ", request_id, b"\r\n")

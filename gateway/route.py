@@ -15,24 +15,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 _TENANT = re.compile(rb"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _BAD_PATH = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:/|$)|//|\\|%2e%2e|%00|[\x00-\x20\x7f]", re.I)
-# every byte _BAD_PATH cannot match on its own: a path made only of these (no '.', '%',
-# '//' or '\\' either) needs no regex search (the common case on the hot path)
-_PLAIN = bytes(b for b in range(256) if not (b <= 0x20 or b == 0x7F))
+# a path of non-empty segments made only of bytes _BAD_PATH cannot match on its own (no
+# '.', '%', '\\', control bytes or space) cannot match it at all: one match call accepts
+# the common case, anything else gets the full search
+_PLAIN_PATH = re.compile(rb"(?:/[^/.%\\\x00-\x20\x7f]+)*/?")
+MAX_REMEMBERED_NAMES = 4096
 
 
 def _bad_path(path: bytes) -> bool:
-    if (b"." not in path and b"%" not in path and b"//" not in path and b"\\" not in path
-            and not path.translate(None, _PLAIN)):
+    if _PLAIN_PATH.fullmatch(path) is not None:
         return False
     return _BAD_PATH.search(path) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A request addressed to `tenant`; `target` is the raw path+query to send upstream."""
+class Route(NamedTuple):
+    """A request addressed to `tenant`; `target` is the raw path+query to send upstream.
+    (A named tuple: built on every request, and cheaper to build than a frozen dataclass.)"""
 
     tenant: str
     target: bytes
@@ -51,6 +53,7 @@ class Router:
     def __init__(self, base_domain: str | None, path_prefix: str | None) -> None:
         self._suffix = ("." + base_domain).encode() if base_domain else None
         self._prefix = (path_prefix.rstrip("/") + "/").encode() if path_prefix else None
+        self._names: dict[bytes, str] = {}  # tenant names seen in paths that passed _TENANT
 
     def route(self, host: bytes | None, target: bytes) -> Route | Refused | None:
         """Route a request; None means "not addressed to a tenant" (the gateway's own pages)."""
@@ -63,11 +66,18 @@ class Router:
         if tenant is not None:
             return Route(tenant, target, "host") if tenant else Refused(404, "unknown host")
         if self._prefix and path.startswith(self._prefix):
-            rest = path[len(self._prefix):]
-            name, _, tail = rest.partition(b"/")
-            if not _TENANT.fullmatch(name):
-                return Refused(404, "no such tenant")
-            return Route(name.decode(), b"/" + tail + sep + query, "path")
+            start = len(self._prefix)
+            end = path.find(b"/", start)
+            name = path[start:] if end < 0 else path[start:end]
+            tenant = self._names.get(name)
+            if tenant is None:
+                if not _TENANT.fullmatch(name):
+                    return Refused(404, "no such tenant")
+                if len(self._names) >= MAX_REMEMBERED_NAMES:
+                    self._names.clear()
+                tenant = self._names[name] = name.decode()
+            # the rest of the target, byte for byte (path after the name, query)
+            return Route(tenant, target[end:] if end >= 0 else b"/" + sep + query, "path")
         if self._prefix and path == self._prefix.rstrip(b"/"):
             return Refused(404, "no such tenant")
         return None

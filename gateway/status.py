@@ -29,6 +29,18 @@ PHRASES = {
     503: "Service Unavailable", 504: "Gateway Timeout",
 }
 
+_status_lines: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <code> <phrase>\\r\\n`` (built once per code)."""
+    line = _status_lines.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %b\r\n" % (status, PHRASES.get(status, "Unknown").encode())
+        if 100 <= status <= 999:
+            _status_lines[status] = line
+    return line
+
 
 def status_body(code: int, message: str, reason: str | None = None) -> bytes:
     """Serialize a `metav1.Status` failure with the given HTTP code and message."""

@@ -264,3 +264,47 @@ def test_refusal_before_the_body_arrived_closes(gateway) -> None:
         head = _answer(s)
         assert head.startswith(b"HTTP/1.1 401") and b"Connection: close" in head
         assert _closed_within(s, 5)
+
+
+def test_audit_lines_buffered_then_written_by_the_timer_and_at_size(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.record import audit as audit_module
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(str(path))
+
+    class Conn:
+        peer = "10.0.0.1"
+
+    class Ex:
+        conn = Conn()
+        request_id = b"id"
+        method = b"PATCH"
+        target = b"/x"
+        upstream_target = None
+        status = 200
+        bytes_out = 1
+        started = time.monotonic()
+        decision = "allow"
+        reason = ""
+        source = "10.0.0.1"
+        directory = None
+        tenant = identity = grant = None
+
+    async def run() -> None:
+        log.write(Ex())
+        assert path.read_text() == ""  # buffered
+        await asyncio.sleep(audit_module.FLUSH_INTERVAL + 0.2)
+        assert len(path.read_text().splitlines()) == 1  # the timer wrote it
+        for _ in range(audit_module.MAX_BUFFERED_LINES):
+            log.write(Ex())
+        # a full buffer went out at once, without waiting for the timer
+        assert len(path.read_text().splitlines()) >= audit_module.MAX_BUFFERED_LINES
+
+    asyncio.run(run())
+    log.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(lines) == 1 + audit_module.MAX_BUFFERED_LINES
+    assert {x["method"] for x in lines} == {"PATCH"}
+    assert all(isinstance(x["duration_ms"], float) for x in lines)

@@ -31,9 +31,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = report.read_text()
     for row in ("| direct |", "| nginx |", "| vgate-cached |", "| vgate-fresh-jwt |",
-                "| vgate | 200/200 |", "| nginx | 200/200 |"):
+                "| vgate-ad-groups |", "| vgate | 200/200 | spread |",
+                "| nginx | 200/200 | spread |", "| vgate | 200/200 | burst |"):
         assert row in text, f"{row!r} missing from the report:\n{text}"
     assert "Added p99 at half of vgate's max rate" in text
+    from tests.directory.samba import unavailable
+
+    if unavailable() is None:  # root with samba installed: the AD row is measured
+        assert "| vgate-ad-groups | not measured" not in text, text
 
 
 def test_locust_smoke(tmp_path: Path) -> None:

@@ -265,3 +265,37 @@ def test_duplicate_role_key_in_one_file_is_reported(tmp_path: Path) -> None:
 def test_empty_policy_file_is_ignored(tmp_path: Path) -> None:
     loaded, problems = _problems(tmp_path, {"empty.yaml": "# nothing here\n"})
     assert (loaded, problems) == ([], [])
+
+
+# -- remembered decisions ------------------------------------------------------------------
+
+
+def test_repeat_decision_is_the_same_grant_object(tmp_path: Path) -> None:
+    engine = engine_from(tmp_path, {"t1.yaml": TENANT1})
+    alice = ident(groups=("oidc:developers",))
+    first = engine.decide(alice, "tenant1")
+    assert isinstance(first, Grant)
+    assert engine.decide(alice, "tenant1") is first
+    # another tenant, another identity object: decided on their own
+    assert isinstance(engine.decide(alice, "tenant2"), Deny)
+    admin = ident(groups=("oidc:tenant1-admins",))
+    assert engine.decide(admin, "tenant1").roles == ("cluster-admin",)
+    assert engine.decide(alice, "tenant1") is first
+
+
+def test_equal_identities_are_decided_alike_and_unequal_ones_apart(tmp_path: Path) -> None:
+    engine = engine_from(tmp_path, {"t1.yaml": TENANT1})
+    for _ in range(3):  # fresh objects each time (as after a token-cache miss)
+        assert isinstance(engine.decide(ident(groups=("oidc:developers",)), "tenant1"), Grant)
+        assert isinstance(engine.decide(ident(groups=("oidc:other",)), "tenant1"), Deny)
+
+
+def test_stored_roles_change_forgets_remembered_decisions(tmp_path: Path) -> None:
+    engine = engine_from(tmp_path, {"t1.yaml": TENANT1})
+    bob = ident("oidc:bob@example.com", groups=("oidc:ops",))
+    assert isinstance(engine.decide(bob, "managed"), Deny)
+    engine.set_stored_roles("managed", {"admin": ["oidc:ops"]})
+    grant = engine.decide(bob, "managed")
+    assert isinstance(grant, Grant) and grant.roles == ("admin",)
+    engine.set_stored_roles("managed", None)
+    assert isinstance(engine.decide(bob, "managed"), Deny)

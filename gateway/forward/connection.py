@@ -33,6 +33,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
+        self.loop = asyncio.get_running_loop()  # looked up once (each lookup is a getpid())
         self._head = b""
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -154,7 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _arm_deadline(self, timeout: float) -> None:
         """Expect a response head within `timeout`. One timer per connection, re-armed
         lazily when it fires early, so a pooled connection costs no timer per request."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._deadline = loop.time() + timeout
         if self._timer is None:
             self._timer = loop.call_at(self._deadline, self._check_deadline)
@@ -164,7 +165,7 @@ class UpstreamConnection(asyncio.Protocol):
         deadline = self._deadline
         if deadline is None or self.closed:
             return  # answered (or gone) meanwhile
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if loop.time() < deadline:  # a later request on this connection: wait for its due
             self._timer = loop.call_at(deadline, self._check_deadline)
             return

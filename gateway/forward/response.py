@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from gateway.status import PHRASES
+from gateway.status import status_line
 
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
      b"transfer-encoding", b"upgrade", b"proxy-authenticate"}
 )
+_COPY, _DROP, _LENGTH, _AUDIT = range(4)
+MAX_REMEMBERED_NAMES = 512
+# header names exactly as upstreams spell them -> what to do; an API server sends the same
+# few names in the same spelling on every response, so `lower()` runs once per spelling
+_actions: dict[bytes, int] = {}
+
+
+def _action(name: bytes) -> int:
+    lower = name.lower()
+    action = (_DROP if lower in _HOP_BY_HOP else _LENGTH if lower == b"content-length"
+              else _AUDIT if lower == b"audit-id" else _COPY)
+    if len(_actions) < MAX_REMEMBERED_NAMES:
+        _actions[name] = action
+    return action
 
 
 def client_head(
@@ -24,16 +38,19 @@ def client_head(
     Repeated headers (`Warning`, `Set-Cookie`) stay repeated and in order; content
     headers are untouched. Bodies without a length are re-framed as chunked.
     """
-    out = [b"HTTP/1.1 %d %b\r\n" % (status, PHRASES.get(status, "Unknown").encode())]
+    out = [status_line(status)]
     has_length = False
     has_audit = False
+    actions = _actions
     for name, value in headers:
-        lower = name.lower()
-        if lower in _HOP_BY_HOP:
+        action = actions.get(name)
+        if action is None:
+            action = _action(name)
+        if action == _DROP:
             continue
-        if lower == b"content-length":
+        if action == _LENGTH:
             has_length = True
-        elif lower == b"audit-id":
+        elif action == _AUDIT:
             has_audit = True
         out += (name, b": ", value, b"\r\n")
     if not has_audit:

@@ -17,6 +17,7 @@ TENANT_EXTRA = "vgate.io/tenant"
 DIRECTORY_GROUP_PREFIX = "ad:"
 MAX_GROUP_NAME = 512
 MAX_FORWARDED_GROUPS = 256
+MAX_REMEMBERED_DECISIONS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +52,19 @@ class PolicyEngine:
 
     With a directory configured, `decide` also gets the user's `Membership`: rules match
     directory groups by normalized DN or SID, an inactive or unknown account is denied,
-    and groups matching the tenant's `forward_directory_groups` are impersonated too."""
+    and groups matching the tenant's `forward_directory_groups` are impersonated too.
+
+    Decisions are remembered per (identity, tenant, membership) *object*: the token cache and
+    the directory cache hand out the same immutable objects request after request, so a
+    repeat costs one dict lookup, and the same `Grant` object comes back (later steps key
+    their own per-grant work on it). Changing stored roles forgets every decision."""
 
     def __init__(self, policies: list[LoadedPolicy]) -> None:
         self._by_tenant: dict[str, list[_Rule]] = {}
         self._stored: dict[str, tuple[_Rule, ...]] = {}
         self._forward: dict[str, list[_Forward]] = {}
+        self._decided: dict[tuple[int, str, int], tuple[Identity, Membership | None,
+                                                        Grant | Deny]] = {}
         for loaded in policies:
             tenant = loaded.policy.tenant
             for role, rule in loaded.policy.roles.items():
@@ -80,6 +88,7 @@ class PolicyEngine:
     def set_stored_roles(self, tenant: str, roles: Mapping[str, Iterable[str]] | None) -> None:
         """Roles kept with a lifecycle-managed tenant (role → groups), on top of the policy
         files; None forgets them."""
+        self._decided.clear()
         if roles is None:
             self._stored.pop(tenant, None)
             return
@@ -90,6 +99,19 @@ class PolicyEngine:
 
     def decide(
         self, identity: Identity, tenant: str, directory: Membership | None = None
+    ) -> Grant | Deny:
+        key = (id(identity), tenant, id(directory))
+        hit = self._decided.get(key)
+        if hit is not None and hit[0] is identity and hit[1] is directory:
+            return hit[2]  # the ids are of objects the entry keeps alive: no reuse
+        decision = self._decide(identity, tenant, directory)
+        if len(self._decided) >= MAX_REMEMBERED_DECISIONS:
+            self._decided.clear()
+        self._decided[key] = (identity, directory, decision)
+        return decision
+
+    def _decide(
+        self, identity: Identity, tenant: str, directory: Membership | None
     ) -> Grant | Deny:
         if directory is not None and not directory.active:
             return Deny(tenant, f"{identity.username}: directory account "

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.server.exchange import Exchange
 
 FLUSH_INTERVAL = 0.2
+MAX_BUFFERED_LINES = 256  # written at once when that many wait (bounds each write: ~100 KB)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 MAX_CACHED_IDENTITIES = 4096
 
@@ -25,7 +26,8 @@ def _string(value: str | None) -> str:
 
 class AuditLog:
     """Buffers lines; a line is on disk at most `FLUSH_INTERVAL` seconds after its request
-    ended (a timer flushes a dirty buffer), and everything is flushed at close."""
+    ended (a timer writes the buffered lines with one call), or sooner once
+    `MAX_BUFFERED_LINES` wait; everything is written at close."""
 
     def __init__(self, destination: str) -> None:
         self._own = destination not in ("-", "")
@@ -34,6 +36,8 @@ class AuditLog:
             if self._own else sys.stdout
         )
         self._flush_pending: asyncio.TimerHandle | None = None
+        self._lines: list[str] = []
+        self._methods: dict[bytes, str] = {}
         self._who_cache: dict[tuple[int, int], tuple[object, object, str]] = {}
         self._second = -1
         self._stamp = ""
@@ -46,32 +50,49 @@ class AuditLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
         return self._stamp
 
-    def write(self, exchange: Exchange) -> None:
-        path = _string((exchange.upstream_target or exchange.target).decode("latin-1")[:2048])
-        duration = round((time.monotonic() - exchange.started) * 1000, 3)
+    def write(self, exchange: Exchange, elapsed: float | None = None) -> None:
+        """Buffer the audit line of a finished exchange (`elapsed`: seconds since it
+        started, if the caller has measured it already)."""
+        if elapsed is None:
+            elapsed = time.monotonic() - exchange.started
+        path = _string((exchange.upstream_target or exchange.target)[:2048].decode("latin-1"))
+        method = self._methods.get(exchange.method)
+        if method is None:
+            method = _string(exchange.method[:64].decode("latin-1"))
+            if len(self._methods) < 64:
+                self._methods[exchange.method] = method
         optional = ""
         if exchange.source != exchange.conn.peer:
             optional += f',"via":{_string(exchange.conn.peer)}'
         directory = exchange.directory
         if directory is not None:
             optional += f',"directory_user":{_string(directory.dn)}'
-        self._out.write(
+        lines = self._lines
+        lines.append(
             f'{{"time":"{self._timestamp()}","request_id":"{exchange.request_id.decode()}",'
             f'"source":{_string(exchange.source)},"tenant":{_string(exchange.tenant)},'
             f'{self._who(exchange.identity, exchange.grant)},'
             f'"decision":{_string(exchange.decision or "none")},'
             f'"reason":{_string(exchange.reason or None)},'
-            f'"method":{_string(exchange.method.decode("latin-1"))},"path":{path},'
+            f'"method":{method},"path":{path},'
             f'"status":{exchange.status:d},"bytes":{exchange.bytes_out:d},'
-            f'"duration_ms":{duration!r}{optional}}}\n'
+            f'"duration_ms":{elapsed * 1000:.3f}{optional}}}\n'
         )
+        if len(lines) >= MAX_BUFFERED_LINES:
+            self._write_lines()
+            self._out.flush()
         if self._flush_pending is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self._out.flush()
+                self._flush()
                 return
             self._flush_pending = loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    def _write_lines(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            self._out.write("".join(lines))
 
     def _who(self, ident: Identity | None, grant: Grant | None) -> str:
         """The identity part of an audit line (user … granted_by), serialized once per
@@ -100,12 +121,14 @@ class AuditLog:
 
     def _flush(self) -> None:
         self._flush_pending = None
+        self._write_lines()
         self._out.flush()
 
     def close(self) -> None:
         if self._flush_pending is not None:
             self._flush_pending.cancel()
             self._flush_pending = None
+        self._write_lines()
         self._out.flush()
         if self._own:
             self._out.close()

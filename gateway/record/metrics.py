@@ -2,30 +2,77 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator
 
-MAX_CACHED_CHILDREN = 4096
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class RequestTally(Collector):
+    """The per-request series: requests by (tenant, code), request latency by tenant, token
+    cache hits and misses. Kept as plain numbers, since every request updates them: the
+    event loop is the only writer (one thread per worker process), so no lock is taken per
+    request, unlike prometheus_client's own metric objects. Exposed by `collect` as the
+    usual counter and histogram families."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, list] = {}  # tenant -> [bucket counts..., +Inf count, sum]
+        self.token_cache_hits = 0
+        self.token_cache_misses = 0
+
+    def request(self, tenant: str, status: int, elapsed: float | None) -> None:
+        """Count one finished request; `elapsed` (seconds) None for streams."""
+        key = (tenant, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if elapsed is not None:
+            row = self.latency.get(tenant)
+            if row is None:
+                row = self.latency[tenant] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+            row[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+            row[-1] += elapsed
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("vgate_requests_total",
+                                       "Requests by tenant and HTTP status code",
+                                       labels=["tenant", "code"])
+        for (tenant, status), n in list(self.counts.items()):
+            requests.add_metric([tenant, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "vgate_request_duration_seconds",
+            "Time to the end of the response (short requests only; streams excluded)",
+            labels=["tenant"])
+        for tenant, row in list(self.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([tenant], buckets, row[-1])
+        yield latency
+        cache = CounterMetricFamily("vgate_token_cache_total", "Verified-token cache lookups",
+                                    labels=["result"])
+        cache.add_metric(["hit"], self.token_cache_hits)
+        cache.add_metric(["miss"], self.token_cache_misses)
+        yield cache
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "vgate_requests_total", "Requests by tenant and HTTP status code",
-            ["tenant", "code"], registry=r)
-        self.latency = Histogram(
-            "vgate_request_duration_seconds",
-            "Time to the end of the response (short requests only; streams excluded)",
-            ["tenant"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tally = RequestTally()  # requests, request latency, token cache
+        r.register(self.tally)
         self.auth_failures = Counter(
             "vgate_auth_failures_total", "Authentication failures by reason", ["reason"],
             registry=r)
         self.denials = Counter(
             "vgate_policy_denials_total", "Requests refused by policy", ["tenant"], registry=r)
-        self.token_cache = Counter(
-            "vgate_token_cache_total", "Verified-token cache lookups", ["result"], registry=r)
         self.open_streams = Gauge(
             "vgate_open_streams", "Watches, log follows and tunnels open now", ["kind"],
             registry=r)
@@ -44,18 +91,3 @@ class Metrics:
             registry=r)
         self.directory_errors = Counter(
             "vgate_directory_errors_total", "Directory failures by kind", ["kind"], registry=r)
-        # label children used on every request, looked up once (labels() takes a lock)
-        self.token_cache_hit = self.token_cache.labels("hit")
-        self.token_cache_miss = self.token_cache.labels("miss")
-        self._request_children: dict[tuple[str, int], tuple] = {}
-
-    def request_children(self, tenant: str, status: int) -> tuple:
-        """(requests counter, latency histogram) children for a tenant and status code."""
-        key = (tenant, status)
-        children = self._request_children.get(key)
-        if children is None:
-            if len(self._request_children) >= MAX_CACHED_CHILDREN:
-                self._request_children.clear()
-            children = (self.requests.labels(tenant, str(status)), self.latency.labels(tenant))
-            self._request_children[key] = children
-        return children

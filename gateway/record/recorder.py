@@ -24,10 +24,10 @@ class Recorder:
         tenant = exchange.tenant or ""
         status = exchange.status or 499  # 499: the client left before any response
         exchange.status = status
-        requests, latency = self.metrics.request_children(tenant, status)
-        requests.inc()
+        elapsed = time.monotonic() - exchange.started
         if exchange.streaming and exchange.decision == "allow":
             self.metrics.open_streams.labels("tunnel" if exchange.upgrade else "stream").dec()
+            self.metrics.tally.request(tenant, status, None)
         else:
-            latency.observe(time.monotonic() - exchange.started)
-        self.audit.write(exchange)
+            self.metrics.tally.request(tenant, status, elapsed)
+        self.audit.write(exchange, elapsed)

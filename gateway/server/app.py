@@ -27,7 +27,7 @@ from gateway.nested_impersonation import (
 from gateway.policy import PolicyEngine
 from gateway.record import Recorder
 from gateway.registry import TenantRegistry, Upstream
-from gateway.rewrite import client_impersonation, impersonation_block, upstream_head
+from gateway.rewrite import impersonation_block, upstream_head
 from gateway.route import Refused, Router
 from gateway.server.asgi import AsgiBridge
 from gateway.server.exchange import Exchange
@@ -104,7 +104,7 @@ class Gateway:
         if self.client_address is not None:
             exchange.source, exchange.forwarded_for = self.client_address.resolve(
                 exchange.conn.peer,
-                [v for n, v in exchange.headers if n.lower() == b"x-forwarded-for"],
+                exchange.head.forwarded_for,
             )
         route = self.router.route(exchange.host, exchange.target)
         if route is None:
@@ -125,10 +125,10 @@ class Gateway:
             exchange.fail(404, f'tenant "{route.tenant}" not found')
             return
         exchange.tenant = route.tenant
-        authorization = exchange.header(b"authorization")
+        authorization = exchange.head.authorization
         protocols = None
         if authorization is None and exchange.upgrade:
-            protocols = [v for n, v in exchange.headers if n.lower() == b"sec-websocket-protocol"]
+            protocols = exchange.head.websocket_protocols
         try:
             token = self.authenticator.token_from_header(authorization, protocols)
         except AuthError as exc:
@@ -136,10 +136,10 @@ class Gateway:
             return
         identity = self.authenticator.cached(token)
         if identity is not None:
-            self.recorder.metrics.token_cache_hit.inc()
+            self.recorder.metrics.tally.token_cache_hits += 1
             self._groups(exchange, upstream, identity)
             return
-        self.recorder.metrics.token_cache_miss.inc()
+        self.recorder.metrics.tally.token_cache_misses += 1
         self._spawn(exchange, self._authenticate_then_forward(exchange, upstream, token))
 
     def _spawn(self, exchange: Exchange, step: Coroutine[Any, Any, None]) -> None:
@@ -247,7 +247,7 @@ class Gateway:
             self._deny(exchange, upstream, decision.reason,
                        f'user "{identity.username}" has no access to tenant "{upstream.name}"')
             return
-        if client_impersonation(exchange.headers):
+        if exchange.head.impersonation:
             self._nested(exchange, upstream, decision)
             return
         self._forward(exchange, upstream, decision)
@@ -312,13 +312,13 @@ class Gateway:
         head = upstream_head(
             exchange.method,
             exchange.upstream_target or b"/",
-            exchange.headers,
+            exchange.head,
             authority=upstream.authority,
             authorization=upstream.authorization() if upstream.authorization else None,
             identity_block=impersonation_block(grant),
             request_id=exchange.request_id,
             framing=framing,
-            upgrade=exchange.header(b"upgrade") if exchange.upgrade else None,
+            upgrade=exchange.head.upgrade if exchange.upgrade else None,
             forwarded_for=exchange.forwarded_for or exchange.conn.peer.encode() or None,
         )
         self.forwarder.forward(exchange, upstream, head)

@@ -15,6 +15,7 @@ from typing import Protocol
 import httptools
 
 from gateway.server.exchange import Exchange
+from gateway.server.headers import RequestHeaders
 from gateway.status import PHRASES, status_body
 
 log = logging.getLogger("vgate.server")
@@ -55,8 +56,10 @@ class ClientConnection(asyncio.Protocol):
         self.current: Exchange | None = None
         self._parsing: Exchange | None = None
         self._pipeline: deque[Exchange] = deque()
+        # the request head being parsed (reset once it is complete, so no message-begin
+        # callback is needed)
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers = RequestHeaders()
         self._head_bytes = 0
         self._keepalive: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None  # None while a request is in progress
@@ -123,11 +126,6 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_bytes = 0
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
@@ -139,7 +137,7 @@ class ClientConnection(asyncio.Protocol):
         if self._head_bytes > self.limits.max_request_head_bytes:
             raise _TooLarge(431, "request headers too large "
                                  f"(limit {self.limits.max_request_head_bytes} bytes)")
-        self._headers.append((name, value))
+        self._headers.add(name, value)
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -152,6 +150,9 @@ class ClientConnection(asyncio.Protocol):
             keep_alive=parser.should_keep_alive(),
             upgrade=parser.should_upgrade(),
         )
+        self._url = b""
+        self._headers = RequestHeaders()
+        self._head_bytes = 0
         if (exchange.content_length or 0) > self.limits.max_request_body_bytes:
             raise _TooLarge(413, "request body too large")
         self._parsing = exchange

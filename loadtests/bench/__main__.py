@@ -3,7 +3,7 @@
 Starts a static upstream (nginx), nginx as a reverse proxy and vgate (1 worker, a real
 OIDC issuer, policies) on 127.0.0.1, measures them interleaved, prints the tables, writes
 them as Markdown (and JSON) and stops everything it started. Bounded in time (the default
-run takes about 6-8 minutes on 2 cores; --quick under 1.5 minutes).
+run takes about 7-9 minutes on 2 cores; --quick about 3 minutes).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.bench import procs, report, stack, watches, wrk
+from loadtests.bench import directory, procs, report, stack, watches, wrk
 from loadtests.bench.issuer import LocalIssuer, write_tokens
 from loadtests.bench.throughput import Target, interleaved
 
@@ -74,9 +74,30 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     # fresh JWTs: a second vgate (same code and config), restarted before every round so
     # its token cache starts empty and one pool of never-seen tokens serves every round
     fresh = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name="vgate-fresh")
+    # two worker processes sharing the same core: CPU per request must not grow with them
+    two = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name="vgate-2-workers",
+                      workers=2)
+    ad: directory.BenchDirectory | None = None
+    ad_gate: stack.Vgate | None = None
     try:
+        why = directory.unavailable()
+        if why is None:
+            try:
+                t0 = time.monotonic()
+                ad = directory.BenchDirectory(work).start()
+                ad_gate = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(),
+                                      name="vgate-ad", roles=ad.roles(),
+                                      extra={"ldap": ad.vgate_ldap()}).start()
+                log(f"Samba AD DC provisioned and seeded, vgate-ad started in "
+                    f"{time.monotonic() - t0:.1f}s")
+            except Exception as exc:  # the other targets still run
+                why = f"the Samba AD DC or its vgate did not start: {exc}"
+        if why is not None:
+            log(f"vgate-ad-groups: skipped: {why}")
+        results["ad_groups_skipped"] = why
         proxy.start()
         gate.start()
+        two.start()
         t0 = time.monotonic()
         pool = write_tokens(work / "tokens.txt", issuer.mint(args.pool))
         log(f"minted {args.pool} distinct RS256 tokens in {time.monotonic() - t0:.1f}s")
@@ -91,6 +112,14 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
             Target("vgate-denied", gate.base + path, lambda: gate.pids,
                    token=issuer.token(10**9 + 1, groups=["no-role-here"]), refused=True),
         ]
+        targets.append(Target("vgate-2-workers", two.base + path, lambda: two.pids,
+                              token=cached))
+        if ad_gate is not None:
+            # no group in the token has a role: access comes from the cached AD group
+            ad_pids = ad_gate.pids
+            targets.append(Target(
+                "vgate-ad-groups", ad_gate.base + path, lambda: ad_pids,
+                token=issuer.token(10**9 + directory.USER_NUMBER, groups=["no-role-here"])))
         log(f"max throughput: {args.rounds} round(s) x {len(targets)} targets x "
             f"{args.seconds:g}s, {args.connections} connections, load {procs.load_average()}")
         rmax = interleaved(targets, rounds=args.rounds, seconds=args.seconds,
@@ -110,6 +139,11 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     finally:
         fresh.stop()
         gate.stop()
+        two.stop()
+        if ad_gate is not None:
+            ad_gate.stop()
+        if ad is not None:
+            ad.stop()
         proxy.stop()
         up.stop()
 

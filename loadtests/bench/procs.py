@@ -102,13 +102,19 @@ def tree(pid: int) -> list[int]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """user + system CPU time of `pids` (from /proc/<pid>/stat)."""
-    total = 0
+    return sum(cpu_times(pids))
+
+
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of `pids` (from /proc/<pid>/stat)."""
+    user = system = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat.rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def rss_bytes(pids: list[int]) -> int:

@@ -14,9 +14,6 @@ from pathlib import Path
 from loadtests.bench import procs, stack, wrk
 from loadtests.bench.throughput import Summary
 
-AD_GROUPS_ROW = ("vgate-ad-groups", "not measured: the directory-groups step is not on this "
-                 "branch yet")
-
 
 def _version(argv: list[str]) -> str:
     try:
@@ -57,12 +54,12 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "—"
 
 
-def _max_table(rmax: dict[str, Summary]) -> list[str]:
+def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[str]:
     direct, ng = rmax["direct"], rmax["nginx"]
     rows = [
         "| target | req/s | xnginx | p50 ms | xnginx | p99 ms | xnginx | added p50 ms "
-        "| added p99 ms | CPU µs/req | req/s per core | xnginx | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| added p99 ms | CPU µs/req | of which user | req/s per core | xnginx | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in rmax.values():
         add50 = s.p50_ms - direct.p50_ms if s is not direct else 0.0
@@ -72,13 +69,24 @@ def _max_table(rmax: dict[str, Summary]) -> list[str]:
         rows.append(
             f"| {s.name} | {s.rps:,.0f} | {_ratio(s.rps, ng.rps)} | {s.p50_ms:.2f} | "
             f"{_ratio(s.p50_ms, ng.p50_ms)} | {s.p99_ms:.2f} | {_ratio(s.p99_ms, ng.p99_ms)} | "
-            f"{add50:+.2f} | {add99:+.2f} | {s.cpu_us:.1f} | {s.capacity:,.0f} | "
+            f"{add50:+.2f} | {add99:+.2f} | {s.cpu_us:.1f} | {s.user_us:.1f} | "
+            f"{s.capacity:,.0f} | "
             f"{_ratio(s.capacity, ng.capacity)} | {s.errors}{note} |"
         )
-    rows.append(f"| {AD_GROUPS_ROW[0]} | {AD_GROUPS_ROW[1]} ||||||||||||")
+    if "vgate-ad-groups" not in rmax:
+        rows.append(f"| vgate-ad-groups | not measured: {ad_skipped or 'not run'} |||||||||||||")
     if "vgate-denied" in rmax:
         rows += ["", "vgate-denied: a valid token whose user has no role on the tenant; every "
                  "answer is the gateway's 403 `Status` (the errors column counts anything else)."]
+    if "vgate-2-workers" in rmax:
+        two, one = rmax["vgate-2-workers"], rmax["vgate-cached"]
+        rows += ["", "vgate-2-workers: `workers: 2`, both processes on the proxy core; CPU per "
+                 f"request {_ratio(two.cpu_us, one.cpu_us)}x one worker's, user space "
+                 f"{_ratio(two.user_us, one.user_us)}x (1.00 = cost linear in workers: a second "
+                 "core would add a whole worker's throughput)."]
+    if "vgate-ad-groups" in rmax:
+        rows += ["", "vgate-ad-groups: a user whose token groups give no role; `view` comes "
+                 "from an Active Directory group (a real Samba AD DC) that vgate has cached."]
     return rows
 
 
@@ -95,27 +103,47 @@ def _half_table(rhalf: dict[str, Summary]) -> list[str]:
     return rows
 
 
+def _maybe(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 def _watch_tables(w: dict) -> list[str]:
-    rows = ["| proxy | open watches | opened in s | RSS before MB | RSS open MB | KB per watch "
-            "| xnginx | events | event p50 ms | event p99 ms | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    per = {(r["proxy"], r["n"]): r for r in w["runs"]}
+    rows = ["| proxy | open watches | pattern | opened in s | RSS before MB | RSS open MB "
+            "| KB per watch | xnginx | events | event p50 ms | event p99 ms | CPU µs/event "
+            "| errors |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    per = {(r["proxy"], r["n"], r.get("pattern")): r for r in w["runs"]}
     for r in w["runs"]:
-        ng = per.get(("nginx", r["n"]))
+        ng = per.get(("nginx", r["n"], r.get("pattern")))
         ratio = _ratio(r["kb_per_watch"], ng["kb_per_watch"]) if ng else "—"
+        kb = f"{r['kb_per_watch']:.1f}"
+        if r.get("pattern", "spread") != "spread":  # same process, after the spread run
+            kb = ratio = "—"
         rows.append(
-            f"| {r['proxy']} | {r['open']:,}/{r['n']:,} | {r['open_s']:.1f} | "
+            f"| {r['proxy']} | {r['open']:,}/{r['n']:,} | {r.get('pattern', 'spread')} | "
+            f"{r['open_s']:.1f} | "
             f"{r['rss_before'] / 2**20:.1f} | {r['rss_open'] / 2**20:.1f} | "
-            f"{r['kb_per_watch']:.1f} | {ratio} | {r['events']:,} | {r['event_p50_ms']:.2f} | "
-            f"{r['event_p99_ms']:.2f} | {r['errors']} |")
+            f"{kb} | {ratio} | {r['events']:,} | {r['event_p50_ms']:.2f} | "
+            f"{r['event_p99_ms']:.2f} | {_maybe(r.get('cpu_us_per_event'))} | {r['errors']} |")
     if w.get("short"):
-        rows += ["", "Short requests (GET list, cached token, fixed rate) with watches open:", "",
-                 "| proxy | open watches | req/s | p50 ms | p99 ms | p99 x idle | errors |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
+        rows += ["", "Memory per watch is measured on the spread run (a freshly started proxy); "
+                 "the burst run reuses that process. CPU per event: the proxy's CPU time over "
+                 "the first seconds after the watches opened (nothing but events to relay) "
+                 "over the events the client received in those seconds.", "",
+                 "Events: *spread* = each watch an event every "
+                 f"{w.get('event_period_s', 0):g} s and a bookmark every "
+                 f"{w.get('bookmark_period_s', 0):g} s, evenly spread over time; *burst* = one "
+                 f"event to every watch at the same moment, every "
+                 f"{w.get('burst_period_s', 0):g} s (target for both: p99 ≤ 1.5x idle).", "",
+                 "Short requests (GET list, cached token, fixed rate) with watches open:", "",
+                 "| proxy | open watches | pattern | req/s | p50 ms | p99 ms | p99 x idle "
+                 "| errors |",
+                 "|---|---:|---|---:|---:|---:|---:|---:|"]
         idle = {s["proxy"]: s for s in w["short"] if s["n"] == 0}
         for s in w["short"]:
             base = idle.get(s["proxy"])
-            rows.append(f"| {s['proxy']} | {s['n']:,} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | "
+            rows.append(f"| {s['proxy']} | {s['n']:,} | {s.get('pattern', 'spread')} | "
+                        f"{s['rps']:,.0f} | {s['p50_ms']:.2f} | "
                         f"{s['p99_ms']:.2f} | "
                         f"{_ratio(s['p99_ms'], base['p99_ms']) if base else '—'} | "
                         f"{s['errors']} |")
@@ -139,7 +167,7 @@ def markdown(results: dict) -> str:
     ]
     if "max" in results:
         out += ["#### Maximum throughput (closed loop, GET of a ~2 KB PodList)", "",
-                *_max_table(results["max"]), ""]
+                *_max_table(results["max"], results.get("ad_groups_skipped")), ""]
     if "half" in results:
         out += [f"#### Latency at half of vgate's max rate "
                 f"({results['half_rate_target']:,.0f} req/s offered)", "",
@@ -160,14 +188,31 @@ def closing(results: dict) -> list[str]:
             f"and {_ratio(c.capacity, ng.capacity)}x nginx's requests per core-second "
             f"(target ≥ 0.25); with a fresh JWT per request "
             f"{_ratio(r['vgate-fresh-jwt'].capacity, ng.capacity)}x per core.")
+        if "vgate-2-workers" in r:
+            two = r["vgate-2-workers"]
+            lines.append(f"Two workers: {two.cpu_us:.1f} µs of CPU per request against "
+                         f"{c.cpu_us:.1f} with one ({_ratio(two.cpu_us, c.cpu_us)}x; user space "
+                         f"{two.user_us:.1f} against {c.user_us:.1f}).")
+        if "vgate-ad-groups" in r:
+            lines.append(f"With AD groups cached: {r['vgate-ad-groups'].cpu_us:.1f} µs of CPU per "
+                         f"request ({_ratio(r['vgate-ad-groups'].capacity, ng.capacity)}x nginx "
+                         "per core).")
     if "half" in results:
         h = results["half"]
         add = h["vgate-cached"].p99_ms - h["direct"].p99_ms
         lines.append(f"Added p99 at half of vgate's max rate: {add:+.2f} ms (target ≤ 2 ms).")
     if "watches" in results:
-        for r in results["watches"]["runs"]:
-            if r["proxy"] == "vgate":
+        w = results["watches"]
+        for r in w["runs"]:
+            if r["proxy"] == "vgate" and r.get("pattern", "spread") == "spread":
                 lines.append(f"{r['n']:,} watches: vgate {r['kb_per_watch']:.1f} KB per watch.")
+        idle = {s["proxy"]: s for s in w.get("short", []) if s["n"] == 0}
+        for s in w.get("short", []):
+            base = idle.get(s["proxy"])
+            if s["proxy"] == "vgate" and s["n"] and base:
+                lines.append(
+                    f"Short-request p99 with {s['n']:,} watches open ({s['pattern']} events): "
+                    f"{_ratio(s['p99_ms'], base['p99_ms'])}x idle (target ≤ 1.5).")
     return ["#### Summary", "", *(f"- {x}" for x in lines)]
 
 

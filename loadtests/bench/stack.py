@@ -149,24 +149,26 @@ def nginx_proxy(workdir: Path, upstream_port: int, cpu: set[int] | None) -> Ngin
 
 
 class Vgate:
-    """`python -m gateway serve` (1 worker) from this checkout, pinned to `cpu`."""
+    """`python -m gateway serve` from this checkout (1 worker unless `workers`), pinned to
+    `cpu`. `roles` replaces the bench policy's roles; `extra` is merged into the config."""
 
     def __init__(self, workdir: Path, issuer_url: str, upstream_port: int,
-                 cpu: set[int] | None, name: str = "vgate") -> None:
+                 cpu: set[int] | None, name: str = "vgate", *, workers: int = 1,
+                 roles: dict | None = None, extra: dict | None = None) -> None:
         self.workdir, self.cpu, self.name = workdir, cpu, name
         self.port = procs.free_port()
-        policies = workdir / "policies"
+        policies = workdir / ("policies" if roles is None else f"policies-{name}")
         policies.mkdir(exist_ok=True)
         (policies / f"{TENANT}.yaml").write_text(yaml.safe_dump({
             "tenant": TENANT,
-            "roles": {"view": {"groups": [f"oidc:{GROUP}"]},
-                      "cluster-admin": {"groups": ["oidc:bench-admins"]}},
+            "roles": roles or {"view": {"groups": [f"oidc:{GROUP}"]},
+                               "cluster-admin": {"groups": ["oidc:bench-admins"]}},
         }))
         (workdir / "tenant.token").write_text("bench-tenant-credential-" + "x" * 900 + "\n")
         self.config_file = workdir / f"{name}.yaml"
         self.config_file.write_text(yaml.safe_dump({
             "listen": {"host": "127.0.0.1", "port": self.port},
-            "workers": 1,
+            "workers": workers,
             "routing": {"path_prefix": "/clusters"},
             "oidc": {"issuers": [{
                 "issuer": issuer_url, "audiences": ["vgate"],
@@ -174,11 +176,12 @@ class Vgate:
                 "groups_claim": "groups", "groups_prefix": "oidc:",
                 "algorithms": ["RS256"],
             }]},
-            "policies": "policies",
+            "policies": policies.name,
             "tenants": [{"name": TENANT, "upstream": f"http://127.0.0.1:{upstream_port}",
                          "token_file": "tenant.token"}],
             "audit": {"file": str(workdir / f"{name}-audit.log")},
             "limits": {"shutdown_grace_seconds": 1},
+            **(extra or {}),
         }))
         self.proc: subprocess.Popen | None = None
 
@@ -205,8 +208,9 @@ class Vgate:
 
     @property
     def pids(self) -> list[int]:
+        """The serving process(es): with several workers, the parent and its children."""
         assert self.proc is not None
-        return [self.proc.pid]
+        return procs.tree(self.proc.pid)
 
     def stop(self) -> None:
         procs.stop(self.proc)

@@ -30,6 +30,7 @@ class Sample:
     result: wrk.WrkResult
     cpu_s: float
     load: str
+    user_s: float = 0.0  # the user-space part of cpu_s
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Summary:
     p50_ms: float
     p99_ms: float
     cpu_us: float  # CPU of the proxy process per request
+    user_us: float  # of which user space (the kernel's share varies most with the machine)
     requests: int
     errors: int
     reused: int
@@ -57,11 +59,12 @@ def measure(target: Target, *, seconds: float, connections: int, round_no: int =
     pids = target.pids()
     token_file = target.token_files[round_no % len(target.token_files)] \
         if target.token_files else None
-    before = procs.cpu_seconds(pids)
+    user0, system0 = procs.cpu_times(pids)
     result = wrk.run(target.url, seconds=seconds, connections=connections,
                      token=target.token, token_file=token_file, pace_ms=pace_ms)
-    cpu = procs.cpu_seconds(pids) - before
-    return Sample(result, cpu, procs.load_average())
+    user1, system1 = procs.cpu_times(pids)
+    return Sample(result, user1 - user0 + system1 - system0, procs.load_average(),
+                  user1 - user0)
 
 
 def failures(sample: Sample, refused: bool) -> int:
@@ -78,6 +81,7 @@ def summarize(name: str, samples: list[Sample], refused: bool = False) -> Summar
         p50_ms=statistics.median(s.result.p50_us for s in samples) / 1000,
         p99_ms=statistics.median(s.result.p99_us for s in samples) / 1000,
         cpu_us=(sum(s.cpu_s for s in samples) / requests * 1e6) if requests else 0.0,
+        user_us=(sum(s.user_s for s in samples) / requests * 1e6) if requests else 0.0,
         requests=requests,
         errors=sum(failures(s, refused) for s in samples),
         reused=sum(s.result.reused for s in samples),
@@ -101,7 +105,8 @@ def interleaved(targets: list[Target], *, rounds: int, seconds: float, connectio
             samples[t.name].append(s)
             log(f"  round {r + 1}/{rounds} {t.name:<16} {s.result.rps:9.0f} req/s  "
                 f"p50 {s.result.p50_us / 1000:6.2f} ms  p99 {s.result.p99_us / 1000:6.2f} ms  "
-                f"cpu {s.cpu_s / max(s.result.requests, 1) * 1e6:6.1f} µs/req  "
+                f"cpu {s.cpu_s / max(s.result.requests, 1) * 1e6:6.1f} µs/req "
+                f"(user {s.user_s / max(s.result.requests, 1) * 1e6:5.1f})  "
                 f"errors {failures(s, t.refused)}  load {s.load}")
             time.sleep(0.3)
     refused = {t.name: t.refused for t in targets}

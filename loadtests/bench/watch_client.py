@@ -1,8 +1,10 @@
 """Open N concurrent watches through a proxy, hold them, measure event delivery latency.
 
 `python -m loadtests.bench.watch_client --port P --path /…?watch=true --n N --hold S
-[--token T]` prints `OPEN <n>` once every watch has its response head, keeps reading
-for `hold` seconds, then prints one JSON line with the results and exits (closing all).
+[--token T] [--window W]` prints `OPEN <n>` once every watch has its response head, keeps
+reading for `hold` seconds, then prints one JSON line with the results and exits (closing
+all). `window_events` counts the events that arrived in the first `W` seconds after OPEN
+(the bench measures the proxy's CPU over the same seconds).
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class Watch(asyncio.Protocol):
                     self.transport.close()
                 return
             self.opened.set_result(True)
+        before = len(self.stats.latencies)
         for m in _SENT.finditer(data):  # events are small: one per chunk, never split here
             self.stats.latencies.append(now - int(m.group(1)))
+        if now <= self.stats.window_end:
+            self.stats.window_events += len(self.stats.latencies) - before
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
@@ -65,6 +70,8 @@ class Watch(asyncio.Protocol):
 class Stats:
     def __init__(self) -> None:
         self.latencies: list[int] = []
+        self.window_end = 0  # monotonic ns
+        self.window_events = 0
         self.errors = 0
         self.first_error = ""
         self.holding = False
@@ -102,6 +109,7 @@ async def run(args: argparse.Namespace) -> dict:
     print(f"OPEN {opened}", flush=True)
     stats.holding = True
     stats.latencies.clear()
+    stats.window_end = time.monotonic_ns() + int(args.window * 1e9)
     await asyncio.sleep(args.hold)
     stats.holding = False
     for w in watches:
@@ -114,6 +122,7 @@ async def run(args: argparse.Namespace) -> dict:
 
     return {"n": args.n, "open": opened, "open_s": open_s, "events": len(lat),
             "event_p50_ms": pct(0.50), "event_p99_ms": pct(0.99), "errors": stats.errors,
+            "window_s": args.window, "window_events": stats.window_events,
             "first_error": stats.first_error}
 
 
@@ -125,6 +134,7 @@ def main() -> None:
     p.add_argument("--hold", type=float, required=True)
     p.add_argument("--token")
     p.add_argument("--concurrency", type=int, default=256)
+    p.add_argument("--window", type=float, default=0.0)
     args = p.parse_args()
     procs.raise_nofile()
     print(json.dumps(run_loop(run(args))), flush=True)

@@ -1,9 +1,17 @@
 """A watch-capable API server stand-in for the bench (not a kube-apiserver: just fast).
 
-`python -m loadtests.bench.watch_upstream [--period S]` listens on 127.0.0.1 (an ephemeral
-port, printed as the first stdout line). `GET …?watch=true` gets a chunked JSON watch
-stream; every watch receives one MODIFIED event every `period` seconds (spread evenly),
-carrying the CLOCK_MONOTONIC time it was written so clients can compute delivery
+`python -m loadtests.bench.watch_upstream [--period S] [--bookmark-period S]
+[--burst-period S]` listens on 127.0.0.1 (an ephemeral port, printed as the first stdout
+line). `GET …?watch=true` gets a chunked JSON watch stream, in one of two groups:
+
+- spread (the default): every watch receives one MODIFIED event every `period` seconds and
+  one BOOKMARK every `bookmark-period` seconds, spread evenly over time (what a fleet of
+  controllers sees on a steadily changing cluster);
+- burst (the target also has ``bench-burst=1``): every `burst-period` seconds one MODIFIED event
+  goes to every watch of the group at once, written back to back (a change that fans out
+  to every watcher at the same moment).
+
+Every event carries the CLOCK_MONOTONIC time it was written so clients can compute delivery
 latency. Any other request gets a ~2 KB PodList. Exits on SIGTERM or stdin EOF.
 """
 
@@ -22,43 +30,66 @@ MAX_HEAD = 65536
 
 
 class Watchers:
-    """Open watch streams, visited round-robin so each gets an event every `period` s."""
+    """Open watch streams: the spread group visited round-robin, the burst group all at once."""
 
-    def __init__(self, period: float) -> None:
+    def __init__(self, period: float, bookmark_period: float, burst_period: float) -> None:
         self.period = period
-        self.streams: dict[int, asyncio.Transport] = {}
+        self.bookmark_period = bookmark_period
+        self.burst_period = burst_period
+        self.streams: dict[int, asyncio.Transport] = {}  # spread group
+        self.burst: dict[int, asyncio.Transport] = {}
         self.next_id = 0
         self.rv = 1000
 
-    def add(self, transport: asyncio.Transport) -> int:
+    def add(self, transport: asyncio.Transport, *, burst: bool) -> int:
         self.next_id += 1
-        self.streams[self.next_id] = transport
+        (self.burst if burst else self.streams)[self.next_id] = transport
         return self.next_id
 
-    def event(self) -> bytes:
+    def remove(self, watch_id: int) -> None:
+        self.streams.pop(watch_id, None)
+        self.burst.pop(watch_id, None)
+
+    def event(self, kind: bytes = b"MODIFIED") -> bytes:
         self.rv += 1
-        body = (
-            b'{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":'
-            b'{"name":"web-0","namespace":"default","resourceVersion":"%d",'
-            b'"annotations":{"bench.vgate.io/sent-ns":"%d"}},"status":{"phase":"Running"}}}\n'
-            % (self.rv, time.monotonic_ns())
-        )
+        if kind == b"BOOKMARK":
+            body = (
+                b'{"type":"BOOKMARK","object":{"kind":"Pod","apiVersion":"v1","metadata":'
+                b'{"resourceVersion":"%d","annotations":{"bench.vgate.io/sent-ns":"%d"}}}}\n'
+                % (self.rv, time.monotonic_ns())
+            )
+        else:
+            body = (
+                b'{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":'
+                b'{"name":"web-0","namespace":"default","resourceVersion":"%d",'
+                b'"annotations":{"bench.vgate.io/sent-ns":"%d"}},"status":{"phase":"Running"}}}\n'
+                % (self.rv, time.monotonic_ns())
+            )
         return b"%x\r\n%b\r\n" % (len(body), body)
 
     async def run(self) -> None:
-        tick = 0.01  # fine-grained, so events do not arrive in large bursts
-        cursor = 0
+        tick = 0.01  # fine-grained, so spread events do not arrive in large bursts
+        cursors = {b"MODIFIED": 0, b"BOOKMARK": 0}
+        periods = {b"MODIFIED": self.period, b"BOOKMARK": self.bookmark_period}
+        next_burst = time.monotonic() + self.burst_period
         while True:
             await asyncio.sleep(tick)
+            if self.burst and time.monotonic() >= next_burst:
+                next_burst = max(next_burst + self.burst_period, time.monotonic())
+                for t in list(self.burst.values()):
+                    if not t.is_closing():
+                        t.write(self.event())
             ids = list(self.streams)
             if not ids:
                 continue
-            share = max(1, round(len(ids) * tick / self.period))
-            for i in range(share):
-                t = self.streams.get(ids[(cursor + i) % len(ids)])
-                if t is not None and not t.is_closing():
-                    t.write(self.event())
-            cursor = (cursor + share) % len(ids)
+            for kind, period in periods.items():
+                share = max(1, round(len(ids) * tick / period))
+                cursor = cursors[kind]
+                for i in range(share):
+                    t = self.streams.get(ids[(cursor + i) % len(ids)])
+                    if t is not None and not t.is_closing():
+                        t.write(self.event(kind))
+                cursors[kind] = (cursor + share) % len(ids)
 
 
 class Handler(asyncio.Protocol):
@@ -74,7 +105,7 @@ class Handler(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.watch_id is not None:
-            self.watchers.streams.pop(self.watch_id, None)
+            self.watchers.remove(self.watch_id)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -93,7 +124,8 @@ class Handler(asyncio.Protocol):
                 self.transport.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     b"Cache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n\r\n")
-                self.watch_id = self.watchers.add(self.transport)
+                self.watch_id = self.watchers.add(self.transport,
+                                                  burst=b"bench-burst=1" in target)
                 return
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -103,9 +135,9 @@ class Handler(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(period: float) -> None:
+async def serve(period: float, bookmark_period: float, burst_period: float) -> None:
     loop = asyncio.get_running_loop()
-    watchers = Watchers(period)
+    watchers = Watchers(period, bookmark_period, burst_period)
     body = pod_list()
     server = await loop.create_server(lambda: Handler(watchers, body), "127.0.0.1", 0,
                                       backlog=4096)
@@ -122,9 +154,13 @@ async def serve(period: float) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--period", type=float, default=5.0, help="seconds between events per watch")
+    p.add_argument("--bookmark-period", type=float, default=15.0,
+                   help="seconds between bookmarks per watch (spread group)")
+    p.add_argument("--burst-period", type=float, default=2.0,
+                   help="seconds between bursts (burst group: every watch at once)")
     args = p.parse_args()
     procs.raise_nofile()
-    run_loop(serve(args.period))
+    run_loop(serve(args.period, args.bookmark_period, args.burst_period))
 
 
 def run_loop(coro) -> object:

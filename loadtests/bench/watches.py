@@ -1,6 +1,12 @@
 """Concurrent watches: RSS per open watch and event delivery latency, vgate vs nginx, and
 short-request latency with watches open vs idle. Each count gets freshly started proxies
-(a process keeps memory it once used, so reusing one would flatter the next count)."""
+(a process keeps memory it once used, so reusing one would flatter the next count).
+
+Two event patterns (see `watch_upstream`): *spread* — each watch an event every
+`EVENT_PERIOD` s and a bookmark every `BOOKMARK_PERIOD` s, evenly spread over time (a
+controller fleet on a steadily changing cluster), measured at every count; and *burst* —
+one event to every watch at the same moment, every `BURST_PERIOD` s, measured at the count
+used for the short-request figure (5k)."""
 
 from __future__ import annotations
 
@@ -17,7 +23,10 @@ from loadtests.bench import procs, stack, wrk
 from loadtests.bench.issuer import LocalIssuer
 
 WATCH_PATH = "/api/v1/namespaces/default/pods?watch=true&resourceVersion=1000"
-EVENT_PERIOD = 5.0  # seconds between events on each watch
+BURST_QUERY = "&bench-burst=1"
+EVENT_PERIOD = 5.0  # seconds between events on each watch (spread)
+BOOKMARK_PERIOD = 15.0  # seconds between bookmarks on each watch (spread)
+BURST_PERIOD = 2.0  # seconds between bursts (one event to every watch at once)
 SHORT_RATE = 1000  # req/s of short requests measured idle and with watches open
 SETTLE = 2.0
 
@@ -26,9 +35,12 @@ def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _start_upstream(work: Path, period: float) -> tuple[subprocess.Popen, int]:
+def _start_upstream(work: Path, period: float, bookmark_period: float,
+                    burst_period: float) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
-        _python("loadtests.bench.watch_upstream", "--period", str(period)),
+        _python("loadtests.bench.watch_upstream", "--period", str(period),
+                "--bookmark-period", str(bookmark_period),
+                "--burst-period", str(burst_period)),
         cwd=stack.REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=open(work / "watch-upstream.log", "ab"),  # noqa: SIM115
         preexec_fn=procs.preexec(procs.load_cpu()),
@@ -54,7 +66,7 @@ def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[in
                   work: Path) -> dict:
     rss_before = procs.rss_bytes(pids)
     argv = _python("loadtests.bench.watch_client", "--port", str(port), "--path", path,
-                   "--n", str(n), "--hold", str(hold))
+                   "--n", str(n), "--hold", str(hold), "--window", str(settle))
     if token:
         argv += ["--token", token]
     client = subprocess.Popen(argv, cwd=stack.REPO_ROOT, stdout=subprocess.PIPE,
@@ -66,7 +78,9 @@ def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[in
         line = client.stdout.readline().decode() if ready else ""
         if not line.startswith("OPEN"):
             raise RuntimeError(f"watch client failed before opening {n} watches: {line!r}")
-        time.sleep(settle)
+        cpu_open = procs.cpu_seconds(pids)
+        time.sleep(settle)  # relaying events only: the proxy's CPU per event
+        cpu_settle = procs.cpu_seconds(pids) - cpu_open
         rss_open = procs.rss_bytes(pids)
         if during is not None:
             during()
@@ -75,7 +89,10 @@ def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[in
         procs.stop(client)
     result = json.loads(out.decode().strip().splitlines()[-1])
     result.update(rss_before=rss_before, rss_open=rss_open,
-                  kb_per_watch=(rss_open - rss_before) / max(result["open"], 1) / 1024)
+                  kb_per_watch=(rss_open - rss_before) / max(result["open"], 1) / 1024,
+                  # CPU time comes in 10 ms ticks: too few events say nothing
+                  cpu_us_per_event=(cpu_settle / result["window_events"] * 1e6
+                                    if result["window_events"] >= 2000 else None))
     return result
 
 
@@ -98,13 +115,14 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
     counts = capped
     short_n = 5000 if 5000 in counts else max(counts)
     period, settle = (1.0, 0.5) if smoke else (EVENT_PERIOD, SETTLE)
+    bookmark_period, burst_period = (1.0, 0.5) if smoke else (BOOKMARK_PERIOD, BURST_PERIOD)
     short_s = max(1.0 if smoke else 2.0, min(seconds, 6.0))
     hold = settle + period + 1 + short_s
     port = procs.free_port()
     issuer = LocalIssuer(f"http://127.0.0.1:{port}/issuer")
     docs = stack.static_upstream(work, issuer, procs.load_cpu(), port).start()
     token = issuer.token(7)
-    upstream, up_port = _start_upstream(work, period)
+    upstream, up_port = _start_upstream(work, period, bookmark_period, burst_period)
     runs: list[dict] = []
     short: list[dict] = []
     try:
@@ -120,24 +138,32 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
                     short_url = base + stack.LIST_PATH
                     if not smoke:
                         wrk.run(short_url, seconds=1, connections=10, token=tok)  # warm up
-                    during = None
+                    port_of = proxy.port if name == "nginx" else gate.port
+                    prefix = base.split(str(port_of), 1)[1]
+                    patterns = ["spread", "burst"] if n == short_n else ["spread"]
                     if n == short_n:
                         idle = _short(short_url, tok, short_s)
-                        short.append({"proxy": name, "n": 0, **idle})
+                        short.append({"proxy": name, "n": 0, "pattern": "none", **idle})
+                    for events in patterns:
+                        during = None
+                        if n == short_n:
 
-                        def during(url=short_url, tok=tok, name=name, n=n) -> None:
-                            short.append({"proxy": name, "n": n, **_short(url, tok, short_s)})
+                            def during(url=short_url, tok=tok, name=name, n=n,
+                                       events=events) -> None:
+                                short.append({"proxy": name, "n": n, "pattern": events,
+                                              **_short(url, tok, short_s)})
 
-                    port_of = proxy.port if name == "nginx" else gate.port
-                    path = (base.split(str(port_of), 1)[1]) + WATCH_PATH
-                    r = _hold_watches(port_of, path, n, tok, pids, during, hold, settle, work)
-                    r["proxy"] = name
-                    runs.append(r)
-                    log(f"  {name:<6} {r['open']:>6}/{n} watches open in {r['open_s']:.1f}s: "
-                        f"{r['kb_per_watch']:.1f} KB/watch, {r['events']} events, p50 "
-                        f"{r['event_p50_ms']:.2f} ms, p99 {r['event_p99_ms']:.2f} ms, errors "
-                        f"{r['errors']} {r['first_error']} load {procs.load_average()}")
-                    time.sleep(0.2 if smoke else 1.0)
+                        path = prefix + WATCH_PATH + (BURST_QUERY if events == "burst" else "")
+                        r = _hold_watches(port_of, path, n, tok, pids, during, hold, settle,
+                                          work)
+                        r["proxy"], r["pattern"] = name, events
+                        runs.append(r)
+                        log(f"  {name:<6} {r['open']:>6}/{n} watches ({events}) open in "
+                            f"{r['open_s']:.1f}s: {r['kb_per_watch']:.1f} KB/watch, "
+                            f"{r['events']} events, p50 {r['event_p50_ms']:.2f} ms, p99 "
+                            f"{r['event_p99_ms']:.2f} ms, errors {r['errors']} "
+                            f"{r['first_error']} load {procs.load_average()}")
+                        time.sleep(0.2 if smoke else 1.0)
             finally:
                 gate.stop()
                 proxy.stop()
@@ -145,4 +171,5 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
         procs.stop(upstream)
         docs.stop()
     return {"runs": runs, "short": short, "event_period_s": period,
+            "bookmark_period_s": bookmark_period, "burst_period_s": burst_period,
             "short_rate": SHORT_RATE, "short_seconds": short_s}
