@@ -59,6 +59,13 @@ def in_cluster_namespace() -> str | None:
         return None
 
 
+def _version_of(obj: dict[str, Any]) -> int:
+    try:
+        return int(((obj.get("metadata") or {}).get("annotations") or {})[A_VERSION])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 def _refusal(error: Exception | None) -> bool:
     """An answer that waiting will not change: no credential, no permission, no CRD."""
     return _status_code(error) in (401, 403, 404)
@@ -216,6 +223,9 @@ class KubernetesTenantStore:
             if self._cache.pop(name, None) is not None:
                 self._revision += 1
         elif kind in ("ADDED", "MODIFIED"):
+            held = self._cache.get(name)
+            if held is not None and held.record.version > _version_of(obj):
+                return  # an event older than our own write's answer: keep the newer copy
             self._keep(self._cache, obj)
             self._revision += 1
 
@@ -266,6 +276,8 @@ class KubernetesTenantStore:
             replaced = await self.client.replace(body, namespace=self.namespace)
         except ApiError as exc:
             if exc.status.code == 409:
+                with contextlib.suppress(Exception):  # the conflict is the news to report
+                    await self._refresh(record.name)  # so the caller's next read is current
                 raise Conflict(record.name) from None
             if exc.status.code == 404:
                 self._forget(record.name)
@@ -345,7 +357,7 @@ class KubernetesTenantStore:
                         update={"last_activity": when}))
                     break
                 except Conflict:
-                    await self._refresh(name)
+                    continue  # _replace read the current object: try again on it
                 except TenantNotFound:
                     break
 

@@ -141,10 +141,22 @@ async def test_a_stale_copy_cannot_overwrite_or_delete(stores, host):
     store._cache["t1"] = store._cache["t1"].__class__(stale[0], stale[1])
     with pytest.raises(Conflict):
         await store.update_status("t1", TenantStatus(step="x"), created.version)
+    # the refused write brought the copy up to date: a retry on what get() says succeeds
+    current = await store.get("t1")
+    assert (current.version, current.spec.ha) == (2, 3)
     with pytest.raises(ApiError) as refused:
         await store._delete_if_unchanged("t1", stale[1])
     assert refused.value.status.code == 409
     assert host.get("vgate.io/v1alpha1", "Tenant", "t1", NS)["spec"]["ha"] == 3
+
+
+async def test_a_late_watch_event_does_not_roll_the_copy_back(stores, host):
+    store, _ = stores
+    created = await store.create(spec())
+    old = host.get("vgate.io/v1alpha1", "Tenant", "t1", NS)  # version 1
+    await store.update_status("t1", TenantStatus(step="newer"), created.version)
+    store._apply_event("MODIFIED", old)  # delivered after our write's answer
+    assert (await store.get("t1")).status.step == "newer"
 
 
 async def test_activity_only_moves_forward_and_keeps_the_version(stores):
