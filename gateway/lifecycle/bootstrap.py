@@ -167,10 +167,11 @@ class Bootstrap:
         saved = await self.load_token()
         if saved is None or not self._fresh(saved[1]):
             return False
-        token, ca = saved[0].encode(), await self.ca()
-        files = self.files
-        if (files.read(files.token_path(self.tenant)) != token
-                or files.read(files.ca_path(self.tenant)) != ca):
+        token, files = saved[0].encode(), self.files
+        if files.read(files.token_path(self.tenant)) != token:
+            return False  # decided without reading the CA (a host Secret) at all
+        ca = await self.ca()
+        if files.read(files.ca_path(self.tenant)) != ca:
             return False
         return self.shared is None or await self.shared.matches(self.tenant, token, ca)
 

@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
-from gateway.lifecycle.store import Conflict, StoreError, TenantExists, TenantNotFound
+from gateway.lifecycle.store import (
+    MANAGER_LEASE,
+    Conflict,
+    StoreError,
+    TenantExists,
+    TenantNotFound,
+)
 
 log = logging.getLogger("vgate.lifecycle.store")
 
@@ -381,8 +387,6 @@ class KubernetesTenantStore:
     # -- the lease -------------------------------------------------------------------------
 
     def lease_object_name(self, lease: str) -> str:
-        from gateway.lifecycle.reconciler import MANAGER_LEASE
-
         return self.lease_name if lease == MANAGER_LEASE else f"{self.lease_name}-{lease}"
 
     async def acquire_lease(self, lease: str, holder: str, ttl: float) -> bool:

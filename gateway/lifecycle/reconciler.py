@@ -31,11 +31,10 @@ from gateway.lifecycle.model import (
     TenantStatus,
 )
 from gateway.lifecycle.steps import Provisioner, Step
-from gateway.lifecycle.store import Conflict, TenantNotFound, TenantStore
+from gateway.lifecycle.store import MANAGER_LEASE, Conflict, TenantNotFound, TenantStore
 
 log = logging.getLogger("vgate.lifecycle")
 
-MANAGER_LEASE = "lifecycle-manager"
 ProgressHook = Callable[[str, str], None]  # (tenant, step)
 
 

@@ -6,6 +6,8 @@ from typing import Protocol
 
 from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
 
+MANAGER_LEASE = "lifecycle-manager"  # held by the one process that reconciles
+
 
 class StoreError(Exception):
     """Base of the store's errors; `str()` is a sentence for people."""

@@ -247,7 +247,7 @@ async def _reconcile_here(config: Any, name: str,
                           on_step: Callable[[str, str], None]) -> None:
     """Reconcile `name` in this process while no gateway holds the manager lease."""
     from gateway.lifecycle.assemble import build_reconciler, open_store
-    from gateway.lifecycle.reconciler import MANAGER_LEASE
+    from gateway.lifecycle.store import MANAGER_LEASE
 
     store = open_store(config)
     reconciler = build_reconciler(config, store)

@@ -62,8 +62,7 @@ def test_tenant_crd_installs_and_the_kubernetes_store_works_on_it(kubeconfig: Pa
 
     from gateway.lifecycle.kube_store import KubernetesTenantStore
     from gateway.lifecycle.model import TenantSpec, TenantStatus
-    from gateway.lifecycle.reconciler import MANAGER_LEASE
-    from gateway.lifecycle.store import Conflict
+    from gateway.lifecycle.store import MANAGER_LEASE, Conflict
 
     proc = _kubectl(kubeconfig, "apply", "--server-side", "-f", str(CRDS))
     assert proc.returncode == 0, proc.stderr

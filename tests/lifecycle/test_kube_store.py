@@ -17,9 +17,15 @@ from gateway.lifecycle.credential_secrets import CredentialSecrets
 from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
 from gateway.lifecycle.kube_store import ACTIVITY_GRANULARITY, KubernetesTenantStore
 from gateway.lifecycle.model import Desired, Phase, TenantSpec, TenantStatus
-from gateway.lifecycle.reconciler import MANAGER_LEASE, Reconciler
+from gateway.lifecycle.reconciler import Reconciler
 from gateway.lifecycle.route_sync import RouteSync
-from gateway.lifecycle.store import Conflict, StoreError, TenantExists, TenantNotFound
+from gateway.lifecycle.store import (
+    MANAGER_LEASE,
+    Conflict,
+    StoreError,
+    TenantExists,
+    TenantNotFound,
+)
 from gateway.registry import TenantRegistry
 from tests.fakekube import Caller, FakeKube
 from tests.lifecycle.fakes import FakeHelm, FakeHost, World, connector
