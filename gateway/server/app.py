@@ -149,6 +149,15 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @staticmethod
+    def _resumed(exchange: Exchange) -> bool:
+        """After a spawned step's await: False if the client has gone (nothing more to do),
+        else True, and the step is no longer cancellable by the client leaving."""
+        if exchange.conn.closed:
+            return False
+        exchange.client_gone_hook = None
+        return True
+
     async def _authenticate_then_forward(
         self, exchange: Exchange, upstream: Upstream, token: str
     ) -> None:
@@ -161,9 +170,8 @@ class Gateway:
             log.exception("authentication crashed")
             exchange.fail(500, "internal error while authenticating")
             return
-        if exchange.conn.closed:
+        if not self._resumed(exchange):
             return
-        exchange.client_gone_hook = None
         self._groups(exchange, upstream, identity)
 
     # -- step 3: directory groups ----------------------------------------------------------
@@ -206,9 +214,8 @@ class Gateway:
             log.exception("directory lookup crashed")
             exchange.fail(500, "internal error while reading directory groups")
             return
-        if exchange.conn.closed:
+        if not self._resumed(exchange):
             return
-        exchange.client_gone_hook = None
         self._authorize(exchange, upstream, identity, membership)
 
     def _directory_down(self, exchange: Exchange, exc: DirectoryUnavailable) -> None:
@@ -285,9 +292,8 @@ class Gateway:
             log.exception("nested impersonation check crashed")
             exchange.fail(500, "internal error while checking impersonation")
             return
-        if exchange.conn.closed:
+        if not self._resumed(exchange):
             return
-        exchange.client_gone_hook = None
         if isinstance(decision, Deny):
             exchange.decision = "deny"
             exchange.reason = decision.reason
@@ -345,9 +351,8 @@ class Gateway:
         except Exception:
             log.exception("waking tenant %s failed", upstream.name)
             woke = False
-        if exchange.conn.closed:
+        if not self._resumed(exchange):
             return
-        exchange.client_gone_hook = None
         current = self.registry.get(upstream.name)
         if woke and current is not None and not current.paused:
             self._forward(exchange, current, grant)
