@@ -16,11 +16,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.lifecycle.assemble import DEFAULT_ASSETS
+
 ADMIN_TOKEN = "vgate-e2e-admin-token"  # a throwaway token for a throwaway server
 
 
 def assets_dir() -> Path:
-    return Path(os.environ.get("KUBEBUILDER_ASSETS", "/usr/local/kubebuilder/bin"))
+    """envtest's convention: $KUBEBUILDER_ASSETS, else the lifecycle's default folder."""
+    return Path(os.environ.get("KUBEBUILDER_ASSETS") or DEFAULT_ASSETS)
 
 
 def missing_binaries() -> list[str]:

@@ -5,7 +5,6 @@ real kubectl. Skips with one line when the binaries are absent."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,16 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.lifecycle.assemble import DEFAULT_ASSETS
 from gateway.lifecycle.local_process import stop as stop_process
 from gateway.lifecycle.runtime import LifecycleRuntime
 from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from tests.deploy import envtest
 from tests.integration.conftest import BASE_DOMAIN, KUBECTL, World
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA
 
-ASSETS = Path(os.environ.get("KUBEBUILDER_ASSETS") or DEFAULT_ASSETS)
+ASSETS = envtest.assets_dir()
 USERS = {
     "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["tenant1-admins"]},
     "bob": {"email": "bob@example.com", "name": "Bob", "groups": ["developers"]},
@@ -35,7 +34,7 @@ POLICIES = {"tenant1.yaml": {"tenant": "tenant1",
 
 
 def require_binaries() -> None:
-    missing = [b for b in ("kube-apiserver", "etcd") if not (ASSETS / b).is_file()]
+    missing = envtest.missing_binaries()
     if missing:
         pytest.skip(f"e2e needs {' and '.join(missing)} in {ASSETS} "
                     "(set $KUBEBUILDER_ASSETS, e.g. from setup-envtest)")
@@ -51,6 +50,19 @@ def until(check, timeout: float, what: str):
             return result
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def ready_tenants(store: SQLiteTenantStore, names: tuple[str, ...] = ("tenant1", "tenant2"),
+                  timeout: float = 180) -> None:
+    """Create `names` (admins: oidc:<name>-admins) and wait until each is Ready."""
+    from gateway.lifecycle.model import Phase, TenantSpec
+    from gateway.lifecycle.operations import TenantOperations
+
+    ops = TenantOperations(store)
+    for name in names:
+        asyncio.run(ops.create(TenantSpec(name=name, admin_groups=[f"oidc:{name}-admins"])))
+    for name in names:
+        until(lambda n=name: phase(store, n) is Phase.ready, timeout, f"{name} ready")
 
 
 def phase(store: SQLiteTenantStore, name: str):

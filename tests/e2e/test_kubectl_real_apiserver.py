@@ -3,16 +3,13 @@ impersonated role groups may do, and two API servers on one etcd stay apart."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import time
 
 import pytest
 
-from gateway.lifecycle.model import Phase, TenantSpec
-from gateway.lifecycle.operations import TenantOperations
-from tests.e2e.conftest import phase, until
+from tests.e2e.conftest import ready_tenants
 from tests.integration.conftest import World, host_mode_available
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -27,11 +24,7 @@ data: {k: v}
 @pytest.fixture(scope="module")
 def world(lab) -> World:
     world, store = lab
-    ops = TenantOperations(store)
-    for name in ("tenant1", "tenant2"):
-        asyncio.run(ops.create(TenantSpec(name=name, admin_groups=[f"oidc:{name}-admins"])))
-    for name in ("tenant1", "tenant2"):
-        until(lambda n=name: phase(store, n) is Phase.ready, 180, f"{name} ready")
+    ready_tenants(store)
     return world
 
 

@@ -9,20 +9,17 @@ import time
 import pytest
 import yaml
 
-from gateway.lifecycle.model import Desired, Phase, TenantSpec
+from gateway.lifecycle.model import Desired, Phase
 from gateway.lifecycle.operations import TenantOperations
-from tests.e2e.conftest import phase, until
+from tests.e2e.conftest import phase, ready_tenants, until
 from tests.integration.conftest import host_mode_available
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_two_tenants_pause_wake_upgrade_delete(lab):
     world, store = lab
+    ready_tenants(store)
     ops = TenantOperations(store)
-    for name in ("tenant1", "tenant2"):
-        asyncio.run(ops.create(TenantSpec(name=name, admin_groups=[f"oidc:{name}-admins"])))
-    for name in ("tenant1", "tenant2"):
-        until(lambda n=name: phase(store, n) is Phase.ready, 180, f"{name} ready")
 
     ok = world.kubectl("tenant1", "alice", "get", "namespaces", "-o", "name")
     assert ok.returncode == 0, ok.stderr

@@ -20,14 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso_world.SSOWorld]:
-    why = sso_world.missing_tools()
-    if why:
-        pytest.skip(why)
-    w = sso_world.build(tmp_path_factory.mktemp("portal"))
-    try:
-        yield w
-    finally:
-        w.stop()
+    yield from sso_world.running(tmp_path_factory.mktemp("portal"))
 
 
 def _client(world) -> httpx.Client:

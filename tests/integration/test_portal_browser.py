@@ -24,17 +24,10 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso_world.SSOWorld]:
-    why = sso_world.missing_tools()
-    if why:
-        pytest.skip(why)
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="the playwright pip package is missing")
-    w = sso_world.build(tmp_path_factory.mktemp("browser"))
-    try:
-        yield w
-    finally:
-        w.stop()
+    yield from sso_world.running(tmp_path_factory.mktemp("browser"))
 
 
 def test_chromium_signs_in_downloads_and_kubectl_uses_it(world, tmp_path):

@@ -9,9 +9,11 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.fakekube import FakeKube
@@ -117,6 +119,19 @@ def plugin_commands(bin_dir: Path) -> Path:
         script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
         script.chmod(0o755)
     return bin_dir
+
+
+def running(base: Path) -> Iterator[SSOWorld]:
+    """A world for a module-scoped fixture: skips (saying why) when a tool is missing, is
+    stopped when the module is done."""
+    why = missing_tools()
+    if why:
+        pytest.skip(why)
+    world = build(base)
+    try:
+        yield world
+    finally:
+        world.stop()
 
 
 def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
