@@ -57,13 +57,8 @@ def shared_credentials(config: GatewayConfig) -> CredentialSecrets | None:
         return None
     from gateway.lifecycle.kube import LightkubeAPI
 
-    kubeconfig = None
-    if lc.store_kubeconfig is not None:
-        import yaml
-
-        kubeconfig = yaml.safe_load(lc.store_kubeconfig.read_text())
-    return CredentialSecrets(LightkubeAPI.from_kubeconfig(kubeconfig), store_namespace(config),
-                             CredentialFiles(lc.credentials_dir))
+    return CredentialSecrets(LightkubeAPI.from_path(lc.store_kubeconfig),
+                             store_namespace(config), CredentialFiles(lc.credentials_dir))
 
 
 def hostname_for(config: GatewayConfig) -> Callable[[str], str | None]:
@@ -98,11 +93,6 @@ def build_provisioner(config: GatewayConfig) -> Provisioner:
     from gateway.lifecycle.kube import LightkubeAPI
 
     helm = lc.helm
-    host_config = None
-    if helm.kubeconfig is not None:
-        import yaml
-
-        host_config = yaml.safe_load(helm.kubeconfig.read_text())
     settings = HelmSettings(
         chart=helm.chart, repo=helm.repo, chart_version=helm.chart_version,
         namespace_prefix=helm.namespace_prefix, pod_security=helm.pod_security,
@@ -113,7 +103,7 @@ def build_provisioner(config: GatewayConfig) -> Provisioner:
         ready_timeout=helm.ready_timeout_seconds, token=token,
     )
     runner = HelmRunner(helm.binary, kubeconfig=str(helm.kubeconfig) if helm.kubeconfig else None)
-    return HelmProvisioner(LightkubeAPI.from_kubeconfig(host_config), runner, connect, files,
+    return HelmProvisioner(LightkubeAPI.from_path(helm.kubeconfig), runner, connect, files,
                            settings, shared=shared_credentials(config))
 
 

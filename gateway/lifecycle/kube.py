@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any, Protocol
 
 Manifest = dict[str, Any]
@@ -58,6 +59,15 @@ class LightkubeAPI:
     @classmethod
     def from_kubeconfig(cls, kubeconfig: Manifest | None = None) -> LightkubeAPI:
         return cls(kubeconfig)
+
+    @classmethod
+    def from_path(cls, path: Path | None) -> LightkubeAPI:
+        """From a kubeconfig file; None: in-cluster / $KUBECONFIG."""
+        if path is None:
+            return cls(None)
+        import yaml
+
+        return cls(yaml.safe_load(path.read_text()))
 
     @property
     def client(self) -> Any:
