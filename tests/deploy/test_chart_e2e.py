@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy import envtest
+from tests.support import kube as envtest
 from tests.deploy.chart import NAMESPACE, render
 from tests.deploy.schemas import SHAPED_CRDS
 from tests.deploy.variants import VARIANTS
