@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import kube as envtest
 from tests.deploy.chart import NAMESPACE, render
 from tests.deploy.schemas import SHAPED_CRDS
 from tests.deploy.variants import VARIANTS
+from tests.support import kube as envtest
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ import yaml
 from gateway.lifecycle.local_process import stop as stop_process
 from gateway.lifecycle.runtime import LifecycleRuntime
 from gateway.lifecycle.sqlite_store import SQLiteTenantStore
-from tests.support import kube as envtest
 from tests.integration.conftest import BASE_DOMAIN, KUBECTL, World
+from tests.support import kube as envtest
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA
