@@ -63,7 +63,7 @@ def _check_config(path: Path) -> int:
 
 
 def _serve(path: Path) -> int:
-    from gateway.server.serve import serve
+    from gateway.serve import serve
 
     config = _load(path)
     if config is None:
@@ -90,8 +90,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         print(f"vgate quickstart: {exc}", file=sys.stderr)
         return 1
 def _policy_explain(path: Path, user: str, tenant: str, username: str | None) -> int:
-    from gateway.directory.explain import explain
     from gateway.policy import PolicyEngine, load_policies
+    from gateway.policy.explain import explain
 
     config = _load(path)
     if config is None:

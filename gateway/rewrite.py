@@ -17,21 +17,10 @@ from gateway.authn.websocket import without_bearer_protocol
 from gateway.identity import Grant
 
 if TYPE_CHECKING:
-    from gateway.server.headers import RequestHeaders
+    from gateway.http.headers import RequestHeaders
 
 REQUEST_ID_EXTRA = "vgate.io/request-id"
 
-# never forwarded, whatever their case (the server classifies each field once against
-# these, see gateway.server.headers): hop-by-hop fields, framing (set by the gateway),
-# credentials, and what the gateway itself asserts
-NEVER_FORWARDED = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-        b"transfer-encoding", b"upgrade", b"host", b"expect", b"content-length",
-        b"authorization", b"proxy-authorization", b"audit-id", b"x-forwarded-for",
-    }
-)
-NEVER_FORWARDED_PREFIXES = (b"impersonate-", b"x-remote-")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -92,9 +81,9 @@ def upstream_head(
 ) -> bytes:
     """Serialize the upstream request head.
 
-    `headers` has already set aside every field in `NEVER_FORWARDED` or with a prefix in
-    `NEVER_FORWARDED_PREFIXES`; the fields the client's ``Connection`` names are left out
-    here. `framing` is the body framing line(s) to send (``Content-Length: n\\r\\n``,
+    `headers` has already set aside every field the HTTP layer never forwards
+    (`gateway.http.headers.NEVER_FORWARDED`); the fields the client's ``Connection`` names
+    are left out here. `framing` is the body framing line(s) to send (``Content-Length: n\\r\\n``,
     ``Transfer-Encoding: chunked\\r\\n`` or empty); `upgrade` the client's `Upgrade` value
     for exec/attach/port-forward.
     """

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from gateway.server.asgi import AsgiBridge
-from gateway.server.connection import ClientConnection
+from gateway.http.asgi import AsgiBridge
+from gateway.http.connection import ClientConnection
 
 
 @dataclass

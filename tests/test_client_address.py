@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.client_address import ClientAddress
+from gateway.http.client_address import ClientAddress
 from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread
 from tests.support.scripted import ScriptedUpstream

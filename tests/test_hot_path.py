@@ -161,7 +161,7 @@ async def test_a_response_leaves_in_one_write_per_read() -> None:
     """Head and body of a local answer, and everything one upstream read yields, go to the
     client in a single write; nothing is held back past the read."""
     from gateway.config.model import Limits
-    from gateway.server.connection import ClientConnection
+    from gateway.http.connection import ClientConnection
 
     dispatcher, transport = _Dispatcher(), _Transport()
     conn = ClientConnection(dispatcher, Limits(), set())

@@ -1,11 +1,11 @@
-"""The per-request metrics (gateway.record.metrics.RequestTally) as Prometheus exposes them."""
+"""The per-request metrics (gateway.metrics.RequestTally) as Prometheus exposes them."""
 
 from __future__ import annotations
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.record.metrics import Metrics
+from gateway.metrics import Metrics
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:

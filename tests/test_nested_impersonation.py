@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.nested_impersonation import BadImpersonation, _checks, requested_identity
+from gateway.policy.nested import BadImpersonation, _checks, requested_identity
 
 
 def test_parse_everything() -> None:

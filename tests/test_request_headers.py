@@ -1,11 +1,10 @@
-"""The request header fields classified once while parsing (gateway.server.headers)."""
+"""The request header fields classified once while parsing (gateway.http.headers)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.rewrite import NEVER_FORWARDED
-from gateway.server.headers import RequestHeaders
+from gateway.http.headers import NEVER_FORWARDED, RequestHeaders
 
 
 def _forwarded(headers: RequestHeaders) -> list[tuple[bytes, bytes]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.http.headers import RequestHeaders
 from gateway.identity import Grant
 from gateway.rewrite import extra_header_name, impersonation_block, upstream_head
-from gateway.server.headers import RequestHeaders
 
 GRANT = Grant(
     tenant="tenant1",

@@ -15,7 +15,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from gateway.server.serving_certificate import ServingCertificate
+from gateway.http.serving_certificate import ServingCertificate
 from tests.support.gateway_thread import GatewayThread
 from tests.support.pki import TestCA
 

@@ -377,7 +377,7 @@ class LDAP(Strict):
     @field_validator("bind_dn", "user_base_dn", "group_base_dn")
     @classmethod
     def _dn(cls, v: str) -> str:
-        from gateway.directory.dn import is_dn
+        from gateway.names.dn import is_dn
 
         if not is_dn(v):
             raise ValueError(f"{v[:80]!r} is not a distinguished name")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.directory.dn import normalize_dn
+from gateway.names.dn import normalize_dn
 
 
 @dataclass(frozen=True, slots=True)

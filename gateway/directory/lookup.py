@@ -11,11 +11,11 @@ import ldap3
 
 from gateway.config.model import LDAP
 from gateway.directory import filters
-from gateway.directory.dn import first_value, normalize_dn
 from gateway.directory.entry import DirectoryGroup, Membership, membership, not_found
 from gateway.directory.errors import DirectoryError
 from gateway.directory.search import Entry, all_values, paged_search, read_entry
-from gateway.directory.sid import SidError, domain_sid, sid_to_bytes, sid_to_str
+from gateway.names.dn import first_value, normalize_dn
+from gateway.names.sid import SidError, domain_sid, sid_to_bytes, sid_to_str
 
 log = logging.getLogger("vgate.directory")
 

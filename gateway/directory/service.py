@@ -25,7 +25,7 @@ from gateway.directory.entry import Membership, not_found
 from gateway.directory.errors import DirectoryError, DirectoryUnavailable
 from gateway.directory.flush import FlushWatcher
 from gateway.identity import Identity
-from gateway.record.metrics import Metrics
+from gateway.metrics import Metrics
 
 log = logging.getLogger("vgate.directory")
 

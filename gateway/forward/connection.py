@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 from gateway.forward.response import client_head
-from gateway.status import PHRASES
+from gateway.http.status import PHRASES
 
 if TYPE_CHECKING:
     from gateway.forward.pool import UpstreamPool
-    from gateway.server.exchange import Exchange
+    from gateway.http.exchange import Exchange
 
 log = logging.getLogger("vgate.forward")
 

@@ -12,7 +12,7 @@ from gateway.forward.pool import UpstreamPool
 from gateway.registry import Upstream
 
 if TYPE_CHECKING:
-    from gateway.server.exchange import Exchange
+    from gateway.http.exchange import Exchange
 
 log = logging.getLogger("vgate.forward")
 

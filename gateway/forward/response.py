@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.status import status_line
+from gateway.http.status import status_line
 
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",

@@ -6,9 +6,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.directory.dn import normalize_dn
 from gateway.directory.entry import Membership
 from gateway.identity import Deny, Grant, Identity
+from gateway.names.dn import normalize_dn
 from gateway.policy.load import LoadedPolicy
 from gateway.policy.model import ROLE_GROUP_PREFIX
 

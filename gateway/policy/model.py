@@ -7,9 +7,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from gateway.directory.dn import normalize_dn
-from gateway.directory.sid import is_sid
 from gateway.identity import usable_names
+from gateway.names.dn import normalize_dn
+from gateway.names.sid import is_sid
 
 ROLE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 ROLE_GROUP_PREFIX = "vgate:"

@@ -267,7 +267,7 @@ def banner(p: Prepared) -> str:
 def run(opts: Options, *, with_bindings: bool) -> int:
     """Prepare, start the OpenID Provider, and serve until interrupted."""
     from gateway.config import load_config
-    from gateway.server.serve import serve
+    from gateway.serve import serve
 
     prepared = prepare(opts)
     if with_bindings and prepared.static_tenant is None:

@@ -10,8 +10,8 @@ from json.encoder import encode_basestring_ascii  # the C implementation
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from gateway.http.exchange import Exchange
     from gateway.identity import Grant, Identity
-    from gateway.server.exchange import Exchange
 
 FLUSH_INTERVAL = 0.2
 MAX_BUFFERED_LINES = 256  # written at once when that many wait (bounds each write: ~100 KB)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from gateway.metrics import Metrics
 from gateway.record.audit import AuditLog
-from gateway.record.metrics import Metrics
 
 if TYPE_CHECKING:
-    from gateway.server.exchange import Exchange
+    from gateway.http.exchange import Exchange
 
 
 class Recorder:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ldap3
 
-from gateway.directory.sid import sid_to_str
+from gateway.names.sid import sid_to_str
 from tests.support.pki import TestCA
 
 REALM = "CORP.EXAMPLE.COM"

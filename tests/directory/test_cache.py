@@ -11,7 +11,7 @@ import pytest
 from gateway.directory import Directory, DirectoryUnavailable
 from gateway.directory.errors import DirectoryError
 from gateway.directory.flush import request_flush
-from gateway.record.metrics import Metrics
+from gateway.metrics import Metrics
 from tests.directory.fakes import FakeSource, ldap_config
 
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from gateway.directory import Directory, DirectoryUnavailable
-from gateway.directory.dn import normalize_dn
 from gateway.directory.errors import DirectoryError
 from gateway.directory.source import LdapSource
-from gateway.record.metrics import Metrics
+from gateway.metrics import Metrics
+from gateway.names.dn import normalize_dn
 from tests.directory.conftest import BULK_GROUPS, Corp
 from tests.directory.samba import BASE
 from tests.support.pki import TestCA

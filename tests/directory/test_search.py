@@ -7,7 +7,7 @@ import pytest
 from gateway.directory.errors import DirectoryError
 from gateway.directory.lookup import Lookup
 from gateway.directory.search import Entry, all_values, paged_search, read_entry
-from gateway.directory.sid import sid_to_bytes
+from gateway.names.sid import sid_to_bytes
 from tests.directory.fakes import BASE, SizeLimitedConnection, ldap_config
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.directory.dn import normalize_dn
 from gateway.directory.filters import any_of, equals, escape_value
 from gateway.directory.lookup import Lookup
-from gateway.directory.sid import SidError, is_sid, sid_to_bytes, sid_to_str
+from gateway.names.dn import normalize_dn
+from gateway.names.sid import SidError, is_sid, sid_to_bytes, sid_to_str
 from tests.directory.fakes import ldap_config
 
 

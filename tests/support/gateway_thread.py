@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gateway.config import load_config
-from gateway.server.serve import RunningGateway, build_gateway
+from gateway.serve import RunningGateway, build_gateway
 
 
 class GatewayThread:

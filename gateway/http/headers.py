@@ -4,12 +4,22 @@ Every later step reads fields from here instead of scanning the list again: the 
 (``Host``, body framing, ``Expect``, ``Upgrade``), authentication (``Authorization``,
 ``Sec-WebSocket-Protocol``), the client-address step (``X-Forwarded-For``), the nested
 impersonation check (whether any ``Impersonate-*`` came) and the rewrite step, which gets
-the fields that may travel upstream already filtered by `gateway.rewrite`'s rules.
+the fields that may travel upstream already filtered by the rules below (`NEVER_FORWARDED`).
 """
 
 from __future__ import annotations
 
-from gateway.rewrite import NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES
+# never forwarded, whatever their case (each field is classified once against these, as
+# it arrives): hop-by-hop fields, framing (set by the gateway),
+# credentials, and what the gateway itself asserts
+NEVER_FORWARDED = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"host", b"expect", b"content-length",
+        b"authorization", b"proxy-authorization", b"audit-id", b"x-forwarded-for",
+    }
+)
+NEVER_FORWARDED_PREFIXES = (b"impersonate-", b"x-remote-")
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -7,13 +7,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.status import status_body, status_line
+from gateway.http.status import status_body, status_line
 
 if TYPE_CHECKING:
     from gateway.directory.entry import Membership
+    from gateway.http.connection import ClientConnection
+    from gateway.http.headers import RequestHeaders
     from gateway.identity import Grant, Identity
-    from gateway.server.connection import ClientConnection
-    from gateway.server.headers import RequestHeaders
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -96,7 +96,7 @@ class Exchange:
         self.directory: Membership | None = None
         self.decision = ""
         self.reason = ""
-        self.source = conn.peer  # the client's address (see gateway.client_address)
+        self.source = conn.peer  # the client's address (see gateway.http.client_address)
         self.forwarded_for: bytes | None = None
 
     @property

@@ -13,24 +13,24 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.authn import Authenticator, AuthError
-from gateway.client_address import ClientAddress
 from gateway.directory import Directory, DirectoryUnavailable, Membership, lookup_value
 from gateway.forward import Forwarder
+from gateway.http.asgi import AsgiBridge
+from gateway.http.client_address import ClientAddress
+from gateway.http.exchange import Exchange
 from gateway.identity import Deny, Grant, Identity
-from gateway.nested_impersonation import (
+from gateway.policy import PolicyEngine
+from gateway.policy.nested import (
     BadImpersonation,
     NestedImpersonation,
     Requested,
     ReviewUnavailable,
     requested_identity,
 )
-from gateway.policy import PolicyEngine
 from gateway.record import Recorder
 from gateway.registry import TenantRegistry, Upstream
 from gateway.rewrite import impersonation_block, upstream_head
 from gateway.route import Refused, Router
-from gateway.server.asgi import AsgiBridge
-from gateway.server.exchange import Exchange
 
 log = logging.getLogger("vgate.app")
 

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.server.exchange import Exchange
-from gateway.status import PHRASES
+from gateway.http.exchange import Exchange
+from gateway.http.status import PHRASES
 
 log = logging.getLogger("vgate.asgi")
 

@@ -14,9 +14,9 @@ from typing import Protocol
 
 import httptools
 
-from gateway.server.exchange import Exchange
-from gateway.server.headers import RequestHeaders
-from gateway.status import PHRASES, status_body
+from gateway.http.exchange import Exchange
+from gateway.http.headers import RequestHeaders
+from gateway.http.status import PHRASES, status_body
 
 log = logging.getLogger("vgate.server")
 

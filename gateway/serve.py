@@ -12,23 +12,23 @@ import socket
 import sys
 
 from gateway.authn import Authenticator
-from gateway.client_address import ClientAddress
 from gateway.config import GatewayConfig
 from gateway.directory import Directory, DirectoryError
 from gateway.directory.source import LdapSource
 from gateway.forward import Forwarder
-from gateway.nested_impersonation import NestedImpersonation
+from gateway.http.asgi import AsgiBridge
+from gateway.http.client_address import ClientAddress
+from gateway.http.connection import ClientConnection
+from gateway.http.serving_certificate import ServingCertificate
+from gateway.metrics import Metrics
+from gateway.pipeline import Gateway
 from gateway.policy import PolicyEngine, load_policies
 from gateway.policy.load import LoadedPolicy
+from gateway.policy.nested import NestedImpersonation
 from gateway.record import Recorder
 from gateway.record.audit import AuditLog
-from gateway.record.metrics import Metrics
 from gateway.registry import TenantRegistry, upstream_from_config
 from gateway.route import Router
-from gateway.server.app import Gateway
-from gateway.server.asgi import AsgiBridge
-from gateway.server.connection import ClientConnection
-from gateway.server.serving_certificate import ServingCertificate
 
 log = logging.getLogger("vgate.serve")
 
