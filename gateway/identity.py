@@ -19,7 +19,10 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What the gateway will impersonate upstream for one (identity, tenant)."""
+    """What the gateway will impersonate upstream for one (identity, tenant).
+
+    Equal grants impersonate the same identity. The hash is computed once, so later steps
+    may key per-grant work (the serialized impersonation headers) on the grant itself."""
 
     tenant: str
     user: str
@@ -29,6 +32,15 @@ class Grant:
     extra: tuple[tuple[str, tuple[str, ...]], ...]
     reasons: tuple[str, ...] = ()
     directory_groups: tuple[tuple[str, str], ...] = ()  # (role, directory group) pairs
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((
+            self.tenant, self.user, self.uid, self.groups, self.roles, self.extra,
+            self.reasons, self.directory_groups)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,20 +35,19 @@ def extra_header_name(key: str) -> bytes:
 
 
 MAX_CACHED_BLOCKS = 4096
-_blocks: dict[int, tuple[Grant, bytes]] = {}
+_blocks: dict[Grant, bytes] = {}
 
 
 def impersonation_block(grant: Grant) -> bytes:
-    """The `Impersonate-*` header lines for a grant. Serialized once per `Grant` object (the
-    policy engine hands out the same object for repeat decisions): a lookup by identity,
-    without hashing the grant's fields."""
-    hit = _blocks.get(id(grant))
-    if hit is not None and hit[0] is grant:
-        return hit[1]
-    block = _serialize_block(grant)
-    if len(_blocks) >= MAX_CACHED_BLOCKS:
-        _blocks.clear()
-    _blocks[id(grant)] = (grant, block)
+    """The `Impersonate-*` header lines for a grant, serialized once per distinct grant (a
+    `Grant` hashes once; the policy engine hands out the same object for repeat decisions,
+    so a hit is a hash lookup that ends at the identity check)."""
+    block = _blocks.get(grant)
+    if block is None:
+        block = _serialize_block(grant)
+        if len(_blocks) >= MAX_CACHED_BLOCKS:
+            _blocks.clear()
+        _blocks[grant] = block
     return block
 
 

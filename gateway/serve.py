@@ -1,4 +1,7 @@
-"""`vgate serve`: build the gateway from config and run it (one or more worker processes)."""
+"""`vgate serve`: the composition root. It builds every step of the request path from the
+config, wires the pipeline with the gateway's own endpoints (portal, admin API, health,
+metrics) and the lifecycle manager, and runs it in one or more worker processes. It is the
+only module that knows every room."""
 
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ from gateway.authn import Authenticator
 from gateway.config import GatewayConfig
 from gateway.directory import Directory, DirectoryError
 from gateway.directory.source import LdapSource
+from gateway.endpoints import OwnEndpoints
 from gateway.forward import Forwarder
 from gateway.http.asgi import AsgiBridge
 from gateway.http.client_address import ClientAddress
 from gateway.http.connection import ClientConnection
 from gateway.http.serving_certificate import ServingCertificate
 from gateway.metrics import Metrics
-from gateway.pipeline import Gateway
+from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, load_policies
 from gateway.policy.load import LoadedPolicy
 from gateway.policy.nested import NestedImpersonation
@@ -50,8 +54,8 @@ def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
     return policies
 
 
-def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None,
-                  policies: list[LoadedPolicy] | None = None) -> Gateway:
+def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None,
+                   policies: list[LoadedPolicy] | None = None) -> Pipeline:
     """Assemble the request path from a validated config (`policies`: already loaded)."""
     if policies is None:
         policies = checked_policies(config)
@@ -74,23 +78,22 @@ def build_gateway(config: GatewayConfig, registry: TenantRegistry | None = None,
 
         admin = build_admin_app(config, authenticator.authenticate, prefix="")  # root_path
         local_apps.mount("/admin", admin.app, on_close=admin.close)
-    gateway = Gateway(
+    return Pipeline(
         router=Router(config.routing.base_domain, config.routing.path_prefix),
         registry=registry,
         authenticator=authenticator,
         policy=policy,
         forwarder=Forwarder(config.upstream),
         recorder=Recorder(AuditLog(config.audit.file), metrics),
+        own=OwnEndpoints(metrics, lambda: authenticator.ready, local_apps),
         client_address=ClientAddress(config.listen.trusted_proxies),
+        directory=directory,
         nested=(NestedImpersonation(
             cache_seconds=config.nested_impersonation.decision_cache_seconds)
             if config.nested_impersonation.enabled else None),
-        local_apps=local_apps,
-        directory=directory,
+        wake_timeout=(config.lifecycle.wake_timeout_seconds if config.lifecycle is not None
+                      else 60.0),
     )
-    if config.lifecycle is not None:
-        gateway.wake_timeout = config.lifecycle.wake_timeout_seconds
-    return gateway
 
 
 def build_directory(config: GatewayConfig, metrics: Metrics) -> Directory | None:
@@ -107,16 +110,16 @@ def build_directory(config: GatewayConfig, metrics: Metrics) -> Directory | None
 class RunningGateway:
     """A gateway listening on a socket inside the current event loop."""
 
-    def __init__(self, config: GatewayConfig, gateway: Gateway) -> None:
+    def __init__(self, config: GatewayConfig, pipeline: Pipeline) -> None:
         self.config = config
-        self.gateway = gateway
+        self.pipeline = pipeline
         self.connections: set[ClientConnection] = set()
         self.server: asyncio.base_events.Server | None = None
         self._directory_check: asyncio.Task | None = None
         self.certificate: ServingCertificate | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
-        g = self.gateway
+        g = self.pipeline
         await g.authenticator.start()
         g.forwarder.start()
         if g.directory is not None:
@@ -139,12 +142,12 @@ class RunningGateway:
                 factory, self.config.listen.host, self.config.listen.port,
                 ssl=ctx, backlog=2048, reuse_address=True,
             )
-        g.readiness.config_loaded = True
+        g.own.readiness.config_loaded = True
 
     async def _check_directory(self) -> None:
         """Say at start-up, in one log line, whether the directory can be used."""
-        assert self.gateway.directory is not None
-        problem = await self.gateway.directory.check()
+        assert self.pipeline.directory is not None
+        problem = await self.pipeline.directory.check()
         if problem:
             log.error("directory check failed (requests will get 503 until it works): %s",
                       problem)
@@ -159,7 +162,7 @@ class RunningGateway:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let short requests finish, then end streams and tunnels."""
         grace = self.config.limits.shutdown_grace_seconds if grace is None else grace
-        self.gateway.readiness.draining = True
+        self.pipeline.own.readiness.draining = True
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
@@ -178,16 +181,17 @@ class RunningGateway:
                 if current.chunked_out:
                     current.finish(reusable=False)  # a clean end: client-go simply re-watches
             conn.close()
-        await self.gateway.local_apps.close()
-        self.gateway.forwarder.close()
-        if self.gateway.nested is not None:
-            await self.gateway.nested.close()
-        await self.gateway.authenticator.close()
+        p = self.pipeline
+        await p.own.apps.close()
+        p.forwarder.close()
+        if p.nested_impersonation is not None:
+            await p.nested_impersonation.close()
+        await p.authenticator.close()
         if self._directory_check is not None:
             self._directory_check.cancel()
-        if self.gateway.directory is not None:
-            self.gateway.directory.close()
-        self.gateway.recorder.audit.close()
+        if p.directory is not None:
+            p.directory.close()
+        p.recorder.close()
         if self.certificate is not None:
             await self.certificate.stop()
 
@@ -221,13 +225,13 @@ def _tune_gc() -> None:
 
 async def _serve_one(config: GatewayConfig, sock: socket.socket,
                      policies: list[LoadedPolicy]) -> None:
-    running = RunningGateway(config, build_gateway(config, policies=policies))
+    running = RunningGateway(config, build_pipeline(config, policies=policies))
     lifecycle = None
     if config.lifecycle is not None:
         from gateway.lifecycle.runtime import LifecycleRuntime
 
-        gateway = running.gateway
-        lifecycle = LifecycleRuntime(config, gateway.registry, gateway.policy.set_stored_roles)
+        pipeline = running.pipeline
+        lifecycle = LifecycleRuntime(config, pipeline.registry, pipeline.policy.set_stored_roles)
         await lifecycle.start()
     await running.start(sock)
     _tune_gc()

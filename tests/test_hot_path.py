@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.flow import Flow, Outcome
 from gateway.identity import Grant, Identity
 from gateway.record.audit import AuditLog
 from tests.support.gateway_thread import GatewayThread
@@ -186,41 +187,45 @@ def _identity(user: str, groups: tuple[str, ...]) -> Identity:
                     expires_at=time.time() + 60)
 
 
+class _Conn:
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+
+
+class _Exchange:
+    """What the audit line reads of an exchange."""
+
+    def __init__(self, *, peer: str = "127.0.0.1", method: bytes = b"GET",
+                 target: bytes = b"/clusters/t/x", status: int = 200, bytes_out: int = 12):
+        self.conn = _Conn(peer)
+        self.request_id = b"0123-4567"
+        self.method, self.target, self.status, self.bytes_out = method, target, status, bytes_out
+        self.started = time.monotonic()
+
+
+def _flow(**exchange: object) -> Flow:
+    return Flow(_Exchange(**exchange))  # type: ignore[arg-type]
+
+
 def test_audit_lines_are_json_with_each_requests_identity(tmp_path: Path) -> None:
     log = AuditLog(str(tmp_path / "audit.log"))
-
-    class Conn:
-        peer = "127.0.0.1"
-
-    class Ex:
-        conn = Conn()
-        request_id = b"0123-4567"
-        method = b"GET"
-        target = b"/clusters/t/x"
-        status = 200
-        bytes_out = 12
-        started = time.monotonic()
-        decision = "allow"
-        reason = ""
-        source = Conn.peer
-        directory = None
-
     grants = []
     for user in ("alice", "bob", "alice"):
         ident = _identity(user, ("g",))
         grant = Grant("t", user, ident.uid, ("vgate:view",), ("view",), (), (f"why {user}",))
-        ex = Ex()
-        ex.tenant, ex.identity, ex.grant = "t", ident, grant
-        ex.upstream_target = b'/api?q="\x01\\' + user.encode()
-        log.write(ex)
+        flow = _flow()
+        flow.tenant, flow.identity, flow.grant = "t", ident, grant
+        flow.target = b'/api?q="\x01\\' + user.encode()
+        flow.end(Outcome.ALLOW)
+        log.write(flow)
         grants.append(grant)
-    ex = Ex()
-    ex.tenant = ex.identity = ex.grant = None
-    ex.upstream_target, ex.decision, ex.reason = None, "unauthenticated", 'bad "token"'
-    log.write(ex)
+    flow = _flow()
+    flow.end(Outcome.UNAUTHENTICATED, 'bad "token"')
+    log.write(flow)
     log.close()
     lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert [x["user"] for x in lines] == ["alice", "bob", "alice", None]
+    assert [x["decision"] for x in lines] == ["allow"] * 3 + ["unauthenticated"]
     assert lines[1]["granted_by"] == ["why bob"] and lines[1]["roles"] == ["view"]
     assert lines[0]["path"] == '/api?q="\x01\\alice'
     assert lines[3] == {**lines[3], "tenant": None, "groups": [], "reason": 'bad "token"',
@@ -274,31 +279,18 @@ def test_audit_lines_buffered_then_written_by_the_timer_and_at_size(tmp_path: Pa
     path = tmp_path / "audit.log"
     log = AuditLog(str(path))
 
-    class Conn:
-        peer = "10.0.0.1"
-
-    class Ex:
-        conn = Conn()
-        request_id = b"id"
-        method = b"PATCH"
-        target = b"/x"
-        upstream_target = None
-        status = 200
-        bytes_out = 1
-        started = time.monotonic()
-        decision = "allow"
-        reason = ""
-        source = "10.0.0.1"
-        directory = None
-        tenant = identity = grant = None
+    def new_flow() -> Flow:
+        flow = _flow(peer="10.0.0.1", method=b"PATCH", target=b"/x", bytes_out=1)
+        flow.end(Outcome.ALLOW)
+        return flow
 
     async def run() -> None:
-        log.write(Ex())
+        log.write(new_flow())
         assert path.read_text() == ""  # buffered
         await asyncio.sleep(audit_module.FLUSH_INTERVAL + 0.2)
         assert len(path.read_text().splitlines()) == 1  # the timer wrote it
         for _ in range(audit_module.MAX_BUFFERED_LINES):
-            log.write(Ex())
+            log.write(new_flow())
         # a full buffer went out at once, without waiting for the timer
         assert len(path.read_text().splitlines()) >= audit_module.MAX_BUFFERED_LINES
 

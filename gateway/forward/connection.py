@@ -20,6 +20,7 @@ from gateway.forward.response import client_head
 from gateway.http.status import PHRASES
 
 if TYPE_CHECKING:
+    from gateway.flow import Flow
     from gateway.forward.pool import UpstreamPool
     from gateway.http.exchange import Exchange
 
@@ -34,7 +35,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()  # looked up once (each lookup is a getpid())
-        self._head = b""
+        self.flow: Flow | None = None
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -58,8 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._stop_timer()
-        exchange = self.exchange
-        if exchange is None:
+        exchange, flow = self.exchange, self.flow
+        if exchange is None or flow is None:
             return
         self._detach()
         if self._tunnel:
@@ -67,9 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.finish(reusable=False)
         elif not self._responded:
             retry = self.reused and exchange.method in _IDEMPOTENT and exchange.body_bytes == 0
-            self.pool.on_failure(
-                self.pool, exchange, self._head, f"connection lost: {exc or 'closed'}", retry
-            )
+            self.pool.on_failure(self.pool, flow, f"connection lost: {exc or 'closed'}", retry)
         elif not exchange.finished:
             # the response was cut short: the client must see a broken stream, not an end
             exchange.conn.abort()
@@ -109,11 +108,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- sending --------------------------------------------------------------------------
 
-    def send(self, exchange: Exchange, head: bytes, *, timeout: float | None) -> None:
-        """Write the request head and stream the body; the response goes to `exchange`."""
+    def send(self, flow: Flow, *, timeout: float | None) -> None:
+        """Write the request head and stream the body; the response goes to the flow's
+        exchange."""
         assert self.transport is not None
+        exchange = flow.exchange
+        self.flow = flow
         self.exchange = exchange
-        self._head = head
         self._headers = []
         self._responded = False
         self._request_sent = False
@@ -121,7 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade_expected = exchange.upgrade
         exchange.client_gone_hook = self._client_gone
         exchange.conn.on_write_pause = self._client_write_paused
-        self.transport.write(head)
+        self.transport.write(flow.upstream_head)
         if timeout is not None:
             self._arm_deadline(timeout)
         else:
@@ -173,12 +174,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._deadline = None
-        exchange = self.exchange
-        if exchange is None or self._responded:
+        flow = self.flow
+        if flow is None or self._responded:
             return
         self._detach()
         self.close()
-        self.pool.on_failure(self.pool, exchange, self._head, "timeout", False)
+        self.pool.on_failure(self.pool, flow, "timeout", False)
 
     def _client_gone(self) -> None:
         """The client went away: cancel the upstream request at once."""
@@ -195,6 +196,7 @@ class UpstreamConnection(asyncio.Protocol):
             if exchange.conn.on_write_pause == self._client_write_paused:
                 exchange.conn.on_write_pause = None
         self.exchange = None
+        self.flow = None
 
     def close(self) -> None:
         self.closed = True
@@ -259,7 +261,6 @@ class UpstreamConnection(asyncio.Protocol):
             return  # the tunnel starts when httptools raises HttpParserUpgrade
         reusable = self.parser.should_keep_alive() and self._request_sent and not self.closed
         self._detach()
-        self._head = b""
         exchange.finish()
         if reusable:
             self.idle_since = time.monotonic()

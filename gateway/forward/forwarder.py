@@ -12,7 +12,7 @@ from gateway.forward.pool import UpstreamPool
 from gateway.registry import Upstream
 
 if TYPE_CHECKING:
-    from gateway.http.exchange import Exchange
+    from gateway.flow import Flow
 
 log = logging.getLogger("vgate.forward")
 
@@ -74,62 +74,63 @@ class Forwarder:
             self._pools[upstream.name] = pool
         return pool
 
-    def forward(self, exchange: Exchange, upstream: Upstream, head: bytes) -> None:
-        """Start forwarding; the response is relayed by callbacks as it arrives."""
+    def forward(self, flow: Flow) -> None:
+        """Send `flow.upstream_head` (and the body) to `flow.upstream`; the response is
+        relayed by callbacks as it arrives."""
+        exchange, upstream = flow.exchange, flow.upstream
+        assert upstream is not None
         streaming = exchange.upgrade or is_streaming(exchange.target)
         exchange.streaming = streaming
         timeout = None if streaming else self.settings.response_timeout_seconds
         pool = self._pool(upstream)
         conn = None if exchange.upgrade else pool.take_idle()
         if conn is not None:
-            conn.send(exchange, head, timeout=timeout)
+            conn.send(flow, timeout=timeout)
             return
         task = asyncio.get_running_loop().create_task(
-            self._connect_and_send(pool, exchange, head, timeout)
+            self._connect_and_send(pool, flow, timeout)
         )
         exchange.client_gone_hook = task.cancel
         _keep(task)
 
-    async def _connect_and_send(
-        self, pool: UpstreamPool, exchange: Exchange, head: bytes, limit: float | None
-    ) -> None:
+    async def _connect_and_send(self, pool: UpstreamPool, flow: Flow, limit: float | None
+                                ) -> None:
         try:
             conn = await pool.connect()
         except TimeoutError:
-            self._answer_failure(exchange, pool.upstream, "connect timeout", 504)
+            self._answer_failure(flow, pool.upstream, "connect timeout", 504)
             return
         except (OSError, ssl.SSLError) as exc:
-            self._answer_failure(exchange, pool.upstream, f"connect failed: {exc}", 502)
+            self._answer_failure(flow, pool.upstream, f"connect failed: {exc}", 502)
             return
-        if exchange.conn.closed:
+        if flow.exchange.conn.closed:
             conn.close()
             return
-        conn.send(exchange, head, timeout=limit)
+        conn.send(flow, timeout=limit)
 
-    def _failed(
-        self, pool: UpstreamPool, exchange: Exchange, head: bytes, why: str, retry: bool
-    ) -> None:
+    def _failed(self, pool: UpstreamPool, flow: Flow, why: str, retry: bool) -> None:
         """A connection failed before any response: retry a stale keep-alive once, or answer."""
+        exchange = flow.exchange
         if retry and not pool.closed and not exchange.conn.closed:
             log.debug("request %s: stale keep-alive connection, retrying once",
                       exchange.request_id.decode())
             limit = None if exchange.streaming else self.settings.response_timeout_seconds
             task = asyncio.get_running_loop().create_task(
-                self._connect_and_send(pool, exchange, head, limit)
+                self._connect_and_send(pool, flow, limit)
             )
             exchange.client_gone_hook = task.cancel
             _keep(task)
             return
-        self._answer_failure(exchange, pool.upstream, why, 504 if why == "timeout" else 502)
+        self._answer_failure(flow, pool.upstream, why, 504 if why == "timeout" else 502)
 
-    def _answer_failure(
-        self, exchange: Exchange, upstream: Upstream | None, why: str, code: int
-    ) -> None:
-        tenant = exchange.tenant or "?"
+    def _answer_failure(self, flow: Flow, upstream: Upstream | None, why: str, code: int
+                        ) -> None:
+        exchange = flow.exchange
+        tenant = flow.tenant or "?"
         where = f"{upstream.host}:{upstream.port}" if upstream else "?"
         log.warning("request %s tenant %s upstream %s: %s",
                     exchange.request_id.decode(), tenant, where, why)
-        exchange.reason = f"upstream {why}"
+        flow.reason = f"upstream {why}"
         if exchange.finished or exchange.conn.closed:
             return
         if exchange.status:

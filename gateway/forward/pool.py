@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.forward.connection import UpstreamConnection
 from gateway.registry import Upstream
+
+if TYPE_CHECKING:
+    from gateway.flow import Flow
+
+#: (pool, flow, why, retry): a connection failed before any response came
+FailureHandler = Callable[["UpstreamPool", "Flow", str, bool], None]
 
 
 class UpstreamPool:
@@ -24,7 +31,7 @@ class UpstreamPool:
         connect_timeout: float,
         max_idle: int,
         idle_timeout: float,
-        on_failure: Callable,
+        on_failure: FailureHandler,
     ) -> None:
         self.upstream = upstream
         self.connect_timeout = connect_timeout

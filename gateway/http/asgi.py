@@ -85,8 +85,6 @@ class AsgiBridge:
             exchange.fail(413, "request body too large")
             return True
         prefix, app = found
-        # the audit line records this instead of the target: OAuth callbacks carry a code
-        exchange.upstream_target = raw_path
         call = _Call(self, exchange, app, _scope(exchange, prefix, path, raw_path, query))
         task = asyncio.get_running_loop().create_task(call.run())
         self._tasks.add(task)
@@ -150,7 +148,6 @@ class _Call:
         self.ended = False
         self.chunked = False
         self.close_delimited = False
-        exchange.decision = "local"
         exchange.client_gone_hook = self._client_gone
         exchange.conn.on_write_pause = self._write_paused
         exchange.continue_if_expected()

@@ -1,4 +1,4 @@
-"""One request/response on a client connection, and what the record step needs of it."""
+"""One request/response on a client connection."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING
 from gateway.http.status import status_body, status_line
 
 if TYPE_CHECKING:
-    from gateway.directory.entry import Membership
     from gateway.http.connection import ClientConnection
     from gateway.http.headers import RequestHeaders
-    from gateway.identity import Grant, Identity
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -45,14 +43,14 @@ class Exchange:
     The request body arrives through `feed_body`; until a forwarder attaches a sink it is
     buffered (the connection stops reading past `BODY_BUFFER_LIMIT`). The response goes out
     through `send_head`/`send_body`/`finish`, or `respond` for a complete local answer.
+    `context` belongs to the dispatcher (the pipeline keeps the request's `Flow` there).
     """
 
     __slots__ = (
-        "body_buffer", "body_bytes", "body_done", "body_sink", "bytes_out", "chunked_out",
-        "client_gone_hook", "conn", "decision", "finished", "grant", "head", "headers", "host",
-        "identity", "keep_alive", "method", "reason", "request_id", "started", "status",
-        "streaming", "target", "tenant", "upgrade", "upstream_target",
-        "content_length", "chunked_in", "http11", "source", "forwarded_for", "directory",
+        "body_buffer", "body_bytes", "body_done", "body_sink", "bytes_out", "chunked_in",
+        "chunked_out", "client_gone_hook", "conn", "content_length", "context", "finished",
+        "head", "headers", "host", "http11", "keep_alive", "method", "request_id", "started",
+        "status", "streaming", "target", "upgrade",
     )
 
     def __init__(
@@ -83,21 +81,13 @@ class Exchange:
         self.body_bytes = 0
         self.body_done = False
         self.body_sink: Callable[[bytes | None], None] | None = None
-        self.client_gone_hook: Callable[[], None] | None = None
+        self.client_gone_hook: Callable[[], object] | None = None
         self.status = 0
         self.bytes_out = 0
         self.chunked_out = False
         self.finished = False
         self.streaming = False
-        self.tenant: str | None = None
-        self.upstream_target: bytes | None = None
-        self.identity: Identity | None = None
-        self.grant: Grant | None = None
-        self.directory: Membership | None = None
-        self.decision = ""
-        self.reason = ""
-        self.source = conn.peer  # the client's address (see gateway.http.client_address)
-        self.forwarded_for: bytes | None = None
+        self.context: object = None
 
     @property
     def body_pending(self) -> bool:

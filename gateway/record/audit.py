@@ -9,14 +9,16 @@ import time
 from json.encoder import encode_basestring_ascii  # the C implementation
 from typing import IO, TYPE_CHECKING
 
+from gateway.flow import Flow, Outcome
+
 if TYPE_CHECKING:
-    from gateway.http.exchange import Exchange
     from gateway.identity import Grant, Identity
 
 FLUSH_INTERVAL = 0.2
 MAX_BUFFERED_LINES = 256  # written at once when that many wait (bounds each write: ~100 KB)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 MAX_CACHED_IDENTITIES = 4096
+_DECISIONS = {outcome: encode_basestring_ascii(outcome.value) for outcome in Outcome}
 
 
 def _string(value: str | None) -> str:
@@ -50,30 +52,31 @@ class AuditLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
         return self._stamp
 
-    def write(self, exchange: Exchange, elapsed: float | None = None) -> None:
+    def write(self, flow: Flow, elapsed: float | None = None) -> None:
         """Buffer the audit line of a finished exchange (`elapsed`: seconds since it
         started, if the caller has measured it already)."""
+        exchange = flow.exchange
         if elapsed is None:
             elapsed = time.monotonic() - exchange.started
-        path = _string((exchange.upstream_target or exchange.target)[:2048].decode("latin-1"))
+        path = _string((flow.target or exchange.target)[:2048].decode("latin-1"))
         method = self._methods.get(exchange.method)
         if method is None:
             method = _string(exchange.method[:64].decode("latin-1"))
             if len(self._methods) < 64:
                 self._methods[exchange.method] = method
         optional = ""
-        if exchange.source != exchange.conn.peer:
+        if flow.source != exchange.conn.peer:
             optional += f',"via":{_string(exchange.conn.peer)}'
-        directory = exchange.directory
+        directory = flow.membership
         if directory is not None:
             optional += f',"directory_user":{_string(directory.dn)}'
         lines = self._lines
         lines.append(
             f'{{"time":"{self._timestamp()}","request_id":"{exchange.request_id.decode()}",'
-            f'"source":{_string(exchange.source)},"tenant":{_string(exchange.tenant)},'
-            f'{self._who(exchange.identity, exchange.grant)},'
-            f'"decision":{_string(exchange.decision or "none")},'
-            f'"reason":{_string(exchange.reason or None)},'
+            f'"source":{_string(flow.source)},"tenant":{_string(flow.tenant)},'
+            f'{self._who(flow.identity, flow.grant)},'
+            f'"decision":{_DECISIONS[flow.outcome]},'
+            f'"reason":{_string(flow.reason or None)},'
             f'"method":{method},"path":{path},'
             f'"status":{exchange.status:d},"bytes":{exchange.bytes_out:d},'
             f'"duration_ms":{elapsed * 1000:.3f}{optional}}}\n'

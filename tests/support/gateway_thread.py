@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gateway.config import load_config
-from gateway.serve import RunningGateway, build_gateway
+from gateway.serve import RunningGateway, build_pipeline
 
 
 class GatewayThread:
@@ -30,14 +30,14 @@ class GatewayThread:
 
     def start(self) -> GatewayThread:
         self._thread.start()
-        self.running = RunningGateway(self.config, build_gateway(self.config))
+        self.running = RunningGateway(self.config, build_pipeline(self.config))
         asyncio.run_coroutine_threadsafe(self.running.start(), self.loop).result(15)
         return self
 
     @property
     def gateway(self):
         assert self.running is not None
-        return self.running.gateway
+        return self.running.pipeline
 
     @property
     def port(self) -> int:

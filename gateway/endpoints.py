@@ -1,0 +1,59 @@
+"""The gateway's own endpoints, for requests that address no tenant: health, readiness,
+metrics, and the mounted ASGI apps (portal, admin API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.http.asgi import AsgiBridge
+from gateway.http.exchange import Exchange
+from gateway.metrics import Metrics
+
+
+@dataclass
+class Readiness:
+    """What `/readyz` reports: ready once the config is loaded and every issuer has keys,
+    not ready while draining."""
+
+    config_loaded: bool = False
+    draining: bool = False
+
+
+class OwnEndpoints:
+    """`/healthz` and `/livez` (the process is up), `/readyz`, `/metrics`, then the mounts."""
+
+    def __init__(self, metrics: Metrics, keys_loaded: Callable[[], bool],
+                 apps: AsgiBridge | None = None) -> None:
+        self.metrics = metrics
+        self.keys_loaded = keys_loaded
+        self.apps = apps or AsgiBridge()
+        self.readiness = Readiness()
+
+    def handle(self, exchange: Exchange) -> None:
+        path = exchange.target.partition(b"?")[0]
+        if path in (b"/healthz", b"/livez"):
+            exchange.respond(200, b"ok", content_type=b"text/plain")
+        elif path == b"/readyz":
+            why = self.not_ready()
+            if why is None:
+                exchange.respond(200, b"ok", content_type=b"text/plain")
+            else:
+                exchange.respond(503, b"not ready: " + why.encode(), content_type=b"text/plain")
+        elif path == b"/metrics":
+            exchange.respond(200, generate_latest(self.metrics.registry),
+                             content_type=CONTENT_TYPE_LATEST.encode())
+        elif not self.apps.handle(exchange):
+            exchange.fail(404, "not found: address a tenant by hostname or by path prefix")
+
+    def not_ready(self) -> str | None:
+        """Why the gateway should not get traffic now, or None."""
+        if self.readiness.draining:
+            return "draining"
+        if not self.readiness.config_loaded:
+            return "configuration not loaded"
+        if not self.keys_loaded():
+            return "signing keys not loaded"
+        return None
