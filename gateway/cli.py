@@ -37,8 +37,9 @@ def _check_config(path: Path) -> int:
     from gateway.policy.model import WELL_KNOWN_ROLES
 
     known = None if config.lifecycle else [t.name for t in config.tenants]
-    _, problems = load_policies(config.policies, known_tenants=known,
-                                known_roles=WELL_KNOWN_ROLES)
+    _, policy_problems = load_policies(config.policies, known_tenants=known,
+                                       known_roles=WELL_KNOWN_ROLES)
+    problems = [str(p) for p in policy_problems]
     if config.lifecycle is not None:
         from gateway.lifecycle.assemble import lifecycle_problems
 

@@ -1,7 +1,8 @@
 """The route registry: tenant name → how to reach and authenticate to its API server.
 
 Static tenants come from the config; the lifecycle manager writes its own tenants here.
-The proxy only reads.
+The request path reads routes, and notes each tenant's latest request in `activity`, which
+the lifecycle manager drains (idle tenants may be paused).
 """
 
 from __future__ import annotations

@@ -103,11 +103,11 @@ class Authenticator:
             raise AuthError("missing", "no bearer token")
         if len(authorization) > self.max_token_bytes + 7:
             raise AuthError("too_large", f"token larger than {self.max_token_bytes} bytes")
-        scheme, _, token = authorization.partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
+        scheme, _, credential = authorization.partition(b" ")
+        if scheme.lower() != b"bearer" or not credential:
             raise AuthError("missing", "authorization is not a bearer token")
         try:
-            return token.strip().decode("ascii")
+            return credential.strip().decode("ascii")
         except UnicodeDecodeError:
             raise AuthError("malformed", "token is not ASCII") from None
 

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 import httpx
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from gateway.authn.errors import AuthError
 from gateway.config.model import Issuer
@@ -128,7 +132,7 @@ class IssuerKeys:
     def stale(self) -> bool:
         return time.monotonic() - self._fetched_at > self.max_age
 
-    async def key_for(self, kid: str | None, alg: str) -> object:
+    async def key_for(self, kid: str | None, alg: str) -> PublicKey:
         """The key to verify a token with header `kid`/`alg`; refetches once on a miss."""
         key = self._lookup(kid, alg)
         if key is None and await self.refresh():
@@ -147,12 +151,13 @@ class IssuerKeys:
         return fitting[0] if len(fitting) == 1 else None
 
 
+PublicKey = RSAPublicKey | EllipticCurvePublicKey | Ed25519PublicKey | Ed448PublicKey
 _CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    key: object
+    key: PublicKey
     alg: str | None
     kty: str
     crv: str | None

@@ -191,9 +191,9 @@ class Lookup:
                 queue.append((raw.decode("utf-8", "replace"), (*path, dn)))
         out = []
         for group in groups:
-            path = via.get(normalize_dn(group.dn)) if group.dn else None
+            chain = via.get(normalize_dn(group.dn)) if group.dn else None
             out.append(DirectoryGroup(group.sid, group.dn, group.name,
-                                      path if path is not None else ("?",)))
+                                      chain if chain is not None else ("?",)))
         return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import ldap3
 
@@ -65,7 +66,7 @@ def _entries(conn: ldap3.Connection) -> list[Entry]:
 
 def paged_search(
     conn: ldap3.Connection, base: str, search_filter: str, attributes: list[str], *,
-    page_size: int, limit: int, scope: str = ldap3.SUBTREE,
+    page_size: int, limit: int, scope: Literal["BASE", "LEVEL", "SUBTREE"] = "SUBTREE",
 ) -> list[Entry]:
     """Every matching entry, page by page; DirectoryError past `limit` entries."""
     found: list[Entry] = []

@@ -17,6 +17,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -103,7 +104,7 @@ def prepare(opts: Options) -> Prepared:
     serving = serving_certificate(d / "pki", [opts.host, "localhost", "*.localhost"])
     issuer = f"http://127.0.0.1:{opts.idp_port}"
     gateway_url = f"https://{opts.host}:{opts.port}"
-    idp_config = {
+    idp_config: dict[str, Any] = {
         "issuer": issuer, "host": "127.0.0.1", "port": opts.idp_port,
         "keys": str(d / "idp-keys.json"), "store": str(d / "idp-store.json"),
         "ttl": {"IdToken": 900, "AccessToken": 900, "RefreshToken": 86400, "DeviceCode": 600},
@@ -270,11 +271,12 @@ def run(opts: Options, *, with_bindings: bool) -> int:
     from gateway.serve import serve
 
     prepared = prepare(opts)
-    if with_bindings and prepared.static_tenant is None:
+    static_tenant = prepared.static_tenant
+    if with_bindings and static_tenant is None:
         print("note: --bind-roles is for a kubeconfig's cluster; the lifecycle manager binds "
               "the roles in its own tenants", file=sys.stderr)
-    elif with_bindings:
-        for line in bind_roles(prepared.static_tenant):
+    elif with_bindings and static_tenant is not None:
+        for line in bind_roles(static_tenant):
             print(f"applied ClusterRoleBinding {line}", file=sys.stderr)
     elif prepared.static_tenant is not None:
         print("note: the role groups vgate:cluster-admin and vgate:view have no rights in the "
