@@ -35,6 +35,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the raw numbers here")
     p.add_argument("--pool", type=int, help="fresh tokens to mint (must cover one round)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                   help="also measure vgate from another checkout (e.g. a `git worktree` of "
+                        "main) as target vgate-baseline, interleaved with this one")
     args = p.parse_args(argv)
     if args.smoke:
         defaults = dict(rounds=1, seconds=1.0, watches="200", warmup=0, pool=16000)
@@ -77,6 +80,10 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     # two worker processes sharing the same core: CPU per request must not grow with them
     two = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name="vgate-2-workers",
                       workers=2)
+    baseline = None
+    if args.baseline is not None:
+        baseline = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(),
+                               name="vgate-baseline", checkout=args.baseline.resolve())
     ad: directory.BenchDirectory | None = None
     ad_gate: stack.Vgate | None = None
     try:
@@ -98,6 +105,8 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
         proxy.start()
         gate.start()
         two.start()
+        if baseline is not None:
+            baseline.start()
         t0 = time.monotonic()
         pool = write_tokens(work / "tokens.txt", issuer.mint(args.pool))
         log(f"minted {args.pool} distinct RS256 tokens in {time.monotonic() - t0:.1f}s")
@@ -114,6 +123,10 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
         ]
         targets.append(Target("vgate-2-workers", two.base + path, lambda: two.pids,
                               token=cached))
+        if baseline is not None:
+            base_pids = baseline.pids
+            targets.insert(3, Target("vgate-baseline", baseline.base + path,
+                                     lambda: base_pids, token=cached))
         if ad_gate is not None:
             # no group in the token has a role: access comes from the cached AD group
             ad_pids = ad_gate.pids
@@ -130,7 +143,7 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
         pace = max(1, round(conns * 1000 / half)) if half > 0 else 10
         log(f"latency at half of vgate's max rate: target {half:.0f} req/s = {conns} "
             f"connections x 1 request per {pace} ms, load {procs.load_average()}")
-        fixed = targets[:3]  # direct, nginx, vgate-cached
+        fixed = targets[:4 if baseline is not None else 3]  # direct, nginx, vgate(-baseline)
         rhalf = interleaved(fixed, rounds=args.rounds, seconds=args.seconds,
                             connections=conns, warmup=0,
                             pace_ms={t.name: pace for t in fixed}, log=log)
@@ -139,6 +152,8 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
     finally:
         fresh.stop()
         gate.stop()
+        if baseline is not None:
+            baseline.stop()
         two.stop()
         if ad_gate is not None:
             ad_gate.stop()

@@ -149,13 +149,15 @@ def nginx_proxy(workdir: Path, upstream_port: int, cpu: set[int] | None) -> Ngin
 
 
 class Vgate:
-    """`python -m gateway serve` from this checkout (1 worker unless `workers`), pinned to
-    `cpu`. `roles` replaces the bench policy's roles; `extra` is merged into the config."""
+    """`python -m gateway serve` from this checkout (or from `checkout`, another one: the
+    `--baseline` target), 1 worker unless `workers`, pinned to `cpu`. `roles` replaces the
+    bench policy's roles; `extra` is merged into the config."""
 
     def __init__(self, workdir: Path, issuer_url: str, upstream_port: int,
                  cpu: set[int] | None, name: str = "vgate", *, workers: int = 1,
-                 roles: dict | None = None, extra: dict | None = None) -> None:
-        self.workdir, self.cpu, self.name = workdir, cpu, name
+                 roles: dict | None = None, extra: dict | None = None,
+                 checkout: Path = REPO_ROOT) -> None:
+        self.workdir, self.cpu, self.name, self.checkout = workdir, cpu, name, checkout
         self.port = procs.free_port()
         policies = workdir / ("policies" if roles is None else f"policies-{name}")
         policies.mkdir(exist_ok=True)
@@ -190,11 +192,11 @@ class Vgate:
         return f"http://127.0.0.1:{self.port}/clusters/{TENANT}"
 
     def start(self, timeout: float = 30.0) -> Vgate:
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(self.checkout)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--log-level", "WARNING", "serve",
              "--config", str(self.config_file)],
-            cwd=REPO_ROOT, env=env, preexec_fn=procs.preexec(self.cpu),
+            cwd=self.checkout, env=env, preexec_fn=procs.preexec(self.cpu),
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / f"{self.name}-stderr.log", "ab"),  # noqa: SIM115
         )
