@@ -124,10 +124,15 @@ class LightkubeAPI:
 
     async def create_token(self, namespace, service_account, seconds):
         from lightkube.models.authentication_v1 import TokenRequestSpec
+        from lightkube.models.meta_v1 import ObjectMeta
         from lightkube.resources.core_v1 import ServiceAccount
 
-        request = ServiceAccount.Token(spec=TokenRequestSpec(audiences=[],
-                                                             expirationSeconds=seconds))
+        # lightkube 1.x reads `obj.metadata.namespace` of every namespaced POST body, so the
+        # TokenRequest carries the ServiceAccount's name and namespace (the server checks
+        # that they match the URL's).
+        request = ServiceAccount.Token(
+            metadata=ObjectMeta(name=service_account, namespace=namespace),
+            spec=TokenRequestSpec(audiences=[], expirationSeconds=seconds))
         result = await self.client.create(request, service_account, namespace=namespace)
         expiry = result.status.expirationTimestamp
         if isinstance(expiry, str):

@@ -81,8 +81,16 @@ def _status_code(error: Exception | None) -> int | None:
     return getattr(getattr(error, "status", None), "code", None)
 
 
-def _micro_time(when: float) -> str:
-    return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _micro_safe(moment: dt.datetime) -> dt.datetime:
+    """`moment` as lightkube can send it as a Kubernetes MicroTime. lightkube 1.x encodes
+    datetimes with msgspec, which leaves the fraction out when the microseconds are 0; the
+    API server insists on six digits and refuses the whole object (400). Such a time moves
+    by one microsecond."""
+    return moment if moment.microsecond else moment.replace(microsecond=1)
+
+
+def _micro_datetime(when: float) -> dt.datetime:
+    return _micro_safe(dt.datetime.fromtimestamp(when, dt.UTC))
 
 
 def record_of(obj: dict[str, Any]) -> TenantRecord:
@@ -406,8 +414,8 @@ class KubernetesTenantStore:
             fresh = Lease(metadata=ObjectMeta(name=name, namespace=self.namespace,
                                               labels=dict(MANAGED_BY)),
                           spec=LeaseSpec(holderIdentity=holder, leaseDurationSeconds=seconds,
-                                         acquireTime=_micro_time(now),
-                                         renewTime=_micro_time(now), leaseTransitions=0))
+                                         acquireTime=_micro_datetime(now),
+                                         renewTime=_micro_datetime(now), leaseTransitions=0))
             try:
                 await self.client.create(fresh, namespace=self.namespace)
             except ApiError as created_exc:
@@ -420,11 +428,13 @@ class KubernetesTenantStore:
         if current != holder and current and not self._expired(name, spec):
             return False
         if current != holder:
-            spec.acquireTime = _micro_time(now)
+            spec.acquireTime = _micro_datetime(now)
             spec.leaseTransitions = (spec.leaseTransitions or 0) + 1
+        elif spec.acquireTime is not None:
+            spec.acquireTime = _micro_safe(spec.acquireTime)
         spec.holderIdentity = holder
         spec.leaseDurationSeconds = seconds
-        spec.renewTime = _micro_time(now)
+        spec.renewTime = _micro_datetime(now)
         live.spec = spec
         try:
             await self.client.replace(live, namespace=self.namespace)
@@ -455,7 +465,9 @@ class KubernetesTenantStore:
                 return
             live.spec.holderIdentity = None
             live.spec.leaseDurationSeconds = 1
-            live.spec.renewTime = _micro_time(time.time())
+            live.spec.renewTime = _micro_datetime(time.time())
+            if live.spec.acquireTime is not None:
+                live.spec.acquireTime = _micro_safe(live.spec.acquireTime)
             await self.client.replace(live, namespace=self.namespace)
         except ApiError as exc:
             if exc.status.code not in (404, 409):

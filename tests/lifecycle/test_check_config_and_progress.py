@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gateway.lifecycle.progress import Progress, human_age
@@ -82,23 +83,17 @@ def test_check_config_on_the_kubernetes_store(tmp_path):
     assert r.returncode == 1 and "lifecycle.store_kubeconfig: file not found" in r.stderr
 
 
-def test_check_config_reads_the_kubernetes_store(tmp_path):
-    from gateway.lifecycle.connect import token_kubeconfig
-    from tests.fakekube import Caller, FakeKube
-
-    kube = FakeKube(name="host", tokens={
-        "admin": Caller(user="admin", groups=("system:masters",))}).start()
-    try:
-        (tmp_path / "host.yaml").write_text(yaml.safe_dump(
-            token_kubeconfig(kube.url, "admin", None)))
-        lifecycle = {"store_backend": "kubernetes", "store_namespace": "vgate-system",
-                     "store_kubeconfig": str(tmp_path / "host.yaml"),
-                     "helm": {"binary": sys.executable}}
-        r = check(tmp_path, lifecycle)
-        assert r.returncode == 0, r.stderr
-        (tmp_path / "host.yaml").write_text(yaml.safe_dump(
-            token_kubeconfig(kube.url, "wrong-token", None)))
-        r = check(tmp_path, lifecycle)
-        assert r.returncode == 1 and "lifecycle store: cannot read Tenant objects" in r.stderr
-    finally:
-        kube.stop()
+@pytest.mark.e2e
+def test_check_config_reads_the_kubernetes_store(tmp_path, host_namespace, store_kubeconfig,
+                                                 tenant_crd):
+    """check-config lists the Tenant objects with the gateway's own credential (the chart's
+    RBAC) on a real API server, and names the refusal when that credential is wrong."""
+    lifecycle = {"store_backend": "kubernetes", "store_namespace": host_namespace,
+                 "store_kubeconfig": str(store_kubeconfig), "helm": {"binary": sys.executable}}
+    r = check(tmp_path, lifecycle)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "wrong.yaml").write_text(tenant_crd.kubeconfig_text("wrong-token"))
+    r = check(tmp_path, {**lifecycle, "store_kubeconfig": str(tmp_path / "wrong.yaml")})
+    assert r.returncode == 1
+    assert (f"lifecycle store: cannot read Tenant objects in namespace '{host_namespace}': "
+            in r.stderr and "Unauthorized" in r.stderr), r.stderr

@@ -1,21 +1,33 @@
-"""The kubernetes tenant store, its Lease and the shared credentials, against the
-kube-apiserver stand-in (real HTTP, resourceVersions, watches and 409s)."""
+"""The kubernetes tenant store, its Lease and the shared credentials, against a real
+kube-apiserver with the chart's Tenant CRD (resourceVersions, watches, 409s, MicroTimes).
+
+The stores and credential Secrets run as ServiceAccount `vgate` with exactly the RBAC the
+gateway's Helm chart grants it (`store_kubeconfig`); the test's own checks use the admin."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.coordination_v1 import Lease
 
 from gateway.lifecycle.backoff import Backoff
-from gateway.lifecycle.connect import connect, token_kubeconfig
 from gateway.lifecycle.credential_files import CredentialFiles
 from gateway.lifecycle.credential_secrets import CredentialSecrets
 from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
-from gateway.lifecycle.kube_store import ACTIVITY_GRANULARITY, KubernetesTenantStore
+from gateway.lifecycle.kube import LightkubeAPI
+from gateway.lifecycle.kube_store import (
+    ACTIVITY_GRANULARITY,
+    KubernetesTenantStore,
+    _micro_datetime,
+    tenant_resource,
+)
 from gateway.lifecycle.model import Desired, Phase, TenantSpec, TenantStatus
 from gateway.lifecycle.reconciler import Reconciler
 from gateway.lifecycle.route_sync import RouteSync
@@ -27,35 +39,67 @@ from gateway.lifecycle.store import (
     TenantNotFound,
 )
 from gateway.registry import TenantRegistry
-from tests.fakekube import Caller, FakeKube
 from tests.lifecycle.fakes import FakeHelm, FakeHost, World, connector
+from tests.support.kube import ApiServer
 from tests.support.pki import TestCA
 
-NS = "vgate-system"
+pytestmark = pytest.mark.e2e
+
+
+class Host:
+    """The test's own view of the host cluster (past every store's cache), and the gateway's
+    credential there (`kubeconfig`)."""
+
+    def __init__(self, api: ApiServer, namespace: str, kubeconfig: Path) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.client = AsyncClient(config=KubeConfig.from_file(api.kubeconfig),
+                                  field_manager="test")
+
+    async def tenant(self, name: str) -> dict:
+        return (await self.client.get(tenant_resource(), name,
+                                      namespace=self.namespace)).to_dict()
+
+    async def put_tenant(self, obj: dict) -> None:
+        resource = tenant_resource()
+        obj["metadata"]["namespace"] = self.namespace
+        try:
+            await self.client.replace(resource.from_dict(obj))
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            obj["metadata"].pop("resourceVersion", None)
+            await self.client.create(resource.from_dict(obj))
+
+    async def lease(self, name: str = "vgate-lifecycle") -> dict:
+        return (await self.client.get(Lease, name, namespace=self.namespace)).to_dict()
 
 
 @pytest.fixture
-def host():
-    kube = FakeKube(name="host", tokens={
-        "admin": Caller(user="admin", groups=("system:masters",))}).start()
-    kube.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    yield kube
-    kube.stop()
+async def host(tenant_crd, host_namespace, store_kubeconfig):
+    view = Host(tenant_crd, host_namespace, store_kubeconfig)
+    yield view
+    await view.client.close()
 
 
-def client(host: FakeKube) -> AsyncClient:
-    return AsyncClient(config=KubeConfig.from_dict(token_kubeconfig(host.url, "admin", None)),
-                       field_manager="vgate")
+def store_on(host: Host) -> KubernetesTenantStore:
+    return KubernetesTenantStore(namespace=host.namespace, lease_name="vgate-lifecycle",
+                                 kubeconfig=host.kubeconfig)
 
 
 @pytest.fixture
 async def stores(host):
     """Two stores on the same namespace, as two gateway replicas have."""
-    opened = [KubernetesTenantStore(namespace=NS, lease_name="vgate-lifecycle",
-                                    client=client(host)) for _ in range(2)]
+    opened = [store_on(host) for _ in range(2)]
     yield opened
     for store in opened:
         await store.close()
+
+
+def gateway_api(host: Host) -> LightkubeAPI:
+    """The credential Secrets' client, as `assemble.shared_credentials` makes it."""
+    return LightkubeAPI.from_path(host.kubeconfig)
 
 
 def spec(name: str = "t1", **kw) -> TenantSpec:
@@ -99,12 +143,15 @@ async def test_records_are_tenant_objects_a_person_can_read(stores, host):
     store, _ = stores
     record = await store.create(spec(view_groups=["readers"], quota={"pods": "10"}))
     await store.update_status("t1", TenantStatus(phase=Phase.ready), record.version)
-    live = host.get("vgate.io/v1alpha1", "Tenant", "t1", NS)
+    live = await host.tenant("t1")
     assert live["spec"]["admin_groups"] == ["admins"] and "name" not in live["spec"]
     assert live["spec"]["quota"] == {"pods": "10"} and live["status"]["phase"] == "Ready"
     notes = live["metadata"]["annotations"]
     assert notes["vgate.io/version"] == "2" and notes["vgate.io/generation"] == "1"
     assert live["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "vgate"}
+    # and kubectl shows them with the CRD's printer columns
+    row = host.api.kubectl("-n", host.namespace, "get", "tenants").stdout.splitlines()[1]
+    assert row.split()[:3] == ["t1", "running", "Ready"] and " 1.32 " in row, row
 
 
 async def test_another_replica_sees_every_change_through_its_watch(stores):
@@ -140,10 +187,10 @@ async def test_a_stale_copy_cannot_overwrite_or_delete(stores, host):
     created = await store.create(spec())
     stale = (await store.get("t1"), store._cache["t1"].resource_version)
     # someone else writes between our read and our write (before our watch tells us)
-    live = host.get("vgate.io/v1alpha1", "Tenant", "t1", NS)
+    live = await host.tenant("t1")
     live["metadata"]["annotations"]["vgate.io/version"] = "2"
     live["spec"]["ha"] = 3
-    host.put(live)
+    await host.put_tenant(live)
     store._cache["t1"] = store._cache["t1"].__class__(stale[0], stale[1])
     with pytest.raises(Conflict):
         await store.update_status("t1", TenantStatus(step="x"), created.version)
@@ -153,13 +200,13 @@ async def test_a_stale_copy_cannot_overwrite_or_delete(stores, host):
     with pytest.raises(ApiError) as refused:
         await store._delete_if_unchanged("t1", stale[1])
     assert refused.value.status.code == 409
-    assert host.get("vgate.io/v1alpha1", "Tenant", "t1", NS)["spec"]["ha"] == 3
+    assert (await host.tenant("t1"))["spec"]["ha"] == 3
 
 
 async def test_a_late_watch_event_does_not_roll_the_copy_back(stores, host):
     store, _ = stores
     created = await store.create(spec())
-    old = host.get("vgate.io/v1alpha1", "Tenant", "t1", NS)  # version 1
+    old = await host.tenant("t1")  # version 1
     await store.update_status("t1", TenantStatus(step="newer"), created.version)
     store._apply_event("MODIFIED", old)  # delivered after our write's answer
     assert (await store.get("t1")).status.step == "newer"
@@ -179,8 +226,9 @@ async def test_activity_only_moves_forward_and_keeps_the_version(stores):
 
 
 async def test_objects_that_are_not_records_are_skipped(stores, host):
-    host.put({"apiVersion": "vgate.io/v1alpha1", "kind": "Tenant",
-              "metadata": {"name": "junk", "namespace": NS}, "spec": {"ha": "many"}})
+    # valid for the CRD's schema, but without vgate's bookkeeping annotations
+    await host.put_tenant({"apiVersion": "vgate.io/v1alpha1", "kind": "Tenant",
+                           "metadata": {"name": "junk"}, "spec": {"admin_groups": ["x"]}})
     store, _ = stores
     logger = logging.getLogger("vgate.lifecycle.store")
     seen: list[str] = []
@@ -198,12 +246,41 @@ async def test_objects_that_are_not_records_are_skipped(stores, host):
     assert any("'junk' is not a valid vgate record" in line for line in seen), seen
 
 
+async def test_the_crd_refuses_what_vgate_would_never_write(host):
+    with pytest.raises(ApiError) as refused:
+        await host.put_tenant({"apiVersion": "vgate.io/v1alpha1", "kind": "Tenant",
+                               "metadata": {"name": "bad"},
+                               "spec": {"admin_groups": ["x"], "ha": "many"}})
+    assert refused.value.status.code == 422
+    assert "spec.ha" in refused.value.status.message
+
+
 async def test_unreachable_configuration_is_a_readable_error(tmp_path):
-    store = KubernetesTenantStore(namespace=NS, lease_name="l",
+    store = KubernetesTenantStore(namespace="vgate-system", lease_name="l",
                                   kubeconfig=tmp_path / "missing-kubeconfig")
     with pytest.raises(StoreError, match="no way to reach the Kubernetes API"):
         await store.list()
     await store.close()
+
+
+async def test_refusals_from_the_api_server_are_readable_errors(host, tmp_path):
+    """A wrong credential (401) and one without RBAC on Tenant objects (403), as a real API
+    server answers them: an error naming the cause at once, not a 15 s wait."""
+    api = host.api
+    api.kubectl("-n", host.namespace, "create", "serviceaccount", "nobody")
+    nobody = api.kubectl("-n", host.namespace, "create", "token", "nobody").stdout.strip()
+    for token, cause in (("wrong-token", "Unauthorized"),
+                         (nobody, f"system:serviceaccount:{host.namespace}:nobody.*forbidden|"
+                                  "forbidden.*nobody")):
+        (tmp_path / "who.yaml").write_text(api.kubeconfig_text(token))
+        store = KubernetesTenantStore(namespace=host.namespace, lease_name="l",
+                                      kubeconfig=tmp_path / "who.yaml")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=rf"cannot read Tenant objects in namespace "
+                                             rf"'{host.namespace}': .*({cause})"):
+            await store.list()
+        assert time.monotonic() - started < 5
+        await store.close()
 
 
 async def test_lease_one_holder_release_and_takeover_after_observed_expiry(stores, host):
@@ -211,10 +288,9 @@ async def test_lease_one_holder_release_and_takeover_after_observed_expiry(store
     assert await a.acquire_lease(MANAGER_LEASE, "pod-a", 1)
     assert not await b.acquire_lease(MANAGER_LEASE, "pod-b", 1)
     assert await a.acquire_lease(MANAGER_LEASE, "pod-a", 1)  # renewal
-    lease = host.get("coordination.k8s.io/v1", "Lease", "vgate-lifecycle", NS)
+    lease = await host.lease()
     assert lease["spec"]["holderIdentity"] == "pod-a"
     assert lease["spec"]["leaseDurationSeconds"] == 1
-    assert lease["spec"]["renewTime"].endswith("Z")
     await a.release_lease(MANAGER_LEASE, "pod-a")
     assert await b.acquire_lease(MANAGER_LEASE, "pod-b", 1)  # released: free at once
     # pod-b dies without releasing: pod-a waits one lease duration of its own clock
@@ -223,9 +299,34 @@ async def test_lease_one_holder_release_and_takeover_after_observed_expiry(store
     assert not await a.acquire_lease(MANAGER_LEASE, "pod-a", 1)
     await asyncio.sleep(0.6)
     assert await a.acquire_lease(MANAGER_LEASE, "pod-a", 1)
-    lease = host.get("coordination.k8s.io/v1", "Lease", "vgate-lifecycle", NS)
+    lease = await host.lease()
     assert lease["spec"]["holderIdentity"] == "pod-a"
     assert lease["spec"]["leaseTransitions"] == 2
+
+
+async def test_lease_times_written_as_kubernetes_micro_times(stores, host):
+    """A Lease whose times have no fraction (what another client may write) renews: the
+    times vgate sends back are MicroTimes (6 digits), whatever they were read as."""
+    a, _ = stores
+    host.api.apply(f"""apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {{name: vgate-lifecycle, namespace: {host.namespace}}}
+spec: {{holderIdentity: pod-a, leaseDurationSeconds: 5,
+        acquireTime: "2024-01-01T00:00:00.000000Z", renewTime: "2024-01-01T00:00:00.000000Z"}}
+""")
+    assert await a.acquire_lease(MANAGER_LEASE, "pod-a", 5)
+    lease = await host.lease()
+    assert lease["spec"]["holderIdentity"] == "pod-a"
+    raw = host.api.kubectl("-n", host.namespace, "get", "lease", "vgate-lifecycle",
+                           "-o", "jsonpath={.spec.acquireTime} {.spec.renewTime}").stdout
+    acquired, renewed = raw.split()
+    assert acquired.startswith("2024-01-01T00:00:00.00000") and len(acquired) == 27
+    assert renewed > "2024-01-02" and len(renewed) == 27
+    # a new Lease created on a whole second is a valid MicroTime too
+    whole = Lease(metadata=ObjectMeta(name="whole-second", namespace=host.namespace),
+                  spec=LeaseSpec(holderIdentity="x", renewTime=_micro_datetime(1704067200.0)))
+    created = await host.client.create(whole)
+    assert created.spec.renewTime.timestamp() == pytest.approx(1704067200.0, abs=1e-5)
 
 
 async def test_released_lease_by_someone_else_is_left_alone(stores, host):
@@ -236,10 +337,11 @@ async def test_released_lease_by_someone_else_is_left_alone(stores, host):
 
 
 async def test_credentials_mirror_into_each_workers_files(host, tmp_path):
-    api = await connect(server=host.url, token="admin")
-    manager = CredentialSecrets(api, NS, CredentialFiles(tmp_path / "manager"))
+    api = gateway_api(host)
+    ns = host.namespace
+    manager = CredentialSecrets(api, ns, CredentialFiles(tmp_path / "manager"))
     worker_files = CredentialFiles(tmp_path / "worker")
-    worker = CredentialSecrets(api, NS, worker_files)
+    worker = CredentialSecrets(api, ns, worker_files)
     try:
         await manager.publish("t1", b"token-1", b"CA-1")
         assert await manager.matches("t1", b"token-1", b"CA-1")
@@ -266,16 +368,20 @@ async def test_credentials_mirror_into_each_workers_files(host, tmp_path):
 async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host, tmp_path):
     """Two gateway replicas on one kubernetes store: exactly one reconciles, both get the
     tenant's route with its credential, and when the manager dies without releasing its
-    lease, the other one takes over."""
+    lease, the other one takes over.
+
+    The store, the Lease and the credential Secrets are the real API server's; the vcluster
+    side (`FakeHost`/`FakeHelm`/`connector`) is a stand-in, because a vcluster needs a
+    kubelet to run (the helm provisioner's own e2e test drives that part against real
+    API servers)."""
     world = World()
     world.ca_pem = TestCA(tmp_path / "ca").cert_file.read_bytes()  # routes load it
     replicas = []
     for name in ("a", "b"):
         files = CredentialFiles(tmp_path / name / "credentials")
-        api = await connect(server=host.url, token="admin")
-        shared = CredentialSecrets(api, NS, files)
-        store = KubernetesTenantStore(namespace=NS, lease_name="vgate-lifecycle",
-                                      client=client(host))
+        api = gateway_api(host)
+        shared = CredentialSecrets(api, host.namespace, files)
+        store = store_on(host)
         provisioner = HelmProvisioner(FakeHost(world), FakeHelm(world), connector(world), files,
                                       HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
                                       shared=shared)
@@ -294,7 +400,7 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
 
         async def both_route():
             return all(r[2].get("t1") is not None for r in replicas)
-        await eventually(both_route, within=10)
+        await eventually(both_route, within=20)
         managers = [bool(r[1]._workers) for r in replicas]
         assert managers.count(True) == 1
         leader = managers.index(True)
@@ -313,7 +419,7 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
 
         async def paused():
             return (await store.get("t1")).status.phase is Phase.paused
-        await eventually(paused, within=10)
+        await eventually(paused, within=20)
         assert replicas[follower][1]._workers
     finally:
         for task in tasks.values():
