@@ -90,6 +90,15 @@ def _quickstart(args: argparse.Namespace) -> int:
     except QuickstartError as exc:
         print(f"vgate quickstart: {exc}", file=sys.stderr)
         return 1
+def _policy_schema() -> int:
+    import json
+
+    from gateway.policy.model import policy_schema
+
+    print(json.dumps(policy_schema(), indent=2))
+    return 0
+
+
 def _policy_explain(path: Path, user: str, tenant: str, username: str | None) -> int:
     from gateway.policy import PolicyEngine, load_policies
     from gateway.policy.explain import explain
@@ -178,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the value the directory is searched with (e.g. the UPN)")
     e.add_argument("--tenant", required=True)
     e.add_argument("--username", help="the Kubernetes username (default: prefix + --user)")
+    psub.add_parser("schema", help="print the JSON Schema of a policy file")
     p = sub.add_parser("directory", help="the directory group cache")
     dsub = p.add_subparsers(dest="directory_command", required=True)
     f = dsub.add_parser("flush", help="drop cached groups in every worker")
@@ -193,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per IdP/API call is noise
+    for noisy in ("httpx", "httpx2"):  # one line per IdP/API call (lightkube 1.x uses httpx2)
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "check-config":
@@ -202,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return _quickstart(args)
     if args.command == "tenant":
         return tenant_cli.run(args)
+    if args.command == "policy" and args.policy_command == "schema":
+        return _policy_schema()
     if args.command == "policy":
         return _policy_explain(args.config, args.user, args.tenant, args.username)
     if args.command == "directory":

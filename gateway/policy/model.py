@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.identity import usable_names
 from gateway.names.dn import normalize_dn
@@ -87,10 +96,24 @@ class PolicyFile(BaseModel):
             raise ValueError("must be a tenant name or '*'")
         return v
 
-    @field_validator("roles")
+    @model_validator(mode="wrap")
     @classmethod
-    def _roles(cls, v: dict[str, RoleRule]) -> dict[str, RoleRule]:
-        for role in v:
-            if not ROLE_NAME.fullmatch(role):
-                raise ValueError(f"role {role!r} is not a DNS label")
-        return v
+    def _role_names(cls, data: object, handler: Callable[[object], PolicyFile]) -> PolicyFile:
+        """A role that is not a DNS label is reported at its own line."""
+        roles = data.get("roles") if isinstance(data, dict) else None
+        bad = [r for r in roles if not (isinstance(r, str) and ROLE_NAME.fullmatch(r))] \
+            if isinstance(roles, dict) else []
+        if bad:
+            raise ValidationError.from_exception_data(cls.__name__, [
+                {"type": "value_error", "loc": ("roles", role),
+                 "ctx": {"error": ValueError(f"role {role!r} is not a DNS label")},
+                 "input": role} for role in bad])
+        return handler(data)
+
+
+def policy_schema() -> dict:
+    """The JSON Schema of a policy file (`policies/schema.json` is this, for editors)."""
+    schema = PolicyFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "vgate policy file"
+    return schema
