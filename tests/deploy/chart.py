@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,15 @@ def helm_env() -> dict[str, str]:
             "HELM_DATA_HOME": f"{base}/vgate-helm-data"}
 
 
+@contextmanager
+def values_file(values: dict[str, Any] | None) -> Iterator[Path]:
+    """`values` in a temporary YAML file for helm's --values."""
+    with tempfile.TemporaryDirectory(prefix="vgate-values-") as folder:
+        path = Path(folder) / "values.yaml"
+        path.write_text(yaml.safe_dump(values or {}))
+        yield path
+
+
 class RenderError(Exception):
     """`helm template` refused the values; `str()` is helm's message."""
 
@@ -110,16 +121,11 @@ def render(helm: str, values: dict[str, Any] | None = None, *, namespace: str = 
     Kubernetes it knows); raise RenderError with helm's stderr."""
     if target is not None:
         extra_args = (*target.helm_args(), *extra_args)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(values or {}, f)
-        values_file = f.name
-    try:
+    with values_file(values) as path:
         proc = subprocess.run(
             [helm, "template", RELEASE, str(CHART), "--namespace", namespace,
-             "--values", values_file, *extra_args],
+             "--values", str(path), *extra_args],
             capture_output=True, text=True, timeout=60, env=helm_env())
-    finally:
-        os.unlink(values_file)
     if proc.returncode != 0:
         raise RenderError(proc.stderr.strip())
     objects = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.deploy.chart import KubeTarget
+from tests.deploy.chart import CHART, KubeTarget, helm_env, values_file
 from tests.support.kube import ADMIN_TOKEN, ApiServer, assets_dir
 
 # ValidatingAdmissionPolicy on 1.28/1.29: beta, off by default (GA and on from 1.30). The chart's
@@ -61,3 +61,21 @@ def target_of(api: ApiServer) -> KubeTarget:
         for version in group["versions"]:
             add(version["groupVersion"], "/apis")
     return KubeTarget(get(api, "/version")["gitVersion"], tuple(dict.fromkeys(served)))
+
+
+
+def helm(helm_bin: str, api: ApiServer, *args: str,
+         namespace: str) -> subprocess.CompletedProcess[str]:
+    """`helm <args>` against `api` as its admin: helm asks the server for its version and APIs
+    itself, as on a real cluster."""
+    return subprocess.run([helm_bin, *args, "--namespace", namespace,
+                           "--kubeconfig", str(api.kubeconfig)],
+                          capture_output=True, text=True, timeout=120, env=helm_env())
+
+
+def helm_install(helm_bin: str, api: ApiServer, release: str, namespace: str,
+                 values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`helm install` of the chart with `values` into `namespace` (created when missing)."""
+    with values_file(values) as path:
+        return helm(helm_bin, api, "install", release, str(CHART), "--create-namespace",
+                    "--values", str(path), namespace=namespace)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from tests.deploy.chart import CHART, helm_env
+from tests.deploy import cluster
 from tests.support.kube import ApiServer
 
 pytestmark = pytest.mark.e2e
@@ -32,21 +32,14 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
-def installed(helm: str, kube_api: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+def installed(helm: str, kube_api: ApiServer) -> str:
     """`helm install` of the lifecycle manager; its manifest as helm applied it."""
-    work = tmp_path_factory.mktemp("admission")
-    values = work / "values.yaml"
-    values.write_text(yaml.safe_dump({"replicaCount": 1, "lifecycle": {"enabled": True}}))
-
-    def run(*args: str) -> str:
-        proc = subprocess.run([helm, *args, "--namespace", NAMESPACE,
-                               "--kubeconfig", str(kube_api.kubeconfig)],
-                              capture_output=True, text=True, timeout=120, env=helm_env())
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    run("install", RELEASE, str(CHART), "--create-namespace", "--values", str(values))
-    return run("get", "manifest", RELEASE)
+    values = {"replicaCount": 1, "lifecycle": {"enabled": True}}
+    proc = cluster.helm_install(helm, kube_api, RELEASE, NAMESPACE, values)
+    assert proc.returncode == 0, proc.stderr
+    proc = cluster.helm(helm, kube_api, "get", "manifest", RELEASE, namespace=NAMESPACE)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 @pytest.fixture(scope="module")

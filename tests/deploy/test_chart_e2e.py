@@ -84,6 +84,14 @@ def test_a_cluster_without_the_policy_api_gets_the_gateway_but_not_the_manager(
         assert not refused, refused
         with pytest.raises(RenderError, match="ValidatingAdmissionPolicy=true"):
             render(helm, VARIANTS["lifecycle-sqlite"], target=target)
+        # and helm install, asking the server itself, refuses before writing anything
+        proc = cluster.helm_install(helm, plain, "vgate", NAMESPACE,
+                                    VARIANTS["lifecycle-sqlite"])
+        assert proc.returncode != 0
+        assert "Kubernetes v1.28" in proc.stderr or "Kubernetes v1.29" in proc.stderr
+        assert "--feature-gates=ValidatingAdmissionPolicy=true" in proc.stderr
+        assert plain.kubectl("get", "clusterroles,deployments", "-A", "-l",
+                             "app.kubernetes.io/name=vgate", "-o", "name").stdout == ""
 
 
 def test_the_kubernetes_store_works_on_the_charts_crd(kube_api: ApiServer,
