@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.deploy import cluster
-from tests.support.kube import ApiServer
+from tests.support.kube import KUBECTL, ApiServer
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def manager(installed: str, kube_api: ApiServer,
     kubeconfig.write_text(kube_api.kubeconfig_text(token, user=RELEASE))
 
     def kubectl(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), *args], input=input,
+        return subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args], input=input,
                               capture_output=True, text=True, timeout=60)
 
     assert kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout \
