@@ -6,10 +6,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +27,66 @@ def find_helm() -> str | None:
     if explicit and Path(explicit).is_file():
         return explicit
     return shutil.which("helm")
+
+
+@dataclass(frozen=True)
+class KubeTarget:
+    """The cluster a render is for: what `helm install` learns from the API server (its
+    version, and the group/versions and group/version/Kinds it serves), given to
+    `helm template` as --kube-version and --api-versions."""
+
+    version: str
+    api_versions: tuple[str, ...] = ()
+
+    def helm_args(self) -> tuple[str, ...]:
+        args = ("--kube-version", self.version)
+        for api in self.api_versions:
+            args += ("--api-versions", api)
+        return args
+
+
+# What a 1.28/1.29 cluster serves with --feature-gates=ValidatingAdmissionPolicy=true and
+# --runtime-config=admissionregistration.k8s.io/v1beta1=true (the lifecycle manager needs it).
+ADMISSION_POLICY_BETA = ("admissionregistration.k8s.io/v1beta1",
+                         "admissionregistration.k8s.io/v1beta1/ValidatingAdmissionPolicy",
+                         "admissionregistration.k8s.io/v1beta1/ValidatingAdmissionPolicyBinding")
+
+
+def helm_kube_version(helm: str) -> str:
+    """The newest Kubernetes this helm knows: what `helm template` renders for by default."""
+    proc = subprocess.run([helm, "version", "--template", "{{.KubeClientVersion}}"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    major, minor = proc.stdout.strip().removeprefix("v").split(".")[:2]
+    return f"{int(major)}.{int(minor)}.0"
+
+
+def require_helm() -> str:
+    """The helm binary; else skip saying how to get it, or fail under VGATE_REQUIRE_E2E=1 (CI
+    installs helm, so a missing one there is a broken machine, not a reason to skip)."""
+    path = find_helm()
+    if path is None:
+        why = "helm is not installed: run `python .ci/install_helm.py` (CI does) or set HELM_BIN"
+        if os.environ.get("VGATE_REQUIRE_E2E") == "1":
+            pytest.fail(f"VGATE_REQUIRE_E2E=1 but {why}", pytrace=False)
+        pytest.skip(why)
+    return path
+
+
+def helm_env() -> dict[str, str]:
+    """The environment helm runs in: its cache, config and data in a folder of the tests."""
+    base = tempfile.gettempdir()
+    return {**os.environ, "HELM_CACHE_HOME": f"{base}/vgate-helm-cache",
+            "HELM_CONFIG_HOME": f"{base}/vgate-helm-config",
+            "HELM_DATA_HOME": f"{base}/vgate-helm-data"}
+
+
+@contextmanager
+def values_file(values: dict[str, Any] | None) -> Iterator[Path]:
+    """`values` in a temporary YAML file for helm's --values."""
+    with tempfile.TemporaryDirectory(prefix="vgate-values-") as folder:
+        path = Path(folder) / "values.yaml"
+        path.write_text(yaml.safe_dump(values or {}))
+        yield path
 
 
 class RenderError(Exception):
@@ -52,23 +115,17 @@ class Rendered:
         return yaml.safe_load(cm["data"]["vgate.yaml"])
 
 
-def render(helm: str, values: dict[str, Any] | None = None, *,
-           namespace: str = NAMESPACE, extra_args: tuple[str, ...] = ()) -> Rendered:
-    """`helm template` the chart with `values`; raise RenderError with helm's stderr."""
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(values or {}, f)
-        values_file = f.name
-    try:
+def render(helm: str, values: dict[str, Any] | None = None, *, namespace: str = NAMESPACE,
+           target: KubeTarget | None = None, extra_args: tuple[str, ...] = ()) -> Rendered:
+    """`helm template` the chart with `values` for `target` (None: helm's default, the newest
+    Kubernetes it knows); raise RenderError with helm's stderr."""
+    if target is not None:
+        extra_args = (*target.helm_args(), *extra_args)
+    with values_file(values) as path:
         proc = subprocess.run(
             [helm, "template", RELEASE, str(CHART), "--namespace", namespace,
-             "--values", values_file, *extra_args],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "HELM_CACHE_HOME": tempfile.gettempdir() + "/vgate-helm-cache",
-                 "HELM_CONFIG_HOME": tempfile.gettempdir() + "/vgate-helm-config",
-                 "HELM_DATA_HOME": tempfile.gettempdir() + "/vgate-helm-data"},
-        )
-    finally:
-        os.unlink(values_file)
+             "--values", str(path), *extra_args],
+            capture_output=True, text=True, timeout=60, env=helm_env())
     if proc.returncode != 0:
         raise RenderError(proc.stderr.strip())
     objects = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]

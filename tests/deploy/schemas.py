@@ -1,12 +1,13 @@
 """Check rendered objects against Kubernetes schemas that are available offline.
 
 - Built-in kinds: the Kubernetes OpenAPI schemas shipped by `kubernetes-validate`, strict
-  (unknown fields are errors, like `kubectl apply --validate=strict`), for the oldest Kubernetes
-  the chart supports and the newest the package knows.
+  (unknown fields are errors, like `kubectl apply --validate=strict`), for the Kubernetes
+  version the objects were rendered for. (The e2e tier applies them to a real API server too.)
 - Custom resources (cert-manager, prometheus-operator, Gateway API, Traefik): no registry ships
   their schemas in a form usable here (the one PyPI model set for cert-manager and
-  prometheus-operator installs a pytest plugin that breaks collection), so `check_crd_shape`
-  checks every field the chart writes against the documented API, refusing unknown ones.
+  prometheus-operator installs a pytest plugin that breaks collection), and the test API server
+  has no such CRDs, so `check_crd_shape` checks every field the chart writes against the
+  documented API, refusing unknown ones.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import re
 from typing import Any
 
 import kubernetes_validate
-
-VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
 SHAPED_CRDS = {
     ("cert-manager.io/v1", "Certificate"),
@@ -34,22 +33,32 @@ class SchemaProblem(AssertionError):
     pass
 
 
-def validate(obj: dict[str, Any]) -> str:
-    """Validate one object; return how ("openapi" or "shape"); raise SchemaProblem."""
+def schema_version(kube_version: str) -> str:
+    """The `kubernetes-validate` schema set for `kube_version` (its minor release); the
+    newest set when the package does not know that release yet."""
+    major, minor = (int(p) for p in kube_version.removeprefix("v").split(".")[:2])
+    latest = kubernetes_validate.latest_version()
+    newest = tuple(int(p) for p in latest.split(".")[:2])
+    return latest if (major, minor) > newest else f"{major}.{minor}.0"
+
+
+def validate(obj: dict[str, Any], kube_version: str) -> str:
+    """Validate one object rendered for `kube_version`; return how ("openapi" or "shape");
+    raise SchemaProblem."""
     key = (obj.get("apiVersion"), obj.get("kind"))
     if key in SHAPED_CRDS:
         check_crd_shape(obj)
         return "shape"
-    for version in VERSIONS:
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.path)
-            raise SchemaProblem(
-                f"{key[1]} {obj['metadata'].get('name')}: {where}: {exc.message} (k8s {version})"
-            ) from None
-        except kubernetes_validate.SchemaNotFoundError:
-            raise SchemaProblem(f"no schema for {key} in Kubernetes {version}") from None
+    version = schema_version(kube_version)
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.path)
+        raise SchemaProblem(
+            f"{key[1]} {obj['metadata'].get('name')}: {where}: {exc.message} (k8s {version})"
+        ) from None
+    except kubernetes_validate.SchemaNotFoundError:
+        raise SchemaProblem(f"no schema for {key} in Kubernetes {version}") from None
     return "openapi"
 
 

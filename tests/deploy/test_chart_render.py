@@ -1,5 +1,6 @@
-"""The chart renders, for every ingress flavour and TLS mode, into objects that pass the
-Kubernetes schemas and route the single host and the tenants' wildcard to the gateway."""
+"""The chart renders, for every ingress flavour and TLS mode, objects that route the single host
+and the tenants' wildcard to the gateway, and a gateway config that loads. (Schemas, per
+Kubernetes version: test_chart_kube_versions.py; a real API server: test_chart_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from gateway.config import load_config
 from gateway.config.model import GatewayConfig
 from tests.deploy import mounts, schemas
-from tests.deploy.chart import NAMESPACE, RELEASE, REPO, Rendered, render
+from tests.deploy.chart import NAMESPACE, RELEASE, REPO, Rendered, helm_kube_version, render
 from tests.deploy.variants import VARIANTS
 
 HOST = "vgate.example.com"
@@ -22,31 +23,26 @@ def rendered(helm: str) -> dict[str, Rendered]:
     return {name: render(helm, values) for name, values in VARIANTS.items()}
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_every_object_passes_its_schema(rendered: dict[str, Rendered], variant: str) -> None:
-    out = rendered[variant]
-    assert out.objects, "nothing rendered"
-    how = {(o["kind"], schemas.validate(o)) for o in out.objects}
-    assert ("Deployment", "openapi") in how
-    for obj in out.objects:
-        assert obj["metadata"]["name"].startswith(RELEASE)
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
-                               "ValidatingAdmissionPolicyBinding"):
-            assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
-
-
-def test_schema_check_catches_a_misspelt_field(rendered: dict[str, Rendered]) -> None:
+def test_schema_check_catches_a_misspelt_field(helm: str,
+                                               rendered: dict[str, Rendered]) -> None:
     deployment = rendered["default"].one("Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(schemas.SchemaProblem, match="readinesProbe"):
-        schemas.validate(deployment)
+        schemas.validate(deployment, helm_kube_version(helm))
+
+
+def test_schema_check_catches_a_field_newer_than_the_version(
+        rendered: dict[str, Rendered]) -> None:
+    deployment = rendered["default"].one("Deployment")  # rendered for the newest Kubernetes
+    with pytest.raises(schemas.SchemaProblem, match=r"lifecycle/preStop.*sleep.*1\.28"):
+        schemas.validate(deployment, "1.28.7")
 
 
 def test_crd_shape_check_catches_an_unknown_field(rendered: dict[str, Rendered]) -> None:
     cert = rendered["cert-manager"].one("Certificate")
     cert["spec"]["dnsName"] = ["x"]
     with pytest.raises(schemas.SchemaProblem, match="dnsName"):
-        schemas.validate(cert)
+        schemas.validate(cert, "1.28.0")
 
 
 FRONT_DOORS = {
@@ -291,11 +287,3 @@ def test_lifecycle_kubernetes_store_scales_with_leader_election(
         {"medium": "Memory", "sizeLimit": "16Mi"}  # tokens never touch the node's disk
     monitor = out.one("ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["scheme"] == "https"
-
-
-def test_older_kubernetes_is_refused(helm: str) -> None:
-    from tests.deploy.chart import RenderError
-
-    with pytest.raises(RenderError, match="kubeVersion"):
-        render(helm, {}, extra_args=("--kube-version", "1.29.5"))
-    render(helm, {}, extra_args=("--kube-version", "1.30.0"))

@@ -8,6 +8,7 @@ wheel the Dockerfile installs, checking it carries the whole package.
 from __future__ import annotations
 
 import fnmatch
+import re
 import shlex
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.chart import render
+from tests.deploy.chart import KubeTarget, render
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy/image/Dockerfile"
@@ -56,6 +57,21 @@ def test_the_image_runs_as_the_charts_user_on_its_port(helm: str) -> None:
     assert final["ENTRYPOINT"] == '["vgate"]' and "command" not in container
     cmd = shlex.split(final["CMD"].strip("[]").replace(",", " "))
     assert cmd == container["args"]  # `docker run vgate` does what the pod does
+
+
+def test_the_image_has_the_sleep_the_pre_stop_hook_runs_before_kubernetes_1_30(
+        helm: str) -> None:
+    """Before 1.30 the kubelet has no preStop sleep action, so the chart execs /bin/sleep in the
+    container. The final stage is Debian slim, where coreutils (and so /bin/sleep) is an
+    Essential package, and nothing in the Dockerfile removes it."""
+    container = render(helm, {}, target=KubeTarget("1.29.0")).one(
+        "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "/bin/sleep"
+    final = final_stage()
+    base = final[0][1].split()[0]
+    assert re.fullmatch(r"python:3\.\d+-slim-(bookworm|trixie)", base), base
+    runs = " ".join(rest for word, rest in final if word == "RUN")
+    assert not re.search(r"coreutils|/bin/sleep|\brm\b[^&]*/(usr/)?bin\b", runs), runs
 
 
 def test_the_base_image_is_the_python_the_package_needs() -> None:
