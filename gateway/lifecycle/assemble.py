@@ -6,6 +6,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 
@@ -17,6 +18,10 @@ from gateway.lifecycle.reconciler import Reconciler
 from gateway.lifecycle.sqlite_store import SQLiteTenantStore
 from gateway.lifecycle.steps import Provisioner
 from gateway.lifecycle.store import TenantStore
+from gateway.lifecycle.versions import KubernetesVersions
+
+if TYPE_CHECKING:
+    from gateway.lifecycle.operations import TenantOperations
 
 DEFAULT_ASSETS = Path("/usr/local/kubebuilder/bin")
 
@@ -72,6 +77,28 @@ def assets_dir(config: GatewayConfig) -> Path:
         return configured
     env = os.environ.get("KUBEBUILDER_ASSETS")
     return Path(env) if env else DEFAULT_ASSETS
+
+
+def kubernetes_versions(config: GatewayConfig) -> Callable[[], KubernetesVersions]:
+    """What the configured provisioner can run (asked again each time: binaries come and go),
+    without building the provisioner."""
+    if lifecycle_of(config).provisioner == "local":
+        from gateway.lifecycle.local_versions import local_versions
+
+        assets = assets_dir(config)
+        return lambda: local_versions(assets)
+    from gateway.lifecycle.vcluster_values import VCLUSTER_VERSIONS
+
+    return lambda: VCLUSTER_VERSIONS
+
+
+def tenant_operations(config: GatewayConfig, store: TenantStore) -> TenantOperations:
+    """The tenant operations on `store`, refusing static tenants' names and versions the
+    provisioner cannot run."""
+    from gateway.lifecycle.operations import TenantOperations
+
+    return TenantOperations(store, static_tenants=[t.name for t in config.tenants],
+                            versions=kubernetes_versions(config))
 
 
 def build_provisioner(config: GatewayConfig) -> Provisioner:
@@ -187,11 +214,10 @@ def build_admin_app(config: GatewayConfig, authenticate, *, prefix: str = "/admi
     authenticator. Mount it at `/admin/` of the gateway (the app expects `prefix` in its
     paths; pass prefix="" when the mount strips it)."""
     from gateway.lifecycle.admin_api import admin_app, platform_admin_check
-    from gateway.lifecycle.operations import TenantOperations
 
     lc = lifecycle_of(config)
     store = open_store(config)
-    operations = TenantOperations(store, static_tenants=[t.name for t in config.tenants])
+    operations = tenant_operations(config, store)
     app = admin_app(operations, authenticate=authenticate,
                     is_platform_admin=platform_admin_check(lc.platform_admin_groups,
                                                            lc.platform_admin_users),

@@ -24,7 +24,8 @@ from gateway.lifecycle.helm_runner import HelmRelease
 from gateway.lifecycle.kube import KubeAPI, Manifest
 from gateway.lifecycle.model import RouteInfo, TenantSpec
 from gateway.lifecycle.steps import Step, StepFailed
-from gateway.lifecycle.vcluster_values import release_values
+from gateway.lifecycle.vcluster_values import VCLUSTER_VERSIONS, release_values
+from gateway.lifecycle.versions import KubernetesVersions
 
 PAUSED = "loft.sh/paused"
 PAUSED_REPLICAS = "loft.sh/paused-replicas"
@@ -78,6 +79,12 @@ class HelmProvisioner:
     def route(self, spec: TenantSpec) -> RouteInfo:
         return RouteInfo(server=self.server(spec), ca_file=str(self.files.ca_path(spec.name)),
                          token_file=str(self.files.token_path(spec.name)))
+
+    def versions(self) -> KubernetesVersions:
+        return VCLUSTER_VERSIONS
+
+    async def served_version(self, spec: TenantSpec) -> str:
+        return await self._bootstrap(spec).served_version()
 
     # -- plans ------------------------------------------------------------------------------
 

@@ -41,6 +41,9 @@ class KubeAPI(Protocol):
     ) -> tuple[str, float]:
         """TokenRequest: (token, expiry as a Unix time)."""
 
+    async def server_version(self) -> str:
+        """The `gitVersion` the API server reports on `GET /version` (like "v1.28.7")."""
+
     async def close(self) -> None: ...
 
 
@@ -138,6 +141,20 @@ class LightkubeAPI:
         if isinstance(expiry, str):
             expiry = dt.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
         return result.status.token, expiry.timestamp()
+
+    async def server_version(self) -> str:
+        # lightkube has no call for /version; its configured HTTP client (base URL, TLS,
+        # credential: the same object in lightkube 0.15-1.x) sends the GET
+        generic = self.client._client
+        response = await generic.send(generic._client.build_request("GET", "/version"))
+        try:
+            version = response.json().get("gitVersion") if response.status_code == 200 else None
+        except ValueError:
+            version = None
+        if not isinstance(version, str) or not version:
+            raise ValueError(f"GET /version answered {response.status_code} without a "
+                             f"gitVersion: {response.text[:200]}")
+        return version
 
     async def close(self) -> None:
         if self._client is not None:
