@@ -24,8 +24,10 @@ class KubeAPI(Protocol):
         """The object, or None when it does not exist."""
 
     async def list(
-        self, api_version: str, kind: str, namespace: str, labels: dict[str, str] | None = None
-    ) -> list[Manifest]: ...
+        self, api_version: str, kind: str, namespace: str | None,
+        labels: dict[str, str] | None = None
+    ) -> list[Manifest]:
+        """Objects in `namespace` (None: a cluster-scoped kind) with all of `labels`."""
 
     async def delete(
         self, api_version: str, kind: str, name: str, namespace: str | None = None

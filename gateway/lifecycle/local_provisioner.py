@@ -8,7 +8,11 @@ Each API server writes an audit log (level Metadata: who did what, as whom, neve
 the same port and data. The binary is the one for the tenant's `k8s_version`
 (`local_versions`); an upgrade restarts the API server on the new binary, data kept.
 
-Steps up: etcd → certificates → apiserver → tenant-rbac → gateway-token.
+There is no controller manager: the `role-aggregation` step fills the aggregated ClusterRoles
+(`admin`, `edit`, `view`, which the role groups are bound to) as its aggregation controller
+would, and keeps them filled on every pass.
+
+Steps up: etcd → certificates → apiserver → role-aggregation → tenant-rbac → gateway-token.
 Pause: stopped. Down: stopped → etcd-data-deleted → files-removed.
 """
 
@@ -32,6 +36,7 @@ from gateway.lifecycle.kube import KubeAPI
 from gateway.lifecycle.local_pki import pki_complete, write_pki
 from gateway.lifecycle.local_versions import APISERVER, find_binaries, local_versions
 from gateway.lifecycle.model import RouteInfo, TenantSpec
+from gateway.lifecycle.role_aggregation import aggregate, unaggregated
 from gateway.lifecycle.steps import Step, StepFailed
 from gateway.lifecycle.versions import KubernetesVersions
 
@@ -118,6 +123,8 @@ class LocalProvisioner:
             Step("certificates", lambda: self._pki_done(name), lambda: self._pki_run(name)),
             Step("apiserver", lambda: self._apiserver_done(spec),
                  lambda: self._start_apiserver(spec)),
+            Step("role-aggregation", lambda: self._roles_aggregated(name),
+                 lambda: self._aggregate_roles(name)),
             *self._bootstrap(name).steps(),
         ]
 
@@ -259,22 +266,40 @@ class LocalProvisioner:
             await asyncio.sleep(0.25)
         raise StepFailed(f"{what} not ready after {self.settings.ready_timeout:.0f}s")
 
+    async def _admin(self, name: str) -> KubeAPI:
+        """A client with the tenant's `system:masters` bootstrap certificate."""
+        pki = self.pki(name)
+        kubeconfig = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "admin",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.server(name), "certificate-authority": str(pki / "ca.crt")}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate": str(pki / "admin.crt"),
+                "client-key": str(pki / "admin.key")}}],
+            "contexts": [{"name": "admin", "context": {"cluster": "local", "user": "admin"}}],
+        }
+        return await connect(server=self.server(name), kubeconfig=kubeconfig)
+
+    async def _roles_aggregated(self, name: str) -> bool:
+        api = await self._admin(name)
+        try:
+            return not await unaggregated(api)
+        finally:
+            await api.close()
+
+    async def _aggregate_roles(self, name: str) -> None:
+        api = await self._admin(name)
+        try:
+            await aggregate(api)
+        finally:
+            await api.close()
+
     def _bootstrap(self, name: str) -> Bootstrap:
         pki = self.pki(name)
         expiry_file = self.tenant_dir(name) / "token-expiry"
 
         async def admin() -> KubeAPI:
-            kubeconfig = {
-                "apiVersion": "v1", "kind": "Config", "current-context": "admin",
-                "clusters": [{"name": "local", "cluster": {
-                    "server": self.server(name), "certificate-authority": str(pki / "ca.crt")}}],
-                "users": [{"name": "admin", "user": {
-                    "client-certificate": str(pki / "admin.crt"),
-                    "client-key": str(pki / "admin.key")}}],
-                "contexts": [{"name": "admin", "context": {"cluster": "local",
-                                                           "user": "admin"}}],
-            }
-            return await connect(server=self.server(name), kubeconfig=kubeconfig)
+            return await self._admin(name)
 
         async def as_gateway(token: str) -> KubeAPI:
             return await connect(server=self.server(name), token=token, ca=await ca())

@@ -21,6 +21,7 @@ from gateway.lifecycle.local_versions import find_binaries, local_versions, plat
 from gateway.lifecycle.model import TenantSpec
 from gateway.lifecycle.operations import TenantOperations
 from gateway.lifecycle.reconciler import Reconciler
+from gateway.lifecycle.role_aggregation import aggregated_rules
 from tests.lifecycle.test_reconciler import run_until_converged
 from tests.support.kube import AuditLog, require_kube
 from tests.support.local_kube import processes_under, versioned_assets
@@ -59,6 +60,24 @@ def test_pki_is_private_and_the_bootstrap_cert_is_system_masters(tmp_path):
     server = x509.load_pem_x509_certificate((folder / "server.crt").read_bytes())
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+
+
+def test_aggregated_roles_get_the_rules_of_the_roles_they_select():
+    view = {"metadata": {"name": "view"}, "aggregationRule": {"clusterRoleSelectors": [
+        {"matchLabels": {"agg/view": "true"}},
+        {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["read"]}]}]}}
+    read_pods = {"verbs": ["get"], "resources": ["pods"], "apiGroups": [""]}
+    roles = [
+        view,
+        {"metadata": {"name": "b", "labels": {"agg/view": "true"}}, "rules": [read_pods]},
+        {"metadata": {"name": "a", "labels": {"tier": "read"}},
+         "rules": [{"verbs": ["list"], "resources": ["pods"], "apiGroups": [""]}, read_pods]},
+        {"metadata": {"name": "c", "labels": {"agg/view": "false", "tier": "write"}},
+         "rules": [{"verbs": ["delete"], "resources": ["pods"], "apiGroups": [""]}]},
+    ]
+    assert aggregated_rules(view, roles) == [  # by role name, each rule once
+        {"verbs": ["list"], "resources": ["pods"], "apiGroups": [""]}, read_pods]
+    assert aggregated_rules(roles[1], roles) is None  # not an aggregated role
 
 
 @pytest.mark.e2e
@@ -111,11 +130,15 @@ async def test_upgrade_restarts_the_api_server_on_the_new_binary_with_its_data(s
         pid_file = work / "tenants" / "t1" / "pid"
         first_pid = running_pid(pid_file, "kube-apiserver")
         assert running_executable(pid_file, "kube-apiserver") == str(assets / "kube-apiserver")
-        admin = await provisioner._bootstrap("t1").admin()
+        admin = await provisioner._admin("t1")
         try:
             await admin.apply({"apiVersion": "v1", "kind": "ConfigMap",
                                "metadata": {"name": "kept", "namespace": "default"},
                                "data": {"k": "v"}})
+            # no controller manager, yet the role groups' aggregated roles have rules
+            view = await admin.get("rbac.authorization.k8s.io/v1", "ClusterRole", "view")
+            assert any("configmaps" in r["resources"] and r["verbs"] == ["get", "list", "watch"]
+                       for r in view["rules"]), view["rules"]
         finally:
             await admin.close()
 
@@ -130,7 +153,7 @@ async def test_upgrade_restarts_the_api_server_on_the_new_binary_with_its_data(s
             tmp_path / "assets" / "k8s" / f"1.29.0-{platform_suffix()}" / "kube-apiserver")
         # the folder said 1.29; the binary in it is what the tenant reports
         assert record.spec.k8s_version == "1.29" and record.status.k8s_version == "v1.28.7"
-        admin = await provisioner._bootstrap("t1").admin()
+        admin = await provisioner._admin("t1")
         try:
             kept = await admin.get("v1", "ConfigMap", "kept", "default")
         finally:
