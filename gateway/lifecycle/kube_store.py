@@ -233,6 +233,8 @@ class KubernetesTenantStore:
 
     def _apply_event(self, kind: str, obj: dict[str, Any]) -> None:
         name = (obj.get("metadata") or {}).get("name")
+        if not isinstance(name, str):
+            return
         if kind == "DELETED":
             if self._cache.pop(name, None) is not None:
                 self._revision += 1

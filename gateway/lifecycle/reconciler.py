@@ -50,6 +50,10 @@ def _digest(path: str | None) -> str | None:
         return None
 
 
+def _at_step(phase: Phase, step: str) -> Callable[[TenantStatus], TenantStatus]:
+    return lambda s: s.model_copy(update={"phase": phase, "step": step})
+
+
 class Reconciler:
     def __init__(
         self,
@@ -123,8 +127,7 @@ class Reconciler:
                 current = step.name  # errors name the step, whether checking or running
                 if await step.done():
                     continue
-                await self._update(name, lambda s, n=step.name: s.model_copy(
-                    update={"phase": busy, "step": n}))
+                await self._update(name, _at_step(busy, step.name))
                 if self.on_step:
                     self.on_step(name, step.name)
                 log.info("tenant %s: %s", name, step.name)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 from gateway.config.model import Tenant as TenantConfig
 from gateway.lifecycle.credential_secrets import CredentialSecrets
@@ -103,8 +104,8 @@ class RouteSync:
             ca_file = str(files.ca_path(name)) if route.ca_file else None
         try:
             upstream = upstream_from_config(TenantConfig(
-                name=name, upstream=route.server, ca_file=ca_file,
-                token_file=token_file, server_name=route.server_name,
+                name=name, upstream=route.server, ca_file=Path(ca_file) if ca_file else None,
+                token_file=Path(token_file), server_name=route.server_name,
             ))
         except (OSError, ValueError) as exc:  # credential files not there (yet)
             log.warning("tenant %s: route not usable yet: %s", name, exc)

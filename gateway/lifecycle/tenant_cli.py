@@ -192,6 +192,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _operate(args: argparse.Namespace, session: _Session) -> int:
     client = session.client
     op = args.operation
+    target: str | None
     if op == "list":
         tenants = await client.list()
         print(json.dumps(tenants, indent=2) if args.output == "json" else _table(tenants))
