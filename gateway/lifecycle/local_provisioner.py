@@ -40,12 +40,15 @@ from gateway.lifecycle.role_aggregation import aggregate, unaggregated
 from gateway.lifecycle.steps import Step, StepFailed
 from gateway.lifecycle.versions import KubernetesVersions
 
-# Who did what, as whom (impersonated user, uid, groups, extras), never request bodies.
+# Who did what, as whom (impersonated user, uid, groups, extras), never request bodies; not
+# the health and version probes (vgate's own readiness checks would fill the log).
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+  - level: None
+    nonResourceURLs: [/healthz, /healthz/*, /livez, /livez/*, /readyz, /readyz/*, /version]
   - level: Metadata
 """
 
