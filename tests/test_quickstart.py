@@ -96,7 +96,7 @@ def test_envtest_first_tenant_goes_to_the_lifecycle_store(
     import asyncio
 
     from gateway.config import load_config
-    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+    from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
     from gateway.quickstart.run import Options, prepare
     from tests.support.oidc import free_port
 

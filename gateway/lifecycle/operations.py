@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.lifecycle.model import Desired, TenantRecord, TenantSpec
-from gateway.lifecycle.store import Conflict, StoreError, TenantStore
+from gateway.lifecycle.stores.protocol import Conflict, StoreError, TenantStore
 from gateway.lifecycle.versions import KubernetesVersions, minor_number
 
 

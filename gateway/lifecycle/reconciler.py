@@ -33,7 +33,7 @@ from gateway.lifecycle.model import (
     TenantStatus,
 )
 from gateway.lifecycle.steps import Provisioner, Step
-from gateway.lifecycle.store import MANAGER_LEASE, Conflict, TenantNotFound, TenantStore
+from gateway.lifecycle.stores.protocol import MANAGER_LEASE, Conflict, TenantNotFound, TenantStore
 
 log = logging.getLogger("vgate.lifecycle")
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from gateway.config.model import Tenant as TenantConfig
-from gateway.lifecycle.credential_secrets import CredentialSecrets
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.model import Desired, RouteInfo, TenantRecord
-from gateway.lifecycle.store import Conflict, TenantNotFound, TenantStore
+from gateway.lifecycle.stores.protocol import Conflict, TenantNotFound, TenantStore
 from gateway.registry import TenantRegistry, Upstream, upstream_from_config
 
 log = logging.getLogger("vgate.lifecycle.routes")

@@ -26,7 +26,7 @@ import yaml
 
 from gateway.lifecycle.model import parse_quota
 from gateway.lifecycle.progress import Progress, human_age
-from gateway.lifecycle.store import StoreError, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import StoreError, TenantExists, TenantNotFound
 from gateway.lifecycle.tenant_client import Invalid, Tenant, TenantClient
 from gateway.lifecycle.versions import minor_of
 
@@ -276,7 +276,7 @@ async def _reconcile_here(config: Any, name: str,
                           on_step: Callable[[str, str], None]) -> None:
     """Reconcile `name` in this process while no gateway holds the manager lease."""
     from gateway.lifecycle.assemble import build_reconciler, open_store
-    from gateway.lifecycle.store import MANAGER_LEASE
+    from gateway.lifecycle.stores.protocol import MANAGER_LEASE
 
     store = open_store(config)
     reconciler = build_reconciler(config, store)

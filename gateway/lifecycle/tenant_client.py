@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
-from gateway.lifecycle.store import StoreError, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import StoreError, TenantExists, TenantNotFound
 
 Tenant = dict[str, Any]
 

@@ -195,7 +195,7 @@ def _register_local_tenant(config_file: Path, name: str) -> None:
     from gateway.config import load_config
     from gateway.lifecycle.assemble import open_store, tenant_operations
     from gateway.lifecycle.model import TenantSpec, field_problems
-    from gateway.lifecycle.store import TenantExists
+    from gateway.lifecycle.stores.protocol import TenantExists
 
     config = load_config(config_file)
 

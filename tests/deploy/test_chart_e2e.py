@@ -60,9 +60,9 @@ def test_tenant_crd_installs_and_the_kubernetes_store_works_on_it(kubeconfig: Pa
     kubernetes tenant store's compare-and-swap, watch and Lease against it."""
     import asyncio
 
-    from gateway.lifecycle.kube_store import KubernetesTenantStore
     from gateway.lifecycle.model import TenantSpec, TenantStatus
-    from gateway.lifecycle.store import MANAGER_LEASE, Conflict
+    from gateway.lifecycle.stores.kubernetes import KubernetesTenantStore
+    from gateway.lifecycle.stores.protocol import MANAGER_LEASE, Conflict
 
     proc = _kubectl(kubeconfig, "apply", "--server-side", "-f", str(CRDS))
     assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,6 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.lifecycle import kube_store
 from gateway.lifecycle.model import (
     Condition,
     Phase,
@@ -20,6 +19,7 @@ from gateway.lifecycle.model import (
     TenantSpec,
     TenantStatus,
 )
+from gateway.lifecycle.stores import kubernetes as kube_store
 from tests.deploy.chart import RELEASE, render
 from tests.deploy.schemas import validate
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.lifecycle.local_process import stop as stop_process
+from gateway.lifecycle.provisioning.local_process import stop as stop_process
 from gateway.lifecycle.runtime import LifecycleRuntime
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from tests.integration.conftest import BASE_DOMAIN, KUBECTL, World
 from tests.support import kube as envtest
 from tests.support.gateway_thread import GatewayThread
@@ -56,9 +56,9 @@ def until(check, timeout: float, what: str):
 def ready_tenants(store: SQLiteTenantStore, names: tuple[str, ...] = ("tenant1", "tenant2"),
                   timeout: float = 180) -> None:
     """Create `names` (admins: oidc:<name>-admins) and wait until each is Ready."""
-    from gateway.lifecycle.local_versions import local_versions
     from gateway.lifecycle.model import Phase, TenantSpec
     from gateway.lifecycle.operations import TenantOperations
+    from gateway.lifecycle.provisioning.local_versions import local_versions
 
     ops = TenantOperations(store, versions=lambda: local_versions(ASSETS))
     for name in names:

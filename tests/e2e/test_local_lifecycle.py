@@ -18,9 +18,9 @@ import httpx
 import pytest
 import yaml
 
-from gateway.lifecycle.local_process import running_executable, running_pid
-from gateway.lifecycle.local_versions import platform_suffix
 from gateway.lifecycle.model import Desired, Phase
+from gateway.lifecycle.provisioning.local_process import running_executable, running_pid
+from gateway.lifecycle.provisioning.local_versions import platform_suffix
 from tests.e2e.conftest import phase, until
 from tests.integration.conftest import World, host_mode_available
 from tests.support.kube import AuditLog, RanAs, ran_as

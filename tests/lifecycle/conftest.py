@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from gateway.lifecycle.backoff import Backoff
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.provisioning.helm import HelmProvisioner, HelmSettings
 from gateway.lifecycle.reconciler import Reconciler
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from tests.lifecycle.fakes import FakeHelm, FakeHost, World, connector
 from tests.support.kube import ApiServer, Etcd, require_kube
 

@@ -8,8 +8,8 @@ import pytest
 from gateway.identity import Identity
 from gateway.lifecycle.admin_api import admin_app, platform_admin_check
 from gateway.lifecycle.operations import TenantOperations
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
-from gateway.lifecycle.vcluster_values import VCLUSTER_VERSIONS
+from gateway.lifecycle.provisioning.vcluster_values import VCLUSTER_VERSIONS
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 
 TOKENS = {
     "admin-token": Identity("alice@corp", "u1", ("platform-admins",), "https://idp", 0.0),

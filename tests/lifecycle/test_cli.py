@@ -14,11 +14,11 @@ from gateway import cli
 from gateway.identity import Identity
 from gateway.lifecycle import assemble
 from gateway.lifecycle.admin_api import admin_app, platform_admin_check
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
+from gateway.lifecycle.credentials.files import CredentialFiles
 from gateway.lifecycle.operations import TenantOperations
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
-from gateway.lifecycle.store import TenantExists, TenantNotFound
+from gateway.lifecycle.provisioning.helm import HelmProvisioner, HelmSettings
+from gateway.lifecycle.stores.protocol import TenantExists, TenantNotFound
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from gateway.lifecycle.tenant_client import ApiClient, Invalid
 from tests.lifecycle.fakes import FakeHelm, FakeHost, World, connector
 

@@ -19,16 +19,16 @@ import httpx
 import pytest
 
 from gateway.lifecycle.backoff import Backoff
-from gateway.lifecycle.connect import connect
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.credential_secrets import CredentialSecrets
-from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
-from gateway.lifecycle.helm_runner import HelmRunner
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.kube import LightkubeAPI
-from gateway.lifecycle.kube_store import KubernetesTenantStore
 from gateway.lifecycle.model import Phase, TenantSpec
 from gateway.lifecycle.operations import TenantOperations
+from gateway.lifecycle.provisioning.connect import connect
+from gateway.lifecycle.provisioning.helm import HelmProvisioner, HelmSettings
+from gateway.lifecycle.provisioning.helm_runner import HelmRunner
 from gateway.lifecycle.reconciler import Reconciler
+from gateway.lifecycle.stores.kubernetes import KubernetesTenantStore
 from tests.lifecycle.conftest import grant_chart_rbac
 from tests.lifecycle.host_controllers import HostControllers
 from tests.lifecycle.test_reconciler import run_until_converged

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.lifecycle.helm_runner import HelmError, HelmNotFound, HelmRunner
+from gateway.lifecycle.provisioning.helm_runner import HelmError, HelmNotFound, HelmRunner
 
 CHART = Path(__file__).parent / "vcluster_chart"
 

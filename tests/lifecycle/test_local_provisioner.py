@@ -12,16 +12,20 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from gateway.lifecycle.backoff import Backoff
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.local_pki import FILES, write_pki
-from gateway.lifecycle.local_process import running_executable, running_pid
-from gateway.lifecycle.local_process import stop as stop_process
-from gateway.lifecycle.local_provisioner import LocalProvisioner, LocalSettings
-from gateway.lifecycle.local_versions import find_binaries, local_versions, platform_suffix
+from gateway.lifecycle.credentials.files import CredentialFiles
 from gateway.lifecycle.model import TenantSpec
 from gateway.lifecycle.operations import TenantOperations
+from gateway.lifecycle.provisioning.local import LocalProvisioner, LocalSettings
+from gateway.lifecycle.provisioning.local_pki import FILES, write_pki
+from gateway.lifecycle.provisioning.local_process import running_executable, running_pid
+from gateway.lifecycle.provisioning.local_process import stop as stop_process
+from gateway.lifecycle.provisioning.local_versions import (
+    find_binaries,
+    local_versions,
+    platform_suffix,
+)
+from gateway.lifecycle.provisioning.role_aggregation import aggregated_rules
 from gateway.lifecycle.reconciler import Reconciler
-from gateway.lifecycle.role_aggregation import aggregated_rules
 from tests.lifecycle.test_reconciler import run_until_converged
 from tests.support.kube import AuditLog, require_kube
 from tests.support.local_kube import processes_under, versioned_assets

@@ -7,7 +7,7 @@ import time
 
 from gateway.lifecycle.idle import IdlePauser
 from gateway.lifecycle.model import Desired, Phase, TenantSpec
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 
 
 async def phase(store, want: Phase, name: str = "t1"):

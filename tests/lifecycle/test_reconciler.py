@@ -11,7 +11,7 @@ import pytest
 
 from gateway.lifecycle.model import Desired, Phase, TenantRecord, TenantSpec
 from gateway.lifecycle.reconciler import Reconciler
-from gateway.lifecycle.store import TenantNotFound
+from gateway.lifecycle.stores.protocol import TenantNotFound
 from tests.lifecycle.fakes import Killed
 
 NS = "vcluster-t1"
@@ -126,8 +126,8 @@ async def _create_all_steps(setup) -> int:
 
 
 async def test_kill_at_every_step_then_rerun_converges(setup, tmp_path_factory):
-    from gateway.lifecycle.credential_files import CredentialFiles
-    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+    from gateway.lifecycle.credentials.files import CredentialFiles
+    from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
     from tests.lifecycle.conftest import Setup
     from tests.lifecycle.fakes import World
 
@@ -154,8 +154,8 @@ async def test_kill_at_every_step_then_rerun_converges(setup, tmp_path_factory):
 
 
 async def test_kill_at_every_delete_step_leaves_nothing(setup, tmp_path_factory):
-    from gateway.lifecycle.credential_files import CredentialFiles
-    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+    from gateway.lifecycle.credentials.files import CredentialFiles
+    from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
     from tests.lifecycle.conftest import Setup
     from tests.lifecycle.fakes import World
 
@@ -361,8 +361,8 @@ async def test_a_new_ca_reaches_the_files_and_the_route(setup):
 
 
 async def test_kill_at_every_pause_and_resume_step(setup, tmp_path_factory):
-    from gateway.lifecycle.credential_files import CredentialFiles
-    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+    from gateway.lifecycle.credentials.files import CredentialFiles
+    from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
     from tests.lifecycle.conftest import Setup
     from tests.lifecycle.fakes import World
 

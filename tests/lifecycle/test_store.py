@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.lifecycle.model import TenantSpec, TenantStatus, parse_quota
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
-from gateway.lifecycle.store import Conflict, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import Conflict, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 
 
 def spec(name="t1", **kw):

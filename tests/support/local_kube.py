@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.lifecycle.local_versions import platform_suffix
+from gateway.lifecycle.provisioning.local_versions import platform_suffix
 from tests.support.kube import assets_dir
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
-from gateway.lifecycle.store import (
+from gateway.lifecycle.stores.protocol import (
     MANAGER_LEASE,
     Conflict,
     StoreError,

@@ -12,8 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.credential_secrets import CredentialSecrets
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.kube import KubeAPI, Manifest
 from gateway.lifecycle.steps import Step, StepFailed
 

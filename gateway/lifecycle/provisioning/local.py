@@ -28,15 +28,15 @@ from pathlib import Path
 
 import httpx
 
-from gateway.lifecycle import local_process as proc
-from gateway.lifecycle.bootstrap import Bootstrap, TokenPolicy
-from gateway.lifecycle.connect import connect
-from gateway.lifecycle.credential_files import CredentialFiles
+from gateway.lifecycle.credentials.bootstrap import Bootstrap, TokenPolicy
+from gateway.lifecycle.credentials.files import CredentialFiles
 from gateway.lifecycle.kube import KubeAPI
-from gateway.lifecycle.local_pki import pki_complete, write_pki
-from gateway.lifecycle.local_versions import APISERVER, find_binaries, local_versions
 from gateway.lifecycle.model import RouteInfo, TenantSpec
-from gateway.lifecycle.role_aggregation import aggregate, unaggregated
+from gateway.lifecycle.provisioning import local_process as proc
+from gateway.lifecycle.provisioning.connect import connect
+from gateway.lifecycle.provisioning.local_pki import pki_complete, write_pki
+from gateway.lifecycle.provisioning.local_versions import APISERVER, find_binaries, local_versions
+from gateway.lifecycle.provisioning.role_aggregation import aggregate, unaggregated
 from gateway.lifecycle.steps import Step, StepFailed
 from gateway.lifecycle.versions import KubernetesVersions
 
