@@ -96,14 +96,15 @@ def test_envtest_first_tenant_goes_to_the_lifecycle_store(
     import asyncio
 
     from gateway.config import load_config
-    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+    from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
     from gateway.quickstart.run import Options, prepare
     from tests.support.oidc import free_port
 
     assets = tmp_path / "assets"
     assets.mkdir()
-    for binary in ("kube-apiserver", "etcd"):
-        (assets / binary).write_text("#!/bin/sh\n")
+    for binary in ("kube-apiserver", "etcd"):  # never started here, only asked its version
+        (assets / binary).write_text("#!/bin/sh\necho Kubernetes v1.28.7\n")
+        (assets / binary).chmod(0o755)
     monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
     prepared = prepare(Options(directory=tmp_path / "qs", port=free_port(),

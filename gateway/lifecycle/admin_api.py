@@ -30,7 +30,7 @@ from starlette.routing import Route
 from gateway.identity import Identity
 from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
-from gateway.lifecycle.store import Conflict, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import Conflict, TenantExists, TenantNotFound
 
 log = logging.getLogger("vgate.admin")
 

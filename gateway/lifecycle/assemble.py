@@ -6,17 +6,22 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 
 from gateway.config.model import GatewayConfig, Lifecycle
-from gateway.lifecycle.bootstrap import TokenPolicy
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.credential_secrets import CredentialSecrets
+from gateway.lifecycle.credentials.bootstrap import TokenPolicy
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.reconciler import Reconciler
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
 from gateway.lifecycle.steps import Provisioner
-from gateway.lifecycle.store import TenantStore
+from gateway.lifecycle.stores.protocol import TenantStore
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
+from gateway.lifecycle.versions import KubernetesVersions
+
+if TYPE_CHECKING:
+    from gateway.lifecycle.operations import TenantOperations
 
 DEFAULT_ASSETS = Path("/usr/local/kubebuilder/bin")
 
@@ -30,7 +35,7 @@ def lifecycle_of(config: GatewayConfig) -> Lifecycle:
 def store_namespace(config: GatewayConfig) -> str:
     """The kubernetes store's namespace: configured, else the pod's own (ValueError if
     neither is known)."""
-    from gateway.lifecycle.kube_store import in_cluster_namespace
+    from gateway.lifecycle.stores.kubernetes import in_cluster_namespace
 
     namespace = lifecycle_of(config).store_namespace or in_cluster_namespace()
     if namespace is None:
@@ -42,7 +47,7 @@ def store_namespace(config: GatewayConfig) -> str:
 def open_store(config: GatewayConfig) -> TenantStore:
     lc = lifecycle_of(config)
     if lc.store_backend == "kubernetes":
-        from gateway.lifecycle.kube_store import KubernetesTenantStore
+        from gateway.lifecycle.stores.kubernetes import KubernetesTenantStore
 
         return KubernetesTenantStore(namespace=store_namespace(config), lease_name=lc.lease_name,
                                      kubeconfig=lc.store_kubeconfig)
@@ -74,23 +79,45 @@ def assets_dir(config: GatewayConfig) -> Path:
     return Path(env) if env else DEFAULT_ASSETS
 
 
+def kubernetes_versions(config: GatewayConfig) -> Callable[[], KubernetesVersions]:
+    """What the configured provisioner can run (asked again each time: binaries come and go),
+    without building the provisioner."""
+    if lifecycle_of(config).provisioner == "local":
+        from gateway.lifecycle.provisioning.local_versions import local_versions
+
+        assets = assets_dir(config)
+        return lambda: local_versions(assets)
+    from gateway.lifecycle.provisioning.vcluster_values import VCLUSTER_VERSIONS
+
+    return lambda: VCLUSTER_VERSIONS
+
+
+def tenant_operations(config: GatewayConfig, store: TenantStore) -> TenantOperations:
+    """The tenant operations on `store`, refusing static tenants' names and versions the
+    provisioner cannot run."""
+    from gateway.lifecycle.operations import TenantOperations
+
+    return TenantOperations(store, static_tenants=[t.name for t in config.tenants],
+                            versions=kubernetes_versions(config))
+
+
 def build_provisioner(config: GatewayConfig) -> Provisioner:
     lc = lifecycle_of(config)
     files = CredentialFiles(lc.credentials_dir)
     token = TokenPolicy(seconds=lc.token_seconds)
     if lc.provisioner == "local":
-        from gateway.lifecycle.local_provisioner import LocalProvisioner, LocalSettings
+        from gateway.lifecycle.provisioning.local import LocalProvisioner, LocalSettings
 
         return LocalProvisioner(files, LocalSettings(
             assets_dir=assets_dir(config), work_dir=lc.local.work_dir, token=token))
-    from gateway.lifecycle.connect import connect
-    from gateway.lifecycle.helm_provisioner import (
+    from gateway.lifecycle.kube import LightkubeAPI
+    from gateway.lifecycle.provisioning.connect import connect
+    from gateway.lifecycle.provisioning.helm import (
         HelmProvisioner,
         HelmSettings,
         load_base_values,
     )
-    from gateway.lifecycle.helm_runner import HelmRunner
-    from gateway.lifecycle.kube import LightkubeAPI
+    from gateway.lifecycle.provisioning.helm_runner import HelmRunner
 
     helm = lc.helm
     settings = HelmSettings(
@@ -124,7 +151,7 @@ def lifecycle_problems(config: GatewayConfig) -> list[str]:
     if lc.provisioner == "helm":
         if lc.helm.values_file is not None:
             try:
-                from gateway.lifecycle.helm_provisioner import load_base_values
+                from gateway.lifecycle.provisioning.helm import load_base_values
 
                 load_base_values(lc.helm.values_file)
             except (OSError, ValueError, yaml.YAMLError) as exc:
@@ -152,7 +179,7 @@ def lifecycle_problems(config: GatewayConfig) -> list[str]:
         return problems
     import asyncio
 
-    from gateway.lifecycle.store import StoreError
+    from gateway.lifecycle.stores.protocol import StoreError
 
     async def names() -> list[str]:
         store = open_store(config)
@@ -187,11 +214,10 @@ def build_admin_app(config: GatewayConfig, authenticate, *, prefix: str = "/admi
     authenticator. Mount it at `/admin/` of the gateway (the app expects `prefix` in its
     paths; pass prefix="" when the mount strips it)."""
     from gateway.lifecycle.admin_api import admin_app, platform_admin_check
-    from gateway.lifecycle.operations import TenantOperations
 
     lc = lifecycle_of(config)
     store = open_store(config)
-    operations = TenantOperations(store, static_tenants=[t.name for t in config.tenants])
+    operations = tenant_operations(config, store)
     app = admin_app(operations, authenticate=authenticate,
                     is_platform_admin=platform_admin_check(lc.platform_admin_groups,
                                                            lc.platform_admin_users),

@@ -7,7 +7,7 @@ import logging
 import time
 
 from gateway.lifecycle.model import Desired, Phase
-from gateway.lifecycle.store import MANAGER_LEASE, Conflict, TenantStore
+from gateway.lifecycle.stores.protocol import MANAGER_LEASE, Conflict, TenantStore
 
 log = logging.getLogger("vgate.lifecycle.idle")
 

@@ -24,8 +24,10 @@ class KubeAPI(Protocol):
         """The object, or None when it does not exist."""
 
     async def list(
-        self, api_version: str, kind: str, namespace: str, labels: dict[str, str] | None = None
-    ) -> list[Manifest]: ...
+        self, api_version: str, kind: str, namespace: str | None,
+        labels: dict[str, str] | None = None
+    ) -> list[Manifest]:
+        """Objects in `namespace` (None: a cluster-scoped kind) with all of `labels`."""
 
     async def delete(
         self, api_version: str, kind: str, name: str, namespace: str | None = None
@@ -40,6 +42,9 @@ class KubeAPI(Protocol):
         self, namespace: str, service_account: str, seconds: int
     ) -> tuple[str, float]:
         """TokenRequest: (token, expiry as a Unix time)."""
+
+    async def server_version(self) -> str:
+        """The `gitVersion` the API server reports on `GET /version` (like "v1.28.7")."""
 
     async def close(self) -> None: ...
 
@@ -138,6 +143,20 @@ class LightkubeAPI:
         if isinstance(expiry, str):
             expiry = dt.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
         return result.status.token, expiry.timestamp()
+
+    async def server_version(self) -> str:
+        # lightkube has no call for /version; its configured HTTP client (base URL, TLS,
+        # credential: the same object in lightkube 0.15-1.x) sends the GET
+        generic = self.client._client
+        response = await generic.send(generic._client.build_request("GET", "/version"))
+        try:
+            version = response.json().get("gitVersion") if response.status_code == 200 else None
+        except ValueError:
+            version = None
+        if not isinstance(version, str) or not version:
+            raise ValueError(f"GET /version answered {response.status_code} without a "
+                             f"gitVersion: {response.text[:200]}")
+        return version
 
     async def close(self) -> None:
         if self._client is not None:

@@ -11,9 +11,17 @@ import time
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from gateway.identity import usable_names
+from gateway.lifecycle.versions import minor_of
 
 TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Names that would collide with the gateway's own pages, Kubernetes or vcluster objects.
@@ -21,13 +29,8 @@ RESERVED_NAMES = frozenset(
     {"admin", "api", "apis", "clusters", "default", "healthz", "kube-node-lease", "kube-public",
      "kube-system", "livez", "login", "metrics", "portal", "readyz", "static", "vgate", "www"}
 )
-# Kubernetes minor versions the vcluster `k8s` distro can run, and the image tag used for each.
-KNOWN_VERSIONS: dict[str, str] = {
-    "1.30": "v1.30.13",
-    "1.31": "v1.31.9",
-    "1.32": "v1.32.5",
-    "1.33": "v1.33.1",
-}
+# The version a tenant gets when neither it nor the provisioner says otherwise (which versions
+# can run is the provisioner's: `versions.KubernetesVersions`).
 DEFAULT_VERSION = "1.32"
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 QUOTA_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -116,11 +119,14 @@ class TenantSpec(BaseModel):
 
     @field_validator("k8s_version")
     @classmethod
-    def _version(cls, v: str) -> str:
-        v = v.removeprefix("v")
-        v = ".".join(v.split(".")[:2])
-        if v not in KNOWN_VERSIONS:
-            raise ValueError(f"unknown version; known: {', '.join(KNOWN_VERSIONS)}")
+    def _version(cls, v: str, info: ValidationInfo) -> str:
+        """A minor version ("v1.31.4" → "1.31"). With `context={"versions": ...}` (a
+        `KubernetesVersions`, what the provisioner can run) it must also be one of those."""
+        v = minor_of(v)
+        versions = (info.context or {}).get("versions")
+        problem = versions.problem(v) if versions is not None else None
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("ha")

@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.lifecycle.model import Desired, TenantRecord, TenantSpec
-from gateway.lifecycle.store import Conflict, StoreError, TenantStore
+from gateway.lifecycle.stores.protocol import Conflict, StoreError, TenantStore
+from gateway.lifecycle.versions import KubernetesVersions, minor_number
 
 
 class Refused(StoreError):
@@ -20,14 +21,29 @@ class Refused(StoreError):
 
 
 class TenantOperations:
-    def __init__(self, store: TenantStore, *, static_tenants: Iterable[str] = ()) -> None:
+    def __init__(self, store: TenantStore, *, static_tenants: Iterable[str] = (),
+                 versions: Callable[[], KubernetesVersions] | None = None) -> None:
+        """`versions()`: what the provisioner can run now. A tenant created without a
+        version gets its default; a version it cannot run is a `ValidationError` on
+        `k8s_version`."""
         self.store = store
         self.static_tenants = frozenset(static_tenants)
+        self.versions = versions
+
+    def _validated(self, data: dict[str, Any], versions: KubernetesVersions | None
+                   ) -> TenantSpec:
+        return TenantSpec.model_validate(data, context={"versions": versions})
 
     async def create(self, spec: TenantSpec) -> TenantRecord:
         if spec.name in self.static_tenants:
             raise Refused(f'tenant "{spec.name}" is configured statically in the gateway '
                           "config; choose another name")
+        if self.versions is not None:
+            versions = self.versions()
+            data = spec.model_dump(exclude_unset=True)
+            if "k8s_version" not in data:  # the provisioner's default, checked like any
+                data["k8s_version"] = versions.default or spec.k8s_version
+            spec = self._validated(data, versions)
         return await self.store.create(spec)
 
     async def get(self, name: str) -> TenantRecord:
@@ -67,15 +83,17 @@ class TenantOperations:
         return await self._change(name, change)
 
     async def upgrade(self, name: str, k8s_version: str) -> TenantRecord:
+        versions = self.versions() if self.versions is not None else None
+
         def change(spec: TenantSpec) -> TenantSpec:
             self._alive(spec)
             data = spec.model_dump()
             data["k8s_version"] = k8s_version
-            new = TenantSpec.model_validate(data)  # validates the version
-            if _minor(new.k8s_version) < _minor(spec.k8s_version):
+            new = self._validated(data, versions)  # a version the provisioner can run
+            if minor_number(new.k8s_version) < minor_number(spec.k8s_version):
                 raise Refused(f"downgrades are not supported ({spec.k8s_version} → "
                               f"{new.k8s_version})")
-            if _minor(new.k8s_version) - _minor(spec.k8s_version) > 1:
+            if minor_number(new.k8s_version) - minor_number(spec.k8s_version) > 1:
                 raise Refused("upgrade one minor version at a time "
                               f"({spec.k8s_version} → {new.k8s_version})")
             return new
@@ -84,10 +102,6 @@ class TenantOperations:
     async def delete(self, name: str) -> TenantRecord:
         return await self._change(
             name, lambda spec: spec.model_copy(update={"desired": Desired.deleted}))
-
-
-def _minor(version: str) -> int:
-    return int(version.split(".")[1])
 
 
 def describe(record: TenantRecord, *, path_prefix: str | None = None,
@@ -114,6 +128,7 @@ def describe(record: TenantRecord, *, path_prefix: str | None = None,
         "age_seconds": max(0.0, time.time() - record.created_at),
         "last_activity": record.last_activity,
         "last_error": record.status.last_error,
+        "failures": record.status.failures,
         "conditions": [c.model_dump() for c in record.status.conditions],
         "servers": servers,
         "spec": record.spec.model_dump(mode="json"),

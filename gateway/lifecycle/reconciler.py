@@ -8,7 +8,9 @@ was recorded), a pass killed anywhere and started again converges, and drift (a 
 namespace or binding) is repaired on the next pass.
 
 Route registration is the reconciler's own step, so it is the same for every provisioner:
-last when coming up, first when pausing (the route turns "paused") or deleting (gone).
+last when coming up, first when pausing (the route turns "paused") or deleting (gone). So is
+recording the Kubernetes version the tenant's API server reports (`status.k8s_version`), after
+the route: what `tenant list` shows is what the tenant runs, not what was asked for.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from gateway.lifecycle.model import (
     TenantStatus,
 )
 from gateway.lifecycle.steps import Provisioner, Step
-from gateway.lifecycle.store import MANAGER_LEASE, Conflict, TenantNotFound, TenantStore
+from gateway.lifecycle.stores.protocol import MANAGER_LEASE, Conflict, TenantNotFound, TenantStore
 
 log = logging.getLogger("vgate.lifecycle")
 
@@ -46,6 +48,10 @@ def _digest(path: str | None) -> str | None:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return None
+
+
+def _at_step(phase: Phase, step: str) -> Callable[[TenantStatus], TenantStatus]:
+    return lambda s: s.model_copy(update={"phase": phase, "step": step})
 
 
 class Reconciler:
@@ -103,6 +109,7 @@ class Reconciler:
             *self.provisioner.up(spec),
             Step("register-route", self._route_is(record.name, route),
                  self._set_route(record.name, route)),
+            Step("version-observed", self._version_is(record), self._set_version(record)),
         ]
 
     async def reconcile(self, name: str) -> bool:
@@ -120,8 +127,7 @@ class Reconciler:
                 current = step.name  # errors name the step, whether checking or running
                 if await step.done():
                     continue
-                await self._update(name, lambda s, n=step.name: s.model_copy(
-                    update={"phase": busy, "step": n}))
+                await self._update(name, _at_step(busy, step.name))
                 if self.on_step:
                     self.on_step(name, step.name)
                 log.info("tenant %s: %s", name, step.name)
@@ -151,10 +157,7 @@ class Reconciler:
                 reason="Running" if done is Phase.ready else "Paused"))
             return s.model_copy(update={
                 "phase": done, "step": None, "last_error": None, "failures": 0,
-                "observed_generation": generation,
-                # a paused cluster is upgraded when it resumes
-                "k8s_version": record.spec.k8s_version if done is Phase.ready else s.k8s_version,
-                "hostname": self.hostname(name)})
+                "observed_generation": generation, "hostname": self.hostname(name)})
 
         await self._update(name, converged)
         return True
@@ -170,6 +173,19 @@ class Reconciler:
         async def run() -> None:
             wanted = route()
             await self._update(name, lambda s: s.model_copy(update={"route": wanted}))
+        return run
+
+    def _version_is(self, record: TenantRecord):
+        async def done() -> bool:
+            served = await self.provisioner.served_version(record.spec)
+            return (await self.store.get(record.name)).status.k8s_version == served
+        return done
+
+    def _set_version(self, record: TenantRecord):
+        async def run() -> None:
+            served = await self.provisioner.served_version(record.spec)
+            await self._update(record.name,
+                               lambda s: s.model_copy(update={"k8s_version": served}))
         return run
 
     async def _update(self, name: str, change: Callable[[TenantStatus], TenantStatus]) -> None:

@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 from gateway.config.model import Tenant as TenantConfig
-from gateway.lifecycle.credential_secrets import CredentialSecrets
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.model import Desired, RouteInfo, TenantRecord
-from gateway.lifecycle.store import Conflict, TenantNotFound, TenantStore
+from gateway.lifecycle.stores.protocol import Conflict, TenantNotFound, TenantStore
 from gateway.registry import TenantRegistry, Upstream, upstream_from_config
 
 log = logging.getLogger("vgate.lifecycle.routes")
@@ -103,8 +104,8 @@ class RouteSync:
             ca_file = str(files.ca_path(name)) if route.ca_file else None
         try:
             upstream = upstream_from_config(TenantConfig(
-                name=name, upstream=route.server, ca_file=ca_file,
-                token_file=token_file, server_name=route.server_name,
+                name=name, upstream=route.server, ca_file=Path(ca_file) if ca_file else None,
+                token_file=Path(token_file), server_name=route.server_name,
             ))
         except (OSError, ValueError) as exc:  # credential files not there (yet)
             log.warning("tenant %s: route not usable yet: %s", name, exc)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.lifecycle.model import RouteInfo, TenantSpec
+from gateway.lifecycle.versions import KubernetesVersions
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,9 @@ class Provisioner(Protocol):
 
     def route(self, spec: TenantSpec) -> RouteInfo:
         """Where and with which credential files the gateway reaches this tenant."""
+
+    def versions(self) -> KubernetesVersions:
+        """The Kubernetes versions this provisioner can run now."""
+
+    async def served_version(self, spec: TenantSpec) -> str:
+        """The version the tenant's running API server reports (like "v1.28.7")."""

@@ -2,7 +2,9 @@
 
 Talks to the store named by `--config` (direct) or to a gateway's admin API (`--server`).
 With `--wait` it follows the tenant step by step; in direct mode, when no gateway holds the
-manager lease, it reconciles the tenant itself meanwhile.
+manager lease, it reconciles the tenant itself meanwhile. It stops waiting (exit 1, the error
+printed) once a step has failed `SAME_ERROR_LIMIT` passes in a row with the same error: the
+manager keeps retrying, but a person has to look.
 
 Exit codes: 0 done, 1 failed, 2 invalid input, 3 already exists, 4 not found, 5 timed out.
 """
@@ -22,12 +24,33 @@ from typing import Any
 
 import yaml
 
-from gateway.lifecycle.model import KNOWN_VERSIONS, parse_quota
+from gateway.lifecycle.model import parse_quota
 from gateway.lifecycle.progress import Progress, human_age
-from gateway.lifecycle.store import StoreError, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import StoreError, TenantExists, TenantNotFound
 from gateway.lifecycle.tenant_client import Invalid, Tenant, TenantClient
+from gateway.lifecycle.versions import minor_of
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_EXISTS, EXIT_NOT_FOUND, EXIT_TIMEOUT = range(6)
+SAME_ERROR_LIMIT = 3
+
+
+class Stuck(StoreError):
+    """A step keeps failing with the same error; waiting longer will not help."""
+
+
+class SameError:
+    """Counts the reconciler's failed passes (`failures`) since an error was first seen."""
+
+    def __init__(self, limit: int = SAME_ERROR_LIMIT) -> None:
+        self.limit = limit
+        self.error: str | None = None
+        self.first: int = 0
+
+    def stuck(self, tenant: Tenant) -> bool:
+        error, failures = tenant.get("last_error"), int(tenant.get("failures") or 0)
+        if error != self.error or failures < self.first:
+            self.error, self.first = error, failures
+        return error is not None and failures - self.first >= self.limit - 1
 
 
 def add_parser(sub: Any) -> None:
@@ -48,7 +71,8 @@ def add_parser(sub: Any) -> None:
     q.add_argument("name")
     q.add_argument("--admin-group", action="append", required=True, dest="admin_groups")
     q.add_argument("--view-group", action="append", default=[], dest="view_groups")
-    q.add_argument("--k8s-version", help=f"one of {', '.join(KNOWN_VERSIONS)}")
+    q.add_argument("--k8s-version", help="Kubernetes minor version, like 1.32 (default: the "
+                   "provisioner's: the local kube-apiserver's own, or vgate's vcluster default)")
     q.add_argument("--ha", type=int, help="control-plane replicas (odd; >1 deploys etcd)")
     q.add_argument("--quota", help="host ResourceQuota, like cpu=10,memory=20Gi,pods=50")
     q.add_argument("--isolate", action="store_true",
@@ -128,8 +152,7 @@ def _open(args: argparse.Namespace) -> _Session:
             raise Invalid([("token", "--server needs --token or $VGATE_TOKEN")])
         return _Session(ApiClient(args.server, args.token, verify=args.ca_file or True))
     from gateway.config import ConfigError, load_config
-    from gateway.lifecycle.assemble import open_store
-    from gateway.lifecycle.operations import TenantOperations
+    from gateway.lifecycle.assemble import open_store, tenant_operations
     from gateway.lifecycle.tenant_client import DirectClient
 
     try:
@@ -138,8 +161,7 @@ def _open(args: argparse.Namespace) -> _Session:
         raise Invalid([("config", p) for p in map(str, exc.problems)]) from None
     if config.lifecycle is None:
         raise Invalid([("config", f"{args.config} has no lifecycle: section")])
-    operations = TenantOperations(open_store(config),
-                                  static_tenants=[t.name for t in config.tenants])
+    operations = tenant_operations(config, open_store(config))
     return _Session(DirectClient(operations, path_prefix=config.routing.path_prefix,
                                  public_url=config.lifecycle.public_url), config)
 
@@ -170,6 +192,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _operate(args: argparse.Namespace, session: _Session) -> int:
     client = session.client
     op = args.operation
+    target: str | None
     if op == "list":
         tenants = await client.list()
         print(json.dumps(tenants, indent=2) if args.output == "json" else _table(tenants))
@@ -213,6 +236,7 @@ async def _operate(args: argparse.Namespace, session: _Session) -> int:
 async def _follow(session: _Session, name: str, done: Callable[[Tenant | None], bool],
                   limit: float) -> None:
     progress = Progress(sys.stdout)
+    same = SameError()
     driver = None
     if session.config is not None:
         driver = asyncio.create_task(_reconcile_here(session.config, name, progress.step))
@@ -229,6 +253,11 @@ async def _follow(session: _Session, name: str, done: Callable[[Tenant | None], 
                     tenant = None
                 if tenant is not None:
                     progress.show(tenant)
+                    if same.stuck(tenant):
+                        progress.finish(f"{name}: failing")
+                        raise Stuck(f"tenant {name}: {same.limit} attempts in a row failed with "
+                                    f"the same error: {same.error} (the lifecycle manager "
+                                    f"retries it; see vgate tenant show {name})")
                 if done(tenant):
                     progress.finish(f"{name}: done")
                     return
@@ -247,7 +276,7 @@ async def _reconcile_here(config: Any, name: str,
                           on_step: Callable[[str, str], None]) -> None:
     """Reconcile `name` in this process while no gateway holds the manager lease."""
     from gateway.lifecycle.assemble import build_reconciler, open_store
-    from gateway.lifecycle.store import MANAGER_LEASE
+    from gateway.lifecycle.stores.protocol import MANAGER_LEASE
 
     store = open_store(config)
     reconciler = build_reconciler(config, store)
@@ -271,6 +300,14 @@ async def _reconcile_here(config: Any, name: str,
         await store.close()
 
 
+def _version(tenant: Tenant) -> str:
+    """What the tenant's API server reports; `→ wanted` while that is another minor."""
+    served, wanted = tenant.get("observed_k8s_version"), tenant["k8s_version"]
+    if served and minor_of(served) == wanted:
+        return served
+    return f"{served or ''}→{wanted}"
+
+
 def _table(tenants: list[Tenant]) -> str:
     import time
 
@@ -279,7 +316,7 @@ def _table(tenants: list[Tenant]) -> str:
         phase = t["phase"] + (" (retrying)" if t.get("last_error") else "")
         activity = (human_age(time.time() - t["last_activity"]) + " ago"
                     if t.get("last_activity") else "-")
-        rows.append((t["name"], phase, t.get("hostname") or "-", t["k8s_version"],
+        rows.append((t["name"], phase, t.get("hostname") or "-", _version(t),
                      human_age(t.get("age_seconds")), activity))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

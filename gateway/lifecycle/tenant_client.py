@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
-from gateway.lifecycle.store import StoreError, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import StoreError, TenantExists, TenantNotFound
 
 Tenant = dict[str, Any]
 
@@ -49,10 +49,9 @@ class DirectClient:
 
     async def create(self, spec):
         try:
-            parsed = TenantSpec.model_validate(spec)
+            return self._show(await self.operations.create(TenantSpec.model_validate(spec)))
         except ValidationError as exc:
             raise _invalid(exc) from None
-        return self._show(await self.operations.create(parsed))
 
     async def list(self):
         return [self._show(r) for r in await self.operations.list()]

@@ -161,7 +161,7 @@ def prepare(opts: Options) -> Prepared:
         command=_login_command(),
     )))
     if tenant is None:
-        _register_local_tenant(d / "tenants.db", opts.tenant)
+        _register_local_tenant(config_file, opts.tenant)
     return Prepared(config_file, gateway_url, serving.ca_file, opts.tenant, source, tenant,
                     idp, kubeconfig)
 
@@ -188,19 +188,28 @@ def _first_tenant(opts: Options, d: Path) -> tuple[dict | None, str]:
                               ) from None
 
 
-def _register_local_tenant(store_file: Path, name: str) -> None:
-    """Ask the lifecycle manager for the first tenant (kept if it exists already)."""
-    from gateway.lifecycle.model import TenantSpec
-    from gateway.lifecycle.sqlite_store import SQLiteTenantStore
-    from gateway.lifecycle.store import TenantExists
+def _register_local_tenant(config_file: Path, name: str) -> None:
+    """Ask the lifecycle manager for the first tenant (kept if it exists already), at the
+    Kubernetes version of the local kube-apiserver."""
+    from pydantic import ValidationError
+
+    from gateway.config import load_config
+    from gateway.lifecycle.assemble import open_store, tenant_operations
+    from gateway.lifecycle.model import TenantSpec, field_problems
+    from gateway.lifecycle.stores.protocol import TenantExists
+
+    config = load_config(config_file)
 
     async def create() -> None:
-        store = SQLiteTenantStore(store_file)
+        store = open_store(config)
         try:
-            await store.create(TenantSpec(name=name, admin_groups=["oidc:platform-admins"],
-                                          view_groups=["oidc:developers"]))
+            await tenant_operations(config, store).create(TenantSpec(
+                name=name, admin_groups=["oidc:platform-admins"],
+                view_groups=["oidc:developers"]))
         except TenantExists:
             pass
+        except ValidationError as exc:  # no kube-apiserver that runs here
+            raise QuickstartError("; ".join(m for _, m in field_problems(exc))) from None
         finally:
             await store.close()
 

@@ -98,9 +98,9 @@ def test_the_kubernetes_store_works_on_the_charts_crd(kube_api: ApiServer,
                                                       tenant_crd: Path) -> None:
     """The kubernetes tenant store's compare-and-swap, watch and Lease against the chart's CRD
     on a real API server, and what `kubectl get tenants` shows of it."""
-    from gateway.lifecycle.kube_store import KubernetesTenantStore
     from gateway.lifecycle.model import TenantSpec, TenantStatus
-    from gateway.lifecycle.store import MANAGER_LEASE, Conflict
+    from gateway.lifecycle.stores.kubernetes import KubernetesTenantStore
+    from gateway.lifecycle.stores.protocol import MANAGER_LEASE, Conflict
 
     async def scenario() -> None:
         first = KubernetesTenantStore(namespace=NAMESPACE, lease_name="vgate-lifecycle",

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.lifecycle import kube_store
 from gateway.lifecycle.model import (
     Condition,
     Phase,
@@ -21,6 +20,7 @@ from gateway.lifecycle.model import (
     TenantSpec,
     TenantStatus,
 )
+from gateway.lifecycle.stores import kubernetes as kube_store
 from tests.deploy.chart import RELEASE, render
 from tests.support.kube import ApiServer
 

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.lifecycle.local_process import stop as stop_process
+from gateway.lifecycle.provisioning.local_process import stop as stop_process
 from gateway.lifecycle.runtime import LifecycleRuntime
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from tests.integration.conftest import BASE_DOMAIN, KUBECTL, World
 from tests.support import kube as envtest
 from tests.support.gateway_thread import GatewayThread
+from tests.support.local_kube import versioned_assets
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA
 
@@ -57,8 +58,9 @@ def ready_tenants(store: SQLiteTenantStore, names: tuple[str, ...] = ("tenant1",
     """Create `names` (admins: oidc:<name>-admins) and wait until each is Ready."""
     from gateway.lifecycle.model import Phase, TenantSpec
     from gateway.lifecycle.operations import TenantOperations
+    from gateway.lifecycle.provisioning.local_versions import local_versions
 
-    ops = TenantOperations(store)
+    ops = TenantOperations(store, versions=lambda: local_versions(ASSETS))
     for name in names:
         asyncio.run(ops.create(TenantSpec(name=name, admin_groups=[f"oidc:{name}-admins"])))
     for name in names:
@@ -95,7 +97,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLit
         "lifecycle": {"provisioner": "local", "store": str(base / "tenants.db"),
                       "credentials_dir": str(base / "credentials"), "poll_seconds": 0.1,
                       "wake_timeout_seconds": 90,
-                      "local": {"assets_dir": str(ASSETS), "work_dir": str(base / "local")}},
+                      # ASSETS, and a k8s/1.29.0-<os>-<arch>/ folder to upgrade to
+                      "local": {"assets_dir": str(versioned_assets(base / "assets")),
+                                "work_dir": str(base / "local")}},
     }
     gateway = GatewayThread(base / "gateway", config).start()
     runtime = LifecycleRuntime(gateway.config, gateway.gateway.registry,

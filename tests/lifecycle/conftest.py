@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from gateway.lifecycle.backoff import Backoff
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.provisioning.helm import HelmProvisioner, HelmSettings
 from gateway.lifecycle.reconciler import Reconciler
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from tests.lifecycle.fakes import FakeHelm, FakeHost, World, connector
 from tests.support.kube import ApiServer, Etcd, require_kube
 
@@ -74,10 +74,12 @@ def tenant_crd(kube_host: ApiServer) -> ApiServer:
 
 
 @pytest.fixture(scope="session")
-def chart_store_rbac() -> list[dict]:
-    """The Role + RoleBinding the gateway's Helm chart gives its ServiceAccount `vgate` for
-    the kubernetes tenant store (`helm template`, real helm), in namespace `vgate-system`."""
-    from tests.deploy.chart import NAMESPACE, find_helm, render
+def chart_rbac() -> list[dict]:
+    """The RBAC the gateway's Helm chart gives its ServiceAccount `vgate` (namespace
+    `vgate-system`) with the lifecycle manager on the kubernetes store (`helm template`,
+    real helm): ClusterRoles, bindings and the store's Role. The ValidatingAdmissionPolicy
+    is left out: its v1 API is newer than the test API server (v1.28)."""
+    from tests.deploy.chart import find_helm, render
 
     helm = find_helm()
     if helm is None:
@@ -86,31 +88,40 @@ def chart_store_rbac() -> list[dict]:
             pytest.fail(f"VGATE_REQUIRE_E2E=1 but the tenant store tier {why}", pytrace=False)
         pytest.skip(why)
     out = render(helm, {"lifecycle": {"enabled": True, "store": {"type": "kubernetes"}}})
-    found = [o for o in out.objects if o["kind"] in ("Role", "RoleBinding")
-             and o["metadata"]["name"].endswith("-lifecycle-store")]
-    assert len(found) == 2 and all(o["metadata"]["namespace"] == NAMESPACE for o in found)
+    found = [o for o in out.objects if o["apiVersion"].startswith("rbac.authorization.k8s.io/")]
+    assert {o["metadata"]["name"] for o in found} == {
+        "vgate-lifecycle", "vgate-tenant-manager", "vgate-lifecycle-store"}, found
     return found
 
 
-@pytest.fixture
-def store_kubeconfig(tenant_crd: ApiServer, host_namespace: str, chart_store_rbac: list[dict],
-                     tmp_path: Path) -> Path:
-    """A kubeconfig for ServiceAccount `vgate` in `host_namespace` with exactly the chart's
-    tenant-store RBAC there: what a gateway replica has in a real installation."""
+def grant_chart_rbac(api: ApiServer, namespace: str, objects: list[dict], path: Path) -> Path:
+    """ServiceAccount `vgate` in `namespace` with `objects` (the chart's, moved from
+    `vgate-system` to `namespace`); returns a kubeconfig with its token at `path`."""
     import copy
 
     import yaml
 
-    docs = [{"apiVersion": "v1", "kind": "ServiceAccount",
-             "metadata": {"name": "vgate", "namespace": host_namespace}}]
-    for obj in copy.deepcopy(chart_store_rbac):
-        obj["metadata"]["namespace"] = host_namespace
+    from tests.deploy.chart import NAMESPACE
+
+    docs: list[dict] = [{"apiVersion": "v1", "kind": "ServiceAccount",
+                         "metadata": {"name": "vgate", "namespace": namespace}}]
+    for obj in copy.deepcopy(objects):
+        if obj["metadata"].get("namespace") == NAMESPACE:
+            obj["metadata"]["namespace"] = namespace
         for subject in obj.get("subjects") or []:
-            subject["namespace"] = host_namespace
+            subject["namespace"] = namespace
         docs.append(obj)
-    tenant_crd.apply(yaml.safe_dump_all(docs))
-    token = tenant_crd.kubectl("-n", host_namespace, "create", "token", "vgate",
-                               "--duration=1h").stdout.strip()
-    path = tmp_path / "store-kubeconfig.yaml"
-    path.write_text(tenant_crd.kubeconfig_text(token, user="vgate"))
+    api.apply(yaml.safe_dump_all(docs))
+    token = api.kubectl("-n", namespace, "create", "token", "vgate",
+                        "--duration=1h").stdout.strip()
+    path.write_text(api.kubeconfig_text(token, user="vgate"))
     return path
+
+
+@pytest.fixture
+def store_kubeconfig(tenant_crd: ApiServer, host_namespace: str, chart_rbac: list[dict],
+                     tmp_path: Path) -> Path:
+    """A kubeconfig for ServiceAccount `vgate` in `host_namespace` with exactly the chart's
+    tenant-store RBAC there: what a gateway replica has in a real installation."""
+    store = [o for o in chart_rbac if o["metadata"]["name"].endswith("-lifecycle-store")]
+    return grant_chart_rbac(tenant_crd, host_namespace, store, tmp_path / "store.yaml")

@@ -123,6 +123,9 @@ class FakeHost:
     async def create_token(self, namespace, service_account, seconds):
         raise NotImplementedError
 
+    async def server_version(self):
+        raise NotImplementedError
+
     async def close(self) -> None:
         pass
 
@@ -148,6 +151,7 @@ class FakeHelm:
         server = values["exportKubeConfig"]["server"]
         cluster = w.clusters.setdefault(server, FakeCluster(server, release))
         cluster.running = True
+        cluster.version = values["controlPlane"]["distro"]["k8s"]["image"]["tag"]
         labels = {"app": "vcluster", "release": server}
         sts_key = ("apps/v1", "StatefulSet", namespace, release)
         old = w.objects.get(sts_key)
@@ -198,6 +202,7 @@ class FakeCluster:
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.tokens: dict[str, float] = {}
         self.running = True
+        self.version = ""
         self.admin_logins = 0
         self.token_logins = 0
 
@@ -243,6 +248,10 @@ class FakeClusterAPI:
         expiry = time.time() + seconds
         self.cluster.tokens[token] = expiry
         return token, expiry
+
+    async def server_version(self):
+        self._up()
+        return self.cluster.version
 
     async def close(self):
         pass

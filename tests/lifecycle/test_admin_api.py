@@ -8,7 +8,8 @@ import pytest
 from gateway.identity import Identity
 from gateway.lifecycle.admin_api import admin_app, platform_admin_check
 from gateway.lifecycle.operations import TenantOperations
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.provisioning.vcluster_values import VCLUSTER_VERSIONS
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 
 TOKENS = {
     "admin-token": Identity("alice@corp", "u1", ("platform-admins",), "https://idp", 0.0),
@@ -26,7 +27,8 @@ async def authenticate(token: str) -> Identity:
 @pytest.fixture
 async def api(tmp_path):
     store = SQLiteTenantStore(tmp_path / "t.db")
-    app = admin_app(TenantOperations(store, static_tenants=["static1"]),
+    app = admin_app(TenantOperations(store, static_tenants=["static1"],
+                                     versions=lambda: VCLUSTER_VERSIONS),
                     authenticate=authenticate,
                     is_platform_admin=platform_admin_check(["platform-admins"], []),
                     path_prefix="/clusters", public_url="https://vgate.example.com")
@@ -69,9 +71,12 @@ async def test_lifecycle_of_a_tenant_through_the_api(api):
     assert r.json()["k8s_version"] == "1.32"
     r = await client.post("/admin/tenants/t1/upgrade", json={"k8s_version": "1.31"})
     assert r.status_code == 409 and "downgrades" in r.json()["message"]
-    r = await client.post("/admin/tenants/t1/upgrade", json={"k8s_version": "9.99"})
+    r = await client.post("/admin/tenants/t1/upgrade", json={"k8s_version": "1.99"})
     assert r.status_code == 422
-    assert r.json()["details"]["causes"][0]["field"] == "k8s_version"
+    cause = r.json()["details"]["causes"][0]
+    assert cause["field"] == "k8s_version"
+    assert cause["message"].startswith("Kubernetes 1.99 is not available here (available: "
+                                       "1.30 (image tag v1.30.13), 1.31")
     r = await client.delete("/admin/tenants/t1")
     assert r.status_code == 202 and r.json()["desired"] == "deleted"
     r = await client.post("/admin/tenants/t1/resume")

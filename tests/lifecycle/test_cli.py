@@ -14,11 +14,11 @@ from gateway import cli
 from gateway.identity import Identity
 from gateway.lifecycle import assemble
 from gateway.lifecycle.admin_api import admin_app, platform_admin_check
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
+from gateway.lifecycle.credentials.files import CredentialFiles
 from gateway.lifecycle.operations import TenantOperations
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
-from gateway.lifecycle.store import TenantExists, TenantNotFound
+from gateway.lifecycle.provisioning.helm import HelmProvisioner, HelmSettings
+from gateway.lifecycle.stores.protocol import TenantExists, TenantNotFound
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from gateway.lifecycle.tenant_client import ApiClient, Invalid
 from tests.lifecycle.fakes import FakeHelm, FakeHost, World, connector
 
@@ -60,14 +60,18 @@ def test_commands_messages_and_exit_codes(config_file, tmp_path):
     assert r.returncode == 1 and "configured statically" in r.stderr
     r = vgate(config_file, "create", "t2", "--admin-group", "x", "--quota", "cpu=lots")
     assert r.returncode == 2 and "quota: " in r.stderr
-    r = vgate(config_file, "create", "Bad", "--admin-group", "x", "--k8s-version", "1.2")
+    r = vgate(config_file, "create", "Bad", "--admin-group", "x", "--k8s-version", "one")
     assert r.returncode == 2
-    assert "name: must be a DNS label" in r.stderr and "k8s_version: unknown" in r.stderr
+    assert "name: must be a DNS label" in r.stderr
+    assert "k8s_version: 'one' is not a Kubernetes version like 1.32" in r.stderr
+    r = vgate(config_file, "create", "t2", "--admin-group", "x", "--k8s-version", "1.29")
+    assert r.returncode == 2
+    assert "k8s_version: Kubernetes 1.29 is not available here (available: 1.30" in r.stderr
     r = vgate(config_file, "list")
     assert r.returncode == 0
     header, row = r.stdout.splitlines()
     assert header.split() == ["NAME", "PHASE", "HOSTNAME", "VERSION", "AGE", "LAST", "ACTIVITY"]
-    assert row.split()[:2] == ["t1", "Pending"] and "1.31" in row
+    assert row.split()[:2] == ["t1", "Pending"] and "→1.31" in row  # nothing runs yet
     r = vgate(config_file, "show", "t1")
     shown = yaml.safe_load(r.stdout)
     assert shown["spec"]["quota"] == {"cpu": "10", "memory": "20Gi", "pods": "50"}
@@ -116,6 +120,32 @@ def test_wait_follows_steps_and_reconciles_when_no_gateway_manages(config_file, 
     assert cli.main([*args, "delete", "t1", "--wait"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == 'tenant "t1" deleted'
     assert world.objects == {}
+
+
+def test_wait_stops_when_a_step_keeps_failing_with_the_same_error(config_file, monkeypatch,
+                                                                  capsys):
+    """`--wait` gives up (exit 1, the error printed) after the same error three passes in a
+    row instead of spinning until --timeout. The failure is injected: a namespace of the
+    tenant's name that vgate does not own."""
+    world = World()
+    world.objects[("v1", "Namespace", "", "vcluster-t1")] = {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vcluster-t1"}}
+
+    def fake_provisioner(config):
+        return HelmProvisioner(FakeHost(world), FakeHelm(world), connector(world),
+                               CredentialFiles(config.lifecycle.credentials_dir),
+                               HelmSettings(poll_seconds=0.0, ready_timeout=0.1))
+
+    monkeypatch.setattr(assemble, "build_provisioner", fake_provisioner)
+    code = cli.main(["tenant", "--config", str(config_file), "create", "t1",
+                     "--admin-group", "admins", "--wait", "--timeout", "60"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err == ("vgate tenant: tenant t1: 3 attempts in a row failed with the same error: "
+                   "namespace: namespace vcluster-t1 exists and is not managed by vgate for "
+                   "tenant t1; refusing to touch it (the lifecycle manager retries it; see "
+                   "vgate tenant show t1)\n")
+    assert out.splitlines()[-1] == "t1: failing"
 
 
 async def test_api_client_maps_errors(tmp_path):

@@ -1,14 +1,17 @@
-"""The helm runner: a missing binary is a clear error; arguments and results are parsed."""
+"""The helm runner: a missing binary is a clear error; with the real `helm` against a real
+kube-apiserver, a release of the stand-in vcluster chart is installed, read back (status,
+chart version, the values vgate set), upgraded with values reset, and uninstalled."""
 
 from __future__ import annotations
 
-import json
-import sys
-import textwrap
+import shutil
+from pathlib import Path
 
 import pytest
 
-from gateway.lifecycle.helm_runner import HelmError, HelmNotFound, HelmRunner
+from gateway.lifecycle.provisioning.helm_runner import HelmError, HelmNotFound, HelmRunner
+
+CHART = Path(__file__).parent / "vcluster_chart"
 
 
 async def test_missing_binary_is_a_clear_error():
@@ -17,49 +20,33 @@ async def test_missing_binary_is_a_clear_error():
         await runner.status("t1", "vcluster-t1")
 
 
-@pytest.fixture
-def recording_helm(tmp_path):
-    """An executable standing in for helm that logs argv and answers like helm 3."""
-    log = tmp_path / "calls.jsonl"
-    script = tmp_path / "helm"
-    script.write_text(textwrap.dedent(f"""\
-        #!{sys.executable}
-        import json, sys, pathlib
-        args = sys.argv[1:]
-        rec = {{"args": args}}
-        if "--values" in args:
-            rec["values"] = pathlib.Path(args[args.index("--values") + 1]).read_text()
-        with open({str(log)!r}, "a") as f:
-            f.write(json.dumps(rec) + "\\n")
-        if args[0] == "status" and args[1] == "missing":
-            sys.stderr.write("Error: release: not found\\n"); sys.exit(1)
-        if args[0] == "status":
-            print(json.dumps({{"info": {{"status": "deployed"}},
-                               "chart": {{"metadata": {{"version": "0.26.0"}}}}}}))
-        elif args[0] == "get":
-            print(json.dumps({{"a": 1}}))
-        elif args[0] == "upgrade" and args[2] == "broken":
-            sys.stderr.write("Error: chart not found\\n"); sys.exit(1)
-        """))
-    script.chmod(0o755)
-    return script, log
-
-
-async def test_runner_arguments_and_parsing(recording_helm):
-    script, log = recording_helm
-    runner = HelmRunner(str(script), kubeconfig="/k/config")
-    assert await runner.status("missing", "ns") is None
-    assert await runner.status("t1", "ns") == {"status": "deployed", "chart_version": "0.26.0",
-                                               "values": {"a": 1}}
-    await runner.upgrade_install("t1", "ns", "vcluster", "0.26.0", {"x": {"y": 2}},
-                                 "https://charts.loft.sh")
-    with pytest.raises(HelmError, match="chart not found"):
-        await runner.upgrade_install("broken", "ns", "vcluster", None, {}, None)
-    await runner.uninstall("t1", "ns")
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
-    upgrade = calls[3]
-    assert upgrade["args"][:6] == ["upgrade", "--install", "t1", "vcluster", "-n", "ns"]
-    assert "--reset-values" in upgrade["args"]
-    assert upgrade["args"][-2:] == ["--kubeconfig", "/k/config"]
-    assert "x:\n  y: 2" in upgrade["values"]
-    assert calls[-1]["args"][:4] == ["uninstall", "t1", "-n", "ns"]
+@pytest.mark.e2e
+async def test_install_read_upgrade_uninstall_with_the_real_helm(kube_host, host_namespace,
+                                                                 tmp_path, monkeypatch):
+    helm = shutil.which("helm")
+    assert helm is not None, "the helm binary is part of the test world (.ci installs it)"
+    for what in ("CACHE", "CONFIG", "DATA"):
+        monkeypatch.setenv(f"HELM_{what}_HOME", str(tmp_path / what.lower()))
+    runner = HelmRunner(helm, kubeconfig=str(kube_host.kubeconfig))
+    ns = host_namespace
+    assert await runner.status("t1", ns) is None
+    values = {"controlPlane": {"statefulSet": {"highAvailability": {"replicas": 3}}},
+              "extra": {"kept": "until reset"}}
+    await runner.upgrade_install("t1", ns, str(CHART), "0.26.0", values, None)
+    assert await runner.status("t1", ns) == {"status": "deployed", "chart_version": "0.26.0",
+                                             "values": values}
+    sts = kube_host.kubectl("-n", ns, "get", "statefulset", "t1", "-o",
+                            "jsonpath={.spec.replicas}").stdout
+    assert sts == "3"
+    # an upgrade sets exactly the values given (--reset-values): nothing left from before
+    fewer = {"controlPlane": {"statefulSet": {"highAvailability": {"replicas": 1}}}}
+    await runner.upgrade_install("t1", ns, str(CHART), "0.26.0", fewer, None)
+    assert (await runner.status("t1", ns))["values"] == fewer
+    with pytest.raises(HelmError, match=r"helm upgrade --install broken: .*no-such-chart"):
+        await runner.upgrade_install("broken", ns, str(tmp_path / "no-such-chart"), None, {},
+                                     None)
+    await runner.uninstall("t1", ns)
+    await runner.uninstall("t1", ns)  # already gone: fine
+    assert await runner.status("t1", ns) is None
+    gone = kube_host.kubectl("-n", ns, "get", "statefulset", "t1", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr

@@ -18,20 +18,20 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
 from gateway.lifecycle.backoff import Backoff
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.credential_secrets import CredentialSecrets
-from gateway.lifecycle.helm_provisioner import HelmProvisioner, HelmSettings
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.kube import LightkubeAPI
-from gateway.lifecycle.kube_store import (
+from gateway.lifecycle.model import Desired, Phase, TenantSpec, TenantStatus
+from gateway.lifecycle.provisioning.helm import HelmProvisioner, HelmSettings
+from gateway.lifecycle.reconciler import Reconciler
+from gateway.lifecycle.route_sync import RouteSync
+from gateway.lifecycle.stores.kubernetes import (
     ACTIVITY_GRANULARITY,
     KubernetesTenantStore,
     _micro_datetime,
     tenant_resource,
 )
-from gateway.lifecycle.model import Desired, Phase, TenantSpec, TenantStatus
-from gateway.lifecycle.reconciler import Reconciler
-from gateway.lifecycle.route_sync import RouteSync
-from gateway.lifecycle.store import (
+from gateway.lifecycle.stores.protocol import (
     MANAGER_LEASE,
     Conflict,
     StoreError,

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from gateway.lifecycle.connect import connect
+from gateway.lifecycle.provisioning.connect import connect
 from tests.support.kube import ADMIN_TOKEN, ApiServer
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import yaml
 
 from gateway.lifecycle.model import Desired, RouteInfo, TenantSpec
 from gateway.lifecycle.route_sync import RouteSync
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from tests.support.gateway_thread import GatewayThread
 
 

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import yaml
 
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.credential_secrets import CredentialSecrets
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.kube import LightkubeAPI
-from gateway.lifecycle.kube_store import KubernetesTenantStore
 from gateway.lifecycle.model import RouteInfo, TenantSpec
+from gateway.lifecycle.stores.kubernetes import KubernetesTenantStore
 from tests.support.craft import CraftingIssuer
 from tests.support.kube import ApiServer, bind_role_groups, impersonator_token
 from tests.support.served import ServedGateway

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateway.lifecycle.model import RouteInfo, TenantSpec
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from tests.support.craft import CraftingIssuer
 from tests.support.scripted import ScriptedUpstream
 from tests.support.served import ServedGateway

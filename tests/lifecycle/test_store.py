@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.lifecycle.model import TenantSpec, TenantStatus, parse_quota
-from gateway.lifecycle.sqlite_store import SQLiteTenantStore
-from gateway.lifecycle.store import Conflict, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import Conflict, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 
 
 def spec(name="t1", **kw):
@@ -87,7 +87,7 @@ async def test_lease_has_one_holder_until_it_expires(tmp_path):
         ({"admin_groups": []}, "admin_groups", "at least 1"),
         ({"admin_groups": ["system:masters"]}, "admin_groups", "system:"),
         ({"view_groups": ["a", "a"]}, "view_groups", "listed twice"),
-        ({"k8s_version": "1.12"}, "k8s_version", "unknown version"),
+        ({"k8s_version": "latest"}, "k8s_version", "not a Kubernetes version like 1.32"),
         ({"ha": 2}, "ha", "odd"),
         ({"quota": {"cpu": "ten"}}, "quota", "quantity"),
     ],

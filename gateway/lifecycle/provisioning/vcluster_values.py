@@ -9,7 +9,19 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gateway.lifecycle.model import KNOWN_VERSIONS, TenantSpec
+from gateway.lifecycle.model import DEFAULT_VERSION, TenantSpec
+from gateway.lifecycle.versions import KubernetesVersions
+
+# Kubernetes minor versions the vcluster `k8s` distro can run, and the image tag used for each.
+KNOWN_VERSIONS: dict[str, str] = {
+    "1.30": "v1.30.13",
+    "1.31": "v1.31.9",
+    "1.32": "v1.32.5",
+    "1.33": "v1.33.1",
+}
+VCLUSTER_VERSIONS = KubernetesVersions(
+    available={minor: f"image tag {tag}" for minor, tag in KNOWN_VERSIONS.items()},
+    default=DEFAULT_VERSION)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -23,6 +35,10 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def derived_values(spec: TenantSpec, namespace: str) -> dict[str, Any]:
+    """ValueError for a version no vcluster image is known for."""
+    problem = VCLUSTER_VERSIONS.problem(spec.k8s_version)
+    if problem:
+        raise ValueError(problem)
     service = f"{spec.name}.{namespace}.svc"
     values: dict[str, Any] = {
         "controlPlane": {

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
-from gateway.lifecycle.store import Conflict, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import Conflict, TenantExists, TenantNotFound
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
-from gateway.lifecycle.store import (
+from gateway.lifecycle.stores.protocol import (
     MANAGER_LEASE,
     Conflict,
     StoreError,
@@ -233,6 +233,8 @@ class KubernetesTenantStore:
 
     def _apply_event(self, kind: str, obj: dict[str, Any]) -> None:
         name = (obj.get("metadata") or {}).get("name")
+        if not isinstance(name, str):
+            return
         if kind == "DELETED":
             if self._cache.pop(name, None) is not None:
                 self._revision += 1

@@ -12,10 +12,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.credential_secrets import CredentialSecrets
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.kube import KubeAPI, Manifest
-from gateway.lifecycle.steps import Step
+from gateway.lifecycle.steps import Step, StepFailed
 
 NAMESPACE = "vgate-system"
 SERVICE_ACCOUNT = "vgate-gateway"
@@ -138,6 +138,17 @@ class Bootstrap:
             Step("tenant-rbac", self._rbac_done, self._rbac_run),
             Step("gateway-token", self._token_done, self._token_run),
         ]
+
+    async def served_version(self) -> str:
+        """The version the tenant's API server reports, asked with the gateway's token."""
+        saved = await self.load_token()
+        if saved is None:
+            raise StepFailed("the gateway has no token for this tenant yet")
+        api = await self.as_gateway(saved[0])
+        try:
+            return await api.server_version()
+        finally:
+            await api.close()
 
     async def _rbac_done(self) -> bool:
         api = await self.admin()

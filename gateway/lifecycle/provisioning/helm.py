@@ -16,15 +16,16 @@ from typing import Any
 
 import yaml
 
-from gateway.lifecycle import host_objects as objects
-from gateway.lifecycle.bootstrap import Bootstrap, TokenPolicy
-from gateway.lifecycle.credential_files import CredentialFiles
-from gateway.lifecycle.credential_secrets import CredentialSecrets
-from gateway.lifecycle.helm_runner import HelmRelease
+from gateway.lifecycle.credentials.bootstrap import Bootstrap, TokenPolicy
+from gateway.lifecycle.credentials.files import CredentialFiles
+from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.kube import KubeAPI, Manifest
 from gateway.lifecycle.model import RouteInfo, TenantSpec
+from gateway.lifecycle.provisioning import host_objects as objects
+from gateway.lifecycle.provisioning.helm_runner import HelmRelease
+from gateway.lifecycle.provisioning.vcluster_values import VCLUSTER_VERSIONS, release_values
 from gateway.lifecycle.steps import Step, StepFailed
-from gateway.lifecycle.vcluster_values import release_values
+from gateway.lifecycle.versions import KubernetesVersions
 
 PAUSED = "loft.sh/paused"
 PAUSED_REPLICAS = "loft.sh/paused-replicas"
@@ -78,6 +79,12 @@ class HelmProvisioner:
     def route(self, spec: TenantSpec) -> RouteInfo:
         return RouteInfo(server=self.server(spec), ca_file=str(self.files.ca_path(spec.name)),
                          token_file=str(self.files.token_path(spec.name)))
+
+    def versions(self) -> KubernetesVersions:
+        return VCLUSTER_VERSIONS
+
+    async def served_version(self, spec: TenantSpec) -> str:
+        return await self._bootstrap(spec).served_version()
 
     # -- plans ------------------------------------------------------------------------------
 

@@ -28,13 +28,26 @@ def free_port() -> int:
 
 
 def running_pid(pid_file: Path, binary: str) -> int | None:
+    running = _running(pid_file, binary)
+    return running[0] if running else None
+
+
+def running_executable(pid_file: Path, binary: str) -> str | None:
+    """The path the process of `pid_file` was started from (which version it runs)."""
+    running = _running(pid_file, binary)
+    return running[1] if running else None
+
+
+def _running(pid_file: Path, binary: str) -> tuple[int, str] | None:
     try:
         pid = int(pid_file.read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
     first = cmdline.split(b"\0", 1)[0]
-    return pid if first.endswith(binary.encode()) else None
+    if not first.endswith(binary.encode()):
+        return None
+    return pid, first.decode(errors="replace")
 
 
 def start(binary: Path, args: list[str], pid_file: Path, log_file: Path) -> int:

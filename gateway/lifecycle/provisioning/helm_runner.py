@@ -70,20 +70,22 @@ class HelmRunner:
         return proc.returncode or 0, out[:MAX_OUTPUT].decode(), err[:MAX_OUTPUT].decode()
 
     async def status(self, release, namespace):
-        code, out, err = await self._run("status", release, "-n", namespace, "-o", "json")
+        # `helm get metadata` (Helm >= 3.13) names the chart version in Helm 3 and 4 alike;
+        # `helm status -o json` lost it in Helm 4 (and lists every object of the release)
+        code, out, err = await self._run("get", "metadata", release, "-n", namespace,
+                                         "-o", "json")
         if code != 0:
             if "not found" in err.lower():
                 return None
-            raise HelmError(f"helm status {release}: {err.strip()[-500:]}")
+            raise HelmError(f"helm get metadata {release}: {err.strip()[-500:]}")
         info = json.loads(out)
         code, out, err = await self._run("get", "values", release, "-n", namespace,
                                          "-o", "json")
         if code != 0:
             raise HelmError(f"helm get values {release}: {err.strip()[-500:]}")
-        chart = info.get("chart", {}).get("metadata", {})
         return {
-            "status": info.get("info", {}).get("status"),
-            "chart_version": chart.get("version"),
+            "status": info.get("status"),
+            "chart_version": info.get("version"),
             "values": json.loads(out) or {},
         }
 

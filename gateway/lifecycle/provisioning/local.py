@@ -3,9 +3,16 @@
 All tenants share one local etcd, each under its own `--etcd-prefix=/vgate/<name>`. The
 tenant's certificates (its `system:masters` bootstrap cert included) live under
 `<work_dir>/tenants/<name>/pki`, 0700; the gateway's token and CA go to the credential files.
-Pause stops the process; resume starts it again with the same port and data.
+Each API server writes an audit log (level Metadata: who did what, as whom, never bodies) to
+`<work_dir>/tenants/<name>/audit.log`. Pause stops the process; resume starts it again with
+the same port and data. The binary is the one for the tenant's `k8s_version`
+(`local_versions`); an upgrade restarts the API server on the new binary, data kept.
 
-Steps up: etcd → certificates → apiserver → tenant-rbac → gateway-token.
+There is no controller manager: the `role-aggregation` step fills the aggregated ClusterRoles
+(`admin`, `edit`, `view`, which the role groups are bound to) as its aggregation controller
+would, and keeps them filled on every pass.
+
+Steps up: etcd → certificates → apiserver → role-aggregation → tenant-rbac → gateway-token.
 Pause: stopped. Down: stopped → etcd-data-deleted → files-removed.
 """
 
@@ -21,14 +28,29 @@ from pathlib import Path
 
 import httpx
 
-from gateway.lifecycle import local_process as proc
-from gateway.lifecycle.bootstrap import Bootstrap, TokenPolicy
-from gateway.lifecycle.connect import connect
-from gateway.lifecycle.credential_files import CredentialFiles
+from gateway.lifecycle.credentials.bootstrap import Bootstrap, TokenPolicy
+from gateway.lifecycle.credentials.files import CredentialFiles
 from gateway.lifecycle.kube import KubeAPI
-from gateway.lifecycle.local_pki import pki_complete, write_pki
 from gateway.lifecycle.model import RouteInfo, TenantSpec
+from gateway.lifecycle.provisioning import local_process as proc
+from gateway.lifecycle.provisioning.connect import connect
+from gateway.lifecycle.provisioning.local_pki import pki_complete, write_pki
+from gateway.lifecycle.provisioning.local_versions import APISERVER, find_binaries, local_versions
+from gateway.lifecycle.provisioning.role_aggregation import aggregate, unaggregated
 from gateway.lifecycle.steps import Step, StepFailed
+from gateway.lifecycle.versions import KubernetesVersions
+
+# Who did what, as whom (impersonated user, uid, groups, extras), never request bodies; not
+# the health and version probes (vgate's own readiness checks would fill the log).
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    nonResourceURLs: [/healthz, /healthz/*, /livez, /livez/*, /readyz, /readyz/*, /version]
+  - level: Metadata
+"""
 
 
 @dataclass
@@ -86,6 +108,15 @@ class LocalProvisioner:
         return RouteInfo(server=self.server(spec.name), ca_file=str(self.files.ca_path(spec.name)),
                          token_file=str(self.files.token_path(spec.name)))
 
+    def versions(self) -> KubernetesVersions:
+        return local_versions(self.settings.assets_dir)
+
+    async def served_version(self, spec: TenantSpec) -> str:
+        return await self._bootstrap(spec.name).served_version()
+
+    def audit_log(self, name: str) -> Path:
+        return self.tenant_dir(name) / "audit.log"
+
     # -- plans ------------------------------------------------------------------------------
 
     def up(self, spec: TenantSpec) -> list[Step]:
@@ -93,8 +124,10 @@ class LocalProvisioner:
         return [
             Step("etcd", self._etcd_up, self._start_etcd),
             Step("certificates", lambda: self._pki_done(name), lambda: self._pki_run(name)),
-            Step("apiserver", lambda: self._apiserver_ready(name),
-                 lambda: self._start_apiserver(name)),
+            Step("apiserver", lambda: self._apiserver_done(spec),
+                 lambda: self._start_apiserver(spec)),
+            Step("role-aggregation", lambda: self._roles_aggregated(name),
+                 lambda: self._aggregate_roles(name)),
             *self._bootstrap(name).steps(),
         ]
 
@@ -177,7 +210,7 @@ class LocalProvisioner:
         return ctx
 
     async def _apiserver_ready(self, name: str) -> bool:
-        if proc.running_pid(self.tenant_dir(name) / "pid", "kube-apiserver") is None:
+        if proc.running_pid(self.tenant_dir(name) / "pid", APISERVER) is None:
             return False
         try:
             async with httpx.AsyncClient(verify=self._client_ssl(name), timeout=2.0) as client:
@@ -186,10 +219,27 @@ class LocalProvisioner:
         except (httpx.HTTPError, OSError):
             return False
 
-    async def _start_apiserver(self, name: str) -> None:
+    def _binary(self, spec: TenantSpec) -> Path:
+        found = find_binaries(self.settings.assets_dir).get(spec.k8s_version)
+        if found is None:
+            raise StepFailed(self.versions().problem(spec.k8s_version) or spec.k8s_version)
+        return found.path
+
+    async def _apiserver_done(self, spec: TenantSpec) -> bool:
+        running = proc.running_executable(self.tenant_dir(spec.name) / "pid", APISERVER)
+        if running != str(self._binary(spec)):
+            return False  # stopped, or another version's binary
+        return await self._apiserver_ready(spec.name)
+
+    async def _start_apiserver(self, spec: TenantSpec) -> None:
+        name, binary = spec.name, self._binary(spec)
         folder, pki = self.tenant_dir(name), self.pki(name)
-        if proc.running_pid(folder / "pid", "kube-apiserver") is None:
-            proc.start(self.settings.assets_dir / "kube-apiserver", [
+        running = proc.running_executable(folder / "pid", APISERVER)
+        if running is not None and running != str(binary):  # a version change: same data
+            await asyncio.to_thread(proc.stop, folder / "pid", APISERVER)
+        if proc.running_pid(folder / "pid", APISERVER) is None:
+            (folder / "audit-policy.yaml").write_text(AUDIT_POLICY)
+            proc.start(binary, [
                 f"--etcd-servers={self._etcd_url()}",
                 f"--etcd-prefix={self._prefix(name)}",
                 "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
@@ -205,6 +255,9 @@ class LocalProvisioner:
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
+                f"--audit-policy-file={folder / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log(name)}",
+                "--audit-log-maxsize=100", "--audit-log-maxbackup=3",
             ], folder / "pid", folder / "apiserver.log")
         await self._until(lambda: self._apiserver_ready(name), f"kube-apiserver of {name}")
 
@@ -216,22 +269,40 @@ class LocalProvisioner:
             await asyncio.sleep(0.25)
         raise StepFailed(f"{what} not ready after {self.settings.ready_timeout:.0f}s")
 
+    async def _admin(self, name: str) -> KubeAPI:
+        """A client with the tenant's `system:masters` bootstrap certificate."""
+        pki = self.pki(name)
+        kubeconfig = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "admin",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.server(name), "certificate-authority": str(pki / "ca.crt")}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate": str(pki / "admin.crt"),
+                "client-key": str(pki / "admin.key")}}],
+            "contexts": [{"name": "admin", "context": {"cluster": "local", "user": "admin"}}],
+        }
+        return await connect(server=self.server(name), kubeconfig=kubeconfig)
+
+    async def _roles_aggregated(self, name: str) -> bool:
+        api = await self._admin(name)
+        try:
+            return not await unaggregated(api)
+        finally:
+            await api.close()
+
+    async def _aggregate_roles(self, name: str) -> None:
+        api = await self._admin(name)
+        try:
+            await aggregate(api)
+        finally:
+            await api.close()
+
     def _bootstrap(self, name: str) -> Bootstrap:
         pki = self.pki(name)
         expiry_file = self.tenant_dir(name) / "token-expiry"
 
         async def admin() -> KubeAPI:
-            kubeconfig = {
-                "apiVersion": "v1", "kind": "Config", "current-context": "admin",
-                "clusters": [{"name": "local", "cluster": {
-                    "server": self.server(name), "certificate-authority": str(pki / "ca.crt")}}],
-                "users": [{"name": "admin", "user": {
-                    "client-certificate": str(pki / "admin.crt"),
-                    "client-key": str(pki / "admin.key")}}],
-                "contexts": [{"name": "admin", "context": {"cluster": "local",
-                                                           "user": "admin"}}],
-            }
-            return await connect(server=self.server(name), kubeconfig=kubeconfig)
+            return await self._admin(name)
 
         async def as_gateway(token: str) -> KubeAPI:
             return await connect(server=self.server(name), token=token, ca=await ca())
@@ -258,10 +329,10 @@ class LocalProvisioner:
     # -- pause / delete ---------------------------------------------------------------------
 
     async def _stopped(self, name: str) -> bool:
-        return proc.running_pid(self.tenant_dir(name) / "pid", "kube-apiserver") is None
+        return proc.running_pid(self.tenant_dir(name) / "pid", APISERVER) is None
 
     async def _stop(self, name: str) -> None:
-        await asyncio.to_thread(proc.stop, self.tenant_dir(name) / "pid", "kube-apiserver")
+        await asyncio.to_thread(proc.stop, self.tenant_dir(name) / "pid", APISERVER)
 
     async def _files_gone(self, name: str) -> bool:
         return not self.tenant_dir(name).exists() and not self.files.exists(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 
-from gateway.lifecycle.credential_files import CredentialFiles
+from gateway.lifecycle.credentials.files import CredentialFiles
 from gateway.lifecycle.kube import KubeAPI
 
 log = logging.getLogger("vgate.lifecycle.credentials")

@@ -1,0 +1,2 @@
+"""How a tenant's cluster is made: the `local` provisioner (kube-apiserver processes) and the
+`helm` provisioner (a vcluster release on the host cluster), with what each needs."""

@@ -1,0 +1,1 @@
+"""Where tenant records live: the `TenantStore` protocol, SQLite, and Kubernetes objects."""
