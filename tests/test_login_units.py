@@ -24,6 +24,7 @@ from gateway.login.kubeconfig import (
     kubeconfig,
     powershell_command,
 )
+from gateway.login.trust import IssuerTrust
 from tests.test_config import VALID, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def test_cache_writes_are_atomic_for_concurrent_readers(tmp_path):
 
 def _hold_lock(directory: str, started, hold: float) -> None:
     cache = TokenCache(Path(directory))
-    with cache.locked(CacheKey("https://idp.example.com", "vgate", "")):
+    with cache.locked(CacheKey("https://idp.example.com", "vgate", ""), timeout=10):
         started.set()
         time.sleep(hold)
 
@@ -110,7 +111,8 @@ def test_cache_lock_excludes_other_processes(tmp_path):
     proc.start()
     assert started.wait(5)
     t0 = time.monotonic()
-    with TokenCache(tmp_path).locked(CacheKey("https://idp.example.com", "vgate", "")):
+    with TokenCache(tmp_path).locked(CacheKey("https://idp.example.com", "vgate", ""),
+                                     timeout=10):
         waited = time.monotonic() - t0
     proc.join()
     assert waited > 0.3
@@ -237,9 +239,14 @@ def test_logout_tenant_lookup_passes_over_malformed_kubeconfigs(tmp_path, monkey
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"users": [{"name": "vgate-t1", "user": {"exec": {
         "command": "vgate", "args": ["login", "--issuer=https://idp.example.com",
-                                     "--client-id=cli", "--user=alice"]}}}]}))
+                                     "--client-id=cli", "--user=alice",
+                                     "--issuer-ca-data=LS0tLS1CRUdJTg=="]}}}]}))
     missing = tmp_path / "missing.yaml"
     paths = [odd, broken, binary, missing, good]
     monkeypatch.setenv("KUBECONFIG", os.pathsep.join(str(p) for p in paths))
-    assert _plugin_args_for_tenant("t1") == ("https://idp.example.com", "cli", "alice")
+    found = _plugin_args_for_tenant("t1")
+    assert found is not None
+    assert (found.issuer, found.client_id, found.user) == ("https://idp.example.com", "cli",
+                                                           "alice")
+    assert found.trust == IssuerTrust(None, "LS0tLS1CRUdJTg==")  # base64 padding kept
     assert _plugin_args_for_tenant("t2") is None
