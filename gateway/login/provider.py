@@ -21,6 +21,21 @@ from gateway.login.errors import IdPUnreachable, LoginError
 
 __all__ = ["IdPUnreachable", "LoginError", "OAuthFailure", "Provider", "Tokens"]
 
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What a failed request raises: httpx's errors, and httpx2's, which authlib's OAuth
+    clients use instead of httpx when that package is installed."""
+    errors: list[type[Exception]] = [httpx.HTTPError]
+    try:
+        import httpx2  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        errors.append(httpx2.HTTPError)
+    return tuple(errors)
+
+
+TRANSPORT_ERRORS = _transport_errors()
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MAX_DOCUMENT_BYTES = 512 * 1024
 
@@ -132,7 +147,7 @@ class Provider:
             token = call()
         except OAuthError as exc:
             raise OAuthFailure(what, exc.error or "error", exc.description or "") from None
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._unreachable(exc, what) from None
         return self.tokens_from(dict(token), nonce=nonce)
 
@@ -221,7 +236,7 @@ class Provider:
             with self.client() as c:
                 resp = c.revoke_token(ep.revocation, token=refresh_token,
                                       token_type_hint="refresh_token")
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._unreachable(exc, "revocation") from None
         except OAuthError as exc:
             raise OAuthFailure("revocation", exc.error or "error", exc.description or "") \

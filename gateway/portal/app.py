@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.starlette_client import OAuth
 from starlette.applications import Starlette
@@ -42,6 +41,7 @@ from gateway.login.kubeconfig import (
     kubeconfig_yaml,
     powershell_command,
 )
+from gateway.login.provider import TRANSPORT_ERRORS
 from gateway.portal.access import TenantAccess, TenantRole
 from gateway.portal.ca import CertificateAuthority
 from gateway.portal.pages import render
@@ -275,7 +275,7 @@ class Portal:
                         exc.error, (exc.description or "")[:200])
             return self._error(400, "Sign-in failed", "The identity provider refused to "
                                f"complete the sign-in: {str(exc.error)[:100]}.")
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             log.warning("portal sign-in: the IdP cannot be reached for the code exchange: %s",
                         str(exc)[:300] or type(exc).__name__)
             return self._error(502, "Sign-in failed", "The identity provider could not be "
