@@ -206,8 +206,8 @@ class Audit(Strict):
 DEFAULT_INSTALL_HINT = (
     "vgate is not published on PyPI (a package of that name there is not ours). Install the "
     "`vgate` command from the wheel your platform team provides, built from the vgate source "
-    "with `pip wheel --no-deps -w dist .`: `pip install dist/vgate-*.whl`. In a checkout of "
-    "the vgate source: `pip install -e .`."
+    "with `pip wheel --no-deps -w dist .`, with `pip install dist/vgate-*.whl`; in a checkout "
+    "of the vgate source, `pip install -e .` does it."
 )
 
 

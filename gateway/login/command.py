@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 DEFAULT_SCOPES = "openid email profile groups offline_access"
 DEFAULT_PORTS = (8000, 18000)
 EXPIRY_MARGIN_SECONDS = 30.0
-LOCK_MARGIN_SECONDS = 30.0  # a waiter outlasts the holder's --timeout by this much
+# A waiter outlasts the longest sign-in a holder may legitimately take: its browser login
+# (--timeout) or a device flow (the IdP's device code lifetime: 10-15 min at common IdPs).
+DEVICE_FLOW_SECONDS = 900.0
+LOCK_MARGIN_SECONDS = 30.0
 
 
 def add_login_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +45,8 @@ def add_login_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a login")
     p.add_argument("--lock-timeout", type=float, default=None,
                    help="seconds to wait for another vgate login that is refreshing or "
-                        "signing in for the same user (default: --timeout + 30)")
+                        "signing in for the same user (default: the longer of --timeout "
+                        "and 900, plus 30)")
     p.add_argument("--issuer-ca-file", help="CA bundle for the IdP's TLS certificate")
     p.add_argument("--issuer-ca-data", help="the same, base64 PEM (as kubeconfigs carry it)")
     p.add_argument("--cache-dir", type=Path, help="token cache folder "
@@ -81,7 +85,7 @@ def obtain_token(args: argparse.Namespace, cache: TokenCache) -> CachedTokens:
     """
     key = CacheKey(args.issuer, args.client_id, args.user)
     wait = args.lock_timeout if args.lock_timeout is not None \
-        else args.timeout + LOCK_MARGIN_SECONDS
+        else max(args.timeout, DEVICE_FLOW_SECONDS) + LOCK_MARGIN_SECONDS
     with cache.locked(key, timeout=wait, notify=_say) as lock:
         entry = cache.load(key)
         if entry is not None and entry.valid_for(time.time(), EXPIRY_MARGIN_SECONDS):
