@@ -3,6 +3,7 @@ ExecCredential, the `portal:` config section."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -283,21 +284,31 @@ def _hold_and_fail(path: str, started, release, message: str) -> None:
             lock.failed(message)
 
 
+@contextlib.contextmanager
+def _holder(path: Path, failure: str = ""):
+    """Another process holding the lock at `path` until `release` is set (then it records
+    `failure`, if any): yields (process, release event)."""
+    ctx = multiprocessing.get_context("fork")
+    started, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_and_fail, args=(str(path), started, release, failure))
+    proc.start()
+    try:
+        assert started.wait(10)
+        yield proc, release
+    finally:
+        release.set()
+        proc.join(10)
+
+
 def test_lock_waiters_learn_the_failure_they_waited_for_and_later_callers_do_not(tmp_path):
     from gateway.login.lock import EntryLock
 
     path = tmp_path / "e.lock"
-    ctx = multiprocessing.get_context("fork")
-    started, release = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_hold_and_fail, args=(str(path), started, release, "denied"))
-    proc.start()
-    assert started.wait(10)
     notes: list[str] = []
-    release_timer = threading.Timer(2.5, release.set)
-    release_timer.start()
-    with EntryLock(path, timeout=10, notify=notes.append) as lock:
-        failure = lock.failure_while_waiting()
-    proc.join(10)
+    with _holder(path, "denied") as (proc, release):
+        threading.Timer(2.5, release.set).start()
+        with EntryLock(path, timeout=10, notify=notes.append) as lock:
+            failure = lock.failure_while_waiting()
     assert failure is not None and "denied" in failure and f"pid {proc.pid}" in failure
     assert len(notes) == 1 and f"pid {proc.pid}, signing in at https://idp" in notes[0]
     with EntryLock(path, timeout=1) as lock:  # did not wait: the old failure is not its own
@@ -308,20 +319,12 @@ def test_lock_wait_is_bounded_and_names_the_holder(tmp_path):
     from gateway.login.lock import EntryLock, LockWaitTimeout
 
     path = tmp_path / "e.lock"
-    ctx = multiprocessing.get_context("fork")
-    started, release = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_hold_and_fail, args=(str(path), started, release, ""))
-    proc.start()
-    try:
-        assert started.wait(10)
+    with _holder(path) as (proc, _):
         t0 = time.monotonic()
         with pytest.raises(LockWaitTimeout, match=f"pid {proc.pid}"), \
                 EntryLock(path, timeout=0.5):
             pass
         assert 0.5 <= time.monotonic() - t0 < 3
-    finally:
-        release.set()
-        proc.join(10)
 
 
 def test_revoke_needs_a_revocation_endpoint_and_logout_says_so(tmp_path):

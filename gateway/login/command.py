@@ -107,7 +107,7 @@ def _renew(args: argparse.Namespace, key: CacheKey, entry: CachedTokens | None,
            lock: EntryLock) -> CachedTokens:
     """Refresh with the entry's refresh token, else sign in (browser, device flow, URL)."""
     # only now: the OAuth client code costs ~0.1 s to import, the cached path nothing
-    from gateway.login.flows import browser_login, device_login
+    from gateway.login.flows import device_login, sign_in
     from gateway.login.provider import Provider
 
     trust = IssuerTrust.of(args.issuer_ca_file, args.issuer_ca_data)
@@ -126,7 +126,7 @@ def _renew(args: argparse.Namespace, key: CacheKey, entry: CachedTokens | None,
         if args.grant == "device-code":
             tokens = device_login(provider, scope=args.scopes)
         else:
-            tokens = browser_login(
+            tokens = sign_in(
                 provider, scope=args.scopes, ports=_ports(args),
                 open_browser_first=args.browser == "auto", timeout=args.timeout,
                 login_hint=args.user,

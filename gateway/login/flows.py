@@ -171,7 +171,7 @@ class LoopbackLogin:
                                       verifier=self._verifier, nonce=self._nonce)
 
 
-def browser_login(
+def sign_in(
     provider: Provider,
     *,
     scope: str,
