@@ -63,7 +63,6 @@ _SECURITY_HEADERS = {
 }
 
 
-
 def read_secret(path: Path, what: str, *, min_bytes: int = 1) -> str:
     """A secret file's content (stripped); ValueError naming the file when unusable."""
     try:
