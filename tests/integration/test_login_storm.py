@@ -136,7 +136,7 @@ def test_a_browser_that_cannot_open_falls_back_to_the_device_flow(world, tmp_pat
 def test_a_failed_sign_in_fails_its_waiters_instead_of_opening_more_browsers(world, tmp_path):
     cache = tmp_path / "cache"
     runs = len(world.browser_runs())
-    env = world.env("alice", cache=cache, mode="deny", delay=2)
+    env = world.env("alice", cache=cache, mode="deny", delay=4)  # all 5 wait by then
     results = _finish_all(world.start_many(5, world.login_args(), env, "deny"))
     assert [code for code, _, _ in results] == [1] * 5
     assert len(world.browser_runs()) == runs + 1
@@ -148,13 +148,16 @@ def test_a_failed_sign_in_fails_its_waiters_instead_of_opening_more_browsers(wor
 
 
 def _holder(world: LoginWorld, cache, name: str) -> Plugin:
-    """A plugin that holds the lock signing in: its browser "closes the tab"."""
+    """A plugin that holds the lock signing in, its browser run over ("the tab was
+    closed"): it waits for a redirect that never comes."""
+    runs = len(world.browser_runs())
     holder = world.start(world.login_args("--timeout=120"),
                          world.env("bob", cache=cache, mode="close"), name)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         records = [p.read_text() for p in cache.glob("*.lock")] if cache.exists() else []
-        if any(f'"pid": {holder.proc.pid}' in r and "signing in" in r for r in records):
+        if any(f'"pid": {holder.proc.pid}' in r and "signing in" in r for r in records) \
+                and any(line.startswith("close ") for line in world.browser_runs()[runs:]):
             return holder
         assert holder.proc.poll() is None, holder.stderr()
         time.sleep(0.05)
