@@ -3,12 +3,14 @@ ExecCredential, the `portal:` config section."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from gateway.login.kubeconfig import (
     kubeconfig,
     powershell_command,
 )
+from gateway.login.trust import IssuerTrust
 from tests.test_config import VALID, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +101,7 @@ def test_cache_writes_are_atomic_for_concurrent_readers(tmp_path):
 
 def _hold_lock(directory: str, started, hold: float) -> None:
     cache = TokenCache(Path(directory))
-    with cache.locked(CacheKey("https://idp.example.com", "vgate", "")):
+    with cache.locked(CacheKey("https://idp.example.com", "vgate", ""), timeout=10):
         started.set()
         time.sleep(hold)
 
@@ -110,7 +113,8 @@ def test_cache_lock_excludes_other_processes(tmp_path):
     proc.start()
     assert started.wait(5)
     t0 = time.monotonic()
-    with TokenCache(tmp_path).locked(CacheKey("https://idp.example.com", "vgate", "")):
+    with TokenCache(tmp_path).locked(CacheKey("https://idp.example.com", "vgate", ""),
+                                     timeout=10):
         waited = time.monotonic() - t0
     proc.join()
     assert waited > 0.3
@@ -237,9 +241,109 @@ def test_logout_tenant_lookup_passes_over_malformed_kubeconfigs(tmp_path, monkey
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"users": [{"name": "vgate-t1", "user": {"exec": {
         "command": "vgate", "args": ["login", "--issuer=https://idp.example.com",
-                                     "--client-id=cli", "--user=alice"]}}}]}))
+                                     "--client-id=cli", "--user=alice",
+                                     "--issuer-ca-data=LS0tLS1CRUdJTg=="]}}}]}))
     missing = tmp_path / "missing.yaml"
     paths = [odd, broken, binary, missing, good]
     monkeypatch.setenv("KUBECONFIG", os.pathsep.join(str(p) for p in paths))
-    assert _plugin_args_for_tenant("t1") == ("https://idp.example.com", "cli", "alice")
+    found = _plugin_args_for_tenant("t1")
+    assert found is not None
+    assert (found.issuer, found.client_id, found.user) == ("https://idp.example.com", "cli",
+                                                           "alice")
+    assert found.trust == IssuerTrust(None, "LS0tLS1CRUdJTg==")  # base64 padding kept
     assert _plugin_args_for_tenant("t2") is None
+
+
+def test_portal_install_hint_and_session_store_defaults(tmp_path):
+    from gateway.portal.pages import rich_text
+
+    cfg = load_config(_portal_config(tmp_path))
+    assert cfg.portal is not None
+    assert "not published on PyPI" in cfg.portal.install_hint
+    assert "pip install vgate " not in cfg.portal.install_hint + " "
+    assert cfg.portal.session_store_file == tmp_path / "portal-sessions.db"  # next to config
+    path = make_config(tmp_path, VALID + PORTAL.format(
+        issuer="https://idp.example.com", url="https://k8s.example.com")
+        + "  install_hint: 'Run `brew install <corp>/vgate` & see https://wiki'\n")
+    hint = load_config(path).portal.install_hint
+    assert str(rich_text(hint)) == (
+        "Run <code>brew install &lt;corp&gt;/vgate</code> &amp; see https://wiki")
+
+
+# -- the entry lock -----------------------------------------------------------------------
+
+
+def _hold_and_fail(path: str, started, release, message: str) -> None:
+    from gateway.login.lock import EntryLock
+
+    with EntryLock(Path(path), timeout=5) as lock:
+        lock.doing("signing in at https://idp.example.com")
+        started.set()
+        release.wait(10)
+        if message:
+            lock.failed(message)
+
+
+@contextlib.contextmanager
+def _holder(path: Path, failure: str = ""):
+    """Another process holding the lock at `path` until `release` is set (then it records
+    `failure`, if any): yields (process, release event)."""
+    ctx = multiprocessing.get_context("fork")
+    started, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_and_fail, args=(str(path), started, release, failure))
+    proc.start()
+    try:
+        assert started.wait(10)
+        yield proc, release
+    finally:
+        release.set()
+        proc.join(10)
+
+
+def test_lock_waiters_learn_the_failure_they_waited_for_and_later_callers_do_not(tmp_path):
+    from gateway.login.lock import EntryLock
+
+    path = tmp_path / "e.lock"
+    notes: list[str] = []
+    with _holder(path, "denied") as (proc, release):
+        threading.Timer(2.5, release.set).start()
+        with EntryLock(path, timeout=10, notify=notes.append) as lock:
+            failure = lock.failure_while_waiting()
+    assert failure is not None and "denied" in failure and f"pid {proc.pid}" in failure
+    assert len(notes) == 1 and f"pid {proc.pid}, signing in at https://idp" in notes[0]
+    with EntryLock(path, timeout=1) as lock:  # did not wait: the old failure is not its own
+        assert lock.failure_while_waiting() is None
+
+
+def test_lock_wait_is_bounded_and_names_the_holder(tmp_path):
+    from gateway.login.lock import EntryLock, LockWaitTimeout
+
+    path = tmp_path / "e.lock"
+    with _holder(path) as (proc, _):
+        t0 = time.monotonic()
+        with pytest.raises(LockWaitTimeout, match=f"pid {proc.pid}"), \
+                EntryLock(path, timeout=0.5):
+            pass
+        assert 0.5 <= time.monotonic() - t0 < 3
+
+
+def test_revoke_needs_a_revocation_endpoint_and_logout_says_so(tmp_path):
+    """An IdP whose discovery document names no revocation_endpoint: logout reports that the
+    refresh token stays valid (exit 1), and still empties the cache."""
+    from gateway.login.errors import LoginError
+    from gateway.login.provider import Provider
+    from tests.support.crafted_op import CraftedProvider
+
+    with CraftedProvider() as op:
+        with pytest.raises(LoginError, match="offers no token revocation endpoint"):
+            Provider(op.issuer, "vgate").revoke("some-refresh-token")
+        cache = TokenCache(tmp_path / "cache")
+        cache.store(CachedTokens(op.issuer, "vgate", "", "id", "refresh", time.time() + 600))
+        r = subprocess.run([sys.executable, "-m", "gateway", "logout", "--all",
+                            "--cache-dir", str(tmp_path / "cache")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1, r.stderr
+    assert "could NOT revoke" in r.stderr and op.issuer in r.stderr
+    assert "offers no token revocation endpoint" in r.stderr
+    assert cache.entries() == []

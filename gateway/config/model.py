@@ -203,6 +203,14 @@ class Audit(Strict):
     file: str = "-"
 
 
+DEFAULT_INSTALL_HINT = (
+    "vgate is not published on PyPI (a package of that name there is not ours). Install the "
+    "`vgate` command from the wheel your platform team provides, built from the vgate source "
+    "with `pip wheel --no-deps -w dist .`, with `pip install dist/vgate-*.whl`; in a checkout "
+    "of the vgate source, `pip install -e .` does it."
+)
+
+
 class Portal(Strict):
     """The SSO web portal served on the gateway's own host at `/` (README: "Portal")."""
 
@@ -217,6 +225,13 @@ class Portal(Strict):
     scopes: list[str] = ["openid", "email", "profile", "groups"]
     ca_file: ConfigPath | None = None        # CA of the gateway's certificate, for kubeconfigs
     login_command: str = "vgate"             # the exec plugin command put in kubeconfigs
+    # how tenant developers get the `vgate` command (shown on the tenant page; `code` in
+    # backticks is shown as code)
+    install_hint: Annotated[str, Field(min_length=1, max_length=2000)] = DEFAULT_INSTALL_HINT
+    # signed-out session ids (SQLite, shared by the workers of one host) and their bound
+    session_store_file: Annotated[ConfigPath, Field(validate_default=True)] = \
+        Path("portal-sessions.db")
+    max_signed_out_sessions: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
 
     @field_validator("public_url")
     @classmethod

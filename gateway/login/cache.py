@@ -1,22 +1,24 @@
 """The token cache: one JSON file per (issuer, client id, user selection), only for its owner.
 
 Files are written atomically (a temporary file in the same folder, fsync, rename) with
-mode 0600 in a 0700 folder. `TokenCache.locked(key)` holds an exclusive `flock` on the
-entry's lock file, so concurrent plugin processes (kubectl runs several) wait for the one
-that is logging in or refreshing and then find its result.
+mode 0600 in a 0700 folder. `TokenCache.locked(key)` holds the entry's lock
+(`gateway.login.lock`), so concurrent plugin processes (kubectl runs several) wait for the
+one that is logging in or refreshing and then find its result. An entry also keeps how its
+IdP was trusted (CA file or data), so `vgate logout` revokes with the same trust as login.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from gateway.login.lock import EntryLock
 
 MAX_ENTRY_BYTES = 256 * 1024
 
@@ -41,6 +43,8 @@ class CachedTokens:
     id_token: str
     refresh_token: str | None
     expires_at: float  # the ID token's exp
+    issuer_ca_file: str | None = None  # how the IdP's TLS certificate was trusted at login
+    issuer_ca_data: str | None = None  # (base64 PEM); both None: the system's trust store
 
     def valid_for(self, now: float, margin: float) -> bool:
         return bool(self.id_token) and self.expires_at - margin > now
@@ -66,16 +70,11 @@ class TokenCache:
     def path(self, key: CacheKey) -> Path:
         return self.dir / f"{key.name}.json"
 
-    @contextlib.contextmanager
-    def locked(self, key: CacheKey) -> Iterator[None]:
-        """Hold the entry's exclusive lock (blocks while another process holds it)."""
+    def locked(self, key: CacheKey, *, timeout: float,
+               notify: Callable[[str], None] | None = None) -> EntryLock:
+        """The entry's exclusive lock, waiting at most `timeout` s for another holder."""
         self._ensure_dir()
-        fd = os.open(self.dir / f"{key.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+        return EntryLock(self.dir / f"{key.name}.lock", timeout=timeout, notify=notify)
 
     def load(self, key: CacheKey) -> CachedTokens | None:
         """The entry, or None when absent, unreadable or not for this key."""
@@ -121,7 +120,7 @@ class TokenCache:
 
     def entries(self) -> list[CachedTokens]:
         """Every readable entry (for `vgate logout --all` / by issuer)."""
-        out = []
+        out: list[CachedTokens] = []
         if not self.dir.is_dir():
             return out
         for p in sorted(self.dir.glob("*.json")):

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,13 +15,19 @@ from gateway.login.cache import CachedTokens, CacheKey, TokenCache
 from gateway.login.errors import IdPUnreachable, LoginError
 from gateway.login.exec_credential import exec_credential, requested_api_version
 from gateway.login.kubeconfig import KubeconfigSpec, kubeconfig_yaml
+from gateway.login.trust import IssuerTrust
 
 if TYPE_CHECKING:
+    from gateway.login.lock import EntryLock
     from gateway.login.provider import Tokens
 
 DEFAULT_SCOPES = "openid email profile groups offline_access"
 DEFAULT_PORTS = (8000, 18000)
 EXPIRY_MARGIN_SECONDS = 30.0
+# A waiter outlasts the longest sign-in a holder may legitimately take: its browser login
+# (--timeout) or a device flow (the IdP's device code lifetime: 10-15 min at common IdPs).
+DEVICE_FLOW_SECONDS = 900.0
+LOCK_MARGIN_SECONDS = 30.0
 
 
 def add_login_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +43,10 @@ def add_login_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--browser", choices=["auto", "none"], default="auto",
                    help="open a browser (auto) or only print the URL (none)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a login")
+    p.add_argument("--lock-timeout", type=float, default=None,
+                   help="seconds to wait for another vgate login that is refreshing or "
+                        "signing in for the same user (default: the longer of --timeout "
+                        "and 900, plus 30)")
     p.add_argument("--issuer-ca-file", help="CA bundle for the IdP's TLS certificate")
     p.add_argument("--issuer-ca-data", help="the same, base64 PEM (as kubeconfigs carry it)")
     p.add_argument("--cache-dir", type=Path, help="token cache folder "
@@ -54,51 +65,73 @@ def _ports(args: argparse.Namespace) -> list[int]:
     return list(DEFAULT_PORTS)
 
 
-def _entry(key: CacheKey, tokens: Tokens, previous: CachedTokens | None) -> CachedTokens:
+def _entry(key: CacheKey, tokens: Tokens, previous: CachedTokens | None,
+           trust: IssuerTrust) -> CachedTokens:
     refresh = tokens.refresh_token or (previous.refresh_token if previous else None)
     return CachedTokens(key.issuer, key.client_id, key.user, tokens.id_token, refresh,
-                        tokens.expires_at)
+                        tokens.expires_at, trust.ca_file, trust.ca_data)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def obtain_token(args: argparse.Namespace, cache: TokenCache) -> CachedTokens:
-    """A valid ID token: cached (no IdP contact), refreshed, or from a new login.
+    """A valid ID token: cached (no IdP contact), refreshed, or from a new sign-in.
 
-    The entry's lock is held throughout, so concurrent callers do one login between them.
+    The entry's lock is held throughout, so concurrent callers do one refresh or one sign-in
+    between them (the others wait, bounded by --lock-timeout, and take its token). When that
+    sign-in fails, the processes that waited for it fail with its message.
     """
     key = CacheKey(args.issuer, args.client_id, args.user)
-    with cache.locked(key):
+    wait = args.lock_timeout if args.lock_timeout is not None \
+        else max(args.timeout, DEVICE_FLOW_SECONDS) + LOCK_MARGIN_SECONDS
+    with cache.locked(key, timeout=wait, notify=_say) as lock:
         entry = cache.load(key)
         if entry is not None and entry.valid_for(time.time(), EXPIRY_MARGIN_SECONDS):
             return entry
-        # only now: the OAuth client code costs ~0.1 s to import, the cached path nothing
-        from gateway.login.flows import browser_login, device_login
-        from gateway.login.provider import Provider, tls_verify
-
-        provider = Provider(
-            args.issuer, args.client_id,
-            verify=tls_verify(args.issuer_ca_file, args.issuer_ca_data),
-        )
-        tokens: Tokens | None = None
-        if entry is not None and entry.refresh_token:
-            try:
-                tokens = provider.refresh(entry.refresh_token)
-            except IdPUnreachable:
-                raise
-            except LoginError as exc:
-                print(f"vgate: the refresh token no longer works ({exc}); signing in again",
-                      file=sys.stderr, flush=True)
-        if tokens is None:
-            if args.grant == "device-code":
-                tokens = device_login(provider, scope=args.scopes)
-            else:
-                tokens = browser_login(
-                    provider, scope=args.scopes, ports=_ports(args),
-                    open_browser=args.browser == "auto", timeout=args.timeout,
-                    login_hint=args.user,
-                )
-        new = _entry(key, tokens, entry)
+        failure = lock.failure_while_waiting()
+        if failure is not None:
+            raise LoginError(failure)
+        try:
+            new = _renew(args, key, entry, lock)
+        except LoginError as exc:
+            lock.failed(str(exc))
+            raise
         cache.store(new)
+        lock.succeeded()
         return new
+
+
+def _renew(args: argparse.Namespace, key: CacheKey, entry: CachedTokens | None,
+           lock: EntryLock) -> CachedTokens:
+    """Refresh with the entry's refresh token, else sign in (browser, device flow, URL)."""
+    # only now: the OAuth client code costs ~0.1 s to import, the cached path nothing
+    from gateway.login.flows import device_login, sign_in
+    from gateway.login.provider import Provider
+
+    trust = IssuerTrust.of(args.issuer_ca_file, args.issuer_ca_data)
+    provider = Provider(args.issuer, args.client_id, verify=trust.verify())
+    tokens: Tokens | None = None
+    if entry is not None and entry.refresh_token:
+        lock.doing(f"refreshing the token at {args.issuer}")
+        try:
+            tokens = provider.refresh(entry.refresh_token)
+        except IdPUnreachable:
+            raise
+        except LoginError as exc:
+            _say(f"vgate: the refresh token no longer works ({exc}); signing in again")
+    if tokens is None:
+        lock.doing(f"signing in at {args.issuer}")
+        if args.grant == "device-code":
+            tokens = device_login(provider, scope=args.scopes)
+        else:
+            tokens = sign_in(
+                provider, scope=args.scopes, ports=_ports(args),
+                open_browser_first=args.browser == "auto", timeout=args.timeout,
+                login_hint=args.user,
+            )
+    return _entry(key, tokens, entry, trust)
 
 
 def login_main(args: argparse.Namespace) -> int:
@@ -125,47 +158,93 @@ def login_main(args: argparse.Namespace) -> int:
 
 
 def logout_main(args: argparse.Namespace) -> int:
-    """Forget cached tokens (and revoke their refresh tokens at the IdP, best effort)."""
+    """Forget cached tokens and revoke their refresh tokens at the IdP (RFC 7009).
+
+    The cache is emptied in every case; the exit code is 1 when a refresh token could not
+    be revoked (the IdP would still accept it), and the message names the IdP and why.
+    """
     cache = TokenCache(args.cache_dir)
+    given = IssuerTrust.of(args.issuer_ca_file, args.issuer_ca_data)
     if args.tenant:
         found = _plugin_args_for_tenant(args.tenant)
         if found is None:
             print(f"vgate logout: no kubeconfig user vgate-{args.tenant} runs `vgate login` "
                   "(looked in $KUBECONFIG or ~/.kube/config)", file=sys.stderr)
             return 1
-        args.issuer, args.client_id, args.user = found
+        args.issuer, args.client_id, args.user = found.issuer, found.client_id, found.user
+        given = given.or_else(found.trust)
     if not args.all and not args.issuer:
         print("vgate logout: give --tenant, --issuer (optionally --client-id/--user) or --all",
               file=sys.stderr)
         return 2
-    removed = 0
-    for entry in cache.entries():
+    removed = failed = 0
+    for listed in cache.entries():
         if not args.all and (
-            entry.issuer != args.issuer
-            or (args.client_id and entry.client_id != args.client_id)
-            or (args.user is not None and entry.user != args.user)
+            listed.issuer != args.issuer
+            or (args.client_id and listed.client_id != args.client_id)
+            or (args.user is not None and listed.user != args.user)
         ):
             continue
-        key = CacheKey(entry.issuer, entry.client_id, entry.user)
-        with cache.locked(key):
-            cache.remove(key)
+        key = CacheKey(listed.issuer, listed.client_id, listed.user)
+        who = f"{listed.issuer} as client {listed.client_id}" + (
+            f" ({listed.user})" if listed.user else "")
+        try:
+            with cache.locked(key, timeout=args.lock_timeout, notify=_say):
+                entry = cache.remove(key)  # re-read under the lock: a refresh may have rotated it
+        except LoginError as exc:
+            failed += 1
+            print(f"vgate logout: could not log out of {who}: {exc}", file=sys.stderr)
+            continue
+        if entry is None:
+            continue
         removed += 1
-        if entry.refresh_token and not args.keep_session:
-            from gateway.login.provider import Provider, tls_verify
-
-            provider = Provider(entry.issuer, entry.client_id, timeout=5.0,
-                                verify=tls_verify(args.issuer_ca_file, None))
-            provider.revoke(entry.refresh_token)
-        who = f" ({entry.user})" if entry.user else ""
-        print(f"vgate: logged out of {entry.issuer} as client {entry.client_id}{who}",
+        if not entry.refresh_token:
+            print(f"vgate: logged out of {who} (it had no refresh token)", file=sys.stderr)
+            continue
+        if args.keep_session:
+            print(f"vgate: logged out of {who}; its refresh token stays valid at the IdP "
+                  "(--keep-session)", file=sys.stderr)
+            continue
+        try:
+            _revoke(entry, given)
+        except LoginError as exc:
+            failed += 1
+            print(f"vgate logout: deleted the cached tokens of {who}, but could NOT revoke "
+                  f"its refresh token at the identity provider: {exc}. The IdP accepts that "
+                  "refresh token until it expires; end the session at the IdP (or run "
+                  "`vgate logout` again with the IdP reachable before deleting anything "
+                  "else) to be sure.", file=sys.stderr)
+            continue
+        print(f"vgate: logged out of {who}; its refresh token is revoked at the IdP",
               file=sys.stderr)
-    if removed == 0:
+    if removed == 0 and failed == 0:
         print("vgate: no cached tokens matched", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
-def _plugin_args_for_tenant(tenant: str) -> tuple[str, str, str] | None:
-    """(issuer, client id, user) of the kubeconfig user `vgate-<tenant>`, from the files
+def _revoke(entry: CachedTokens, given: IssuerTrust) -> None:
+    """Revoke the entry's refresh token, trusting the IdP as given on the command line or
+    else as the login that stored the entry did."""
+    from gateway.login.provider import Provider
+
+    assert entry.refresh_token is not None
+    trust = given.or_else(IssuerTrust(entry.issuer_ca_file, entry.issuer_ca_data))
+    Provider(entry.issuer, entry.client_id, timeout=10.0,
+             verify=trust.verify()).revoke(entry.refresh_token)
+
+
+@dataclass(frozen=True)
+class PluginArgs:
+    """What `vgate logout --tenant` needs from a kubeconfig's `vgate login` arguments."""
+
+    issuer: str
+    client_id: str
+    user: str
+    trust: IssuerTrust
+
+
+def _plugin_args_for_tenant(tenant: str) -> PluginArgs | None:
+    """The `vgate login` arguments of the kubeconfig user `vgate-<tenant>`, from the files
     kubectl would read (unreadable files and malformed entries are passed over)."""
     import yaml
 
@@ -184,8 +263,10 @@ def _plugin_args_for_tenant(tenant: str) -> tuple[str, str, str] | None:
                 continue
             values = {k: v for k, _, v in (a.partition("=") for a in args) if v}
             if "--issuer" in values:
-                return (values["--issuer"], values.get("--client-id", "vgate"),
-                        values.get("--user", ""))
+                return PluginArgs(
+                    values["--issuer"], values.get("--client-id", "vgate"),
+                    values.get("--user", ""),
+                    IssuerTrust(values.get("--issuer-ca-file"), values.get("--issuer-ca-data")))
     return None
 
 
@@ -217,7 +298,11 @@ def add_logout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="forget every cached token")
     p.add_argument("--keep-session", action="store_true",
                    help="do not revoke the refresh tokens at the IdP")
-    p.add_argument("--issuer-ca-file", help="CA bundle for the IdP's TLS certificate")
+    p.add_argument("--issuer-ca-file", help="CA bundle for the IdP's TLS certificate "
+                   "(default: what the login that cached the tokens used)")
+    p.add_argument("--issuer-ca-data", help="the same, base64 PEM")
+    p.add_argument("--lock-timeout", type=float, default=15.0,
+                   help="seconds to wait for a vgate login busy with the same tokens")
     p.add_argument("--cache-dir", type=Path)
 
 

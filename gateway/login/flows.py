@@ -91,71 +91,126 @@ def can_open_browser() -> bool:
             or any(os.environ.get(v) for v in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")))
 
 
-def browser_login(
+def open_browser(url: str) -> bool:
+    """Open `url` with the preferred browser only ($BROWSER first); False when that fails.
+
+    `webbrowser.open` would go on to the next registered browser, which on a terminal can be
+    a console browser (lynx, w3m) taking over kubectl's terminal.
+    """
+    try:
+        return bool(webbrowser.get().open(url))
+    except (webbrowser.Error, OSError):
+        return False
+
+
+class LoopbackLogin:
+    """Authorization code + PKCE (S256) with `state` and `nonce`, redirected to 127.0.0.1.
+
+    A context manager: entering listens on the first free port of `ports` and builds `url`;
+    `wait()` returns the tokens once the browser came back; leaving stops listening.
+    """
+
+    def __init__(self, provider: Provider, *, scope: str, ports: list[int],
+                 login_hint: str = "") -> None:
+        self.provider = provider
+        self.scope = scope
+        self.ports = ports
+        self.login_hint = login_hint
+        self.url = ""
+        self._result = _Callback()
+
+    def __enter__(self) -> LoopbackLogin:
+        endpoints = self.provider.endpoints()
+        self._server = server = _bind(self.ports)
+        self.redirect_uri = f"http://127.0.0.1:{server.server_address[1]}{CALLBACK_PATH}"
+        state, self._nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        self._verifier = generate_token(64)
+        server.RequestHandlerClass = _handler(self._result, state)
+        server.timeout = 0.2
+        self._thread = threading.Thread(target=_serve_until, args=(server, self._result),
+                                        daemon=True)
+        self._thread.start()
+        try:
+            with self.provider.client(redirect_uri=self.redirect_uri, scope=self.scope) as c:
+                extra = {"login_hint": self.login_hint} if self.login_hint else {}
+                self.url, _ = c.create_authorization_url(
+                    endpoints.authorization, state=state, nonce=self._nonce,
+                    code_challenge=create_s256_code_challenge(self._verifier),
+                    code_challenge_method="S256", **extra,
+                )
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._result.done.set()
+        self._thread.join(2)
+        self._server.server_close()
+
+    def wait(self, timeout: float) -> Tokens:
+        """The tokens of the sign-in that comes back to the loopback redirect."""
+        if not self._result.done.wait(timeout):
+            raise LoginError(f"no login arrived within {timeout:.0f} s (was the browser "
+                             "closed?); run the command again to retry")
+        provider = self.provider
+        params = self._result.params or {}
+        if "error" in params:
+            if params["error"] == "access_denied":
+                raise LoginError("the sign-in was denied or cancelled at the identity provider"
+                                 + (f": {params.get('error_description')}"
+                                    if params.get("error_description") else ""))
+            raise LoginError(f"the identity provider refused the sign-in: {params['error']} "
+                             f"{params.get('error_description', '')}".strip())
+        if params.get("iss") not in (None, provider.issuer):
+            raise LoginError("the authorization answer came from another issuer (iss mismatch)")
+        code = params.get("code")
+        if not code:
+            raise LoginError("the authorization answer has no code")
+        return provider.exchange_code(code, redirect_uri=self.redirect_uri,
+                                      verifier=self._verifier, nonce=self._nonce)
+
+
+def sign_in(
     provider: Provider,
     *,
     scope: str,
     ports: list[int],
-    open_browser: bool,
+    open_browser_first: bool,
     timeout: float,
     login_hint: str = "",
     err: TextIO = sys.stderr,
-    opener: Callable[[str], bool] = webbrowser.open,
+    opener: Callable[[str], bool] = open_browser,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Tokens:
-    """Authorization code + PKCE (S256) with `state` and `nonce`, redirected to 127.0.0.1."""
-    endpoints = provider.endpoints()
-    server = _bind(ports)
-    port = server.server_address[1]
-    redirect_uri = f"http://127.0.0.1:{port}{CALLBACK_PATH}"
-    state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    verifier = generate_token(64)
-    result = _Callback()
-    server.RequestHandlerClass = _handler(result, state)
-    server.timeout = 0.2
-    thread = threading.Thread(target=_serve_until, args=(server, result), daemon=True)
-    thread.start()
-    try:
-        with provider.client(redirect_uri=redirect_uri, scope=scope) as c:
-            extra = {"login_hint": login_hint} if login_hint else {}
-            url, _ = c.create_authorization_url(
-                endpoints.authorization, state=state, nonce=nonce,
-                code_challenge=create_s256_code_challenge(verifier),
-                code_challenge_method="S256", **extra,
-            )
-        opened = False
-        if open_browser and can_open_browser():
+    """Sign in interactively, showing the person one URL (on `err`) at most.
+
+    With `open_browser_first`: in a browser when one can be opened, else with the device
+    flow when the IdP offers it to this client. Otherwise (or when the device flow is not
+    offered): print the loopback login's URL for the person to open.
+    """
+    if open_browser_first and can_open_browser():
+        with LoopbackLogin(provider, scope=scope, ports=ports, login_hint=login_hint) as login:
             try:
-                opened = opener(url)
+                opened = opener(login.url)
             except Exception:
                 opened = False
-        if opened:
-            print(f"vgate: a browser opened to sign you in at {provider.issuer}; if it did not, "
-                  f"open this URL:\n{url}", file=err, flush=True)
+            if opened:
+                print(f"vgate: a browser opened to sign you in at {provider.issuer}; if it did "
+                      f"not, open this URL:\n{login.url}", file=err, flush=True)
+                return login.wait(timeout)
+        print("vgate: the browser could not be opened", file=err, flush=True)
+    if open_browser_first and provider.endpoints().device_authorization:
+        try:
+            start = provider.device_start(scope)
+        except OAuthFailure as exc:  # the IdP does not allow the device flow for this client
+            print(f"vgate: the device flow is not available ({exc})", file=err, flush=True)
         else:
-            print(f"vgate: open this URL in a browser to sign in at {provider.issuer}:\n{url}",
-                  file=err, flush=True)
-        if not result.done.wait(timeout):
-            raise LoginError(f"no login arrived within {timeout:.0f} s (was the browser "
-                             "closed?); run the command again to retry")
-    finally:
-        result.done.set()
-        thread.join(2)
-        server.server_close()
-    params = result.params or {}
-    if "error" in params:
-        if params["error"] == "access_denied":
-            raise LoginError("the sign-in was denied or cancelled at the identity provider"
-                             + (f": {params.get('error_description')}"
-                                if params.get("error_description") else ""))
-        raise LoginError(f"the identity provider refused the sign-in: {params['error']} "
-                         f"{params.get('error_description', '')}".strip())
-    if params.get("iss") not in (None, provider.issuer):
-        raise LoginError("the authorization answer came from another issuer (iss mismatch)")
-    code = params.get("code")
-    if not code:
-        raise LoginError("the authorization answer has no code")
-    return provider.exchange_code(code, redirect_uri=redirect_uri, verifier=verifier,
-                                  nonce=nonce)
+            return device_login(provider, scope=scope, err=err, sleep=sleep, start=start)
+    with LoopbackLogin(provider, scope=scope, ports=ports, login_hint=login_hint) as login:
+        print(f"vgate: open this URL in a browser to sign in at {provider.issuer}:\n{login.url}",
+              file=err, flush=True)
+        return login.wait(timeout)
 
 
 def _serve_until(server: HTTPServer, result: _Callback) -> None:
@@ -169,9 +224,13 @@ def device_login(
     scope: str,
     err: TextIO = sys.stderr,
     sleep: Callable[[float], None] = time.sleep,
+    start: dict | None = None,
 ) -> Tokens:
-    """The device authorization grant (RFC 8628): show the code, poll until done."""
-    start = provider.device_start(scope)
+    """The device authorization grant (RFC 8628): show the code, poll until done.
+
+    `start` is the device authorization answer when the caller already asked for it."""
+    if start is None:
+        start = provider.device_start(scope)
     uri = start.get("verification_uri") or ""
     complete = start.get("verification_uri_complete")
     print(f"vgate: to sign in, open {uri} and enter the code {start.get('user_code', '')}",

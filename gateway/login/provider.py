@@ -19,8 +19,23 @@ from authlib.integrations.httpx_client import OAuth2Client
 
 from gateway.login.errors import IdPUnreachable, LoginError
 
-__all__ = ["IdPUnreachable", "LoginError", "OAuthFailure", "Provider", "Tokens", "tls_verify"]
+__all__ = ["IdPUnreachable", "LoginError", "OAuthFailure", "Provider", "Tokens"]
 
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What a failed request raises: httpx's errors, and httpx2's, which authlib's OAuth
+    clients use instead of httpx when that package is installed."""
+    errors: list[type[Exception]] = [httpx.HTTPError]
+    try:
+        import httpx2  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        errors.append(httpx2.HTTPError)
+    return tuple(errors)
+
+
+TRANSPORT_ERRORS = _transport_errors()
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 MAX_DOCUMENT_BYTES = 512 * 1024
 
@@ -47,16 +62,6 @@ def _describe(exc: Exception) -> str:
     return text.splitlines()[0][:200]
 
 
-def tls_verify(ca_file: str | None = None, ca_data: str | None = None) -> ssl.SSLContext | bool:
-    """The TLS trust for the IdP: system CAs, or a given CA file / base64 PEM."""
-    if ca_data:
-        pem = base64.b64decode(ca_data).decode()
-        return ssl.create_default_context(cadata=pem)
-    if ca_file:
-        return ssl.create_default_context(cafile=ca_file)
-    return True
-
-
 class Provider:
     """One issuer and one client id; every network call has `timeout` seconds."""
 
@@ -76,6 +81,14 @@ class Provider:
         self.client_secret = client_secret
         self._endpoints: Endpoints | None = None
 
+    def _unreachable(self, exc: Exception, what: str = "") -> IdPUnreachable:
+        text = _describe(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            text += (" (the IdP's certificate is not trusted: give its CA with --issuer-ca-file"
+                     " or --issuer-ca-data)")
+        prefix = f"{what}: " if what else ""
+        return IdPUnreachable(f"{prefix}cannot reach the identity provider {self.issuer}: {text}")
+
     # -- discovery ------------------------------------------------------------------------
 
     def endpoints(self) -> Endpoints:
@@ -89,9 +102,7 @@ class Provider:
             with httpx.Client(verify=self.verify, timeout=self.timeout) as c:
                 resp = c.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
-            raise IdPUnreachable(
-                f"cannot reach the identity provider {self.issuer}: {_describe(exc)}"
-            ) from None
+            raise self._unreachable(exc) from None
         if resp.status_code != 200:
             raise LoginError(
                 f"{self.issuer} does not look like an OpenID Provider: its discovery document "
@@ -136,10 +147,8 @@ class Provider:
             token = call()
         except OAuthError as exc:
             raise OAuthFailure(what, exc.error or "error", exc.description or "") from None
-        except httpx.HTTPError as exc:
-            raise IdPUnreachable(
-                f"{what}: cannot reach the identity provider {self.issuer}: {_describe(exc)}"
-            ) from None
+        except TRANSPORT_ERRORS as exc:
+            raise self._unreachable(exc, what) from None
         return self.tokens_from(dict(token), nonce=nonce)
 
     def tokens_from(self, token: dict[str, Any], *, nonce: str | None) -> Tokens:
@@ -192,16 +201,16 @@ class Provider:
                 resp = c.post(ep.device_authorization,
                               data={"client_id": self.client_id, "scope": scope})
         except httpx.HTTPError as exc:
-            raise IdPUnreachable(f"cannot reach the identity provider {self.issuer}: "
-                                 f"{_describe(exc)}") from None
+            raise self._unreachable(exc) from None
         try:
             body = resp.json()
         except ValueError:
             body = {}
         if resp.status_code != 200 or not isinstance(body, dict) or "device_code" not in body:
-            err = body.get("error", f"HTTP {resp.status_code}") if isinstance(body, dict) else ""
+            err = body.get("error") if isinstance(body, dict) else None
             desc = body.get("error_description", "") if isinstance(body, dict) else ""
-            raise LoginError(f"device authorization refused: {err} {desc}".strip())
+            raise OAuthFailure("device authorization", str(err or f"HTTP {resp.status_code}"),
+                               str(desc or ""))
         return body
 
     def device_poll(self, device_code: str) -> Tokens:
@@ -213,18 +222,36 @@ class Provider:
                 lambda: c.fetch_token(ep.token, grant_type=DEVICE_GRANT, device_code=device_code),
             )
 
-    def revoke(self, refresh_token: str) -> bool:
-        """Best effort: revoke a refresh token at the IdP (False when not possible)."""
+    def revoke(self, refresh_token: str) -> None:
+        """Revoke a refresh token (RFC 7009) at the discovery document's revocation endpoint.
+
+        Returns only when the IdP confirmed it (HTTP 200); otherwise raises `LoginError`
+        (`IdPUnreachable` when it could not be asked) saying why.
+        """
+        ep = self.endpoints()
+        if not ep.revocation:
+            raise LoginError(f"{self.issuer} offers no token revocation endpoint (no "
+                             "revocation_endpoint in its discovery document)")
         try:
-            ep = self.endpoints()
-            if not ep.revocation:
-                return False
             with self.client() as c:
                 resp = c.revoke_token(ep.revocation, token=refresh_token,
                                       token_type_hint="refresh_token")
-            return resp.status_code == 200
-        except (LoginError, httpx.HTTPError, OAuthError):
-            return False
+        except TRANSPORT_ERRORS as exc:
+            raise self._unreachable(exc, "revocation") from None
+        except OAuthError as exc:
+            raise OAuthFailure("revocation", exc.error or "error", exc.description or "") \
+                from None
+        if resp.status_code == 200:
+            return
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            raise OAuthFailure("revocation", body["error"],
+                               str(body.get("error_description") or ""))
+        raise LoginError(f"revocation refused by the identity provider: {ep.revocation} "
+                         f"answered HTTP {resp.status_code}")
 
 
 class OAuthFailure(LoginError):

@@ -5,7 +5,9 @@ Routes (all under the gateway's own host):
   GET  /login                          start the sign-in at the IdP
   GET  /oauth2/callback                the IdP's answer (state + nonce checked)
   GET  /tenants/{tenant}/kubeconfig    ?form=host|path; 403 without a role on the tenant
-  POST /logout                         with the session's CSRF token
+  GET  /ca.crt                         the gateway's CA (`portal.ca_file`), to trust it
+  POST /logout                         with the session's CSRF token; ends the session
+                                       server-side too (`SignedOutSessions`)
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
-from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
+from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.starlette_client import OAuth
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -40,8 +41,12 @@ from gateway.login.kubeconfig import (
     kubeconfig_yaml,
     powershell_command,
 )
+from gateway.login.provider import TRANSPORT_ERRORS
 from gateway.portal.access import TenantAccess, TenantRole
-from gateway.portal.signin import PortalVerifier
+from gateway.portal.ca import CertificateAuthority
+from gateway.portal.pages import render
+from gateway.portal.sessions import SessionStoreError, SignedOutSessions
+from gateway.portal.signin import PortalVerifier, rejection
 
 log = logging.getLogger("vgate.portal")
 
@@ -56,12 +61,6 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
 }
-
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
 
 
 def read_secret(path: Path, what: str, *, min_bytes: int = 1) -> str:
@@ -111,6 +110,15 @@ class Portal:
                                      config.routing.path_prefix)
         issuer = next(i for i in config.oidc.issuers if i.issuer == portal.issuer)
         self.ca_pem = portal.ca_file.read_bytes() if portal.ca_file else None
+        try:
+            self.ca = CertificateAuthority.from_pem(self.ca_pem) if self.ca_pem else None
+        except ValueError:
+            raise ValueError(f"portal.ca_file {portal.ca_file}: no PEM certificate") from None
+        try:
+            self.sessions = SignedOutSessions(portal.session_store_file,
+                                              max_entries=portal.max_signed_out_sessions)
+        except SessionStoreError as exc:
+            raise ValueError(str(exc)) from None
         self.issuer_ca_pem = issuer.ca_file.read_bytes() if issuer.ca_file else None
         self.verifier = PortalVerifier(issuer, keys, portal.client_id)
         client_secret = read_secret(portal.client_secret_file, "portal.client_secret_file")
@@ -136,6 +144,7 @@ class Portal:
                 Route("/login", self.login, methods=["GET"]),
                 Route(CALLBACK_PATH, self.callback, methods=["GET"]),
                 Route("/tenants/{tenant}/kubeconfig", self.download, methods=["GET"]),
+                Route("/ca.crt", self.ca_certificate, methods=["GET"]),
                 Route("/logout", self.logout, methods=["POST"]),
             ],
             middleware=[Middleware(
@@ -149,18 +158,27 @@ class Portal:
     # -- helpers --------------------------------------------------------------------------
 
     def _page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        body = _templates.get_template(template).render(**context)
-        return HTMLResponse(body, status_code=status, headers=_SECURITY_HEADERS)
+        return HTMLResponse(render(template, **context), status_code=status,
+                            headers=_SECURITY_HEADERS)
 
     def _error(self, status: int, title: str, message: str, *, retry: bool = True) -> Response:
         return self._page("message.html", status, title=title, message=message, retry=retry)
 
-    def _identity(self, request: Request) -> Identity | None:
-        """The signed-in identity, while the session's absolute lifetime lasts."""
+    async def _identity(self, request: Request) -> Identity | Response | None:
+        """The signed-in identity, while the session's absolute lifetime lasts and it was
+        not signed out (None), or an error page when sign-outs cannot be checked."""
         s = request.session
-        until = s.get("until")
-        if not isinstance(until, int | float) or until <= time.time() or "user" not in s:
+        until, sid, iat = s.get("until"), s.get("sid"), s.get("iat")
+        if not isinstance(until, int | float) or until <= time.time() or "user" not in s \
+                or not isinstance(sid, str) or not isinstance(iat, int | float):
             return None
+        try:
+            if await self.sessions.is_signed_out(sid, float(iat)):
+                return None
+        except SessionStoreError as exc:
+            log.warning("portal sessions cannot be checked: %s", exc)
+            return self._error(503, "Try again shortly",
+                               "The portal cannot check its sessions right now.")
         return Identity(username=s["user"], uid=s["sub"], groups=tuple(s.get("groups", ())),
                         issuer=s["iss"], expires_at=float(until), claims=s.get("claims", {}))
 
@@ -190,7 +208,9 @@ class Portal:
     # -- routes ---------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:
-        identity = self._identity(request)
+        identity = await self._identity(request)
+        if isinstance(identity, Response):
+            return identity
         if identity is None:
             request.session.clear()
             return RedirectResponse("/login", status_code=303, headers=_SECURITY_HEADERS)
@@ -208,13 +228,13 @@ class Portal:
         return self._page(
             "tenants.html", user=identity.username, name=request.session.get("name", ""),
             rows=rows, csrf=request.session.get("csrf", ""), issuer=self.settings.issuer,
+            install_hint=self.settings.install_hint, ca=self.ca,
         )
 
     async def login(self, request: Request) -> Response:
         request.session.clear()
         redirect_uri = self.settings.public_url + CALLBACK_PATH
-        nonce = secrets.token_urlsafe(24)
-        request.session["nonce"] = nonce
+        nonce = secrets.token_urlsafe(24)  # kept with the state, checked in the ID token
         try:
             return await self.oauth.idp.authorize_redirect(request, redirect_uri, nonce=nonce)
         except Exception as exc:  # discovery failed: the IdP is down or misconfigured
@@ -223,48 +243,63 @@ class Portal:
                                "The identity provider cannot be reached right now.")
 
     async def callback(self, request: Request) -> Response:
-        nonce = request.session.get("nonce")
-        if request.query_params.get("error"):
-            error = request.query_params.get("error", "")
+        """The IdP's answer: state (this browser's sign-in), code exchange, ID token check.
+
+        Only an IdP that cannot be reached is a 502; a refused exchange or a token that does
+        not pass (audience, nonce, expiry, signature, ...) is a 4xx naming the reason.
+        """
+        params = request.query_params
+        if params.get("error"):
+            error = params.get("error", "")
             request.session.clear()
             if error == "access_denied":
                 return self._error(403, "Sign-in cancelled",
                                    "The identity provider did not sign you in.")
             return self._error(400, "Sign-in failed",
                                f"The identity provider answered: {error[:100]}")
-        try:
-            token = await self.oauth.idp.authorize_access_token(request)
-        except MismatchingStateError:
-            request.session.clear()
+        idp = self.oauth.idp
+        state, code = params.get("state"), params.get("code")
+        pending = await idp.framework.get_state_data(request.session, state) if state else None
+        request.session.clear()
+        if not isinstance(pending, dict) or not code:
             return self._error(400, "Sign-in expired",
                                "This sign-in answer does not belong to your browser session "
                                "(or it took too long).")
+        try:
+            token = await idp.fetch_access_token(
+                code=code, redirect_uri=pending.get("redirect_uri"),
+                code_verifier=pending.get("code_verifier"))
         except OAuthError as exc:
-            request.session.clear()
-            log.info("portal sign-in refused: %s", exc.error)
-            return self._error(400, "Sign-in failed", "The identity provider refused the "
-                               "sign-in.")
-        except Exception as exc:
-            request.session.clear()
-            log.warning("portal code exchange failed: %s", type(exc).__name__)
+            log.warning("portal sign-in: the IdP refused the code exchange: %s %s",
+                        exc.error, (exc.description or "")[:200])
+            return self._error(400, "Sign-in failed", "The identity provider refused to "
+                               f"complete the sign-in: {str(exc.error)[:100]}.")
+        except TRANSPORT_ERRORS as exc:
+            log.warning("portal sign-in: the IdP cannot be reached for the code exchange: %s",
+                        str(exc)[:300] or type(exc).__name__)
             return self._error(502, "Sign-in failed", "The identity provider could not be "
                                "reached to complete the sign-in.")
-        id_token = token.get("id_token")
+        except Exception as exc:  # an answer that is no token response
+            log.warning("portal sign-in: unusable code exchange answer: %s: %s",
+                        type(exc).__name__, str(exc)[:200])
+            return self._error(502, "Sign-in failed", "The identity provider's answer to "
+                               "the code exchange is not a token response.")
+        id_token, nonce = token.get("id_token"), pending.get("nonce")
         if not isinstance(id_token, str) or not isinstance(nonce, str):
-            request.session.clear()
-            return self._error(400, "Sign-in failed", "No ID token came back.")
+            log.warning("portal sign-in: the token response holds no ID token")
+            return self._error(400, "Sign-in failed", "The identity provider returned no ID "
+                               "token (is 'openid' among portal.scopes?).")
         try:
             identity = await self.verifier.verify(id_token, nonce)
         except AuthError as exc:
-            request.session.clear()
-            log.info("portal sign-in rejected: %s: %s", exc.reason, exc.detail)
-            return self._error(403, "Not allowed",
-                               "Your identity cannot be used through this gateway.")
-        request.session.clear()
-        until = time.time() + self.settings.session_lifetime_seconds
+            why = rejection(exc, id_token, self.settings.client_id)
+            log.warning("portal sign-in rejected (%s): %s", exc.reason, why.message)
+            return self._error(why.status, why.title, why.message)
+        now = time.time()
         request.session.update({
             "user": identity.username, "sub": identity.uid, "groups": list(identity.groups),
-            "iss": identity.issuer, "until": int(until), "csrf": secrets.token_urlsafe(24),
+            "iss": identity.issuer, "until": int(now + self.settings.session_lifetime_seconds),
+            "sid": secrets.token_urlsafe(18), "iat": now, "csrf": secrets.token_urlsafe(24),
             "name": str(identity.claims.get("name", ""))[:200],
             "claims": {c: identity.claims[c] for c in self.kept_claims
                        if isinstance(identity.claims.get(c), str)},
@@ -272,7 +307,9 @@ class Portal:
         return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
 
     async def download(self, request: Request) -> Response:
-        identity = self._identity(request)
+        identity = await self._identity(request)
+        if isinstance(identity, Response):
+            return identity
         if identity is None:
             return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
         tenant = request.path_params["tenant"]
@@ -299,9 +336,28 @@ class Portal:
         if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
             return self._error(403, "Sign-out refused",
                                "The sign-out form was not from this page; reload and retry.")
+        sid, until = request.session.get("sid"), request.session.get("until")
         request.session.clear()
+        if isinstance(sid, str) and isinstance(until, int | float):
+            try:
+                await self.sessions.sign_out(sid, float(until))
+            except SessionStoreError as exc:
+                log.warning("portal sign-out not recorded: %s", exc)
+                return self._error(503, "Sign-out incomplete",
+                                   "Your browser forgot the session, but the portal could not "
+                                   "record the sign-out: a copy of the session cookie would "
+                                   "still work until it expires. Try again shortly.")
         return self._page("message.html", title="Signed out",
                           message="You are signed out of the vgate portal.", retry=True)
+
+    async def ca_certificate(self, request: Request) -> Response:
+        if self.ca is None:
+            return self._error(404, "Not found", "This gateway's certificate is from a public "
+                               "CA: there is nothing to install.", retry=False)
+        return Response(self.ca.pem, media_type="application/x-pem-file", headers={
+            **_SECURITY_HEADERS,
+            "Content-Disposition": 'attachment; filename="vgate-ca.crt"',
+        })
 
 
 def build_portal(config: GatewayConfig, access: TenantAccess, keys: IssuerKeys) -> Portal:

@@ -201,6 +201,8 @@ def test_full_config_maps_every_section(rendered: dict[str, Rendered], tmp_path:
     assert cfg["ldap"]["bind_password_file"] == "/etc/vgate/ldap/bind-password"
     assert cfg["portal"]["client_secret_file"] == "/etc/vgate/portal/client-secret"
     assert cfg["portal"]["public_url"] == "https://vgate.example.com"
+    # signed-out portal sessions: on the pod's writable /tmp, shared by its workers
+    assert cfg["portal"]["session_store_file"] == "/tmp/vgate-portal-sessions.db"
     missing = {"ldap", "portal"} - set(GatewayConfig.model_fields)
     if missing:
         pytest.skip(f"this branch's GatewayConfig has no {sorted(missing)} section yet; "

@@ -3,6 +3,7 @@ policy engine, kubeconfig access control, cookie flags, CSRF-safe logout."""
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 import subprocess
@@ -12,6 +13,8 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tests.support import sso_world
 
@@ -130,6 +133,81 @@ def test_logout_needs_the_csrf_token(world):
         assert r.status_code == 200 and "Signed out" in r.text
         r = c.get(world.url + "/")
         assert r.status_code == 303 and r.headers["location"] == "/login"
+
+
+def test_a_copied_session_cookie_stops_working_after_sign_out(world):
+    """Sign-out ends the session on the server: a copy of the cookie taken before (another
+    browser, a stolen cookie) is refused afterwards, for the page and for kubeconfigs."""
+    with _client(world) as c:
+        page = sign_in(world, c, "alice")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        copied = c.cookies["vgate_portal"]
+        with _client(world) as thief:
+            thief.cookies.set("vgate_portal", copied)
+            assert thief.get(world.url + "/").status_code == 200  # the copy works ...
+            r = c.post(world.url + "/logout", data={"csrf": csrf})
+            assert r.status_code == 200 and "Signed out" in r.text
+            r = thief.get(world.url + "/")  # ... until the sign-out
+            assert r.status_code == 303 and r.headers["location"] == "/login"
+            thief.cookies.set("vgate_portal", copied)
+            r = thief.get(f"{world.url}/tenants/tenant1/kubeconfig", params={"form": "path"})
+            assert r.status_code == 303 and "apiVersion" not in r.text
+            thief.cookies.set("vgate_portal", copied)
+            r = thief.post(world.url + "/logout", data={"csrf": csrf})
+            assert r.status_code == 200  # signing a dead session out again is harmless
+
+
+def test_a_nonce_from_another_sign_in_is_a_400_that_names_it(world, caplog):
+    """Code injection with the real IdP: an authorization answer whose ID token carries a
+    nonce this browser's sign-in did not send (same state and PKCE challenge)."""
+    callback = world.url + "/oauth2/callback"
+    with _client(world) as c:
+        r = c.get(world.url + "/login")
+        request = dict(httpx.URL(r.headers["location"]).params)
+        request["nonce"] = "the-attackers-nonce"
+        params = world.idp._walk(c, c.get(world.idp.issuer + "/auth", params=request), "alice",
+                                 sso_world.USERS["alice"]["password"], stop_at=callback)
+        assert isinstance(params, dict) and "code" in params, params
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vgate.portal"):
+            r = c.get(callback, params=params)
+        assert r.status_code == 400, r.text
+        assert "nonce does not belong to this sign-in" in r.text
+        assert "could not be reached" not in r.text
+        assert c.get(world.url + "/").status_code == 303  # not signed in
+    logged = [m for m in caplog.messages if "sign-in rejected (bad_nonce)" in m]
+    assert len(logged) == 1, caplog.messages
+
+
+def test_idp_down_at_the_code_exchange_is_the_only_502(world):
+    callback = world.url + "/oauth2/callback"
+    with _client(world) as c:
+        r = c.get(world.url + "/login")
+        params = world.idp._walk(c, c.get(r.headers["location"]), "bob",
+                                 sso_world.USERS["bob"]["password"], stop_at=callback)
+        world.idp.stop()
+        try:
+            r = c.get(callback, params=params)
+        finally:
+            world.idp.start()
+    assert r.status_code == 502 and "could not be reached" in r.text
+
+
+def test_install_hint_and_the_private_ca(world):
+    with _client(world) as c:
+        page = sign_in(world, c, "alice")
+        hint = re.search(r'<p class="muted" id="install-hint">(.*?)</p>', page.text, re.S)
+        assert hint, page.text
+        assert "pip install vgate" not in page.text  # there is no such PyPI distribution
+        assert "not published on PyPI" in hint.group(1)
+        assert "<code>pip install -e .</code>" in hint.group(1)
+        assert 'id="trust-ca"' in page.text and 'href="/ca.crt"' in page.text
+        ca = c.get(world.url + "/ca.crt")  # no sign-in needed: it is public
+    assert ca.status_code == 200 and ca.content == world.ca.cert_file.read_bytes()
+    cert = x509.load_pem_x509_certificate(ca.content)
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    assert fingerprint in page.text
+    assert "update-ca-certificates" in page.text and "Cert:\\CurrentUser\\Root" in page.text
 
 
 def test_callback_rejects_foreign_state_and_reports_denial(world):

@@ -76,9 +76,18 @@ def test_chromium_signs_in_downloads_and_kubectl_uses_it(world, tmp_path):
             assert forbidden is not None and forbidden.status == 403
 
             page.goto(world.url + "/")
+            page.click("#trust-ca summary")  # "Did your browser warn about ...?"
+            with page.expect_download() as ca_download:
+                page.click("#trust-ca a[href='/ca.crt']")
+            assert Path(ca_download.value.path()).read_bytes() == \
+                world.ca.cert_file.read_bytes()
+            copied = [c for c in context.cookies() if c["name"] == "vgate_portal"]
             page.click("header button[type=submit]")  # sign out (POST + CSRF token)
             page.wait_for_selector("#message")
             assert "signed out" in page.inner_text("#message")
+            context.add_cookies(copied)  # the session cookie as copied before the sign-out
+            replay = page.request.get(world.url + "/", max_redirects=0)
+            assert replay.status == 303 and replay.headers["location"] == "/login"
         finally:
             context.close()
 

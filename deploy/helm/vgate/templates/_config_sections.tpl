@@ -32,6 +32,7 @@ and adds its section to $cfg when enabled. Secrets appear only as *_file paths.
   "client_secret_file" "/etc/vgate/portal/client-secret"
   "cookie_secret_file" "/etc/vgate/portal/cookie-secret"
   "public_url" (printf "https://%s" .root.Values.host)
+  "session_store_file" "/tmp/vgate-portal-sessions.db"
 -}}
 {{- if $v.caConfigMap -}}{{- $_ := set $s "ca_file" "/etc/vgate/portal-ca/ca.crt" -}}{{- end -}}
 {{- $_ := set .config "portal" (merge $s (deepCopy ($v.extra | default dict))) -}}
