@@ -21,6 +21,7 @@ from tests.support.gateway_thread import GatewayThread
 from tests.support.kube import ApiServer, RanAs, audit_id_of
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA
+from tests.support.served import ServedGateway
 from tests.support.tenants import (
     STANDIN,
     real_tenants,
@@ -73,10 +74,10 @@ class World:
     dir: Path
     ca: TestCA
     idp: OIDCProvider
-    gateway: GatewayThread
+    gateway: GatewayThread | ServedGateway
     tenants: dict[str, ApiServer]
-    standin: FakeKube
     gateway_config: dict = field(default_factory=dict)
+    standin: FakeKube | None = None  # the kubelet stand-in's tenant, `STANDIN`
 
     def token(self, user: str) -> str:
         return self.idp.login(user).id_token
@@ -177,13 +178,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     }
     config["oidc"]["issuers"][0].pop("jwks_refresh_min_interval_seconds")
     gateway = GatewayThread(base / "gateway", config).start()
-    world = World(base, ca, idp, gateway, dict(real.servers), standin, config)
+    world = World(base, ca, idp, gateway, dict(real.servers), config, standin)
     try:
         yield world
     finally:
         gateway.stop()
         idp.stop()
         standin.stop()
+
+
+def standin(world: World) -> FakeKube:
+    """The world's kubelet stand-in."""
+    assert world.standin is not None, "this world has no stand-in tenant"
+    return world.standin
 
 
 @pytest.fixture(params=["path", "host"])

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import World, ok
+from tests.integration.conftest import World, ok, standin
 from tests.support.tenants import STANDIN
 
 pytestmark = [pytest.mark.integration]
@@ -43,7 +43,7 @@ def test_exec_request_head_is_exactly_the_gateways(world: World) -> None:
     headers, the request id as Audit-ID and as an extra, and nothing of the client's."""
     token = world.token("alice")
     ok(world.kubectl(STANDIN, "alice", "exec", "web-0", "--", "true"))
-    record = [r for r in world.standin.records if b"/exec" in r.target][-1]
+    record = [r for r in standin(world).records if b"/exec" in r.target][-1]
     h = headers_of(record)
     assert [v for n, v in h if n == "authorization"] == [f"Bearer gateway-credential-for-{STANDIN}"]
     assert [v for n, v in h if n == "impersonate-user"] == ["oidc:alice@example.com"]
@@ -54,7 +54,7 @@ def test_exec_request_head_is_exactly_the_gateways(world: World) -> None:
     assert extras["impersonate-extra-vgate.io%2ftenant"] == STANDIN
     audit_id = [v for n, v in h if n == "audit-id"]
     assert audit_id and extras["impersonate-extra-vgate.io%2frequest-id"] == audit_id[0]
-    for rec in world.standin.records:
+    for rec in standin(world).records:
         for _, value in rec.headers:
             assert token.encode() not in value
 

@@ -14,6 +14,7 @@ import atexit
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.fakekube import Caller, FakeKube
@@ -47,12 +48,16 @@ spec:
 
 
 class RealTenants:
-    """One etcd and one API server per name under `workdir`, each set up for a gateway."""
+    """One etcd and one API server per name under `workdir`, each set up for a gateway:
+    role groups bound, the seed applied, and `credential(api)` (by default a ServiceAccount
+    that may only impersonate) minting the gateway's token, kept in `tokens`."""
 
-    def __init__(self, workdir: Path, names: tuple[str, ...] = REAL) -> None:
+    def __init__(self, workdir: Path, names: tuple[str, ...] = REAL, *,
+                 credential: Callable[[ApiServer], str] = impersonator_token) -> None:
         self.workdir = workdir
         self.etcd = Etcd(workdir / "etcd")
         self.servers = {n: ApiServer(workdir / n, self.etcd, name=n) for n in names}
+        self.credential = credential
         self.tokens: dict[str, str] = {}
 
     def start(self) -> RealTenants:
@@ -76,12 +81,18 @@ class RealTenants:
         api = self.servers[name]
         bind_role_groups(api)
         api.apply(SEED)
-        self.tokens[name] = impersonator_token(api)
+        self.tokens[name] = self.credential(api)
 
     def stop(self) -> None:
         for api in self.servers.values():
             api.stop()
         self.etcd.stop()
+
+    def __enter__(self) -> RealTenants:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 _shared: RealTenants | None = None
