@@ -31,6 +31,18 @@ from tests.support.tenants import (
 )
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+#: /usr/bin/kubectl on this machine image is gcloud's dispatcher: it runs the kubectl whose
+#: minor matches the server's (1.28 against the real v1.28.7 API servers, through the gateway
+#: too). These pin one version, for what only a newer client does (WebSocket exec first).
+PINNED_KUBECTL = Path("/usr/lib/google-cloud-sdk/bin")
+
+
+def pinned_kubectl(minor: str) -> str:
+    """The kubectl 1.<minor> binary beside the dispatcher; skips (saying why) without it."""
+    path = PINNED_KUBECTL / f"kubectl.1.{minor}"
+    if not path.exists():
+        pytest.skip(f"needs kubectl 1.{minor} at {path} (the machine image's gcloud kubectl)")
+    return str(path)
 BASE_DOMAIN = "k8s.test"
 
 USERS = {
@@ -109,9 +121,10 @@ class World:
         return path
 
     def kubectl_argv(
-        self, tenant: str, user: str, args: list[str], mode: str = "path"
+        self, tenant: str, user: str, args: list[str], mode: str = "path",
+        kubectl: str = KUBECTL,
     ) -> list[str]:
-        argv = [KUBECTL, "--kubeconfig", str(self.kubeconfig(tenant, user, mode)), *args]
+        argv = [kubectl, "--kubeconfig", str(self.kubeconfig(tenant, user, mode)), *args]
         if mode == "host":
             # no DNS for *.k8s.test: give kubectl its own /etc/hosts in a private mount ns
             hosts = self.dir / "hosts"
@@ -121,9 +134,9 @@ class World:
 
     def kubectl(self, tenant: str, user: str, *args: str, mode: str = "path",
                 input: bytes | None = None, env: dict | None = None,
-                timeout: float = 30) -> subprocess.CompletedProcess:
+                timeout: float = 30, kubectl: str = KUBECTL) -> subprocess.CompletedProcess:
         return subprocess.run(
-            self.kubectl_argv(tenant, user, list(args), mode),
+            self.kubectl_argv(tenant, user, list(args), mode, kubectl),
             input=input, capture_output=True, timeout=timeout,
             env={**os.environ, **(env or {})},
         )

@@ -12,7 +12,7 @@ import time
 import jwt
 import pytest
 
-from tests.integration.conftest import World, ok, wait_for
+from tests.integration.conftest import KUBECTL, World, ok, pinned_kubectl, wait_for
 from tests.support.kube import audit_id_of
 from tests.support.tenants import GATEWAY_SERVICE_ACCOUNT
 
@@ -114,17 +114,29 @@ def test_as_flag_is_refused_clearly(world: World) -> None:
     assert not world.tenants["tenant1"].audit.has(audit_id), "refused at the gateway"
 
 
-@pytest.mark.parametrize("websocket", ["true", "false"])
-def test_exec_refusals_of_the_real_server_are_relayed(world: World, websocket: str) -> None:
+@pytest.mark.parametrize(("client", "websocket"), [
+    ("dispatched", "false"),  # kubectl 1.28 (the server's minor): SPDY only
+    ("1.32", "true"),         # tries a WebSocket upgrade first
+    ("1.32", "false"),
+])
+def test_exec_refusals_of_the_real_server_are_relayed(world: World, client: str,
+                                                      websocket: str) -> None:
+    kubectl = KUBECTL if client == "dispatched" else pinned_kubectl(client.split(".")[1])
     env = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": websocket}
-    viewer = world.kubectl("tenant1", "bob", "exec", "web-0", "--", "echo", "hi", env=env)
+    viewer = world.kubectl("tenant1", "bob", "exec", "web-0", "--", "echo", "hi", env=env,
+                           kubectl=kubectl)
     assert viewer.returncode != 0
     assert (b'pods "web-0" is forbidden: User "oidc:bob@example.com" cannot create resource '
             b'"pods/exec"') in viewer.stderr, viewer.stderr
     # alice may, but no kubelet runs the pod: the API server's own 400 reaches kubectl
-    admin = world.kubectl("tenant1", "alice", "exec", "web-0", "--", "echo", "hi", env=env)
+    admin = world.kubectl("tenant1", "alice", "exec", "web-0", "--", "echo", "hi", env=env,
+                          kubectl=kubectl)
     assert admin.returncode != 0
     assert b"pod web-0 does not have a host assigned" in admin.stderr, admin.stderr
+    clients = {e.get("userAgent", "").split("/")[0] for e in world.tenants["tenant1"].audit
+               .matching(objectRef={"resource": "pods", "namespace": "default", "name": "web-0",
+                                    "apiVersion": "v1", "subresource": "exec"})}
+    assert ("kubectl.1.32" if client == "1.32" else "kubectl") in clients, clients
 
 
 def test_apply_server_side_and_dry_run(world: World, mode: str) -> None:
