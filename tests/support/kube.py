@@ -350,6 +350,11 @@ def api_server(workdir: Path) -> Iterator[Path]:
 
 
 def bind_role_groups(api: ApiServer, roles: dict[str, str] | None = None) -> None:
+    """Apply `role_bindings(roles)`."""
+    api.apply(role_bindings(roles))
+
+
+def role_bindings(roles: dict[str, str] | None = None) -> str:
     """ClusterRoleBindings `vgate-<role>`: group `vgate:<role>` → ClusterRole. There is no
     controller-manager here, so the aggregated `admin`/`edit`/`view` roles are empty:
     `view` and `admin` are bound to ClusterRoles of this module's own."""
@@ -380,7 +385,7 @@ metadata: {{name: vgate-{role}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {cluster_role}}}
 subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "vgate:{role}"}}]
 """)
-    api.apply("---\n".join(docs))
+    return "---\n".join(docs)
 
 
 GATEWAY_EXTRAS = ("vgate.io/issuer", "vgate.io/tenant", "vgate.io/request-id")
@@ -389,14 +394,22 @@ GATEWAY_EXTRAS = ("vgate.io/issuer", "vgate.io/tenant", "vgate.io/request-id")
 def impersonator_token(api: ApiServer, name: str = "vgate", namespace: str = "default", *,
                        extras: tuple[str, ...] = GATEWAY_EXTRAS,
                        may_review: bool = False) -> str:
+    """Apply `impersonator(...)` and return a TokenRequest token for its ServiceAccount."""
+    api.apply(impersonator(name, namespace, extras=extras, may_review=may_review))
+    return api.token(name, namespace)
+
+
+def impersonator(name: str = "vgate", namespace: str = "default", *,
+                 extras: tuple[str, ...] = GATEWAY_EXTRAS, may_review: bool = False) -> str:
     """A ServiceAccount that may only impersonate (what the gateway needs upstream: users,
-    groups, uids and the `extras` keys), and a TokenRequest token for it. `may_review` also
-    lets it create SubjectAccessReviews (what nested impersonation, `kubectl --as`, needs)."""
+    groups, uids and the `extras` keys, each named: RBAC's `userextras` alone does not cover
+    `userextras/<key>`). `may_review` also lets it create SubjectAccessReviews (what nested
+    impersonation, `kubectl --as`, needs)."""
     review = """
 - apiGroups: ["authorization.k8s.io"]
   resources: ["subjectaccessreviews"]
   verbs: ["create"]""" if may_review else ""
-    api.apply(f"""apiVersion: v1
+    return f"""apiVersion: v1
 kind: ServiceAccount
 metadata: {{name: {name}, namespace: {namespace}}}
 ---
@@ -416,8 +429,7 @@ kind: ClusterRoleBinding
 metadata: {{name: {name}-impersonator}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {name}-impersonator}}
 subjects: [{{kind: ServiceAccount, name: {name}, namespace: {namespace}}}]
-""")
-    return api.token(name, namespace)
+"""
 
 
 def start_all(servers: list[ApiServer], timeout: float = 90.0) -> None:

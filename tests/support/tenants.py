@@ -21,9 +21,9 @@ from tests.fakekube import Caller, FakeKube
 from tests.support.kube import (
     ApiServer,
     Etcd,
-    bind_role_groups,
-    impersonator_token,
+    impersonator,
     require_kube,
+    role_bindings,
     start_all,
 )
 from tests.support.pki import TestCA
@@ -50,10 +50,10 @@ spec:
 class RealTenants:
     """One etcd and one API server per name under `workdir`, each set up for a gateway:
     role groups bound, the seed applied, and `credential(api)` (by default a ServiceAccount
-    that may only impersonate) minting the gateway's token, kept in `tokens`."""
+    `vgate` that may only impersonate) minting the gateway's token, kept in `tokens`."""
 
     def __init__(self, workdir: Path, names: tuple[str, ...] = REAL, *,
-                 credential: Callable[[ApiServer], str] = impersonator_token) -> None:
+                 credential: Callable[[ApiServer], str] | None = None) -> None:
         self.workdir = workdir
         self.etcd = Etcd(workdir / "etcd")
         self.servers = {n: ApiServer(workdir / n, self.etcd, name=n) for n in names}
@@ -79,9 +79,12 @@ class RealTenants:
 
     def _prepare(self, name: str) -> None:
         api = self.servers[name]
-        bind_role_groups(api)
-        api.apply(SEED)
-        self.tokens[name] = self.credential(api)
+        if self.credential is None:  # one apply: every kubectl run costs a few 100 ms
+            api.apply("---\n".join((role_bindings(), SEED, impersonator())))
+            self.tokens[name] = api.token("vgate")
+        else:
+            api.apply("---\n".join((role_bindings(), SEED)))
+            self.tokens[name] = self.credential(api)
 
     def stop(self) -> None:
         for api in self.servers.values():
