@@ -23,7 +23,7 @@ from tests.integration.conftest import BASE_DOMAIN, KUBECTL, World
 from tests.support import kube as envtest
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
-from tests.support.pki import TestCA
+from tests.support.pki import Leaf, TestCA
 from tests.support.served import ServedGateway
 from tests.support.tenants import RealTenants, tenant_entries
 
@@ -74,6 +74,23 @@ def phase(store: SQLiteTenantStore, name: str):
         return None
 
 
+def gateway_config(base: Path, leaf: Leaf, idp: OIDCProvider,
+                   tenants: tuple[str, ...]) -> dict:
+    """What every e2e gateway shares: TLS with `leaf`, both routings, the IdP, the policies
+    and audit log in `base`; also writes `base/hosts` for hostname routing to `tenants`."""
+    (base / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
+        f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in tenants))
+    return {
+        "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
+        "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["vgate"],
+                              "username_claim": "email", "username_prefix": "oidc:",
+                              "groups_claim": "groups", "groups_prefix": "oidc:"}]},
+        "policies": str(base / "policies"),
+        "audit": {"file": str(base / "audit.log")},
+    }
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLiteTenantStore]]:
     require_binaries()
@@ -84,16 +101,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLit
     (base / "policies").mkdir()
     for file, doc in POLICIES.items():
         (base / "policies" / file).write_text(yaml.safe_dump(doc))
-    (base / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
-        f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in ("tenant1", "tenant2")))
     config = {
-        "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
-        "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["vgate"],
-                              "username_claim": "email", "username_prefix": "oidc:",
-                              "groups_claim": "groups", "groups_prefix": "oidc:"}]},
-        "policies": str(base / "policies"),
-        "audit": {"file": str(base / "audit.log")},
+        **gateway_config(base, leaf, idp, ("tenant1", "tenant2")),
         "lifecycle": {"provisioner": "local", "store": str(base / "tenants.db"),
                       "credentials_dir": str(base / "credentials"), "poll_seconds": 0.1,
                       "wake_timeout_seconds": 90,
@@ -173,18 +182,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             (base / "policies" / f"{name}.yaml").write_text(yaml.safe_dump(
                 {"tenant": name, "roles": {"cluster-admin": {"groups": [f"oidc:{name}-admins"]},
                                            **POLICIES.get(f"{name}.yaml", {}).get("roles", {})}}))
-        (base / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
-            f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in real.servers))
         config = {
+            **gateway_config(base, leaf, idp, tuple(real.servers)),
             "listen": {"host": "127.0.0.1", "port": envtest.free_port()},
             "workers": 2,
-            "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
-            "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
-            "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["vgate"],
-                                  "username_claim": "email", "username_prefix": "oidc:",
-                                  "groups_claim": "groups", "groups_prefix": "oidc:"}]},
-            "policies": str(base / "policies"),
-            "audit": {"file": str(base / "audit.log")},
             "tenants": tenant_entries(real, base),
         }
         (base / "vgate.yaml").write_text(yaml.safe_dump(config))

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from gateway.lifecycle.bootstrap import NAMESPACE, SERVICE_ACCOUNT, bootstrap_objects
-from gateway.nested_impersonation import ORIGINAL_USER_EXTRA
 from tests.integration.conftest import KUBECTL, World, wait_for
 from tests.support.gateway_thread import GatewayThread
 from tests.support.kube import GATEWAY_EXTRAS, audit_id_of, impersonator_token
@@ -25,6 +24,7 @@ pytestmark = [pytest.mark.integration]
 #: create SubjectAccessReviews, and the extras the gateway sends, `vgate.io/original-user`
 #: included.
 NESTED_ACCOUNT = "vgate-nested"
+ORIGINAL_USER_EXTRA = "vgate.io/original-user"  # the extra naming who asked (README)
 
 
 @pytest.fixture(scope="module")
