@@ -31,6 +31,7 @@ from tests.support.tenants import (
 )
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+BASE_DOMAIN = "k8s.test"
 #: /usr/bin/kubectl on this machine image is gcloud's dispatcher: it runs the kubectl whose
 #: minor matches the server's (1.28 against the real v1.28.7 API servers, through the gateway
 #: too). These pin one version, for what only a newer client does (WebSocket exec first).
@@ -43,7 +44,7 @@ def pinned_kubectl(minor: str) -> str:
     if not path.exists():
         pytest.skip(f"needs kubectl 1.{minor} at {path} (the machine image's gcloud kubectl)")
     return str(path)
-BASE_DOMAIN = "k8s.test"
+
 
 USERS = {
     "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["tenant1-admins"]},

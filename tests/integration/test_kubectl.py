@@ -30,8 +30,8 @@ def gateway_audit(world: World) -> list[dict]:
 def test_get_pods_runs_as_the_impersonated_user(world: World, mode: str) -> None:
     result = world.kubectl("tenant1", "alice", "get", "pods", "-o", "name", "-v=8", mode=mode)
     assert "pod/web-0" in ok(result)
-    audit_id = audit_id_of(result.stderr.decode(), "/api/v1/namespaces/default/pods")
-    ran = world.tenants["tenant1"].audit.ran_as(audit_id)
+    ran = world.ran_as("tenant1", result, "/api/v1/namespaces/default/pods")
+    audit_id = ran.event["auditID"]
     assert ran.impersonated
     assert ran.authenticated_as == GATEWAY_SERVICE_ACCOUNT, "the gateway's own credential"
     assert ran.user == "oidc:alice@example.com"
@@ -100,7 +100,7 @@ def test_real_rbac_refuses_a_viewer_write(world: World) -> None:
     assert denied.returncode != 0
     assert (b'configmaps is forbidden: User "oidc:bob@example.com" cannot create resource '
             b'"configmaps"') in denied.stderr
-    ran = world.tenants["tenant1"].audit.ran_as(audit_id_of(denied.stderr.decode(), "configmaps"))
+    ran = world.ran_as("tenant1", denied, "configmaps")
     assert ran.event["responseStatus"]["code"] == 403
     assert ran.event["annotations"]["authorization.k8s.io/decision"] == "forbid"
 
