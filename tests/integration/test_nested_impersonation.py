@@ -161,7 +161,8 @@ def test_nested_impersonation_works_with_the_lifecycle_bootstrap(world: World,
 @pytest.mark.xfail(strict=True, reason=(
     "bug: the nested-impersonation check (NestedImpersonation._allowed) turns the API "
     "server's 403 on the gateway's own SubjectAccessReview (its credential lacks `create "
-    "subjectaccessreviews`: a lasting misconfiguration) into 503 \"could not check the impersonation request; try again\""))
+    "subjectaccessreviews`: a lasting misconfiguration) into 503 \"could not check the "
+    "impersonation request; try again\""))
 def test_a_credential_without_review_rights_is_named_not_retried(world: World,
                                                                  tmp_path) -> None:
     """The world's own credential may impersonate but not review: `kubectl --as` must say
