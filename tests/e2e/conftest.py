@@ -1,10 +1,13 @@
-"""The e2e tier: real kube-apiservers (one shared etcd, each under its own prefix) created by
-the lifecycle's `local` provisioner from `$KUBEBUILDER_ASSETS`, the real IdP, a gateway and
-real kubectl. Skips with one line when the binaries are absent."""
+"""The e2e tier: real kube-apiservers (one shared etcd, each under its own prefix) from
+`$KUBEBUILDER_ASSETS`, the real IdP, a gateway and real kubectl. `served` runs `vgate serve`
+itself in front of API servers set up as the README tells a platform engineer (static
+tenants); `lab` lets the lifecycle's `local` provisioner create them. Skips with one line
+when the binaries are absent, and fails instead under VGATE_REQUIRE_E2E=1 (CI)."""
 
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,7 +24,9 @@ from tests.support import kube as envtest
 from tests.support.gateway_thread import GatewayThread
 from tests.support.local_kube import versioned_assets
 from tests.support.oidc import OIDCProvider
-from tests.support.pki import TestCA
+from tests.support.pki import Leaf, TestCA
+from tests.support.served import ServedGateway
+from tests.support.tenants import RealTenants, tenant_entries
 
 ASSETS = envtest.assets_dir()
 USERS = {
@@ -35,10 +40,7 @@ POLICIES = {"tenant1.yaml": {"tenant": "tenant1",
 
 
 def require_binaries() -> None:
-    missing = envtest.missing_binaries()
-    if missing:
-        pytest.skip(f"e2e needs {' and '.join(missing)} in {ASSETS} "
-                    "(set $KUBEBUILDER_ASSETS, e.g. from setup-envtest)")
+    envtest.require_kube(kubectl=True)
     if not Path(KUBECTL).exists() or shutil.which("node") is None:
         pytest.skip("e2e needs kubectl and node (for the OpenID Provider)")
 
@@ -74,6 +76,23 @@ def phase(store: SQLiteTenantStore, name: str):
         return None
 
 
+def gateway_config(base: Path, leaf: Leaf, idp: OIDCProvider,
+                   tenants: tuple[str, ...]) -> dict:
+    """What every e2e gateway shares: TLS with `leaf`, both routings, the IdP, the policies
+    and audit log in `base`; also writes `base/hosts` for hostname routing to `tenants`."""
+    (base / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
+        f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in tenants))
+    return {
+        "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
+        "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["vgate"],
+                              "username_claim": "email", "username_prefix": "oidc:",
+                              "groups_claim": "groups", "groups_prefix": "oidc:"}]},
+        "policies": str(base / "policies"),
+        "audit": {"file": str(base / "audit.log")},
+    }
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLiteTenantStore]]:
     require_binaries()
@@ -84,16 +103,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLit
     (base / "policies").mkdir()
     for file, doc in POLICIES.items():
         (base / "policies" / file).write_text(yaml.safe_dump(doc))
-    (base / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
-        f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in ("tenant1", "tenant2")))
     config = {
-        "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
-        "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["vgate"],
-                              "username_claim": "email", "username_prefix": "oidc:",
-                              "groups_claim": "groups", "groups_prefix": "oidc:"}]},
-        "policies": str(base / "policies"),
-        "audit": {"file": str(base / "audit.log")},
+        **gateway_config(base, leaf, idp, ("tenant1", "tenant2")),
         "lifecycle": {"provisioner": "local", "store": str(base / "tenants.db"),
                       "credentials_dir": str(base / "credentials"), "poll_seconds": 0.1,
                       "wake_timeout_seconds": 90,
@@ -117,3 +128,70 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLit
         asyncio.run(store.close())
         gateway.stop()
         idp.stop()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_recipe() -> list[list[str]]:
+    """The README's commands that give the gateway a least-privilege credential: each
+    `kubectl` line of the sh block that creates the `vgate-impersonator` ClusterRole (the
+    final `create token` last, its redirection dropped)."""
+    blocks = README.read_text().split("```sh\n")
+    block = next(b.split("```")[0] for b in blocks[1:] if "vgate-impersonator" in b)
+    lines = block.replace("\\\n", " ").splitlines()
+    return [shlex.split(line.split(">")[0])[1:] for line in lines if line.startswith("kubectl ")]
+
+
+#: The ClusterRole the README's recipe means: `kubectl create clusterrole` cannot grant
+#: `impersonate` on `uids` (kubectl 1.28 to 1.33 refuse it), so it is applied as a manifest;
+#: and RBAC's `userextras` does not cover an extra's key (`userextras/<key>`): it is named.
+IMPERSONATOR_ROLE = """apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: vgate-impersonator}
+rules:
+- apiGroups: [""]
+  resources: [users, groups]
+  verbs: [impersonate]
+- apiGroups: [authentication.k8s.io]
+  resources: [uids, userextras/vgate.io/issuer, userextras/vgate.io/tenant,
+              userextras/vgate.io/request-id]
+  verbs: [impersonate]
+"""
+
+
+def recipe_credential(api: envtest.ApiServer, recipe: list[list[str]] | None = None) -> str:
+    """Run a credential recipe's commands as the cluster's admin; the last prints the
+    gateway's token. Without `recipe`: the README's, its ClusterRole from a manifest."""
+    if recipe is None:
+        api.apply(IMPERSONATOR_ROLE)
+        recipe = [args for args in readme_recipe() if args[:2] != ["create", "clusterrole"]]
+    out = ""
+    for args in recipe:
+        out = api.kubectl(*args).stdout
+    return out.strip()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """`vgate serve` (two workers) with static tenants: real API servers on one etcd."""
+    require_binaries()
+    base = tmp_path_factory.mktemp("served-e2e")
+    ca = TestCA(base / "pki")
+    leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
+    with RealTenants(base / "kube", credential=recipe_credential) as real, \
+            OIDCProvider(base / "idp", users=USERS) as idp:
+        (base / "policies").mkdir()
+        for name in real.servers:
+            (base / "policies" / f"{name}.yaml").write_text(yaml.safe_dump(
+                {"tenant": name, "roles": {"cluster-admin": {"groups": [f"oidc:{name}-admins"]},
+                                           **POLICIES.get(f"{name}.yaml", {}).get("roles", {})}}))
+        config = {
+            **gateway_config(base, leaf, idp, tuple(real.servers)),
+            "listen": {"host": "127.0.0.1", "port": envtest.free_port()},
+            "workers": 2,
+            "tenants": tenant_entries(real, base),
+        }
+        (base / "vgate.yaml").write_text(yaml.safe_dump(config))
+        with ServedGateway(base / "vgate.yaml", workers=2) as gateway:
+            yield World(base, ca, idp, gateway, dict(real.servers), config)

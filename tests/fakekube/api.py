@@ -12,12 +12,12 @@ from .model import ApiError, Caller, EffectiveUser, method_not_allowed, not_foun
 from .model import resource_not_found as _404
 from .rbac import RULES, Attributes, Rule, allowed, forbidden
 from .resources import ResourceType, by_kind, find
-from .rest import Rest, parse_body, wants_table
+from .rest import Rest
 from .routing import STREAM_SUBRESOURCES, RequestInfo, request_info
 from .selectors import field_selector, label_selector
 from .store import Store
 from .watch import WatchOptions, WatchStream, open_watch
-from .web import JSON, TABLE, Request, Response, Stream, Upgrade, json_response
+from .web import JSON, Request, Response, Stream, Upgrade, json_response
 
 Result = Response | Stream | Upgrade
 PODS = find("", "v1", "pods")
@@ -103,24 +103,17 @@ class Api:
         try:
             caller = authenticate(req.headers, self.tokens)
             identity = caller_identity(caller)
-            identity, impersonated = impersonate(caller, req.headers, self._may(caller))
+            identity, _ = impersonate(caller, req.headers, self._may(caller))
             info = request_info(req)
-            self._authorize(info, identity, caller, impersonated)
+            self._authorize(info, identity)
             return Outcome(await self._route(req, info, identity), identity)
         except ApiError as err:
             return Outcome(error_response(err, req), identity)
 
-    def _authorize(self, info: RequestInfo, user: EffectiveUser, caller: Caller,
-                   impersonated: bool) -> None:
+    def _authorize(self, info: RequestInfo, user: EffectiveUser) -> None:
         a = info.attrs
-        scope = reviews.scope_of(a.group, a.resource, a.namespace)
-        if allowed(self.rules, user, a, scope):
-            return
-        if (a.resource, a.verb) == ("subjectaccessreviews", "create") and (
-            caller.may_impersonate and not impersonated
-        ):
-            return
-        raise forbidden(user.user, a)
+        if not allowed(self.rules, user, a, reviews.scope_of(a.group, a.resource, a.namespace)):
+            raise forbidden(user.user, a)
 
     async def _route(self, req: Request, info: RequestInfo, user: EffectiveUser) -> Result:
         if not info.attrs.resource_request:
@@ -204,8 +197,6 @@ class Api:
             bookmarks=req.flag("allowWatchBookmarks"),
             bookmark_interval=self.bookmark_interval,
             send_initial_events=req.flag("sendInitialEvents"),
-            as_table=wants_table(req),
-            include_object=req.param("includeObject") or "Metadata",
         )
         labels = label_selector(req.param("labelSelector"))
         fields = field_selector(req.param("fieldSelector"))
@@ -218,18 +209,10 @@ class Api:
         watcher, error = open_watch(self.store, rtype, namespace, match, opts)
         ws = WatchStream(self.store, rtype, watcher, opts, self._counter("active_watches"),
                          error)
-        ctype = TABLE if opts.as_table else JSON
-        return Stream(200, ctype, ws.chunks(), cleanup=ws.close)
+        return Stream(200, JSON, ws.chunks(), cleanup=ws.close)
 
     def _review(self, req: Request, rtype: ResourceType, user: EffectiveUser) -> Result:
-        body = parse_body(req) or {}
-        if rtype.plural == "selfsubjectreviews":
-            return json_response(reviews.self_subject_review(user), 201)
-        if rtype.plural == "selfsubjectaccessreviews":
-            return json_response(reviews.access_review(self.rules, body, user), 201)
-        if rtype.plural == "subjectaccessreviews":
-            return json_response(reviews.access_review(self.rules, body, None), 201)
-        return json_response(reviews.rules_review(self.rules, body, user), 201)
+        return json_response(reviews.self_subject_review(user), 201)
 
     def _non_resource(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
@@ -249,14 +232,6 @@ class Api:
             doc = discovery.api_group(parts[1])
         elif parts[:1] == ["apis"] and len(parts) == 3:
             doc = discovery.resource_list(parts[1], parts[2])
-        elif path == "/openapi/v3":
-            doc = discovery.openapi_root()
-        elif parts[:2] == ["openapi", "v3"] and len(parts) in (4, 5):
-            gv = parts[2:]
-            group, version = ("", gv[1]) if gv[0] == "api" else (
-                (gv[1], gv[2]) if len(gv) == 3 else ("?", "?"))
-            if (group, version) in discovery.GROUP_VERSIONS:
-                doc = discovery.openapi_gv(group, version)
         if doc is None:
             raise _404()
         if req.method not in ("GET", "HEAD"):

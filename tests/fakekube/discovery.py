@@ -1,10 +1,11 @@
-"""Legacy discovery documents, /version and a minimal OpenAPI v3 (for kubectl's checks)."""
+"""Legacy discovery documents and /version (what kubectl reads before exec, logs, cp and
+port-forward). The version minor picks the kubectl of /usr/bin/kubectl's dispatcher: 1.32,
+which tries WebSocket before SPDY."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any
 
 from .resources import GROUP_VERSIONS, TYPES, ResourceType
@@ -95,70 +96,3 @@ def resource_list(group: str, version: str) -> Obj | None:
                  for e in _entries(t)]
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
             "resources": resources}
-
-
-def _gv_path(group: str, version: str) -> str:
-    return f"apis/{group}/{version}" if group else f"api/{version}"
-
-
-def openapi_root() -> Obj:
-    """GET /openapi/v3: where each group-version document lives."""
-    paths = {}
-    for g, v in GROUP_VERSIONS:
-        p = _gv_path(g, v)
-        digest = hashlib.sha256(json.dumps(openapi_gv(g, v)).encode()).hexdigest()[:16]
-        paths[p] = {"serverRelativeURL": f"/openapi/v3/{p}?hash={digest.upper()}"}
-    return {"paths": paths}
-
-
-_QUERY = ("dryRun", "fieldManager", "fieldValidation", "force", "pretty")
-
-
-def _path_item(t: ResourceType, collection: bool) -> Obj:
-    gvk = {"group": t.group, "version": t.version, "kind": t.kind}
-    query: list[Obj] = [
-        {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
-        for n in _QUERY
-    ]
-    params: list[Obj] = []
-    if not collection:
-        params.append({"name": "name", "in": "path", "required": True,
-                       "schema": {"type": "string"}})
-    if t.namespaced:
-        params.append({"name": "namespace", "in": "path", "required": True,
-                       "schema": {"type": "string"}})
-    op = {
-        "operationId": f"op{t.kind}",
-        "parameters": query,
-        "responses": {"200": {"description": "OK"}},
-        "x-kubernetes-action": "post" if collection else "patch",
-        "x-kubernetes-group-version-kind": gvk,
-    }
-    item: Obj = {"parameters": params}
-    item["post" if collection else "patch"] = op
-    if not collection:
-        item["get"] = {**op, "x-kubernetes-action": "get"}
-        item["put"] = {**op, "x-kubernetes-action": "put"}
-    return item
-
-
-def openapi_gv(group: str, version: str) -> Obj:
-    """GET /openapi/v3/<gv path>: paths with PATCH ops declaring `fieldValidation`.
-
-    No schemas: kubectl then builds strategic patches from its compiled-in types.
-    """
-    paths: Obj = {}
-    for t in TYPES:
-        if (t.group, t.version) != (group, version):
-            continue
-        base = "/" + _gv_path(group, version)
-        ns = "/namespaces/{namespace}" if t.namespaced else ""
-        paths[f"{base}{ns}/{t.plural}"] = _path_item(t, True)
-        if not t.virtual:
-            paths[f"{base}{ns}/{t.plural}/{{name}}"] = _path_item(t, False)
-    return {
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": VERSION["gitVersion"]},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }

@@ -77,12 +77,6 @@ TYPES: tuple[ResourceType, ...] = (
     ResourceType("vgate.io", "v1alpha1", "tenants", "Tenant", True),
     ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview",
                  False, verbs=("create",), virtual=True),
-    ResourceType("authorization.k8s.io", "v1", "selfsubjectaccessreviews",
-                 "SelfSubjectAccessReview", False, verbs=("create",), virtual=True),
-    ResourceType("authorization.k8s.io", "v1", "selfsubjectrulesreviews",
-                 "SelfSubjectRulesReview", False, verbs=("create",), virtual=True),
-    ResourceType("authorization.k8s.io", "v1", "subjectaccessreviews",
-                 "SubjectAccessReview", False, verbs=("create",), virtual=True),
 )
 
 #: (group, version) pairs in discovery order, core first.

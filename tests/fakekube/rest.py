@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from . import managed, objects, patching, protobuf
+from . import managed, objects, patching
 from .model import (
     ApiError,
     already_exists,
@@ -23,20 +23,13 @@ from .model import (
 from .resources import ResourceType, by_resource, find
 from .selectors import field_selector, label_selector
 from .store import Store
-from .tables import table
-from .web import JSON, TABLE, Request, Response, json_response
+from .web import JSON, Request, Response, json_response
 
 Obj = dict[str, Any]
 NAMESPACES = find("", "v1", "namespaces")
 GRACEFUL = ("pods", "namespaces")  # DELETE answers the object, not a Status
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
                "application/strategic-merge-patch+json", "application/apply-patch+yaml")
-
-
-def wants_table(req: Request) -> bool:
-    accept = (req.header("accept") or "").replace(" ", "")
-    first = accept.split(",")[0]
-    return "as=Table" in first and "g=meta.k8s.io" in first
 
 
 def _media(req: Request) -> str:
@@ -47,8 +40,6 @@ def parse_body(req: Request) -> Any:
     """JSON (or YAML) request body; 415 for anything else, 400 when malformed."""
     media = _media(req)
     try:
-        if media == protobuf.MEDIA_TYPE:
-            return protobuf.decode(req.body)
         if media in ("application/yaml", "application/apply-patch+yaml"):
             return yaml.safe_load(req.body or b"")
         if media == "application/json" or media.endswith("+json") or media == "":
@@ -57,8 +48,7 @@ def parse_body(req: Request) -> Any:
         raise bad_request(f"the object provided is unrecognized or malformed: {e}") from e
     raise ApiError(415, "UnsupportedMediaType",
                    "the body of the request was in an unknown format - accepted media types "
-                   "include: application/json, application/yaml, "
-                   "application/vnd.kubernetes.protobuf")
+                   "include: application/json, application/yaml")
 
 
 def _dry_run(req: Request) -> bool:
@@ -128,12 +118,7 @@ class Rest:
 
     def _object_response(self, req: Request, rtype: ResourceType, obj: Obj, status: int = 200,
                          warnings: list[str] | None = None) -> Response:
-        headers = _warn(warnings or [])
-        if wants_table(req):
-            meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
-            return json_response(table(rtype, [obj], req.param("includeObject") or "Metadata",
-                                       meta), status, TABLE, headers)
-        return json_response(_out(obj, rtype), status, headers=headers)
+        return json_response(_out(obj, rtype), status, headers=_warn(warnings or []))
 
     def _require_namespace(self, rtype: ResourceType, namespace: str) -> None:
         if rtype.namespaced and self.store.get(NAMESPACES, "", namespace) is None:
@@ -167,9 +152,6 @@ class Rest:
             meta["continue"] = _encode_continue(self.store.rv, _key(items[limit - 1]))
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
-        if wants_table(req):
-            return json_response(table(rtype, items, req.param("includeObject") or "Metadata",
-                                       meta), content_type=TABLE)
         stripped = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")}
                     for o in items]
         return json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 MAX_BODY = 8 * 1024 * 1024
 FLOWSCHEMA_UID = str(uuid.uuid5(uuid.NAMESPACE_URL, "fakekube/flowschema"))
 PRIORITY_UID = str(uuid.uuid5(uuid.NAMESPACE_URL, "fakekube/prioritylevel"))
-#: What `?warn=1` / `X-Test-Warn` add: two separate Warning headers.
-TEST_WARNINGS = ('299 - "fakekube: test warning one"', '299 - "fakekube: test warning two"')
 _NET_ERRORS = (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError)
 
 
@@ -262,8 +260,6 @@ class FakeKube:
               ("Content-Type", resp.content_type),
               ("Date", email.utils.formatdate(usegmt=True))]
         hs += [(_canonical(k), v) for k, v in resp.headers]
-        if req.param("warn") is not None or req.header("x-test-warn") is not None:
-            hs += [("Warning", w) for w in TEST_WARNINGS]
         if identity is not None:
             hs += [("X-Kubernetes-Pf-Flowschema-Uid", FLOWSCHEMA_UID),
                    ("X-Kubernetes-Pf-Prioritylevel-Uid", PRIORITY_UID)]

@@ -11,7 +11,6 @@ from typing import Any
 from .model import status_body
 from .resources import ResourceType
 from .store import Store, Watcher
-from .tables import table
 
 Obj = dict[str, Any]
 
@@ -23,8 +22,6 @@ class WatchOptions:
     bookmarks: bool = False
     bookmark_interval: float = 1.0
     send_initial_events: bool = False
-    as_table: bool = False
-    include_object: str = "Metadata"
 
 
 def _strip(obj: Obj, rtype: ResourceType) -> Obj:
@@ -70,33 +67,16 @@ class WatchStream:
                  counter: Callable[[int], None], error: Obj | None = None) -> None:
         self.store, self.rtype, self.watcher, self.opts = store, rtype, watcher, opts
         self.counter, self.error = counter, error
-        self._columns_sent = False
 
     def close(self) -> None:
         self.store.watchers.discard(self.watcher)
-
-    def _object(self, obj: Obj) -> Obj:
-        obj = _strip(obj, self.rtype)
-        if not self.opts.as_table:
-            return obj
-        t = table(self.rtype, [obj], self.opts.include_object,
-                  {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
-                  with_columns=not self._columns_sent)
-        self._columns_sent = True
-        return t
 
     def _bookmark(self, initial_end: bool = False) -> bytes:
         meta: Obj = {"resourceVersion": str(self.store.rv), "creationTimestamp": None}
         if initial_end:
             meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-        if self.opts.as_table:
-            obj: Obj = {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
-                        "metadata": {"resourceVersion": meta["resourceVersion"]},
-                        "columnDefinitions": None, "rows": None}
-        else:
-            obj = {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version,
-                   "metadata": meta}
-        return _line("BOOKMARK", obj)
+        return _line("BOOKMARK", {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version,
+                                  "metadata": meta})
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.counter(+1)
@@ -124,7 +104,7 @@ class WatchStream:
                     if self.opts.bookmarks:
                         yield self._bookmark(initial_end=True)
                     continue
-                yield _line(kind, self._object(obj))
+                yield _line(kind, _strip(obj, self.rtype))
         finally:
             self.close()
             self.counter(-1)

@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 JSON = "application/json"
-TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """The integration world: real kubectl and the real npm OpenID Provider, through a real
-gateway, to two test API servers (tenants `tenant1` and `tenant2`)."""
+gateway, to real kube-apiservers (tenants `tenant1` and `tenant2`, one etcd, started once per
+session) and to the kubelet stand-in (tenant `standin`: exec, attach, cp, port-forward,
+`logs -f`)."""
 
 from __future__ import annotations
 
@@ -16,12 +18,33 @@ import yaml
 
 from tests.fakekube import FakeKube
 from tests.support.gateway_thread import GatewayThread
+from tests.support.kube import ApiServer, RanAs, audit_id_of
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA
-from tests.support.tenants import start_tenants, tenant_entries
+from tests.support.served import ServedGateway
+from tests.support.tenants import (
+    STANDIN,
+    real_tenants,
+    start_standin,
+    stop_real_tenants,
+    tenant_entries,
+)
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 BASE_DOMAIN = "k8s.test"
+#: /usr/bin/kubectl on this machine image is gcloud's dispatcher: it runs the kubectl whose
+#: minor matches the server's (1.28 against the real v1.28.7 API servers, through the gateway
+#: too). These pin one version, for what only a newer client does (WebSocket exec first).
+PINNED_KUBECTL = Path("/usr/lib/google-cloud-sdk/bin")
+
+
+def pinned_kubectl(minor: str) -> str:
+    """The kubectl 1.<minor> binary beside the dispatcher; skips (saying why) without it."""
+    path = PINNED_KUBECTL / f"kubectl.1.{minor}"
+    if not path.exists():
+        pytest.skip(f"needs kubectl 1.{minor} at {path} (the machine image's gcloud kubectl)")
+    return str(path)
+
 
 USERS = {
     "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["tenant1-admins"]},
@@ -42,6 +65,13 @@ POLICIES = {
         "tenant": "tenant2",
         "roles": {"cluster-admin": {"groups": ["oidc:tenant2-admins"]}},
     },
+    f"{STANDIN}.yaml": {
+        "tenant": STANDIN,
+        "roles": {
+            "cluster-admin": {"groups": ["oidc:tenant1-admins"]},
+            "view": {"groups": ["oidc:developers"]},
+        },
+    },
 }
 
 
@@ -57,12 +87,19 @@ class World:
     dir: Path
     ca: TestCA
     idp: OIDCProvider
-    gateway: GatewayThread
-    tenants: dict[str, FakeKube]
+    gateway: GatewayThread | ServedGateway
+    tenants: dict[str, ApiServer]
     gateway_config: dict = field(default_factory=dict)
+    standin: FakeKube | None = None  # the kubelet stand-in's tenant, `STANDIN`
 
     def token(self, user: str) -> str:
         return self.idp.login(user).id_token
+
+    def ran_as(self, tenant: str, result: subprocess.CompletedProcess, path_part: str) -> RanAs:
+        """Who the tenant's API server ran the request of a `kubectl -v=8` run as (the last
+        one whose URL has `path_part`), from its audit log."""
+        stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+        return self.tenants[tenant].audit.ran_as(audit_id_of(stderr, path_part))
 
     def server(self, tenant: str, mode: str) -> str:
         if mode == "path":
@@ -85,9 +122,10 @@ class World:
         return path
 
     def kubectl_argv(
-        self, tenant: str, user: str, args: list[str], mode: str = "path"
+        self, tenant: str, user: str, args: list[str], mode: str = "path",
+        kubectl: str = KUBECTL,
     ) -> list[str]:
-        argv = [KUBECTL, "--kubeconfig", str(self.kubeconfig(tenant, user, mode)), *args]
+        argv = [kubectl, "--kubeconfig", str(self.kubeconfig(tenant, user, mode)), *args]
         if mode == "host":
             # no DNS for *.k8s.test: give kubectl its own /etc/hosts in a private mount ns
             hosts = self.dir / "hosts"
@@ -97,9 +135,9 @@ class World:
 
     def kubectl(self, tenant: str, user: str, *args: str, mode: str = "path",
                 input: bytes | None = None, env: dict | None = None,
-                timeout: float = 30) -> subprocess.CompletedProcess:
+                timeout: float = 30, kubectl: str = KUBECTL) -> subprocess.CompletedProcess:
         return subprocess.run(
-            self.kubectl_argv(tenant, user, list(args), mode),
+            self.kubectl_argv(tenant, user, list(args), mode, kubectl),
             input=input, capture_output=True, timeout=timeout,
             env={**os.environ, **(env or {})},
         )
@@ -115,20 +153,29 @@ def host_mode_available() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _real_tenants_end_with_the_session() -> Iterator[None]:
+    """The shared real tenants (`tests/support/tenants.py`) start on first use."""
+    yield
+    stop_real_tenants()
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     _require_tools()
+    real = real_tenants()
     base = tmp_path_factory.mktemp("world")
     ca = TestCA(base / "pki")
     gw_leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
-    tenants = start_tenants(ca, base)
+    standin = start_standin(ca, base)
     idp = OIDCProvider(base / "idp", users=USERS).start()
     policies = base / "policies"
     policies.mkdir()
     for file, doc in POLICIES.items():
         (policies / file).write_text(yaml.safe_dump(doc))
     (base / "hosts").write_text(
-        "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in tenants)
+        "127.0.0.1 localhost\n"
+        + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in (*real.servers, STANDIN))
     )
     config = {
         "tls": {"cert_file": str(gw_leaf.cert_file), "key_file": str(gw_leaf.key_file)},
@@ -141,18 +188,39 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         }], "jwks_refresh_min_interval_seconds": 0.5},
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
-        "tenants": tenant_entries(tenants, ca, base),
+        "tenants": tenant_entries(real, base, standin=standin, ca=ca),
     }
     config["oidc"]["issuers"][0].pop("jwks_refresh_min_interval_seconds")
     gateway = GatewayThread(base / "gateway", config).start()
-    world = World(base, ca, idp, gateway, tenants, config)
+    world = World(base, ca, idp, gateway, dict(real.servers), config, standin)
     try:
         yield world
     finally:
         gateway.stop()
         idp.stop()
-        for fake in tenants.values():
-            fake.stop()
+        standin.stop()
+
+
+def standin(world: World) -> FakeKube:
+    """The world's kubelet stand-in."""
+    assert world.standin is not None, "this world has no stand-in tenant"
+    return world.standin
+
+
+@pytest.fixture(params=["path", "host"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """How kubectl addresses the tenant: `/clusters/<tenant>` or `<tenant>.k8s.test`."""
+    if request.param == "host":
+        why = host_mode_available()
+        if why:
+            pytest.skip(why)
+    return request.param
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    """kubectl's stdout, after asserting it succeeded."""
+    assert result.returncode == 0, (result.returncode, result.stderr.decode()[-2000:])
+    return result.stdout.decode()
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:

@@ -1,5 +1,6 @@
 """A WebSocket client that cannot set `Authorization` (a browser) authenticates with the
-bearer-token subprotocol, and that subprotocol never reaches the tenant's API server."""
+bearer-token subprotocol, and that subprotocol never reaches the tenant's API server (the
+kubelet stand-in: exec needs a kubelet, and it shows the exact upgrade request)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import ssl
 
 import pytest
 
-from tests.integration.conftest import World
+from tests.integration.conftest import World, standin
+from tests.support.tenants import STANDIN
 
 pytestmark = [pytest.mark.integration]
 
@@ -25,7 +27,7 @@ def bearer_protocol(token: str) -> str:
 
 
 def _url(world: World) -> str:
-    return world.server("tenant1", "path").replace("https://", "wss://") + EXEC
+    return world.server(STANDIN, "path").replace("https://", "wss://") + EXEC
 
 
 def _context(world: World) -> ssl.SSLContext:
@@ -46,10 +48,10 @@ async def test_exec_with_the_token_in_a_subprotocol(world: World) -> None:
             assert isinstance(message, bytes) and message[:1] == b"\x01"
             received += message[1:]
         assert received == b"hello from a browser"
-    record = [r for r in world.tenants["tenant1"].records if b"/exec" in r.target][-1]
+    record = [r for r in standin(world).records if b"/exec" in r.target][-1]
     sent = {n.lower(): v for n, v in record.headers}
     assert sent[b"sec-websocket-protocol"] == b"v5.channel.k8s.io"
-    assert sent[b"authorization"] == b"Bearer gateway-credential-for-tenant1"
+    assert sent[b"authorization"] == f"Bearer gateway-credential-for-{STANDIN}".encode()
     assert sent[b"impersonate-user"] == b"oidc:alice@example.com"
     for _, value in record.headers:
         assert token.encode() not in value
@@ -61,14 +63,14 @@ async def test_exec_with_the_token_in_a_subprotocol(world: World) -> None:
     "base64url.bearer.authorization.k8s.io.%%%",
 ])
 async def test_a_bad_subprotocol_token_is_401(world: World, protocol: str) -> None:
-    before = len(world.tenants["tenant1"].records)
+    before = len(standin(world).records)
     with pytest.raises(InvalidStatus) as info:
         async with connect(_url(world), ssl=_context(world),
                            subprotocols=[protocol, "v5.channel.k8s.io"],  # type: ignore[list-item]
                            open_timeout=10):
             pass
     assert info.value.response.status_code == 401
-    assert len(world.tenants["tenant1"].records) == before
+    assert len(standin(world).records) == before
 
 
 async def test_two_bearer_subprotocols_are_refused(world: World) -> None:

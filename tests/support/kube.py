@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -171,6 +173,25 @@ class AuditLog:
     def ran_as(self, audit_id: str, timeout: float = 10.0) -> RanAs:
         return ran_as(self.find(audit_id, timeout))
 
+    def has(self, audit_id: str) -> bool:
+        """Whether any event of the request with `audit_id` was logged (the log is written
+        before the answer leaves: `--audit-log-mode blocking`)."""
+        return any(e.get("auditID") == audit_id for e in self.events())
+
+    def open_requests(self, verb: str, user: str) -> set[str]:
+        """Audit IDs of `verb` requests authenticated as `user` that started answering and
+        have not completed: watches and other streams still open at the API server."""
+        started: set[str] = set()
+        done: set[str] = set()
+        for e in self.events():
+            if e.get("verb") != verb or (e.get("user") or {}).get("username") != user:
+                continue
+            if e.get("stage") == "ResponseStarted":
+                started.add(e["auditID"])
+            elif e.get("stage") in ("ResponseComplete", "Panic"):
+                done.add(e["auditID"])
+        return started - done
+
     def matching(self, **where: Any) -> list[dict[str, Any]]:
         """Final events whose top-level fields equal `where` (e.g. verb="create")."""
         return [e for e in self.events() if e.get("stage") == "ResponseComplete"
@@ -305,6 +326,12 @@ class ApiServer:
     def apply(self, manifest: str) -> None:
         self.kubectl("apply", "-f", "-", input=manifest)
 
+    def token(self, service_account: str, namespace: str = "default",
+              duration: str = "24h") -> str:
+        """A TokenRequest token for a ServiceAccount."""
+        return self.kubectl("create", "token", service_account, "-n", namespace,
+                            f"--duration={duration}").stdout.strip()
+
     def stop(self) -> None:
         _stop(self.proc)
 
@@ -323,6 +350,11 @@ def api_server(workdir: Path) -> Iterator[Path]:
 
 
 def bind_role_groups(api: ApiServer, roles: dict[str, str] | None = None) -> None:
+    """Apply `role_bindings(roles)`."""
+    api.apply(role_bindings(roles))
+
+
+def role_bindings(roles: dict[str, str] | None = None) -> str:
     """ClusterRoleBindings `vgate-<role>`: group `vgate:<role>` → ClusterRole. There is no
     controller-manager here, so the aggregated `admin`/`edit`/`view` roles are empty:
     `view` and `admin` are bound to ClusterRoles of this module's own."""
@@ -353,14 +385,31 @@ metadata: {{name: vgate-{role}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {cluster_role}}}
 subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "vgate:{role}"}}]
 """)
-    api.apply("---\n".join(docs))
+    return "---\n".join(docs)
 
 
-def impersonator_token(api: ApiServer, name: str = "vgate",
-                       namespace: str = "default") -> str:
-    """A ServiceAccount that may only impersonate (what the gateway needs upstream), and a
-    TokenRequest token for it."""
-    api.apply(f"""apiVersion: v1
+GATEWAY_EXTRAS = ("vgate.io/issuer", "vgate.io/tenant", "vgate.io/request-id")
+
+
+def impersonator_token(api: ApiServer, name: str = "vgate", namespace: str = "default", *,
+                       extras: tuple[str, ...] = GATEWAY_EXTRAS,
+                       may_review: bool = False) -> str:
+    """Apply `impersonator(...)` and return a TokenRequest token for its ServiceAccount."""
+    api.apply(impersonator(name, namespace, extras=extras, may_review=may_review))
+    return api.token(name, namespace)
+
+
+def impersonator(name: str = "vgate", namespace: str = "default", *,
+                 extras: tuple[str, ...] = GATEWAY_EXTRAS, may_review: bool = False) -> str:
+    """A ServiceAccount that may only impersonate (what the gateway needs upstream: users,
+    groups, uids and the `extras` keys, each named: RBAC's `userextras` alone does not cover
+    `userextras/<key>`). `may_review` also lets it create SubjectAccessReviews (what nested
+    impersonation, `kubectl --as`, needs)."""
+    review = """
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]""" if may_review else ""
+    return f"""apiVersion: v1
 kind: ServiceAccount
 metadata: {{name: {name}, namespace: {namespace}}}
 ---
@@ -372,15 +421,72 @@ rules:
   resources: ["users", "groups"]
   verbs: ["impersonate"]
 - apiGroups: ["authentication.k8s.io"]
-  resources: ["uids", "userextras/vgate.io/issuer", "userextras/vgate.io/tenant",
-              "userextras/vgate.io/request-id"]
-  verbs: ["impersonate"]
+  resources: {json.dumps(["uids", *(f"userextras/{key}" for key in extras)])}
+  verbs: ["impersonate"]{review}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata: {{name: {name}-impersonator}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {name}-impersonator}}
 subjects: [{{kind: ServiceAccount, name: {name}, namespace: {namespace}}}]
-""")
-    return api.kubectl("create", "token", name, "-n", namespace,
-                       "--duration=24h").stdout.strip()
+"""
+
+
+def start_all(servers: list[ApiServer], timeout: float = 90.0) -> None:
+    """Start API servers side by side (each takes seconds, mostly waiting)."""
+    failures: list[BaseException] = []
+
+    def run(server: ApiServer) -> None:
+        try:
+            server.start(timeout)
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        for server in servers:
+            server.stop()
+        raise failures[0]
+
+
+_LOGGED_REQUEST = re.compile(r'\b(GET|POST|PUT|PATCH|DELETE|HEAD) (https?://\S+)')
+_LOGGED_AUDIT_ID = re.compile(r"\bAudit-Id: ([0-9A-Za-z-]+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LoggedCall:
+    """One HTTP request of a `kubectl -v=8` run: method, URL and the answer's Audit-Id."""
+
+    method: str
+    url: str
+    audit_id: str
+
+
+def logged_calls(kubectl_stderr: str) -> list[LoggedCall]:
+    """The requests a `kubectl -v=8` run logged, each with the Audit-Id it was answered with
+    (kube-apiserver's audit ID; through vgate, the gateway's request id)."""
+    calls: list[LoggedCall] = []
+    method = url = ""
+    for line in kubectl_stderr.splitlines():
+        request = _LOGGED_REQUEST.search(line)
+        if request:
+            method, url = request.groups()
+            continue
+        found = _LOGGED_AUDIT_ID.search(line)
+        if found and url:
+            calls.append(LoggedCall(method, url, found.group(1)))
+            method = url = ""
+    return calls
+
+
+def audit_id_of(kubectl_stderr: str, path_part: str) -> str:
+    """The Audit-Id of the last logged request whose URL contains `path_part`."""
+    ids = [c.audit_id for c in logged_calls(kubectl_stderr) if path_part in c.url]
+    if not ids:
+        raise AssertionError(f"kubectl logged no answered request to {path_part!r}:\n"
+                             + kubectl_stderr[-3000:])
+    return ids[-1]

@@ -10,12 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServedGateway:
     """Starts `python -m gateway serve --config <file>` and waits until `workers` workers
-    say they listen; `port` is theirs. Use as a context manager (SIGTERM on exit)."""
+    say they listen; `port` and `url` are theirs. Use as a context manager (SIGTERM on exit)."""
 
     def __init__(self, config_file: Path, *, workers: int = 1, timeout: float = 20.0) -> None:
         self.proc = subprocess.Popen(
@@ -35,6 +37,8 @@ class ServedGateway:
             self.stop()
             raise AssertionError("workers did not start:\n" + "".join(self.lines[-30:]))
         self.port = next(iter(ports))[0]
+        tls = (yaml.safe_load(config_file.read_text()) or {}).get("tls")
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def _drain(self) -> None:  # a full stderr pipe would block the workers' logging
         assert self.proc.stderr is not None

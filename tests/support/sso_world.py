@@ -1,6 +1,6 @@
-"""A gateway with the SSO portal, the real dev IdP, two test API servers, and the pieces
-that let real kubectl run `vgate login` as its exec plugin (a `vgate` command on PATH and
-a scripted browser user)."""
+"""A gateway with the SSO portal, the real dev IdP, the session's two real kube-apiservers
+as tenants (`tests/support/tenants.py`), and the pieces that let real kubectl run `vgate
+login` as its exec plugin (a `vgate` command on PATH and a scripted browser user)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fakekube import FakeKube
 from tests.support.gateway_thread import GatewayThread
+from tests.support.kube import ApiServer
 from tests.support.oidc import OIDCProvider, free_port
 from tests.support.pki import TestCA
-from tests.support.tenants import start_tenants, tenant_entries
+from tests.support.tenants import real_tenants, tenant_entries
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -63,7 +63,7 @@ class SSOWorld:
     ca: TestCA
     idp: OIDCProvider
     gateway: GatewayThread
-    tenants: dict[str, FakeKube]
+    tenants: dict[str, ApiServer]  # shared with the session's other worlds
     bin_dir: Path
     browser_log: Path
 
@@ -106,8 +106,6 @@ class SSOWorld:
     def stop(self) -> None:
         self.gateway.stop()
         self.idp.stop()
-        for fake in self.tenants.values():
-            fake.stop()
 
 
 def plugin_commands(bin_dir: Path) -> Path:
@@ -135,9 +133,9 @@ def running(base: Path) -> Iterator[SSOWorld]:
 
 
 def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
+    real = real_tenants()
     ca = TestCA(base / "pki")
     gw_leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
-    tenants = start_tenants(ca, base)
     port = free_port()
     public_url = f"https://127.0.0.1:{port}"
     idp = OIDCProvider(base / "idp", users=USERS, ttl=idp_ttl,
@@ -159,7 +157,7 @@ def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
         }]},
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
-        "tenants": tenant_entries(tenants, ca, base),
+        "tenants": tenant_entries(real, base),
         "portal": {
             "issuer": idp.issuer, "client_id": idp.portal_client_id,
             "client_secret_file": str(base / "portal-client-secret"),
@@ -171,5 +169,5 @@ def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
     gateway = GatewayThread(base / "gateway", config).start()
     bin_dir = plugin_commands(base / "bin")
     (base / "hosts").write_text(
-        "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in tenants))
-    return SSOWorld(base, ca, idp, gateway, tenants, bin_dir, base / "browser.log")
+        "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in real.servers))
+    return SSOWorld(base, ca, idp, gateway, dict(real.servers), bin_dir, base / "browser.log")
