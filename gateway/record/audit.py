@@ -10,6 +10,7 @@ from json.encoder import encode_basestring_ascii  # the C implementation
 from typing import IO, TYPE_CHECKING
 
 from gateway.flow import Flow, Outcome
+from gateway.http.target import redacted
 
 if TYPE_CHECKING:
     from gateway.identity import Grant, Identity
@@ -58,7 +59,7 @@ class AuditLog:
         exchange = flow.exchange
         if elapsed is None:
             elapsed = time.monotonic() - exchange.started
-        path = _string((flow.target or exchange.target)[:2048].decode("latin-1"))
+        path = _string(redacted(flow.target or exchange.target)[:2048].decode("latin-1"))
         method = self._methods.get(exchange.method)
         if method is None:
             method = _string(exchange.method[:64].decode("latin-1"))
