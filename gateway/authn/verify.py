@@ -65,7 +65,7 @@ class IssuerVerifier:
             if claims.get(name) != want:
                 raise AuthError("required_claim", f"claim {name!r} lacks its required value")
         sub = claims.get("sub")
-        if kube.problem(sub, "uid") is not None:
+        if not isinstance(sub, str) or kube.problem(sub, "uid") is not None:
             raise AuthError("invalid", "sub is missing or malformed")
         raw_user = claims.get(cfg.username_claim)
         if not isinstance(raw_user, str) or not raw_user:
