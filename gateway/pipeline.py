@@ -213,7 +213,10 @@ class Pipeline:
         if identity is not None:
             self.recorder.token_cache_hit()
             flow.identity = identity
-            return self._authenticated(flow)
+            conn = flow.exchange.conn
+            if conn.unauthenticated:
+                conn.authenticated()
+            return None if flow.upstream is not None else self._no_tenant(flow)
         self.recorder.token_cache_miss()
         return self._verify(flow, token)
 
@@ -222,21 +225,17 @@ class Pipeline:
             flow.identity = await self.authenticator.authenticate(token)
         except AuthError as exc:
             return self._unauthenticated(flow, exc)
-        return self._authenticated(flow)
-
-    def _authenticated(self, flow: Flow) -> Next:
-        """The caller is known: the connection leaves its address's count of
-        unauthenticated ones, and may now learn that a tenant does not exist."""
         conn = flow.exchange.conn
-        if conn.unauthenticated:
+        if conn.unauthenticated:  # it leaves its address's count of unauthenticated ones
             conn.authenticated()
-        if flow.upstream is None:
-            name = flow.requested_tenant
-            reason = f"unknown tenant {name[:63]!r}" if name else "no such tenant"
-            flow.end(Outcome.REFUSED, reason)
-            flow.exchange.fail(404, f'tenant "{name}" not found' if name else "no such tenant")
-            return DONE
-        return None
+        return None if flow.upstream is not None else self._no_tenant(flow)
+
+    def _no_tenant(self, flow: Flow) -> Next:
+        """The caller is authenticated: now it may learn that the tenant does not exist."""
+        name = flow.requested_tenant
+        flow.end(Outcome.REFUSED, f"unknown tenant {name[:63]!r}" if name else "no such tenant")
+        flow.exchange.fail(404, f'tenant "{name}" not found' if name else "no such tenant")
+        return DONE
 
     def _unauthenticated(self, flow: Flow, exc: AuthError) -> Next:
         self.recorder.auth_failed(exc.reason)

@@ -86,7 +86,9 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = RequestHeaders()
         self._head_bytes = 0
-        self._head_since: float | None = None  # when the head being parsed began
+        self._fields_left = limits.max_request_header_fields
+        # when the deadline timer first saw the head being parsed (within a tick of its start)
+        self._head_since: float | None = None
         self._idle_since: float | None = None  # None while a request is in progress
         self._had_request = False
         self._timer: asyncio.TimerHandle | None = None
@@ -94,6 +96,8 @@ class ClientConnection(asyncio.Protocol):
         # the connection waits for a head, so a request costs no timer of its own
         self._tick = min(limits.keepalive_timeout_seconds, limits.request_head_timeout_seconds,
                          limits.first_byte_timeout_seconds) / 2
+        self._busy_recheck = min(limits.keepalive_timeout_seconds,
+                                 limits.request_head_timeout_seconds)
         self._corked: list[bytes] | None = None
         self._read_paused = False
         self._refusal: bytes | None = None  # a refused head's answer, due after the current
@@ -131,10 +135,6 @@ class ClientConnection(asyncio.Protocol):
         if self._refused:
             return
         self._idle_since = None
-        if self._head_since is None:
-            parsing = self._parsing
-            if parsing is None or parsing.body_done:  # not a body: a head begins
-                self._head_since = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -201,11 +201,11 @@ class ClientConnection(asyncio.Protocol):
         if self._head_bytes > self.limits.max_request_head_bytes:
             raise _Refused(431, "request headers too large "
                                 f"(limit {self.limits.max_request_head_bytes} bytes)")
-        headers = self._headers
-        if len(headers.fields) >= self.limits.max_request_header_fields:
+        self._fields_left -= 1
+        if self._fields_left < 0:
             raise _Refused(431, "too many request header fields "
                                 f"(limit {self.limits.max_request_header_fields})")
-        headers.add(name, value)
+        self._headers.add(name, value)
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -213,12 +213,15 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = RequestHeaders()
         self._head_bytes = 0
+        self._fields_left = self.limits.max_request_header_fields
         self._head_since = None
         self._had_request = True
         http11 = parser.get_http_version() == "1.1"
         method = parser.get_method()
         upgrade = parser.should_upgrade()
-        problem = headers.problem(http11=http11)
+        problem = None
+        if headers.hosts != 1 or headers.error is not None or headers.transfer_encoding:
+            problem = headers.problem(http11=http11)
         if problem is None and url[:1] != b"/":
             url, problem = _origin_form(url, headers.host)
         if problem is None and upgrade:
@@ -372,45 +375,46 @@ class ClientConnection(asyncio.Protocol):
     # -- deadlines -------------------------------------------------------------------------
 
     def _arm_idle(self) -> None:
-        """The connection waits for a request head from now on: make sure the timer looks
-        within one tick (it may be far out after a long exchange)."""
-        now = self.loop.time()
-        self._idle_since = now
-        due = now + self._tick
-        timer = self._timer
-        if timer is None:
-            self._timer = self.loop.call_at(due, self._check_deadlines)
-        elif timer.when() > due:
-            timer.cancel()
-            self._timer = self.loop.call_at(due, self._check_deadlines)
+        """The connection waits for a request head from now on. A pending timer is due
+        within a tick, or within `_busy_recheck` after a long exchange."""
+        self._idle_since = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._idle_since + self._tick,
+                                            self._check_deadlines)
 
     def _check_deadlines(self) -> None:
         """Close a connection whose head is overdue (408), that sent nothing in time after
-        it opened, or that stayed idle past the keep-alive timeout; look again later."""
+        it opened, or that stayed idle past the keep-alive timeout; look again later.
+
+        A request costs no clock read of its own: bytes arriving only clear `_idle_since`,
+        and the first look that finds a head in progress notes its start, so a head gets
+        `request_head_timeout_seconds` from within one tick of its first byte."""
         self._timer = None
         if self.closed:
             return
         loop, limits = self.loop, self.limits
         now = loop.time()
         if self.current is not None or self._pipeline:
-            # busy: exchanges have their own clocks; `_arm_idle` pulls this in when it ends
-            self._timer = loop.call_at(now + limits.keepalive_timeout_seconds,
-                                       self._check_deadlines)
+            # busy: exchanges have their own clocks; look again once the head deadline
+            # could matter (cheap for thousands of open watches)
+            self._timer = loop.call_at(now + self._busy_recheck, self._check_deadlines)
             return
-        if self._head_since is not None:
+        idle_since = self._idle_since
+        if idle_since is None:  # bytes of a head have arrived since the connection was idle
+            if self._head_since is None:
+                self._head_since = now
             due = self._head_since + limits.request_head_timeout_seconds
             if now >= due:
                 self._refuse(408, "request head not received within "
                                   f"{limits.request_head_timeout_seconds:g}s")
                 return
-        elif self._idle_since is not None:
-            due = self._idle_since + (limits.keepalive_timeout_seconds if self._had_request
-                                      else limits.first_byte_timeout_seconds)
+        else:
+            self._head_since = None
+            due = idle_since + (limits.keepalive_timeout_seconds if self._had_request
+                                else limits.first_byte_timeout_seconds)
             if now >= due:
                 self.close()
                 return
-        else:
-            due = now + self._tick
         self._timer = loop.call_at(min(due, now + self._tick), self._check_deadlines)
 
     # -- closing -------------------------------------------------------------------------

@@ -83,14 +83,34 @@ def _classify(lower: bytes) -> int:
 
 
 # field name as sent → class: clients send the same few names in the same spelling request
-# after request, so a field costs one lookup (bounded: names are the client's choice)
+# after request, so a field costs one lookup (bounded in count and size: names are the
+# client's choice)
 MAX_REMEMBERED_NAMES = 2048
+MAX_REMEMBERED_BYTES = 128
 _kinds: dict[bytes, int] = {}
 
 # `Connection` tokens that need no filtering: fields dropped anyway, options, nothing
 _NOT_FIELD_NAMES = NEVER_FORWARDED | {b"close", b""}
 # Go's `httpguts.ValidHostHeader`: the bytes a Host value may hold
 _HOST_VALUE = re.compile(rb"[0-9A-Za-z!$%&'()*+,\-.:;=\[\]_~]*")
+_hosts: dict[bytes, bytes | None] = {}  # Host value as sent → without whitespace, None: invalid
+
+
+def _host(value: bytes) -> bytes | None:
+    """A Host value without surrounding whitespace, or None when Go would refuse it
+    (remembered: clients send the same few values)."""
+    try:
+        return _hosts[value]
+    except KeyError:
+        pass
+    host: bytes | None = value.strip(b" \t")
+    if _HOST_VALUE.fullmatch(host) is None:  # type: ignore[arg-type]
+        host = None
+    if len(value) <= MAX_REMEMBERED_BYTES:
+        if len(_hosts) >= MAX_REMEMBERED_NAMES:
+            _hosts.clear()
+        _hosts[value] = host
+    return host
 
 
 class RequestHeaders:
@@ -118,7 +138,7 @@ class RequestHeaders:
         self.connection_named: set[bytes] | None = None  # lowercase names `Connection` lists
         self.websocket_protocols: list[bytes] = []
         self.forwarded_for: list[bytes] = []
-        self.cookies: list[bytes] = []
+        self.cookies: list[bytes] | None = None
         self.impersonation = False  # any Impersonate-* field (e.g. kubectl --as)
         self.error: tuple[int, str] | None = None  # the first problem noted while classifying
 
@@ -135,7 +155,9 @@ class RequestHeaders:
         kind = _kinds.get(name)
         if kind is None:
             kind = _classify(name.lower())
-            if len(_kinds) < MAX_REMEMBERED_NAMES:
+            if len(name) <= MAX_REMEMBERED_BYTES:
+                if len(_kinds) >= MAX_REMEMBERED_NAMES:
+                    _kinds.clear()
                 _kinds[name] = kind
         if kind == _FORWARD:
             self.forward += (name, b": ", value, b"\r\n")
@@ -148,10 +170,13 @@ class RequestHeaders:
                 self.authorization = value
         elif kind == _HOST:
             self.hosts += 1
-            self.host = value.strip(b" \t")
-            if _HOST_VALUE.fullmatch(self.host) is None:
+            self.host = _host(value)
+            if self.host is None:
+                self.host = value
                 self._note(400, "malformed Host header")
         elif kind == _COOKIE:
+            if self.cookies is None:
+                self.cookies = []
             self.cookies.append(value)
         elif kind == _LENGTH:
             if self.content_length is not None:

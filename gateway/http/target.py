@@ -16,11 +16,9 @@ import re
 from urllib.parse import unquote_to_bytes
 
 REDACTED = b"REDACTED"
-# a parameter whose name might be a credential's (or is percent-encoded): only such a query
-# is looked at closely
-_SUSPECT = re.compile(
-    rb"(?:^|[&;])[^=&;]*(?:token|secret|pass|pwd|cred|sig|key|auth|session|jwt|bearer|code|%)",
-    re.IGNORECASE)
+# what a credential's parameter name (or a percent-encoded one) contains: only a query with
+# one of these somewhere (in lowercase) is looked at closely
+_SUSPECT = re.compile(rb"token|secret|pass|pwd|cred|sig|key|auth|session|jwt|bearer|code|%")
 _CREDENTIAL = re.compile(
     r"token|secret|passw|credential|signature|session|auth|jwt|bearer|api_?key")
 _CREDENTIAL_NAMES = frozenset({"code", "key", "sig", "pwd", "pass"})
@@ -36,9 +34,10 @@ def is_credential_name(name: bytes) -> bool:
 
 def redacted(target: bytes) -> bytes:
     """`target` with the value of every credential-bearing query parameter replaced."""
-    path, sep, query = target.partition(b"?")
-    if not sep or _SUSPECT.search(query) is None:
+    start = target.find(b"?")
+    if start < 0 or _SUSPECT.search(target.lower(), start) is None:
         return target
+    path, query = target[:start], target[start + 1:]
     parts = re.split(rb"([&;])", query)
     for i in range(0, len(parts), 2):
         name, eq, _ = parts[i].partition(b"=")
