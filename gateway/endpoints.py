@@ -80,4 +80,3 @@ class MetricsEndpoints:
 
     def done(self, exchange: Exchange) -> None:
         """Nothing is recorded about scrapes and probes."""
-

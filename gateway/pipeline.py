@@ -213,10 +213,7 @@ class Pipeline:
         if identity is not None:
             self.recorder.token_cache_hit()
             flow.identity = identity
-            conn = flow.exchange.conn
-            if conn.unauthenticated:
-                conn.authenticated()
-            return None if flow.upstream is not None else self._no_tenant(flow)
+            return self._authenticated(flow)
         self.recorder.token_cache_miss()
         return self._verify(flow, token)
 
@@ -225,13 +222,16 @@ class Pipeline:
             flow.identity = await self.authenticator.authenticate(token)
         except AuthError as exc:
             return self._unauthenticated(flow, exc)
-        conn = flow.exchange.conn
-        if conn.unauthenticated:  # it leaves its address's count of unauthenticated ones
-            conn.authenticated()
-        return None if flow.upstream is not None else self._no_tenant(flow)
+        return self._authenticated(flow)
 
-    def _no_tenant(self, flow: Flow) -> Next:
-        """The caller is authenticated: now it may learn that the tenant does not exist."""
+    def _authenticated(self, flow: Flow) -> Next:
+        """The connection leaves its address's count of unauthenticated ones, and the caller
+        may now learn that the tenant does not exist."""
+        conn = flow.exchange.conn
+        if conn.unauthenticated:
+            conn.authenticated()
+        if flow.upstream is not None:
+            return None
         name = flow.requested_tenant
         flow.end(Outcome.REFUSED, f"unknown tenant {name[:63]!r}" if name else "no such tenant")
         flow.exchange.fail(404, f'tenant "{name}" not found' if name else "no such tenant")

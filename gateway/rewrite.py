@@ -151,4 +151,3 @@ def without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
     kept = [part.strip() for part in value.split(b";")
             if part.partition(b"=")[0].strip(b" \t").lower() not in names]
     return b"; ".join(part for part in kept if part)
-

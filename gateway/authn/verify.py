@@ -116,4 +116,3 @@ def _name(prefix: str, raw: str, kind: kube.Kind, issuer: str) -> str:
         if exc.reserved:
             raise AuthError("reserved_identity", f"{exc} (from {issuer})", code=403) from None
         raise AuthError("malformed_name", f"unsafe {exc}") from None
-
