@@ -39,7 +39,10 @@ class _Forward:
 def forwarded_name(dn: str) -> str | None:
     """The stable group name a forwarded directory group is impersonated as, or None when
     it could not travel exactly as written (the name gate, `gateway.names.kube`), is not
-    ASCII, or is too long."""
+    ASCII, is too long, or its DN holds a control, format or non-ASCII space character
+    (which normalizing would have turned into an escape)."""
+    if not dn.isprintable():
+        return None
     try:
         name = DIRECTORY_GROUP_PREFIX + normalize_dn(dn)
     except ValueError:
