@@ -86,7 +86,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = RequestHeaders()
         self._head_bytes = 0
-        self._fields_left = limits.max_request_header_fields
+        self._max_fields = limits.max_request_header_fields
+        self._fields_left = self._max_fields
         # when the deadline timer first saw the head being parsed (within a tick of its start)
         self._head_since: float | None = None
         self._idle_since: float | None = None  # None while a request is in progress
@@ -213,7 +214,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = RequestHeaders()
         self._head_bytes = 0
-        self._fields_left = self.limits.max_request_header_fields
+        self._fields_left = self._max_fields
         self._head_since = None
         self._had_request = True
         http11 = parser.get_http_version() == "1.1"

@@ -93,19 +93,16 @@ _kinds: dict[bytes, int] = {}
 _NOT_FIELD_NAMES = NEVER_FORWARDED | {b"close", b""}
 # Go's `httpguts.ValidHostHeader`: the bytes a Host value may hold
 _HOST_VALUE = re.compile(rb"[0-9A-Za-z!$%&'()*+,\-.:;=\[\]_~]*")
-_hosts: dict[bytes, bytes | None] = {}  # Host value as sent → without whitespace, None: invalid
+_hosts: dict[bytes, bytes] = {}  # Host value as sent → without whitespace, b"\0": invalid
+_INVALID_HOST = b"\0"
 
 
-def _host(value: bytes) -> bytes | None:
-    """A Host value without surrounding whitespace, or None when Go would refuse it
-    (remembered: clients send the same few values)."""
-    try:
-        return _hosts[value]
-    except KeyError:
-        pass
-    host: bytes | None = value.strip(b" \t")
-    if _HOST_VALUE.fullmatch(host) is None:  # type: ignore[arg-type]
-        host = None
+def _host(value: bytes) -> bytes:
+    """A Host value without surrounding whitespace, or `_INVALID_HOST` when Go would refuse
+    it (remembered: clients send the same few values)."""
+    host = value.strip(b" \t")
+    if _HOST_VALUE.fullmatch(host) is None:
+        host = _INVALID_HOST
     if len(value) <= MAX_REMEMBERED_BYTES:
         if len(_hosts) >= MAX_REMEMBERED_NAMES:
             _hosts.clear()
@@ -170,10 +167,11 @@ class RequestHeaders:
                 self.authorization = value
         elif kind == _HOST:
             self.hosts += 1
-            self.host = _host(value)
-            if self.host is None:
-                self.host = value
+            host = _hosts.get(value) or _host(value)
+            if host is _INVALID_HOST:
+                host = value
                 self._note(400, "malformed Host header")
+            self.host = host
         elif kind == _COOKIE:
             if self.cookies is None:
                 self.cookies = []
