@@ -31,6 +31,7 @@ PROFILE = settings(max_examples=300, deadline=None, derandomize=True,
                                           HealthCheck.too_slow])
 TARGET = b"/clusters/live/api/v1/namespaces/default/pods"
 _serial = itertools.count()
+pytestmark = pytest.mark.slow  # 600 generated requests, a few seconds
 
 
 @pytest.fixture(scope="module")
