@@ -1,5 +1,7 @@
-"""The gateway's own endpoints, for requests that address no tenant: health, readiness,
-metrics, and the mounted ASGI apps (portal, admin API)."""
+"""The gateway's own endpoints, for requests that address no tenant: health, readiness and
+the mounted ASGI apps (portal, admin API); and the metrics listener's (`listen.metrics_port`),
+which alone serves `/metrics`: the metrics name every tenant, so they are not for anyone
+who can reach the gateway."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ class Readiness:
 
 
 class OwnEndpoints:
-    """`/healthz` and `/livez` (the process is up), `/readyz`, `/metrics`, then the mounts."""
+    """`/healthz` and `/livez` (the process is up), `/readyz`, then the mounts."""
 
     def __init__(self, metrics: Metrics, keys_loaded: Callable[[], bool],
                  apps: AsgiBridge | None = None) -> None:
@@ -33,6 +35,11 @@ class OwnEndpoints:
         self.readiness = Readiness()
 
     def handle(self, exchange: Exchange) -> None:
+        if not self.health(exchange) and not self.apps.handle(exchange):
+            exchange.fail(404, "not found: address a tenant by hostname or by path prefix")
+
+    def health(self, exchange: Exchange) -> bool:
+        """Answer a health or readiness probe; False for any other path."""
         path = exchange.target.partition(b"?")[0]
         if path in (b"/healthz", b"/livez"):
             exchange.respond(200, b"ok", content_type=b"text/plain")
@@ -42,11 +49,9 @@ class OwnEndpoints:
                 exchange.respond(200, b"ok", content_type=b"text/plain")
             else:
                 exchange.respond(503, b"not ready: " + why.encode(), content_type=b"text/plain")
-        elif path == b"/metrics":
-            exchange.respond(200, generate_latest(self.metrics.registry),
-                             content_type=CONTENT_TYPE_LATEST.encode())
-        elif not self.apps.handle(exchange):
-            exchange.fail(404, "not found: address a tenant by hostname or by path prefix")
+        else:
+            return False
+        return True
 
     def not_ready(self) -> str | None:
         """Why the gateway should not get traffic now, or None."""
@@ -57,3 +62,21 @@ class OwnEndpoints:
         if not self.keys_loaded():
             return "signing keys not loaded"
         return None
+
+
+class MetricsEndpoints:
+    """The metrics listener's dispatcher: `/metrics` and the health probes, nothing else."""
+
+    def __init__(self, own: OwnEndpoints) -> None:
+        self.own = own
+
+    def dispatch(self, exchange: Exchange) -> None:
+        if exchange.target.partition(b"?")[0] == b"/metrics":
+            exchange.respond(200, generate_latest(self.own.metrics.registry),
+                             content_type=CONTENT_TYPE_LATEST.encode())
+        elif not self.own.health(exchange):
+            exchange.fail(404, "not found: this listener serves /metrics, /healthz, /livez "
+                               "and /readyz")
+
+    def done(self, exchange: Exchange) -> None:
+        """Nothing is recorded about scrapes and probes."""

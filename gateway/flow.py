@@ -37,7 +37,7 @@ class Flow:
 
     __slots__ = (
         "exchange", "forwarded_for", "grant", "identity", "membership", "outcome", "reason",
-        "source", "target", "tenant", "upstream", "upstream_head",
+        "requested_tenant", "source", "target", "tenant", "upstream", "upstream_head",
     )
 
     def __init__(self, exchange: Exchange) -> None:
@@ -45,6 +45,7 @@ class Flow:
         self.source: str = exchange.conn.peer  # the client's address (gateway.http.client_address)
         self.forwarded_for: bytes | None = None  # X-Forwarded-For to send upstream
         self.tenant: str | None = None  # known tenant the request addresses
+        self.requested_tenant: str | None = None  # a well-formed name no tenant has (yet)
         self.upstream: Upstream | None = None
         self.target: bytes | None = None  # the path + query to send upstream
         self.identity: Identity | None = None

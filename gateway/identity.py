@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.names import kube
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -51,15 +53,14 @@ class Deny:
     reason: str
 
 
-MAX_NAME_CHARS = 1024
-
-
 def usable_names(names: list[str], *, what: str = "name") -> list[str]:
-    """`names` unchanged if each is a non-empty, printable (header-safe) name of bounded
-    length, listed once; else ValueError naming the first offender."""
+    """`names` unchanged if each is a name the API server reads exactly as written (the
+    gate in `gateway.names.kube`: non-empty, bounded, printable, no surrounding
+    whitespace), listed once; else ValueError naming the first offender."""
     for name in names:
-        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
-            raise ValueError(f"not a usable {what}: {name[:64]!r}")
+        why = kube.problem(name)
+        if why is not None:
+            raise ValueError(f"not a usable {what}: {name[:64]!r} {why}")
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
         raise ValueError(f"listed twice: {', '.join(dups)}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from gateway.authn import Authenticator, AuthError
@@ -34,6 +34,7 @@ from gateway.forward import Forwarder
 from gateway.http.client_address import ClientAddress
 from gateway.http.exchange import Exchange
 from gateway.identity import Deny
+from gateway.names.kube import UnsafeName
 from gateway.policy import PolicyEngine
 from gateway.policy.nested import (
     BadImpersonation,
@@ -43,7 +44,7 @@ from gateway.policy.nested import (
 )
 from gateway.record import Recorder
 from gateway.registry import TenantRegistry
-from gateway.rewrite import impersonation_block, upstream_head
+from gateway.rewrite import impersonation_block, private_cookie_names, upstream_head
 from gateway.route import Refused, Router
 
 log = logging.getLogger("vgate.pipeline")
@@ -82,6 +83,7 @@ class Pipeline:
         directory: Directory | None = None,
         nested: NestedImpersonation | None = None,
         wake_timeout: float = 60.0,
+        private_cookies: Iterable[str] = (),
     ) -> None:
         self.steps: tuple[Step, ...] = (
             self.route,
@@ -105,6 +107,7 @@ class Pipeline:
         self.client_address = client_address if client_address and client_address.trusted \
             else None
         self.wake_timeout = wake_timeout
+        self.private_cookies = private_cookie_names(private_cookies)
         self._tasks: set[asyncio.Task] = set()
         registry.on_change(forwarder.forget)
         if nested is not None:
@@ -164,6 +167,10 @@ class Pipeline:
     # -- 1. route ----------------------------------------------------------------------------
 
     def route(self, flow: Flow) -> Next:
+        """The tenant (or the gateway's own endpoints). Whether a tenant exists is only
+        said to an authenticated caller: an unknown or impossible tenant name is answered
+        after the authenticate step, so an anonymous request gets the same 401 for any
+        tenant name."""
         exchange = flow.exchange
         if self.client_address is not None:
             flow.source, flow.forwarded_for = self.client_address.resolve(
@@ -176,6 +183,8 @@ class Pipeline:
             self.own.handle(exchange)
             return DONE
         if isinstance(route, Refused):
+            if route.names_no_tenant:
+                return None  # flow.upstream stays None: 404 once authenticated
             flow.end(Outcome.REFUSED, route.message)
             exchange.fail(route.code, route.message)
             return DONE
@@ -184,9 +193,8 @@ class Pipeline:
         if upstream is None:
             # not recorded as a tenant: metrics are labelled by tenant, and names in
             # requests are the client's choice (the audit reason keeps it)
-            flow.end(Outcome.REFUSED, f"unknown tenant {route.tenant[:63]!r}")
-            exchange.fail(404, f'tenant "{route.tenant}" not found')
-            return DONE
+            flow.requested_tenant = route.tenant
+            return None
         flow.tenant = route.tenant
         flow.upstream = upstream
         return None
@@ -205,7 +213,7 @@ class Pipeline:
         if identity is not None:
             self.recorder.token_cache_hit()
             flow.identity = identity
-            return None
+            return self._authenticated(flow)
         self.recorder.token_cache_miss()
         return self._verify(flow, token)
 
@@ -214,7 +222,20 @@ class Pipeline:
             flow.identity = await self.authenticator.authenticate(token)
         except AuthError as exc:
             return self._unauthenticated(flow, exc)
-        return None
+        return self._authenticated(flow)
+
+    def _authenticated(self, flow: Flow) -> Next:
+        """The connection leaves its address's count of unauthenticated ones, and the caller
+        may now learn that the tenant does not exist."""
+        conn = flow.exchange.conn
+        if conn.unauthenticated:
+            conn.authenticated()
+        if flow.upstream is not None:
+            return None
+        name = flow.requested_tenant
+        flow.end(Outcome.REFUSED, f"unknown tenant {name[:63]!r}" if name else "no such tenant")
+        flow.exchange.fail(404, f'tenant "{name}" not found' if name else "no such tenant")
+        return DONE
 
     def _unauthenticated(self, flow: Flow, exc: AuthError) -> Next:
         self.recorder.auth_failed(exc.reason)
@@ -364,6 +385,12 @@ class Pipeline:
         """The head that leaves for the tenant (kept on the flow for the forward step)."""
         exchange, upstream, grant = flow.exchange, flow.upstream, flow.grant
         assert upstream is not None and grant is not None
+        try:
+            identity_block = impersonation_block(grant)
+        except UnsafeName as exc:  # the last check of every name: nothing leaves
+            flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
+            _forbidden(exchange, "the identity of this request cannot be passed on safely")
+            return DONE
         if exchange.chunked_in:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif exchange.content_length:
@@ -376,11 +403,12 @@ class Pipeline:
             exchange.head,
             authority=upstream.authority,
             authorization=upstream.authorization() if upstream.authorization else None,
-            identity_block=impersonation_block(grant),
+            identity_block=identity_block,
             request_id=exchange.request_id,
             framing=framing,
             upgrade=exchange.head.upgrade if exchange.upgrade else None,
             forwarded_for=flow.forwarded_for or exchange.conn.peer.encode() or None,
+            private_cookies=self.private_cookies,
         )
         return None
 

@@ -2,19 +2,26 @@
 
 Removed from the client's request, whatever their case: ``Authorization``,
 ``Proxy-Authorization``, every ``Impersonate-*`` (``Impersonate-Uid`` included), the
-front-proxy ``X-Remote-*`` headers, ``Audit-ID``, hop-by-hop headers, any header the
-client's ``Connection`` names, and a bearer token offered as a WebSocket subprotocol.
-Added: the tenant credential, the impersonation headers of the `Grant`, a request id (as
-``Audit-ID`` and as an impersonated extra) and ``Host``.
+front-proxy ``X-Remote-*`` headers, ``Audit-ID``, hop-by-hop headers, every statement about
+the client's address (``X-Real-Ip``, ``Forwarded``, ``X-Forwarded-*``, …: see
+`gateway.http.headers`), any header the client's ``Connection`` names, a bearer token
+offered as a WebSocket subprotocol, and the gateway's own cookies (the portal's session)
+from ``Cookie``. Added: the tenant credential, the impersonation headers of the `Grant`, a
+request id (as ``Audit-ID`` and as an impersonated extra), ``X-Forwarded-For`` and ``Host``.
+
+Every name in the impersonation headers passes the name gate (`gateway.names.kube`) once
+more as the headers are serialized — once per distinct grant, as the block is cached.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from gateway.authn.websocket import without_bearer_protocol
 from gateway.identity import Grant
+from gateway.names import kube
 
 if TYPE_CHECKING:
     from gateway.http.headers import RequestHeaders
@@ -52,6 +59,19 @@ def impersonation_block(grant: Grant) -> bytes:
 
 
 def _serialize_block(grant: Grant) -> bytes:
+    """The header lines; `kube.UnsafeName` if any name would not reach the API server
+    exactly as written (a `system:` user or group is checked where names are made: one
+    here came from a nested impersonation the tenant's own RBAC allowed)."""
+    check = kube.check
+    check(grant.user, "user", allow_reserved=True)
+    if grant.uid:
+        check(grant.uid, "uid")
+    for group in grant.groups:
+        check(group, "group", allow_reserved=True)
+    for key, values in grant.extra:
+        check(key, "extra key")
+        for value in values:
+            check(value, "extra value")
     lines = [b"Impersonate-User: " + grant.user.encode()]
     if grant.uid:
         lines.append(b"Impersonate-Uid: " + grant.uid.encode())
@@ -77,6 +97,7 @@ def upstream_head(
     framing: bytes,
     upgrade: bytes | None = None,
     forwarded_for: bytes | None = None,
+    private_cookies: frozenset[bytes] = frozenset(),
 ) -> bytes:
     """Serialize the upstream request head.
 
@@ -94,6 +115,12 @@ def upstream_head(
             value = without_bearer_protocol(value)
             if value:
                 out += (b"Sec-WebSocket-Protocol: ", value, b"\r\n")
+    if headers.cookies and not (
+            headers.connection_named and b"cookie" in headers.connection_named):
+        for value in headers.cookies:
+            value = without_cookies(value, private_cookies) if private_cookies else value
+            if value:
+                out += (b"Cookie: ", value, b"\r\n")
     if authorization:
         out += (b"Authorization: ", authorization, b"\r\n")
     out += (identity_block, _REQUEST_ID_HEADER, request_id, b"\r\nAudit-ID: ", request_id, b"\r\n")
@@ -103,3 +130,24 @@ def upstream_head(
         out += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     out += (framing, b"\r\n")
     return b"".join(out)
+
+
+def private_cookie_names(names: Iterable[str]) -> frozenset[bytes]:
+    """The lowercase cookie names to remove from `Cookie` upstream: each name as given and
+    with the `__Host-` / `__Secure-` prefixes browsers reserve."""
+    out: set[bytes] = set()
+    for name in names:
+        for prefix in ("", "__host-", "__secure-"):
+            out.add((prefix + name.lower()).encode())
+    return frozenset(out)
+
+
+def without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
+    """One `Cookie` header value minus the cookies called `names` (compared without
+    surrounding whitespace and case, the most a server could read into a name)."""
+    lowered = value.lower()
+    if not any(name in lowered for name in names):
+        return value
+    kept = [part.strip() for part in value.split(b";")
+            if part.partition(b"=")[0].strip(b" \t").lower() not in names]
+    return b"; ".join(part for part in kept if part)

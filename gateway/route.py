@@ -43,10 +43,16 @@ class Route(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The request target is malformed or tricky; answer `code` with `message`."""
+    """The request target is malformed or tricky; answer `code` with `message`.
+    `names_no_tenant`: the target addresses no tenant that could exist — said only to an
+    authenticated caller, so that nobody learns from the answer which tenants exist."""
 
     code: int
     message: str
+    names_no_tenant: bool = False
+
+
+_NO_TENANT = Refused(404, "no such tenant", names_no_tenant=True)
 
 
 class Router:
@@ -64,7 +70,7 @@ class Router:
             return Refused(400, "request path has empty, dot or encoded-dot segments")
         tenant = self._tenant_from_host(host) if self._suffix and host else None
         if tenant is not None:
-            return Route(tenant, target, "host") if tenant else Refused(404, "unknown host")
+            return Route(tenant, target, "host") if tenant else _NO_TENANT
         if self._prefix and path.startswith(self._prefix):
             start = len(self._prefix)
             end = path.find(b"/", start)
@@ -72,14 +78,14 @@ class Router:
             tenant = self._names.get(name)
             if tenant is None:
                 if not _TENANT.fullmatch(name):
-                    return Refused(404, "no such tenant")
+                    return _NO_TENANT
                 if len(self._names) >= MAX_REMEMBERED_NAMES:
                     self._names.clear()
                 tenant = self._names[name] = name.decode()
             # the rest of the target, byte for byte (path after the name, query)
             return Route(tenant, target[end:] if end >= 0 else b"/" + sep + query, "path")
         if self._prefix and path == self._prefix.rstrip(b"/"):
-            return Refused(404, "no such tenant")
+            return _NO_TENANT
         return None
 
     def _tenant_from_host(self, host: bytes) -> str | None:

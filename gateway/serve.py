@@ -18,8 +18,9 @@ from gateway.authn import Authenticator
 from gateway.config import GatewayConfig
 from gateway.directory import Directory, DirectoryError
 from gateway.directory.source import LdapSource
-from gateway.endpoints import OwnEndpoints
+from gateway.endpoints import MetricsEndpoints, OwnEndpoints
 from gateway.forward import Forwarder
+from gateway.http.admission import Admission
 from gateway.http.asgi import AsgiBridge
 from gateway.http.client_address import ClientAddress
 from gateway.http.connection import ClientConnection
@@ -67,12 +68,15 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
     directory = build_directory(config, metrics)
     local_apps = AsgiBridge()
     authenticator = Authenticator(config.oidc)
+    private_cookies: tuple[str, ...] = ()
     if config.portal is not None:
         from gateway.portal import build_portal, policy_access
+        from gateway.portal.app import SESSION_COOKIE
 
         portal = build_portal(config, policy_access(registry, policy, directory),
                               authenticator.keys_for(config.portal.issuer))
         local_apps.mount("/", portal.app)
+        private_cookies = (SESSION_COOKIE,)  # the portal's session never leaves the gateway
     if config.lifecycle is not None:
         from gateway.lifecycle.assemble import build_admin_app
 
@@ -93,6 +97,7 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
             if config.nested_impersonation.enabled else None),
         wake_timeout=(config.lifecycle.wake_timeout_seconds if config.lifecycle is not None
                       else 60.0),
+        private_cookies=private_cookies,
     )
 
 
@@ -115,33 +120,46 @@ class RunningGateway:
         self.pipeline = pipeline
         self.connections: set[ClientConnection] = set()
         self.server: asyncio.base_events.Server | None = None
+        self.metrics_server: asyncio.base_events.Server | None = None
         self._directory_check: asyncio.Task | None = None
         self.certificate: ServingCertificate | None = None
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+    async def start(self, sock: socket.socket | None = None,
+                    metrics_sock: socket.socket | None = None) -> None:
         g = self.pipeline
         await g.authenticator.start()
         g.forwarder.start()
         if g.directory is not None:
             self._directory_check = asyncio.create_task(self._check_directory())
         loop = asyncio.get_running_loop()
-        limits = self.config.limits
+        limits, listen = self.config.limits, self.config.listen
+        admission = Admission(limits.max_unauthenticated_connections_per_ip,
+                              exempt=ClientAddress(listen.trusted_proxies).is_trusted_peer)
 
         def factory() -> ClientConnection:
-            return ClientConnection(g, limits, self.connections)
+            return ClientConnection(g, limits, self.connections, admission)
 
         self.certificate = serving_certificate(self.config)
         ctx = None
+        tls: dict = {}
         if self.certificate is not None:
             ctx = self.certificate.context
             self.certificate.start()
+            tls = {"ssl": ctx, "ssl_handshake_timeout": limits.request_head_timeout_seconds}
         if sock is not None:
-            self.server = await loop.create_server(factory, sock=sock, ssl=ctx, backlog=2048)
+            self.server = await loop.create_server(factory, sock=sock, backlog=2048, **tls)
         else:
             self.server = await loop.create_server(
-                factory, self.config.listen.host, self.config.listen.port,
-                ssl=ctx, backlog=2048, reuse_address=True,
-            )
+                factory, listen.host, listen.port, backlog=2048, reuse_address=True, **tls)
+        if metrics_sock is not None or listen.metrics_port is not None:
+            metrics = MetricsEndpoints(g.own)
+
+            def metrics_factory() -> ClientConnection:
+                return ClientConnection(metrics, limits, self.connections)
+
+            where = {"sock": metrics_sock} if metrics_sock is not None else {
+                "host": listen.metrics_host, "port": listen.metrics_port, "reuse_address": True}
+            self.metrics_server = await loop.create_server(metrics_factory, **where)
         g.own.readiness.config_loaded = True
 
     async def _check_directory(self) -> None:
@@ -159,12 +177,21 @@ class RunningGateway:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The metrics listener's port (None without one)."""
+        if self.metrics_server is None:
+            return None
+        return self.metrics_server.sockets[0].getsockname()[1]
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let short requests finish, then end streams and tunnels."""
         grace = self.config.limits.shutdown_grace_seconds if grace is None else grace
         self.pipeline.own.readiness.draining = True
         if self.server is not None:
             self.server.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         for conn in list(self.connections):
             conn.shutdown()
         deadline = asyncio.get_running_loop().time() + grace
@@ -196,8 +223,7 @@ class RunningGateway:
             await self.certificate.stop()
 
 
-def _bind(config: GatewayConfig) -> socket.socket:
-    host, port = config.listen.host, config.listen.port
+def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -224,7 +250,8 @@ def _tune_gc() -> None:
 
 
 async def _serve_one(config: GatewayConfig, sock: socket.socket,
-                     policies: list[LoadedPolicy]) -> None:
+                     policies: list[LoadedPolicy],
+                     metrics_sock: socket.socket | None = None) -> None:
     running = RunningGateway(config, build_pipeline(config, policies=policies))
     lifecycle = None
     if config.lifecycle is not None:
@@ -233,13 +260,16 @@ async def _serve_one(config: GatewayConfig, sock: socket.socket,
         pipeline = running.pipeline
         lifecycle = LifecycleRuntime(config, pipeline.registry, pipeline.policy.set_stored_roles)
         await lifecycle.start()
-    await running.start(sock)
+    await running.start(sock, metrics_sock)
     _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("vgate listening on %s:%d (pid %d)", config.listen.host, running.port, os.getpid())
+    if running.metrics_port is not None:
+        log.info("metrics and health on http://%s:%d", config.listen.metrics_host,
+                 running.metrics_port)
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", config.limits.shutdown_grace_seconds)
     await running.stop()
@@ -252,9 +282,12 @@ def serve(config: GatewayConfig) -> int:
     _install_uvloop()
     workers = config.workers or os.cpu_count() or 1
     policies = checked_policies(config)  # once, before forking: a problem is reported once
-    sock = _bind(config)
+    listen = config.listen
+    sock = _bind(listen.host, listen.port)
+    metrics_sock = (_bind(listen.metrics_host, listen.metrics_port)
+                    if listen.metrics_port is not None else None)
     if workers == 1:
-        asyncio.run(_serve_one(config, sock, policies))
+        asyncio.run(_serve_one(config, sock, policies, metrics_sock))
         return 0
     children = []
     for _ in range(workers):
@@ -262,7 +295,7 @@ def serve(config: GatewayConfig) -> int:
         if pid == 0:  # worker: share the listening socket, run its own loop
             code = 0
             try:
-                asyncio.run(_serve_one(config, sock, policies))
+                asyncio.run(_serve_one(config, sock, policies, metrics_sock))
             except Exception:
                 log.exception("worker crashed")
                 code = 1
@@ -270,6 +303,8 @@ def serve(config: GatewayConfig) -> int:
                 os._exit(code)
         children.append(pid)
     sock.close()
+    if metrics_sock is not None:
+        metrics_sock.close()
 
     def forward(signum: int, _frame: object) -> None:
         for pid in children:

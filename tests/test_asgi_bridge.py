@@ -16,8 +16,11 @@ from gateway.http.connection import ClientConnection
 @dataclass
 class _Limits:
     max_request_head_bytes: int = 65536
+    max_request_header_fields: int = 256
     max_request_body_bytes: int = 1 << 20
     keepalive_timeout_seconds: float = 5.0
+    request_head_timeout_seconds: float = 5.0
+    first_byte_timeout_seconds: float = 5.0
 
 
 class _Dispatcher:

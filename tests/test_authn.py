@@ -529,6 +529,48 @@ async def test_control_characters_in_names_are_refused(
     assert (await refused(auth, idp.sign(idp.claims(**claims)))).reason == "malformed_name"
 
 
+# names kube-apiserver would read differently from how they were written (Go trims ' ' and
+# '\t' around header values) or that only look like another name: the class of the issue's
+# "alice@example.com " and " system:kube-controller-manager"
+LOOK_ALIKES = [" ", "\t", "\u00a0", "\u2003", "\u3000", "\u200b", "\ufeff", "\u2028"]
+
+
+@pytest.mark.parametrize("prefix", ["oidc:", ""])
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("space", LOOK_ALIKES)
+async def test_names_with_surrounding_whitespace_are_refused(
+    idp: CraftingIssuer, make: Auths, prefix: str, where: str, space: str
+) -> None:
+    auth = await make(issuer_config(idp, username_prefix=prefix, groups_prefix=prefix))
+    wrap = (lambda n: space + n) if where == "before" else (lambda n: n + space)
+    for claims in ({"email": wrap("alice@example.com")}, {"groups": ["dev", wrap("admins")]},
+                   {"email": wrap("system:kube-controller-manager")}):
+        err = await refused(auth, idp.sign(idp.claims(**claims)))
+        assert (err.reason, err.code) == ("malformed_name", 401), claims
+    err = await refused(auth, idp.sign(idp.claims(sub=wrap("u-alice"))))
+    assert err.reason == "invalid"
+
+
+@pytest.mark.parametrize("name", ["System:kube-controller-manager", "SYSTEM:masters",
+                                  "\u017fystem:masters"])
+async def test_reserved_prefix_in_any_case_is_403(idp: CraftingIssuer, make: Auths,
+                                                  name: str) -> None:
+    auth = await make(issuer_config(idp, username_prefix="", groups_prefix=""))
+    for claims in ({"email": name}, {"groups": [name]}):
+        err = await refused(auth, idp.sign(idp.claims(**claims)))
+        assert (err.reason, err.code) == ("reserved_identity", 403)
+
+
+async def test_a_lone_surrogate_in_a_claim_is_refused(idp: CraftingIssuer,
+                                                      auth: Authenticator) -> None:
+    """JSON may carry "\\ud800": no UTF-8 header value can say it."""
+    claims = idp.claims()
+    header = {"alg": "RS256", "kid": "rsa1", "typ": "JWT"}
+    for field, value in (("email", "alice\ud800@example.com"), ("sub", "u\udfff")):
+        token = rs256(idp, header, {**claims, field: value})
+        assert (await refused(auth, token)).reason in ("malformed_name", "invalid")
+
+
 @pytest.mark.parametrize("sub", ["u-alice\r\nImpersonate-Group: system:masters", "u\x00x"])
 async def test_control_characters_in_sub_are_refused(
     idp: CraftingIssuer, auth: Authenticator, sub: str

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     # the ground floor
     "http": {"private_file"},
     "names": set(),
-    "identity": set(),
+    "identity": {"names"},  # the name gate (gateway.names.kube)
     "metrics": set(),
     "private_file": set(),
     "config": {"names"},

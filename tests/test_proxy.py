@@ -245,7 +245,7 @@ def test_health_ready_metrics(gateway, client) -> None:
     assert httpx.get(f"{gateway.url}/healthz").text == "ok"
     assert httpx.get(f"{gateway.url}/readyz").status_code == 200
     client.get("/clusters/live/api")
-    metrics = httpx.get(f"{gateway.url}/metrics").text
+    metrics = httpx.get(f"{gateway.metrics_url}/metrics").text
     assert 'vgate_requests_total{code="200",tenant="live"}' in metrics
     assert "vgate_token_cache_total" in metrics
 
@@ -289,6 +289,6 @@ def test_unknown_tenants_create_no_metric_series(client, gateway) -> None:
     for i in range(3):
         r = client.get(f"/clusters/made-up-{i}/api")
         assert r.status_code == 404 and r.json()["reason"] == "NotFound"
-    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    metrics = httpx.get(f"{gateway.metrics_url}/metrics", timeout=10).text
     assert "made-up-" not in metrics
     assert 'tenant="live"' in metrics or "vgate_requests_total" in metrics

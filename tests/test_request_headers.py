@@ -22,11 +22,12 @@ def test_fields_read_by_later_steps() -> None:
         (b"X-Forwarded-For", b"1.2.3.4"), (b"x-forwarded-for", b"5.6.7.8, 9.9.9.9"),
         (b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io"),
     ])
-    assert h.host == b"t1.example.com"  # the last, as before
+    assert h.host == b"t1.example.com" and h.hosts == 2  # two: refused by `problem`
+    assert h.problem(http11=True) == (400, "too many Host headers")
     assert h.authorization == b"Bearer one"  # the first
     assert h.content_length == 12 and not h.chunked
     assert h.expect
-    assert h.upgrade == b"SPDY/3.1"
+    assert h.upgrade == b"SPDY/3.1, websocket"  # one list: not one protocol, refused
     assert h.forwarded_for == [b"1.2.3.4", b"5.6.7.8, 9.9.9.9"]
     assert h.websocket_protocols == [b"v5.channel.k8s.io"]
     assert not h.impersonation

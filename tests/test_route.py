@@ -13,8 +13,8 @@ import pytest
 from gateway.route import Refused, Route, Router
 
 BAD_PATH = Refused(400, "request path has empty, dot or encoded-dot segments")
-NO_TENANT = Refused(404, "no such tenant")
-UNKNOWN_HOST = Refused(404, "unknown host")
+NO_TENANT = Refused(404, "no such tenant", names_no_tenant=True)  # said after authn
+UNKNOWN_HOST = NO_TENANT  # the same answer: nothing tells names apart
 NOT_ABSOLUTE = Refused(400, "request target must be an absolute path")
 
 

@@ -10,10 +10,9 @@ from gateway.authn.errors import AuthError
 from gateway.authn.keys import IssuerKeys
 from gateway.config.model import Issuer
 from gateway.identity import Identity
+from gateway.names import kube
 
-RESERVED_PREFIX = "system:"
 MAX_GROUPS = 512
-MAX_NAME_BYTES = 1024
 
 
 class IssuerVerifier:
@@ -66,24 +65,16 @@ class IssuerVerifier:
             if claims.get(name) != want:
                 raise AuthError("required_claim", f"claim {name!r} lacks its required value")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not _safe_name(sub):
+        if not isinstance(sub, str) or kube.problem(sub, "uid") is not None:
             raise AuthError("invalid", "sub is missing or malformed")
         raw_user = claims.get(cfg.username_claim)
         if not isinstance(raw_user, str) or not raw_user:
             raise AuthError("no_username", f"claim {cfg.username_claim!r} missing or not a string")
         if cfg.username_claim == "email" and claims.get("email_verified", True) is not True:
             raise AuthError("email_unverified", "email_verified is false")
-        username = cfg.username_prefix + raw_user
-        groups = tuple(cfg.groups_prefix + g for g in self._groups(claims))
-        for name in (username, *groups):
-            if not _safe_name(name):
-                raise AuthError("malformed_name", f"unsafe user or group name {name[:64]!r}")
-            if name.startswith(RESERVED_PREFIX):
-                raise AuthError(
-                    "reserved_identity",
-                    f"identity {name[:64]!r} from {cfg.issuer} uses the reserved 'system:' prefix",
-                    code=403,
-                )
+        username = _name(cfg.username_prefix, raw_user, "user", cfg.issuer)
+        groups = tuple(_name(cfg.groups_prefix, g, "group", cfg.issuer)
+                       for g in self._groups(claims))
         expires_at = float(claims["exp"])
         if cfg.max_token_age_seconds:  # the cache must not outlive the age bound either
             expires_at = min(expires_at, iat + cfg.max_token_age_seconds + cfg.leeway_seconds)
@@ -111,6 +102,17 @@ class IssuerVerifier:
         return value
 
 
-def _safe_name(name: str) -> bool:
-    """Names end up in HTTP headers: no control characters, bounded length."""
-    return 0 < len(name.encode()) <= MAX_NAME_BYTES and name.isprintable()
+def _name(prefix: str, raw: str, kind: kube.Kind, issuer: str) -> str:
+    """`prefix + raw` through the name gate (`gateway.names.kube`). The claim itself must
+    pass too: with a prefix, `" alice"` would not be trimmed by the API server, but it is
+    a look-alike of `alice` all the same."""
+    try:
+        if prefix:
+            why = kube.problem(raw, kind)
+            if why is not None:
+                raise kube.UnsafeName(kind, raw, why)
+        return kube.check(prefix + raw, kind)
+    except kube.UnsafeName as exc:
+        if exc.reserved:
+            raise AuthError("reserved_identity", f"{exc} (from {issuer})", code=403) from None
+        raise AuthError("malformed_name", f"unsafe {exc}") from None

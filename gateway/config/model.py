@@ -46,6 +46,10 @@ class Listen(Strict):
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=0, le=65535)] = 8443
     trusted_proxies: list[str] = []
+    # /metrics (and the health endpoints) on a listener of their own, plain HTTP; None: no
+    # metrics listener (the main port never serves /metrics: it lists every tenant)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = None
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -189,8 +193,16 @@ class Upstream(Strict):
 
 class Limits(Strict):
     max_request_head_bytes: Annotated[int, Field(ge=8192, le=1 << 20)] = 65536
+    max_request_header_fields: Annotated[int, Field(ge=16, le=10_000)] = 256
     max_request_body_bytes: Annotated[int, Field(ge=1024)] = 32 << 20
     keepalive_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
+    # a new connection must send its first byte within this; a head must be complete this
+    # long after its first byte (kube-apiserver's own head deadline is 32 s)
+    first_byte_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    request_head_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 32.0
+    # open connections per client address that have not authenticated yet (per worker;
+    # trusted proxies are exempt); 0: no cap
+    max_unauthenticated_connections_per_ip: Annotated[int, Field(ge=0)] = 256
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 25.0
 
 

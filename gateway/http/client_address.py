@@ -41,6 +41,13 @@ class ClientAddress:
             address = address.ipv4_mapped
         return any(address in network for network in self.trusted)
 
+    def is_trusted_peer(self, peer: str) -> bool:
+        """Whether the TCP peer `peer` is one of the trusted proxies."""
+        if not self.trusted:
+            return False
+        address = _address(peer)
+        return address is not None and self._is_trusted(address)
+
     def resolve(self, peer: str, forwarded_for: list[bytes]) -> tuple[str, bytes]:
         """(client address, `X-Forwarded-For` value for upstream) for one request."""
         peer_address = _address(peer)

@@ -2,6 +2,20 @@
 
 This sits below any framework on purpose: it must hand SPDY/3.1 and WebSocket upgrades
 over as raw byte tunnels, and its per-request cost sets the gateway's throughput.
+
+Nothing is dispatched before the whole head is accepted: one valid `Host` (HTTP/1.1),
+unambiguous body framing, an `Expect` the gateway can meet, an origin-form target (an
+absolute-form one only when its authority is the `Host`), and an upgrade only to what
+kubectl tunnels (WebSocket, SPDY/3.1). A refused head is answered with a `Status` after the
+requests before it, and the connection closes.
+
+What a client can make it hold is bounded: the head (`max_request_head_bytes`,
+`max_request_header_fields`), its time (`first_byte_timeout_seconds` on a new connection,
+then `request_head_timeout_seconds` from a head's first byte to its end), the body read
+ahead of its consumer, pipelined requests (`MAX_PIPELINED`), and the bytes sent after an
+upgrade before the upstream accepted it (`TUNNEL_BUFFER_LIMIT`; reading pauses).
+Connections that have not authenticated yet count against their address's cap
+(`gateway.http.admission`).
 """
 
 from __future__ import annotations
@@ -14,19 +28,27 @@ from typing import Protocol
 
 import httptools
 
+from gateway.http.admission import Admission
 from gateway.http.exchange import Exchange
 from gateway.http.headers import RequestHeaders
-from gateway.http.status import PHRASES, status_body
+from gateway.http.status import status_body, status_line
 
 log = logging.getLogger("vgate.server")
 
 BODY_BUFFER_LIMIT = 256 * 1024
+TUNNEL_BUFFER_LIMIT = 64 * 1024  # sent after an upgrade request, before the upstream's 101
+MAX_PIPELINED = 32  # complete request heads waiting behind the current exchange
+TUNNELLED_UPGRADES = frozenset({b"websocket", b"spdy/3.1"})  # what kubectl upgrades to
+_ABSOLUTE_FORM = (b"http://", b"https://")
 
 
 class Limits(Protocol):
     max_request_head_bytes: int
+    max_request_header_fields: int
     max_request_body_bytes: int
     keepalive_timeout_seconds: float
+    request_head_timeout_seconds: float
+    first_byte_timeout_seconds: float
 
 
 class Dispatcher(Protocol):
@@ -43,16 +65,19 @@ class ClientConnection(asyncio.Protocol):
         dispatcher: Dispatcher,
         limits: Limits,
         connections: set[ClientConnection],
+        admission: Admission | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.limits = limits
         self.connections = connections
+        self.admission = admission
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
         self.closing = False
         self.closed = False
+        self.unauthenticated = False  # counted against the peer's cap until `authenticated`
         self.current: Exchange | None = None
         self._parsing: Exchange | None = None
         self._pipeline: deque[Exchange] = deque()
@@ -61,13 +86,27 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = RequestHeaders()
         self._head_bytes = 0
-        self._keepalive: asyncio.TimerHandle | None = None
+        self._max_fields = limits.max_request_header_fields
+        self._fields_left = self._max_fields
+        # when the deadline timer first saw the head being parsed (within a tick of its start)
+        self._head_since: float | None = None
         self._idle_since: float | None = None  # None while a request is in progress
+        self._had_request = False
+        self._timer: asyncio.TimerHandle | None = None
+        # one timer per connection, looked at lazily: it fires at most this often while
+        # the connection waits for a head, so a request costs no timer of its own
+        self._tick = min(limits.keepalive_timeout_seconds, limits.request_head_timeout_seconds,
+                         limits.first_byte_timeout_seconds) / 2
+        self._busy_recheck = min(limits.keepalive_timeout_seconds,
+                                 limits.request_head_timeout_seconds)
         self._corked: list[bytes] | None = None
         self._read_paused = False
+        self._refusal: bytes | None = None  # a refused head's answer, due after the current
+        self._refused = False  # a head was refused: read nothing more
         # tunnel mode (after a 101): raw bytes go to `tunnel_sink`
         self.tunnel_sink: Callable[[bytes], None] | None = None
         self.tunnel_buffer: list[bytes] | None = None
+        self._tunnel_buffered = 0
         self.on_write_pause: Callable[[bool], None] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -76,36 +115,49 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
+        admission = self.admission
+        if admission is not None and admission.counts(self.peer):
+            if not admission.add(self.peer):
+                self.closed = True  # refused cheaply: one canned write, nothing parsed
+                transport.write(admission.refusal)  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self.unauthenticated = True
         self.connections.add(self)
-        self._arm_keepalive()
+        self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel_sink is not None:
             self.tunnel_sink(data)
             return
         if self.tunnel_buffer is not None:
-            self.tunnel_buffer.append(data)
+            self._buffer_tunnel(data)
+            return
+        if self._refused:
             return
         self._idle_since = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self.tunnel_buffer = [data[offset:]] if offset < len(data) else []
-        except _TooLarge as exc:
-            self._reject(exc.code, exc.message)
+            self.tunnel_buffer = []
+            self._buffer_tunnel(data[offset:])
+        except _Refused as exc:
+            self._refuse(exc.code, exc.message)
         except httptools.HttpParserError as exc:
             cause = exc.__context__
-            if isinstance(cause, _TooLarge):  # raised inside a parser callback
-                self._reject(cause.code, cause.message)
+            if isinstance(cause, _Refused):  # raised inside a parser callback
+                self._refuse(cause.code, cause.message)
             elif not self.closed:
-                self._reject(400, f"malformed HTTP request: {exc}")
+                self._refuse(400, f"malformed HTTP request: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.connections.discard(self)
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        self._release_admission()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for ex in (self.current, *self._pipeline):
             if ex is not None and ex.client_gone_hook is not None:
                 ex.client_gone_hook()
@@ -124,37 +176,72 @@ class ClientConnection(asyncio.Protocol):
         if self.on_write_pause is not None:
             self.on_write_pause(False)
 
+    # -- admission ------------------------------------------------------------------------
+
+    def authenticated(self) -> None:
+        """A request on this connection carried a valid credential: it no longer counts
+        against its address's cap of unauthenticated connections."""
+        self._release_admission()
+
+    def _release_admission(self) -> None:
+        if self.unauthenticated:
+            self.unauthenticated = False
+            assert self.admission is not None
+            self.admission.remove(self.peer)
+
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > self.limits.max_request_head_bytes:
-            raise _TooLarge(414, "request URI too long")
+            raise _Refused(414, "request URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.limits.max_request_head_bytes:
-            raise _TooLarge(431, "request headers too large "
-                                 f"(limit {self.limits.max_request_head_bytes} bytes)")
+            raise _Refused(431, "request headers too large "
+                                f"(limit {self.limits.max_request_head_bytes} bytes)")
+        self._fields_left -= 1
+        if self._fields_left < 0:
+            raise _Refused(431, "too many request header fields "
+                                f"(limit {self.limits.max_request_header_fields})")
         self._headers.add(name, value)
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        exchange = Exchange(
-            self,
-            parser.get_method(),
-            self._url,
-            self._headers,
-            http11=parser.get_http_version() == "1.1",
-            keep_alive=parser.should_keep_alive(),
-            upgrade=parser.should_upgrade(),
-        )
+        headers, url = self._headers, self._url
         self._url = b""
         self._headers = RequestHeaders()
         self._head_bytes = 0
-        if (exchange.content_length or 0) > self.limits.max_request_body_bytes:
-            raise _TooLarge(413, "request body too large")
+        self._fields_left = self._max_fields
+        self._head_since = None
+        self._had_request = True
+        http11 = parser.get_http_version() == "1.1"
+        method = parser.get_method()
+        upgrade = parser.should_upgrade()
+        problem = None
+        if headers.hosts != 1 or headers.error is not None or headers.transfer_encoding:
+            problem = headers.problem(http11=http11)
+        if problem is None and url[:1] != b"/":
+            url, problem = _origin_form(url, headers.host)
+        if problem is None and upgrade:
+            problem = _upgrade_problem(method, headers.upgrade)
+        if problem is not None:
+            raise _Refused(*problem)
+        if (headers.content_length or 0) > self.limits.max_request_body_bytes:
+            raise _Refused(413, "request body too large")
+        if len(self._pipeline) >= MAX_PIPELINED:
+            raise _Refused(429, f"more than {MAX_PIPELINED} pipelined requests")
+        exchange = Exchange(
+            self,
+            method,
+            url,
+            headers,
+            http11=http11,
+            keep_alive=parser.should_keep_alive(),
+            upgrade=upgrade,
+        )
         self._parsing = exchange
         if self.current is None:
             self._start(exchange)
@@ -168,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
             return
         exchange.feed_body(body)
         if exchange.body_bytes > self.limits.max_request_body_bytes:
-            raise _TooLarge(413, "request body too large")
+            raise _Refused(413, "request body too large")
         if exchange.body_sink is None and exchange.body_bytes > BODY_BUFFER_LIMIT:
             self._pause_reading()
 
@@ -203,8 +290,27 @@ class ClientConnection(asyncio.Protocol):
         if self._pipeline:
             self._start(self._pipeline.popleft())
             return
+        if self._refusal is not None:  # a later head was refused: answer it now, and end
+            self.write(self._refusal)
+            self.close()
+            return
         self._resume_reading()
-        self._arm_keepalive()
+        self._arm_idle()
+
+    def _refuse(self, code: int, message: str) -> None:
+        """Answer a refused request head with a `Status` and close, after the exchanges
+        before it (never in the middle of another response)."""
+        self._refused = True
+        self._pause_reading()
+        body = status_body(code, message)
+        refusal = (status_line(code)
+                   + b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%b" % (len(body), body))
+        if self.current is None and not self._pipeline:
+            self.write(refusal)
+            self.close()
+        else:
+            self._refusal = refusal
 
     # -- output and flow control ---------------------------------------------------------
 
@@ -231,7 +337,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None and not self.closed:
+        if self._read_paused and self.transport is not None and not self.closed \
+                and not self._refused:
             self._read_paused = False
             self.transport.resume_reading()
 
@@ -241,50 +348,75 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_reading(self) -> None:
         if self.current is not None and self.current.body_sink is None and self.tunnel_sink is None:
-            return  # still buffering a body nobody consumes yet
+            return  # still buffering a body (or an upgrade's first bytes) nobody consumes yet
         self._resume_reading()
+
+    def _buffer_tunnel(self, data: bytes) -> None:
+        """Bytes after an upgrade request, before the upstream accepted it: kept for the
+        tunnel, at most `TUNNEL_BUFFER_LIMIT` (then reading pauses until the tunnel starts,
+        or for good when the upstream refuses the upgrade)."""
+        if not data:
+            return
+        assert self.tunnel_buffer is not None
+        self.tunnel_buffer.append(data)
+        self._tunnel_buffered += len(data)
+        if self._tunnel_buffered >= TUNNEL_BUFFER_LIMIT:
+            self._pause_reading()
 
     def start_tunnel(self, sink: Callable[[bytes], None]) -> None:
         """After a 101: send every byte the client sent (and sends) to `sink`."""
         buffered = self.tunnel_buffer or []
         self.tunnel_buffer = None
+        self._tunnel_buffered = 0
         self.tunnel_sink = sink
         for chunk in buffered:
-            if chunk:
-                sink(chunk)
+            sink(chunk)
         self._resume_reading()
 
-    def _arm_keepalive(self) -> None:
-        """The connection is idle from now on. One timer per connection checks idleness
-        lazily, so a request costs no timer of its own."""
-        self._idle_since = self.loop.time()
-        if self._keepalive is None:
-            self._keepalive = self.loop.call_at(
-                self._idle_since + self.limits.keepalive_timeout_seconds, self._idle_timeout
-            )
+    # -- deadlines -------------------------------------------------------------------------
 
-    def _idle_timeout(self) -> None:
-        self._keepalive = None
+    def _arm_idle(self) -> None:
+        """The connection waits for a request head from now on. A pending timer is due
+        within a tick, or within `_busy_recheck` after a long exchange."""
+        self._idle_since = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._idle_since + self._tick,
+                                            self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """Close a connection whose head is overdue (408), that sent nothing in time after
+        it opened, or that stayed idle past the keep-alive timeout; look again later.
+
+        A request costs no clock read of its own: bytes arriving only clear `_idle_since`,
+        and the first look that finds a head in progress notes its start, so a head gets
+        `request_head_timeout_seconds` from within one tick of its first byte."""
+        self._timer = None
         if self.closed:
             return
-        timeout = self.limits.keepalive_timeout_seconds
+        loop, limits = self.loop, self.limits
+        now = loop.time()
+        if self.current is not None or self._pipeline:
+            # busy: exchanges have their own clocks; look again once the head deadline
+            # could matter (cheap for thousands of open watches)
+            self._timer = loop.call_at(now + self._busy_recheck, self._check_deadlines)
+            return
         idle_since = self._idle_since
-        if idle_since is None or self.current is not None or self._pipeline:
-            # busy (or a request head is arriving): look again one timeout from now
-            self._keepalive = self.loop.call_later(timeout, self._idle_timeout)
-        elif self.loop.time() - idle_since >= timeout:
-            self.close()
+        if idle_since is None:  # bytes of a head have arrived since the connection was idle
+            if self._head_since is None:
+                self._head_since = now
+            due = self._head_since + limits.request_head_timeout_seconds
+            if now >= due:
+                self._refuse(408, "request head not received within "
+                                  f"{limits.request_head_timeout_seconds:g}s")
+                return
         else:
-            self._keepalive = self.loop.call_at(idle_since + timeout, self._idle_timeout)
-
-    def _reject(self, code: int, message: str) -> None:
-        body = status_body(code, message)
-        self.write(
-            b"HTTP/1.1 %d %b\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b"
-            % (code, PHRASES.get(code, "Bad Request").encode(), len(body), body)
-        )
-        self.close()
+            self._head_since = None
+            due = idle_since + (limits.keepalive_timeout_seconds if self._had_request
+                                else limits.first_byte_timeout_seconds)
+            if now >= due:
+                self.close()
+                return
+        self._timer = loop.call_at(min(due, now + self._tick), self._check_deadlines)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -309,7 +441,40 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
 
-class _TooLarge(Exception):
+def _origin_form(target: bytes, host: bytes | None) -> tuple[bytes, tuple[int, str] | None]:
+    """An absolute-form target (``http://authority/path``) as the origin-form path, when
+    its authority is the `Host`; other forms are left to the route step (which refuses
+    anything but a path)."""
+    scheme_end = target.find(b"://")
+    if scheme_end < 0 or target[:scheme_end + 3].lower() not in _ABSOLUTE_FORM:
+        return target, None
+    rest = target[scheme_end + 3:]
+    end = len(rest)
+    for stop in (b"/", b"?", b"#"):
+        found = rest.find(stop)
+        if 0 <= found < end:
+            end = found
+    authority, path = rest[:end], rest[end:]
+    if host is None or b"@" in authority or authority.lower() != host.lower():
+        return target, (400, "the authority of an absolute-form request target must be the "
+                             "Host header's")
+    return (path if path.startswith(b"/") else b"/" + path), None
+
+
+def _upgrade_problem(method: bytes, upgrade: bytes | None) -> tuple[int, str] | None:
+    """Only what kubectl tunnels is tunnelled: one WebSocket or SPDY/3.1 upgrade."""
+    if method == b"CONNECT":
+        return 405, "CONNECT is not supported"
+    if upgrade is None or upgrade.strip(b" \t").lower() not in TUNNELLED_UPGRADES:
+        offered = (upgrade or b"").decode("latin-1")[:64]
+        return 400, (f"unsupported upgrade {offered!r}: only WebSocket and SPDY/3.1 "
+                     "(kubectl exec, attach, cp, port-forward) are tunnelled")
+    return None
+
+
+class _Refused(Exception):
+    """A request head the connection answers itself, with `code` and `message`."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from gateway.directory.entry import Membership
 from gateway.identity import Deny, Grant, Identity
+from gateway.names import kube
 from gateway.names.dn import normalize_dn
 from gateway.policy.load import LoadedPolicy
 from gateway.policy.model import ROLE_GROUP_PREFIX
@@ -37,12 +38,16 @@ class _Forward:
 
 def forwarded_name(dn: str) -> str | None:
     """The stable group name a forwarded directory group is impersonated as, or None when
-    it could not travel safely in a header (control characters, too long)."""
+    it could not travel exactly as written (the name gate, `gateway.names.kube`), is not
+    ASCII, is too long, or its DN holds a control, format or non-ASCII space character
+    (which normalizing would have turned into an escape)."""
+    if not dn.isprintable():
+        return None
     try:
         name = DIRECTORY_GROUP_PREFIX + normalize_dn(dn)
     except ValueError:
         return None
-    if len(name) > MAX_GROUP_NAME or not name.isprintable() or not name.isascii():
+    if len(name) > MAX_GROUP_NAME or not name.isascii() or not kube.is_safe(name, "group"):
         return None
     return name
 

@@ -10,6 +10,7 @@ from json.encoder import encode_basestring_ascii  # the C implementation
 from typing import IO, TYPE_CHECKING
 
 from gateway.flow import Flow, Outcome
+from gateway.http.target import redacted
 
 if TYPE_CHECKING:
     from gateway.identity import Grant, Identity
@@ -18,6 +19,8 @@ FLUSH_INTERVAL = 0.2
 MAX_BUFFERED_LINES = 256  # written at once when that many wait (bounds each write: ~100 KB)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 MAX_CACHED_IDENTITIES = 4096
+MAX_CACHED_PATHS = 4096
+MAX_CACHED_PATH_BYTES = 512
 _DECISIONS = {outcome: encode_basestring_ascii(outcome.value) for outcome in Outcome}
 
 
@@ -40,6 +43,7 @@ class AuditLog:
         self._flush_pending: asyncio.TimerHandle | None = None
         self._lines: list[str] = []
         self._methods: dict[bytes, str] = {}
+        self._paths: dict[bytes, str] = {}
         self._who_cache: dict[tuple[int, int], tuple[object, object, str]] = {}
         self._second = -1
         self._stamp = ""
@@ -58,7 +62,7 @@ class AuditLog:
         exchange = flow.exchange
         if elapsed is None:
             elapsed = time.monotonic() - exchange.started
-        path = _string((flow.target or exchange.target)[:2048].decode("latin-1"))
+        path = self._path(flow.target or exchange.target)
         method = self._methods.get(exchange.method)
         if method is None:
             method = _string(exchange.method[:64].decode("latin-1"))
@@ -91,6 +95,18 @@ class AuditLog:
                 self._flush()
                 return
             self._flush_pending = loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    def _path(self, target: bytes) -> str:
+        """The target as a JSON string, credential-bearing query parameters redacted
+        (remembered: clients repeat their request targets)."""
+        path = self._paths.get(target)
+        if path is None:
+            path = _string(redacted(target)[:2048].decode("latin-1"))
+            if len(target) <= MAX_CACHED_PATH_BYTES:
+                if len(self._paths) >= MAX_CACHED_PATHS:
+                    self._paths.clear()
+                self._paths[target] = path
+        return path
 
     def _write_lines(self) -> None:
         lines, self._lines = self._lines, []

@@ -288,4 +288,9 @@ def test_lifecycle_kubernetes_store_scales_with_leader_election(
     assert next(v for v in volumes if v["name"] == "data")["emptyDir"] == \
         {"medium": "Memory", "sizeLimit": "16Mi"}  # tokens never touch the node's disk
     monitor = out.one("ServiceMonitor")
-    assert monitor["spec"]["endpoints"][0]["scheme"] == "https"
+    assert monitor["spec"]["endpoints"][0] == {
+        "port": "metrics", "path": "/metrics", "scheme": "http", "interval": "30s"}
+    config = out.gateway_config()["listen"]
+    assert (config["metrics_host"], config["metrics_port"]) == ("0.0.0.0", 9090)
+    ports = {p["name"]: p["port"] for p in out.one("Service")["spec"]["ports"]}
+    assert ports["metrics"] == 9090

@@ -124,6 +124,7 @@ def test_network_policy_admits_only_the_ingress_controller(rendered: dict[str, R
     # Prometheus gets in only when a ServiceMonitor asks it to scrape.
     ha = rendered["lifecycle-kubernetes-ha"].one("NetworkPolicy")["spec"]["ingress"]
     assert len(ha) == 2
+    assert ha[1]["ports"] == [{"protocol": "TCP", "port": 9090}]  # metrics, not the gateway
 
 
 def render_direct(rendered: dict[str, Rendered]) -> list[dict]:

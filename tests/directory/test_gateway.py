@@ -209,7 +209,7 @@ def test_cached_path_makes_no_directory_round_trip(ad_world: ADWorld) -> None:
     per_request = [c for c in created if "_accept_connection" not in getattr(
         c, "__qualname__", "")]  # asyncio's own accept of a new keep-alive connection
     assert per_request == [], "the cached path runs without creating a task"
-    metrics = httpx.get(f"{ad_world.gateway.url}/metrics", verify=ad_world.tls())
+    metrics = httpx.get(f"{ad_world.gateway.metrics_url}/metrics")
     assert 'vgate_directory_cache_total{result="hit"}' in metrics.text
 
 
@@ -322,7 +322,7 @@ def test_directory_stopped_serves_stale_then_fails_closed(ad_world: ADWorld, run
         assert all(c in (200, 503) for _, c in codes)
         r = ad_world.get("tenant1", "henry", gw)  # never cached: refused at once
         assert r.status_code == 503 and "directory" in r.json()["message"]
-        metrics = httpx.get(f"{gw.url}/metrics", verify=ad_world.tls()).text
+        metrics = httpx.get(f"{gw.metrics_url}/metrics").text
         assert 'vgate_directory_cache_total{result="stale"}' in metrics
         running_dc.start()
         time.sleep(0.4)

@@ -76,7 +76,9 @@ def test_gateway_endpoints_stay_in_front_of_the_portal(world):
     with _client(world) as c:
         assert c.get(world.url + "/healthz").text == "ok"
         assert c.get(world.url + "/readyz").status_code == 200
-        assert "vgate" in c.get(world.url + "/metrics").text
+        # /metrics names every tenant: only on the metrics listener, never the main port
+        assert "vgate_requests_total" not in c.get(world.url + "/metrics").text
+        assert "vgate_requests_total" in c.get(world.gateway.metrics_url + "/metrics").text
         r = c.get(world.url + "/clusters/tenant1/api")  # a tenant path: the gateway's 401
         assert r.status_code == 401 and r.json()["kind"] == "Status"
 

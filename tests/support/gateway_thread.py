@@ -15,12 +15,13 @@ from gateway.serve import RunningGateway, build_pipeline
 
 class GatewayThread:
     """Writes `config` (a dict) to `workdir/vgate.yaml`, loads it like `vgate serve` does,
-    and serves on 127.0.0.1 with an ephemeral port."""
+    and serves on 127.0.0.1 with an ephemeral port (and the metrics listener on another:
+    `metrics_url`)."""
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = {"listen": {"host": "127.0.0.1", "port": 0}, **config}
+        config = {"listen": {"host": "127.0.0.1", "port": 0, "metrics_port": 0}, **config}
         self.config_file = self.workdir / "vgate.yaml"
         self.config_file.write_text(yaml.safe_dump(config))
         self.config = load_config(self.config_file)
@@ -48,6 +49,12 @@ class GatewayThread:
     def url(self) -> str:
         scheme = "https" if self.config.tls else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics listener (plain HTTP, loopback)."""
+        assert self.running is not None and self.running.metrics_port is not None
+        return f"http://127.0.0.1:{self.running.metrics_port}"
 
     def call(self, fn, *args):
         """Run `fn(*args)` on the gateway's loop thread and return its result."""

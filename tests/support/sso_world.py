@@ -147,7 +147,7 @@ def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
     (base / "portal-client-secret").write_text(idp.portal_client_secret + "\n")
     (base / "cookie-secret").write_text(secrets.token_urlsafe(48) + "\n")
     config = {
-        "listen": {"host": "127.0.0.1", "port": port},
+        "listen": {"host": "127.0.0.1", "port": port, "metrics_port": 0},
         "tls": {"cert_file": str(gw_leaf.cert_file), "key_file": str(gw_leaf.key_file)},
         "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
         "oidc": {"issuers": [{

@@ -35,8 +35,14 @@ path to a mounted Secret. Paths are absolute, so they do not depend on the confi
 {{- if .serverName -}}{{- $_ := set $t "server_name" .serverName -}}{{- end -}}
 {{- $tenants = append $tenants $t -}}
 {{- end -}}
+{{- $listen := dict "host" "0.0.0.0" "port" 8443 -}}
+{{- if .Values.serviceMonitor.enabled -}}
+{{- /* /metrics names every tenant: its own listener, admitted only for Prometheus */ -}}
+{{- $_ := set $listen "metrics_host" "0.0.0.0" -}}
+{{- $_ := set $listen "metrics_port" 9090 -}}
+{{- end -}}
 {{- $config := dict
-  "listen" (dict "host" "0.0.0.0" "port" 8443)
+  "listen" $listen
   "tls" (dict "cert_file" "/etc/vgate/tls/tls.crt" "key_file" "/etc/vgate/tls/tls.key")
   "workers" (int .Values.workers)
   "routing" $routing

@@ -1,0 +1,46 @@
+"""Request targets as the gateway records them: credential-bearing query parameters
+redacted.
+
+Some clients put a credential in the query (``?access_token=…`` is what OAuth 2.0 bearer
+usage allows; also ``id_token``, ``client_secret``, ``code``, signed-URL signatures, …). The
+target goes upstream byte for byte, but wherever the gateway writes it down (the audit log,
+log lines, messages) the value of every parameter whose name marks a credential is
+replaced by `REDACTED`. Names are compared percent-decoded and case-insensitively; the
+rule is a class (any name containing token, secret, password, credential, signature,
+session, auth, jwt, bearer, api key), not a list of examples.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+REDACTED = b"REDACTED"
+# what a credential's parameter name (or a percent-encoded one) contains: only a query with
+# one of these somewhere (in lowercase) is looked at closely
+_SUSPECT = re.compile(rb"token|secret|pass|pwd|cred|sig|key|auth|session|jwt|bearer|code|%")
+_CREDENTIAL = re.compile(
+    r"token|secret|passw|credential|signature|session|auth|jwt|bearer|api_?key")
+_CREDENTIAL_NAMES = frozenset({"code", "key", "sig", "pwd", "pass"})
+
+
+def is_credential_name(name: bytes) -> bool:
+    """Whether a query parameter called `name` (as sent, maybe percent-encoded) carries a
+    credential."""
+    text = unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8", "replace")
+    text = text.strip().lower().replace("-", "_")
+    return text in _CREDENTIAL_NAMES or _CREDENTIAL.search(text) is not None
+
+
+def redacted(target: bytes) -> bytes:
+    """`target` with the value of every credential-bearing query parameter replaced."""
+    start = target.find(b"?")
+    if start < 0 or _SUSPECT.search(target.lower(), start) is None:
+        return target
+    path, query = target[:start], target[start + 1:]
+    parts = re.split(rb"([&;])", query)
+    for i in range(0, len(parts), 2):
+        name, eq, _ = parts[i].partition(b"=")
+        if eq and is_credential_name(name):
+            parts[i] = name + b"=" + REDACTED
+    return path + b"?" + b"".join(parts)
