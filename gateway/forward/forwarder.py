@@ -156,11 +156,11 @@ class Forwarder:
             exchange.finish(reusable=False)
             return
         if failure.message:
-            exchange.fail(failure.code, failure.message)
+            flow.fail(failure.code, failure.message)
         elif failure.code == 504:
-            exchange.fail(504, f"the API server of tenant {tenant} did not answer in time")
+            flow.fail(504, f"the API server of tenant {tenant} did not answer in time")
         else:
-            exchange.fail(failure.code, f"the API server of tenant {tenant} is unreachable")
+            flow.fail(failure.code, f"the API server of tenant {tenant} is unreachable")
 
 
 _tasks: set[asyncio.Task] = set()
