@@ -134,9 +134,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.abort()
             return
         if self._head_open:
-            data = self._collect_head(data)
-            if not data:
-                return
+            limits = self.limits  # the common case first: a whole head in one read
+            end = -1 if self._held else data.find(b"\r\n\r\n")
+            if not (0 <= end <= limits.max_bytes - 4 and data[9:10] != b"1"
+                    and data.count(b"\n", 0, end) <= limits.max_lines):
+                data = self._collect_head(data)
+                if not data:
+                    return
         progress = self._progress
         self._feed(data)
         if self._progress != progress:
@@ -191,7 +195,7 @@ class UpstreamConnection(asyncio.Protocol):
                     self._held = bytearray(data)
                 return b""
             head_end = end + 4
-            lines = buf.count(b"\n", 0, head_end)
+            lines = buf.count(b"\n", 0, end)  # the header lines
             if head_end > limits.max_bytes or lines > limits.max_lines:
                 self._refuse_head(head_end, lines)
                 return b""
@@ -342,8 +346,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head_open:  # trailers are not relayed (the body is re-framed)
-            self._headers.append((name, value))
+        # trailers land here too, unused (the body is re-framed); `_stalled` bounds them
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
