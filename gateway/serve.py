@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.authn import Authenticator
@@ -28,7 +29,7 @@ from gateway.http.serving_certificate import ServingCertificate
 from gateway.identity import Deny, Grant
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.policy import PolicyEngine, load_policies
+from gateway.policy import PolicyEngine
 from gateway.policy.load import LoadedPolicy
 from gateway.policy.nested import NestedImpersonation
 from gateway.record import Recorder
@@ -52,10 +53,7 @@ def serving_certificate(config: GatewayConfig) -> ServingCertificate | None:
 
 def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
     """The policy files, or ValueError listing every problem."""
-    policies, problems = load_policies(config.policies)
-    if problems:
-        raise ValueError("\n".join(str(p) for p in problems))
-    return policies
+    return first_load(config, None).policies
 
 
 def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None,
@@ -197,7 +195,6 @@ class RunningGateway:
         if self.certificate is not None:
             await self.certificate.stop()
 
-
     def end_revoked_streams(self) -> int:
         """After a policy swap: end the watches, log follows and tunnels whose caller the
         policies no longer grant the same impersonated identity (a watch ends cleanly and
@@ -295,6 +292,8 @@ async def _serve_one(tracked: Tracked, sock: socket.socket, board: WorkerBoard |
     who = f"worker {slot} (pid {os.getpid()})" if board is not None else f"pid {os.getpid()}"
     live = LiveConfig(tracked, lambda old, new: _apply(running, old, new), own.metrics,
                       poll_seconds=config.reload.poll_seconds, who=who)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, live.trigger)
     await live.check()  # files changed since the master read them: start with the news
     own.notes.insert(0, live.notes)
     if board is not None:
@@ -309,10 +308,8 @@ async def _serve_one(tracked: Tracked, sock: socket.socket, board: WorkerBoard |
     await running.start(sock)
     live.start()
     _tune_gc()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, live.trigger)
     log.info("vgate listening on %s:%d (pid %d)", config.listen.host, running.port, os.getpid())
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", config.limits.shutdown_grace_seconds)
@@ -324,7 +321,7 @@ async def _serve_one(tracked: Tracked, sock: socket.socket, board: WorkerBoard |
         beat.cancel()
 
 
-async def _beat(beat) -> None:
+async def _beat(beat: Callable[[], None]) -> None:
     while True:
         beat()
         await asyncio.sleep(HEARTBEAT_SECONDS)

@@ -167,7 +167,12 @@ class Supervisor:
                 for slot, when in list(self._due.items()):
                     if when <= now:
                         del self._due[slot]
-                        self._spawn(slot, restart=True)
+                        try:
+                            self._spawn(slot, restart=True)
+                        except OSError as exc:  # no fork now (EAGAIN, ENOMEM): later
+                            self._due[slot] = now + MAX_BACKOFF_SECONDS
+                            log.error("cannot start worker %d: %s; trying again in %.0fs",
+                                      slot, exc, MAX_BACKOFF_SECONDS)
                 self._kill_hung(now)
                 if now >= next_tick:
                     next_tick = now + self.tick_seconds
