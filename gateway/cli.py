@@ -70,7 +70,7 @@ def _serve(path: Path) -> int:
     if config is None:
         return 1
     try:
-        return serve(config)
+        return serve(config, path)
     except ValueError as exc:  # policy problems
         print(exc, file=sys.stderr)
         return 1

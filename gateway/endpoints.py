@@ -24,8 +24,15 @@ class Readiness:
     draining: bool = False
 
 
+Check = Callable[[], "str | None"]  # why not ready, or None
+
+
 class OwnEndpoints:
-    """`/healthz` and `/livez` (the process is up), `/readyz`, then the mounts."""
+    """`/healthz` and `/livez` (the process is up), `/readyz`, then the mounts.
+
+    `/readyz?verbose` answers like kube-apiserver's: one `[+]name ok` or `[-]name failed:
+    why` line per check, then the `notes` (state worth knowing that does not make the
+    gateway unready, like a tenant whose API server rejects the gateway's credential)."""
 
     def __init__(self, metrics: Metrics, keys_loaded: Callable[[], bool],
                  apps: AsgiBridge | None = None) -> None:
@@ -33,6 +40,8 @@ class OwnEndpoints:
         self.keys_loaded = keys_loaded
         self.apps = apps or AsgiBridge()
         self.readiness = Readiness()
+        self.checks: list[tuple[str, Check]] = []  # beyond the built-in ones
+        self.notes: list[Callable[[], list[str]]] = []
 
     def handle(self, exchange: Exchange) -> None:
         if not self.health(exchange) and not self.apps.handle(exchange):
@@ -44,6 +53,9 @@ class OwnEndpoints:
         if path in (b"/healthz", b"/livez"):
             exchange.respond(200, b"ok", content_type=b"text/plain")
         elif path == b"/readyz":
+            if b"verbose" in exchange.target.partition(b"?")[2]:
+                self._verbose_readiness(exchange)
+                return True
             why = self.not_ready()
             if why is None:
                 exchange.respond(200, b"ok", content_type=b"text/plain")
@@ -53,15 +65,34 @@ class OwnEndpoints:
             return False
         return True
 
+    def _checks(self) -> list[tuple[str, Check]]:
+        r = self.readiness
+        return [
+            ("shutdown", lambda: "draining" if r.draining else None),
+            ("config", lambda: None if r.config_loaded else "configuration not loaded"),
+            ("signing-keys", lambda: None if self.keys_loaded() else "signing keys not loaded"),
+            *self.checks,
+        ]
+
     def not_ready(self) -> str | None:
         """Why the gateway should not get traffic now, or None."""
-        if self.readiness.draining:
-            return "draining"
-        if not self.readiness.config_loaded:
-            return "configuration not loaded"
-        if not self.keys_loaded():
-            return "signing keys not loaded"
+        for _, check in self._checks():
+            why = check()
+            if why is not None:
+                return why
         return None
+
+    def _verbose_readiness(self, exchange: Exchange) -> None:
+        lines, ready = [], True
+        for name, check in self._checks():
+            why = check()
+            ready = ready and why is None
+            lines.append(f"[+]{name} ok" if why is None else f"[-]{name} failed: {why}")
+        for notes in self.notes:
+            lines.extend(f"note: {line}" for line in notes())
+        lines.append(f"readyz check {'passed' if ready else 'failed'}")
+        exchange.respond(200 if ready else 503, "\n".join(lines).encode() + b"\n",
+                         content_type=b"text/plain; charset=utf-8")
 
 
 class MetricsEndpoints:

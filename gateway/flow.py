@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gateway.directory.entry import Membership
-    from gateway.http.exchange import Exchange
+    from gateway.http.exchange import Exchange, Headers
     from gateway.identity import Grant, Identity
     from gateway.registry import Upstream
+
+_DISCOVERY_PATHS = (b"/api", b"/apis", b"/version")
 
 
 class Outcome(Enum):
@@ -59,3 +61,20 @@ class Flow:
         """Record how the gateway decided (before answering or forwarding)."""
         self.outcome = outcome
         self.reason = reason
+
+    def is_discovery(self) -> bool:
+        """A discovery request (kubectl makes these before anything else)."""
+        exchange = self.exchange
+        path = (self.target or exchange.target).partition(b"?")[0].rstrip(b"/")
+        return (path in _DISCOVERY_PATHS
+                or b"apidiscovery.k8s.io" in (exchange.header(b"accept") or b""))
+
+    def fail(self, code: int, message: str, *, extra: Headers = ()) -> None:  # type: ignore[assignment]
+        """Answer with a Kubernetes `Status`, except for a discovery request: client-go
+        cannot decode a Status there and would print "unknown"; a text body it shows, so
+        kubectl users see why."""
+        if self.is_discovery():
+            self.exchange.respond(code, message.encode(), extra=extra,
+                                  content_type=b"text/plain; charset=utf-8")
+        else:
+            self.exchange.fail(code, message, extra=extra)

@@ -78,6 +78,10 @@ class Metrics:
             registry=r)
         self.upstream_errors = Counter(
             "vgate_upstream_errors_total", "Upstream failures by tenant", ["tenant"], registry=r)
+        self.upstream_credential_failures = Counter(
+            "vgate_upstream_credential_failures_total",
+            "Requests the tenant's API server refused because it rejected the gateway's own "
+            "credential (401)", ["tenant"], registry=r)
         self.directory_lookups = Counter(
             "vgate_directory_lookups_total",
             "Directory lookups (round trips for one user) by result", ["result"], registry=r)
@@ -91,3 +95,20 @@ class Metrics:
             registry=r)
         self.directory_errors = Counter(
             "vgate_directory_errors_total", "Directory failures by kind", ["kind"], registry=r)
+        self.policy_generation = Gauge(
+            "vgate_policy_generation",
+            "Policy sets this process has used: 1 at start, +1 per reload that changed "
+            "something", registry=r)
+        self.policy_hash = Gauge(
+            "vgate_policy_hash_info",
+            "The policies and static tenants in use: sha256 (first 16 hex digits) of what "
+            "they say", ["sha256"], registry=r)
+        self.policy_loaded = Gauge(
+            "vgate_policy_loaded_timestamp_seconds", "When the policies in use were read",
+            registry=r)
+        self.config_reloads = Counter(
+            "vgate_config_reload_total",
+            "Reloads after a file change or SIGHUP: ok, or error (the last good "
+            "configuration stays)", ["result"], registry=r)
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)

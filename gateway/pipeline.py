@@ -63,7 +63,6 @@ Step = Callable[[Flow], "Next | Awaitable[Next]"]
 
 _WWW_AUTHENTICATE = (b"WWW-Authenticate", b'Bearer realm="vgate"')
 _INVALID_TOKEN = (b"WWW-Authenticate", b'Bearer realm="vgate", error="invalid_token"')
-_DISCOVERY_PATHS = (b"/api", b"/apis", b"/version")
 
 
 class Pipeline:
@@ -302,7 +301,7 @@ class Pipeline:
         """Refused by policy: the reason to the audit log, `message` to the client (403)."""
         flow.end(Outcome.DENY, reason)
         self.recorder.denied(flow.tenant or "")
-        _forbidden(flow.exchange, message)
+        flow.fail(403, message)
         return DONE
 
     def nested(self, flow: Flow) -> Next | Awaitable[Next]:
@@ -313,8 +312,8 @@ class Pipeline:
             return None
         if self.nested_impersonation is None:
             flow.end(Outcome.DENY, "client sent Impersonate-* headers")
-            _forbidden(exchange, "impersonation (kubectl --as/--as-group/--as-uid) is not "
-                                 "allowed through the vgate gateway")
+            flow.fail(403, "impersonation (kubectl --as/--as-group/--as-uid) is not "
+                           "allowed through the vgate gateway")
             return DONE
         try:
             requested = requested_identity(exchange.headers)
@@ -336,7 +335,7 @@ class Pipeline:
             return DONE
         if isinstance(decision, Deny):
             flow.end(Outcome.DENY, decision.reason)
-            _forbidden(flow.exchange, decision.reason)
+            flow.fail(403, decision.reason)
             return DONE
         flow.grant = decision
         return None
@@ -389,7 +388,7 @@ class Pipeline:
             identity_block = impersonation_block(grant)
         except UnsafeName as exc:  # the last check of every name: nothing leaves
             flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
-            _forbidden(exchange, "the identity of this request cannot be passed on safely")
+            flow.fail(403, "the identity of this request cannot be passed on safely")
             return DONE
         if exchange.chunked_in:
             framing = b"Transfer-Encoding: chunked\r\n"
@@ -422,21 +421,3 @@ class Pipeline:
         if flow.exchange.streaming:
             self.recorder.stream_opened(flow)
         return DONE
-
-
-def _is_discovery(exchange: Exchange) -> bool:
-    """Discovery requests (which kubectl makes before anything else)."""
-    flow = exchange.context
-    target = flow.target if isinstance(flow, Flow) and flow.target else exchange.target
-    path = target.partition(b"?")[0].rstrip(b"/")
-    accept = exchange.header(b"accept") or b""
-    return path in _DISCOVERY_PATHS or b"apidiscovery.k8s.io" in accept
-
-
-def _forbidden(exchange: Exchange, message: str) -> None:
-    """403 with `message`: a `Status`, except for discovery requests, where client-go cannot
-    decode a Status and would print "unknown"; a text body it shows, so kubectl users see why."""
-    if _is_discovery(exchange):
-        exchange.respond(403, message.encode(), content_type=b"text/plain; charset=utf-8")
-    else:
-        exchange.fail(403, message)

@@ -6,34 +6,39 @@ only module that knows every room."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from gateway.authn import Authenticator
 from gateway.config import GatewayConfig
 from gateway.directory import Directory, DirectoryError
 from gateway.directory.source import LdapSource
 from gateway.endpoints import MetricsEndpoints, OwnEndpoints
+from gateway.flow import Flow
 from gateway.forward import Forwarder
 from gateway.http.admission import Admission
 from gateway.http.asgi import AsgiBridge
 from gateway.http.client_address import ClientAddress
 from gateway.http.connection import ClientConnection
 from gateway.http.serving_certificate import ServingCertificate
+from gateway.identity import Deny, Grant
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.policy import PolicyEngine, load_policies
+from gateway.policy import PolicyEngine
 from gateway.policy.load import LoadedPolicy
 from gateway.policy.nested import NestedImpersonation
 from gateway.record import Recorder
 from gateway.record.audit import AuditLog
 from gateway.registry import TenantRegistry, upstream_from_config
+from gateway.reload import ConfigSource, LiveConfig, Snapshot, Tracked, first_load
 from gateway.route import Router
+from gateway.workers import HEARTBEAT_SECONDS, BoardCollector, Supervisor, WorkerBoard, heartbeat
 
 log = logging.getLogger("vgate.serve")
 
@@ -49,10 +54,7 @@ def serving_certificate(config: GatewayConfig) -> ServingCertificate | None:
 
 def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
     """The policy files, or ValueError listing every problem."""
-    policies, problems = load_policies(config.policies)
-    if problems:
-        raise ValueError("\n".join(str(p) for p in problems))
-    return policies
+    return first_load(config, None).policies
 
 
 def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None,
@@ -82,14 +84,17 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
 
         admin = build_admin_app(config, authenticator.authenticate, prefix="")  # root_path
         local_apps.mount("/admin", admin.app, on_close=admin.close)
+    forwarder = Forwarder(config.upstream, metrics)
+    own = OwnEndpoints(metrics, lambda: authenticator.ready, local_apps)
+    own.notes.append(forwarder.health.notes)
     return Pipeline(
         router=Router(config.routing.base_domain, config.routing.path_prefix),
         registry=registry,
         authenticator=authenticator,
         policy=policy,
-        forwarder=Forwarder(config.upstream),
+        forwarder=forwarder,
         recorder=Recorder(AuditLog(config.audit.file), metrics),
-        own=OwnEndpoints(metrics, lambda: authenticator.ready, local_apps),
+        own=own,
         client_address=ClientAddress(config.listen.trusted_proxies),
         directory=directory,
         nested=(NestedImpersonation(
@@ -201,12 +206,7 @@ class RunningGateway:
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            current = conn.current
-            if current is not None and current.streaming:
-                if current.client_gone_hook is not None:
-                    current.client_gone_hook()  # cancel the upstream watch / close the tunnel
-                if current.chunked_out:
-                    current.finish(reusable=False)  # a clean end: client-go simply re-watches
+            _end_stream(conn)
             conn.close()
         p = self.pipeline
         await p.own.apps.close()
@@ -221,6 +221,42 @@ class RunningGateway:
         p.recorder.close()
         if self.certificate is not None:
             await self.certificate.stop()
+
+    def end_revoked_streams(self) -> int:
+        """After a policy swap: end the watches, log follows and tunnels whose caller the
+        policies no longer grant the same impersonated identity (a watch ends cleanly and
+        client-go watches again, through the new decision). Returns how many ended."""
+        policy = self.pipeline.policy
+        ended = 0
+        for conn in list(self.connections):
+            exchange = conn.current
+            flow = exchange.context if exchange is not None else None
+            if (exchange is None or not exchange.streaming or not isinstance(flow, Flow)
+                    or flow.grant is None or flow.identity is None or flow.tenant is None):
+                continue
+            decision = policy.decide(flow.identity, flow.tenant, flow.membership)
+            # `kubectl --as` runs as the requested identity: ended only when access is gone
+            if isinstance(decision, Deny) or (not exchange.head.impersonation
+                                              and _acts_as(decision) != _acts_as(flow.grant)):
+                flow.reason = "access changed by a policy reload"
+                _end_stream(conn)
+                conn.close()
+                ended += 1
+        return ended
+
+
+def _acts_as(grant: Grant) -> tuple:
+    """What a grant impersonates upstream (its reasons aside)."""
+    return grant.user, grant.uid, grant.groups, grant.extra
+
+
+def _end_stream(conn: ClientConnection) -> None:
+    current = conn.current
+    if current is not None and current.streaming:
+        if current.client_gone_hook is not None:
+            current.client_gone_hook()  # cancel the upstream watch / close the tunnel
+        if current.chunked_out:
+            current.finish(reusable=False)  # a clean end: client-go simply re-watches
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -249,21 +285,56 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
-async def _serve_one(config: GatewayConfig, sock: socket.socket,
-                     policies: list[LoadedPolicy],
-                     metrics_sock: socket.socket | None = None) -> None:
-    running = RunningGateway(config, build_pipeline(config, policies=policies))
+def _apply(running: RunningGateway, old: Snapshot, new: Snapshot) -> str:
+    """Swap a validated configuration into a running worker; say what changed."""
+    p = running.pipeline
+    p.policy.replace(new.policies)
+    done = []
+    removed = {t.name for t in old.config.tenants} - {t.name for t in new.config.tenants}
+    for name in sorted(removed):
+        p.registry.remove(name)
+    for upstream in new.upstreams.values():
+        p.registry.put(upstream)
+    if new.upstreams:
+        done.append(f"tenants added or changed: {', '.join(sorted(new.upstreams))}")
+    if removed:
+        done.append(f"tenants removed: {', '.join(sorted(removed))}")
+    ended = running.end_revoked_streams()
+    if ended:
+        done.append(f"{ended} streams ended whose access changed")
+    return "; ".join(done)
+
+
+async def _serve_one(tracked: Tracked, sock: socket.socket,
+                     metrics_sock: socket.socket | None = None,
+                     board: WorkerBoard | None = None, slot: int = 0) -> None:
+    config = tracked.current.config
+    stop = asyncio.Event()
+    beat = None
+    if board is not None:
+        beat = asyncio.create_task(_beat(heartbeat(board, slot, stop.set)))
+    running = RunningGateway(config, build_pipeline(config, policies=tracked.current.policies))
+    pipeline = running.pipeline
+    own = pipeline.own
+    who = f"worker {slot} (pid {os.getpid()})" if board is not None else f"pid {os.getpid()}"
+    live = LiveConfig(tracked, lambda old, new: _apply(running, old, new), own.metrics,
+                      poll_seconds=config.reload.poll_seconds, who=who)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, live.trigger)
+    await live.check()  # files changed since the master read them: start with the news
+    own.notes.insert(0, live.notes)
+    if board is not None:
+        own.metrics.registry.register(BoardCollector(board))
+        own.checks.append(("workers", board.problem))
     lifecycle = None
     if config.lifecycle is not None:
         from gateway.lifecycle.runtime import LifecycleRuntime
 
-        pipeline = running.pipeline
         lifecycle = LifecycleRuntime(config, pipeline.registry, pipeline.policy.set_stored_roles)
         await lifecycle.start()
     await running.start(sock, metrics_sock)
+    live.start()
     _tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("vgate listening on %s:%d (pid %d)", config.listen.host, running.port, os.getpid())
@@ -272,50 +343,50 @@ async def _serve_one(config: GatewayConfig, sock: socket.socket,
                  running.metrics_port)
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", config.limits.shutdown_grace_seconds)
+    live.stop()
     await running.stop()
     if lifecycle is not None:
         await lifecycle.stop()
+    if beat is not None:
+        beat.cancel()
 
 
-def serve(config: GatewayConfig) -> int:
-    """Run until SIGTERM/SIGINT. `workers: 0` means one per CPU."""
+async def _beat(beat: Callable[[], None]) -> None:
+    while True:
+        beat()
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def serve(config: GatewayConfig, config_file: Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT. `workers: 0` means one per CPU. With `config_file`, its
+    live sections reload too (policies always do)."""
     _install_uvloop()
     workers = config.workers or os.cpu_count() or 1
-    policies = checked_policies(config)  # once, before forking: a problem is reported once
+    # once, before forking: a problem is reported once
+    tracked = Tracked(first_load(config, config_file), ConfigSource(config_file))
     listen = config.listen
     sock = _bind(listen.host, listen.port)
     metrics_sock = (_bind(listen.metrics_host, listen.metrics_port)
                     if listen.metrics_port is not None else None)
     if workers == 1:
-        asyncio.run(_serve_one(config, sock, policies, metrics_sock))
+        asyncio.run(_serve_one(tracked, sock, metrics_sock))
         return 0
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # worker: share the listening socket, run its own loop
-            code = 0
-            try:
-                asyncio.run(_serve_one(config, sock, policies, metrics_sock))
-            except Exception:
-                log.exception("worker crashed")
-                code = 1
-            finally:
-                os._exit(code)
-        children.append(pid)
-    sock.close()
-    if metrics_sock is not None:
-        metrics_sock.close()
+    board = WorkerBoard(workers)
 
-    def forward(signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+    def run_worker(slot: int) -> int:
+        asyncio.run(_serve_one(tracked, sock, metrics_sock, board, slot))
+        return 0
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or (os.waitstatus_to_exitcode(code) if code else 0)
+    def follow(forced: bool) -> None:  # the next worker started begins from the newest
+        if forced or config.reload.poll_seconds:
+            tracked.take(tracked.look(forced))
+
+    try:
+        status = Supervisor(board, run_worker, tick=follow,
+                            tick_seconds=config.reload.poll_seconds).run()
+    finally:
+        sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
     print(f"vgate: {workers} workers stopped", file=sys.stderr)
     return status

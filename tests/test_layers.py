@@ -43,13 +43,15 @@ ALLOWED: dict[str, set[str]] = {
     "record": {"flow"},
     # above the steps
     "endpoints": {"http", "metrics"},
+    "reload": {"policy"},  # live policy files and static tenants
+    "workers": set(),  # the master of `workers: N` and the board it shares
     "pipeline": STEPS | {"endpoints"},
     "portal": {"authn", "directory", "policy", "login"},
     "login": {"kubeconfig_files"},
     "kubeconfig_files": set(),
     "lifecycle": {"login", "kubeconfig_files"},
     "quickstart": {"lifecycle", "login", "kubeconfig_files", "serve"},  # it runs a gateway
-    "serve": STEPS | {"pipeline", "endpoints", "portal", "lifecycle"},
+    "serve": STEPS | {"pipeline", "endpoints", "portal", "lifecycle", "reload", "workers"},
     "cli": {"serve", "policy", "directory", "lifecycle", "login", "portal", "quickstart",
             "kubeconfig_files"},
     "__main__": {"cli"},

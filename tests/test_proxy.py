@@ -147,11 +147,15 @@ def test_client_disconnect_cancels_upstream_at_once(gateway, issuer, upstream) -
 
 
 def test_unreachable_tenant_is_502_status_without_internal_address(client) -> None:
-    r = client.get("/clusters/dead/api")
+    r = client.get("/clusters/dead/api/v1/pods")
     assert r.status_code == 502
     body = r.json()
     assert body["kind"] == "Status" and body["code"] == 502
     assert "127.0.0.1" not in r.text and "upstream-secret" not in r.text
+    # discovery (kubectl's first request) gets the words as text: client-go shows them
+    r = client.get("/clusters/dead/api")
+    assert r.status_code == 502 and r.headers["content-type"].startswith("text/plain")
+    assert r.text == "the API server of tenant dead is unreachable"
 
 
 def test_silent_tenant_times_out_504_and_does_not_slow_others(client) -> None:

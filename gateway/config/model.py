@@ -186,7 +186,12 @@ class Tenant(Strict):
 
 class Upstream(Strict):
     connect_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # time to every response head, watches, logs -f and upgrades included (their bodies
+    # then stream as long as they last)
     response_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # a tenant's response head (status line + headers) past either bound: connection cut, 502
+    max_response_head_bytes: Annotated[int, Field(ge=4096, le=1 << 20)] = 65536
+    max_response_headers: Annotated[int, Field(ge=16, le=10_000)] = 256
     max_idle_connections_per_tenant: Annotated[int, Field(ge=0)] = 256
     idle_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
 
@@ -204,6 +209,13 @@ class Limits(Strict):
     # trusted proxies are exempt); 0: no cap
     max_unauthenticated_connections_per_ip: Annotated[int, Field(ge=0)] = 256
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 25.0
+
+
+class Reload(Strict):
+    """Policy files and static tenants change on a running gateway (README "Operations")."""
+
+    # how often every process looks at the config and policy files (stat only); 0: SIGHUP only
+    poll_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
 
 
 class NestedImpersonation(Strict):
@@ -438,6 +450,7 @@ class GatewayConfig(Strict):
     tenants: list[Tenant] = []
     upstream: Upstream = Upstream()
     limits: Limits = Limits()
+    reload: Reload = Reload()
     audit: Audit = Audit()
     nested_impersonation: NestedImpersonation = NestedImpersonation()
     portal: Portal | None = None

@@ -5,6 +5,13 @@ no buffering: when the client cannot keep up, reading from the upstream pauses (
 the other way round for request bodies). A 101 answer turns the connection into a raw
 byte tunnel in both directions — that is how exec, attach, cp and port-forward pass,
 whether they speak WebSocket or SPDY/3.1.
+
+What a tenant sends is bounded before the parser sees it: the response head is held and
+counted as it arrives and handed to httptools in one piece once complete (so the parser
+never joins a long header piece by piece), and past `HeadLimits` the connection is cut
+and the client gets a 502 naming the tenant. After the head, bytes that bring no body
+progress (chunk framing, trailers) are bounded the same way. Every response head has a
+deadline, watches and upgrades included; a body then streams for as long as it lasts.
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httptools
 
+from gateway.forward.failure import Failure
 from gateway.forward.response import client_head
 from gateway.http.status import PHRASES
 
@@ -27,6 +36,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("vgate.forward")
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+
+class _Inert:
+    """Receives no callbacks."""
+
+
+_SPENT = httptools.HttpResponseParser(_Inert())  # the parser of every closed connection
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """Bounds on a response head from a tenant: its bytes (status line through the blank
+    line) and its lines. `max_bytes` also bounds what may arrive after the head without
+    any body progress (chunk framing, trailers)."""
+
+    max_bytes: int = 65536
+    max_lines: int = 256
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -50,6 +76,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline: float | None = None  # response head due by then (loop time)
         self._tunnel = False
         self._upgrade_expected = False
+        self.limits: HeadLimits = pool.head_limits
+        self._head_open = False  # a response head is due (set by `send`)
+        self._held = bytearray()  # the incomplete head's bytes so far
+        self._held_lines = 0
+        self._progress = 0  # parser events that moved the response on (head, body, end)
+        self._stalled = 0  # bytes fed since the last of them
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -59,6 +91,13 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._stop_timer()
+        # this object and its parser refer to each other: a garbage cycle that may wait for
+        # a full collection. Let go of what is big now: a TLS transport keeps its buffers,
+        # the parser a header value it was still joining
+        self.transport = None
+        self.parser = _SPENT
+        self._held = bytearray()
+        self._headers = []
         exchange, flow = self.exchange, self.flow
         if exchange is None or flow is None:
             return
@@ -68,7 +107,8 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.finish(reusable=False)
         elif not self._responded:
             retry = self.reused and exchange.method in _IDEMPOTENT and exchange.body_bytes == 0
-            self.pool.on_failure(self.pool, flow, f"connection lost: {exc or 'closed'}", retry)
+            self.pool.on_failure(self.pool, flow,
+                                 Failure(f"connection lost: {exc or 'closed'}", retry=retry))
         elif not exchange.finished:
             # the response was cut short: the client must see a broken stream, not an end
             exchange.conn.abort()
@@ -88,6 +128,31 @@ class UpstreamConnection(asyncio.Protocol):
                 self.exchange.bytes_out += len(data)
                 self.exchange.conn.write(data)
             return
+        if self.exchange is None:
+            # nothing was asked: an idle pooled connection must not speak
+            if not self.closed and self.transport is not None:
+                self.transport.abort()
+            return
+        if self._head_open:
+            limits = self.limits  # the common case first: a whole head in one read
+            end = -1 if self._held else data.find(b"\r\n\r\n")
+            if not (0 <= end <= limits.max_bytes - 4 and data[9:10] != b"1"
+                    and data.count(b"\n", 0, end) <= limits.max_lines):
+                data = self._collect_head(data)
+                if not data:
+                    return
+        progress = self._progress
+        self._feed(data)
+        if self._progress != progress:
+            self._stalled = 0
+        elif not self.closed:
+            self._stalled += len(data)
+            if self._stalled > self.limits.max_bytes:
+                self._cut(f"{self._stalled} bytes after the response head without body "
+                          "progress (endless chunk framing or trailers)",
+                          "endless data after the response head")
+
+    def _feed(self, data: bytes) -> None:
         client = self.exchange.conn if self.exchange is not None else None
         if client is not None:
             client.cork()  # what this read yields goes to the client in one write
@@ -106,11 +171,80 @@ class UpstreamConnection(asyncio.Protocol):
             if client is not None:
                 client.uncork()
 
+    def _collect_head(self, data: bytes) -> bytes:
+        """Hold response-head bytes until the head is complete, counting them as they come;
+        return the complete head and what follows (b"" while incomplete). Past the limits
+        the connection is cut before the parser has seen any of it. An interim answer
+        (100 Continue) is parsed alone, then the real head is collected the same way."""
+        limits = self.limits
+        while True:
+            held = self._held
+            if held:
+                start = max(len(held) - 3, 0)  # the blank line may span reads
+                held += data
+                buf: bytes | bytearray = held
+                end = held.find(b"\r\n\r\n", start)
+            else:
+                buf = data
+                end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self._held_lines += data.count(b"\n")
+                if len(buf) > limits.max_bytes or self._held_lines > limits.max_lines:
+                    self._refuse_head(len(buf), self._held_lines)
+                elif not held:
+                    self._held = bytearray(data)
+                return b""
+            head_end = end + 4
+            lines = buf.count(b"\n", 0, end)  # the header lines
+            if head_end > limits.max_bytes or lines > limits.max_lines:
+                self._refuse_head(head_end, lines)
+                return b""
+            if held:
+                self._held = bytearray()
+                self._held_lines = 0
+                data = bytes(held)
+            # "HTTP/1.1 1xx": an interim answer, unless it is the 101 of an upgrade
+            if data[9:10] != b"1" or data[9:12] == b"101":
+                return data
+            self._feed(data[:head_end])
+            data = data[head_end:]
+            if not data or not self._head_open or self.closed:
+                return data
+
+    def _refuse_head(self, size: int, lines: int) -> None:
+        limits = self.limits
+        self._cut(f"response head over the limits ({size} bytes, limit {limits.max_bytes}; "
+                  f"{lines} lines, limit {limits.max_lines})",
+                  f"a response head over {limits.max_bytes} bytes or {limits.max_lines} lines")
+
+    def _cut(self, why: str, what: str) -> None:
+        """The tenant sent more than the gateway takes: drop the connection; the client gets
+        a 502 naming the tenant, or a broken stream when its response has begun."""
+        self._held = bytearray()
+        flow, exchange = self.flow, self.exchange
+        if self.transport is not None:
+            self.transport.abort()
+        if flow is None or exchange is None:
+            self.close()
+            return
+        self._detach()
+        self.close()
+        if self._responded:
+            log.warning("request %s tenant %s: %s; response cut", exchange.request_id.decode(),
+                        flow.tenant, why)
+            flow.reason = f"upstream {why}"
+            exchange.conn.abort()
+            exchange.finish(reusable=False)
+            return
+        tenant = flow.tenant or "?"
+        self.pool.on_failure(self.pool, flow, Failure(
+            why, 502, f"the API server of tenant {tenant} sent {what}; the gateway refused it"))
+
     # -- sending --------------------------------------------------------------------------
 
-    def send(self, flow: Flow, *, timeout: float | None) -> None:
+    def send(self, flow: Flow, *, timeout: float) -> None:
         """Write the request head and stream the body; the response goes to the flow's
-        exchange."""
+        exchange. Its head is due within `timeout` seconds (watches and upgrades too)."""
         assert self.transport is not None
         exchange = flow.exchange
         self.flow = flow
@@ -118,15 +252,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._responded = False
         self._request_sent = False
+        self._head_open = True
+        self._stalled = 0
         self._chunked_body = exchange.chunked_in
         self._upgrade_expected = exchange.upgrade
         exchange.client_gone_hook = self._client_gone
         exchange.conn.on_write_pause = self._client_write_paused
         self.transport.write(flow.upstream_head)
-        if timeout is not None:
-            self._arm_deadline(timeout)
-        else:
-            self._deadline = None  # watches, logs -f, tunnels: no response timeout
+        self._arm_deadline(timeout)
         if exchange.upgrade:
             self._request_sent = True
         else:
@@ -179,7 +312,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._detach()
         self.close()
-        self.pool.on_failure(self.pool, flow, "timeout", False)
+        self.pool.on_failure(self.pool, flow, Failure("timeout", 504))
 
     def _client_gone(self) -> None:
         """The client went away: cancel the upstream request at once."""
@@ -213,6 +346,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # trailers land here too, unused (the body is re-framed); `_stalled` bounds them
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -224,7 +358,15 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []
             return  # interim response (100 Continue): wait for the real one
         self._responded = True
+        self._head_open = False
+        self._progress += 1
         self._deadline = None  # the timer, if any, finds nothing due and ends
+        if status == 401:
+            self._credential_rejected()
+            return
+        health = self.pool.health
+        if health.degraded:
+            health.answered(self.pool.upstream.name)
         if status == 101 and self._upgrade_expected:
             lines = [b"HTTP/1.1 101 %b\r\n" % PHRASES[101].encode()]
             lines.extend(b"%b: %b\r\n" % h for h in self._headers)
@@ -250,10 +392,12 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.finish()
 
     def on_body(self, body: bytes) -> None:
+        self._progress += 1
         if self.exchange is not None:
             self.exchange.send_body(body)
 
     def on_message_complete(self) -> None:
+        self._progress += 1
         exchange = self.exchange
         if exchange is None or not self._responded:
             return
@@ -267,6 +411,21 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.release(self)
         else:
             self.close()
+
+    def _credential_rejected(self) -> None:
+        """A 401 to a request the gateway impersonated: the tenant refused the gateway's own
+        credential, not the user's. Not relayed (kubectl would tell the user to log in)."""
+        flow = self.flow
+        assert flow is not None
+        self._detach()
+        self.close()
+        tenant = flow.tenant or "?"
+        self.pool.on_failure(self.pool, flow, Failure(
+            "the tenant's API server rejected the gateway's credential (401)", 502,
+            f"the gateway's own credential for tenant {tenant} was rejected by the tenant's "
+            "API server (401 Unauthorized). This is not a problem with your login: a "
+            "platform administrator must renew the gateway's credential for this tenant",
+            credential=True))
 
     # -- tunnel ---------------------------------------------------------------------------
 

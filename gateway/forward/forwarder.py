@@ -8,7 +8,11 @@ import ssl
 from typing import TYPE_CHECKING
 
 from gateway.config.model import Upstream as UpstreamSettings
+from gateway.forward.connection import HeadLimits
+from gateway.forward.failure import Failure
+from gateway.forward.health import TenantHealth
 from gateway.forward.pool import UpstreamPool
+from gateway.metrics import Metrics
 from gateway.registry import Upstream
 
 if TYPE_CHECKING:
@@ -24,7 +28,7 @@ class UpstreamFailure(Exception):
 
 
 def is_streaming(target: bytes) -> bool:
-    """Watches and `logs -f` run as long as the client wants: no response timeout."""
+    """Watches and `logs -f` run as long as the client wants (once their head came)."""
     _, _, query = target.partition(b"?")
     if b"watch=" not in query and b"follow=" not in query:
         return False  # the common case, without a generator
@@ -32,8 +36,16 @@ def is_streaming(target: bytes) -> bool:
 
 
 class Forwarder:
-    def __init__(self, settings: UpstreamSettings) -> None:
+    """Step 6. Every response head is due within `response_timeout_seconds` and bounded by
+    `max_response_head_bytes`/`max_response_headers`; `health` knows the tenants whose
+    API server currently rejects the gateway's credential."""
+
+    def __init__(self, settings: UpstreamSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.health = TenantHealth(metrics)
+        self.head_limits = HeadLimits(settings.max_response_head_bytes,
+                                      settings.max_response_headers)
         self._pools: dict[str, UpstreamPool] = {}
         self._sweeper: asyncio.Task | None = None
 
@@ -58,6 +70,7 @@ class Forwarder:
         pool = self._pools.pop(tenant, None)
         if pool:
             pool.close()
+        self.health.answered(tenant)  # a new route or credential: judged afresh
 
     def _pool(self, upstream: Upstream) -> UpstreamPool:
         pool = self._pools.get(upstream.name)
@@ -70,6 +83,8 @@ class Forwarder:
                 max_idle=self.settings.max_idle_connections_per_tenant,
                 idle_timeout=self.settings.idle_timeout_seconds,
                 on_failure=self._failed,
+                head_limits=self.head_limits,
+                health=self.health,
             )
             self._pools[upstream.name] = pool
         return pool
@@ -79,9 +94,8 @@ class Forwarder:
         relayed by callbacks as it arrives."""
         exchange, upstream = flow.exchange, flow.upstream
         assert upstream is not None
-        streaming = exchange.upgrade or is_streaming(exchange.target)
-        exchange.streaming = streaming
-        timeout = None if streaming else self.settings.response_timeout_seconds
+        exchange.streaming = exchange.upgrade or is_streaming(exchange.target)
+        timeout = self.settings.response_timeout_seconds
         pool = self._pool(upstream)
         conn = None if exchange.upgrade else pool.take_idle()
         if conn is not None:
@@ -93,54 +107,60 @@ class Forwarder:
         exchange.client_gone_hook = task.cancel
         _keep(task)
 
-    async def _connect_and_send(self, pool: UpstreamPool, flow: Flow, limit: float | None
-                                ) -> None:
+    async def _connect_and_send(self, pool: UpstreamPool, flow: Flow, limit: float) -> None:
         try:
             conn = await pool.connect()
         except TimeoutError:
-            self._answer_failure(flow, pool.upstream, "connect timeout", 504)
+            self._answer_failure(flow, pool.upstream, Failure("connect timeout", 504))
             return
         except (OSError, ssl.SSLError) as exc:
-            self._answer_failure(flow, pool.upstream, f"connect failed: {exc}", 502)
+            self._answer_failure(flow, pool.upstream, Failure(f"connect failed: {exc}"))
             return
         if flow.exchange.conn.closed:
             conn.close()
             return
         conn.send(flow, timeout=limit)
 
-    def _failed(self, pool: UpstreamPool, flow: Flow, why: str, retry: bool) -> None:
-        """A connection failed before any response: retry a stale keep-alive once, or answer."""
+    def _failed(self, pool: UpstreamPool, flow: Flow, failure: Failure) -> None:
+        """A connection failed before any usable response: retry a stale keep-alive once,
+        or answer."""
         exchange = flow.exchange
-        if retry and not pool.closed and not exchange.conn.closed:
+        if failure.retry and not pool.closed and not exchange.conn.closed:
             log.debug("request %s: stale keep-alive connection, retrying once",
                       exchange.request_id.decode())
-            limit = None if exchange.streaming else self.settings.response_timeout_seconds
             task = asyncio.get_running_loop().create_task(
-                self._connect_and_send(pool, flow, limit)
+                self._connect_and_send(pool, flow, self.settings.response_timeout_seconds)
             )
             exchange.client_gone_hook = task.cancel
             _keep(task)
             return
-        self._answer_failure(flow, pool.upstream, why, 504 if why == "timeout" else 502)
+        self._answer_failure(flow, pool.upstream, failure)
 
-    def _answer_failure(self, flow: Flow, upstream: Upstream | None, why: str, code: int
+    def _answer_failure(self, flow: Flow, upstream: Upstream | None, failure: Failure
                         ) -> None:
         exchange = flow.exchange
         tenant = flow.tenant or "?"
-        where = f"{upstream.host}:{upstream.port}" if upstream else "?"
-        log.warning("request %s tenant %s upstream %s: %s",
-                    exchange.request_id.decode(), tenant, where, why)
-        flow.reason = f"upstream {why}"
+        flow.reason = f"upstream {failure.why}"
+        if self.metrics is not None and flow.tenant is not None:
+            self.metrics.upstream_errors.labels(flow.tenant).inc()
+        if failure.credential:
+            self.health.credential_rejected(tenant, exchange.request_id.decode())
+        else:
+            where = f"{upstream.host}:{upstream.port}" if upstream else "?"
+            log.warning("request %s tenant %s upstream %s: %s",
+                        exchange.request_id.decode(), tenant, where, failure.why)
         if exchange.finished or exchange.conn.closed:
             return
         if exchange.status:
             exchange.conn.abort()
             exchange.finish(reusable=False)
             return
-        if code == 504:
-            exchange.fail(504, f"the API server of tenant {tenant} did not answer in time")
+        if failure.message:
+            flow.fail(failure.code, failure.message)
+        elif failure.code == 504:
+            flow.fail(504, f"the API server of tenant {tenant} did not answer in time")
         else:
-            exchange.fail(502, f"the API server of tenant {tenant} is unreachable")
+            flow.fail(failure.code, f"the API server of tenant {tenant} is unreachable")
 
 
 _tasks: set[asyncio.Task] = set()

@@ -7,14 +7,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.forward.connection import UpstreamConnection
+from gateway.forward.connection import HeadLimits, UpstreamConnection
+from gateway.forward.failure import Failure
+from gateway.forward.health import TenantHealth
 from gateway.registry import Upstream
 
 if TYPE_CHECKING:
     from gateway.flow import Flow
 
-#: (pool, flow, why, retry): a connection failed before any response came
-FailureHandler = Callable[["UpstreamPool", "Flow", str, bool], None]
+
+#: (pool, flow, failure): a connection failed before any usable response came
+FailureHandler = Callable[["UpstreamPool", "Flow", Failure], None]
 
 
 class UpstreamPool:
@@ -32,12 +35,16 @@ class UpstreamPool:
         max_idle: int,
         idle_timeout: float,
         on_failure: FailureHandler,
+        head_limits: HeadLimits | None = None,
+        health: TenantHealth | None = None,
     ) -> None:
         self.upstream = upstream
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.on_failure = on_failure
+        self.head_limits = head_limits or HeadLimits()
+        self.health = health or TenantHealth()
         self._idle: list[UpstreamConnection] = []
         self.closed = False
 

@@ -36,6 +36,30 @@ class _Forward:
     where: str
 
 
+def _compile(policies: list[LoadedPolicy]
+             ) -> tuple[dict[str, list[_Rule]], dict[str, list[_Forward]]]:
+    """Rules by tenant and directory-group forwarding patterns by tenant."""
+    by_tenant: dict[str, list[_Rule]] = {}
+    forward: dict[str, list[_Forward]] = {}
+    for loaded in policies:
+        tenant = loaded.policy.tenant
+        for role, rule in loaded.policy.roles.items():
+            by_tenant.setdefault(tenant, []).append(
+                _Rule(
+                    role,
+                    frozenset(rule.groups),
+                    frozenset(rule.users),
+                    f"{loaded.file}:{loaded.role_lines.get(role, 0)}",
+                    frozenset(rule.directory_groups),
+                )
+            )
+        fwd = loaded.policy.forward_directory_groups
+        if fwd is not None:
+            forward.setdefault(tenant, []).append(
+                _Forward(re.compile(fwd.match), f"{loaded.file}:{loaded.forward_line}"))
+    return by_tenant, forward
+
+
 def forwarded_name(dn: str) -> str | None:
     """The stable group name a forwarded directory group is impersonated as, or None when
     it could not travel exactly as written (the name gate, `gateway.names.kube`), is not
@@ -62,30 +86,24 @@ class PolicyEngine:
     Decisions are remembered per (identity, tenant, membership) *object*: the token cache and
     the directory cache hand out the same immutable objects request after request, so a
     repeat costs one dict lookup, and the same `Grant` object comes back (later steps key
-    their own per-grant work on it). Changing stored roles forgets every decision."""
+    their own per-grant work on it). Changing stored roles forgets every decision.
+
+    `replace` swaps in new policy files on a running gateway: the rules change at once for
+    the next decision, every remembered decision is forgotten, and the lifecycle manager's
+    stored roles stay."""
 
     def __init__(self, policies: list[LoadedPolicy]) -> None:
-        self._by_tenant: dict[str, list[_Rule]] = {}
         self._stored: dict[str, tuple[_Rule, ...]] = {}
-        self._forward: dict[str, list[_Forward]] = {}
         self._decided: dict[tuple[int, str, int], tuple[Identity, Membership | None,
                                                         Grant | Deny]] = {}
-        for loaded in policies:
-            tenant = loaded.policy.tenant
-            for role, rule in loaded.policy.roles.items():
-                self._by_tenant.setdefault(tenant, []).append(
-                    _Rule(
-                        role,
-                        frozenset(rule.groups),
-                        frozenset(rule.users),
-                        f"{loaded.file}:{loaded.role_lines.get(role, 0)}",
-                        frozenset(rule.directory_groups),
-                    )
-                )
-            fwd = loaded.policy.forward_directory_groups
-            if fwd is not None:
-                self._forward.setdefault(tenant, []).append(
-                    _Forward(re.compile(fwd.match), f"{loaded.file}:{loaded.forward_line}"))
+        self._by_tenant, self._forward = _compile(policies)
+        self.generation = 1  # which set of policy files decides: +1 at every `replace`
+
+    def replace(self, policies: list[LoadedPolicy]) -> None:
+        """Use `policies` from the next decision on (validated by the caller)."""
+        self._by_tenant, self._forward = _compile(policies)
+        self._decided.clear()
+        self.generation += 1
 
     def tenants_with_rules(self) -> set[str]:
         return set(self._by_tenant) | set(self._stored)
@@ -166,7 +184,7 @@ class PolicyEngine:
         rules = (*self._forward.get(tenant, ()), *self._forward.get("*", ()))
         if not rules:
             return ()
-        memo_key = ("forward", tenant, id(self))
+        memo_key = ("forward", tenant, id(self), self.generation)
         memoized = directory.memo.get(memo_key)
         if memoized is not None:
             return memoized

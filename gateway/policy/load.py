@@ -21,6 +21,13 @@ class LoadedPolicy:
     forward_line: int = 0
 
 
+def policy_files(directory: Path) -> list[Path]:
+    """The policy files in `directory`: `*.yaml` and `*.yml`, sorted. A dangling symlink is
+    no file (a ConfigMap volume has them for a moment while it swaps `..data`)."""
+    files = [*directory.glob("*.yaml"), *directory.glob("*.yml")]
+    return sorted(p for p in files if not (p.is_symlink() and not p.exists()))
+
+
 def load_policies(
     directory: Path, known_tenants: Iterable[str] | None = None,
     known_roles: Iterable[str] | None = None,
@@ -29,7 +36,7 @@ def load_policies(
     `known_roles` is given) and duplicate rules, each with file and line."""
     loaded: list[LoadedPolicy] = []
     problems: list[Problem] = []
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    files = policy_files(directory)
     known = set(known_tenants) if known_tenants is not None else None
     roles_known = set(known_roles) if known_roles is not None else None
     seen_roles: dict[tuple[str, str], str] = {}

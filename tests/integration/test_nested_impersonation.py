@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.lifecycle.bootstrap import NAMESPACE, SERVICE_ACCOUNT, bootstrap_objects
+from gateway.lifecycle.credentials.bootstrap import NAMESPACE, SERVICE_ACCOUNT, bootstrap_objects
 from tests.integration.conftest import KUBECTL, World, wait_for
 from tests.support.gateway_thread import GatewayThread
 from tests.support.kube import GATEWAY_EXTRAS, audit_id_of, impersonator_token

@@ -4,6 +4,7 @@ heads that left the gateway and answers as each test scripts it."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -11,9 +12,10 @@ Script = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], "asyncio.
 
 
 class ScriptedUpstream:
-    """Accepts connections on 127.0.0.1; `handler(head, reader, writer)` answers each request."""
+    """Accepts connections on 127.0.0.1 (TLS with `tls`: a server context);
+    `handler(head, reader, writer)` answers each request."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.heads: list[bytes] = []
         self.open_streams = 0
         self.handler = self.default
@@ -21,7 +23,7 @@ class ScriptedUpstream:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop).result()
+            asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls), self.loop).result()
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -32,7 +34,7 @@ class ScriptedUpstream:
                 keep = await self.handler(head, reader, writer)
                 if not keep:
                     break
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         finally:
             writer.close()
@@ -48,3 +50,11 @@ class ScriptedUpstream:
     def stop(self) -> None:
         self.server.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def server_context(cert_file, key_file) -> ssl.SSLContext:
+    """A TLS server context for a scripted upstream (HTTP/1.1 only)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert_file), str(key_file))
+    context.set_alpn_protocols(["http/1.1"])
+    return context

@@ -1,0 +1,199 @@
+"""What a broken or hostile tenant API server can do to the gateway, over TLS: endless or
+oversized response heads and trailers are cut (a 502 Status naming the tenant), every
+response head has a deadline (watches and upgrades included), and a 401 to a request the
+gateway impersonated blames the gateway's credential, not the user. A 403 is the user's
+RBAC and passes through untouched.
+
+The upstreams are fault-injection stand-ins (tests/support/hostile.py, scripted.py) with a
+real TLS listener; the gateway is the real one, in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.craft import CraftingIssuer
+from tests.support.gateway_thread import GatewayThread
+from tests.support.hostile import HOSTILE
+from tests.support.pki import TestCA
+from tests.support.scripted import ScriptedUpstream, server_context
+
+RESPONSE_TIMEOUT = 1.0
+HEAD_LIMIT = 65536  # the default `upstream.max_response_head_bytes`
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, issuer: CraftingIssuer
+          ) -> Iterator[tuple[GatewayThread, ScriptedUpstream, ScriptedUpstream]]:
+    d = tmp_path_factory.mktemp("faults")
+    ca = TestCA(d / "pki")
+    leaf = ca.issue("upstream", ["127.0.0.1"])
+    good = ScriptedUpstream(server_context(leaf.cert_file, leaf.key_file))
+    bad = ScriptedUpstream(server_context(leaf.cert_file, leaf.key_file))
+    (d / "policies").mkdir()
+    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
+        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (d / "token").write_text("upstream-secret\n")
+    config = {
+        "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
+                              "username_claim": "email"}]},
+        "policies": str(d / "policies"),
+        "audit": {"file": str(d / "audit.log")},
+        "upstream": {"response_timeout_seconds": RESPONSE_TIMEOUT},
+        "tenants": [{"name": name, "upstream": f"https://127.0.0.1:{up.port}",
+                     "ca_file": str(ca.cert_file), "token_file": str(d / "token")}
+                    for name, up in (("good", good), ("hostile", bad))],
+    }
+    with GatewayThread(d, config) as gw:
+        yield gw, good, bad
+    good.stop()
+    bad.stop()
+
+
+@pytest.fixture
+def client(world, issuer: CraftingIssuer) -> Iterator[httpx.Client]:
+    gw, _, bad = world
+    bad.handler = bad.default
+    token = issuer.sign(issuer.claims())
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {token}"},
+                      timeout=10) as c:
+        yield c
+
+
+def status_of(r: httpx.Response) -> dict:
+    body = r.json()
+    assert body["kind"] == "Status", body
+    return body
+
+
+@pytest.mark.parametrize("mode", ["endless-value", "endless-lines"])
+def test_endless_response_head_is_cut_with_502_naming_the_tenant(world, client, mode) -> None:
+    _, _, bad = world
+    bad.handler = HOSTILE[mode]
+    start = time.monotonic()
+    r = client.get("/clusters/hostile/api/v1/pods")
+    assert r.status_code == 502
+    message = status_of(r)["message"]
+    assert "tenant hostile" in message and f"over {HEAD_LIMIT} bytes" in message
+    assert time.monotonic() - start < RESPONSE_TIMEOUT  # cut at the size, not the deadline
+    assert client.get("/clusters/good/api/v1/pods").status_code == 200
+
+
+def test_head_just_under_the_limit_in_small_reads_after_100_continue_passes(
+        world, client) -> None:
+    _, _, bad = world
+    filler = b"X-Filler: " + b"f" * (HEAD_LIMIT - 200) + b"\r\n"
+
+    async def slow_but_fine(head, reader, writer) -> bool:
+        answer = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n" + filler +
+                  b"Content-Length: 2\r\n\r\n{}")
+        for i in range(0, len(answer), 997):  # pieces that split the blank lines too
+            writer.write(answer[i:i + 997])
+            await writer.drain()
+        return True
+
+    bad.handler = slow_but_fine
+    r = client.get("/clusters/hostile/api/v1/pods")
+    assert r.status_code == 200 and r.content == b"{}"
+    assert len(r.headers["x-filler"]) == HEAD_LIMIT - 200
+
+
+def test_endless_trailer_cuts_the_stream(world, client) -> None:
+    _, _, bad = world
+    bad.handler = HOSTILE["endless-trailer"]
+    with pytest.raises(httpx.RemoteProtocolError):  # the body never ends cleanly
+        client.get("/clusters/hostile/api/v1/pods").read()
+    assert client.get("/clusters/good/api/v1/pods").status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["hang", "dribble"])
+def test_a_watch_gets_504_when_no_head_comes_in_time(world, client, mode) -> None:
+    _, _, bad = world
+    bad.handler = HOSTILE[mode]
+    start = time.monotonic()
+    r = client.get("/clusters/hostile/api/v1/pods?watch=true", timeout=RESPONSE_TIMEOUT * 5)
+    assert r.status_code == 504
+    assert "tenant hostile did not answer in time" in status_of(r)["message"]
+    assert RESPONSE_TIMEOUT * 0.9 < time.monotonic() - start < RESPONSE_TIMEOUT * 3
+
+
+def test_an_upgrade_gets_504_when_no_head_comes_in_time(world, issuer) -> None:
+    gw, _, bad = world
+    bad.handler = HOSTILE["hang"]
+    token = issuer.sign(issuer.claims())
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=RESPONSE_TIMEOUT * 5) as s:
+        s.sendall(b"POST /clusters/hostile/api/v1/namespaces/d/pods/p/exec?command=sh HTTP/1.1\r\n"
+                  b"Host: x\r\nAuthorization: Bearer " + token.encode() +
+                  b"\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                  b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+        start = time.monotonic()
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 504 ")
+    assert RESPONSE_TIMEOUT * 0.9 < time.monotonic() - start < RESPONSE_TIMEOUT * 3
+
+
+def test_a_watch_on_a_pooled_connection_to_a_tenant_that_hangs_gets_504(world, client) -> None:
+    _, _, bad = world
+    assert client.get("/clusters/hostile/api/v1/pods").status_code == 200  # pools one
+
+    async def hang_after_first(head, reader, writer) -> bool:
+        await asyncio.sleep(3600)
+        return False
+
+    bad.handler = hang_after_first
+    r = client.get("/clusters/hostile/api/v1/pods?watch=1", timeout=RESPONSE_TIMEOUT * 5)
+    assert r.status_code == 504
+
+
+UNAUTHORIZED = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                           "status": "Failure", "message": "Unauthorized",
+                           "reason": "Unauthorized", "code": 401}).encode()
+FORBIDDEN = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Forbidden", "code": 403,
+                        "message": 'pods is forbidden: User "alice" cannot list resource '
+                                   '"pods"'}).encode()
+
+
+def answer(code: int, body: bytes):
+    async def handler(head, reader, writer) -> bool:
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%b" % (code, len(body), body))
+        await writer.drain()
+        return True
+    return handler
+
+
+def test_401_from_the_tenant_blames_the_gateway_credential_until_it_works(world, client
+                                                                         ) -> None:
+    _, _, bad = world
+    bad.handler = answer(401, UNAUTHORIZED)
+    for _ in range(2):
+        r = client.get("/clusters/hostile/api/v1/pods")
+        assert r.status_code == 502
+        message = status_of(r)["message"]
+        assert "gateway's own credential for tenant hostile" in message
+        assert "not a problem with your login" in message
+    metrics = client.get("/metrics").text
+    assert 'vgate_upstream_credential_failures_total{tenant="hostile"} 2.0' in metrics
+    ready = client.get("/readyz?verbose")
+    assert ready.status_code in (200, 503)  # one tenant does not make the gateway unready
+    assert "note: tenant hostile: the gateway's credential is rejected" in ready.text
+    assert "readyz check passed" in ready.text
+    bad.handler = bad.default  # the credential works again
+    assert client.get("/clusters/hostile/api/v1/pods").status_code == 200
+    assert "tenant hostile" not in client.get("/readyz?verbose").text
+
+
+def test_403_from_the_tenant_is_the_users_rbac_and_passes_untouched(world, client) -> None:
+    _, _, bad = world
+    bad.handler = answer(403, FORBIDDEN)
+    r = client.get("/clusters/hostile/api/v1/pods")
+    assert r.status_code == 403 and r.content == FORBIDDEN
