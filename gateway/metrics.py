@@ -91,3 +91,16 @@ class Metrics:
             registry=r)
         self.directory_errors = Counter(
             "vgate_directory_errors_total", "Directory failures by kind", ["kind"], registry=r)
+        self.rate_limited = Counter(
+            "vgate_rate_limited_total",
+            "Requests refused with 429 by a limit: reason user|tenant|global + _rate|_streams",
+            ["tenant", "reason"], registry=r)
+        self.rate_limit_bypassed = Counter(
+            "vgate_rate_limit_bypassed_total",
+            "Requests not limited because the limit table could not count them (full: every "
+            "slot of the key's group holds open streams; lock: a lock left held)", ["cause"],
+            registry=r)
+        self.token_reviews = Counter(
+            "vgate_token_reviews_total",
+            "TokenReviews of tenant-native tokens at their tenant, by result "
+            "(authenticated, rejected, error)", ["tenant", "result"], registry=r)

@@ -5,7 +5,8 @@ Removed from the client's request, whatever their case: ``Authorization``,
 front-proxy ``X-Remote-*`` headers, ``Audit-ID``, hop-by-hop headers, any header the
 client's ``Connection`` names, and a bearer token offered as a WebSocket subprotocol.
 Added: the tenant credential, the impersonation headers of the `Grant`, a request id (as
-``Audit-ID`` and as an impersonated extra) and ``Host``.
+``Audit-ID`` and as an impersonated extra) and ``Host``. A tenant-native token (reviewed by
+the tenant itself) goes instead of the credential, with no impersonation at all.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def _serialize_block(grant: Grant) -> bytes:
 
 
 _REQUEST_ID_HEADER = extra_header_name(REQUEST_ID_EXTRA) + b": "
+_REQUEST_ID_LINE_BYTES = len(_REQUEST_ID_HEADER) + 36 + 2  # a UUID-shaped id and CRLF
+
+
+def impersonation_bytes(grant: Grant) -> int:
+    """How many bytes of `Impersonate-*` header lines a request with this grant carries
+    (the grant's block and the request-id extra)."""
+    return len(impersonation_block(grant)) + _REQUEST_ID_LINE_BYTES
 
 
 def upstream_head(
@@ -96,7 +104,9 @@ def upstream_head(
                 out += (b"Sec-WebSocket-Protocol: ", value, b"\r\n")
     if authorization:
         out += (b"Authorization: ", authorization, b"\r\n")
-    out += (identity_block, _REQUEST_ID_HEADER, request_id, b"\r\nAudit-ID: ", request_id, b"\r\n")
+    if identity_block:
+        out += (identity_block, _REQUEST_ID_HEADER, request_id, b"\r\n")
+    out += (b"Audit-ID: ", request_id, b"\r\n")
     if forwarded_for:
         out += (b"X-Forwarded-For: ", forwarded_for, b"\r\n")
     if upgrade is not None:

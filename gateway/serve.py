@@ -15,6 +15,7 @@ import socket
 import sys
 
 from gateway.authn import Authenticator
+from gateway.authn.tenant_tokens import TenantTokens
 from gateway.config import GatewayConfig
 from gateway.directory import Directory, DirectoryError
 from gateway.directory.source import LdapSource
@@ -24,6 +25,7 @@ from gateway.http.asgi import AsgiBridge
 from gateway.http.client_address import ClientAddress
 from gateway.http.connection import ClientConnection
 from gateway.http.serving_certificate import ServingCertificate
+from gateway.limits import BucketTable, Limiter, limit_table
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine, load_policies
@@ -33,6 +35,7 @@ from gateway.record import Recorder
 from gateway.record.audit import AuditLog
 from gateway.registry import TenantRegistry, upstream_from_config
 from gateway.route import Router
+from gateway.tenant_api import TenantApi
 
 log = logging.getLogger("vgate.serve")
 
@@ -55,15 +58,18 @@ def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
 
 
 def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None,
-                   policies: list[LoadedPolicy] | None = None) -> Pipeline:
-    """Assemble the request path from a validated config (`policies`: already loaded)."""
+                   policies: list[LoadedPolicy] | None = None,
+                   limits: BucketTable | None = None) -> Pipeline:
+    """Assemble the request path from a validated config (`policies`: already loaded;
+    `limits`: the limit table the workers share, made before forking)."""
     if policies is None:
         policies = checked_policies(config)
     registry = registry or TenantRegistry()
     for tenant in config.tenants:
         registry.put(upstream_from_config(tenant))
     metrics = Metrics()
-    policy = PolicyEngine(policies)
+    policy = PolicyEngine(policies, config.impersonation)
+    tenant_api = TenantApi(timeout=config.token_review.timeout_seconds)
     directory = build_directory(config, metrics)
     local_apps = AsgiBridge()
     authenticator = Authenticator(config.oidc)
@@ -89,11 +95,25 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
         client_address=ClientAddress(config.listen.trusted_proxies),
         directory=directory,
         nested=(NestedImpersonation(
-            cache_seconds=config.nested_impersonation.decision_cache_seconds)
+            cache_seconds=config.nested_impersonation.decision_cache_seconds, api=tenant_api)
             if config.nested_impersonation.enabled else None),
         wake_timeout=(config.lifecycle.wake_timeout_seconds if config.lifecycle is not None
                       else 60.0),
+        limiter=build_limiter(config, metrics, limits),
+        tenant_tokens=TenantTokens(
+            config.token_review, tenant_api,
+            on_review=lambda tenant, result: metrics.token_reviews.labels(tenant, result).inc()),
     )
+
+
+def build_limiter(config: GatewayConfig, metrics: Metrics,
+                  table: BucketTable | None) -> Limiter | None:
+    """The limit step, when `rate_limits` configures any limit."""
+    table = table or limit_table(config.rate_limits, workers=1)
+    if table is None:
+        return None
+    table.on_bypass = lambda cause: metrics.rate_limit_bypassed.labels(cause).inc()
+    return Limiter(config.rate_limits, table)
 
 
 def build_directory(config: GatewayConfig, metrics: Metrics) -> Directory | None:
@@ -186,6 +206,8 @@ class RunningGateway:
         p.forwarder.close()
         if p.nested_impersonation is not None:
             await p.nested_impersonation.close()
+        if p.tenant_tokens is not None:
+            await p.tenant_tokens.api.close()
         await p.authenticator.close()
         if self._directory_check is not None:
             self._directory_check.cancel()
@@ -224,8 +246,11 @@ def _tune_gc() -> None:
 
 
 async def _serve_one(config: GatewayConfig, sock: socket.socket,
-                     policies: list[LoadedPolicy]) -> None:
-    running = RunningGateway(config, build_pipeline(config, policies=policies))
+                     policies: list[LoadedPolicy], limits: BucketTable | None = None,
+                     worker: int = 0) -> None:
+    if limits is not None:
+        limits.start_worker(worker)
+    running = RunningGateway(config, build_pipeline(config, policies=policies, limits=limits))
     lifecycle = None
     if config.lifecycle is not None:
         from gateway.lifecycle.runtime import LifecycleRuntime
@@ -252,17 +277,18 @@ def serve(config: GatewayConfig) -> int:
     _install_uvloop()
     workers = config.workers or os.cpu_count() or 1
     policies = checked_policies(config)  # once, before forking: a problem is reported once
+    limits = limit_table(config.rate_limits, workers)  # shared by every worker
     sock = _bind(config)
     if workers == 1:
-        asyncio.run(_serve_one(config, sock, policies))
+        asyncio.run(_serve_one(config, sock, policies, limits))
         return 0
     children = []
-    for _ in range(workers):
+    for worker in range(workers):
         pid = os.fork()
         if pid == 0:  # worker: share the listening socket, run its own loop
             code = 0
             try:
-                asyncio.run(_serve_one(config, sock, policies))
+                asyncio.run(_serve_one(config, sock, policies, limits, worker))
             except Exception:
                 log.exception("worker crashed")
                 code = 1
