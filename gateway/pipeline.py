@@ -245,12 +245,12 @@ class Pipeline:
         except AuthError as exc:
             return self._unauthenticated(flow, exc)
         if identity is None:
-            return self._review(flow, tokens, token)
+            return self._review_token(flow, tokens, token)
         flow.identity = identity
         flow.credential = b"Bearer " + token.encode()
         return None
 
-    async def _review(self, flow: Flow, tokens: TenantTokens, token: str) -> Next:
+    async def _review_token(self, flow: Flow, tokens: TenantTokens, token: str) -> Next:
         assert flow.upstream is not None
         try:
             flow.identity = await tokens.authenticate(flow.upstream, token)

@@ -258,7 +258,7 @@ def test_429_carries_retry_after_and_a_status_client_go_reads(
     assert 'user "flood@example.com" on tenant "busy"' in status["message"]
     metrics = generate_latest(gateway.gateway.recorder.metrics.registry).decode()
     assert 'vgate_rate_limited_total{reason="user_rate",tenant="busy"} 3.0' in metrics
-    line = [e for e in _audit(gateway) if e["request_id"] == r.headers["audit-id"]][0]
+    line = next(e for e in _audit(gateway) if e["request_id"] == r.headers["audit-id"])
     assert line["decision"] == "limited" and line["status"] == 429
     assert line["reason"].startswith("rate limit: user") and line["user"] == "flood@example.com"
 

@@ -98,7 +98,7 @@ class TenantTokens:
         """Review `token` at `upstream` (one review per token at a time); AuthError (401)
         when the tenant does not authenticate it, ReviewUnavailable when it cannot say."""
         key = self._key(upstream, token)
-        answer = self._answers.get(key)
+        answer: _Answer | None = self._answers.get(key)
         if answer is None:
             pending = self._inflight.get(key)
             if pending is None:

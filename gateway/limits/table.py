@@ -166,7 +166,7 @@ class BucketTable:
         finally:
             lock.release()
 
-    def give_back(self, h: int, burst: int) -> None:
+    def give_back(self, h: int, burst: float) -> None:
         """Return the token `take` took (a later limit refused the request)."""
         lock = self._lock(h)
         if lock is None:
@@ -175,7 +175,7 @@ class BucketTable:
             slot = self._local.get(h)
             if slot is not None and self._q[slot * WORDS] == h:
                 at = slot * WORDS + 1
-                self._d[at] = min(float(burst), self._d[at] + 1.0)
+                self._d[at] = min(burst, self._d[at] + 1.0)
         finally:
             lock.release()
 
