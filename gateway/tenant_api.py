@@ -32,6 +32,8 @@ class TenantApi:
     def _client(self, upstream: Upstream) -> httpx.AsyncClient:
         entry = self._clients.get(upstream.name)
         if entry is None or entry[0] is not upstream:
+            if entry is not None:
+                self.forget(upstream.name)
             scheme = "https" if upstream.ssl else "http"
             client = httpx.AsyncClient(
                 base_url=f"{scheme}://{upstream.authority.decode()}",
