@@ -116,6 +116,7 @@ class Pipeline:
             else None
         self.wake_timeout = wake_timeout
         self.limiter = limiter
+        self._refusals: dict[Refusal, tuple[bytes, list[tuple[bytes, bytes]]]] = {}
         self.tenant_tokens = tenant_tokens
         self.overage_only = directory is not None and directory.config.lookup == "overage"
         # how an issuer's overage tokens name the groups the directory finds
@@ -376,10 +377,16 @@ class Pipeline:
             return None
         self.recorder.limited(flow.tenant or "", result.reason)
         flow.end(Outcome.LIMITED, result.message)
-        seconds = result.retry_after
-        exchange.respond(429, status_body(429, result.message, "TooManyRequests",
-                                          {"retryAfterSeconds": seconds}),
-                         extra=[(b"Retry-After", b"%d" % seconds)])
+        answer = self._refusals.get(result)
+        if answer is None:
+            seconds = result.retry_after
+            answer = (status_body(429, result.message, "TooManyRequests",
+                                  {"retryAfterSeconds": seconds}),
+                      [(b"Retry-After", b"%d" % seconds)])
+            if len(self._refusals) >= 1024:
+                self._refusals.clear()
+            self._refusals[result] = answer
+        exchange.respond(429, answer[0], extra=answer[1])
         return DONE
 
     def _deny(self, flow: Flow, reason: str, message: str) -> Next:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.config.model import Limit, RateLimits
 from gateway.identity import Grant
@@ -42,6 +42,23 @@ class _Level:
     burst: float
     streams: int | None
     who: str
+    # the refusals of this level, made once (by kind and retry seconds): refusing is the
+    # flood's path and must stay cheap
+    refusals: dict[tuple[str, int], Refusal] = field(default_factory=dict, compare=False)
+
+    def refusal(self, kind: str, retry_after: int) -> Refusal:
+        refusal = self.refusals.get((kind, retry_after))
+        if refusal is None:
+            if kind == "rate":
+                message = (f"rate limit: {self.who} may make {self.rate:g} requests per "
+                           f"second (burst {self.burst:g}); retry later")
+            else:
+                message = (f"concurrency limit: {self.who} may keep {self.streams} watches, "
+                           "log follows and exec/attach/port-forward sessions open at once")
+            refusal = Refusal(f"{self.level}_{kind}", message, retry_after)
+            if len(self.refusals) < 64:
+                self.refusals[(kind, retry_after)] = refusal
+        return refusal
 
 
 Held = tuple[tuple[int, int], ...]  # (key, slot) of each open-stream count taken
@@ -113,11 +130,7 @@ class Limiter:
             if wait:
                 for earlier in taken:
                     table.give_back(earlier.key, earlier.burst)
-                return Refusal(
-                    f"{level.level}_rate",
-                    f"rate limit: {level.who} may make {level.rate:g} requests per second "
-                    f"(burst {level.burst:g}); retry later",
-                    max(1, math.ceil(wait)))
+                return level.refusal("rate", max(1, math.ceil(wait)))
             taken.append(level)
         if not long_running:
             return None
@@ -128,11 +141,7 @@ class Limiter:
             slot = table.open_stream(level.key, level.streams, now)
             if slot == -2:
                 self.release(tuple(held))
-                return Refusal(
-                    f"{level.level}_streams",
-                    f"concurrency limit: {level.who} may keep {level.streams} watches, log "
-                    "follows and exec/attach/port-forward sessions open at once",
-                    STREAM_RETRY_SECONDS)
+                return level.refusal("streams", STREAM_RETRY_SECONDS)
             if slot >= 0:
                 held.append((level.key, slot))
         return tuple(held) or None

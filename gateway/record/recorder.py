@@ -29,7 +29,7 @@ class Recorder:
         self.metrics.denials.labels(tenant).inc()
 
     def limited(self, tenant: str, reason: str) -> None:
-        self.metrics.rate_limited.labels(tenant, reason).inc()
+        self.metrics.tally.rate_limited(tenant, reason)
 
     def stream_opened(self, flow: Flow) -> None:
         self.metrics.open_streams.labels("tunnel" if flow.exchange.upgrade else "stream").inc()
