@@ -33,7 +33,7 @@ from cachetools import TLRUCache
 from gateway.authn.authenticator import decode_segment, jwt_issuer
 from gateway.authn.errors import AuthError
 from gateway.config.model import TokenReview
-from gateway.identity import Identity
+from gateway.identity import Identity, usable_names
 from gateway.registry import Upstream
 from gateway.tenant_api import TenantApi
 
@@ -179,12 +179,13 @@ class TenantTokens:
     def _identity(self, upstream: Upstream, token: str, user: dict) -> Identity:
         name, uid = user.get("username"), user.get("uid") or ""
         groups, extra = user.get("groups") or [], user.get("extra") or {}
-        if not isinstance(name, str) or not _usable(name) or not isinstance(uid, str) \
-                or (uid and not _usable(uid)):
-            raise ValueError("username or uid missing or unsafe")
+        if not isinstance(name, str) or not isinstance(uid, str):
+            raise ValueError("username or uid missing")
+        usable_names([name, *([uid] if uid else [])], what="username or uid")
         if not isinstance(groups, list) or len(groups) > MAX_GROUPS or \
-                not all(isinstance(g, str) and _usable(g) for g in groups):
-            raise ValueError("groups unsafe")
+                not all(isinstance(g, str) for g in groups):
+            raise ValueError("groups are not a bounded list of strings")
+        usable_names(groups, what="group name")
         if not isinstance(extra, dict) or not all(
                 isinstance(v, list) and all(isinstance(x, str) for x in v)
                 for v in extra.values()):
@@ -223,7 +224,3 @@ class TenantTokens:
         self._issuers[upstream.name] = (upstream, issuer, now + ttl)
         return issuer
 
-
-def _usable(name: str) -> bool:
-    """Names end up in the audit log and the limits' keys: printable, bounded."""
-    return 0 < len(name) <= 1024 and name.isprintable()

@@ -8,10 +8,9 @@ import dataclasses
 from typing import Literal
 
 from gateway.directory.entry import DirectoryGroup, Membership
-from gateway.identity import Identity
+from gateway.identity import Identity, usable_names
 
 RESERVED_PREFIX = "system:"
-MAX_NAME_CHARS = 1024
 
 NameForm = Literal["name", "sid", "dn"]
 
@@ -34,8 +33,11 @@ def claim_groups(membership: Membership, form: NameForm, prefix: str) -> tuple[s
         if not raw:
             continue
         name = prefix + raw
-        if name.startswith(RESERVED_PREFIX) or len(name) > MAX_NAME_CHARS \
-                or not name.isprintable():
+        if name.startswith(RESERVED_PREFIX) or name in names:
+            continue
+        try:
+            usable_names([name], what="group name")
+        except ValueError:
             continue
         names.setdefault(name)
     return tuple(names)

@@ -22,11 +22,13 @@ FLOOD_LIMIT = 200  # requests per second the flooded tenant may make (burst the 
 FLOOD_FACTOR = 5
 FLOOD_CONNECTIONS = 10
 TARGET_P99_RATIO = 1.20
+SLICES = 3  # alone/flooded pairs per round; the tables show medians over all of them
 
 
 def run(work: Path, issuer: LocalIssuer, upstream_port: int, *, calm_rps: float,
         rounds: int, seconds: float, log: Callable[[str], None] = print) -> dict:
-    """Measure `bench` at `calm_rps` without and with `flood` flooded, `rounds` times."""
+    """Measure `bench` at `calm_rps` without and with `flood` flooded: `rounds` x `SLICES`
+    pairs of `seconds`-long runs."""
     tenants = [{"name": name, "upstream": f"http://127.0.0.1:{upstream_port}",
                 "token_file": "tenant.token"} for name in (stack.TENANT, FLOODED)]
     gate = stack.Vgate(
@@ -55,30 +57,33 @@ def run(work: Path, issuer: LocalIssuer, upstream_port: int, *, calm_rps: float,
         floods: list[wrk.WrkResult] = []
         measure(calm, seconds=1, connections=calm_conns, pace_ms=calm_pace)  # warm up
         for r in range(rounds):
-            quiet.append(measure(calm, seconds=seconds, connections=calm_conns,
-                                 pace_ms=calm_pace))
-            time.sleep(0.3)
-            result: list[wrk.WrkResult] = []
-            flooder = threading.Thread(target=_flood, args=(
-                result, flood_url, flood_token, seconds + 2, flood_pace))
-            flooder.start()
-            time.sleep(1.0)  # the flood is on (and its burst spent) before measuring
-            loud.append(measure(calm, seconds=seconds, connections=calm_conns,
-                                pace_ms=calm_pace))
-            flooder.join()
-            floods.append(result[0])
+            for _ in range(SLICES):  # alone, flooded, alone, flooded, …: noise hits both
+                quiet.append(measure(calm, seconds=seconds, connections=calm_conns,
+                                     pace_ms=calm_pace))
+                time.sleep(0.3)
+                result: list[wrk.WrkResult] = []
+                flooder = threading.Thread(target=_flood, args=(
+                    result, flood_url, flood_token, seconds + 2, flood_pace))
+                flooder.start()
+                time.sleep(1.0)  # the flood is on (and its burst spent) before measuring
+                loud.append(measure(calm, seconds=seconds, connections=calm_conns,
+                                    pace_ms=calm_pace))
+                flooder.join()
+                floods.append(result[0])
+                time.sleep(0.3)
             f = result[0]
             log(f"  round {r + 1}/{rounds} {stack.TENANT} alone p50 "
                 f"{quiet[-1].result.p50_us / 1000:.2f} p99 {quiet[-1].result.p99_us / 1000:.2f}"
                 f" ms | flooded p50 {loud[-1].result.p50_us / 1000:.2f} p99 "
                 f"{loud[-1].result.p99_us / 1000:.2f} ms | flood {f.rps:,.0f} req/s, "
-                f"{f.non_2xx / max(f.requests, 1):.0%} refused (429), load {procs.load_average()}")
-            time.sleep(0.3)
+                f"{f.non_2xx / max(f.requests, 1):.0%} refused (429), load {procs.load_average()}"
+                f" (last of {SLICES} pairs)")
     finally:
         gate.stop()
     flood_requests = sum(f.requests for f in floods)
     return {
         "calm_rps": calm_rps, "limit": FLOOD_LIMIT, "flood_rps_offered": flood_rps,
+        "pairs": len(quiet),
         "alone": summarize(f"{stack.TENANT} alone", quiet),
         "flooded": summarize(f"{stack.TENANT} while {FLOODED} floods", loud),
         "flood_rps": sum(f.rps for f in floods) / len(floods),
@@ -102,7 +107,8 @@ def table(fair: dict) -> list[str]:
     return [
         f"`{FLOODED}` (limit {fair['limit']} req/s) is sent {fair['flood_rps_offered']:,} "
         f"req/s ({fair['flood_rps']:,.0f} achieved, {fair['flood_refused']:.0%} answered 429) "
-        f"while `{stack.TENANT}` is measured at {fair['calm_rps']:,.0f} req/s offered:", "",
+        f"while `{stack.TENANT}` is measured at {fair['calm_rps']:,.0f} req/s offered, alone and "
+        f"flooded alternately ({fair['pairs']} pairs; medians):", "",
         "| tenant bench | req/s | p50 ms | p99 ms | CPU µs/req (all of vgate) | errors |",
         "|---|---:|---:|---:|---:|---:|",
         *(f"| {s.name} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {s.cpu_us:.1f} | "
