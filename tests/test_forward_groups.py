@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from gateway.config.model import Impersonation
 from gateway.directory.entry import DirectoryGroup, membership
@@ -18,7 +17,7 @@ from gateway.identity import Grant, Identity, TooLarge
 from gateway.policy import PolicyEngine, load_policies
 from gateway.policy.model import WELL_KNOWN_ROLES
 from tests.support.craft import CraftingIssuer
-from tests.support.gateway_thread import GatewayThread
+from tests.support.gateway_thread import GatewayThread, crafted_config
 from tests.support.scripted import ScriptedUpstream
 
 BASE = "DC=corp,DC=example,DC=com"
@@ -174,22 +173,12 @@ def test_header_bytes_cap_is_too_large_naming_the_limit(tmp_path: Path) -> None:
 def gateway(tmp_path_factory, issuer: CraftingIssuer, upstream: ScriptedUpstream
             ) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("scoping")
-    (d / "policies").mkdir()
-    for tenant, mode in (("scoped", "referenced"), ("everything", "all")):
-        (d / "policies" / f"{tenant}.yaml").write_text(yaml.safe_dump({
-            "tenant": tenant, "roles": {"view": {"groups": ["developers"]}},
-            "forward_groups": {"mode": mode}}))
-    (d / "token").write_text("upstream-secret\n")
-    config = {
-        "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
-        "policies": str(d / "policies"),
-        "audit": {"file": str(d / "audit.log")},
-        "impersonation": {"max_groups": 50},
-        "tenants": [{"name": t, "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(d / "token")} for t in ("scoped", "everything")],
-    }
+    config = crafted_config(
+        d, issuer.issuer, upstream.port, ("scoped", "everything"),
+        {f"{tenant}.yaml": {"tenant": tenant, "roles": {"view": {"groups": ["developers"]}},
+                            "forward_groups": {"mode": mode}}
+         for tenant, mode in (("scoped", "referenced"), ("everything", "all"))},
+        impersonation={"max_groups": 50})
     with GatewayThread(d, config) as gw:
         yield gw
 

@@ -22,7 +22,7 @@ from gateway.limits.limiter import most_generous
 from gateway.limits.table import GROUP, BucketTable, key_hash
 from gateway.serve import build_pipeline
 from tests.support.craft import CraftingIssuer
-from tests.support.gateway_thread import GatewayThread
+from tests.support.gateway_thread import GatewayThread, crafted_config
 from tests.support.scripted import ScriptedUpstream
 
 
@@ -210,27 +210,16 @@ def test_streams_are_held_per_level_and_released() -> None:
 def gateway(tmp_path_factory, issuer: CraftingIssuer, upstream: ScriptedUpstream
             ) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("limits")
-    (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]},
-                                  "cluster-admin": {"groups": ["admins"]}}}))
-    (d / "token").write_text("upstream-secret\n")
-    tenants = [{"name": name, "upstream": f"http://127.0.0.1:{upstream.port}",
-                "token_file": str(d / "token")} for name in ("busy", "calm", "streams")]
-    config = {
-        "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
-        "policies": str(d / "policies"),
-        "audit": {"file": str(d / "audit.log")},
-        "tenants": tenants,
-        "rate_limits": {
+    config = crafted_config(
+        d, issuer.issuer, upstream.port, ("busy", "calm", "streams"),
+        {"all.yaml": {"tenant": "*", "roles": {"view": {"groups": ["developers"]},
+                                               "cluster-admin": {"groups": ["admins"]}}}},
+        rate_limits={
             "user": {"requests_per_second": 0.5, "burst": 3, "concurrent_streams": 1},
             "roles": {"cluster-admin": {"requests_per_second": 1000}},
             "tenants": {"calm": {"user": {"requests_per_second": 1000}},
                         "streams": {"user": {"concurrent_streams": 1}}},
-        },
-    }
+        })
     with GatewayThread(d, config) as gw:
         yield gw
 
@@ -341,19 +330,13 @@ def test_a_limit_holds_across_worker_processes(tmp_path: Path, issuer: CraftingI
 
     from tests.support.served import ServedGateway
 
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
-    (tmp_path / "token").write_text("t\n")
     burst = 20
-    (tmp_path / "vgate.yaml").write_text(yaml.safe_dump({
-        "listen": {"host": "127.0.0.1", "port": 0}, "workers": 2,
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"]}]},
-        "policies": str(tmp_path / "p"), "audit": {"file": str(tmp_path / "audit.log")},
-        "tenants": [{"name": "t", "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(tmp_path / "token")}],
-        "rate_limits": {"tenant": {"requests_per_second": 0.5, "burst": burst}},
-    }))
+    config = crafted_config(
+        tmp_path, issuer.issuer, upstream.port, ("t",),
+        {"all.yaml": {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}},
+        listen={"host": "127.0.0.1", "port": 0}, workers=2,
+        rate_limits={"tenant": {"requests_per_second": 0.5, "burst": burst}})
+    (tmp_path / "vgate.yaml").write_text(yaml.safe_dump(config))
     token = issuer.sign(issuer.claims())
     with ServedGateway(tmp_path / "vgate.yaml", workers=2) as served:
         pids = sorted({int(p) for p in re.findall(r"\(pid (\d+)\)", "".join(served.lines))})

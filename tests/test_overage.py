@@ -8,13 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from gateway.directory.entry import DirectoryGroup, membership
 from gateway.directory.overage import claim_groups, with_directory_groups
 from gateway.identity import Identity
 from tests.support.craft import CraftingIssuer
-from tests.support.gateway_thread import GatewayThread
+from tests.support.gateway_thread import GatewayThread, crafted_config
 from tests.support.scripted import ScriptedUpstream
 
 SOURCES = {"_claim_names": {"groups": "src1"},
@@ -25,18 +24,9 @@ SOURCES = {"_claim_names": {"groups": "src1"},
 def gateway(tmp_path_factory, issuer: CraftingIssuer, upstream: ScriptedUpstream
             ) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("overage")
-    (d / "p").mkdir()
-    (d / "p" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"users": ["alice@example.com"],
-                                           "groups": ["developers"]}}}))
-    (d / "token").write_text("t\n")
-    config = {
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
-        "policies": str(d / "p"), "audit": {"file": str(d / "audit.log")},
-        "tenants": [{"name": "t1", "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(d / "token")}],
-    }
+    config = crafted_config(d, issuer.issuer, upstream.port, ("t1",), {"all.yaml": {
+        "tenant": "*", "roles": {"view": {"users": ["alice@example.com"],
+                                          "groups": ["developers"]}}}})
     with GatewayThread(d, config) as gw:
         yield gw
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from gateway.authn.errors import AuthError
 from gateway.authn.tenant_tokens import ReviewUnavailable, TenantTokens
@@ -20,7 +19,7 @@ from gateway.config.model import TokenReview
 from gateway.registry import Upstream
 from gateway.tenant_api import TenantApi
 from tests.support.craft import CraftingIssuer
-from tests.support.gateway_thread import GatewayThread
+from tests.support.gateway_thread import GatewayThread, crafted_config
 from tests.support.scripted import ScriptedUpstream
 
 
@@ -125,16 +124,10 @@ def test_the_answer_cache_is_bounded(reviewer: Reviewer, upstream: ScriptedUpstr
 @pytest.fixture
 def gateway(tmp_path: Path, issuer: CraftingIssuer, upstream: ScriptedUpstream
             ) -> Iterator[GatewayThread]:
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
-    (tmp_path / "token").write_text("gateway\n")
-    config = {
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"]}]},
-        "policies": str(tmp_path / "p"), "audit": {"file": str(tmp_path / "audit.log")},
-        "tenants": [{"name": "t1", "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(tmp_path / "token"), "token_passthrough": True}],
-    }
+    config = crafted_config(
+        tmp_path, issuer.issuer, upstream.port, ("t1",),
+        {"all.yaml": {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}},
+        tenant_options={"token_passthrough": True})
     with GatewayThread(tmp_path, config) as gw:
         yield gw
 
