@@ -38,7 +38,6 @@ from gateway.forward import Forwarder
 from gateway.forward.forwarder import is_streaming
 from gateway.http.client_address import ClientAddress
 from gateway.http.exchange import Exchange
-from gateway.http.status import status_body
 from gateway.identity import Deny, TooLarge
 from gateway.limits import Limiter, Refusal
 from gateway.policy import PolicyEngine
@@ -116,7 +115,6 @@ class Pipeline:
             else None
         self.wake_timeout = wake_timeout
         self.limiter = limiter
-        self._refusals: dict[Refusal, tuple[bytes, list[tuple[bytes, bytes]]]] = {}
         self.tenant_tokens = tenant_tokens
         self.overage_only = directory is not None and directory.config.lookup == "overage"
         # how an issuer's overage tokens name the groups the directory finds
@@ -377,16 +375,7 @@ class Pipeline:
             return None
         self.recorder.limited(flow.tenant or "", result.reason)
         flow.end(Outcome.LIMITED, result.message)
-        answer = self._refusals.get(result)
-        if answer is None:
-            seconds = result.retry_after
-            answer = (status_body(429, result.message, "TooManyRequests",
-                                  {"retryAfterSeconds": seconds}),
-                      [(b"Retry-After", b"%d" % seconds)])
-            if len(self._refusals) >= 1024:
-                self._refusals.clear()
-            self._refusals[result] = answer
-        exchange.respond(429, answer[0], extra=answer[1])
+        exchange.respond(429, result.body, extra=list(result.headers))
         return DONE
 
     def _deny(self, flow: Flow, reason: str, message: str) -> Next:

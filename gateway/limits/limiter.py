@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config.model import Limit, RateLimits
+from gateway.http.status import status_body
 from gateway.identity import Grant
 from gateway.limits.table import BucketTable, key_hash
 
@@ -27,11 +28,21 @@ MAX_PLANS = 4096
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Over a limit: `reason` labels the metric, `message` tells the client (and the audit
-    log) which limit, `retry_after` is in whole seconds."""
+    log) which limit, `retry_after` is in whole seconds; `body` and `headers` are the 429
+    answer (a `TooManyRequests` Status with `details.retryAfterSeconds`, and `Retry-After`),
+    which client-go waits out and retries."""
 
     reason: str
     message: str
     retry_after: int
+    body: bytes = field(default=b"", repr=False)
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @classmethod
+    def of(cls, reason: str, message: str, retry_after: int) -> Refusal:
+        body = status_body(429, message, "TooManyRequests", {"retryAfterSeconds": retry_after})
+        return cls(reason, message, retry_after, body,
+                   ((b"Retry-After", b"%d" % retry_after),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +66,7 @@ class _Level:
             else:
                 message = (f"concurrency limit: {self.who} may keep {self.streams} watches, "
                            "log follows and exec/attach/port-forward sessions open at once")
-            refusal = Refusal(f"{self.level}_{kind}", message, retry_after)
+            refusal = Refusal.of(f"{self.level}_{kind}", message, retry_after)
             if len(self.refusals) < 64:
                 self.refusals[(kind, retry_after)] = refusal
         return refusal

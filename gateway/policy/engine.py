@@ -157,12 +157,13 @@ class PolicyEngine:
         reasons: list[str] = []
         via_directory: list[tuple[str, str]] = []
         named: set[str] = set()  # token groups and directory keys the rules name
+        referenced = self.scope(tenant).mode == "referenced"
         groups = set(identity.groups)
         keys = directory.keys if directory is not None else frozenset()
         for rule in (*self._by_tenant.get(tenant, ()), *self._stored.get(tenant, ()),
                      *self._by_tenant.get("*", ())):
-            named |= rule.groups
-            named |= rule.directory_groups
+            if referenced:
+                named |= rule.groups | rule.directory_groups
             if identity.username in rule.users:
                 roles.setdefault(rule.role)
                 reasons.append(f"{rule.role}: user {identity.username} ({rule.where})")
