@@ -113,7 +113,8 @@ def _policy_explain(path: Path, user: str, tenant: str, username: str | None) ->
         return 1
     if tenant not in {t.name for t in config.tenants}:
         print(f"note: tenant {tenant!r} is not in the config's tenants", file=sys.stderr)
-    return explain(config, PolicyEngine(policies), user, tenant, print, username=username)
+    return explain(config, PolicyEngine(policies, config.impersonation), user, tenant, print,
+                   username=username)
 
 
 def _directory_flush(path: Path, user: str | None) -> int:

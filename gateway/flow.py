@@ -31,6 +31,7 @@ class Outcome(Enum):
     REFUSED = "refused"  # malformed or not allowed before any policy decision (4xx)
     UNAVAILABLE = "unavailable"  # a dependency could not answer (503)
     PAUSED = "paused"  # the tenant is paused or still waking (503)
+    LIMITED = "limited"  # over a rate or concurrency limit (429)
     LOCAL = "local"  # the gateway's own endpoints and pages
 
 
@@ -38,8 +39,9 @@ class Flow:
     """One request's findings; created by the pipeline when a request head is complete."""
 
     __slots__ = (
-        "exchange", "forwarded_for", "grant", "identity", "membership", "outcome", "reason",
-        "requested_tenant", "source", "target", "tenant", "upstream", "upstream_head",
+        "credential", "exchange", "forwarded_for", "grant", "held", "identity", "membership",
+        "outcome", "reason", "requested_tenant", "source", "target", "tenant", "upstream",
+        "upstream_head",
     )
 
     def __init__(self, exchange: Exchange) -> None:
@@ -53,6 +55,10 @@ class Flow:
         self.identity: Identity | None = None
         self.membership: Membership | None = None  # directory groups, when configured
         self.grant: Grant | None = None
+        # a tenant-native token: the `Authorization` value that goes upstream instead of the
+        # gateway's credential (no impersonation)
+        self.credential: bytes | None = None
+        self.held: tuple | None = None  # open-stream counts the limit step took (gateway.limits)
         self.upstream_head = b""  # the request head the rewrite step built
         self.outcome = Outcome.NONE
         self.reason = ""  # for the audit log, never the client

@@ -17,6 +17,11 @@ class Identity:
     issuer: str
     expires_at: float
     claims: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # the token names its groups elsewhere (Entra ID group overage): the directory must tell
+    groups_overage: bool = False
+    # a tenant-native token (e.g. a ServiceAccount's): the tenant whose TokenReview vouched
+    # for it; such a request goes upstream with that token, never with impersonation
+    reviewed_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,7 @@ class Grant:
     extra: tuple[tuple[str, tuple[str, ...]], ...]
     reasons: tuple[str, ...] = ()
     directory_groups: tuple[tuple[str, str], ...] = ()  # (role, directory group) pairs
+    dropped_groups: int = 0  # the user's groups left out by the tenant's `forward_groups`
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
@@ -51,6 +57,14 @@ class Deny:
 
     tenant: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge(Deny):
+    """The impersonation headers a grant needs exceed a configured cap (431); `message`
+    names the limit, for the client."""
+
+    message: str = ""
 
 
 def usable_names(names: list[str], *, what: str = "name") -> list[str]:

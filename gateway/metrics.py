@@ -15,16 +15,17 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 class RequestTally(Collector):
     """The per-request series: requests by (tenant, code), request latency by tenant, token
-    cache hits and misses. Kept as plain numbers, since every request updates them: the
-    event loop is the only writer (one thread per worker process), so no lock is taken per
-    request, unlike prometheus_client's own metric objects. Exposed by `collect` as the
-    usual counter and histogram families."""
+    cache hits and misses, requests refused by a limit (a flood's every request). Kept as
+    plain numbers, since every request updates them: the event loop is the only writer (one
+    thread per worker process), so no lock is taken per request, unlike prometheus_client's
+    own metric objects. Exposed by `collect` as the usual counter and histogram families."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, int], int] = {}
         self.latency: dict[str, list] = {}  # tenant -> [bucket counts..., +Inf count, sum]
         self.token_cache_hits = 0
         self.token_cache_misses = 0
+        self.limited: dict[tuple[str, str], int] = {}  # (tenant, reason) -> 429s
 
     def request(self, tenant: str, status: int, elapsed: float | None) -> None:
         """Count one finished request; `elapsed` (seconds) None for streams."""
@@ -36,6 +37,10 @@ class RequestTally(Collector):
                 row = self.latency[tenant] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
             row[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
             row[-1] += elapsed
+
+    def rate_limited(self, tenant: str, reason: str) -> None:
+        key = (tenant, reason)
+        self.limited[key] = self.limited.get(key, 0) + 1
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("vgate_requests_total",
@@ -60,6 +65,13 @@ class RequestTally(Collector):
         cache.add_metric(["hit"], self.token_cache_hits)
         cache.add_metric(["miss"], self.token_cache_misses)
         yield cache
+        limited = CounterMetricFamily(
+            "vgate_rate_limited_total",
+            "Requests refused with 429 by a limit: reason user|tenant|global + _rate|_streams",
+            labels=["tenant", "reason"])
+        for (tenant, reason), n in list(self.limited.items()):
+            limited.add_metric([tenant, reason], n)
+        yield limited
 
 
 class Metrics:
@@ -112,3 +124,12 @@ class Metrics:
             "configuration stays)", ["result"], registry=r)
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
+        self.rate_limit_bypassed = Counter(
+            "vgate_rate_limit_bypassed_total",
+            "Requests not limited because the limit table could not count them (full: every "
+            "slot of the key's group holds open streams; lock: a lock left held)", ["cause"],
+            registry=r)
+        self.token_reviews = Counter(
+            "vgate_token_reviews_total",
+            "TokenReviews of tenant-native tokens at their tenant, by result "
+            "(authenticated, rejected, error)", ["tenant", "result"], registry=r)

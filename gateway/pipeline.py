@@ -4,6 +4,7 @@
     2. authenticate   bearer token → Identity (verified-token cache)  gateway.authn
     3. groups         directory groups → Membership (cached)          gateway.directory
     4. authorize      (identity, tenant) → Grant, or 403              gateway.policy
+       limit          rate and open-stream limits, or 429             gateway.limits
        nested         `kubectl --as`: SubjectAccessReview checks      gateway.policy.nested
        wake           a paused tenant: 503, or hold while it resumes  gateway.registry
     5. rewrite        the upstream head: credential + Impersonate-*   gateway.rewrite
@@ -15,7 +16,7 @@ answered), or an awaitable resolving to one of those. The driver runs the steps
 synchronously for as long as each answers at once — a cached token, cached groups and an
 idle upstream connection cost no task — and creates one task only when a step must wait;
 the client leaving cancels that task. Adding a step is adding a method and a line in
-`steps`.
+`steps`. A step whose feature is not configured (the limits) is not in `steps` at all.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from gateway.authn import Authenticator, AuthError
-from gateway.directory import Directory, DirectoryUnavailable, lookup_value
+from gateway.authn.tenant_tokens import ReviewUnavailable as TokenReviewUnavailable
+from gateway.authn.tenant_tokens import TenantTokens
+from gateway.directory import Directory, DirectoryUnavailable, Membership, lookup_value
+from gateway.directory.overage import with_directory_groups
 from gateway.endpoints import OwnEndpoints
 from gateway.flow import Flow, Outcome
 from gateway.forward import Forwarder
+from gateway.forward.forwarder import is_streaming
 from gateway.http.client_address import ClientAddress
 from gateway.http.exchange import Exchange
-from gateway.identity import Deny
+from gateway.identity import Deny, TooLarge
+from gateway.limits import Limiter, Refusal
 from gateway.names.kube import UnsafeName
 from gateway.policy import PolicyEngine
 from gateway.policy.nested import (
@@ -83,12 +89,15 @@ class Pipeline:
         nested: NestedImpersonation | None = None,
         wake_timeout: float = 60.0,
         private_cookies: Iterable[str] = (),
+        limiter: Limiter | None = None,
+        tenant_tokens: TenantTokens | None = None,
     ) -> None:
         self.steps: tuple[Step, ...] = (
             self.route,
             self.authenticate,
             self.groups,
             self.authorize,
+            *((self.limit,) if limiter is not None else ()),
             self.nested,
             self.wake,
             self.rewrite,
@@ -107,10 +116,18 @@ class Pipeline:
             else None
         self.wake_timeout = wake_timeout
         self.private_cookies = private_cookie_names(private_cookies)
+        self.limiter = limiter
+        self.tenant_tokens = tenant_tokens
+        self.overage_only = directory is not None and directory.config.lookup == "overage"
+        # how an issuer's overage tokens name the groups the directory finds
+        self.overage_names = {i.issuer: (i.overage_group_names, i.groups_prefix)
+                              for i in authenticator.config.issuers}
         self._tasks: set[asyncio.Task] = set()
         registry.on_change(forwarder.forget)
         if nested is not None:
             registry.on_change(nested.forget)
+        if tenant_tokens is not None:
+            registry.on_change(tenant_tokens.forget)
 
     # -- the driver ------------------------------------------------------------------------
 
@@ -125,6 +142,9 @@ class Pipeline:
         flow = exchange.context
         if not isinstance(flow, Flow):
             return
+        if flow.held is not None and self.limiter is not None:
+            self.limiter.release(flow.held)
+            flow.held = None
         try:
             self.recorder.record(flow)
         except Exception:
@@ -213,8 +233,42 @@ class Pipeline:
             self.recorder.token_cache_hit()
             flow.identity = identity
             return self._authenticated(flow)
+        upstream = flow.upstream  # None: an unknown tenant, answered once authenticated
+        if upstream is not None and upstream.token_passthrough \
+                and self.tenant_tokens is not None \
+                and not self.authenticator.issued_here(token):
+            return self._tenant_native(flow, self.tenant_tokens, token)
         self.recorder.token_cache_miss()
         return self._verify(flow, token)
+
+    def _tenant_native(self, flow: Flow, tokens: TenantTokens, token: str
+                       ) -> Next | Awaitable[Next]:
+        """A token the tenant itself may have issued: its cached TokenReview answer, or a
+        review at the tenant. It goes upstream as it is (`flow.credential`)."""
+        assert flow.upstream is not None
+        try:
+            identity = tokens.cached(flow.upstream, token)
+        except AuthError as exc:
+            return self._unauthenticated(flow, exc)
+        if identity is None:
+            return self._review_token(flow, tokens, token)
+        flow.identity = identity
+        flow.credential = b"Bearer " + token.encode()
+        return self._authenticated(flow)
+
+    async def _review_token(self, flow: Flow, tokens: TenantTokens, token: str) -> Next:
+        assert flow.upstream is not None
+        try:
+            flow.identity = await tokens.authenticate(flow.upstream, token)
+        except AuthError as exc:
+            return self._unauthenticated(flow, exc)
+        except TokenReviewUnavailable as exc:
+            flow.end(Outcome.UNAVAILABLE, str(exc))
+            flow.exchange.fail(503, f'tenant "{flow.tenant}" could not check this token '
+                                    "right now; try again", extra=[(b"Retry-After", b"1")])
+            return DONE
+        flow.credential = b"Bearer " + token.encode()
+        return self._authenticated(flow)
 
     async def _verify(self, flow: Flow, token: str) -> Next:
         try:
@@ -251,13 +305,21 @@ class Pipeline:
     # -- 3. groups ---------------------------------------------------------------------------
 
     def groups(self, flow: Flow) -> Next | Awaitable[Next]:
-        """Without a directory, nothing to do. With one: a cached answer goes on at once; a
-        miss awaits one lookup; no answer → 503."""
+        """Without a directory, nothing to do (but a token with group overage is refused:
+        its groups are unknown). With one: a cached answer goes on at once; a miss awaits
+        one lookup; no answer → 503. A tenant-native identity is the tenant's, not the
+        directory's; with `lookup: overage` only overage tokens are looked up."""
         directory = self.directory
+        identity = flow.identity
+        assert identity is not None
         if directory is None:
+            if identity.groups_overage:
+                return self._overage_unresolved(flow)
             return None
-        assert flow.identity is not None
-        value = lookup_value(flow.identity, directory.config.user_claim)
+        if identity.reviewed_by is not None or (
+                self.overage_only and not identity.groups_overage):
+            return None
+        value = lookup_value(identity, directory.config.user_claim)
         if value is None:
             return self._deny(
                 flow, f"token has no {directory.config.user_claim!r} claim to find the user "
@@ -267,16 +329,34 @@ class Pipeline:
         except DirectoryUnavailable as exc:
             return self._directory_down(flow, exc)
         if membership is not None:
-            flow.membership = membership
+            self._member(flow, membership)
             return None
         return self._look_up(flow, directory, value)
 
     async def _look_up(self, flow: Flow, directory: Directory, value: str) -> Next:
         try:
-            flow.membership = await directory.membership(value)
+            membership = await directory.membership(value)
         except DirectoryUnavailable as exc:
             return self._directory_down(flow, exc)
+        self._member(flow, membership)
         return None
+
+    def _member(self, flow: Flow, membership: Membership) -> None:
+        """The directory's answer; an overage token's groups are completed from it."""
+        flow.membership = membership
+        identity = flow.identity
+        if identity is not None and identity.groups_overage:
+            form, prefix = self.overage_names.get(identity.issuer, ("name", ""))
+            flow.identity = with_directory_groups(identity, membership, form, prefix)
+
+    def _overage_unresolved(self, flow: Flow) -> Next:
+        assert flow.identity is not None
+        flow.end(Outcome.REFUSED, f"{flow.identity.username}: token has group overage "
+                                  "and no directory is configured")
+        flow.fail(403, "your token does not list your groups (group overage: the IdP names a "
+                       "claim source instead) and this gateway has no directory to look them "
+                       "up; ask the platform team")
+        return DONE
 
     def _directory_down(self, flow: Flow, exc: DirectoryUnavailable) -> Next:
         flow.end(Outcome.UNAVAILABLE, str(exc))
@@ -292,10 +372,31 @@ class Pipeline:
         decision = (self.policy.decide(identity, tenant) if flow.membership is None
                     else self.policy.decide(identity, tenant, flow.membership))
         if isinstance(decision, Deny):
+            if isinstance(decision, TooLarge):
+                flow.end(Outcome.REFUSED, decision.reason)
+                flow.exchange.fail(431, decision.message)
+                return DONE
             return self._deny(flow, decision.reason,
                               f'user "{identity.username}" has no access to tenant "{tenant}"')
         flow.grant = decision
         return None
+
+    def limit(self, flow: Flow) -> Next:
+        """Rate and open-stream limits (only in `steps` when some are configured): 429 with
+        `Retry-After` and a `Status` client-go backs off on."""
+        assert self.limiter is not None and flow.grant is not None
+        exchange = flow.exchange
+        result = self.limiter.admit(
+            flow.grant, exchange.upgrade or is_streaming(flow.target or exchange.target))
+        if result is None:
+            return None
+        if not isinstance(result, Refusal):
+            flow.held = result
+            return None
+        self.recorder.limited(flow.tenant or "", result.reason)
+        flow.end(Outcome.LIMITED, result.message)
+        exchange.respond(429, result.body, extra=list(result.headers))
+        return DONE
 
     def _deny(self, flow: Flow, reason: str, message: str) -> Next:
         """Refused by policy: the reason to the audit log, `message` to the client (403)."""
@@ -310,7 +411,7 @@ class Pipeline:
         exchange = flow.exchange
         if not exchange.head.impersonation:
             return None
-        if self.nested_impersonation is None:
+        if self.nested_impersonation is None or flow.credential is not None:
             flow.end(Outcome.DENY, "client sent Impersonate-* headers")
             flow.fail(403, "impersonation (kubectl --as/--as-group/--as-uid) is not "
                            "allowed through the vgate gateway")
@@ -385,7 +486,8 @@ class Pipeline:
         exchange, upstream, grant = flow.exchange, flow.upstream, flow.grant
         assert upstream is not None and grant is not None
         try:
-            identity_block = impersonation_block(grant)
+            # a tenant-native token goes as itself: it impersonates nobody
+            identity_block = impersonation_block(grant) if flow.credential is None else b""
         except UnsafeName as exc:  # the last check of every name: nothing leaves
             flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
             flow.fail(403, "the identity of this request cannot be passed on safely")
@@ -401,7 +503,8 @@ class Pipeline:
             flow.target or b"/",
             exchange.head,
             authority=upstream.authority,
-            authorization=upstream.authorization() if upstream.authorization else None,
+            authorization=flow.credential or (
+                upstream.authorization() if upstream.authorization else None),
             identity_block=identity_block,
             request_id=exchange.request_id,
             framing=framing,

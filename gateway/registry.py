@@ -22,6 +22,9 @@ class Upstream:
 
     A `paused` tenant's control plane is stopped: requests get 503, or — when `wake` is set —
     `await wake()` asks for a resume and returns True once a running entry replaced this one.
+    With `token_passthrough`, tokens the tenant's own API server issued (ServiceAccount
+    tokens, `iss` = `service_account_issuer`, or asked from the tenant when None) are
+    checked there by a TokenReview and forwarded as they are.
     """
 
     name: str
@@ -32,6 +35,8 @@ class Upstream:
     authorization: Callable[[], bytes] | None
     paused: bool = False
     wake: Callable[[], Awaitable[bool]] | None = None
+    token_passthrough: bool = False
+    service_account_issuer: str | None = None
     authority: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +67,8 @@ def upstream_from_config(tenant: TenantConfig) -> Upstream:
         ssl=context,
         server_hostname=(tenant.server_name or parts.hostname) if context else None,
         authorization=token.header if token else None,
+        token_passthrough=tenant.token_passthrough,
+        service_account_issuer=tenant.service_account_issuer,
     )
 
 

@@ -8,6 +8,8 @@ the client's address (``X-Real-Ip``, ``Forwarded``, ``X-Forwarded-*``, …: see
 offered as a WebSocket subprotocol, and the gateway's own cookies (the portal's session)
 from ``Cookie``. Added: the tenant credential, the impersonation headers of the `Grant`, a
 request id (as ``Audit-ID`` and as an impersonated extra), ``X-Forwarded-For`` and ``Host``.
+A tenant-native token (reviewed by the tenant itself) goes instead of the credential, with
+no impersonation at all.
 
 Every name in the impersonation headers passes the name gate (`gateway.names.kube`) once
 more as the headers are serialized — once per distinct grant, as the block is cached.
@@ -83,6 +85,13 @@ def _serialize_block(grant: Grant) -> bytes:
 
 
 _REQUEST_ID_HEADER = extra_header_name(REQUEST_ID_EXTRA) + b": "
+_REQUEST_ID_LINE_BYTES = len(_REQUEST_ID_HEADER) + 36 + 2  # a UUID-shaped id and CRLF
+
+
+def impersonation_bytes(grant: Grant) -> int:
+    """How many bytes of `Impersonate-*` header lines a request with this grant carries
+    (the grant's block and the request-id extra)."""
+    return len(impersonation_block(grant)) + _REQUEST_ID_LINE_BYTES
 
 
 def upstream_head(
@@ -123,7 +132,9 @@ def upstream_head(
                 out += (b"Cookie: ", value, b"\r\n")
     if authorization:
         out += (b"Authorization: ", authorization, b"\r\n")
-    out += (identity_block, _REQUEST_ID_HEADER, request_id, b"\r\nAudit-ID: ", request_id, b"\r\n")
+    if identity_block:
+        out += (identity_block, _REQUEST_ID_HEADER, request_id, b"\r\n")
+    out += (b"Audit-ID: ", request_id, b"\r\n")
     if forwarded_for:
         out += (b"X-Forwarded-For: ", forwarded_for, b"\r\n")
     if upgrade is not None:

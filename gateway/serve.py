@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.authn import Authenticator
+from gateway.authn.tenant_tokens import TenantTokens
 from gateway.config import GatewayConfig
 from gateway.directory import Directory, DirectoryError
 from gateway.directory.source import LdapSource
@@ -28,6 +29,7 @@ from gateway.http.client_address import ClientAddress
 from gateway.http.connection import ClientConnection
 from gateway.http.serving_certificate import ServingCertificate
 from gateway.identity import Deny, Grant
+from gateway.limits import BucketTable, Limiter, limit_table
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.policy import PolicyEngine
@@ -38,6 +40,7 @@ from gateway.record.audit import AuditLog
 from gateway.registry import TenantRegistry, upstream_from_config
 from gateway.reload import ConfigSource, LiveConfig, Snapshot, Tracked, first_load
 from gateway.route import Router
+from gateway.tenant_api import TenantApi
 from gateway.workers import HEARTBEAT_SECONDS, BoardCollector, Supervisor, WorkerBoard, heartbeat
 
 log = logging.getLogger("vgate.serve")
@@ -58,15 +61,18 @@ def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
 
 
 def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None,
-                   policies: list[LoadedPolicy] | None = None) -> Pipeline:
-    """Assemble the request path from a validated config (`policies`: already loaded)."""
+                   policies: list[LoadedPolicy] | None = None,
+                   limits: BucketTable | None = None) -> Pipeline:
+    """Assemble the request path from a validated config (`policies`: already loaded;
+    `limits`: the limit table the workers share, made before forking)."""
     if policies is None:
         policies = checked_policies(config)
     registry = registry or TenantRegistry()
     for tenant in config.tenants:
         registry.put(upstream_from_config(tenant))
     metrics = Metrics()
-    policy = PolicyEngine(policies)
+    policy = PolicyEngine(policies, config.impersonation)
+    tenant_api = TenantApi(timeout=config.token_review.timeout_seconds)
     directory = build_directory(config, metrics)
     local_apps = AsgiBridge()
     authenticator = Authenticator(config.oidc)
@@ -98,12 +104,26 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
         client_address=ClientAddress(config.listen.trusted_proxies),
         directory=directory,
         nested=(NestedImpersonation(
-            cache_seconds=config.nested_impersonation.decision_cache_seconds)
+            cache_seconds=config.nested_impersonation.decision_cache_seconds, api=tenant_api)
             if config.nested_impersonation.enabled else None),
         wake_timeout=(config.lifecycle.wake_timeout_seconds if config.lifecycle is not None
                       else 60.0),
         private_cookies=private_cookies,
+        limiter=build_limiter(config, metrics, limits),
+        tenant_tokens=TenantTokens(
+            config.token_review, tenant_api,
+            on_review=lambda tenant, result: metrics.token_reviews.labels(tenant, result).inc()),
     )
+
+
+def build_limiter(config: GatewayConfig, metrics: Metrics,
+                  table: BucketTable | None) -> Limiter | None:
+    """The limit step, when `rate_limits` configures any limit."""
+    table = table or limit_table(config.rate_limits, workers=1)
+    if table is None:
+        return None
+    table.on_bypass = lambda cause: metrics.rate_limit_bypassed.labels(cause).inc()
+    return Limiter(config.rate_limits, table)
 
 
 def build_directory(config: GatewayConfig, metrics: Metrics) -> Directory | None:
@@ -213,6 +233,8 @@ class RunningGateway:
         p.forwarder.close()
         if p.nested_impersonation is not None:
             await p.nested_impersonation.close()
+        if p.tenant_tokens is not None:
+            await p.tenant_tokens.api.close()
         await p.authenticator.close()
         if self._directory_check is not None:
             self._directory_check.cancel()
@@ -307,13 +329,17 @@ def _apply(running: RunningGateway, old: Snapshot, new: Snapshot) -> str:
 
 async def _serve_one(tracked: Tracked, sock: socket.socket,
                      metrics_sock: socket.socket | None = None,
+                     limits: BucketTable | None = None,
                      board: WorkerBoard | None = None, slot: int = 0) -> None:
     config = tracked.current.config
+    if limits is not None:
+        limits.start_worker(slot)  # a restarted worker takes over its slot's column
     stop = asyncio.Event()
     beat = None
     if board is not None:
         beat = asyncio.create_task(_beat(heartbeat(board, slot, stop.set)))
-    running = RunningGateway(config, build_pipeline(config, policies=tracked.current.policies))
+    running = RunningGateway(config, build_pipeline(config, policies=tracked.current.policies,
+                                                      limits=limits))
     pipeline = running.pipeline
     own = pipeline.own
     who = f"worker {slot} (pid {os.getpid()})" if board is not None else f"pid {os.getpid()}"
@@ -364,17 +390,18 @@ def serve(config: GatewayConfig, config_file: Path | None = None) -> int:
     workers = config.workers or os.cpu_count() or 1
     # once, before forking: a problem is reported once
     tracked = Tracked(first_load(config, config_file), ConfigSource(config_file))
+    limits = limit_table(config.rate_limits, workers)  # shared by every worker
     listen = config.listen
     sock = _bind(listen.host, listen.port)
     metrics_sock = (_bind(listen.metrics_host, listen.metrics_port)
                     if listen.metrics_port is not None else None)
     if workers == 1:
-        asyncio.run(_serve_one(tracked, sock, metrics_sock))
+        asyncio.run(_serve_one(tracked, sock, metrics_sock, limits))
         return 0
     board = WorkerBoard(workers)
 
     def run_worker(slot: int) -> int:
-        asyncio.run(_serve_one(tracked, sock, metrics_sock, board, slot))
+        asyncio.run(_serve_one(tracked, sock, metrics_sock, limits, board, slot))
         return 0
 
     def follow(forced: bool) -> None:  # the next worker started begins from the newest

@@ -17,10 +17,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gateway"
 
 #: the rooms of the request path, in order
-STEPS = {"route", "authn", "directory", "policy", "rewrite", "forward", "record"}
+STEPS = {"route", "authn", "directory", "policy", "limits", "rewrite", "forward", "record"}
 #: what every room may build on
 GROUND = {"identity", "flow", "metrics", "names", "config", "registry", "credentials",
-          "private_file", "http"}
+          "private_file", "http", "tenant_api"}
 #: who may import what, beyond the ground floor (a room always may import itself)
 ALLOWED: dict[str, set[str]] = {
     # the ground floor
@@ -32,12 +32,14 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"names"},
     "credentials": {"private_file"},
     "registry": {"config", "credentials"},
+    "tenant_api": {"registry"},  # the gateway's own calls to tenants (reviews)
     "flow": {"http", "identity", "registry", "directory"},  # type-only: Membership
     # the steps: each may use the values of the steps before it
     "route": set(),
     "authn": {"config", "identity"},
     "directory": {"config", "identity", "metrics", "names"},
     "policy": {"directory", "rewrite"},  # `policy explain` prints the headers rewrite sends
+    "limits": set(),
     "rewrite": {"authn", "identity"},  # the WebSocket bearer-protocol rule
     "forward": {"flow"},
     "record": {"flow"},

@@ -35,6 +35,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
                 "| nginx | 200/200 | spread |", "| vgate | 200/200 | burst |"):
         assert row in text, f"{row!r} missing from the report:\n{text}"
     assert "Added p99 at half of vgate's max rate" in text
+    assert "| bench alone |" in text and "| bench while flood floods |" in text
     from tests.directory.samba import unavailable
 
     if unavailable() is None:  # root with samba installed: the AD row is measured

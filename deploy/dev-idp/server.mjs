@@ -61,21 +61,35 @@ const ttl = {
   ...(cfg.ttl ?? {}),
 };
 
-// ---- accounts: user id -> { email, name, groups, password }
+// ---- accounts: user id -> { email, name, groups, password, groups_overage, claims }
+// groups_overage: "claim_sources" -> no groups, but Entra ID's overage marker (the groups
+// claim named in _claim_names, its source an endpoint URL that is never fetched here);
+// "hasgroups" -> no groups, `hasgroups: true`. claims: extra claims, merged as they are.
+const overageEndpoint = (sub) => `${issuer}/users/${encodeURIComponent(sub)}/getMemberObjects`;
 async function findAccount(_ctx, sub) {
   const user = users[sub];
   if (!user) return undefined;
   return {
     accountId: sub,
     async claims() {
-      return {
+      const claims = {
         sub,
         email: user.email,
         email_verified: user.email !== undefined,
         name: user.name,
         preferred_username: user.preferred_username ?? sub,
         groups: user.groups ?? [],
+        ...(user.claims ?? {}),
       };
+      if (user.groups_overage === 'claim_sources') {
+        delete claims.groups;
+        claims._claim_names = { groups: 'src1' };
+        claims._claim_sources = { src1: { endpoint: overageEndpoint(sub) } };
+      } else if (user.groups_overage === 'hasgroups') {
+        delete claims.groups;
+        claims.hasgroups = true;
+      }
+      return claims;
     },
   };
 }
@@ -202,7 +216,7 @@ const configuration = {
     openid: ['sub'],
     email: ['email', 'email_verified'],
     profile: ['name', 'preferred_username'],
-    groups: ['groups'],
+    groups: ['groups', 'hasgroups'],
   },
   scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
   // put scope-requested claims (email, groups, ...) into the ID token, not only /userinfo

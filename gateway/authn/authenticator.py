@@ -31,6 +31,20 @@ def decode_segment(segment: str) -> dict:
     return value
 
 
+def jwt_issuer(token: str) -> str | None:
+    """The `iss` of a JWT-shaped token (unverified), "" for a JWT without one, None when
+    the token is not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = decode_segment(parts[1])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    iss = payload.get("iss")
+    return iss if isinstance(iss, str) else ""
+
+
 class Authenticator:
     """Authenticates `Authorization` header values.
 
@@ -127,6 +141,12 @@ class Authenticator:
             self.hits += 1
             self._last_hit = (token, identity)
         return identity
+
+    def issued_here(self, token: str) -> bool:
+        """True when `token` is a JWT that names a configured issuer: only this
+        authenticator may judge it (it never goes to a tenant's TokenReview)."""
+        iss = jwt_issuer(token)
+        return iss is not None and iss in self._verifiers
 
     def _forget_issuer(self, issuer: str) -> None:
         """An issuer withdrew a signing key: tokens it signed must be verified again, so a

@@ -85,7 +85,18 @@ class IssuerVerifier:
             issuer=cfg.issuer,
             expires_at=expires_at,
             claims=claims,
+            groups_overage=self._overage(claims),
         )
+
+    def _overage(self, claims: dict) -> bool:
+        """The token says the user's groups are too many to carry (Entra ID's group
+        overage): `_claim_names` sends the groups claim to a claim source, or `hasgroups`
+        is true."""
+        claim = self.issuer.groups_claim
+        if not claim:
+            return False
+        names = claims.get("_claim_names")
+        return (isinstance(names, dict) and claim in names) or claims.get("hasgroups") is True
 
     def _groups(self, claims: dict) -> list[str]:
         if not self.issuer.groups_claim:

@@ -112,6 +112,9 @@ class Issuer(Strict):
     algorithms: Annotated[list[str], Field(min_length=1)] = ["RS256", "ES256"]
     leeway_seconds: Annotated[int, Field(ge=0, le=300)] = 30
     max_token_age_seconds: Annotated[int | None, Field(gt=0)] = None
+    # group overage (the token names its groups elsewhere: Entra ID `_claim_names`/`hasgroups`):
+    # the directory's groups stand in for the claim, named by this attribute (+ groups_prefix)
+    overage_group_names: Literal["name", "sid", "dn"] = "name"
 
     @field_validator("issuer")
     @classmethod
@@ -160,6 +163,10 @@ class Tenant(Strict):
     client_key_file: ConfigPath | None = None
     insecure_skip_tls_verify: bool = False
     server_name: str | None = None
+    # tokens the tenant's own API server issued (ServiceAccount tokens) pass through, checked
+    # by a TokenReview there (README "Tenant-native tokens")
+    token_passthrough: bool = False
+    service_account_issuer: str | None = None  # their `iss`; None: asked from the tenant
 
     @field_validator("name")
     @classmethod
@@ -182,6 +189,76 @@ class Tenant(Strict):
         if (self.client_cert_file is None) != (self.client_key_file is None):
             raise ValueError("client_cert_file and client_key_file go together")
         return self
+
+
+class TokenReview(Strict):
+    """How tenant-native tokens are checked (tenants with `token_passthrough`)."""
+
+    cache_seconds: Annotated[float, Field(gt=0, le=3600)] = 300.0  # and never past `exp`
+    negative_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+    cache_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    issuer_cache_seconds: Annotated[float, Field(gt=0, le=86400)] = 3600.0
+
+
+class Impersonation(Strict):
+    """Hard caps on what one request impersonates upstream (431 above either)."""
+
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 8192
+    max_groups: Annotated[int, Field(ge=1, le=100_000)] = 256
+
+
+class Limit(Strict):
+    """One rate and concurrency limit; None: unlimited."""
+
+    requests_per_second: Annotated[float | None, Field(gt=0)] = None
+    burst: Annotated[int | None, Field(ge=1)] = None  # default: twice the rate (at least 1)
+    concurrent_streams: Annotated[int | None, Field(ge=0)] = None  # watch, logs -f, exec, …
+
+    @model_validator(mode="after")
+    def _burst_needs_rate(self) -> Limit:
+        if self.burst is not None and self.requests_per_second is None:
+            raise ValueError("burst needs requests_per_second")
+        return self
+
+    @property
+    def bucket(self) -> int:
+        """The bucket size (requests that may come at once after a quiet spell)."""
+        if self.burst is not None:
+            return self.burst
+        return max(1, round(2 * (self.requests_per_second or 0)))
+
+    @property
+    def unlimited(self) -> bool:
+        return self.requests_per_second is None and self.concurrent_streams is None
+
+
+class TenantLimits(Strict):
+    """Overrides for one tenant (each given limit replaces the default as a whole)."""
+
+    tenant: Limit | None = None
+    user: Limit | None = None
+    roles: dict[str, Limit] = {}
+
+
+class RateLimits(Strict):
+    """Fair sharing (README "Rate and concurrency limits")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    global_: Annotated[Limit, Field(alias="global")] = Limit()  # all tenants together
+    tenant: Limit = Limit()  # each tenant
+    user: Limit = Limit()  # each user within a tenant
+    roles: dict[str, Limit] = {}  # per policy role: replaces `user` for users with that role
+    tenants: dict[str, TenantLimits] = {}
+    idle_seconds: Annotated[float, Field(ge=1, le=86400)] = 300.0  # a key unused this long is
+    max_keys: Annotated[int, Field(ge=64, le=1 << 22)] = 65536     # forgotten; table slots
+
+    @property
+    def configured(self) -> bool:
+        limits = [self.global_, self.tenant, self.user, *self.roles.values()]
+        for t in self.tenants.values():
+            limits += [x for x in (t.tenant, t.user, *t.roles.values()) if x is not None]
+        return any(not limit.unlimited for limit in limits)
 
 
 class Upstream(Strict):
@@ -401,6 +478,9 @@ class LDAP(Strict):
     page_size: Annotated[int, Field(ge=10, le=1000)] = 500
     max_groups: Annotated[int, Field(ge=1, le=100_000)] = 5000
     cache_size: Annotated[int, Field(ge=1)] = 100_000
+    # always: every request's groups come from the directory (it is the source of truth);
+    # overage: only tokens whose groups claim overflowed (Entra ID group overage)
+    lookup: Literal["always", "overage"] = "always"
     flush_file: Annotated[ConfigPath, Field(validate_default=True)] = Path("directory.flush")
 
     @field_validator("urls")
@@ -453,6 +533,9 @@ class GatewayConfig(Strict):
     reload: Reload = Reload()
     audit: Audit = Audit()
     nested_impersonation: NestedImpersonation = NestedImpersonation()
+    token_review: TokenReview = TokenReview()
+    impersonation: Impersonation = Impersonation()
+    rate_limits: RateLimits = RateLimits()
     portal: Portal | None = None
     lifecycle: Lifecycle | None = None
     ldap: LDAP | None = None

@@ -44,17 +44,19 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def status_body(code: int, message: str, reason: str | None = None) -> bytes:
-    """Serialize a `metav1.Status` failure with the given HTTP code and message."""
-    return json.dumps(
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason or _REASONS.get(code, "Unknown"),
-            "code": code,
-        },
-        separators=(",", ":"),
-    ).encode()
+def status_body(code: int, message: str, reason: str | None = None,
+                details: dict | None = None) -> bytes:
+    """Serialize a `metav1.Status` failure with the given HTTP code and message (and
+    `details`, e.g. ``{"retryAfterSeconds": 1}``, which client-go reads)."""
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or _REASONS.get(code, "Unknown"),
+        "code": code,
+    }
+    if details:
+        status["details"] = details
+    return json.dumps(status, separators=(",", ":")).encode()

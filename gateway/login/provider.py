@@ -27,7 +27,7 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     clients use instead of httpx when that package is installed."""
     errors: list[type[Exception]] = [httpx.HTTPError]
     try:
-        import httpx2  # type: ignore[import-not-found]
+        import httpx2  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         pass
     else:

@@ -40,6 +40,7 @@ def load_policies(
     known = set(known_tenants) if known_tenants is not None else None
     roles_known = set(known_roles) if known_roles is not None else None
     seen_roles: dict[tuple[str, str], str] = {}
+    seen_modes: dict[str, str] = {}
     for path in files:
         try:
             doc = read_yaml(path)
@@ -72,12 +73,21 @@ def load_policies(
                                 f"is already defined at {seen_roles[key]}")
                 )
             seen_roles[key] = where
+        forward_key = ("forward_groups",) if policy.forward_groups else (
+            "forward_directory_groups",)
+        forward_line = doc.line_of(forward_key) or 0
+        if policy.forward_groups is not None and "mode" in policy.forward_groups.model_fields_set:
+            if policy.tenant in seen_modes:
+                problems.append(doc.problem(
+                    (*forward_key, "mode"), f"forward_groups.mode for tenant "
+                    f"{policy.tenant!r} is already set at {seen_modes[policy.tenant]}"))
+            seen_modes[policy.tenant] = f"{path}:{forward_line}"
         loaded.append(
             LoadedPolicy(
                 policy,
                 str(path),
                 {role: doc.line_of(("roles", role)) or 0 for role in policy.roles},
-                doc.line_of(("forward_directory_groups",)) or 0,
+                forward_line,
             )
         )
     return loaded, problems

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -64,21 +64,49 @@ class RoleRule(BaseModel):
         return usable_names(v)
 
 
-class ForwardDirectoryGroups(BaseModel):
-    """Directory groups whose DN matches `match` are also impersonated, as
-    `ad:<normalized DN>`, for the tenant's own RBAC."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    match: Annotated[str, Field(min_length=1, max_length=1024)]
-
-    @field_validator("match")
-    @classmethod
-    def _regex(cls, v: str) -> str:
+def _regex(v: str | None) -> str | None:
+    if v is not None:
         try:
             re.compile(v)
         except re.error as exc:
             raise ValueError(f"not a regular expression: {exc}") from None
-        return v
+    return v
+
+
+Regex = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_regex)]
+
+
+class ForwardGroups(BaseModel):
+    """Which of the user's own groups are impersonated besides the role groups
+    (`vgate:<role>`), for the tenant's own RBAC:
+
+    - `roles`: none (only the allow-list below);
+    - `referenced`: the groups this tenant's rules name (token groups, directory groups by
+      DN or SID), and the allow-list;
+    - `all`: every group of the user.
+
+    The allow-list adds groups in `roles` and `referenced` mode: `match`, a regular
+    expression searched in a token group's name (prefixed) and in a directory group's DN
+    as the directory spells it; `names`, exact token group names. Directory groups travel
+    as `ad:<normalized DN>`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["roles", "referenced", "all"] = "roles"
+    match: Regex | None = None
+    names: Annotated[list[str], Field(max_length=10_000)] = []
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return usable_names(v)
+
+
+class ForwardDirectoryGroups(BaseModel):
+    """The older spelling of `forward_groups: {match: …}`: directory groups whose DN
+    matches `match` are also impersonated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: Regex
 
 
 class PolicyFile(BaseModel):
@@ -87,7 +115,22 @@ class PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     tenant: str
     roles: dict[str, RoleRule]
+    forward_groups: ForwardGroups | None = None
     forward_directory_groups: ForwardDirectoryGroups | None = None
+
+    @model_validator(mode="after")
+    def _one_forward_rule(self) -> PolicyFile:
+        if self.forward_groups is not None and self.forward_directory_groups is not None:
+            raise ValueError("forward_directory_groups is the older spelling of "
+                             "forward_groups.match: use forward_groups only")
+        return self
+
+    @property
+    def forwarding(self) -> ForwardGroups | None:
+        """`forward_groups`, or the older `forward_directory_groups` read as one."""
+        if self.forward_directory_groups is not None:
+            return ForwardGroups(match=self.forward_directory_groups.match)
+        return self.forward_groups
 
     @field_validator("tenant")
     @classmethod

@@ -10,8 +10,6 @@ the extra `vgate.io/original-user`. Decisions are cached briefly per (grant, req
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -21,6 +19,7 @@ from cachetools import TTLCache
 
 from gateway.identity import Deny, Grant
 from gateway.registry import Upstream
+from gateway.tenant_api import TenantApi
 
 ORIGINAL_USER_EXTRA = "vgate.io/original-user"
 RESERVED_EXTRA_PREFIX = "vgate.io/"
@@ -119,37 +118,20 @@ def _checks(req: Requested) -> list[dict]:
 class NestedImpersonation:
     """Answers "may this grant act as that requested identity in this tenant?"."""
 
-    def __init__(self, *, cache_seconds: float = 10.0, timeout: float = 5.0) -> None:
+    def __init__(self, *, cache_seconds: float = 10.0, timeout: float = 5.0,
+                 api: TenantApi | None = None) -> None:
         self._decisions: TTLCache = TTLCache(maxsize=10_000, ttl=cache_seconds,
                                              timer=time.monotonic)
-        self._clients: dict[str, tuple[Upstream, httpx.AsyncClient]] = {}
-        self._timeout = timeout
+        self.api = api or TenantApi(timeout=timeout)
 
     def forget(self, tenant: str) -> None:
         """The tenant's route changed: its client and decisions must not be reused."""
-        entry = self._clients.pop(tenant, None)
-        if entry is not None:
-            asyncio.get_running_loop().create_task(entry[1].aclose())
+        self.api.forget(tenant)
         for key in [k for k in self._decisions if k[0] == tenant]:
             self._decisions.pop(key, None)
 
     async def close(self) -> None:
-        for _, client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
-
-    def _client(self, upstream: Upstream) -> httpx.AsyncClient:
-        entry = self._clients.get(upstream.name)
-        if entry is None or entry[0] is not upstream:
-            scheme = "https" if upstream.ssl else "http"
-            client = httpx.AsyncClient(
-                base_url=f"{scheme}://{upstream.authority.decode()}",
-                verify=upstream.ssl if upstream.ssl else True,
-                timeout=self._timeout, follow_redirects=False,
-            )
-            entry = (upstream, client)
-            self._clients[upstream.name] = entry
-        return entry[1]
+        await self.api.close()
 
     async def decide(self, upstream: Upstream, grant: Grant, req: Requested) -> Grant | Deny:
         """The grant to forward with, or why not. Raises `ReviewUnavailable`."""
@@ -184,17 +166,9 @@ class NestedImpersonation:
         }
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                 "spec": spec}
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if upstream.authorization is not None:
-            headers["Authorization"] = upstream.authorization().decode()
-        extensions = {}
-        if upstream.server_hostname and upstream.server_hostname != upstream.host:
-            extensions["sni_hostname"] = upstream.server_hostname
         try:
-            r = await self._client(upstream).post(
-                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-                content=json.dumps(body), headers=headers, extensions=extensions,
-            )
+            r = await self.api.call(upstream, "POST",
+                                    "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
         except httpx.HTTPError as exc:
             raise ReviewUnavailable(f"SubjectAccessReview failed: {type(exc).__name__}") from None
         if r.status_code != 201 and r.status_code != 200:

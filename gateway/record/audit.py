@@ -127,6 +127,8 @@ class AuditLog:
             "groups": list(grant.groups) if grant else [],
             "roles": list(grant.roles) if grant else [],
         }
+        if grant:
+            who["groups_dropped"] = grant.dropped_groups
         if grant and grant.reasons:
             who["granted_by"] = list(grant.reasons)
         if grant and grant.directory_groups:

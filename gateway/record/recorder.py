@@ -28,6 +28,9 @@ class Recorder:
     def denied(self, tenant: str) -> None:
         self.metrics.denials.labels(tenant).inc()
 
+    def limited(self, tenant: str, reason: str) -> None:
+        self.metrics.tally.rate_limited(tenant, reason)
+
     def stream_opened(self, flow: Flow) -> None:
         self.metrics.open_streams.labels("tunnel" if flow.exchange.upgrade else "stream").inc()
 

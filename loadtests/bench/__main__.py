@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.bench import directory, procs, report, stack, watches, wrk
+from loadtests.bench import directory, fairness, procs, report, stack, watches, wrk
 from loadtests.bench.issuer import LocalIssuer, write_tokens
 from loadtests.bench.throughput import Target, interleaved
 
@@ -68,7 +68,8 @@ def log(msg: str) -> None:
 
 
 def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
-    """Max throughput (closed loop) and latency at half of vgate's max rate."""
+    """Max throughput (closed loop), latency at half of vgate's max rate, and one tenant's
+    latency while another is flooded at 5x its rate limit."""
     port = procs.free_port()  # the issuer's URL names the upstream that serves its documents
     issuer = LocalIssuer(f"http://127.0.0.1:{port}/issuer")
     up = stack.static_upstream(work, issuer, procs.load_cpu(), port).start()
@@ -149,6 +150,10 @@ def run_requests(work: Path, args: argparse.Namespace, results: dict) -> None:
                             pace_ms={t.name: pace for t in fixed}, log=log)
         results["half"] = rhalf
         results["half_rate_target"] = half
+        # a noisy neighbour: another tenant flooded at 5x its limit (its own vgate process)
+        results["fairness"] = fairness.run(
+            work, issuer, up.port, calm_rps=max(500.0, rmax["vgate-cached"].rps / 4),
+            rounds=args.rounds, seconds=args.seconds, log=log)
     finally:
         fresh.stop()
         gate.stop()

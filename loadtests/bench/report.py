@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import procs, stack, wrk
+from loadtests.bench import fairness, procs, stack, wrk
 from loadtests.bench.throughput import Summary
 
 
@@ -172,6 +172,9 @@ def markdown(results: dict) -> str:
         out += [f"#### Latency at half of vgate's max rate "
                 f"({results['half_rate_target']:,.0f} req/s offered)", "",
                 *_half_table(results["half"]), ""]
+    if "fairness" in results:
+        out += ["#### Noisy neighbour (rate limits)", "", *fairness.table(results["fairness"]),
+                ""]
     if "watches" in results:
         out += ["#### Concurrent watches", "", *_watch_tables(results["watches"]), ""]
     out += closing(results)
@@ -201,6 +204,11 @@ def closing(results: dict) -> list[str]:
         h = results["half"]
         add = h["vgate-cached"].p99_ms - h["direct"].p99_ms
         lines.append(f"Added p99 at half of vgate's max rate: {add:+.2f} ms (target ≤ 2 ms).")
+    if "fairness" in results:
+        f = results["fairness"]
+        lines.append(f"A tenant flooded at {fairness.FLOOD_FACTOR}x its limit: the other "
+                     f"tenant's p99 {_ratio(f['flooded'].p99_ms, f['alone'].p99_ms)}x what it is "
+                     f"alone (target ≤ {fairness.TARGET_P99_RATIO:.2f}).")
     if "watches" in results:
         w = results["watches"]
         for r in w["runs"]:
@@ -220,6 +228,9 @@ def errors(results: dict) -> int:
     n = 0
     for key in ("max", "half"):
         n += sum(s.errors for s in results.get(key, {}).values())
+    fair = results.get("fairness")
+    if fair:
+        n += fair["alone"].errors + fair["flooded"].errors + fair["flood_errors"]
     w = results.get("watches") or {}
     n += sum(r["errors"] for r in w.get("runs", []))
     n += sum(s["errors"] for s in w.get("short", []))

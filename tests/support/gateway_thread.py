@@ -73,3 +73,27 @@ class GatewayThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def crafted_config(workdir: Path, issuer: str, upstream_port: int, tenants: tuple[str, ...],
+                   policies: dict[str, dict], *, tenant_options: dict | None = None,
+                   **sections: Any) -> dict[str, Any]:
+    """A gateway config for tests against a local issuer (username from `email`) and one
+    local plain-HTTP upstream serving every tenant: the policy files are written to
+    `workdir/policies`, the tenant credential to `workdir/token`; `sections` are added."""
+    folder = Path(workdir) / "policies"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, doc in policies.items():
+        (folder / name).write_text(yaml.safe_dump(doc))
+    (Path(workdir) / "token").write_text("upstream-secret\n")
+    return {
+        "routing": {"path_prefix": "/clusters"},
+        "oidc": {"issuers": [{"issuer": issuer, "audiences": ["vgate"],
+                              "username_claim": "email"}]},
+        "policies": str(folder),
+        "audit": {"file": str(Path(workdir) / "audit.log")},
+        "tenants": [{"name": t, "upstream": f"http://127.0.0.1:{upstream_port}",
+                     "token_file": str(Path(workdir) / "token"), **(tenant_options or {})}
+                    for t in tenants],
+        **sections,
+    }

@@ -48,7 +48,12 @@ class ScriptedUpstream:
         return True
 
     def stop(self) -> None:
-        self.server.close()
+        """Close the server on its own loop (asyncio's Server is not thread-safe: closing it
+        from the test's thread raced with a connection ending), then stop the loop."""
+        async def close() -> None:
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
