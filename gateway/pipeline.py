@@ -52,6 +52,7 @@ from gateway.record import Recorder
 from gateway.registry import TenantRegistry
 from gateway.rewrite import impersonation_block, private_cookie_names, upstream_head
 from gateway.route import Refused, Router
+from gateway.tenant_api import CredentialRefused
 
 log = logging.getLogger("vgate.pipeline")
 
@@ -262,6 +263,8 @@ class Pipeline:
             flow.identity = await tokens.authenticate(flow.upstream, token)
         except AuthError as exc:
             return self._unauthenticated(flow, exc)
+        except CredentialRefused as exc:
+            return self._gateway_refused(flow, exc)
         except TokenReviewUnavailable as exc:
             flow.end(Outcome.UNAVAILABLE, str(exc))
             flow.exchange.fail(503, f'tenant "{flow.tenant}" could not check this token '
@@ -428,6 +431,8 @@ class Pipeline:
         assert flow.upstream is not None and flow.grant is not None
         try:
             decision = await nested.decide(flow.upstream, flow.grant, requested)
+        except CredentialRefused as exc:
+            return self._gateway_refused(flow, exc)
         except ReviewUnavailable as exc:
             flow.end(Outcome.REFUSED, str(exc))
             flow.exchange.fail(503, "the tenant's API server could not check the "
@@ -440,6 +445,13 @@ class Pipeline:
             return DONE
         flow.grant = decision
         return None
+
+    def _gateway_refused(self, flow: Flow, exc: CredentialRefused) -> Next:
+        """The tenant refused a review the gateway itself asked for: the gateway's
+        credential there lacks a right. Not the caller's fault, and no retry will help."""
+        flow.end(Outcome.REFUSED, str(exc))
+        flow.exchange.fail(502, f"{exc} (the gateway cannot check this request)")
+        return DONE
 
     # -- wake a paused tenant -------------------------------------------------------------
 

@@ -5,10 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 
 import httpx
 
 from gateway.registry import Upstream
+
+log = logging.getLogger("vgate.tenant_api")
+
+LOG_EVERY_SECONDS = 30.0
+
+
+class CredentialRefused(Exception):
+    """The tenant answered 401 or 403 to one of the gateway's own calls: the gateway's
+    credential in that cluster lacks a right (a lasting misconfiguration that a retry will
+    not cure). The message names the tenant and the right."""
+
+    def __init__(self, tenant: str, status: int, needs: str) -> None:
+        why = ("does not accept the gateway's credential" if status == 401
+               else f"does not let the gateway's credential {needs}")
+        super().__init__(f'tenant "{tenant}" {why} (HTTP {status}); the platform team must '
+                         f"grant it in that cluster")
+        self.tenant, self.status, self.needs = tenant, status, needs
 
 
 class TenantApi:
@@ -17,6 +36,7 @@ class TenantApi:
     def __init__(self, *, timeout: float = 5.0) -> None:
         self._clients: dict[str, tuple[Upstream, httpx.AsyncClient]] = {}
         self._timeout = timeout
+        self._logged: dict[tuple[str, str], float] = {}
 
     def forget(self, tenant: str) -> None:
         """The tenant's route changed: its client must not be reused."""
@@ -45,9 +65,11 @@ class TenantApi:
         return entry[1]
 
     async def call(self, upstream: Upstream, method: str, path: str,
-                   body: dict | None = None) -> httpx.Response:
+                   body: dict | None = None, *, needs: str) -> httpx.Response:
         """`method path` at the tenant as the gateway (JSON in and out); raises
-        `httpx.HTTPError` when there is no answer."""
+        `httpx.HTTPError` when there is no answer and `CredentialRefused` on a 401 or 403
+        (`needs`: the right the call takes, e.g. "create
+        authorization.k8s.io/subjectaccessreviews", for the message)."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -56,6 +78,20 @@ class TenantApi:
         extensions = {}
         if upstream.server_hostname and upstream.server_hostname != upstream.host:
             extensions["sni_hostname"] = upstream.server_hostname
-        return await self._client(upstream).request(
+        r = await self._client(upstream).request(
             method, path, content=json.dumps(body) if body is not None else None,
             headers=headers, extensions=extensions)
+        if r.status_code in (401, 403):
+            refused = CredentialRefused(upstream.name, r.status_code, needs)
+            self._log(refused)
+            raise refused
+        return r
+
+    def _log(self, refused: CredentialRefused) -> None:
+        """One line per tenant and right, then one every `LOG_EVERY_SECONDS`."""
+        key, now = (refused.tenant, refused.needs), time.monotonic()
+        if now - self._logged.get(key, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+            if len(self._logged) >= 4096:
+                self._logged.clear()
+            self._logged[key] = now
+            log.error("%s", refused)

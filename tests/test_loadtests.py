@@ -12,6 +12,7 @@ import pytest
 
 from loadtests import run as locust_run
 from loadtests.bench.__main__ import missing_tools
+from tests.support.tiers import tool_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_bench_smoke(tmp_path: Path) -> None:
     why = missing_tools()
     if why:
-        pytest.skip(f"bench smoke needs nginx and wrk: {why}")
+        tool_missing(f"bench smoke needs nginx and wrk: {why}")
     report = tmp_path / "bench.md"
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests.bench", "--smoke", "--out", str(report),
@@ -45,7 +46,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
 def test_locust_smoke(tmp_path: Path) -> None:
     why = locust_run.missing_tools()
     if why:
-        pytest.skip(f"locust smoke: {why}")
+        tool_missing(f"locust smoke: {why}")
     out = tmp_path / "locust"
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests.run", "--scenario", "mixed", "--users", "8",

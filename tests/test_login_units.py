@@ -27,6 +27,7 @@ from gateway.login.kubeconfig import (
     powershell_command,
 )
 from gateway.login.trust import IssuerTrust
+from tests.support.tiers import tool_missing
 from tests.test_config import VALID, make_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +141,7 @@ def test_kubeconfig_has_no_secret_and_an_exec_user():
 def test_bash_command_writes_what_the_kubeconfig_holds(tmp_path):
     kubectl = "/usr/bin/kubectl"
     if not Path(kubectl).exists():
-        pytest.skip("kubectl is not installed (/usr/bin/kubectl)")
+        tool_missing("kubectl is not installed (/usr/bin/kubectl)")
     config = tmp_path / "config"
     config.write_text("apiVersion: v1\nkind: Config\nusers:\n- name: other\n  user: {token: t}\n")
     env = {**os.environ, "KUBECONFIG": str(config), "PATH": "/usr/bin:/bin"}

@@ -17,7 +17,7 @@ from gateway.authn.errors import AuthError
 from gateway.authn.tenant_tokens import ReviewUnavailable, TenantTokens
 from gateway.config.model import TokenReview
 from gateway.registry import Upstream
-from gateway.tenant_api import TenantApi
+from gateway.tenant_api import CredentialRefused, TenantApi
 from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread, crafted_config
 from tests.support.scripted import ScriptedUpstream
@@ -66,14 +66,16 @@ def tenant(port: int) -> Upstream:
                     authorization=lambda: b"Bearer gateway", token_passthrough=True)
 
 
-def test_a_refusing_or_absent_tenant_is_unavailable_and_not_cached(
+def test_a_refusing_or_absent_tenant_is_named_or_unavailable_and_not_cached(
         reviewer: Reviewer, upstream: ScriptedUpstream, caplog) -> None:
     async def scenario() -> None:
         tokens = TenantTokens(TokenReview(), TenantApi())
         reviewer.status = 403
-        with pytest.raises(ReviewUnavailable, match="HTTP 403"):
+        # a lasting misconfiguration, named (not "try again"), and logged
+        with pytest.raises(CredentialRefused,
+                           match=r"create authentication\.k8s\.io/tokenreviews \(HTTP 403\)"):
             await tokens.authenticate(tenant(upstream.port), "opaque")
-        assert "needs create on authentication.k8s.io/tokenreviews" in caplog.text
+        assert "create authentication.k8s.io/tokenreviews" in caplog.text
         reviewer.status = 201
         reviewer.users["opaque"] = {"username": "system:serviceaccount:ci:bot", "uid": "1",
                                     "groups": ["system:serviceaccounts"]}

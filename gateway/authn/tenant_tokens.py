@@ -35,7 +35,7 @@ from gateway.authn.errors import AuthError
 from gateway.config.model import TokenReview
 from gateway.identity import Identity, usable_names
 from gateway.registry import Upstream
-from gateway.tenant_api import TenantApi
+from gateway.tenant_api import CredentialRefused, TenantApi
 
 log = logging.getLogger("vgate.authn")
 
@@ -149,16 +149,17 @@ class TenantTokens:
                 "spec": {"token": token}}
         self.reviews += 1
         try:
-            r = await self.api.call(upstream, "POST", REVIEW_PATH, body)
+            r = await self.api.call(upstream, "POST", REVIEW_PATH, body,
+                                    needs="create authentication.k8s.io/tokenreviews")
+        except CredentialRefused:
+            self.on_review(upstream.name, "error")
+            raise
         except httpx.HTTPError as exc:
             self.on_review(upstream.name, "error")
             raise ReviewUnavailable(f"TokenReview at {upstream.name} failed: "
                                     f"{type(exc).__name__}") from None
         if r.status_code not in (200, 201):
             self.on_review(upstream.name, "error")
-            if r.status_code == 403:
-                log.error("tenant %s refuses the gateway's TokenReview: its credential needs "
-                          "create on authentication.k8s.io/tokenreviews", upstream.name)
             raise ReviewUnavailable(f"TokenReview at {upstream.name} answered HTTP "
                                     f"{r.status_code}")
         try:
@@ -210,13 +211,16 @@ class TenantTokens:
             return known[1]
         issuer: str | None = None
         try:
-            r = await self.api.call(upstream, "GET", DISCOVERY_PATH)
+            r = await self.api.call(upstream, "GET", DISCOVERY_PATH,
+                                    needs=f"get {DISCOVERY_PATH}")
             if r.status_code == 200:
                 value = r.json().get("issuer")
                 issuer = value if isinstance(value, str) and value else None
             else:
                 log.warning("tenant %s: ServiceAccount issuer discovery answered HTTP %d",
                             upstream.name, r.status_code)
+        except CredentialRefused:
+            pass  # logged by the tenant API client, with the right it lacks
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             log.warning("tenant %s: ServiceAccount issuer discovery failed: %s",
                         upstream.name, type(exc).__name__)

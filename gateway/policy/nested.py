@@ -134,7 +134,8 @@ class NestedImpersonation:
         await self.api.close()
 
     async def decide(self, upstream: Upstream, grant: Grant, req: Requested) -> Grant | Deny:
-        """The grant to forward with, or why not. Raises `ReviewUnavailable`."""
+        """The grant to forward with, or why not. Raises `ReviewUnavailable` when the
+        tenant could not answer, `CredentialRefused` when it refuses the gateway's review."""
         for key, _ in req.extra:
             if key.startswith(RESERVED_EXTRA_PREFIX):
                 return Deny(grant.tenant, f"extra {key!r} is reserved for the gateway")
@@ -168,7 +169,8 @@ class NestedImpersonation:
                 "spec": spec}
         try:
             r = await self.api.call(upstream, "POST",
-                                    "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
+                                    "/apis/authorization.k8s.io/v1/subjectaccessreviews", body,
+                                    needs="create authorization.k8s.io/subjectaccessreviews")
         except httpx.HTTPError as exc:
             raise ReviewUnavailable(f"SubjectAccessReview failed: {type(exc).__name__}") from None
         if r.status_code != 201 and r.status_code != 200:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.support.tiers import tool_missing
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "vgate"
@@ -66,9 +67,7 @@ def require_helm() -> str:
     path = find_helm()
     if path is None:
         why = "helm is not installed: run `python .ci/install_helm.py` (CI does) or set HELM_BIN"
-        if os.environ.get("VGATE_REQUIRE_E2E") == "1":
-            pytest.fail(f"VGATE_REQUIRE_E2E=1 but {why}", pytrace=False)
-        pytest.skip(why)
+        tool_missing(why)
     return path
 
 

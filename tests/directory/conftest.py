@@ -19,6 +19,7 @@ from tests.directory.samba import (
     unavailable,
 )
 from tests.support.pki import TestCA
+from tests.support.tiers import tool_missing
 
 BULK_GROUPS = 320
 
@@ -102,7 +103,7 @@ def _seed(dc: SambaDC, corp: Corp) -> None:
 def corp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corp]:
     why = unavailable()
     if why:
-        pytest.skip(why)
+        tool_missing(why)
     base = tmp_path_factory.mktemp("samba")
     ca = TestCA(base / "pki")
     started = time.monotonic()

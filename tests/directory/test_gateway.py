@@ -1,5 +1,5 @@
 """End to end: real kubectl and the real IdP through the gateway, groups from a real Samba
-AD DC, tenants served by the test API servers."""
+AD DC, tenants served by real kube-apiservers (the session's, `tests/support/tenants.py`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.directory.samba import SERVICE_DN, Seeder
 from tests.integration.conftest import World, _require_tools
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
-from tests.support.tenants import start_tenants, tenant_entries
+from tests.support.tenants import RealTenants, real_tenants, tenant_entries
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,8 @@ class ADWorld(World):
         return cache[user]
 
 
-def _gateway_config(base: Path, corp: Corp, idp: OIDCProvider, tenants: dict, leaf) -> dict:
+def _gateway_config(base: Path, corp: Corp, idp: OIDCProvider, tenants: RealTenants,
+                    leaf) -> dict:
     policies = base / "policies"
     policies.mkdir(exist_ok=True)
     for file, doc in _policies(corp).items():
@@ -96,7 +97,7 @@ def _gateway_config(base: Path, corp: Corp, idp: OIDCProvider, tenants: dict, le
         }]},
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
-        "tenants": tenant_entries(tenants, corp.ca, base),
+        "tenants": tenant_entries(tenants, base),
         "ldap": {
             "urls": [corp.dc.ldap_url], "tls": "starttls", "ca_file": str(corp.ca.cert_file),
             "bind_dn": SERVICE_DN, "bind_password_file": str(corp.password_file()),
@@ -115,19 +116,17 @@ def ad_world(corp: Corp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     _require_tools()
     base = tmp_path_factory.mktemp("adworld")
     leaf = corp.ca.issue("gateway", ["127.0.0.1", "localhost"])
-    tenants = start_tenants(corp.ca, base)
+    tenants = real_tenants()
     idp = OIDCProvider(base / "idp", users=_idp_users()).start()
     gateway = GatewayThread(base / "gateway",
                             _gateway_config(base, corp, idp, tenants, leaf)).start()
-    world = ADWorld(base, corp.ca, idp, gateway, tenants)
+    world = ADWorld(base, corp.ca, idp, gateway, dict(tenants.servers))
     world.corp = corp
     try:
         yield world
     finally:
         gateway.stop()
         idp.stop()
-        for fake in tenants.values():
-            fake.stop()
 
 
 def vgate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,7 @@ from tests.support.oidc import OIDCProvider
 from tests.support.pki import Leaf, TestCA
 from tests.support.served import ServedGateway
 from tests.support.tenants import RealTenants, tenant_entries
+from tests.support.tiers import tool_missing
 
 ASSETS = envtest.assets_dir()
 USERS = {
@@ -42,7 +43,7 @@ POLICIES = {"tenant1.yaml": {"tenant": "tenant1",
 def require_binaries() -> None:
     envtest.require_kube(kubectl=True)
     if not Path(KUBECTL).exists() or shutil.which("node") is None:
-        pytest.skip("e2e needs kubectl and node (for the OpenID Provider)")
+        tool_missing("e2e needs kubectl and node (for the OpenID Provider)")
 
 
 def until(check, timeout: float, what: str):
@@ -133,42 +134,40 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLit
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def readme_recipe() -> list[list[str]]:
+def readme_recipe() -> list[tuple[list[str], str | None]]:
     """The README's commands that give the gateway a least-privilege credential: each
-    `kubectl` line of the sh block that creates the `vgate-impersonator` ClusterRole (the
-    final `create token` last, its redirection dropped)."""
+    `kubectl` line of the sh block that defines the `vgate-impersonator` ClusterRole, with
+    the here-document it reads, if any (the final `create token` last, its redirection
+    dropped)."""
     blocks = README.read_text().split("```sh\n")
     block = next(b.split("```")[0] for b in blocks[1:] if "vgate-impersonator" in b)
-    lines = block.replace("\\\n", " ").splitlines()
-    return [shlex.split(line.split(">")[0])[1:] for line in lines if line.startswith("kubectl ")]
+    commands: list[tuple[list[str], str | None]] = []
+    lines = iter(block.replace("\\\n", " ").splitlines())
+    for line in lines:
+        if not line.startswith("kubectl "):
+            continue
+        command, _, heredoc = line.partition("<<")
+        stdin = None
+        if heredoc:
+            end = heredoc.strip().strip("'\"")
+            stdin = "".join(f"{body}\n" for body in iter(lambda: next(lines), end))
+        commands.append((shlex.split(command.split(">")[0])[1:], stdin))
+    return commands
 
 
-#: The ClusterRole the README's recipe means: `kubectl create clusterrole` cannot grant
-#: `impersonate` on `uids` (kubectl 1.28 to 1.33 refuse it), so it is applied as a manifest;
-#: and RBAC's `userextras` does not cover an extra's key (`userextras/<key>`): it is named.
-IMPERSONATOR_ROLE = """apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: vgate-impersonator}
-rules:
-- apiGroups: [""]
-  resources: [users, groups]
-  verbs: [impersonate]
-- apiGroups: [authentication.k8s.io]
-  resources: [uids, userextras/vgate.io/issuer, userextras/vgate.io/tenant,
-              userextras/vgate.io/request-id]
-  verbs: [impersonate]
-"""
+def readme_cluster_role() -> dict:
+    """The ClusterRole the README's recipe applies."""
+    return next(yaml.safe_load(stdin) for args, stdin in readme_recipe()
+                if args[:2] == ["apply", "-f"] and stdin and "ClusterRole" in stdin)
 
 
-def recipe_credential(api: envtest.ApiServer, recipe: list[list[str]] | None = None) -> str:
-    """Run a credential recipe's commands as the cluster's admin; the last prints the
-    gateway's token. Without `recipe`: the README's, its ClusterRole from a manifest."""
-    if recipe is None:
-        api.apply(IMPERSONATOR_ROLE)
-        recipe = [args for args in readme_recipe() if args[:2] != ["create", "clusterrole"]]
+def recipe_credential(api: envtest.ApiServer,
+                      recipe: list[tuple[list[str], str | None]] | None = None) -> str:
+    """Run a credential recipe's commands as the cluster's admin (the README's by default);
+    the last prints the gateway's token."""
     out = ""
-    for args in recipe:
-        out = api.kubectl(*args).stdout
+    for args, stdin in recipe or readme_recipe():
+        out = api.kubectl(*args, input=stdin).stdout
     return out.strip()
 
 

@@ -29,6 +29,7 @@ from tests.support.tenants import (
     stop_real_tenants,
     tenant_entries,
 )
+from tests.support.tiers import tool_missing
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 BASE_DOMAIN = "k8s.test"
@@ -42,7 +43,7 @@ def pinned_kubectl(minor: str) -> str:
     """The kubectl 1.<minor> binary beside the dispatcher; skips (saying why) without it."""
     path = PINNED_KUBECTL / f"kubectl.1.{minor}"
     if not path.exists():
-        pytest.skip(f"needs kubectl 1.{minor} at {path} (the machine image's gcloud kubectl)")
+        tool_missing(f"needs kubectl 1.{minor} at {path} (the machine image's gcloud kubectl)")
     return str(path)
 
 
@@ -77,9 +78,9 @@ POLICIES = {
 
 def _require_tools() -> None:
     if not Path(KUBECTL).exists():
-        pytest.skip("kubectl is not installed (apt or the machine image provides /usr/bin/kubectl)")
+        tool_missing("kubectl is not installed (the machine image provides /usr/bin/kubectl)")
     if shutil.which("node") is None:
-        pytest.skip("node is not installed: the OpenID Provider (npm oidc-provider) needs it")
+        tool_missing("node is not installed: the OpenID Provider (npm oidc-provider) needs it")
 
 
 @dataclass
@@ -213,7 +214,7 @@ def mode(request: pytest.FixtureRequest) -> str:
     if request.param == "host":
         why = host_mode_available()
         if why:
-            pytest.skip(why)
+            tool_missing(why)
     return request.param
 
 

@@ -20,6 +20,7 @@ from gateway.login.cache import CachedTokens, TokenCache
 from tests.support import login_world
 from tests.support.login_world import LoginWorld, Plugin, cache_entry, wait_for_line
 from tests.support.oidc import OIDCError
+from tests.support.tiers import tool_missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,7 +30,7 @@ STORM = 20
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoginWorld]:
     if shutil.which("node") is None:
-        pytest.skip("node is not installed: the OpenID Provider (npm oidc-provider) needs it")
+        tool_missing("node is not installed: the OpenID Provider (npm oidc-provider) needs it")
     yield from login_world.running(tmp_path_factory.mktemp("storm"), tls=False)
 
 

@@ -130,11 +130,6 @@ def test_decision_is_audited(world: World, nested: GatewayThread) -> None:
     assert event["user"] == "oidc:alice@example.com" and event["decision"] == "allow"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: gateway/lifecycle/bootstrap.py gives the gateway's ServiceAccount in a tenant the "
-    "lifecycle made no `create subjectaccessreviews` and no `impersonate` on the extra "
-    "vgate.io/original-user nor on groups other than vgate:<role>, so `kubectl --as` through "
-    "a gateway with nested_impersonation enabled never works on those tenants"))
 def test_nested_impersonation_works_with_the_lifecycle_bootstrap(world: World,
                                                                  tmp_path) -> None:
     """The credential the lifecycle manager sets up in every tenant, on a real API server."""
@@ -158,11 +153,6 @@ def test_nested_impersonation_works_with_the_lifecycle_bootstrap(world: World,
     assert info["extra"][ORIGINAL_USER_EXTRA] == ["oidc:carol@example.com"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the nested-impersonation check (NestedImpersonation._allowed) turns the API "
-    "server's 403 on the gateway's own SubjectAccessReview (its credential lacks `create "
-    "subjectaccessreviews`: a lasting misconfiguration) into 503 \"could not check the "
-    "impersonation request; try again\""))
 def test_a_credential_without_review_rights_is_named_not_retried(world: World,
                                                                  tmp_path) -> None:
     """The world's own credential may impersonate but not review: `kubectl --as` must say
@@ -175,5 +165,8 @@ def test_a_credential_without_review_rights_is_named_not_retried(world: World,
                                "Impersonate-User": "dave@example.com"},
                       verify=ssl.create_default_context(cafile=str(world.ca.cert_file)),
                       timeout=10)
-    assert r.status_code != 503, r.text
-    assert "subjectaccessreviews" in r.json()["message"]
+    assert r.status_code == 502, r.text  # the gateway's fault, and no retry will cure it
+    assert r.headers.get("retry-after") is None
+    message = r.json()["message"]
+    assert "create authorization.k8s.io/subjectaccessreviews" in message, message
+    assert 'tenant "tenant1"' in message

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tests.support import sso_world
+from tests.support.tiers import tool_missing
 
 pytestmark = pytest.mark.integration
 
@@ -262,7 +263,7 @@ def test_paste_ready_bash_command_keeps_the_existing_kubeconfig(world, tmp_path)
     # hostname form: kubectl resolves tenant1.k8s.test through a private /etc/hosts
     why = _host_mode_unavailable()
     if why:
-        pytest.skip(why)
+        tool_missing(why)
     r = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
          f'mount --bind {world.dir / "hosts"} /etc/hosts && exec kubectl auth whoami'],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import sso_world
+from tests.support.tiers import tool_missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,7 +26,7 @@ CHROMIUM_FLAGS = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso_world.SSOWorld]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        tool_missing(f"{CHROMIUM} is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="the playwright pip package is missing")
     yield from sso_world.running(tmp_path_factory.mktemp("browser"))
 

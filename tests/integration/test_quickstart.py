@@ -19,6 +19,7 @@ from tests.fakekube import Caller, FakeKube
 from tests.support.oidc import free_port
 from tests.support.pki import TestCA
 from tests.support.sso_world import KUBECTL, REPO_ROOT, missing_tools, plugin_commands
+from tests.support.tiers import tool_missing
 
 pytestmark = [pytest.mark.integration]
 
@@ -32,7 +33,7 @@ def _lines(stream, out: queue.Queue) -> None:
 def test_quickstart_one_command(tmp_path: Path) -> None:
     why = missing_tools()
     if why:
-        pytest.skip(why)
+        tool_missing(why)
     ca = TestCA(tmp_path / "pki")
     fake = FakeKube(
         name="mine",

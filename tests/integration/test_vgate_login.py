@@ -19,6 +19,7 @@ import pytest
 
 from tests.support import sso_world
 from tests.support.oidc import OIDCProvider, free_port
+from tests.support.tiers import tool_missing
 
 pytestmark = pytest.mark.integration
 
@@ -228,7 +229,7 @@ def test_clear_errors(world, cache):
 @pytest.mark.slow
 def test_expired_device_code(tmp_path):
     if sso_world.missing_tools():
-        pytest.skip(sso_world.missing_tools())
+        tool_missing(sso_world.missing_tools())
     with OIDCProvider(tmp_path / "idp", users=sso_world.USERS, ttl={"DeviceCode": 2}) as idp:
         env = {**os.environ, "PYTHONPATH": str(sso_world.REPO_ROOT),
                "VGATE_CACHE_DIR": str(tmp_path / "cache")}

@@ -18,6 +18,7 @@ import yaml
 from tests.support import login_world
 from tests.support.login_world import LoginWorld, cache_entry
 from tests.support.oidc import OIDCError
+from tests.support.tiers import tool_missing
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoginWorld]:
     if shutil.which("node") is None:
-        pytest.skip("node is not installed: the OpenID Provider (npm oidc-provider) needs it")
+        tool_missing("node is not installed: the OpenID Provider (npm oidc-provider) needs it")
     yield from login_world.running(tmp_path_factory.mktemp("tls-idp"), tls=True)
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from gateway.lifecycle.reconciler import Reconciler
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from tests.lifecycle.fakes import FakeHelm, FakeHost, World, connector
 from tests.support.kube import ApiServer, Etcd, require_kube
+from tests.support.tiers import tool_missing
 
 
 @dataclass
@@ -84,9 +84,7 @@ def chart_rbac() -> list[dict]:
     helm = find_helm()
     if helm is None:
         why = "needs the helm binary to render the chart's RBAC"
-        if os.environ.get("VGATE_REQUIRE_E2E") == "1":
-            pytest.fail(f"VGATE_REQUIRE_E2E=1 but the tenant store tier {why}", pytrace=False)
-        pytest.skip(why)
+        tool_missing(why)
     out = render(helm, {"lifecycle": {"enabled": True, "store": {"type": "kubernetes"}}})
     found = [o for o in out.objects if o["apiVersion"].startswith("rbac.authorization.k8s.io/")]
     assert {o["metadata"]["name"] for o in found} == {

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.support.tiers import tool_missing
 
 DEFAULT_ASSETS = Path("/usr/local/kubebuilder/bin")
 ADMIN_TOKEN = "vgate-test-admin-token"  # a throwaway token for throwaway servers
@@ -69,9 +70,7 @@ def require_kube(*, kubectl: bool = False) -> None:
     elif kubectl and not Path(KUBECTL).exists():
         why = "needs kubectl"
     if why:
-        if os.environ.get("VGATE_REQUIRE_E2E") == "1":
-            pytest.fail(f"VGATE_REQUIRE_E2E=1 but the real API server tier {why}", pytrace=False)
-        pytest.skip(f"real kube-apiserver tier {why}")
+        tool_missing(f"real kube-apiserver tier {why}")
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.support.gateway_thread import GatewayThread
@@ -21,6 +20,7 @@ from tests.support.kube import ApiServer
 from tests.support.oidc import OIDCProvider, free_port
 from tests.support.pki import TestCA
 from tests.support.tenants import real_tenants, tenant_entries
+from tests.support.tiers import tool_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -124,7 +124,7 @@ def running(base: Path) -> Iterator[SSOWorld]:
     stopped when the module is done."""
     why = missing_tools()
     if why:
-        pytest.skip(why)
+        tool_missing(why)
     world = build(base)
     try:
         yield world

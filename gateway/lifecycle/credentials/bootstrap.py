@@ -1,8 +1,7 @@
 """Inside a tenant's cluster: the gateway's ServiceAccount, the role bindings, its token.
 
-The ServiceAccount `vgate-system/vgate-gateway` may only impersonate: any user and uid (user
-names are not known in advance), the role groups `vgate:<role>` by name, and the extras the
-gateway sends by name. It may also mint tokens for itself only, so the cluster-admin
+The ServiceAccount `vgate-system/vgate-gateway` may impersonate (`impersonator_rules`), ask
+the reviews the gateway makes, and mint tokens for itself only, so the cluster-admin
 credential (`vc-<name>`) is needed just for the bootstrap and when the token was lost.
 """
 
@@ -22,7 +21,8 @@ SERVICE_ACCOUNT = "vgate-gateway"
 IMPERSONATOR_ROLE = "vgate:impersonator"
 ROLE_BINDINGS = {"cluster-admin": "cluster-admin", "admin": "admin", "edit": "edit",
                  "view": "view"}
-EXTRA_KEYS = ("vgate.io/issuer", "vgate.io/tenant", "vgate.io/request-id")
+EXTRA_KEYS = ("vgate.io/issuer", "vgate.io/tenant", "vgate.io/request-id",
+              "vgate.io/original-user")
 MANAGED = {"app.kubernetes.io/managed-by": "vgate"}
 
 
@@ -33,25 +33,41 @@ def _meta(name: str, namespace: str | None = None) -> Manifest:
     return meta
 
 
+def impersonator_rules() -> list[Manifest]:
+    """What the gateway's credential in a tenant cluster needs (the README's recipe for a
+    static tenant is the same ClusterRole):
+
+    - impersonate any user and uid (users are not known in advance) and any group: the role
+      groups `vgate:<role>`, the user's own groups a policy forwards (`forward_groups`) and
+      the groups of `kubectl --as-group` are not known in advance either. Naming the role
+      groups only would protect nothing — whoever may impersonate any user can become a
+      privileged one; what the gateway sends is decided by its policies and its name gate
+      (no `system:` name from the IdP or the directory);
+    - impersonate the extras the gateway sends, each by key: RBAC matches an extra's key as
+      the subresource of `userextras`, and `userextras` alone covers none;
+    - create SubjectAccessReviews (nested impersonation asks the tenant whether the caller
+      may be whom `kubectl --as` names) and TokenReviews (tenant-native tokens, when
+      `token_passthrough` is on)."""
+    return [
+        {"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]},
+        {"apiGroups": ["authentication.k8s.io"],
+         "resources": ["uids", *(f"userextras/{key}" for key in EXTRA_KEYS)],
+         "verbs": ["impersonate"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
+         "verbs": ["create"]},
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+         "verbs": ["create"]},
+    ]
+
+
 def bootstrap_objects() -> list[Manifest]:
     """Everything the gateway needs inside a tenant cluster, in apply order."""
-    groups = [f"vgate:{role}" for role in ROLE_BINDINGS]
     objects: list[Manifest] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(NAMESPACE)},
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": _meta(SERVICE_ACCOUNT, NAMESPACE), "automountServiceAccountToken": False},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": _meta(IMPERSONATOR_ROLE),
-         "rules": [
-             {"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]},
-             {"apiGroups": ["authentication.k8s.io"], "resources": ["uids"],
-              "verbs": ["impersonate"]},
-             {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"],
-              "resourceNames": groups},
-             {"apiGroups": ["authentication.k8s.io"],
-              "resources": [f"userextras/{key}" for key in EXTRA_KEYS],
-              "verbs": ["impersonate"]},
-         ]},
+         "metadata": _meta(IMPERSONATOR_ROLE), "rules": impersonator_rules()},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": _meta(IMPERSONATOR_ROLE),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
