@@ -1,4 +1,6 @@
-"""Fixtures shared by the test modules that run a gateway against local stand-ins."""
+"""Fixtures shared by the test modules that run a gateway against local stand-ins, and the
+tier of every test: a test marked neither `integration` nor `e2e` is a `unit` test, so
+`pytest -m unit` runs exactly the in-process tier."""
 
 from __future__ import annotations
 
@@ -24,3 +26,12 @@ def upstream() -> Iterator[ScriptedUpstream]:
     up = ScriptedUpstream()
     yield up
     up.stop()
+
+
+_TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in _TIERS):
+            item.add_marker(pytest.mark.unit)

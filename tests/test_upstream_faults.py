@@ -181,7 +181,7 @@ def test_401_from_the_tenant_blames_the_gateway_credential_until_it_works(world,
         message = status_of(r)["message"]
         assert "gateway's own credential for tenant hostile" in message
         assert "not a problem with your login" in message
-    metrics = client.get("/metrics").text
+    metrics = httpx.get(f"{world[0].metrics_url}/metrics").text
     assert 'vgate_upstream_credential_failures_total{tenant="hostile"} 2.0' in metrics
     ready = client.get("/readyz?verbose")
     assert ready.status_code in (200, 503)  # one tenant does not make the gateway unready

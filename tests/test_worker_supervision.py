@@ -19,6 +19,7 @@ import yaml
 
 from gateway.workers import STALE_SECONDS
 from tests.support.craft import CraftingIssuer
+from tests.support.kube import free_port
 from tests.support.scripted import ScriptedUpstream
 from tests.support.served import ServedGateway
 from tests.support.workers import one_connection_per_worker, worker_pids
@@ -36,7 +37,7 @@ def gateway(tmp_path: Path, issuer: CraftingIssuer, upstream: ScriptedUpstream,
     (tmp_path / "policies" / "all.yaml").write_text(yaml.safe_dump(VIEW))
     (tmp_path / "token").write_text("upstream-secret\n")
     config = {
-        "listen": {"host": "127.0.0.1", "port": 0},
+        "listen": {"host": "127.0.0.1", "port": 0, "metrics_port": free_port()},
         "workers": 2,
         "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
                               "username_claim": "email"}]},
@@ -66,7 +67,7 @@ def log_has(served: ServedGateway, text: str) -> bool:
 
 
 def test_a_killed_worker_is_started_again_and_readiness_shows_the_gap(gateway) -> None:
-    served, _, headers = gateway
+    served, base, headers = gateway
     master = served.proc.pid
     before = worker_pids(master)
     victim = min(before)
@@ -91,11 +92,13 @@ def test_a_killed_worker_is_started_again_and_readiness_shows_the_gap(gateway) -
     while not log_has(served, f"(pid {new})"):  # its "listening" line
         assert time.monotonic() - killed < 15
         time.sleep(0.05)
-    for pid, conn in one_connection_per_worker(served.port, master).items():
+    metrics_port = yaml.safe_load((base / "vgate.yaml").read_text())["listen"]["metrics_port"]
+    for pid, conn in one_connection_per_worker(metrics_port, master).items():
         conn.request("GET", "/metrics")
         metrics = conn.getresponse().read().decode()
         assert "vgate_worker_restarts_total 1.0" in metrics, pid
         assert "vgate_workers_running 2.0" in metrics
+    for conn in one_connection_per_worker(served.port, master).values():
         conn.request("GET", "/readyz")
         assert conn.getresponse().read() == b"ok"
         conn.request("GET", "/clusters/t1/api", headers=headers)

@@ -30,6 +30,7 @@ from tests.support.kube import (
     ApiServer,
     Etcd,
     bind_role_groups,
+    free_port,
     impersonator_token,
     require_kube,
 )
@@ -103,7 +104,7 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
         policies = ConfigMapDir(tmp / "policies")
         policies.publish({"t1.yaml": INITIAL})
         config = {
-            "listen": {"host": "127.0.0.1", "port": 0},
+            "listen": {"host": "127.0.0.1", "port": 0, "metrics_port": free_port()},
             "workers": 2,
             "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
             "routing": {"path_prefix": "/clusters"},
@@ -221,7 +222,8 @@ def test_a_broken_file_keeps_the_last_good_policy(lab: Lab) -> None:
     refused = [line for line in lab.gateway.lines if "configuration not reloaded" in line]
     assert len(refused) == 2, refused  # one line per worker
     assert "broken.yaml" in refused[0]
-    for conn in lab.workers().values():
+    metrics_port = yaml.safe_load((lab.tmp / "vgate.yaml").read_text())["listen"]["metrics_port"]
+    for conn in one_connection_per_worker(metrics_port, lab.gateway.proc.pid).values():
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         assert 'vgate_config_reload_total{result="error"} 1.0' in text
