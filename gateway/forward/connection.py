@@ -361,9 +361,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_open = False
         self._progress += 1
         self._deadline = None  # the timer, if any, finds nothing due and ends
-        if status == 401:
-            self._credential_rejected()
-            return
+        if status == 401 and (self.flow is None or self.flow.credential is None):
+            self._credential_rejected()  # not for a tenant-native token: that one is the
+            return                       # client's own, and its 401 goes back as it is
         health = self.pool.health
         if health.degraded:
             health.answered(self.pool.upstream.name)

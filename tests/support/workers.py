@@ -74,3 +74,9 @@ def one_connection_per_worker(port: int, master: int, *, tls: ssl.SSLContext | N
             time.sleep(0.01)
     raise AssertionError(f"could not reach every worker of {master}: got {sorted(held)} "
                          f"of {sorted(pids)}")
+
+
+def worker_of(master: int, server_port: int, client_port: int) -> int | None:
+    """Which worker of `master` holds the loopback connection client_port → server_port."""
+    inode = _socket_inode(server_port, client_port)
+    return owner(worker_pids(master), inode) if inode is not None else None
