@@ -70,12 +70,15 @@ class TenantState:
     def describe(self) -> str:
         """One line for people: the phase, the step, and the last error if a step failed."""
         at = f', step "{self.step}"' if self.step else ""
-        if self.phase == "Pending" and not self.step:
+        if self.phase == "Pending" and not self.step and not self.last_error:
             at = ": waiting for the lifecycle manager"
         if not self.last_error:
             return f"{self.phase}{at}"
         times = "once" if self.failures <= 1 else f"{self.failures} times in a row"
-        return f"{self.phase}{at}; failed {times}, last error: {self.error}"
+        error = self.error or ""
+        if self.step:  # the reconciler's errors start with the step's name
+            error = error.removeprefix(f"{self.step}: ")
+        return f"{self.phase}{at}; failed {times}, last error: {error}"
 
     @property
     def retry_after(self) -> int:

@@ -159,10 +159,10 @@ def test_banner_and_portal_offer_the_path_form_first(tmp_path: Path,
     assert list(forms.servers("local").items()) == [
         ("path", f"https://127.0.0.1:{port}/clusters/local"),
         ("host", f"https://local.localhost:{port}")]
-    assert "`*.localhost`" in (forms.dns_note("local") or "")
+    assert "`*.localhost`" in (forms.dns_note() or "")
     host_first = KubeconfigForms(portal.public_url, "localhost", "/clusters")
     assert list(host_first.servers("local")) == ["host", "path"]
-    assert host_first.dns_note("local") is None
+    assert host_first.dns_note() is None
 
 
 def test_no_cluster_at_all_says_both_ways_out(tmp_path: Path,

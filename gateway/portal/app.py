@@ -98,14 +98,14 @@ class KubeconfigForms:
             out = {self.preferred: out[self.preferred], **out}
         return out
 
-    def dns_note(self, tenant: str) -> str | None:
-        """What the hostname form needs when it is not the preferred one."""
-        if not self.base_domain or self.preferred == "host":
+    def dns_note(self) -> str | None:
+        """What the hostname form needs, when it is not the preferred one."""
+        if not self.base_domain or not self.path_prefix or self.preferred == "host":
             return None
-        host = f"{tenant}.{self.base_domain}"
-        return (f"The hostname form needs `{host}` to resolve to this gateway: a wildcard DNS "
-                f"record `*.{self.base_domain}`, or a line `<gateway address> {host}` in "
-                "/etc/hosts.")
+        host = f"<tenant>.{self.base_domain}"
+        return (f"The hostname form needs `{host}` to resolve to this gateway: a wildcard "
+                f"DNS record `*.{self.base_domain}`, or a line `<gateway address> {host}` per "
+                "tenant in /etc/hosts. The path prefix form needs nothing.")
 
 
 def state_lines(tr: TenantRole) -> tuple[str, str | None]:
@@ -256,13 +256,13 @@ class Portal:
             label, detail = state_lines(tr)
             rows.append({"tenant": tr.tenant, "roles": tr.roles, "forms": list(servers),
                          "bash": bash_command(spec), "powershell": powershell_command(spec),
-                         "server": preferred, "dns_note": self.forms.dns_note(tr.tenant),
+                         "server": preferred,
                          "state": label, "state_detail": detail,
                          "deleting": tr.state is not None and tr.state.phase == "Deleting"})
         return self._page(
             "tenants.html", user=identity.username, name=request.session.get("name", ""),
             rows=rows, csrf=request.session.get("csrf", ""), issuer=self.settings.issuer,
-            install_hint=self.settings.install_hint, ca=self.ca,
+            install_hint=self.settings.install_hint, ca=self.ca, dns_note=self.forms.dns_note(),
         )
 
     async def login(self, request: Request) -> Response:

@@ -99,7 +99,8 @@ def test_a_tenant_not_ready_is_listed_with_its_state(world):
             assert 'id="no-tenants"' not in page.text
             assert _tenants(page) == {"tenant3": ["cluster-admin"], "tenant4": ["view"]}
             assert _state(page, "tenant3") == ("Failing", (
-                f'Provisioning, step "apiserver"; failed 2 times in a row, last error: {error}. '
+                'Provisioning, step "apiserver"; failed 2 times in a row, last error: '
+                "kube-apiserver of tenant3 not ready after 60s. "
                 "The lifecycle manager keeps retrying; if this persists, ask a platform "
                 "engineer."))
             label, detail = _state(page, "tenant4")
