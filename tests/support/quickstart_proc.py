@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BANNER_END = "if it was killed:"  # the banner's last line
@@ -83,24 +84,31 @@ def banner_field(banner: str, name: str) -> str:
     raise AssertionError(f"no {name!r} line in the banner:\n{banner}")
 
 
-def tenant_phase(work: Path, name: str) -> str | None:
-    """The tenant's phase in the quickstart's store (None while it is not there)."""
+def tenant_status(work: Path, name: str):
+    """The tenant's `TenantStatus` in the quickstart's store (None while it is not there)."""
     from gateway.lifecycle.stores.protocol import TenantNotFound
     from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 
     if not (work / "tenants.db").exists():
         return None
 
-    async def read() -> str | None:
+    async def read():
         store = SQLiteTenantStore(work / "tenants.db")
         try:
-            return (await store.get(name)).status.phase.value
+            return (await store.get(name)).status
         except TenantNotFound:
             return None
         finally:
             await store.close()
 
-    return asyncio.run(read())
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: callers may run a loop
+        return pool.submit(asyncio.run, read()).result()
+
+
+def tenant_phase(work: Path, name: str) -> str | None:
+    """The tenant's phase ("Ready", ...) in the quickstart's store."""
+    status = tenant_status(work, name)
+    return status.phase.value if status is not None else None
 
 
 def gone(pid: int) -> bool:
