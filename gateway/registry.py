@@ -101,7 +101,7 @@ class TenantState:
         causes = [{"type": "TenantPhase", "message": self.phase}]
         if self.step:
             causes.append({"type": "TenantStep", "message": self.step})
-        if self.last_error:
+        if self.error:
             causes.append({"type": "TenantLastError", "message": self.error})
         return {"name": tenant, "kind": "tenant", "retryAfterSeconds": self.retry_after,
                 "causes": causes}
