@@ -19,11 +19,13 @@ from gateway.registry import TenantRegistry, TenantState
 @dataclass(frozen=True)
 class TenantRole:
     """A tenant the identity has `roles` on. `state`: the lifecycle's, when not Ready;
-    `wakes`: a paused tenant's first request resumes it."""
+    `routable`: requests reach its API server (or wake it); `wakes`: a paused tenant's first
+    request resumes it."""
 
     tenant: str
     roles: tuple[str, ...]
     state: TenantState | None = None
+    routable: bool = True
     wakes: bool = False
 
 
@@ -49,7 +51,8 @@ def policy_access(registry: TenantRegistry, policy: PolicyEngine,
             if isinstance(decision, Grant):
                 upstream = registry.get(name)
                 out.append(TenantRole(name, decision.roles, registry.state(name),
-                                      upstream is not None and upstream.wake is not None))
+                                      routable=upstream is not None,
+                                      wakes=upstream is not None and upstream.wake is not None))
         return out
 
     return tenants_for

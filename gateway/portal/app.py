@@ -121,6 +121,8 @@ def state_lines(tr: TenantRole) -> tuple[str, str | None]:
     if state.last_error:
         return "Failing", (f"{state.describe()}. The lifecycle manager keeps retrying; if this "
                            "persists, ask a platform engineer.")
+    if tr.routable:  # being changed (an upgrade, a resume): its API server answers
+        return state.phase, f"{state.describe()}. It answers meanwhile."
     return state.phase, (f"{state.describe()}. kubectl answers \"not ready yet\" until it is "
                          "Ready; the kubeconfig works from then on.")
 

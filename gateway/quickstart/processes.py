@@ -6,7 +6,7 @@ process name, so nothing of another user or another quickstart is touched.
   pid started at that time (pids get reused).
 - `local/tenants/<name>/pid` (a tenant's kube-apiserver) and `local/etcd/pid` (the etcd they
   share) are the local provisioner's; a pid counts only while its command line starts with
-  that binary and names this folder.
+  that binary and names this folder's `local/` (its data and certificate folders).
 
 In both cases the process must belong to the current user.
 """
@@ -81,7 +81,7 @@ def _provisioned(pid_file: Path, binary: str, directory: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    return pid if str(directory).encode() in cmdline else None
+    return pid if f"{directory}/local/".encode() in cmdline else None
 
 
 def running(directory: Path) -> list[Started]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from gateway.quickstart.processes import running
+from tests.e2e.conftest import until
 from tests.support.chromium import ARTIFACTS, launch, missing, sign_in_at_idp, skip_or_fail
 from tests.support.kube import require_kube
 from tests.support.oidc import free_port
@@ -33,7 +34,6 @@ from tests.support.quickstart_proc import (
     banner_field,
     quickstart_env,
     tenant_status,
-    until,
 )
 from tests.support.sso_world import KUBECTL, REPO_ROOT
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from gateway.quickstart.processes import running
-from tests.e2e.conftest import require_binaries
+from tests.e2e.conftest import require_binaries, until
 from tests.support.oidc import free_port
 from tests.support.quickstart_proc import (
     Quickstart,
     gone,
     quickstart_env,
     tenant_phase,
-    until,
 )
 from tests.support.sso_world import REPO_ROOT
 

@@ -91,7 +91,8 @@ def test_a_tenant_not_ready_is_listed_with_its_state(world):
     world.gateway.call(policy.set_stored_roles, "tenant3", {"cluster-admin": ["oidc:nobody"]})
     world.gateway.call(registry.set_states, {
         "tenant3": TenantState("Provisioning", "apiserver", error, failures=2),
-        "tenant4": TenantState("Provisioning", "certificates")})
+        "tenant4": TenantState("Provisioning", "certificates"),
+        "tenant1": TenantState("Provisioning", "apiserver")})  # routable: being upgraded
     world.gateway.call(policy.set_stored_roles, "tenant4", {"view": ["oidc:nobody"]})
     try:
         with _client(world) as c:
@@ -111,8 +112,11 @@ def test_a_tenant_not_ready_is_listed_with_its_state(world):
         with _client(world) as c:  # no role there: not listed, its state not shown
             page = sign_in(world, c, "alice")
             assert set(_tenants(page)) == {"tenant1"}
-            assert _state(page, "tenant1") == ("Ready", "")
+            assert _state(page, "tenant1") == (
+                "Provisioning", 'Provisioning, step "apiserver". It answers meanwhile.')
             assert error not in page.text
+            world.gateway.call(registry.set_states, {})
+            assert _state(c.get(world.url + "/"), "tenant1") == ("Ready", "")
     finally:
         world.gateway.call(registry.set_states, {})
         for tenant in ("tenant3", "tenant4"):

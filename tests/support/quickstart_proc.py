@@ -120,16 +120,6 @@ def gone(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] == "Z"
 
 
-def until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def quickstart_env(home: Path, **extra: str) -> dict[str, str]:
     """A person's environment with its own HOME and no kubeconfig."""
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "VGATE_CACHE_DIR")}
