@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,13 +25,13 @@ import pytest
 
 from gateway.quickstart.processes import running
 from tests.e2e.conftest import until
-from tests.support.chromium import ARTIFACTS, launch, missing, sign_in_at_idp, skip_or_fail
-from tests.support.kube import require_kube
+from tests.support.chromium import ARTIFACTS, launch, sign_in_at_idp
 from tests.support.oidc import free_port
 from tests.support.quickstart_proc import (
     Quickstart,
     banner_field,
     quickstart_env,
+    require_tools,
     tenant_status,
 )
 from tests.support.sso_world import KUBECTL, REPO_ROOT
@@ -45,18 +44,6 @@ def readme_command() -> str:
     text = (REPO_ROOT / "README.md").read_text()
     section = text.split("## The two commands", 1)[1]
     return section.split("```sh\n", 1)[1].split("```", 1)[0].strip()
-
-
-def _requirements() -> None:
-    require_kube(kubectl=True)
-    for tool, why in (("node", "Node.js runs the quickstart's OpenID Provider"),
-                      ("npm", "the quickstart's first run installs the IdP with npm"),
-                      ("git", "the test clones the repository")):
-        if shutil.which(tool) is None:
-            skip_or_fail(f"{tool} is not installed ({why})")
-    why = missing()
-    if why:
-        skip_or_fail(why)
 
 
 def _script(path: Path, body: str) -> Path:
@@ -91,7 +78,7 @@ def _shown(page, tenant: str, label: str) -> tuple[str, str]:
 
 
 def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
-    _requirements()
+    require_tools(browser=True)
     command = readme_command()
     assert command == "pip install -e . && vgate quickstart", command
     clone = tmp_path / "vgate"

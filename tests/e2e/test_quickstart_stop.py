@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from gateway.quickstart.processes import running
-from tests.e2e.conftest import require_binaries, until
+from tests.e2e.conftest import until
 from tests.support.oidc import free_port
 from tests.support.quickstart_proc import (
     Quickstart,
     gone,
     quickstart_env,
+    require_tools,
     tenant_phase,
 )
 from tests.support.sso_world import REPO_ROOT
@@ -48,7 +49,7 @@ def _stop_command(work: Path, env: dict[str, str]) -> subprocess.CompletedProces
 
 
 def test_ctrl_c_and_stop_leave_nothing_running(tmp_path: Path) -> None:
-    require_binaries()
+    require_tools()
     work = tmp_path / "qs"
     env = quickstart_env(tmp_path / "home", PYTHONPATH=str(REPO_ROOT))
     decoy = None

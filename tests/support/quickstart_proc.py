@@ -124,3 +124,23 @@ def quickstart_env(home: Path, **extra: str) -> dict[str, str]:
     """A person's environment with its own HOME and no kubeconfig."""
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "VGATE_CACHE_DIR")}
     return {**env, "HOME": str(home), **extra}
+
+
+def require_tools(*, browser: bool = False) -> None:
+    """Skip (saying why) when the real quickstart cannot run here — the kube-apiserver and
+    etcd of $KUBEBUILDER_ASSETS, kubectl, Node.js and npm, git, and with `browser` Chromium
+    driven by playwright; with VGATE_REQUIRE_E2E=1 fail instead."""
+    import shutil
+
+    from tests.support.chromium import missing, skip_or_fail
+    from tests.support.kube import require_kube
+
+    require_kube(kubectl=True)
+    for tool, why in (("node", "Node.js runs the quickstart's OpenID Provider"),
+                      ("npm", "the quickstart's first run installs the IdP with npm"),
+                      ("git", "the test clones the repository")):
+        if shutil.which(tool) is None:
+            skip_or_fail(f"{tool} is not installed ({why})")
+    why = missing() if browser else None
+    if why:
+        skip_or_fail(why)
