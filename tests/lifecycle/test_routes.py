@@ -111,7 +111,7 @@ def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
     registry = gw.gateway.registry
     manager.run(manager.store.create(TenantSpec(name="t1", admin_groups=["ops-t1"])))
     manager.progress("t1", Phase.provisioning, "apiserver")
-    assert wait_for(lambda: registry.state("t1") is not None)
+    assert wait_for(lambda: getattr(registry.state("t1"), "step", None) == "apiserver")
     whoami = "/clusters/t1/apis/authentication.k8s.io/v1/selfsubjectreviews"
     r = client.post(whoami, json={})
     assert r.status_code == 503
