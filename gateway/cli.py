@@ -78,8 +78,10 @@ def _serve(path: Path) -> int:
 
 def _quickstart(args: argparse.Namespace) -> int:
     from gateway.quickstart.first_tenant import QuickstartError
-    from gateway.quickstart.run import Options, run
+    from gateway.quickstart.run import Options, run, stop
 
+    if args.stop:
+        return stop(args.dir)
     options = Options(
         directory=args.dir, kubeconfig=args.kubeconfig, context=args.context,
         upstream_token_file=args.upstream_token_file, tenant=args.tenant, envtest=args.envtest,
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bind-roles", action="store_true",
                    help="create ClusterRoleBindings vgate:cluster-admin/admin/view in the "
                         "tenant cluster (otherwise the roles only work once you bind them)")
+    p.add_argument("--stop", action="store_true",
+                   help="stop the quickstart running from --dir, or what a killed one left "
+                        "running (its IdP, kube-apiservers and etcd), and exit")
     p = sub.add_parser("login", help="kubectl exec credential plugin: print an ID token")
     from gateway.login.command import (
         add_kubeconfig_arguments,

@@ -75,12 +75,13 @@ class Flow:
         return (path in _DISCOVERY_PATHS
                 or b"apidiscovery.k8s.io" in (exchange.header(b"accept") or b""))
 
-    def fail(self, code: int, message: str, *, extra: Headers = ()) -> None:  # type: ignore[assignment]
-        """Answer with a Kubernetes `Status`, except for a discovery request: client-go
-        cannot decode a Status there and would print "unknown"; a text body it shows, so
-        kubectl users see why."""
+    def fail(self, code: int, message: str, *, extra: Headers = (),  # type: ignore[assignment]
+             details: dict | None = None) -> None:
+        """Answer with a Kubernetes `Status` (with `details` if given), except for a discovery
+        request: client-go cannot decode a Status there and would print "unknown"; a text
+        body it shows, so kubectl users see why."""
         if self.is_discovery():
             self.exchange.respond(code, message.encode(), extra=extra,
                                   content_type=b"text/plain; charset=utf-8")
         else:
-            self.exchange.fail(code, message, extra=extra)
+            self.exchange.fail(code, message, extra=extra, details=details)

@@ -4,6 +4,7 @@
     2. authenticate   bearer token → Identity (verified-token cache)  gateway.authn
     3. groups         directory groups → Membership (cached)          gateway.directory
     4. authorize      (identity, tenant) → Grant, or 403              gateway.policy
+                      a tenant not routable yet: 503, its state       gateway.registry
        limit          rate and open-stream limits, or 429             gateway.limits
        nested         `kubectl --as`: SubjectAccessReview checks      gateway.policy.nested
        wake           a paused tenant: 503, or hold while it resumes  gateway.registry
@@ -190,7 +191,8 @@ class Pipeline:
         """The tenant (or the gateway's own endpoints). Whether a tenant exists is only
         said to an authenticated caller: an unknown or impossible tenant name is answered
         after the authenticate step, so an anonymous request gets the same 401 for any
-        tenant name."""
+        tenant name. A tenant the lifecycle knows but cannot route to yet goes on without an
+        upstream: its state is said only to a caller the policy grants a role there."""
         exchange = flow.exchange
         if self.client_address is not None:
             flow.source, flow.forwarded_for = self.client_address.resolve(
@@ -211,6 +213,9 @@ class Pipeline:
         flow.target = route.target
         upstream = self.registry.get(route.tenant)
         if upstream is None:
+            if self.registry.state(route.tenant) is not None:
+                flow.tenant = route.tenant  # known, not routable yet: 503 once authorized
+                return None
             # not recorded as a tenant: metrics are labelled by tenant, and names in
             # requests are the client's choice (the audit reason keeps it)
             flow.requested_tenant = route.tenant
@@ -286,7 +291,7 @@ class Pipeline:
         conn = flow.exchange.conn
         if conn.unauthenticated:
             conn.authenticated()
-        if flow.upstream is not None:
+        if flow.tenant is not None:  # routable, or known to the lifecycle (see authorize)
             return None
         name = flow.requested_tenant
         flow.end(Outcome.REFUSED, f"unknown tenant {name[:63]!r}" if name else "no such tenant")
@@ -382,7 +387,34 @@ class Pipeline:
             return self._deny(flow, decision.reason,
                               f'user "{identity.username}" has no access to tenant "{tenant}"')
         flow.grant = decision
+        if flow.upstream is None:
+            return self._not_routable(flow)
         return None
+
+    def _not_routable(self, flow: Flow) -> Next:
+        """A granted request for a tenant without a route: the route may have come while
+        the request waited (go on); else 503 naming the tenant's phase, step and last
+        error, or 404 if the tenant is gone meanwhile."""
+        tenant = flow.tenant
+        assert tenant is not None
+        upstream = self.registry.get(tenant)
+        if upstream is not None:
+            flow.upstream = upstream
+            return None
+        return self._unavailable_tenant(flow, tenant)
+
+    def _unavailable_tenant(self, flow: Flow, tenant: str) -> Next:
+        """503 with `Retry-After` and a `Status` naming the lifecycle's state of `tenant`; 404
+        when the lifecycle does not know it (any more)."""
+        state = self.registry.state(tenant)
+        if state is None:
+            flow.end(Outcome.REFUSED, "tenant gone")
+            flow.exchange.fail(404, f'tenant "{tenant}" not found')
+            return DONE
+        flow.end(Outcome.UNAVAILABLE, f"tenant not ready: {state.describe()}")
+        flow.fail(503, state.message(tenant), details=state.details(tenant),
+                  extra=[(b"Retry-After", b"%d" % state.retry_after)])
+        return DONE
 
     def limit(self, flow: Flow) -> Next:
         """Rate and open-stream limits (only in `steps` when some are configured): 429 with
@@ -483,12 +515,11 @@ class Pipeline:
         if woke and current is not None and not current.paused:
             flow.upstream = current
             return None
+        if current is None:  # deleted meanwhile, or no longer routable
+            return self._unavailable_tenant(flow, upstream.name)
         flow.end(Outcome.PAUSED, "tenant waking up")
-        if current is None:
-            flow.exchange.fail(404, f'tenant "{upstream.name}" not found')
-        else:
-            flow.exchange.fail(503, f'tenant "{upstream.name}" is starting; retry shortly',
-                               extra=[(b"Retry-After", b"10")])
+        flow.exchange.fail(503, f'tenant "{upstream.name}" is starting; retry shortly',
+                           extra=[(b"Retry-After", b"10")])
         return DONE
 
     # -- 5. rewrite and 6. forward ------------------------------------------------------------

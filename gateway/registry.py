@@ -1,8 +1,10 @@
 """The route registry: tenant name → how to reach and authenticate to its API server.
 
-Static tenants come from the config; the lifecycle manager writes its own tenants here.
-The request path reads routes, and notes each tenant's latest request in `activity`, which
-the lifecycle manager drains (idle tenants may be paused).
+Static tenants come from the config; the lifecycle manager writes its own tenants here, and
+with them the state of each tenant that is not Ready (`TenantState`): a tenant it knows but
+cannot route to yet (being created, failing, being deleted) is answered with that state
+instead of "not found". The request path reads routes, and notes each tenant's latest
+request in `activity`, which the lifecycle manager drains (idle tenants may be paused).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from gateway.config.model import Tenant as TenantConfig
@@ -45,6 +48,65 @@ class Upstream:
         self.authority = (host if self.port == default else f"{host}:{self.port}").encode()
 
 
+@dataclass(frozen=True)
+class TenantState:
+    """What the lifecycle manager reports about a tenant that is not Ready: its phase
+    ("Pending", "Provisioning", "Pausing", "Paused", "Deleting"), the step it is on, the last
+    error of a failed step and how many passes failed in a row."""
+
+    phase: str
+    step: str | None = None
+    last_error: str | None = None
+    failures: int = 0
+
+    MAX_ERROR: ClassVar[int] = 500  # characters of `last_error` shown to people
+
+    @property
+    def error(self) -> str | None:
+        """`last_error`, bounded for a message."""
+        e = self.last_error
+        return e if e is None or len(e) <= self.MAX_ERROR else e[:self.MAX_ERROR] + "…"
+
+    def describe(self) -> str:
+        """One line for people: the phase, the step, and the last error if a step failed."""
+        at = f', step "{self.step}"' if self.step else ""
+        if self.phase == "Pending" and not self.step and not self.last_error:
+            at = ": waiting for the lifecycle manager"
+        if not self.last_error:
+            return f"{self.phase}{at}"
+        times = "once" if self.failures <= 1 else f"{self.failures} times in a row"
+        error = self.error or ""
+        if self.step:  # the reconciler's errors start with the step's name
+            error = error.removeprefix(f"{self.step}: ")
+        return f"{self.phase}{at}; failed {times}, last error: {error}"
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds to wait before asking again. kubectl (client-go) retries a 503 that has a
+        `Retry-After` up to 10 times: a tenant coming up is simply waited for (~50 s), one
+        whose step failed is reported after ~10 s."""
+        return 1 if self.last_error else 5
+
+    def message(self, tenant: str) -> str:
+        """What a client is told about `tenant` in this state."""
+        if self.phase == "Deleting":
+            return f'tenant "{tenant}" is being deleted ({self.describe()})'
+        if self.last_error:
+            return (f'tenant "{tenant}" is not ready ({self.describe()}); the lifecycle '
+                    "manager keeps retrying: ask a platform administrator if this persists")
+        return f'tenant "{tenant}" is not ready yet ({self.describe()}); retry shortly'
+
+    def details(self, tenant: str) -> dict:
+        """A `Status`'s `details`: the phase, step and last error as causes."""
+        causes = [{"type": "TenantPhase", "message": self.phase}]
+        if self.step:
+            causes.append({"type": "TenantStep", "message": self.step})
+        if self.error:
+            causes.append({"type": "TenantLastError", "message": self.error})
+        return {"name": tenant, "kind": "tenant", "retryAfterSeconds": self.retry_after,
+                "causes": causes}
+
+
 def upstream_from_config(tenant: TenantConfig) -> Upstream:
     """Build the runtime `Upstream` for a statically configured tenant."""
     parts = urlsplit(tenant.upstream)
@@ -73,10 +135,12 @@ def upstream_from_config(tenant: TenantConfig) -> Upstream:
 
 
 class TenantRegistry:
-    """Tenant name → `Upstream`. Readers see a whole entry or none, never half of one."""
+    """Tenant name → `Upstream`, and → `TenantState` for the lifecycle's tenants that are not
+    Ready. Readers see a whole entry or none, never half of one."""
 
     def __init__(self) -> None:
         self._tenants: dict[str, Upstream] = {}
+        self._states: dict[str, TenantState] = {}
         self._listeners: list[Callable[[str], None]] = []
         # tenant → wall time of its latest forwarded request; drained by whoever records it
         self.activity: dict[str, float] = {}
@@ -86,6 +150,18 @@ class TenantRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._tenants)
+
+    def state(self, name: str) -> TenantState | None:
+        """The lifecycle's state of a tenant that is not Ready (None: Ready, or unknown)."""
+        return self._states.get(name)
+
+    def known_names(self) -> list[str]:
+        """Every tenant the gateway knows: routable or not (yet)."""
+        return sorted(self._tenants.keys() | self._states.keys())
+
+    def set_states(self, states: dict[str, TenantState]) -> None:
+        """Replace every tenant state at once (the lifecycle's route sync)."""
+        self._states = dict(states)
 
     def put(self, upstream: Upstream) -> None:
         self._tenants[upstream.name] = upstream

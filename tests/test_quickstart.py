@@ -128,6 +128,43 @@ def test_envtest_first_tenant_goes_to_the_lifecycle_store(
     assert asyncio.run(stored()) == ["local"]
 
 
+def test_banner_and_portal_offer_the_path_form_first(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`<tenant>.localhost` does not resolve for kubectl everywhere: the form that works on
+    any machine (path prefix on 127.0.0.1) comes first, the hostname form says what DNS it
+    needs; the banner says how the private CA is trusted and how to stop a killed run."""
+    from gateway.config import load_config
+    from gateway.portal.app import KubeconfigForms
+    from gateway.quickstart.run import Options, banner, prepare
+    from tests.support.oidc import free_port
+
+    kc = _write(tmp_path / "kc", {"token": "t"})
+    monkeypatch.setenv("KUBECONFIG", str(kc))
+    port = free_port()
+    prepared = prepare(Options(directory=tmp_path / "qs", port=port, idp_port=free_port()))
+    lines = banner(prepared).splitlines()
+    where = {key: next(i for i, line in enumerate(lines) if key in line)
+             for key in ("/clusters/local", "https://local.localhost", "127.0.0.1 local.localhost",
+                         "try ", "Did your browser warn", "--stop")}
+    assert where["/clusters/local"] < where["https://local.localhost"]
+    assert lines[where["/clusters/local"]].strip() == f"https://127.0.0.1:{port}/clusters/local"
+    assert "/etc/hosts" in lines[where["127.0.0.1 local.localhost"]]
+    assert lines[where["--stop"]].strip().endswith(
+        f"vgate quickstart --stop --dir {tmp_path / 'qs'}")
+    assert "Ctrl-C stops the gateway, the IdP and every tenant's kube-apiserver and etcd" \
+        in lines[where["--stop"] - 1]
+    portal = load_config(prepared.config_file).portal
+    assert portal is not None and portal.preferred_form == "path"
+    forms = KubeconfigForms(portal.public_url, "localhost", "/clusters", portal.preferred_form)
+    assert list(forms.servers("local").items()) == [
+        ("path", f"https://127.0.0.1:{port}/clusters/local"),
+        ("host", f"https://local.localhost:{port}")]
+    assert "`*.localhost`" in (forms.dns_note() or "")
+    host_first = KubeconfigForms(portal.public_url, "localhost", "/clusters")
+    assert list(host_first.servers("local")) == ["host", "path"]
+    assert host_first.dns_note() is None
+
+
 def test_no_cluster_at_all_says_both_ways_out(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.quickstart.run import Options, prepare

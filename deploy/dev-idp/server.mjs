@@ -9,7 +9,15 @@ import https from 'node:https';
 import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-import Provider, { errors } from 'oidc-provider';
+// oidc-provider warns "Unsupported runtime" on every Node.js before the v22 LTS line. It runs on
+// Node 20 (Debian 12's; the tests use it), and the warning read like the cause of unrelated
+// start failures: say what it means instead.
+const libraryWarn = console.warn;
+console.warn = (...args) => (String(args[0]).includes('Unsupported runtime')
+  ? console.error(`note: oidc-provider prefers Node.js 22 LTS or later; ${process.version} runs it`)
+  : libraryWarn(...args));
+const { default: Provider, errors } = await import('oidc-provider');
+console.warn = libraryWarn;
 
 const { values: args } = parseArgs({ options: { config: { type: 'string', short: 'c' } } });
 if (!args.config) {

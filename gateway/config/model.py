@@ -326,6 +326,9 @@ class Portal(Strict):
     scopes: list[str] = ["openid", "email", "profile", "groups"]
     ca_file: ConfigPath | None = None        # CA of the gateway's certificate, for kubeconfigs
     login_command: str = "vgate"             # the exec plugin command put in kubeconfigs
+    # the kubeconfig form offered first (button order, the paste-ready commands) when both
+    # routings are configured: "path" when users' machines cannot resolve <tenant>.<base_domain>
+    preferred_form: Literal["host", "path"] = "host"
     # how tenant developers get the `vgate` command (shown on the tenant page; `code` in
     # backticks is shown as code)
     install_hint: Annotated[str, Field(min_length=1, max_length=2000)] = DEFAULT_INSTALL_HINT

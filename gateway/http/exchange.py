@@ -177,6 +177,7 @@ class Exchange:
         self.conn.uncork()
         self.finish(reusable=self.keep_alive)
 
-    def fail(self, status: int, message: str, *, extra: Headers = ()) -> None:  # type: ignore[assignment]
+    def fail(self, status: int, message: str, *, extra: Headers = (),  # type: ignore[assignment]
+             details: dict | None = None) -> None:
         """Answer with a Kubernetes `Status` error."""
-        self.respond(status, status_body(status, message), extra=extra)
+        self.respond(status, status_body(status, message, details=details), extra=extra)

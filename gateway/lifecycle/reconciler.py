@@ -141,7 +141,10 @@ class Reconciler:
             def failed(s: TenantStatus) -> TenantStatus:
                 s = s.with_condition(Condition(
                     type="Ready", status="False", reason="StepFailed", message=message))
-                return s.model_copy(update={"last_error": message, "failures": s.failures + 1})
+                update: dict = {"last_error": message, "failures": s.failures + 1}
+                if s.phase is Phase.pending:  # a step's check failed before any step ran
+                    update.update(phase=busy, step=current)
+                return s.model_copy(update=update)
 
             await self._update(name, failed)
             return False

@@ -5,7 +5,8 @@ Every gateway worker runs one `RouteSync`. It polls the store's `revision()` (SQ
 `poll_seconds` and re-reads the records only when something changed, so a deleted tenant
 is gone from every worker within a poll. It also flushes the registry's per-tenant activity
 to the store in batches, and gives paused tenants that allow it a `wake` that asks for a
-resume and waits for the running route.
+resume and waits for the running route. The state of every tenant that is not Ready (phase,
+step, last error) goes to the registry too: a tenant without a route yet is answered with it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 
 from gateway.config.model import Tenant as TenantConfig
 from gateway.lifecycle.credentials.secrets import CredentialSecrets
-from gateway.lifecycle.model import Desired, RouteInfo, TenantRecord
+from gateway.lifecycle.model import Desired, Phase, RouteInfo, TenantRecord
 from gateway.lifecycle.stores.protocol import Conflict, TenantNotFound, TenantStore
-from gateway.registry import TenantRegistry, Upstream, upstream_from_config
+from gateway.registry import TenantRegistry, TenantState, Upstream, upstream_from_config
 
 log = logging.getLogger("vgate.lifecycle.routes")
 
@@ -67,6 +68,10 @@ class RouteSync:
         wanted = {r.name: r.status.route for r in records
                   if r.status.route is not None and r.name not in self.static}
         self._sync_roles(records)
+        self.registry.set_states({
+            r.name: TenantState(phase=r.status.phase.value, step=r.status.step,
+                                last_error=r.status.last_error, failures=r.status.failures)
+            for r in records if r.status.phase is not Phase.ready and r.name not in self.static})
         for name in set(self._routes) - set(wanted):
             self.registry.remove(name)
             del self._routes[name]

@@ -1,7 +1,8 @@
 """Which tenants an identity may use, and with which roles: one injectable function.
 
-The default asks the gateway's own policy engine about every registered tenant, so the
-portal shows exactly what the gateway would allow, directory (AD) groups included.
+The default asks the gateway's own policy engine about every tenant the gateway knows, so the
+portal shows exactly what the gateway would allow, directory (AD) groups included — a tenant
+that is not ready (being created, failing, paused, being deleted) with its state.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ from dataclasses import dataclass
 from gateway.directory import Directory, lookup_value
 from gateway.identity import Grant, Identity
 from gateway.policy import PolicyEngine
-from gateway.registry import TenantRegistry
+from gateway.registry import TenantRegistry, TenantState
 
 
 @dataclass(frozen=True)
 class TenantRole:
+    """A tenant the identity has `roles` on. `state`: the lifecycle's, when not Ready;
+    `routable`: requests reach its API server (or wake it); `wakes`: a paused tenant's first
+    request resumes it."""
+
     tenant: str
     roles: tuple[str, ...]
+    state: TenantState | None = None
+    routable: bool = True
+    wakes: bool = False
 
 
 TenantAccess = Callable[[Identity], Awaitable[list[TenantRole]]]
@@ -38,10 +46,13 @@ def policy_access(registry: TenantRegistry, policy: PolicyEngine,
                 return []
             membership = await directory.membership(value)
         out = []
-        for name in registry.names():
+        for name in registry.known_names():
             decision = policy.decide(identity, name, membership)
             if isinstance(decision, Grant):
-                out.append(TenantRole(name, decision.roles))
+                upstream = registry.get(name)
+                out.append(TenantRole(name, decision.roles, registry.state(name),
+                                      routable=upstream is not None,
+                                      wakes=upstream is not None and upstream.wake is not None))
         return out
 
     return tenants_for

@@ -76,13 +76,16 @@ def read_secret(path: Path, what: str, *, min_bytes: int = 1) -> str:
 
 @dataclass(frozen=True)
 class KubeconfigForms:
-    """How kubeconfig servers are written: by hostname and/or by path prefix."""
+    """How kubeconfig servers are written: by hostname and/or by path prefix, `preferred`
+    first."""
 
     public_url: str
     base_domain: str | None
     path_prefix: str | None
+    preferred: str = "host"
 
     def servers(self, tenant: str) -> dict[str, str]:
+        """Form → server URL, the preferred form first."""
         out = {}
         scheme, _, hostport = self.public_url.partition("://")
         if self.base_domain:
@@ -91,7 +94,37 @@ class KubeconfigForms:
             out["host"] = f"{scheme}://{tenant}.{self.base_domain}" + (f":{port}" if port else "")
         if self.path_prefix:
             out["path"] = f"{self.public_url}{self.path_prefix}/{tenant}"
+        if self.preferred in out:
+            out = {self.preferred: out[self.preferred], **out}
         return out
+
+    def dns_note(self) -> str | None:
+        """What the hostname form needs, when it is not the preferred one."""
+        if not self.base_domain or not self.path_prefix or self.preferred == "host":
+            return None
+        host = f"<tenant>.{self.base_domain}"
+        return (f"The hostname form needs `{host}` to resolve to this gateway: a wildcard "
+                f"DNS record `*.{self.base_domain}`, or a line `<gateway address> {host}` per "
+                "tenant in /etc/hosts. The path prefix form needs nothing.")
+
+
+def state_lines(tr: TenantRole) -> tuple[str, str | None]:
+    """The tenant's state for people: a short label and, when not Ready, what it means."""
+    state = tr.state
+    if state is None:
+        return "Ready", None
+    if state.phase == "Paused":
+        return "Paused", ("The first request wakes it: kubectl waits while it starts."
+                          if tr.wakes else "Ask a platform engineer to resume it.")
+    if state.phase == "Deleting":
+        return "Being deleted", state.describe()
+    if state.last_error:
+        return "Failing", (f"{state.describe()}. The lifecycle manager keeps retrying; if this "
+                           "persists, ask a platform engineer.")
+    if tr.routable:  # being changed (an upgrade, a resume): its API server answers
+        return state.phase, f"{state.describe()}. It answers meanwhile."
+    return state.phase, (f"{state.describe()}. kubectl answers \"not ready yet\" until it is "
+                         "Ready; the kubeconfig works from then on.")
 
 
 class Portal:
@@ -107,7 +140,7 @@ class Portal:
         self.kept_claims = (config.ldap.user_claim,) if config.ldap else ()
         self.secure = not portal.insecure_http
         self.forms = KubeconfigForms(portal.public_url, config.routing.base_domain,
-                                     config.routing.path_prefix)
+                                     config.routing.path_prefix, portal.preferred_form)
         issuer = next(i for i in config.oidc.issuers if i.issuer == portal.issuer)
         self.ca_pem = portal.ca_file.read_bytes() if portal.ca_file else None
         try:
@@ -220,15 +253,18 @@ class Portal:
         rows = []
         for tr in tenants:
             servers = self.forms.servers(tr.tenant)
-            preferred = servers.get("host") or servers["path"]
+            preferred = next(iter(servers.values()))
             spec = self._spec(tr.tenant, preferred)
+            label, detail = state_lines(tr)
             rows.append({"tenant": tr.tenant, "roles": tr.roles, "forms": list(servers),
                          "bash": bash_command(spec), "powershell": powershell_command(spec),
-                         "server": preferred})
+                         "server": preferred,
+                         "state": label, "state_detail": detail,
+                         "deleting": tr.state is not None and tr.state.phase == "Deleting"})
         return self._page(
             "tenants.html", user=identity.username, name=request.session.get("name", ""),
             rows=rows, csrf=request.session.get("csrf", ""), issuer=self.settings.issuer,
-            install_hint=self.settings.install_hint, ca=self.ca,
+            install_hint=self.settings.install_hint, ca=self.ca, dns_note=self.forms.dns_note(),
         )
 
     async def login(self, request: Request) -> Response:

@@ -16,9 +16,12 @@ from pathlib import Path
 
 from gateway.private_file import write_private
 from gateway.quickstart.first_tenant import QuickstartError
+from gateway.quickstart.processes import record
 
 DEV_IDP_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dev-idp"
-START_TIMEOUT = 20.0
+# it prints `ready` in about a second; the bound only matters when it never does (a machine
+# under heavy load can take far longer to load its modules)
+START_TIMEOUT = 60.0
 
 
 def ensure_node_modules(directory: Path = DEV_IDP_DIR) -> None:
@@ -54,12 +57,15 @@ def ensure_node_modules(directory: Path = DEV_IDP_DIR) -> None:
 
 
 class DevIdP:
-    """`node server.mjs --config FILE`, output appended to `log_file`."""
+    """`node server.mjs --config FILE`, output appended to `log_file`; its pid is recorded in
+    `pid_file` (`processes.record`) while it runs."""
 
-    def __init__(self, config: dict, config_file: Path, log_file: Path) -> None:
+    def __init__(self, config: dict, config_file: Path, log_file: Path,
+                 pid_file: Path | None = None) -> None:
         self.config = config
         self.config_file = config_file
         self.log_file = log_file
+        self.pid_file = pid_file
         self.issuer: str = config["issuer"]
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -76,6 +82,8 @@ class DevIdP:
                 cwd=DEV_IDP_DIR, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,
             )
+        if self.pid_file is not None:
+            record(self.pid_file, self._proc.pid)
         want = f"ready {self.issuer}".encode()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -87,18 +95,25 @@ class DevIdP:
             if self._proc.poll() is not None:
                 break
             time.sleep(0.05)
+        code = self._proc.poll()
         self.stop()
-        raise QuickstartError(f"the local OpenID Provider did not start; its output:\n"
-                              f"{output[-3000:].decode(errors='replace')}")
+        why = (f"exited with status {code}" if code is not None
+               else f"did not say it was ready within {START_TIMEOUT:.0f} s")
+        raise QuickstartError(
+            f"the local OpenID Provider ({DEV_IDP_DIR / 'server.mjs'}) {why}; its output "
+            f"(all of it is in {self.log_file}):\n{output[-3000:].decode(errors='replace')}")
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; a no-op when not running."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)

@@ -4,6 +4,10 @@ The folder holds the gateway's config, a private CA and serving certificate, a p
 (`alice` is cluster-admin and `bob` may view, in every tenant), the local OpenID
 Provider's config and keys, and the first tenant's credential files. Running it again
 reuses the folder, so cached logins and the CA stay valid.
+
+It stops everything it started when it ends (Ctrl-C, SIGTERM): the OpenID Provider and the
+local provisioner's kube-apiservers and etcd. `vgate quickstart --stop` stops a quickstart
+running from the folder, or what a killed one left running (`processes`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,9 @@ from gateway.login.kubeconfig import KubeconfigSpec, kubeconfig_yaml
 from gateway.quickstart.dev_idp import DevIdP
 from gateway.quickstart.first_tenant import QuickstartError, tenant_from_kubeconfig
 from gateway.quickstart.pki import serving_certificate
+from gateway.quickstart.processes import IDP_PID, QUICKSTART_PID, record, running, stop_all
+
+DEFAULT_DIR = Path("~/.vgate/quickstart")
 
 USERS = {
     "alice": {"email": "alice@example.com", "name": "Alice Admin",
@@ -60,6 +70,7 @@ class Options:
 
 @dataclass(frozen=True)
 class Prepared:
+    directory: Path
     config_file: Path
     gateway_url: str
     ca_file: Path
@@ -125,7 +136,7 @@ def prepare(opts: Options) -> Prepared:
         "grant_types": ["authorization_code"], "response_types": ["code"],
         "redirect_uris": [f"{gateway_url}/oauth2/callback"],
     })
-    idp = DevIdP(idp_config, d / "idp-config.json", d / "idp.log")
+    idp = DevIdP(idp_config, d / "idp-config.json", d / "idp.log", d / IDP_PID)
     (d / "policies").mkdir(exist_ok=True)
     (d / "policies" / "quickstart.yaml").write_text(yaml.safe_dump(POLICY, sort_keys=False))
     config = {
@@ -150,6 +161,7 @@ def prepare(opts: Options) -> Prepared:
             "issuer": issuer, "client_secret_file": str(d / "portal-client-secret"),
             "cookie_secret_file": str(d / "portal-cookie-secret"), "public_url": gateway_url,
             "ca_file": str(serving.ca_file), "login_command": _login_command(),
+            "preferred_form": "path",  # <tenant>.localhost does not resolve everywhere
         },
     }
     config_file = d / "vgate.yaml"
@@ -162,7 +174,7 @@ def prepare(opts: Options) -> Prepared:
     )))
     if tenant is None:
         _register_local_tenant(config_file, opts.tenant)
-    return Prepared(config_file, gateway_url, serving.ca_file, opts.tenant, source, tenant,
+    return Prepared(d, config_file, gateway_url, serving.ca_file, opts.tenant, source, tenant,
                     idp, kubeconfig)
 
 
@@ -257,44 +269,124 @@ def bind_roles(tenant: dict) -> list[str]:
     return applied
 
 
+def stop_command(directory: Path) -> str:
+    """The command that stops the quickstart of `directory`."""
+    default = directory == DEFAULT_DIR.expanduser().resolve()
+    return "vgate quickstart --stop" + ("" if default else f" --dir {directory}")
+
+
 def banner(p: Prepared) -> str:
     t = p.tenant_name
+    port = p.gateway_url.rsplit(":", 1)[1]
+    host_form = f"{t}.localhost"
     lines = [
         "vgate quickstart",
         f"  gateway   {p.gateway_url}   (CA {p.ca_file})",
         f"  tenant    {t} → {p.tenant_source}",
-        f"            {p.gateway_url}/clusters/{t}   or   https://{t}.localhost:"
-        f"{p.gateway_url.rsplit(':', 1)[1]}",
+        f"            {p.gateway_url}/clusters/{t}",
+        f"            or https://{host_form}:{port} once {host_form} resolves to 127.0.0.1",
+        f'            (a line "127.0.0.1 {host_form}" in /etc/hosts, or wildcard DNS for '
+        "*.localhost)",
         f"  IdP       {p.idp.issuer}   log in as alice/alice (cluster-admin) or bob/bob (view)",
         f"  portal    {p.gateway_url}/   (sign in, download a kubeconfig)",
+        "            the browser warns: the CA is private. Trust it (the portal's \"Did your "
+        "browser warn\" says how) or proceed",
         f"  config    {p.config_file}",
         f"  try       KUBECONFIG={p.kubeconfig} kubectl auth whoami",
-        "  stop      Ctrl-C",
+        "  stop      Ctrl-C stops the gateway, the IdP and every tenant's kube-apiserver and "
+        "etcd;",
+        f"            if it was killed: {stop_command(p.directory)}",
     ]
     return "\n".join(lines)
 
 
+def stop(directory: Path) -> int:
+    """`vgate quickstart --stop`: stop the quickstart running from `directory` and whatever
+    a killed one left running."""
+    d = directory.expanduser().resolve()
+    stopped = stop_all(d) if d.is_dir() else []
+    if not stopped:
+        print(f"vgate quickstart: nothing of the quickstart in {d} is running", file=sys.stderr)
+    for started in stopped:
+        print(f"stopped {started}", file=sys.stderr)
+    return 0
+
+
+def _take_over(d: Path) -> None:
+    """Refuse when a quickstart runs from `d`; stop what a killed one left running."""
+    found = running(d)
+    main = next((s for s in found if s.pid_file.name == QUICKSTART_PID), None)
+    if main is not None:
+        raise QuickstartError(f"a quickstart is running from {d} already (pid {main.pid}); "
+                              f"use it, or stop it with: {stop_command(d)}")
+    if found:
+        left = ", ".join(str(s) for s in stop_all(d))
+        print(f"note: stopped what an earlier quickstart in {d} left running: {left}",
+              file=sys.stderr)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _hold_signals() -> None:
+    """While stopping: a second Ctrl-C must not leave an API server or etcd behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextmanager
+def _stops_everything(d: Path) -> Iterator[None]:
+    """Record this process as the quickstart of `d`; when it ends, however (SIGTERM acts
+    like Ctrl-C until the gateway handles both), stop every process it started."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    record(d / QUICKSTART_PID, os.getpid())
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _hold_signals()
+        try:
+            stopped = stop_all(d, skip=os.getpid())
+            if stopped:
+                print("vgate quickstart: stopped " + ", ".join(str(s) for s in stopped),
+                      file=sys.stderr)
+            (d / QUICKSTART_PID).unlink(missing_ok=True)
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run(opts: Options, *, with_bindings: bool) -> int:
-    """Prepare, start the OpenID Provider, and serve until interrupted."""
+    """Prepare, start the OpenID Provider, and serve until interrupted; then stop everything
+    that was started."""
     from gateway.config import load_config
     from gateway.serve import serve
 
-    prepared = prepare(opts)
-    static_tenant = prepared.static_tenant
-    if with_bindings and static_tenant is None:
-        print("note: --bind-roles is for a kubeconfig's cluster; the lifecycle manager binds "
-              "the roles in its own tenants", file=sys.stderr)
-    elif with_bindings and static_tenant is not None:
-        for line in bind_roles(static_tenant):
-            print(f"applied ClusterRoleBinding {line}", file=sys.stderr)
-    elif prepared.static_tenant is not None:
-        print("note: the role groups vgate:cluster-admin and vgate:view have no rights in the "
-              "cluster until they are bound: run with --bind-roles once, or see the README",
-              file=sys.stderr)
-    config = load_config(prepared.config_file)
-    prepared.idp.start()
-    try:
-        print(banner(prepared), file=sys.stderr, flush=True)
-        return serve(config)
-    finally:
-        prepared.idp.stop()
+    d = opts.directory.expanduser().resolve()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _take_over(d)
+    status = 0
+    with _stops_everything(d):
+        prepared = prepare(opts)
+        static_tenant = prepared.static_tenant
+        if with_bindings and static_tenant is None:
+            print("note: --bind-roles is for a kubeconfig's cluster; the lifecycle manager "
+                  "binds the roles in its own tenants", file=sys.stderr)
+        elif with_bindings and static_tenant is not None:
+            for line in bind_roles(static_tenant):
+                print(f"applied ClusterRoleBinding {line}", file=sys.stderr)
+        elif prepared.static_tenant is not None:
+            print("note: the role groups vgate:cluster-admin and vgate:view have no rights in "
+                  "the cluster until they are bound: run with --bind-roles once, or see the "
+                  "README", file=sys.stderr)
+        config = load_config(prepared.config_file)
+        try:
+            prepared.idp.start()
+            print(banner(prepared), file=sys.stderr, flush=True)
+            status = serve(config)
+        finally:
+            _hold_signals()
+            prepared.idp.stop()
+    return status

@@ -3,6 +3,7 @@ policy engine, kubeconfig access control, cookie flags, CSRF-safe logout."""
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import ssl
@@ -16,6 +17,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from gateway.registry import TenantState
 from tests.support import sso_world
 from tests.support.tiers import tool_missing
 
@@ -71,6 +73,55 @@ def test_each_user_sees_exactly_their_tenants_and_roles(world):
             assert _tenants(page) == tenants, user
             if not tenants:
                 assert 'id="no-tenants"' in page.text
+
+
+def _state(page: httpx.Response, tenant: str) -> tuple[str, str]:
+    """The state badge of `tenant` and the line explaining it ("" when Ready)."""
+    badge = re.search(rf'id="state-{tenant}">([^<]+)<', page.text)
+    detail = re.search(rf'id="state-detail-{tenant}">([^<]+)<', page.text)
+    assert badge is not None, page.text
+    return badge.group(1), html.unescape(detail.group(1)) if detail else ""
+
+
+def test_a_tenant_not_ready_is_listed_with_its_state(world):
+    """A tenant the lifecycle knows but that is not Ready (the states the route sync writes
+    into the registry) is listed for whoever has a role there, with its state — a user
+    whose only tenant it is no longer reads "You have no role on any tenant yet"."""
+    registry, policy = world.gateway.gateway.registry, world.gateway.gateway.policy
+    error = "apiserver: kube-apiserver of tenant3 not ready after 60s"
+    world.gateway.call(policy.set_stored_roles, "tenant3", {"cluster-admin": ["oidc:nobody"]})
+    world.gateway.call(registry.set_states, {
+        "tenant3": TenantState("Provisioning", "apiserver", error, failures=2),
+        "tenant4": TenantState("Provisioning", "certificates"),
+        "tenant1": TenantState("Provisioning", "apiserver")})  # routable: being upgraded
+    world.gateway.call(policy.set_stored_roles, "tenant4", {"view": ["oidc:nobody"]})
+    try:
+        with _client(world) as c:
+            page = sign_in(world, c, "mallory")
+            assert 'id="no-tenants"' not in page.text
+            assert _tenants(page) == {"tenant3": ["cluster-admin"], "tenant4": ["view"]}
+            assert _state(page, "tenant3") == ("Failing", (
+                'Provisioning, step "apiserver"; failed 2 times in a row, last error: '
+                "kube-apiserver of tenant3 not ready after 60s. "
+                "The lifecycle manager keeps retrying; if this persists, ask a platform "
+                "engineer."))
+            label, detail = _state(page, "tenant4")
+            assert label == "Provisioning"
+            assert detail.startswith('Provisioning, step "certificates". kubectl answers')
+            r = c.get(world.url + "/tenants/tenant4/kubeconfig?form=path")
+            assert r.status_code == 200 and "/clusters/tenant4" in r.text
+        with _client(world) as c:  # no role there: not listed, its state not shown
+            page = sign_in(world, c, "alice")
+            assert set(_tenants(page)) == {"tenant1"}
+            assert _state(page, "tenant1") == (
+                "Provisioning", 'Provisioning, step "apiserver". It answers meanwhile.')
+            assert error not in page.text
+            world.gateway.call(registry.set_states, {})
+            assert _state(c.get(world.url + "/"), "tenant1") == ("Ready", "")
+    finally:
+        world.gateway.call(registry.set_states, {})
+        for tenant in ("tenant3", "tenant4"):
+            world.gateway.call(policy.set_stored_roles, tenant, None)
 
 
 def test_gateway_endpoints_stay_in_front_of_the_portal(world):
@@ -211,6 +262,8 @@ def test_install_hint_and_the_private_ca(world):
     fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
     assert fingerprint in page.text
     assert "update-ca-certificates" in page.text and "Cert:\\CurrentUser\\Root" in page.text
+    # Chrome and Chromium on Linux read their own NSS store, not the system's
+    assert "certutil -d sql:$HOME/.pki/nssdb" in page.text
 
 
 def test_callback_rejects_foreign_state_and_reports_denial(world):

@@ -10,24 +10,17 @@ from pathlib import Path
 import pytest
 
 from tests.support import sso_world
+from tests.support.chromium import ARTIFACTS, launch, missing, sign_in_at_idp
 from tests.support.tiers import tool_missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
-]
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso_world.SSOWorld]:
-    if not Path(CHROMIUM).exists():
-        tool_missing(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="the playwright pip package is missing")
+    why = missing()
+    if why:
+        tool_missing(why)
     yield from sso_world.running(tmp_path_factory.mktemp("browser"))
 
 
@@ -35,24 +28,13 @@ def test_chromium_signs_in_downloads_and_kubectl_uses_it(world, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        # a persistent context owns a fresh --user-data-dir (playwright refuses the flag)
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS, ignore_https_errors=True, accept_downloads=True,
-            viewport={"width": 390, "height": 844},  # a phone
-        )
+        context = launch(pw, tmp_path / "profile", ignore_https_errors=True,
+                         accept_downloads=True, viewport={"width": 390, "height": 844})  # a phone
         try:
             page = context.new_page()
             page.set_default_timeout(15000)
             page.goto(world.url + "/")
-            # the IdP's login form (the dev provider), then its consent form
-            page.wait_for_url(f"{world.idp.issuer}/interaction/**")
-            page.fill("input[name=login]", "carol")
-            page.fill("input[name=password]", sso_world.USERS["carol"]["password"])
-            page.click("button[type=submit]")
-            if page.url.startswith(world.idp.issuer):
-                page.wait_for_selector("button[type=submit]")
-                page.click("button[type=submit]")  # consent
+            sign_in_at_idp(page, world.idp.issuer, "carol", sso_world.USERS["carol"]["password"])
             page.wait_for_url(world.url + "/")
             assert page.inner_text("#user") == "oidc:carol@example.com"
             tenants = page.eval_on_selector_all(

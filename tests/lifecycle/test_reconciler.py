@@ -263,6 +263,8 @@ async def test_foreign_namespace_is_never_adopted(setup):
     assert not await setup.reconciler().reconcile("t1")
     record = await setup.store.get("t1")
     assert "not managed by vgate" in record.status.last_error
+    # refused by a step's check, before any step ran: still named (not "Pending")
+    assert (record.status.phase, record.status.step) == (Phase.provisioning, "namespace")
     await set_desired(setup, "t1", Desired.deleted)
     assert await setup.reconciler().reconcile("t1")
     assert ("v1", "Namespace", "", NS) in setup.world.objects  # left alone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.lifecycle.model import Desired, RouteInfo, TenantSpec
+from gateway.lifecycle.model import Desired, Phase, RouteInfo, TenantSpec
 from gateway.lifecycle.route_sync import RouteSync
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from tests.support.gateway_thread import GatewayThread
@@ -43,6 +44,14 @@ class Manager:
     def delete(self, name: str) -> None:
         record = self.run(self.store.get(name))
         self.run(self.store.delete(name, record.version))
+
+    def progress(self, name: str, phase: Phase, step: str | None, error: str | None = None,
+                 failures: int = 0) -> None:
+        """The status a reconciler writes while it works on a tenant (no route yet)."""
+        record = self.run(self.store.get(name))
+        self.run(self.store.update_status(name, record.status.model_copy(update={
+            "phase": phase, "step": step, "last_error": error, "failures": failures}),
+            record.version))
 
 
 @pytest.fixture
@@ -91,6 +100,61 @@ def test_created_route_serves_and_deleted_route_is_404_promptly(world):
     manager.delete("t1")
     assert wait_for(lambda: client.get("/clusters/t1/api").status_code == 404)
     assert time.monotonic() - start < 1.0
+
+
+def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
+    """Known to the lifecycle but without a route (being created, failing, being deleted):
+    503 with Retry-After and a Status naming phase, step and last error — said only to a
+    caller with a role there (no token: the 401 of any name; no role: the 403 of a ready
+    tenant); a name the store does not know stays 404."""
+    gw, manager, client = world
+    registry = gw.gateway.registry
+    manager.run(manager.store.create(TenantSpec(name="t1", admin_groups=["ops-t1"])))
+    manager.progress("t1", Phase.provisioning, "apiserver")
+    assert wait_for(lambda: getattr(registry.state("t1"), "step", None) == "apiserver")
+    whoami = "/clusters/t1/apis/authentication.k8s.io/v1/selfsubjectreviews"
+    r = client.post(whoami, json={})
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    status = r.json()
+    assert status["kind"] == "Status" and status["reason"] == "ServiceUnavailable"
+    assert status["message"] == ('tenant "t1" is not ready yet (Provisioning, step '
+                                 '"apiserver"); retry shortly')
+    assert status["details"] == {"name": "t1", "kind": "tenant", "retryAfterSeconds": 5,
+                                 "causes": [{"type": "TenantPhase", "message": "Provisioning"},
+                                            {"type": "TenantStep", "message": "apiserver"}]}
+    error = "apiserver: kube-apiserver of t1 not ready after 60s"
+    manager.progress("t1", Phase.provisioning, "apiserver", error, failures=3)
+    assert wait_for(lambda: getattr(registry.state("t1"), "failures", 0) == 3)
+    r = client.post(whoami, json={})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["message"] == (
+        'tenant "t1" is not ready (Provisioning, step "apiserver"; failed 3 times in a row, '
+        "last error: kube-apiserver of t1 not ready after 60s); the lifecycle manager keeps "
+        "retrying: ask a platform administrator if this persists")
+    assert {"type": "TenantLastError", "message": error} in r.json()["details"]["causes"]
+    discovery = client.get("/clusters/t1/api")  # client-go shows a text body here
+    assert discovery.status_code == 503 and discovery.text.startswith('tenant "t1" is not')
+    # who learns nothing
+    assert httpx.get(f"{gw.url}/clusters/t1/api").status_code == 401
+    nobody = {"Authorization": "Bearer " + issuer.sign(issuer.claims(groups=["nobody"]))}
+    r = client.get("/clusters/t1/api/v1/pods", headers=nobody)
+    assert r.status_code == 403
+    assert r.json()["message"] == 'user "alice@example.com" has no access to tenant "t1"'
+    assert client.get("/clusters/t9/api/v1/pods").status_code == 404
+    # being deleted: the route goes first, the state stays until the record does
+    manager.progress("t1", Phase.deleting, "etcd-data-deleted")
+    assert wait_for(lambda: getattr(registry.state("t1"), "phase", "") == "Deleting")
+    assert client.get("/clusters/t1/api/v1/pods").json()["message"] == (
+        'tenant "t1" is being deleted (Deleting, step "etcd-data-deleted")')
+
+    def recorded() -> list[dict]:
+        lines = (gw.workdir / "audit.log").read_text().splitlines()
+        return [e for e in map(json.loads, lines) if e["decision"] == "unavailable"]
+    assert wait_for(lambda: any("Deleting" in e["reason"] for e in recorded()))
+    assert {e["tenant"] for e in recorded()} == {"t1"}
+    manager.set_running("t1")  # the route arrives: the same request goes through
+    assert wait_for(lambda: client.get("/clusters/t1/api/v1/pods").status_code == 200)
 
 
 def test_activity_reaches_the_store(world):

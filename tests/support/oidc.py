@@ -288,13 +288,13 @@ class OIDCProvider:
         with self.log_file.open("ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')}\n".encode())
             log.flush()
+            offset = log.tell()  # before the child shares the file: it may write at once
             self._proc = subprocess.Popen(
                 [NODE, str(DEV_IDP_DIR / "server.mjs"), "--config", str(self.config_file)],
                 cwd=DEV_IDP_DIR, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True,
             )
             _RUNNING.add(self._proc)
-            offset = log.tell()
         deadline = time.monotonic() + START_TIMEOUT
         want = f"ready {self.issuer}".encode()
         while time.monotonic() < deadline:
