@@ -96,17 +96,18 @@ class Recording:
 
     def output(self, data: bytes) -> None:
         if self._taking():
-            self._add(cast.OUTPUT, self._decoders[cast.OUTPUT].decode(data))
+            self._add(cast.OUTPUT, self._decoders[cast.OUTPUT].decode(data), len(data))
 
     def input(self, data: bytes) -> None:
         if self.keep_stdin and self._taking():
-            self._add(cast.INPUT, self._decoders[cast.INPUT].decode(data))
+            self._add(cast.INPUT, self._decoders[cast.INPUT].decode(data), len(data))
 
     def resize(self, width: int, height: int) -> None:
         if self._size is None:
             self._size = (width, height)
         if self._taking():
-            self._add(cast.RESIZE, f"{width}x{height}")
+            text = f"{width}x{height}"
+            self._add(cast.RESIZE, text, len(text))
 
     def status(self, data: bytes) -> None:
         room = MAX_STATUS_BYTES - len(self._status)
@@ -140,7 +141,8 @@ class Recording:
         assert self._t0 is not None
         return self._loop.time() - self._t0
 
-    def _add(self, code: str, text: str) -> None:
+    def _add(self, code: str, text: str, raw: int) -> None:
+        """Take one event (`raw`: its size as the client saw it, for a gap marker)."""
         if not text:
             return
         now = self._now()
@@ -148,7 +150,7 @@ class Recording:
         size = len(line)
         buffered = self._accepted - self.written + size
         if buffered > self._limits.buffer_bytes:
-            self._overflow(size)
+            self._overflow(raw)
             return
         if self._dropped:
             self._line(cast.event(now, cast.MARKER, f"recording gap: {self._dropped} bytes not "

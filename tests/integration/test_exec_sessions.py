@@ -466,21 +466,33 @@ def _pinned(minor: str) -> str:
 
 @pytest.mark.parametrize(("minor", "tenant", "client"), [
     ("27", "wsonly", "spdy"),  # SPDY only: the gateway speaks WebSocket to the tenant
-    ("28", "spdyonly", "spdy"),
-    ("29", "spdyonly", "websocket"),  # WebSocket exec behind a feature gate (env)
-    ("30", "spdyonly", "websocket"),  # WebSocket exec by default, port-forward by env
-    ("31", "spdyonly", "websocket"),
-    ("33", "wsonly", "websocket"),
+    ("28", "wsonly", "spdy"),
+    ("29", "spdyonly", "websocket"),  # WebSocket exec behind a feature gate (the env)
+    ("30", "spdyonly", "websocket"),  # WebSocket exec by default, port-forward by the env
+    ("31", "spdyonly", "websocket"),  # both by default
     ("33", "spdyonly", "websocket"),
+    ("33", "wsonly", "spdy"),
 ])
 def test_kubectl_versions(sw: SessionWorld, minor: str, tenant: str, client: str) -> None:
+    """Each pinned kubectl the machine has, against a tenant that refuses its upgrade."""
     kubectl = _pinned(minor)
     env = ENVS[client]
-    out = ok(sw.kubectl(tenant, "exec", "-i", "web-0", "--", "cat", input=b"from 1." +
-                        minor.encode() + b"\n", env=env, kubectl=kubectl))
-    assert out == b"from 1." + minor.encode() + b"\n"
+    text = f"from kubectl 1.{minor}\n".encode()
+    audit_seen = len(sw.audit_lines())
+    out = ok(sw.kubectl(tenant, "exec", "-i", "web-0", "--", "cat", input=text, env=env,
+                        kubectl=kubectl))
+    assert out == text
     reply = _port_forward(sw, tenant, env, kubectl=kubectl)
     assert b"PING FIRST" in reply and b"PING SECOND" in reply
+    # kubectl before 1.30 has no WebSocket port-forward at all
+    forward_client = client if int(minor) >= 30 else "spdy"
+    bridged = {line["path"].split("?")[0].rsplit("/", 1)[-1]: line.get("bridged")
+               for line in sw.audit_lines()[audit_seen:] if line["status"] == 101}
+    other = {"websocket": "spdy", "spdy": "websocket"}
+    assert bridged["exec"] == f"{client}->{other[client]}", bridged
+    expected = (f"{forward_client}->{other[forward_client]}"
+                if EXPECTED[tenant][forward_client][1] else None)
+    assert bridged["portforward"] == expected, bridged
 
 
 def test_through_an_ingress_that_refuses_spdy(sw: SessionWorld) -> None:

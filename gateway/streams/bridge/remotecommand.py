@@ -243,7 +243,7 @@ class SpdyClientWebSocketTenant:
         if self.tap is not None and body:
             self.tap.from_tenant(channel, body)
         stream_id = self.stream_of.get(channel)
-        if stream_id is not None:
+        if stream_id is not None and not self.early:
             if body:
                 self.ends.to_client(spdy.data(stream_id, body))
             return
@@ -256,15 +256,18 @@ class SpdyClientWebSocketTenant:
         self.early.append((channel, body))
 
     def _release_early(self) -> None:
-        """Send what waited for streams the client has opened by now, in arrival order."""
-        waiting, self.early = self.early, []
-        for channel, body in waiting:
+        """Send what waited, in arrival order, up to the first piece whose stream the client
+        has not opened yet (so stdout never overtakes the exit status, nor the other way)."""
+        sent = 0
+        for channel, body in self.early:
             stream_id = self.stream_of.get(channel)
             if stream_id is None:
-                self.early.append((channel, body))
-            else:
-                self.ends.to_client(spdy.data(stream_id, body))
-        self.early_bytes = sum(len(body) for _, body in self.early)
+                break
+            self.ends.to_client(spdy.data(stream_id, body))
+            sent += 1
+        if sent:
+            del self.early[:sent]
+            self.early_bytes = sum(len(body) for _, body in self.early)
 
     def _finish(self, why: str) -> None:
         """The tenant's side ended (its close, a protocol error, the client's GOAWAY)."""
