@@ -6,6 +6,7 @@ a slow or broken disk (the fault injected); everything else is the real code."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 import io
 import json
 import os
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config.model import SessionRecording
 from gateway.sessions import cast
@@ -235,3 +238,16 @@ def test_play_keeps_bytes_and_timing(tmp_path: Path) -> None:
     play(path, out, speed=2.0, max_wait=1.0, sleep=pauses.append)
     assert out.getvalue() == raw
     assert pauses == [0.25, 1.0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_any_output_bytes_survive_the_cast_exactly(chunks: list[bytes]) -> None:
+    """Whatever bytes pass (split anywhere, UTF-8 or not), the cast line is valid JSON in
+    ASCII or UTF-8, and `raw` of the decoded texts gives the same bytes back."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    texts = [decoder.decode(chunk) for chunk in chunks] + [decoder.decode(b"", final=True)]
+    lines = [cast.event(1.0, "o", text) for text in texts]
+    for line in lines:
+        line.decode("utf-8")  # never invalid UTF-8 in the file
+    assert b"".join(cast.raw(json.loads(line)[2]) for line in lines) == b"".join(chunks)
