@@ -151,9 +151,9 @@ class Pipeline:
         if flow.held is not None and self.limiter is not None:
             self.limiter.release(flow.held)
             flow.held = None
-        if flow.recording is not None:
-            flow.recording.finish()
         try:
+            if flow.recording is not None:
+                flow.recording.finish()  # the session's cast (never blocks)
             self.recorder.record(flow)
         except Exception:
             log.exception("recording failed")

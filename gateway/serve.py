@@ -114,7 +114,7 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
         tenant_tokens=TenantTokens(
             config.token_review, tenant_api,
             on_review=lambda tenant, result: metrics.token_reviews.labels(tenant, result).inc()),
-        sessions=(SessionRecordings(config.sessions.recording)
+        sessions=(SessionRecordings(config.sessions.recording, metrics=metrics)
                   if config.sessions.recording.enabled else None),
     )
 

@@ -54,8 +54,8 @@ class Recording:
 
     def __init__(self, session_id: str, meta: dict[str, Any], file: SinkFile,
                  thread: RecordingThread, limits: Limits, *, required: bool, stdin: bool,
-                 abort: Callable[[str], None], peak: Callable[[int], None] | None = None
-                 ) -> None:
+                 abort: Callable[[str], None], peak: Callable[[int], None] | None = None,
+                 outcome: Callable[[str], None] | None = None) -> None:
         self.session_id = session_id
         self.meta = meta
         self.required = required
@@ -65,6 +65,7 @@ class Recording:
         self._limits = limits
         self._abort = abort
         self._peak = peak
+        self._outcome = outcome  # told "recorded" or "stopped" once the session ended
         self._loop = asyncio.get_running_loop()
         self._t0: float | None = None  # loop time of the switch; no events before it
         self._wall0 = time.time()
@@ -128,6 +129,8 @@ class Recording:
         if self._t0 is None:  # never switched: no session took place
             self._thread.put(self._discard)
             return
+        if self._outcome is not None:
+            self._outcome("stopped" if self._stopped else "recorded")
         self._pending.append(cast.event(self._now(), cast.MARKER, self._end_marker()))
         self._hand_over()
         self._thread.put(self._close)

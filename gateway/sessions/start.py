@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.config.model import SessionRecording
 from gateway.flow import Flow
+from gateway.metrics import Metrics
 from gateway.sessions.policy import Decision, RecordingPolicy
 from gateway.sessions.recording import Limits, Recording
 from gateway.sessions.sink import DirectorySink, RecordingUnavailable, SessionSink
@@ -36,8 +37,10 @@ class SessionRecordings:
     """The recordings of this process: policy, sink, the writing thread, and a high-water
     mark of what waited to be written (`peak_buffered`, bytes, any one session)."""
 
-    def __init__(self, config: SessionRecording, sink: SessionSink | None = None) -> None:
+    def __init__(self, config: SessionRecording, sink: SessionSink | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.policy = RecordingPolicy(config)
         self.sink: SessionSink = sink or DirectorySink(
             config.directory, max_directory_bytes=config.max_directory_bytes,
@@ -70,7 +73,10 @@ class SessionRecordings:
             file = await asyncio.wait_for(
                 asyncio.to_thread(self.sink.open, session_id, time.time()),
                 OPEN_TIMEOUT_SECONDS)
-        except TimeoutError:
+        except (TimeoutError, RecordingUnavailable) as exc:
+            self.count(flow.tenant, "refused" if wanted.decision.required else "unrecorded")
+            if isinstance(exc, RecordingUnavailable):
+                raise
             raise RecordingUnavailable(
                 f"the recording storage did not answer within {OPEN_TIMEOUT_SECONDS:g} s"
             ) from None
@@ -82,9 +88,15 @@ class SessionRecordings:
             flow.reason = why
             exchange.conn.abort()
 
+        tenant = flow.tenant or ""
         return Recording(session_id, self._meta(flow, wanted, keep_stdin), file, self.thread,
                          self.limits, required=decision.required, stdin=keep_stdin,
-                         abort=abort, peak=self._note_peak)
+                         abort=abort, peak=self._note_peak,
+                         outcome=lambda outcome: self.count(tenant, outcome))
+
+    def count(self, tenant: str | None, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.session_recordings.labels(tenant or "", outcome).inc()
 
     def _note_peak(self, buffered: int) -> None:
         if buffered > self.peak_buffered:

@@ -45,7 +45,6 @@ class StreamSession:
         self.attempt = first
         self.attempts = 0
         self.tenant_protocol = ""  # the sub-protocol the tenant chose
-        self.reason = ""  # why the session ended abnormally, for the audit log
         self._key = new_key() if self.can_bridge else b""
         self._native = b""
 

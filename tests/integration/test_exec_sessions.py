@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -296,6 +297,8 @@ def test_tty_session_is_recorded_and_plays_back_byte_exact(
     code, shown = _vgate(capfdbinary, "sessions", "show", "--dir", str(sw.casts),
                          meta["session"][:8])
     assert code == 0 and b"exit 7" in shown and b"web-0" in shown
+    metrics = httpx.get(sw.gateway.metrics_url + "/metrics").text
+    assert 'vgate_session_recordings_total{outcome="recorded",tenant="rec"}' in metrics
 
 
 def test_stdin_without_a_tty_is_not_recorded(sw: SessionWorld) -> None:
@@ -328,6 +331,10 @@ def test_required_recording_that_cannot_be_written_refuses_with_503(sw: SessionW
             assert "must be recorded and the recording cannot be written" in stderr, stderr
             assert "Not a directory" in stderr and "ServiceUnavailable" in stderr, stderr
         assert upgrades(kube, seen) == []  # refused before anything was upgraded
+        metrics = httpx.get(gateway.metrics_url + "/metrics").text
+        refused = 'vgate_session_recordings_total{outcome="refused",tenant="both"} '
+        # kubectl falls back to SPDY after the refused WebSocket: 3 refusals in all
+        assert float(metrics.split(refused)[1].split()[0]) == 3, metrics
         # port-forward is not a terminal session: not recorded, not refused
         assert b"PING FIRST" in _port_forward(sw, "both", WS_ENV, gateway=gateway)
     finally:
@@ -459,6 +466,10 @@ def test_tenant_protocol_is_learnt_once(sw: SessionWorld) -> None:
     seen = len(kube.records)
     ok(sw.kubectl("spdyonly", "exec", "web-0", "--", "true", env=WS_ENV))
     assert [(u, s) for u, _, s in upgrades(kube, seen)] == [("spdy/3.1", 101)]
+    time.sleep(0.2)  # the session's end is counted when its connection closes
+    metrics = httpx.get(sw.gateway.metrics_url + "/metrics").text
+    bridged = 'vgate_stream_sessions_total{path="websocket->spdy",tenant="spdyonly"} '
+    assert bridged in metrics and float(metrics.split(bridged)[1].split()[0]) >= 2
 
 
 def _pinned(minor: str) -> str:
