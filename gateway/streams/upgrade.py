@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from gateway.http.headers import RequestHeaders
 
 WEBSOCKET, SPDY = "websocket", "spdy"
-KINDS = ("exec", "attach", "portforward")
 _PATH = re.compile(rb"^/api/v1/namespaces/([^/?]+)/pods/([^/?]+)/(exec|attach|portforward)/?$")
 _BEARER = "base64url.bearer.authorization.k8s.io."
 # request fields that belong to one upgrade and never go with the other
