@@ -251,3 +251,18 @@ def test_any_output_bytes_survive_the_cast_exactly(chunks: list[bytes]) -> None:
     for line in lines:
         line.decode("utf-8")  # never invalid UTF-8 in the file
     assert b"".join(cast.raw(json.loads(line)[2]) for line in lines) == b"".join(chunks)
+
+
+def test_an_unquoted_off_is_the_mode_off() -> None:
+    """YAML 1.1 reads `mode: off` as false; the config reads it as the mode `off`."""
+    import yaml
+
+    from gateway.config.model import GatewayConfig
+
+    config = GatewayConfig.model_validate(yaml.safe_load(
+        "oidc: {issuers: [{issuer: 'https://idp.example.com', audiences: [vgate]}]}\n"
+        "sessions: {recording: {mode: off, tenants: {prod: {mode: required}},"
+        " roles: {view: {mode: off}}}}\n"))
+    recording = config.sessions.recording
+    assert recording.mode == "off" and recording.roles["view"].mode == "off"
+    assert recording.enabled  # prod requires it

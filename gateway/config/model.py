@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -304,7 +305,12 @@ class Audit(Strict):
     file: str = "-"
 
 
-RecordingMode = Literal["off", "best-effort", "required"]
+def _yaml_off(value: object) -> object:
+    """YAML 1.1 reads an unquoted `off` as false: that is the mode `off`."""
+    return "off" if value is False else value
+
+
+RecordingMode = Annotated[Literal["off", "best-effort", "required"], BeforeValidator(_yaml_off)]
 StdinRecording = Literal["tty", "always", "never"]
 
 
