@@ -217,15 +217,22 @@ def test_a_bridged_head_keeps_identity_and_swaps_the_upgrade() -> None:
     assert head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1
     back = request("SPDY/3.1").tenant_head(head, WEBSOCKET, b"KEY")
     assert back.startswith(b"GET ") and b"Sec-WebSocket-Key: KEY\r\n" in back
+    # only v5: API servers that take it authorize a WebSocket exec as `create`, like SPDY
+    assert b"Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n" in back
     assert b"x-stream-protocol-version" not in back.lower() and b"Content-Length" not in back
+
+
+JSON = [(b"Content-Type", b"application/json")]
 
 
 def test_discovery_learns_a_refusal_only_when_the_other_upgrade_worked() -> None:
     protocols = TenantProtocols()
     session = StreamSession(request("websocket"), "t1", protocols=protocols)
     assert session.head(NATIVE) == NATIVE and not session.bridged
-    assert session.retry_head(401) is None  # the gateway's credential: not retried
-    assert session.retry_head(403) is not None and session.bridged
+    assert session.retry_head(401, []) is None  # the gateway's credential: not retried
+    # the API server's own 403 (authorization) is never retried with the other verb
+    assert session.retry_head(403, [(b"Content-Type", b"application/json")]) is None
+    assert session.retry_head(403, []) is not None and session.bridged  # a handshake's 403
     spdy_ok = [(b"X-Stream-Protocol-Version", b"v4.channel.k8s.io")]
     switch = session.switched(spdy_ok, b"id-1")
     assert switch is not None and b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in switch
@@ -235,13 +242,13 @@ def test_discovery_learns_a_refusal_only_when_the_other_upgrade_worked() -> None
     fresh = TenantProtocols()
     both = StreamSession(request("websocket"), "t2", protocols=fresh)
     both.head(NATIVE)
-    assert both.retry_head(404) is not None and both.retry_head(404) is None
+    assert both.retry_head(404, JSON) is not None and both.retry_head(404, JSON) is None
     assert fresh.refuses("t2", "remotecommand") is None
     # a tenant known to refuse WebSocket that takes it again is re-checked on failure
     again = StreamSession(request("websocket"), "t1", protocols=protocols)
     assert again.bridged
     again.head(NATIVE)
-    assert again.retry_head(400) is not None and not again.bridged
+    assert again.retry_head(400, JSON) is not None and not again.bridged
     assert again.switched([(b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io")], b"id") is None
     assert protocols.refuses("t1", "remotecommand") == SPDY
 
@@ -249,7 +256,7 @@ def test_discovery_learns_a_refusal_only_when_the_other_upgrade_worked() -> None
 def test_a_bridged_switch_must_answer_the_gateways_key() -> None:
     session = StreamSession(request("SPDY/3.1"), "t", protocols=TenantProtocols())
     session.head(NATIVE)
-    session.retry_head(400)
+    session.retry_head(400, [])
     with pytest.raises(UnusableSwitch, match="Sec-WebSocket-Accept"):
         session.switched([(b"Sec-WebSocket-Accept", b"wrong"),
                           (b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io")], b"id")

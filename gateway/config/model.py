@@ -334,7 +334,7 @@ class SessionRecording(StrictPaths):
     max_directory_bytes: Annotated[int, Field(ge=1 << 20)] = 10 << 30  # oldest casts go
     max_age_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
     min_free_bytes: Annotated[int, Field(ge=0)] = 64 << 20  # less free: cannot record
-    buffer_bytes: Annotated[int, Field(ge=64 << 10, le=256 << 20)] = 1 << 20  # per session
+    buffer_bytes: Annotated[int, Field(ge=64 << 10, le=256 << 20)] = 4 << 20  # per session
     flush_seconds: Annotated[float, Field(gt=0, le=10)] = 0.2
 
     @field_validator("tenants")

@@ -432,7 +432,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert flow is not None and flow.stream is not None and exchange is not None
         session = flow.stream
         if status != 101:
-            head = session.retry_head(status)
+            head = session.retry_head(status, self._headers)
             if head is None:
                 return False
             self._detach()

@@ -19,9 +19,14 @@ V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
 PORTFORWARD = "portforward.k8s.io"
 WS_PORTFORWARD = "SPDY/3.1+portforward.k8s.io"
-#: what the gateway can translate, best first
+#: what the gateway translates for a client, best first
 WS_REMOTECOMMAND = (V5, V4)
 SPDY_REMOTECOMMAND = (V4,)  # v5 over SPDY is framed as v4; the kubelet speaks v4
+#: what the gateway offers a tenant over WebSocket: only v5, which API servers take from
+#: 1.30 on, when they also authorize a WebSocket exec/attach as `create` (before, a GET
+#: upgrade needed only `get` on pods/exec: bridging a SPDY client's POST there would turn
+#: the `create` the client was checked for into a `get`)
+WS_REMOTECOMMAND_TENANT = (V5,)
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 STREAM_TYPES = {"stdin": STDIN, "stdout": STDOUT, "stderr": STDERR, "error": ERROR,

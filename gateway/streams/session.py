@@ -4,9 +4,10 @@ client's), whether a refusal is retried with the other upgrade, the 101 the clie
 and what relays the bytes afterwards: nothing (a raw tunnel), an observer feeding a
 recording, or a bridge.
 
-A refusal (a 4xx other than 401, 407, 429) is retried once with the other upgrade when the
-gateway can translate between them; nothing runs in a container before a 101, so a retry
-repeats no work. A retry that gets a 101 teaches `TenantProtocols` about the tenant.
+A refusal (a 4xx other than 401, 407, 429, and other than an API server's 403 `Status`) is
+retried once with the other upgrade when the gateway can translate between them; nothing
+runs in a container before a 101, so a retry repeats no work. A retry that gets a 101
+teaches `TenantProtocols` about the tenant.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from gateway.streams.upgrade import WEBSOCKET, StreamRequest, accepted_protocol,
 from gateway.streams.websocket import new_key
 
 _NOT_RETRIED = frozenset({401, 407, 429})
+
+
+def _is_status(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The answer is the API server's: a JSON body (a Kubernetes `Status`)."""
+    return any(name.lower() == b"content-type" and b"json" in value.lower()
+               for name, value in headers)
 
 
 class UnusableSwitch(Exception):
@@ -60,11 +67,14 @@ class StreamSession:
             return native
         return self.request.tenant_head(native, self.attempt, self._key)
 
-    def retry_head(self, status: int) -> bytes | None:
-        """The tenant refused the current attempt with `status`: the head of the next
-        attempt, or None to relay the refusal."""
+    def retry_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The tenant refused the current attempt with `status` and `headers`: the head of
+        the next attempt, or None to relay the refusal. An API server's own 403 (a JSON
+        `Status`: authorization said no) is never retried — the other upgrade is checked
+        with another verb; what is retried is a refusal of the upgrade itself (a kubelet's
+        bare 403 from its WebSocket handshake, a 400, an ingress's answer)."""
         if not self.can_bridge or self.attempts >= 2 or status in _NOT_RETRIED \
-                or not 400 <= status < 500:
+                or not 400 <= status < 500 or (status == 403 and _is_status(headers)):
             return None
         self.attempt = other(self.attempt)
         return self.head(self._native)

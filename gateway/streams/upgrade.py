@@ -113,10 +113,12 @@ class StreamRequest:
         return next((p for p in self.offered if p in usable), None)
 
     def tenant_protocols(self, transport: str) -> tuple[str, ...]:
-        """The sub-protocols the gateway offers a tenant over `transport`."""
+        """The sub-protocols the gateway offers a tenant over `transport` (over WebSocket
+        only those of API servers that authorize the upgrade as `create`: v5 and the
+        port-forward tunnel, both from Kubernetes 1.30)."""
         if transport == WEBSOCKET:
             return ((channels.WS_PORTFORWARD,) if self.kind == "portforward"
-                    else channels.WS_REMOTECOMMAND)
+                    else channels.WS_REMOTECOMMAND_TENANT)
         return ((channels.PORTFORWARD,) if self.kind == "portforward"
                 else channels.SPDY_REMOTECOMMAND)
 
