@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--tenant", required=True)
     e.add_argument("--username", help="the Kubernetes username (default: prefix + --user)")
     psub.add_parser("schema", help="print the JSON Schema of a policy file")
+    from gateway.sessions import cli as sessions_cli
+
+    sessions_cli.add_parser(sub)
     p = sub.add_parser("directory", help="the directory group cache")
     dsub = p.add_subparsers(dest="directory_command", required=True)
     f = dsub.add_parser("flush", help="drop cached groups in every worker")
@@ -225,4 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         return _policy_explain(args.config, args.user, args.tenant, args.username)
     if args.command == "directory":
         return _directory_flush(args.config, args.user)
+    if args.command == "sessions":
+        return sessions_cli.run(args, _load)
     return 2

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from gateway.http.exchange import Exchange, Headers
     from gateway.identity import Grant, Identity
     from gateway.registry import Upstream
+    from gateway.streams.events import SessionRecord
+    from gateway.streams.session import StreamSession
 
 _DISCOVERY_PATHS = (b"/api", b"/apis", b"/version")
 
@@ -40,8 +42,8 @@ class Flow:
 
     __slots__ = (
         "credential", "exchange", "forwarded_for", "grant", "held", "identity", "membership",
-        "outcome", "reason", "requested_tenant", "source", "target", "tenant", "upstream",
-        "upstream_head",
+        "outcome", "reason", "recording", "requested_tenant", "source", "stream", "target",
+        "tenant", "upstream", "upstream_head",
     )
 
     def __init__(self, exchange: Exchange) -> None:
@@ -60,6 +62,10 @@ class Flow:
         self.credential: bytes | None = None
         self.held: tuple | None = None  # open-stream counts the limit step took (gateway.limits)
         self.upstream_head = b""  # the request head the rewrite step built
+        # exec/attach/cp/port-forward upgrades only: the stream plan (forward step) and the
+        # session's recording (gateway.sessions), when a policy asks for one
+        self.stream: StreamSession | None = None
+        self.recording: SessionRecord | None = None
         self.outcome = Outcome.NONE
         self.reason = ""  # for the audit log, never the client
 

@@ -129,6 +129,16 @@ class Metrics:
             "Requests not limited because the limit table could not count them (full: every "
             "slot of the key's group holds open streams; lock: a lock left held)", ["cause"],
             registry=r)
+        self.stream_sessions = Counter(
+            "vgate_stream_sessions_total",
+            "exec/attach/cp/port-forward sessions that switched protocols, by tenant and "
+            "how they went through (tunnel, or bridged websocket->spdy / spdy->websocket)",
+            ["tenant", "path"], registry=r)
+        self.session_recordings = Counter(
+            "vgate_session_recordings_total",
+            "exec/attach recordings by tenant and outcome: recorded; unrecorded (best-effort, "
+            "could not be opened); refused (required, could not be opened: 503); stopped "
+            "(fell behind or failed mid-session)", ["tenant", "outcome"], registry=r)
         self.token_reviews = Counter(
             "vgate_token_reviews_total",
             "TokenReviews of tenant-native tokens at their tenant, by result "

@@ -8,6 +8,7 @@
        limit          rate and open-stream limits, or 429             gateway.limits
        nested         `kubectl --as`: SubjectAccessReview checks      gateway.policy.nested
        wake           a paused tenant: 503, or hold while it resumes  gateway.registry
+       session        exec/attach: open its recording, or 503         gateway.sessions
     5. rewrite        the upstream head: credential + Impersonate-*   gateway.rewrite
     6. forward        stream the answer, or tunnel an upgrade         gateway.forward
     7. record         audit line + metrics, when the exchange ends    gateway.record
@@ -53,6 +54,8 @@ from gateway.record import Recorder
 from gateway.registry import TenantRegistry
 from gateway.rewrite import impersonation_block, private_cookie_names, upstream_head
 from gateway.route import Refused, Router
+from gateway.sessions.sink import RecordingUnavailable
+from gateway.sessions.start import SessionRecordings, Wanted
 from gateway.tenant_api import CredentialRefused
 
 log = logging.getLogger("vgate.pipeline")
@@ -93,6 +96,7 @@ class Pipeline:
         private_cookies: Iterable[str] = (),
         limiter: Limiter | None = None,
         tenant_tokens: TenantTokens | None = None,
+        sessions: SessionRecordings | None = None,
     ) -> None:
         self.steps: tuple[Step, ...] = (
             self.route,
@@ -102,6 +106,7 @@ class Pipeline:
             *((self.limit,) if limiter is not None else ()),
             self.nested,
             self.wake,
+            *((self.session,) if sessions is not None else ()),
             self.rewrite,
             self.forward,
         )
@@ -120,6 +125,7 @@ class Pipeline:
         self.private_cookies = private_cookie_names(private_cookies)
         self.limiter = limiter
         self.tenant_tokens = tenant_tokens
+        self.sessions = sessions
         self.overage_only = directory is not None and directory.config.lookup == "overage"
         # how an issuer's overage tokens name the groups the directory finds
         self.overage_names = {i.issuer: (i.overage_group_names, i.groups_prefix)
@@ -148,6 +154,8 @@ class Pipeline:
             self.limiter.release(flow.held)
             flow.held = None
         try:
+            if flow.recording is not None:
+                flow.recording.finish()  # the session's cast (never blocks)
             self.recorder.record(flow)
         except Exception:
             log.exception("recording failed")
@@ -521,6 +529,36 @@ class Pipeline:
         flow.exchange.fail(503, f'tenant "{upstream.name}" is starting; retry shortly',
                            extra=[(b"Retry-After", b"10")])
         return DONE
+
+    # -- exec/attach session recording -----------------------------------------------------
+
+    def session(self, flow: Flow) -> Next | Awaitable[Next]:
+        """An exec/attach upgrade the policy wants recorded: open the recording first (in a
+        thread). A `required` one that cannot be written is a 503 naming why, before
+        anything is upgraded; a `best-effort` one is logged and the session goes on."""
+        if not flow.exchange.upgrade:
+            return None
+        assert self.sessions is not None
+        wanted = self.sessions.wanted(flow)
+        if wanted is None:
+            return None
+        return self._open_recording(flow, self.sessions, wanted)
+
+    async def _open_recording(self, flow: Flow, sessions: SessionRecordings,
+                              wanted: Wanted) -> Next:
+        try:
+            flow.recording = await sessions.open(flow, wanted)
+        except RecordingUnavailable as exc:
+            if not wanted.decision.required:
+                log.warning("request %s tenant %s: session not recorded (best-effort): %s",
+                            flow.exchange.request_id.decode(), flow.tenant, exc)
+                return None
+            flow.end(Outcome.UNAVAILABLE, f"session recording required and unavailable: {exc}")
+            flow.exchange.fail(503, f"this {wanted.request.kind} session must be recorded and "
+                                    f"the recording cannot be written: {exc}",
+                               extra=[(b"Retry-After", b"10")])
+            return DONE
+        return None
 
     # -- 5. rewrite and 6. forward ------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from gateway.record.audit import AuditLog
 from gateway.registry import TenantRegistry, upstream_from_config
 from gateway.reload import ConfigSource, LiveConfig, Snapshot, Tracked, first_load
 from gateway.route import Router
+from gateway.sessions.start import SessionRecordings
 from gateway.tenant_api import TenantApi
 from gateway.workers import HEARTBEAT_SECONDS, BoardCollector, Supervisor, WorkerBoard, heartbeat
 
@@ -90,7 +91,7 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
 
         admin = build_admin_app(config, authenticator.authenticate, prefix="")  # root_path
         local_apps.mount("/admin", admin.app, on_close=admin.close)
-    forwarder = Forwarder(config.upstream, metrics)
+    forwarder = Forwarder(config.upstream, metrics, bridge=config.sessions.bridge)
     own = OwnEndpoints(metrics, lambda: authenticator.ready, local_apps)
     own.notes.append(forwarder.health.notes)
     return Pipeline(
@@ -113,6 +114,8 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
         tenant_tokens=TenantTokens(
             config.token_review, tenant_api,
             on_review=lambda tenant, result: metrics.token_reviews.labels(tenant, result).inc()),
+        sessions=(SessionRecordings(config.sessions.recording, metrics=metrics)
+                  if config.sessions.recording.enabled else None),
     )
 
 
@@ -154,6 +157,8 @@ class RunningGateway:
         g = self.pipeline
         await g.authenticator.start()
         g.forwarder.start()
+        if g.sessions is not None:
+            g.sessions.start()
         if g.directory is not None:
             self._directory_check = asyncio.create_task(self._check_directory())
         loop = asyncio.get_running_loop()
@@ -241,6 +246,8 @@ class RunningGateway:
         if p.directory is not None:
             p.directory.close()
         p.recorder.close()
+        if p.sessions is not None:
+            await asyncio.to_thread(p.sessions.close)  # the casts of ended sessions are written
         if self.certificate is not None:
             await self.certificate.stop()
 

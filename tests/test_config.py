@@ -120,6 +120,13 @@ def test_absolute_paths_are_kept(tmp_path: Path) -> None:
          "DNS name"),
         ("  path_prefix: /clusters", "  path_prefix: /clusters/../x", "path_prefix", "/clusters"),
         ("port: 8443}", "port: 99999}", "listen:", "65535"),
+        ("policies: policies", "policies: policies\nsessions:\n  recording:\n    mode: always",
+         "mode: always", "sessions.recording.mode: Input should be 'off', 'best-effort' or "
+         "'required'"),
+        ("policies: policies", "policies: policies\nsessions:\n  recording:\n    tenants:\n"
+         "      Bad_Tenant: {mode: required}", "    tenants:", "not a tenant name: 'Bad_Tenant'"),
+        ("policies: policies", "policies: policies\nsessions:\n  recording:\n    roles:\n"
+         "      view: {stdin: sometimes}", "sometimes", "sessions.recording.roles.view.stdin"),
     ],
 )
 def test_each_problem_is_located(

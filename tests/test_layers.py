@@ -17,10 +17,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gateway"
 
 #: the rooms of the request path, in order
-STEPS = {"route", "authn", "directory", "policy", "limits", "rewrite", "forward", "record"}
+STEPS = {"route", "authn", "directory", "policy", "limits", "rewrite", "forward", "record",
+         "sessions"}
 #: what every room may build on
 GROUND = {"identity", "flow", "metrics", "names", "config", "registry", "credentials",
-          "private_file", "http", "tenant_api"}
+          "private_file", "http", "tenant_api", "streams"}
 #: who may import what, beyond the ground floor (a room always may import itself)
 ALLOWED: dict[str, set[str]] = {
     # the ground floor
@@ -33,7 +34,9 @@ ALLOWED: dict[str, set[str]] = {
     "credentials": {"private_file"},
     "registry": {"config", "credentials"},
     "tenant_api": {"registry"},  # the gateway's own calls to tenants (reviews)
-    "flow": {"http", "identity", "registry", "directory"},  # type-only: Membership
+    "flow": {"http", "identity", "registry", "directory",  # type-only: Membership
+             "streams"},  # type-only: the stream plan and the recording of an upgrade
+    "streams": {"http"},  # exec/attach/port-forward codecs and bridges (type-only: headers)
     # the steps: each may use the values of the steps before it
     "route": set(),
     "authn": {"config", "identity"},
@@ -43,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "rewrite": {"authn", "identity"},  # the WebSocket bearer-protocol rule
     "forward": {"flow"},
     "record": {"flow"},
+    "sessions": set(),  # exec/attach recordings (config, flow, streams: the ground floor)
     # above the steps
     "endpoints": {"http", "metrics"},
     "reload": {"policy"},  # live policy files and static tenants
@@ -55,7 +59,7 @@ ALLOWED: dict[str, set[str]] = {
     "quickstart": {"lifecycle", "login", "kubeconfig_files", "serve"},  # it runs a gateway
     "serve": STEPS | {"pipeline", "endpoints", "portal", "lifecycle", "reload", "workers"},
     "cli": {"serve", "policy", "directory", "lifecycle", "login", "portal", "quickstart",
-            "kubeconfig_files"},
+            "kubeconfig_files", "sessions"},
     "__main__": {"cli"},
     "__init__": set(),
 }

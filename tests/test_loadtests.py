@@ -88,3 +88,19 @@ def test_tools_are_reported_missing(monkeypatch: pytest.MonkeyPatch) -> None:
         stack.nginx_binary() is None
     monkeypatch.setattr(stack, "nginx_binary", lambda: None)
     assert missing_tools() == "nginx is not installed (apt-get install nginx)"
+
+
+def test_exec_relay_bench_smoke() -> None:
+    """The exec relay row: a tunnel, a recording, a bridge, both — every byte arrives and
+    the recorded rows write a cast of it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench.exec_relay", "--mib", "2", "--sessions", "1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "relayed" not in line}
+    assert set(rows) == {"tunnel", "tunnel + recording", "bridged", "bridged + recording"}
+    for name, cells in rows.items():
+        assert float(cells[0]) == 2, (name, cells)  # every MiB arrived
+        assert (float(cells[4]) >= 2) == name.endswith("recording"), (name, cells)

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -304,6 +305,61 @@ class Audit(Strict):
     file: str = "-"
 
 
+def _yaml_off(value: object) -> object:
+    """YAML 1.1 reads an unquoted `off` as false: that is the mode `off`."""
+    return "off" if value is False else value
+
+
+RecordingMode = Annotated[Literal["off", "best-effort", "required"], BeforeValidator(_yaml_off)]
+StdinRecording = Literal["tty", "always", "never"]
+
+
+class RecordingRule(Strict):
+    """A tenant's or a role's recording setting (unset fields: as the level above)."""
+
+    mode: RecordingMode | None = None
+    stdin: StdinRecording | None = None
+
+
+class SessionRecording(StrictPaths):
+    """exec/attach session recording (README "Exec sessions: recording and protocol
+    bridging"): asciinema v2 casts in `directory`, one per session."""
+
+    mode: RecordingMode = "off"  # every tenant's default
+    stdin: StdinRecording = "tty"  # tty: keystrokes only on a terminal (no piped secrets)
+    directory: ConfigPath = Path("sessions")
+    tenants: dict[str, RecordingRule] = {}  # replaces mode/stdin for that tenant
+    roles: dict[str, RecordingRule] = {}  # a user with the role: only ever stricter
+    max_session_bytes: Annotated[int, Field(ge=64 << 10)] = 64 << 20  # a cast past it: cut
+    max_directory_bytes: Annotated[int, Field(ge=1 << 20)] = 10 << 30  # oldest casts go
+    max_age_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
+    min_free_bytes: Annotated[int, Field(ge=0)] = 64 << 20  # less free: cannot record
+    buffer_bytes: Annotated[int, Field(ge=64 << 10, le=256 << 20)] = 4 << 20  # per session
+    flush_seconds: Annotated[float, Field(gt=0, le=10)] = 0.2
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, v: dict[str, RecordingRule]) -> dict[str, RecordingRule]:
+        bad = [name for name in v if not TENANT_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"not a tenant name: {', '.join(repr(b) for b in bad)}")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any session may be recorded at all."""
+        rules = [*self.tenants.values(), *self.roles.values()]
+        return self.mode != "off" or any(r.mode not in (None, "off") for r in rules)
+
+
+class Sessions(Strict):
+    """exec, attach, cp and port-forward sessions."""
+
+    # a WebSocket client reaches a tenant that takes only SPDY (and the other way round)
+    bridge: bool = True
+    recording: SessionRecording = SessionRecording()
+
+
 DEFAULT_INSTALL_HINT = (
     "vgate is not published on PyPI (a package of that name there is not ours). Install the "
     "`vgate` command from the wheel your platform team provides, built from the vgate source "
@@ -535,6 +591,7 @@ class GatewayConfig(Strict):
     limits: Limits = Limits()
     reload: Reload = Reload()
     audit: Audit = Audit()
+    sessions: Sessions = Sessions()
     nested_impersonation: NestedImpersonation = NestedImpersonation()
     token_review: TokenReview = TokenReview()
     impersonation: Impersonation = Impersonation()

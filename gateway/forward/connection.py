@@ -27,6 +27,8 @@ import httptools
 from gateway.forward.failure import Failure
 from gateway.forward.response import client_head
 from gateway.http.status import PHRASES
+from gateway.streams.relay import Ends, Relay
+from gateway.streams.session import UnusableSwitch
 
 if TYPE_CHECKING:
     from gateway.flow import Flow
@@ -75,6 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None  # response head due by then (loop time)
         self._tunnel = False
+        self._relay: Relay | None = None  # what carries a switched session, None: raw bytes
         self._upgrade_expected = False
         self.limits: HeadLimits = pool.head_limits
         self._head_open = False  # a response head is due (set by `send`)
@@ -103,6 +106,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._detach()
         if self._tunnel:
+            # the client sees a proper end before the close; a relay still waiting for the
+            # client ends that side itself (`Ends.end`)
+            if self._relay is not None and self._relay.tenant_closed():
+                return
             exchange.conn.close()
             exchange.finish(reusable=False)
         elif not self._responded:
@@ -124,7 +131,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel:
-            if self.exchange is not None:
+            if self._relay is not None:
+                self._relay.from_tenant(data)
+            elif self.exchange is not None:
                 self.exchange.bytes_out += len(data)
                 self.exchange.conn.write(data)
             return
@@ -367,6 +376,9 @@ class UpstreamConnection(asyncio.Protocol):
         health = self.pool.health
         if health.degraded:
             health.answered(self.pool.upstream.name)
+        if (self._upgrade_expected and self.flow is not None and self.flow.stream is not None
+                and self._stream_answer(status)):
+            return
         if status == 101 and self._upgrade_expected:
             lines = [b"HTTP/1.1 101 %b\r\n" % PHRASES[101].encode()]
             lines.extend(b"%b: %b\r\n" % h for h in self._headers)
@@ -412,6 +424,40 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.close()
 
+    def _stream_answer(self, status: int) -> bool:
+        """An exec/attach/port-forward upgrade was answered: True when the stream session
+        took the answer over (its own 101 for the client, or a retry with the other upgrade
+        after a refusal); False to relay the answer as it is."""
+        flow, exchange = self.flow, self.exchange
+        assert flow is not None and flow.stream is not None and exchange is not None
+        session = flow.stream
+        if status != 101:
+            head = session.retry_head(status, self._headers)
+            if head is None:
+                return False
+            self._detach()
+            self.close()
+            flow.upstream_head = head
+            self.pool.on_failure(self.pool, flow, Failure(
+                f"upgrade refused ({status}), trying {session.attempt}", retry=True))
+            return True
+        try:
+            head = session.switched(self._headers, exchange.request_id)
+        except UnusableSwitch as exc:
+            self._detach()
+            self.close()
+            tenant = flow.tenant or "?"
+            self.pool.on_failure(self.pool, flow, Failure(
+                f"unusable upgrade answer: {exc}", 502,
+                f"the API server of tenant {tenant} answered the {session.attempt} upgrade in "
+                f"a way the gateway cannot bridge: {exc}"))
+            return True
+        if head is None:
+            return False
+        exchange.streaming = True
+        exchange.send_head(101, head)
+        return True
+
     def _credential_rejected(self) -> None:
         """A 401 to a request the gateway impersonated: the tenant refused the gateway's own
         credential, not the user's. Not relayed (kubectl would tell the user to log in)."""
@@ -438,6 +484,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._tunnel = True
         transport = self.transport
         assert transport is not None
+        session = self.flow.stream if self.flow is not None else None
+        relay = session.relay(self._ends(exchange, transport)) if session is not None else None
+        if relay is not None:
+            self._relay = relay
+            relay.start()
+            if rest:
+                relay.from_tenant(rest)
+            exchange.conn.start_tunnel(relay.from_client)
+            return
 
         def from_client(data: bytes) -> None:
             transport.write(data)
@@ -446,3 +501,22 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.bytes_out += len(rest)
             exchange.conn.write(rest)
         exchange.conn.start_tunnel(from_client)
+
+    def _ends(self, exchange: Exchange, transport: asyncio.Transport) -> Ends:
+        """The two connections as a relay sees them."""
+        conn, flow = exchange.conn, self.flow
+
+        def to_client(data: bytes) -> None:
+            exchange.bytes_out += len(data)
+            conn.write(data)
+
+        def end(why: str) -> None:
+            if why and flow is not None:
+                flow.reason = f"stream ended: {why}"
+            if not self.closed:
+                transport.close()  # then connection_lost closes the client's connection
+            else:
+                conn.close()
+                exchange.finish(reusable=False)
+
+        return Ends(to_client, transport.write, end)

@@ -14,6 +14,9 @@ from gateway.forward.health import TenantHealth
 from gateway.forward.pool import UpstreamPool
 from gateway.metrics import Metrics
 from gateway.registry import Upstream
+from gateway.streams.capabilities import TenantProtocols
+from gateway.streams.session import StreamSession
+from gateway.streams.upgrade import StreamRequest
 
 if TYPE_CHECKING:
     from gateway.flow import Flow
@@ -40,9 +43,12 @@ class Forwarder:
     `max_response_head_bytes`/`max_response_headers`; `health` knows the tenants whose
     API server currently rejects the gateway's credential."""
 
-    def __init__(self, settings: UpstreamSettings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: UpstreamSettings, metrics: Metrics | None = None, *,
+                 bridge: bool = True) -> None:
         self.settings = settings
         self.metrics = metrics
+        # what each tenant accepts of WebSocket and SPDY (None: no bridging)
+        self.protocols = TenantProtocols() if bridge else None
         self.health = TenantHealth(metrics)
         self.head_limits = HeadLimits(settings.max_response_head_bytes,
                                       settings.max_response_headers)
@@ -71,6 +77,8 @@ class Forwarder:
         if pool:
             pool.close()
         self.health.answered(tenant)  # a new route or credential: judged afresh
+        if self.protocols is not None:
+            self.protocols.forget(tenant)
 
     def _pool(self, upstream: Upstream) -> UpstreamPool:
         pool = self._pools.get(upstream.name)
@@ -95,6 +103,8 @@ class Forwarder:
         exchange, upstream = flow.exchange, flow.upstream
         assert upstream is not None
         exchange.streaming = exchange.upgrade or is_streaming(exchange.target)
+        if exchange.upgrade:
+            self._plan_stream(flow)
         timeout = self.settings.response_timeout_seconds
         pool = self._pool(upstream)
         conn = None if exchange.upgrade else pool.take_idle()
@@ -106,6 +116,19 @@ class Forwarder:
         )
         exchange.client_gone_hook = task.cancel
         _keep(task)
+
+    def _plan_stream(self, flow: Flow) -> None:
+        """An exec/attach/port-forward upgrade gets a `StreamSession` when it may be bridged
+        or is recorded; any other upgrade is tunnelled as it is."""
+        if self.protocols is None and flow.recording is None:
+            return
+        request = StreamRequest.of(flow.target or flow.exchange.target, flow.exchange.head)
+        if request is None or flow.tenant is None:
+            return
+        session = StreamSession(request, flow.tenant, protocols=self.protocols,
+                                recording=flow.recording)
+        flow.stream = session
+        flow.upstream_head = session.head(flow.upstream_head)
 
     async def _connect_and_send(self, pool: UpstreamPool, flow: Flow, limit: float) -> None:
         try:
@@ -126,8 +149,8 @@ class Forwarder:
         or answer."""
         exchange = flow.exchange
         if failure.retry and not pool.closed and not exchange.conn.closed:
-            log.debug("request %s: stale keep-alive connection, retrying once",
-                      exchange.request_id.decode())
+            log.debug("request %s: %s; retrying once", exchange.request_id.decode(),
+                      failure.why)
             task = asyncio.get_running_loop().create_task(
                 self._connect_and_send(pool, flow, self.settings.response_timeout_seconds)
             )

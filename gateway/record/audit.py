@@ -74,6 +74,8 @@ class AuditLog:
         directory = flow.membership
         if directory is not None:
             optional += f',"directory_user":{_string(directory.dn)}'
+        if flow.stream is not None:
+            optional += self._stream(flow)
         lines = self._lines
         lines.append(
             f'{{"time":"{self._timestamp()}","request_id":"{exchange.request_id.decode()}",'
@@ -95,6 +97,19 @@ class AuditLog:
                 self._flush()
                 return
             self._flush_pending = loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    @staticmethod
+    def _stream(flow: Flow) -> str:
+        """exec/attach/port-forward: the recorded session's id, and the transports when the
+        gateway bridged them."""
+        stream = flow.stream
+        assert stream is not None
+        out = ""
+        if flow.recording is not None:
+            out += f',"session":{_string(flow.recording.session_id)}'
+        if stream.bridged:
+            out += (f',"bridged":{_string(stream.request.client + "->" + stream.attempt)}')
+        return out
 
     def _path(self, target: bytes) -> str:
         """The target as a JSON string, credential-bearing query parameters redacted

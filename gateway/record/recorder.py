@@ -45,6 +45,11 @@ class Recorder:
         if exchange.streaming and flow.outcome is Outcome.ALLOW:
             self.metrics.open_streams.labels("tunnel" if exchange.upgrade else "stream").dec()
             self.metrics.tally.request(tenant, status, None)
+            stream = flow.stream
+            if stream is not None and status == 101:
+                path = (f"{stream.request.client}->{stream.attempt}" if stream.bridged
+                        else "tunnel")
+                self.metrics.stream_sessions.labels(tenant, path).inc()
         else:
             self.metrics.tally.request(tenant, status, elapsed)
         self.audit.write(flow, elapsed)

@@ -17,7 +17,7 @@ import h11
 from .api import Api, Outcome
 from .model import Caller, EffectiveUser, Record, status_body
 from .rbac import RULES, Rule
-from .streams import StreamRequest, serve_stream
+from .streams import ALL_TRANSPORTS, StreamRequest, serve_stream
 from .web import Request, Response, Stream, Upgrade, json_response
 
 if TYPE_CHECKING:
@@ -63,12 +63,16 @@ class FakeKube:
         gzip_threshold: int = 128,
         bookmark_interval: float = 1.0,
         log_interval: float = 0.1,
+        stream_transports: frozenset[str] = ALL_TRANSPORTS,
     ) -> None:
         self.name = name
         self.tls = tls
         self.port = port
         self.gzip_threshold = gzip_threshold
         self.api = Api(tokens, rules, bookmark_interval, log_interval)
+        # the upgrades its kubelet takes for exec/attach/port-forward: {"spdy"} is a tenant
+        # whose kubelet predates WebSocket streams (it refuses them with a bare 403)
+        self.stream_transports = stream_transports
         self.records: list[Record] = []
         self.url = ""
         self._records_lock = threading.Lock()
@@ -343,6 +347,7 @@ class FakeKube:
         leftover = bytes(conn.trailing_data[0])
         sreq = StreamRequest(kind=up.kind, namespace=up.namespace, pod=up.pod,
                              query=list(req.query), headers=list(req.headers))
-        result = await serve_stream(sreq, reader, writer, leftover)
+        result = await serve_stream(sreq, reader, writer, leftover,
+                                    transports=self.stream_transports)
         if isinstance(result, int):
             rec.status = result

@@ -16,6 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.fakekube import Caller, FakeKube
 from tests.support.kube import (
@@ -124,13 +125,13 @@ def stop_real_tenants() -> None:
             _shared = None
 
 
-def start_standin(ca: TestCA, base: Path, name: str = STANDIN) -> FakeKube:
+def start_standin(ca: TestCA, base: Path, name: str = STANDIN, **options: Any) -> FakeKube:
     """The stand-in tenant (TLS with a leaf of `ca`); the gateway's token is in
-    `base/<name>.token`."""
+    `base/<name>.token`; `options` go to `FakeKube` (e.g. `stream_transports`)."""
     token = f"gateway-credential-for-{name}"
     (base / f"{name}.token").write_text(token + "\n")
     return FakeKube(name=name, tokens={token: STANDIN_CALLER},
-                    tls=ca.issue(name, ["127.0.0.1"])).start()
+                    tls=ca.issue(name, ["127.0.0.1"]), **options).start()
 
 
 def tenant_entries(real: RealTenants, base: Path, *, standin: FakeKube | None = None,

@@ -121,8 +121,29 @@ async def stty(p: Proc) -> int:
     return 0
 
 
+async def seq(p: Proc) -> int:
+    """`seq [FIRST [INCREMENT]] LAST`: integers one per line (lots of output, cheaply)."""
+    try:
+        numbers = [int(a) for a in p.argv[1:]]
+    except ValueError:
+        await p.err(f"seq: invalid argument: {' '.join(p.argv[1:])!r}\n")
+        return 1
+    if not 1 <= len(numbers) <= 3 or (len(numbers) == 3 and numbers[1] == 0):
+        await p.err("seq: usage: seq [FIRST [INCREMENT]] LAST\n")
+        return 1
+    first, step, last = (1, 1, numbers[0]) if len(numbers) == 1 else (
+        (numbers[0], 1, numbers[1]) if len(numbers) == 2 else tuple(numbers))
+    stop = last + (1 if step > 0 else -1)
+    batch = 4096
+    for start in range(first, stop, step * batch):
+        end = start + step * batch
+        end = min(end, stop) if step > 0 else max(end, stop)
+        await p.out("".join(f"{n}\n" for n in range(start, end, step)))
+    return 0
+
+
 UTILITIES = {
     "echo": echo, "cat": cat, "ls": ls, "test": test, "[": test, "env": env,
     "whoami": whoami, "hostname": hostname, "pwd": pwd, "true": true, "false": false,
-    "sleep": sleep, "stty": stty,
+    "sleep": sleep, "stty": stty, "seq": seq,
 }

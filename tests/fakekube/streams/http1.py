@@ -30,3 +30,10 @@ async def write_refusal(sink: ByteSink, code: int, reason: str, message: str) ->
     )
     send(sink, head.encode("latin-1") + body)
     await drain(sink)
+
+
+async def write_bare_refusal(sink: ByteSink, code: int) -> None:
+    """A status line and nothing else: what golang.org/x/net/websocket (the kubelet's
+    WebSocket streams before 1.30) answers a handshake whose sub-protocols it refuses."""
+    send(sink, f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\n\r\n".encode("latin-1"))
+    await drain(sink)

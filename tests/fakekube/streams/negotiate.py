@@ -23,6 +23,7 @@ WEBSOCKET_PROTOCOLS = {
 SPDY_PROTOCOLS = {"exec": [V4], "attach": [V4], "portforward": [PORTFORWARD]}
 
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+ALL_TRANSPORTS = frozenset({"websocket", "spdy"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Refusal:
     code: int
     reason: str
     message: str
+    bare: bool = False  # no Status body: how a kubelet's WebSocket handshake refuses
 
 
 def accept_key(key: str) -> str:
@@ -49,8 +51,11 @@ def _pick(offered: list[str], supported: list[str]) -> str | None:
     return next((p for p in offered if p in supported), None)
 
 
-def negotiate(req: StreamRequest) -> Upgrade | Refusal:
-    """Decide how to answer the upgrade request."""
+def negotiate(req: StreamRequest, transports: frozenset[str] = ALL_TRANSPORTS
+              ) -> Upgrade | Refusal:
+    """Decide how to answer the upgrade request; `transports`: the upgrades this kubelet
+    speaks. A kubelet without WebSocket streams (Kubernetes before 1.30 for v5 and
+    port-forward tunnelling) refuses in its WebSocket handshake: 403, no body."""
     if req.kind not in SPDY_PROTOCOLS:
         return Refusal(400, "BadRequest", f"unknown streaming subresource {req.kind!r}")
     if req.kind == "exec" and not req.params("command"):
@@ -60,8 +65,12 @@ def negotiate(req: StreamRequest) -> Upgrade | Refusal:
     if "upgrade" not in connection or not upgrade:
         return Refusal(400, "BadRequest", "Upgrade request required")
     if "websocket" in upgrade:
+        if "websocket" not in transports:
+            return Refusal(403, "Forbidden", "", bare=True)
         return _websocket(req)
     if "spdy/3.1" in upgrade:
+        if "spdy" not in transports:
+            return Refusal(400, "BadRequest", "unable to upgrade: SPDY is not supported")
         return _spdy(req)
     return Refusal(400, "BadRequest", f"unable to upgrade: unsupported protocol {upgrade}")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from .bytesource import StreamSource, close_writer
-from .http1 import write_refusal, write_switch
-from .negotiate import Refusal, negotiate
+from .http1 import write_bare_refusal, write_refusal, write_switch
+from .negotiate import ALL_TRANSPORTS, Refusal, negotiate
 from .podfs import DEFAULT_FILESYSTEMS, FilesystemRegistry
 from .portforward import run_spdy_portforward
 from .request import StreamRequest
@@ -23,13 +23,17 @@ async def serve_stream(
     leftover: bytes,
     *,
     files: FilesystemRegistry = DEFAULT_FILESYSTEMS,
+    transports: frozenset[str] = ALL_TRANSPORTS,
 ) -> int:
     """Do the upgrade handshake chosen by the headers, run the session, close the writer;
-    return the HTTP status sent (101, or 400 when the upgrade is not one we speak)."""
+    return the HTTP status sent (101, or 400/403 when the upgrade is not one we speak)."""
     try:
-        choice = negotiate(req)
+        choice = negotiate(req, transports)
         if isinstance(choice, Refusal):
-            await write_refusal(writer, choice.code, choice.reason, choice.message)
+            if choice.bare:
+                await write_bare_refusal(writer, choice.code)
+            else:
+                await write_refusal(writer, choice.code, choice.reason, choice.message)
             return choice.code
         await write_switch(writer, choice.headers)
         source = StreamSource(reader, leftover)
