@@ -31,10 +31,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = report.read_text()
     for row in ("| direct |", "| nginx |", "| vgate-cached |", "| vgate-fresh-jwt |",
+                "| direct-tls |", "| nginx-tls-up |", "| vgate-tls-up |", "| nginx-tls |",
+                "| vgate-tls |",
                 "| vgate-ad-groups |", "| vgate | 200/200 | spread |",
                 "| nginx | 200/200 | spread |", "| vgate | 200/200 | burst |"):
         assert row in text, f"{row!r} missing from the report:\n{text}"
-    assert "Added p99 at half of vgate's max rate" in text
+    assert "Added p99 at half of vgate-cached's max rate (plain HTTP)" in text
+    assert "Added p99 at half of vgate-tls's max rate (TLS on both hops)" in text
     assert "| bench alone |" in text and "| bench while flood floods |" in text
     from tests.directory.samba import unavailable
 
@@ -87,3 +90,52 @@ def test_tools_are_reported_missing(monkeypatch: pytest.MonkeyPatch) -> None:
         stack.nginx_binary() is None
     monkeypatch.setattr(stack, "nginx_binary", lambda: None)
     assert missing_tools() == "nginx is not installed (apt-get install nginx)"
+
+
+def test_tls_configs_are_valid_nginx(tmp_path: Path) -> None:
+    """The bench's TLS upstream and TLS proxy configs pass `nginx -t` and say what the
+    report claims: TLS listeners with the bench certificate, `proxy_ssl` with the
+    certificate checked against the bench CA."""
+    from loadtests.bench import stack
+
+    if stack.nginx_binary() is None:
+        pytest.skip("needs nginx")
+    pki = stack.certificates(tmp_path)
+    up = stack.static_upstream(tmp_path, None, None, tls=pki)
+    proxy = stack.nginx_proxy(tmp_path, up.tls_port, None, name="proxy-tls",
+                              upstream_ca=pki.ca_file, tls=pki)
+    for server in (up, proxy):
+        text = server.conf.read_text()
+        assert f"listen 127.0.0.1:{server.tls_port} ssl" in text and "@" not in text
+        assert f"ssl_certificate {pki.cert_file};" in text
+        check = subprocess.run([stack.nginx_binary(), "-t", "-p", str(tmp_path), "-c",
+                                str(server.conf)], capture_output=True, text=True, timeout=30)
+        assert check.returncode == 0, check.stderr
+    text = proxy.conf.read_text()
+    assert "proxy_pass https://api;" in text
+    assert f"proxy_ssl_trusted_certificate {pki.ca_file}; proxy_ssl_verify on;" in text
+    plain = stack.nginx_proxy(tmp_path, up.port, None)
+    assert plain.tls_port == 0 and "proxy_pass http://api;" in plain.conf.read_text()
+
+
+def test_report_compares_each_row_with_its_own_hops() -> None:
+    """A TLS row's ratios are against nginx and direct access over the same hops."""
+    from loadtests.bench import report
+    from loadtests.bench.throughput import Summary
+
+    def row(name: str, rps: float, p99: float, cpu: float, **refs: str) -> Summary:
+        return Summary(name, rps, 1.0, p99, cpu, cpu / 2, 100, 0, 0, [], **refs)
+
+    rmax = {s.name: s for s in (
+        row("direct", 100, 1.0, 5.0), row("nginx", 50, 2.0, 10.0),
+        row("vgate-cached", 20, 3.0, 40.0),
+        row("direct-tls", 80, 1.5, 8.0), row("nginx-tls", 40, 2.5, 20.0, direct="direct-tls"),
+        row("vgate-tls", 10, 4.5, 80.0, direct="direct-tls", nginx="nginx-tls"))}
+    lines = report._max_table(rmax)
+    tls = next(x for x in lines if x.startswith("| vgate-tls |")).split(" | ")
+    assert tls[2] == "0.25"  # req/s: 10 against nginx-tls's 40, not plain nginx's 50
+    assert tls[8] == "+3.00"  # added p99 over direct-tls (4.5 - 1.5)
+    assert tls[12] == "0.25"  # per core: 1e6/80 against 1e6/20
+    assert any(x.startswith("TLS rows") for x in lines)
+    summary = "\n".join(report.closing({"max": rmax}))
+    assert "With TLS on both hops: vgate 80.0 µs" in summary and "0.25x nginx per core" in summary

@@ -23,6 +23,10 @@ class Target:
     token_files: list[Path] = field(default_factory=list)  # one per round (fresh tokens)
     before: Callable[[], None] | None = None  # run before each measurement (e.g. a restart)
     refused: bool = False  # every answer must be a 403 (a user without a role)
+    # the rows this one is compared with: the latency baseline (wrk straight to the
+    # upstream, over the same client-side protocol) and nginx on the same hops
+    direct: str = "direct"
+    nginx: str = "nginx"
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Summary:
     errors: int
     reused: int
     samples: list[Sample]
+    direct: str = "direct"  # the names of the rows it is compared with (`Target`)
+    nginx: str = "nginx"
 
     @property
     def capacity(self) -> float:
@@ -73,7 +79,8 @@ def failures(sample: Sample, refused: bool) -> int:
     return r.errors + (r.requests - r.non_2xx if refused else r.non_2xx)
 
 
-def summarize(name: str, samples: list[Sample], refused: bool = False) -> Summary:
+def summarize(name: str, samples: list[Sample], refused: bool = False, *,
+              direct: str = "direct", nginx: str = "nginx") -> Summary:
     requests = sum(s.result.requests for s in samples)
     return Summary(
         name=name,
@@ -86,6 +93,8 @@ def summarize(name: str, samples: list[Sample], refused: bool = False) -> Summar
         errors=sum(failures(s, refused) for s in samples),
         reused=sum(s.result.reused for s in samples),
         samples=samples,
+        direct=direct,
+        nginx=nginx,
     )
 
 
@@ -109,5 +118,6 @@ def interleaved(targets: list[Target], *, rounds: int, seconds: float, connectio
                 f"(user {s.user_s / max(s.result.requests, 1) * 1e6:5.1f})  "
                 f"errors {failures(s, t.refused)}  load {s.load}")
             time.sleep(0.3)
-    refused = {t.name: t.refused for t in targets}
-    return {name: summarize(name, ss, refused[name]) for name, ss in samples.items()}
+    by_name = {t.name: t for t in targets}
+    return {name: summarize(name, ss, by_name[name].refused, direct=by_name[name].direct,
+                            nginx=by_name[name].nginx) for name, ss in samples.items()}
