@@ -139,3 +139,18 @@ def test_report_compares_each_row_with_its_own_hops() -> None:
     assert any(x.startswith("TLS rows") for x in lines)
     summary = "\n".join(report.closing({"max": rmax}))
     assert "With TLS on both hops: vgate 80.0 µs" in summary and "0.25x nginx per core" in summary
+
+
+def test_token_mode_measures_both_algorithms(tmp_path: Path) -> None:
+    """`--mode tokens` verifies real RS256 and ES256 tokens through a started
+    Authenticator (keys fetched from the bench's nginx) and reports each way."""
+    from loadtests.bench import stack, tokens
+
+    if stack.nginx_binary() is None:
+        pytest.skip("needs nginx")
+    result = tokens.run(tmp_path, count=20, rounds=1, log=lambda _msg: None)
+    assert set(result["rows"]) == {"RS256", "ES256"}
+    for row in result["rows"].values():
+        assert row["authenticate"] > 0 and row["jwt_decode"] > 0 and row["signature"] > 0
+    text = "\n".join(tokens.table(result))
+    assert "| RS256 |" in text and "| ES256 |" in text

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.bench import directory, fairness, procs, report, stack, watches, wrk
+from loadtests.bench import directory, fairness, procs, report, stack, tokens, watches, wrk
 from loadtests.bench.issuer import LocalIssuer, write_tokens
 from loadtests.bench.throughput import Target, interleaved
 
@@ -23,8 +23,9 @@ from loadtests.bench.throughput import Target, interleaved
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["all", "requests", "tls", "watches"], default="all",
-                   help="tls: only the plain and TLS rows of the request mode")
+    p.add_argument("--mode", choices=["all", "requests", "tls", "tokens", "watches"],
+                   default="all", help="tls: only the plain and TLS rows of the request "
+                   "mode; tokens: CPU per never-seen token (RS256, ES256) in this process")
     p.add_argument("--quick", action="store_true", help="1 round, short runs, fewer watches")
     p.add_argument("--smoke", action="store_true", help="CI: seconds-long, checks for errors")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
@@ -246,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mode in ("all", "requests", "tls"):
             run_requests(work, args, results)
+        if args.mode in ("all", "tokens"):
+            log(f"never-seen tokens: {args.rounds} round(s), load {procs.load_average()}")
+            results["tokens"] = tokens.run(work, count=200 if args.smoke else 2000,
+                                           rounds=args.rounds, log=log)
         if args.mode in ("all", "watches"):
             results["watches"] = watches.run(work, args.watches, seconds=args.seconds,
                                              smoke=args.smoke, log=log)

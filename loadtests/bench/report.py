@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import fairness, procs, stack, wrk
+from loadtests.bench import fairness, procs, stack, tokens, wrk
 from loadtests.bench.throughput import Summary
 
 
@@ -189,6 +189,8 @@ def markdown(results: dict) -> str:
     if "fairness" in results:
         out += ["#### Noisy neighbour (rate limits)", "", *fairness.table(results["fairness"]),
                 ""]
+    if "tokens" in results:
+        out += ["#### A never-seen token", "", *tokens.table(results["tokens"]), ""]
     if "watches" in results:
         out += ["#### Concurrent watches", "", *_watch_tables(results["watches"]), ""]
     out += closing(results)
