@@ -144,8 +144,8 @@ def readme_recipe() -> list[list[str]]:
 
 
 #: The ClusterRole the README's recipe means: `kubectl create clusterrole` cannot grant
-#: `impersonate` on `uids` (kubectl 1.28 to 1.33 refuse it), so it is applied as a manifest;
-#: and RBAC's `userextras` does not cover an extra's key (`userextras/<key>`): it is named.
+#: `impersonate` on `uids` (kubectl 1.28 to 1.33 refuse it), so it is applied as a manifest.
+#: No `userextras`: the gateway impersonates no extras.
 IMPERSONATOR_ROLE = """apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: vgate-impersonator}
@@ -154,8 +154,7 @@ rules:
   resources: [users, groups]
   verbs: [impersonate]
 - apiGroups: [authentication.k8s.io]
-  resources: [uids, userextras/vgate.io/issuer, userextras/vgate.io/tenant,
-              userextras/vgate.io/request-id]
+  resources: [uids]
   verbs: [impersonate]
 """
 
