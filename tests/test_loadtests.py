@@ -26,10 +26,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests.bench", "--smoke", "--out", str(report),
          "--json", str(tmp_path / "bench.json")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=420,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = report.read_text()
+    assert "| RS256 |" in text and "| ES256 |" in text  # the token mode
+    from loadtests.bench import kube
+
+    if kube.unavailable() is None:  # the real API server rows, every path and the relay
+        for row in ("| direct-admin-get |", "| direct-get |", "| nginx-get |", "| vgate-get |",
+                    "| direct-list |", "| nginx-list |", "| vgate-list |", "| imp-user |",
+                    "| imp-+extra-request-id |", "| direct | 100 |", "| vgate | 100 |"):
+            assert row in text, f"{row!r} missing from the report:\n{text}"
+    else:
+        assert "A real kube-apiserver\n\nNot measured: needs" in text
     for row in ("| direct |", "| nginx |", "| vgate-cached |", "| vgate-fresh-jwt |",
                 "| direct-tls |", "| nginx-tls-up |", "| vgate-tls-up |", "| nginx-tls |",
                 "| vgate-tls |",
@@ -154,3 +164,26 @@ def test_token_mode_measures_both_algorithms(tmp_path: Path) -> None:
         assert row["authenticate"] > 0 and row["jwt_decode"] > 0 and row["signature"] > 0
     text = "\n".join(tokens.table(result))
     assert "| RS256 |" in text and "| ES256 |" in text
+
+
+def test_kube_table_subtracts_the_idle_api_server() -> None:
+    """The API server's CPU per request is its CPU over the run less its idle burn, and a
+    row is compared with direct access over the same path."""
+    from loadtests.bench import kube, wrk
+    from loadtests.bench.throughput import Sample, Summary
+
+    def row(name: str, requests: int, api_s: float, proxy_us: float = 0.0) -> Summary:
+        result = wrk.WrkResult(requests, 10.0, 0, 0, 1, 1, 1, 1, 1, 0)
+        return Summary(name, requests / 10, 1.0, 1.0, proxy_us, 0.0, requests, 0, 0,
+                       [Sample(result, 0.0, "0", 0.0, api_s)], direct="direct-get")
+
+    # idle 5% of a core over 10 s = 0.5 s to subtract from each row's 10 s
+    result = {"rows": {s.name: s for s in (row("direct-get", 1000, 1.5),
+                                           row("vgate-get", 1000, 1.7, proxy_us=150.0),
+                                           row("imp-user", 1000, 1.6))},
+              "api_idle": 0.05, "connections": 10}
+    assert kube.api_us(result["rows"]["direct-get"], 0.05) == pytest.approx(1000.0)
+    lines = kube.table(result)
+    vgate = next(x for x in lines if x.startswith("| vgate-get |")).split(" | ")
+    assert vgate[5:8] == ["1200.0", "0.12", "1.20"]  # API µs, proxy ÷ API, API ÷ direct
+    assert "| imp-user | `Impersonate-User` | 1100.0 | +100.0 |" in lines  # against direct

@@ -15,7 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.bench import directory, fairness, procs, report, stack, tokens, watches, wrk
+from loadtests.bench import (
+    directory,
+    fairness,
+    kube,
+    procs,
+    report,
+    stack,
+    tokens,
+    watches,
+    wrk,
+)
 from loadtests.bench.issuer import LocalIssuer, write_tokens
 from loadtests.bench.throughput import Target, interleaved
 
@@ -23,9 +33,10 @@ from loadtests.bench.throughput import Target, interleaved
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["all", "requests", "tls", "tokens", "watches"],
+    p.add_argument("--mode", choices=["all", "requests", "tls", "tokens", "kube", "watches"],
                    default="all", help="tls: only the plain and TLS rows of the request "
-                   "mode; tokens: CPU per never-seen token (RS256, ES256) in this process")
+                   "mode; tokens: CPU per never-seen token (RS256, ES256) in this process; "
+                   "kube: against a real kube-apiserver (needs $KUBEBUILDER_ASSETS)")
     p.add_argument("--quick", action="store_true", help="1 round, short runs, fewer watches")
     p.add_argument("--smoke", action="store_true", help="CI: seconds-long, checks for errors")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
@@ -247,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mode in ("all", "requests", "tls"):
             run_requests(work, args, results)
+        if args.mode in ("all", "kube"):
+            why = kube.unavailable()
+            if why is None:
+                results["kube"] = kube.run(work, rounds=args.rounds, seconds=args.seconds,
+                                           baseline=args.baseline, log=log)
+            else:
+                log(f"real kube-apiserver rows: skipped: {why}")
+                results["kube_skipped"] = why
         if args.mode in ("all", "tokens"):
             log(f"never-seen tokens: {args.rounds} round(s), load {procs.load_average()}")
             results["tokens"] = tokens.run(work, count=200 if args.smoke else 2000,

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import fairness, procs, stack, tokens, wrk
+from loadtests.bench import fairness, kube, procs, stack, tokens, wrk
 from loadtests.bench.throughput import Summary
 
 
@@ -189,6 +189,11 @@ def markdown(results: dict) -> str:
     if "fairness" in results:
         out += ["#### Noisy neighbour (rate limits)", "", *fairness.table(results["fairness"]),
                 ""]
+    if "kube" in results:
+        out += [f"#### A real kube-apiserver (TLS everywhere, {results['kube']['connections']} "
+                "connections, closed loop)", "", *kube.table(results["kube"]), ""]
+    elif "kube_skipped" in results:
+        out += ["#### A real kube-apiserver", "", f"Not measured: {results['kube_skipped']}.", ""]
     if "tokens" in results:
         out += ["#### A never-seen token", "", *tokens.table(results["tokens"]), ""]
     if "watches" in results:
@@ -257,6 +262,8 @@ def closing(results: dict) -> list[str]:
 
 def errors(results: dict) -> int:
     n = 0
+    n += sum(s.errors for s in results.get("kube", {}).get("rows", {}).values())
+    n += sum(w["errors"] for w in results.get("kube", {}).get("watch", []))
     for key in ("max", "half", "half_tls"):
         n += sum(s.errors for s in results.get(key, {}).values())
     fair = results.get("fairness")

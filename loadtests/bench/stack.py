@@ -157,15 +157,16 @@ def static_upstream(workdir: Path, issuer: LocalIssuer | None, cpu: set[int] | N
 
 def nginx_proxy(workdir: Path, upstream_port: int, cpu: set[int] | None, *,
                 name: str = "proxy", upstream_ca: Path | None = None,
-                tls: ServingFiles | None = None) -> Nginx:
+                upstream_name: str = "localhost", tls: ServingFiles | None = None) -> Nginx:
     """nginx as a reverse proxy: keep-alive upstream, unbuffered (watches must stream).
     With `upstream_ca` it speaks TLS to the upstream (`proxy_ssl`, certificate verified
-    against that CA); with `tls` it also listens with TLS on `tls_port`."""
+    against that CA for `upstream_name`); with `tls` it also listens with TLS on
+    `tls_port`."""
     scheme, upstream_tls = "http", ""
     if upstream_ca is not None:
         scheme = "https"
         upstream_tls = (f"    proxy_ssl_trusted_certificate {upstream_ca}; proxy_ssl_verify on;\n"
-                        "    proxy_ssl_name localhost; proxy_ssl_session_reuse on;\n")
+                        f"    proxy_ssl_name {upstream_name}; proxy_ssl_session_reuse on;\n")
     block = (
         f"upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 1024;\n"
         "  keepalive_requests 10000000; keepalive_timeout 120s; }\n"
@@ -182,17 +183,23 @@ class Vgate:
     """`python -m gateway serve` from this checkout (or from `checkout`, another one: the
     `--baseline` target), 1 worker unless `workers`, pinned to `cpu`. `roles` replaces the
     bench policy's roles; `extra` is merged into the config. With `upstream_ca` the tenant's
-    upstream is `https://` (verified against that CA); with `tls` vgate serves TLS."""
+    upstream is `https://` (verified against that CA); with `tls` vgate serves TLS;
+    `credential` is the token vgate presents upstream (default: a dummy the static
+    upstream ignores)."""
 
     def __init__(self, workdir: Path, issuer_url: str, upstream_port: int,
                  cpu: set[int] | None, name: str = "vgate", *, workers: int = 1,
                  roles: dict | None = None, extra: dict | None = None,
                  checkout: Path = REPO_ROOT, upstream_ca: Path | None = None,
-                 tls: ServingFiles | None = None) -> None:
+                 tls: ServingFiles | None = None, credential: str | None = None) -> None:
         self.workdir, self.cpu, self.name, self.checkout = workdir, cpu, name, checkout
         self.scheme = "https" if tls is not None else "http"
+        token_file = "tenant.token"
+        if credential is not None:  # the tenant's real credential (a ServiceAccount token)
+            token_file = f"{name}.token"
+            (workdir / token_file).write_text(credential + "\n")
         tenant: dict = {"name": TENANT, "upstream": f"http://127.0.0.1:{upstream_port}",
-                        "token_file": "tenant.token"}
+                        "token_file": token_file}
         if upstream_ca is not None:
             tenant.update(upstream=f"https://127.0.0.1:{upstream_port}", ca_file=str(upstream_ca))
         serving = {} if tls is None else {

@@ -45,9 +45,11 @@ def run(
     token_file: Path | None = None,
     pace_ms: int = 0,
     threads: int = 1,
+    headers: dict[str, str] | None = None,
 ) -> WrkResult:
     """One bounded wrk run. `token`: a fixed bearer token; `token_file`: one token per
-    request, cycled; `pace_ms`: each connection waits that long before each request."""
+    request, cycled; `pace_ms`: each connection waits that long before each request;
+    `headers`: more fixed request headers."""
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk is not installed")
@@ -55,6 +57,8 @@ def run(
             "--timeout", "10s", "-s", str(SCRIPT)]
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
     argv += [url, "--", str(token_file) if token_file else "-", str(pace_ms),
               str(threads)]
     env = {**os.environ, "WRK_TOKENS": "1" if token_file else "0",
