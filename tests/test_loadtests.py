@@ -36,7 +36,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     if kube.unavailable() is None:  # the real API server rows, every path and the relay
         for row in ("| direct-admin-get |", "| direct-get |", "| nginx-get |", "| vgate-get |",
                     "| direct-list |", "| nginx-list |", "| vgate-list |", "| imp-user |",
-                    "| imp-+extra-request-id |", "| direct | 100 |", "| vgate | 100 |"):
+                    "| imp-+20-extras |", "| direct | 100 |", "| vgate | 100 |"):
             assert row in text, f"{row!r} missing from the report:\n{text}"
     else:
         assert "A real kube-apiserver\n\nNot measured: needs" in text
@@ -186,4 +186,11 @@ def test_kube_table_subtracts_the_idle_api_server() -> None:
     lines = kube.table(result)
     vgate = next(x for x in lines if x.startswith("| vgate-get |")).split(" | ")
     assert vgate[5:8] == ["1200.0", "0.12", "1.20"]  # API µs, proxy ÷ API, API ÷ direct
-    assert "| imp-user | `Impersonate-User` | 1100.0 | +100.0 |" in lines  # against direct
+    assert "| imp-user | 1 x `Impersonate-User` | 1100.0 | +100.0 | +100.0 |" in lines
+    # the WATCH relay: one line per path, events summed and costs as medians over rounds
+    relay = {"watches": 100, "event_p50_ms": 1.0, "event_p99_ms": 2.0, "errors": 0,
+             "api_us": 150.0}
+    result["watch"] = [{**relay, "path": "vgate", "expected": 800, "received": 800,
+                        "proxy_us": us} for us in (40.0, 60.0, 50.0)]
+    assert "| vgate | 100 | 2,400 / 2,400 | 1.00 | 2.00 | 50.0 | 150.0 | 0 |" in \
+        kube.table(result)

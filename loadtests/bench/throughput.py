@@ -27,7 +27,7 @@ class Target:
     # upstream, over the same client-side protocol) and nginx on the same hops
     direct: str = "direct"
     nginx: str = "nginx"
-    headers: dict[str, str] = field(default_factory=dict)  # more request headers
+    headers: list[tuple[str, str]] = field(default_factory=list)  # more header lines
     # the server behind the proxy (a real kube-apiserver): its CPU is counted separately
     backend: Callable[[], list[int]] | None = None
 
