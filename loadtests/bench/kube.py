@@ -30,11 +30,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import select
 import ssl
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +41,7 @@ import yaml
 from loadtests.bench import procs, stack
 from loadtests.bench.issuer import LocalIssuer
 from loadtests.bench.throughput import Summary, Target, interleaved
+from loadtests.bench.watches import open_watches
 
 NAMESPACE = "bench"
 OBJECTS = 100
@@ -241,18 +239,9 @@ def _relay(api, port: int, token: str, pids: list[int], api_pid: int, seconds: f
     admin.request("GET", LIST_PATH + "?limit=1", headers=headers)
     rv = json.loads(admin.getresponse().read())["metadata"]["resourceVersion"]
     path = f"{prefix}{LIST_PATH}?watch=true&resourceVersion={rv}&allowWatchBookmarks=false"
-    client = subprocess.Popen(
-        [sys.executable, "-m", "loadtests.bench.watch_client", "--tls", "--port", str(port),
-         "--path", path, "--n", str(WATCHES), "--hold", str(seconds + 2), "--token", token],
-        cwd=stack.REPO_ROOT, stdout=subprocess.PIPE,
-        stderr=open(work / "kube-watch-client.log", "ab"),  # noqa: SIM115
-        preexec_fn=procs.preexec(procs.load_cpu()))
-    assert client.stdout is not None
+    client = open_watches(["--tls", "--port", str(port), "--path", path, "--n", str(WATCHES),
+                           "--hold", str(seconds + 2), "--token", token], work, timeout=60)
     try:
-        ready, _, _ = select.select([client.stdout], [], [], 60)
-        line = client.stdout.readline().decode() if ready else ""
-        if not line.startswith("OPEN"):
-            raise RuntimeError(f"watch client ({name}) did not open its watches: {line!r}")
         time.sleep(0.5)
         cpu0, api0 = procs.cpu_seconds(pids), procs.cpu_seconds([api_pid])
         patches, start = 0, time.monotonic()
