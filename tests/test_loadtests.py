@@ -31,6 +31,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = report.read_text()
     assert "| RS256 |" in text and "| ES256 |" in text  # the token mode
+    assert "| 100 |" in text.split("#### Tenants at scale")[1]  # 10 and 100 tenants
     from loadtests.bench import kube
 
     if kube.unavailable() is None:  # the real API server rows, every path and the relay
@@ -194,3 +195,17 @@ def test_kube_table_subtracts_the_idle_api_server() -> None:
                         "proxy_us": us} for us in (40.0, 60.0, 50.0)]
     assert "| vgate | 100 | 2,400 / 2,400 | 1.00 | 2.00 | 50.0 | 150.0 | 0 |" in \
         kube.table(result)
+
+
+def test_tenants_table_and_ratios() -> None:
+    """The tenants table shows each count against the smallest one."""
+    from loadtests.bench import tenants
+
+    rows = [{"tenants": n, "start_s": 1.0, "rss": rss, "cpu_us": cpu, "user_us": cpu / 2,
+             "rps": 100.0, "errors": 0, "new_tenant_s": 1.5, "withdrawn_s": 1.2,
+             "restored_s": 1.1, "cpu_x_smallest": cpu / 40.0,
+             "kb_per_tenant": None if n == 10 else (rss - 100 * 2**20) / (n - 10) / 1024}
+            for n, rss, cpu in ((10, 100 * 2**20, 40.0), (1010, 110 * 2**20, 42.0))]
+    text = "\n".join(tenants.table({"rows": rows}))
+    assert "| 10 | 1.0 | 100 | — | 100 | 40.0 | 20.0 | 1.00 | 1.50 | 1.20 | 1.10 | 0 |" in text
+    assert "| 1,010 | 1.0 | 110 | 10.2 | 100 | 42.0 | 21.0 | 1.05 |" in text

@@ -22,6 +22,7 @@ from loadtests.bench import (
     procs,
     report,
     stack,
+    tenants,
     tokens,
     watches,
     wrk,
@@ -33,10 +34,12 @@ from loadtests.bench.throughput import Target, interleaved
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["all", "requests", "tls", "tokens", "kube", "watches"],
+    p.add_argument("--mode", choices=["all", "requests", "tls", "tokens", "kube", "tenants",
+                                      "watches"],
                    default="all", help="tls: only the plain and TLS rows of the request "
                    "mode; tokens: CPU per never-seen token (RS256, ES256) in this process; "
-                   "kube: against a real kube-apiserver (needs $KUBEBUILDER_ASSETS)")
+                   "kube: against a real kube-apiserver (needs $KUBEBUILDER_ASSETS); "
+                   "tenants: 10, 1,000 and 10,000 tenants")
     p.add_argument("--quick", action="store_true", help="1 round, short runs, fewer watches")
     p.add_argument("--smoke", action="store_true", help="CI: seconds-long, checks for errors")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
@@ -266,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 log(f"real kube-apiserver rows: skipped: {why}")
                 results["kube_skipped"] = why
+        if args.mode in ("all", "tenants"):
+            log(f"tenants at scale, load {procs.load_average()}")
+            results["tenants"] = tenants.run(
+                work, seconds=args.seconds, rounds=args.rounds,
+                counts=(10, 100) if args.smoke else tenants.COUNTS, log=log)
         if args.mode in ("all", "tokens"):
             log(f"never-seen tokens: {args.rounds} round(s), load {procs.load_average()}")
             results["tokens"] = tokens.run(work, count=200 if args.smoke else 2000,

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import fairness, kube, procs, stack, tokens, wrk
+from loadtests.bench import fairness, kube, procs, stack, tenants, tokens, wrk
 from loadtests.bench.throughput import Summary
 
 
@@ -194,6 +194,8 @@ def markdown(results: dict) -> str:
                 "connections, closed loop)", "", *kube.table(results["kube"]), ""]
     elif "kube_skipped" in results:
         out += ["#### A real kube-apiserver", "", f"Not measured: {results['kube_skipped']}.", ""]
+    if "tenants" in results:
+        out += ["#### Tenants at scale", "", *tenants.table(results["tenants"]), ""]
     if "tokens" in results:
         out += ["#### A never-seen token", "", *tokens.table(results["tokens"]), ""]
     if "watches" in results:
@@ -264,6 +266,7 @@ def errors(results: dict) -> int:
     n = 0
     n += sum(s.errors for s in results.get("kube", {}).get("rows", {}).values())
     n += sum(w["errors"] for w in results.get("kube", {}).get("watch", []))
+    n += sum(r["errors"] for r in results.get("tenants", {}).get("rows", []))
     for key in ("max", "half", "half_tls"):
         n += sum(s.errors for s in results.get(key, {}).values())
     fair = results.get("fairness")
