@@ -1,9 +1,10 @@
-"""`python -m loadtests.bench [--quick] [--mode all|requests|watches]`
+"""`python -m loadtests.bench [--quick] [--mode all|requests|tls|kube|tenants|tokens|watches]`
 
-Starts a static upstream (nginx), nginx as a reverse proxy and vgate (1 worker, a real
-OIDC issuer, policies) on 127.0.0.1, measures them interleaved, prints the tables, writes
-them as Markdown (and JSON) and stops everything it started. Bounded in time (the default
-run takes about 7-9 minutes on 2 cores; --quick about 3 minutes).
+Starts a static upstream (nginx, plain and TLS), nginx as a reverse proxy and vgate (1 worker,
+a real OIDC issuer, policies) on 127.0.0.1, plus a real kube-apiserver when its binaries are
+there, measures them interleaved, prints the tables, writes them as Markdown (and JSON) and
+stops everything it started. Bounded in time (every mode takes about 20 minutes on 2 cores;
+--quick about 8 minutes).
 """
 
 from __future__ import annotations
