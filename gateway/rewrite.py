@@ -6,8 +6,11 @@ front-proxy ``X-Remote-*`` headers, ``Audit-ID``, hop-by-hop headers, every stat
 the client's address (``X-Real-Ip``, ``Forwarded``, ``X-Forwarded-*``, …: see
 `gateway.http.headers`), any header the client's ``Connection`` names, a bearer token
 offered as a WebSocket subprotocol, and the gateway's own cookies (the portal's session)
-from ``Cookie``. Added: the tenant credential, the impersonation headers of the `Grant`, a
-request id (as ``Audit-ID`` and as an impersonated extra), ``X-Forwarded-For`` and ``Host``.
+from ``Cookie``. Added: the tenant credential, the impersonation headers of the `Grant`, the
+request id as ``Audit-ID`` (the API server takes it as its audit event's id, which joins
+its audit log to the gateway's), ``X-Forwarded-For`` and ``Host``. The request id is not
+sent again as an impersonated extra: the tenant's API server would authorize it, a
+different value on every request, at every request's cost.
 A tenant-native token (reviewed by the tenant itself) goes instead of the credential, with
 no impersonation at all.
 
@@ -27,9 +30,6 @@ from gateway.names import kube
 
 if TYPE_CHECKING:
     from gateway.http.headers import RequestHeaders
-
-REQUEST_ID_EXTRA = "vgate.io/request-id"
-
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -84,14 +84,9 @@ def _serialize_block(grant: Grant) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
-_REQUEST_ID_HEADER = extra_header_name(REQUEST_ID_EXTRA) + b": "
-_REQUEST_ID_LINE_BYTES = len(_REQUEST_ID_HEADER) + 36 + 2  # a UUID-shaped id and CRLF
-
-
 def impersonation_bytes(grant: Grant) -> int:
-    """How many bytes of `Impersonate-*` header lines a request with this grant carries
-    (the grant's block and the request-id extra)."""
-    return len(impersonation_block(grant)) + _REQUEST_ID_LINE_BYTES
+    """How many bytes of `Impersonate-*` header lines a request with this grant carries."""
+    return len(impersonation_block(grant))
 
 
 def upstream_head(
@@ -133,7 +128,7 @@ def upstream_head(
     if authorization:
         out += (b"Authorization: ", authorization, b"\r\n")
     if identity_block:
-        out += (identity_block, _REQUEST_ID_HEADER, request_id, b"\r\n")
+        out.append(identity_block)
     out += (b"Audit-ID: ", request_id, b"\r\n")
     if forwarded_for:
         out += (b"X-Forwarded-For: ", forwarded_for, b"\r\n")

@@ -311,6 +311,36 @@ async def test_malformed_tokens(auth: Authenticator, token: str) -> None:
     assert (await refused(auth, token)).reason == "malformed"
 
 
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+async def test_segments_are_strict_base64url(idp: CraftingIssuer, auth: Authenticator) -> None:
+    """The rules PyJWT's `decode` applies to each segment (gateway.authn.jws checks them
+    without it): alphabet, padding only up to a multiple of four, one spelling per value."""
+    token = idp.sign(idp.claims())
+    head, _, sig = token.rpartition(".")
+    assert len(sig) % 4 == 2  # 256 bytes: the last character carries 4 unused bits
+    # the same bytes spelled with a non-zero unused bit: a second spelling of one signature
+    other = sig[:-1] + _ALPHABET[_ALPHABET.index(sig[-1]) ^ 1]
+    for bad in (f"{head}.{other}", f"{head}.{sig[:40]}!{sig[41:]}", f"{head}.{sig}=",
+                f"{head}.{sig}===", f"{head}.{sig}AAA", f"{head}.{sig}\n"):
+        assert (await refused(auth, bad)).reason == "malformed", bad[-8:]
+    # padding to a multiple of four is accepted (as PyJWT does: some issuers send it)
+    assert (await auth.authenticate(f"{head}.{sig}==")).uid == "u-alice"
+
+
+@pytest.mark.parametrize("header", [
+    {"alg": "RS256", "kid": "rsa1", "crit": ["exp"]},
+    {"alg": "RS256", "kid": "rsa1", "crit": ["b64"], "b64": False},
+    {"alg": "RS256", "kid": "rsa1", "b64": False},
+])
+async def test_jws_extensions_are_refused(idp: CraftingIssuer, auth: Authenticator,
+                                          header: dict) -> None:
+    """No critical extension is supported, nor an unencoded payload: such a token is
+    malformed even with a valid signature."""
+    assert (await refused(auth, rs256(idp, header, idp.claims()))).reason == "malformed"
+
+
 async def test_kid_must_be_a_string(idp: CraftingIssuer, auth: Authenticator) -> None:
     for kid in (1, ["rsa1"], {"k": "rsa1"}):
         token = rs256(idp, {"alg": "RS256", "kid": kid}, idp.claims())
@@ -728,7 +758,7 @@ async def test_cache_hit_does_no_signature_work(
     token = idp.sign(idp.claims())
     assert auth.cached(token) is None
     calls = []
-    real_decode = verify_module.jwt.decode
+    real_decode = verify_module.jws.signature_valid
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
@@ -736,7 +766,7 @@ async def test_cache_hit_does_no_signature_work(
             raise AssertionError("signature verified twice")
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(verify_module.jwt, "decode", counting)
+    monkeypatch.setattr(verify_module.jws, "signature_valid", counting)
     first = await auth.authenticate(token)
     hits = auth.hits
     second = await auth.authenticate(token)
@@ -757,8 +787,8 @@ async def test_cache_can_be_disabled(
     await auth.authenticate(token)
     assert auth.cached(token) is None
     calls = []
-    real_decode = verify_module.jwt.decode
-    monkeypatch.setattr(verify_module.jwt, "decode",
+    real_decode = verify_module.jws.signature_valid
+    monkeypatch.setattr(verify_module.jws, "signature_valid",
                         lambda *a, **k: calls.append(1) or real_decode(*a, **k))
     await auth.authenticate(token)
     assert calls == [1]
@@ -776,8 +806,8 @@ async def test_expired_token_is_not_served_from_cache(
     await asyncio.sleep(max(0.0, exp - time.time()) + 0.05)
     assert auth.cached(token) is None
     calls = []
-    real_decode = verify_module.jwt.decode
-    monkeypatch.setattr(verify_module.jwt, "decode",
+    real_decode = verify_module.jws.signature_valid
+    monkeypatch.setattr(verify_module.jws, "signature_valid",
                         lambda *a, **k: calls.append(1) or real_decode(*a, **k))
     await auth.authenticate(token)  # still inside the leeway: verified again, not cached
     assert calls == [1]

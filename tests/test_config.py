@@ -297,3 +297,19 @@ def test_default_policies_folder_is_next_to_the_config(tmp_path, monkeypatch) ->
         'oidc: {issuers: [{issuer: "https://idp.example.com", audiences: [vgate]}]}\n')
     monkeypatch.chdir("/")
     assert load_config(tmp_path / "vgate.yaml").policies == tmp_path / "policies"
+
+
+def test_read_yaml_gives_what_safe_load_gives(tmp_path: Path) -> None:
+    """Values are constructed straight from the composed nodes (not serialized and loaded
+    again one by one), with the same result as `yaml.safe_load`, lines kept."""
+    import yaml
+
+    from gateway.config.source import read_yaml
+
+    text = ("a: 1\nb: true\nc: 1.5\nd: null\ne: '007'\nf: 2026-01-02\ng: [x, 2, {h: no}]\n"
+            "i: &anchor {j: k}\nl: *anchor\n0x10: 0o17\n")
+    path = tmp_path / "values.yaml"
+    path.write_text(text)
+    doc = read_yaml(path)
+    assert doc.data == yaml.safe_load(text)
+    assert doc.line_of(("g", 2, "h")) == 7 and doc.line_of(("l",)) == 9

@@ -12,6 +12,7 @@ import time
 
 from cachetools import TLRUCache
 
+from gateway.authn import jws
 from gateway.authn.errors import AuthError
 from gateway.authn.keys import IssuerKeys
 from gateway.authn.verify import IssuerVerifier
@@ -165,19 +166,15 @@ class Authenticator:
         identity = self.cached(token)
         if identity is not None:
             return identity
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise AuthError("malformed", "not a signed JWT (expected three segments)")
         try:
-            header = decode_segment(parts[0])
-            unverified = decode_segment(parts[1])
-        except (ValueError, UnicodeDecodeError):
-            raise AuthError("malformed", "JWT header or payload is not base64url JSON") from None
-        issuer = unverified.get("iss")
+            parsed = jws.parse(token)
+        except jws.JWSError as exc:
+            raise AuthError("malformed", str(exc)) from None
+        issuer = parsed.payload.get("iss")
         verifier = self._verifiers.get(issuer) if isinstance(issuer, str) else None
         if verifier is None:
             raise AuthError("unknown_issuer", f"issuer {str(issuer)[:128]!r} is not configured")
-        identity = await verifier.verify(token, header)
+        identity = await verifier.verify(parsed)
         if self._cache_enabled and identity.expires_at > time.time():
             self._cache[hashlib.sha256(token.encode()).digest()] = identity
         return identity

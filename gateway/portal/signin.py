@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.authn import jws
 from gateway.authn.authenticator import decode_segment
 from gateway.authn.errors import AuthError
 from gateway.authn.keys import IssuerKeys
@@ -31,10 +32,10 @@ class PortalVerifier:
     async def verify(self, id_token: str, nonce: str | None) -> Identity:
         """Verify like the gateway does; also the nonce of this login when given."""
         try:
-            header = decode_segment(id_token.split(".")[0])
-        except (ValueError, UnicodeDecodeError):
-            raise AuthError("malformed", "ID token header is not base64url JSON") from None
-        identity = await self._verifier.verify(id_token, header)
+            parsed = jws.parse(id_token)
+        except jws.JWSError as exc:
+            raise AuthError("malformed", f"ID token: {exc}") from None
+        identity = await self._verifier.verify(parsed)
         if nonce is not None and identity.claims.get("nonce") != nonce:
             raise AuthError("bad_nonce", "the ID token's nonce does not belong to this sign-in")
         return identity

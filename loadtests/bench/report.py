@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import fairness, procs, stack, wrk
+from loadtests.bench import fairness, kube, procs, stack, tenants, tokens, wrk
 from loadtests.bench.throughput import Summary
 
 
@@ -55,15 +55,15 @@ def _ratio(a: float, b: float) -> str:
 
 
 def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[str]:
-    direct, ng = rmax["direct"], rmax["nginx"]
     rows = [
         "| target | req/s | xnginx | p50 ms | xnginx | p99 ms | xnginx | added p50 ms "
         "| added p99 ms | CPU µs/req | of which user | req/s per core | xnginx | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in rmax.values():
-        add50 = s.p50_ms - direct.p50_ms if s is not direct else 0.0
-        add99 = s.p99_ms - direct.p99_ms if s is not direct else 0.0
+        direct, ng = rmax.get(s.direct, s), rmax.get(s.nginx, s)
+        add50 = s.p50_ms - direct.p50_ms
+        add99 = s.p99_ms - direct.p99_ms
         note = (f" ({s.reused / s.requests:.0%} of requests reused a token: pool too small)"
                 if s.reused else "")
         rows.append(
@@ -73,7 +73,7 @@ def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[
             f"{s.capacity:,.0f} | "
             f"{_ratio(s.capacity, ng.capacity)} | {s.errors}{note} |"
         )
-    if "vgate-ad-groups" not in rmax:
+    if "vgate-ad-groups" not in rmax and "vgate-denied" in rmax:
         rows.append(f"| vgate-ad-groups | not measured: {ad_skipped or 'not run'} |||||||||||||")
     if "vgate-denied" in rmax:
         rows += ["", "vgate-denied: a valid token whose user has no role on the tenant; every "
@@ -87,16 +87,26 @@ def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[
     if "vgate-ad-groups" in rmax:
         rows += ["", "vgate-ad-groups: a user whose token groups give no role; `view` comes "
                  "from an Active Directory group (a real Samba AD DC) that vgate has cached."]
+    if "vgate-tls" in rmax:
+        rows += ["", TLS_NOTE]
     return rows
 
 
+TLS_NOTE = (
+    "TLS rows (TLS 1.3, one ECDSA P-256 certificate for every listener): `-tls-up` = plain "
+    "HTTP from wrk, TLS from the proxy to the upstream (nginx: `proxy_ssl`, certificate "
+    "verified; vgate: an `https://` tenant with `ca_file`); `-tls` = TLS on both hops, "
+    "compared with `direct-tls` (wrk over TLS straight to the upstream) and `nginx-tls`. "
+    "Connections are kept alive, so this is the cost of the records, not of handshakes.")
+
+
 def _half_table(rhalf: dict[str, Summary]) -> list[str]:
-    direct, ng = rhalf["direct"], rhalf["nginx"]
     rows = ["| target | achieved req/s | p50 ms | p99 ms | added p99 ms | xnginx added | "
             "CPU µs/req | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    ng_add = ng.p99_ms - direct.p99_ms
     for s in rhalf.values():
-        add = s.p99_ms - direct.p99_ms if s is not direct else 0.0
+        direct, ng = rhalf.get(s.direct, s), rhalf.get(s.nginx, s)
+        add = s.p99_ms - direct.p99_ms
+        ng_add = ng.p99_ms - direct.p99_ms
         rows.append(f"| {s.name} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | "
                     f"{add:+.2f} | {_ratio(add, ng_add) if s is not direct else '—'} | "
                     f"{s.cpu_us:.1f} | {s.errors} |")
@@ -172,9 +182,22 @@ def markdown(results: dict) -> str:
         out += [f"#### Latency at half of vgate's max rate "
                 f"({results['half_rate_target']:,.0f} req/s offered)", "",
                 *_half_table(results["half"]), ""]
+    if "half_tls" in results:
+        out += [f"#### Latency at half of vgate-tls's max rate, TLS on both hops "
+                f"({results['half_tls_rate_target']:,.0f} req/s offered)", "",
+                *_half_table(results["half_tls"]), ""]
     if "fairness" in results:
         out += ["#### Noisy neighbour (rate limits)", "", *fairness.table(results["fairness"]),
                 ""]
+    if "kube" in results:
+        out += [f"#### A real kube-apiserver (TLS everywhere, {results['kube']['connections']} "
+                "connections, closed loop)", "", *kube.table(results["kube"]), ""]
+    elif "kube_skipped" in results:
+        out += ["#### A real kube-apiserver", "", f"Not measured: {results['kube_skipped']}.", ""]
+    if "tenants" in results:
+        out += ["#### Tenants at scale", "", *tenants.table(results["tenants"]), ""]
+    if "tokens" in results:
+        out += ["#### A never-seen token", "", *tokens.table(results["tokens"]), ""]
     if "watches" in results:
         out += ["#### Concurrent watches", "", *_watch_tables(results["watches"]), ""]
     out += closing(results)
@@ -186,11 +209,21 @@ def closing(results: dict) -> list[str]:
     if "max" in results:
         r = results["max"]
         c, ng = r["vgate-cached"], r["nginx"]
+        fresh = r.get("vgate-fresh-jwt")
         lines.append(
             f"vgate (1 worker, cached token) served {_ratio(c.rps, ng.rps)}x nginx's requests/s "
             f"and {_ratio(c.capacity, ng.capacity)}x nginx's requests per core-second "
-            f"(target ≥ 0.25); with a fresh JWT per request "
-            f"{_ratio(r['vgate-fresh-jwt'].capacity, ng.capacity)}x per core.")
+            "(target ≥ 0.25)" + (f"; with a fresh JWT per request "
+                                 f"{_ratio(fresh.capacity, ng.capacity)}x per core." if fresh
+                                 else "."))
+        for name, hops in (("vgate-tls-up", "TLS to the upstream"),
+                           ("vgate-tls", "TLS on both hops")):
+            if name in r:
+                t, tng = r[name], r[r[name].nginx]
+                lines.append(f"With {hops}: vgate {t.cpu_us:.1f} µs of CPU per request (user "
+                             f"{t.user_us:.1f}) against nginx's {tng.cpu_us:.1f} (user "
+                             f"{tng.user_us:.1f}): {_ratio(t.capacity, tng.capacity)}x nginx "
+                             "per core" + (" (target ≥ 0.5)." if name == "vgate-tls" else "."))
         if "vgate-2-workers" in r:
             two = r["vgate-2-workers"]
             lines.append(f"Two workers: {two.cpu_us:.1f} µs of CPU per request against "
@@ -200,10 +233,15 @@ def closing(results: dict) -> list[str]:
             lines.append(f"With AD groups cached: {r['vgate-ad-groups'].cpu_us:.1f} µs of CPU per "
                          f"request ({_ratio(r['vgate-ad-groups'].capacity, ng.capacity)}x nginx "
                          "per core).")
-    if "half" in results:
-        h = results["half"]
-        add = h["vgate-cached"].p99_ms - h["direct"].p99_ms
-        lines.append(f"Added p99 at half of vgate's max rate: {add:+.2f} ms (target ≤ 2 ms).")
+    for key, name, what in (("half", "vgate-cached", "plain HTTP"),
+                            ("half_tls", "vgate-tls", "TLS on both hops")):
+        if key in results:
+            h = results[key]
+            v = h[name]
+            add = v.p99_ms - h[v.direct].p99_ms
+            ng_add = h[v.nginx].p99_ms - h[v.direct].p99_ms
+            lines.append(f"Added p99 at half of {name}'s max rate ({what}): {add:+.2f} ms, "
+                         f"{_ratio(add, ng_add)}x nginx's {ng_add:+.2f} ms (target ≤ 1.5x).")
     if "fairness" in results:
         f = results["fairness"]
         lines.append(f"A tenant flooded at {fairness.FLOOD_FACTOR}x its limit: the other "
@@ -226,7 +264,10 @@ def closing(results: dict) -> list[str]:
 
 def errors(results: dict) -> int:
     n = 0
-    for key in ("max", "half"):
+    n += sum(s.errors for s in results.get("kube", {}).get("rows", {}).values())
+    n += sum(w["errors"] for w in results.get("kube", {}).get("watch", []))
+    n += sum(r["errors"] for r in results.get("tenants", {}).get("rows", []))
+    for key in ("max", "half", "half_tls"):
         n += sum(s.errors for s in results.get(key, {}).values())
     fair = results.get("fairness")
     if fair:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.quickstart.pki import ServingFiles, serving_certificate
 from loadtests.bench import procs
 from loadtests.bench.issuer import GROUP, LocalIssuer
 
@@ -72,18 +73,35 @@ def _nginx_http(workdir: Path, name: str) -> str:
     )
 
 
+def certificates(workdir: Path) -> ServingFiles:
+    """One private CA and a serving certificate for 127.0.0.1 (and `localhost`), shared by
+    every TLS listener of the bench: the upstream, nginx and vgate."""
+    return serving_certificate(workdir / "pki", ["127.0.0.1", "localhost"])
+
+
+def _tls_listen(tls: ServingFiles | None) -> str:
+    """A second, TLS listener (`@TLSPORT@`) with the bench certificate; none without."""
+    if tls is None:
+        return ""
+    return ("  listen 127.0.0.1:@TLSPORT@ ssl backlog=4096;\n"
+            f"  ssl_certificate {tls.cert_file}; ssl_certificate_key {tls.key_file};\n")
+
+
 class Nginx:
-    """One nginx master + 1 worker with its own config, pinned to `cpu`."""
+    """One nginx master + 1 worker with its own config, pinned to `cpu`. With a TLS
+    listener in its config (`@TLSPORT@`), `tls_port` is that listener's port."""
 
     def __init__(self, workdir: Path, name: str, server_block: str, cpu: set[int] | None,
                  port: int | None = None):
         self.workdir, self.name, self.cpu = workdir, name, cpu
         self.port = port or procs.free_port()
+        self.tls_port = procs.free_port() if "@TLSPORT@" in server_block else 0
         self.conf = workdir / f"{name}.conf"
         self.conf.write_text(
             _nginx_main(workdir, name)
             + "http {\n" + _nginx_http(workdir, name)
-            + server_block.replace("@PORT@", str(self.port)) + "}\n"
+            + server_block.replace("@PORT@", str(self.port))
+            .replace("@TLSPORT@", str(self.tls_port)) + "}\n"
         )
         self.proc: subprocess.Popen | None = None
 
@@ -98,6 +116,8 @@ class Nginx:
             stderr=open(self.workdir / f"{self.name}-stderr.log", "wb"),  # noqa: SIM115
         )
         procs.wait_port(self.port, self.proc, f"nginx ({self.name})")
+        if self.tls_port:
+            procs.wait_port(self.tls_port, self.proc, f"nginx ({self.name}, TLS)")
         return self
 
     @property
@@ -110,8 +130,9 @@ class Nginx:
 
 
 def static_upstream(workdir: Path, issuer: LocalIssuer | None, cpu: set[int] | None,
-                    port: int | None = None) -> Nginx:
-    """nginx serving the PodList for every API path (and the issuer's documents)."""
+                    port: int | None = None, tls: ServingFiles | None = None) -> Nginx:
+    """nginx serving the PodList for every API path (and the issuer's documents); with
+    `tls`, on a second port over TLS too (as a real kube-apiserver serves)."""
     www = workdir / "www"
     www.mkdir(exist_ok=True)
     (www / "podlist.json").write_bytes(pod_list())
@@ -124,8 +145,8 @@ def static_upstream(workdir: Path, issuer: LocalIssuer | None, cpu: set[int] | N
                 f"alias {www}/{rel.replace('/', '_')}; }}\n"
             )
     block = (
-        "server {\n  listen 127.0.0.1:@PORT@ backlog=4096;\n"
-        f"  root {www}; etag off; if_modified_since off;\n"
+        "server {\n  listen 127.0.0.1:@PORT@ backlog=4096;\n" + _tls_listen(tls)
+        + f"  root {www}; etag off; if_modified_since off;\n"
         + issuer_locations
         + "  location / { default_type application/json;\n"
         "    add_header Cache-Control \"no-cache, private\";\n"
@@ -134,30 +155,55 @@ def static_upstream(workdir: Path, issuer: LocalIssuer | None, cpu: set[int] | N
     return Nginx(workdir, "upstream", block, cpu, port)
 
 
-def nginx_proxy(workdir: Path, upstream_port: int, cpu: set[int] | None) -> Nginx:
-    """nginx as a reverse proxy: keep-alive upstream, unbuffered (watches must stream)."""
+def nginx_proxy(workdir: Path, upstream_port: int, cpu: set[int] | None, *,
+                name: str = "proxy", upstream_ca: Path | None = None,
+                upstream_name: str = "localhost", tls: ServingFiles | None = None) -> Nginx:
+    """nginx as a reverse proxy: keep-alive upstream, unbuffered (watches must stream).
+    With `upstream_ca` it speaks TLS to the upstream (`proxy_ssl`, certificate verified
+    against that CA for `upstream_name`); with `tls` it also listens with TLS on
+    `tls_port`."""
+    scheme, upstream_tls = "http", ""
+    if upstream_ca is not None:
+        scheme = "https"
+        upstream_tls = (f"    proxy_ssl_trusted_certificate {upstream_ca}; proxy_ssl_verify on;\n"
+                        f"    proxy_ssl_name {upstream_name}; proxy_ssl_session_reuse on;\n")
     block = (
         f"upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 1024;\n"
         "  keepalive_requests 10000000; keepalive_timeout 120s; }\n"
-        "server {\n  listen 127.0.0.1:@PORT@ backlog=4096;\n"
-        "  location / { proxy_pass http://api; proxy_http_version 1.1;\n"
+        "server {\n  listen 127.0.0.1:@PORT@ backlog=4096;\n" + _tls_listen(tls)
+        + f"  location / {{ proxy_pass {scheme}://api; proxy_http_version 1.1;\n"
         "    proxy_set_header Connection \"\"; proxy_set_header Host $proxy_host;\n"
-        "    proxy_buffering off; proxy_request_buffering off;\n"
-        "    proxy_read_timeout 3600s; proxy_send_timeout 3600s; }\n}\n"
+        "    proxy_buffering off; proxy_request_buffering off;\n" + upstream_tls
+        + "    proxy_read_timeout 3600s; proxy_send_timeout 3600s; }\n}\n"
     )
-    return Nginx(workdir, "proxy", block, cpu)
+    return Nginx(workdir, name, block, cpu)
 
 
 class Vgate:
     """`python -m gateway serve` from this checkout (or from `checkout`, another one: the
     `--baseline` target), 1 worker unless `workers`, pinned to `cpu`. `roles` replaces the
-    bench policy's roles; `extra` is merged into the config."""
+    bench policy's roles; `extra` is merged into the config. With `upstream_ca` the tenant's
+    upstream is `https://` (verified against that CA); with `tls` vgate serves TLS;
+    `credential` is the token vgate presents upstream (default: a dummy the static
+    upstream ignores)."""
 
     def __init__(self, workdir: Path, issuer_url: str, upstream_port: int,
                  cpu: set[int] | None, name: str = "vgate", *, workers: int = 1,
                  roles: dict | None = None, extra: dict | None = None,
-                 checkout: Path = REPO_ROOT) -> None:
+                 checkout: Path = REPO_ROOT, upstream_ca: Path | None = None,
+                 tls: ServingFiles | None = None, credential: str | None = None) -> None:
         self.workdir, self.cpu, self.name, self.checkout = workdir, cpu, name, checkout
+        self.scheme = "https" if tls is not None else "http"
+        token_file = "tenant.token"
+        if credential is not None:  # the tenant's real credential (a ServiceAccount token)
+            token_file = f"{name}.token"
+            (workdir / token_file).write_text(credential + "\n")
+        tenant: dict = {"name": TENANT, "upstream": f"http://127.0.0.1:{upstream_port}",
+                        "token_file": token_file}
+        if upstream_ca is not None:
+            tenant.update(upstream=f"https://127.0.0.1:{upstream_port}", ca_file=str(upstream_ca))
+        serving = {} if tls is None else {
+            "tls": {"cert_file": str(tls.cert_file), "key_file": str(tls.key_file)}}
         self.port = procs.free_port()
         policies = workdir / ("policies" if roles is None else f"policies-{name}")
         policies.mkdir(exist_ok=True)
@@ -179,17 +225,17 @@ class Vgate:
                 "algorithms": ["RS256"],
             }]},
             "policies": policies.name,
-            "tenants": [{"name": TENANT, "upstream": f"http://127.0.0.1:{upstream_port}",
-                         "token_file": "tenant.token"}],
+            "tenants": [tenant],
             "audit": {"file": str(workdir / f"{name}-audit.log")},
             "limits": {"shutdown_grace_seconds": 1},
+            **serving,
             **(extra or {}),
         }))
         self.proc: subprocess.Popen | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/clusters/{TENANT}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/clusters/{TENANT}"
 
     def start(self, timeout: float = 30.0) -> Vgate:
         env = {**os.environ, "PYTHONPATH": str(self.checkout)}
@@ -203,7 +249,7 @@ class Vgate:
         procs.wait_port(self.port, self.proc, "vgate", timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # ready = signing keys loaded
-            if http_status(self.port, "/readyz") == 200:
+            if http_status(self.port, "/readyz", tls=self.scheme == "https") == 200:
                 return self
             time.sleep(0.1)
         raise RuntimeError("vgate did not become ready (signing keys not loaded?)")
@@ -223,12 +269,18 @@ class Vgate:
         self.start()
 
 
-def http_status(port: int, path: str) -> int:
-    """The status of `GET path` on 127.0.0.1:`port`, or 0 when nothing answers."""
+def http_status(port: int, path: str, *, tls: bool = False) -> int:
+    """The status of `GET path` on 127.0.0.1:`port` (over TLS without checking the
+    certificate when `tls`), or 0 when nothing answers."""
     import http.client
+    import ssl
 
     with contextlib.suppress(OSError, http.client.HTTPException):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        if tls:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", port, timeout=2, context=ssl._create_unverified_context())
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         conn.request("GET", path)
         status = conn.getresponse().status
         conn.close()

@@ -23,6 +23,13 @@ class Target:
     token_files: list[Path] = field(default_factory=list)  # one per round (fresh tokens)
     before: Callable[[], None] | None = None  # run before each measurement (e.g. a restart)
     refused: bool = False  # every answer must be a 403 (a user without a role)
+    # the rows this one is compared with: the latency baseline (wrk straight to the
+    # upstream, over the same client-side protocol) and nginx on the same hops
+    direct: str = "direct"
+    nginx: str = "nginx"
+    headers: list[tuple[str, str]] = field(default_factory=list)  # more header lines
+    # the server behind the proxy (a real kube-apiserver): its CPU is counted separately
+    backend: Callable[[], list[int]] | None = None
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Sample:
     cpu_s: float
     load: str
     user_s: float = 0.0  # the user-space part of cpu_s
+    backend_s: float = 0.0  # CPU of the target's backend over the same run
 
 
 @dataclass
@@ -45,6 +53,9 @@ class Summary:
     errors: int
     reused: int
     samples: list[Sample]
+    direct: str = "direct"  # the names of the rows it is compared with (`Target`)
+    nginx: str = "nginx"
+    backend_us: float = 0.0  # CPU of the backend (e.g. the API server) per request
 
     @property
     def capacity(self) -> float:
@@ -59,12 +70,16 @@ def measure(target: Target, *, seconds: float, connections: int, round_no: int =
     pids = target.pids()
     token_file = target.token_files[round_no % len(target.token_files)] \
         if target.token_files else None
+    backend = target.backend() if target.backend is not None else []
     user0, system0 = procs.cpu_times(pids)
+    back0 = procs.cpu_seconds(backend)
     result = wrk.run(target.url, seconds=seconds, connections=connections,
-                     token=target.token, token_file=token_file, pace_ms=pace_ms)
+                     token=target.token, token_file=token_file, pace_ms=pace_ms,
+                     headers=target.headers)
     user1, system1 = procs.cpu_times(pids)
+    back1 = procs.cpu_seconds(backend)
     return Sample(result, user1 - user0 + system1 - system0, procs.load_average(),
-                  user1 - user0)
+                  user1 - user0, back1 - back0)
 
 
 def failures(sample: Sample, refused: bool) -> int:
@@ -73,7 +88,8 @@ def failures(sample: Sample, refused: bool) -> int:
     return r.errors + (r.requests - r.non_2xx if refused else r.non_2xx)
 
 
-def summarize(name: str, samples: list[Sample], refused: bool = False) -> Summary:
+def summarize(name: str, samples: list[Sample], refused: bool = False, *,
+              direct: str = "direct", nginx: str = "nginx") -> Summary:
     requests = sum(s.result.requests for s in samples)
     return Summary(
         name=name,
@@ -86,6 +102,9 @@ def summarize(name: str, samples: list[Sample], refused: bool = False) -> Summar
         errors=sum(failures(s, refused) for s in samples),
         reused=sum(s.result.reused for s in samples),
         samples=samples,
+        direct=direct,
+        nginx=nginx,
+        backend_us=(sum(s.backend_s for s in samples) / requests * 1e6) if requests else 0.0,
     )
 
 
@@ -107,7 +126,10 @@ def interleaved(targets: list[Target], *, rounds: int, seconds: float, connectio
                 f"p50 {s.result.p50_us / 1000:6.2f} ms  p99 {s.result.p99_us / 1000:6.2f} ms  "
                 f"cpu {s.cpu_s / max(s.result.requests, 1) * 1e6:6.1f} µs/req "
                 f"(user {s.user_s / max(s.result.requests, 1) * 1e6:5.1f})  "
-                f"errors {failures(s, t.refused)}  load {s.load}")
+                f"errors {failures(s, t.refused)}  load {s.load}"
+                + (f"  backend {s.backend_s / max(s.result.requests, 1) * 1e6:.1f} µs/req"
+                   if t.backend is not None else ""))
             time.sleep(0.3)
-    refused = {t.name: t.refused for t in targets}
-    return {name: summarize(name, ss, refused[name]) for name, ss in samples.items()}
+    by_name = {t.name: t for t in targets}
+    return {name: summarize(name, ss, by_name[name].refused, direct=by_name[name].direct,
+                            nginx=by_name[name].nginx) for name, ss in samples.items()}

@@ -1,7 +1,7 @@
 """Open N concurrent watches through a proxy, hold them, measure event delivery latency.
 
 `python -m loadtests.bench.watch_client --port P --path /…?watch=true --n N --hold S
-[--token T] [--window W]` prints `OPEN <n>` once every watch has its response head, keeps
+[--token T] [--window W] [--tls]` prints `OPEN <n>` once every watch has its response head, keeps
 reading for `hold` seconds, then prints one JSON line with the results and exits (closing
 all). `window_events` counts the events that arrived in the first `W` seconds after OPEN
 (the bench measures the proxy's CPU over the same seconds).
@@ -85,13 +85,20 @@ async def run(args: argparse.Namespace) -> dict:
                f"Accept: application/json\r\n{auth}\r\n").encode()
     watches: list[Watch] = []
     gate = asyncio.Semaphore(args.concurrency)
+    tls = None
+    if args.tls:  # the bench's own servers on loopback: encrypted, not authenticated
+        import ssl
+
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
     t0 = time.monotonic()
 
     async def open_one() -> None:
         async with gate:
             try:
                 _, w = await asyncio.wait_for(loop.create_connection(
-                    lambda: Watch(stats, request), "127.0.0.1", args.port), 30)
+                    lambda: Watch(stats, request), "127.0.0.1", args.port, ssl=tls), 30)
             except (OSError, TimeoutError) as exc:
                 stats.errors += 1
                 stats.first_error = stats.first_error or f"connect: {exc}"
@@ -135,6 +142,7 @@ def main() -> None:
     p.add_argument("--token")
     p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--window", type=float, default=0.0)
+    p.add_argument("--tls", action="store_true", help="connect with TLS (no certificate check)")
     args = p.parse_args()
     procs.raise_nofile()
     print(json.dumps(run_loop(run(args))), flush=True)

@@ -61,23 +61,32 @@ def _short(url: str, token: str | None, seconds: float) -> dict:
             "errors": r.errors + r.non_2xx}
 
 
+def open_watches(args: list[str], work: Path, *, timeout: float = 180) -> subprocess.Popen:
+    """Start `watch_client` with `args`, pinned to the load core, and return once it says
+    its watches are open (RuntimeError, the client stopped, when it does not)."""
+    client = subprocess.Popen(_python("loadtests.bench.watch_client", *args),
+                              cwd=stack.REPO_ROOT, stdout=subprocess.PIPE,
+                              stderr=open(work / "watch-client.log", "ab"),  # noqa: SIM115
+                              preexec_fn=procs.preexec(procs.load_cpu()))
+    assert client.stdout is not None
+    ready, _, _ = select.select([client.stdout], [], [], timeout)
+    line = client.stdout.readline().decode() if ready else ""
+    if not line.startswith("OPEN"):
+        procs.stop(client)
+        raise RuntimeError(f"watch client failed before opening its watches: {line!r}")
+    return client
+
+
 def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[int],
                   during: Callable[[], None] | None, hold: float, settle: float,
                   work: Path) -> dict:
     rss_before = procs.rss_bytes(pids)
-    argv = _python("loadtests.bench.watch_client", "--port", str(port), "--path", path,
-                   "--n", str(n), "--hold", str(hold), "--window", str(settle))
+    args = ["--port", str(port), "--path", path, "--n", str(n), "--hold", str(hold),
+            "--window", str(settle)]
     if token:
-        argv += ["--token", token]
-    client = subprocess.Popen(argv, cwd=stack.REPO_ROOT, stdout=subprocess.PIPE,
-                              stderr=open(work / "watch-client.log", "ab"),  # noqa: SIM115
-                              preexec_fn=procs.preexec(procs.load_cpu()))
-    assert client.stdout is not None
+        args += ["--token", token]
+    client = open_watches(args, work)
     try:
-        ready, _, _ = select.select([client.stdout], [], [], 180)
-        line = client.stdout.readline().decode() if ready else ""
-        if not line.startswith("OPEN"):
-            raise RuntimeError(f"watch client failed before opening {n} watches: {line!r}")
         cpu_open = procs.cpu_seconds(pids)
         time.sleep(settle)  # relaying events only: the proxy's CPU per event
         cpu_settle = procs.cpu_seconds(pids) - cpu_open

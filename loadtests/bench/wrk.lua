@@ -1,6 +1,7 @@
 -- vgate bench script for wrk: optional bearer token per request (cycled from a file,
 -- threads take disjoint positions), optional pacing, and a JSON summary line at the end.
 -- args: <token file or -> <pace ms per connection, 0 = none> <number of threads>
+--       [<file of raw header lines, added as they are (repeated names allowed)>]
 local threads = {}
 local counter = 1
 
@@ -14,12 +15,18 @@ tokens = nil
 wraps = 0
 reused = 0
 local n, idx, step, pace = 0, 0, 1, 0
+local raw = ""
 
 function init(args)
   local file = args[1]
   pace = tonumber(args[2]) or 0
   step = tonumber(args[3]) or 1
   wrk.headers["Accept"] = "application/json"
+  if args[4] and args[4] ~= "-" then
+    for line in io.lines(args[4]) do
+      if #line > 0 then raw = raw .. line .. "\r\n" end
+    end
+  end
   if file and file ~= "-" then
     tokens = {}
     for line in io.lines(file) do
@@ -28,6 +35,11 @@ function init(args)
     n = #tokens
     idx = (id or 1) - 1
   end
+end
+
+local function with_raw(req)
+  if raw == "" then return req end
+  return req:sub(1, -3) .. raw .. "\r\n" -- before the blank line (these requests have no body)
 end
 
 if os.getenv("WRK_TOKENS") == "1" then
@@ -41,7 +53,11 @@ if os.getenv("WRK_TOKENS") == "1" then
     end
     local t = tokens[idx + 1]
     idx = idx + step
-    return wrk.format(nil, nil, { ["Authorization"] = t })
+    return with_raw(wrk.format(nil, nil, { ["Authorization"] = t }))
+  end
+elseif os.getenv("WRK_RAW") == "1" then
+  function request()
+    return with_raw(wrk.format())
   end
 end
 

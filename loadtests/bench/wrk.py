@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,11 @@ def run(
     token_file: Path | None = None,
     pace_ms: int = 0,
     threads: int = 1,
+    headers: list[tuple[str, str]] | None = None,
 ) -> WrkResult:
     """One bounded wrk run. `token`: a fixed bearer token; `token_file`: one token per
-    request, cycled; `pace_ms`: each connection waits that long before each request."""
+    request, cycled; `pace_ms`: each connection waits that long before each request;
+    `headers`: more request header lines, sent as they are (a name may repeat)."""
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk is not installed")
@@ -55,12 +58,21 @@ def run(
             "--timeout", "10s", "-s", str(SCRIPT)]
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
+    raw = "-"
+    if headers:
+        with tempfile.NamedTemporaryFile("w", suffix=".headers", delete=False) as f:
+            f.write("".join(f"{name}: {value}\n" for name, value in headers))
+            raw = f.name
     argv += [url, "--", str(token_file) if token_file else "-", str(pace_ms),
-              str(threads)]
+              str(threads), raw]
     env = {**os.environ, "WRK_TOKENS": "1" if token_file else "0",
-           "WRK_PACE": "1" if pace_ms else "0"}
-    out = subprocess.run(argv, capture_output=True, text=True, env=env,
-                         timeout=seconds + 30, preexec_fn=procs.preexec(procs.load_cpu()))
+           "WRK_PACE": "1" if pace_ms else "0", "WRK_RAW": "1" if headers else "0"}
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, env=env,
+                             timeout=seconds + 30, preexec_fn=procs.preexec(procs.load_cpu()))
+    finally:
+        if raw != "-":
+            os.unlink(raw)
     line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH ")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout}")

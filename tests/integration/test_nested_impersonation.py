@@ -67,8 +67,7 @@ def test_admin_may_act_as_someone_else(world: World, nested: GatewayThread) -> N
     assert info["uid"] == "u-dave"
     assert sorted(info["groups"]) == ["system:authenticated", "team-d"], \
         "the caller's role does not leak"
-    assert info["extra"][ORIGINAL_USER_EXTRA] == ["oidc:alice@example.com"]
-    assert info["extra"]["vgate.io/tenant"] == ["tenant1"]
+    assert info["extra"] == {ORIGINAL_USER_EXTRA: ["oidc:alice@example.com"]}
     api = world.tenants["tenant1"]
     ran = api.audit.ran_as(audit_id_of(result.stderr.decode(), "selfsubjectreviews"))
     assert (ran.user, ran.uid) == ("dave@example.com", "u-dave")

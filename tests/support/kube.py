@@ -387,7 +387,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "vgate:{rol
     return "---\n".join(docs)
 
 
-GATEWAY_EXTRAS = ("vgate.io/issuer", "vgate.io/tenant", "vgate.io/request-id")
+GATEWAY_EXTRAS: tuple[str, ...] = ()  # the gateway impersonates no extras (README)
 
 
 def impersonator_token(api: ApiServer, name: str = "vgate", namespace: str = "default", *,

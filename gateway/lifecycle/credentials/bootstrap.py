@@ -21,8 +21,9 @@ SERVICE_ACCOUNT = "vgate-gateway"
 IMPERSONATOR_ROLE = "vgate:impersonator"
 ROLE_BINDINGS = {"cluster-admin": "cluster-admin", "admin": "admin", "edit": "edit",
                  "view": "view"}
-EXTRA_KEYS = ("vgate.io/issuer", "vgate.io/tenant", "vgate.io/request-id",
-              "vgate.io/original-user")
+# the one extra the gateway may send: who asked, when nested impersonation (`kubectl --as`)
+# is enabled; the plain path impersonates no extras (README "What leaves the gateway")
+EXTRA_KEYS = ("vgate.io/original-user",)
 MANAGED = {"app.kubernetes.io/managed-by": "vgate"}
 
 
