@@ -91,10 +91,7 @@ def _gateway_config(base: Path, corp: Corp, idp: OIDCProvider, tenants: RealTena
     return {
         "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
         "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [{
-            "issuer": idp.issuer, "audiences": ["vgate"], "username_claim": "email",
-            "username_prefix": "oidc:", "groups_claim": "groups", "groups_prefix": "oidc:",
-        }]},
+        "oidc": {"issuers": [idp.issuer_entry()]},
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
         "tenants": tenant_entries(tenants, base),

@@ -100,10 +100,7 @@ def world(corp: Corp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worl
         config = {
             "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
             "routing": {"path_prefix": "/clusters"},
-            "oidc": {"issuers": [{
-                "issuer": idp.issuer, "audiences": ["vgate"], "username_claim": "email",
-                "username_prefix": "oidc:", "groups_claim": "groups", "groups_prefix": "oidc:",
-                "overage_group_names": "name"}]},
+            "oidc": {"issuers": [{**idp.issuer_entry(), "overage_group_names": "name"}]},
             "policies": str(base / "policies"),
             "audit": {"file": str(base / "audit.log")},
             "tenants": [{"name": "corp", "upstream": api.url, "ca_file": str(api.ca_file),

@@ -86,9 +86,7 @@ def gateway_config(base: Path, leaf: Leaf, idp: OIDCProvider,
     return {
         "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
         "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["vgate"],
-                              "username_claim": "email", "username_prefix": "oidc:",
-                              "groups_claim": "groups", "groups_prefix": "oidc:"}]},
+        "oidc": {"issuers": [idp.issuer_entry()]},
         "policies": str(base / "policies"),
         "audit": {"file": str(base / "audit.log")},
     }

@@ -145,9 +145,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         config = {
             "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
             "routing": {"path_prefix": "/clusters"},
-            "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["vgate"],
-                                  "username_claim": "email", "username_prefix": "oidc:",
-                                  "groups_claim": "groups", "groups_prefix": "oidc:"}]},
+            "oidc": {"issuers": [idp.issuer_entry()]},
             "policies": str(base / "policies"),
             "audit": {"file": str(base / "audit.log")},
             "tenants": tenants,

@@ -35,19 +35,13 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.lifecycle.provisioning.local import AUDIT_POLICY  # the same as a tenant's
 from tests.support.tiers import tool_missing
 
 DEFAULT_ASSETS = Path("/usr/local/kubebuilder/bin")
 ADMIN_TOKEN = "vgate-test-admin-token"  # a throwaway token for throwaway servers
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 
-AUDIT_POLICY = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: [RequestReceived]
-rules:
-  - level: Metadata
-"""
 
 
 def assets_dir() -> Path:

@@ -221,6 +221,13 @@ class OIDCProvider:
         _write_private_json(self.keys_file, self.jwks_private)
         self._proc: subprocess.Popen[bytes] | None = None
 
+    def issuer_entry(self) -> dict:
+        """The gateway config's `oidc.issuers` entry for this IdP, as the test worlds use it:
+        audience `vgate`, the email as the username, both prefixed `oidc:`."""
+        return {"issuer": self.issuer, "audiences": [self.client_id],
+                "username_claim": "email", "username_prefix": "oidc:",
+                "groups_claim": "groups", "groups_prefix": "oidc:"}
+
     # ------------------------------------------------------------ process
 
     @property
