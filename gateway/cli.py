@@ -37,8 +37,9 @@ def _check_config(path: Path) -> int:
     from gateway.policy.model import WELL_KNOWN_ROLES
 
     known = None if config.lifecycle else [t.name for t in config.tenants]
-    _, policy_problems = load_policies(config.policies, known_tenants=known,
-                                       known_roles=WELL_KNOWN_ROLES)
+    _, policy_problems = load_policies(
+        config.policies, known_tenants=known, known_roles=WELL_KNOWN_ROLES
+    )
     problems = [str(p) for p in policy_problems]
     if config.lifecycle is not None:
         from gateway.lifecycle.assemble import lifecycle_problems
@@ -54,8 +55,11 @@ def _check_config(path: Path) -> int:
 
         try:
             read_secret(config.portal.client_secret_file, "portal.client_secret_file")
-            read_secret(config.portal.cookie_secret_file, "portal.cookie_secret_file",
-                        min_bytes=MIN_SECRET_BYTES)
+            read_secret(
+                config.portal.cookie_secret_file,
+                "portal.cookie_secret_file",
+                min_bytes=MIN_SECRET_BYTES,
+            )
         except ValueError as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             return 1
@@ -83,15 +87,22 @@ def _quickstart(args: argparse.Namespace) -> int:
     if args.stop:
         return stop(args.dir)
     options = Options(
-        directory=args.dir, kubeconfig=args.kubeconfig, context=args.context,
-        upstream_token_file=args.upstream_token_file, tenant=args.tenant, envtest=args.envtest,
-        port=args.port, idp_port=args.idp_port,
+        directory=args.dir,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        upstream_token_file=args.upstream_token_file,
+        tenant=args.tenant,
+        envtest=args.envtest,
+        port=args.port,
+        idp_port=args.idp_port,
     )
     try:
         return run(options, with_bindings=args.bind_roles)
     except QuickstartError as exc:
         print(f"vgate quickstart: {exc}", file=sys.stderr)
         return 1
+
+
 def _policy_schema() -> int:
     import json
 
@@ -115,8 +126,9 @@ def _policy_explain(path: Path, user: str, tenant: str, username: str | None) ->
         return 1
     if tenant not in {t.name for t in config.tenants}:
         print(f"note: tenant {tenant!r} is not in the config's tenants", file=sys.stderr)
-    return explain(config, PolicyEngine(policies, config.impersonation), user, tenant, print,
-                   username=username)
+    return explain(
+        config, PolicyEngine(policies, config.impersonation), user, tenant, print, username=username
+    )
 
 
 def _directory_flush(path: Path, user: str | None) -> int:
@@ -150,26 +162,42 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "quickstart",
         help="run the gateway locally: a local OpenID Provider, the current kubeconfig's "
-             "cluster as the first tenant",
+        "cluster as the first tenant",
     )
-    p.add_argument("--dir", type=Path, default=Path("~/.vgate/quickstart"),
-                   help="where the setup lives (reused on the next run)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("~/.vgate/quickstart"),
+        help="where the setup lives (reused on the next run)",
+    )
     p.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG or ~/.kube/config")
     p.add_argument("--context", help="default: the current context")
-    p.add_argument("--upstream-token-file", type=Path,
-                   help="a token for the gateway to use instead of the context's credential")
+    p.add_argument(
+        "--upstream-token-file",
+        type=Path,
+        help="a token for the gateway to use instead of the context's credential",
+    )
     p.add_argument("--tenant", default="local", help="the first tenant's name")
-    p.add_argument("--envtest", action="store_true",
-                   help="the first tenant is a local kube-apiserver from $KUBEBUILDER_ASSETS "
-                        "(started by the lifecycle manager), not the kubeconfig's cluster")
+    p.add_argument(
+        "--envtest",
+        action="store_true",
+        help="the first tenant is a local kube-apiserver from $KUBEBUILDER_ASSETS "
+        "(started by the lifecycle manager), not the kubeconfig's cluster",
+    )
     p.add_argument("--port", type=int, default=8443)
     p.add_argument("--idp-port", type=int, default=8444)
-    p.add_argument("--bind-roles", action="store_true",
-                   help="create ClusterRoleBindings vgate:cluster-admin/admin/view in the "
-                        "tenant cluster (otherwise the roles only work once you bind them)")
-    p.add_argument("--stop", action="store_true",
-                   help="stop the quickstart running from --dir, or what a killed one left "
-                        "running (its IdP, kube-apiservers and etcd), and exit")
+    p.add_argument(
+        "--bind-roles",
+        action="store_true",
+        help="create ClusterRoleBindings vgate:cluster-admin/admin/view in the "
+        "tenant cluster (otherwise the roles only work once you bind them)",
+    )
+    p.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the quickstart running from --dir, or what a killed one left "
+        "running (its IdP, kube-apiservers and etcd), and exit",
+    )
     p = sub.add_parser("login", help="kubectl exec credential plugin: print an ID token")
     from gateway.login.command import (
         add_kubeconfig_arguments,
@@ -189,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     psub = p.add_subparsers(dest="policy_command", required=True)
     e = psub.add_parser("explain", help="what the gateway would do for a user on a tenant")
     e.add_argument("--config", type=Path, required=True)
-    e.add_argument("--user", required=True,
-                   help="the value the directory is searched with (e.g. the UPN)")
+    e.add_argument(
+        "--user", required=True, help="the value the directory is searched with (e.g. the UPN)"
+    )
     e.add_argument("--tenant", required=True)
     e.add_argument("--username", help="the Kubernetes username (default: prefix + --user)")
     psub.add_parser("schema", help="print the JSON Schema of a policy file")
@@ -206,10 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("login", "logout", "kubeconfig"):
         from gateway.login import command
 
-        return {"login": command.login_main, "logout": command.logout_main,
-                "kubeconfig": command.kubeconfig_main}[args.command](args)
+        return {
+            "login": command.login_main,
+            "logout": command.logout_main,
+            "kubeconfig": command.kubeconfig_main,
+        }[args.command](args)
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr,
+        level=args.log_level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     for noisy in ("httpx", "httpx2"):  # one line per IdP/API call (lightkube 1.x uses httpx2)

@@ -34,8 +34,9 @@ class OwnEndpoints:
     why` line per check, then the `notes` (state worth knowing that does not make the
     gateway unready, like a tenant whose API server rejects the gateway's credential)."""
 
-    def __init__(self, metrics: Metrics, keys_loaded: Callable[[], bool],
-                 apps: AsgiBridge | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics, keys_loaded: Callable[[], bool], apps: AsgiBridge | None = None
+    ) -> None:
         self.metrics = metrics
         self.keys_loaded = keys_loaded
         self.apps = apps or AsgiBridge()
@@ -91,8 +92,11 @@ class OwnEndpoints:
         for notes in self.notes:
             lines.extend(f"note: {line}" for line in notes())
         lines.append(f"readyz check {'passed' if ready else 'failed'}")
-        exchange.respond(200 if ready else 503, "\n".join(lines).encode() + b"\n",
-                         content_type=b"text/plain; charset=utf-8")
+        exchange.respond(
+            200 if ready else 503,
+            "\n".join(lines).encode() + b"\n",
+            content_type=b"text/plain; charset=utf-8",
+        )
 
 
 class MetricsEndpoints:
@@ -103,11 +107,15 @@ class MetricsEndpoints:
 
     def dispatch(self, exchange: Exchange) -> None:
         if exchange.target.partition(b"?")[0] == b"/metrics":
-            exchange.respond(200, generate_latest(self.own.metrics.registry),
-                             content_type=CONTENT_TYPE_LATEST.encode())
+            exchange.respond(
+                200,
+                generate_latest(self.own.metrics.registry),
+                content_type=CONTENT_TYPE_LATEST.encode(),
+            )
         elif not self.own.health(exchange):
-            exchange.fail(404, "not found: this listener serves /metrics, /healthz, /livez "
-                               "and /readyz")
+            exchange.fail(
+                404, "not found: this listener serves /metrics, /healthz, /livez and /readyz"
+            )
 
     def done(self, exchange: Exchange) -> None:
         """Nothing is recorded about scrapes and probes."""

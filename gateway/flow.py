@@ -41,9 +41,23 @@ class Flow:
     """One request's findings; created by the pipeline when a request head is complete."""
 
     __slots__ = (
-        "credential", "exchange", "forwarded_for", "grant", "held", "identity", "membership",
-        "outcome", "reason", "recording", "requested_tenant", "source", "stream", "target",
-        "tenant", "upstream", "upstream_head",
+        "credential",
+        "exchange",
+        "forwarded_for",
+        "grant",
+        "held",
+        "identity",
+        "membership",
+        "outcome",
+        "reason",
+        "recording",
+        "requested_tenant",
+        "source",
+        "stream",
+        "target",
+        "tenant",
+        "upstream",
+        "upstream_head",
     )
 
     def __init__(self, exchange: Exchange) -> None:
@@ -78,16 +92,24 @@ class Flow:
         """A discovery request (kubectl makes these before anything else)."""
         exchange = self.exchange
         path = (self.target or exchange.target).partition(b"?")[0].rstrip(b"/")
-        return (path in _DISCOVERY_PATHS
-                or b"apidiscovery.k8s.io" in (exchange.header(b"accept") or b""))
+        return path in _DISCOVERY_PATHS or b"apidiscovery.k8s.io" in (
+            exchange.header(b"accept") or b""
+        )
 
-    def fail(self, code: int, message: str, *, extra: Headers = (),  # type: ignore[assignment]
-             details: dict | None = None) -> None:
+    def fail(
+        self,
+        code: int,
+        message: str,
+        *,
+        extra: Headers = (),  # type: ignore[assignment]
+        details: dict | None = None,
+    ) -> None:
         """Answer with a Kubernetes `Status` (with `details` if given), except for a discovery
         request: client-go cannot decode a Status there and would print "unknown"; a text
         body it shows, so kubectl users see why."""
         if self.is_discovery():
-            self.exchange.respond(code, message.encode(), extra=extra,
-                                  content_type=b"text/plain; charset=utf-8")
+            self.exchange.respond(
+                code, message.encode(), extra=extra, content_type=b"text/plain; charset=utf-8"
+            )
         else:
             self.exchange.fail(code, message, extra=extra, details=details)

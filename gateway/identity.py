@@ -43,9 +43,22 @@ class Grant:
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((
-            self.tenant, self.user, self.uid, self.groups, self.roles, self.extra,
-            self.reasons, self.directory_groups)))
+        object.__setattr__(
+            self,
+            "_hash",
+            hash(
+                (
+                    self.tenant,
+                    self.user,
+                    self.uid,
+                    self.groups,
+                    self.roles,
+                    self.extra,
+                    self.reasons,
+                    self.directory_groups,
+                )
+            ),
+        )
 
     def __hash__(self) -> int:
         return self._hash

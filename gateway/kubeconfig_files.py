@@ -25,6 +25,9 @@ def named_entries(doc: Any, section: str) -> Iterator[tuple[str, dict[str, Any]]
         return
     body_key = section.removesuffix("s")
     for entry in doc[section]:
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str) \
-                and isinstance(entry.get(body_key), dict):
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get(body_key), dict)
+        ):
             yield entry["name"], entry[body_key]

@@ -43,16 +43,19 @@ class RequestTally(Collector):
         self.limited[key] = self.limited.get(key, 0) + 1
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("vgate_requests_total",
-                                       "Requests by tenant and HTTP status code",
-                                       labels=["tenant", "code"])
+        requests = CounterMetricFamily(
+            "vgate_requests_total",
+            "Requests by tenant and HTTP status code",
+            labels=["tenant", "code"],
+        )
         for (tenant, status), n in list(self.counts.items()):
             requests.add_metric([tenant, str(status)], n)
         yield requests
         latency = HistogramMetricFamily(
             "vgate_request_duration_seconds",
             "Time to the end of the response (short requests only; streams excluded)",
-            labels=["tenant"])
+            labels=["tenant"],
+        )
         for tenant, row in list(self.latency.items()):
             cumulative, buckets = 0, []
             for bound, n in zip((*LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
@@ -60,15 +63,17 @@ class RequestTally(Collector):
                 buckets.append((floatToGoString(bound), cumulative))
             latency.add_metric([tenant], buckets, row[-1])
         yield latency
-        cache = CounterMetricFamily("vgate_token_cache_total", "Verified-token cache lookups",
-                                    labels=["result"])
+        cache = CounterMetricFamily(
+            "vgate_token_cache_total", "Verified-token cache lookups", labels=["result"]
+        )
         cache.add_metric(["hit"], self.token_cache_hits)
         cache.add_metric(["miss"], self.token_cache_misses)
         yield cache
         limited = CounterMetricFamily(
             "vgate_rate_limited_total",
             "Requests refused with 429 by a limit: reason user|tenant|global + _rate|_streams",
-            labels=["tenant", "reason"])
+            labels=["tenant", "reason"],
+        )
         for (tenant, reason), n in list(self.limited.items()):
             limited.add_metric([tenant, reason], n)
         yield limited
@@ -81,65 +86,97 @@ class Metrics:
         self.tally = RequestTally()  # requests, request latency, token cache
         r.register(self.tally)
         self.auth_failures = Counter(
-            "vgate_auth_failures_total", "Authentication failures by reason", ["reason"],
-            registry=r)
+            "vgate_auth_failures_total", "Authentication failures by reason", ["reason"], registry=r
+        )
         self.denials = Counter(
-            "vgate_policy_denials_total", "Requests refused by policy", ["tenant"], registry=r)
+            "vgate_policy_denials_total", "Requests refused by policy", ["tenant"], registry=r
+        )
         self.open_streams = Gauge(
-            "vgate_open_streams", "Watches, log follows and tunnels open now", ["kind"],
-            registry=r)
+            "vgate_open_streams", "Watches, log follows and tunnels open now", ["kind"], registry=r
+        )
         self.upstream_errors = Counter(
-            "vgate_upstream_errors_total", "Upstream failures by tenant", ["tenant"], registry=r)
+            "vgate_upstream_errors_total", "Upstream failures by tenant", ["tenant"], registry=r
+        )
         self.upstream_credential_failures = Counter(
             "vgate_upstream_credential_failures_total",
             "Requests the tenant's API server refused because it rejected the gateway's own "
-            "credential (401)", ["tenant"], registry=r)
+            "credential (401)",
+            ["tenant"],
+            registry=r,
+        )
         self.directory_lookups = Counter(
             "vgate_directory_lookups_total",
-            "Directory lookups (round trips for one user) by result", ["result"], registry=r)
+            "Directory lookups (round trips for one user) by result",
+            ["result"],
+            registry=r,
+        )
         self.directory_latency = Histogram(
-            "vgate_directory_lookup_duration_seconds", "Time of one directory lookup",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "vgate_directory_lookup_duration_seconds",
+            "Time of one directory lookup",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.directory_cache = Counter(
             "vgate_directory_cache_total",
             "Directory group cache: hit, negative_hit, miss, stale (served while the "
-            "directory is down), refused (down and nothing young enough)", ["result"],
-            registry=r)
+            "directory is down), refused (down and nothing young enough)",
+            ["result"],
+            registry=r,
+        )
         self.directory_errors = Counter(
-            "vgate_directory_errors_total", "Directory failures by kind", ["kind"], registry=r)
+            "vgate_directory_errors_total", "Directory failures by kind", ["kind"], registry=r
+        )
         self.policy_generation = Gauge(
             "vgate_policy_generation",
-            "Policy sets this process has used: 1 at start, +1 per reload that changed "
-            "something", registry=r)
+            "Policy sets this process has used: 1 at start, +1 per reload that changed something",
+            registry=r,
+        )
         self.policy_hash = Gauge(
             "vgate_policy_hash_info",
-            "The policies and static tenants in use: sha256 (first 16 hex digits) of what "
-            "they say", ["sha256"], registry=r)
+            "The policies and static tenants in use: sha256 (first 16 hex digits) of what they say",
+            ["sha256"],
+            registry=r,
+        )
         self.policy_loaded = Gauge(
-            "vgate_policy_loaded_timestamp_seconds", "When the policies in use were read",
-            registry=r)
+            "vgate_policy_loaded_timestamp_seconds",
+            "When the policies in use were read",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "vgate_config_reload_total",
             "Reloads after a file change or SIGHUP: ok, or error (the last good "
-            "configuration stays)", ["result"], registry=r)
+            "configuration stays)",
+            ["result"],
+            registry=r,
+        )
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
         self.rate_limit_bypassed = Counter(
             "vgate_rate_limit_bypassed_total",
             "Requests not limited because the limit table could not count them (full: every "
-            "slot of the key's group holds open streams; lock: a lock left held)", ["cause"],
-            registry=r)
+            "slot of the key's group holds open streams; lock: a lock left held)",
+            ["cause"],
+            registry=r,
+        )
         self.stream_sessions = Counter(
             "vgate_stream_sessions_total",
             "exec/attach/cp/port-forward sessions that switched protocols, by tenant and "
             "how they went through (tunnel, or bridged websocket->spdy / spdy->websocket)",
-            ["tenant", "path"], registry=r)
+            ["tenant", "path"],
+            registry=r,
+        )
         self.session_recordings = Counter(
             "vgate_session_recordings_total",
             "exec/attach recordings by tenant and outcome: recorded; unrecorded (best-effort, "
             "could not be opened); refused (required, could not be opened: 503); stopped "
-            "(fell behind or failed mid-session)", ["tenant", "outcome"], registry=r)
+            "(fell behind or failed mid-session)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
         self.token_reviews = Counter(
             "vgate_token_reviews_total",
             "TokenReviews of tenant-native tokens at their tenant, by result "
-            "(authenticated, rejected, error)", ["tenant", "result"], registry=r)
+            "(authenticated, rejected, error)",
+            ["tenant", "result"],
+            registry=r,
+        )

@@ -119,8 +119,7 @@ class Pipeline:
         self.forwarder = forwarder
         self.recorder = recorder
         self.own = own
-        self.client_address = client_address if client_address and client_address.trusted \
-            else None
+        self.client_address = client_address if client_address and client_address.trusted else None
         self.wake_timeout = wake_timeout
         self.private_cookies = private_cookie_names(private_cookies)
         self.limiter = limiter
@@ -128,8 +127,9 @@ class Pipeline:
         self.sessions = sessions
         self.overage_only = directory is not None and directory.config.lookup == "overage"
         # how an issuer's overage tokens name the groups the directory finds
-        self.overage_names = {i.issuer: (i.overage_group_names, i.groups_prefix)
-                              for i in authenticator.config.issuers}
+        self.overage_names = {
+            i.issuer: (i.overage_group_names, i.groups_prefix) for i in authenticator.config.issuers
+        }
         self._tasks: set[asyncio.Task] = set()
         registry.on_change(forwarder.forget)
         if nested is not None:
@@ -204,7 +204,8 @@ class Pipeline:
         exchange = flow.exchange
         if self.client_address is not None:
             flow.source, flow.forwarded_for = self.client_address.resolve(
-                exchange.conn.peer, exchange.head.forwarded_for)
+                exchange.conn.peer, exchange.head.forwarded_for
+            )
         route = self.router.route(exchange.host, exchange.target)
         if route is None:
             # recorded without the query: OAuth callbacks to the portal carry a code
@@ -236,8 +237,11 @@ class Pipeline:
 
     def authenticate(self, flow: Flow) -> Next | Awaitable[Next]:
         head = flow.exchange.head
-        protocols = head.websocket_protocols if (
-            head.authorization is None and flow.exchange.upgrade) else None
+        protocols = (
+            head.websocket_protocols
+            if (head.authorization is None and flow.exchange.upgrade)
+            else None
+        )
         try:
             token = self.authenticator.token_from_header(head.authorization, protocols)
         except AuthError as exc:
@@ -248,15 +252,19 @@ class Pipeline:
             flow.identity = identity
             return self._authenticated(flow)
         upstream = flow.upstream  # None: an unknown tenant, answered once authenticated
-        if upstream is not None and upstream.token_passthrough \
-                and self.tenant_tokens is not None \
-                and not self.authenticator.issued_here(token):
+        if (
+            upstream is not None
+            and upstream.token_passthrough
+            and self.tenant_tokens is not None
+            and not self.authenticator.issued_here(token)
+        ):
             return self._tenant_native(flow, self.tenant_tokens, token)
         self.recorder.token_cache_miss()
         return self._verify(flow, token)
 
-    def _tenant_native(self, flow: Flow, tokens: TenantTokens, token: str
-                       ) -> Next | Awaitable[Next]:
+    def _tenant_native(
+        self, flow: Flow, tokens: TenantTokens, token: str
+    ) -> Next | Awaitable[Next]:
         """A token the tenant itself may have issued: its cached TokenReview answer, or a
         review at the tenant. It goes upstream as it is (`flow.credential`)."""
         assert flow.upstream is not None
@@ -280,8 +288,11 @@ class Pipeline:
             return self._gateway_refused(flow, exc)
         except TokenReviewUnavailable as exc:
             flow.end(Outcome.UNAVAILABLE, str(exc))
-            flow.exchange.fail(503, f'tenant "{flow.tenant}" could not check this token '
-                                    "right now; try again", extra=[(b"Retry-After", b"1")])
+            flow.exchange.fail(
+                503,
+                f'tenant "{flow.tenant}" could not check this token right now; try again',
+                extra=[(b"Retry-After", b"1")],
+            )
             return DONE
         flow.credential = b"Bearer " + token.encode()
         return self._authenticated(flow)
@@ -315,7 +326,8 @@ class Pipeline:
         else:
             flow.end(Outcome.REFUSED, exc.detail)
             flow.exchange.fail(
-                403, "the identity in this token may not be used through this gateway")
+                403, "the identity in this token may not be used through this gateway"
+            )
         return DONE
 
     # -- 3. groups ---------------------------------------------------------------------------
@@ -332,14 +344,16 @@ class Pipeline:
             if identity.groups_overage:
                 return self._overage_unresolved(flow)
             return None
-        if identity.reviewed_by is not None or (
-                self.overage_only and not identity.groups_overage):
+        if identity.reviewed_by is not None or (self.overage_only and not identity.groups_overage):
             return None
         value = lookup_value(identity, directory.config.user_claim)
         if value is None:
             return self._deny(
-                flow, f"token has no {directory.config.user_claim!r} claim to find the user "
-                "in the directory", f'user has no access to tenant "{flow.tenant}"')
+                flow,
+                f"token has no {directory.config.user_claim!r} claim to find the user "
+                "in the directory",
+                f'user has no access to tenant "{flow.tenant}"',
+            )
         try:
             membership = directory.cached(value)
         except DirectoryUnavailable as exc:
@@ -367,17 +381,25 @@ class Pipeline:
 
     def _overage_unresolved(self, flow: Flow) -> Next:
         assert flow.identity is not None
-        flow.end(Outcome.REFUSED, f"{flow.identity.username}: token has group overage "
-                                  "and no directory is configured")
-        flow.fail(403, "your token does not list your groups (group overage: the IdP names a "
-                       "claim source instead) and this gateway has no directory to look them "
-                       "up; ask the platform team")
+        flow.end(
+            Outcome.REFUSED,
+            f"{flow.identity.username}: token has group overage and no directory is configured",
+        )
+        flow.fail(
+            403,
+            "your token does not list your groups (group overage: the IdP names a "
+            "claim source instead) and this gateway has no directory to look them "
+            "up; ask the platform team",
+        )
         return DONE
 
     def _directory_down(self, flow: Flow, exc: DirectoryUnavailable) -> Next:
         flow.end(Outcome.UNAVAILABLE, str(exc))
-        flow.exchange.fail(503, "the gateway cannot read your groups from the directory right "
-                                "now; try again shortly", extra=[(b"Retry-After", b"5")])
+        flow.exchange.fail(
+            503,
+            "the gateway cannot read your groups from the directory right now; try again shortly",
+            extra=[(b"Retry-After", b"5")],
+        )
         return DONE
 
     # -- 4. authorize ------------------------------------------------------------------------
@@ -385,15 +407,21 @@ class Pipeline:
     def authorize(self, flow: Flow) -> Next:
         identity, tenant = flow.identity, flow.tenant
         assert identity is not None and tenant is not None
-        decision = (self.policy.decide(identity, tenant) if flow.membership is None
-                    else self.policy.decide(identity, tenant, flow.membership))
+        decision = (
+            self.policy.decide(identity, tenant)
+            if flow.membership is None
+            else self.policy.decide(identity, tenant, flow.membership)
+        )
         if isinstance(decision, Deny):
             if isinstance(decision, TooLarge):
                 flow.end(Outcome.REFUSED, decision.reason)
                 flow.exchange.fail(431, decision.message)
                 return DONE
-            return self._deny(flow, decision.reason,
-                              f'user "{identity.username}" has no access to tenant "{tenant}"')
+            return self._deny(
+                flow,
+                decision.reason,
+                f'user "{identity.username}" has no access to tenant "{tenant}"',
+            )
         flow.grant = decision
         if flow.upstream is None:
             return self._not_routable(flow)
@@ -420,8 +448,12 @@ class Pipeline:
             flow.exchange.fail(404, f'tenant "{tenant}" not found')
             return DONE
         flow.end(Outcome.UNAVAILABLE, f"tenant not ready: {state.describe()}")
-        flow.fail(503, state.message(tenant), details=state.details(tenant),
-                  extra=[(b"Retry-After", b"%d" % state.retry_after)])
+        flow.fail(
+            503,
+            state.message(tenant),
+            details=state.details(tenant),
+            extra=[(b"Retry-After", b"%d" % state.retry_after)],
+        )
         return DONE
 
     def limit(self, flow: Flow) -> Next:
@@ -430,7 +462,8 @@ class Pipeline:
         assert self.limiter is not None and flow.grant is not None
         exchange = flow.exchange
         result = self.limiter.admit(
-            flow.grant, exchange.upgrade or is_streaming(flow.target or exchange.target))
+            flow.grant, exchange.upgrade or is_streaming(flow.target or exchange.target)
+        )
         if result is None:
             return None
         if not isinstance(result, Refusal):
@@ -456,8 +489,11 @@ class Pipeline:
             return None
         if self.nested_impersonation is None or flow.credential is not None:
             flow.end(Outcome.DENY, "client sent Impersonate-* headers")
-            flow.fail(403, "impersonation (kubectl --as/--as-group/--as-uid) is not "
-                           "allowed through the vgate gateway")
+            flow.fail(
+                403,
+                "impersonation (kubectl --as/--as-group/--as-uid) is not "
+                "allowed through the vgate gateway",
+            )
             return DONE
         try:
             requested = requested_identity(exchange.headers)
@@ -475,9 +511,11 @@ class Pipeline:
             return self._gateway_refused(flow, exc)
         except ReviewUnavailable as exc:
             flow.end(Outcome.REFUSED, str(exc))
-            flow.exchange.fail(503, "the tenant's API server could not check the "
-                                    "impersonation request; try again",
-                               extra=[(b"Retry-After", b"1")])
+            flow.exchange.fail(
+                503,
+                "the tenant's API server could not check the impersonation request; try again",
+                extra=[(b"Retry-After", b"1")],
+            )
             return DONE
         if isinstance(decision, Deny):
             flow.end(Outcome.DENY, decision.reason)
@@ -503,8 +541,10 @@ class Pipeline:
             return None
         if upstream.wake is None:
             flow.end(Outcome.PAUSED, "tenant paused")
-            flow.exchange.fail(503, f'tenant "{upstream.name}" is paused; ask a platform '
-                                    "administrator to resume it")
+            flow.exchange.fail(
+                503,
+                f'tenant "{upstream.name}" is paused; ask a platform administrator to resume it',
+            )
             return DONE
         return self._wake(flow)
 
@@ -526,8 +566,11 @@ class Pipeline:
         if current is None:  # deleted meanwhile, or no longer routable
             return self._unavailable_tenant(flow, upstream.name)
         flow.end(Outcome.PAUSED, "tenant waking up")
-        flow.exchange.fail(503, f'tenant "{upstream.name}" is starting; retry shortly',
-                           extra=[(b"Retry-After", b"10")])
+        flow.exchange.fail(
+            503,
+            f'tenant "{upstream.name}" is starting; retry shortly',
+            extra=[(b"Retry-After", b"10")],
+        )
         return DONE
 
     # -- exec/attach session recording -----------------------------------------------------
@@ -544,19 +587,27 @@ class Pipeline:
             return None
         return self._open_recording(flow, self.sessions, wanted)
 
-    async def _open_recording(self, flow: Flow, sessions: SessionRecordings,
-                              wanted: Wanted) -> Next:
+    async def _open_recording(
+        self, flow: Flow, sessions: SessionRecordings, wanted: Wanted
+    ) -> Next:
         try:
             flow.recording = await sessions.open(flow, wanted)
         except RecordingUnavailable as exc:
             if not wanted.decision.required:
-                log.warning("request %s tenant %s: session not recorded (best-effort): %s",
-                            flow.exchange.request_id.decode(), flow.tenant, exc)
+                log.warning(
+                    "request %s tenant %s: session not recorded (best-effort): %s",
+                    flow.exchange.request_id.decode(),
+                    flow.tenant,
+                    exc,
+                )
                 return None
             flow.end(Outcome.UNAVAILABLE, f"session recording required and unavailable: {exc}")
-            flow.exchange.fail(503, f"this {wanted.request.kind} session must be recorded and "
-                                    f"the recording cannot be written: {exc}",
-                               extra=[(b"Retry-After", b"10")])
+            flow.exchange.fail(
+                503,
+                f"this {wanted.request.kind} session must be recorded and "
+                f"the recording cannot be written: {exc}",
+                extra=[(b"Retry-After", b"10")],
+            )
             return DONE
         return None
 
@@ -584,8 +635,8 @@ class Pipeline:
             flow.target or b"/",
             exchange.head,
             authority=upstream.authority,
-            authorization=flow.credential or (
-                upstream.authorization() if upstream.authorization else None),
+            authorization=flow.credential
+            or (upstream.authorization() if upstream.authorization else None),
             identity_block=identity_block,
             request_id=exchange.request_id,
             framing=framing,

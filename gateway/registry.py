@@ -65,7 +65,7 @@ class TenantState:
     def error(self) -> str | None:
         """`last_error`, bounded for a message."""
         e = self.last_error
-        return e if e is None or len(e) <= self.MAX_ERROR else e[:self.MAX_ERROR] + "…"
+        return e if e is None or len(e) <= self.MAX_ERROR else e[: self.MAX_ERROR] + "…"
 
     def describe(self) -> str:
         """One line for people: the phase, the step, and the last error if a step failed."""
@@ -92,8 +92,10 @@ class TenantState:
         if self.phase == "Deleting":
             return f'tenant "{tenant}" is being deleted ({self.describe()})'
         if self.last_error:
-            return (f'tenant "{tenant}" is not ready ({self.describe()}); the lifecycle '
-                    "manager keeps retrying: ask a platform administrator if this persists")
+            return (
+                f'tenant "{tenant}" is not ready ({self.describe()}); the lifecycle '
+                "manager keeps retrying: ask a platform administrator if this persists"
+            )
         return f'tenant "{tenant}" is not ready yet ({self.describe()}); retry shortly'
 
     def details(self, tenant: str) -> dict:
@@ -103,8 +105,12 @@ class TenantState:
             causes.append({"type": "TenantStep", "message": self.step})
         if self.error:
             causes.append({"type": "TenantLastError", "message": self.error})
-        return {"name": tenant, "kind": "tenant", "retryAfterSeconds": self.retry_after,
-                "causes": causes}
+        return {
+            "name": tenant,
+            "kind": "tenant",
+            "retryAfterSeconds": self.retry_after,
+            "causes": causes,
+        }
 
 
 def upstream_from_config(tenant: TenantConfig) -> Upstream:
@@ -112,9 +118,7 @@ def upstream_from_config(tenant: TenantConfig) -> Upstream:
     parts = urlsplit(tenant.upstream)
     context: ssl.SSLContext | None = None
     if parts.scheme == "https":
-        context = ssl.create_default_context(
-            cafile=str(tenant.ca_file) if tenant.ca_file else None
-        )
+        context = ssl.create_default_context(cafile=str(tenant.ca_file) if tenant.ca_file else None)
         if tenant.insecure_skip_tls_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

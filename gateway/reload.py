@@ -74,15 +74,19 @@ def _stat(path: Path) -> tuple[int, int, int, int] | None:
 def stamp(config_file: Path | None, policies: Path) -> Stamp:
     """What the config file and the policy files look like now (a few `stat` calls)."""
     files = policy_files(policies) if policies.is_dir() else []
-    return ((str(config_file), _stat(config_file)) if config_file else None,
-            str(policies), tuple((p.name, _stat(p)) for p in files))
+    return (
+        (str(config_file), _stat(config_file)) if config_file else None,
+        str(policies),
+        tuple((p.name, _stat(p)) for p in files),
+    )
 
 
 def digest(config: GatewayConfig, policies: list[LoadedPolicy]) -> str:
     """The sha256 of what the live sections say: equal for files touched but not changed."""
-    doc = {"tenants": [t.model_dump(mode="json") for t in config.tenants],
-           "policies": [[Path(p.file).name, p.policy.model_dump(mode="json")]
-                        for p in policies]}
+    doc = {
+        "tenants": [t.model_dump(mode="json") for t in config.tenants],
+        "policies": [[Path(p.file).name, p.policy.model_dump(mode="json")] for p in policies],
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,16 +122,20 @@ class ConfigSource:
             try:
                 loaded = load_config(self.config_file)
             except ConfigError as exc:
-                return Refused(_one_line(exc.problems),
-                               stamp(self.config_file, config.policies), config.policies)
-            restart = tuple(name for name in GatewayConfig.model_fields
-                            if name not in LIVE_SECTIONS
-                            and getattr(loaded, name) != getattr(config, name))
+                return Refused(
+                    _one_line(exc.problems),
+                    stamp(self.config_file, config.policies),
+                    config.policies,
+                )
+            restart = tuple(
+                name
+                for name in GatewayConfig.model_fields
+                if name not in LIVE_SECTIONS and getattr(loaded, name) != getattr(config, name)
+            )
             config = config.model_copy(update={k: getattr(loaded, k) for k in LIVE_SECTIONS})
         before = stamp(self.config_file, config.policies)
         if not config.policies.is_dir():
-            return Refused(f"policy directory {config.policies} not found", before,
-                           config.policies)
+            return Refused(f"policy directory {config.policies} not found", before, config.policies)
         policies, problems = load_policies(config.policies)
         if problems:
             return Refused(_one_line(problems), before, config.policies)
@@ -138,8 +146,14 @@ class ConfigSource:
         after = stamp(self.config_file, config.policies)
         if after != before or (first is not None and after[0][1] != first):
             return None
-        return Snapshot(config, policies, digest(config, policies), before,
-                        upstreams=upstreams, restart_needed=restart)
+        return Snapshot(
+            config,
+            policies,
+            digest(config, policies),
+            before,
+            upstreams=upstreams,
+            restart_needed=restart,
+        )
 
     @staticmethod
     def _changed_upstreams(old: GatewayConfig, new: GatewayConfig) -> dict[str, Upstream]:
@@ -179,8 +193,9 @@ class Tracked:
         self.refused = None
         old = self.current
         if result.digest == old.digest:  # touched, or changed and changed back
-            self.current = Snapshot(old.config, old.policies, old.digest, result.stamp,
-                                    old.loaded_at)
+            self.current = Snapshot(
+                old.config, old.policies, old.digest, result.stamp, old.loaded_at
+            )
             return None
         self.current = result
         self.generation += 1
@@ -192,8 +207,15 @@ class LiveConfig:
     on `trigger()`, and hand each validated change to `apply(old, new)` on the loop (it
     returns what it did, for the log line)."""
 
-    def __init__(self, tracked: Tracked, apply: Callable[[Snapshot, Snapshot], str],
-                 metrics: Metrics, *, poll_seconds: float, who: str) -> None:
+    def __init__(
+        self,
+        tracked: Tracked,
+        apply: Callable[[Snapshot, Snapshot], str],
+        metrics: Metrics,
+        *,
+        poll_seconds: float,
+        who: str,
+    ) -> None:
         self.tracked = tracked
         self.apply = apply
         self.metrics = metrics
@@ -234,24 +256,39 @@ class LiveConfig:
         if isinstance(result, Refused):
             self.metrics.config_reloads.labels("error").inc()
             if forced or t.refused is None or t.refused.problem != result.problem:
-                log.error("%s: configuration not reloaded, keeping generation %d (sha256 %s): "
-                          "%s", self.who, t.generation, t.current.digest[:16], result.problem)
+                log.error(
+                    "%s: configuration not reloaded, keeping generation %d (sha256 %s): %s",
+                    self.who,
+                    t.generation,
+                    t.current.digest[:16],
+                    result.problem,
+                )
             t.take(result)
             return
         self.metrics.config_reloads.labels("ok").inc()
         if result.restart_needed:
-            log.warning("%s: config file changes to %s need a restart; running with the "
-                        "values read at start", self.who, ", ".join(result.restart_needed))
+            log.warning(
+                "%s: config file changes to %s need a restart; running with the "
+                "values read at start",
+                self.who,
+                ", ".join(result.restart_needed),
+            )
         old = t.take(result)
         if old is None:
-            log.info("%s: configuration read, nothing changed (generation %d)", self.who,
-                     t.generation)
+            log.info(
+                "%s: configuration read, nothing changed (generation %d)", self.who, t.generation
+            )
             return
         effect = self.apply(old, result)
         self._show()
-        log.info("%s: configuration reloaded: generation %d (sha256 %s), %d policy files%s",
-                 self.who, t.generation, result.digest[:16], len(result.policies),
-                 f"; {effect}" if effect else "")
+        log.info(
+            "%s: configuration reloaded: generation %d (sha256 %s), %d policy files%s",
+            self.who,
+            t.generation,
+            result.digest[:16],
+            len(result.policies),
+            f"; {effect}" if effect else "",
+        )
 
     def _show(self) -> None:
         m, t = self.metrics, self.tracked
@@ -264,9 +301,9 @@ class LiveConfig:
         """For the verbose readiness answer."""
         t = self.tracked
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.current.loaded_at))
-        lines = [f"policies: generation {t.generation}, sha256 {t.current.digest[:16]}, "
-                 f"read at {at}"]
+        lines = [
+            f"policies: generation {t.generation}, sha256 {t.current.digest[:16]}, read at {at}"
+        ]
         if t.refused is not None:
-            lines.append(f"policies: changed files refused, last good kept: "
-                         f"{t.refused.problem}")
+            lines.append(f"policies: changed files refused, last good kept: {t.refused.problem}")
         return lines

@@ -114,13 +114,13 @@ def upstream_head(
     out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
     out += headers.forwardable()
     if headers.websocket_protocols and not (
-            headers.connection_named and b"sec-websocket-protocol" in headers.connection_named):
+        headers.connection_named and b"sec-websocket-protocol" in headers.connection_named
+    ):
         for value in headers.websocket_protocols:
             value = without_bearer_protocol(value)
             if value:
                 out += (b"Sec-WebSocket-Protocol: ", value, b"\r\n")
-    if headers.cookies and not (
-            headers.connection_named and b"cookie" in headers.connection_named):
+    if headers.cookies and not (headers.connection_named and b"cookie" in headers.connection_named):
         for value in headers.cookies:
             value = without_cookies(value, private_cookies) if private_cookies else value
             if value:
@@ -154,6 +154,9 @@ def without_cookies(value: bytes, names: frozenset[bytes]) -> bytes:
     lowered = value.lower()
     if not any(name in lowered for name in names):
         return value
-    kept = [part.strip() for part in value.split(b";")
-            if part.partition(b"=")[0].strip(b" \t").lower() not in names]
+    kept = [
+        part.strip()
+        for part in value.split(b";")
+        if part.partition(b"=")[0].strip(b" \t").lower() not in names
+    ]
     return b"; ".join(part for part in kept if part)

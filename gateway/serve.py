@@ -52,8 +52,9 @@ GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700
 def serving_certificate(config: GatewayConfig) -> ServingCertificate | None:
     if config.tls is None:
         return None
-    return ServingCertificate(config.tls.cert_file, config.tls.key_file,
-                              check_seconds=config.tls.reload_seconds)
+    return ServingCertificate(
+        config.tls.cert_file, config.tls.key_file, check_seconds=config.tls.reload_seconds
+    )
 
 
 def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
@@ -61,9 +62,12 @@ def checked_policies(config: GatewayConfig) -> list[LoadedPolicy]:
     return first_load(config, None).policies
 
 
-def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None,
-                   policies: list[LoadedPolicy] | None = None,
-                   limits: BucketTable | None = None) -> Pipeline:
+def build_pipeline(
+    config: GatewayConfig,
+    registry: TenantRegistry | None = None,
+    policies: list[LoadedPolicy] | None = None,
+    limits: BucketTable | None = None,
+) -> Pipeline:
     """Assemble the request path from a validated config (`policies`: already loaded;
     `limits`: the limit table the workers share, made before forking)."""
     if policies is None:
@@ -82,8 +86,11 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
         from gateway.portal import build_portal, policy_access
         from gateway.portal.app import SESSION_COOKIE
 
-        portal = build_portal(config, policy_access(registry, policy, directory),
-                              authenticator.keys_for(config.portal.issuer))
+        portal = build_portal(
+            config,
+            policy_access(registry, policy, directory),
+            authenticator.keys_for(config.portal.issuer),
+        )
         local_apps.mount("/", portal.app)
         private_cookies = (SESSION_COOKIE,)  # the portal's session never leaves the gateway
     if config.lifecycle is not None:
@@ -104,23 +111,34 @@ def build_pipeline(config: GatewayConfig, registry: TenantRegistry | None = None
         own=own,
         client_address=ClientAddress(config.listen.trusted_proxies),
         directory=directory,
-        nested=(NestedImpersonation(
-            cache_seconds=config.nested_impersonation.decision_cache_seconds, api=tenant_api)
-            if config.nested_impersonation.enabled else None),
-        wake_timeout=(config.lifecycle.wake_timeout_seconds if config.lifecycle is not None
-                      else 60.0),
+        nested=(
+            NestedImpersonation(
+                cache_seconds=config.nested_impersonation.decision_cache_seconds, api=tenant_api
+            )
+            if config.nested_impersonation.enabled
+            else None
+        ),
+        wake_timeout=(
+            config.lifecycle.wake_timeout_seconds if config.lifecycle is not None else 60.0
+        ),
         private_cookies=private_cookies,
         limiter=build_limiter(config, metrics, limits),
         tenant_tokens=TenantTokens(
-            config.token_review, tenant_api,
-            on_review=lambda tenant, result: metrics.token_reviews.labels(tenant, result).inc()),
-        sessions=(SessionRecordings(config.sessions.recording, metrics=metrics)
-                  if config.sessions.recording.enabled else None),
+            config.token_review,
+            tenant_api,
+            on_review=lambda tenant, result: metrics.token_reviews.labels(tenant, result).inc(),
+        ),
+        sessions=(
+            SessionRecordings(config.sessions.recording, metrics=metrics)
+            if config.sessions.recording.enabled
+            else None
+        ),
     )
 
 
-def build_limiter(config: GatewayConfig, metrics: Metrics,
-                  table: BucketTable | None) -> Limiter | None:
+def build_limiter(
+    config: GatewayConfig, metrics: Metrics, table: BucketTable | None
+) -> Limiter | None:
     """The limit step, when `rate_limits` configures any limit."""
     table = table or limit_table(config.rate_limits, workers=1)
     if table is None:
@@ -152,8 +170,9 @@ class RunningGateway:
         self._directory_check: asyncio.Task | None = None
         self.certificate: ServingCertificate | None = None
 
-    async def start(self, sock: socket.socket | None = None,
-                    metrics_sock: socket.socket | None = None) -> None:
+    async def start(
+        self, sock: socket.socket | None = None, metrics_sock: socket.socket | None = None
+    ) -> None:
         g = self.pipeline
         await g.authenticator.start()
         g.forwarder.start()
@@ -163,8 +182,10 @@ class RunningGateway:
             self._directory_check = asyncio.create_task(self._check_directory())
         loop = asyncio.get_running_loop()
         limits, listen = self.config.limits, self.config.listen
-        admission = Admission(limits.max_unauthenticated_connections_per_ip,
-                              exempt=ClientAddress(listen.trusted_proxies).is_trusted_peer)
+        admission = Admission(
+            limits.max_unauthenticated_connections_per_ip,
+            exempt=ClientAddress(listen.trusted_proxies).is_trusted_peer,
+        )
 
         def factory() -> ClientConnection:
             return ClientConnection(g, limits, self.connections, admission)
@@ -180,15 +201,23 @@ class RunningGateway:
             self.server = await loop.create_server(factory, sock=sock, backlog=2048, **tls)
         else:
             self.server = await loop.create_server(
-                factory, listen.host, listen.port, backlog=2048, reuse_address=True, **tls)
+                factory, listen.host, listen.port, backlog=2048, reuse_address=True, **tls
+            )
         if metrics_sock is not None or listen.metrics_port is not None:
             metrics = MetricsEndpoints(g.own)
 
             def metrics_factory() -> ClientConnection:
                 return ClientConnection(metrics, limits, self.connections)
 
-            where = {"sock": metrics_sock} if metrics_sock is not None else {
-                "host": listen.metrics_host, "port": listen.metrics_port, "reuse_address": True}
+            where = (
+                {"sock": metrics_sock}
+                if metrics_sock is not None
+                else {
+                    "host": listen.metrics_host,
+                    "port": listen.metrics_port,
+                    "reuse_address": True,
+                }
+            )
             self.metrics_server = await loop.create_server(metrics_factory, **where)
         g.own.readiness.config_loaded = True
 
@@ -197,8 +226,7 @@ class RunningGateway:
         assert self.pipeline.directory is not None
         problem = await self.pipeline.directory.check()
         if problem:
-            log.error("directory check failed (requests will get 503 until it works): %s",
-                      problem)
+            log.error("directory check failed (requests will get 503 until it works): %s", problem)
         else:
             log.info("directory reachable and bind accepted")
 
@@ -260,13 +288,20 @@ class RunningGateway:
         for conn in list(self.connections):
             exchange = conn.current
             flow = exchange.context if exchange is not None else None
-            if (exchange is None or not exchange.streaming or not isinstance(flow, Flow)
-                    or flow.grant is None or flow.identity is None or flow.tenant is None):
+            if (
+                exchange is None
+                or not exchange.streaming
+                or not isinstance(flow, Flow)
+                or flow.grant is None
+                or flow.identity is None
+                or flow.tenant is None
+            ):
                 continue
             decision = policy.decide(flow.identity, flow.tenant, flow.membership)
             # `kubectl --as` runs as the requested identity: ended only when access is gone
-            if isinstance(decision, Deny) or (not exchange.head.impersonation
-                                              and _acts_as(decision) != _acts_as(flow.grant)):
+            if isinstance(decision, Deny) or (
+                not exchange.head.impersonation and _acts_as(decision) != _acts_as(flow.grant)
+            ):
                 flow.reason = "access changed by a policy reload"
                 _end_stream(conn)
                 conn.close()
@@ -334,10 +369,14 @@ def _apply(running: RunningGateway, old: Snapshot, new: Snapshot) -> str:
     return "; ".join(done)
 
 
-async def _serve_one(tracked: Tracked, sock: socket.socket,
-                     metrics_sock: socket.socket | None = None,
-                     limits: BucketTable | None = None,
-                     board: WorkerBoard | None = None, slot: int = 0) -> None:
+async def _serve_one(
+    tracked: Tracked,
+    sock: socket.socket,
+    metrics_sock: socket.socket | None = None,
+    limits: BucketTable | None = None,
+    board: WorkerBoard | None = None,
+    slot: int = 0,
+) -> None:
     config = tracked.current.config
     if limits is not None:
         limits.start_worker(slot)  # a restarted worker takes over its slot's column
@@ -345,13 +384,19 @@ async def _serve_one(tracked: Tracked, sock: socket.socket,
     beat = None
     if board is not None:
         beat = asyncio.create_task(_beat(heartbeat(board, slot, stop.set)))
-    running = RunningGateway(config, build_pipeline(config, policies=tracked.current.policies,
-                                                      limits=limits))
+    running = RunningGateway(
+        config, build_pipeline(config, policies=tracked.current.policies, limits=limits)
+    )
     pipeline = running.pipeline
     own = pipeline.own
     who = f"worker {slot} (pid {os.getpid()})" if board is not None else f"pid {os.getpid()}"
-    live = LiveConfig(tracked, lambda old, new: _apply(running, old, new), own.metrics,
-                      poll_seconds=config.reload.poll_seconds, who=who)
+    live = LiveConfig(
+        tracked,
+        lambda old, new: _apply(running, old, new),
+        own.metrics,
+        poll_seconds=config.reload.poll_seconds,
+        who=who,
+    )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, live.trigger)
     await live.check()  # files changed since the master read them: start with the news
@@ -372,8 +417,9 @@ async def _serve_one(tracked: Tracked, sock: socket.socket,
         loop.add_signal_handler(sig, stop.set)
     log.info("vgate listening on %s:%d (pid %d)", config.listen.host, running.port, os.getpid())
     if running.metrics_port is not None:
-        log.info("metrics and health on http://%s:%d", config.listen.metrics_host,
-                 running.metrics_port)
+        log.info(
+            "metrics and health on http://%s:%d", config.listen.metrics_host, running.metrics_port
+        )
     await stop.wait()
     log.info("shutting down: draining for up to %.0fs", config.limits.shutdown_grace_seconds)
     live.stop()
@@ -400,8 +446,9 @@ def serve(config: GatewayConfig, config_file: Path | None = None) -> int:
     limits = limit_table(config.rate_limits, workers)  # shared by every worker
     listen = config.listen
     sock = _bind(listen.host, listen.port)
-    metrics_sock = (_bind(listen.metrics_host, listen.metrics_port)
-                    if listen.metrics_port is not None else None)
+    metrics_sock = (
+        _bind(listen.metrics_host, listen.metrics_port) if listen.metrics_port is not None else None
+    )
     if workers == 1:
         asyncio.run(_serve_one(tracked, sock, metrics_sock, limits))
         return 0
@@ -416,8 +463,9 @@ def serve(config: GatewayConfig, config_file: Path | None = None) -> int:
             tracked.take(tracked.look(forced))
 
     try:
-        status = Supervisor(board, run_worker, tick=follow,
-                            tick_seconds=config.reload.poll_seconds).run()
+        status = Supervisor(
+            board, run_worker, tick=follow, tick_seconds=config.reload.poll_seconds
+        ).run()
     finally:
         sock.close()
         if metrics_sock is not None:

@@ -23,10 +23,15 @@ class CredentialRefused(Exception):
     not cure). The message names the tenant and the right."""
 
     def __init__(self, tenant: str, status: int, needs: str) -> None:
-        why = ("does not accept the gateway's credential" if status == 401
-               else f"does not let the gateway's credential {needs}")
-        super().__init__(f'tenant "{tenant}" {why} (HTTP {status}); the platform team must '
-                         f"grant it in that cluster")
+        why = (
+            "does not accept the gateway's credential"
+            if status == 401
+            else f"does not let the gateway's credential {needs}"
+        )
+        super().__init__(
+            f'tenant "{tenant}" {why} (HTTP {status}); the platform team must '
+            f"grant it in that cluster"
+        )
         self.tenant, self.status, self.needs = tenant, status, needs
 
 
@@ -58,14 +63,16 @@ class TenantApi:
             client = httpx.AsyncClient(
                 base_url=f"{scheme}://{upstream.authority.decode()}",
                 verify=upstream.ssl if upstream.ssl else True,
-                timeout=self._timeout, follow_redirects=False,
+                timeout=self._timeout,
+                follow_redirects=False,
             )
             entry = (upstream, client)
             self._clients[upstream.name] = entry
         return entry[1]
 
-    async def call(self, upstream: Upstream, method: str, path: str,
-                   body: dict | None = None, *, needs: str) -> httpx.Response:
+    async def call(
+        self, upstream: Upstream, method: str, path: str, body: dict | None = None, *, needs: str
+    ) -> httpx.Response:
         """`method path` at the tenant as the gateway (JSON in and out); raises
         `httpx.HTTPError` when there is no answer and `CredentialRefused` on a 401 or 403
         (`needs`: the right the call takes, e.g. "create
@@ -79,8 +86,12 @@ class TenantApi:
         if upstream.server_hostname and upstream.server_hostname != upstream.host:
             extensions["sni_hostname"] = upstream.server_hostname
         r = await self._client(upstream).request(
-            method, path, content=json.dumps(body) if body is not None else None,
-            headers=headers, extensions=extensions)
+            method,
+            path,
+            content=json.dumps(body) if body is not None else None,
+            headers=headers,
+            extensions=extensions,
+        )
         if r.status_code in (401, 403):
             refused = CredentialRefused(upstream.name, r.status_code, needs)
             self._log(refused)

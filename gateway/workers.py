@@ -119,13 +119,17 @@ class BoardCollector(Collector):
         self.board = board
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("vgate_workers_configured", "Worker processes configured",
-                                value=self.board.slots)
-        yield GaugeMetricFamily("vgate_workers_running", "Worker processes running now",
-                                value=self.board.running())
-        yield CounterMetricFamily("vgate_worker_restarts",
-                                  "Worker processes the master started again after one died",
-                                  value=self.board.restarts)
+        yield GaugeMetricFamily(
+            "vgate_workers_configured", "Worker processes configured", value=self.board.slots
+        )
+        yield GaugeMetricFamily(
+            "vgate_workers_running", "Worker processes running now", value=self.board.running()
+        )
+        yield CounterMetricFamily(
+            "vgate_worker_restarts",
+            "Worker processes the master started again after one died",
+            value=self.board.restarts,
+        )
 
 
 class Supervisor:
@@ -133,9 +137,14 @@ class Supervisor:
     its exit code; `tick(forced)` runs in the master every `tick_seconds` and, forced, on
     SIGHUP (it keeps what the next worker starts from up to date)."""
 
-    def __init__(self, board: WorkerBoard, run_worker: Callable[[int], int], *,
-                 tick: Callable[[bool], None] | None = None, tick_seconds: float = 1.0
-                 ) -> None:
+    def __init__(
+        self,
+        board: WorkerBoard,
+        run_worker: Callable[[int], int],
+        *,
+        tick: Callable[[bool], None] | None = None,
+        tick_seconds: float = 1.0,
+    ) -> None:
         self.board = board
         self.run_worker = run_worker
         self.tick = tick
@@ -171,8 +180,12 @@ class Supervisor:
                             self._spawn(slot, restart=True)
                         except OSError as exc:  # no fork now (EAGAIN, ENOMEM): later
                             self._due[slot] = now + MAX_BACKOFF_SECONDS
-                            log.error("cannot start worker %d: %s; trying again in %.0fs",
-                                      slot, exc, MAX_BACKOFF_SECONDS)
+                            log.error(
+                                "cannot start worker %d: %s; trying again in %.0fs",
+                                slot,
+                                exc,
+                                MAX_BACKOFF_SECONDS,
+                            )
                 self._kill_hung(now)
                 if now >= next_tick:
                     next_tick = now + self.tick_seconds
@@ -201,8 +214,11 @@ class Supervisor:
     def _on_signal(self, signo: int) -> None:
         if signo in (signal.SIGTERM, signal.SIGINT):
             if not self._stopping:
-                log.info("%s: stopping %d workers (each drains its connections)",
-                         signal.Signals(signo).name, len(self.children))
+                log.info(
+                    "%s: stopping %d workers (each drains its connections)",
+                    signal.Signals(signo).name,
+                    len(self.children),
+                )
             self._stopping = True
             self._due.clear()
             self._send(signo)
@@ -235,19 +251,31 @@ class Supervisor:
                 self._status = self._status or code
                 continue
             quick = self._quick_deaths[slot] = (
-                self._quick_deaths[slot] + 1 if lived < STABLE_SECONDS else 0)
-            delay = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2 ** quick)
+                self._quick_deaths[slot] + 1 if lived < STABLE_SECONDS else 0
+            )
+            delay = min(MAX_BACKOFF_SECONDS, BASE_BACKOFF_SECONDS * 2**quick)
             self._due[slot] = time.monotonic() + delay
-            log.error("worker %d (pid %d) %s after %.1fs; starting it again in %.1fs "
-                      "(%d restarts so far)", slot, pid, describe_exit(code), lived, delay,
-                      self.board.restarts)
+            log.error(
+                "worker %d (pid %d) %s after %.1fs; starting it again in %.1fs "
+                "(%d restarts so far)",
+                slot,
+                pid,
+                describe_exit(code),
+                lived,
+                delay,
+                self.board.restarts,
+            )
 
     def _kill_hung(self, now: float) -> None:
         for pid, slot in list(self.children.items()):
             beat = self.board.slot(slot)[4]
             if now - beat > HANG_SECONDS:
-                log.error("worker %d (pid %d) has not run its event loop for %.0fs: killing "
-                          "it", slot, pid, now - beat)
+                log.error(
+                    "worker %d (pid %d) has not run its event loop for %.0fs: killing it",
+                    slot,
+                    pid,
+                    now - beat,
+                )
                 self.board.beat(slot)  # once: the kill is reported by SIGCHLD
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

@@ -65,10 +65,12 @@ class Tenant(HttpUser):
         self.client.headers["Accept"] = "application/json"
         self.client.headers["User-Agent"] = "kubectl/v1.32.0 (locust) vgate-loadtest"
 
-    def api(self, method: str, path: str, name: str, expect: tuple[int, ...] = (200,),
-            **kw: Any) -> requests.Response:
-        with self.client.request(method, self.prefix + path, name=name, catch_response=True,
-                                 **kw) as resp:
+    def api(
+        self, method: str, path: str, name: str, expect: tuple[int, ...] = (200,), **kw: Any
+    ) -> requests.Response:
+        with self.client.request(
+            method, self.prefix + path, name=name, catch_response=True, **kw
+        ) as resp:
             if resp.status_code in expect:
                 resp.success()
             else:
@@ -99,21 +101,30 @@ class KubectlUser(Tenant):
 
     @task(3)
     def list_configmaps(self) -> None:
-        self.api("GET", "/api/v1/namespaces/default/configmaps?limit=50",
-                 "list configmaps limit=50")
+        self.api(
+            "GET", "/api/v1/namespaces/default/configmaps?limit=50", "list configmaps limit=50"
+        )
 
     @task(2)
     def apply_configmap(self) -> None:
         name = f"locust-{self.who['user']}-{random.randrange(20)}"
-        body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
-                           "metadata": {"name": name, "namespace": "default"},
-                           "data": {"at": str(time.time())}})
+        body = json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "default"},
+                "data": {"at": str(time.time())},
+            }
+        )
         expect = (200, 201) if self.writes_allowed() else (403,)
-        self.api("PATCH",
-                 f"/api/v1/namespaces/default/configmaps/{name}"
-                 "?fieldManager=kubectl&force=true",
-                 "apply configmap", expect=expect, data=body,
-                 headers={"Content-Type": "application/apply-patch+yaml"})
+        self.api(
+            "PATCH",
+            f"/api/v1/namespaces/default/configmaps/{name}?fieldManager=kubectl&force=true",
+            "apply configmap",
+            expect=expect,
+            data=body,
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        )
         if self.writes_allowed():
             self.api("GET", f"/api/v1/namespaces/default/configmaps/{name}", "get configmap")
 
@@ -124,15 +135,18 @@ class KubectlUser(Tenant):
 
 def watch(user: Tenant, *, seconds: int, name: str) -> None:
     """A watch that the server ends after `seconds`; counts the events as one request."""
-    path = (f"{user.prefix}/api/v1/namespaces/default/configmaps?watch=true"
-            f"&allowWatchBookmarks=true&timeoutSeconds={seconds}")
+    path = (
+        f"{user.prefix}/api/v1/namespaces/default/configmaps?watch=true"
+        f"&allowWatchBookmarks=true&timeoutSeconds={seconds}"
+    )
     start = time.perf_counter()
     events_seen = 0
     exc: Exception | None = None
     status = 0
     try:
-        with user.client.get(path, name=name, stream=True, catch_response=True,
-                             timeout=seconds + 10) as resp:
+        with user.client.get(
+            path, name=name, stream=True, catch_response=True, timeout=seconds + 10
+        ) as resp:
             status = resp.status_code
             if status == 200:
                 for line in resp.iter_lines():
@@ -144,8 +158,13 @@ def watch(user: Tenant, *, seconds: int, name: str) -> None:
     except requests.RequestException as e:
         exc = e
     if exc is not None:
-        events.request.fire(request_type="WATCH", name=name, response_time=(
-            time.perf_counter() - start) * 1000, response_length=0, exception=exc)
+        events.request.fire(
+            request_type="WATCH",
+            name=name,
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=0,
+            exception=exc,
+        )
 
 
 class ControllerUser(Tenant):
@@ -156,8 +175,9 @@ class ControllerUser(Tenant):
 
     @task
     def informer(self) -> None:
-        self.api("GET", "/api/v1/namespaces/default/configmaps?limit=500",
-                 "controller list configmaps")
+        self.api(
+            "GET", "/api/v1/namespaces/default/configmaps?limit=500", "controller list configmaps"
+        )
         watch(self, seconds=WATCH_SECONDS, name="controller watch configmaps")
 
 
@@ -178,23 +198,32 @@ class RefreshStorm(Tenant):
     def refresh_then_list(self) -> None:
         start = time.perf_counter()
         try:
-            resp = self.session.post(self.idp["token_endpoint"], data={
-                "grant_type": "refresh_token", "refresh_token": self.refresh_token,
-                "client_id": self.idp["client_id"]}, timeout=10)
+            resp = self.session.post(
+                self.idp["token_endpoint"],
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": self.refresh_token,
+                    "client_id": self.idp["client_id"],
+                },
+                timeout=10,
+            )
             resp.raise_for_status()
             answer = resp.json()
             exc = None
         except (requests.RequestException, ValueError) as e:
             exc, answer = e, {}
-        events.request.fire(request_type="POST", name="IdP token refresh",
-                            response_time=(time.perf_counter() - start) * 1000,
-                            response_length=0, exception=exc)
+        events.request.fire(
+            request_type="POST",
+            name="IdP token refresh",
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=0,
+            exception=exc,
+        )
         if exc is not None:
             return
         self.refresh_token = answer.get("refresh_token", self.refresh_token)
         self.client.headers["Authorization"] = f"Bearer {answer['id_token']}"
-        self.api("GET", "/api/v1/namespaces/default/pods?limit=500",
-                 "list pods with a fresh token")
+        self.api("GET", "/api/v1/namespaces/default/pods?limit=500", "list pods with a fresh token")
 
 
 class DeniedUser(Tenant):
@@ -205,5 +234,6 @@ class DeniedUser(Tenant):
 
     @task
     def hammer(self) -> None:
-        self.api("GET", "/api/v1/namespaces/default/pods?limit=500", "denied list pods",
-                 expect=(403,))
+        self.api(
+            "GET", "/api/v1/namespaces/default/pods?limit=500", "denied list pods", expect=(403,)
+        )

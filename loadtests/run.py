@@ -41,16 +41,23 @@ USERS = {
     "mallory": {"email": "mallory@example.com", "name": "Mallory", "groups": ["nobody"]},
 }
 POLICIES = {
-    "tenant1": {"cluster-admin": {"groups": ["oidc:tenant1-admins"]},
-                "view": {"groups": ["oidc:developers"]}},
-    "tenant2": {"cluster-admin": {"groups": ["oidc:tenant2-admins"]},
-                "view": {"groups": ["oidc:developers"]}},
+    "tenant1": {
+        "cluster-admin": {"groups": ["oidc:tenant1-admins"]},
+        "view": {"groups": ["oidc:developers"]},
+    },
+    "tenant2": {
+        "cluster-admin": {"groups": ["oidc:tenant2-admins"]},
+        "view": {"groups": ["oidc:developers"]},
+    },
 }
 # (tenant, user, role) — several tenants, different roles, and users with no role at all
 IDENTITIES = [
-    ("tenant1", "alice", "cluster-admin"), ("tenant2", "carol", "cluster-admin"),
-    ("tenant1", "bob", "view"), ("tenant2", "bob", "view"),
-    ("tenant1", "mallory", "none"), ("tenant1", "carol", "none"),
+    ("tenant1", "alice", "cluster-admin"),
+    ("tenant2", "carol", "cluster-admin"),
+    ("tenant1", "bob", "view"),
+    ("tenant2", "bob", "view"),
+    ("tenant1", "mallory", "none"),
+    ("tenant1", "carol", "none"),
 ]
 
 
@@ -63,14 +70,18 @@ def missing_tools() -> str | None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--scenario", choices=sorted(SCENARIOS), default="mixed")
     p.add_argument("--users", type=int, default=20, help="concurrent locust users")
     p.add_argument("--time", default="30s", help="run time (locust syntax: 20s, 2m)")
     p.add_argument("--out", type=Path, default=Path("loadtest-results"))
-    p.add_argument("--tokens", type=Path,
-                   help="use this tokens file instead of logging in at the dev IdP")
+    p.add_argument(
+        "--tokens", type=Path, help="use this tokens file instead of logging in at the dev IdP"
+    )
     return p.parse_args(argv)
 
 
@@ -81,8 +92,15 @@ def _login_all(idp, users: int) -> list[dict]:
     for tenant, user, role in IDENTITIES:
         for _ in range(per):
             t = idp.login(user)
-            out.append({"tenant": tenant, "user": user, "role": role, "token": t.id_token,
-                        "refresh_token": t.refresh_token})
+            out.append(
+                {
+                    "tenant": tenant,
+                    "user": user,
+                    "role": role,
+                    "token": t.id_token,
+                    "refresh_token": t.refresh_token,
+                }
+            )
     return out
 
 
@@ -93,27 +111,52 @@ def _start_gateway(work: Path, issuer: str, tenants: dict) -> tuple[subprocess.P
     policies = work / "policies"
     policies.mkdir(exist_ok=True)
     for tenant, roles in POLICIES.items():
-        (policies / f"{tenant}.yaml").write_text(yaml.safe_dump({"tenant": tenant,
-                                                                  "roles": roles}))
+        (policies / f"{tenant}.yaml").write_text(yaml.safe_dump({"tenant": tenant, "roles": roles}))
     port = procs.free_port()
     config = work / "vgate.yaml"
-    config.write_text(yaml.safe_dump({
-        "listen": {"host": "127.0.0.1", "port": port},
-        "workers": 1,
-        "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer, "audiences": ["vgate"],
-                              "username_claim": "email", "username_prefix": "oidc:",
-                              "groups_claim": "groups", "groups_prefix": "oidc:"}]},
-        "policies": str(policies),
-        "tenants": [{"name": n, "upstream": url, "token_file": str(tok)}
-                    for n, (url, tok) in tenants.items()],
-        "audit": {"file": str(work / "audit.log")},
-        "limits": {"shutdown_grace_seconds": 2},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"host": "127.0.0.1", "port": port},
+                "workers": 1,
+                "routing": {"path_prefix": "/clusters"},
+                "oidc": {
+                    "issuers": [
+                        {
+                            "issuer": issuer,
+                            "audiences": ["vgate"],
+                            "username_claim": "email",
+                            "username_prefix": "oidc:",
+                            "groups_claim": "groups",
+                            "groups_prefix": "oidc:",
+                        }
+                    ]
+                },
+                "policies": str(policies),
+                "tenants": [
+                    {"name": n, "upstream": url, "token_file": str(tok)}
+                    for n, (url, tok) in tenants.items()
+                ],
+                "audit": {"file": str(work / "audit.log")},
+                "limits": {"shutdown_grace_seconds": 2},
+            }
+        )
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--log-level", "WARNING", "serve", "--config",
-         str(config)], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stderr=open(work / "vgate.log", "ab"), preexec_fn=os.setpgrp,  # noqa: SIM115
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--config",
+            str(config),
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stderr=open(work / "vgate.log", "ab"),  # noqa: SIM115
+        preexec_fn=os.setpgrp,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -130,23 +173,35 @@ def summarize(stats_csv: Path, out: Path, title: str) -> tuple[int, list[dict]]:
     rows = []
     with stats_csv.open(newline="") as f:
         for r in csv.DictReader(f):
-            rows.append({
-                "type": r["Type"], "name": r["Name"], "requests": int(r["Request Count"]),
-                "failures": int(r["Failure Count"]),
-                "rps": float(r["Requests/s"]),
-                "p50_ms": r["50%"], "p95_ms": r["95%"], "p99_ms": r["99%"],
-                "max_ms": round(float(r["Max Response Time"] or 0), 1),
-            })
+            rows.append(
+                {
+                    "type": r["Type"],
+                    "name": r["Name"],
+                    "requests": int(r["Request Count"]),
+                    "failures": int(r["Failure Count"]),
+                    "rps": float(r["Requests/s"]),
+                    "p50_ms": r["50%"],
+                    "p95_ms": r["95%"],
+                    "p99_ms": r["99%"],
+                    "max_ms": round(float(r["Max Response Time"] or 0), 1),
+                }
+            )
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name"])
         w.writeheader()
         w.writerows(rows)
-    lines = [f"## {title}", "", "| type | name | requests | failures | req/s | p50 ms | "
-             "p95 ms | p99 ms | max ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## {title}",
+        "",
+        "| type | name | requests | failures | req/s | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['type']} | {r['name']} | {r['requests']} | {r['failures']} | "
-                     f"{r['rps']:.1f} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-                     f"{r['max_ms']} |")
+        lines.append(
+            f"| {r['type']} | {r['name']} | {r['requests']} | {r['failures']} | "
+            f"{r['rps']:.1f} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
+            f"{r['max_ms']} |"
+        )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     total = next((r for r in rows if r["name"] == "Aggregated"), None)
     return (total["failures"] if total else 0), rows
@@ -170,9 +225,15 @@ def main(argv: list[str] | None = None) -> int:
         tenants = {}
         for name in POLICIES:
             cred = f"gateway-credential-{name}"
-            kube = FakeKube(name=name, tokens={cred: Caller(
-                "system:serviceaccount:vgate:gateway", ("system:serviceaccounts",), True)},
-                bookmark_interval=2.0).start()
+            kube = FakeKube(
+                name=name,
+                tokens={
+                    cred: Caller(
+                        "system:serviceaccount:vgate:gateway", ("system:serviceaccounts",), True
+                    )
+                },
+                bookmark_interval=2.0,
+            ).start()
             kubes.append(kube)
             (work / f"{name}.token").write_text(cred + "\n")
             tenants[name] = (kube.url, work / f"{name}.token")
@@ -183,27 +244,60 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             identities = _login_all(idp, args.users)
             tokens_file = work / "tokens.json"
-            tokens_file.write_text(json.dumps({
-                "identities": identities,
-                "idp": {"token_endpoint": idp.discovery()["token_endpoint"],
-                        "client_id": idp.client_id},
-            }))
-            print(f"loadtests: {len(identities)} logins at the dev IdP in "
-                  f"{time.monotonic() - t0:.1f}s", flush=True)
+            tokens_file.write_text(
+                json.dumps(
+                    {
+                        "identities": identities,
+                        "idp": {
+                            "token_endpoint": idp.discovery()["token_endpoint"],
+                            "client_id": idp.client_id,
+                        },
+                    }
+                )
+            )
+            print(
+                f"loadtests: {len(identities)} logins at the dev IdP in "
+                f"{time.monotonic() - t0:.1f}s",
+                flush=True,
+            )
         prefix = args.out / args.scenario
-        argv_l = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-                  "-u", str(args.users), "-r", str(args.users), "-t", args.time,
-                  "--stop-timeout", "15", "--only-summary", "--csv", str(prefix),
-                  "--host", f"http://127.0.0.1:{port}", "--loglevel", "WARNING",
-                  *SCENARIOS[args.scenario]]
+        argv_l = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "-u",
+            str(args.users),
+            "-r",
+            str(args.users),
+            "-t",
+            args.time,
+            "--stop-timeout",
+            "15",
+            "--only-summary",
+            "--csv",
+            str(prefix),
+            "--host",
+            f"http://127.0.0.1:{port}",
+            "--loglevel",
+            "WARNING",
+            *SCENARIOS[args.scenario],
+        ]
         print("loadtests: " + " ".join(argv_l[1:]), flush=True)
-        proc = subprocess.run(argv_l, cwd=REPO_ROOT, timeout=_seconds(args.time) + 120,
-                              env={**os.environ, "VGATE_TOKENS": str(tokens_file),
-                                   "PYTHONPATH": str(REPO_ROOT)})
+        proc = subprocess.run(
+            argv_l,
+            cwd=REPO_ROOT,
+            timeout=_seconds(args.time) + 120,
+            env={**os.environ, "VGATE_TOKENS": str(tokens_file), "PYTHONPATH": str(REPO_ROOT)},
+        )
         failures, rows = summarize(
-            Path(f"{prefix}_stats.csv"), args.out,
+            Path(f"{prefix}_stats.csv"),
+            args.out,
             f"Scenario {args.scenario}: {args.users} users for {args.time} "
-            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        )
         print((args.out / "summary.md").read_text())
         print(f"loadtests: summary in {args.out / 'summary.csv'} and {args.out / 'summary.md'}")
         if proc.returncode not in (0, 1):
@@ -213,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if gateway is not None:
             from loadtests.bench import procs
+
             procs.stop(gateway)
         if idp is not None:
             idp.stop()

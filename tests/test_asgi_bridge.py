@@ -38,15 +38,25 @@ class _Dispatcher:
 
 async def echo_app(scope, receive, send):
     message = await receive()
-    body = json.dumps({
-        "path": scope["path"], "root_path": scope["root_path"],
-        "raw_path": scope["raw_path"].decode(),
-        "query": scope["query_string"].decode(), "method": scope["method"],
-        "body": message["body"].decode(), "scheme": scope["scheme"],
-        "headers": [[n.decode(), v.decode()] for n, v in scope["headers"]],
-    }).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"x-app", b"echo")]})
+    body = json.dumps(
+        {
+            "path": scope["path"],
+            "root_path": scope["root_path"],
+            "raw_path": scope["raw_path"].decode(),
+            "query": scope["query_string"].decode(),
+            "method": scope["method"],
+            "body": message["body"].decode(),
+            "scheme": scope["scheme"],
+            "headers": [[n.decode(), v.decode()] for n, v in scope["headers"]],
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"x-app", b"echo")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -56,8 +66,13 @@ async def admin_app(scope, receive, send):
 
 
 async def streaming_app(scope, receive, send):
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     for i in range(3):
         await send({"type": "http.response.body", "body": f"part{i}\n".encode(), "more_body": True})
     await send({"type": "http.response.body", "body": b""})
@@ -77,7 +92,8 @@ async def server():
     dispatcher = _Dispatcher(bridge)
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(
-        lambda: ClientConnection(dispatcher, _Limits(), set()), "127.0.0.1", 0)
+        lambda: ClientConnection(dispatcher, _Limits(), set()), "127.0.0.1", 0
+    )
     port = srv.sockets[0].getsockname()[1]
     yield bridge, f"http://127.0.0.1:{port}", port
     srv.close()
@@ -174,7 +190,8 @@ async def test_client_disconnect_reaches_the_app():
     bridge.mount("/", waiting_app)
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(
-        lambda: ClientConnection(_Dispatcher(bridge), _Limits(), set()), "127.0.0.1", 0)
+        lambda: ClientConnection(_Dispatcher(bridge), _Limits(), set()), "127.0.0.1", 0
+    )
     port = srv.sockets[0].getsockname()[1]
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -194,7 +211,8 @@ async def test_no_mount_falls_through():
     bridge.mount("/admin", admin_app)
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(
-        lambda: ClientConnection(_Dispatcher(bridge), _Limits(), set()), "127.0.0.1", 0)
+        lambda: ClientConnection(_Dispatcher(bridge), _Limits(), set()), "127.0.0.1", 0
+    )
     port = srv.sockets[0].getsockname()[1]
     async with httpx.AsyncClient() as c:
         r = await c.get(f"http://127.0.0.1:{port}/elsewhere")
@@ -232,7 +250,8 @@ async def test_slow_client_slows_a_streaming_app():
     bridge.mount("/", big_stream)
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(
-        lambda: ClientConnection(_Dispatcher(bridge), _Limits(), set()), "127.0.0.1", 0)
+        lambda: ClientConnection(_Dispatcher(bridge), _Limits(), set()), "127.0.0.1", 0
+    )
     port = srv.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
     writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")

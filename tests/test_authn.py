@@ -208,7 +208,7 @@ async def test_alg_none_is_refused(
 
 async def test_alg_missing_is_refused(idp: CraftingIssuer, auth: Authenticator) -> None:
     token = idp.sign(idp.claims())
-    err = await refused(auth, segment({"kid": "rsa1"}) + token[token.index("."):])
+    err = await refused(auth, segment({"kid": "rsa1"}) + token[token.index(".") :])
     assert err.reason == "bad_algorithm"
 
 
@@ -289,8 +289,9 @@ async def test_embedded_jwk_and_jku_are_ignored(idp: CraftingIssuer, auth: Authe
     attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(attacker.public_key()))
     for extra in ({"jwk": jwk}, {"jku": "http://127.0.0.1:1/jwks"}, {"x5u": "http://x/"}):
-        token = jwt.encode(idp.claims(), attacker, algorithm="RS256",
-                           headers={"kid": "rsa1", **extra})
+        token = jwt.encode(
+            idp.claims(), attacker, algorithm="RS256", headers={"kid": "rsa1", **extra}
+        )
         assert (await refused(auth, token)).reason == "bad_signature"
 
 
@@ -304,8 +305,15 @@ async def test_signature_tampering_is_refused(idp: CraftingIssuer, auth: Authent
 
 @pytest.mark.parametrize(
     "token",
-    ["", "abc", "a.b", "a.b.c.d", "!!!.@@@.###", f"{segment({'alg': 'RS256'})}.bm90anNvbg.x",
-     f"{b64url(b'[1,2]')}.{segment({'iss': 'x'})}.x"],
+    [
+        "",
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "!!!.@@@.###",
+        f"{segment({'alg': 'RS256'})}.bm90anNvbg.x",
+        f"{b64url(b'[1,2]')}.{segment({'iss': 'x'})}.x",
+    ],
 )
 async def test_malformed_tokens(auth: Authenticator, token: str) -> None:
     assert (await refused(auth, token)).reason == "malformed"
@@ -322,20 +330,30 @@ async def test_segments_are_strict_base64url(idp: CraftingIssuer, auth: Authenti
     assert len(sig) % 4 == 2  # 256 bytes: the last character carries 4 unused bits
     # the same bytes spelled with a non-zero unused bit: a second spelling of one signature
     other = sig[:-1] + _ALPHABET[_ALPHABET.index(sig[-1]) ^ 1]
-    for bad in (f"{head}.{other}", f"{head}.{sig[:40]}!{sig[41:]}", f"{head}.{sig}=",
-                f"{head}.{sig}===", f"{head}.{sig}AAA", f"{head}.{sig}\n"):
+    for bad in (
+        f"{head}.{other}",
+        f"{head}.{sig[:40]}!{sig[41:]}",
+        f"{head}.{sig}=",
+        f"{head}.{sig}===",
+        f"{head}.{sig}AAA",
+        f"{head}.{sig}\n",
+    ):
         assert (await refused(auth, bad)).reason == "malformed", bad[-8:]
     # padding to a multiple of four is accepted (as PyJWT does: some issuers send it)
     assert (await auth.authenticate(f"{head}.{sig}==")).uid == "u-alice"
 
 
-@pytest.mark.parametrize("header", [
-    {"alg": "RS256", "kid": "rsa1", "crit": ["exp"]},
-    {"alg": "RS256", "kid": "rsa1", "crit": ["b64"], "b64": False},
-    {"alg": "RS256", "kid": "rsa1", "b64": False},
-])
-async def test_jws_extensions_are_refused(idp: CraftingIssuer, auth: Authenticator,
-                                          header: dict) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "RS256", "kid": "rsa1", "crit": ["exp"]},
+        {"alg": "RS256", "kid": "rsa1", "crit": ["b64"], "b64": False},
+        {"alg": "RS256", "kid": "rsa1", "b64": False},
+    ],
+)
+async def test_jws_extensions_are_refused(
+    idp: CraftingIssuer, auth: Authenticator, header: dict
+) -> None:
     """No critical extension is supported, nor an unencoded payload: such a token is
     malformed even with a valid signature."""
     assert (await refused(auth, rs256(idp, header, idp.claims()))).reason == "malformed"
@@ -346,8 +364,9 @@ async def test_kid_must_be_a_string(idp: CraftingIssuer, auth: Authenticator) ->
         token = rs256(idp, {"alg": "RS256", "kid": kid}, idp.claims())
         assert (await refused(auth, token)).reason == "malformed", kid
     # the hand-signed path itself works
-    assert (await auth.authenticate(rs256(idp, {"alg": "RS256", "kid": "rsa1"},
-                                          idp.claims()))).uid == "u-alice"
+    assert (
+        await auth.authenticate(rs256(idp, {"alg": "RS256", "kid": "rsa1"}, idp.claims()))
+    ).uid == "u-alice"
 
 
 # -- issuer, audience, time ----------------------------------------------------------------
@@ -369,8 +388,15 @@ async def test_missing_audience(idp: CraftingIssuer, auth: Authenticator, aud: A
 
 
 async def test_unknown_issuer(idp: CraftingIssuer, auth: Authenticator) -> None:
-    for iss in ["https://evil.example.com", idp.issuer + "/", idp.issuer.upper(),
-                idp.issuer[:-1], idp.issuer + "0", " " + idp.issuer, ""]:
+    for iss in [
+        "https://evil.example.com",
+        idp.issuer + "/",
+        idp.issuer.upper(),
+        idp.issuer[:-1],
+        idp.issuer + "0",
+        " " + idp.issuer,
+        "",
+    ]:
         err = await refused(auth, idp.sign(idp.claims(iss=iss)))
         assert err.reason == "unknown_issuer", iss
     header = {"alg": "RS256", "kid": "rsa1"}
@@ -469,8 +495,11 @@ async def test_required_claims(idp: CraftingIssuer, make: Auths) -> None:
     good = idp.claims(hd="example.com", tier="gold")
     assert (await auth.authenticate(idp.sign(good))).uid == "u-alice"
     for bad in ({"hd": "evil.com"}, {"hd": None}, {"tier": "Gold"}, {"hd": ["example.com"]}):
-        token = idp.sign({**good, **bad} if None not in bad.values() else
-                         {k: v for k, v in good.items() if k not in bad})
+        token = idp.sign(
+            {**good, **bad}
+            if None not in bad.values()
+            else {k: v for k, v in good.items() if k not in bad}
+        )
         assert (await refused(auth, token)).reason == "required_claim", bad
 
 
@@ -502,8 +531,10 @@ async def test_email_verified_true_accepted(idp: CraftingIssuer, auth: Authentic
     ("overrides", "claims"),
     [
         ({"username_claim": "sub", "username_prefix": ""}, {"sub": "system:admin"}),
-        ({"username_claim": "sub", "username_prefix": ""},
-         {"sub": "system:serviceaccount:kube-system:default"}),
+        (
+            {"username_claim": "sub", "username_prefix": ""},
+            {"sub": "system:serviceaccount:kube-system:default"},
+        ),
         ({"username_prefix": ""}, {"email": "system:kube-controller-manager"}),
         ({"username_prefix": "system:"}, {}),
         ({"groups_prefix": ""}, {"groups": ["developers", "system:masters"]}),
@@ -573,26 +604,32 @@ async def test_names_with_surrounding_whitespace_are_refused(
 ) -> None:
     auth = await make(issuer_config(idp, username_prefix=prefix, groups_prefix=prefix))
     wrap = (lambda n: space + n) if where == "before" else (lambda n: n + space)
-    for claims in ({"email": wrap("alice@example.com")}, {"groups": ["dev", wrap("admins")]},
-                   {"email": wrap("system:kube-controller-manager")}):
+    for claims in (
+        {"email": wrap("alice@example.com")},
+        {"groups": ["dev", wrap("admins")]},
+        {"email": wrap("system:kube-controller-manager")},
+    ):
         err = await refused(auth, idp.sign(idp.claims(**claims)))
         assert (err.reason, err.code) == ("malformed_name", 401), claims
     err = await refused(auth, idp.sign(idp.claims(sub=wrap("u-alice"))))
     assert err.reason == "invalid"
 
 
-@pytest.mark.parametrize("name", ["System:kube-controller-manager", "SYSTEM:masters",
-                                  "\u017fystem:masters"])
-async def test_reserved_prefix_in_any_case_is_403(idp: CraftingIssuer, make: Auths,
-                                                  name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["System:kube-controller-manager", "SYSTEM:masters", "\u017fystem:masters"]
+)
+async def test_reserved_prefix_in_any_case_is_403(
+    idp: CraftingIssuer, make: Auths, name: str
+) -> None:
     auth = await make(issuer_config(idp, username_prefix="", groups_prefix=""))
     for claims in ({"email": name}, {"groups": [name]}):
         err = await refused(auth, idp.sign(idp.claims(**claims)))
         assert (err.reason, err.code) == ("reserved_identity", 403)
 
 
-async def test_a_lone_surrogate_in_a_claim_is_refused(idp: CraftingIssuer,
-                                                      auth: Authenticator) -> None:
+async def test_a_lone_surrogate_in_a_claim_is_refused(
+    idp: CraftingIssuer, auth: Authenticator
+) -> None:
     """JSON may carry "\\ud800": no UTF-8 header value can say it."""
     claims = idp.claims()
     header = {"alg": "RS256", "kid": "rsa1", "typ": "JWT"}
@@ -620,8 +657,18 @@ async def test_token_from_header(idp: CraftingIssuer, auth: Authenticator) -> No
 
 @pytest.mark.parametrize(
     "header",
-    [None, b"", b"Bearer", b"Bearer ", b"Basic dXNlcjpwYXNz", b"Bearertoken", b"Token abc",
-     b"Negotiate YII=", b"Bearer\tabc", b"abc.def.ghi"],
+    [
+        None,
+        b"",
+        b"Bearer",
+        b"Bearer ",
+        b"Basic dXNlcjpwYXNz",
+        b"Bearertoken",
+        b"Token abc",
+        b"Negotiate YII=",
+        b"Bearer\tabc",
+        b"abc.def.ghi",
+    ],
 )
 async def test_header_not_bearer(auth: Authenticator, header: bytes | None) -> None:
     with pytest.raises(AuthError) as info:
@@ -676,8 +723,7 @@ async def test_concurrent_unknown_kids_fetch_once(own_idp: CraftingIssuer, make:
     auth = await make(issuer_config(own_idp), jwks_refresh_min_interval_seconds=0.3)
     await asyncio.sleep(0.35)
     tokens = [own_idp.sign(own_idp.claims(), headers={"kid": f"k{i}"}) for i in range(10)]
-    results = await asyncio.gather(*(auth.authenticate(t) for t in tokens),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(auth.authenticate(t) for t in tokens), return_exceptions=True)
     assert all(isinstance(r, AuthError) and r.reason == "unknown_key" for r in results)
     assert own_idp.jwks_fetches == 2
 
@@ -686,8 +732,7 @@ async def test_key_rotation_picked_up_on_unknown_kid(own_idp: CraftingIssuer, ma
     auth = await make(issuer_config(own_idp), jwks_refresh_min_interval_seconds=0.3)
     old = own_idp.sign(own_idp.claims(sub="u-old"))
     assert (await auth.authenticate(old)).uid == "u-old"
-    own_idp.keys["rsa2"] = ("RS256", rsa.generate_private_key(public_exponent=65537,
-                                                              key_size=2048))
+    own_idp.keys["rsa2"] = ("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
     await asyncio.sleep(0.35)
     new = own_idp.sign(own_idp.claims(sub="u-new"), kid="rsa2")
     assert (await auth.authenticate(new)).uid == "u-new"
@@ -788,8 +833,11 @@ async def test_cache_can_be_disabled(
     assert auth.cached(token) is None
     calls = []
     real_decode = verify_module.jws.signature_valid
-    monkeypatch.setattr(verify_module.jws, "signature_valid",
-                        lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    monkeypatch.setattr(
+        verify_module.jws,
+        "signature_valid",
+        lambda *a, **k: calls.append(1) or real_decode(*a, **k),
+    )
     await auth.authenticate(token)
     assert calls == [1]
 
@@ -807,8 +855,11 @@ async def test_expired_token_is_not_served_from_cache(
     assert auth.cached(token) is None
     calls = []
     real_decode = verify_module.jws.signature_valid
-    monkeypatch.setattr(verify_module.jws, "signature_valid",
-                        lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    monkeypatch.setattr(
+        verify_module.jws,
+        "signature_valid",
+        lambda *a, **k: calls.append(1) or real_decode(*a, **k),
+    )
     await auth.authenticate(token)  # still inside the leeway: verified again, not cached
     assert calls == [1]
     assert auth.cached(token) is None
@@ -848,7 +899,8 @@ async def test_cached_token_respects_max_token_age(idp: CraftingIssuer, make: Au
 
 def _protocol(token: str) -> bytes:
     return b"base64url.bearer.authorization.k8s.io." + base64.urlsafe_b64encode(
-        token.encode()).rstrip(b"=")
+        token.encode()
+    ).rstrip(b"=")
 
 
 async def test_token_from_websocket_subprotocol(idp: CraftingIssuer, auth: Authenticator) -> None:
@@ -862,16 +914,20 @@ async def test_token_from_websocket_subprotocol(idp: CraftingIssuer, auth: Authe
     assert info.value.reason == "missing"
 
 
-@pytest.mark.parametrize(("offered", "reason"), [
-    ([b"base64url.bearer.authorization.k8s.io.%%%"], "malformed"),
-    ([b"base64url.bearer.authorization.k8s.io."], "malformed"),
-    ([_protocol("a b")], "malformed"),
-    ([_protocol("tok\r\nX: y")], "malformed"),
-    ([_protocol("x"), _protocol("y")], "malformed"),
-    ([_protocol("x" * 20000)], "too_large"),
-])
-async def test_bad_websocket_subprotocol_tokens(auth: Authenticator, offered: list[bytes],
-                                                reason: str) -> None:
+@pytest.mark.parametrize(
+    ("offered", "reason"),
+    [
+        ([b"base64url.bearer.authorization.k8s.io.%%%"], "malformed"),
+        ([b"base64url.bearer.authorization.k8s.io."], "malformed"),
+        ([_protocol("a b")], "malformed"),
+        ([_protocol("tok\r\nX: y")], "malformed"),
+        ([_protocol("x"), _protocol("y")], "malformed"),
+        ([_protocol("x" * 20000)], "too_large"),
+    ],
+)
+async def test_bad_websocket_subprotocol_tokens(
+    auth: Authenticator, offered: list[bytes], reason: str
+) -> None:
     with pytest.raises(AuthError) as info:
         auth.token_from_header(None, offered)
     assert info.value.reason == reason

@@ -19,26 +19,33 @@ from tests.support.scripted import ScriptedUpstream
 INGRESS = ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]
 
 
-@pytest.mark.parametrize(("peer", "xff", "client", "chain"), [
-    # no trusted peer: the header is ignored entirely
-    ("203.0.113.9", [b"1.2.3.4"], "203.0.113.9", b"203.0.113.9"),
-    # the ingress vouches for the client it saw
-    ("10.0.0.5", [b"198.51.100.7"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
-    # a client-written prefix is dropped: only the hop the ingress appended counts
-    ("10.0.0.5", [b"6.6.6.6, 198.51.100.7"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
-    # two trusted hops (CDN → ingress), repeated header lines
-    ("10.0.0.5", [b"198.51.100.7", b"10.1.1.1"], "198.51.100.7",
-     b"198.51.100.7, 10.1.1.1, 10.0.0.5"),
-    # garbage stops the walk at the last believable hop
-    ("10.0.0.5", [b"198.51.100.7, not-an-ip"], "10.0.0.5", b"10.0.0.5"),
-    ("10.0.0.5", [b"<script>, 10.1.1.1"], "10.1.1.1", b"10.1.1.1, 10.0.0.5"),
-    # ports and IPv6 forms
-    ("10.0.0.5", [b"198.51.100.7:5555"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
-    ("fd00::1", [b"[2001:db8::1]:443"], "2001:db8::1", b"2001:db8::1, fd00::1"),
-    ("::ffff:10.0.0.5", [b"198.51.100.7"], "198.51.100.7", b"198.51.100.7, ::ffff:10.0.0.5"),
-    # trusted peer without a header
-    ("10.0.0.5", [], "10.0.0.5", b"10.0.0.5"),
-])
+@pytest.mark.parametrize(
+    ("peer", "xff", "client", "chain"),
+    [
+        # no trusted peer: the header is ignored entirely
+        ("203.0.113.9", [b"1.2.3.4"], "203.0.113.9", b"203.0.113.9"),
+        # the ingress vouches for the client it saw
+        ("10.0.0.5", [b"198.51.100.7"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
+        # a client-written prefix is dropped: only the hop the ingress appended counts
+        ("10.0.0.5", [b"6.6.6.6, 198.51.100.7"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
+        # two trusted hops (CDN → ingress), repeated header lines
+        (
+            "10.0.0.5",
+            [b"198.51.100.7", b"10.1.1.1"],
+            "198.51.100.7",
+            b"198.51.100.7, 10.1.1.1, 10.0.0.5",
+        ),
+        # garbage stops the walk at the last believable hop
+        ("10.0.0.5", [b"198.51.100.7, not-an-ip"], "10.0.0.5", b"10.0.0.5"),
+        ("10.0.0.5", [b"<script>, 10.1.1.1"], "10.1.1.1", b"10.1.1.1, 10.0.0.5"),
+        # ports and IPv6 forms
+        ("10.0.0.5", [b"198.51.100.7:5555"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
+        ("fd00::1", [b"[2001:db8::1]:443"], "2001:db8::1", b"2001:db8::1, fd00::1"),
+        ("::ffff:10.0.0.5", [b"198.51.100.7"], "198.51.100.7", b"198.51.100.7, ::ffff:10.0.0.5"),
+        # trusted peer without a header
+        ("10.0.0.5", [], "10.0.0.5", b"10.0.0.5"),
+    ],
+)
 def test_resolve(peer: str, xff: list[bytes], client: str, chain: bytes) -> None:
     assert ClientAddress(INGRESS).resolve(peer, xff) == (client, chain)
 
@@ -62,18 +69,27 @@ def world(tmp_path_factory) -> Iterator[tuple[GatewayThread, ScriptedUpstream, s
     upstream = ScriptedUpstream()
     d: Path = tmp_path_factory.mktemp("xff")
     (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (d / "policies" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     (d / "token").write_text("upstream-secret\n")
     config = {
         "listen": {"host": "127.0.0.1", "port": 0, "trusted_proxies": ["127.0.0.1/32"]},
         "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [
+                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
+            ]
+        },
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
-        "tenants": [{"name": "live", "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(d / "token")}],
+        "tenants": [
+            {
+                "name": "live",
+                "upstream": f"http://127.0.0.1:{upstream.port}",
+                "token_file": str(d / "token"),
+            }
+        ],
     }
     with GatewayThread(d, config) as gw:
         yield gw, upstream, issuer.sign(issuer.claims()), d / "audit.log"
@@ -83,11 +99,17 @@ def world(tmp_path_factory) -> Iterator[tuple[GatewayThread, ScriptedUpstream, s
 
 def test_forwarded_chain_and_audit_source(world) -> None:
     gw, upstream, token, audit = world
-    r = httpx.get(f"{gw.url}/clusters/live/api", timeout=10, headers={
-        "Authorization": f"Bearer {token}", "X-Forwarded-For": "6.6.6.6, 198.51.100.7"})
+    r = httpx.get(
+        f"{gw.url}/clusters/live/api",
+        timeout=10,
+        headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "6.6.6.6, 198.51.100.7"},
+    )
     assert r.status_code == 200
-    sent = [line for line in upstream.heads[-1].split(b"\r\n")
-            if line.lower().startswith(b"x-forwarded-for")]
+    sent = [
+        line
+        for line in upstream.heads[-1].split(b"\r\n")
+        if line.lower().startswith(b"x-forwarded-for")
+    ]
     assert sent == [b"X-Forwarded-For: 198.51.100.7, 127.0.0.1"]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

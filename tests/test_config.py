@@ -67,7 +67,11 @@ def check_config(config: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", "--config", str(config)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -93,40 +97,68 @@ def test_absolute_paths_are_kept(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "needle", "fragment"),
     [
-        ("listen: {host: 127.0.0.1, port: 8443}",
-         "listen: {host: 127.0.0.1, port: 8443}\nlisten_adress: x", "listen_adress",
-         "listen_adress: unknown field"),
-        ("listen: {host: 127.0.0.1, port: 8443}",
-         "listen: {host: 127.0.0.1, port: 8443, trusted_proxies: [10.0.0.0/33]}",
-         "trusted_proxies", "'10.0.0.0/33' is not an IP address or CIDR range"),
-        ("      audiences: [vgate]", "      audiences: [vgate]\n      audience: vgate",
-         "audience: vgate", "oidc.issuers.0.audience: unknown field"),
-        ("https://idp.example.com", "http://idp.example.com", "http://idp.example.com",
-         "https://"),
+        (
+            "listen: {host: 127.0.0.1, port: 8443}",
+            "listen: {host: 127.0.0.1, port: 8443}\nlisten_adress: x",
+            "listen_adress",
+            "listen_adress: unknown field",
+        ),
+        (
+            "listen: {host: 127.0.0.1, port: 8443}",
+            "listen: {host: 127.0.0.1, port: 8443, trusted_proxies: [10.0.0.0/33]}",
+            "trusted_proxies",
+            "'10.0.0.0/33' is not an IP address or CIDR range",
+        ),
+        (
+            "      audiences: [vgate]",
+            "      audiences: [vgate]\n      audience: vgate",
+            "audience: vgate",
+            "oidc.issuers.0.audience: unknown field",
+        ),
+        ("https://idp.example.com", "http://idp.example.com", "http://idp.example.com", "https://"),
         ("https://idp.example.com", "http://127.0.0.1.evil.com", "evil.com", "https://"),
         ("https://idp.example.com", "http://localhost@evil.com", "evil.com", "https://"),
-        ("https://idp.example.com", "https://idp.example.com?x=1", "idp.example.com?",
-         "query"),
+        ("https://idp.example.com", "https://idp.example.com?x=1", "idp.example.com?", "query"),
         ("[RS256, ES256]", "[RS256, HS256]", "HS256", "HS256"),
         ("[RS256, ES256]", "[none]", "[none]", "none"),
         ("[RS256, ES256]", "[RS256, None]", "None", "None"),
         ("[RS256, ES256]", "[]", "algorithms: []", "at least 1"),
         ("  - name: tenant1", "  - name: Tenant_1", "Tenant_1", "DNS label"),
         ("https://10.0.0.10:443", "https://10.0.0.10:443/api", "10.0.0.10:443/api", "no path"),
-        ("    token_file: secrets/tenant1.token", "    insecure_skip_tls_verify: true",
-         "name: tenant1",
-         "token_file"),
-        ("  base_domain: k8s.example.com", "  base_domain: k8s..example.com", "base_domain",
-         "DNS name"),
+        (
+            "    token_file: secrets/tenant1.token",
+            "    insecure_skip_tls_verify: true",
+            "name: tenant1",
+            "token_file",
+        ),
+        (
+            "  base_domain: k8s.example.com",
+            "  base_domain: k8s..example.com",
+            "base_domain",
+            "DNS name",
+        ),
         ("  path_prefix: /clusters", "  path_prefix: /clusters/../x", "path_prefix", "/clusters"),
         ("port: 8443}", "port: 99999}", "listen:", "65535"),
-        ("policies: policies", "policies: policies\nsessions:\n  recording:\n    mode: always",
-         "mode: always", "sessions.recording.mode: Input should be 'off', 'best-effort' or "
-         "'required'"),
-        ("policies: policies", "policies: policies\nsessions:\n  recording:\n    tenants:\n"
-         "      Bad_Tenant: {mode: required}", "    tenants:", "not a tenant name: 'Bad_Tenant'"),
-        ("policies: policies", "policies: policies\nsessions:\n  recording:\n    roles:\n"
-         "      view: {stdin: sometimes}", "sometimes", "sessions.recording.roles.view.stdin"),
+        (
+            "policies: policies",
+            "policies: policies\nsessions:\n  recording:\n    mode: always",
+            "mode: always",
+            "sessions.recording.mode: Input should be 'off', 'best-effort' or 'required'",
+        ),
+        (
+            "policies: policies",
+            "policies: policies\nsessions:\n  recording:\n    tenants:\n"
+            "      Bad_Tenant: {mode: required}",
+            "    tenants:",
+            "not a tenant name: 'Bad_Tenant'",
+        ),
+        (
+            "policies: policies",
+            "policies: policies\nsessions:\n  recording:\n    roles:\n"
+            "      view: {stdin: sometimes}",
+            "sometimes",
+            "sessions.recording.roles.view.stdin",
+        ),
     ],
 )
 def test_each_problem_is_located(
@@ -142,8 +174,10 @@ def test_each_problem_is_located(
 
 
 def test_duplicate_tenant_is_reported(tmp_path: Path) -> None:
-    text = VALID + "  - name: tenant1\n    upstream: https://10.0.0.11:443\n" \
-                   "    token_file: secrets/tenant1.token\n"
+    text = (
+        VALID + "  - name: tenant1\n    upstream: https://10.0.0.11:443\n"
+        "    token_file: secrets/tenant1.token\n"
+    )
     path = make_config(tmp_path, text)
     problems = problems_of(path)
     assert len(problems) == 1
@@ -152,8 +186,10 @@ def test_duplicate_tenant_is_reported(tmp_path: Path) -> None:
 
 
 def test_duplicate_tenant_points_at_the_duplicate(tmp_path: Path) -> None:
-    text = VALID + "  - name: tenant1\n    upstream: https://10.0.0.11:443\n" \
-                   "    token_file: secrets/tenant1.token\n"
+    text = (
+        VALID + "  - name: tenant1\n    upstream: https://10.0.0.11:443\n"
+        "    token_file: secrets/tenant1.token\n"
+    )
     path = make_config(tmp_path, text)
     (problem,) = problems_of(path)
     assert problem.startswith(f"{path}:{line_of(text, 'name: tenant1', nth=2)}: ")
@@ -175,12 +211,14 @@ def test_missing_files_are_located(tmp_path: Path) -> None:
     )
     path = make_config(tmp_path, text)
     problems = problems_of(path)
-    assert sorted(problems) == sorted([
-        f"{path}:{line_of(text, 'no-policies')}: policies: policy directory not found: "
-        f"{tmp_path / 'no-policies'}",
-        f"{path}:{line_of(text, 'nope.token')}: tenants.0.token_file: file not found: "
-        f"{tmp_path / 'secrets' / 'nope.token'}",
-    ])
+    assert sorted(problems) == sorted(
+        [
+            f"{path}:{line_of(text, 'no-policies')}: policies: policy directory not found: "
+            f"{tmp_path / 'no-policies'}",
+            f"{path}:{line_of(text, 'nope.token')}: tenants.0.token_file: file not found: "
+            f"{tmp_path / 'secrets' / 'nope.token'}",
+        ]
+    )
 
 
 def test_relative_paths_resolve_against_config_folder_not_cwd(
@@ -191,8 +229,7 @@ def test_relative_paths_resolve_against_config_folder_not_cwd(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     cfg = load_config(Path("..") / "conf" / "vgate.yaml")
-    assert cfg.tenants[0].token_file.resolve() == (tmp_path / "conf" / "secrets" /
-                                                   "tenant1.token")
+    assert cfg.tenants[0].token_file.resolve() == (tmp_path / "conf" / "secrets" / "tenant1.token")
     # a token file that only exists relative to the cwd does not count
     (elsewhere / "secrets").mkdir()
     (elsewhere / "secrets" / "only-here.token").write_text("t")
@@ -272,8 +309,10 @@ def test_cli_reports_duplicate_tenant_and_missing_file_alongside_other_problems(
     result = check_config(path, cwd=tmp_path)
     assert result.returncode == 1
     assert "tenant listed twice: tenant1" in result.stderr
-    assert f"{path}:{line_of(MANY_PROBLEMS, 'missing.token')}: tenants.3.token_file: " \
-           "file not found" in result.stderr
+    assert (
+        f"{path}:{line_of(MANY_PROBLEMS, 'missing.token')}: tenants.3.token_file: "
+        "file not found" in result.stderr
+    )
 
 
 def test_cli_reports_policy_problems(tmp_path: Path) -> None:
@@ -294,7 +333,8 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
 def test_default_policies_folder_is_next_to_the_config(tmp_path, monkeypatch) -> None:
     (tmp_path / "policies").mkdir()
     (tmp_path / "vgate.yaml").write_text(
-        'oidc: {issuers: [{issuer: "https://idp.example.com", audiences: [vgate]}]}\n')
+        'oidc: {issuers: [{issuer: "https://idp.example.com", audiences: [vgate]}]}\n'
+    )
     monkeypatch.chdir("/")
     assert load_config(tmp_path / "vgate.yaml").policies == tmp_path / "policies"
 
@@ -306,8 +346,10 @@ def test_read_yaml_gives_what_safe_load_gives(tmp_path: Path) -> None:
 
     from gateway.config.source import read_yaml
 
-    text = ("a: 1\nb: true\nc: 1.5\nd: null\ne: '007'\nf: 2026-01-02\ng: [x, 2, {h: no}]\n"
-            "i: &anchor {j: k}\nl: *anchor\n0x10: 0o17\n")
+    text = (
+        "a: 1\nb: true\nc: 1.5\nd: null\ne: '007'\nf: 2026-01-02\ng: [x, 2, {h: no}]\n"
+        "i: &anchor {j: k}\nl: *anchor\n0x10: 0o17\n"
+    )
     path = tmp_path / "values.yaml"
     path.write_text(text)
     doc = read_yaml(path)

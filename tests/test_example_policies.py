@@ -21,8 +21,13 @@ EXAMPLES = sorted(POLICIES.glob("*.yaml"))
 
 
 def _vgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 def test_there_are_examples_for_each_documented_case() -> None:
@@ -32,12 +37,24 @@ def test_there_are_examples_for_each_documented_case() -> None:
 def _config(tmp_path: Path, policies: Path, tenants: tuple[str, ...]) -> Path:
     (tmp_path / "tenant.token").write_text("credential\n")
     config = tmp_path / "vgate.yaml"
-    config.write_text(yaml.safe_dump({
-        "oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["vgate"]}]},
-        "policies": str(policies),
-        "tenants": [{"name": name, "upstream": f"https://{name}.example.com:6443",
-                     "token_file": "tenant.token"} for name in tenants],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "oidc": {
+                    "issuers": [{"issuer": "https://idp.example.com", "audiences": ["vgate"]}]
+                },
+                "policies": str(policies),
+                "tenants": [
+                    {
+                        "name": name,
+                        "upstream": f"https://{name}.example.com:6443",
+                        "token_file": "tenant.token",
+                    }
+                    for name in tenants
+                ],
+            }
+        )
+    )
     return config
 
 
@@ -61,7 +78,8 @@ def test_check_config_names_the_file_and_line_of_a_broken_copy(tmp_path: Path) -
 
 def test_schema_file_is_what_the_code_accepts() -> None:
     assert json.loads((POLICIES / "schema.json").read_text()) == policy_schema(), (
-        "policies/schema.json is stale: python -m gateway policy schema > policies/schema.json")
+        "policies/schema.json is stale: python -m gateway policy schema > policies/schema.json"
+    )
     done = _vgate("policy", "schema")
     assert done.returncode == 0 and json.loads(done.stdout) == policy_schema()
 
@@ -80,8 +98,9 @@ def test_examples_validate_against_the_schema() -> None:
 
 
 def _who(user: str, *groups: str) -> Identity:
-    return Identity(f"oidc:{user}", user, tuple(f"oidc:{g}" for g in groups),
-                    "https://idp.example.com", 2e9)
+    return Identity(
+        f"oidc:{user}", user, tuple(f"oidc:{g}" for g in groups), "https://idp.example.com", 2e9
+    )
 
 
 def test_examples_decide_what_their_comments_say() -> None:

@@ -25,9 +25,12 @@ from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread
 from tests.support.scripted import ScriptedUpstream
 
-PROFILE = settings(max_examples=300, deadline=None, derandomize=True,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                          HealthCheck.too_slow])
+PROFILE = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 TARGET = b"/clusters/live/api/v1/namespaces/default/pods"
 _serial = itertools.count()
 pytestmark = pytest.mark.slow  # 600 generated requests, a few seconds
@@ -45,19 +48,36 @@ def issuers() -> Iterator[dict[str, CraftingIssuer]]:
 def gateway(tmp_path_factory, issuers, upstream: ScriptedUpstream) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("properties")
     (d / "policies").mkdir()
-    (d / "policies" / "live.yaml").write_text(yaml.safe_dump(
-        {"tenant": "live", "roles": {"view": {"groups": ["oidc:developers", "developers"]}}}))
+    (d / "policies" / "live.yaml").write_text(
+        yaml.safe_dump(
+            {"tenant": "live", "roles": {"view": {"groups": ["oidc:developers", "developers"]}}}
+        )
+    )
     (d / "token").write_text("upstream-secret\n")
     config = {
         "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [
-            {"issuer": i.issuer, "audiences": ["vgate"], "username_claim": "email",
-             "username_prefix": prefix, "groups_claim": "groups", "groups_prefix": prefix}
-            for prefix, i in issuers.items()]},
+        "oidc": {
+            "issuers": [
+                {
+                    "issuer": i.issuer,
+                    "audiences": ["vgate"],
+                    "username_claim": "email",
+                    "username_prefix": prefix,
+                    "groups_claim": "groups",
+                    "groups_prefix": prefix,
+                }
+                for prefix, i in issuers.items()
+            ]
+        },
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
-        "tenants": [{"name": "live", "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(d / "token")}],
+        "tenants": [
+            {
+                "name": "live",
+                "upstream": f"http://127.0.0.1:{upstream.port}",
+                "token_file": str(d / "token"),
+            }
+        ],
     }
     with GatewayThread(d, config) as gw:
         gw.gateway.private_cookies = private_cookie_names(["vgate_portal"])
@@ -76,14 +96,24 @@ def _send(gw: GatewayThread, raw: bytes) -> tuple[int, bytes]:
             reply += chunk
     head = reply.partition(b"\r\n\r\n")[0]
     assert head.startswith(b"HTTP/1.1 "), reply[:300]
-    audit = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"audit-id:")), b"")
+    audit = next(
+        (
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"audit-id:")
+        ),
+        b"",
+    )
     return int(head[9:12]), audit
 
 
 def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
-    return [(n.strip().lower(), v.strip()) for line in head.split(b"\r\n")[1:] if line
-            for n, _, v in [line.partition(b":")]]
+    return [
+        (n.strip().lower(), v.strip())
+        for line in head.split(b"\r\n")[1:]
+        if line
+        for n, _, v in [line.partition(b":")]
+    ]
 
 
 def _go_reads(value: bytes) -> bytes:
@@ -96,29 +126,60 @@ def _go_reads(value: bytes) -> bytes:
 SPACES = " \t\u00a0\u2002\u3000\u200b\ufeff\u2028\x85\x00\r\n"
 clean_names = st.from_regex(r"[a-z][a-z0-9.]{0,12}@example\.com", fullmatch=True)
 names = st.one_of(
-    clean_names, clean_names,
-    st.builds(lambda a, n, b: a + n + b, st.text(SPACES, max_size=2),
-              st.sampled_from(["alice@example.com", "system:kube-controller-manager",
-                               "System:masters", "SYSTEM:x", "developers", "u-alice"]),
-              st.text(SPACES, max_size=2)),
+    clean_names,
+    clean_names,
+    st.builds(
+        lambda a, n, b: a + n + b,
+        st.text(SPACES, max_size=2),
+        st.sampled_from(
+            [
+                "alice@example.com",
+                "system:kube-controller-manager",
+                "System:masters",
+                "SYSTEM:x",
+                "developers",
+                "u-alice",
+            ]
+        ),
+        st.text(SPACES, max_size=2),
+    ),
     st.text(max_size=24),
     st.sampled_from(["\ud800", "a\udfff", "é" * 600, "x" * 1030, ""]),
 )
 # header names a client must never get through, in any letter case
 FORBIDDEN = [
-    "Impersonate-User", "Impersonate-Group", "Impersonate-Uid", "Impersonate-Extra-scopes",
-    "Impersonate-Extra-vgate.io%2Ftenant", "X-Remote-User", "X-Remote-Group",
-    "X-Remote-Extra-Scopes", "Authorization", "Proxy-Authorization", "Audit-ID",
-    "X-Real-Ip", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
-    "X-Client-Ip", "True-Client-Ip", "CF-Connecting-IP", "X-Original-Forwarded-For", "Via",
+    "Impersonate-User",
+    "Impersonate-Group",
+    "Impersonate-Uid",
+    "Impersonate-Extra-scopes",
+    "Impersonate-Extra-vgate.io%2Ftenant",
+    "X-Remote-User",
+    "X-Remote-Group",
+    "X-Remote-Extra-Scopes",
+    "Authorization",
+    "Proxy-Authorization",
+    "Audit-ID",
+    "X-Real-Ip",
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Client-Ip",
+    "True-Client-Ip",
+    "CF-Connecting-IP",
+    "X-Original-Forwarded-For",
+    "Via",
 ]
 cases = st.sampled_from([str.lower, str.upper, str.title, lambda s: s])
 evil_fields = st.lists(st.tuples(st.sampled_from(FORBIDDEN), cases), max_size=8)
 # without Impersonate-* (which the gateway refuses outright: kubectl --as is not allowed)
-passing_fields = st.lists(st.tuples(st.sampled_from(
-    [n for n in FORBIDDEN if not n.startswith("Impersonate")]), cases), max_size=8)
-benign_fields = st.lists(st.sampled_from(["X-Benign", "User-Agent", "Accept", "X-Request-Id"]),
-                         max_size=3)
+passing_fields = st.lists(
+    st.tuples(st.sampled_from([n for n in FORBIDDEN if not n.startswith("Impersonate")]), cases),
+    max_size=8,
+)
+benign_fields = st.lists(
+    st.sampled_from(["X-Benign", "User-Agent", "Accept", "X-Request-Id"]), max_size=3
+)
 
 
 def _clean(name: str, *, reservable: bool) -> bool:
@@ -128,34 +189,57 @@ def _clean(name: str, *, reservable: bool) -> bool:
         size = len(name.encode())
     except UnicodeEncodeError:
         return False
-    return (0 < size <= 1024 and name.isprintable() and name == name.strip()
-            and not (reservable and name[:7].casefold() == "system:"))
+    return (
+        0 < size <= 1024
+        and name.isprintable()
+        and name == name.strip()
+        and not (reservable and name[:7].casefold() == "system:")
+    )
 
 
 @PROFILE
-@given(prefix=st.sampled_from(["oidc:", ""]), email=names, sub=names,
-       extra_groups=st.lists(names, max_size=2), evil=st.one_of(passing_fields, evil_fields),
-       benign=benign_fields,
-       portal_cookie=st.booleans())
-def test_only_the_granted_identity_leaves(gateway, issuers, upstream, prefix, email, sub,
-                                          extra_groups, evil, benign, portal_cookie) -> None:
+@given(
+    prefix=st.sampled_from(["oidc:", ""]),
+    email=names,
+    sub=names,
+    extra_groups=st.lists(names, max_size=2),
+    evil=st.one_of(passing_fields, evil_fields),
+    benign=benign_fields,
+    portal_cookie=st.booleans(),
+)
+def test_only_the_granted_identity_leaves(
+    gateway, issuers, upstream, prefix, email, sub, extra_groups, evil, benign, portal_cookie
+) -> None:
     issuer = issuers[prefix]
     n = next(_serial)
-    token = issuer.sign(issuer.claims(email=email, sub=sub, groups=["developers", *extra_groups],
-                                      jti=f"p{n}")).encode()
+    token = issuer.sign(
+        issuer.claims(email=email, sub=sub, groups=["developers", *extra_groups], jti=f"p{n}")
+    ).encode()
     lines = [f"{case(name)}: EVIL{n}x{i}".encode() for i, (name, case) in enumerate(evil)]
     lines += [f"{name}: BENIGN{n}".encode() for name in benign]
     cookie = f"keep=BENIGN{n}; vgate_portal=EVIL{n}c" if portal_cookie else f"keep=BENIGN{n}"
     lines.append(b"Cookie: " + cookie.encode())
-    raw = (b"GET " + TARGET + b" HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer " + token
-           + b"\r\n" + b"".join(line + b"\r\n" for line in lines) + b"Connection: close\r\n\r\n")
+    raw = (
+        b"GET "
+        + TARGET
+        + b" HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer "
+        + token
+        + b"\r\n"
+        + b"".join(line + b"\r\n" for line in lines)
+        + b"Connection: close\r\n\r\n"
+    )
     before = len(upstream.heads)
     status, audit_id = _send(gateway, raw)
     arrived = [h for h in upstream.heads[before:] if audit_id and audit_id in h]
-    names_ok = (_clean(prefix + email, reservable=True) and _clean(sub, reservable=False)
-                and (not prefix or _clean(email, reservable=False))
-                and all(_clean(prefix + g, reservable=True) and _clean(g, reservable=False)
-                        for g in extra_groups))
+    names_ok = (
+        _clean(prefix + email, reservable=True)
+        and _clean(sub, reservable=False)
+        and (not prefix or _clean(email, reservable=False))
+        and all(
+            _clean(prefix + g, reservable=True) and _clean(g, reservable=False)
+            for g in extra_groups
+        )
+    )
     impersonating = any(name.startswith("Impersonate") for name, _ in evil)
     event("refused" if not arrived else "forwarded")
     if not arrived:
@@ -168,21 +252,42 @@ def test_only_the_granted_identity_leaves(gateway, issuers, upstream, prefix, em
     fields = _fields(head)
     identity = sorted((k, v) for k, v in fields if k.startswith(b"impersonate-"))
     assert all(_go_reads(v) == v for _, v in identity)  # the API server reads each as sent
-    expected = sorted([
-        (b"impersonate-user", (prefix + email).encode()),
-        (b"impersonate-uid", sub.encode()),
-        (b"impersonate-group", b"vgate:view"),
-    ])
+    expected = sorted(
+        [
+            (b"impersonate-user", (prefix + email).encode()),
+            (b"impersonate-uid", sub.encode()),
+            (b"impersonate-group", b"vgate:view"),
+        ]
+    )
     assert identity == expected  # no extras: the request id travels as Audit-ID
-    credentials = {k: v for k, v in fields if k in (b"authorization", b"audit-id",
-                                                    b"x-forwarded-for", b"cookie")}
-    assert credentials == {b"authorization": b"Bearer upstream-secret", b"audit-id": audit_id,
-                           b"x-forwarded-for": b"127.0.0.1",
-                           b"cookie": f"keep=BENIGN{n}".encode()}
-    assert not [k for k, _ in fields if k.startswith((b"x-remote-", b"proxy-author",
-                                                       b"x-real", b"forwarded", b"via",
-                                                       b"true-client", b"cf-connecting",
-                                                       b"x-client", b"x-original"))]
+    credentials = {
+        k: v
+        for k, v in fields
+        if k in (b"authorization", b"audit-id", b"x-forwarded-for", b"cookie")
+    }
+    assert credentials == {
+        b"authorization": b"Bearer upstream-secret",
+        b"audit-id": audit_id,
+        b"x-forwarded-for": b"127.0.0.1",
+        b"cookie": f"keep=BENIGN{n}".encode(),
+    }
+    assert not [
+        k
+        for k, _ in fields
+        if k.startswith(
+            (
+                b"x-remote-",
+                b"proxy-author",
+                b"x-real",
+                b"forwarded",
+                b"via",
+                b"true-client",
+                b"cf-connecting",
+                b"x-client",
+                b"x-original",
+            )
+        )
+    ]
     assert len([k for k, _ in fields if k == b"host"]) == 1
     if benign:
         assert f"BENIGN{n}".encode() in head
@@ -190,28 +295,42 @@ def test_only_the_granted_identity_leaves(gateway, issuers, upstream, prefix, em
 
 # -- framing and Host: forwarded only when a strict server would accept the head ---------
 
-hosts = st.lists(st.sampled_from([b"gw.test", b"live.k8s.test", b" gw.test ", b"a b", b"x/y",
-                                  b"u@h", b""]), max_size=2)
-transfer = st.lists(st.sampled_from([b"chunked", b"Chunked", b"identity", b"gzip, chunked",
-                                     b"chunked, chunked", b"xchunked", b" chunked"]), max_size=2)
-lengths = st.lists(st.sampled_from([b"0", b"5", b"+5", b"-1", b"0x5", b"5, 5", b"05"]),
-                   max_size=2)
+hosts = st.lists(
+    st.sampled_from([b"gw.test", b"live.k8s.test", b" gw.test ", b"a b", b"x/y", b"u@h", b""]),
+    max_size=2,
+)
+transfer = st.lists(
+    st.sampled_from(
+        [
+            b"chunked",
+            b"Chunked",
+            b"identity",
+            b"gzip, chunked",
+            b"chunked, chunked",
+            b"xchunked",
+            b" chunked",
+        ]
+    ),
+    max_size=2,
+)
+lengths = st.lists(st.sampled_from([b"0", b"5", b"+5", b"-1", b"0x5", b"5, 5", b"05"]), max_size=2)
 expects = st.sampled_from([None, b"100-continue", b"100-Continue", b"200-ok"])
 
 
-def _strictly_acceptable(version: bytes, host: list[bytes], te: list[bytes], cl: list[bytes],
-                         expect: bytes | None) -> bool:
+def _strictly_acceptable(
+    version: bytes, host: list[bytes], te: list[bytes], cl: list[bytes], expect: bytes | None
+) -> bool:
     """RFC 9112 and Go's net/http, stated independently of the gateway's code."""
     if version == b"HTTP/1.1" and len(host) != 1:
         return False
     if len(host) > 1:
         return False
-    valid_host = set(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                     b"!$%&'()*+,-.:;=[]_~")
+    valid_host = set(
+        b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
+    )
     if host and not set(host[0].strip(b" \t")) <= valid_host:
         return False
-    if te and (version != b"HTTP/1.1" or len(te) > 1 or cl
-               or te[0].strip().lower() != b"chunked"):
+    if te and (version != b"HTTP/1.1" or len(te) > 1 or cl or te[0].strip().lower() != b"chunked"):
         return False
     if len(cl) > 1 or (cl and not cl[0].isdigit()):
         return False
@@ -219,11 +338,16 @@ def _strictly_acceptable(version: bytes, host: list[bytes], te: list[bytes], cl:
 
 
 @PROFILE
-@given(version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
-       host=st.one_of(st.just([b"gw.test"]), hosts), te=st.one_of(st.just([]), transfer),
-       cl=st.one_of(st.just([]), lengths), expect=expects)
-def test_only_unambiguous_heads_leave(gateway, issuers, upstream, version, host, te, cl,
-                                      expect) -> None:
+@given(
+    version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
+    host=st.one_of(st.just([b"gw.test"]), hosts),
+    te=st.one_of(st.just([]), transfer),
+    cl=st.one_of(st.just([]), lengths),
+    expect=expects,
+)
+def test_only_unambiguous_heads_leave(
+    gateway, issuers, upstream, version, host, te, cl, expect
+) -> None:
     issuer = issuers["oidc:"]
     token = issuer.sign(issuer.claims(groups=["developers"], jti=f"f{next(_serial)}")).encode()
     fields = [b"Host: " + h for h in host] + [b"Transfer-Encoding: " + t for t in te]
@@ -234,10 +358,19 @@ def test_only_unambiguous_heads_leave(gateway, issuers, upstream, version, host,
     if te:
         body = b"5\r\nhello\r\n0\r\n\r\n"
     elif cl and cl[0].isdigit():
-        body = b"hello"[:int(cl[0])]
-    raw = (b"POST " + TARGET + b" " + version + b"\r\n"
-           + b"".join(f + b"\r\n" for f in fields)
-           + b"Authorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n" + body)
+        body = b"hello"[: int(cl[0])]
+    raw = (
+        b"POST "
+        + TARGET
+        + b" "
+        + version
+        + b"\r\n"
+        + b"".join(f + b"\r\n" for f in fields)
+        + b"Authorization: Bearer "
+        + token
+        + b"\r\nConnection: close\r\n\r\n"
+        + body
+    )
     before = len(upstream.heads)
     try:
         status, _ = _send(gateway, raw)

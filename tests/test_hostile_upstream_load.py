@@ -42,7 +42,10 @@ class Upstream:
     def __init__(self, mode: str, cert: Path, key: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.hostile", mode, str(cert), str(key)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
 
@@ -60,8 +63,9 @@ def lab(tmp_path_factory) -> Iterator[tuple[Path, CraftingIssuer, TestCA, Path, 
     leaf = ca.issue("upstream", ["127.0.0.1"])
     good = Upstream("good", leaf.cert_file, leaf.key_file)
     (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (d / "policies" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     (d / "token").write_text("upstream-secret\n")
     yield d, issuer, ca, leaf.cert_file, leaf.key_file, good.port
     good.stop()
@@ -75,21 +79,29 @@ def peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-@pytest.mark.parametrize("mode", ["endless-value", "endless-lines", "endless-trailer",
-                                  "dribble"])
+@pytest.mark.parametrize("mode", ["endless-value", "endless-lines", "endless-trailer", "dribble"])
 def test_hostile_tenant_bounds_memory_and_spares_the_other_tenant(lab, mode) -> None:
     d, issuer, ca, cert, key, good_port = lab
     hostile = Upstream(mode, cert, key)
     config = {
         "listen": {"host": "127.0.0.1", "port": 0},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [
+                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
+            ]
+        },
         "policies": str(d / "policies"),
         "audit": {"file": str(d / f"audit-{mode}.log")},
         "upstream": {"response_timeout_seconds": 10},
-        "tenants": [{"name": name, "upstream": f"https://127.0.0.1:{port}",
-                     "ca_file": str(ca.cert_file), "token_file": str(d / "token")}
-                    for name, port in (("good", good_port), ("hostile", hostile.port))],
+        "tenants": [
+            {
+                "name": name,
+                "upstream": f"https://127.0.0.1:{port}",
+                "ca_file": str(ca.cert_file),
+                "token_file": str(d / "token"),
+            }
+            for name, port in (("good", good_port), ("hostile", hostile.port))
+        ],
     }
     (d / "vgate.yaml").write_text(yaml.safe_dump(config))
     token = issuer.sign(issuer.claims(exp=int(time.time()) + 3600))
@@ -112,9 +124,21 @@ def test_hostile_tenant_bounds_memory_and_spares_the_other_tenant(lab, mode) -> 
             good(200)  # warm: connections pooled, token cached
             rss_before = peak_rss(gateway.proc.pid)
             clients = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.hostile", "client", str(gateway.port),
-                 "/clusters/hostile/api/v1/pods", token, str(HOSTILE_CLIENTS), str(PAUSE)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.hostile",
+                    "client",
+                    str(gateway.port),
+                    "/clusters/hostile/api/v1/pods",
+                    token,
+                    str(HOSTILE_CLIENTS),
+                    str(PAUSE),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             quiet: list[float] = []
             attacked: list[float] = []
             try:
@@ -132,10 +156,12 @@ def test_hostile_tenant_bounds_memory_and_spares_the_other_tenant(lab, mode) -> 
             quiet.sort()
             attacked.sort()
             p50_quiet, p50_attacked = quiet[len(quiet) // 2], attacked[len(attacked) // 2]
-            print(f"\n{mode}: hostile answers {counts}; peak RSS +{growth / 2**20:.1f} MiB; "
-                  f"good p50 {p50_quiet * 1e3:.2f} ms quiet, {p50_attacked * 1e3:.2f} ms "
-                  f"attacked (p99 {quiet[int(len(quiet) * .99)] * 1e3:.1f} / "
-                  f"{attacked[int(len(attacked) * .99)] * 1e3:.1f} ms)")
+            print(
+                f"\n{mode}: hostile answers {counts}; peak RSS +{growth / 2**20:.1f} MiB; "
+                f"good p50 {p50_quiet * 1e3:.2f} ms quiet, {p50_attacked * 1e3:.2f} ms "
+                f"attacked (p99 {quiet[int(len(quiet) * 0.99)] * 1e3:.1f} / "
+                f"{attacked[int(len(attacked) * 0.99)] * 1e3:.1f} ms)"
+            )
             if mode == "dribble":  # each hostile request waits out the head deadline
                 assert set(counts) <= {"504"}
             elif mode == "endless-trailer":  # the head was fine: the stream is cut
@@ -144,6 +170,6 @@ def test_hostile_tenant_bounds_memory_and_spares_the_other_tenant(lab, mode) -> 
                 assert counts.get("502", 0) > 20 and set(counts) == {"502"}
             assert growth < RSS_GROWTH_BOUND
             assert p50_attacked < P50_FACTOR * p50_quiet
-            assert attacked[int(len(attacked) * .99)] < STALL_BOUND
+            assert attacked[int(len(attacked) * 0.99)] < STALL_BOUND
     finally:
         hostile.stop()

@@ -41,8 +41,10 @@ def upstream() -> Iterator[int]:
                 buf += data
                 while b"\r\n\r\n" in buf:
                     _, _, buf = buf.partition(b"\r\n\r\n")
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+                    )
 
     def accept() -> None:
         while True:
@@ -61,26 +63,37 @@ def upstream() -> Iterator[int]:
 def gateway(tmp_path_factory, issuer, upstream) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("hot")
     (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (d / "policies" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     (d / "token").write_text("upstream-secret\n")
     config = {
         "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [
+                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
+            ]
+        },
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
         "limits": {"keepalive_timeout_seconds": KEEPALIVE},
-        "tenants": [{"name": "live", "upstream": f"http://127.0.0.1:{upstream}",
-                     "token_file": str(d / "token")}],
+        "tenants": [
+            {
+                "name": "live",
+                "upstream": f"http://127.0.0.1:{upstream}",
+                "token_file": str(d / "token"),
+            }
+        ],
     }
     with GatewayThread(d, config) as gw:
         yield gw
 
 
 def _request(sock: socket.socket, token: str) -> bytes:
-    sock.sendall(b"GET /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n"
-                 b"Authorization: Bearer " + token.encode() + b"\r\n\r\n")
+    sock.sendall(
+        b"GET /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
     data = b""
     while b"\r\n\r\n" not in data or not data.endswith(b"}"):
         chunk = sock.recv(65536)
@@ -183,8 +196,13 @@ async def test_a_response_leaves_in_one_write_per_read() -> None:
 
 
 def _identity(user: str, groups: tuple[str, ...]) -> Identity:
-    return Identity(username=user, uid=f"uid-{user}", groups=groups, issuer="https://idp",
-                    expires_at=time.time() + 60)
+    return Identity(
+        username=user,
+        uid=f"uid-{user}",
+        groups=groups,
+        issuer="https://idp",
+        expires_at=time.time() + 60,
+    )
 
 
 class _Conn:
@@ -195,8 +213,15 @@ class _Conn:
 class _Exchange:
     """What the audit line reads of an exchange."""
 
-    def __init__(self, *, peer: str = "127.0.0.1", method: bytes = b"GET",
-                 target: bytes = b"/clusters/t/x", status: int = 200, bytes_out: int = 12):
+    def __init__(
+        self,
+        *,
+        peer: str = "127.0.0.1",
+        method: bytes = b"GET",
+        target: bytes = b"/clusters/t/x",
+        status: int = 200,
+        bytes_out: int = 12,
+    ):
         self.conn = _Conn(peer)
         self.request_id = b"0123-4567"
         self.method, self.target, self.status, self.bytes_out = method, target, status, bytes_out
@@ -228,8 +253,15 @@ def test_audit_lines_are_json_with_each_requests_identity(tmp_path: Path) -> Non
     assert [x["decision"] for x in lines] == ["allow"] * 3 + ["unauthenticated"]
     assert lines[1]["granted_by"] == ["why bob"] and lines[1]["roles"] == ["view"]
     assert lines[0]["path"] == '/api?q="\x01\\alice'
-    assert lines[3] == {**lines[3], "tenant": None, "groups": [], "reason": 'bad "token"',
-                        "path": "/clusters/t/x", "status": 200, "bytes": 12}
+    assert lines[3] == {
+        **lines[3],
+        "tenant": None,
+        "groups": [],
+        "reason": 'bad "token"',
+        "path": "/clusters/t/x",
+        "status": 200,
+        "bytes": 12,
+    }
 
 
 def _answer(sock: socket.socket) -> bytes:
@@ -239,8 +271,13 @@ def _answer(sock: socket.socket) -> bytes:
         assert chunk, f"connection closed after {data!r}"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")))
+    length = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head
@@ -252,8 +289,10 @@ def test_refusals_keep_a_bodyless_connection_open(gateway, issuer) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port)) as s:
         s.settimeout(5)
         for _ in range(3):
-            s.sendall(b"GET /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n"
-                      b"Authorization: Bearer " + nobody.encode() + b"\r\n\r\n")
+            s.sendall(
+                b"GET /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + nobody.encode() + b"\r\n\r\n"
+            )
             head = _answer(s)
             assert head.startswith(b"HTTP/1.1 403") and b"Connection: close" not in head
         s.sendall(b"GET /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -264,8 +303,9 @@ def test_refusals_keep_a_bodyless_connection_open(gateway, issuer) -> None:
 def test_refusal_before_the_body_arrived_closes(gateway) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port)) as s:
         s.settimeout(5)
-        s.sendall(b"POST /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\n"
-                  b"Content-Length: 10\r\n\r\n")
+        s.sendall(
+            b"POST /clusters/live/api/v1/pods HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+        )
         head = _answer(s)
         assert head.startswith(b"HTTP/1.1 401") and b"Connection: close" in head
         assert _closed_within(s, 5)

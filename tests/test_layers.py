@@ -17,11 +17,31 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gateway"
 
 #: the rooms of the request path, in order
-STEPS = {"route", "authn", "directory", "policy", "limits", "rewrite", "forward", "record",
-         "sessions"}
+STEPS = {
+    "route",
+    "authn",
+    "directory",
+    "policy",
+    "limits",
+    "rewrite",
+    "forward",
+    "record",
+    "sessions",
+}
 #: what every room may build on
-GROUND = {"identity", "flow", "metrics", "names", "config", "registry", "credentials",
-          "private_file", "http", "tenant_api", "streams"}
+GROUND = {
+    "identity",
+    "flow",
+    "metrics",
+    "names",
+    "config",
+    "registry",
+    "credentials",
+    "private_file",
+    "http",
+    "tenant_api",
+    "streams",
+}
 #: who may import what, beyond the ground floor (a room always may import itself)
 ALLOWED: dict[str, set[str]] = {
     # the ground floor
@@ -34,8 +54,13 @@ ALLOWED: dict[str, set[str]] = {
     "credentials": {"private_file"},
     "registry": {"config", "credentials"},
     "tenant_api": {"registry"},  # the gateway's own calls to tenants (reviews)
-    "flow": {"http", "identity", "registry", "directory",  # type-only: Membership
-             "streams"},  # type-only: the stream plan and the recording of an upgrade
+    "flow": {
+        "http",
+        "identity",
+        "registry",
+        "directory",  # type-only: Membership
+        "streams",
+    },  # type-only: the stream plan and the recording of an upgrade
     "streams": {"http"},  # exec/attach/port-forward codecs and bridges (type-only: headers)
     # the steps: each may use the values of the steps before it
     "route": set(),
@@ -58,8 +83,17 @@ ALLOWED: dict[str, set[str]] = {
     "lifecycle": {"login", "kubeconfig_files"},
     "quickstart": {"lifecycle", "login", "kubeconfig_files", "serve"},  # it runs a gateway
     "serve": STEPS | {"pipeline", "endpoints", "portal", "lifecycle", "reload", "workers"},
-    "cli": {"serve", "policy", "directory", "lifecycle", "login", "portal", "quickstart",
-            "kubeconfig_files", "sessions"},
+    "cli": {
+        "serve",
+        "policy",
+        "directory",
+        "lifecycle",
+        "login",
+        "portal",
+        "quickstart",
+        "kubeconfig_files",
+        "sessions",
+    },
     "__main__": {"cli"},
     "__init__": set(),
 }
@@ -104,8 +138,11 @@ def test_every_room_is_known() -> None:
 @pytest.mark.parametrize("room", sorted(ALLOWED))
 def test_imports_only_go_down(room: str) -> None:
     allowed = ALLOWED[room] | GROUND if room not in GROUND else ALLOWED[room]
-    wrong = sorted(f"{room} → {target} ({where})" for target, where in IMPORTS.get(room, ())
-                   if target not in allowed)
+    wrong = sorted(
+        f"{room} → {target} ({where})"
+        for target, where in IMPORTS.get(room, ())
+        if target not in allowed
+    )
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
 
 
@@ -121,7 +158,7 @@ def test_no_cycles_between_rooms() -> None:
 
     def visit(room: str) -> None:
         if room in visiting:
-            cycle = [*visiting[visiting.index(room):], room]
+            cycle = [*visiting[visiting.index(room) :], room]
             raise AssertionError("import cycle: " + " → ".join(cycle))
         if room in done:
             return

@@ -26,10 +26,17 @@ from tests.support.gateway_thread import GatewayThread, crafted_config
 from tests.support.scripted import ScriptedUpstream
 
 
-def grant(user: str = "oidc:alice", tenant: str = "t1", roles: tuple[str, ...] = ("view",)
-          ) -> Grant:
-    return Grant(tenant=tenant, user=user, uid="u", groups=tuple(f"vgate:{r}" for r in roles),
-                 roles=roles, extra=())
+def grant(
+    user: str = "oidc:alice", tenant: str = "t1", roles: tuple[str, ...] = ("view",)
+) -> Grant:
+    return Grant(
+        tenant=tenant,
+        user=user,
+        uid="u",
+        groups=tuple(f"vgate:{r}" for r in roles),
+        roles=roles,
+        extra=(),
+    )
 
 
 # -- the table ---------------------------------------------------------------------------
@@ -125,21 +132,28 @@ def test_a_restarted_worker_starts_with_no_open_streams() -> None:
 def test_unconfigured_limits_make_no_table_and_no_step(tmp_path: Path) -> None:
     assert limit_table(RateLimits(), 4) is None
     (tmp_path / "p").mkdir()
-    config = GatewayConfig.model_validate({
-        "oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["v"]}]},
-        "policies": str(tmp_path / "p")})
+    config = GatewayConfig.model_validate(
+        {
+            "oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["v"]}]},
+            "policies": str(tmp_path / "p"),
+        }
+    )
     pipeline = build_pipeline(config)
     assert pipeline.limiter is None
     assert pipeline.limit not in pipeline.steps
-    limited = build_pipeline(config.model_copy(update={"rate_limits": RateLimits.model_validate(
-        {"user": {"requests_per_second": 5}})}))
+    limited = build_pipeline(
+        config.model_copy(
+            update={"rate_limits": RateLimits.model_validate({"user": {"requests_per_second": 5}})}
+        )
+    )
     names = [s.__name__ for s in limited.steps]
     assert names.index("limit") == names.index("authorize") + 1
 
 
 def test_config_reads_global_and_checks_burst() -> None:
-    limits = RateLimits.model_validate({"global": {"requests_per_second": 100},
-                                        "tenant": {"concurrent_streams": 50}})
+    limits = RateLimits.model_validate(
+        {"global": {"requests_per_second": 100}, "tenant": {"concurrent_streams": 50}}
+    )
     assert limits.global_.requests_per_second == 100 and limits.global_.bucket == 200
     assert limits.configured
     with pytest.raises(ValueError, match="burst needs requests_per_second"):
@@ -147,13 +161,21 @@ def test_config_reads_global_and_checks_burst() -> None:
 
 
 def test_roles_get_their_own_user_limit_the_most_generous_wins() -> None:
-    config = RateLimits.model_validate({
-        "user": {"requests_per_second": 5, "concurrent_streams": 10},
-        "roles": {"cluster-admin": {"requests_per_second": 50, "burst": 60},
-                  "view": {"requests_per_second": 2}},
-        "tenants": {"t2": {"user": {"requests_per_second": 1},
-                           "roles": {"view": {"requests_per_second": 3}}}},
-    })
+    config = RateLimits.model_validate(
+        {
+            "user": {"requests_per_second": 5, "concurrent_streams": 10},
+            "roles": {
+                "cluster-admin": {"requests_per_second": 50, "burst": 60},
+                "view": {"requests_per_second": 2},
+            },
+            "tenants": {
+                "t2": {
+                    "user": {"requests_per_second": 1},
+                    "roles": {"view": {"requests_per_second": 3}},
+                }
+            },
+        }
+    )
     limiter = Limiter(config, BucketTable(256))
     (user,) = limiter.plan(grant(roles=("cluster-admin", "view")))
     assert (user.rate, user.burst, user.streams) == (50, 60, None)  # admin has no stream cap
@@ -167,8 +189,12 @@ def test_roles_get_their_own_user_limit_the_most_generous_wins() -> None:
 
 
 def test_a_user_over_their_limit_spends_nothing_of_the_tenant() -> None:
-    config = RateLimits.model_validate({"user": {"requests_per_second": 1, "burst": 2},
-                                        "tenant": {"requests_per_second": 1, "burst": 3}})
+    config = RateLimits.model_validate(
+        {
+            "user": {"requests_per_second": 1, "burst": 2},
+            "tenant": {"requests_per_second": 1, "burst": 3},
+        }
+    )
     now = [100.0]
     limiter = Limiter(config, BucketTable(256), clock=lambda: now[0])
     alice, bob = grant("alice"), grant("bob")
@@ -187,8 +213,9 @@ def test_a_user_over_their_limit_spends_nothing_of_the_tenant() -> None:
 
 
 def test_streams_are_held_per_level_and_released() -> None:
-    config = RateLimits.model_validate({"user": {"concurrent_streams": 1},
-                                        "tenant": {"concurrent_streams": 2}})
+    config = RateLimits.model_validate(
+        {"user": {"concurrent_streams": 1}, "tenant": {"concurrent_streams": 2}}
+    )
     limiter = Limiter(config, BucketTable(256))
     first = limiter.admit(grant("alice"), True)
     assert isinstance(first, tuple) and len(first) == 2
@@ -207,19 +234,33 @@ def test_streams_are_held_per_level_and_released() -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, issuer: CraftingIssuer, upstream: ScriptedUpstream
-            ) -> Iterator[GatewayThread]:
+def gateway(
+    tmp_path_factory, issuer: CraftingIssuer, upstream: ScriptedUpstream
+) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("limits")
     config = crafted_config(
-        d, issuer.issuer, upstream.port, ("busy", "calm", "streams"),
-        {"all.yaml": {"tenant": "*", "roles": {"view": {"groups": ["developers"]},
-                                               "cluster-admin": {"groups": ["admins"]}}}},
+        d,
+        issuer.issuer,
+        upstream.port,
+        ("busy", "calm", "streams"),
+        {
+            "all.yaml": {
+                "tenant": "*",
+                "roles": {
+                    "view": {"groups": ["developers"]},
+                    "cluster-admin": {"groups": ["admins"]},
+                },
+            }
+        },
         rate_limits={
             "user": {"requests_per_second": 0.5, "burst": 3, "concurrent_streams": 1},
             "roles": {"cluster-admin": {"requests_per_second": 1000}},
-            "tenants": {"calm": {"user": {"requests_per_second": 1000}},
-                        "streams": {"user": {"concurrent_streams": 1}}},
-        })
+            "tenants": {
+                "calm": {"user": {"requests_per_second": 1000}},
+                "streams": {"user": {"concurrent_streams": 1}},
+            },
+        },
+    )
     with GatewayThread(d, config) as gw:
         yield gw
 
@@ -231,7 +272,8 @@ def _audit(gateway: GatewayThread) -> list[dict]:
 
 
 def test_429_carries_retry_after_and_a_status_client_go_reads(
-        gateway: GatewayThread, issuer: CraftingIssuer) -> None:
+    gateway: GatewayThread, issuer: CraftingIssuer
+) -> None:
     token = issuer.sign(issuer.claims(email="flood@example.com"))
     with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"}) as c:
         codes = [c.get("/clusters/busy/api/v1/pods").status_code for _ in range(5)]
@@ -252,20 +294,24 @@ def test_429_carries_retry_after_and_a_status_client_go_reads(
     assert line["reason"].startswith("rate limit: user") and line["user"] == "flood@example.com"
 
 
-def test_a_role_with_more_room_is_not_limited(gateway: GatewayThread,
-                                              issuer: CraftingIssuer) -> None:
+def test_a_role_with_more_room_is_not_limited(
+    gateway: GatewayThread, issuer: CraftingIssuer
+) -> None:
     token = issuer.sign(issuer.claims(email="admin@example.com", groups=["admins"]))
     with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"}) as c:
         assert {c.get("/clusters/busy/api/v1/pods").status_code for _ in range(20)} == {200}
 
 
 def test_open_streams_are_limited_and_released_when_they_end(
-        gateway: GatewayThread, issuer: CraftingIssuer, upstream: ScriptedUpstream) -> None:
+    gateway: GatewayThread, issuer: CraftingIssuer, upstream: ScriptedUpstream
+) -> None:
     async def watch(head: bytes, reader, writer) -> bool:
         if b"watch=true" not in head:
             return await upstream.default(head, reader, writer)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n"
+        )
         await writer.drain()
         await reader.read()  # until the gateway cancels it
         return False
@@ -294,7 +340,8 @@ def test_open_streams_are_limited_and_released_when_they_end(
 
 
 def test_held_streams_are_released_when_a_later_step_refuses(
-        gateway: GatewayThread, issuer: CraftingIssuer) -> None:
+    gateway: GatewayThread, issuer: CraftingIssuer
+) -> None:
     """The limit step counts the watch, the nested-impersonation step then refuses it:
     recording the exchange gives the slot back."""
     token = issuer.sign(issuer.claims(email="as@example.com"))
@@ -322,8 +369,9 @@ def _connections_by_pid(pids: list[int], port: int) -> dict[int, int]:
 
 
 @pytest.mark.slow
-def test_a_limit_holds_across_worker_processes(tmp_path: Path, issuer: CraftingIssuer,
-                                               upstream: ScriptedUpstream) -> None:
+def test_a_limit_holds_across_worker_processes(
+    tmp_path: Path, issuer: CraftingIssuer, upstream: ScriptedUpstream
+) -> None:
     """`vgate serve` with `workers: 2`: the connections land on both workers, and the
     tenant's burst is spent once between them (the table is shared), not once each."""
     import re
@@ -332,17 +380,26 @@ def test_a_limit_holds_across_worker_processes(tmp_path: Path, issuer: CraftingI
 
     burst = 20
     config = crafted_config(
-        tmp_path, issuer.issuer, upstream.port, ("t",),
+        tmp_path,
+        issuer.issuer,
+        upstream.port,
+        ("t",),
         {"all.yaml": {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}},
-        listen={"host": "127.0.0.1", "port": 0}, workers=2,
-        rate_limits={"tenant": {"requests_per_second": 0.5, "burst": burst}})
+        listen={"host": "127.0.0.1", "port": 0},
+        workers=2,
+        rate_limits={"tenant": {"requests_per_second": 0.5, "burst": burst}},
+    )
     (tmp_path / "vgate.yaml").write_text(yaml.safe_dump(config))
     token = issuer.sign(issuer.claims())
     with ServedGateway(tmp_path / "vgate.yaml", workers=2) as served:
         pids = sorted({int(p) for p in re.findall(r"\(pid (\d+)\)", "".join(served.lines))})
-        clients = [httpx.Client(base_url=f"http://127.0.0.1:{served.port}",
-                                headers={"Authorization": f"Bearer {token}"})
-                   for _ in range(60)]
+        clients = [
+            httpx.Client(
+                base_url=f"http://127.0.0.1:{served.port}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            for _ in range(60)
+        ]
         try:
             started = time.monotonic()
             codes = [c.get("/clusters/t/api").status_code for c in clients]

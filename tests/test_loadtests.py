@@ -25,9 +25,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
         tool_missing(f"bench smoke needs nginx and wrk: {why}")
     report = tmp_path / "bench.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.bench", "--smoke", "--out", str(report),
-         "--json", str(tmp_path / "bench.json")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=420,
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--smoke",
+            "--out",
+            str(report),
+            "--json",
+            str(tmp_path / "bench.json"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = report.read_text()
@@ -36,17 +47,37 @@ def test_bench_smoke(tmp_path: Path) -> None:
     from loadtests.bench import kube
 
     if kube.unavailable() is None:  # the real API server rows, every path and the relay
-        for row in ("| direct-admin-get |", "| direct-get |", "| nginx-get |", "| vgate-get |",
-                    "| direct-list |", "| nginx-list |", "| vgate-list |", "| imp-user |",
-                    "| imp-+20-extras |", "| direct | 100 |", "| vgate | 100 |"):
+        for row in (
+            "| direct-admin-get |",
+            "| direct-get |",
+            "| nginx-get |",
+            "| vgate-get |",
+            "| direct-list |",
+            "| nginx-list |",
+            "| vgate-list |",
+            "| imp-user |",
+            "| imp-+20-extras |",
+            "| direct | 100 |",
+            "| vgate | 100 |",
+        ):
             assert row in text, f"{row!r} missing from the report:\n{text}"
     else:
         assert "A real kube-apiserver\n\nNot measured: needs" in text
-    for row in ("| direct |", "| nginx |", "| vgate-cached |", "| vgate-fresh-jwt |",
-                "| direct-tls |", "| nginx-tls-up |", "| vgate-tls-up |", "| nginx-tls |",
-                "| vgate-tls |",
-                "| vgate-ad-groups |", "| vgate | 200/200 | spread |",
-                "| nginx | 200/200 | spread |", "| vgate | 200/200 | burst |"):
+    for row in (
+        "| direct |",
+        "| nginx |",
+        "| vgate-cached |",
+        "| vgate-fresh-jwt |",
+        "| direct-tls |",
+        "| nginx-tls-up |",
+        "| vgate-tls-up |",
+        "| nginx-tls |",
+        "| vgate-tls |",
+        "| vgate-ad-groups |",
+        "| vgate | 200/200 | spread |",
+        "| nginx | 200/200 | spread |",
+        "| vgate | 200/200 | burst |",
+    ):
         assert row in text, f"{row!r} missing from the report:\n{text}"
     assert "Added p99 at half of vgate-cached's max rate (plain HTTP)" in text
     assert "Added p99 at half of vgate-tls's max rate (TLS on both hops)" in text
@@ -63,9 +94,23 @@ def test_locust_smoke(tmp_path: Path) -> None:
         tool_missing(f"locust smoke: {why}")
     out = tmp_path / "locust"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.run", "--scenario", "mixed", "--users", "8",
-         "--time", "10s", "--out", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "loadtests.run",
+            "--scenario",
+            "mixed",
+            "--users",
+            "8",
+            "--time",
+            "10s",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     with (out / "summary.csv").open(newline="") as f:
@@ -73,8 +118,13 @@ def test_locust_smoke(tmp_path: Path) -> None:
     assert rows["Aggregated"]["failures"] == "0"
     # every scenario in the mix ran: kubectl users, controllers, the refresh storm, the
     # denied user (whose 403s count as successes only because they are expected)
-    for name in ("list pods limit=500", "controller watch configmaps",
-                 "list pods with a fresh token", "IdP token refresh", "denied list pods"):
+    for name in (
+        "list pods limit=500",
+        "controller watch configmaps",
+        "list pods with a fresh token",
+        "IdP token refresh",
+        "denied list pods",
+    ):
         assert int(rows[name]["requests"]) > 0, f"{name} never ran: {rows.keys()}"
     assert "| Aggregated |" in (out / "summary.md").read_text()
 
@@ -82,12 +132,16 @@ def test_locust_smoke(tmp_path: Path) -> None:
 def test_summary_counts_failures(tmp_path: Path) -> None:
     """The summary reports locust's failures (so the smoke test above can fail)."""
     stats = tmp_path / "x_stats.csv"
-    header = ("Type,Name,Request Count,Failure Count,Median Response Time,"
-              "Average Response Time,Min Response Time,Max Response Time,"
-              "Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,"
-              "99%,99.9%,99.99%,100%")
-    stats.write_text(header + "\nGET,denied,10,3,1,1,1,5,10,2.0,0.5,1,1,1,1,2,3,4,5,5,5,5\n"
-                     ",Aggregated,10,3,1,1,1,5,10,2.0,0.5,1,1,1,1,2,3,4,5,5,5,5\n")
+    header = (
+        "Type,Name,Request Count,Failure Count,Median Response Time,"
+        "Average Response Time,Min Response Time,Max Response Time,"
+        "Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,"
+        "99%,99.9%,99.99%,100%"
+    )
+    stats.write_text(
+        header + "\nGET,denied,10,3,1,1,1,5,10,2.0,0.5,1,1,1,1,2,3,4,5,5,5,5\n"
+        ",Aggregated,10,3,1,1,1,5,10,2.0,0.5,1,1,1,1,2,3,4,5,5,5,5\n"
+    )
     failures, rows = locust_run.summarize(stats, tmp_path, "t")
     assert failures == 3
     assert rows[0]["p99_ms"] == "5"
@@ -98,8 +152,10 @@ def test_tools_are_reported_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     from loadtests.bench import stack, wrk
 
     monkeypatch.setattr(wrk, "wrk_binary", lambda: None)
-    assert missing_tools() == "wrk is not installed (apt-get install wrk)" or \
-        stack.nginx_binary() is None
+    assert (
+        missing_tools() == "wrk is not installed (apt-get install wrk)"
+        or stack.nginx_binary() is None
+    )
     monkeypatch.setattr(stack, "nginx_binary", lambda: None)
     assert missing_tools() == "nginx is not installed (apt-get install nginx)"
 
@@ -109,15 +165,23 @@ def test_exec_relay_bench_smoke() -> None:
     the recorded rows write a cast of it."""
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests.bench.exec_relay", "--mib", "2", "--sessions", "1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in proc.stdout.splitlines()
-            if line.startswith("| ") and "relayed" not in line}
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ") and "relayed" not in line
+    }
     assert set(rows) == {"tunnel", "tunnel + recording", "bridged", "bridged + recording"}
     for name, cells in rows.items():
         assert float(cells[0]) == 2, (name, cells)  # every MiB arrived
         assert (float(cells[4]) >= 2) == name.endswith("recording"), (name, cells)
+
+
 def test_tls_configs_are_valid_nginx(tmp_path: Path) -> None:
     """The bench's TLS upstream and TLS proxy configs pass `nginx -t` and say what the
     report claims: TLS listeners with the bench certificate, `proxy_ssl` with the
@@ -128,14 +192,19 @@ def test_tls_configs_are_valid_nginx(tmp_path: Path) -> None:
         tool_missing("needs nginx")
     pki = stack.certificates(tmp_path)
     up = stack.static_upstream(tmp_path, None, None, tls=pki)
-    proxy = stack.nginx_proxy(tmp_path, up.tls_port, None, name="proxy-tls",
-                              upstream_ca=pki.ca_file, tls=pki)
+    proxy = stack.nginx_proxy(
+        tmp_path, up.tls_port, None, name="proxy-tls", upstream_ca=pki.ca_file, tls=pki
+    )
     for server in (up, proxy):
         text = server.conf.read_text()
         assert f"listen 127.0.0.1:{server.tls_port} ssl" in text and "@" not in text
         assert f"ssl_certificate {pki.cert_file};" in text
-        check = subprocess.run([stack.nginx_binary(), "-t", "-p", str(tmp_path), "-c",
-                                str(server.conf)], capture_output=True, text=True, timeout=30)
+        check = subprocess.run(
+            [stack.nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(server.conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert check.returncode == 0, check.stderr
     text = proxy.conf.read_text()
     assert "proxy_pass https://api;" in text
@@ -152,11 +221,17 @@ def test_report_compares_each_row_with_its_own_hops() -> None:
     def row(name: str, rps: float, p99: float, cpu: float, **refs: str) -> Summary:
         return Summary(name, rps, 1.0, p99, cpu, cpu / 2, 100, 0, 0, [], **refs)
 
-    rmax = {s.name: s for s in (
-        row("direct", 100, 1.0, 5.0), row("nginx", 50, 2.0, 10.0),
-        row("vgate-cached", 20, 3.0, 40.0),
-        row("direct-tls", 80, 1.5, 8.0), row("nginx-tls", 40, 2.5, 20.0, direct="direct-tls"),
-        row("vgate-tls", 10, 4.5, 80.0, direct="direct-tls", nginx="nginx-tls"))}
+    rmax = {
+        s.name: s
+        for s in (
+            row("direct", 100, 1.0, 5.0),
+            row("nginx", 50, 2.0, 10.0),
+            row("vgate-cached", 20, 3.0, 40.0),
+            row("direct-tls", 80, 1.5, 8.0),
+            row("nginx-tls", 40, 2.5, 20.0, direct="direct-tls"),
+            row("vgate-tls", 10, 4.5, 80.0, direct="direct-tls", nginx="nginx-tls"),
+        )
+    }
     lines = report._max_table(rmax)
     tls = next(x for x in lines if x.startswith("| vgate-tls |")).split(" | ")
     assert tls[2] == "0.25"  # req/s: 10 against nginx-tls's 40, not plain nginx's 50
@@ -190,37 +265,68 @@ def test_kube_table_subtracts_the_idle_api_server() -> None:
 
     def row(name: str, requests: int, api_s: float, proxy_us: float = 0.0) -> Summary:
         result = wrk.WrkResult(requests, 10.0, 0, 0, 1, 1, 1, 1, 1, 0)
-        return Summary(name, requests / 10, 1.0, 1.0, proxy_us, 0.0, requests, 0, 0,
-                       [Sample(result, 0.0, "0", 0.0, api_s)], direct="direct-get")
+        return Summary(
+            name,
+            requests / 10,
+            1.0,
+            1.0,
+            proxy_us,
+            0.0,
+            requests,
+            0,
+            0,
+            [Sample(result, 0.0, "0", 0.0, api_s)],
+            direct="direct-get",
+        )
 
     # idle 5% of a core over 10 s = 0.5 s to subtract from each row's 10 s
-    result = {"rows": {s.name: s for s in (row("direct-get", 1000, 1.5),
-                                           row("vgate-get", 1000, 1.7, proxy_us=150.0),
-                                           row("imp-user", 1000, 1.6))},
-              "api_idle": 0.05, "connections": 10}
+    result = {
+        "rows": {
+            s.name: s
+            for s in (
+                row("direct-get", 1000, 1.5),
+                row("vgate-get", 1000, 1.7, proxy_us=150.0),
+                row("imp-user", 1000, 1.6),
+            )
+        },
+        "api_idle": 0.05,
+        "connections": 10,
+    }
     assert kube.api_us(result["rows"]["direct-get"], 0.05) == pytest.approx(1000.0)
     lines = kube.table(result)
     vgate = next(x for x in lines if x.startswith("| vgate-get |")).split(" | ")
     assert vgate[5:8] == ["1200.0", "0.12", "1.20"]  # API µs, proxy ÷ API, API ÷ direct
     assert "| imp-user | 1 x `Impersonate-User` | 1100.0 | +100.0 | +100.0 |" in lines
     # the WATCH relay: one line per path, events summed and costs as medians over rounds
-    relay = {"watches": 100, "event_p50_ms": 1.0, "event_p99_ms": 2.0, "errors": 0,
-             "api_us": 150.0}
-    result["watch"] = [{**relay, "path": "vgate", "expected": 800, "received": 800,
-                        "proxy_us": us} for us in (40.0, 60.0, 50.0)]
-    assert "| vgate | 100 | 2,400 / 2,400 | 1.00 | 2.00 | 50.0 | 150.0 | 0 |" in \
-        kube.table(result)
+    relay = {"watches": 100, "event_p50_ms": 1.0, "event_p99_ms": 2.0, "errors": 0, "api_us": 150.0}
+    result["watch"] = [
+        {**relay, "path": "vgate", "expected": 800, "received": 800, "proxy_us": us}
+        for us in (40.0, 60.0, 50.0)
+    ]
+    assert "| vgate | 100 | 2,400 / 2,400 | 1.00 | 2.00 | 50.0 | 150.0 | 0 |" in kube.table(result)
 
 
 def test_tenants_table_and_ratios() -> None:
     """The tenants table shows each count against the smallest one."""
     from loadtests.bench import tenants
 
-    rows = [{"tenants": n, "start_s": 1.0, "rss": rss, "cpu_us": cpu, "user_us": cpu / 2,
-             "rps": 100.0, "errors": 0, "new_tenant_s": 1.5, "withdrawn_s": 1.2,
-             "restored_s": 1.1, "cpu_x_smallest": cpu / 40.0,
-             "kb_per_tenant": None if n == 10 else (rss - 100 * 2**20) / (n - 10) / 1024}
-            for n, rss, cpu in ((10, 100 * 2**20, 40.0), (1010, 110 * 2**20, 42.0))]
+    rows = [
+        {
+            "tenants": n,
+            "start_s": 1.0,
+            "rss": rss,
+            "cpu_us": cpu,
+            "user_us": cpu / 2,
+            "rps": 100.0,
+            "errors": 0,
+            "new_tenant_s": 1.5,
+            "withdrawn_s": 1.2,
+            "restored_s": 1.1,
+            "cpu_x_smallest": cpu / 40.0,
+            "kb_per_tenant": None if n == 10 else (rss - 100 * 2**20) / (n - 10) / 1024,
+        }
+        for n, rss, cpu in ((10, 100 * 2**20, 40.0), (1010, 110 * 2**20, 42.0))
+    ]
     text = "\n".join(tenants.table({"rows": rows}))
     assert "| 10 | 1.0 | 100 | — | 100 | 40.0 | 20.0 | 1.00 | 1.50 | 1.20 | 1.10 | 0 |" in text
     assert "| 1,010 | 1.0 | 110 | 10.2 | 100 | 42.0 | 21.0 | 1.05 |" in text

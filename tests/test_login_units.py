@@ -34,8 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _entry(n: int = 0, user: str = "") -> CachedTokens:
-    return CachedTokens("https://idp.example.com", "vgate", user, f"tok-{n}-" + "x" * 5000,
-                        f"refresh-{n}", time.time() + 600)
+    return CachedTokens(
+        "https://idp.example.com",
+        "vgate",
+        user,
+        f"tok-{n}-" + "x" * 5000,
+        f"refresh-{n}",
+        time.time() + 600,
+    )
 
 
 # -- cache ------------------------------------------------------------------------------
@@ -60,10 +66,13 @@ def test_cache_keys_keep_users_and_clients_apart(tmp_path):
     cache = TokenCache(tmp_path)
     cache.store(_entry(1, "alice"))
     cache.store(_entry(2, "bob"))
-    assert cache.load(CacheKey("https://idp.example.com", "vgate", "alice")).refresh_token == \
-        "refresh-1"
-    assert cache.load(CacheKey("https://idp.example.com", "vgate", "bob")).refresh_token == \
-        "refresh-2"
+    assert (
+        cache.load(CacheKey("https://idp.example.com", "vgate", "alice")).refresh_token
+        == "refresh-1"
+    )
+    assert (
+        cache.load(CacheKey("https://idp.example.com", "vgate", "bob")).refresh_token == "refresh-2"
+    )
     assert cache.load(CacheKey("https://idp.example.com", "other", "bob")) is None
     assert len(cache.entries()) == 2
 
@@ -114,8 +123,7 @@ def test_cache_lock_excludes_other_processes(tmp_path):
     proc.start()
     assert started.wait(5)
     t0 = time.monotonic()
-    with TokenCache(tmp_path).locked(CacheKey("https://idp.example.com", "vgate", ""),
-                                     timeout=10):
+    with TokenCache(tmp_path).locked(CacheKey("https://idp.example.com", "vgate", ""), timeout=10):
         waited = time.monotonic() - t0
     proc.join()
     assert waited > 0.3
@@ -123,9 +131,13 @@ def test_cache_lock_excludes_other_processes(tmp_path):
 
 # -- kubeconfig -------------------------------------------------------------------------
 
-SPEC = KubeconfigSpec(tenant="tenant1", server="https://tenant1.k8s.example.com",
-                      issuer="https://idp.example.com/realms/it's", client_id="vgate",
-                      ca_pem=b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+SPEC = KubeconfigSpec(
+    tenant="tenant1",
+    server="https://tenant1.k8s.example.com",
+    issuer="https://idp.example.com/realms/it's",
+    client_id="vgate",
+    ca_pem=b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+)
 
 
 def test_kubeconfig_has_no_secret_and_an_exec_user():
@@ -133,8 +145,11 @@ def test_kubeconfig_has_no_secret_and_an_exec_user():
     user = kc["users"][0]["user"]
     assert list(user) == ["exec"]
     assert user["exec"]["command"] == "vgate"
-    assert user["exec"]["args"] == ["login", "--issuer=https://idp.example.com/realms/it's",
-                                    "--client-id=vgate"]
+    assert user["exec"]["args"] == [
+        "login",
+        "--issuer=https://idp.example.com/realms/it's",
+        "--client-id=vgate",
+    ]
     assert kc["clusters"][0]["cluster"]["certificate-authority-data"]
 
 
@@ -145,8 +160,9 @@ def test_bash_command_writes_what_the_kubeconfig_holds(tmp_path):
     config = tmp_path / "config"
     config.write_text("apiVersion: v1\nkind: Config\nusers:\n- name: other\n  user: {token: t}\n")
     env = {**os.environ, "KUBECONFIG": str(config), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(["bash", "-c", bash_command(SPEC)], env=env, capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run(
+        ["bash", "-c", bash_command(SPEC)], env=env, capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0, r.stderr
     got = yaml.safe_load(config.read_text())
     want = kubeconfig(SPEC)
@@ -169,8 +185,11 @@ def test_powershell_command_quotes_single_quotes():
 
 def test_exec_credential_shape():
     cred = json.loads(exec_credential("tok", 1_800_000_000, "client.authentication.k8s.io/v1"))
-    assert cred == {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
-                    "status": {"token": "tok", "expirationTimestamp": "2027-01-15T08:00:00Z"}}
+    assert cred == {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "kind": "ExecCredential",
+        "status": {"token": "tok", "expirationTimestamp": "2027-01-15T08:00:00Z"},
+    }
     assert requested_api_version({}) == "client.authentication.k8s.io/v1"
     with pytest.raises(ValueError, match="unsupported"):
         requested_api_version({"KUBERNETES_EXEC_INFO": '{"apiVersion": "v9"}'})
@@ -187,8 +206,12 @@ portal:
 """
 
 
-def _portal_config(tmp_path: Path, issuer: str = "https://idp.example.com",
-                   url: str = "https://k8s.example.com", cookie: str = "c" * 40) -> Path:
+def _portal_config(
+    tmp_path: Path,
+    issuer: str = "https://idp.example.com",
+    url: str = "https://k8s.example.com",
+    cookie: str = "c" * 40,
+) -> Path:
     path = make_config(tmp_path, VALID + PORTAL.format(issuer=issuer, url=url))
     (tmp_path / "secrets" / "portal").write_text("s3cret\n")
     (tmp_path / "secrets" / "cookie").write_text(cookie + "\n")
@@ -201,11 +224,14 @@ def test_portal_config_valid(tmp_path):
     assert cfg.portal.client_secret_file == tmp_path / "secrets" / "portal"
 
 
-@pytest.mark.parametrize(("issuer", "url", "message"), [
-    ("https://other.example.com", "https://k8s.example.com", "is not one of oidc.issuers"),
-    ("https://idp.example.com", "http://k8s.example.com", "set insecure_http: true"),
-    ("https://idp.example.com", "https://k8s.example.com/portal", "without a path"),
-])
+@pytest.mark.parametrize(
+    ("issuer", "url", "message"),
+    [
+        ("https://other.example.com", "https://k8s.example.com", "is not one of oidc.issuers"),
+        ("https://idp.example.com", "http://k8s.example.com", "set insecure_http: true"),
+        ("https://idp.example.com", "https://k8s.example.com/portal", "without a path"),
+    ],
+)
 def test_portal_config_problems(tmp_path, issuer, url, message):
     with pytest.raises(ConfigError) as info:
         load_config(_portal_config(tmp_path, issuer, url))
@@ -214,16 +240,26 @@ def test_portal_config_problems(tmp_path, issuer, url, message):
 
 def test_check_config_accepts_a_portal(tmp_path):
     path = _portal_config(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--config", str(path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert ": ok" in r.stdout
 
 
 def test_check_config_reports_a_short_cookie_secret(tmp_path):
     path = _portal_config(tmp_path, cookie="short")
-    r = subprocess.run([sys.executable, "-m", "gateway", "check-config", "--config", str(path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1
     assert "cookie_secret_file" in r.stderr and "at least 32 bytes" in r.stderr
 
@@ -234,23 +270,53 @@ def test_logout_tenant_lookup_passes_over_malformed_kubeconfigs(tmp_path, monkey
     odd = tmp_path / "odd.yaml"
     odd.write_text("- just\n- a list\n")
     broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump({"users": ["vgate-t1", {"name": "vgate-t1", "user": []},
-                                                {"name": "vgate-t1",
-                                                 "user": {"exec": ["login"]}}]}))
+    broken.write_text(
+        yaml.safe_dump(
+            {
+                "users": [
+                    "vgate-t1",
+                    {"name": "vgate-t1", "user": []},
+                    {"name": "vgate-t1", "user": {"exec": ["login"]}},
+                ]
+            }
+        )
+    )
     binary = tmp_path / "binary"
     binary.write_bytes(b"\xff\xfe\x00")
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump({"users": [{"name": "vgate-t1", "user": {"exec": {
-        "command": "vgate", "args": ["login", "--issuer=https://idp.example.com",
-                                     "--client-id=cli", "--user=alice",
-                                     "--issuer-ca-data=LS0tLS1CRUdJTg=="]}}}]}))
+    good.write_text(
+        yaml.safe_dump(
+            {
+                "users": [
+                    {
+                        "name": "vgate-t1",
+                        "user": {
+                            "exec": {
+                                "command": "vgate",
+                                "args": [
+                                    "login",
+                                    "--issuer=https://idp.example.com",
+                                    "--client-id=cli",
+                                    "--user=alice",
+                                    "--issuer-ca-data=LS0tLS1CRUdJTg==",
+                                ],
+                            }
+                        },
+                    }
+                ]
+            }
+        )
+    )
     missing = tmp_path / "missing.yaml"
     paths = [odd, broken, binary, missing, good]
     monkeypatch.setenv("KUBECONFIG", os.pathsep.join(str(p) for p in paths))
     found = _plugin_args_for_tenant("t1")
     assert found is not None
-    assert (found.issuer, found.client_id, found.user) == ("https://idp.example.com", "cli",
-                                                           "alice")
+    assert (found.issuer, found.client_id, found.user) == (
+        "https://idp.example.com",
+        "cli",
+        "alice",
+    )
     assert found.trust == IssuerTrust(None, "LS0tLS1CRUdJTg==")  # base64 padding kept
     assert _plugin_args_for_tenant("t2") is None
 
@@ -263,12 +329,16 @@ def test_portal_install_hint_and_session_store_defaults(tmp_path):
     assert "not published on PyPI" in cfg.portal.install_hint
     assert "pip install vgate " not in cfg.portal.install_hint + " "
     assert cfg.portal.session_store_file == tmp_path / "portal-sessions.db"  # next to config
-    path = make_config(tmp_path, VALID + PORTAL.format(
-        issuer="https://idp.example.com", url="https://k8s.example.com")
-        + "  install_hint: 'Run `brew install <corp>/vgate` & see https://wiki'\n")
+    path = make_config(
+        tmp_path,
+        VALID
+        + PORTAL.format(issuer="https://idp.example.com", url="https://k8s.example.com")
+        + "  install_hint: 'Run `brew install <corp>/vgate` & see https://wiki'\n",
+    )
     hint = load_config(path).portal.install_hint
     assert str(rich_text(hint)) == (
-        "Run <code>brew install &lt;corp&gt;/vgate</code> &amp; see https://wiki")
+        "Run <code>brew install &lt;corp&gt;/vgate</code> &amp; see https://wiki"
+    )
 
 
 # -- the entry lock -----------------------------------------------------------------------
@@ -322,8 +392,7 @@ def test_lock_wait_is_bounded_and_names_the_holder(tmp_path):
     path = tmp_path / "e.lock"
     with _holder(path) as (proc, _):
         t0 = time.monotonic()
-        with pytest.raises(LockWaitTimeout, match=f"pid {proc.pid}"), \
-                EntryLock(path, timeout=0.5):
+        with pytest.raises(LockWaitTimeout, match=f"pid {proc.pid}"), EntryLock(path, timeout=0.5):
             pass
         assert 0.5 <= time.monotonic() - t0 < 3
 
@@ -340,10 +409,22 @@ def test_revoke_needs_a_revocation_endpoint_and_logout_says_so(tmp_path):
             Provider(op.issuer, "vgate").revoke("some-refresh-token")
         cache = TokenCache(tmp_path / "cache")
         cache.store(CachedTokens(op.issuer, "vgate", "", "id", "refresh", time.time() + 600))
-        r = subprocess.run([sys.executable, "-m", "gateway", "logout", "--all",
-                            "--cache-dir", str(tmp_path / "cache")], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "logout",
+                "--all",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     assert r.returncode == 1, r.stderr
     assert "could NOT revoke" in r.stderr and op.issuer in r.stderr
     assert "offers no token revocation endpoint" in r.stderr

@@ -10,8 +10,11 @@ from gateway.metrics import Metrics
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:
     text = generate_latest(metrics.registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_requests_latency_and_token_cache_series() -> None:
@@ -44,5 +47,7 @@ def test_requests_latency_and_token_cache_series() -> None:
 def test_a_bound_itself_falls_in_its_bucket() -> None:
     m = Metrics()
     m.tally.request("t", 200, 0.001)  # le="0.001" includes 0.001
-    assert _samples(m)[("vgate_request_duration_seconds_bucket",
-                        (("le", "0.001"), ("tenant", "t")))] == 1
+    assert (
+        _samples(m)[("vgate_request_duration_seconds_bucket", (("le", "0.001"), ("tenant", "t")))]
+        == 1
+    )

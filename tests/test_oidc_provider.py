@@ -15,13 +15,19 @@ from tests.support.pki import TestCA
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("node") is None,
-                       reason="node (Node.js) not on PATH: the dev OpenID Provider cannot run"),
+    pytest.mark.skipif(
+        shutil.which("node") is None,
+        reason="node (Node.js) not on PATH: the dev OpenID Provider cannot run",
+    ),
 ]
 
 USERS = {
-    "alice": {"email": "alice@example.com", "name": "Alice Admin",
-              "groups": ["platform-admins", "team-a"], "password": "alice-pw"},
+    "alice": {
+        "email": "alice@example.com",
+        "name": "Alice Admin",
+        "groups": ["platform-admins", "team-a"],
+        "password": "alice-pw",
+    },
     "bob": {"email": "bob@example.com", "name": "Bob", "groups": [], "password": "bob-pw"},
 }
 
@@ -33,8 +39,9 @@ def verify(idp: OIDCProvider, token: str, *, audience: str = "vgate") -> dict:
         jwks = jwt.PyJWKSet.from_dict(c.get(jwks_uri).json())
     kid = jwt.get_unverified_header(token)["kid"]
     key = next(k for k in jwks.keys if k.key_id == kid)
-    return jwt.decode(token, key, algorithms=["RS256", "ES256"], audience=audience,
-                      issuer=idp.issuer)
+    return jwt.decode(
+        token, key, algorithms=["RS256", "ES256"], audience=audience, issuer=idp.issuer
+    )
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ ISSUER = "https://idp.example.com"
 
 
 def ident(username: str = "oidc:alice@example.com", groups: tuple[str, ...] = ()) -> Identity:
-    return Identity(username=username, uid="u-1", groups=groups, issuer=ISSUER,
-                    expires_at=9e9)
+    return Identity(username=username, uid="u-1", groups=groups, issuer=ISSUER, expires_at=9e9)
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -82,8 +81,12 @@ def test_group_match(tmp_path: Path) -> None:
 
 def test_group_match_is_exact_not_prefix_or_case(tmp_path: Path) -> None:
     engine = engine_from(tmp_path, {"t1.yaml": TENANT1})
-    for groups in [("oidc:developers2",), ("oidc:Developers",), ("developers",),
-                   ("oidc:developers ",)]:
+    for groups in [
+        ("oidc:developers2",),
+        ("oidc:Developers",),
+        ("developers",),
+        ("oidc:developers ",),
+    ]:
         assert isinstance(engine.decide(ident(groups=groups), "tenant1"), Deny), groups
 
 
@@ -100,27 +103,34 @@ def test_user_match(tmp_path: Path) -> None:
 
 
 def test_several_roles_become_sorted_role_groups(tmp_path: Path) -> None:
-    engine = engine_from(tmp_path, {
-        "t1.yaml": TENANT1,
-        "t1-more.yaml": "tenant: tenant1\nroles:\n  edit: {users: [oidc:alice@example.com]}\n"
-                        "  admin: {groups: [oidc:developers]}\n",
-    })
-    grant = engine.decide(
-        ident(groups=("oidc:tenant1-admins", "oidc:developers")), "tenant1"
+    engine = engine_from(
+        tmp_path,
+        {
+            "t1.yaml": TENANT1,
+            "t1-more.yaml": "tenant: tenant1\nroles:\n  edit: {users: [oidc:alice@example.com]}\n"
+            "  admin: {groups: [oidc:developers]}\n",
+        },
     )
+    grant = engine.decide(ident(groups=("oidc:tenant1-admins", "oidc:developers")), "tenant1")
     assert isinstance(grant, Grant)
     assert grant.roles == ("admin", "cluster-admin", "edit", "view")
     assert grant.groups == (
-        "vgate:admin", "vgate:cluster-admin", "vgate:edit", "vgate:view",
+        "vgate:admin",
+        "vgate:cluster-admin",
+        "vgate:edit",
+        "vgate:view",
     )
     assert len(grant.reasons) == 4
 
 
 def test_wildcard_tenant_applies_everywhere(tmp_path: Path) -> None:
-    engine = engine_from(tmp_path, {
-        "all.yaml": 'tenant: "*"\nroles:\n  view: {groups: [oidc:auditors]}\n',
-        "t1.yaml": TENANT1,
-    })
+    engine = engine_from(
+        tmp_path,
+        {
+            "all.yaml": 'tenant: "*"\nroles:\n  view: {groups: [oidc:auditors]}\n',
+            "t1.yaml": TENANT1,
+        },
+    )
     for tenant in ("tenant1", "tenant2", "anything"):
         grant = engine.decide(ident(groups=("oidc:auditors",)), tenant)
         assert isinstance(grant, Grant), tenant
@@ -152,16 +162,20 @@ def _problems(tmp_path: Path, files: dict[str, str], tenants=("tenant1", "tenant
 
 
 def test_valid_policies_load_without_problems(tmp_path: Path) -> None:
-    loaded, problems = _problems(tmp_path, {"t1.yaml": TENANT1, "t2.yml": "tenant: tenant2\n"
-                                            "roles: {view: {users: [u]}}\n"})
+    loaded, problems = _problems(
+        tmp_path, {"t1.yaml": TENANT1, "t2.yml": "tenant: tenant2\nroles: {view: {users: [u]}}\n"}
+    )
     assert problems == []
     assert sorted(p.policy.tenant for p in loaded) == ["tenant1", "tenant2"]
 
 
 def test_unknown_field_has_file_and_line(tmp_path: Path) -> None:
-    loaded, problems = _problems(tmp_path, {
-        "t1.yaml": "tenant: tenant1\nroles:\n  view:\n    groups: [a]\n    grups: [b]\n",
-    })
+    loaded, problems = _problems(
+        tmp_path,
+        {
+            "t1.yaml": "tenant: tenant1\nroles:\n  view:\n    groups: [a]\n    grups: [b]\n",
+        },
+    )
     assert loaded == []
     assert len(problems) == 1
     p = problems[0]
@@ -177,10 +191,13 @@ def test_unknown_top_level_field(tmp_path: Path) -> None:
 
 
 def test_bad_role_name_has_file_and_line(tmp_path: Path) -> None:
-    _, problems = _problems(tmp_path, {
-        "t1.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n"
-                   "  Cluster_Admin: {groups: [b]}\n",
-    })
+    _, problems = _problems(
+        tmp_path,
+        {
+            "t1.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n"
+            "  Cluster_Admin: {groups: [b]}\n",
+        },
+    )
     assert len(problems) == 1
     p = problems[0]
     assert p.file.endswith("t1.yaml")
@@ -189,10 +206,13 @@ def test_bad_role_name_has_file_and_line(tmp_path: Path) -> None:
 
 
 def test_duplicate_role_across_files(tmp_path: Path) -> None:
-    _, problems = _problems(tmp_path, {
-        "a.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n",
-        "b.yaml": "tenant: tenant1\nroles:\n  edit: {groups: [c]}\n  view: {groups: [b]}\n",
-    })
+    _, problems = _problems(
+        tmp_path,
+        {
+            "a.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n",
+            "b.yaml": "tenant: tenant1\nroles:\n  edit: {groups: [c]}\n  view: {groups: [b]}\n",
+        },
+    )
     assert len(problems) == 1
     p = problems[0]
     assert (p.file, p.line) == (str(tmp_path / "policies" / "b.yaml"), 4)
@@ -200,17 +220,23 @@ def test_duplicate_role_across_files(tmp_path: Path) -> None:
 
 
 def test_same_role_for_different_tenants_is_fine(tmp_path: Path) -> None:
-    _, problems = _problems(tmp_path, {
-        "a.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n",
-        "b.yaml": "tenant: tenant2\nroles:\n  view: {groups: [a]}\n",
-    })
+    _, problems = _problems(
+        tmp_path,
+        {
+            "a.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n",
+            "b.yaml": "tenant: tenant2\nroles:\n  view: {groups: [a]}\n",
+        },
+    )
     assert problems == []
 
 
 def test_unknown_tenant(tmp_path: Path) -> None:
-    _, problems = _problems(tmp_path, {
-        "x.yaml": "# comment\ntenant: tenant9\nroles:\n  view: {groups: [a]}\n",
-    })
+    _, problems = _problems(
+        tmp_path,
+        {
+            "x.yaml": "# comment\ntenant: tenant9\nroles:\n  view: {groups: [a]}\n",
+        },
+    )
     assert [(Path(p.file).name, p.line) for p in problems] == [("x.yaml", 2)]
     assert "tenant9" in problems[0].message
 
@@ -227,15 +253,19 @@ def test_bad_tenant_name(tmp_path: Path, tenant: str) -> None:
 
 
 def test_invalid_yaml_has_file_and_line(tmp_path: Path) -> None:
-    loaded, problems = _problems(tmp_path, {
-        "bad.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a\n  edit: x\n",
-        "good.yaml": TENANT1,
-    })
+    loaded, problems = _problems(
+        tmp_path,
+        {
+            "bad.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a\n  edit: x\n",
+            "good.yaml": TENANT1,
+        },
+    )
     assert [p.policy.tenant for p in loaded] == ["tenant1"]  # the good file still loads
     assert len(problems) == 1
     text = str(problems[0])
-    assert re.search(re.escape(str(tmp_path / "policies" / "bad.yaml")) + r":\d+: invalid YAML",
-                     text), text
+    assert re.search(
+        re.escape(str(tmp_path / "policies" / "bad.yaml")) + r":\d+: invalid YAML", text
+    ), text
 
 
 @pytest.mark.parametrize(
@@ -256,9 +286,12 @@ def test_bad_names_in_rules(tmp_path: Path, text: str, fragment: str) -> None:
 
 
 def test_duplicate_role_key_in_one_file_is_reported(tmp_path: Path) -> None:
-    _, problems = _problems(tmp_path, {
-        "t1.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n  view: {groups: [b]}\n",
-    })
+    _, problems = _problems(
+        tmp_path,
+        {
+            "t1.yaml": "tenant: tenant1\nroles:\n  view: {groups: [a]}\n  view: {groups: [b]}\n",
+        },
+    )
     assert [p.line for p in problems] == [4]
 
 

@@ -34,27 +34,40 @@ def _dead_port() -> int:
 def gateway(tmp_path_factory, issuer, upstream) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("proxy")
     (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (d / "policies" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     (d / "token").write_text("upstream-secret\n")
     blackhole = socket.socket()
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(1)  # accepts the TCP handshake, never answers
     config = {
         "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [
+                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
+            ]
+        },
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
         "upstream": {"response_timeout_seconds": 1.0, "connect_timeout_seconds": 1.0},
         "limits": {"max_request_head_bytes": 32768},
         "tenants": [
-            {"name": "live", "upstream": f"http://127.0.0.1:{upstream.port}",
-             "token_file": str(d / "token")},
-            {"name": "dead", "upstream": f"http://127.0.0.1:{_dead_port()}",
-             "token_file": str(d / "token")},
-            {"name": "silent", "upstream": f"http://127.0.0.1:{blackhole.getsockname()[1]}",
-             "token_file": str(d / "token")},
+            {
+                "name": "live",
+                "upstream": f"http://127.0.0.1:{upstream.port}",
+                "token_file": str(d / "token"),
+            },
+            {
+                "name": "dead",
+                "upstream": f"http://127.0.0.1:{_dead_port()}",
+                "token_file": str(d / "token"),
+            },
+            {
+                "name": "silent",
+                "upstream": f"http://127.0.0.1:{blackhole.getsockname()[1]}",
+                "token_file": str(d / "token"),
+            },
         ],
     }
     with GatewayThread(d, config) as gw:
@@ -65,8 +78,9 @@ def gateway(tmp_path_factory, issuer, upstream) -> Iterator[GatewayThread]:
 @pytest.fixture
 def client(gateway: GatewayThread, issuer: CraftingIssuer) -> Iterator[httpx.Client]:
     token = issuer.sign(issuer.claims())
-    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=10) as c:
+    with httpx.Client(
+        base_url=gateway.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ) as c:
         yield c
 
 
@@ -85,8 +99,10 @@ def test_path_and_query_forwarded_byte_for_byte(client, upstream) -> None:
 
 def test_client_gets_no_extra_headers_added_upstream(client, upstream) -> None:
     raw = upstream.heads
-    client.get("/clusters/live/api", headers={"Accept": "application/vnd.kubernetes.protobuf",
-                                              "X-Custom": "1"})
+    client.get(
+        "/clusters/live/api",
+        headers={"Accept": "application/vnd.kubernetes.protobuf", "X-Custom": "1"},
+    )
     names = [line.split(b":", 1)[0].lower() for line in raw[-1].split(b"\r\n")[1:] if line]
     assert b"accept-encoding" in names  # httpx (the client) sent it; it is passed, not added
     assert names.count(b"accept") == 1 and b"x-custom" in names
@@ -97,8 +113,10 @@ def test_streamed_response_arrives_before_upstream_finishes(client, upstream) ->
     release = threading.Event()
 
     async def slow_watch(head, reader, writer) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         event = b'{"type":"ADDED"}\n'
         writer.write(b"%x\r\n%b\r\n" % (len(event), event))
         await writer.drain()
@@ -139,8 +157,10 @@ def test_client_disconnect_cancels_upstream_at_once(gateway, issuer, upstream) -
     upstream.handler = endless
     token = issuer.sign(issuer.claims())
     s = socket.create_connection(("127.0.0.1", gateway.port))
-    s.sendall(b"GET /clusters/live/api/v1/pods?watch=1 HTTP/1.1\r\nHost: x\r\n"
-              b"Authorization: Bearer " + token.encode() + b"\r\n\r\n")
+    s.sendall(
+        b"GET /clusters/live/api/v1/pods?watch=1 HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
     assert b"200 OK" in s.recv(4096)
     s.close()
     assert closed.wait(3), "upstream request was not cancelled after the client left"
@@ -187,9 +207,11 @@ def test_repeated_headers_gzip_and_etag_pass_through(client, upstream) -> None:
         if b"if-none-match" in head.lower():
             writer.write(b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n')
         else:
-            writer.write(b'HTTP/1.1 200 OK\r\nWarning: 299 - "a"\r\nWarning: 299 - "b"\r\n'
-                         b'Content-Encoding: gzip\r\nETag: "v1"\r\n'
-                         b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload))
+            writer.write(
+                b'HTTP/1.1 200 OK\r\nWarning: 299 - "a"\r\nWarning: 299 - "b"\r\n'
+                b'Content-Encoding: gzip\r\nETag: "v1"\r\n'
+                b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload)
+            )
         await writer.drain()
         return True
 
@@ -254,9 +276,7 @@ def test_health_ready_metrics(gateway, client) -> None:
     assert "vgate_token_cache_total" in metrics
 
 
-def test_graceful_shutdown_ends_watches_cleanly_and_refuses_new(
-    tmp_path, issuer, upstream
-) -> None:
+def test_graceful_shutdown_ends_watches_cleanly_and_refuses_new(tmp_path, issuer, upstream) -> None:
     async def watch(head, reader, writer) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         await writer.drain()
@@ -265,20 +285,29 @@ def test_graceful_shutdown_ends_watches_cleanly_and_refuses_new(
 
     upstream.handler = watch
     (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (tmp_path / "p" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     (tmp_path / "token").write_text("t\n")
     config = {
         "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"]}]},
-        "policies": str(tmp_path / "p"), "audit": {"file": str(tmp_path / "audit.log")},
-        "tenants": [{"name": "live", "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(tmp_path / "token")}],
+        "policies": str(tmp_path / "p"),
+        "audit": {"file": str(tmp_path / "audit.log")},
+        "tenants": [
+            {
+                "name": "live",
+                "upstream": f"http://127.0.0.1:{upstream.port}",
+                "token_file": str(tmp_path / "token"),
+            }
+        ],
     }
     gw = GatewayThread(tmp_path, config).start()
     url = gw.url
     token = issuer.sign(issuer.claims())
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {token}"}) as c, \
-            c.stream("GET", "/clusters/live/api/v1/pods?watch=true") as r:
+    with (
+        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {token}"}) as c,
+        c.stream("GET", "/clusters/live/api/v1/pods?watch=true") as r,
+    ):
         chunks = r.iter_raw()
         assert next(chunks) == b"hello"
         t = time.monotonic()

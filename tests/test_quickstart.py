@@ -14,14 +14,28 @@ from gateway.quickstart.pki import serving_certificate
 
 
 def _write(path: Path, user: dict, cluster: dict | None = None, **top) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": cluster or {
-            "server": "https://10.0.0.1:6443",
-            "certificate-authority-data": base64.b64encode(b"CA PEM").decode()}}],
-        "users": [{"name": "u", "user": user}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}], **top,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [
+                    {
+                        "name": "k",
+                        "cluster": cluster
+                        or {
+                            "server": "https://10.0.0.1:6443",
+                            "certificate-authority-data": base64.b64encode(b"CA PEM").decode(),
+                        },
+                    }
+                ],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+                **top,
+            }
+        )
+    )
     return path
 
 
@@ -38,10 +52,15 @@ def test_token_user(tmp_path: Path) -> None:
 
 def test_client_certificate_files_relative_to_the_kubeconfig(tmp_path: Path) -> None:
     (tmp_path / "certs").mkdir()
-    kc = _write(tmp_path / "kc", {"client-certificate": "certs/u.crt",
-                                  "client-key-data": base64.b64encode(b"KEY").decode()},
-                cluster={"server": "https://k.example:443", "insecure-skip-tls-verify": True,
-                         "tls-server-name": "kubernetes"})
+    kc = _write(
+        tmp_path / "kc",
+        {"client-certificate": "certs/u.crt", "client-key-data": base64.b64encode(b"KEY").decode()},
+        cluster={
+            "server": "https://k.example:443",
+            "insecure-skip-tls-verify": True,
+            "tls-server-name": "kubernetes",
+        },
+    )
     tenant, _ = tenant_from_kubeconfig([kc], None, tmp_path / "out", name="local")
     assert tenant["client_cert_file"] == str(tmp_path / "certs" / "u.crt")
     assert Path(tenant["client_key_file"]).read_bytes() == b"KEY"
@@ -50,17 +69,21 @@ def test_client_certificate_files_relative_to_the_kubeconfig(tmp_path: Path) -> 
     assert "ca_file" not in tenant
 
 
-@pytest.mark.parametrize(("user", "cluster", "needle"), [
-    ({"exec": {"command": "aws"}}, None, "--upstream-token-file"),
-    ({"auth-provider": {"name": "gcp"}}, None, "exec plugin or auth provider"),
-    ({}, None, "neither a token nor a client certificate"),
-    ({"token": "t"}, {"server": "https://rancher.example/k8s/clusters/c-1"}, "has a path"),
-    ({"token": "t"}, {"server": "10.0.0.1:6443"}, "no usable server URL"),
-    ({"token": "t"}, {"server": "https://a:1", "proxy-url": "http://p:3128"}, "proxy-url"),
-    ({"token": "t"}, {"server": "https://a:1", "certificate-authority-data": "%%"}, "base64"),
-])
-def test_refusals_say_what_to_do(tmp_path: Path, user: dict, cluster: dict | None,
-                                 needle: str) -> None:
+@pytest.mark.parametrize(
+    ("user", "cluster", "needle"),
+    [
+        ({"exec": {"command": "aws"}}, None, "--upstream-token-file"),
+        ({"auth-provider": {"name": "gcp"}}, None, "exec plugin or auth provider"),
+        ({}, None, "neither a token nor a client certificate"),
+        ({"token": "t"}, {"server": "https://rancher.example/k8s/clusters/c-1"}, "has a path"),
+        ({"token": "t"}, {"server": "10.0.0.1:6443"}, "no usable server URL"),
+        ({"token": "t"}, {"server": "https://a:1", "proxy-url": "http://p:3128"}, "proxy-url"),
+        ({"token": "t"}, {"server": "https://a:1", "certificate-authority-data": "%%"}, "base64"),
+    ],
+)
+def test_refusals_say_what_to_do(
+    tmp_path: Path, user: dict, cluster: dict | None, needle: str
+) -> None:
     kc = _write(tmp_path / "kc", user, cluster)
     with pytest.raises(QuickstartError) as info:
         tenant_from_kubeconfig([kc], None, tmp_path / "out", name="local")
@@ -107,8 +130,7 @@ def test_envtest_first_tenant_goes_to_the_lifecycle_store(
         (assets / binary).chmod(0o755)
     monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
-    prepared = prepare(Options(directory=tmp_path / "qs", port=free_port(),
-                               idp_port=free_port()))
+    prepared = prepare(Options(directory=tmp_path / "qs", port=free_port(), idp_port=free_port()))
     assert prepared.static_tenant is None
     assert str(assets) in prepared.tenant_source
     config = load_config(prepared.config_file)
@@ -128,8 +150,9 @@ def test_envtest_first_tenant_goes_to_the_lifecycle_store(
     assert asyncio.run(stored()) == ["local"]
 
 
-def test_banner_and_portal_offer_the_path_form_first(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_banner_and_portal_offer_the_path_form_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`<tenant>.localhost` does not resolve for kubectl everywhere: the form that works on
     any machine (path prefix on 127.0.0.1) comes first, the hostname form says what DNS it
     needs; the banner says how the private CA is trusted and how to stop a killed run."""
@@ -143,30 +166,43 @@ def test_banner_and_portal_offer_the_path_form_first(tmp_path: Path,
     port = free_port()
     prepared = prepare(Options(directory=tmp_path / "qs", port=port, idp_port=free_port()))
     lines = banner(prepared).splitlines()
-    where = {key: next(i for i, line in enumerate(lines) if key in line)
-             for key in ("/clusters/local", "https://local.localhost", "127.0.0.1 local.localhost",
-                         "try ", "Did your browser warn", "--stop")}
+    where = {
+        key: next(i for i, line in enumerate(lines) if key in line)
+        for key in (
+            "/clusters/local",
+            "https://local.localhost",
+            "127.0.0.1 local.localhost",
+            "try ",
+            "Did your browser warn",
+            "--stop",
+        )
+    }
     assert where["/clusters/local"] < where["https://local.localhost"]
     assert lines[where["/clusters/local"]].strip() == f"https://127.0.0.1:{port}/clusters/local"
     assert "/etc/hosts" in lines[where["127.0.0.1 local.localhost"]]
-    assert lines[where["--stop"]].strip().endswith(
-        f"vgate quickstart --stop --dir {tmp_path / 'qs'}")
-    assert "Ctrl-C stops the gateway, the IdP and every tenant's kube-apiserver and etcd" \
+    assert (
+        lines[where["--stop"]].strip().endswith(f"vgate quickstart --stop --dir {tmp_path / 'qs'}")
+    )
+    assert (
+        "Ctrl-C stops the gateway, the IdP and every tenant's kube-apiserver and etcd"
         in lines[where["--stop"] - 1]
+    )
     portal = load_config(prepared.config_file).portal
     assert portal is not None and portal.preferred_form == "path"
     forms = KubeconfigForms(portal.public_url, "localhost", "/clusters", portal.preferred_form)
     assert list(forms.servers("local").items()) == [
         ("path", f"https://127.0.0.1:{port}/clusters/local"),
-        ("host", f"https://local.localhost:{port}")]
+        ("host", f"https://local.localhost:{port}"),
+    ]
     assert "`*.localhost`" in (forms.dns_note() or "")
     host_first = KubeconfigForms(portal.public_url, "localhost", "/clusters")
     assert list(host_first.servers("local")) == ["host", "path"]
     assert host_first.dns_note() is None
 
 
-def test_no_cluster_at_all_says_both_ways_out(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_cluster_at_all_says_both_ways_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gateway.quickstart.run import Options, prepare
     from tests.support.oidc import free_port
 

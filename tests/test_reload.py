@@ -24,8 +24,7 @@ ALICE = Identity("oidc:alice", "u1", ("oidc:ops",), "https://idp", 9e9)
 
 
 def policy(tenant: str = "t1", **roles: list[str]) -> str:
-    return yaml.safe_dump({"tenant": tenant,
-                           "roles": {r: {"groups": g} for r, g in roles.items()}})
+    return yaml.safe_dump({"tenant": tenant, "roles": {r: {"groups": g} for r, g in roles.items()}})
 
 
 def loaded(directory: Path):
@@ -59,15 +58,26 @@ def test_replace_forgets_remembered_decisions_and_keeps_stored_roles(tmp_path: P
     assert isinstance(engine.decide(ALICE, "t2"), Grant)
 
 
-def test_replace_forgets_forwarded_directory_groups_kept_with_the_membership(tmp_path: Path
-                                                                            ) -> None:
+def test_replace_forgets_forwarded_directory_groups_kept_with_the_membership(
+    tmp_path: Path,
+) -> None:
     team = "CN=team-a,OU=Groups,DC=corp,DC=example,DC=com"
-    member = membership("alice@corp", dn="CN=alice,DC=corp,DC=example,DC=com", sid="S-1-5-1",
-                        guid=None, disabled=False, locked=False, method="test",
-                        groups=[DirectoryGroup("S-1-5-21-1-2-3-4", team, "team-a")])
+    member = membership(
+        "alice@corp",
+        dn="CN=alice,DC=corp,DC=example,DC=com",
+        sid="S-1-5-1",
+        guid=None,
+        disabled=False,
+        locked=False,
+        method="test",
+        groups=[DirectoryGroup("S-1-5-21-1-2-3-4", team, "team-a")],
+    )
     (tmp_path / "p").mkdir()
-    doc = {"tenant": "t1", "roles": {"view": {"groups": ["oidc:ops"]}},
-           "forward_directory_groups": {"match": "^CN=team-"}}
+    doc = {
+        "tenant": "t1",
+        "roles": {"view": {"groups": ["oidc:ops"]}},
+        "forward_directory_groups": {"match": "^CN=team-"},
+    }
     (tmp_path / "p" / "t1.yaml").write_text(yaml.safe_dump(doc))
     engine = PolicyEngine(loaded(tmp_path / "p"))
     first = engine.decide(ALICE, "t1", member)
@@ -84,10 +94,14 @@ def test_replace_forgets_forwarded_directory_groups_kept_with_the_membership(tmp
 
 def config_file(tmp_path: Path, policies: Path, **extra) -> Path:
     (tmp_path / "token").write_text("t\n")
-    doc = {"oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["v"]}]},
-           "policies": str(policies),
-           "tenants": [{"name": "t1", "upstream": "https://10.0.0.1",
-                        "token_file": str(tmp_path / "token")}], **extra}
+    doc = {
+        "oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["v"]}]},
+        "policies": str(policies),
+        "tenants": [
+            {"name": "t1", "upstream": "https://10.0.0.1", "token_file": str(tmp_path / "token")}
+        ],
+        **extra,
+    }
     path = tmp_path / "vgate.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -102,7 +116,8 @@ def start(tmp_path: Path) -> tuple[ConfigMapDir, Path, Tracked]:
 
 
 def test_a_configmap_swap_is_a_change_and_a_half_done_swap_reads_without_the_dangling_link(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     cm, _, tracked = start(tmp_path)
     assert tracked.look() is None  # nothing changed
     cm.publish({"t1.yaml": policy(view=["oidc:ops"]), "old.yaml": policy("t2", view=["x"])})
@@ -112,12 +127,10 @@ def test_a_configmap_swap_is_a_change_and_a_half_done_swap_reads_without_the_dan
     cm.publish({"t1.yaml": policy(view=["oidc:ops"])}, finish=False)  # old.yaml dangles
     assert (cm.root / "old.yaml").is_symlink() and not (cm.root / "old.yaml").exists()
     half = tracked.look()
-    assert isinstance(half, Snapshot) and [Path(p.file).name for p in half.policies] == [
-        "t1.yaml"]
+    assert isinstance(half, Snapshot) and [Path(p.file).name for p in half.policies] == ["t1.yaml"]
 
 
-def test_an_edit_in_place_is_a_change_and_touching_is_not_a_new_generation(tmp_path: Path
-                                                                          ) -> None:
+def test_an_edit_in_place_is_a_change_and_touching_is_not_a_new_generation(tmp_path: Path) -> None:
     cm, _, tracked = start(tmp_path)
     target = cm.root / "t1.yaml"
     os.utime(target, ns=(1, 1))  # touched: read again, says the same
@@ -129,7 +142,8 @@ def test_an_edit_in_place_is_a_change_and_touching_is_not_a_new_generation(tmp_p
 
 
 def test_a_broken_file_is_refused_with_its_location_and_not_read_again_until_it_changes(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     cm, _, tracked = start(tmp_path)
     (cm.root / "t1.yaml").write_text("tenant: t1\nroles: [\n")
     refused = tracked.look()
@@ -140,12 +154,16 @@ def test_a_broken_file_is_refused_with_its_location_and_not_read_again_until_it_
     assert tracked.current.policies[0].policy.roles.keys() == {"admin"}  # last good kept
 
 
-def test_config_changes_outside_the_live_sections_are_named_and_not_used(tmp_path: Path
-                                                                       ) -> None:
+def test_config_changes_outside_the_live_sections_are_named_and_not_used(tmp_path: Path) -> None:
     cm, _, tracked = start(tmp_path)
-    config_file(tmp_path, cm.root, listen={"port": 9999},
-                tenants=[{"name": "t9", "upstream": "https://10.0.0.9",
-                          "token_file": str(tmp_path / "token")}])
+    config_file(
+        tmp_path,
+        cm.root,
+        listen={"port": 9999},
+        tenants=[
+            {"name": "t9", "upstream": "https://10.0.0.9", "token_file": str(tmp_path / "token")}
+        ],
+    )
     new = tracked.look()
     assert isinstance(new, Snapshot)
     assert new.restart_needed == ("listen",)
@@ -176,8 +194,13 @@ async def test_live_config_swaps_counts_and_logs_once(tmp_path: Path, caplog) ->
     cm, _, tracked = start(tmp_path)
     metrics = Metrics()
     swaps: list[tuple[str, str]] = []
-    live = LiveConfig(tracked, lambda old, new: swaps.append((old.digest, new.digest)) or "",
-                      metrics, poll_seconds=0.05, who="test")
+    live = LiveConfig(
+        tracked,
+        lambda old, new: swaps.append((old.digest, new.digest)) or "",
+        metrics,
+        poll_seconds=0.05,
+        who="test",
+    )
     live.start()
     caplog.set_level(logging.INFO, logger="vgate.reload")
     try:
@@ -198,8 +221,7 @@ async def test_live_config_swaps_counts_and_logs_once(tmp_path: Path, caplog) ->
     assert "generation 2" in live.notes()[0]
 
 
-def test_a_vanished_policy_directory_is_refused_not_read_as_no_policy(tmp_path: Path
-                                                                      ) -> None:
+def test_a_vanished_policy_directory_is_refused_not_read_as_no_policy(tmp_path: Path) -> None:
     cm, _, tracked = start(tmp_path)
     os.rename(cm.root, tmp_path / "gone")
     refused = tracked.look()

@@ -108,8 +108,13 @@ def test_client_impersonation_headers_are_all_gone() -> None:
     ours = impersonation_block(GRANT).rstrip(b"\r\n").split(b"\r\n")
     theirs = [n + b": " + v for n, v in fields if n.lower().startswith(b"impersonate-")]
     assert theirs == ours
-    for value in (b"system:admin", b"system:masters", b"system:nodes", b"evil.example.com",
-                  b"Impersonate-Extra-scopes"):
+    for value in (
+        b"system:admin",
+        b"system:masters",
+        b"system:nodes",
+        b"evil.example.com",
+        b"Impersonate-Extra-scopes",
+    ):
         assert value not in head
 
 
@@ -130,12 +135,19 @@ def test_impersonation_lines_exactly() -> None:
 def test_extras_of_a_grant_are_serialized() -> None:
     """A grant with extras (nested impersonation: the requested ones and
     `vgate.io/original-user`) sends each value under its percent-encoded key."""
-    grant = Grant("t", "dave", "u-dave", ("team-d",), ("view",),
-                  (("scopes", ("a", "b")), ("vgate.io/original-user", ("oidc:alice",))))
+    grant = Grant(
+        "t",
+        "dave",
+        "u-dave",
+        ("team-d",),
+        ("view",),
+        (("scopes", ("a", "b")), ("vgate.io/original-user", ("oidc:alice",))),
+    )
     assert impersonation_block(grant) == (
         b"Impersonate-User: dave\r\nImpersonate-Uid: u-dave\r\nImpersonate-Group: team-d\r\n"
         b"Impersonate-Extra-scopes: a\r\nImpersonate-Extra-scopes: b\r\n"
-        b"Impersonate-Extra-vgate.io%2Foriginal-user: oidc:alice\r\n")
+        b"Impersonate-Extra-vgate.io%2Foriginal-user: oidc:alice\r\n"
+    )
 
 
 def test_impersonation_block_without_uid_has_no_uid_line() -> None:
@@ -154,8 +166,17 @@ def test_front_proxy_and_audit_headers_are_replaced() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-     b"transfer-encoding", b"upgrade", b"expect", b"x-secret-hop"],
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"x-secret-hop",
+    ],
 )
 def test_hop_by_hop_and_connection_named_headers_are_gone(name: bytes) -> None:
     assert _named(_head(), name) == []
@@ -200,13 +221,22 @@ def test_repeated_client_headers_kept_in_order() -> None:
     assert kept == [b"User-Agent", b"Accept", b"Accept"]  # client order, client case
 
 
-@pytest.mark.parametrize("name", [b"Impersonate-User", b"impersonate-group",
-                                  b"IMPERSONATE-GROUP", b"iMpErSoNaTe-uid",
-                                  b"Impersonate-Extra-scopes", b"Impersonate-Extra-a%2Fb"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"Impersonate-User",
+        b"impersonate-group",
+        b"IMPERSONATE-GROUP",
+        b"iMpErSoNaTe-uid",
+        b"Impersonate-Extra-scopes",
+        b"Impersonate-Extra-a%2Fb",
+    ],
+)
 def test_client_impersonation_detected_in_any_case(name: bytes) -> None:
     assert RequestHeaders.of([(b"Accept", b"*/*"), (name, b"x")]).impersonation
-    assert not RequestHeaders.of([(b"Accept", b"*/*"), (b"Impersonate", b"x"),
-                                  (b"X-Impersonate-User", b"x")]).impersonation
+    assert not RequestHeaders.of(
+        [(b"Accept", b"*/*"), (b"Impersonate", b"x"), (b"X-Impersonate-User", b"x")]
+    ).impersonation
 
 
 @pytest.mark.parametrize(
@@ -231,16 +261,22 @@ def test_extra_header_name_lowercases_and_percent_encodes(key: str, name: bytes)
 BEARER = b"base64url.bearer.authorization.k8s.io.ZXlKaGJHY2lPaUpTVXpJMU5pSjk"
 
 
-@pytest.mark.parametrize(("offered", "forwarded"), [
-    ([BEARER + b", v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
-    ([b"v5.channel.k8s.io,  " + BEARER.upper() + b" ,v4.channel.k8s.io"],
-     [b"v5.channel.k8s.io, v4.channel.k8s.io"]),
-    ([BEARER], []),
-    ([BEARER, b"v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
-    ([b"v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
-])
-def test_websocket_bearer_subprotocol_is_removed(offered: list[bytes],
-                                                 forwarded: list[bytes]) -> None:
+@pytest.mark.parametrize(
+    ("offered", "forwarded"),
+    [
+        ([BEARER + b", v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
+        (
+            [b"v5.channel.k8s.io,  " + BEARER.upper() + b" ,v4.channel.k8s.io"],
+            [b"v5.channel.k8s.io, v4.channel.k8s.io"],
+        ),
+        ([BEARER], []),
+        ([BEARER, b"v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
+        ([b"v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
+    ],
+)
+def test_websocket_bearer_subprotocol_is_removed(
+    offered: list[bytes], forwarded: list[bytes]
+) -> None:
     headers = [(b"Sec-WebSocket-Protocol", v) for v in offered]
     head = _head(headers, upgrade=b"websocket")
     assert _named(head, b"sec-websocket-protocol") == forwarded

@@ -249,8 +249,30 @@ def test_dots_inside_names_are_not_dot_segments(router: Router) -> None:
 # -- randomized: nothing appended after /clusters/tenant1/ reaches another tenant ------------
 
 _ALPHABET = [
-    b"/", b".", b"%2e", b"%2E", b"%2f", b"%2F", b"%00", b"\\", b"?", b"#", b";", b"%",
-    b"tenant2", b"..", b"clusters", b"a", b"\x00", b"\r", b"\n", b" ", b"@", b":", b"&", b"=",
+    b"/",
+    b".",
+    b"%2e",
+    b"%2E",
+    b"%2f",
+    b"%2F",
+    b"%00",
+    b"\\",
+    b"?",
+    b"#",
+    b";",
+    b"%",
+    b"tenant2",
+    b"..",
+    b"clusters",
+    b"a",
+    b"\x00",
+    b"\r",
+    b"\n",
+    b" ",
+    b"@",
+    b":",
+    b"&",
+    b"=",
 ]
 
 

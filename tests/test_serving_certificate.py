@@ -23,8 +23,10 @@ from tests.support.pki import TestCA
 def served_name(port: int, ca_file: Path) -> str:
     """The common name of the certificate a fresh TLS handshake gets."""
     context = ssl.create_default_context(cafile=str(ca_file))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         der = tls.getpeercert(binary_form=True)
     cert = x509.load_der_x509_certificate(der)
     return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
@@ -65,8 +67,9 @@ def test_the_gateway_serves_the_renewed_certificate_without_a_restart(tmp_path):
     cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
     install(first.cert_file, first.key_file, cert_file, key_file)
     (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "none.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["nobody"]}}}))
+    (tmp_path / "policies" / "none.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["nobody"]}}})
+    )
     config = {
         "tls": {"cert_file": str(cert_file), "key_file": str(key_file), "reload_seconds": 0.1},
         "oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["vgate"]}]},
@@ -74,8 +77,7 @@ def test_the_gateway_serves_the_renewed_certificate_without_a_restart(tmp_path):
     }
     with GatewayThread(tmp_path / "gw", config) as gw:
         assert served_name(gw.port, ca.cert_file) == "first"
-        kept = httpx.Client(verify=ssl.create_default_context(cafile=str(ca.cert_file)),
-                            timeout=5)
+        kept = httpx.Client(verify=ssl.create_default_context(cafile=str(ca.cert_file)), timeout=5)
         assert kept.get(f"https://localhost:{gw.port}/healthz").status_code == 200
         install(second.cert_file, second.key_file, cert_file, key_file)
         deadline = time.monotonic() + 5

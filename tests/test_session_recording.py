@@ -26,15 +26,23 @@ from gateway.sessions.recording import Limits, Recording
 from gateway.sessions.sink import CastFile, DirectorySink, RecordingUnavailable
 from gateway.sessions.writer import RecordingThread
 
-STATUS_EXIT_3 = json.dumps({"status": "Failure", "reason": "NonZeroExitCode", "details": {
-    "causes": [{"reason": "ExitCode", "message": "3"}]}}).encode()
+STATUS_EXIT_3 = json.dumps(
+    {
+        "status": "Failure",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": "3"}]},
+    }
+).encode()
 
 
 def test_policy_tenant_replaces_roles_only_tighten() -> None:
-    config = SessionRecording(mode="best-effort", tenants={
-        "sandbox": {"mode": "off"}, "prod": {"mode": "required", "stdin": "never"}},
-        roles={"cluster-admin": {"mode": "required", "stdin": "always"}, "view": {"mode": "off"}})
+    config = SessionRecording(
+        mode="best-effort",
+        tenants={"sandbox": {"mode": "off"}, "prod": {"mode": "required", "stdin": "never"}},
+        roles={"cluster-admin": {"mode": "required", "stdin": "always"}, "view": {"mode": "off"}},
+    )
     policy = RecordingPolicy(config)
+
     def decide(tenant: str, *roles: str) -> tuple[str, str]:
         decision = policy.decide(tenant, roles)
         return decision.mode, decision.stdin
@@ -82,15 +90,37 @@ class Sink:
         return None
 
 
-def recording(file: SlowFile, *, required: bool, aborted: list[str], stdin: bool = True,
-              buffer: int = 64 << 10, max_bytes: int = 1 << 20
-              ) -> tuple[Recording, RecordingThread]:
+def recording(
+    file: SlowFile,
+    *,
+    required: bool,
+    aborted: list[str],
+    stdin: bool = True,
+    buffer: int = 64 << 10,
+    max_bytes: int = 1 << 20,
+) -> tuple[Recording, RecordingThread]:
     thread = RecordingThread(Sink(file))  # type: ignore[arg-type]
     thread.start()
-    meta = {"session": "s1", "user": "alice", "tenant": "t", "namespace": "ns", "pod": "p",
-            "kind": "exec", "command": ["sh"], "tty": True}
-    rec = Recording("s1", meta, file, thread, Limits(buffer, max_bytes, 0.05), required=required,
-                    stdin=stdin, abort=aborted.append)
+    meta = {
+        "session": "s1",
+        "user": "alice",
+        "tenant": "t",
+        "namespace": "ns",
+        "pod": "p",
+        "kind": "exec",
+        "command": ["sh"],
+        "tty": True,
+    }
+    rec = Recording(
+        "s1",
+        meta,
+        file,
+        thread,
+        Limits(buffer, max_bytes, 0.05),
+        required=required,
+        stdin=stdin,
+        abort=aborted.append,
+    )
     rec.started("spdy", "v4.channel.k8s.io")
     return rec, thread
 
@@ -129,14 +159,14 @@ async def test_a_slow_disk_ends_a_required_session() -> None:
     rec, thread = recording(file, required=True, aborted=aborted)
     for _ in range(200):
         rec.output(b"y" * 4096)
-    assert aborted == ["session recording required, the recording fell behind: the disk did "
-                       "not keep up"]
+    assert aborted == [
+        "session recording required, the recording fell behind: the disk did not keep up"
+    ]
     rec.finish()
     file.go.set()
     await asyncio.to_thread(thread.close)
     _, events = lines(file)
-    assert events[-2][2] == "recording stopped: the recording fell behind: the disk did not " \
-                            "keep up"
+    assert events[-2][2] == "recording stopped: the recording fell behind: the disk did not keep up"
     assert events[-1][2].startswith("exit unknown: ended by the gateway")
 
 
@@ -157,8 +187,9 @@ async def test_a_failing_disk(required: bool) -> None:
 async def test_the_size_limit_cuts_the_cast_and_the_session_goes_on() -> None:
     file, aborted = SlowFile(), []
     file.go.set()
-    rec, thread = recording(file, required=True, aborted=aborted, max_bytes=64 << 10,
-                            buffer=1 << 20)
+    rec, thread = recording(
+        file, required=True, aborted=aborted, max_bytes=64 << 10, buffer=1 << 20
+    )
     for i in range(2000):
         rec.output(b"line %d\r\n" % i)
         rec.input(b"k")
@@ -187,8 +218,16 @@ async def test_stdin_is_left_out_when_not_kept_and_an_unstarted_session_leaves_n
     unstarted = SlowFile()
     thread = RecordingThread(Sink(unstarted))  # type: ignore[arg-type]
     thread.start()
-    Recording("s2", {}, unstarted, thread, Limits(1 << 16, 1 << 20, 0.05), required=True,
-              stdin=True, abort=aborted.append).finish()
+    Recording(
+        "s2",
+        {},
+        unstarted,
+        thread,
+        Limits(1 << 16, 1 << 20, 0.05),
+        required=True,
+        stdin=True,
+        abort=aborted.append,
+    ).finish()
     await asyncio.to_thread(thread.close)
     assert unstarted.discarded and not unstarted.data
 
@@ -197,13 +236,19 @@ def test_directory_sink_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(RecordingUnavailable, match="Not a directory"):
-        DirectorySink(blocker / "casts", max_directory_bytes=1 << 30, max_age_seconds=86400,
-                      min_free_bytes=0).open("s", time.time())
+        DirectorySink(
+            blocker / "casts", max_directory_bytes=1 << 30, max_age_seconds=86400, min_free_bytes=0
+        ).open("s", time.time())
     with pytest.raises(RecordingUnavailable, match="MiB free, less than"):
-        DirectorySink(tmp_path / "casts", max_directory_bytes=1 << 30, max_age_seconds=86400,
-                      min_free_bytes=1 << 60).open("s", time.time())
-    sink = DirectorySink(tmp_path / "casts", max_directory_bytes=1 << 30,
-                         max_age_seconds=86400, min_free_bytes=0)
+        DirectorySink(
+            tmp_path / "casts",
+            max_directory_bytes=1 << 30,
+            max_age_seconds=86400,
+            min_free_bytes=1 << 60,
+        ).open("s", time.time())
+    sink = DirectorySink(
+        tmp_path / "casts", max_directory_bytes=1 << 30, max_age_seconds=86400, min_free_bytes=0
+    )
     file = sink.open("abc-1", time.time())
     assert isinstance(file, CastFile)
     assert oct(file.path.stat().st_mode & 0o777) == "0o600"
@@ -213,8 +258,9 @@ def test_directory_sink_refuses_what_it_cannot_write(tmp_path: Path) -> None:
 
 
 def test_rotation_by_age_then_size_spares_active_sessions(tmp_path: Path) -> None:
-    sink = DirectorySink(tmp_path, max_directory_bytes=3000, max_age_seconds=86400,
-                         min_free_bytes=0)
+    sink = DirectorySink(
+        tmp_path, max_directory_bytes=3000, max_age_seconds=86400, min_free_bytes=0
+    )
     now = time.time()
     ages = {"old": 2 * 86400, "a": 3 * 3600, "b": 2 * 3600, "c": 1.5 * 3600, "fresh": 60}
     for name, age in ages.items():
@@ -231,9 +277,13 @@ def test_play_keeps_bytes_and_timing(tmp_path: Path) -> None:
     path = tmp_path / "x.cast"
     raw = b"\x1b[1mbold\x1b[0m \xff\xfe binary\r\n"
     text = raw.decode("utf-8", "surrogateescape")
-    path.write_bytes(cast.header(80, 24, 0, command="sh", title="t", env={}, vgate={})
-                     + cast.event(0.5, "o", text[:10]) + cast.event(0.6, "i", "typed")
-                     + cast.event(3.5, "o", text[10:]) + cast.event(4.0, "m", "exit 0"))
+    path.write_bytes(
+        cast.header(80, 24, 0, command="sh", title="t", env={}, vgate={})
+        + cast.event(0.5, "o", text[:10])
+        + cast.event(0.6, "i", "typed")
+        + cast.event(3.5, "o", text[10:])
+        + cast.event(4.0, "m", "exit 0")
+    )
     out, pauses = io.BytesIO(), []
     play(path, out, speed=2.0, max_wait=1.0, sleep=pauses.append)
     assert out.getvalue() == raw
@@ -259,10 +309,13 @@ def test_an_unquoted_off_is_the_mode_off() -> None:
 
     from gateway.config.model import GatewayConfig
 
-    config = GatewayConfig.model_validate(yaml.safe_load(
-        "oidc: {issuers: [{issuer: 'https://idp.example.com', audiences: [vgate]}]}\n"
-        "sessions: {recording: {mode: off, tenants: {prod: {mode: required}},"
-        " roles: {view: {mode: off}}}}\n"))
+    config = GatewayConfig.model_validate(
+        yaml.safe_load(
+            "oidc: {issuers: [{issuer: 'https://idp.example.com', audiences: [vgate]}]}\n"
+            "sessions: {recording: {mode: off, tenants: {prod: {mode: required}},"
+            " roles: {view: {mode: off}}}}\n"
+        )
+    )
     recording = config.sessions.recording
     assert recording.mode == "off" and recording.roles["view"].mode == "off"
     assert recording.enabled  # prod requires it

@@ -55,32 +55,40 @@ def test_websocket_frames_agree_with_the_websockets_library(size: int, masked: b
     wire = Frame(Opcode.BINARY, payload).serialize(mask=masked)
     got = []
     for i in range(0, len(wire), 7777):  # in pieces, as reads deliver them
-        got += reader.feed(wire[i:i + 7777])
+        got += reader.feed(wire[i : i + 7777])
     assert got == [(websocket.OP_BINARY, payload)]
 
 
 def test_websocket_fragments_join_and_controls_pass_between() -> None:
-    wire = b"".join([
-        Frame(Opcode.TEXT, b"\x01hel", fin=False).serialize(mask=True),
-        Frame(Opcode.PING, b"are you there").serialize(mask=True),
-        Frame(Opcode.CONT, b"lo", fin=False).serialize(mask=True),
-        Frame(Opcode.CONT, b"!", fin=True).serialize(mask=True),
-        Frame(Opcode.CLOSE, struct.pack(">H", 1000) + b"bye").serialize(mask=True),
-    ])
+    wire = b"".join(
+        [
+            Frame(Opcode.TEXT, b"\x01hel", fin=False).serialize(mask=True),
+            Frame(Opcode.PING, b"are you there").serialize(mask=True),
+            Frame(Opcode.CONT, b"lo", fin=False).serialize(mask=True),
+            Frame(Opcode.CONT, b"!", fin=True).serialize(mask=True),
+            Frame(Opcode.CLOSE, struct.pack(">H", 1000) + b"bye").serialize(mask=True),
+        ]
+    )
     reader = websocket.Reader(masked=True)
-    messages = [m for i in range(len(wire)) for m in reader.feed(wire[i:i + 1])]  # byte by byte
-    assert messages == [(websocket.OP_PING, b"are you there"), (websocket.OP_TEXT, b"\x01hello!"),
-                        (websocket.OP_CLOSE, b"\x03\xe8bye")]
+    messages = [m for i in range(len(wire)) for m in reader.feed(wire[i : i + 1])]  # byte by byte
+    assert messages == [
+        (websocket.OP_PING, b"are you there"),
+        (websocket.OP_TEXT, b"\x01hello!"),
+        (websocket.OP_CLOSE, b"\x03\xe8bye"),
+    ]
     assert websocket.close_code(messages[-1].payload) == 1000
 
 
-@pytest.mark.parametrize("wire", [
-    Frame(Opcode.BINARY, b"x").serialize(mask=False),  # a client frame must be masked
-    Frame(Opcode.CONT, b"x").serialize(mask=True),  # nothing to continue
-    websocket.encode(websocket.OP_PING, b"x" * 126, masked=True),  # control frames are short
-    bytes([0x83, 0x80, 0, 0, 0, 0]),  # a reserved opcode
-    bytes([0x82, 0xFF]) + struct.pack(">Q", 1 << 40) + b"mask",  # bigger than the bound
-])
+@pytest.mark.parametrize(
+    "wire",
+    [
+        Frame(Opcode.BINARY, b"x").serialize(mask=False),  # a client frame must be masked
+        Frame(Opcode.CONT, b"x").serialize(mask=True),  # nothing to continue
+        websocket.encode(websocket.OP_PING, b"x" * 126, masked=True),  # control frames are short
+        bytes([0x83, 0x80, 0, 0, 0, 0]),  # a reserved opcode
+        bytes([0x82, 0xFF]) + struct.pack(">Q", 1 << 40) + b"mask",  # bigger than the bound
+    ],
+)
 def test_websocket_violations_are_protocol_errors(wire: bytes) -> None:
     with pytest.raises(websocket.ProtocolError):
         websocket.Reader(masked=True, max_message=1 << 20).feed(wire)
@@ -124,10 +132,14 @@ def test_spdy_header_block_bomb_is_bounded() -> None:
 
 def test_spdy_frames_match_the_stand_ins_layout() -> None:
     writer = spdy.HeaderWriter()
-    wire = (spdy.syn_stream(3, writer.block({"streamtype": "stdin"}))
-            + spdy.data(3, b"typed", fin=True) + spdy.ping(7) + spdy.goaway(3))
+    wire = (
+        spdy.syn_stream(3, writer.block({"streamtype": "stdin"}))
+        + spdy.data(3, b"typed", fin=True)
+        + spdy.ping(7)
+        + spdy.goaway(3)
+    )
     reader = spdy.Reader()
-    frames = [f for i in range(0, len(wire), 5) for f in reader.feed(wire[i:i + 5])]
+    frames = [f for i in range(0, len(wire), 5) for f in reader.feed(wire[i : i + 5])]
     syn, data, ping, goaway = frames
     assert isinstance(syn, spdy.Control) and syn.type == spdy.SYN_STREAM
     parsed = fake_spdy.parse_syn_stream(syn.body)
@@ -150,14 +162,26 @@ def test_spdy_violations_are_protocol_errors() -> None:
 # --- the Kubernetes channel rules ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("payload", "code"), [
-    (b'{"metadata":{},"status":"Success"}', 0),
-    (json.dumps({"status": "Failure", "reason": "NonZeroExitCode", "message": "exit 3",
-                 "details": {"causes": [{"reason": "ExitCode", "message": "3"}]}}).encode(), 3),
-    (b'{"status":"Failure","reason":"InternalError","message":"container gone"}', None),
-    (b"plain text from a v1 server", None),
-    (b"", None),
-])
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b'{"metadata":{},"status":"Success"}', 0),
+        (
+            json.dumps(
+                {
+                    "status": "Failure",
+                    "reason": "NonZeroExitCode",
+                    "message": "exit 3",
+                    "details": {"causes": [{"reason": "ExitCode", "message": "3"}]},
+                }
+            ).encode(),
+            3,
+        ),
+        (b'{"status":"Failure","reason":"InternalError","message":"container gone"}', None),
+        (b"plain text from a v1 server", None),
+        (b"", None),
+    ],
+)
 def test_exit_status_from_the_error_channel(payload: bytes, code: int | None) -> None:
     assert channels.exit_status(payload).code == code
 
@@ -172,24 +196,31 @@ def test_resize_objects_split_and_joined() -> None:
 # --- requests, heads, discovery ----------------------------------------------------------------
 
 
-def request(upgrade: str, query: str = "command=sh&stdin=true&stdout=true&tty=true",
-            kind: str = "exec") -> StreamRequest:
+def request(
+    upgrade: str, query: str = "command=sh&stdin=true&stdout=true&tty=true", kind: str = "exec"
+) -> StreamRequest:
     fields = [(b"Upgrade", upgrade.encode()), (b"Connection", b"Upgrade")]
     if upgrade == "websocket":
-        fields += [(b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
-                   (b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io, v4.channel.k8s.io")]
+        fields += [
+            (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            (b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io, v4.channel.k8s.io"),
+        ]
     else:
-        fields += [(b"X-Stream-Protocol-Version", p) for p in (b"v5.channel.k8s.io",
-                                                               b"v4.channel.k8s.io")]
-    found = StreamRequest.of(f"/api/v1/namespaces/ns/pods/web-0/{kind}?{query}".encode(),
-                             RequestHeaders.of(fields))
+        fields += [
+            (b"X-Stream-Protocol-Version", p) for p in (b"v5.channel.k8s.io", b"v4.channel.k8s.io")
+        ]
+    found = StreamRequest.of(
+        f"/api/v1/namespaces/ns/pods/web-0/{kind}?{query}".encode(), RequestHeaders.of(fields)
+    )
     assert found is not None
     return found
 
 
 def test_stream_request_reads_the_query_and_offers() -> None:
-    r = request("websocket", "command=sh&command=-c&command=echo%20hi&container=app&tty=1"
-                             "&stdin=true&stdout=true")
+    r = request(
+        "websocket",
+        "command=sh&command=-c&command=echo%20hi&container=app&tty=1&stdin=true&stdout=true",
+    )
     assert (r.kind, r.namespace, r.pod, r.container) == ("exec", "ns", "web-0", "app")
     assert r.command == ("sh", "-c", "echo hi") and r.tty and r.stdin and not r.stderr
     assert r.client == WEBSOCKET and r.client_protocol() == channels.V5
@@ -197,19 +228,26 @@ def test_stream_request_reads_the_query_and_offers() -> None:
     assert StreamRequest.of(b"/api/v1/namespaces/ns/pods/web-0/log", RequestHeaders()) is None
 
 
-NATIVE = (b"GET /api/v1/namespaces/ns/pods/web-0/exec?command=sh HTTP/1.1\r\nHost: t\r\n"
-          b"Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\nUser-Agent: kubectl\r\n"
-          b"Sec-WebSocket-Protocol: v5.channel.k8s.io\r\nAuthorization: Bearer gw\r\n"
-          b"Impersonate-User: alice\r\nAudit-ID: id-1\r\nConnection: Upgrade\r\n"
-          b"Upgrade: websocket\r\n\r\n")
+NATIVE = (
+    b"GET /api/v1/namespaces/ns/pods/web-0/exec?command=sh HTTP/1.1\r\nHost: t\r\n"
+    b"Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\nUser-Agent: kubectl\r\n"
+    b"Sec-WebSocket-Protocol: v5.channel.k8s.io\r\nAuthorization: Bearer gw\r\n"
+    b"Impersonate-User: alice\r\nAudit-ID: id-1\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\n\r\n"
+)
 
 
 def test_a_bridged_head_keeps_identity_and_swaps_the_upgrade() -> None:
     head = request("websocket").tenant_head(NATIVE, SPDY, b"")
     lines = head.split(b"\r\n")
     assert lines[0] == b"POST /api/v1/namespaces/ns/pods/web-0/exec?command=sh HTTP/1.1"
-    for kept in (b"Host: t", b"User-Agent: kubectl", b"Authorization: Bearer gw",
-                 b"Impersonate-User: alice", b"Audit-ID: id-1"):
+    for kept in (
+        b"Host: t",
+        b"User-Agent: kubectl",
+        b"Authorization: Bearer gw",
+        b"Impersonate-User: alice",
+        b"Audit-ID: id-1",
+    ):
         assert kept in lines
     assert not [line for line in lines if line.lower().startswith(b"sec-websocket")]
     assert b"Upgrade: SPDY/3.1" in lines
@@ -258,8 +296,13 @@ def test_a_bridged_switch_must_answer_the_gateways_key() -> None:
     session.head(NATIVE)
     session.retry_head(400, [])
     with pytest.raises(UnusableSwitch, match="Sec-WebSocket-Accept"):
-        session.switched([(b"Sec-WebSocket-Accept", b"wrong"),
-                          (b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io")], b"id")
+        session.switched(
+            [
+                (b"Sec-WebSocket-Accept", b"wrong"),
+                (b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io"),
+            ],
+            b"id",
+        )
 
 
 # --- bridges and observers, frame by frame ------------------------------------------------------
@@ -306,32 +349,50 @@ def ws_messages(data: bytes, *, masked: bool) -> list[tuple[int, bytes]]:
 def test_websocket_client_to_spdy_tenant_exec() -> None:
     wire, events = Wire(), Events()
     bridge = remotecommand.WebSocketClientSpdyTenant(
-        wire.ends, request("websocket"), channels.V5, ChannelTap(events))
+        wire.ends, request("websocket"), channels.V5, ChannelTap(events)
+    )
     bridge.start()
     tenant_frames = spdy.Reader().feed(bytes(wire.tenant))
     reader = fake_spdy.HeaderDecompressor()
-    opened = {f.body[3]: reader.decompress(fake_spdy.parse_syn_stream(f.body).block)
-              for f in tenant_frames}
+    opened = {
+        f.body[3]: reader.decompress(fake_spdy.parse_syn_stream(f.body).block)
+        for f in tenant_frames
+    }
     # a TTY with stdin: error, stdin, stdout, resize (no stderr), as client-go opens them
-    assert opened == {1: {"streamtype": ["error"]}, 3: {"streamtype": ["stdin"]},
-                      5: {"streamtype": ["stdout"]}, 7: {"streamtype": ["resize"]}}
+    assert opened == {
+        1: {"streamtype": ["error"]},
+        3: {"streamtype": ["stdin"]},
+        5: {"streamtype": ["stdout"]},
+        7: {"streamtype": ["resize"]},
+    }
     wire.tenant.clear()
-    bridge.from_client(ws_client(4, b'{"Width":90,"Height":20}') + ws_client(0, b"ls\r")
-                       + ws_client(255, b"\x00")
-                       + websocket.encode(websocket.OP_PING, b"hb", masked=True))
+    bridge.from_client(
+        ws_client(4, b'{"Width":90,"Height":20}')
+        + ws_client(0, b"ls\r")
+        + ws_client(255, b"\x00")
+        + websocket.encode(websocket.OP_PING, b"hb", masked=True)
+    )
     assert spdy.Reader().feed(bytes(wire.tenant)) == [
-        spdy.Data(7, 0, b'{"Width":90,"Height":20}'), spdy.Data(3, 0, b"ls\r"),
-        spdy.Data(3, spdy.FLAG_FIN, b"")]
+        spdy.Data(7, 0, b'{"Width":90,"Height":20}'),
+        spdy.Data(3, 0, b"ls\r"),
+        spdy.Data(3, spdy.FLAG_FIN, b""),
+    ]
     assert ws_messages(bytes(wire.client), masked=False) == [(websocket.OP_PONG, b"hb")]
     wire.client.clear()
     status = b'{"metadata":{},"status":"Success"}'
     fake_out = fake_spdy.HeaderCompressor()
-    bridge.from_tenant(fake_spdy.syn_reply(1, fake_out.compress({}))
-                       + fake_spdy.data(5, b"file\r\n") + fake_spdy.data(5, b"", fin=True)
-                       + fake_spdy.data(1, status) + fake_spdy.data(1, b"", fin=True))
+    bridge.from_tenant(
+        fake_spdy.syn_reply(1, fake_out.compress({}))
+        + fake_spdy.data(5, b"file\r\n")
+        + fake_spdy.data(5, b"", fin=True)
+        + fake_spdy.data(1, status)
+        + fake_spdy.data(1, b"", fin=True)
+    )
     messages = ws_messages(bytes(wire.client), masked=False)
-    assert messages[:2] == [(websocket.OP_BINARY, b"\x01file\r\n"),
-                            (websocket.OP_BINARY, b"\x03" + status)]
+    assert messages[:2] == [
+        (websocket.OP_BINARY, b"\x01file\r\n"),
+        (websocket.OP_BINARY, b"\x03" + status),
+    ]
     assert messages[2][0] == websocket.OP_CLOSE and websocket.close_code(messages[2][1]) == 1000
     assert wire.ended == [""]
     assert events.got == [("r", (90, 20)), ("i", b"ls\r"), ("o", b"file\r\n"), ("status", status)]
@@ -344,24 +405,36 @@ async def test_spdy_client_to_websocket_tenant_exec_waits_for_late_streams() -> 
     req = request("SPDY/3.1", "command=echo&stdout=true&stderr=true")
     bridge = remotecommand.SpdyClientWebSocketTenant(wire.ends, req, channels.V5, None)
     status = b'{"metadata":{},"status":"Success"}'
-    tenant = (websocket.encode(websocket.OP_BINARY, b"\x01hi\n", masked=False)
-              + websocket.encode(websocket.OP_BINARY, b"\x03" + status, masked=False)
-              + websocket.encode(websocket.OP_CLOSE, websocket.close_payload(1000), masked=False))
+    tenant = (
+        websocket.encode(websocket.OP_BINARY, b"\x01hi\n", masked=False)
+        + websocket.encode(websocket.OP_BINARY, b"\x03" + status, masked=False)
+        + websocket.encode(websocket.OP_CLOSE, websocket.close_payload(1000), masked=False)
+    )
     bridge.from_tenant(tenant)
     assert wire.ended == [] and bridge.tenant_closed() is True  # the client is still due
     (close,) = ws_messages(bytes(wire.tenant), masked=True)
     assert close[0] == websocket.OP_CLOSE  # the tenant's close was answered
     headers = fake_spdy.HeaderCompressor()
-    bridge.from_client(b"".join(fake_spdy.control(fake_spdy.SYN_STREAM, struct.pack(
-        ">IIBB", sid, 0, 0, 0) + headers.compress({"streamtype": [kind]}))
-        for sid, kind in ((1, "error"), (3, "stdout"), (5, "stderr"))))
+    bridge.from_client(
+        b"".join(
+            fake_spdy.control(
+                fake_spdy.SYN_STREAM,
+                struct.pack(">IIBB", sid, 0, 0, 0) + headers.compress({"streamtype": [kind]}),
+            )
+            for sid, kind in ((1, "error"), (3, "stdout"), (5, "stderr"))
+        )
+    )
     frames = spdy.Reader().feed(bytes(wire.client))
     replies = [f for f in frames if isinstance(f, spdy.Control)]
     assert [spdy.stream_id_of(r.body) for r in replies] == [1, 3, 5]
     data = [f for f in frames if isinstance(f, spdy.Data)]
-    assert data == [spdy.Data(3, 0, b"hi\n"), spdy.Data(1, 0, status),
-                    spdy.Data(3, spdy.FLAG_FIN, b""), spdy.Data(5, spdy.FLAG_FIN, b""),
-                    spdy.Data(1, spdy.FLAG_FIN, b"")]
+    assert data == [
+        spdy.Data(3, 0, b"hi\n"),
+        spdy.Data(1, 0, status),
+        spdy.Data(3, spdy.FLAG_FIN, b""),
+        spdy.Data(5, spdy.FLAG_FIN, b""),
+        spdy.Data(1, spdy.FLAG_FIN, b""),
+    ]
     assert wire.ended == [""]
 
 
@@ -370,12 +443,19 @@ def test_spdy_client_stdin_end_becomes_v5s_close_message() -> None:
     req = request("SPDY/3.1", "command=cat&stdin=true&stdout=true")
     bridge = remotecommand.SpdyClientWebSocketTenant(wire.ends, req, channels.V5, None)
     headers = fake_spdy.HeaderCompressor()
-    bridge.from_client(fake_spdy.control(fake_spdy.SYN_STREAM, struct.pack(">IIBB", 3, 0, 0, 0)
-                                         + headers.compress({"streamtype": ["stdin"]}))
-                       + fake_spdy.data(3, b"abc") + fake_spdy.data(3, b"", fin=True)
-                       + fake_spdy.ping(1))
+    bridge.from_client(
+        fake_spdy.control(
+            fake_spdy.SYN_STREAM,
+            struct.pack(">IIBB", 3, 0, 0, 0) + headers.compress({"streamtype": ["stdin"]}),
+        )
+        + fake_spdy.data(3, b"abc")
+        + fake_spdy.data(3, b"", fin=True)
+        + fake_spdy.ping(1)
+    )
     assert ws_messages(bytes(wire.tenant), masked=True) == [
-        (websocket.OP_BINARY, b"\x00abc"), (websocket.OP_BINARY, b"\xff\x00")]
+        (websocket.OP_BINARY, b"\x00abc"),
+        (websocket.OP_BINARY, b"\xff\x00"),
+    ]
     assert spdy.Reader().feed(bytes(wire.client))[-1] == spdy.Control(spdy.PING, 0, b"\0\0\0\1")
 
 
@@ -383,8 +463,10 @@ def test_port_forward_rides_tunnelled_and_plain() -> None:
     wire = Wire()
     bridge = portforward.WebSocketClientSpdyTenant(wire.ends)
     spdy_bytes = fake_spdy.ping(1) + fake_spdy.data(3, b"payload")
-    bridge.from_client(websocket.encode(websocket.OP_BINARY, spdy_bytes[:5], masked=True)
-                       + websocket.encode(websocket.OP_BINARY, spdy_bytes[5:], masked=True))
+    bridge.from_client(
+        websocket.encode(websocket.OP_BINARY, spdy_bytes[:5], masked=True)
+        + websocket.encode(websocket.OP_BINARY, spdy_bytes[5:], masked=True)
+    )
     assert bytes(wire.tenant) == spdy_bytes
     bridge.from_tenant(b"reply")
     assert ws_messages(bytes(wire.client), masked=False) == [(websocket.OP_BINARY, b"reply")]
@@ -392,8 +474,10 @@ def test_port_forward_rides_tunnelled_and_plain() -> None:
     reverse = portforward.SpdyClientWebSocketTenant(back.ends)
     reverse.from_client(spdy_bytes)
     assert ws_messages(bytes(back.tenant), masked=True) == [(websocket.OP_BINARY, spdy_bytes)]
-    reverse.from_tenant(websocket.encode(websocket.OP_BINARY, b"answer", masked=False)
-                        + websocket.encode(websocket.OP_CLOSE, b"\x03\xe8", masked=False))
+    reverse.from_tenant(
+        websocket.encode(websocket.OP_BINARY, b"answer", masked=False)
+        + websocket.encode(websocket.OP_CLOSE, b"\x03\xe8", masked=False)
+    )
     assert bytes(back.client) == b"answer" and back.ended == [""]
 
 
@@ -408,8 +492,13 @@ def test_observers_see_both_directions_without_changing_them() -> None:
     observer = SpdyObserver(ChannelTap(events))
     client_headers, tenant_headers = fake_spdy.HeaderCompressor(), fake_spdy.HeaderCompressor()
     for sid, kind in ((1, "error"), (3, "stdin"), (5, "stdout")):
-        observer.client(fake_spdy.control(fake_spdy.SYN_STREAM, struct.pack(
-            ">IIBB", sid, 0, 0, 0) + client_headers.compress({"streamtype": [kind]})))
+        observer.client(
+            fake_spdy.control(
+                fake_spdy.SYN_STREAM,
+                struct.pack(">IIBB", sid, 0, 0, 0)
+                + client_headers.compress({"streamtype": [kind]}),
+            )
+        )
         observer.tenant(fake_spdy.syn_reply(sid, tenant_headers.compress({})))
     observer.client(fake_spdy.data(3, b"typed"))
     observer.tenant(fake_spdy.data(5, b"shown") + fake_spdy.data(1, b"{}"))

@@ -33,21 +33,31 @@ class Reviewer:
         self.reviews = 0
 
     async def __call__(self, head: bytes, reader, writer) -> bool:
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]) \
-            if b"content-length: " in head.lower() else 0
+        length = (
+            int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if b"content-length: " in head.lower()
+            else 0
+        )
         body = json.loads(await reader.readexactly(length)) if length else {}
         status = 200
         if b"tokenreviews" in head.split(b"\r\n")[0]:
             status = self.status
             self.reviews += 1
             user = self.users.get(body["spec"]["token"])
-            answer = {"status": {"authenticated": user is not None, "user": user or {},
-                                 "error": None if user else "invalid bearer token"}}
+            answer = {
+                "status": {
+                    "authenticated": user is not None,
+                    "user": user or {},
+                    "error": None if user else "invalid bearer token",
+                }
+            }
         else:
             answer = {"kind": "List", "items": []}
         data = json.dumps(answer).encode()
-        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%b" % (status, len(data), data))
+        writer.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (status, len(data), data)
+        )
         await writer.drain()
         return True
 
@@ -62,29 +72,48 @@ def reviewer(upstream: ScriptedUpstream) -> Iterator[Reviewer]:
 
 
 def tenant(port: int) -> Upstream:
-    return Upstream(name="t1", host="127.0.0.1", port=port, ssl=None, server_hostname=None,
-                    authorization=lambda: b"Bearer gateway", token_passthrough=True)
+    return Upstream(
+        name="t1",
+        host="127.0.0.1",
+        port=port,
+        ssl=None,
+        server_hostname=None,
+        authorization=lambda: b"Bearer gateway",
+        token_passthrough=True,
+    )
 
 
 def test_a_refusing_or_absent_tenant_is_named_or_unavailable_and_not_cached(
-        reviewer: Reviewer, upstream: ScriptedUpstream, caplog) -> None:
+    reviewer: Reviewer, upstream: ScriptedUpstream, caplog
+) -> None:
     async def scenario() -> None:
         tokens = TenantTokens(TokenReview(), TenantApi())
         reviewer.status = 403
         # a lasting misconfiguration, named (not "try again"), and logged
-        with pytest.raises(CredentialRefused,
-                           match=r"create authentication\.k8s\.io/tokenreviews \(HTTP 403\)"):
+        with pytest.raises(
+            CredentialRefused, match=r"create authentication\.k8s\.io/tokenreviews \(HTTP 403\)"
+        ):
             await tokens.authenticate(tenant(upstream.port), "opaque")
         assert "create authentication.k8s.io/tokenreviews" in caplog.text
         reviewer.status = 201
-        reviewer.users["opaque"] = {"username": "system:serviceaccount:ci:bot", "uid": "1",
-                                    "groups": ["system:serviceaccounts"]}
+        reviewer.users["opaque"] = {
+            "username": "system:serviceaccount:ci:bot",
+            "uid": "1",
+            "groups": ["system:serviceaccounts"],
+        }
         identity = await tokens.authenticate(tenant(upstream.port), "opaque")
         assert identity.reviewed_by == "t1"
         assert identity.username == "system:serviceaccount:ci:bot"
         assert reviewer.reviews == 2
-        dead = Upstream(name="t2", host="127.0.0.1", port=1, ssl=None, server_hostname=None,
-                        authorization=None, token_passthrough=True)
+        dead = Upstream(
+            name="t2",
+            host="127.0.0.1",
+            port=1,
+            ssl=None,
+            server_hostname=None,
+            authorization=None,
+            token_passthrough=True,
+        )
         with pytest.raises(ReviewUnavailable, match="ConnectError"):
             await tokens.authenticate(dead, "opaque")
         await tokens.api.close()
@@ -92,8 +121,7 @@ def test_a_refusing_or_absent_tenant_is_named_or_unavailable_and_not_cached(
     asyncio.run(scenario())
 
 
-def test_unusable_answers_are_rejections(reviewer: Reviewer, upstream: ScriptedUpstream
-                                         ) -> None:
+def test_unusable_answers_are_rejections(reviewer: Reviewer, upstream: ScriptedUpstream) -> None:
     async def scenario() -> None:
         tokens = TenantTokens(TokenReview(), TenantApi())
         reviewer.users["bad"] = {"username": "evil\r\nImpersonate-User: admin", "uid": ""}
@@ -124,18 +152,24 @@ def test_the_answer_cache_is_bounded(reviewer: Reviewer, upstream: ScriptedUpstr
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, issuer: CraftingIssuer, upstream: ScriptedUpstream
-            ) -> Iterator[GatewayThread]:
+def gateway(
+    tmp_path: Path, issuer: CraftingIssuer, upstream: ScriptedUpstream
+) -> Iterator[GatewayThread]:
     config = crafted_config(
-        tmp_path, issuer.issuer, upstream.port, ("t1",),
+        tmp_path,
+        issuer.issuer,
+        upstream.port,
+        ("t1",),
         {"all.yaml": {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}},
-        tenant_options={"token_passthrough": True})
+        tenant_options={"token_passthrough": True},
+    )
     with GatewayThread(tmp_path, config) as gw:
         yield gw
 
 
 def test_the_gateway_answers_503_when_the_tenant_cannot_review(
-        gateway: GatewayThread, reviewer: Reviewer, upstream: ScriptedUpstream) -> None:
+    gateway: GatewayThread, reviewer: Reviewer, upstream: ScriptedUpstream
+) -> None:
     reviewer.status = 500
     r = httpx.get(f"{gateway.url}/clusters/t1/api", headers={"Authorization": "Bearer xyz"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"

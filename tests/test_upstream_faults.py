@@ -30,27 +30,38 @@ HEAD_LIMIT = 65536  # the default `upstream.max_response_head_bytes`
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, issuer: CraftingIssuer
-          ) -> Iterator[tuple[GatewayThread, ScriptedUpstream, ScriptedUpstream]]:
+def world(
+    tmp_path_factory, issuer: CraftingIssuer
+) -> Iterator[tuple[GatewayThread, ScriptedUpstream, ScriptedUpstream]]:
     d = tmp_path_factory.mktemp("faults")
     ca = TestCA(d / "pki")
     leaf = ca.issue("upstream", ["127.0.0.1"])
     good = ScriptedUpstream(server_context(leaf.cert_file, leaf.key_file))
     bad = ScriptedUpstream(server_context(leaf.cert_file, leaf.key_file))
     (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (d / "policies" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     (d / "token").write_text("upstream-secret\n")
     config = {
         "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [
+                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
+            ]
+        },
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
         "upstream": {"response_timeout_seconds": RESPONSE_TIMEOUT},
-        "tenants": [{"name": name, "upstream": f"https://127.0.0.1:{up.port}",
-                     "ca_file": str(ca.cert_file), "token_file": str(d / "token")}
-                    for name, up in (("good", good), ("hostile", bad))],
+        "tenants": [
+            {
+                "name": name,
+                "upstream": f"https://127.0.0.1:{up.port}",
+                "ca_file": str(ca.cert_file),
+                "token_file": str(d / "token"),
+            }
+            for name, up in (("good", good), ("hostile", bad))
+        ],
     }
     with GatewayThread(d, config) as gw:
         yield gw, good, bad
@@ -63,8 +74,9 @@ def client(world, issuer: CraftingIssuer) -> Iterator[httpx.Client]:
     gw, _, bad = world
     bad.handler = bad.default
     token = issuer.sign(issuer.claims())
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=10) as c:
+    with httpx.Client(
+        base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    ) as c:
         yield c
 
 
@@ -87,16 +99,18 @@ def test_endless_response_head_is_cut_with_502_naming_the_tenant(world, client, 
     assert client.get("/clusters/good/api/v1/pods").status_code == 200
 
 
-def test_head_just_under_the_limit_in_small_reads_after_100_continue_passes(
-        world, client) -> None:
+def test_head_just_under_the_limit_in_small_reads_after_100_continue_passes(world, client) -> None:
     _, _, bad = world
     filler = b"X-Filler: " + b"f" * (HEAD_LIMIT - 200) + b"\r\n"
 
     async def slow_but_fine(head, reader, writer) -> bool:
-        answer = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n" + filler +
-                  b"Content-Length: 2\r\n\r\n{}")
+        answer = (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+            + filler
+            + b"Content-Length: 2\r\n\r\n{}"
+        )
         for i in range(0, len(answer), 997):  # pieces that split the blank lines too
-            writer.write(answer[i:i + 997])
+            writer.write(answer[i : i + 997])
             await writer.drain()
         return True
 
@@ -130,10 +144,13 @@ def test_an_upgrade_gets_504_when_no_head_comes_in_time(world, issuer) -> None:
     bad.handler = HOSTILE["hang"]
     token = issuer.sign(issuer.claims())
     with socket.create_connection(("127.0.0.1", gw.port), timeout=RESPONSE_TIMEOUT * 5) as s:
-        s.sendall(b"POST /clusters/hostile/api/v1/namespaces/d/pods/p/exec?command=sh HTTP/1.1\r\n"
-                  b"Host: x\r\nAuthorization: Bearer " + token.encode() +
-                  b"\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-                  b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+        s.sendall(
+            b"POST /clusters/hostile/api/v1/namespaces/d/pods/p/exec?command=sh HTTP/1.1\r\n"
+            b"Host: x\r\nAuthorization: Bearer "
+            + token.encode()
+            + b"\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+        )
         start = time.monotonic()
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 504 ")
@@ -153,26 +170,43 @@ def test_a_watch_on_a_pooled_connection_to_a_tenant_that_hangs_gets_504(world, c
     assert r.status_code == 504
 
 
-UNAUTHORIZED = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                           "status": "Failure", "message": "Unauthorized",
-                           "reason": "Unauthorized", "code": 401}).encode()
-FORBIDDEN = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                        "status": "Failure", "reason": "Forbidden", "code": 403,
-                        "message": 'pods is forbidden: User "alice" cannot list resource '
-                                   '"pods"'}).encode()
+UNAUTHORIZED = json.dumps(
+    {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Unauthorized",
+        "reason": "Unauthorized",
+        "code": 401,
+    }
+).encode()
+FORBIDDEN = json.dumps(
+    {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "reason": "Forbidden",
+        "code": 403,
+        "message": 'pods is forbidden: User "alice" cannot list resource "pods"',
+    }
+).encode()
 
 
 def answer(code: int, body: bytes):
     async def handler(head, reader, writer) -> bool:
-        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%b" % (code, len(body), body))
+        writer.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (code, len(body), body)
+        )
         await writer.drain()
         return True
+
     return handler
 
 
-def test_401_from_the_tenant_blames_the_gateway_credential_until_it_works(world, client
-                                                                         ) -> None:
+def test_401_from_the_tenant_blames_the_gateway_credential_until_it_works(world, client) -> None:
     _, _, bad = world
     bad.handler = answer(401, UNAUTHORIZED)
     for _ in range(2):

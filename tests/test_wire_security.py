@@ -29,26 +29,44 @@ HEAD_TIMEOUT = 1.2
 
 def _config(d: Path, issuer: CraftingIssuer, upstream: ScriptedUpstream, **limits) -> dict:
     (d / "policies").mkdir(exist_ok=True)
-    (d / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (d / "policies" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     (d / "token").write_text("upstream-secret\n")
     return {
         "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email", "username_prefix": "oidc:"}]},
+        "oidc": {
+            "issuers": [
+                {
+                    "issuer": issuer.issuer,
+                    "audiences": ["vgate"],
+                    "username_claim": "email",
+                    "username_prefix": "oidc:",
+                }
+            ]
+        },
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
-        "limits": {"first_byte_timeout_seconds": FIRST_BYTE,
-                   "request_head_timeout_seconds": HEAD_TIMEOUT,
-                   "keepalive_timeout_seconds": 5, **limits},
-        "tenants": [{"name": "live", "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(d / "token")}],
+        "limits": {
+            "first_byte_timeout_seconds": FIRST_BYTE,
+            "request_head_timeout_seconds": HEAD_TIMEOUT,
+            "keepalive_timeout_seconds": 5,
+            **limits,
+        },
+        "tenants": [
+            {
+                "name": "live",
+                "upstream": f"http://127.0.0.1:{upstream.port}",
+                "token_file": str(d / "token"),
+            }
+        ],
     }
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, issuer: CraftingIssuer,
-            upstream: ScriptedUpstream) -> Iterator[GatewayThread]:
+def gateway(
+    tmp_path_factory, issuer: CraftingIssuer, upstream: ScriptedUpstream
+) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("wire")
     with GatewayThread(d, _config(d, issuer, upstream)) as gw:
         yield gw
@@ -98,11 +116,27 @@ def _body(reply: bytes) -> dict:
     return json.loads(reply.partition(b"\r\n\r\n")[2])
 
 
-def _get(token: bytes, *, target: bytes = b"/clusters/live/api", host: bytes = b"gw.test",
-         extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
-    return (b"GET " + target + b" " + version + b"\r\nHost: " + host
-            + b"\r\nAuthorization: Bearer " + token + b"\r\n" + extra
-            + b"Connection: close\r\n\r\n")
+def _get(
+    token: bytes,
+    *,
+    target: bytes = b"/clusters/live/api",
+    host: bytes = b"gw.test",
+    extra: bytes = b"",
+    version: bytes = b"HTTP/1.1",
+) -> bytes:
+    return (
+        b"GET "
+        + target
+        + b" "
+        + version
+        + b"\r\nHost: "
+        + host
+        + b"\r\nAuthorization: Bearer "
+        + token
+        + b"\r\n"
+        + extra
+        + b"Connection: close\r\n\r\n"
+    )
 
 
 def _upstream_header_names(head: bytes) -> list[bytes]:
@@ -117,16 +151,32 @@ def test_a_valid_request_goes_through(gateway, token, upstream) -> None:
 
 # -- 2. upgrades: only what kubectl tunnels; bytes before the 101 are bounded --------------
 
-@pytest.mark.parametrize("upgrade", [
-    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n", b"Upgrade: HTTP/2.0\r\n",
-    b"Upgrade: TLS/1.2\r\n", b"Upgrade: SPDY/3\r\n", b"Upgrade: websocket, h2c\r\n",
-    b"Upgrade: websocket\r\nUpgrade: h2c\r\n", b"Upgrade: irc/6.9\r\n", b"Upgrade: websockets\r\n",
-])
-def test_upgrades_other_than_websocket_and_spdy_are_refused(gateway, token, upstream,
-                                                            upgrade: bytes) -> None:
-    raw = (b"GET /clusters/live/api/v1/pods?watch=true HTTP/1.1\r\nHost: gw.test\r\n"
-           b"Authorization: Bearer " + token + b"\r\nConnection: Upgrade\r\n" + upgrade
-           + b"\r\n" + b"x" * 4096)
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+        b"Upgrade: HTTP/2.0\r\n",
+        b"Upgrade: TLS/1.2\r\n",
+        b"Upgrade: SPDY/3\r\n",
+        b"Upgrade: websocket, h2c\r\n",
+        b"Upgrade: websocket\r\nUpgrade: h2c\r\n",
+        b"Upgrade: irc/6.9\r\n",
+        b"Upgrade: websockets\r\n",
+    ],
+)
+def test_upgrades_other_than_websocket_and_spdy_are_refused(
+    gateway, token, upstream, upgrade: bytes
+) -> None:
+    raw = (
+        b"GET /clusters/live/api/v1/pods?watch=true HTTP/1.1\r\nHost: gw.test\r\n"
+        b"Authorization: Bearer "
+        + token
+        + b"\r\nConnection: Upgrade\r\n"
+        + upgrade
+        + b"\r\n"
+        + b"x" * 4096
+    )
     reply = _exchange(gateway, raw)
     assert _status(reply) == 400
     assert _body(reply)["kind"] == "Status" and "unsupported upgrade" in _body(reply)["message"]
@@ -134,8 +184,10 @@ def test_upgrades_other_than_websocket_and_spdy_are_refused(gateway, token, upst
 
 
 def test_connect_is_refused(gateway, token, upstream) -> None:
-    raw = (b"CONNECT live.k8s.test:443 HTTP/1.1\r\nHost: live.k8s.test:443\r\n"
-           b"Authorization: Bearer " + token + b"\r\n\r\n")
+    raw = (
+        b"CONNECT live.k8s.test:443 HTTP/1.1\r\nHost: live.k8s.test:443\r\n"
+        b"Authorization: Bearer " + token + b"\r\n\r\n"
+    )
     assert _status(_exchange(gateway, raw)) == 405
     assert upstream.heads == []
 
@@ -143,17 +195,24 @@ def test_connect_is_refused(gateway, token, upstream) -> None:
 @pytest.mark.parametrize("upgrade", [b"websocket", b"SPDY/3.1"])
 def test_kubectl_upgrades_still_tunnel(gateway, token, upstream, upgrade: bytes) -> None:
     async def echo(head, reader, writer) -> bool:
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                     b"Upgrade: " + upgrade + b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            b"Upgrade: " + upgrade + b"\r\n\r\n"
+        )
         while data := await reader.read(65536):
             writer.write(data.upper())
         return False
 
     upstream.handler = echo
     with _connect(gateway) as s:
-        s.sendall(b"POST /clusters/live/api/v1/namespaces/d/pods/p/exec?command=sh HTTP/1.1\r\n"
-                  b"Host: gw.test\r\nAuthorization: Bearer " + token
-                  + b"\r\nConnection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n\r\nhello")
+        s.sendall(
+            b"POST /clusters/live/api/v1/namespaces/d/pods/p/exec?command=sh HTTP/1.1\r\n"
+            b"Host: gw.test\r\nAuthorization: Bearer "
+            + token
+            + b"\r\nConnection: Upgrade\r\nUpgrade: "
+            + upgrade
+            + b"\r\n\r\nhello"
+        )
         data = b""
         while b"HELLO" not in data:
             chunk = s.recv(65536)
@@ -164,7 +223,8 @@ def test_kubectl_upgrades_still_tunnel(gateway, token, upstream, upgrade: bytes)
 
 
 def test_bytes_after_an_upgrade_the_upstream_never_accepts_are_bounded(
-        gateway, token, upstream) -> None:
+    gateway, token, upstream
+) -> None:
     """The upstream answers the upgrade request with a never-ending watch instead of 101:
     what the client keeps sending is held up to TUNNEL_BUFFER_LIMIT (plus one read), then
     the gateway stops reading — it does not grow by what the client writes."""
@@ -173,8 +233,10 @@ def test_bytes_after_an_upgrade_the_upstream_never_accepts_are_bounded(
     answered = threading.Event()
 
     async def watch_instead(head, reader, writer) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n3\r\n{}\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\n{}\n\r\n"
+        )
         await writer.drain()
         answered.set()
         await reader.read()  # until the gateway closes (the client left)
@@ -182,9 +244,12 @@ def test_bytes_after_an_upgrade_the_upstream_never_accepts_are_bounded(
 
     upstream.handler = watch_instead
     with _connect(gateway) as s:
-        s.sendall(b"GET /clusters/live/api/v1/pods?watch=true HTTP/1.1\r\nHost: gw.test\r\n"
-                  b"Authorization: Bearer " + token
-                  + b"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        s.sendall(
+            b"GET /clusters/live/api/v1/pods?watch=true HTTP/1.1\r\nHost: gw.test\r\n"
+            b"Authorization: Bearer "
+            + token
+            + b"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
         assert answered.wait(5)
         s.settimeout(3)
         sent, chunk = 0, b"\0" * 65536
@@ -196,14 +261,18 @@ def test_bytes_after_an_upgrade_the_upstream_never_accepts_are_bounded(
         assert sent < 100 << 20, "the gateway kept reading"
 
         def held() -> list[int]:
-            return [sum(map(len, c.tunnel_buffer)) for c in gateway.running.connections
-                    if c.tunnel_buffer is not None]
+            return [
+                sum(map(len, c.tunnel_buffer))
+                for c in gateway.running.connections
+                if c.tunnel_buffer is not None
+            ]
 
         buffered = gateway.call(held)
         assert buffered and max(buffered) <= TUNNEL_BUFFER_LIMIT + 256 * 1024, buffered
 
 
 # -- 3. deadlines and the cap on unauthenticated connections ------------------------------
+
 
 def test_a_trickled_head_is_cut_at_the_head_deadline(gateway, token, upstream) -> None:
     raw = _get(token)
@@ -258,10 +327,17 @@ def test_a_slow_head_within_the_deadline_is_served(gateway, token) -> None:
 
 
 def test_unauthenticated_connections_per_address_are_capped(
-        tmp_path, issuer, upstream, token) -> None:
+    tmp_path, issuer, upstream, token
+) -> None:
     cap = 3
-    config = _config(tmp_path, issuer, upstream, max_unauthenticated_connections_per_ip=cap,
-                     first_byte_timeout_seconds=30, request_head_timeout_seconds=30)
+    config = _config(
+        tmp_path,
+        issuer,
+        upstream,
+        max_unauthenticated_connections_per_ip=cap,
+        first_byte_timeout_seconds=30,
+        request_head_timeout_seconds=30,
+    )
     with GatewayThread(tmp_path, config) as gw:
         held = [_connect(gw) for _ in range(cap)]
         time.sleep(0.1)
@@ -269,8 +345,9 @@ def test_unauthenticated_connections_per_address_are_capped(
             reply = _read_all(over, 2)
         assert _status(reply) == 429 and "unauthenticated" in _body(reply)["message"]
         # a bad token does not authenticate a connection: it still counts
-        held[0].sendall(b"GET /clusters/live/api HTTP/1.1\r\nHost: x\r\n"
-                        b"Authorization: Bearer nope\r\n\r\n")
+        held[0].sendall(
+            b"GET /clusters/live/api HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n"
+        )
         assert b" 401 " in held[0].recv(65536)
         with _connect(gw) as over:
             assert _status(_read_all(over, 2)) == 429
@@ -294,13 +371,37 @@ def test_unauthenticated_connections_per_address_are_capped(
 # -- 4. nothing the client says about its address reaches the tenant ----------------------
 
 FORWARDING = [
-    b"X-Real-Ip", b"x-real-ip", b"Forwarded", b"X-Forwarded-Host", b"X-Forwarded-Proto",
-    b"X-Forwarded-Port", b"X-Forwarded-Prefix", b"X-Forwarded-Server", b"X-Forwarded-Ssl",
-    b"X-Forwarded-For", b"X-FORWARDED-FOR", b"X-Client-Ip", b"Client-Ip", b"True-Client-Ip",
-    b"CF-Connecting-IP", b"CF-Connecting-IPv6", b"Fastly-Client-IP", b"X-Cluster-Client-IP",
-    b"X-Original-Forwarded-For", b"X-Original-Host", b"X-Originating-IP", b"X-Remote-Addr",
-    b"X-Remote-IP", b"X-Azure-ClientIP", b"X-Azure-SocketIP", b"X-Envoy-External-Address",
-    b"X-ProxyUser-Ip", b"Via", b"X-Source-IP", b"X-Peer-Addr", b"Akamai-Client-Ip",
+    b"X-Real-Ip",
+    b"x-real-ip",
+    b"Forwarded",
+    b"X-Forwarded-Host",
+    b"X-Forwarded-Proto",
+    b"X-Forwarded-Port",
+    b"X-Forwarded-Prefix",
+    b"X-Forwarded-Server",
+    b"X-Forwarded-Ssl",
+    b"X-Forwarded-For",
+    b"X-FORWARDED-FOR",
+    b"X-Client-Ip",
+    b"Client-Ip",
+    b"True-Client-Ip",
+    b"CF-Connecting-IP",
+    b"CF-Connecting-IPv6",
+    b"Fastly-Client-IP",
+    b"X-Cluster-Client-IP",
+    b"X-Original-Forwarded-For",
+    b"X-Original-Host",
+    b"X-Originating-IP",
+    b"X-Remote-Addr",
+    b"X-Remote-IP",
+    b"X-Azure-ClientIP",
+    b"X-Azure-SocketIP",
+    b"X-Envoy-External-Address",
+    b"X-ProxyUser-Ip",
+    b"Via",
+    b"X-Source-IP",
+    b"X-Peer-Addr",
+    b"Akamai-Client-Ip",
 ]
 
 
@@ -318,8 +419,10 @@ def test_client_statements_about_its_address_never_leave(gateway, token, upstrea
 
 # -- 5. a token in the query never reaches the audit log ----------------------------------
 
+
 def test_credentials_in_the_query_are_redacted_in_the_audit_log(
-        gateway, token, upstream, caplog) -> None:
+    gateway, token, upstream, caplog
+) -> None:
     secret = b"SECRET-" + token[-12:]
     targets = [
         b"/clusters/live/api/v1/pods?access_token=" + secret + b"&limit=1",
@@ -342,36 +445,46 @@ def test_credentials_in_the_query_are_redacted_in_the_audit_log(
 
 # -- 6. framing: nothing is forwarded before the whole head is accepted -------------------
 
-@pytest.mark.parametrize(("extra", "version", "status"), [
-    (b"Transfer-Encoding: identity\r\n", b"HTTP/1.1", 400),
-    (b"Transfer-Encoding: xchunked\r\n", b"HTTP/1.1", 400),
-    (b"Transfer-Encoding: gzip, chunked\r\n", b"HTTP/1.1", 400),
-    (b"Transfer-Encoding: chunked, chunked\r\n", b"HTTP/1.1", 400),
-    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1", 400),
-    (b"Transfer-Encoding: chunked\r\nContent-Length: 0\r\n", b"HTTP/1.1", 400),
-    (b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1", 400),
-    (b"Transfer-Encoding: chunked\r\n", b"HTTP/1.0", 400),
-    (b"Content-Length: 0\r\nContent-Length: 0\r\n", b"HTTP/1.1", 400),
-    (b"Content-Length: +0\r\n", b"HTTP/1.1", 400),
-    (b"Content-Length: 0x0\r\n", b"HTTP/1.1", 400),
-    (b"Content-Length: -1\r\n", b"HTTP/1.1", 400),
-    (b"Content-Length: 0, 0\r\n", b"HTTP/1.1", 400),
-    (b"Expect: 200-ok\r\n", b"HTTP/1.1", 417),
-])
+
+@pytest.mark.parametrize(
+    ("extra", "version", "status"),
+    [
+        (b"Transfer-Encoding: identity\r\n", b"HTTP/1.1", 400),
+        (b"Transfer-Encoding: xchunked\r\n", b"HTTP/1.1", 400),
+        (b"Transfer-Encoding: gzip, chunked\r\n", b"HTTP/1.1", 400),
+        (b"Transfer-Encoding: chunked, chunked\r\n", b"HTTP/1.1", 400),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1", 400),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 0\r\n", b"HTTP/1.1", 400),
+        (b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1", 400),
+        (b"Transfer-Encoding: chunked\r\n", b"HTTP/1.0", 400),
+        (b"Content-Length: 0\r\nContent-Length: 0\r\n", b"HTTP/1.1", 400),
+        (b"Content-Length: +0\r\n", b"HTTP/1.1", 400),
+        (b"Content-Length: 0x0\r\n", b"HTTP/1.1", 400),
+        (b"Content-Length: -1\r\n", b"HTTP/1.1", 400),
+        (b"Content-Length: 0, 0\r\n", b"HTTP/1.1", 400),
+        (b"Expect: 200-ok\r\n", b"HTTP/1.1", 417),
+    ],
+)
 def test_ambiguous_framing_is_refused_before_anything_leaves(
-        gateway, token, upstream, extra: bytes, version: bytes, status: int) -> None:
+    gateway, token, upstream, extra: bytes, version: bytes, status: int
+) -> None:
     reply = _exchange(gateway, _get(token, extra=extra, version=version) + b"0\r\n\r\n")
     assert _status(reply) == status and _body(reply)["kind"] == "Status"
     assert upstream.heads == []
 
 
 def test_a_refused_pipelined_head_is_answered_after_the_ones_before_it(
-        gateway, token, upstream) -> None:
+    gateway, token, upstream
+) -> None:
     good = _get(token).replace(b"Connection: close\r\n", b"")
     bad = _get(token, extra=b"Transfer-Encoding: identity\r\n")
     reply = _exchange(gateway, good + good + bad + good)
-    statuses = [int(part[9:12]) for part in reply.split(b"HTTP/1.1 ")[1:] if part[:1].isdigit()
-                for part in [b"HTTP/1.1 " + part]]
+    statuses = [
+        int(part[9:12])
+        for part in reply.split(b"HTTP/1.1 ")[1:]
+        if part[:1].isdigit()
+        for part in [b"HTTP/1.1 " + part]
+    ]
     assert statuses == [200, 200, 400]
     assert len(upstream.heads) == 2
 
@@ -394,19 +507,25 @@ def test_header_fields_are_bounded_in_number(gateway, token, upstream) -> None:
 
 # -- 7. Host -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("raw", "why"), [
-    (b"GET /clusters/live/api HTTP/1.1\r\nHost: a.test\r\nHost: live.k8s.test\r\n",
-     "too many Host"),
-    (b"GET /api HTTP/1.1\r\nHost: nope.k8s.test\r\nhost: live.k8s.test\r\n", "too many Host"),
-    (b"GET /clusters/live/api HTTP/1.1\r\n", "missing required Host"),
-    (b"GET /api HTTP/1.1\r\nHost: live.k8s.test/x\r\n", "malformed Host"),
-    (b"GET /api HTTP/1.1\r\nHost: evil@live.k8s.test\r\n", "malformed Host"),
-    (b"GET /api HTTP/1.1\r\nHost: live k8s.test\r\n", "malformed Host"),
-    (b"GET http://live.k8s.test/api HTTP/1.1\r\nHost: other.k8s.test\r\n", "authority"),
-    (b"GET http://other.k8s.test/api HTTP/1.1\r\nHost: live.k8s.test\r\n", "authority"),
-    (b"GET http://x@live.k8s.test/api HTTP/1.1\r\nHost: live.k8s.test\r\n", "authority"),
-    (b"GET http://live.k8s.test/clusters/live/api HTTP/1.0\r\n", "authority"),
-])
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (
+            b"GET /clusters/live/api HTTP/1.1\r\nHost: a.test\r\nHost: live.k8s.test\r\n",
+            "too many Host",
+        ),
+        (b"GET /api HTTP/1.1\r\nHost: nope.k8s.test\r\nhost: live.k8s.test\r\n", "too many Host"),
+        (b"GET /clusters/live/api HTTP/1.1\r\n", "missing required Host"),
+        (b"GET /api HTTP/1.1\r\nHost: live.k8s.test/x\r\n", "malformed Host"),
+        (b"GET /api HTTP/1.1\r\nHost: evil@live.k8s.test\r\n", "malformed Host"),
+        (b"GET /api HTTP/1.1\r\nHost: live k8s.test\r\n", "malformed Host"),
+        (b"GET http://live.k8s.test/api HTTP/1.1\r\nHost: other.k8s.test\r\n", "authority"),
+        (b"GET http://other.k8s.test/api HTTP/1.1\r\nHost: live.k8s.test\r\n", "authority"),
+        (b"GET http://x@live.k8s.test/api HTTP/1.1\r\nHost: live.k8s.test\r\n", "authority"),
+        (b"GET http://live.k8s.test/clusters/live/api HTTP/1.0\r\n", "authority"),
+    ],
+)
 def test_host_confusion_is_400(gateway, token, upstream, raw: bytes, why: str) -> None:
     reply = _exchange(gateway, raw + b"Authorization: Bearer " + token + b"\r\n\r\n")
     assert _status(reply) == 400 and why in _body(reply)["message"]
@@ -414,19 +533,23 @@ def test_host_confusion_is_400(gateway, token, upstream, raw: bytes, why: str) -
 
 
 def test_absolute_form_with_the_host_as_authority_is_served_in_origin_form(
-        gateway, token, upstream) -> None:
-    raw = (b"GET HTTP://Live.K8s.Test/api/v1/pods?limit=1 HTTP/1.1\r\nHost: live.k8s.test\r\n"
-           b"Authorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n")
+    gateway, token, upstream
+) -> None:
+    raw = (
+        b"GET HTTP://Live.K8s.Test/api/v1/pods?limit=1 HTTP/1.1\r\nHost: live.k8s.test\r\n"
+        b"Authorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n"
+    )
     assert _status(_exchange(gateway, raw)) == 200
     assert upstream.heads[0].startswith(b"GET /api/v1/pods?limit=1 HTTP/1.1\r\n")
 
 
 def test_http10_without_host_is_routed_by_path(gateway, token, upstream) -> None:
-    raw = (b"GET /clusters/live/api HTTP/1.0\r\nAuthorization: Bearer " + token + b"\r\n\r\n")
+    raw = b"GET /clusters/live/api HTTP/1.0\r\nAuthorization: Bearer " + token + b"\r\n\r\n"
     assert _status(_exchange(gateway, raw)) == 200
 
 
 # -- 8. the portal's session cookie never leaves the gateway ------------------------------
+
 
 def test_the_portal_cookie_is_removed_and_other_cookies_kept(gateway, token, upstream) -> None:
     from gateway.rewrite import private_cookie_names
@@ -435,9 +558,11 @@ def test_the_portal_cookie_is_removed_and_other_cookies_kept(gateway, token, ups
     saved = pipeline.private_cookies
     pipeline.private_cookies = private_cookie_names(["vgate_portal"])
     try:
-        cookies = (b"Cookie: a=1; vgate_portal=SESSION1; b=2\r\n"
-                   b"Cookie: VGATE_PORTAL =SESSION2\r\nCookie: __Host-vgate_portal=SESSION3\r\n"
-                   b"Cookie: c=3;vgate_portal=SESSION4\r\n")
+        cookies = (
+            b"Cookie: a=1; vgate_portal=SESSION1; b=2\r\n"
+            b"Cookie: VGATE_PORTAL =SESSION2\r\nCookie: __Host-vgate_portal=SESSION3\r\n"
+            b"Cookie: c=3;vgate_portal=SESSION4\r\n"
+        )
         assert _status(_exchange(gateway, _get(token, extra=cookies))) == 200
     finally:
         pipeline.private_cookies = saved
@@ -448,19 +573,34 @@ def test_the_portal_cookie_is_removed_and_other_cookies_kept(gateway, token, ups
 
 # -- enumeration: an anonymous caller learns nothing about which tenants exist ------------
 
+
 @pytest.mark.parametrize("auth", [b"", b"Authorization: Bearer not-a-token\r\n"])
-def test_anonymous_answers_are_the_same_for_every_tenant_name(gateway, upstream,
-                                                              auth: bytes) -> None:
+def test_anonymous_answers_are_the_same_for_every_tenant_name(
+    gateway, upstream, auth: bytes
+) -> None:
     def reply(target: bytes, host: bytes = b"gw.test") -> tuple[int, dict]:
-        raw = _exchange(gateway, b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n"
-                        + auth + b"Connection: close\r\n\r\n")
+        raw = _exchange(
+            gateway,
+            b"GET "
+            + target
+            + b" HTTP/1.1\r\nHost: "
+            + host
+            + b"\r\n"
+            + auth
+            + b"Connection: close\r\n\r\n",
+        )
         body = _body(raw)
         return _status(raw), {k: v for k, v in body.items() if k != "metadata"}
 
     known = reply(b"/clusters/live/api")
     assert known[0] == 401
-    for target in (b"/clusters/nope/api", b"/clusters/Bad_Name/api", b"/clusters/",
-                   b"/clusters", b"/clusters/" + b"x" * 80 + b"/api"):
+    for target in (
+        b"/clusters/nope/api",
+        b"/clusters/Bad_Name/api",
+        b"/clusters/",
+        b"/clusters",
+        b"/clusters/" + b"x" * 80 + b"/api",
+    ):
         assert reply(target) == known, target
     for host in (b"nope.k8s.test", b"bad_label.k8s.test", b"a.b.k8s.test"):
         assert reply(b"/api", host) == known, host
@@ -475,10 +615,12 @@ def test_an_authenticated_caller_learns_that_a_tenant_does_not_exist(gateway, to
 
 # -- /metrics lists every tenant: only on the metrics listener -----------------------------
 
+
 def test_metrics_are_served_only_on_their_own_listener(gateway, token) -> None:
     _exchange(gateway, _get(token))
-    main = _exchange(gateway, b"GET /metrics HTTP/1.1\r\nHost: gw.test\r\n"
-                              b"Connection: close\r\n\r\n")
+    main = _exchange(
+        gateway, b"GET /metrics HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n"
+    )
     assert _status(main) == 404 and b"vgate_requests_total" not in main
     port = gateway.running.metrics_port
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -494,14 +636,15 @@ def test_metrics_are_served_only_on_their_own_listener(gateway, token) -> None:
 
 # -- a name that slipped past every other check still never becomes a header -------------
 
+
 def test_a_grant_with_an_unsafe_name_is_refused_before_anything_leaves(
-        gateway, token, upstream) -> None:
+    gateway, token, upstream
+) -> None:
     policy = gateway.gateway.policy
     real = policy.decide
 
     def decide(identity, tenant, membership=None):
-        return Grant(tenant, identity.username + " ", identity.uid, ("vgate:view",), ("view",),
-                     ())
+        return Grant(tenant, identity.username + " ", identity.uid, ("vgate:view",), ("view",), ())
 
     policy.decide = decide  # type: ignore[method-assign]
     try:
@@ -520,12 +663,20 @@ def test_with_a_portal_its_session_cookie_is_private(tmp_path, issuer) -> None:
     (tmp_path / "policies").mkdir()
     (tmp_path / "client-secret").write_text("s3cret\n")
     (tmp_path / "cookie-secret").write_text("c" * 40 + "\n")
-    (tmp_path / "vgate.yaml").write_text(yaml.safe_dump({
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"]}]},
-        "policies": "policies",
-        "portal": {"issuer": issuer.issuer, "client_secret_file": "client-secret",
-                   "cookie_secret_file": "cookie-secret", "public_url": "https://gw.test"},
-    }))
+    (tmp_path / "vgate.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"]}]},
+                "policies": "policies",
+                "portal": {
+                    "issuer": issuer.issuer,
+                    "client_secret_file": "client-secret",
+                    "cookie_secret_file": "cookie-secret",
+                    "public_url": "https://gw.test",
+                },
+            }
+        )
+    )
     pipeline = build_pipeline(load_config(tmp_path / "vgate.yaml"))
     assert {b"vgate_portal", b"__host-vgate_portal"} <= pipeline.private_cookies
     pipeline.recorder.close()

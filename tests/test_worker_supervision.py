@@ -31,20 +31,29 @@ NOBODY = {"tenant": "*", "roles": {"view": {"groups": ["nobody"]}}}
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, issuer: CraftingIssuer, upstream: ScriptedUpstream,
-            request) -> Iterator[tuple[ServedGateway, Path, dict[str, str]]]:
+def gateway(
+    tmp_path: Path, issuer: CraftingIssuer, upstream: ScriptedUpstream, request
+) -> Iterator[tuple[ServedGateway, Path, dict[str, str]]]:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "all.yaml").write_text(yaml.safe_dump(VIEW))
     (tmp_path / "token").write_text("upstream-secret\n")
     config = {
         "listen": {"host": "127.0.0.1", "port": 0, "metrics_port": free_port()},
         "workers": 2,
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [
+                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
+            ]
+        },
         "policies": str(tmp_path / "policies"),
         "audit": {"file": str(tmp_path / "audit.log")},
-        "tenants": [{"name": "t1", "upstream": f"http://127.0.0.1:{upstream.port}",
-                     "token_file": str(tmp_path / "token")}],
+        "tenants": [
+            {
+                "name": "t1",
+                "upstream": f"http://127.0.0.1:{upstream.port}",
+                "token_file": str(tmp_path / "token"),
+            }
+        ],
     }
     if hasattr(request, "param"):
         config["reload"] = {"poll_seconds": request.param}

@@ -158,8 +158,9 @@ class Authenticator:
         for key in stale:
             self._cache.pop(key, None)
         if stale:
-            log.info("issuer %s: dropped %d cached tokens after a key withdrawal",
-                     issuer, len(stale))
+            log.info(
+                "issuer %s: dropped %d cached tokens after a key withdrawal", issuer, len(stale)
+            )
 
     async def authenticate(self, token: str) -> Identity:
         """Verify `token` fully (cache miss path) and remember the result until `exp`."""

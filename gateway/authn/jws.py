@@ -111,12 +111,20 @@ def _integer(claims: dict[str, Any], name: str) -> int:
     try:
         return int(claims[name])
     except (ValueError, TypeError, OverflowError):
-        raise ClaimError("invalid", f"token rejected: the {name} claim must be an integer") \
-            from None
+        raise ClaimError(
+            "invalid", f"token rejected: the {name} claim must be an integer"
+        ) from None
 
 
-def check_claims(claims: dict[str, Any], *, require: tuple[str, ...], issuer: str,
-                 audiences: list[str], leeway: float, now: float) -> None:
+def check_claims(
+    claims: dict[str, Any],
+    *,
+    require: tuple[str, ...],
+    issuer: str,
+    audiences: list[str],
+    leeway: float,
+    now: float,
+) -> None:
     """PyJWT's checks of the registered claims (see the module docstring)."""
     for name in require:
         if claims.get(name) is None:

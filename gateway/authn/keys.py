@@ -96,8 +96,12 @@ class IssuerKeys:
             try:
                 key = jwt.PyJWK(entry)
             except (jwt.PyJWKError, jwt.InvalidKeyError) as exc:
-                log.warning("issuer %s: skipping unusable JWK %s: %s",
-                            self.issuer.issuer, entry.get("kid"), exc)
+                log.warning(
+                    "issuer %s: skipping unusable JWK %s: %s",
+                    self.issuer.issuer,
+                    entry.get("kid"),
+                    exc,
+                )
                 continue
             keys[entry.get("kid")] = _Key(key.key, entry.get("alg"), entry["kty"], entry.get("crv"))
             fingerprints.add(json.dumps(entry, sort_keys=True))
@@ -124,8 +128,12 @@ class IssuerKeys:
                 await self._fetch()
                 return True
             except (httpx.HTTPError, RuntimeError, ValueError, OSError) as exc:
-                log.warning("issuer %s: key refresh failed (keeping %d cached keys): %s",
-                            self.issuer.issuer, len(self._keys), exc)
+                log.warning(
+                    "issuer %s: key refresh failed (keeping %d cached keys): %s",
+                    self.issuer.issuer,
+                    len(self._keys),
+                    exc,
+                )
                 self._jwks_uri = None if not self._keys else self._jwks_uri
                 return False
 

@@ -60,15 +60,21 @@ class _Answer:
 class TenantTokens:
     """Reviews tenant-native tokens at their tenant, with a bounded answer cache."""
 
-    def __init__(self, config: TokenReview, api: TenantApi, *,
-                 clock: Callable[[], float] = time.time,
-                 on_review: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TokenReview,
+        api: TenantApi,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_review: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.config = config
         self.api = api
         self.clock = clock
         self.on_review = on_review or (lambda tenant, result: None)
         self._answers: TLRUCache = TLRUCache(
-            maxsize=config.cache_size, ttu=lambda _k, answer, _now: answer.until, timer=clock)
+            maxsize=config.cache_size, ttu=lambda _k, answer, _now: answer.until, timer=clock
+        )
         self._inflight: dict[tuple[str, bytes], asyncio.Future[_Answer]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._issuers: dict[str, tuple[Upstream, str | None, float]] = {}
@@ -105,7 +111,8 @@ class TenantTokens:
                 pending = asyncio.get_running_loop().create_future()
                 self._inflight[key] = pending
                 task = asyncio.get_running_loop().create_task(
-                    self._fill(key, upstream, token, pending))
+                    self._fill(key, upstream, token, pending)
+                )
                 self._tasks.add(task)  # referenced until done, even if every waiter left
                 task.add_done_callback(self._tasks.discard)
             answer = await asyncio.shield(pending)
@@ -113,8 +120,13 @@ class TenantTokens:
             raise AuthError("tenant_token_rejected", answer.reason)
         return answer.identity
 
-    async def _fill(self, key: tuple[str, bytes], upstream: Upstream, token: str,
-                    result: asyncio.Future[_Answer]) -> None:
+    async def _fill(
+        self,
+        key: tuple[str, bytes],
+        upstream: Upstream,
+        token: str,
+        result: asyncio.Future[_Answer],
+    ) -> None:
         try:
             answer = await self._review(upstream, token)
         except BaseException as exc:
@@ -130,8 +142,11 @@ class TenantTokens:
 
     def _rejected(self, upstream: Upstream, reason: str) -> _Answer:
         self.on_review(upstream.name, "rejected")
-        return _Answer(None, f"tenant {upstream.name}: {reason}",
-                       self.clock() + self.config.negative_cache_seconds)
+        return _Answer(
+            None,
+            f"tenant {upstream.name}: {reason}",
+            self.clock() + self.config.negative_cache_seconds,
+        )
 
     async def _review(self, upstream: Upstream, token: str) -> _Answer:
         iss = jwt_issuer(token)
@@ -139,29 +154,42 @@ class TenantTokens:
             expected = await self._issuer(upstream)
             if expected is None:
                 return self._rejected(
-                    upstream, "a JWT, and the tenant's ServiceAccount issuer is unknown (set "
-                              "service_account_issuer, or let the gateway read the tenant's "
-                              "/.well-known/openid-configuration)")
+                    upstream,
+                    "a JWT, and the tenant's ServiceAccount issuer is unknown (set "
+                    "service_account_issuer, or let the gateway read the tenant's "
+                    "/.well-known/openid-configuration)",
+                )
             if iss != expected:
-                return self._rejected(upstream, f"JWT issuer {iss[:128]!r} is neither a "
-                                                "configured OIDC issuer nor the tenant's")
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                "spec": {"token": token}}
+                return self._rejected(
+                    upstream,
+                    f"JWT issuer {iss[:128]!r} is neither a "
+                    "configured OIDC issuer nor the tenant's",
+                )
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token},
+        }
         self.reviews += 1
         try:
-            r = await self.api.call(upstream, "POST", REVIEW_PATH, body,
-                                    needs="create authentication.k8s.io/tokenreviews")
+            r = await self.api.call(
+                upstream,
+                "POST",
+                REVIEW_PATH,
+                body,
+                needs="create authentication.k8s.io/tokenreviews",
+            )
         except CredentialRefused:
             self.on_review(upstream.name, "error")
             raise
         except httpx.HTTPError as exc:
             self.on_review(upstream.name, "error")
-            raise ReviewUnavailable(f"TokenReview at {upstream.name} failed: "
-                                    f"{type(exc).__name__}") from None
+            raise ReviewUnavailable(
+                f"TokenReview at {upstream.name} failed: {type(exc).__name__}"
+            ) from None
         if r.status_code not in (200, 201):
             self.on_review(upstream.name, "error")
-            raise ReviewUnavailable(f"TokenReview at {upstream.name} answered HTTP "
-                                    f"{r.status_code}")
+            raise ReviewUnavailable(f"TokenReview at {upstream.name} answered HTTP {r.status_code}")
         try:
             status = r.json().get("status") or {}
         except (ValueError, AttributeError):
@@ -183,22 +211,31 @@ class TenantTokens:
         if not isinstance(name, str) or not isinstance(uid, str):
             raise ValueError("username or uid missing")
         usable_names([name, *([uid] if uid else [])], what="username or uid")
-        if not isinstance(groups, list) or len(groups) > MAX_GROUPS or \
-                not all(isinstance(g, str) for g in groups):
+        if (
+            not isinstance(groups, list)
+            or len(groups) > MAX_GROUPS
+            or not all(isinstance(g, str) for g in groups)
+        ):
             raise ValueError("groups are not a bounded list of strings")
         usable_names(groups, what="group name")
         if not isinstance(extra, dict) or not all(
-                isinstance(v, list) and all(isinstance(x, str) for x in v)
-                for v in extra.values()):
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in extra.values()
+        ):
             raise ValueError("extra is not a map of string lists")
         until = self.clock() + self.config.cache_seconds
         if jwt_issuer(token) is not None:
             exp = decode_segment(token.split(".")[1]).get("exp")
             if isinstance(exp, int | float) and not isinstance(exp, bool):
                 until = min(until, float(exp))
-        return Identity(username=name, uid=uid, groups=tuple(groups),
-                        issuer=ISSUER_PREFIX + upstream.name, expires_at=until,
-                        claims={"extra": extra}, reviewed_by=upstream.name)
+        return Identity(
+            username=name,
+            uid=uid,
+            groups=tuple(groups),
+            issuer=ISSUER_PREFIX + upstream.name,
+            expires_at=until,
+            claims={"extra": extra},
+            reviewed_by=upstream.name,
+        )
 
     async def _issuer(self, upstream: Upstream) -> str | None:
         """The `iss` of the tenant's ServiceAccount tokens: configured, or asked from it
@@ -211,20 +248,24 @@ class TenantTokens:
             return known[1]
         issuer: str | None = None
         try:
-            r = await self.api.call(upstream, "GET", DISCOVERY_PATH,
-                                    needs=f"get {DISCOVERY_PATH}")
+            r = await self.api.call(upstream, "GET", DISCOVERY_PATH, needs=f"get {DISCOVERY_PATH}")
             if r.status_code == 200:
                 value = r.json().get("issuer")
                 issuer = value if isinstance(value, str) and value else None
             else:
-                log.warning("tenant %s: ServiceAccount issuer discovery answered HTTP %d",
-                            upstream.name, r.status_code)
+                log.warning(
+                    "tenant %s: ServiceAccount issuer discovery answered HTTP %d",
+                    upstream.name,
+                    r.status_code,
+                )
         except CredentialRefused:
             pass  # logged by the tenant API client, with the right it lacks
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            log.warning("tenant %s: ServiceAccount issuer discovery failed: %s",
-                        upstream.name, type(exc).__name__)
+            log.warning(
+                "tenant %s: ServiceAccount issuer discovery failed: %s",
+                upstream.name,
+                type(exc).__name__,
+            )
         ttl = self.config.issuer_cache_seconds if issuer else ISSUER_RETRY_SECONDS
         self._issuers[upstream.name] = (upstream, issuer, now + ttl)
         return issuer
-

@@ -34,9 +34,14 @@ class IssuerVerifier:
             raise AuthError("bad_signature", "token signature does not verify")
         claims = token.payload
         try:
-            jws.check_claims(claims, require=REQUIRED_CLAIMS, issuer=self.issuer.issuer,
-                             audiences=self.issuer.audiences,
-                             leeway=self.issuer.leeway_seconds, now=time.time())
+            jws.check_claims(
+                claims,
+                require=REQUIRED_CLAIMS,
+                issuer=self.issuer.issuer,
+                audiences=self.issuer.audiences,
+                leeway=self.issuer.leeway_seconds,
+                now=time.time(),
+            )
         except jws.ClaimError as exc:
             raise AuthError(exc.code, str(exc)) from None
         return self._identity(claims)
@@ -61,8 +66,9 @@ class IssuerVerifier:
         if cfg.username_claim == "email" and claims.get("email_verified", True) is not True:
             raise AuthError("email_unverified", "email_verified is false")
         username = _name(cfg.username_prefix, raw_user, "user", cfg.issuer)
-        groups = tuple(_name(cfg.groups_prefix, g, "group", cfg.issuer)
-                       for g in self._groups(claims))
+        groups = tuple(
+            _name(cfg.groups_prefix, g, "group", cfg.issuer) for g in self._groups(claims)
+        )
         expires_at = float(claims["exp"])
         if cfg.max_token_age_seconds:  # the cache must not outlive the age bound either
             expires_at = min(expires_at, iat + cfg.max_token_age_seconds + cfg.leeway_seconds)

@@ -30,7 +30,7 @@ def websocket_bearer_token(values: list[bytes], *, max_bytes: int) -> str | None
         return None
     if len(offered) > 1:
         raise AuthError("malformed", "more than one bearer token subprotocol")
-    encoded = offered[0][len(BEARER_PROTOCOL_PREFIX):]
+    encoded = offered[0][len(BEARER_PROTOCOL_PREFIX) :]
     if len(encoded) > max_bytes * 4 // 3 + 4:
         raise AuthError("too_large", f"token larger than {max_bytes} bytes")
     try:

@@ -62,20 +62,23 @@ def _raw_problems(doc: LocatedDocument, base: Path) -> list[Problem]:
             for field in fields:
                 value = section.get(field)
                 if isinstance(value, str) and value and not (base / value).is_file():
-                    problems.append(
-                        doc.problem((*where, field), f"file not found: {base / value}"))
+                    problems.append(doc.problem((*where, field), f"file not found: {base / value}"))
     policies = doc.data.get("policies", "policies") if isinstance(doc.data, dict) else None
     if isinstance(policies, str) and not (base / policies).is_dir():
-        problems.append(doc.problem(
-            ("policies",), f"policy directory not found: {base / policies}"))
+        problems.append(
+            doc.problem(("policies",), f"policy directory not found: {base / policies}")
+        )
     seen: dict[str, int] = {}
     for where, tenant in _sections(doc.data, ("tenants", "*")):
         name = tenant.get("name")
         if not isinstance(name, str):
             continue
         if name in seen:
-            problems.append(doc.problem(
-                (*where, "name"), f"tenant listed twice: {name} (first at line {seen[name]})"))
+            problems.append(
+                doc.problem(
+                    (*where, "name"), f"tenant listed twice: {name} (first at line {seen[name]})"
+                )
+            )
         else:
             seen[name] = doc.line_of((*where, "name")) or 0
     return problems
@@ -98,5 +101,5 @@ def load_config(path: Path) -> GatewayConfig:
     except ValidationError as exc:
         problems = validation_problems(doc, exc) + problems
     if problems:
-        raise ConfigError(sorted(problems, key=lambda p: (p.line or 0)))
+        raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
     return cfg

@@ -252,7 +252,7 @@ class RateLimits(Strict):
     roles: dict[str, Limit] = {}  # per policy role: replaces `user` for users with that role
     tenants: dict[str, TenantLimits] = {}
     idle_seconds: Annotated[float, Field(ge=1, le=86400)] = 300.0  # a key unused this long is
-    max_keys: Annotated[int, Field(ge=64, le=1 << 22)] = 65536     # forgotten; table slots
+    max_keys: Annotated[int, Field(ge=64, le=1 << 22)] = 65536  # forgotten; table slots
 
     @property
     def configured(self) -> bool:
@@ -371,17 +371,17 @@ DEFAULT_INSTALL_HINT = (
 class Portal(Strict):
     """The SSO web portal served on the gateway's own host at `/` (README: "Portal")."""
 
-    issuer: str                              # must be one of oidc.issuers
-    client_id: str = "vgate-portal"          # confidential client of the portal
+    issuer: str  # must be one of oidc.issuers
+    client_id: str = "vgate-portal"  # confidential client of the portal
     client_secret_file: ConfigPath
-    public_url: str                          # what users open, e.g. https://k8s.example.com
-    cookie_secret_file: ConfigPath           # signs the session cookie (>= 32 bytes)
+    public_url: str  # what users open, e.g. https://k8s.example.com
+    cookie_secret_file: ConfigPath  # signs the session cookie (>= 32 bytes)
     session_lifetime_seconds: Annotated[int, Field(ge=60, le=86400)] = 3600
-    insecure_http: bool = False              # allow http:// public_url and non-Secure cookies
-    cli_client_id: str = "vgate"             # public client `vgate login` uses (kubeconfigs)
+    insecure_http: bool = False  # allow http:// public_url and non-Secure cookies
+    cli_client_id: str = "vgate"  # public client `vgate login` uses (kubeconfigs)
     scopes: list[str] = ["openid", "email", "profile", "groups"]
-    ca_file: ConfigPath | None = None        # CA of the gateway's certificate, for kubeconfigs
-    login_command: str = "vgate"             # the exec plugin command put in kubeconfigs
+    ca_file: ConfigPath | None = None  # CA of the gateway's certificate, for kubeconfigs
+    login_command: str = "vgate"  # the exec plugin command put in kubeconfigs
     # the kubeconfig form offered first (button order, the paste-ready commands) when both
     # routings are configured: "path" when users' machines cannot resolve <tenant>.<base_domain>
     preferred_form: Literal["host", "path"] = "host"
@@ -389,8 +389,9 @@ class Portal(Strict):
     # backticks is shown as code)
     install_hint: Annotated[str, Field(min_length=1, max_length=2000)] = DEFAULT_INSTALL_HINT
     # signed-out session ids (SQLite, shared by the workers of one host) and their bound
-    session_store_file: Annotated[ConfigPath, Field(validate_default=True)] = \
-        Path("portal-sessions.db")
+    session_store_file: Annotated[ConfigPath, Field(validate_default=True)] = Path(
+        "portal-sessions.db"
+    )
     max_signed_out_sessions: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
 
     @field_validator("public_url")
@@ -498,8 +499,10 @@ class Lifecycle(StrictPaths):
     @model_validator(mode="after")
     def _backend(self) -> Lifecycle:
         if self.store_backend == "kubernetes" and self.provisioner == "local":
-            raise ValueError("the local provisioner keeps tenants on this machine: use "
-                             "store_backend sqlite with it (kubernetes is for helm)")
+            raise ValueError(
+                "the local provisioner keeps tenants on this machine: use "
+                "store_backend sqlite with it (kubernetes is for helm)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -570,8 +573,11 @@ class LDAP(Strict):
             raise ValueError(f"tls: {self.tls} needs ldap:// URLs")
         if self.tls == "none":
             for url in self.urls:
-                host = url.split("://", 1)[1].rsplit(":", 1)[0] if "]" not in url else \
-                    url.split("://", 1)[1].split("]")[0] + "]"
+                host = (
+                    url.split("://", 1)[1].rsplit(":", 1)[0]
+                    if "]" not in url
+                    else url.split("://", 1)[1].split("]")[0] + "]"
+                )
                 if not LOOPBACK_HOST.fullmatch(host):
                     raise ValueError("tls: none is only allowed for a directory on loopback")
         if self.max_staleness_seconds and self.max_staleness_seconds < self.cache_ttl_seconds:

@@ -73,7 +73,8 @@ def _walk(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) -> A
             if key in out:  # YAML says keys are unique; silently keeping the last loses rules
                 where = ".".join(str(p) for p in (*path, key))
                 raise LocatedError(
-                    file, key_node.start_mark.line + 1,
+                    file,
+                    key_node.start_mark.line + 1,
                     f"{where}: key given twice (first at line {lines[(*path, key)]})",
                 )
             lines[(*path, key)] = key_node.start_mark.line + 1
@@ -96,7 +97,8 @@ def read_yaml(path: Path, *, max_bytes: int = 1 << 20) -> LocatedDocument:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise LocatedError(
-            str(path), mark.line + 1 if mark else None,
+            str(path),
+            mark.line + 1 if mark else None,
             f"invalid YAML: {getattr(exc, 'problem', exc)}",
         ) from None
     lines: dict[tuple, int] = {}

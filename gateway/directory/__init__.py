@@ -4,5 +4,11 @@ from gateway.directory.entry import DirectoryGroup, Membership
 from gateway.directory.errors import DirectoryError, DirectoryUnavailable
 from gateway.directory.service import Directory, lookup_value
 
-__all__ = ["Directory", "DirectoryError", "DirectoryGroup", "DirectoryUnavailable",
-           "Membership", "lookup_value"]
+__all__ = [
+    "Directory",
+    "DirectoryError",
+    "DirectoryGroup",
+    "DirectoryUnavailable",
+    "Membership",
+    "lookup_value",
+]

@@ -53,7 +53,8 @@ def _bind_failure(result: dict, bind_dn: str) -> DirectoryError:
     if description == "invalidCredentials":
         detail = "wrong password" if "data 52e" in message else "invalid credentials"
         return DirectoryError(
-            "bind", f"the directory refused the bind as {bind_dn}: {detail} ({message.strip()})")
+            "bind", f"the directory refused the bind as {bind_dn}: {detail} ({message.strip()})"
+        )
     return DirectoryError("bind", f"bind as {bind_dn} failed: {description} {message}".strip())
 
 
@@ -78,10 +79,18 @@ class Connector:
     def _server(self, ep: Endpoint) -> ldap3.Server:
         tls = self._tls
         if tls is not None and not _is_ip(ep.host):
-            tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT,
-                            ca_certs_file=tls.ca_certs_file, sni=ep.host)
+            tls = ldap3.Tls(
+                validate=ssl.CERT_REQUIRED,
+                version=ssl.PROTOCOL_TLS_CLIENT,
+                ca_certs_file=tls.ca_certs_file,
+                sni=ep.host,
+            )
         return ldap3.Server(
-            ep.host, port=ep.port, use_ssl=ep.use_ssl, tls=tls, get_info=ldap3.NONE,
+            ep.host,
+            port=ep.port,
+            use_ssl=ep.use_ssl,
+            tls=tls,
+            get_info=ldap3.NONE,
             connect_timeout=self.config.connect_timeout_seconds,
         )
 
@@ -107,10 +116,17 @@ class Connector:
 
     def _open_one(self, ep: Endpoint) -> ldap3.Connection:
         conn = ldap3.Connection(
-            self._server(ep), user=self.config.bind_dn, password=self._password,
-            auto_bind=ldap3.AUTO_BIND_NONE, client_strategy=ldap3.SYNC, auto_referrals=False,
-            auto_range=False, raise_exceptions=False, read_only=True,
-            receive_timeout=math.ceil(self.config.timeout_seconds), return_empty_attributes=False,
+            self._server(ep),
+            user=self.config.bind_dn,
+            password=self._password,
+            auto_bind=ldap3.AUTO_BIND_NONE,
+            client_strategy=ldap3.SYNC,
+            auto_referrals=False,
+            auto_range=False,
+            raise_exceptions=False,
+            read_only=True,
+            receive_timeout=math.ceil(self.config.timeout_seconds),
+            return_empty_attributes=False,
         )
         try:
             conn.open(read_server_info=False)

@@ -56,8 +56,17 @@ class Membership:
         return self.by_key.get(key)
 
 
-def membership(lookup: str, *, dn: str, sid: str | None, guid: str | None, disabled: bool,
-               locked: bool, groups: list[DirectoryGroup], method: str) -> Membership:
+def membership(
+    lookup: str,
+    *,
+    dn: str,
+    sid: str | None,
+    guid: str | None,
+    disabled: bool,
+    locked: bool,
+    groups: list[DirectoryGroup],
+    method: str,
+) -> Membership:
     """A found user; inactive accounts carry no groups at all."""
     if disabled or locked:
         groups = []
@@ -69,8 +78,19 @@ def membership(lookup: str, *, dn: str, sid: str | None, guid: str | None, disab
                 by_key[normalize_dn(group.dn)] = group
             except ValueError:
                 continue
-    return Membership(lookup, True, dn, sid, guid, disabled, locked, tuple(groups), method,
-                      frozenset(by_key), by_key)
+    return Membership(
+        lookup,
+        True,
+        dn,
+        sid,
+        guid,
+        disabled,
+        locked,
+        tuple(groups),
+        method,
+        frozenset(by_key),
+        by_key,
+    )
 
 
 def not_found(lookup: str) -> Membership:

@@ -47,19 +47,32 @@ class Lookup:
         self.config = config
 
     def user_filter(self, value: str) -> str:
-        return ("(&(objectCategory=person)(objectClass=user)"
-                + filters.equals(self.config.user_attribute, value) + ")")
+        return (
+            "(&(objectCategory=person)(objectClass=user)"
+            + filters.equals(self.config.user_attribute, value)
+            + ")"
+        )
 
     def run(self, conn: ldap3.Connection, value: str, *, chains: bool = False) -> Membership:
         cfg = self.config
         if not value or len(value) > MAX_LOOKUP_CHARS:
             return not_found(value[:MAX_LOOKUP_CHARS])
-        found = paged_search(conn, cfg.user_base_dn, self.user_filter(value), ["objectSid"],
-                             page_size=cfg.page_size, limit=2)
+        found = paged_search(
+            conn,
+            cfg.user_base_dn,
+            self.user_filter(value),
+            ["objectSid"],
+            page_size=cfg.page_size,
+            limit=2,
+        )
         if len(found) != 1:
             if found:
-                log.warning("directory: %d entries match %s=%r; refusing to pick one",
-                            len(found), cfg.user_attribute, value)
+                log.warning(
+                    "directory: %d entries match %s=%r; refusing to pick one",
+                    len(found),
+                    cfg.user_attribute,
+                    value,
+                )
             return not_found(value)
         user_dn = found[0].dn
         attrs = [*_USER_ATTRS, "msDS-User-Account-Control-Computed"]
@@ -87,13 +100,22 @@ class Lookup:
             groups, method = self._groups(conn, user, sid)
             if chains:
                 groups = self._with_chains(conn, user, sid, groups)
-        return membership(value, dn=user.dn, sid=sid, guid=guid, disabled=disabled,
-                          locked=locked, groups=groups, method=method)
+        return membership(
+            value,
+            dn=user.dn,
+            sid=sid,
+            guid=guid,
+            disabled=disabled,
+            locked=locked,
+            groups=groups,
+            method=method,
+        )
 
     # -- groups -------------------------------------------------------------------------
 
-    def _groups(self, conn: ldap3.Connection, user: Entry,
-                sid: str | None) -> tuple[list[DirectoryGroup], str]:
+    def _groups(
+        self, conn: ldap3.Connection, user: Entry, sid: str | None
+    ) -> tuple[list[DirectoryGroup], str]:
         cfg = self.config
         primary = self._primary_sid(user, sid)
         if cfg.nested and cfg.token_groups:
@@ -106,8 +128,9 @@ class Lookup:
                     except SidError:
                         continue
                 return self.resolve_sids(conn, sids), "tokenGroups"
-            log.info("directory: no tokenGroups on %s (not allowed?); using the in-chain rule",
-                     user.dn)
+            log.info(
+                "directory: no tokenGroups on %s (not allowed?); using the in-chain rule", user.dn
+            )
         primary_group = self.resolve_sids(conn, [primary])[0] if primary else None
         if cfg.nested:
             groups = self._in_chain(conn, user.dn)
@@ -115,8 +138,10 @@ class Lookup:
                 groups += self._in_chain(conn, primary_group.dn)
             method = "in-chain"
         else:
-            dns = [v.decode("utf-8", "replace")
-                   for v in all_values(conn, user, "memberOf", limit=cfg.max_groups)]
+            dns = [
+                v.decode("utf-8", "replace")
+                for v in all_values(conn, user, "memberOf", limit=cfg.max_groups)
+            ]
             groups = self.resolve_dns(conn, dns)
             method = "memberOf"
         if primary_group is not None:
@@ -129,10 +154,15 @@ class Lookup:
 
     def _in_chain(self, conn: ldap3.Connection, dn: str) -> list[DirectoryGroup]:
         cfg = self.config
-        search_filter = (f"(&(objectClass=group)(member:{IN_CHAIN}:="
-                         f"{filters.escape_value(dn)}))")
-        entries = paged_search(conn, cfg.group_base_dn, search_filter, _GROUP_ATTRS,
-                               page_size=cfg.page_size, limit=cfg.max_groups)
+        search_filter = f"(&(objectClass=group)(member:{IN_CHAIN}:={filters.escape_value(dn)}))"
+        entries = paged_search(
+            conn,
+            cfg.group_base_dn,
+            search_filter,
+            _GROUP_ATTRS,
+            page_size=cfg.page_size,
+            limit=cfg.max_groups,
+        )
         return [g for g in (_group(e) for e in entries) if g is not None]
 
     def resolve_sids(self, conn: ldap3.Connection, sids: list[str]) -> list[DirectoryGroup]:
@@ -141,10 +171,16 @@ class Lookup:
         cfg = self.config
         found: dict[str, DirectoryGroup] = {}
         for i in range(0, len(sids), SID_BATCH):
-            batch = [sid_to_bytes(s) for s in sids[i:i + SID_BATCH]]
+            batch = [sid_to_bytes(s) for s in sids[i : i + SID_BATCH]]
             search_filter = "(&(objectClass=group)" + filters.any_of("objectSid", batch) + ")"
-            for entry in paged_search(conn, cfg.group_base_dn, search_filter, _GROUP_ATTRS,
-                                      page_size=cfg.page_size, limit=cfg.max_groups):
+            for entry in paged_search(
+                conn,
+                cfg.group_base_dn,
+                search_filter,
+                _GROUP_ATTRS,
+                page_size=cfg.page_size,
+                limit=cfg.max_groups,
+            ):
                 group = _group(entry)
                 if group is not None:
                     found[group.sid] = group
@@ -155,17 +191,27 @@ class Lookup:
         cfg = self.config
         out: list[DirectoryGroup] = []
         for i in range(0, len(dns), SID_BATCH):
-            search_filter = ("(&(objectClass=group)"
-                             + filters.any_of("distinguishedName", dns[i:i + SID_BATCH]) + ")")
-            entries = paged_search(conn, cfg.group_base_dn, search_filter, _GROUP_ATTRS,
-                                   page_size=cfg.page_size, limit=cfg.max_groups)
+            search_filter = (
+                "(&(objectClass=group)"
+                + filters.any_of("distinguishedName", dns[i : i + SID_BATCH])
+                + ")"
+            )
+            entries = paged_search(
+                conn,
+                cfg.group_base_dn,
+                search_filter,
+                _GROUP_ATTRS,
+                page_size=cfg.page_size,
+                limit=cfg.max_groups,
+            )
             out += [g for g in (_group(e) for e in entries) if g is not None]
         return out
 
     # -- explain ------------------------------------------------------------------------
 
-    def _with_chains(self, conn: ldap3.Connection, user: Entry, sid: str | None,
-                     groups: list[DirectoryGroup]) -> list[DirectoryGroup]:
+    def _with_chains(
+        self, conn: ldap3.Connection, user: Entry, sid: str | None, groups: list[DirectoryGroup]
+    ) -> list[DirectoryGroup]:
         """Attach to each group the memberOf path that leads to it (breadth first, so the
         shortest chain; cycles end where a group was already seen)."""
         cfg = self.config
@@ -192,8 +238,11 @@ class Lookup:
         out = []
         for group in groups:
             chain = via.get(normalize_dn(group.dn)) if group.dn else None
-            out.append(DirectoryGroup(group.sid, group.dn, group.name,
-                                      chain if chain is not None else ("?",)))
+            out.append(
+                DirectoryGroup(
+                    group.sid, group.dn, group.name, chain if chain is not None else ("?",)
+                )
+            )
         return out
 
 

@@ -43,8 +43,9 @@ def claim_groups(membership: Membership, form: NameForm, prefix: str) -> tuple[s
     return tuple(names)
 
 
-def with_directory_groups(identity: Identity, membership: Membership, form: NameForm,
-                          prefix: str) -> Identity:
+def with_directory_groups(
+    identity: Identity, membership: Membership, form: NameForm, prefix: str
+) -> Identity:
     """`identity` with its groups completed from `membership` (the same object for the
     same identity and answer, so later steps' per-identity caches keep working)."""
     key = ("overage", id(identity))

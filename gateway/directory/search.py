@@ -65,15 +65,27 @@ def _entries(conn: ldap3.Connection) -> list[Entry]:
 
 
 def paged_search(
-    conn: ldap3.Connection, base: str, search_filter: str, attributes: list[str], *,
-    page_size: int, limit: int, scope: Literal["BASE", "LEVEL", "SUBTREE"] = "SUBTREE",
+    conn: ldap3.Connection,
+    base: str,
+    search_filter: str,
+    attributes: list[str],
+    *,
+    page_size: int,
+    limit: int,
+    scope: Literal["BASE", "LEVEL", "SUBTREE"] = "SUBTREE",
 ) -> list[Entry]:
     """Every matching entry, page by page; DirectoryError past `limit` entries."""
     found: list[Entry] = []
     cookie: bytes | None = None
     while True:
-        ok = conn.search(base, search_filter, search_scope=scope, attributes=attributes,
-                         paged_size=page_size, paged_cookie=cookie)
+        ok = conn.search(
+            base,
+            search_filter,
+            search_scope=scope,
+            attributes=attributes,
+            paged_size=page_size,
+            paged_cookie=cookie,
+        )
         if conn.closed:
             raise DirectoryError("connect", "connection lost during search")
         code = _check(conn, f"search under {base}")

@@ -55,7 +55,11 @@ def lookup_value(identity: Identity, claim: str) -> str | None:
 
 class Directory:
     def __init__(
-        self, config: LDAP, source: Source, metrics: Metrics, *,
+        self,
+        config: LDAP,
+        source: Source,
+        metrics: Metrics,
+        *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -73,8 +77,9 @@ class Directory:
         self._flush = FlushWatcher(config.flush_file)
         self.deadline = config.connect_timeout_seconds + 2 * config.timeout_seconds
         cache_counter = metrics.directory_cache
-        self._counted = {r: cache_counter.labels(r) for r in
-                         ("hit", "negative_hit", "miss", "stale", "refused")}
+        self._counted = {
+            r: cache_counter.labels(r) for r in ("hit", "negative_hit", "miss", "stale", "refused")
+        }
         self.round_trips = 0
 
     @staticmethod
@@ -92,15 +97,21 @@ class Directory:
         hit = self._cache.get(self.key(value))
         if hit is not None:
             age = now - hit.fetched_at
-            ttl = (self.config.cache_ttl_seconds if hit.membership.found
-                   else self.config.negative_ttl_seconds)
+            ttl = (
+                self.config.cache_ttl_seconds
+                if hit.membership.found
+                else self.config.negative_ttl_seconds
+            )
             if age < ttl:
                 self._counted["hit" if hit.membership.found else "negative_hit"].inc()
                 return hit.membership
         if now < self._down_until:
             return self._stale_or_refuse(hit, now)
-        if not self._healthy and hit is not None \
-                and now - hit.fetched_at < self.config.max_staleness_seconds:
+        if (
+            not self._healthy
+            and hit is not None
+            and now - hit.fetched_at < self.config.max_staleness_seconds
+        ):
             # the directory failed last time: answer from the cache now and retry behind
             # the scenes, rather than make this request wait for a directory that may hang
             self._revalidate(value)
@@ -188,11 +199,9 @@ class Directory:
             async with asyncio.timeout(self.deadline):
                 async with self._slots:
                     self.round_trips += 1
-                    found = await loop.run_in_executor(self._executor, self.source.lookup,
-                                                       value)
+                    found = await loop.run_in_executor(self._executor, self.source.lookup, value)
         except TimeoutError:
-            raise DirectoryError(
-                "timeout", f"no answer within {self.deadline:.1f}s") from None
+            raise DirectoryError("timeout", f"no answer within {self.deadline:.1f}s") from None
         finally:
             self.metrics.directory_latency.observe(time.perf_counter() - started)
         self.metrics.directory_lookups.labels("found" if found.found else "not_found").inc()

@@ -30,8 +30,9 @@ class LdapSource:
 
     def __init__(self, config: LDAP, password: str | None = None) -> None:
         self.config = config
-        self.connector = Connector(config, password if password is not None
-                                   else read_password(config))
+        self.connector = Connector(
+            config, password if password is not None else read_password(config)
+        )
         self.queries = Lookup(config)
         self._idle: queue.LifoQueue[ldap3.Connection] = queue.LifoQueue()
         self._closed = threading.Event()

@@ -114,8 +114,9 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.finish(reusable=False)
         elif not self._responded:
             retry = self.reused and exchange.method in _IDEMPOTENT and exchange.body_bytes == 0
-            self.pool.on_failure(self.pool, flow,
-                                 Failure(f"connection lost: {exc or 'closed'}", retry=retry))
+            self.pool.on_failure(
+                self.pool, flow, Failure(f"connection lost: {exc or 'closed'}", retry=retry)
+            )
         elif not exchange.finished:
             # the response was cut short: the client must see a broken stream, not an end
             exchange.conn.abort()
@@ -145,8 +146,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_open:
             limits = self.limits  # the common case first: a whole head in one read
             end = -1 if self._held else data.find(b"\r\n\r\n")
-            if not (0 <= end <= limits.max_bytes - 4 and data[9:10] != b"1"
-                    and data.count(b"\n", 0, end) <= limits.max_lines):
+            if not (
+                0 <= end <= limits.max_bytes - 4
+                and data[9:10] != b"1"
+                and data.count(b"\n", 0, end) <= limits.max_lines
+            ):
                 data = self._collect_head(data)
                 if not data:
                     return
@@ -157,9 +161,11 @@ class UpstreamConnection(asyncio.Protocol):
         elif not self.closed:
             self._stalled += len(data)
             if self._stalled > self.limits.max_bytes:
-                self._cut(f"{self._stalled} bytes after the response head without body "
-                          "progress (endless chunk framing or trailers)",
-                          "endless data after the response head")
+                self._cut(
+                    f"{self._stalled} bytes after the response head without body "
+                    "progress (endless chunk framing or trailers)",
+                    "endless data after the response head",
+                )
 
     def _feed(self, data: bytes) -> None:
         client = self.exchange.conn if self.exchange is not None else None
@@ -222,9 +228,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _refuse_head(self, size: int, lines: int) -> None:
         limits = self.limits
-        self._cut(f"response head over the limits ({size} bytes, limit {limits.max_bytes}; "
-                  f"{lines} lines, limit {limits.max_lines})",
-                  f"a response head over {limits.max_bytes} bytes or {limits.max_lines} lines")
+        self._cut(
+            f"response head over the limits ({size} bytes, limit {limits.max_bytes}; "
+            f"{lines} lines, limit {limits.max_lines})",
+            f"a response head over {limits.max_bytes} bytes or {limits.max_lines} lines",
+        )
 
     def _cut(self, why: str, what: str) -> None:
         """The tenant sent more than the gateway takes: drop the connection; the client gets
@@ -239,15 +247,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._detach()
         self.close()
         if self._responded:
-            log.warning("request %s tenant %s: %s; response cut", exchange.request_id.decode(),
-                        flow.tenant, why)
+            log.warning(
+                "request %s tenant %s: %s; response cut",
+                exchange.request_id.decode(),
+                flow.tenant,
+                why,
+            )
             flow.reason = f"upstream {why}"
             exchange.conn.abort()
             exchange.finish(reusable=False)
             return
         tenant = flow.tenant or "?"
-        self.pool.on_failure(self.pool, flow, Failure(
-            why, 502, f"the API server of tenant {tenant} sent {what}; the gateway refused it"))
+        self.pool.on_failure(
+            self.pool,
+            flow,
+            Failure(
+                why, 502, f"the API server of tenant {tenant} sent {what}; the gateway refused it"
+            ),
+        )
 
     # -- sending --------------------------------------------------------------------------
 
@@ -372,12 +389,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline = None  # the timer, if any, finds nothing due and ends
         if status == 401 and (self.flow is None or self.flow.credential is None):
             self._credential_rejected()  # not for a tenant-native token: that one is the
-            return                       # client's own, and its 401 goes back as it is
+            return  # client's own, and its 401 goes back as it is
         health = self.pool.health
         if health.degraded:
             health.answered(self.pool.upstream.name)
-        if (self._upgrade_expected and self.flow is not None and self.flow.stream is not None
-                and self._stream_answer(status)):
+        if (
+            self._upgrade_expected
+            and self.flow is not None
+            and self.flow.stream is not None
+            and self._stream_answer(status)
+        ):
             return
         if status == 101 and self._upgrade_expected:
             lines = [b"HTTP/1.1 101 %b\r\n" % PHRASES[101].encode()]
@@ -438,8 +459,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._detach()
             self.close()
             flow.upstream_head = head
-            self.pool.on_failure(self.pool, flow, Failure(
-                f"upgrade refused ({status}), trying {session.attempt}", retry=True))
+            self.pool.on_failure(
+                self.pool,
+                flow,
+                Failure(f"upgrade refused ({status}), trying {session.attempt}", retry=True),
+            )
             return True
         try:
             head = session.switched(self._headers, exchange.request_id)
@@ -447,10 +471,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._detach()
             self.close()
             tenant = flow.tenant or "?"
-            self.pool.on_failure(self.pool, flow, Failure(
-                f"unusable upgrade answer: {exc}", 502,
-                f"the API server of tenant {tenant} answered the {session.attempt} upgrade in "
-                f"a way the gateway cannot bridge: {exc}"))
+            self.pool.on_failure(
+                self.pool,
+                flow,
+                Failure(
+                    f"unusable upgrade answer: {exc}",
+                    502,
+                    f"the API server of tenant {tenant} answered the {session.attempt} upgrade in "
+                    f"a way the gateway cannot bridge: {exc}",
+                ),
+            )
             return True
         if head is None:
             return False
@@ -466,12 +496,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._detach()
         self.close()
         tenant = flow.tenant or "?"
-        self.pool.on_failure(self.pool, flow, Failure(
-            "the tenant's API server rejected the gateway's credential (401)", 502,
-            f"the gateway's own credential for tenant {tenant} was rejected by the tenant's "
-            "API server (401 Unauthorized). This is not a problem with your login: a "
-            "platform administrator must renew the gateway's credential for this tenant",
-            credential=True))
+        self.pool.on_failure(
+            self.pool,
+            flow,
+            Failure(
+                "the tenant's API server rejected the gateway's credential (401)",
+                502,
+                f"the gateway's own credential for tenant {tenant} was rejected by the tenant's "
+                "API server (401 Unauthorized). This is not a problem with your login: a "
+                "platform administrator must renew the gateway's credential for this tenant",
+                credential=True,
+            ),
+        )
 
     # -- tunnel ---------------------------------------------------------------------------
 

@@ -43,15 +43,17 @@ class Forwarder:
     `max_response_head_bytes`/`max_response_headers`; `health` knows the tenants whose
     API server currently rejects the gateway's credential."""
 
-    def __init__(self, settings: UpstreamSettings, metrics: Metrics | None = None, *,
-                 bridge: bool = True) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, metrics: Metrics | None = None, *, bridge: bool = True
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         # what each tenant accepts of WebSocket and SPDY (None: no bridging)
         self.protocols = TenantProtocols() if bridge else None
         self.health = TenantHealth(metrics)
-        self.head_limits = HeadLimits(settings.max_response_head_bytes,
-                                      settings.max_response_headers)
+        self.head_limits = HeadLimits(
+            settings.max_response_head_bytes, settings.max_response_headers
+        )
         self._pools: dict[str, UpstreamPool] = {}
         self._sweeper: asyncio.Task | None = None
 
@@ -111,9 +113,7 @@ class Forwarder:
         if conn is not None:
             conn.send(flow, timeout=timeout)
             return
-        task = asyncio.get_running_loop().create_task(
-            self._connect_and_send(pool, flow, timeout)
-        )
+        task = asyncio.get_running_loop().create_task(self._connect_and_send(pool, flow, timeout))
         exchange.client_gone_hook = task.cancel
         _keep(task)
 
@@ -125,8 +125,9 @@ class Forwarder:
         request = StreamRequest.of(flow.target or flow.exchange.target, flow.exchange.head)
         if request is None or flow.tenant is None:
             return
-        session = StreamSession(request, flow.tenant, protocols=self.protocols,
-                                recording=flow.recording)
+        session = StreamSession(
+            request, flow.tenant, protocols=self.protocols, recording=flow.recording
+        )
         flow.stream = session
         flow.upstream_head = session.head(flow.upstream_head)
 
@@ -149,8 +150,7 @@ class Forwarder:
         or answer."""
         exchange = flow.exchange
         if failure.retry and not pool.closed and not exchange.conn.closed:
-            log.debug("request %s: %s; retrying once", exchange.request_id.decode(),
-                      failure.why)
+            log.debug("request %s: %s; retrying once", exchange.request_id.decode(), failure.why)
             task = asyncio.get_running_loop().create_task(
                 self._connect_and_send(pool, flow, self.settings.response_timeout_seconds)
             )
@@ -159,8 +159,7 @@ class Forwarder:
             return
         self._answer_failure(flow, pool.upstream, failure)
 
-    def _answer_failure(self, flow: Flow, upstream: Upstream | None, failure: Failure
-                        ) -> None:
+    def _answer_failure(self, flow: Flow, upstream: Upstream | None, failure: Failure) -> None:
         exchange = flow.exchange
         tenant = flow.tenant or "?"
         flow.reason = f"upstream {failure.why}"
@@ -170,8 +169,13 @@ class Forwarder:
             self.health.credential_rejected(tenant, exchange.request_id.decode())
         else:
             where = f"{upstream.host}:{upstream.port}" if upstream else "?"
-            log.warning("request %s tenant %s upstream %s: %s",
-                        exchange.request_id.decode(), tenant, where, failure.why)
+            log.warning(
+                "request %s tenant %s upstream %s: %s",
+                exchange.request_id.decode(),
+                tenant,
+                where,
+                failure.why,
+            )
         if exchange.finished or exchange.conn.closed:
             return
         if exchange.status:

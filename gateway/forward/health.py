@@ -37,28 +37,42 @@ class TenantHealth:
         state = self.degraded.get(tenant)
         if state is None:
             self.degraded[tenant] = Degraded(time.time(), 1, now)
-            log.error("tenant %s: its API server rejected the gateway's own credential (401) "
-                      "for request %s; requests to this tenant get 502 until the credential "
-                      "(token_file or client certificate) is renewed", tenant, request_id)
+            log.error(
+                "tenant %s: its API server rejected the gateway's own credential (401) "
+                "for request %s; requests to this tenant get 502 until the credential "
+                "(token_file or client certificate) is renewed",
+                tenant,
+                request_id,
+            )
             return
         state.failures += 1
         if now - state.logged >= LOG_EVERY_SECONDS:
             state.logged = now
-            log.error("tenant %s: the gateway's credential is still rejected (%d failures "
-                      "since %s)", tenant, state.failures, _when(state.since))
+            log.error(
+                "tenant %s: the gateway's credential is still rejected (%d failures since %s)",
+                tenant,
+                state.failures,
+                _when(state.since),
+            )
 
     def answered(self, tenant: str) -> None:
         """The tenant answered with something other than 401: its credential works."""
         state = self.degraded.pop(tenant, None)
         if state is not None:
-            log.info("tenant %s: the gateway's credential is accepted again (after %d "
-                     "rejected requests)", tenant, state.failures)
+            log.info(
+                "tenant %s: the gateway's credential is accepted again (after %d "
+                "rejected requests)",
+                tenant,
+                state.failures,
+            )
 
     def notes(self) -> list[str]:
         """One line per degraded tenant, for the verbose readiness answer."""
-        return [f"tenant {name}: the gateway's credential is rejected by its API server "
-                f"(401) since {_when(d.since)}, {d.failures} failed requests"
-                for name, d in sorted(self.degraded.items())]
+        return [
+            f"tenant {name}: the gateway's credential is rejected by its API server "
+            f"(401) since {_when(d.since)}, {d.failures} failed requests"
+            for name, d in sorted(self.degraded.items())
+        ]
 
 
 def _when(wall: float) -> str:

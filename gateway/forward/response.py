@@ -5,8 +5,16 @@ from __future__ import annotations
 from gateway.http.status import status_line
 
 _HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-     b"transfer-encoding", b"upgrade", b"proxy-authenticate"}
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+    }
 )
 _COPY, _DROP, _LENGTH, _AUDIT = range(4)
 MAX_REMEMBERED_NAMES = 512
@@ -17,8 +25,15 @@ _actions: dict[bytes, int] = {}
 
 def _action(name: bytes) -> int:
     lower = name.lower()
-    action = (_DROP if lower in _HOP_BY_HOP else _LENGTH if lower == b"content-length"
-              else _AUDIT if lower == b"audit-id" else _COPY)
+    action = (
+        _DROP
+        if lower in _HOP_BY_HOP
+        else _LENGTH
+        if lower == b"content-length"
+        else _AUDIT
+        if lower == b"audit-id"
+        else _COPY
+    )
     if len(_actions) < MAX_REMEMBERED_NAMES:
         _actions[name] = action
     return action

@@ -19,16 +19,19 @@ class Admission:
     """The cap of unauthenticated connections per peer address (`max_per_address`; 0:
     no cap)."""
 
-    def __init__(self, max_per_address: int,
-                 exempt: Callable[[str], bool] = lambda _peer: False) -> None:
+    def __init__(
+        self, max_per_address: int, exempt: Callable[[str], bool] = lambda _peer: False
+    ) -> None:
         self.max_per_address = max_per_address
         self.exempt = exempt
         self.open: dict[str, int] = {}  # peer address → unauthenticated connections
         self.refused = 0
         body = status_body(429, "too many unauthenticated connections from this address")
-        self.refusal = (status_line(429) + b"Content-Type: application/json\r\n"
-                        b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%b"
-                        % (len(body), body))
+        self.refusal = (
+            status_line(429) + b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%b"
+            % (len(body), body)
+        )
 
     def counts(self, peer: str) -> bool:
         """Whether connections from `peer` are counted at all."""

@@ -281,8 +281,11 @@ class _Call:
 
     def _crashed(self) -> None:
         ex = self.exchange
-        log.exception("mounted application failed on %s %s", ex.method.decode("latin-1"),
-                      self.scope["path"][:200])
+        log.exception(
+            "mounted application failed on %s %s",
+            ex.method.decode("latin-1"),
+            self.scope["path"][:200],
+        )
         if ex.finished or ex.conn.closed:
             return
         if self.head_sent:

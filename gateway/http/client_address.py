@@ -19,7 +19,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
-        text = text[1:text.index("]")]
+        text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # v4:port
         text = text.partition(":")[0]
     try:
@@ -53,8 +53,9 @@ class ClientAddress:
         peer_address = _address(peer)
         if peer_address is None or not self.trusted or not self._is_trusted(peer_address):
             return peer, peer.encode()
-        hops = [h for value in forwarded_for
-                for h in value.decode("latin-1").split(",") if h.strip()]
+        hops = [
+            h for value in forwarded_for for h in value.decode("latin-1").split(",") if h.strip()
+        ]
         chain = [peer]
         for hop in reversed(hops[-MAX_HOPS:]):
             address = _address(hop)

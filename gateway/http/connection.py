@@ -95,10 +95,17 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         # one timer per connection, looked at lazily: it fires at most this often while
         # the connection waits for a head, so a request costs no timer of its own
-        self._tick = min(limits.keepalive_timeout_seconds, limits.request_head_timeout_seconds,
-                         limits.first_byte_timeout_seconds) / 2
-        self._busy_recheck = min(limits.keepalive_timeout_seconds,
-                                 limits.request_head_timeout_seconds)
+        self._tick = (
+            min(
+                limits.keepalive_timeout_seconds,
+                limits.request_head_timeout_seconds,
+                limits.first_byte_timeout_seconds,
+            )
+            / 2
+        )
+        self._busy_recheck = min(
+            limits.keepalive_timeout_seconds, limits.request_head_timeout_seconds
+        )
         self._corked: list[bytes] | None = None
         self._read_paused = False
         self._refusal: bytes | None = None  # a refused head's answer, due after the current
@@ -200,12 +207,15 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.limits.max_request_head_bytes:
-            raise _Refused(431, "request headers too large "
-                                f"(limit {self.limits.max_request_head_bytes} bytes)")
+            raise _Refused(
+                431, f"request headers too large (limit {self.limits.max_request_head_bytes} bytes)"
+            )
         self._fields_left -= 1
         if self._fields_left < 0:
-            raise _Refused(431, "too many request header fields "
-                                f"(limit {self.limits.max_request_header_fields})")
+            raise _Refused(
+                431,
+                f"too many request header fields (limit {self.limits.max_request_header_fields})",
+            )
         self._headers.add(name, value)
 
     def on_headers_complete(self) -> None:
@@ -303,9 +313,10 @@ class ClientConnection(asyncio.Protocol):
         self._refused = True
         self._pause_reading()
         body = status_body(code, message)
-        refusal = (status_line(code)
-                   + b"Content-Type: application/json\r\nContent-Length: %d\r\n"
-                     b"Connection: close\r\n\r\n%b" % (len(body), body))
+        refusal = (
+            status_line(code) + b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%b" % (len(body), body)
+        )
         if self.current is None and not self._pipeline:
             self.write(refusal)
             self.close()
@@ -337,8 +348,12 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None and not self.closed \
-                and not self._refused:
+        if (
+            self._read_paused
+            and self.transport is not None
+            and not self.closed
+            and not self._refused
+        ):
             self._read_paused = False
             self.transport.resume_reading()
 
@@ -380,8 +395,7 @@ class ClientConnection(asyncio.Protocol):
         within a tick, or within `_busy_recheck` after a long exchange."""
         self._idle_since = self.loop.time()
         if self._timer is None:
-            self._timer = self.loop.call_at(self._idle_since + self._tick,
-                                            self._check_deadlines)
+            self._timer = self.loop.call_at(self._idle_since + self._tick, self._check_deadlines)
 
     def _check_deadlines(self) -> None:
         """Close a connection whose head is overdue (408), that sent nothing in time after
@@ -406,13 +420,18 @@ class ClientConnection(asyncio.Protocol):
                 self._head_since = now
             due = self._head_since + limits.request_head_timeout_seconds
             if now >= due:
-                self._refuse(408, "request head not received within "
-                                  f"{limits.request_head_timeout_seconds:g}s")
+                self._refuse(
+                    408,
+                    f"request head not received within {limits.request_head_timeout_seconds:g}s",
+                )
                 return
         else:
             self._head_since = None
-            due = idle_since + (limits.keepalive_timeout_seconds if self._had_request
-                                else limits.first_byte_timeout_seconds)
+            due = idle_since + (
+                limits.keepalive_timeout_seconds
+                if self._had_request
+                else limits.first_byte_timeout_seconds
+            )
             if now >= due:
                 self.close()
                 return
@@ -446,9 +465,9 @@ def _origin_form(target: bytes, host: bytes | None) -> tuple[bytes, tuple[int, s
     its authority is the `Host`; other forms are left to the route step (which refuses
     anything but a path)."""
     scheme_end = target.find(b"://")
-    if scheme_end < 0 or target[:scheme_end + 3].lower() not in _ABSOLUTE_FORM:
+    if scheme_end < 0 or target[: scheme_end + 3].lower() not in _ABSOLUTE_FORM:
         return target, None
-    rest = target[scheme_end + 3:]
+    rest = target[scheme_end + 3 :]
     end = len(rest)
     for stop in (b"/", b"?", b"#"):
         found = rest.find(stop)
@@ -456,8 +475,10 @@ def _origin_form(target: bytes, host: bytes | None) -> tuple[bytes, tuple[int, s
             end = found
     authority, path = rest[:end], rest[end:]
     if host is None or b"@" in authority or authority.lower() != host.lower():
-        return target, (400, "the authority of an absolute-form request target must be the "
-                             "Host header's")
+        return target, (
+            400,
+            "the authority of an absolute-form request target must be the Host header's",
+        )
     return (path if path.startswith(b"/") else b"/" + path), None
 
 
@@ -467,8 +488,10 @@ def _upgrade_problem(method: bytes, upgrade: bytes | None) -> tuple[int, str] | 
         return 405, "CONNECT is not supported"
     if upgrade is None or upgrade.strip(b" \t").lower() not in TUNNELLED_UPGRADES:
         offered = (upgrade or b"").decode("latin-1")[:64]
-        return 400, (f"unsupported upgrade {offered!r}: only WebSocket and SPDY/3.1 "
-                     "(kubectl exec, attach, cp, port-forward) are tunnelled")
+        return 400, (
+            f"unsupported upgrade {offered!r}: only WebSocket and SPDY/3.1 "
+            "(kubectl exec, attach, cp, port-forward) are tunnelled"
+        )
     return None
 
 

@@ -30,8 +30,8 @@ def new_request_id() -> bytes:
     if not _spare_ids:
         h = os.urandom(16 * _ID_BATCH).hex()
         _spare_ids.extend(
-            f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{h[i + 16:i + 20]}-"
-            f"{h[i + 20:i + 32]}".encode()
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-{h[i + 16 : i + 20]}-"
+            f"{h[i + 20 : i + 32]}".encode()
             for i in range(0, len(h), 32)
         )
     return _spare_ids.pop()
@@ -47,10 +47,30 @@ class Exchange:
     """
 
     __slots__ = (
-        "body_buffer", "body_bytes", "body_done", "body_sink", "bytes_out", "chunked_in",
-        "chunked_out", "client_gone_hook", "conn", "content_length", "context", "finished",
-        "head", "headers", "host", "http11", "keep_alive", "method", "request_id", "started",
-        "status", "streaming", "target", "upgrade",
+        "body_buffer",
+        "body_bytes",
+        "body_done",
+        "body_sink",
+        "bytes_out",
+        "chunked_in",
+        "chunked_out",
+        "client_gone_hook",
+        "conn",
+        "content_length",
+        "context",
+        "finished",
+        "head",
+        "headers",
+        "host",
+        "http11",
+        "keep_alive",
+        "method",
+        "request_id",
+        "started",
+        "status",
+        "streaming",
+        "target",
+        "upgrade",
     )
 
     def __init__(
@@ -162,8 +182,10 @@ class Exchange:
     ) -> None:
         """Answer locally with a complete response."""
         lines = [status_line(status)]
-        lines.append(b"Content-Type: %b\r\nContent-Length: %d\r\nAudit-ID: %b\r\n"
-                     % (content_type, len(body), self.request_id))
+        lines.append(
+            b"Content-Type: %b\r\nContent-Length: %d\r\nAudit-ID: %b\r\n"
+            % (content_type, len(body), self.request_id)
+        )
         lines.append(b"Cache-Control: no-cache, private\r\n")
         lines.extend(b"%b: %b\r\n" % (n, v) for n, v in extra)
         if not self.keep_alive or self.conn.closing or self.body_pending or self.upgrade:
@@ -177,7 +199,13 @@ class Exchange:
         self.conn.uncork()
         self.finish(reusable=self.keep_alive)
 
-    def fail(self, status: int, message: str, *, extra: Headers = (),  # type: ignore[assignment]
-             details: dict | None = None) -> None:
+    def fail(
+        self,
+        status: int,
+        message: str,
+        *,
+        extra: Headers = (),  # type: ignore[assignment]
+        details: dict | None = None,
+    ) -> None:
         """Answer with a Kubernetes `Status` error."""
         self.respond(status, status_body(status, message, details=details), extra=extra)

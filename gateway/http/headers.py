@@ -27,23 +27,46 @@ import re
 # credentials, and what the gateway itself asserts
 NEVER_FORWARDED = frozenset(
     {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-        b"transfer-encoding", b"upgrade", b"host", b"expect", b"content-length",
-        b"authorization", b"proxy-authorization", b"audit-id", b"x-forwarded-for",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"expect",
+        b"content-length",
+        b"authorization",
+        b"proxy-authorization",
+        b"audit-id",
+        b"x-forwarded-for",
         # statements about the client's address or the original request, which only the
         # gateway (or a trusted proxy, through X-Forwarded-For) may make
-        b"forwarded", b"via", b"client-ip",
+        b"forwarded",
+        b"via",
+        b"client-ip",
     }
 )
 NEVER_FORWARDED_PREFIXES = (
-    b"impersonate-", b"x-remote-",  # identity: the gateway's to assert
-    b"x-forwarded", b"x-real-", b"x-original-", b"x-envoy-", b"x-client-", b"x-cluster-client",
-    b"true-client", b"cf-connecting", b"fastly-client", b"x-proxyuser",
+    b"impersonate-",
+    b"x-remote-",  # identity: the gateway's to assert
+    b"x-forwarded",
+    b"x-real-",
+    b"x-original-",
+    b"x-envoy-",
+    b"x-client-",
+    b"x-cluster-client",
+    b"true-client",
+    b"cf-connecting",
+    b"fastly-client",
+    b"x-proxyuser",
 )
 # …and anything else that names a client or source address, whoever invented it
 _ADDRESS_NAME = re.compile(
     rb"client.?(?:ip|addr)|connecting.?ip|real.?ip|remote.?(?:ip|addr)|originating.?ip"
-    rb"|source.?(?:ip|addr)|socket.?ip|peer.?(?:ip|addr)")
+    rb"|source.?(?:ip|addr)|socket.?ip|peer.?(?:ip|addr)"
+)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -52,13 +75,29 @@ def never_forwarded(lower: bytes) -> bool:
     """Whether a field (lowercase name) is dropped on the way upstream: hop-by-hop and
     framing fields, credentials, identity assertions and every statement about the
     client's address."""
-    return (lower in NEVER_FORWARDED or lower.startswith(NEVER_FORWARDED_PREFIXES)
-            or _ADDRESS_NAME.search(lower) is not None)
+    return (
+        lower in NEVER_FORWARDED
+        or lower.startswith(NEVER_FORWARDED_PREFIXES)
+        or _ADDRESS_NAME.search(lower) is not None
+    )
 
 
 # the fields some step reads, and the class of every other field
-(_FORWARD, _DROPPED, _IMPERSONATE, _HOST, _LENGTH, _TRANSFER, _AUTHORIZATION, _EXPECT,
- _UPGRADE, _CONNECTION, _WS, _XFF, _COOKIE) = range(13)
+(
+    _FORWARD,
+    _DROPPED,
+    _IMPERSONATE,
+    _HOST,
+    _LENGTH,
+    _TRANSFER,
+    _AUTHORIZATION,
+    _EXPECT,
+    _UPGRADE,
+    _CONNECTION,
+    _WS,
+    _XFF,
+    _COOKIE,
+) = range(13)
 _READ: dict[bytes, int] = {
     b"host": _HOST,
     b"content-length": _LENGTH,
@@ -116,9 +155,22 @@ class RequestHeaders:
     upstream, as serialized pieces (``name, b": ", value, b"\\r\\n"``, repeated)."""
 
     __slots__ = (
-        "authorization", "chunked", "connection_named", "content_length", "cookies",
-        "error", "expect", "fields", "forward", "forwarded_for", "host", "hosts",
-        "impersonation", "transfer_encoding", "upgrade", "websocket_protocols",
+        "authorization",
+        "chunked",
+        "connection_named",
+        "content_length",
+        "cookies",
+        "error",
+        "expect",
+        "fields",
+        "forward",
+        "forwarded_for",
+        "host",
+        "hosts",
+        "impersonation",
+        "transfer_encoding",
+        "upgrade",
+        "websocket_protocols",
     )
 
     def __init__(self) -> None:
@@ -188,8 +240,11 @@ class RequestHeaders:
             self.transfer_encoding = value
             self.chunked = value.strip(b" \t").lower() == b"chunked"
             if not self.chunked:
-                self._note(400, f"unsupported Transfer-Encoding {value[:32].decode('latin-1')!r}"
-                                " (only chunked is accepted)")
+                self._note(
+                    400,
+                    f"unsupported Transfer-Encoding {value[:32].decode('latin-1')!r}"
+                    " (only chunked is accepted)",
+                )
         elif kind == _EXPECT:
             if value.strip(b" \t").lower() == b"100-continue":
                 self.expect = True
@@ -245,5 +300,5 @@ class RequestHeaders:
         pieces = self.forward
         for i in range(0, len(pieces), 4):
             if pieces[i].lower() not in named:
-                out += pieces[i:i + 4]
+                out += pieces[i : i + 4]
         return out

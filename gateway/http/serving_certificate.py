@@ -45,8 +45,10 @@ class ServingCertificate:
 
     def _files_identity(self) -> tuple | None:
         try:
-            return tuple((s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns)
-                         for s in (os.stat(self.cert_file), os.stat(self.key_file)))
+            return tuple(
+                (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns)
+                for s in (os.stat(self.cert_file), os.stat(self.key_file))
+            )
         except OSError:
             return None
 
@@ -59,8 +61,11 @@ class ServingCertificate:
         try:
             pair = (self.cert_file.read_bytes(), self.key_file.read_bytes())
         except OSError as exc:
-            log.error("serving certificate %s unreadable, keeping the previous one: %s",
-                      self.cert_file, exc)
+            log.error(
+                "serving certificate %s unreadable, keeping the previous one: %s",
+                self.cert_file,
+                exc,
+            )
             return False
         # One snapshot of both files, checked in a scratch context and then loaded into the
         # live one: a file swapped in between can never pair a new certificate with an old key.
@@ -71,8 +76,11 @@ class ServingCertificate:
             try:
                 _new_context().load_cert_chain(str(cert), str(key))
             except ssl.SSLError as exc:
-                log.error("new serving certificate %s not loaded, keeping the previous one: %s",
-                          self.cert_file, exc)
+                log.error(
+                    "new serving certificate %s not loaded, keeping the previous one: %s",
+                    self.cert_file,
+                    exc,
+                )
                 return False
             self.context.load_cert_chain(str(cert), str(key))
         self.reloads += 1
@@ -81,8 +89,7 @@ class ServingCertificate:
 
     def start(self) -> None:
         if self.check_seconds > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch(),
-                                                                name="tls-reload")
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="tls-reload")
 
     async def _watch(self) -> None:
         while True:

@@ -21,14 +21,30 @@ _REASONS = {
 }
 
 PHRASES = {
-    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
-    204: "No Content", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-    408: "Request Timeout", 413: "Request Entity Too Large", 417: "Expectation Failed",
-    422: "Unprocessable Entity", 429: "Too Many Requests",
-    414: "URI Too Long", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
+    100: "Continue",
+    101: "Switching Protocols",
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    417: "Expectation Failed",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 _status_lines: dict[int, bytes] = {}
@@ -44,8 +60,9 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def status_body(code: int, message: str, reason: str | None = None,
-                details: dict | None = None) -> bytes:
+def status_body(
+    code: int, message: str, reason: str | None = None, details: dict | None = None
+) -> bytes:
     """Serialize a `metav1.Status` failure with the given HTTP code and message (and
     `details`, e.g. ``{"retryAfterSeconds": 1}``, which client-go reads)."""
     status = {

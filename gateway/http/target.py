@@ -20,7 +20,8 @@ REDACTED = b"REDACTED"
 # one of these somewhere (in lowercase) is looked at closely
 _SUSPECT = re.compile(rb"token|secret|pass|pwd|cred|sig|key|auth|session|jwt|bearer|code|%")
 _CREDENTIAL = re.compile(
-    r"token|secret|passw|credential|signature|session|auth|jwt|bearer|api_?key")
+    r"token|secret|passw|credential|signature|session|auth|jwt|bearer|api_?key"
+)
 _CREDENTIAL_NAMES = frozenset({"code", "key", "sig", "pwd", "pass"})
 
 
@@ -37,7 +38,7 @@ def redacted(target: bytes) -> bytes:
     start = target.find(b"?")
     if start < 0 or _SUSPECT.search(target.lower(), start) is None:
         return target
-    path, query = target[:start], target[start + 1:]
+    path, query = target[:start], target[start + 1 :]
     parts = re.split(rb"([&;])", query)
     for i in range(0, len(parts), 2):
         name, eq, _ = parts[i].partition(b"=")

@@ -37,29 +37,48 @@ log = logging.getLogger("vgate.admin")
 MAX_BODY = 1 << 20
 Authenticate = Callable[[str], Awaitable[Identity]]
 
-_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-            409: "AlreadyExists", 413: "RequestEntityTooLarge", 422: "Invalid",
-            500: "InternalError"}
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "AlreadyExists",
+    413: "RequestEntityTooLarge",
+    422: "Invalid",
+    500: "InternalError",
+}
 
 
-def status_response(code: int, message: str, *, reason: str | None = None,
-                    causes: list[dict[str, str]] | None = None,
-                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                            "status": "Failure", "message": message,
-                            "reason": reason or _REASONS.get(code, "Unknown"), "code": code}
+def status_response(
+    code: int,
+    message: str,
+    *,
+    reason: str | None = None,
+    causes: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or _REASONS.get(code, "Unknown"),
+        "code": code,
+    }
     if causes:
         body["details"] = {"causes": causes}
     return JSONResponse(body, status_code=code, headers=headers)
 
 
 def validation_causes(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"field": field, "message": message, "reason": "FieldValueInvalid"}
-            for field, message in field_problems(exc, whole="body")]
+    return [
+        {"field": field, "message": message, "reason": "FieldValueInvalid"}
+        for field, message in field_problems(exc, whole="body")
+    ]
 
 
-def platform_admin_check(groups: Iterable[str], users: Iterable[str]
-                         ) -> Callable[[Identity], bool]:
+def platform_admin_check(groups: Iterable[str], users: Iterable[str]) -> Callable[[Identity], bool]:
     """Allowed: any of `users`, or a member of any of `groups`. Empty lists allow nobody."""
     allowed_groups, allowed_users = frozenset(groups), frozenset(users)
 
@@ -85,17 +104,22 @@ def admin_app(
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return status_response(401, "Unauthorized",
-                                   headers={"WWW-Authenticate": 'Bearer realm="vgate"'})
+            return status_response(
+                401, "Unauthorized", headers={"WWW-Authenticate": 'Bearer realm="vgate"'}
+            )
         try:
             identity = await authenticate(token.strip())
         except Exception as exc:
             log.info("admin API: authentication failed: %s", exc)
-            return status_response(401, "Unauthorized", headers={
-                "WWW-Authenticate": 'Bearer realm="vgate", error="invalid_token"'})
+            return status_response(
+                401,
+                "Unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="vgate", error="invalid_token"'},
+            )
         if not is_platform_admin(identity):
-            return status_response(403, f'user "{identity.username}" is not a platform '
-                                        "administrator")
+            return status_response(
+                403, f'user "{identity.username}" is not a platform administrator'
+            )
         return identity
 
     def endpoint(handler):
@@ -113,6 +137,7 @@ def admin_app(
                 return status_response(409, str(exc), reason="Conflict")
             except ValidationError as exc:
                 return status_response(422, "invalid tenant", causes=validation_causes(exc))
+
         return run
 
     async def body(request: Request) -> Any:
@@ -153,6 +178,7 @@ def admin_app(
                 record = await getattr(operations, name)(tenant)
             log.info("admin API: %s: %s %s", who.username, name, tenant)
             return JSONResponse(show(record), status_code=202 if name == "delete" else 200)
+
         return run
 
     def guarded(handler):
@@ -161,17 +187,22 @@ def admin_app(
                 return await handler(request, who)
             except _BadRequest as exc:
                 return status_response(exc.code, exc.message)
+
         return endpoint(run)
 
     base = prefix.rstrip("/")
-    return Starlette(routes=[
-        Route(f"{base}/tenants", guarded(list_tenants), methods=["GET"]),
-        Route(f"{base}/tenants", guarded(create), methods=["POST"]),
-        Route(f"{base}/tenants/{{name}}", guarded(get), methods=["GET"]),
-        Route(f"{base}/tenants/{{name}}", guarded(action("delete")), methods=["DELETE"]),
-        *(Route(f"{base}/tenants/{{name}}/{verb}", guarded(action(verb)), methods=["POST"])
-          for verb in ("pause", "resume", "upgrade")),
-    ])
+    return Starlette(
+        routes=[
+            Route(f"{base}/tenants", guarded(list_tenants), methods=["GET"]),
+            Route(f"{base}/tenants", guarded(create), methods=["POST"]),
+            Route(f"{base}/tenants/{{name}}", guarded(get), methods=["GET"]),
+            Route(f"{base}/tenants/{{name}}", guarded(action("delete")), methods=["DELETE"]),
+            *(
+                Route(f"{base}/tenants/{{name}}/{verb}", guarded(action(verb)), methods=["POST"])
+                for verb in ("pause", "resume", "upgrade")
+            ),
+        ]
+    )
 
 
 class _BadRequest(Exception):

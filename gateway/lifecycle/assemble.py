@@ -39,8 +39,10 @@ def store_namespace(config: GatewayConfig) -> str:
 
     namespace = lifecycle_of(config).store_namespace or in_cluster_namespace()
     if namespace is None:
-        raise ValueError("lifecycle.store_namespace is not set and this is not a pod "
-                         "(no service account namespace file): set it")
+        raise ValueError(
+            "lifecycle.store_namespace is not set and this is not a pod "
+            "(no service account namespace file): set it"
+        )
     return namespace
 
 
@@ -49,8 +51,11 @@ def open_store(config: GatewayConfig) -> TenantStore:
     if lc.store_backend == "kubernetes":
         from gateway.lifecycle.stores.kubernetes import KubernetesTenantStore
 
-        return KubernetesTenantStore(namespace=store_namespace(config), lease_name=lc.lease_name,
-                                     kubeconfig=lc.store_kubeconfig)
+        return KubernetesTenantStore(
+            namespace=store_namespace(config),
+            lease_name=lc.lease_name,
+            kubeconfig=lc.store_kubeconfig,
+        )
     return SQLiteTenantStore(lc.store)
 
 
@@ -62,8 +67,11 @@ def shared_credentials(config: GatewayConfig) -> CredentialSecrets | None:
         return None
     from gateway.lifecycle.kube import LightkubeAPI
 
-    return CredentialSecrets(LightkubeAPI.from_path(lc.store_kubeconfig),
-                             store_namespace(config), CredentialFiles(lc.credentials_dir))
+    return CredentialSecrets(
+        LightkubeAPI.from_path(lc.store_kubeconfig),
+        store_namespace(config),
+        CredentialFiles(lc.credentials_dir),
+    )
 
 
 def hostname_for(config: GatewayConfig) -> Callable[[str], str | None]:
@@ -97,8 +105,9 @@ def tenant_operations(config: GatewayConfig, store: TenantStore) -> TenantOperat
     provisioner cannot run."""
     from gateway.lifecycle.operations import TenantOperations
 
-    return TenantOperations(store, static_tenants=[t.name for t in config.tenants],
-                            versions=kubernetes_versions(config))
+    return TenantOperations(
+        store, static_tenants=[t.name for t in config.tenants], versions=kubernetes_versions(config)
+    )
 
 
 def build_provisioner(config: GatewayConfig) -> Provisioner:
@@ -108,8 +117,10 @@ def build_provisioner(config: GatewayConfig) -> Provisioner:
     if lc.provisioner == "local":
         from gateway.lifecycle.provisioning.local import LocalProvisioner, LocalSettings
 
-        return LocalProvisioner(files, LocalSettings(
-            assets_dir=assets_dir(config), work_dir=lc.local.work_dir, token=token))
+        return LocalProvisioner(
+            files,
+            LocalSettings(assets_dir=assets_dir(config), work_dir=lc.local.work_dir, token=token),
+        )
     from gateway.lifecycle.kube import LightkubeAPI
     from gateway.lifecycle.provisioning.connect import connect
     from gateway.lifecycle.provisioning.helm import (
@@ -121,23 +132,38 @@ def build_provisioner(config: GatewayConfig) -> Provisioner:
 
     helm = lc.helm
     settings = HelmSettings(
-        chart=helm.chart, repo=helm.repo, chart_version=helm.chart_version,
-        namespace_prefix=helm.namespace_prefix, pod_security=helm.pod_security,
+        chart=helm.chart,
+        repo=helm.repo,
+        chart_version=helm.chart_version,
+        namespace_prefix=helm.namespace_prefix,
+        pod_security=helm.pod_security,
         gateway_namespace=helm.gateway_namespace,
         manager_cluster_role=helm.manager_cluster_role,
         manager_service_account=helm.manager_service_account,
         base_values=load_base_values(helm.values_file),
-        ready_timeout=helm.ready_timeout_seconds, token=token,
+        ready_timeout=helm.ready_timeout_seconds,
+        token=token,
     )
     runner = HelmRunner(helm.binary, kubeconfig=str(helm.kubeconfig) if helm.kubeconfig else None)
-    return HelmProvisioner(LightkubeAPI.from_path(helm.kubeconfig), runner, connect, files,
-                           settings, shared=shared_credentials(config))
+    return HelmProvisioner(
+        LightkubeAPI.from_path(helm.kubeconfig),
+        runner,
+        connect,
+        files,
+        settings,
+        shared=shared_credentials(config),
+    )
 
 
 def build_reconciler(config: GatewayConfig, store: TenantStore) -> Reconciler:
     lc = lifecycle_of(config)
-    return Reconciler(store, build_provisioner(config), hostname=hostname_for(config),
-                      auto_wake_default=lc.auto_wake, poll_seconds=lc.poll_seconds)
+    return Reconciler(
+        store,
+        build_provisioner(config),
+        hostname=hostname_for(config),
+        auto_wake_default=lc.auto_wake,
+        poll_seconds=lc.poll_seconds,
+    )
 
 
 def lifecycle_problems(config: GatewayConfig) -> list[str]:
@@ -157,24 +183,27 @@ def lifecycle_problems(config: GatewayConfig) -> list[str]:
             except (OSError, ValueError, yaml.YAMLError) as exc:
                 problems.append(f"lifecycle.helm.values_file: {exc}")
         if shutil.which(lc.helm.binary) is None:
-            problems.append(f"lifecycle.helm.binary: {lc.helm.binary!r} not found on PATH "
-                            "(install Helm 3 or set the path)")
+            problems.append(
+                f"lifecycle.helm.binary: {lc.helm.binary!r} not found on PATH "
+                "(install Helm 3 or set the path)"
+            )
         if lc.helm.kubeconfig is not None and not lc.helm.kubeconfig.is_file():
             problems.append(f"lifecycle.helm.kubeconfig: file not found: {lc.helm.kubeconfig}")
     else:
         assets = assets_dir(config)
         for binary in ("kube-apiserver", "etcd"):
             if not (assets / binary).is_file():
-                problems.append(f"lifecycle.local.assets_dir: {assets / binary} not found "
-                                "(set $KUBEBUILDER_ASSETS or lifecycle.local.assets_dir)")
+                problems.append(
+                    f"lifecycle.local.assets_dir: {assets / binary} not found "
+                    "(set $KUBEBUILDER_ASSETS or lifecycle.local.assets_dir)"
+                )
     if lc.store_backend == "kubernetes":
         try:
             store_namespace(config)
         except ValueError as exc:
             return [*problems, str(exc)]
         if lc.store_kubeconfig is not None and not lc.store_kubeconfig.is_file():
-            return [*problems, f"lifecycle.store_kubeconfig: file not found: "
-                               f"{lc.store_kubeconfig}"]
+            return [*problems, f"lifecycle.store_kubeconfig: file not found: {lc.store_kubeconfig}"]
     elif not lc.store.exists():
         return problems
     import asyncio
@@ -196,8 +225,10 @@ def lifecycle_problems(config: GatewayConfig) -> list[str]:
     where = lc.store if lc.store_backend == "sqlite" else f"namespace {store_namespace(config)}"
     for name in stored:
         if name in static:
-            problems.append(f"tenants: {name!r} is both configured statically and "
-                            f"managed by the lifecycle store ({where})")
+            problems.append(
+                f"tenants: {name!r} is both configured statically and "
+                f"managed by the lifecycle store ({where})"
+            )
     return problems
 
 
@@ -218,9 +249,12 @@ def build_admin_app(config: GatewayConfig, authenticate, *, prefix: str = "/admi
     lc = lifecycle_of(config)
     store = open_store(config)
     operations = tenant_operations(config, store)
-    app = admin_app(operations, authenticate=authenticate,
-                    is_platform_admin=platform_admin_check(lc.platform_admin_groups,
-                                                           lc.platform_admin_users),
-                    prefix=prefix, path_prefix=config.routing.path_prefix,
-                    public_url=lc.public_url)
+    app = admin_app(
+        operations,
+        authenticate=authenticate,
+        is_platform_admin=platform_admin_check(lc.platform_admin_groups, lc.platform_admin_users),
+        prefix=prefix,
+        path_prefix=config.routing.path_prefix,
+        public_url=lc.public_url,
+    )
     return AdminApp(app, store.close)

@@ -13,8 +13,9 @@ log = logging.getLogger("vgate.lifecycle.idle")
 
 
 class IdlePauser:
-    def __init__(self, store: TenantStore, holder: str, idle_seconds: float,
-                 *, check_seconds: float = 30.0) -> None:
+    def __init__(
+        self, store: TenantStore, holder: str, idle_seconds: float, *, check_seconds: float = 30.0
+    ) -> None:
         self.store = store
         self.holder = holder
         self.idle_seconds = idle_seconds
@@ -28,14 +29,19 @@ class IdlePauser:
             ready = record.status.condition("Ready")
             if record.spec.desired is not Desired.running or record.status.phase is not Phase.ready:
                 continue
-            since = max(record.last_activity or 0.0, ready.last_transition if ready else 0.0,
-                        record.created_at)
+            since = max(
+                record.last_activity or 0.0,
+                ready.last_transition if ready else 0.0,
+                record.created_at,
+            )
             if now - since < self.idle_seconds:
                 continue
             try:
                 await self.store.update_spec(
-                    record.name, record.spec.model_copy(update={"desired": Desired.paused}),
-                    record.version)
+                    record.name,
+                    record.spec.model_copy(update={"desired": Desired.paused}),
+                    record.version,
+                )
             except Conflict:
                 continue  # changed meanwhile; look again next round
             log.info("tenant %s: idle for %.0fs, pausing", record.name, now - since)

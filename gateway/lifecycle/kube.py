@@ -24,8 +24,11 @@ class KubeAPI(Protocol):
         """The object, or None when it does not exist."""
 
     async def list(
-        self, api_version: str, kind: str, namespace: str | None,
-        labels: dict[str, str] | None = None
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        labels: dict[str, str] | None = None,
     ) -> list[Manifest]:
         """Objects in `namespace` (None: a cluster-scoped kind) with all of `labels`."""
 
@@ -98,8 +101,9 @@ class LightkubeAPI:
         from lightkube import ApiError
 
         try:
-            res = await self.client.get(self._resource(api_version, kind), name,
-                                        namespace=namespace)
+            res = await self.client.get(
+                self._resource(api_version, kind), name, namespace=namespace
+            )
         except ApiError as exc:
             if exc.status.code == 404:
                 return None
@@ -108,15 +112,16 @@ class LightkubeAPI:
 
     async def list(self, api_version, kind, namespace, labels=None):
         res = self._resource(api_version, kind)
-        return [o.to_dict() async for o in self.client.list(res, namespace=namespace,
-                                                            labels=labels or {})]
+        return [
+            o.to_dict()
+            async for o in self.client.list(res, namespace=namespace, labels=labels or {})
+        ]
 
     async def delete(self, api_version, kind, name, namespace=None):
         from lightkube import ApiError
 
         try:
-            await self.client.delete(self._resource(api_version, kind), name,
-                                     namespace=namespace)
+            await self.client.delete(self._resource(api_version, kind), name, namespace=namespace)
         except ApiError as exc:
             if exc.status.code != 404:
                 raise
@@ -124,8 +129,13 @@ class LightkubeAPI:
     async def merge_patch(self, api_version, kind, name, namespace, patch):
         from lightkube.types import PatchType
 
-        await self.client.patch(self._resource(api_version, kind), name, patch,
-                                namespace=namespace, patch_type=PatchType.MERGE)
+        await self.client.patch(
+            self._resource(api_version, kind),
+            name,
+            patch,
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
 
     async def create_token(self, namespace, service_account, seconds):
         from lightkube.models.authentication_v1 import TokenRequestSpec
@@ -137,7 +147,8 @@ class LightkubeAPI:
         # that they match the URL's).
         request = ServiceAccount.Token(
             metadata=ObjectMeta(name=service_account, namespace=namespace),
-            spec=TokenRequestSpec(audiences=[], expirationSeconds=seconds))
+            spec=TokenRequestSpec(audiences=[], expirationSeconds=seconds),
+        )
         result = await self.client.create(request, service_account, namespace=namespace)
         expiry = result.status.expirationTimestamp
         if isinstance(expiry, str):
@@ -154,8 +165,10 @@ class LightkubeAPI:
         except ValueError:
             version = None
         if not isinstance(version, str) or not version:
-            raise ValueError(f"GET /version answered {response.status_code} without a "
-                             f"gitVersion: {response.text[:200]}")
+            raise ValueError(
+                f"GET /version answered {response.status_code} without a "
+                f"gitVersion: {response.text[:200]}"
+            )
         return version
 
     async def close(self) -> None:

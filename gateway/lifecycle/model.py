@@ -26,8 +26,25 @@ from gateway.lifecycle.versions import minor_of
 TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Names that would collide with the gateway's own pages, Kubernetes or vcluster objects.
 RESERVED_NAMES = frozenset(
-    {"admin", "api", "apis", "clusters", "default", "healthz", "kube-node-lease", "kube-public",
-     "kube-system", "livez", "login", "metrics", "portal", "readyz", "static", "vgate", "www"}
+    {
+        "admin",
+        "api",
+        "apis",
+        "clusters",
+        "default",
+        "healthz",
+        "kube-node-lease",
+        "kube-public",
+        "kube-system",
+        "livez",
+        "login",
+        "metrics",
+        "portal",
+        "readyz",
+        "static",
+        "vgate",
+        "www",
+    }
 )
 # The version a tenant gets when neither it nor the provisioner says otherwise (which versions
 # can run is the provisioner's: `versions.KubernetesVersions`).
@@ -39,8 +56,10 @@ MAX_GROUPS = 64
 
 def field_problems(exc: ValidationError, *, whole: str = "input") -> list[tuple[str, str]]:
     """(dotted field, message) for each error of `exc`; `whole` names the input itself."""
-    return [(".".join(str(p) for p in e["loc"]) or whole, e["msg"].removeprefix("Value error, "))
-            for e in exc.errors()]
+    return [
+        (".".join(str(p) for p in e["loc"]) or whole, e["msg"].removeprefix("Value error, "))
+        for e in exc.errors()
+    ]
 
 
 class Desired(StrEnum):

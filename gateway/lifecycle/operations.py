@@ -21,8 +21,13 @@ class Refused(StoreError):
 
 
 class TenantOperations:
-    def __init__(self, store: TenantStore, *, static_tenants: Iterable[str] = (),
-                 versions: Callable[[], KubernetesVersions] | None = None) -> None:
+    def __init__(
+        self,
+        store: TenantStore,
+        *,
+        static_tenants: Iterable[str] = (),
+        versions: Callable[[], KubernetesVersions] | None = None,
+    ) -> None:
         """`versions()`: what the provisioner can run now. A tenant created without a
         version gets its default; a version it cannot run is a `ValidationError` on
         `k8s_version`."""
@@ -30,14 +35,15 @@ class TenantOperations:
         self.static_tenants = frozenset(static_tenants)
         self.versions = versions
 
-    def _validated(self, data: dict[str, Any], versions: KubernetesVersions | None
-                   ) -> TenantSpec:
+    def _validated(self, data: dict[str, Any], versions: KubernetesVersions | None) -> TenantSpec:
         return TenantSpec.model_validate(data, context={"versions": versions})
 
     async def create(self, spec: TenantSpec) -> TenantRecord:
         if spec.name in self.static_tenants:
-            raise Refused(f'tenant "{spec.name}" is configured statically in the gateway '
-                          "config; choose another name")
+            raise Refused(
+                f'tenant "{spec.name}" is configured statically in the gateway '
+                "config; choose another name"
+            )
         if self.versions is not None:
             versions = self.versions()
             data = spec.model_dump(exclude_unset=True)
@@ -52,8 +58,7 @@ class TenantOperations:
     async def list(self) -> list[TenantRecord]:
         return await self.store.list()
 
-    async def _change(self, name: str, change: Callable[[TenantSpec], TenantSpec]
-                      ) -> TenantRecord:
+    async def _change(self, name: str, change: Callable[[TenantSpec], TenantSpec]) -> TenantRecord:
         for _ in range(20):
             record = await self.store.get(name)
             new = change(record.spec)
@@ -74,12 +79,14 @@ class TenantOperations:
         def change(spec: TenantSpec) -> TenantSpec:
             self._alive(spec)
             return spec.model_copy(update={"desired": Desired.paused})
+
         return await self._change(name, change)
 
     async def resume(self, name: str) -> TenantRecord:
         def change(spec: TenantSpec) -> TenantSpec:
             self._alive(spec)
             return spec.model_copy(update={"desired": Desired.running})
+
         return await self._change(name, change)
 
     async def upgrade(self, name: str, k8s_version: str) -> TenantRecord:
@@ -91,21 +98,26 @@ class TenantOperations:
             data["k8s_version"] = k8s_version
             new = self._validated(data, versions)  # a version the provisioner can run
             if minor_number(new.k8s_version) < minor_number(spec.k8s_version):
-                raise Refused(f"downgrades are not supported ({spec.k8s_version} → "
-                              f"{new.k8s_version})")
+                raise Refused(
+                    f"downgrades are not supported ({spec.k8s_version} → {new.k8s_version})"
+                )
             if minor_number(new.k8s_version) - minor_number(spec.k8s_version) > 1:
-                raise Refused("upgrade one minor version at a time "
-                              f"({spec.k8s_version} → {new.k8s_version})")
+                raise Refused(
+                    f"upgrade one minor version at a time ({spec.k8s_version} → {new.k8s_version})"
+                )
             return new
+
         return await self._change(name, change)
 
     async def delete(self, name: str) -> TenantRecord:
         return await self._change(
-            name, lambda spec: spec.model_copy(update={"desired": Desired.deleted}))
+            name, lambda spec: spec.model_copy(update={"desired": Desired.deleted})
+        )
 
 
-def describe(record: TenantRecord, *, path_prefix: str | None = None,
-             public_url: str | None = None) -> dict[str, Any]:
+def describe(
+    record: TenantRecord, *, path_prefix: str | None = None, public_url: str | None = None
+) -> dict[str, Any]:
     """A record as JSON for `show` and the admin API: spec, status and how to reach it."""
     servers = []
     if record.status.hostname:

@@ -84,31 +84,43 @@ class Reconciler:
         spec = record.spec
         if spec.desired is Desired.deleted:
             return [
-                Step("deregister-route", self._route_is(record.name, lambda: None),
-                     self._set_route(record.name, lambda: None)),
+                Step(
+                    "deregister-route",
+                    self._route_is(record.name, lambda: None),
+                    self._set_route(record.name, lambda: None),
+                ),
                 *self.provisioner.down(spec),
             ]
 
         def route() -> RouteInfo:
             """Computed when checked: the CA digest changes once a new CA was written."""
             info = self.provisioner.route(spec)
-            return info.model_copy(update={
-                "paused": spec.desired is Desired.paused,
-                "auto_wake": self.auto_wake_default if spec.auto_wake is None
-                else spec.auto_wake,
-                "ca_sha256": _digest(info.ca_file),
-            })
+            return info.model_copy(
+                update={
+                    "paused": spec.desired is Desired.paused,
+                    "auto_wake": self.auto_wake_default
+                    if spec.auto_wake is None
+                    else spec.auto_wake,
+                    "ca_sha256": _digest(info.ca_file),
+                }
+            )
 
         if spec.desired is Desired.paused:
             return [
-                Step("mark-route-paused", self._route_is(record.name, route),
-                     self._set_route(record.name, route)),
+                Step(
+                    "mark-route-paused",
+                    self._route_is(record.name, route),
+                    self._set_route(record.name, route),
+                ),
                 *self.provisioner.pause(spec),
             ]
         return [
             *self.provisioner.up(spec),
-            Step("register-route", self._route_is(record.name, route),
-                 self._set_route(record.name, route)),
+            Step(
+                "register-route",
+                self._route_is(record.name, route),
+                self._set_route(record.name, route),
+            ),
             Step("version-observed", self._version_is(record), self._set_version(record)),
         ]
 
@@ -119,8 +131,11 @@ class Reconciler:
         except TenantNotFound:
             return True
         desired = record.spec.desired
-        busy = {Desired.running: Phase.provisioning, Desired.paused: Phase.pausing,
-                Desired.deleted: Phase.deleting}[desired]
+        busy = {
+            Desired.running: Phase.provisioning,
+            Desired.paused: Phase.pausing,
+            Desired.deleted: Phase.deleting,
+        }[desired]
         current = None
         try:
             for step in self.plan(record):
@@ -139,8 +154,9 @@ class Reconciler:
             log.warning("tenant %s: %s", name, message)
 
             def failed(s: TenantStatus) -> TenantStatus:
-                s = s.with_condition(Condition(
-                    type="Ready", status="False", reason="StepFailed", message=message))
+                s = s.with_condition(
+                    Condition(type="Ready", status="False", reason="StepFailed", message=message)
+                )
                 update: dict = {"last_error": message, "failures": s.failures + 1}
                 if s.phase is Phase.pending:  # a step's check failed before any step ran
                     update.update(phase=busy, step=current)
@@ -155,12 +171,23 @@ class Reconciler:
         generation = record.generation
 
         def converged(s: TenantStatus) -> TenantStatus:
-            s = s.with_condition(Condition(
-                type="Ready", status="True" if done is Phase.ready else "False",
-                reason="Running" if done is Phase.ready else "Paused"))
-            return s.model_copy(update={
-                "phase": done, "step": None, "last_error": None, "failures": 0,
-                "observed_generation": generation, "hostname": self.hostname(name)})
+            s = s.with_condition(
+                Condition(
+                    type="Ready",
+                    status="True" if done is Phase.ready else "False",
+                    reason="Running" if done is Phase.ready else "Paused",
+                )
+            )
+            return s.model_copy(
+                update={
+                    "phase": done,
+                    "step": None,
+                    "last_error": None,
+                    "failures": 0,
+                    "observed_generation": generation,
+                    "hostname": self.hostname(name),
+                }
+            )
 
         await self._update(name, converged)
         return True
@@ -170,25 +197,28 @@ class Reconciler:
     def _route_is(self, name: str, route: Callable[[], RouteInfo | None]):
         async def done() -> bool:
             return (await self.store.get(name)).status.route == route()
+
         return done
 
     def _set_route(self, name: str, route: Callable[[], RouteInfo | None]):
         async def run() -> None:
             wanted = route()
             await self._update(name, lambda s: s.model_copy(update={"route": wanted}))
+
         return run
 
     def _version_is(self, record: TenantRecord):
         async def done() -> bool:
             served = await self.provisioner.served_version(record.spec)
             return (await self.store.get(record.name)).status.k8s_version == served
+
         return done
 
     def _set_version(self, record: TenantRecord):
         async def run() -> None:
             served = await self.provisioner.served_version(record.spec)
-            await self._update(record.name,
-                               lambda s: s.model_copy(update={"k8s_version": served}))
+            await self._update(record.name, lambda s: s.model_copy(update={"k8s_version": served}))
+
         return run
 
     async def _update(self, name: str, change: Callable[[TenantStatus], TenantStatus]) -> None:
@@ -231,8 +261,7 @@ class Reconciler:
         try:
             while True:
                 if loop.time() >= renew_at:  # a write: renew well before expiry, not per poll
-                    leader = await self.store.acquire_lease(MANAGER_LEASE, self.holder,
-                                                            lease_ttl)
+                    leader = await self.store.acquire_lease(MANAGER_LEASE, self.holder, lease_ttl)
                     renew_at = loop.time() + lease_ttl / 3
                 if leader:
                     for name in [n for n, t in self._workers.items() if t.done()]:
@@ -246,7 +275,8 @@ class Reconciler:
                             task = self._workers.get(record.name)
                             if task is None or task.done():
                                 self._workers[record.name] = asyncio.create_task(
-                                    self._worker(record.name), name=f"reconcile-{record.name}")
+                                    self._worker(record.name), name=f"reconcile-{record.name}"
+                                )
                 elif self._workers:
                     await self._stop_workers()  # someone else manages now
                 await asyncio.sleep(self.poll_seconds)

@@ -65,13 +65,24 @@ class RouteSync:
         if self.shared is not None:
             await self.shared.mirror()
         self._revision = revision
-        wanted = {r.name: r.status.route for r in records
-                  if r.status.route is not None and r.name not in self.static}
+        wanted = {
+            r.name: r.status.route
+            for r in records
+            if r.status.route is not None and r.name not in self.static
+        }
         self._sync_roles(records)
-        self.registry.set_states({
-            r.name: TenantState(phase=r.status.phase.value, step=r.status.step,
-                                last_error=r.status.last_error, failures=r.status.failures)
-            for r in records if r.status.phase is not Phase.ready and r.name not in self.static})
+        self.registry.set_states(
+            {
+                r.name: TenantState(
+                    phase=r.status.phase.value,
+                    step=r.status.step,
+                    last_error=r.status.last_error,
+                    failures=r.status.failures,
+                )
+                for r in records
+                if r.status.phase is not Phase.ready and r.name not in self.static
+            }
+        )
         for name in set(self._routes) - set(wanted):
             self.registry.remove(name)
             del self._routes[name]
@@ -89,10 +100,11 @@ class RouteSync:
         """Tenants' stored groups as roles: admin groups → cluster-admin, view → view."""
         if self.on_roles is None:
             return
-        wanted = {r.name: {"cluster-admin": list(r.spec.admin_groups),
-                           "view": list(r.spec.view_groups)}
-                  for r in records if r.spec.desired is not Desired.deleted
-                  and r.name not in self.static}
+        wanted = {
+            r.name: {"cluster-admin": list(r.spec.admin_groups), "view": list(r.spec.view_groups)}
+            for r in records
+            if r.spec.desired is not Desired.deleted and r.name not in self.static
+        }
         for name in set(self._roles) - set(wanted):
             self.on_roles(name, None)
             del self._roles[name]
@@ -108,10 +120,15 @@ class RouteSync:
             token_file = str(files.token_path(name))
             ca_file = str(files.ca_path(name)) if route.ca_file else None
         try:
-            upstream = upstream_from_config(TenantConfig(
-                name=name, upstream=route.server, ca_file=Path(ca_file) if ca_file else None,
-                token_file=Path(token_file), server_name=route.server_name,
-            ))
+            upstream = upstream_from_config(
+                TenantConfig(
+                    name=name,
+                    upstream=route.server,
+                    ca_file=Path(ca_file) if ca_file else None,
+                    token_file=Path(token_file),
+                    server_name=route.server_name,
+                )
+            )
         except (OSError, ValueError) as exc:  # credential files not there (yet)
             log.warning("tenant %s: route not usable yet: %s", name, exc)
             return None

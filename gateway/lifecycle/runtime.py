@@ -29,8 +29,9 @@ RolesHook = Callable[[str, Mapping[str, list[str]] | None], None]
 
 
 class LifecycleRuntime:
-    def __init__(self, config: GatewayConfig, registry: TenantRegistry,
-                 on_roles: RolesHook | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, registry: TenantRegistry, on_roles: RolesHook | None = None
+    ) -> None:
         self.config = config
         self.registry = registry
         self.on_roles = on_roles
@@ -45,9 +46,14 @@ class LifecycleRuntime:
         shared = shared_credentials(self.config)
         if shared is not None:
             self._closers.append(shared.api.close)
-        sync = RouteSync(sync_store, self.registry, static=[t.name for t in self.config.tenants],
-                         poll_seconds=lc.poll_seconds, on_roles=self.on_roles,
-                         shared=shared)
+        sync = RouteSync(
+            sync_store,
+            self.registry,
+            static=[t.name for t in self.config.tenants],
+            poll_seconds=lc.poll_seconds,
+            on_roles=self.on_roles,
+            shared=shared,
+        )
         await sync.sync_once(force=True)  # routes are there before the first request
         self._tasks.append(asyncio.create_task(sync.run(), name="lifecycle-routes"))
         if lc.manage:

@@ -58,8 +58,11 @@ def add_parser(sub: Any) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help="gateway config (uses its store directly)")
     where.add_argument("--server", help="a running gateway's URL (uses its admin API)")
-    p.add_argument("--token", default=os.environ.get("VGATE_TOKEN"),
-                   help="bearer token for --server (default $VGATE_TOKEN)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("VGATE_TOKEN"),
+        help="bearer token for --server (default $VGATE_TOKEN)",
+    )
     p.add_argument("--ca-file", help="CA bundle to verify --server")
     ops = p.add_subparsers(dest="operation", required=True)
 
@@ -71,12 +74,16 @@ def add_parser(sub: Any) -> None:
     q.add_argument("name")
     q.add_argument("--admin-group", action="append", required=True, dest="admin_groups")
     q.add_argument("--view-group", action="append", default=[], dest="view_groups")
-    q.add_argument("--k8s-version", help="Kubernetes minor version, like 1.32 (default: the "
-                   "provisioner's: the local kube-apiserver's own, or vgate's vcluster default)")
+    q.add_argument(
+        "--k8s-version",
+        help="Kubernetes minor version, like 1.32 (default: the "
+        "provisioner's: the local kube-apiserver's own, or vgate's vcluster default)",
+    )
     q.add_argument("--ha", type=int, help="control-plane replicas (odd; >1 deploys etcd)")
     q.add_argument("--quota", help="host ResourceQuota, like cpu=10,memory=20Gi,pods=50")
-    q.add_argument("--isolate", action="store_true",
-                   help="LimitRange and NetworkPolicy in the host namespace")
+    q.add_argument(
+        "--isolate", action="store_true", help="LimitRange and NetworkPolicy in the host namespace"
+    )
     q.add_argument("--values", type=Path, help="extra vcluster Helm values (YAML)")
     wake = q.add_mutually_exclusive_group()
     wake.add_argument("--auto-wake", dest="auto_wake", action="store_true", default=None)
@@ -112,8 +119,12 @@ def _fail(message: str, code: int) -> int:
 
 
 def _spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    spec: dict[str, Any] = {"name": args.name, "admin_groups": args.admin_groups,
-                            "view_groups": args.view_groups, "isolate": args.isolate}
+    spec: dict[str, Any] = {
+        "name": args.name,
+        "admin_groups": args.admin_groups,
+        "view_groups": args.view_groups,
+        "isolate": args.isolate,
+    }
     if args.k8s_version:
         spec["k8s_version"] = args.k8s_version
     if args.ha is not None:
@@ -162,8 +173,14 @@ def _open(args: argparse.Namespace) -> _Session:
     if config.lifecycle is None:
         raise Invalid([("config", f"{args.config} has no lifecycle: section")])
     operations = tenant_operations(config, open_store(config))
-    return _Session(DirectClient(operations, path_prefix=config.routing.path_prefix,
-                                 public_url=config.lifecycle.public_url), config)
+    return _Session(
+        DirectClient(
+            operations,
+            path_prefix=config.routing.path_prefix,
+            public_url=config.lifecycle.public_url,
+        ),
+        config,
+    )
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -199,8 +216,12 @@ async def _operate(args: argparse.Namespace, session: _Session) -> int:
         return EXIT_OK
     if op == "show":
         tenant = await client.get(args.name)
-        print(json.dumps(tenant, indent=2) if args.output == "json"
-              else yaml.safe_dump(tenant, sort_keys=False), end="")
+        print(
+            json.dumps(tenant, indent=2)
+            if args.output == "json"
+            else yaml.safe_dump(tenant, sort_keys=False),
+            end="",
+        )
         return EXIT_OK
     if op == "create":
         tenant = await client.create(_spec_from_args(args))
@@ -225,16 +246,16 @@ async def _operate(args: argparse.Namespace, session: _Session) -> int:
     def done(t: Tenant | None) -> bool:
         if target is None:
             return t is None
-        return (t is not None and t["phase"] == target
-                and t["observed_generation"] >= generation)
+        return t is not None and t["phase"] == target and t["observed_generation"] >= generation
 
     await _follow(session, name, done, args.timeout)
     print(f'tenant "{name}" ' + ("deleted" if target is None else target.lower()))
     return EXIT_OK
 
 
-async def _follow(session: _Session, name: str, done: Callable[[Tenant | None], bool],
-                  limit: float) -> None:
+async def _follow(
+    session: _Session, name: str, done: Callable[[Tenant | None], bool], limit: float
+) -> None:
     progress = Progress(sys.stdout)
     same = SameError()
     driver = None
@@ -255,9 +276,11 @@ async def _follow(session: _Session, name: str, done: Callable[[Tenant | None], 
                     progress.show(tenant)
                     if same.stuck(tenant):
                         progress.finish(f"{name}: failing")
-                        raise Stuck(f"tenant {name}: {same.limit} attempts in a row failed with "
-                                    f"the same error: {same.error} (the lifecycle manager "
-                                    f"retries it; see vgate tenant show {name})")
+                        raise Stuck(
+                            f"tenant {name}: {same.limit} attempts in a row failed with "
+                            f"the same error: {same.error} (the lifecycle manager "
+                            f"retries it; see vgate tenant show {name})"
+                        )
                 if done(tenant):
                     progress.finish(f"{name}: done")
                     return
@@ -272,8 +295,7 @@ async def _follow(session: _Session, name: str, done: Callable[[Tenant | None], 
                 await driver
 
 
-async def _reconcile_here(config: Any, name: str,
-                          on_step: Callable[[str, str], None]) -> None:
+async def _reconcile_here(config: Any, name: str, on_step: Callable[[str, str], None]) -> None:
     """Reconcile `name` in this process while no gateway holds the manager lease."""
     from gateway.lifecycle.assemble import build_reconciler, open_store
     from gateway.lifecycle.stores.protocol import MANAGER_LEASE
@@ -288,8 +310,9 @@ async def _reconcile_here(config: Any, name: str,
                 converged = await reconciler.reconcile(name)
                 if not converged:
                     record = await store.get(name)
-                    await asyncio.sleep(min(5.0, reconciler.backoff.delay(
-                        max(1, record.status.failures))))
+                    await asyncio.sleep(
+                        min(5.0, reconciler.backoff.delay(max(1, record.status.failures)))
+                    )
                     continue
             await asyncio.sleep(0.5)
     except TenantNotFound:
@@ -314,10 +337,20 @@ def _table(tenants: list[Tenant]) -> str:
     rows = [("NAME", "PHASE", "HOSTNAME", "VERSION", "AGE", "LAST ACTIVITY")]
     for t in tenants:
         phase = t["phase"] + (" (retrying)" if t.get("last_error") else "")
-        activity = (human_age(time.time() - t["last_activity"]) + " ago"
-                    if t.get("last_activity") else "-")
-        rows.append((t["name"], phase, t.get("hostname") or "-", _version(t),
-                     human_age(t.get("age_seconds")), activity))
+        activity = (
+            human_age(time.time() - t["last_activity"]) + " ago" if t.get("last_activity") else "-"
+        )
+        rows.append(
+            (
+                t["name"],
+                phase,
+                t.get("hostname") or "-",
+                _version(t),
+                human_age(t.get("age_seconds")),
+                activity,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )

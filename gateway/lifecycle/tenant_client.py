@@ -42,8 +42,13 @@ def _invalid(exc: ValidationError) -> Invalid:
 
 
 class DirectClient:
-    def __init__(self, operations: TenantOperations, *, path_prefix: str | None = None,
-                 public_url: str | None = None) -> None:
+    def __init__(
+        self,
+        operations: TenantOperations,
+        *,
+        path_prefix: str | None = None,
+        public_url: str | None = None,
+    ) -> None:
         self.operations = operations
         self._show = lambda r: describe(r, path_prefix=path_prefix, public_url=public_url)
 
@@ -82,12 +87,14 @@ class ApiClient:
     """The admin API of a running gateway (`--server`, bearer `--token`)."""
 
     def __init__(self, server: str, token: str, *, verify: str | bool = True) -> None:
-        self.http = httpx.AsyncClient(base_url=server.rstrip("/") + "/admin", verify=verify,
-                                      headers={"Authorization": f"Bearer {token}"},
-                                      timeout=30.0)
+        self.http = httpx.AsyncClient(
+            base_url=server.rstrip("/") + "/admin",
+            verify=verify,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30.0,
+        )
 
-    async def _call(self, method: str, path: str, name: str | None = None,
-                    body: Any = None) -> Any:
+    async def _call(self, method: str, path: str, name: str | None = None, body: Any = None) -> Any:
         r = await self.http.request(method, path, json=body)
         if r.status_code < 300:
             return r.json()
@@ -102,8 +109,10 @@ class ApiClient:
             raise TenantExists(name)
         if r.status_code == 422:
             causes = status.get("details", {}).get("causes") or []
-            raise Invalid([(c.get("field", "input"), c.get("message", "")) for c in causes]
-                          or [("input", message)])
+            raise Invalid(
+                [(c.get("field", "input"), c.get("message", "")) for c in causes]
+                or [("input", message)]
+            )
         if r.status_code == 409:
             raise Refused(message)
         raise StoreError(f"admin API {r.status_code}: {message}")
@@ -124,8 +133,9 @@ class ApiClient:
         return await self._call("POST", f"/tenants/{name}/resume", name)
 
     async def upgrade(self, name, k8s_version):
-        return await self._call("POST", f"/tenants/{name}/upgrade", name,
-                                {"k8s_version": k8s_version})
+        return await self._call(
+            "POST", f"/tenants/{name}/upgrade", name, {"k8s_version": k8s_version}
+        )
 
     async def delete(self, name):
         return await self._call("DELETE", f"/tenants/{name}", name)

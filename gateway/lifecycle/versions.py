@@ -12,11 +12,14 @@ MINOR = re.compile(r"^1\.(0|[1-9][0-9]?)$")
 
 
 def minor_of(version: str) -> str:
-    """"v1.31.4", "1.31.4" or "1.31" → "1.31" (ValueError for anything else)."""
+    """ "v1.31.4", "1.31.4" or "1.31" → "1.31" (ValueError for anything else)."""
     parts = version.strip().removeprefix("v").split(".")
     minor = ".".join(parts[:2])
-    if len(parts) > 3 or not MINOR.fullmatch(minor) or (
-            len(parts) == 3 and not parts[2].split("-")[0].isdigit()):
+    if (
+        len(parts) > 3
+        or not MINOR.fullmatch(minor)
+        or (len(parts) == 3 and not parts[2].split("-")[0].isdigit())
+    ):
         raise ValueError(f"{version!r} is not a Kubernetes version like 1.32")
     return minor
 
@@ -38,7 +41,11 @@ class KubernetesVersions:
         """Why `version` cannot run here, or None when it can."""
         if version in self.available:
             return None
-        have = ", ".join(f"{v} ({self.available[v]})"
-                         for v in sorted(self.available, key=minor_number)) or "none"
+        have = (
+            ", ".join(
+                f"{v} ({self.available[v]})" for v in sorted(self.available, key=minor_number)
+            )
+            or "none"
+        )
         more = f"; {self.how_to_add}" if self.how_to_add else ""
         return f"Kubernetes {version} is not available here (available: {have}){more}"

@@ -41,8 +41,7 @@ class Refusal:
     @classmethod
     def of(cls, reason: str, message: str, retry_after: int) -> Refusal:
         body = status_body(429, message, "TooManyRequests", {"retryAfterSeconds": retry_after})
-        return cls(reason, message, retry_after, body,
-                   ((b"Retry-After", b"%d" % retry_after),))
+        return cls(reason, message, retry_after, body, ((b"Retry-After", b"%d" % retry_after),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +60,15 @@ class _Level:
         refusal = self.refusals.get((kind, retry_after))
         if refusal is None:
             if kind == "rate":
-                message = (f"rate limit: {self.who} may make {self.rate:g} requests per "
-                           f"second (burst {self.burst:g}); retry later")
+                message = (
+                    f"rate limit: {self.who} may make {self.rate:g} requests per "
+                    f"second (burst {self.burst:g}); retry later"
+                )
             else:
-                message = (f"concurrency limit: {self.who} may keep {self.streams} watches, "
-                           "log follows and exec/attach/port-forward sessions open at once")
+                message = (
+                    f"concurrency limit: {self.who} may keep {self.streams} watches, "
+                    "log follows and exec/attach/port-forward sessions open at once"
+                )
             refusal = Refusal.of(f"{self.level}_{kind}", message, retry_after)
             if len(self.refusals) < 64:
                 self.refusals[(kind, retry_after)] = refusal
@@ -83,16 +86,19 @@ def most_generous(limits: list[Limit]) -> Limit:
         rate, burst = None, None
     else:
         rate, burst = max(r for r in rates if r is not None), max(x.bucket for x in limits)
-    return Limit(requests_per_second=rate, burst=burst,
-                 concurrent_streams=None if None in streams else
-                 max(s for s in streams if s is not None))
+    return Limit(
+        requests_per_second=rate,
+        burst=burst,
+        concurrent_streams=None if None in streams else max(s for s in streams if s is not None),
+    )
 
 
 class Limiter:
     """Admits or refuses requests against the configured `RateLimits`."""
 
-    def __init__(self, config: RateLimits, table: BucketTable, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: RateLimits, table: BucketTable, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config
         self.table = table
         self.clock = clock
@@ -116,15 +122,32 @@ class Limiter:
         if grant.roles and any(r in roles for r in grant.roles):
             user = most_generous([roles.get(r, user) for r in grant.roles])
         candidates = [
-            ("user", key_hash("user", tenant, grant.user), user,
-             f'user "{grant.user}" on tenant "{tenant}"'),
-            ("tenant", key_hash("tenant", tenant),
-             (own.tenant if own and own.tenant else None) or cfg.tenant, f'tenant "{tenant}"'),
+            (
+                "user",
+                key_hash("user", tenant, grant.user),
+                user,
+                f'user "{grant.user}" on tenant "{tenant}"',
+            ),
+            (
+                "tenant",
+                key_hash("tenant", tenant),
+                (own.tenant if own and own.tenant else None) or cfg.tenant,
+                f'tenant "{tenant}"',
+            ),
             ("global", key_hash("global"), cfg.global_, "the gateway"),
         ]
-        return tuple(_Level(level, key, limit.requests_per_second, float(limit.bucket),
-                            limit.concurrent_streams, who)
-                     for level, key, limit, who in candidates if not limit.unlimited)
+        return tuple(
+            _Level(
+                level,
+                key,
+                limit.requests_per_second,
+                float(limit.bucket),
+                limit.concurrent_streams,
+                who,
+            )
+            for level, key, limit, who in candidates
+            if not limit.unlimited
+        )
 
     def admit(self, grant: Grant, long_running: bool) -> Refusal | Held | None:
         """None: go on; `Held`: go on and `release` it when the request ends; else why not."""

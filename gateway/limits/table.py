@@ -52,8 +52,14 @@ _NO_LOCK = _NoLock()
 class BucketTable:
     """Shared rate buckets and stream counts; `worker` is this process's column."""
 
-    def __init__(self, slots: int, *, workers: int = 1, idle_seconds: float = 300.0,
-                 on_bypass: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        slots: int,
+        *,
+        workers: int = 1,
+        idle_seconds: float = 300.0,
+        on_bypass: Callable[[str], None] | None = None,
+    ) -> None:
         self.groups = max(1, slots // GROUP)
         self.slots = self.groups * GROUP
         self.workers = max(1, workers)
@@ -64,8 +70,7 @@ class BucketTable:
         self._q = memoryview(self._memory).cast("q")
         self._d = memoryview(self._memory).cast("d")
         self._streams_at = self.slots * WORDS
-        self._locks = [multiprocessing.Lock() for _ in range(STRIPES)] \
-            if self.workers > 1 else None
+        self._locks = [multiprocessing.Lock() for _ in range(STRIPES)] if self.workers > 1 else None
         self._local: dict[int, int] = {}  # key hash -> slot, as last found by this process
         self._stuck_logged = False
 
@@ -88,8 +93,10 @@ class BucketTable:
             return lock
         if not self._stuck_logged:
             self._stuck_logged = True
-            log.error("a rate-limit lock was not released (a worker died holding it?): keys "
-                      "behind it are not limited until the gateway restarts")
+            log.error(
+                "a rate-limit lock was not released (a worker died holding it?): keys "
+                "behind it are not limited until the gateway restarts"
+            )
         self.on_bypass("lock")
         return None
 

@@ -70,8 +70,9 @@ class TokenCache:
     def path(self, key: CacheKey) -> Path:
         return self.dir / f"{key.name}.json"
 
-    def locked(self, key: CacheKey, *, timeout: float,
-               notify: Callable[[str], None] | None = None) -> EntryLock:
+    def locked(
+        self, key: CacheKey, *, timeout: float, notify: Callable[[str], None] | None = None
+    ) -> EntryLock:
         """The entry's exclusive lock, waiting at most `timeout` s for another holder."""
         self._ensure_dir()
         return EntryLock(self.dir / f"{key.name}.lock", timeout=timeout, notify=notify)

@@ -20,16 +20,21 @@ def requested_api_version(env: dict[str, str] | None = None) -> str:
         raise ValueError("KUBERNETES_EXEC_INFO is not JSON") from None
     version = info.get("apiVersion") if isinstance(info, dict) else None
     if version not in SUPPORTED:
-        raise ValueError(f"unsupported exec credential apiVersion {version!r} "
-                         f"(supported: {', '.join(SUPPORTED)})")
+        raise ValueError(
+            f"unsupported exec credential apiVersion {version!r} "
+            f"(supported: {', '.join(SUPPORTED)})"
+        )
     return version
 
 
 def exec_credential(token: str, expires_at: float, api_version: str) -> str:
     """The ExecCredential JSON (one line) that kubectl reads from stdout."""
     stamp = datetime.fromtimestamp(int(expires_at), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return json.dumps({
-        "apiVersion": api_version,
-        "kind": "ExecCredential",
-        "status": {"token": token, "expirationTimestamp": stamp},
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "apiVersion": api_version,
+            "kind": "ExecCredential",
+            "status": {"token": token, "expirationTimestamp": stamp},
+        },
+        separators=(",", ":"),
+    )

@@ -46,15 +46,26 @@ def _handler(result: _Callback, state: str) -> type[BaseHTTPRequestHandler]:
                 return
             params = {k: v[0] for k, v in parse_qs(url.query).items()}
             if params.get("state") != state:
-                self._page(400, "Login failed", "The answer does not belong to this login "
-                           "(state mismatch). Start again with kubectl.")
+                self._page(
+                    400,
+                    "Login failed",
+                    "The answer does not belong to this login "
+                    "(state mismatch). Start again with kubectl.",
+                )
                 return
             if "error" in params:
-                self._page(403, "Login not completed",
-                           html.escape(params.get("error_description") or params["error"]))
+                self._page(
+                    403,
+                    "Login not completed",
+                    html.escape(params.get("error_description") or params["error"]),
+                )
             else:
-                self._page(200, "Signed in", "vgate login has your token. You can close this "
-                           "tab and go back to the terminal.")
+                self._page(
+                    200,
+                    "Signed in",
+                    "vgate login has your token. You can close this "
+                    "tab and go back to the terminal.",
+                )
             result.params = params
             result.done.set()
 
@@ -81,14 +92,18 @@ def _bind(ports: list[int]) -> HTTPServer:
             return HTTPServer(("127.0.0.1", port), _handler(_Callback(), ""))
         except OSError as exc:
             errors.append(f"{port}: {exc.strerror}")
-    raise LoginError("cannot listen on any loopback port for the login redirect ("
-                     + "; ".join(errors) + "); free one or pass --listen-port")
+    raise LoginError(
+        "cannot listen on any loopback port for the login redirect ("
+        + "; ".join(errors)
+        + "); free one or pass --listen-port"
+    )
 
 
 def can_open_browser() -> bool:
     """A graphical browser can be opened (never a console browser inside kubectl's terminal)."""
-    return (sys.platform in ("darwin", "win32")
-            or any(os.environ.get(v) for v in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")))
+    return sys.platform in ("darwin", "win32") or any(
+        os.environ.get(v) for v in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")
+    )
 
 
 def open_browser(url: str) -> bool:
@@ -110,8 +125,9 @@ class LoopbackLogin:
     `wait()` returns the tokens once the browser came back; leaving stops listening.
     """
 
-    def __init__(self, provider: Provider, *, scope: str, ports: list[int],
-                 login_hint: str = "") -> None:
+    def __init__(
+        self, provider: Provider, *, scope: str, ports: list[int], login_hint: str = ""
+    ) -> None:
         self.provider = provider
         self.scope = scope
         self.ports = ports
@@ -127,16 +143,20 @@ class LoopbackLogin:
         self._verifier = generate_token(64)
         server.RequestHandlerClass = _handler(self._result, state)
         server.timeout = 0.2
-        self._thread = threading.Thread(target=_serve_until, args=(server, self._result),
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=_serve_until, args=(server, self._result), daemon=True
+        )
         self._thread.start()
         try:
             with self.provider.client(redirect_uri=self.redirect_uri, scope=self.scope) as c:
                 extra = {"login_hint": self.login_hint} if self.login_hint else {}
                 self.url, _ = c.create_authorization_url(
-                    endpoints.authorization, state=state, nonce=self._nonce,
+                    endpoints.authorization,
+                    state=state,
+                    nonce=self._nonce,
                     code_challenge=create_s256_code_challenge(self._verifier),
-                    code_challenge_method="S256", **extra,
+                    code_challenge_method="S256",
+                    **extra,
                 )
         except BaseException:
             self.__exit__(None, None, None)
@@ -151,24 +171,34 @@ class LoopbackLogin:
     def wait(self, timeout: float) -> Tokens:
         """The tokens of the sign-in that comes back to the loopback redirect."""
         if not self._result.done.wait(timeout):
-            raise LoginError(f"no login arrived within {timeout:.0f} s (was the browser "
-                             "closed?); run the command again to retry")
+            raise LoginError(
+                f"no login arrived within {timeout:.0f} s (was the browser "
+                "closed?); run the command again to retry"
+            )
         provider = self.provider
         params = self._result.params or {}
         if "error" in params:
             if params["error"] == "access_denied":
-                raise LoginError("the sign-in was denied or cancelled at the identity provider"
-                                 + (f": {params.get('error_description')}"
-                                    if params.get("error_description") else ""))
-            raise LoginError(f"the identity provider refused the sign-in: {params['error']} "
-                             f"{params.get('error_description', '')}".strip())
+                raise LoginError(
+                    "the sign-in was denied or cancelled at the identity provider"
+                    + (
+                        f": {params.get('error_description')}"
+                        if params.get("error_description")
+                        else ""
+                    )
+                )
+            raise LoginError(
+                f"the identity provider refused the sign-in: {params['error']} "
+                f"{params.get('error_description', '')}".strip()
+            )
         if params.get("iss") not in (None, provider.issuer):
             raise LoginError("the authorization answer came from another issuer (iss mismatch)")
         code = params.get("code")
         if not code:
             raise LoginError("the authorization answer has no code")
-        return provider.exchange_code(code, redirect_uri=self.redirect_uri,
-                                      verifier=self._verifier, nonce=self._nonce)
+        return provider.exchange_code(
+            code, redirect_uri=self.redirect_uri, verifier=self._verifier, nonce=self._nonce
+        )
 
 
 def sign_in(
@@ -196,8 +226,12 @@ def sign_in(
             except Exception:
                 opened = False
             if opened:
-                print(f"vgate: a browser opened to sign you in at {provider.issuer}; if it did "
-                      f"not, open this URL:\n{login.url}", file=err, flush=True)
+                print(
+                    f"vgate: a browser opened to sign you in at {provider.issuer}; if it did "
+                    f"not, open this URL:\n{login.url}",
+                    file=err,
+                    flush=True,
+                )
                 return login.wait(timeout)
         print("vgate: the browser could not be opened", file=err, flush=True)
     if open_browser_first and provider.endpoints().device_authorization:
@@ -208,8 +242,11 @@ def sign_in(
         else:
             return device_login(provider, scope=scope, err=err, sleep=sleep, start=start)
     with LoopbackLogin(provider, scope=scope, ports=ports, login_hint=login_hint) as login:
-        print(f"vgate: open this URL in a browser to sign in at {provider.issuer}:\n{login.url}",
-              file=err, flush=True)
+        print(
+            f"vgate: open this URL in a browser to sign in at {provider.issuer}:\n{login.url}",
+            file=err,
+            flush=True,
+        )
         return login.wait(timeout)
 
 
@@ -233,8 +270,11 @@ def device_login(
         start = provider.device_start(scope)
     uri = start.get("verification_uri") or ""
     complete = start.get("verification_uri_complete")
-    print(f"vgate: to sign in, open {uri} and enter the code {start.get('user_code', '')}",
-          file=err, flush=True)
+    print(
+        f"vgate: to sign in, open {uri} and enter the code {start.get('user_code', '')}",
+        file=err,
+        flush=True,
+    )
     if complete:
         print(f"vgate: or open {complete}", file=err, flush=True)
     interval = max(float(start.get("interval", 5) or 5), 1.0)
@@ -242,8 +282,10 @@ def device_login(
     while True:
         sleep(interval)
         if time.monotonic() > deadline:
-            raise LoginError("the device code expired before the sign-in was completed; "
-                             "run the command again for a new code")
+            raise LoginError(
+                "the device code expired before the sign-in was completed; "
+                "run the command again for a new code"
+            )
         try:
             return provider.device_poll(start["device_code"])
         except OAuthFailure as exc:
@@ -253,8 +295,10 @@ def device_login(
                 interval += 5
                 continue
             if exc.error == "expired_token":
-                raise LoginError("the device code expired before the sign-in was completed; "
-                                 "run the command again for a new code") from None
+                raise LoginError(
+                    "the device code expired before the sign-in was completed; "
+                    "run the command again for a new code"
+                ) from None
             if exc.error == "access_denied":
                 raise LoginError("the sign-in was denied at the identity provider") from None
             raise

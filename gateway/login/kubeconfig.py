@@ -19,10 +19,10 @@ class KubeconfigSpec:
     """Everything a tenant's kubeconfig holds."""
 
     tenant: str
-    server: str                       # https://tenant1.k8s.example.com or …/clusters/tenant1
+    server: str  # https://tenant1.k8s.example.com or …/clusters/tenant1
     issuer: str
     client_id: str
-    ca_pem: bytes | None = None       # the gateway's CA; None = the system's trust store
+    ca_pem: bytes | None = None  # the gateway's CA; None = the system's trust store
     command: str = "vgate"
     issuer_ca_pem: bytes | None = None
 
@@ -46,13 +46,20 @@ def kubeconfig(spec: KubeconfigSpec) -> dict:
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": spec.name, "cluster": cluster}],
-        "users": [{"name": spec.name, "user": {"exec": {
-            "apiVersion": EXEC_API_VERSION,
-            "command": spec.command,
-            "args": spec.login_args(),
-            "interactiveMode": "IfAvailable",
-            "provideClusterInfo": False,
-        }}}],
+        "users": [
+            {
+                "name": spec.name,
+                "user": {
+                    "exec": {
+                        "apiVersion": EXEC_API_VERSION,
+                        "command": spec.command,
+                        "args": spec.login_args(),
+                        "interactiveMode": "IfAvailable",
+                        "provideClusterInfo": False,
+                    }
+                },
+            }
+        ],
         "contexts": [{"name": spec.name, "context": {"cluster": spec.name, "user": spec.name}}],
         "current-context": spec.name,
         "preferences": {},
@@ -69,14 +76,27 @@ def _commands(spec: KubeconfigSpec) -> list[list[str]]:
     name = spec.name
     calls = [["kubectl", "config", "set-cluster", name, f"--server={spec.server}"]]
     if spec.ca_pem:
-        calls.append(["kubectl", "config", "set", f"clusters.{name}.certificate-authority-data",
-                      base64.b64encode(spec.ca_pem).decode()])
-    calls.append([
-        "kubectl", "config", "set-credentials", name,
-        f"--exec-api-version={EXEC_API_VERSION}", f"--exec-command={spec.command}",
-        *(f"--exec-arg={a}" for a in spec.login_args()),
-        "--exec-interactive-mode=IfAvailable",
-    ])
+        calls.append(
+            [
+                "kubectl",
+                "config",
+                "set",
+                f"clusters.{name}.certificate-authority-data",
+                base64.b64encode(spec.ca_pem).decode(),
+            ]
+        )
+    calls.append(
+        [
+            "kubectl",
+            "config",
+            "set-credentials",
+            name,
+            f"--exec-api-version={EXEC_API_VERSION}",
+            f"--exec-command={spec.command}",
+            *(f"--exec-arg={a}" for a in spec.login_args()),
+            "--exec-interactive-mode=IfAvailable",
+        ]
+    )
     calls.append(["kubectl", "config", "set-context", name, f"--cluster={name}", f"--user={name}"])
     calls.append(["kubectl", "config", "use-context", name])
     return calls

@@ -41,8 +41,9 @@ class LockWaitTimeout(LoginError):
 class EntryLock:
     """A context manager holding the exclusive lock of one cache entry."""
 
-    def __init__(self, path: Path, *, timeout: float,
-                 notify: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, path: Path, *, timeout: float, notify: Callable[[str], None] | None = None
+    ) -> None:
         self.path = path
         self.timeout = timeout
         self.notify = notify
@@ -81,13 +82,15 @@ class EntryLock:
             if waited >= self.timeout:
                 raise LockWaitTimeout(
                     f"gave up after {waited:.0f} s waiting for {self._holder(fd)} "
-                    f"(lock file {self.path}); run the command again, or stop that process")
+                    f"(lock file {self.path}); run the command again, or stop that process"
+                )
             if not noticed and waited >= NOTICE_AFTER_SECONDS and self.notify is not None:
                 noticed = True
                 self.notify(f"vgate: waiting for {self._holder(fd)} to finish")
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the last descriptor releases the lock
@@ -123,13 +126,21 @@ class EntryLock:
         """Tell waiting processes what this holder is doing (keeps the last failure)."""
         assert self._fd is not None, "not holding the lock"
         old = self._read(self._fd)
-        self._write({"pid": os.getpid(), "since": time.time(), "doing": what,
-                     "failed_at": old.get("failed_at"), "failure": old.get("failure")})
+        self._write(
+            {
+                "pid": os.getpid(),
+                "since": time.time(),
+                "doing": what,
+                "failed_at": old.get("failed_at"),
+                "failure": old.get("failure"),
+            }
+        )
 
     def failed(self, message: str) -> None:
         """Record that this holder's sign-in failed, for the processes waiting for it."""
-        self._write({"pid": os.getpid(), "done": True, "failed_at": time.time(),
-                     "failure": message[:1000]})
+        self._write(
+            {"pid": os.getpid(), "done": True, "failed_at": time.time(), "failure": message[:1000]}
+        )
 
     def succeeded(self) -> None:
         self._write({"pid": os.getpid(), "done": True})
@@ -140,7 +151,10 @@ class EntryLock:
             return None
         doc = self._read(self._fd)
         failed_at, failure, pid = doc.get("failed_at"), doc.get("failure"), doc.get("pid")
-        if isinstance(failed_at, int | float) and failed_at >= self.waited_since \
-                and isinstance(failure, str):
+        if (
+            isinstance(failed_at, int | float)
+            and failed_at >= self.waited_since
+            and isinstance(failure, str)
+        ):
             return f"the sign-in this command waited for (vgate login pid {pid}) failed: {failure}"
         return None

@@ -84,8 +84,10 @@ class Provider:
     def _unreachable(self, exc: Exception, what: str = "") -> IdPUnreachable:
         text = _describe(exc)
         if "CERTIFICATE_VERIFY_FAILED" in text:
-            text += (" (the IdP's certificate is not trusted: give its CA with --issuer-ca-file"
-                     " or --issuer-ca-data)")
+            text += (
+                " (the IdP's certificate is not trusted: give its CA with --issuer-ca-file"
+                " or --issuer-ca-data)"
+            )
         prefix = f"{what}: " if what else ""
         return IdPUnreachable(f"{prefix}cannot reach the identity provider {self.issuer}: {text}")
 
@@ -137,8 +139,11 @@ class Provider:
     def client(self, **kw: Any) -> OAuth2Client:
         auth_method = "client_secret_basic" if self.client_secret else "none"
         return OAuth2Client(
-            client_id=self.client_id, client_secret=self.client_secret,
-            token_endpoint_auth_method=auth_method, verify=self.verify, timeout=self.timeout,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            token_endpoint_auth_method=auth_method,
+            verify=self.verify,
+            timeout=self.timeout,
             **kw,
         )
 
@@ -171,8 +176,10 @@ class Provider:
             raise LoginError("the ID token's nonce does not match this login (replayed answer?)")
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or exp <= time.time():
-            raise LoginError("the identity provider returned an ID token that has expired "
-                             "(is this machine's clock right?)")
+            raise LoginError(
+                "the identity provider returned an ID token that has expired "
+                "(is this machine's clock right?)"
+            )
         refresh = token.get("refresh_token")
         return Tokens(id_token, refresh if isinstance(refresh, str) else None, float(exp), claims)
 
@@ -181,8 +188,9 @@ class Provider:
         with self.client(redirect_uri=redirect_uri) as c:
             return self._token_call(
                 "code exchange",
-                lambda: c.fetch_token(ep.token, grant_type="authorization_code", code=code,
-                                      code_verifier=verifier),
+                lambda: c.fetch_token(
+                    ep.token, grant_type="authorization_code", code=code, code_verifier=verifier
+                ),
                 nonce=nonce,
             )
 
@@ -190,7 +198,8 @@ class Provider:
         ep = self.endpoints()
         with self.client() as c:
             return self._token_call(
-                "refresh", lambda: c.refresh_token(ep.token, refresh_token=refresh_token))
+                "refresh", lambda: c.refresh_token(ep.token, refresh_token=refresh_token)
+            )
 
     def device_start(self, scope: str) -> dict[str, Any]:
         ep = self.endpoints()
@@ -198,8 +207,9 @@ class Provider:
             raise LoginError(f"{self.issuer} does not offer the device authorization grant")
         try:
             with httpx.Client(verify=self.verify, timeout=self.timeout) as c:
-                resp = c.post(ep.device_authorization,
-                              data={"client_id": self.client_id, "scope": scope})
+                resp = c.post(
+                    ep.device_authorization, data={"client_id": self.client_id, "scope": scope}
+                )
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         try:
@@ -209,8 +219,9 @@ class Provider:
         if resp.status_code != 200 or not isinstance(body, dict) or "device_code" not in body:
             err = body.get("error") if isinstance(body, dict) else None
             desc = body.get("error_description", "") if isinstance(body, dict) else ""
-            raise OAuthFailure("device authorization", str(err or f"HTTP {resp.status_code}"),
-                               str(desc or ""))
+            raise OAuthFailure(
+                "device authorization", str(err or f"HTTP {resp.status_code}"), str(desc or "")
+            )
         return body
 
     def device_poll(self, device_code: str) -> Tokens:
@@ -230,17 +241,19 @@ class Provider:
         """
         ep = self.endpoints()
         if not ep.revocation:
-            raise LoginError(f"{self.issuer} offers no token revocation endpoint (no "
-                             "revocation_endpoint in its discovery document)")
+            raise LoginError(
+                f"{self.issuer} offers no token revocation endpoint (no "
+                "revocation_endpoint in its discovery document)"
+            )
         try:
             with self.client() as c:
-                resp = c.revoke_token(ep.revocation, token=refresh_token,
-                                      token_type_hint="refresh_token")
+                resp = c.revoke_token(
+                    ep.revocation, token=refresh_token, token_type_hint="refresh_token"
+                )
         except TRANSPORT_ERRORS as exc:
             raise self._unreachable(exc, "revocation") from None
         except OAuthError as exc:
-            raise OAuthFailure("revocation", exc.error or "error", exc.description or "") \
-                from None
+            raise OAuthFailure("revocation", exc.error or "error", exc.description or "") from None
         if resp.status_code == 200:
             return
         try:
@@ -248,10 +261,13 @@ class Provider:
         except ValueError:
             body = None
         if isinstance(body, dict) and isinstance(body.get("error"), str):
-            raise OAuthFailure("revocation", body["error"],
-                               str(body.get("error_description") or ""))
-        raise LoginError(f"revocation refused by the identity provider: {ep.revocation} "
-                         f"answered HTTP {resp.status_code}")
+            raise OAuthFailure(
+                "revocation", body["error"], str(body.get("error_description") or "")
+            )
+        raise LoginError(
+            f"revocation refused by the identity provider: {ep.revocation} "
+            f"answered HTTP {resp.status_code}"
+        )
 
 
 class OAuthFailure(LoginError):
@@ -260,8 +276,10 @@ class OAuthFailure(LoginError):
     def __init__(self, what: str, error: str, description: str) -> None:
         self.error = error
         self.description = description
-        super().__init__(f"{what} refused by the identity provider: {error}"
-                         + (f" ({description[:300]})" if description else ""))
+        super().__init__(
+            f"{what} refused by the identity provider: {error}"
+            + (f" ({description[:300]})" if description else "")
+        )
 
 
 def _jwt_claims(token: str) -> dict[str, Any]:

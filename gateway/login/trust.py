@@ -45,8 +45,9 @@ class IssuerTrust:
                 pem = base64.b64decode(self.ca_data, validate=True).decode()
                 return ssl.create_default_context(cadata=pem)
             except (binascii.Error, UnicodeDecodeError, ssl.SSLError) as exc:
-                raise ValueError(f"--issuer-ca-data is not a base64 PEM CA certificate: "
-                                 f"{exc}") from None
+                raise ValueError(
+                    f"--issuer-ca-data is not a base64 PEM CA certificate: {exc}"
+                ) from None
         if self.ca_file:
             try:
                 return ssl.create_default_context(cafile=self.ca_file)

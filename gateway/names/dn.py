@@ -37,8 +37,9 @@ def normalize_dn(dn: str) -> str:
     for attr, value, sep in parts:
         if not attr or not value:
             raise ValueError("not a DN: empty attribute or value")
-        out.append(f"{attr.strip(' ').lower()}={value.strip(' ').lower()}"
-                   f"{sep if sep == '+' else ','}")
+        out.append(
+            f"{attr.strip(' ').lower()}={value.strip(' ').lower()}{sep if sep == '+' else ','}"
+        )
     return "".join(out).rstrip(",")
 
 

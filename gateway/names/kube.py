@@ -76,7 +76,7 @@ def problem(name: object, kind: Kind = "name") -> str | None:
 
 def is_reserved(name: str) -> bool:
     """A spelling of the reserved `system:` prefix, in any case."""
-    return name[:len(RESERVED_PREFIX)].casefold() == RESERVED_PREFIX
+    return name[: len(RESERVED_PREFIX)].casefold() == RESERVED_PREFIX
 
 
 def check(name: object, kind: Kind = "name", *, allow_reserved: bool = False) -> str:
@@ -88,8 +88,7 @@ def check(name: object, kind: Kind = "name", *, allow_reserved: bool = False) ->
         raise UnsafeName(kind, name if isinstance(name, str) else repr(name), why)
     assert isinstance(name, str)
     if not allow_reserved and kind in _RESERVABLE and is_reserved(name):
-        raise UnsafeName(kind, name, f"uses the reserved {RESERVED_PREFIX!r} prefix",
-                         reserved=True)
+        raise UnsafeName(kind, name, f"uses the reserved {RESERVED_PREFIX!r} prefix", reserved=True)
     return name
 
 

@@ -33,8 +33,11 @@ def sid_to_bytes(text: str) -> bytes:
     subs = [int(p) for p in parts[3:]]
     if authority >= 1 << 48 or any(s >= 1 << 32 for s in subs):
         raise SidError(f"SID component out of range: {text[:64]!r}")
-    return (bytes([1, len(subs)]) + authority.to_bytes(6, "big")
-            + struct.pack("<" + "I" * len(subs), *subs))
+    return (
+        bytes([1, len(subs)])
+        + authority.to_bytes(6, "big")
+        + struct.pack("<" + "I" * len(subs), *subs)
+    )
 
 
 def is_sid(text: str) -> bool:

@@ -77,12 +77,12 @@ class PolicyEngine:
     the next decision, every remembered decision is forgotten, and the lifecycle manager's
     stored roles stay."""
 
-    def __init__(self, policies: list[LoadedPolicy],
-                 caps: Impersonation | None = None) -> None:
+    def __init__(self, policies: list[LoadedPolicy], caps: Impersonation | None = None) -> None:
         self.caps = caps or Impersonation()
         self._stored: dict[str, tuple[_Rule, ...]] = {}
-        self._decided: dict[tuple[int, str, int], tuple[Identity, Membership | None,
-                                                        Grant | Deny]] = {}
+        self._decided: dict[
+            tuple[int, str, int], tuple[Identity, Membership | None, Grant | Deny]
+        ] = {}
         self._load(policies)
         self.generation = 1  # which set of policy files decides: +1 at every `replace`
 
@@ -117,8 +117,12 @@ class PolicyEngine:
                 if fwd.match is not None:
                     patterns.setdefault(tenant, []).append(re.compile(fwd.match))
                 names.setdefault(tenant, set()).update(fwd.names)
-        self._by_tenant, self._modes, self._patterns, self._names = \
-            by_tenant, modes, patterns, names
+        self._by_tenant, self._modes, self._patterns, self._names = (
+            by_tenant,
+            modes,
+            patterns,
+            names,
+        )
         self._scopes: dict[str, _Scope] = {}
 
     def scope(self, tenant: str) -> _Scope:
@@ -149,7 +153,8 @@ class PolicyEngine:
             return
         self._stored[tenant] = tuple(
             _Rule(role, frozenset(groups), frozenset(), f"tenant {tenant} record")
-            for role, groups in roles.items() if groups
+            for role, groups in roles.items()
+            if groups
         )
 
     def decide(
@@ -171,8 +176,11 @@ class PolicyEngine:
         if identity.reviewed_by is not None:
             return _tenant_native(identity, tenant)
         if directory is not None and not directory.active:
-            return Deny(tenant, f"{identity.username}: directory account "
-                                f"{directory.lookup!r} {directory.why_inactive}")
+            return Deny(
+                tenant,
+                f"{identity.username}: directory account "
+                f"{directory.lookup!r} {directory.why_inactive}",
+            )
         roles: dict[str, None] = {}
         reasons: list[str] = []
         via_directory: list[tuple[str, str]] = []
@@ -180,8 +188,11 @@ class PolicyEngine:
         referenced = self.scope(tenant).mode == "referenced"
         groups = set(identity.groups)
         keys = directory.keys if directory is not None else frozenset()
-        for rule in (*self._by_tenant.get(tenant, ()), *self._stored.get(tenant, ()),
-                     *self._by_tenant.get("*", ())):
+        for rule in (
+            *self._by_tenant.get(tenant, ()),
+            *self._stored.get(tenant, ()),
+            *self._by_tenant.get("*", ()),
+        ):
             if referenced:
                 named |= rule.groups | rule.directory_groups
             if identity.username in rule.users:
@@ -222,8 +233,9 @@ class PolicyEngine:
         )
         return self._capped(grant)
 
-    def _forwarded(self, tenant: str, identity: Identity, directory: Membership | None,
-                   named: set[str]) -> tuple[tuple[str, ...], int]:
+    def _forwarded(
+        self, tenant: str, identity: Identity, directory: Membership | None, named: set[str]
+    ) -> tuple[tuple[str, ...], int]:
         """The user's own groups this tenant forwards (token groups as they are, directory
         groups as `ad:<normalized DN>`), and how many of the user's groups were left out."""
         scope = self.scope(tenant)
@@ -236,8 +248,11 @@ class PolicyEngine:
                 names.setdefault(group)
         if directory is not None:
             candidates += len(directory.groups)
-            chosen = {id(directory.by_key[k]) for k in named if k in directory.by_key} \
-                if referenced and not everything else set()
+            chosen = (
+                {id(directory.by_key[k]) for k in named if k in directory.by_key}
+                if referenced and not everything
+                else set()
+            )
             for entry in directory.groups:
                 name = forwarded_name(entry.dn) if entry.dn is not None else None
                 if name is None:
@@ -255,13 +270,17 @@ class PolicyEngine:
             size = impersonation_bytes(grant)
             if size <= caps.max_header_bytes:
                 return grant
-            limit = (f"{size} bytes of Impersonate-* headers, more than "
-                     f"impersonation.max_header_bytes ({caps.max_header_bytes})")
+            limit = (
+                f"{size} bytes of Impersonate-* headers, more than "
+                f"impersonation.max_header_bytes ({caps.max_header_bytes})"
+            )
         return TooLarge(
-            grant.tenant, f"impersonation too large for {grant.user}: {limit}",
+            grant.tenant,
+            f"impersonation too large for {grant.user}: {limit}",
             f'the identity the gateway would send to tenant "{grant.tenant}" for you is too '
             f"large: {limit} allow; ask the platform team to forward fewer groups "
-            "(forward_groups)")
+            "(forward_groups)",
+        )
 
 
 def _tenant_native(identity: Identity, tenant: str) -> Grant | Deny:
@@ -270,11 +289,16 @@ def _tenant_native(identity: Identity, tenant: str) -> Grant | Deny:
     the caller is (for the audit line and the rate limits). `system:` names are the
     tenant's own here (a ServiceAccount), not the IdP's, so no guard applies."""
     if identity.reviewed_by != tenant:
-        return Deny(tenant, f"token reviewed by tenant {identity.reviewed_by} "
-                            f"used at tenant {tenant}")
+        return Deny(
+            tenant, f"token reviewed by tenant {identity.reviewed_by} used at tenant {tenant}"
+        )
     extra = identity.claims.get("extra") or {}
     return Grant(
-        tenant=tenant, user=identity.username, uid=identity.uid, groups=identity.groups,
-        roles=(), extra=tuple((k, tuple(v)) for k, v in sorted(extra.items())),
+        tenant=tenant,
+        user=identity.username,
+        uid=identity.uid,
+        groups=identity.groups,
+        roles=(),
+        extra=tuple((k, tuple(v)) for k, v in sorted(extra.items())),
         reasons=(f"tenant-native token: TokenReview at {tenant}",),
     )

@@ -13,8 +13,15 @@ from gateway.policy import PolicyEngine
 from gateway.rewrite import impersonation_block
 
 
-def explain(config: GatewayConfig, engine: PolicyEngine, user: str, tenant: str,
-            out: Callable[[str], None], *, username: str | None = None) -> int:
+def explain(
+    config: GatewayConfig,
+    engine: PolicyEngine,
+    user: str,
+    tenant: str,
+    out: Callable[[str], None],
+    *,
+    username: str | None = None,
+) -> int:
     """Print the directory entry, groups with their nesting chains, the roles with the rule
     that granted each and the impersonation headers (or why access is denied). 0 = allowed,
     1 = denied, 2 = the directory could not answer."""
@@ -28,14 +35,17 @@ def explain(config: GatewayConfig, engine: PolicyEngine, user: str, tenant: str,
             source.close()
         except DirectoryError as exc:
             out(f"directory: cannot look up {user!r}: {exc}")
-            out("decision: the gateway answers 503 (fail closed) unless a cached answer is "
-                "young enough")
+            out(
+                "decision: the gateway answers 503 (fail closed) unless a cached answer is "
+                "young enough"
+            )
             return 2
         _print_membership(config, membership, out)
     else:
         out("directory: not configured (no ldap section); only token groups count")
-    identity = Identity(username=name, uid="", groups=(), issuer=issuer.issuer,
-                        expires_at=0.0, claims={})
+    identity = Identity(
+        username=name, uid="", groups=(), issuer=issuer.issuer, expires_at=0.0, claims={}
+    )
     decision = engine.decide(identity, tenant, membership)
     if isinstance(decision, Deny):
         out(f"decision: DENY on tenant {tenant}: {decision.reason}")
@@ -63,7 +73,10 @@ def _print_membership(config: GatewayConfig, m: Membership, out: Callable[[str],
         return
     out(f"  {len(m.groups)} groups (via {m.method}):")
     for group in m.groups:
-        chain = " -> ".join(("user", *group.via, group.dn or group.sid)) if group.via != ("?",) \
+        chain = (
+            " -> ".join(("user", *group.via, group.dn or group.sid))
+            if group.via != ("?",)
             else f"{group.dn or group.sid} (chain not found through memberOf)"
+        )
         out(f"    {group.name} [{group.sid}]")
         out(f"      {chain}")

@@ -29,7 +29,8 @@ def policy_files(directory: Path) -> list[Path]:
 
 
 def load_policies(
-    directory: Path, known_tenants: Iterable[str] | None = None,
+    directory: Path,
+    known_tenants: Iterable[str] | None = None,
     known_roles: Iterable[str] | None = None,
 ) -> tuple[list[LoadedPolicy], list[Problem]]:
     """Parse `*.yaml`/`*.yml` in `directory`; also flag unknown tenants, unknown roles (when
@@ -61,26 +62,36 @@ def load_policies(
             problems.append(doc.problem(("tenant",), f"unknown tenant {policy.tenant!r}"))
         for role in policy.roles:
             if roles_known is not None and role not in roles_known:
-                problems.append(doc.problem(
-                    ("roles", role),
-                    f"unknown role {role!r} (known: {', '.join(sorted(roles_known))})"))
+                problems.append(
+                    doc.problem(
+                        ("roles", role),
+                        f"unknown role {role!r} (known: {', '.join(sorted(roles_known))})",
+                    )
+                )
             key = (policy.tenant, role)
             where = f"{path}:{doc.line_of(('roles', role))}"
             if key in seen_roles:
                 problems.append(
-                    doc.problem(("roles", role),
-                                f"role {role!r} for tenant {policy.tenant!r} "
-                                f"is already defined at {seen_roles[key]}")
+                    doc.problem(
+                        ("roles", role),
+                        f"role {role!r} for tenant {policy.tenant!r} "
+                        f"is already defined at {seen_roles[key]}",
+                    )
                 )
             seen_roles[key] = where
-        forward_key = ("forward_groups",) if policy.forward_groups else (
-            "forward_directory_groups",)
+        forward_key = (
+            ("forward_groups",) if policy.forward_groups else ("forward_directory_groups",)
+        )
         forward_line = doc.line_of(forward_key) or 0
         if policy.forward_groups is not None and "mode" in policy.forward_groups.model_fields_set:
             if policy.tenant in seen_modes:
-                problems.append(doc.problem(
-                    (*forward_key, "mode"), f"forward_groups.mode for tenant "
-                    f"{policy.tenant!r} is already set at {seen_modes[policy.tenant]}"))
+                problems.append(
+                    doc.problem(
+                        (*forward_key, "mode"),
+                        f"forward_groups.mode for tenant "
+                        f"{policy.tenant!r} is already set at {seen_modes[policy.tenant]}",
+                    )
+                )
             seen_modes[policy.tenant] = f"{path}:{forward_line}"
         loaded.append(
             LoadedPolicy(

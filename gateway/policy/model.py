@@ -34,8 +34,9 @@ def _group_ref(name: str) -> str:
     try:
         return normalize_dn(name)
     except ValueError:
-        raise ValueError(f"not a group DN or SID: {name[:80]!r} "
-                         "(write CN=…,OU=…,DC=… or S-1-5-21-…)") from None
+        raise ValueError(
+            f"not a group DN or SID: {name[:80]!r} (write CN=…,OU=…,DC=… or S-1-5-21-…)"
+        ) from None
 
 
 DirectoryGroupRef = Annotated[str, AfterValidator(_group_ref)]
@@ -121,8 +122,10 @@ class PolicyFile(BaseModel):
     @model_validator(mode="after")
     def _one_forward_rule(self) -> PolicyFile:
         if self.forward_groups is not None and self.forward_directory_groups is not None:
-            raise ValueError("forward_directory_groups is the older spelling of "
-                             "forward_groups.match: use forward_groups only")
+            raise ValueError(
+                "forward_directory_groups is the older spelling of "
+                "forward_groups.match: use forward_groups only"
+            )
         return self
 
     @property
@@ -144,13 +147,24 @@ class PolicyFile(BaseModel):
     def _role_names(cls, data: object, handler: Callable[[object], PolicyFile]) -> PolicyFile:
         """A role that is not a DNS label is reported at its own line."""
         roles = data.get("roles") if isinstance(data, dict) else None
-        bad = [r for r in roles if not (isinstance(r, str) and ROLE_NAME.fullmatch(r))] \
-            if isinstance(roles, dict) else []
+        bad = (
+            [r for r in roles if not (isinstance(r, str) and ROLE_NAME.fullmatch(r))]
+            if isinstance(roles, dict)
+            else []
+        )
         if bad:
-            raise ValidationError.from_exception_data(cls.__name__, [
-                {"type": "value_error", "loc": ("roles", role),
-                 "ctx": {"error": ValueError(f"role {role!r} is not a DNS label")},
-                 "input": role} for role in bad])
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("roles", role),
+                        "ctx": {"error": ValueError(f"role {role!r} is not a DNS label")},
+                        "input": role,
+                    }
+                    for role in bad
+                ],
+            )
         return handler(data)
 
 

@@ -79,7 +79,7 @@ def requested_identity(headers: Headers) -> Requested:
         elif lower == b"impersonate-group":
             groups.append(_text(value, "Impersonate-Group"))
         elif lower.startswith(b"impersonate-extra-"):
-            key = unquote(_text(lower[len(b"impersonate-extra-"):], "extra key"))
+            key = unquote(_text(lower[len(b"impersonate-extra-") :], "extra key"))
             if not key or not key.isprintable():
                 raise BadImpersonation("an Impersonate-Extra key is empty or not printable")
             extra.setdefault(key, []).append(_text(value, f"extra {key}"))
@@ -91,37 +91,65 @@ def requested_identity(headers: Headers) -> Requested:
         raise BadImpersonation("only one Impersonate-User may be given")
     if len(uids) > 1:
         raise BadImpersonation("only one Impersonate-Uid may be given")
-    return Requested(users[0], uids[0] if uids else "", tuple(groups),
-                     tuple((k, tuple(v)) for k, v in sorted(extra.items())))
+    return Requested(
+        users[0],
+        uids[0] if uids else "",
+        tuple(groups),
+        tuple((k, tuple(v)) for k, v in sorted(extra.items())),
+    )
 
 
 def _checks(req: Requested) -> list[dict]:
     """The resource attributes kube-apiserver's impersonation filter authorizes."""
     out: list[dict] = []
     if req.user.startswith(SERVICE_ACCOUNT_PREFIX) and req.user.count(":") == 3:
-        namespace, _, name = req.user[len(SERVICE_ACCOUNT_PREFIX):].partition(":")
-        out.append({"verb": "impersonate", "group": "", "resource": "serviceaccounts",
-                    "namespace": namespace, "name": name})
+        namespace, _, name = req.user[len(SERVICE_ACCOUNT_PREFIX) :].partition(":")
+        out.append(
+            {
+                "verb": "impersonate",
+                "group": "",
+                "resource": "serviceaccounts",
+                "namespace": namespace,
+                "name": name,
+            }
+        )
     else:
         out.append({"verb": "impersonate", "group": "", "resource": "users", "name": req.user})
     if req.uid:
-        out.append({"verb": "impersonate", "group": "authentication.k8s.io",
-                    "resource": "uids", "name": req.uid})
-    out.extend({"verb": "impersonate", "group": "", "resource": "groups", "name": g}
-               for g in req.groups)
+        out.append(
+            {
+                "verb": "impersonate",
+                "group": "authentication.k8s.io",
+                "resource": "uids",
+                "name": req.uid,
+            }
+        )
+    out.extend(
+        {"verb": "impersonate", "group": "", "resource": "groups", "name": g} for g in req.groups
+    )
     for key, values in req.extra:
-        out.extend({"verb": "impersonate", "group": "authentication.k8s.io",
-                    "resource": "userextras", "subresource": key, "name": v} for v in values)
+        out.extend(
+            {
+                "verb": "impersonate",
+                "group": "authentication.k8s.io",
+                "resource": "userextras",
+                "subresource": key,
+                "name": v,
+            }
+            for v in values
+        )
     return out
 
 
 class NestedImpersonation:
     """Answers "may this grant act as that requested identity in this tenant?"."""
 
-    def __init__(self, *, cache_seconds: float = 10.0, timeout: float = 5.0,
-                 api: TenantApi | None = None) -> None:
-        self._decisions: TTLCache = TTLCache(maxsize=10_000, ttl=cache_seconds,
-                                             timer=time.monotonic)
+    def __init__(
+        self, *, cache_seconds: float = 10.0, timeout: float = 5.0, api: TenantApi | None = None
+    ) -> None:
+        self._decisions: TTLCache = TTLCache(
+            maxsize=10_000, ttl=cache_seconds, timer=time.monotonic
+        )
         self.api = api or TenantApi(timeout=timeout)
 
     def forget(self, tenant: str) -> None:
@@ -150,11 +178,15 @@ class NestedImpersonation:
                     break
             self._decisions[cache_key] = denied
         if denied:
-            return Deny(grant.tenant,
-                        f'user "{grant.user}" cannot impersonate {denied} in this cluster')
+            return Deny(
+                grant.tenant, f'user "{grant.user}" cannot impersonate {denied} in this cluster'
+            )
         own_extra = tuple((k, v) for k, v in grant.extra if k.startswith(RESERVED_EXTRA_PREFIX))
         return Grant(
-            tenant=grant.tenant, user=req.user, uid=req.uid, groups=req.groups,
+            tenant=grant.tenant,
+            user=req.user,
+            uid=req.uid,
+            groups=req.groups,
             roles=grant.roles,
             extra=(*req.extra, *own_extra, (ORIGINAL_USER_EXTRA, (grant.user,))),
             reasons=(*grant.reasons, f"impersonating {req.user} (SubjectAccessReview allowed)"),
@@ -162,15 +194,25 @@ class NestedImpersonation:
 
     async def _allowed(self, upstream: Upstream, grant: Grant, attributes: dict) -> bool:
         spec = {
-            "user": grant.user, "uid": grant.uid, "groups": list(grant.groups),
-            "extra": {k: list(v) for k, v in grant.extra}, "resourceAttributes": attributes,
+            "user": grant.user,
+            "uid": grant.uid,
+            "groups": list(grant.groups),
+            "extra": {k: list(v) for k, v in grant.extra},
+            "resourceAttributes": attributes,
         }
-        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                "spec": spec}
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": spec,
+        }
         try:
-            r = await self.api.call(upstream, "POST",
-                                    "/apis/authorization.k8s.io/v1/subjectaccessreviews", body,
-                                    needs="create authorization.k8s.io/subjectaccessreviews")
+            r = await self.api.call(
+                upstream,
+                "POST",
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                body,
+                needs="create authorization.k8s.io/subjectaccessreviews",
+            )
         except httpx.HTTPError as exc:
             raise ReviewUnavailable(f"SubjectAccessReview failed: {type(exc).__name__}") from None
         if r.status_code != 201 and r.status_code != 200:

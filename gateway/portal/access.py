@@ -32,8 +32,9 @@ class TenantRole:
 TenantAccess = Callable[[Identity], Awaitable[list[TenantRole]]]
 
 
-def policy_access(registry: TenantRegistry, policy: PolicyEngine,
-                  directory: Directory | None = None) -> TenantAccess:
+def policy_access(
+    registry: TenantRegistry, policy: PolicyEngine, directory: Directory | None = None
+) -> TenantAccess:
     """The tenants (sorted by name) where `policy` grants `identity` at least one role, with
     the identity's directory groups when there is a directory (its `DirectoryUnavailable`
     propagates: no answer is not "no tenants")."""
@@ -50,9 +51,15 @@ def policy_access(registry: TenantRegistry, policy: PolicyEngine,
             decision = policy.decide(identity, name, membership)
             if isinstance(decision, Grant):
                 upstream = registry.get(name)
-                out.append(TenantRole(name, decision.roles, registry.state(name),
-                                      routable=upstream is not None,
-                                      wakes=upstream is not None and upstream.wake is not None))
+                out.append(
+                    TenantRole(
+                        name,
+                        decision.roles,
+                        registry.state(name),
+                        routable=upstream is not None,
+                        wakes=upstream is not None and upstream.wake is not None,
+                    )
+                )
         return out
 
     return tenants_for

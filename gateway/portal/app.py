@@ -55,7 +55,7 @@ CALLBACK_PATH = "/oauth2/callback"
 MIN_SECRET_BYTES = 32
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -103,9 +103,11 @@ class KubeconfigForms:
         if not self.base_domain or not self.path_prefix or self.preferred == "host":
             return None
         host = f"<tenant>.{self.base_domain}"
-        return (f"The hostname form needs `{host}` to resolve to this gateway: a wildcard "
-                f"DNS record `*.{self.base_domain}`, or a line `<gateway address> {host}` per "
-                "tenant in /etc/hosts. The path prefix form needs nothing.")
+        return (
+            f"The hostname form needs `{host}` to resolve to this gateway: a wildcard "
+            f"DNS record `*.{self.base_domain}`, or a line `<gateway address> {host}` per "
+            "tenant in /etc/hosts. The path prefix form needs nothing."
+        )
 
 
 def state_lines(tr: TenantRole) -> tuple[str, str | None]:
@@ -114,17 +116,24 @@ def state_lines(tr: TenantRole) -> tuple[str, str | None]:
     if state is None:
         return "Ready", None
     if state.phase == "Paused":
-        return "Paused", ("The first request wakes it: kubectl waits while it starts."
-                          if tr.wakes else "Ask a platform engineer to resume it.")
+        return "Paused", (
+            "The first request wakes it: kubectl waits while it starts."
+            if tr.wakes
+            else "Ask a platform engineer to resume it."
+        )
     if state.phase == "Deleting":
         return "Being deleted", state.describe()
     if state.last_error:
-        return "Failing", (f"{state.describe()}. The lifecycle manager keeps retrying; if this "
-                           "persists, ask a platform engineer.")
+        return "Failing", (
+            f"{state.describe()}. The lifecycle manager keeps retrying; if this "
+            "persists, ask a platform engineer."
+        )
     if tr.routable:  # being changed (an upgrade, a resume): its API server answers
         return state.phase, f"{state.describe()}. It answers meanwhile."
-    return state.phase, (f"{state.describe()}. kubectl answers \"not ready yet\" until it is "
-                         "Ready; the kubeconfig works from then on.")
+    return state.phase, (
+        f'{state.describe()}. kubectl answers "not ready yet" until it is '
+        "Ready; the kubeconfig works from then on."
+    )
 
 
 class Portal:
@@ -139,8 +148,12 @@ class Portal:
         # claims the access lookup needs after sign-in (the directory searches by one)
         self.kept_claims = (config.ldap.user_claim,) if config.ldap else ()
         self.secure = not portal.insecure_http
-        self.forms = KubeconfigForms(portal.public_url, config.routing.base_domain,
-                                     config.routing.path_prefix, portal.preferred_form)
+        self.forms = KubeconfigForms(
+            portal.public_url,
+            config.routing.base_domain,
+            config.routing.path_prefix,
+            portal.preferred_form,
+        )
         issuer = next(i for i in config.oidc.issuers if i.issuer == portal.issuer)
         self.ca_pem = portal.ca_file.read_bytes() if portal.ca_file else None
         try:
@@ -148,15 +161,17 @@ class Portal:
         except ValueError:
             raise ValueError(f"portal.ca_file {portal.ca_file}: no PEM certificate") from None
         try:
-            self.sessions = SignedOutSessions(portal.session_store_file,
-                                              max_entries=portal.max_signed_out_sessions)
+            self.sessions = SignedOutSessions(
+                portal.session_store_file, max_entries=portal.max_signed_out_sessions
+            )
         except SessionStoreError as exc:
             raise ValueError(str(exc)) from None
         self.issuer_ca_pem = issuer.ca_file.read_bytes() if issuer.ca_file else None
         self.verifier = PortalVerifier(issuer, keys, portal.client_id)
         client_secret = read_secret(portal.client_secret_file, "portal.client_secret_file")
-        cookie_secret = read_secret(portal.cookie_secret_file, "portal.cookie_secret_file",
-                                    min_bytes=MIN_SECRET_BYTES)
+        cookie_secret = read_secret(
+            portal.cookie_secret_file, "portal.cookie_secret_file", min_bytes=MIN_SECRET_BYTES
+        )
         client_kwargs: dict[str, Any] = {
             "scope": " ".join(portal.scopes),
             "code_challenge_method": "S256",
@@ -165,11 +180,15 @@ class Portal:
         if issuer.ca_file:
             client_kwargs["verify"] = ssl.create_default_context(cafile=str(issuer.ca_file))
         discovery = issuer.discovery_url or (
-            portal.issuer.rstrip("/") + "/.well-known/openid-configuration")
+            portal.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        )
         self.oauth = OAuth()
         self.oauth.register(
-            "idp", client_id=portal.client_id, client_secret=client_secret,
-            server_metadata_url=discovery, client_kwargs=client_kwargs,
+            "idp",
+            client_id=portal.client_id,
+            client_secret=client_secret,
+            server_metadata_url=discovery,
+            client_kwargs=client_kwargs,
         )
         self.app = Starlette(
             routes=[
@@ -180,19 +199,26 @@ class Portal:
                 Route("/ca.crt", self.ca_certificate, methods=["GET"]),
                 Route("/logout", self.logout, methods=["POST"]),
             ],
-            middleware=[Middleware(
-                SessionMiddleware, secret_key=cookie_secret, session_cookie=SESSION_COOKIE,
-                max_age=portal.session_lifetime_seconds, same_site="lax",
-                https_only=self.secure, path="/",
-            )],
+            middleware=[
+                Middleware(
+                    SessionMiddleware,
+                    secret_key=cookie_secret,
+                    session_cookie=SESSION_COOKIE,
+                    max_age=portal.session_lifetime_seconds,
+                    same_site="lax",
+                    https_only=self.secure,
+                    path="/",
+                )
+            ],
             exception_handlers={404: self._not_found, 405: self._not_allowed},
         )
 
     # -- helpers --------------------------------------------------------------------------
 
     def _page(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return HTMLResponse(render(template, **context), status_code=status,
-                            headers=_SECURITY_HEADERS)
+        return HTMLResponse(
+            render(template, **context), status_code=status, headers=_SECURITY_HEADERS
+        )
 
     def _error(self, status: int, title: str, message: str, *, retry: bool = True) -> Response:
         return self._page("message.html", status, title=title, message=message, retry=retry)
@@ -202,40 +228,59 @@ class Portal:
         not signed out (None), or an error page when sign-outs cannot be checked."""
         s = request.session
         until, sid, iat = s.get("until"), s.get("sid"), s.get("iat")
-        if not isinstance(until, int | float) or until <= time.time() or "user" not in s \
-                or not isinstance(sid, str) or not isinstance(iat, int | float):
+        if (
+            not isinstance(until, int | float)
+            or until <= time.time()
+            or "user" not in s
+            or not isinstance(sid, str)
+            or not isinstance(iat, int | float)
+        ):
             return None
         try:
             if await self.sessions.is_signed_out(sid, float(iat)):
                 return None
         except SessionStoreError as exc:
             log.warning("portal sessions cannot be checked: %s", exc)
-            return self._error(503, "Try again shortly",
-                               "The portal cannot check its sessions right now.")
-        return Identity(username=s["user"], uid=s["sub"], groups=tuple(s.get("groups", ())),
-                        issuer=s["iss"], expires_at=float(until), claims=s.get("claims", {}))
+            return self._error(
+                503, "Try again shortly", "The portal cannot check its sessions right now."
+            )
+        return Identity(
+            username=s["user"],
+            uid=s["sub"],
+            groups=tuple(s.get("groups", ())),
+            issuer=s["iss"],
+            expires_at=float(until),
+            claims=s.get("claims", {}),
+        )
 
     async def _tenants(self, identity: Identity) -> list[TenantRole] | Response:
         """The identity's tenants, or an error page when the directory cannot answer."""
         try:
             return await self.access(identity)
         except DirectoryUnavailable:
-            return self._error(503, "Try again shortly",
-                               "The gateway cannot read your groups from the directory "
-                               "right now.")
+            return self._error(
+                503,
+                "Try again shortly",
+                "The gateway cannot read your groups from the directory right now.",
+            )
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return self._error(404, "Not found", "There is no such page here.", retry=False)
 
     async def _not_allowed(self, request: Request, exc: Exception) -> Response:
-        return self._error(405, "Method not allowed", "This page does not take that method.",
-                           retry=False)
+        return self._error(
+            405, "Method not allowed", "This page does not take that method.", retry=False
+        )
 
     def _spec(self, tenant: str, server: str) -> KubeconfigSpec:
         return KubeconfigSpec(
-            tenant=tenant, server=server, issuer=self.settings.issuer,
-            client_id=self.settings.cli_client_id, ca_pem=self.ca_pem,
-            command=self.settings.login_command, issuer_ca_pem=self.issuer_ca_pem,
+            tenant=tenant,
+            server=server,
+            issuer=self.settings.issuer,
+            client_id=self.settings.cli_client_id,
+            ca_pem=self.ca_pem,
+            command=self.settings.login_command,
+            issuer_ca_pem=self.issuer_ca_pem,
         )
 
     # -- routes ---------------------------------------------------------------------------
@@ -256,15 +301,29 @@ class Portal:
             preferred = next(iter(servers.values()))
             spec = self._spec(tr.tenant, preferred)
             label, detail = state_lines(tr)
-            rows.append({"tenant": tr.tenant, "roles": tr.roles, "forms": list(servers),
-                         "bash": bash_command(spec), "powershell": powershell_command(spec),
-                         "server": preferred,
-                         "state": label, "state_detail": detail,
-                         "deleting": tr.state is not None and tr.state.phase == "Deleting"})
+            rows.append(
+                {
+                    "tenant": tr.tenant,
+                    "roles": tr.roles,
+                    "forms": list(servers),
+                    "bash": bash_command(spec),
+                    "powershell": powershell_command(spec),
+                    "server": preferred,
+                    "state": label,
+                    "state_detail": detail,
+                    "deleting": tr.state is not None and tr.state.phase == "Deleting",
+                }
+            )
         return self._page(
-            "tenants.html", user=identity.username, name=request.session.get("name", ""),
-            rows=rows, csrf=request.session.get("csrf", ""), issuer=self.settings.issuer,
-            install_hint=self.settings.install_hint, ca=self.ca, dns_note=self.forms.dns_note(),
+            "tenants.html",
+            user=identity.username,
+            name=request.session.get("name", ""),
+            rows=rows,
+            csrf=request.session.get("csrf", ""),
+            issuer=self.settings.issuer,
+            install_hint=self.settings.install_hint,
+            ca=self.ca,
+            dns_note=self.forms.dns_note(),
         )
 
     async def login(self, request: Request) -> Response:
@@ -275,8 +334,9 @@ class Portal:
             return await self.oauth.idp.authorize_redirect(request, redirect_uri, nonce=nonce)
         except Exception as exc:  # discovery failed: the IdP is down or misconfigured
             log.warning("portal sign-in cannot start: %s", str(exc)[:300])
-            return self._error(503, "Sign-in unavailable",
-                               "The identity provider cannot be reached right now.")
+            return self._error(
+                503, "Sign-in unavailable", "The identity provider cannot be reached right now."
+            )
 
     async def callback(self, request: Request) -> Response:
         """The IdP's answer: state (this browser's sign-in), code exchange, ID token check.
@@ -289,42 +349,69 @@ class Portal:
             error = params.get("error", "")
             request.session.clear()
             if error == "access_denied":
-                return self._error(403, "Sign-in cancelled",
-                                   "The identity provider did not sign you in.")
-            return self._error(400, "Sign-in failed",
-                               f"The identity provider answered: {error[:100]}")
+                return self._error(
+                    403, "Sign-in cancelled", "The identity provider did not sign you in."
+                )
+            return self._error(
+                400, "Sign-in failed", f"The identity provider answered: {error[:100]}"
+            )
         idp = self.oauth.idp
         state, code = params.get("state"), params.get("code")
         pending = await idp.framework.get_state_data(request.session, state) if state else None
         request.session.clear()
         if not isinstance(pending, dict) or not code:
-            return self._error(400, "Sign-in expired",
-                               "This sign-in answer does not belong to your browser session "
-                               "(or it took too long).")
+            return self._error(
+                400,
+                "Sign-in expired",
+                "This sign-in answer does not belong to your browser session "
+                "(or it took too long).",
+            )
         try:
             token = await idp.fetch_access_token(
-                code=code, redirect_uri=pending.get("redirect_uri"),
-                code_verifier=pending.get("code_verifier"))
+                code=code,
+                redirect_uri=pending.get("redirect_uri"),
+                code_verifier=pending.get("code_verifier"),
+            )
         except OAuthError as exc:
-            log.warning("portal sign-in: the IdP refused the code exchange: %s %s",
-                        exc.error, (exc.description or "")[:200])
-            return self._error(400, "Sign-in failed", "The identity provider refused to "
-                               f"complete the sign-in: {str(exc.error)[:100]}.")
+            log.warning(
+                "portal sign-in: the IdP refused the code exchange: %s %s",
+                exc.error,
+                (exc.description or "")[:200],
+            )
+            return self._error(
+                400,
+                "Sign-in failed",
+                f"The identity provider refused to complete the sign-in: {str(exc.error)[:100]}.",
+            )
         except TRANSPORT_ERRORS as exc:
-            log.warning("portal sign-in: the IdP cannot be reached for the code exchange: %s",
-                        str(exc)[:300] or type(exc).__name__)
-            return self._error(502, "Sign-in failed", "The identity provider could not be "
-                               "reached to complete the sign-in.")
+            log.warning(
+                "portal sign-in: the IdP cannot be reached for the code exchange: %s",
+                str(exc)[:300] or type(exc).__name__,
+            )
+            return self._error(
+                502,
+                "Sign-in failed",
+                "The identity provider could not be reached to complete the sign-in.",
+            )
         except Exception as exc:  # an answer that is no token response
-            log.warning("portal sign-in: unusable code exchange answer: %s: %s",
-                        type(exc).__name__, str(exc)[:200])
-            return self._error(502, "Sign-in failed", "The identity provider's answer to "
-                               "the code exchange is not a token response.")
+            log.warning(
+                "portal sign-in: unusable code exchange answer: %s: %s",
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            return self._error(
+                502,
+                "Sign-in failed",
+                "The identity provider's answer to the code exchange is not a token response.",
+            )
         id_token, nonce = token.get("id_token"), pending.get("nonce")
         if not isinstance(id_token, str) or not isinstance(nonce, str):
             log.warning("portal sign-in: the token response holds no ID token")
-            return self._error(400, "Sign-in failed", "The identity provider returned no ID "
-                               "token (is 'openid' among portal.scopes?).")
+            return self._error(
+                400,
+                "Sign-in failed",
+                "The identity provider returned no ID token (is 'openid' among portal.scopes?).",
+            )
         try:
             identity = await self.verifier.verify(id_token, nonce)
         except AuthError as exc:
@@ -332,14 +419,24 @@ class Portal:
             log.warning("portal sign-in rejected (%s): %s", exc.reason, why.message)
             return self._error(why.status, why.title, why.message)
         now = time.time()
-        request.session.update({
-            "user": identity.username, "sub": identity.uid, "groups": list(identity.groups),
-            "iss": identity.issuer, "until": int(now + self.settings.session_lifetime_seconds),
-            "sid": secrets.token_urlsafe(18), "iat": now, "csrf": secrets.token_urlsafe(24),
-            "name": str(identity.claims.get("name", ""))[:200],
-            "claims": {c: identity.claims[c] for c in self.kept_claims
-                       if isinstance(identity.claims.get(c), str)},
-        })
+        request.session.update(
+            {
+                "user": identity.username,
+                "sub": identity.uid,
+                "groups": list(identity.groups),
+                "iss": identity.issuer,
+                "until": int(now + self.settings.session_lifetime_seconds),
+                "sid": secrets.token_urlsafe(18),
+                "iat": now,
+                "csrf": secrets.token_urlsafe(24),
+                "name": str(identity.claims.get("name", ""))[:200],
+                "claims": {
+                    c: identity.claims[c]
+                    for c in self.kept_claims
+                    if isinstance(identity.claims.get(c), str)
+                },
+            }
+        )
         return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
 
     async def download(self, request: Request) -> Response:
@@ -354,24 +451,32 @@ class Portal:
         if isinstance(allowed, Response):
             return allowed
         if not any(tr.tenant == tenant for tr in allowed):
-            return self._error(403, "No access",
-                               f"You have no role on the tenant {tenant[:63]}.", retry=False)
+            return self._error(
+                403, "No access", f"You have no role on the tenant {tenant[:63]}.", retry=False
+            )
         servers = self.forms.servers(tenant)
         if form not in servers:
             return self._error(404, "Not found", f"No {form[:10]} form here.", retry=False)
         body = kubeconfig_yaml(self._spec(tenant, servers[form]))
-        return Response(body, media_type="application/yaml", headers={
-            **_SECURITY_HEADERS,
-            "Content-Disposition": f'attachment; filename="kubeconfig-{tenant}-{form}.yaml"',
-        })
+        return Response(
+            body,
+            media_type="application/yaml",
+            headers={
+                **_SECURITY_HEADERS,
+                "Content-Disposition": f'attachment; filename="kubeconfig-{tenant}-{form}.yaml"',
+            },
+        )
 
     async def logout(self, request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=4)
         sent = str(form.get("csrf", ""))
         expected = str(request.session.get("csrf", ""))
         if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-            return self._error(403, "Sign-out refused",
-                               "The sign-out form was not from this page; reload and retry.")
+            return self._error(
+                403,
+                "Sign-out refused",
+                "The sign-out form was not from this page; reload and retry.",
+            )
         sid, until = request.session.get("sid"), request.session.get("until")
         request.session.clear()
         if isinstance(sid, str) and isinstance(until, int | float):
@@ -379,25 +484,38 @@ class Portal:
                 await self.sessions.sign_out(sid, float(until))
             except SessionStoreError as exc:
                 log.warning("portal sign-out not recorded: %s", exc)
-                return self._error(503, "Sign-out incomplete",
-                                   "Your browser forgot the session, but the portal could not "
-                                   "record the sign-out: a copy of the session cookie would "
-                                   "still work until it expires. Try again shortly.")
-        return self._page("message.html", title="Signed out",
-                          message="You are signed out of the vgate portal.", retry=True)
+                return self._error(
+                    503,
+                    "Sign-out incomplete",
+                    "Your browser forgot the session, but the portal could not "
+                    "record the sign-out: a copy of the session cookie would "
+                    "still work until it expires. Try again shortly.",
+                )
+        return self._page(
+            "message.html",
+            title="Signed out",
+            message="You are signed out of the vgate portal.",
+            retry=True,
+        )
 
     async def ca_certificate(self, request: Request) -> Response:
         if self.ca is None:
-            return self._error(404, "Not found", "This gateway's certificate is from a public "
-                               "CA: there is nothing to install.", retry=False)
-        return Response(self.ca.pem, media_type="application/x-pem-file", headers={
-            **_SECURITY_HEADERS,
-            "Content-Disposition": 'attachment; filename="vgate-ca.crt"',
-        })
+            return self._error(
+                404,
+                "Not found",
+                "This gateway's certificate is from a public CA: there is nothing to install.",
+                retry=False,
+            )
+        return Response(
+            self.ca.pem,
+            media_type="application/x-pem-file",
+            headers={
+                **_SECURITY_HEADERS,
+                "Content-Disposition": 'attachment; filename="vgate-ca.crt"',
+            },
+        )
 
 
 def build_portal(config: GatewayConfig, access: TenantAccess, keys: IssuerKeys) -> Portal:
     """The portal; `keys` is the gateway authenticator's key set for `portal.issuer`."""
     return Portal(config, access, keys)
-
-

@@ -60,8 +60,9 @@ class SignedOutSessions:
             return self._db
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
-                                 check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+            )
             deadline = time.monotonic() + 5.0
             while True:  # workers opening a new file at once race for WAL's exclusive lock
                 try:
@@ -86,11 +87,11 @@ class SignedOutSessions:
     def _is_signed_out(self, sid: str, issued_at: float) -> bool:
         with self._lock:
             try:
-                listed, not_before = self._connection().execute(
-                    _CHECK, (sid, time.time())).fetchone()
+                listed, not_before = (
+                    self._connection().execute(_CHECK, (sid, time.time())).fetchone()
+                )
             except sqlite3.Error as exc:
-                raise SessionStoreError(f"portal.session_store_file {self.path}: {exc}") \
-                    from None
+                raise SessionStoreError(f"portal.session_store_file {self.path}: {exc}") from None
         return bool(listed) or (not_before is not None and issued_at <= not_before)
 
     def _sign_out(self, sid: str, until: float) -> None:
@@ -104,21 +105,26 @@ class SignedOutSessions:
                     (count,) = db.execute("SELECT count(*) FROM signed_out").fetchone()
                     if count >= self.max_entries:
                         db.execute("DELETE FROM signed_out")
-                        db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('not_before', ?)",
-                                   (now,))
+                        db.execute(
+                            "INSERT OR REPLACE INTO meta (k, v) VALUES ('not_before', ?)", (now,)
+                        )
                     else:
-                        db.execute("INSERT OR REPLACE INTO signed_out (sid, until) VALUES (?, ?)",
-                                   (sid, until))
+                        db.execute(
+                            "INSERT OR REPLACE INTO signed_out (sid, until) VALUES (?, ?)",
+                            (sid, until),
+                        )
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise SessionStoreError(f"portal.session_store_file {self.path}: {exc}") \
-                    from None
+                raise SessionStoreError(f"portal.session_store_file {self.path}: {exc}") from None
         if count >= self.max_entries:
-            log.warning("portal: %d signed-out sessions are listed (the bound): every session "
-                        "issued so far is refused now; users sign in again", count)
+            log.warning(
+                "portal: %d signed-out sessions are listed (the bound): every session "
+                "issued so far is refused now; users sign in again",
+                count,
+            )
 
     # -- async API ------------------------------------------------------------------------
 

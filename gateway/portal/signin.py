@@ -75,32 +75,47 @@ def rejection(exc: AuthError, id_token: str, client_id: str) -> SignInRejected:
     claims = _claims(id_token)
     reason = exc.reason
     if reason == "idp_unavailable":
-        return SignInRejected(502, "Sign-in failed", "The identity provider's signing keys "
-                              "could not be loaded to check the sign-in; try again shortly.")
+        return SignInRejected(
+            502,
+            "Sign-in failed",
+            "The identity provider's signing keys "
+            "could not be loaded to check the sign-in; try again shortly.",
+        )
     if exc.code == 403:
-        return SignInRejected(403, "Not allowed", "Your identity cannot be used through this "
-                              f"gateway: {exc.detail}.")
+        return SignInRejected(
+            403, "Not allowed", f"Your identity cannot be used through this gateway: {exc.detail}."
+        )
     if reason == "bad_audience":
         aud = claims.get("aud")
         audiences = ", ".join(map(str, aud)) if isinstance(aud, list) else str(aud)
-        text = (f"The ID token's audience ({audiences[:200]}) does not include {client_id}, "
-                "the portal's client id (portal.client_id): the identity provider issued it "
-                "for another client.")
+        text = (
+            f"The ID token's audience ({audiences[:200]}) does not include {client_id}, "
+            "the portal's client id (portal.client_id): the identity provider issued it "
+            "for another client."
+        )
     elif reason == "bad_nonce":
-        text = ("The ID token's nonce does not belong to this sign-in: the answer was "
-                "replayed, injected, or belongs to a sign-in started in another tab. Sign in "
-                "again.")
+        text = (
+            "The ID token's nonce does not belong to this sign-in: the answer was "
+            "replayed, injected, or belongs to a sign-in started in another tab. Sign in "
+            "again."
+        )
     elif reason == "expired":
-        text = (f"The ID token had expired when it arrived (it expired at "
-                f"{_when(claims.get('exp'))}; the gateway's clock says {_when(time.time())}). "
-                "Check the clocks of the identity provider and the gateway.")
+        text = (
+            f"The ID token had expired when it arrived (it expired at "
+            f"{_when(claims.get('exp'))}; the gateway's clock says {_when(time.time())}). "
+            "Check the clocks of the identity provider and the gateway."
+        )
     elif reason == "not_yet_valid":
-        text = (f"The ID token is not valid yet (not before {_when(claims.get('nbf'))}; the "
-                f"gateway's clock says {_when(time.time())}). Check the clocks of the identity "
-                "provider and the gateway.")
+        text = (
+            f"The ID token is not valid yet (not before {_when(claims.get('nbf'))}; the "
+            f"gateway's clock says {_when(time.time())}). Check the clocks of the identity "
+            "provider and the gateway."
+        )
     elif reason in ("bad_signature", "unknown_key"):
-        text = ("The ID token's signature does not verify with the keys the identity provider "
-                f"publishes ({exc.detail}).")
+        text = (
+            "The ID token's signature does not verify with the keys the identity provider "
+            f"publishes ({exc.detail})."
+        )
     else:
         text = f"The ID token was rejected: {exc.detail}."
     return SignInRejected(400, "Sign-in failed", text)

@@ -28,18 +28,25 @@ def ensure_node_modules(directory: Path = DEV_IDP_DIR) -> None:
     """`npm ci` once per lockfile (a marker in node_modules holds the lockfile's hash)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        raise QuickstartError("Node.js (node and npm) is needed for the local OpenID Provider: "
-                              "install it (Debian: apt-get install nodejs npm)")
+        raise QuickstartError(
+            "Node.js (node and npm) is needed for the local OpenID Provider: "
+            "install it (Debian: apt-get install nodejs npm)"
+        )
     if not (directory / "server.mjs").is_file():
-        raise QuickstartError(f"{directory} is missing: run vgate from a checkout of its "
-                              "repository for the local OpenID Provider")
+        raise QuickstartError(
+            f"{directory} is missing: run vgate from a checkout of its "
+            "repository for the local OpenID Provider"
+        )
     lock = directory / "package-lock.json"
     digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     marker = directory / "node_modules" / ".vgate-lock-sha256"
 
     def fresh() -> bool:
-        return (marker.is_file() and marker.read_text().strip() == digest
-                and (directory / "node_modules" / "oidc-provider" / "package.json").is_file())
+        return (
+            marker.is_file()
+            and marker.read_text().strip() == digest
+            and (directory / "node_modules" / "oidc-provider" / "package.json").is_file()
+        )
 
     if fresh():
         return
@@ -48,9 +55,14 @@ def ensure_node_modules(directory: Path = DEV_IDP_DIR) -> None:
         fcntl.flock(lf, fcntl.LOCK_EX)  # concurrent starts: one npm ci at a time
         if fresh():
             return
-        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                              cwd=directory, capture_output=True, text=True, timeout=600,
-                              check=False)
+        proc = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if proc.returncode != 0:
             raise QuickstartError(f"npm ci in {directory} failed:\n{proc.stderr[-2000:]}")
         marker.write_text(digest + "\n")
@@ -60,8 +72,9 @@ class DevIdP:
     """`node server.mjs --config FILE`, output appended to `log_file`; its pid is recorded in
     `pid_file` (`processes.record`) while it runs."""
 
-    def __init__(self, config: dict, config_file: Path, log_file: Path,
-                 pid_file: Path | None = None) -> None:
+    def __init__(
+        self, config: dict, config_file: Path, log_file: Path, pid_file: Path | None = None
+    ) -> None:
         self.config = config
         self.config_file = config_file
         self.log_file = log_file
@@ -77,9 +90,16 @@ class DevIdP:
         with self.log_file.open("ab") as log:
             offset = log.tell()
             self._proc = subprocess.Popen(
-                [shutil.which("node") or "node", str(DEV_IDP_DIR / "server.mjs"),
-                 "--config", str(self.config_file)],
-                cwd=DEV_IDP_DIR, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                [
+                    shutil.which("node") or "node",
+                    str(DEV_IDP_DIR / "server.mjs"),
+                    "--config",
+                    str(self.config_file),
+                ],
+                cwd=DEV_IDP_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
             )
         if self.pid_file is not None:
@@ -97,11 +117,15 @@ class DevIdP:
             time.sleep(0.05)
         code = self._proc.poll()
         self.stop()
-        why = (f"exited with status {code}" if code is not None
-               else f"did not say it was ready within {START_TIMEOUT:.0f} s")
+        why = (
+            f"exited with status {code}"
+            if code is not None
+            else f"did not say it was ready within {START_TIMEOUT:.0f} s"
+        )
         raise QuickstartError(
             f"the local OpenID Provider ({DEV_IDP_DIR / 'server.mjs'}) {why}; its output "
-            f"(all of it is in {self.log_file}):\n{output[-3000:].decode(errors='replace')}")
+            f"(all of it is in {self.log_file}):\n{output[-3000:].decode(errors='replace')}"
+        )
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; a no-op when not running."""

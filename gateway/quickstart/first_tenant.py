@@ -79,10 +79,12 @@ def tenant_from_kubeconfig(
     if parts.path.strip("/"):
         raise QuickstartError(
             f"the API server URL {server} has a path; vgate forwards to an API server's root "
-            "(a cluster behind another proxy such as Rancher is not supported here)")
+            "(a cluster behind another proxy such as Rancher is not supported here)"
+        )
     if cluster.get("proxy-url"):
-        raise QuickstartError(f'cluster "{cluster_name}" is reached through a proxy-url, '
-                              "which vgate does not support")
+        raise QuickstartError(
+            f'cluster "{cluster_name}" is reached through a proxy-url, which vgate does not support'
+        )
     out.mkdir(parents=True, exist_ok=True)
     tenant: dict = {"name": name, "upstream": f"{parts.scheme}://{parts.netloc}"}
     ca = _material(cluster, cluster_base, "certificate-authority", out / "upstream-ca.crt")
@@ -100,20 +102,23 @@ def tenant_from_kubeconfig(
             "  kubectl create clusterrolebinding vgate-impersonator "
             "--clusterrole=cluster-admin --serviceaccount=kube-system:vgate\n"
             "  kubectl create token vgate -n kube-system --duration=24h > token\n"
-            "and run the quickstart with --upstream-token-file token")
+            "and run the quickstart with --upstream-token-file token"
+        )
     token = user.get("token")
     if token:
         tenant["token_file"] = str(write_private(out / "upstream.token", token.encode() + b"\n"))
     elif user.get("tokenFile"):
         token_file = Path(user["tokenFile"]).expanduser()
-        tenant["token_file"] = str(token_file if token_file.is_absolute()
-                                   else user_base / token_file)
+        tenant["token_file"] = str(
+            token_file if token_file.is_absolute() else user_base / token_file
+        )
     else:
         cert = _material(user, user_base, "client-certificate", out / "upstream-client.crt")
         key = _material(user, user_base, "client-key", out / "upstream-client.key")
         if not (cert and key):
             raise QuickstartError(
                 f'user "{user_name}" has neither a token nor a client certificate; the gateway '
-                "needs one of them to reach the API server (see --upstream-token-file)")
+                "needs one of them to reach the API server (see --upstream-token-file)"
+            )
         tenant["client_cert_file"], tenant["client_key_file"] = str(cert), str(key)
     return tenant, f'context "{context}" ({server})'

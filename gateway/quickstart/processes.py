@@ -47,7 +47,7 @@ def _start_time(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
     return None if fields[0] == "Z" else fields[19]
 
 
@@ -87,16 +87,19 @@ def _provisioned(pid_file: Path, binary: str, directory: Path) -> int | None:
 def running(directory: Path) -> list[Started]:
     """What runs now, in stop order: the quickstart, the IdP, API servers, etcd last."""
     found = []
-    for name, what in ((QUICKSTART_PID, "the quickstart (gateway)"),
-                       (IDP_PID, "the OpenID Provider")):
+    for name, what in (
+        (QUICKSTART_PID, "the quickstart (gateway)"),
+        (IDP_PID, "the OpenID Provider"),
+    ):
         pid = _recorded(directory / name)
         if pid is not None:
             found.append(Started(what, pid, directory / name))
     local = directory / "local"
     tenant_pids = sorted((local / "tenants").glob("*/pid"))
     for pid_file, binary, what in (
-            *((f, APISERVER, f"kube-apiserver of tenant {f.parent.name}") for f in tenant_pids),
-            (local / "etcd" / "pid", "etcd", "etcd")):
+        *((f, APISERVER, f"kube-apiserver of tenant {f.parent.name}") for f in tenant_pids),
+        (local / "etcd" / "pid", "etcd", "etcd"),
+    ):
         pid = _provisioned(pid_file, binary, directory)
         if pid is not None:
             found.append(Started(what, pid, pid_file, binary))
@@ -128,8 +131,9 @@ def terminate(started: Started, grace: float) -> None:
     started.pid_file.unlink(missing_ok=True)
 
 
-def stop_all(directory: Path, *, grace: float = 10.0, quickstart_grace: float = 60.0,
-             skip: int | None = None) -> list[Started]:
+def stop_all(
+    directory: Path, *, grace: float = 10.0, quickstart_grace: float = 60.0, skip: int | None = None
+) -> list[Started]:
     """Stop every process of the quickstart in `directory` (but pid `skip`); returns what was
     running. The quickstart itself goes first and stops the rest on its way out; whatever
     is left (it was killed) is stopped here."""

@@ -39,10 +39,18 @@ from gateway.quickstart.processes import IDP_PID, QUICKSTART_PID, record, runnin
 DEFAULT_DIR = Path("~/.vgate/quickstart")
 
 USERS = {
-    "alice": {"email": "alice@example.com", "name": "Alice Admin",
-              "groups": ["platform-admins"], "password": "alice"},
-    "bob": {"email": "bob@example.com", "name": "Bob Viewer",
-            "groups": ["developers"], "password": "bob"},
+    "alice": {
+        "email": "alice@example.com",
+        "name": "Alice Admin",
+        "groups": ["platform-admins"],
+        "password": "alice",
+    },
+    "bob": {
+        "email": "bob@example.com",
+        "name": "Bob Viewer",
+        "groups": ["developers"],
+        "password": "bob",
+    },
 }
 POLICY = {
     "tenant": "*",
@@ -51,8 +59,11 @@ POLICY = {
         "view": {"groups": ["oidc:developers"]},
     },
 }
-ROLE_BINDINGS = {"vgate:cluster-admin": "cluster-admin", "vgate:admin": "admin",
-                 "vgate:view": "view"}
+ROLE_BINDINGS = {
+    "vgate:cluster-admin": "cluster-admin",
+    "vgate:admin": "admin",
+    "vgate:view": "view",
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class Options:
     context: str | None = None
     upstream_token_file: Path | None = None
     tenant: str = "local"
-    envtest: bool = False              # first tenant from $KUBEBUILDER_ASSETS, not a kubeconfig
+    envtest: bool = False  # first tenant from $KUBEBUILDER_ASSETS, not a kubeconfig
     host: str = "127.0.0.1"
     port: int = 8443
     idp_port: int = 8444
@@ -116,26 +127,39 @@ def prepare(opts: Options) -> Prepared:
     issuer = f"http://127.0.0.1:{opts.idp_port}"
     gateway_url = f"https://{opts.host}:{opts.port}"
     idp_config: dict[str, Any] = {
-        "issuer": issuer, "host": "127.0.0.1", "port": opts.idp_port,
-        "keys": str(d / "idp-keys.json"), "store": str(d / "idp-store.json"),
+        "issuer": issuer,
+        "host": "127.0.0.1",
+        "port": opts.idp_port,
+        "keys": str(d / "idp-keys.json"),
+        "store": str(d / "idp-store.json"),
         "ttl": {"IdToken": 900, "AccessToken": 900, "RefreshToken": 86400, "DeviceCode": 600},
         "users": USERS,
         "clients": [
-            {"client_id": "vgate", "application_type": "native",
-             "token_endpoint_auth_method": "none",
-             "grant_types": ["authorization_code", "refresh_token",
-                             "urn:ietf:params:oauth:grant-type:device_code"],
-             "response_types": ["code"],
-             "redirect_uris": ["http://127.0.0.1/callback", "http://localhost/callback"]},
+            {
+                "client_id": "vgate",
+                "application_type": "native",
+                "token_endpoint_auth_method": "none",
+                "grant_types": [
+                    "authorization_code",
+                    "refresh_token",
+                    "urn:ietf:params:oauth:grant-type:device_code",
+                ],
+                "response_types": ["code"],
+                "redirect_uris": ["http://127.0.0.1/callback", "http://localhost/callback"],
+            },
         ],
     }
     portal_secret = _secret(d / "portal-client-secret")
     _secret(d / "portal-cookie-secret")
-    idp_config["clients"].append({
-        "client_id": "vgate-portal", "client_secret": portal_secret,
-        "grant_types": ["authorization_code"], "response_types": ["code"],
-        "redirect_uris": [f"{gateway_url}/oauth2/callback"],
-    })
+    idp_config["clients"].append(
+        {
+            "client_id": "vgate-portal",
+            "client_secret": portal_secret,
+            "grant_types": ["authorization_code"],
+            "response_types": ["code"],
+            "redirect_uris": [f"{gateway_url}/oauth2/callback"],
+        }
+    )
     idp = DevIdP(idp_config, d / "idp-config.json", d / "idp.log", d / IDP_PID)
     (d / "policies").mkdir(exist_ok=True)
     (d / "policies" / "quickstart.yaml").write_text(yaml.safe_dump(POLICY, sort_keys=False))
@@ -143,39 +167,60 @@ def prepare(opts: Options) -> Prepared:
         "listen": {"host": opts.host, "port": opts.port},
         "tls": {"cert_file": str(serving.cert_file), "key_file": str(serving.key_file)},
         "routing": {"base_domain": "localhost", "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{
-            "issuer": issuer, "audiences": ["vgate"],
-            "username_claim": "email", "username_prefix": "oidc:",
-            "groups_claim": "groups", "groups_prefix": "oidc:",
-        }]},
+        "oidc": {
+            "issuers": [
+                {
+                    "issuer": issuer,
+                    "audiences": ["vgate"],
+                    "username_claim": "email",
+                    "username_prefix": "oidc:",
+                    "groups_claim": "groups",
+                    "groups_prefix": "oidc:",
+                }
+            ]
+        },
         "policies": str(d / "policies"),
         "audit": {"file": str(d / "audit.log")},
         "tenants": [tenant] if tenant is not None else [],
         "lifecycle": {
-            "store": str(d / "tenants.db"), "credentials_dir": str(d / "credentials"),
-            "provisioner": "local", "local": {"work_dir": str(d / "local")},
-            "public_url": gateway_url, "platform_admin_groups": ["oidc:platform-admins"],
+            "store": str(d / "tenants.db"),
+            "credentials_dir": str(d / "credentials"),
+            "provisioner": "local",
+            "local": {"work_dir": str(d / "local")},
+            "public_url": gateway_url,
+            "platform_admin_groups": ["oidc:platform-admins"],
             "auto_wake": True,
         },
         "portal": {
-            "issuer": issuer, "client_secret_file": str(d / "portal-client-secret"),
-            "cookie_secret_file": str(d / "portal-cookie-secret"), "public_url": gateway_url,
-            "ca_file": str(serving.ca_file), "login_command": _login_command(),
+            "issuer": issuer,
+            "client_secret_file": str(d / "portal-client-secret"),
+            "cookie_secret_file": str(d / "portal-cookie-secret"),
+            "public_url": gateway_url,
+            "ca_file": str(serving.ca_file),
+            "login_command": _login_command(),
             "preferred_form": "path",  # <tenant>.localhost does not resolve everywhere
         },
     }
     config_file = d / "vgate.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     kubeconfig = d / "kubeconfig"
-    kubeconfig.write_text(kubeconfig_yaml(KubeconfigSpec(
-        tenant=opts.tenant, server=f"{gateway_url}/clusters/{opts.tenant}",
-        issuer=issuer, client_id="vgate", ca_pem=serving.ca_file.read_bytes(),
-        command=_login_command(),
-    )))
+    kubeconfig.write_text(
+        kubeconfig_yaml(
+            KubeconfigSpec(
+                tenant=opts.tenant,
+                server=f"{gateway_url}/clusters/{opts.tenant}",
+                issuer=issuer,
+                client_id="vgate",
+                ca_pem=serving.ca_file.read_bytes(),
+                command=_login_command(),
+            )
+        )
+    )
     if tenant is None:
         _register_local_tenant(config_file, opts.tenant)
-    return Prepared(d, config_file, gateway_url, serving.ca_file, opts.tenant, source, tenant,
-                    idp, kubeconfig)
+    return Prepared(
+        d, config_file, gateway_url, serving.ca_file, opts.tenant, source, tenant, idp, kubeconfig
+    )
 
 
 def _first_tenant(opts: Options, d: Path) -> tuple[dict | None, str]:
@@ -186,18 +231,25 @@ def _first_tenant(opts: Options, d: Path) -> tuple[dict | None, str]:
     local = f"a local kube-apiserver from {assets}, started by the lifecycle manager"
     if opts.envtest:
         if not has_envtest:
-            raise QuickstartError(f"--envtest: kube-apiserver and etcd are not in {assets} "
-                                  "(set $KUBEBUILDER_ASSETS, e.g. from setup-envtest)")
+            raise QuickstartError(
+                f"--envtest: kube-apiserver and etcd are not in {assets} "
+                "(set $KUBEBUILDER_ASSETS, e.g. from setup-envtest)"
+            )
         return None, local
     try:
-        return tenant_from_kubeconfig(kubeconfig_paths(opts.kubeconfig), opts.context,
-                                      d / "tenants" / opts.tenant, name=opts.tenant)
+        return tenant_from_kubeconfig(
+            kubeconfig_paths(opts.kubeconfig),
+            opts.context,
+            d / "tenants" / opts.tenant,
+            name=opts.tenant,
+        )
     except QuickstartError as exc:
         if has_envtest and opts.kubeconfig is None and opts.context is None:
             return None, local
-        raise QuickstartError(f"{exc}\n(or put the envtest binaries kube-apiserver and etcd "
-                              f"in {assets} / $KUBEBUILDER_ASSETS and run with --envtest)"
-                              ) from None
+        raise QuickstartError(
+            f"{exc}\n(or put the envtest binaries kube-apiserver and etcd "
+            f"in {assets} / $KUBEBUILDER_ASSETS and run with --envtest)"
+        ) from None
 
 
 def _register_local_tenant(config_file: Path, name: str) -> None:
@@ -215,9 +267,13 @@ def _register_local_tenant(config_file: Path, name: str) -> None:
     async def create() -> None:
         store = open_store(config)
         try:
-            await tenant_operations(config, store).create(TenantSpec(
-                name=name, admin_groups=["oidc:platform-admins"],
-                view_groups=["oidc:developers"]))
+            await tenant_operations(config, store).create(
+                TenantSpec(
+                    name=name,
+                    admin_groups=["oidc:platform-admins"],
+                    view_groups=["oidc:developers"],
+                )
+            )
         except TenantExists:
             pass
         except ValidationError as exc:  # no kube-apiserver that runs here
@@ -251,20 +307,30 @@ def bind_roles(tenant: dict) -> list[str]:
         for group, role in ROLE_BINDINGS.items():
             name = group.replace(":", "-")
             body = {
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
                 "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "vgate"}},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                            "name": role},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-                              "name": group}],
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": role,
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}
+                ],
             }
-            r = c.patch(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
-                        params={"fieldManager": "vgate-quickstart", "force": "true"},
-                        headers=headers, content=json.dumps(body), extensions=sni)
+            r = c.patch(
+                f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
+                params={"fieldManager": "vgate-quickstart", "force": "true"},
+                headers=headers,
+                content=json.dumps(body),
+                extensions=sni,
+            )
             if r.status_code >= 300:
                 raise QuickstartError(
                     f"could not create ClusterRoleBinding {name}: HTTP {r.status_code} "
-                    f"{r.text[:300]}")
+                    f"{r.text[:300]}"
+                )
             applied.append(f"{name}: group {group} → ClusterRole {role}")
     return applied
 
@@ -290,11 +356,10 @@ def banner(p: Prepared) -> str:
         f"  IdP       {p.idp.issuer}   log in as alice/alice (cluster-admin) or bob/bob (view)",
         f"  portal    {p.gateway_url}/   (sign in, download a kubeconfig)",
         "            the browser warns: the CA is private. Trust it (the portal's \"Did your "
-        "browser warn\" says how) or proceed",
+        'browser warn" says how) or proceed',
         f"  config    {p.config_file}",
         f"  try       KUBECONFIG={p.kubeconfig} kubectl auth whoami",
-        "  stop      Ctrl-C stops the gateway, the IdP and every tenant's kube-apiserver and "
-        "etcd;",
+        "  stop      Ctrl-C stops the gateway, the IdP and every tenant's kube-apiserver and etcd;",
         f"            if it was killed: {stop_command(p.directory)}",
     ]
     return "\n".join(lines)
@@ -317,12 +382,15 @@ def _take_over(d: Path) -> None:
     found = running(d)
     main = next((s for s in found if s.pid_file.name == QUICKSTART_PID), None)
     if main is not None:
-        raise QuickstartError(f"a quickstart is running from {d} already (pid {main.pid}); "
-                              f"use it, or stop it with: {stop_command(d)}")
+        raise QuickstartError(
+            f"a quickstart is running from {d} already (pid {main.pid}); "
+            f"use it, or stop it with: {stop_command(d)}"
+        )
     if found:
         left = ", ".join(str(s) for s in stop_all(d))
-        print(f"note: stopped what an earlier quickstart in {d} left running: {left}",
-              file=sys.stderr)
+        print(
+            f"note: stopped what an earlier quickstart in {d} left running: {left}", file=sys.stderr
+        )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -350,8 +418,10 @@ def _stops_everything(d: Path) -> Iterator[None]:
         try:
             stopped = stop_all(d, skip=os.getpid())
             if stopped:
-                print("vgate quickstart: stopped " + ", ".join(str(s) for s in stopped),
-                      file=sys.stderr)
+                print(
+                    "vgate quickstart: stopped " + ", ".join(str(s) for s in stopped),
+                    file=sys.stderr,
+                )
             (d / QUICKSTART_PID).unlink(missing_ok=True)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -372,15 +442,21 @@ def run(opts: Options, *, with_bindings: bool) -> int:
         prepared = prepare(opts)
         static_tenant = prepared.static_tenant
         if with_bindings and static_tenant is None:
-            print("note: --bind-roles is for a kubeconfig's cluster; the lifecycle manager "
-                  "binds the roles in its own tenants", file=sys.stderr)
+            print(
+                "note: --bind-roles is for a kubeconfig's cluster; the lifecycle manager "
+                "binds the roles in its own tenants",
+                file=sys.stderr,
+            )
         elif with_bindings and static_tenant is not None:
             for line in bind_roles(static_tenant):
                 print(f"applied ClusterRoleBinding {line}", file=sys.stderr)
         elif prepared.static_tenant is not None:
-            print("note: the role groups vgate:cluster-admin and vgate:view have no rights in "
-                  "the cluster until they are bound: run with --bind-roles once, or see the "
-                  "README", file=sys.stderr)
+            print(
+                "note: the role groups vgate:cluster-admin and vgate:view have no rights in "
+                "the cluster until they are bound: run with --bind-roles once, or see the "
+                "README",
+                file=sys.stderr,
+            )
         config = load_config(prepared.config_file)
         try:
             prepared.idp.start()

@@ -38,7 +38,8 @@ class AuditLog:
         self._own = destination not in ("-", "")
         self._out: IO[str] = (
             open(destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
-            if self._own else sys.stdout
+            if self._own
+            else sys.stdout
         )
         self._flush_pending: asyncio.TimerHandle | None = None
         self._lines: list[str] = []
@@ -80,7 +81,7 @@ class AuditLog:
         lines.append(
             f'{{"time":"{self._timestamp()}","request_id":"{exchange.request_id.decode()}",'
             f'"source":{_string(flow.source)},"tenant":{_string(flow.tenant)},'
-            f'{self._who(flow.identity, flow.grant)},'
+            f"{self._who(flow.identity, flow.grant)},"
             f'"decision":{_DECISIONS[flow.outcome]},'
             f'"reason":{_string(flow.reason or None)},'
             f'"method":{method},"path":{path},'
@@ -108,7 +109,7 @@ class AuditLog:
         if flow.recording is not None:
             out += f',"session":{_string(flow.recording.session_id)}'
         if stream.bridged:
-            out += (f',"bridged":{_string(stream.request.client + "->" + stream.attempt)}')
+            out += f',"bridged":{_string(stream.request.client + "->" + stream.attempt)}'
         return out
 
     def _path(self, target: bytes) -> str:
@@ -148,7 +149,8 @@ class AuditLog:
             who["granted_by"] = list(grant.reasons)
         if grant and grant.directory_groups:
             who["directory_groups"] = [
-                {"role": role, "group": group} for role, group in grant.directory_groups]
+                {"role": role, "group": group} for role, group in grant.directory_groups
+            ]
         text = _ENCODER.encode(who)[1:-1]
         if len(self._who_cache) >= MAX_CACHED_IDENTITIES:
             self._who_cache.clear()

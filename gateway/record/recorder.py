@@ -47,8 +47,7 @@ class Recorder:
             self.metrics.tally.request(tenant, status, None)
             stream = flow.stream
             if stream is not None and status == 101:
-                path = (f"{stream.request.client}->{stream.attempt}" if stream.bridged
-                        else "tunnel")
+                path = f"{stream.request.client}->{stream.attempt}" if stream.bridged else "tunnel"
                 self.metrics.stream_sessions.labels(tenant, path).inc()
         else:
             self.metrics.tally.request(tenant, status, elapsed)

@@ -29,21 +29,42 @@ EXIT_MARKER = re.compile(r"^exit (\d+|unknown)")
 _ENCODER = json.JSONEncoder(separators=(", ", ": "))  # ASCII: escapes keep any byte
 
 
-def header(width: int, height: int, timestamp: float, *, command: str, title: str,
-           env: dict[str, str], vgate: dict[str, Any]) -> bytes:
+def header(
+    width: int,
+    height: int,
+    timestamp: float,
+    *,
+    command: str,
+    title: str,
+    env: dict[str, str],
+    vgate: dict[str, Any],
+) -> bytes:
     """The first line of a cast."""
-    fields = {"version": VERSION, "width": width, "height": height,
-              "timestamp": int(timestamp), "command": command, "title": title,
-              "env": env, "vgate": vgate}
+    fields = {
+        "version": VERSION,
+        "width": width,
+        "height": height,
+        "timestamp": int(timestamp),
+        "command": command,
+        "title": title,
+        "env": env,
+        "vgate": vgate,
+    }
     return (_ENCODER.encode(fields) + "\n").encode("ascii")
 
 
 # JSON string escapes, applied to UTF-8 bytes: the C `json` encoder spends ~6 ns on every
 # character; terminal output is mostly plain, so escaping only the bytes present is 3-4x
 # cheaper (a cast line per output chunk is the cost of recording)
-_ESCAPES = {**{bytes([b]): b"\\u%04x" % b for b in range(0x20)},
-            b"\n": b"\\n", b"\r": b"\\r", b"\t": b"\\t", b"\x08": b"\\b", b"\x0c": b"\\f",
-            b'"': b'\\"'}
+_ESCAPES = {
+    **{bytes([b]): b"\\u%04x" % b for b in range(0x20)},
+    b"\n": b"\\n",
+    b"\r": b"\\r",
+    b"\t": b"\\t",
+    b"\x08": b"\\b",
+    b"\x0c": b"\\f",
+    b'"': b'\\"',
+}
 _ESCAPE_ORDER = ((b"\\", b"\\\\"), *_ESCAPES.items())  # the backslash first
 _UNESCAPED = bytes(b for b in range(256) if bytes([b]) not in _ESCAPES and b != 0x5C)
 
@@ -143,6 +164,9 @@ def find(directory: Path, session: str) -> Path | None:
     """The cast of `session` (its id, or a unique prefix of it) in `directory`."""
     if not re.fullmatch(r"[0-9a-f-]{4,64}", session):
         return None
-    matches = [directory / name for name in os.listdir(directory)
-               if name.endswith(".cast") and name[17:].startswith(session)]
+    matches = [
+        directory / name
+        for name in os.listdir(directory)
+        if name.endswith(".cast") and name[17:].startswith(session)
+    ]
     return matches[0] if len(matches) == 1 else None

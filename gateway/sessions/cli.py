@@ -22,9 +22,11 @@ from gateway.sessions import cast
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("sessions", help="recorded exec/attach sessions (list, show, play)")
     ssub = p.add_subparsers(dest="sessions_command", required=True)
-    for name, text in (("list", "list recorded sessions, newest first"),
-                       ("show", "a session's details and how it ended"),
-                       ("play", "replay a session's terminal output with its timing")):
+    for name, text in (
+        ("list", "list recorded sessions, newest first"),
+        ("show", "a session's details and how it ended"),
+        ("play", "replay a session's terminal output with its timing"),
+    ):
         q = ssub.add_parser(name, help=text)
         where = q.add_mutually_exclusive_group(required=True)
         where.add_argument("--config", type=Path, help="the gateway's config file")
@@ -37,10 +39,16 @@ def add_parser(sub: Any) -> None:
         else:
             q.add_argument("session", help="the session id (or a unique prefix of it)")
         if name == "play":
-            q.add_argument("--speed", type=float, default=1.0,
-                           help="play this many times faster (default 1)")
-            q.add_argument("--max-wait", type=float, default=None, metavar="SECONDS",
-                           help="cap every pause at this many seconds")
+            q.add_argument(
+                "--speed", type=float, default=1.0, help="play this many times faster (default 1)"
+            )
+            q.add_argument(
+                "--max-wait",
+                type=float,
+                default=None,
+                metavar="SECONDS",
+                help="cap every pause at this many seconds",
+            )
 
 
 def run(args: argparse.Namespace, load_config: Callable[[Path], Any]) -> int:
@@ -75,18 +83,23 @@ def summary(found: cast.Cast) -> dict[str, Any]:
     ended = next((m for m in reversed(markers) if cast.EXIT_MARKER.match(m)), "running or cut")
     return {
         "session": found.session,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                 time.gmtime(found.header.get("timestamp", 0))),
-        "user": meta.get("user"), "tenant": meta.get("tenant"),
+        "started": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(found.header.get("timestamp", 0))
+        ),
+        "user": meta.get("user"),
+        "tenant": meta.get("tenant"),
         "pod": f"{meta.get('namespace')}/{meta.get('pod')}"
-               + (f"/{meta['container']}" if meta.get("container") else ""),
-        "kind": meta.get("kind"), "command": found.header.get("command", ""),
-        "ended": ended, "bytes": found.path.stat().st_size,
+        + (f"/{meta['container']}" if meta.get("container") else ""),
+        "kind": meta.get("kind"),
+        "command": found.header.get("command", ""),
+        "ended": ended,
+        "bytes": found.path.stat().st_size,
     }
 
 
-def list_sessions(directory: Path, tenant: str | None, user: str | None, limit: int,
-                  as_json: bool) -> int:
+def list_sessions(
+    directory: Path, tenant: str | None, user: str | None, limit: int, as_json: bool
+) -> int:
     names = sorted((n for n in os.listdir(directory) if n.endswith(".cast")), reverse=True)
     rows = []
     for name in names:
@@ -133,8 +146,14 @@ def show(path: Path) -> int:
     return 0
 
 
-def play(path: Path, out: BinaryIO, *, speed: float = 1.0, max_wait: float | None = None,
-         sleep: Callable[[float], None] = time.sleep) -> int:
+def play(
+    path: Path,
+    out: BinaryIO,
+    *,
+    speed: float = 1.0,
+    max_wait: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Write the cast's output events to `out`, waiting between them as recorded."""
     cast.read_header(path)
     with open(path, "rb") as f:

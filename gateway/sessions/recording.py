@@ -52,10 +52,20 @@ class Limits:
 class Recording:
     """A `gateway.streams.events.SessionRecord`: terminal events in, one cast out."""
 
-    def __init__(self, session_id: str, meta: dict[str, Any], file: SinkFile,
-                 thread: RecordingThread, limits: Limits, *, required: bool, stdin: bool,
-                 abort: Callable[[str], None], peak: Callable[[int], None] | None = None,
-                 outcome: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        meta: dict[str, Any],
+        file: SinkFile,
+        thread: RecordingThread,
+        limits: Limits,
+        *,
+        required: bool,
+        stdin: bool,
+        abort: Callable[[str], None],
+        peak: Callable[[int], None] | None = None,
+        outcome: Callable[[str], None] | None = None,
+    ) -> None:
         self.session_id = session_id
         self.meta = meta
         self.required = required
@@ -83,8 +93,10 @@ class Recording:
         self._capped = False
         self._finished = False
         self._failed = False  # set by the thread: a write failed, nothing more is written
-        self._decoders = {cast.OUTPUT: codecs.getincrementaldecoder("utf-8")("surrogateescape"),
-                          cast.INPUT: codecs.getincrementaldecoder("utf-8")("surrogateescape")}
+        self._decoders = {
+            cast.OUTPUT: codecs.getincrementaldecoder("utf-8")("surrogateescape"),
+            cast.INPUT: codecs.getincrementaldecoder("utf-8")("surrogateescape"),
+        }
         thread.active.add(session_id)
 
     # -- gateway.streams.events.SessionRecord, on the event loop ----------------------------
@@ -156,14 +168,23 @@ class Recording:
             self._overflow(raw)
             return
         if self._dropped:
-            self._line(cast.event(now, cast.MARKER, f"recording gap: {self._dropped} bytes not "
-                                                    "recorded (the disk did not keep up)"))
+            self._line(
+                cast.event(
+                    now,
+                    cast.MARKER,
+                    f"recording gap: {self._dropped} bytes not recorded (the disk did not keep up)",
+                )
+            )
             self._dropped = 0
         if self._cast_bytes + size > self._limits.max_session_bytes - END_RESERVE:
             self._capped = True
-            line = cast.event(now, cast.MARKER, "recording cut: the cast reached "
-                              f"max_session_bytes ({self._limits.max_session_bytes}); the "
-                              "session went on")
+            line = cast.event(
+                now,
+                cast.MARKER,
+                "recording cut: the cast reached "
+                f"max_session_bytes ({self._limits.max_session_bytes}); the "
+                "session went on",
+            )
         self._line(line)
         if self._peak is not None:
             self._peak(self._accepted - self.written)
@@ -200,8 +221,9 @@ class Recording:
             self._trouble("the recording fell behind: the disk did not keep up")
             return
         if not self._dropped:
-            log.warning("session %s: recording falls behind, output dropped (best-effort)",
-                        self.session_id)
+            log.warning(
+                "session %s: recording falls behind, output dropped (best-effort)", self.session_id
+            )
         self._dropped += size
 
     def _trouble(self, why: str) -> None:
@@ -215,8 +237,11 @@ class Recording:
             log.error("session %s ended: %s (recording required)", self.session_id, why)
             self._abort(f"session recording required, {why}")
         else:
-            log.warning("session %s: recording stopped: %s (best-effort: the session goes on)",
-                        self.session_id, why)
+            log.warning(
+                "session %s: recording stopped: %s (best-effort: the session goes on)",
+                self.session_id,
+                why,
+            )
 
     def _write_failed(self, why: str) -> None:
         self._trouble(f"the recording could not be written: {why}")
@@ -233,13 +258,16 @@ class Recording:
         meta = self.meta
         width, height = self._size or DEFAULT_SIZE
         command = " ".join(meta.get("command") or []) or meta.get("kind", "")
-        title = (f"{meta.get('user')} {meta.get('kind')} {meta.get('tenant')}/"
-                 f"{meta.get('namespace')}/{meta.get('pod')}")
+        title = (
+            f"{meta.get('user')} {meta.get('kind')} {meta.get('tenant')}/"
+            f"{meta.get('namespace')}/{meta.get('pod')}"
+        )
         if meta.get("container"):
             title += f"/{meta['container']}"
         env = {"TERM": "xterm"} if meta.get("tty") else {}
-        return cast.header(width, height, self._wall0, command=command, title=title, env=env,
-                           vgate=meta)
+        return cast.header(
+            width, height, self._wall0, command=command, title=title, env=env, vgate=meta
+        )
 
     # -- in the recording thread -----------------------------------------------------------
 
@@ -266,7 +294,8 @@ class Recording:
         try:
             self._file.discard()
         except OSError as exc:
-            log.warning("session %s: an unused recording could not be removed: %s",
-                        self.session_id, exc)
+            log.warning(
+                "session %s: an unused recording could not be removed: %s", self.session_id, exc
+            )
         finally:
             self._thread.active.discard(self.session_id)

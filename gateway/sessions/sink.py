@@ -74,8 +74,14 @@ class DirectorySink:
     while the directory holds more than `max_directory_bytes`. `open` refuses when the
     directory cannot be created or written, or has less than `min_free_bytes` free."""
 
-    def __init__(self, directory: Path, *, max_directory_bytes: int, max_age_seconds: float,
-                 min_free_bytes: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_directory_bytes: int,
+        max_age_seconds: float,
+        min_free_bytes: int,
+    ) -> None:
         self.directory = Path(directory)
         self.max_directory_bytes = max_directory_bytes
         self.max_age_seconds = max_age_seconds
@@ -87,18 +93,21 @@ class DirectorySink:
             stats = os.statvfs(self.directory)
         except OSError as exc:
             raise RecordingUnavailable(
-                f"the recording directory cannot be used: {_why(exc)}") from None
+                f"the recording directory cannot be used: {_why(exc)}"
+            ) from None
         free = stats.f_bavail * stats.f_frsize
         if free < self.min_free_bytes:
             raise RecordingUnavailable(
                 f"the recording directory has {free >> 20} MiB free, less than the "
-                f"{self.min_free_bytes >> 20} MiB required")
+                f"{self.min_free_bytes >> 20} MiB required"
+            )
         path = self.directory / file_name(started, session)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise RecordingUnavailable(
-                f"the recording file cannot be created: {_why(exc)}") from None
+                f"the recording file cannot be created: {_why(exc)}"
+            ) from None
         return CastFile(path, fd)
 
     def maintain(self, active: set[str]) -> None:

@@ -37,17 +37,23 @@ class SessionRecordings:
     """The recordings of this process: policy, sink, the writing thread, and a high-water
     mark of what waited to be written (`peak_buffered`, bytes, any one session)."""
 
-    def __init__(self, config: SessionRecording, sink: SessionSink | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: SessionRecording,
+        sink: SessionSink | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.policy = RecordingPolicy(config)
         self.sink: SessionSink = sink or DirectorySink(
-            config.directory, max_directory_bytes=config.max_directory_bytes,
-            max_age_seconds=config.max_age_days * 86400, min_free_bytes=config.min_free_bytes)
+            config.directory,
+            max_directory_bytes=config.max_directory_bytes,
+            max_age_seconds=config.max_age_days * 86400,
+            min_free_bytes=config.min_free_bytes,
+        )
         self.thread = RecordingThread(self.sink)
-        self.limits = Limits(config.buffer_bytes, config.max_session_bytes,
-                             config.flush_seconds)
+        self.limits = Limits(config.buffer_bytes, config.max_session_bytes, config.flush_seconds)
         self.peak_buffered = 0
 
     def start(self) -> None:
@@ -71,8 +77,8 @@ class SessionRecordings:
         session_id = flow.exchange.request_id.decode()
         try:
             file = await asyncio.wait_for(
-                asyncio.to_thread(self.sink.open, session_id, time.time()),
-                OPEN_TIMEOUT_SECONDS)
+                asyncio.to_thread(self.sink.open, session_id, time.time()), OPEN_TIMEOUT_SECONDS
+            )
         except (TimeoutError, RecordingUnavailable) as exc:
             self.count(flow.tenant, "refused" if wanted.decision.required else "unrecorded")
             if isinstance(exc, RecordingUnavailable):
@@ -89,10 +95,18 @@ class SessionRecordings:
             exchange.conn.abort()
 
         tenant = flow.tenant or ""
-        return Recording(session_id, self._meta(flow, wanted, keep_stdin), file, self.thread,
-                         self.limits, required=decision.required, stdin=keep_stdin,
-                         abort=abort, peak=self._note_peak,
-                         outcome=lambda outcome: self.count(tenant, outcome))
+        return Recording(
+            session_id,
+            self._meta(flow, wanted, keep_stdin),
+            file,
+            self.thread,
+            self.limits,
+            required=decision.required,
+            stdin=keep_stdin,
+            abort=abort,
+            peak=self._note_peak,
+            outcome=lambda outcome: self.count(tenant, outcome),
+        )
 
     def count(self, tenant: str | None, outcome: str) -> None:
         if self.metrics is not None:
@@ -108,11 +122,21 @@ class SessionRecordings:
         assert identity is not None and grant is not None
         return {
             "session": flow.exchange.request_id.decode(),
-            "user": identity.username, "uid": identity.uid, "issuer": identity.issuer,
-            "groups": list(grant.groups), "roles": list(grant.roles),
-            "tenant": flow.tenant, "namespace": request.namespace, "pod": request.pod,
-            "container": request.container, "kind": request.kind,
-            "command": list(request.command), "tty": request.tty, "stdin": request.stdin,
-            "stdin_recorded": keep_stdin, "mode": wanted.decision.mode,
-            "client_transport": request.client, "source": flow.source,
+            "user": identity.username,
+            "uid": identity.uid,
+            "issuer": identity.issuer,
+            "groups": list(grant.groups),
+            "roles": list(grant.roles),
+            "tenant": flow.tenant,
+            "namespace": request.namespace,
+            "pod": request.pod,
+            "container": request.container,
+            "kind": request.kind,
+            "command": list(request.command),
+            "tty": request.tty,
+            "stdin": request.stdin,
+            "stdin_recorded": keep_stdin,
+            "mode": wanted.decision.mode,
+            "client_transport": request.client,
+            "source": flow.source,
         }

@@ -31,8 +31,7 @@ class RecordingThread:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="vgate-recordings",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="vgate-recordings", daemon=True)
             self._thread.start()
 
     def put(self, job: Job) -> None:
@@ -45,8 +44,9 @@ class RecordingThread:
             self._jobs.put(None)
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.error("session recordings: writes still pending after %.0f s at shutdown",
-                          timeout)
+                log.error(
+                    "session recordings: writes still pending after %.0f s at shutdown", timeout
+                )
             self._thread = None
 
     def _run(self) -> None:

@@ -29,8 +29,13 @@ SPDY_REMOTECOMMAND = (V4,)  # v5 over SPDY is framed as v4; the kubelet speaks v
 WS_REMOTECOMMAND_TENANT = (V5,)
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
-STREAM_TYPES = {"stdin": STDIN, "stdout": STDOUT, "stderr": STDERR, "error": ERROR,
-                "resize": RESIZE}
+STREAM_TYPES = {
+    "stdin": STDIN,
+    "stdout": STDOUT,
+    "stderr": STDERR,
+    "error": ERROR,
+    "resize": RESIZE,
+}
 MAX_STATUS_BYTES = 64 * 1024
 
 
@@ -97,5 +102,5 @@ class ResizeReader:
                     continue
                 if 0 < width < 65536 and 0 < height < 65536:
                     sizes.append((width, height))
-        self._pending = text[-self.MAX_PENDING:] if text else ""
+        self._pending = text[-self.MAX_PENDING :] if text else ""
         return sizes

@@ -32,8 +32,9 @@ class WebSocketObserver:
         if not self._broken:
             self._read(self._tenant, data, self.tap.from_tenant)
 
-    def _read(self, reader: websocket.Reader, data: bytes,
-              emit: Callable[[int, bytes], None]) -> None:
+    def _read(
+        self, reader: websocket.Reader, data: bytes, emit: Callable[[int, bytes], None]
+    ) -> None:
         try:
             for opcode, payload in reader.feed(data):
                 if opcode in (websocket.OP_BINARY, websocket.OP_TEXT) and payload:

@@ -26,8 +26,9 @@ _NOT_RETRIED = frozenset({401, 407, 429})
 
 def _is_status(headers: list[tuple[bytes, bytes]]) -> bool:
     """The answer is the API server's: a JSON body (a Kubernetes `Status`)."""
-    return any(name.lower() == b"content-type" and b"json" in value.lower()
-               for name, value in headers)
+    return any(
+        name.lower() == b"content-type" and b"json" in value.lower() for name, value in headers
+    )
 
 
 class UnusableSwitch(Exception):
@@ -37,9 +38,14 @@ class UnusableSwitch(Exception):
 class StreamSession:
     """The plan and state of one stream upgrade (see the module docstring)."""
 
-    def __init__(self, request: StreamRequest, tenant: str, *,
-                 protocols: TenantProtocols | None = None,
-                 recording: SessionRecord | None = None) -> None:
+    def __init__(
+        self,
+        request: StreamRequest,
+        tenant: str,
+        *,
+        protocols: TenantProtocols | None = None,
+        recording: SessionRecord | None = None,
+    ) -> None:
         self.request = request
         self.tenant = tenant
         self.protocols = protocols
@@ -73,8 +79,13 @@ class StreamSession:
         `Status`: authorization said no) is never retried — the other upgrade is checked
         with another verb; what is retried is a refusal of the upgrade itself (a kubelet's
         bare 403 from its WebSocket handshake, a 400, an ingress's answer)."""
-        if not self.can_bridge or self.attempts >= 2 or status in _NOT_RETRIED \
-                or not 400 <= status < 500 or (status == 403 and _is_status(headers)):
+        if (
+            not self.can_bridge
+            or self.attempts >= 2
+            or status in _NOT_RETRIED
+            or not 400 <= status < 500
+            or (status == 403 and _is_status(headers))
+        ):
             return None
         self.attempt = other(self.attempt)
         return self.head(self._native)
@@ -86,17 +97,23 @@ class StreamSession:
         if self.bridged:
             try:
                 self.tenant_protocol = accepted_protocol(
-                    self.attempt, headers, request.tenant_protocols(self.attempt), self._key)
+                    self.attempt, headers, request.tenant_protocols(self.attempt), self._key
+                )
             except ValueError as exc:
                 raise UnusableSwitch(str(exc)) from None
         else:
-            wanted = (b"sec-websocket-protocol" if request.client == WEBSOCKET
-                      else b"x-stream-protocol-version")
-            self.tenant_protocol = next((v.decode("latin-1").strip() for n, v in headers
-                                         if n.lower() == wanted), "")
+            wanted = (
+                b"sec-websocket-protocol"
+                if request.client == WEBSOCKET
+                else b"x-stream-protocol-version"
+            )
+            self.tenant_protocol = next(
+                (v.decode("latin-1").strip() for n, v in headers if n.lower() == wanted), ""
+            )
         if self.can_bridge and self.protocols is not None:
-            self.protocols.learnt(self.tenant, request.family, self.attempt,
-                                  after_refusal=self.attempts > 1)
+            self.protocols.learnt(
+                self.tenant, request.family, self.attempt, after_refusal=self.attempts > 1
+            )
         return request.client_switch(request_id) if self.bridged else None
 
     def relay(self, ends: Ends) -> Relay | None:
@@ -109,8 +126,11 @@ class StreamSession:
         if not self.bridged:
             if tap is None:
                 return None
-            observer = (WebSocketObserver(tap, self.tenant_protocol)
-                        if request.client == WEBSOCKET else SpdyObserver(tap))
+            observer = (
+                WebSocketObserver(tap, self.tenant_protocol)
+                if request.client == WEBSOCKET
+                else SpdyObserver(tap)
+            )
             return Observed(ends, observer)
         if request.kind == "portforward":
             if request.client == WEBSOCKET:

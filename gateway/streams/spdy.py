@@ -23,16 +23,71 @@ MAX_FRAME = 1 << 20
 MAX_HEADER_BYTES = 64 * 1024
 
 _WORDS = (
-    "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
-    "accept-encoding", "accept-language", "accept-ranges", "age", "allow", "authorization",
-    "cache-control", "connection", "content-base", "content-encoding", "content-language",
-    "content-length", "content-location", "content-md5", "content-range", "content-type",
-    "date", "etag", "expect", "expires", "from", "host", "if-match", "if-modified-since",
-    "if-none-match", "if-range", "if-unmodified-since", "last-modified", "location",
-    "max-forwards", "pragma", "proxy-authenticate", "proxy-authorization", "range", "referer",
-    "retry-after", "server", "te", "trailer", "transfer-encoding", "upgrade", "user-agent",
-    "vary", "via", "warning", "www-authenticate", "method", "get", "status", "200 OK",
-    "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin"
+    "options",
+    "head",
+    "post",
+    "put",
+    "delete",
+    "trace",
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "accept-ranges",
+    "age",
+    "allow",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-base",
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-location",
+    "content-md5",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "expect",
+    "expires",
+    "from",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "last-modified",
+    "location",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "range",
+    "referer",
+    "retry-after",
+    "server",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "user-agent",
+    "vary",
+    "via",
+    "warning",
+    "www-authenticate",
+    "method",
+    "get",
+    "status",
+    "200 OK",
+    "version",
+    "HTTP/1.1",
+    "url",
+    "public",
+    "set-cookie",
+    "keep-alive",
+    "origin",
 )
 _TAIL = (
     b"100101201202205206300302303304305306307402405406407408409410411412413414415416417502"
@@ -94,7 +149,7 @@ class Reader:
                 raise ProtocolError(f"a frame of {length} bytes (limit {self.max_frame})")
             if end - pos < 8 + length:
                 break
-            body = bytes(buf[pos + 8:pos + 8 + length])
+            body = bytes(buf[pos + 8 : pos + 8 + length])
             pos += 8 + length
             if first & 0x80000000:
                 version = (first >> 16) & 0x7FFF
@@ -127,8 +182,10 @@ def control(kind: int, body: bytes, flags: int = 0) -> bytes:
 
 
 def data(stream_id: int, payload: bytes = b"", *, fin: bool = False) -> bytes:
-    return struct.pack(">II", stream_id & 0x7FFFFFFF,
-                       ((FLAG_FIN if fin else 0) << 24) | len(payload)) + payload
+    return (
+        struct.pack(">II", stream_id & 0x7FFFFFFF, ((FLAG_FIN if fin else 0) << 24) | len(payload))
+        + payload
+    )
 
 
 def syn_stream(stream_id: int, block: bytes, *, fin: bool = False) -> bytes:
@@ -156,8 +213,9 @@ class HeaderWriter:
     """The one zlib stream of the header blocks this side sends."""
 
     def __init__(self) -> None:
-        self._z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 15, 8,
-                                   zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
+        self._z = zlib.compressobj(
+            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARY
+        )
 
     def block(self, headers: dict[str, str]) -> bytes:
         raw = [struct.pack(">I", len(headers))]
@@ -190,10 +248,10 @@ def _decode_block(raw: bytes) -> Headers:
         headers: Headers = {}
         for _ in range(count):
             (n,) = struct.unpack_from(">I", raw, pos)
-            name = raw[pos + 4:pos + 4 + n].decode("latin-1").lower()
+            name = raw[pos + 4 : pos + 4 + n].decode("latin-1").lower()
             pos += 4 + n
             (n,) = struct.unpack_from(">I", raw, pos)
-            value = raw[pos + 4:pos + 4 + n].decode("latin-1")
+            value = raw[pos + 4 : pos + 4 + n].decode("latin-1")
             pos += 4 + n
             if pos > len(raw):
                 raise ProtocolError("a header block shorter than its lengths")

@@ -24,8 +24,14 @@ WEBSOCKET, SPDY = "websocket", "spdy"
 _PATH = re.compile(rb"^/api/v1/namespaces/([^/?]+)/pods/([^/?]+)/(exec|attach|portforward)/?$")
 _BEARER = "base64url.bearer.authorization.k8s.io."
 # request fields that belong to one upgrade and never go with the other
-_UPGRADE_FIELDS = (b"connection:", b"upgrade:", b"sec-websocket-", b"x-stream-protocol-version:",
-                   b"content-length:", b"transfer-encoding:")
+_UPGRADE_FIELDS = (
+    b"connection:",
+    b"upgrade:",
+    b"sec-websocket-",
+    b"x-stream-protocol-version:",
+    b"content-length:",
+    b"transfer-encoding:",
+)
 
 
 def other(protocol: str) -> str:
@@ -73,14 +79,20 @@ class StreamRequest:
         key = b""
         if upgrade == b"websocket":
             client = WEBSOCKET
-            offered = [p.strip() for value in headers.websocket_protocols
-                       for p in value.decode("latin-1").split(",")]
+            offered = [
+                p.strip()
+                for value in headers.websocket_protocols
+                for p in value.decode("latin-1").split(",")
+            ]
             key = headers.get(b"sec-websocket-key") or b""
         else:
             client = SPDY
-            offered = [p.strip() for name, value in headers.fields
-                       if name.lower() == b"x-stream-protocol-version"
-                       for p in value.decode("latin-1").split(",")]
+            offered = [
+                p.strip()
+                for name, value in headers.fields
+                if name.lower() == b"x-stream-protocol-version"
+                for p in value.decode("latin-1").split(",")
+            ]
         kind = found.group(3).decode()
         return cls(
             kind=kind,
@@ -103,13 +115,19 @@ class StreamRequest:
         """The sub-protocol the gateway answers the client with when it bridges (the
         client's first choice among those it can translate), or None: no bridge."""
         if self.client == WEBSOCKET:
-            usable = ((channels.WS_PORTFORWARD,) if self.kind == "portforward"
-                      else channels.WS_REMOTECOMMAND)
+            usable = (
+                (channels.WS_PORTFORWARD,)
+                if self.kind == "portforward"
+                else channels.WS_REMOTECOMMAND
+            )
             if not self.websocket_key:
                 return None
         else:
-            usable = ((channels.PORTFORWARD,) if self.kind == "portforward"
-                      else channels.SPDY_REMOTECOMMAND)
+            usable = (
+                (channels.PORTFORWARD,)
+                if self.kind == "portforward"
+                else channels.SPDY_REMOTECOMMAND
+            )
         return next((p for p in self.offered if p in usable), None)
 
     def tenant_protocols(self, transport: str) -> tuple[str, ...]:
@@ -117,10 +135,14 @@ class StreamRequest:
         only those of API servers that authorize the upgrade as `create`: v5 and the
         port-forward tunnel, both from Kubernetes 1.30)."""
         if transport == WEBSOCKET:
-            return ((channels.WS_PORTFORWARD,) if self.kind == "portforward"
-                    else channels.WS_REMOTECOMMAND_TENANT)
-        return ((channels.PORTFORWARD,) if self.kind == "portforward"
-                else channels.SPDY_REMOTECOMMAND)
+            return (
+                (channels.WS_PORTFORWARD,)
+                if self.kind == "portforward"
+                else channels.WS_REMOTECOMMAND_TENANT
+            )
+        return (
+            (channels.PORTFORWARD,) if self.kind == "portforward" else channels.SPDY_REMOTECOMMAND
+        )
 
     # -- heads --------------------------------------------------------------------------
 
@@ -134,12 +156,20 @@ class StreamRequest:
         out += [line for line in lines[1:] if line and not line.lower().startswith(_UPGRADE_FIELDS)]
         offered = ", ".join(self.tenant_protocols(transport)).encode()
         if transport == WEBSOCKET:
-            out += [b"Connection: Upgrade", b"Upgrade: websocket",
-                    b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Key: " + websocket_key,
-                    b"Sec-WebSocket-Protocol: " + offered]
+            out += [
+                b"Connection: Upgrade",
+                b"Upgrade: websocket",
+                b"Sec-WebSocket-Version: 13",
+                b"Sec-WebSocket-Key: " + websocket_key,
+                b"Sec-WebSocket-Protocol: " + offered,
+            ]
         else:
-            out += [b"Connection: Upgrade", b"Upgrade: SPDY/3.1",
-                    b"X-Stream-Protocol-Version: " + offered, b"Content-Length: 0"]
+            out += [
+                b"Connection: Upgrade",
+                b"Upgrade: SPDY/3.1",
+                b"X-Stream-Protocol-Version: " + offered,
+                b"Content-Length: 0",
+            ]
         return b"\r\n".join(out) + b"\r\n\r\n"
 
     def client_switch(self, request_id: bytes) -> bytes:
@@ -147,18 +177,32 @@ class StreamRequest:
         protocol = self.client_protocol()
         assert protocol is not None
         if self.client == WEBSOCKET:
-            fields = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
-                      + websocket.accept_key(self.websocket_key)
-                      + b"\r\nSec-WebSocket-Protocol: " + protocol.encode())
+            fields = (
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+                + websocket.accept_key(self.websocket_key)
+                + b"\r\nSec-WebSocket-Protocol: "
+                + protocol.encode()
+            )
         else:
-            fields = (b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-                      b"X-Stream-Protocol-Version: " + protocol.encode())
-        return (b"HTTP/1.1 101 Switching Protocols\r\n" + fields
-                + b"\r\nAudit-ID: " + request_id + b"\r\n\r\n")
+            fields = (
+                b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                b"X-Stream-Protocol-Version: " + protocol.encode()
+            )
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            + fields
+            + b"\r\nAudit-ID: "
+            + request_id
+            + b"\r\n\r\n"
+        )
 
 
-def accepted_protocol(transport: str, headers: list[tuple[bytes, bytes]],
-                      offered: tuple[str, ...], websocket_key: bytes) -> str:
+def accepted_protocol(
+    transport: str,
+    headers: list[tuple[bytes, bytes]],
+    offered: tuple[str, ...],
+    websocket_key: bytes,
+) -> str:
     """The sub-protocol a tenant's 101 chose, after checking it is one the gateway offered
     (and, for WebSocket, that `Sec-WebSocket-Accept` answers the gateway's key); raises
     ValueError naming what is wrong."""

@@ -123,9 +123,9 @@ class Reader:
                 head += 4
             if end - pos < head + size:
                 break
-            payload = bytes(buf[pos + head:pos + head + size])
+            payload = bytes(buf[pos + head : pos + head + size])
             if is_masked:
-                payload = xor(payload, bytes(buf[pos + head - 4:pos + head]))
+                payload = xor(payload, bytes(buf[pos + head - 4 : pos + head]))
             pos += head + size
             message = self._frame(bool(b0 & 0x80), b0 & 0x0F, payload)
             if message is not None:

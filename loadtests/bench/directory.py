@@ -56,11 +56,17 @@ class BenchDirectory:
         password = self.work / "bind-password"
         password.write_text(SERVICE_PASSWORD)
         return {
-            "urls": [self.dc.ldap_url], "tls": "starttls", "ca_file": str(self.ca.cert_file),
-            "bind_dn": SERVICE_DN, "bind_password_file": str(password),
-            "user_base_dn": BASE, "group_base_dn": BASE,
-            "user_attribute": "mail", "user_claim": "email",
-            "cache_ttl_seconds": 3600, "max_staleness_seconds": 7200,
+            "urls": [self.dc.ldap_url],
+            "tls": "starttls",
+            "ca_file": str(self.ca.cert_file),
+            "bind_dn": SERVICE_DN,
+            "bind_password_file": str(password),
+            "user_base_dn": BASE,
+            "group_base_dn": BASE,
+            "user_attribute": "mail",
+            "user_claim": "email",
+            "cache_ttl_seconds": 3600,
+            "max_staleness_seconds": 7200,
             "flush_file": str(self.work / "flush"),
         }
 

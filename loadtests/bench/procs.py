@@ -54,6 +54,7 @@ def preexec(cpu: set[int] | None) -> Callable[[], None]:
             os.setpriority(os.PRIO_PROCESS, 0, NICE)
         if cpu:
             os.sched_setaffinity(0, cpu)
+
     return setup
 
 

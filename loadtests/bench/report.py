@@ -31,8 +31,17 @@ def machine() -> dict:
             cpu = line.split(":", 1)[1].strip()
             break
     commit = _version(["git", "-C", str(stack.REPO_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = _version(["git", "-C", str(stack.REPO_ROOT), "status", "--porcelain",
-                      "--untracked-files=no", "gateway"])
+    dirty = _version(
+        [
+            "git",
+            "-C",
+            str(stack.REPO_ROOT),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "gateway",
+        ]
+    )
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "nproc": os.cpu_count(),
@@ -41,12 +50,14 @@ def machine() -> dict:
         "python": sys.version.split()[0],
         "nginx": _version([stack.nginx_binary() or "nginx", "-v"]).replace("nginx version: ", ""),
         "wrk": _version([wrk.wrk_binary() or "wrk", "-v"]).split(" [")[0],
-        "vgate": commit + (" (+ uncommitted changes in gateway/)" if dirty not in ("", "?")
-                           else ""),
+        "vgate": commit
+        + (" (+ uncommitted changes in gateway/)" if dirty not in ("", "?") else ""),
         "load_start": procs.load_average(),
     }
-    info["summary"] = (f"{info['nproc']} x {cpu}, Linux {info['kernel']}, Python "
-                       f"{info['python']}, {info['nginx']}, {info['wrk']}, vgate {info['vgate']}")
+    info["summary"] = (
+        f"{info['nproc']} x {cpu}, Linux {info['kernel']}, Python "
+        f"{info['python']}, {info['nginx']}, {info['wrk']}, vgate {info['vgate']}"
+    )
     return info
 
 
@@ -64,8 +75,11 @@ def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[
         direct, ng = rmax.get(s.direct, s), rmax.get(s.nginx, s)
         add50 = s.p50_ms - direct.p50_ms
         add99 = s.p99_ms - direct.p99_ms
-        note = (f" ({s.reused / s.requests:.0%} of requests reused a token: pool too small)"
-                if s.reused else "")
+        note = (
+            f" ({s.reused / s.requests:.0%} of requests reused a token: pool too small)"
+            if s.reused
+            else ""
+        )
         rows.append(
             f"| {s.name} | {s.rps:,.0f} | {_ratio(s.rps, ng.rps)} | {s.p50_ms:.2f} | "
             f"{_ratio(s.p50_ms, ng.p50_ms)} | {s.p99_ms:.2f} | {_ratio(s.p99_ms, ng.p99_ms)} | "
@@ -76,17 +90,26 @@ def _max_table(rmax: dict[str, Summary], ad_skipped: str | None = None) -> list[
     if "vgate-ad-groups" not in rmax and "vgate-denied" in rmax:
         rows.append(f"| vgate-ad-groups | not measured: {ad_skipped or 'not run'} |||||||||||||")
     if "vgate-denied" in rmax:
-        rows += ["", "vgate-denied: a valid token whose user has no role on the tenant; every "
-                 "answer is the gateway's 403 `Status` (the errors column counts anything else)."]
+        rows += [
+            "",
+            "vgate-denied: a valid token whose user has no role on the tenant; every "
+            "answer is the gateway's 403 `Status` (the errors column counts anything else).",
+        ]
     if "vgate-2-workers" in rmax:
         two, one = rmax["vgate-2-workers"], rmax["vgate-cached"]
-        rows += ["", "vgate-2-workers: `workers: 2`, both processes on the proxy core; CPU per "
-                 f"request {_ratio(two.cpu_us, one.cpu_us)}x one worker's, user space "
-                 f"{_ratio(two.user_us, one.user_us)}x (1.00 = cost linear in workers: a second "
-                 "core would add a whole worker's throughput)."]
+        rows += [
+            "",
+            "vgate-2-workers: `workers: 2`, both processes on the proxy core; CPU per "
+            f"request {_ratio(two.cpu_us, one.cpu_us)}x one worker's, user space "
+            f"{_ratio(two.user_us, one.user_us)}x (1.00 = cost linear in workers: a second "
+            "core would add a whole worker's throughput).",
+        ]
     if "vgate-ad-groups" in rmax:
-        rows += ["", "vgate-ad-groups: a user whose token groups give no role; `view` comes "
-                 "from an Active Directory group (a real Samba AD DC) that vgate has cached."]
+        rows += [
+            "",
+            "vgate-ad-groups: a user whose token groups give no role; `view` comes "
+            "from an Active Directory group (a real Samba AD DC) that vgate has cached.",
+        ]
     if "vgate-tls" in rmax:
         rows += ["", TLS_NOTE]
     return rows
@@ -97,19 +120,25 @@ TLS_NOTE = (
     "HTTP from wrk, TLS from the proxy to the upstream (nginx: `proxy_ssl`, certificate "
     "verified; vgate: an `https://` tenant with `ca_file`); `-tls` = TLS on both hops, "
     "compared with `direct-tls` (wrk over TLS straight to the upstream) and `nginx-tls`. "
-    "Connections are kept alive, so this is the cost of the records, not of handshakes.")
+    "Connections are kept alive, so this is the cost of the records, not of handshakes."
+)
 
 
 def _half_table(rhalf: dict[str, Summary]) -> list[str]:
-    rows = ["| target | achieved req/s | p50 ms | p99 ms | added p99 ms | xnginx added | "
-            "CPU µs/req | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| target | achieved req/s | p50 ms | p99 ms | added p99 ms | xnginx added | "
+        "CPU µs/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in rhalf.values():
         direct, ng = rhalf.get(s.direct, s), rhalf.get(s.nginx, s)
         add = s.p99_ms - direct.p99_ms
         ng_add = ng.p99_ms - direct.p99_ms
-        rows.append(f"| {s.name} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | "
-                    f"{add:+.2f} | {_ratio(add, ng_add) if s is not direct else '—'} | "
-                    f"{s.cpu_us:.1f} | {s.errors} |")
+        rows.append(
+            f"| {s.name} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | "
+            f"{add:+.2f} | {_ratio(add, ng_add) if s is not direct else '—'} | "
+            f"{s.cpu_us:.1f} | {s.errors} |"
+        )
     return rows
 
 
@@ -118,10 +147,12 @@ def _maybe(value: float | None) -> str:
 
 
 def _watch_tables(w: dict) -> list[str]:
-    rows = ["| proxy | open watches | pattern | opened in s | RSS before MB | RSS open MB "
-            "| KB per watch | xnginx | events | event p50 ms | event p99 ms | CPU µs/event "
-            "| errors |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| proxy | open watches | pattern | opened in s | RSS before MB | RSS open MB "
+        "| KB per watch | xnginx | events | event p50 ms | event p99 ms | CPU µs/event "
+        "| errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     per = {(r["proxy"], r["n"], r.get("pattern")): r for r in w["runs"]}
     for r in w["runs"]:
         ng = per.get(("nginx", r["n"], r.get("pattern")))
@@ -134,29 +165,37 @@ def _watch_tables(w: dict) -> list[str]:
             f"{r['open_s']:.1f} | "
             f"{r['rss_before'] / 2**20:.1f} | {r['rss_open'] / 2**20:.1f} | "
             f"{kb} | {ratio} | {r['events']:,} | {r['event_p50_ms']:.2f} | "
-            f"{r['event_p99_ms']:.2f} | {_maybe(r.get('cpu_us_per_event'))} | {r['errors']} |")
+            f"{r['event_p99_ms']:.2f} | {_maybe(r.get('cpu_us_per_event'))} | {r['errors']} |"
+        )
     if w.get("short"):
-        rows += ["", "Memory per watch is measured on the spread run (a freshly started proxy); "
-                 "the burst run reuses that process. CPU per event: the proxy's CPU time over "
-                 "the first seconds after the watches opened (nothing but events to relay) "
-                 "over the events the client received in those seconds.", "",
-                 "Events: *spread* = each watch an event every "
-                 f"{w.get('event_period_s', 0):g} s and a bookmark every "
-                 f"{w.get('bookmark_period_s', 0):g} s, evenly spread over time; *burst* = one "
-                 f"event to every watch at the same moment, every "
-                 f"{w.get('burst_period_s', 0):g} s (target for both: p99 ≤ 1.5x idle).", "",
-                 "Short requests (GET list, cached token, fixed rate) with watches open:", "",
-                 "| proxy | open watches | pattern | req/s | p50 ms | p99 ms | p99 x idle "
-                 "| errors |",
-                 "|---|---:|---|---:|---:|---:|---:|---:|"]
+        rows += [
+            "",
+            "Memory per watch is measured on the spread run (a freshly started proxy); "
+            "the burst run reuses that process. CPU per event: the proxy's CPU time over "
+            "the first seconds after the watches opened (nothing but events to relay) "
+            "over the events the client received in those seconds.",
+            "",
+            "Events: *spread* = each watch an event every "
+            f"{w.get('event_period_s', 0):g} s and a bookmark every "
+            f"{w.get('bookmark_period_s', 0):g} s, evenly spread over time; *burst* = one "
+            f"event to every watch at the same moment, every "
+            f"{w.get('burst_period_s', 0):g} s (target for both: p99 ≤ 1.5x idle).",
+            "",
+            "Short requests (GET list, cached token, fixed rate) with watches open:",
+            "",
+            "| proxy | open watches | pattern | req/s | p50 ms | p99 ms | p99 x idle | errors |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
         idle = {s["proxy"]: s for s in w["short"] if s["n"] == 0}
         for s in w["short"]:
             base = idle.get(s["proxy"])
-            rows.append(f"| {s['proxy']} | {s['n']:,} | {s.get('pattern', 'spread')} | "
-                        f"{s['rps']:,.0f} | {s['p50_ms']:.2f} | "
-                        f"{s['p99_ms']:.2f} | "
-                        f"{_ratio(s['p99_ms'], base['p99_ms']) if base else '—'} | "
-                        f"{s['errors']} |")
+            rows.append(
+                f"| {s['proxy']} | {s['n']:,} | {s.get('pattern', 'spread')} | "
+                f"{s['rps']:,.0f} | {s['p50_ms']:.2f} | "
+                f"{s['p99_ms']:.2f} | "
+                f"{_ratio(s['p99_ms'], base['p99_ms']) if base else '—'} | "
+                f"{s['errors']} |"
+            )
     return rows
 
 
@@ -176,22 +215,38 @@ def markdown(results: dict) -> str:
         "",
     ]
     if "max" in results:
-        out += ["#### Maximum throughput (closed loop, GET of a ~2 KB PodList)", "",
-                *_max_table(results["max"], results.get("ad_groups_skipped")), ""]
+        out += [
+            "#### Maximum throughput (closed loop, GET of a ~2 KB PodList)",
+            "",
+            *_max_table(results["max"], results.get("ad_groups_skipped")),
+            "",
+        ]
     if "half" in results:
-        out += [f"#### Latency at half of vgate's max rate "
-                f"({results['half_rate_target']:,.0f} req/s offered)", "",
-                *_half_table(results["half"]), ""]
+        out += [
+            f"#### Latency at half of vgate's max rate "
+            f"({results['half_rate_target']:,.0f} req/s offered)",
+            "",
+            *_half_table(results["half"]),
+            "",
+        ]
     if "half_tls" in results:
-        out += [f"#### Latency at half of vgate-tls's max rate, TLS on both hops "
-                f"({results['half_tls_rate_target']:,.0f} req/s offered)", "",
-                *_half_table(results["half_tls"]), ""]
+        out += [
+            f"#### Latency at half of vgate-tls's max rate, TLS on both hops "
+            f"({results['half_tls_rate_target']:,.0f} req/s offered)",
+            "",
+            *_half_table(results["half_tls"]),
+            "",
+        ]
     if "fairness" in results:
-        out += ["#### Noisy neighbour (rate limits)", "", *fairness.table(results["fairness"]),
-                ""]
+        out += ["#### Noisy neighbour (rate limits)", "", *fairness.table(results["fairness"]), ""]
     if "kube" in results:
-        out += [f"#### A real kube-apiserver (TLS everywhere, {results['kube']['connections']} "
-                "connections, closed loop)", "", *kube.table(results["kube"]), ""]
+        out += [
+            f"#### A real kube-apiserver (TLS everywhere, {results['kube']['connections']} "
+            "connections, closed loop)",
+            "",
+            *kube.table(results["kube"]),
+            "",
+        ]
     elif "kube_skipped" in results:
         out += ["#### A real kube-apiserver", "", f"Not measured: {results['kube_skipped']}.", ""]
     if "tenants" in results:
@@ -213,40 +268,58 @@ def closing(results: dict) -> list[str]:
         lines.append(
             f"vgate (1 worker, cached token) served {_ratio(c.rps, ng.rps)}x nginx's requests/s "
             f"and {_ratio(c.capacity, ng.capacity)}x nginx's requests per core-second "
-            "(target ≥ 0.25)" + (f"; with a fresh JWT per request "
-                                 f"{_ratio(fresh.capacity, ng.capacity)}x per core." if fresh
-                                 else "."))
-        for name, hops in (("vgate-tls-up", "TLS to the upstream"),
-                           ("vgate-tls", "TLS on both hops")):
+            "(target ≥ 0.25)"
+            + (
+                f"; with a fresh JWT per request {_ratio(fresh.capacity, ng.capacity)}x per core."
+                if fresh
+                else "."
+            )
+        )
+        for name, hops in (
+            ("vgate-tls-up", "TLS to the upstream"),
+            ("vgate-tls", "TLS on both hops"),
+        ):
             if name in r:
                 t, tng = r[name], r[r[name].nginx]
-                lines.append(f"With {hops}: vgate {t.cpu_us:.1f} µs of CPU per request (user "
-                             f"{t.user_us:.1f}) against nginx's {tng.cpu_us:.1f} (user "
-                             f"{tng.user_us:.1f}): {_ratio(t.capacity, tng.capacity)}x nginx "
-                             "per core" + (" (target ≥ 0.5)." if name == "vgate-tls" else "."))
+                lines.append(
+                    f"With {hops}: vgate {t.cpu_us:.1f} µs of CPU per request (user "
+                    f"{t.user_us:.1f}) against nginx's {tng.cpu_us:.1f} (user "
+                    f"{tng.user_us:.1f}): {_ratio(t.capacity, tng.capacity)}x nginx "
+                    "per core" + (" (target ≥ 0.5)." if name == "vgate-tls" else ".")
+                )
         if "vgate-2-workers" in r:
             two = r["vgate-2-workers"]
-            lines.append(f"Two workers: {two.cpu_us:.1f} µs of CPU per request against "
-                         f"{c.cpu_us:.1f} with one ({_ratio(two.cpu_us, c.cpu_us)}x; user space "
-                         f"{two.user_us:.1f} against {c.user_us:.1f}).")
+            lines.append(
+                f"Two workers: {two.cpu_us:.1f} µs of CPU per request against "
+                f"{c.cpu_us:.1f} with one ({_ratio(two.cpu_us, c.cpu_us)}x; user space "
+                f"{two.user_us:.1f} against {c.user_us:.1f})."
+            )
         if "vgate-ad-groups" in r:
-            lines.append(f"With AD groups cached: {r['vgate-ad-groups'].cpu_us:.1f} µs of CPU per "
-                         f"request ({_ratio(r['vgate-ad-groups'].capacity, ng.capacity)}x nginx "
-                         "per core).")
-    for key, name, what in (("half", "vgate-cached", "plain HTTP"),
-                            ("half_tls", "vgate-tls", "TLS on both hops")):
+            lines.append(
+                f"With AD groups cached: {r['vgate-ad-groups'].cpu_us:.1f} µs of CPU per "
+                f"request ({_ratio(r['vgate-ad-groups'].capacity, ng.capacity)}x nginx "
+                "per core)."
+            )
+    for key, name, what in (
+        ("half", "vgate-cached", "plain HTTP"),
+        ("half_tls", "vgate-tls", "TLS on both hops"),
+    ):
         if key in results:
             h = results[key]
             v = h[name]
             add = v.p99_ms - h[v.direct].p99_ms
             ng_add = h[v.nginx].p99_ms - h[v.direct].p99_ms
-            lines.append(f"Added p99 at half of {name}'s max rate ({what}): {add:+.2f} ms, "
-                         f"{_ratio(add, ng_add)}x nginx's {ng_add:+.2f} ms (target ≤ 1.5x).")
+            lines.append(
+                f"Added p99 at half of {name}'s max rate ({what}): {add:+.2f} ms, "
+                f"{_ratio(add, ng_add)}x nginx's {ng_add:+.2f} ms (target ≤ 1.5x)."
+            )
     if "fairness" in results:
         f = results["fairness"]
-        lines.append(f"A tenant flooded at {fairness.FLOOD_FACTOR}x its limit: the other "
-                     f"tenant's p99 {_ratio(f['flooded'].p99_ms, f['alone'].p99_ms)}x what it is "
-                     f"alone (target ≤ {fairness.TARGET_P99_RATIO:.2f}).")
+        lines.append(
+            f"A tenant flooded at {fairness.FLOOD_FACTOR}x its limit: the other "
+            f"tenant's p99 {_ratio(f['flooded'].p99_ms, f['alone'].p99_ms)}x what it is "
+            f"alone (target ≤ {fairness.TARGET_P99_RATIO:.2f})."
+        )
     if "watches" in results:
         w = results["watches"]
         for r in w["runs"]:
@@ -258,7 +331,8 @@ def closing(results: dict) -> list[str]:
             if s["proxy"] == "vgate" and s["n"] and base:
                 lines.append(
                     f"Short-request p99 with {s['n']:,} watches open ({s['pattern']} events): "
-                    f"{_ratio(s['p99_ms'], base['p99_ms'])}x idle (target ≤ 1.5).")
+                    f"{_ratio(s['p99_ms'], base['p99_ms'])}x idle (target ≤ 1.5)."
+                )
     return ["#### Summary", "", *(f"- {x}" for x in lines)]
 
 
@@ -289,4 +363,5 @@ def as_json(results: dict) -> dict:
         if isinstance(v, list):
             return [conv(x) for x in v]
         return v
+
     return conv(results)

@@ -36,8 +36,10 @@ TARGET_CPU_SPREAD = 0.05
 
 def _tenants(count: int, upstream_port: int) -> list[dict]:
     names = [stack.TENANT] + [f"t{i:05d}" for i in range(1, count)]
-    return [{"name": n, "upstream": f"http://127.0.0.1:{upstream_port}",
-             "token_file": "tenant.token"} for n in names]
+    return [
+        {"name": n, "upstream": f"http://127.0.0.1:{upstream_port}", "token_file": "tenant.token"}
+        for n in names
+    ]
 
 
 def _status(port: int, path: str, token: str) -> int:
@@ -75,8 +77,14 @@ def _write(path: Path, doc: dict) -> None:
 GRANT = {"tenant": "*", "roles": {"view": {"groups": [f"oidc:{GROUP}"]}}}
 
 
-def run(work: Path, *, seconds: float, rounds: int, counts: tuple[int, ...] = COUNTS,
-        log: Callable[[str], None] = print) -> dict:
+def run(
+    work: Path,
+    *,
+    seconds: float,
+    rounds: int,
+    counts: tuple[int, ...] = COUNTS,
+    log: Callable[[str], None] = print,
+) -> dict:
     port = procs.free_port()
     issuer = LocalIssuer(f"http://127.0.0.1:{port}/issuer")
     up = stack.static_upstream(work, issuer, procs.load_cpu(), port).start()
@@ -86,9 +94,16 @@ def run(work: Path, *, seconds: float, rounds: int, counts: tuple[int, ...] = CO
     try:
         for count in counts:
             name = f"vgate-tenants-{count}"
-            gate = stack.Vgate(work, issuer.issuer, up.port, procs.proxy_cpu(), name=name,
-                               workers=2, roles={},
-                               extra={"tenants": _tenants(count, up.port)})
+            gate = stack.Vgate(
+                work,
+                issuer.issuer,
+                up.port,
+                procs.proxy_cpu(),
+                name=name,
+                workers=2,
+                roles={},
+                extra={"tenants": _tenants(count, up.port)},
+            )
             policies = work / f"policies-{name}"
             (policies / f"{stack.TENANT}.yaml").unlink()
             _write(policies / "all.yaml", GRANT)
@@ -100,19 +115,37 @@ def run(work: Path, *, seconds: float, rounds: int, counts: tuple[int, ...] = CO
         for row, gate in zip(rows, gates, strict=True):
             pids = gate.pids
             row["rss"] = procs.rss_bytes(pids)
-            targets.append(Target(f"tenants-{row['tenants']}", gate.base + stack.LIST_PATH,
-                                  lambda pids=pids: pids, token=token))
-        summaries = interleaved(targets, rounds=rounds, seconds=seconds, connections=50,
-                                warmup=min(2.0, seconds), log=log)
+            targets.append(
+                Target(
+                    f"tenants-{row['tenants']}",
+                    gate.base + stack.LIST_PATH,
+                    lambda pids=pids: pids,
+                    token=token,
+                )
+            )
+        summaries = interleaved(
+            targets,
+            rounds=rounds,
+            seconds=seconds,
+            connections=50,
+            warmup=min(2.0, seconds),
+            log=log,
+        )
         for row, gate, target in zip(rows, gates, targets, strict=True):
             summary = summaries[target.name]
-            row.update(cpu_us=summary.cpu_us, user_us=summary.user_us, rps=summary.rps,
-                       errors=summary.errors)
+            row.update(
+                cpu_us=summary.cpu_us,
+                user_us=summary.user_us,
+                rps=summary.rps,
+                errors=summary.errors,
+            )
             row.update(_changes(gate, token, up.port))
-            log(f"  {row['tenants']:,} tenants: started in {row['start_s']:.1f}s, RSS "
+            log(
+                f"  {row['tenants']:,} tenants: started in {row['start_s']:.1f}s, RSS "
                 f"{row['rss'] / 2**20:.0f} MB, {row['cpu_us']:.1f} µs/req, new tenant "
                 f"{row['new_tenant_s']:.2f}s, policy withdrawn {row['withdrawn_s']:.2f}s / "
-                f"restored {row['restored_s']:.2f}s, load {procs.load_average()}")
+                f"restored {row['restored_s']:.2f}s, load {procs.load_average()}"
+            )
     finally:
         for gate in gates:
             gate.stop()
@@ -131,8 +164,13 @@ def _changes(gate: stack.Vgate, token: str, upstream_port: int) -> dict[str, flo
     policies = gate.workdir / f"policies-{gate.name}"
     path = f"/clusters/t-new{stack.LIST_PATH}"
     config = yaml.safe_load(gate.config_file.read_text())
-    config["tenants"].append({"name": "t-new", "upstream": f"http://127.0.0.1:{upstream_port}",
-                              "token_file": "tenant.token"})
+    config["tenants"].append(
+        {
+            "name": "t-new",
+            "upstream": f"http://127.0.0.1:{upstream_port}",
+            "token_file": "tenant.token",
+        }
+    )
     t0 = time.monotonic()
     _write(gate.config_file, config)
     new_tenant = time.monotonic() - t0 + _until(gate.port, path, token, 200)
@@ -147,18 +185,25 @@ def _changes(gate: stack.Vgate, token: str, upstream_port: int) -> dict[str, flo
 
 
 def table(result: dict) -> list[str]:
-    out = ["| tenants | start-up s | RSS MB (master + 2 workers) | KB per tenant | req/s "
-           "| CPU µs/req | of which user | x the smallest | new tenant answers after s "
-           "| policy withdrawn after s | restored after s | errors |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| tenants | start-up s | RSS MB (master + 2 workers) | KB per tenant | req/s "
+        "| CPU µs/req | of which user | x the smallest | new tenant answers after s "
+        "| policy withdrawn after s | restored after s | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["rows"]:
         kb = "—" if r["kb_per_tenant"] is None else f"{r['kb_per_tenant']:.1f}"
-        out.append(f"| {r['tenants']:,} | {r['start_s']:.1f} | {r['rss'] / 2**20:.0f} | {kb} | "
-                   f"{r['rps']:,.0f} | {r['cpu_us']:.1f} | {r['user_us']:.1f} | "
-                   f"{r['cpu_x_smallest']:.2f} | {r['new_tenant_s']:.2f} | "
-                   f"{r['withdrawn_s']:.2f} | {r['restored_s']:.2f} | {r['errors']} |")
-    out += ["", "One gateway per count, measured interleaved; a change counts as arrived when "
-            f"{IN_A_ROW} requests in a row, each on a new connection, get the new answer "
-            f"(`reload.poll_seconds` is 1 s). Target: CPU per request within "
-            f"{TARGET_CPU_SPREAD:.0%} of the smallest count's."]
+        out.append(
+            f"| {r['tenants']:,} | {r['start_s']:.1f} | {r['rss'] / 2**20:.0f} | {kb} | "
+            f"{r['rps']:,.0f} | {r['cpu_us']:.1f} | {r['user_us']:.1f} | "
+            f"{r['cpu_x_smallest']:.2f} | {r['new_tenant_s']:.2f} | "
+            f"{r['withdrawn_s']:.2f} | {r['restored_s']:.2f} | {r['errors']} |"
+        )
+    out += [
+        "",
+        "One gateway per count, measured interleaved; a change counts as arrived when "
+        f"{IN_A_ROW} requests in a row, each on a new connection, get the new answer "
+        f"(`reload.poll_seconds` is 1 s). Target: CPU per request within "
+        f"{TARGET_CPU_SPREAD:.0%} of the smallest count's.",
+    ]
     return out

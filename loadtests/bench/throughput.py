@@ -63,23 +63,36 @@ class Summary:
         return 1e6 / self.cpu_us if self.cpu_us else 0.0
 
 
-def measure(target: Target, *, seconds: float, connections: int, round_no: int = 0,
-            pace_ms: int = 0) -> Sample:
+def measure(
+    target: Target, *, seconds: float, connections: int, round_no: int = 0, pace_ms: int = 0
+) -> Sample:
     if target.before is not None:
         target.before()
     pids = target.pids()
-    token_file = target.token_files[round_no % len(target.token_files)] \
-        if target.token_files else None
+    token_file = (
+        target.token_files[round_no % len(target.token_files)] if target.token_files else None
+    )
     backend = target.backend() if target.backend is not None else []
     user0, system0 = procs.cpu_times(pids)
     back0 = procs.cpu_seconds(backend)
-    result = wrk.run(target.url, seconds=seconds, connections=connections,
-                     token=target.token, token_file=token_file, pace_ms=pace_ms,
-                     headers=target.headers)
+    result = wrk.run(
+        target.url,
+        seconds=seconds,
+        connections=connections,
+        token=target.token,
+        token_file=token_file,
+        pace_ms=pace_ms,
+        headers=target.headers,
+    )
     user1, system1 = procs.cpu_times(pids)
     back1 = procs.cpu_seconds(backend)
-    return Sample(result, user1 - user0 + system1 - system0, procs.load_average(),
-                  user1 - user0, back1 - back0)
+    return Sample(
+        result,
+        user1 - user0 + system1 - system0,
+        procs.load_average(),
+        user1 - user0,
+        back1 - back0,
+    )
 
 
 def failures(sample: Sample, refused: bool) -> int:
@@ -88,8 +101,14 @@ def failures(sample: Sample, refused: bool) -> int:
     return r.errors + (r.requests - r.non_2xx if refused else r.non_2xx)
 
 
-def summarize(name: str, samples: list[Sample], refused: bool = False, *,
-              direct: str = "direct", nginx: str = "nginx") -> Summary:
+def summarize(
+    name: str,
+    samples: list[Sample],
+    refused: bool = False,
+    *,
+    direct: str = "direct",
+    nginx: str = "nginx",
+) -> Summary:
     requests = sum(s.result.requests for s in samples)
     return Summary(
         name=name,
@@ -108,9 +127,16 @@ def summarize(name: str, samples: list[Sample], refused: bool = False, *,
     )
 
 
-def interleaved(targets: list[Target], *, rounds: int, seconds: float, connections: int,
-                warmup: float, pace_ms: dict[str, int] | None = None,
-                log: Callable[[str], None] = print) -> dict[str, Summary]:
+def interleaved(
+    targets: list[Target],
+    *,
+    rounds: int,
+    seconds: float,
+    connections: int,
+    warmup: float,
+    pace_ms: dict[str, int] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Summary]:
     """Warm every target up, then run rounds of A B C D, A B C D, …"""
     if warmup > 0:
         for t in targets:
@@ -122,14 +148,23 @@ def interleaved(targets: list[Target], *, rounds: int, seconds: float, connectio
             pace = (pace_ms or {}).get(t.name, 0)
             s = measure(t, seconds=seconds, connections=connections, round_no=r, pace_ms=pace)
             samples[t.name].append(s)
-            log(f"  round {r + 1}/{rounds} {t.name:<16} {s.result.rps:9.0f} req/s  "
+            log(
+                f"  round {r + 1}/{rounds} {t.name:<16} {s.result.rps:9.0f} req/s  "
                 f"p50 {s.result.p50_us / 1000:6.2f} ms  p99 {s.result.p99_us / 1000:6.2f} ms  "
                 f"cpu {s.cpu_s / max(s.result.requests, 1) * 1e6:6.1f} µs/req "
                 f"(user {s.user_s / max(s.result.requests, 1) * 1e6:5.1f})  "
                 f"errors {failures(s, t.refused)}  load {s.load}"
-                + (f"  backend {s.backend_s / max(s.result.requests, 1) * 1e6:.1f} µs/req"
-                   if t.backend is not None else ""))
+                + (
+                    f"  backend {s.backend_s / max(s.result.requests, 1) * 1e6:.1f} µs/req"
+                    if t.backend is not None
+                    else ""
+                )
+            )
             time.sleep(0.3)
     by_name = {t.name: t for t in targets}
-    return {name: summarize(name, ss, by_name[name].refused, direct=by_name[name].direct,
-                            nginx=by_name[name].nginx) for name, ss in samples.items()}
+    return {
+        name: summarize(
+            name, ss, by_name[name].refused, direct=by_name[name].direct, nginx=by_name[name].nginx
+        )
+        for name, ss in samples.items()
+    }

@@ -44,37 +44,57 @@ def run(work: Path, *, count: int, rounds: int, log: Callable[[str], None] = pri
             os.sched_setaffinity(0, before)
             up.stop()
         r = rows[alg]
-        log(f"  {alg}: authenticate {r['authenticate']:.1f} µs/token, jwt.decode "
+        log(
+            f"  {alg}: authenticate {r['authenticate']:.1f} µs/token, jwt.decode "
             f"{r['jwt_decode']:.1f}, signature alone {r['signature']:.1f}, load "
-            f"{procs.load_average()}")
+            f"{procs.load_average()}"
+        )
     return {"count": count, "rounds": rounds, "rows": rows}
 
 
-async def _measure(issuer: LocalIssuer, tokens: list[str], count: int,
-                   rounds: int) -> dict[str, float]:
+async def _measure(
+    issuer: LocalIssuer, tokens: list[str], count: int, rounds: int
+) -> dict[str, float]:
     alg = issuer.alg
-    auth = Authenticator(OIDC(issuers=[Issuer(
-        issuer=issuer.issuer, audiences=[AUDIENCE], username_claim="email",
-        username_prefix="oidc:", groups_claim="groups", groups_prefix="oidc:",
-        algorithms=[alg])], token_cache_size=count * rounds + 1))
+    auth = Authenticator(
+        OIDC(
+            issuers=[
+                Issuer(
+                    issuer=issuer.issuer,
+                    audiences=[AUDIENCE],
+                    username_claim="email",
+                    username_prefix="oidc:",
+                    groups_claim="groups",
+                    groups_prefix="oidc:",
+                    algorithms=[alg],
+                )
+            ],
+            token_cache_size=count * rounds + 1,
+        )
+    )
     await auth.start()
     try:
         if not auth.ready:
             raise RuntimeError(f"{alg}: the issuer's keys did not load")
         key = issuer.key.public_key()
         options = {"require": ["iss", "aud", "exp", "iat", "sub"], "verify_iat": True}
-        samples: dict[str, list[float]] = {"authenticate": [], "jwt_decode": [],
-                                           "signature": []}
+        samples: dict[str, list[float]] = {"authenticate": [], "jwt_decode": [], "signature": []}
         for r in range(rounds):
-            chunk = tokens[r * count:(r + 1) * count]
+            chunk = tokens[r * count : (r + 1) * count]
             t0 = time.process_time()
             for token in chunk:
                 await auth.authenticate(token)
             samples["authenticate"].append(time.process_time() - t0)
             t0 = time.process_time()
             for token in chunk:
-                jwt.decode(token, key=key, algorithms=[alg], audience=[AUDIENCE],
-                           issuer=issuer.issuer, options=options)
+                jwt.decode(
+                    token,
+                    key=key,
+                    algorithms=[alg],
+                    audience=[AUDIENCE],
+                    issuer=issuer.issuer,
+                    options=options,
+                )
             samples["jwt_decode"].append(time.process_time() - t0)
             parsed = [jws.parse(token) for token in chunk]
             t0 = time.process_time()
@@ -87,13 +107,21 @@ async def _measure(issuer: LocalIssuer, tokens: list[str], count: int,
 
 
 def table(result: dict) -> list[str]:
-    rows = ["| issuer key | vgate: authenticate µs/token | PyJWT jwt.decode µs/token | "
-            "signature check alone µs | target |", "|---|---:|---:|---:|---|"]
+    rows = [
+        "| issuer key | vgate: authenticate µs/token | PyJWT jwt.decode µs/token | "
+        "signature check alone µs | target |",
+        "|---|---:|---:|---:|---|",
+    ]
     for alg, r in result["rows"].items():
-        rows.append(f"| {alg} | {r['authenticate']:.1f} | {r['jwt_decode']:.1f} | "
-                    f"{r['signature']:.1f} | ≤ {TARGET_US:.0f} µs |")
-    rows += ["", f"{result['count']:,} never-seen tokens per round, {result['rounds']} round(s), "
-             "in the bench process pinned to the proxy core; `authenticate` is the whole "
-             "fresh-token step (parse, key lookup, signature, claims, name checks, cache "
-             "insert); `jwt.decode` is what the verify step called before."]
+        rows.append(
+            f"| {alg} | {r['authenticate']:.1f} | {r['jwt_decode']:.1f} | "
+            f"{r['signature']:.1f} | ≤ {TARGET_US:.0f} µs |"
+        )
+    rows += [
+        "",
+        f"{result['count']:,} never-seen tokens per round, {result['rounds']} round(s), "
+        "in the bench process pinned to the proxy core; `authenticate` is the whole "
+        "fresh-token step (parse, key lookup, signature, claims, name checks, cache "
+        "insert); `jwt.decode` is what the verify step called before.",
+    ]
     return rows

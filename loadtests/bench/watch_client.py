@@ -81,8 +81,10 @@ async def run(args: argparse.Namespace) -> dict:
     loop = asyncio.get_running_loop()
     stats = Stats()
     auth = f"Authorization: Bearer {args.token}\r\n" if args.token else ""
-    request = (f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
-               f"Accept: application/json\r\n{auth}\r\n").encode()
+    request = (
+        f"GET {args.path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
+        f"Accept: application/json\r\n{auth}\r\n"
+    ).encode()
     watches: list[Watch] = []
     gate = asyncio.Semaphore(args.concurrency)
     tls = None
@@ -97,8 +99,12 @@ async def run(args: argparse.Namespace) -> dict:
     async def open_one() -> None:
         async with gate:
             try:
-                _, w = await asyncio.wait_for(loop.create_connection(
-                    lambda: Watch(stats, request), "127.0.0.1", args.port, ssl=tls), 30)
+                _, w = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: Watch(stats, request), "127.0.0.1", args.port, ssl=tls
+                    ),
+                    30,
+                )
             except (OSError, TimeoutError) as exc:
                 stats.errors += 1
                 stats.first_error = stats.first_error or f"connect: {exc}"
@@ -127,10 +133,18 @@ async def run(args: argparse.Namespace) -> dict:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(len(lat) * p))] / 1e6 if lat else 0.0
 
-    return {"n": args.n, "open": opened, "open_s": open_s, "events": len(lat),
-            "event_p50_ms": pct(0.50), "event_p99_ms": pct(0.99), "errors": stats.errors,
-            "window_s": args.window, "window_events": stats.window_events,
-            "first_error": stats.first_error}
+    return {
+        "n": args.n,
+        "open": opened,
+        "open_s": open_s,
+        "events": len(lat),
+        "event_p50_ms": pct(0.50),
+        "event_p99_ms": pct(0.99),
+        "errors": stats.errors,
+        "window_s": args.window,
+        "window_events": stats.window_events,
+        "first_error": stats.first_error,
+    }
 
 
 def main() -> None:

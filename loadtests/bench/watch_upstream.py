@@ -123,14 +123,15 @@ class Handler(asyncio.Protocol):
             if b"watch=true" in target or b"watch=1" in target:
                 self.transport.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Cache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n\r\n")
-                self.watch_id = self.watchers.add(self.transport,
-                                                  burst=b"bench-burst=1" in target)
+                    b"Cache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                self.watch_id = self.watchers.add(self.transport, burst=b"bench-burst=1" in target)
                 return
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                 b"Cache-Control: no-cache, private\r\nContent-Length: %d\r\n\r\n%b"
-                % (len(self.body), self.body))
+                % (len(self.body), self.body)
+            )
         if len(self.buf) > MAX_HEAD:
             self.transport.close()
 
@@ -139,8 +140,7 @@ async def serve(period: float, bookmark_period: float, burst_period: float) -> N
     loop = asyncio.get_running_loop()
     watchers = Watchers(period, bookmark_period, burst_period)
     body = pod_list()
-    server = await loop.create_server(lambda: Handler(watchers, body), "127.0.0.1", 0,
-                                      backlog=4096)
+    server = await loop.create_server(lambda: Handler(watchers, body), "127.0.0.1", 0, backlog=4096)
     print(server.sockets[0].getsockname()[1], flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -154,10 +154,18 @@ async def serve(period: float, bookmark_period: float, burst_period: float) -> N
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--period", type=float, default=5.0, help="seconds between events per watch")
-    p.add_argument("--bookmark-period", type=float, default=15.0,
-                   help="seconds between bookmarks per watch (spread group)")
-    p.add_argument("--burst-period", type=float, default=2.0,
-                   help="seconds between bursts (burst group: every watch at once)")
+    p.add_argument(
+        "--bookmark-period",
+        type=float,
+        default=15.0,
+        help="seconds between bookmarks per watch (spread group)",
+    )
+    p.add_argument(
+        "--burst-period",
+        type=float,
+        default=2.0,
+        help="seconds between bursts (burst group: every watch at once)",
+    )
     args = p.parse_args()
     procs.raise_nofile()
     run_loop(serve(args.period, args.bookmark_period, args.burst_period))

@@ -35,13 +35,22 @@ def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _start_upstream(work: Path, period: float, bookmark_period: float,
-                    burst_period: float) -> tuple[subprocess.Popen, int]:
+def _start_upstream(
+    work: Path, period: float, bookmark_period: float, burst_period: float
+) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
-        _python("loadtests.bench.watch_upstream", "--period", str(period),
-                "--bookmark-period", str(bookmark_period),
-                "--burst-period", str(burst_period)),
-        cwd=stack.REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        _python(
+            "loadtests.bench.watch_upstream",
+            "--period",
+            str(period),
+            "--bookmark-period",
+            str(bookmark_period),
+            "--burst-period",
+            str(burst_period),
+        ),
+        cwd=stack.REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         stderr=open(work / "watch-upstream.log", "ab"),  # noqa: SIM115
         preexec_fn=procs.preexec(procs.load_cpu()),
     )
@@ -57,17 +66,24 @@ def _start_upstream(work: Path, period: float, bookmark_period: float,
 def _short(url: str, token: str | None, seconds: float) -> dict:
     conns = max(2, SHORT_RATE // 100)
     r = wrk.run(url, seconds=seconds, connections=conns, token=token, pace_ms=10)
-    return {"rps": r.rps, "p50_ms": r.p50_us / 1000, "p99_ms": r.p99_us / 1000,
-            "errors": r.errors + r.non_2xx}
+    return {
+        "rps": r.rps,
+        "p50_ms": r.p50_us / 1000,
+        "p99_ms": r.p99_us / 1000,
+        "errors": r.errors + r.non_2xx,
+    }
 
 
 def open_watches(args: list[str], work: Path, *, timeout: float = 180) -> subprocess.Popen:
     """Start `watch_client` with `args`, pinned to the load core, and return once it says
     its watches are open (RuntimeError, the client stopped, when it does not)."""
-    client = subprocess.Popen(_python("loadtests.bench.watch_client", *args),
-                              cwd=stack.REPO_ROOT, stdout=subprocess.PIPE,
-                              stderr=open(work / "watch-client.log", "ab"),  # noqa: SIM115
-                              preexec_fn=procs.preexec(procs.load_cpu()))
+    client = subprocess.Popen(
+        _python("loadtests.bench.watch_client", *args),
+        cwd=stack.REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(work / "watch-client.log", "ab"),  # noqa: SIM115
+        preexec_fn=procs.preexec(procs.load_cpu()),
+    )
     assert client.stdout is not None
     ready, _, _ = select.select([client.stdout], [], [], timeout)
     line = client.stdout.readline().decode() if ready else ""
@@ -77,12 +93,30 @@ def open_watches(args: list[str], work: Path, *, timeout: float = 180) -> subpro
     return client
 
 
-def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[int],
-                  during: Callable[[], None] | None, hold: float, settle: float,
-                  work: Path) -> dict:
+def _hold_watches(
+    port: int,
+    path: str,
+    n: int,
+    token: str | None,
+    pids: list[int],
+    during: Callable[[], None] | None,
+    hold: float,
+    settle: float,
+    work: Path,
+) -> dict:
     rss_before = procs.rss_bytes(pids)
-    args = ["--port", str(port), "--path", path, "--n", str(n), "--hold", str(hold),
-            "--window", str(settle)]
+    args = [
+        "--port",
+        str(port),
+        "--path",
+        path,
+        "--n",
+        str(n),
+        "--hold",
+        str(hold),
+        "--window",
+        str(settle),
+    ]
     if token:
         args += ["--token", token]
     client = open_watches(args, work)
@@ -97,11 +131,15 @@ def _hold_watches(port: int, path: str, n: int, token: str | None, pids: list[in
     finally:
         procs.stop(client)
     result = json.loads(out.decode().strip().splitlines()[-1])
-    result.update(rss_before=rss_before, rss_open=rss_open,
-                  kb_per_watch=(rss_open - rss_before) / max(result["open"], 1) / 1024,
-                  # CPU time comes in 10 ms ticks: too few events say nothing
-                  cpu_us_per_event=(cpu_settle / result["window_events"] * 1e6
-                                    if result["window_events"] >= 2000 else None))
+    result.update(
+        rss_before=rss_before,
+        rss_open=rss_open,
+        kb_per_watch=(rss_open - rss_before) / max(result["open"], 1) / 1024,
+        # CPU time comes in 10 ms ticks: too few events say nothing
+        cpu_us_per_event=(
+            cpu_settle / result["window_events"] * 1e6 if result["window_events"] >= 2000 else None
+        ),
+    )
     return result
 
 
@@ -114,13 +152,21 @@ def fd_capped(n: int) -> int:
     return min(n, (min(hard, procs.NOFILE) - 200) // 2)
 
 
-def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
-        log: Callable[[str], None] = print) -> dict:
+def run(
+    work: Path,
+    counts: list[int],
+    *,
+    seconds: float,
+    smoke: bool,
+    log: Callable[[str], None] = print,
+) -> dict:
     capped = [fd_capped(n) for n in counts]
     for want, got in zip(counts, capped, strict=True):
         if got < want:
-            log(f"  {want} watches need {2 * want + 200} descriptors per proxy; the hard "
-                f"RLIMIT_NOFILE here allows {got}: measuring {got}")
+            log(
+                f"  {want} watches need {2 * want + 200} descriptors per proxy; the hard "
+                f"RLIMIT_NOFILE here allows {got}: measuring {got}"
+            )
     counts = capped
     short_n = 5000 if 5000 in counts else max(counts)
     period, settle = (1.0, 0.5) if smoke else (EVENT_PERIOD, SETTLE)
@@ -137,8 +183,9 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
     try:
         for n in counts:
             proxy = stack.nginx_proxy(work, up_port, procs.proxy_cpu()).start()
-            gate = stack.Vgate(work, issuer.issuer, up_port, procs.proxy_cpu(),
-                               name=f"vgate-watch-{n}").start()
+            gate = stack.Vgate(
+                work, issuer.issuer, up_port, procs.proxy_cpu(), name=f"vgate-watch-{n}"
+            ).start()
             try:
                 for name, base, tok, pids in (
                     ("nginx", f"http://127.0.0.1:{proxy.port}", None, proxy.pids),
@@ -157,21 +204,29 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
                         during = None
                         if n == short_n:
 
-                            def during(url=short_url, tok=tok, name=name, n=n,
-                                       events=events) -> None:
-                                short.append({"proxy": name, "n": n, "pattern": events,
-                                              **_short(url, tok, short_s)})
+                            def during(
+                                url=short_url, tok=tok, name=name, n=n, events=events
+                            ) -> None:
+                                short.append(
+                                    {
+                                        "proxy": name,
+                                        "n": n,
+                                        "pattern": events,
+                                        **_short(url, tok, short_s),
+                                    }
+                                )
 
                         path = prefix + WATCH_PATH + (BURST_QUERY if events == "burst" else "")
-                        r = _hold_watches(port_of, path, n, tok, pids, during, hold, settle,
-                                          work)
+                        r = _hold_watches(port_of, path, n, tok, pids, during, hold, settle, work)
                         r["proxy"], r["pattern"] = name, events
                         runs.append(r)
-                        log(f"  {name:<6} {r['open']:>6}/{n} watches ({events}) open in "
+                        log(
+                            f"  {name:<6} {r['open']:>6}/{n} watches ({events}) open in "
                             f"{r['open_s']:.1f}s: {r['kb_per_watch']:.1f} KB/watch, "
                             f"{r['events']} events, p50 {r['event_p50_ms']:.2f} ms, p99 "
                             f"{r['event_p99_ms']:.2f} ms, errors {r['errors']} "
-                            f"{r['first_error']} load {procs.load_average()}")
+                            f"{r['first_error']} load {procs.load_average()}"
+                        )
                         time.sleep(0.2 if smoke else 1.0)
             finally:
                 gate.stop()
@@ -179,6 +234,12 @@ def run(work: Path, counts: list[int], *, seconds: float, smoke: bool,
     finally:
         procs.stop(upstream)
         docs.stop()
-    return {"runs": runs, "short": short, "event_period_s": period,
-            "bookmark_period_s": bookmark_period, "burst_period_s": burst_period,
-            "short_rate": SHORT_RATE, "short_seconds": short_s}
+    return {
+        "runs": runs,
+        "short": short,
+        "event_period_s": period,
+        "bookmark_period_s": bookmark_period,
+        "burst_period_s": burst_period,
+        "short_rate": SHORT_RATE,
+        "short_seconds": short_s,
+    }

@@ -54,8 +54,19 @@ def run(
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk is not installed")
-    argv = [binary, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
-            "--timeout", "10s", "-s", str(SCRIPT)]
+    argv = [
+        binary,
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(SCRIPT),
+    ]
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
     raw = "-"
@@ -63,13 +74,22 @@ def run(
         with tempfile.NamedTemporaryFile("w", suffix=".headers", delete=False) as f:
             f.write("".join(f"{name}: {value}\n" for name, value in headers))
             raw = f.name
-    argv += [url, "--", str(token_file) if token_file else "-", str(pace_ms),
-              str(threads), raw]
-    env = {**os.environ, "WRK_TOKENS": "1" if token_file else "0",
-           "WRK_PACE": "1" if pace_ms else "0", "WRK_RAW": "1" if headers else "0"}
+    argv += [url, "--", str(token_file) if token_file else "-", str(pace_ms), str(threads), raw]
+    env = {
+        **os.environ,
+        "WRK_TOKENS": "1" if token_file else "0",
+        "WRK_PACE": "1" if pace_ms else "0",
+        "WRK_RAW": "1" if headers else "0",
+    }
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, env=env,
-                             timeout=seconds + 30, preexec_fn=procs.preexec(procs.load_cpu()))
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=seconds + 30,
+            preexec_fn=procs.preexec(procs.load_cpu()),
+        )
     finally:
         if raw != "-":
             os.unlink(raw)
@@ -82,6 +102,10 @@ def run(
         seconds=data["duration_us"] / 1e6,
         errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
         non_2xx=data["status"],
-        p50_us=data["p50"], p90_us=data["p90"], p99_us=data["p99"], p999_us=data["p999"],
-        max_us=data["max"], reused=data["reused"],
+        p50_us=data["p50"],
+        p90_us=data["p90"],
+        p99_us=data["p99"],
+        p999_us=data["p999"],
+        max_us=data["max"],
+        reused=data["reused"],
     )

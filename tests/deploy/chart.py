@@ -48,15 +48,22 @@ class KubeTarget:
 
 # What a 1.28/1.29 cluster serves with --feature-gates=ValidatingAdmissionPolicy=true and
 # --runtime-config=admissionregistration.k8s.io/v1beta1=true (the lifecycle manager needs it).
-ADMISSION_POLICY_BETA = ("admissionregistration.k8s.io/v1beta1",
-                         "admissionregistration.k8s.io/v1beta1/ValidatingAdmissionPolicy",
-                         "admissionregistration.k8s.io/v1beta1/ValidatingAdmissionPolicyBinding")
+ADMISSION_POLICY_BETA = (
+    "admissionregistration.k8s.io/v1beta1",
+    "admissionregistration.k8s.io/v1beta1/ValidatingAdmissionPolicy",
+    "admissionregistration.k8s.io/v1beta1/ValidatingAdmissionPolicyBinding",
+)
 
 
 def helm_kube_version(helm: str) -> str:
     """The newest Kubernetes this helm knows: what `helm template` renders for by default."""
-    proc = subprocess.run([helm, "version", "--template", "{{.KubeClientVersion}}"],
-                          capture_output=True, text=True, timeout=30, check=True)
+    proc = subprocess.run(
+        [helm, "version", "--template", "{{.KubeClientVersion}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     major, minor = proc.stdout.strip().removeprefix("v").split(".")[:2]
     return f"{int(major)}.{int(minor)}.0"
 
@@ -74,9 +81,12 @@ def require_helm() -> str:
 def helm_env() -> dict[str, str]:
     """The environment helm runs in: its cache, config and data in a folder of the tests."""
     base = tempfile.gettempdir()
-    return {**os.environ, "HELM_CACHE_HOME": f"{base}/vgate-helm-cache",
-            "HELM_CONFIG_HOME": f"{base}/vgate-helm-config",
-            "HELM_DATA_HOME": f"{base}/vgate-helm-data"}
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": f"{base}/vgate-helm-cache",
+        "HELM_CONFIG_HOME": f"{base}/vgate-helm-config",
+        "HELM_DATA_HOME": f"{base}/vgate-helm-data",
+    }
 
 
 @contextmanager
@@ -114,17 +124,36 @@ class Rendered:
         return yaml.safe_load(cm["data"]["vgate.yaml"])
 
 
-def render(helm: str, values: dict[str, Any] | None = None, *, namespace: str = NAMESPACE,
-           target: KubeTarget | None = None, extra_args: tuple[str, ...] = ()) -> Rendered:
+def render(
+    helm: str,
+    values: dict[str, Any] | None = None,
+    *,
+    namespace: str = NAMESPACE,
+    target: KubeTarget | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Rendered:
     """`helm template` the chart with `values` for `target` (None: helm's default, the newest
     Kubernetes it knows); raise RenderError with helm's stderr."""
     if target is not None:
         extra_args = (*target.helm_args(), *extra_args)
     with values_file(values) as path:
         proc = subprocess.run(
-            [helm, "template", RELEASE, str(CHART), "--namespace", namespace,
-             "--values", str(path), *extra_args],
-            capture_output=True, text=True, timeout=60, env=helm_env())
+            [
+                helm,
+                "template",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                namespace,
+                "--values",
+                str(path),
+                *extra_args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=helm_env(),
+        )
     if proc.returncode != 0:
         raise RenderError(proc.stderr.strip())
     objects = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]

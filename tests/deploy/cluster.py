@@ -17,14 +17,21 @@ from tests.support.kube import ADMIN_TOKEN, ApiServer, assets_dir
 
 # ValidatingAdmissionPolicy on 1.28/1.29: beta, off by default (GA and on from 1.30). The chart's
 # lifecycle manager needs it, so the test cluster runs with it, as such an operator's would.
-ADMISSION_POLICY_BETA_FLAGS = ("--feature-gates=ValidatingAdmissionPolicy=true",
-                               "--runtime-config=admissionregistration.k8s.io/v1beta1=true")
+ADMISSION_POLICY_BETA_FLAGS = (
+    "--feature-gates=ValidatingAdmissionPolicy=true",
+    "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
+)
 
 
 def binary_version(binary: Path | None = None) -> tuple[int, int]:
     """(major, minor) of the kube-apiserver binary (`--version`: "Kubernetes v1.28.7")."""
-    out = subprocess.run([str(binary or assets_dir() / "kube-apiserver"), "--version"],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        [str(binary or assets_dir() / "kube-apiserver"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     found = re.search(r"v(\d+)\.(\d+)\.", out)
     if found is None:
         raise RuntimeError(f"kube-apiserver --version printed {out!r}")
@@ -39,8 +46,10 @@ def admission_policy_flags(binary: Path | None = None) -> tuple[str, ...]:
 def get(api: ApiServer, path: str) -> Any:
     """GET `path` as the API server's admin, parsed JSON."""
     context = ssl.create_default_context(cafile=str(api.ca_file))
-    request = urllib.request.Request(f"{api.url}{path}", headers={
-        "Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "application/json"})
+    request = urllib.request.Request(
+        f"{api.url}{path}",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "application/json"},
+    )
     with urllib.request.urlopen(request, context=context, timeout=10) as resp:
         return json.load(resp)
 
@@ -63,19 +72,33 @@ def target_of(api: ApiServer) -> KubeTarget:
     return KubeTarget(get(api, "/version")["gitVersion"], tuple(dict.fromkeys(served)))
 
 
-
-def helm(helm_bin: str, api: ApiServer, *args: str,
-         namespace: str) -> subprocess.CompletedProcess[str]:
+def helm(
+    helm_bin: str, api: ApiServer, *args: str, namespace: str
+) -> subprocess.CompletedProcess[str]:
     """`helm <args>` against `api` as its admin: helm asks the server for its version and APIs
     itself, as on a real cluster."""
-    return subprocess.run([helm_bin, *args, "--namespace", namespace,
-                           "--kubeconfig", str(api.kubeconfig)],
-                          capture_output=True, text=True, timeout=120, env=helm_env())
+    return subprocess.run(
+        [helm_bin, *args, "--namespace", namespace, "--kubeconfig", str(api.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=helm_env(),
+    )
 
 
-def helm_install(helm_bin: str, api: ApiServer, release: str, namespace: str,
-                 values: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def helm_install(
+    helm_bin: str, api: ApiServer, release: str, namespace: str, values: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
     """`helm install` of the chart with `values` into `namespace` (created when missing)."""
     with values_file(values) as path:
-        return helm(helm_bin, api, "install", release, str(CHART), "--create-namespace",
-                    "--values", str(path), namespace=namespace)
+        return helm(
+            helm_bin,
+            api,
+            "install",
+            release,
+            str(CHART),
+            "--create-namespace",
+            "--values",
+            str(path),
+            namespace=namespace,
+        )

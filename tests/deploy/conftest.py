@@ -31,8 +31,12 @@ def kube_api(kube_etcd: Etcd, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """The host cluster the chart is applied to: the real API server from $KUBEBUILDER_ASSETS,
     serving ValidatingAdmissionPolicy (its feature gate on, on versions before 1.30), with the
     release namespace."""
-    with ApiServer(tmp_path_factory.mktemp("chart-host"), kube_etcd, name="chart-host",
-                   extra_args=cluster.admission_policy_flags()) as api:
+    with ApiServer(
+        tmp_path_factory.mktemp("chart-host"),
+        kube_etcd,
+        name="chart-host",
+        extra_args=cluster.admission_policy_flags(),
+    ) as api:
         api.kubectl("create", "namespace", NAMESPACE)
         yield api
 
@@ -42,6 +46,5 @@ def tenant_crd(kube_api: ApiServer) -> Path:
     """The chart's Tenant CRD, installed and established on `kube_api`."""
     crds = CHART / "crds"
     kube_api.kubectl("apply", "--server-side", "-f", str(crds))
-    kube_api.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/tenants.vgate.io")
+    kube_api.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/tenants.vgate.io")
     return crds

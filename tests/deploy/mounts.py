@@ -21,8 +21,9 @@ def materialize(rendered: Rendered, root: Path) -> Path:
     """Write the pod's files under `root`; return the re-rooted vgate.yaml path."""
     pod = rendered.one("Deployment")["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    chart_configmaps = {c["metadata"]["name"]: c.get("data") or {}
-                        for c in rendered.all("ConfigMap")}
+    chart_configmaps = {
+        c["metadata"]["name"]: c.get("data") or {} for c in rendered.all("ConfigMap")
+    }
     for mount in pod["containers"][0]["volumeMounts"]:
         folder = root / mount["mountPath"].lstrip("/")
         folder.mkdir(parents=True, exist_ok=True)

@@ -94,29 +94,52 @@ def check_crd_shape(obj: dict[str, Any]) -> None:
             _only(obj, ref, PARENT_REF, "parentRef")
             assert ref["kind"] == "Gateway" and ref["group"] == "gateway.networking.k8s.io"
         for host in _require(obj, "spec.hostnames", list):
-            if not isinstance(host, str) or host.count("*") > 1 or ("*" in host and
-                                                                   not host.startswith("*.")):
+            if (
+                not isinstance(host, str)
+                or host.count("*") > 1
+                or ("*" in host and not host.startswith("*."))
+            ):
                 raise SchemaProblem(f"{kind}: bad hostname {host!r}")
         for rule in _require(obj, "spec.rules", list):
             _only(obj, rule, {"matches", "backendRefs", "filters", "timeouts", "name"}, "rule")
             for ref in rule["backendRefs"]:
-                _only(obj, ref, {"group", "kind", "name", "namespace", "port", "weight"},
-                      "backendRef")
+                _only(
+                    obj, ref, {"group", "kind", "name", "namespace", "port", "weight"}, "backendRef"
+                )
                 assert isinstance(ref["port"], int)
     elif kind == "BackendTLSPolicy":
         _only(obj, spec, {"targetRefs", "validation", "options"}, "spec")
         for ref in _require(obj, "spec.targetRefs", list):
             _only(obj, ref, {"group", "kind", "name", "sectionName"}, "targetRef")
         validation = _require(obj, "spec.validation", dict)
-        _only(obj, validation, {"caCertificateRefs", "wellKnownCACertificates", "hostname",
-                                "subjectAltNames"}, "validation")
+        _only(
+            obj,
+            validation,
+            {"caCertificateRefs", "wellKnownCACertificates", "hostname", "subjectAltNames"},
+            "validation",
+        )
         _require(obj, "spec.validation.hostname", str)
         if ("caCertificateRefs" in validation) == ("wellKnownCACertificates" in validation):
-            raise SchemaProblem("BackendTLSPolicy: exactly one of caCertificateRefs and "
-                                "wellKnownCACertificates")
+            raise SchemaProblem(
+                "BackendTLSPolicy: exactly one of caCertificateRefs and wellKnownCACertificates"
+            )
     elif kind == "Certificate":
-        _only(obj, spec, {"secretName", "dnsNames", "duration", "renewBefore", "privateKey",
-                          "usages", "issuerRef", "commonName", "secretTemplate"}, "spec")
+        _only(
+            obj,
+            spec,
+            {
+                "secretName",
+                "dnsNames",
+                "duration",
+                "renewBefore",
+                "privateKey",
+                "usages",
+                "issuerRef",
+                "commonName",
+                "secretTemplate",
+            },
+            "spec",
+        )
         for name in _require(obj, "spec.dnsNames", list):
             if not isinstance(name, str) or not name or name.count("*") > 1:
                 raise SchemaProblem(f"Certificate: bad dnsName {name!r}")
@@ -128,12 +151,31 @@ def check_crd_shape(obj: dict[str, Any]) -> None:
             raise SchemaProblem(f"Certificate: privateKey.algorithm {key.get('algorithm')!r}")
         if key.get("rotationPolicy") not in (None, "Never", "Always"):
             raise SchemaProblem("Certificate: privateKey.rotationPolicy")
-        usages = {"signing", "digital signature", "content commitment", "key encipherment",
-                  "key agreement", "data encipherment", "cert sign", "crl sign",
-                  "encipher only", "decipher only", "any", "server auth", "client auth",
-                  "code signing", "email protection", "s/mime", "ipsec end system",
-                  "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
-                  "microsoft sgc", "netscape sgc"}
+        usages = {
+            "signing",
+            "digital signature",
+            "content commitment",
+            "key encipherment",
+            "key agreement",
+            "data encipherment",
+            "cert sign",
+            "crl sign",
+            "encipher only",
+            "decipher only",
+            "any",
+            "server auth",
+            "client auth",
+            "code signing",
+            "email protection",
+            "s/mime",
+            "ipsec end system",
+            "ipsec tunnel",
+            "ipsec user",
+            "timestamping",
+            "ocsp signing",
+            "microsoft sgc",
+            "netscape sgc",
+        }
         bad = set(spec.get("usages", [])) - usages
         if bad:
             raise SchemaProblem(f"Certificate: unknown usages {sorted(bad)}")
@@ -144,24 +186,70 @@ def check_crd_shape(obj: dict[str, Any]) -> None:
         _only(obj, spec, {"selector", "endpoints", "namespaceSelector", "jobLabel"}, "spec")
         _require(obj, "spec.selector.matchLabels", dict)
         for ep in _require(obj, "spec.endpoints", list):
-            _only(obj, ep, {"port", "path", "scheme", "interval", "scrapeTimeout", "tlsConfig",
-                            "bearerTokenSecret", "authorization", "relabelings"}, "endpoint")
+            _only(
+                obj,
+                ep,
+                {
+                    "port",
+                    "path",
+                    "scheme",
+                    "interval",
+                    "scrapeTimeout",
+                    "tlsConfig",
+                    "bearerTokenSecret",
+                    "authorization",
+                    "relabelings",
+                },
+                "endpoint",
+            )
             if ep.get("scheme") not in ("http", "https"):
                 raise SchemaProblem("ServiceMonitor: scheme")
             if "tlsConfig" in ep:
-                _only(obj, ep["tlsConfig"], {"serverName", "ca", "cert", "keySecret",
-                                             "insecureSkipVerify"}, "tlsConfig")
+                _only(
+                    obj,
+                    ep["tlsConfig"],
+                    {"serverName", "ca", "cert", "keySecret", "insecureSkipVerify"},
+                    "tlsConfig",
+                )
     elif kind == "ServersTransport":
-        _only(obj, spec, {"serverName", "insecureSkipVerify", "rootCAs", "rootCAsSecrets",
-                          "certificatesSecrets", "maxIdleConnsPerHost", "forwardingTimeouts",
-                          "disableHTTP2", "peerCertURI", "spiffe"}, "spec")
+        _only(
+            obj,
+            spec,
+            {
+                "serverName",
+                "insecureSkipVerify",
+                "rootCAs",
+                "rootCAsSecrets",
+                "certificatesSecrets",
+                "maxIdleConnsPerHost",
+                "forwardingTimeouts",
+                "disableHTTP2",
+                "peerCertURI",
+                "spiffe",
+            },
+            "spec",
+        )
     elif kind == "IngressRouteTCP":
         _only(obj, spec, {"entryPoints", "routes", "tls"}, "spec")
         for route in _require(obj, "spec.routes", list):
             _only(obj, route, {"match", "services", "priority", "syntax", "middlewares"}, "route")
             for svc in route["services"]:
-                _only(obj, svc, {"name", "namespace", "port", "weight", "tls",
-                                 "proxyProtocol", "serversTransport", "nativeLB",
-                                 "nodePortLB", "terminationDelay"}, "service")
+                _only(
+                    obj,
+                    svc,
+                    {
+                        "name",
+                        "namespace",
+                        "port",
+                        "weight",
+                        "tls",
+                        "proxyProtocol",
+                        "serversTransport",
+                        "nativeLB",
+                        "nodePortLB",
+                        "terminationDelay",
+                    },
+                    "service",
+                )
     else:  # pragma: no cover - SHAPED_CRDS lists the kinds above
         raise SchemaProblem(f"no shape check for {kind}")

@@ -24,8 +24,9 @@ RELEASE = "vgate-admission"
 NAMESPACE = "vgate-admission"
 MANAGER = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 LABEL = "vgate.io/tenant"
-NAMESPACE_DENIED = ("the vgate lifecycle manager may only create, change or delete namespaces "
-                    f"labelled {LABEL}")
+NAMESPACE_DENIED = (
+    f"the vgate lifecycle manager may only create, change or delete namespaces labelled {LABEL}"
+)
 BINDING_DENIED = f"the vgate lifecycle manager may only bind roles in namespaces labelled {LABEL}"
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -43,8 +44,9 @@ def installed(helm: str, kube_api: ApiServer) -> str:
 
 
 @pytest.fixture(scope="module")
-def manager(installed: str, kube_api: ApiServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+def manager(
+    installed: str, kube_api: ApiServer, tmp_path_factory: pytest.TempPathFactory
+) -> Kubectl:
     """kubectl as the lifecycle manager (its ServiceAccount's token), once the API server
     enforces the policy (it loads policies and bindings asynchronously)."""
     token = kube_api.kubectl("create", "token", RELEASE, "-n", NAMESPACE).stdout.strip()
@@ -52,14 +54,19 @@ def manager(installed: str, kube_api: ApiServer,
     kubeconfig.write_text(kube_api.kubeconfig_text(token, user=RELEASE))
 
     def kubectl(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args], input=input,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
-    assert kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout \
-        == MANAGER
+    assert kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout == MANAGER
     deadline = time.monotonic() + 60
-    while NAMESPACE_DENIED not in kubectl("create", "namespace", "probe",
-                                          "--dry-run=server").stderr:
+    while (
+        NAMESPACE_DENIED not in kubectl("create", "namespace", "probe", "--dry-run=server").stderr
+    ):
         assert time.monotonic() < deadline, "the admission policy was never enforced"
         time.sleep(0.2)
     return kubectl
@@ -67,8 +74,9 @@ def manager(installed: str, kube_api: ApiServer,
 
 def namespace(name: str, *, labelled: bool) -> str:
     labels = {LABEL: name} if labelled else {}
-    return yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace",
-                           "metadata": {"name": name, "labels": labels}})
+    return yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    )
 
 
 def unique(prefix: str) -> str:
@@ -79,12 +87,13 @@ def refused(proc: subprocess.CompletedProcess[str], message: str) -> bool:
     return proc.returncode != 0 and "forbidden" in proc.stderr and message in proc.stderr
 
 
-def test_helm_picked_the_policy_api_the_server_serves(installed: str,
-                                                      kube_api: ApiServer) -> None:
-    served = kube_api.kubectl("api-resources", "--api-group=admissionregistration.k8s.io",
-                              "-o", "wide").stdout
-    policy = next(d for d in yaml.safe_load_all(installed)
-                  if d and d["kind"] == "ValidatingAdmissionPolicy")
+def test_helm_picked_the_policy_api_the_server_serves(installed: str, kube_api: ApiServer) -> None:
+    served = kube_api.kubectl(
+        "api-resources", "--api-group=admissionregistration.k8s.io", "-o", "wide"
+    ).stdout
+    policy = next(
+        d for d in yaml.safe_load_all(installed) if d and d["kind"] == "ValidatingAdmissionPolicy"
+    )
     version = policy["apiVersion"]
     line = next(ln for ln in served.splitlines() if ln.startswith("validatingadmissionpolicies "))
     assert version in line.split()
@@ -100,19 +109,20 @@ def test_manager_may_create_change_and_delete_tenant_namespaces(manager: Kubectl
 
 
 def test_manager_may_not_create_an_unlabelled_namespace(manager: Kubectl) -> None:
-    assert refused(manager("create", "-f", "-", input=namespace(unique("x"), labelled=False)),
-                   NAMESPACE_DENIED)
+    assert refused(
+        manager("create", "-f", "-", input=namespace(unique("x"), labelled=False)), NAMESPACE_DENIED
+    )
 
 
 def test_manager_may_not_adopt_delete_or_unlabel_other_namespaces(
-        manager: Kubectl, kube_api: ApiServer) -> None:
+    manager: Kubectl, kube_api: ApiServer
+) -> None:
     # RBAC lets the manager patch and delete every namespace; only the policy stops it.
     # (kube-system itself the API server never deletes, so an application namespace.)
     apps = unique("apps")
     kube_api.kubectl("create", "-f", "-", input=namespace(apps, labelled=False))
     for victim in ("kube-system", apps, NAMESPACE):
-        assert refused(manager("label", "namespace", victim, f"{LABEL}={victim}"),
-                       NAMESPACE_DENIED)
+        assert refused(manager("label", "namespace", victim, f"{LABEL}={victim}"), NAMESPACE_DENIED)
     for victim in (apps, NAMESPACE):
         assert refused(manager("delete", "namespace", victim, "--wait=false"), NAMESPACE_DENIED)
         left = kube_api.kubectl("get", "namespace", victim, "-o", "json").stdout
@@ -123,12 +133,19 @@ def test_manager_may_not_adopt_delete_or_unlabel_other_namespaces(
 
 
 def binding(namespace_name: str) -> str:
-    return yaml.safe_dump({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": f"{RELEASE}-tenant-manager", "namespace": namespace_name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": f"{RELEASE}-tenant-manager"},
-        "subjects": [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"{RELEASE}-tenant-manager", "namespace": namespace_name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{RELEASE}-tenant-manager",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}],
+        }
+    )
 
 
 def test_role_bindings_only_in_tenant_namespaces(manager: Kubectl) -> None:
@@ -151,8 +168,12 @@ def test_other_users_are_not_affected(manager: Kubectl, kube_api: ApiServer) -> 
 
 
 def test_the_manager_has_no_other_cluster_wide_power(manager: Kubectl) -> None:
-    for verb, resource in [("create", "clusterrolebindings"), ("get", "secrets"),
-                           ("create", "pods"), ("delete", "customresourcedefinitions"),
-                           ("bind", "clusterroles/cluster-admin")]:
+    for verb, resource in [
+        ("create", "clusterrolebindings"),
+        ("get", "secrets"),
+        ("create", "pods"),
+        ("delete", "customresourcedefinitions"),
+        ("bind", "clusterroles/cluster-admin"),
+    ]:
         answer = manager("auth", "can-i", verb, resource, "--all-namespaces").stdout.strip()
         assert answer == "no", (verb, resource)

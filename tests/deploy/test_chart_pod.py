@@ -17,12 +17,15 @@ from tests.support.pki import TestCA
 
 # An issuer on a closed loopback port: the gateway starts without signing keys, and nothing
 # leaves the machine.
-VALUES = {"oidc": {"issuers": [{"issuer": "https://127.0.0.1:1", "audiences": ["vgate"]}]},
-          "policies": {"inline": {"all.yaml": {"tenant": "*", "roles": {}}}}}
+VALUES = {
+    "oidc": {"issuers": [{"issuer": "https://127.0.0.1:1", "audiences": ["vgate"]}]},
+    "policies": {"inline": {"all.yaml": {"tenant": "*", "roles": {}}}},
+}
 
 
 def test_probes_answer_from_a_gateway_started_with_the_rendered_config(
-        helm: str, tmp_path: Path) -> None:
+    helm: str, tmp_path: Path
+) -> None:
     out = render(helm, VALUES)
     root = tmp_path / "pod"
     config_path = mounts.materialize(out, root)
@@ -37,9 +40,11 @@ def test_probes_answer_from_a_gateway_started_with_the_rendered_config(
 
     container = out.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
-    with GatewayThread(tmp_path / "run", config) as gw, \
-            httpx.Client(verify=ssl.create_default_context(cafile=ca.cert_file),
-                         timeout=5) as client:
+    with (
+        GatewayThread(tmp_path / "run", config) as gw,
+        httpx.Client(verify=ssl.create_default_context(cafile=ca.cert_file), timeout=5) as client,
+    ):
+
         def probe(name: str) -> httpx.Response:
             spec = container[name]["httpGet"]
             assert spec["port"] == "https"

@@ -23,16 +23,14 @@ def rendered(helm: str) -> dict[str, Rendered]:
     return {name: render(helm, values) for name, values in VARIANTS.items()}
 
 
-def test_schema_check_catches_a_misspelt_field(helm: str,
-                                               rendered: dict[str, Rendered]) -> None:
+def test_schema_check_catches_a_misspelt_field(helm: str, rendered: dict[str, Rendered]) -> None:
     deployment = rendered["default"].one("Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(schemas.SchemaProblem, match="readinesProbe"):
         schemas.validate(deployment, helm_kube_version(helm))
 
 
-def test_schema_check_catches_a_field_newer_than_the_version(
-        rendered: dict[str, Rendered]) -> None:
+def test_schema_check_catches_a_field_newer_than_the_version(rendered: dict[str, Rendered]) -> None:
     deployment = rendered["default"].one("Deployment")  # rendered for the newest Kubernetes
     with pytest.raises(schemas.SchemaProblem, match=r"lifecycle/preStop.*sleep.*1\.28"):
         schemas.validate(deployment, "1.28.7")
@@ -55,18 +53,26 @@ FRONT_DOORS = {
     "gatewayapi-passthrough": {"TLSRoute"},
     "no-ingress-loadbalancer": set(),
 }
-ROUTING_KINDS = {"Ingress", "ServersTransport", "IngressRouteTCP", "HTTPRoute",
-                 "BackendTLSPolicy", "TLSRoute"}
+ROUTING_KINDS = {
+    "Ingress",
+    "ServersTransport",
+    "IngressRouteTCP",
+    "HTTPRoute",
+    "BackendTLSPolicy",
+    "TLSRoute",
+}
 
 
 @pytest.mark.parametrize("variant", sorted(FRONT_DOORS))
-def test_each_flavour_renders_only_its_front_door(rendered: dict[str, Rendered],
-                                                   variant: str) -> None:
+def test_each_flavour_renders_only_its_front_door(
+    rendered: dict[str, Rendered], variant: str
+) -> None:
     assert rendered[variant].kinds() & ROUTING_KINDS == FRONT_DOORS[variant]
 
 
 def test_nginx_reencrypt_terminates_tls_and_speaks_https_to_the_gateway(
-        rendered: dict[str, Rendered]) -> None:
+    rendered: dict[str, Rendered],
+) -> None:
     ing = rendered["default"].one("Ingress")
     ann = ing["metadata"]["annotations"]
     assert ann["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
@@ -80,16 +86,17 @@ def test_nginx_reencrypt_terminates_tls_and_speaks_https_to_the_gateway(
 
 
 def test_nginx_can_verify_the_gateway_certificate(rendered: dict[str, Rendered]) -> None:
-    assert "nginx.ingress.kubernetes.io/proxy-ssl-verify" not in \
-        rendered["default"].one("Ingress")["metadata"]["annotations"]
+    assert (
+        "nginx.ingress.kubernetes.io/proxy-ssl-verify"
+        not in rendered["default"].one("Ingress")["metadata"]["annotations"]
+    )
     ann = rendered["nginx-reencrypt-verified"].one("Ingress")["metadata"]["annotations"]
     assert ann["nginx.ingress.kubernetes.io/proxy-ssl-verify"] == "on"
     assert ann["nginx.ingress.kubernetes.io/proxy-ssl-secret"] == f"{NAMESPACE}/vgate-backend-ca"
     assert ann["nginx.ingress.kubernetes.io/proxy-ssl-name"] == "vgate.vgate-system.svc"
 
 
-def test_nginx_passthrough_routes_by_sni_without_terminating(
-        rendered: dict[str, Rendered]) -> None:
+def test_nginx_passthrough_routes_by_sni_without_terminating(rendered: dict[str, Rendered]) -> None:
     ing = rendered["nginx-passthrough-single-host"].one("Ingress")
     ann = ing["metadata"]["annotations"]
     assert ann["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
@@ -102,8 +109,10 @@ def test_traefik_reencrypt_checks_the_gateway_certificate(rendered: dict[str, Re
     svc = out.one("Service")["metadata"]["annotations"]
     assert svc["traefik.ingress.kubernetes.io/service.serversscheme"] == "https"
     transport = out.one("ServersTransport")
-    assert svc["traefik.ingress.kubernetes.io/service.serverstransport"] == \
-        f"{NAMESPACE}-{transport['metadata']['name']}@kubernetescrd"
+    assert (
+        svc["traefik.ingress.kubernetes.io/service.serverstransport"]
+        == f"{NAMESPACE}-{transport['metadata']['name']}@kubernetescrd"
+    )
     assert transport["spec"]["serverName"] == HOST
     assert transport["spec"]["rootCAs"] == [{"configMap": "vgate-backend-ca"}]
     assert "insecureSkipVerify" not in transport["spec"]
@@ -113,7 +122,8 @@ def test_traefik_reencrypt_checks_the_gateway_certificate(rendered: dict[str, Re
 
 
 def test_traefik_passthrough_matches_the_host_and_every_tenant_name(
-        rendered: dict[str, Rendered]) -> None:
+    rendered: dict[str, Rendered],
+) -> None:
     import re
 
     route = rendered["traefik-passthrough"].one("IngressRouteTCP")
@@ -129,40 +139,51 @@ def test_traefik_passthrough_matches_the_host_and_every_tenant_name(
 
 
 def test_gateway_api_reencrypt_attaches_and_verifies_the_backend(
-        rendered: dict[str, Rendered]) -> None:
+    rendered: dict[str, Rendered],
+) -> None:
     out = rendered["gatewayapi-reencrypt"]
     route = out.one("HTTPRoute")
     assert route["spec"]["hostnames"] == [HOST, WILDCARD]
     assert route["spec"]["parentRefs"][0]["name"] == "shared-gateway"
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": RELEASE, "port": 443}]
     assert route["spec"]["rules"][0]["timeouts"] == {"request": "0s"}
-    assert "timeouts" not in rendered["gatewayapi-reencrypt-ca"].one("HTTPRoute")["spec"][
-        "rules"][0]
+    assert (
+        "timeouts" not in rendered["gatewayapi-reencrypt-ca"].one("HTTPRoute")["spec"]["rules"][0]
+    )
     policy = out.one("BackendTLSPolicy")
-    assert policy["spec"]["targetRefs"][0] == {"group": "", "kind": "Service", "name": RELEASE,
-                                               "sectionName": "https"}
+    assert policy["spec"]["targetRefs"][0] == {
+        "group": "",
+        "kind": "Service",
+        "name": RELEASE,
+        "sectionName": "https",
+    }
     assert policy["spec"]["validation"] == {"hostname": HOST, "wellKnownCACertificates": "System"}
     own_ca = rendered["gatewayapi-reencrypt-ca"]
     assert own_ca.one("BackendTLSPolicy")["spec"]["validation"] == {
         "hostname": "vgate.vgate-system.svc",
-        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "vgate-backend-ca"}]}
+        "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "vgate-backend-ca"}],
+    }
     # The gateway serves the backend certificate, the Gateway the public one.
     tls = own_ca.one("Deployment")["spec"]["template"]["spec"]["volumes"]
-    assert next(v for v in tls if v["name"] == "tls")["secret"]["secretName"] == \
-        "vgate-internal-tls"
+    assert (
+        next(v for v in tls if v["name"] == "tls")["secret"]["secretName"] == "vgate-internal-tls"
+    )
 
 
 def test_gateway_api_passthrough_uses_a_tlsroute(rendered: dict[str, Rendered]) -> None:
     out = rendered["gatewayapi-passthrough"]
     route = out.one("TLSRoute")
     assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
-    assert rendered["gatewayapi-passthrough-v1alpha2"].one("TLSRoute")["apiVersion"] == \
-        "gateway.networking.k8s.io/v1alpha2"
+    assert (
+        rendered["gatewayapi-passthrough-v1alpha2"].one("TLSRoute")["apiVersion"]
+        == "gateway.networking.k8s.io/v1alpha2"
+    )
     assert route["spec"]["hostnames"] == [HOST, WILDCARD]
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": RELEASE, "port": 443}]
     volumes = out.one("Deployment")["spec"]["template"]["spec"]["volumes"]
-    assert next(v for v in volumes if v["name"] == "tls")["secret"]["secretName"] == \
-        f"{RELEASE}-tls"
+    assert (
+        next(v for v in volumes if v["name"] == "tls")["secret"]["secretName"] == f"{RELEASE}-tls"
+    )
 
 
 def test_cert_manager_certificate_covers_both_names(rendered: dict[str, Rendered]) -> None:
@@ -170,16 +191,26 @@ def test_cert_manager_certificate_covers_both_names(rendered: dict[str, Rendered
     assert cert["spec"]["dnsNames"] == [HOST, WILDCARD]
     assert cert["spec"]["secretName"] == f"{RELEASE}-tls"
     assert cert["spec"]["issuerRef"]["name"] == "letsencrypt-dns01"
-    assert rendered["cert-manager"].one("Ingress")["spec"]["tls"][0]["secretName"] == \
-        f"{RELEASE}-tls"
+    assert (
+        rendered["cert-manager"].one("Ingress")["spec"]["tls"][0]["secretName"] == f"{RELEASE}-tls"
+    )
     assert not rendered["default"].all("Certificate")
 
 
-@pytest.mark.parametrize("variant", ["default", "traefik-passthrough", "no-ingress-loadbalancer",
-                                     "gatewayapi-reencrypt-ca", "static-tenants",
-                                     "lifecycle-kubernetes-ha"])
-def test_rendered_gateway_config_loads(rendered: dict[str, Rendered], variant: str,
-                                       tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "default",
+        "traefik-passthrough",
+        "no-ingress-loadbalancer",
+        "gatewayapi-reencrypt-ca",
+        "static-tenants",
+        "lifecycle-kubernetes-ha",
+    ],
+)
+def test_rendered_gateway_config_loads(
+    rendered: dict[str, Rendered], variant: str, tmp_path: Path
+) -> None:
     config = load_config(mounts.materialize(rendered[variant], tmp_path))
     assert config.tls is not None
     assert config.tls.cert_file == tmp_path / "etc/vgate/tls/tls.crt"
@@ -192,9 +223,12 @@ def test_rendered_gateway_config_loads(rendered: dict[str, Rendered], variant: s
 def test_full_config_maps_every_section(rendered: dict[str, Rendered], tmp_path: Path) -> None:
     cfg = rendered["full"].gateway_config()
     legacy, edge = cfg["tenants"]
-    assert legacy == {"name": "legacy", "upstream": "https://10.20.0.5:6443",
-                      "token_file": "/etc/vgate/tenants/legacy/token",
-                      "ca_file": "/etc/vgate/tenants/legacy/ca.crt"}
+    assert legacy == {
+        "name": "legacy",
+        "upstream": "https://10.20.0.5:6443",
+        "token_file": "/etc/vgate/tenants/legacy/token",
+        "ca_file": "/etc/vgate/tenants/legacy/ca.crt",
+    }
     assert edge["client_cert_file"] == "/etc/vgate/tenants/edge/tls.crt"
     assert "ca_file" not in edge
     assert cfg["oidc"]["issuers"][0]["ca_file"] == "/etc/vgate/oidc/0/ca.crt"
@@ -205,8 +239,10 @@ def test_full_config_maps_every_section(rendered: dict[str, Rendered], tmp_path:
     assert cfg["portal"]["session_store_file"] == "/tmp/vgate-portal-sessions.db"
     missing = {"ldap", "portal"} - set(GatewayConfig.model_fields)
     if missing:
-        pytest.skip(f"this branch's GatewayConfig has no {sorted(missing)} section yet; "
-                    "the keys above follow those helpers' models")
+        pytest.skip(
+            f"this branch's GatewayConfig has no {sorted(missing)} section yet; "
+            "the keys above follow those helpers' models"
+        )
     load_config(mounts.materialize(rendered["full"], tmp_path))
 
 
@@ -257,8 +293,9 @@ def test_lifecycle_sqlite_is_one_replica_on_a_volume(rendered: dict[str, Rendere
     assert not out.all("Role")
 
 
-def test_lifecycle_config_loads_with_the_lifecycle_model(rendered: dict[str, Rendered],
-                                                         tmp_path: Path) -> None:
+def test_lifecycle_config_loads_with_the_lifecycle_model(
+    rendered: dict[str, Rendered], tmp_path: Path
+) -> None:
     if "lifecycle" not in GatewayConfig.model_fields:
         pytest.skip("this branch's GatewayConfig has no lifecycle section yet")
     mounts.materialize(rendered["lifecycle-sqlite"], tmp_path)
@@ -267,7 +304,8 @@ def test_lifecycle_config_loads_with_the_lifecycle_model(rendered: dict[str, Ren
 
 
 def test_lifecycle_kubernetes_store_scales_with_leader_election(
-        rendered: dict[str, Rendered]) -> None:
+    rendered: dict[str, Rendered],
+) -> None:
     out = rendered["lifecycle-kubernetes-ha"]
     dep = out.one("Deployment")
     assert "replicas" not in dep["spec"]  # the HPA owns it
@@ -278,18 +316,28 @@ def test_lifecycle_kubernetes_store_scales_with_leader_election(
     assert out.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     rules = out.one("Role")["rules"]
     lease = [r for r in rules if r["apiGroups"] == ["coordination.k8s.io"]]
-    assert {"verbs": ["get", "update"], "resourceNames": [f"{RELEASE}-lifecycle"]} \
-        .items() <= next(r for r in lease if "resourceNames" in r).items()
+    assert {"verbs": ["get", "update"], "resourceNames": [f"{RELEASE}-lifecycle"]}.items() <= next(
+        r for r in lease if "resourceNames" in r
+    ).items()
     lifecycle = out.gateway_config()["lifecycle"]
     assert "store" not in lifecycle
-    assert (lifecycle["store_backend"], lifecycle["store_namespace"], lifecycle["lease_name"]) \
-        == ("kubernetes", NAMESPACE, f"{RELEASE}-lifecycle")
+    assert (lifecycle["store_backend"], lifecycle["store_namespace"], lifecycle["lease_name"]) == (
+        "kubernetes",
+        NAMESPACE,
+        f"{RELEASE}-lifecycle",
+    )
     volumes = dep["spec"]["template"]["spec"]["volumes"]
-    assert next(v for v in volumes if v["name"] == "data")["emptyDir"] == \
-        {"medium": "Memory", "sizeLimit": "16Mi"}  # tokens never touch the node's disk
+    assert next(v for v in volumes if v["name"] == "data")["emptyDir"] == {
+        "medium": "Memory",
+        "sizeLimit": "16Mi",
+    }  # tokens never touch the node's disk
     monitor = out.one("ServiceMonitor")
     assert monitor["spec"]["endpoints"][0] == {
-        "port": "metrics", "path": "/metrics", "scheme": "http", "interval": "30s"}
+        "port": "metrics",
+        "path": "/metrics",
+        "scheme": "http",
+        "interval": "30s",
+    }
     config = out.gateway_config()["listen"]
     assert (config["metrics_host"], config["metrics_port"]) == ("0.0.0.0", 9090)
     ports = {p["name"]: p["port"] for p in out.one("Service")["spec"]["ports"]}

@@ -61,12 +61,20 @@ def test_no_secret_in_clear_text(rendered: dict[str, Rendered], variant: str) ->
         assert var["name"].startswith("HELM_") and var["value"].startswith("/tmp/"), var
     # Every credential the config names is a file under a Secret volume.
     pod = out.one("Deployment")["spec"]["template"]["spec"]
-    secret_mounts = [m["mountPath"] for m in container["volumeMounts"]
-                     if "secret" in next(v for v in pod["volumes"] if v["name"] == m["name"])
-                     or "projected" in next(v for v in pod["volumes"] if v["name"] == m["name"])]
+    secret_mounts = [
+        m["mountPath"]
+        for m in container["volumeMounts"]
+        if "secret" in next(v for v in pod["volumes"] if v["name"] == m["name"])
+        or "projected" in next(v for v in pod["volumes"] if v["name"] == m["name"])
+    ]
     for key, path in _file_settings(out.gateway_config()):
-        if key in ("ca_file", "policies", "flush_file", "values_file",
-                   "session_store_file"):  # state the gateway writes, not a credential
+        if key in (
+            "ca_file",
+            "policies",
+            "flush_file",
+            "values_file",
+            "session_store_file",
+        ):  # state the gateway writes, not a credential
             continue
         assert any(path.startswith(m + "/") for m in secret_mounts), (key, path)
 
@@ -104,7 +112,8 @@ def test_network_policy_admits_only_the_ingress_controller(rendered: dict[str, R
     (rule,) = policy["ingress"]
     (peer,) = rule["from"]
     assert peer["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "ingress-nginx"}
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
     assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "ingress-nginx"}
     assert rule["ports"] == [{"protocol": "TCP", "port": 8443}]
     egress = policy["egress"]
@@ -112,13 +121,21 @@ def test_network_policy_admits_only_the_ingress_controller(rendered: dict[str, R
     assert cidrs == {"203.0.113.10/32", "10.1.0.0/24", "10.0.0.1/32", "10.20.0.0/16"}
     assert all("0.0.0.0/0" not in str(r) for r in egress)
     assert egress[-1]["to"][0]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "keycloak"}
+        "kubernetes.io/metadata.name": "keycloak"
+    }
     dns = egress[0]
     assert {p["port"] for p in dns["ports"]} == {53}
-    tenants = [r for r in egress if any("namespaceSelector" in p and "matchExpressions" in
-                                        p["namespaceSelector"] for p in r["to"])]
-    assert tenants[0]["to"][0]["namespaceSelector"]["matchExpressions"][0]["key"] == \
-        "vgate.io/tenant"
+    tenants = [
+        r
+        for r in egress
+        if any(
+            "namespaceSelector" in p and "matchExpressions" in p["namespaceSelector"]
+            for p in r["to"]
+        )
+    ]
+    assert (
+        tenants[0]["to"][0]["namespaceSelector"]["matchExpressions"][0]["key"] == "vgate.io/tenant"
+    )
     # Direct clients only when listed.
     direct = render_direct(rendered)
     assert direct == [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
@@ -142,8 +159,13 @@ def _rules(out: Rendered, kind: str, name: str) -> list[dict]:
 def test_no_rbac_without_the_lifecycle_manager(rendered: dict[str, Rendered]) -> None:
     for variant in ("default", "full"):
         kinds = rendered[variant].kinds()
-        assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                            "ValidatingAdmissionPolicy"}
+        assert not kinds & {
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "ValidatingAdmissionPolicy",
+        }
 
 
 @pytest.mark.parametrize("variant", ["lifecycle-sqlite", "lifecycle-kubernetes-ha"])
@@ -162,20 +184,24 @@ def test_lifecycle_rbac_is_least_privilege(rendered: dict[str, Rendered], varian
     assert {tuple(r["resources"]): r["verbs"] for r in cluster_wide} == {
         ("namespaces",): ["get", "list", "watch", "create", "patch", "delete"],
         ("rolebindings",): ["create", "patch"],
-        ("clusterroles",): ["bind"]}
+        ("clusterroles",): ["bind"],
+    }
     binding = out.one("ClusterRoleBinding")
     assert binding["roleRef"]["name"] == f"{RELEASE}-lifecycle"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE,
-                                    "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
+    ]
     # Secrets only through the per-tenant-namespace role, which nothing binds cluster-wide.
     tenant_role = _rules(out, "ClusterRole", f"{RELEASE}-tenant-manager")
     assert any("secrets" in r["resources"] for r in tenant_role)
-    assert all(b["roleRef"]["name"] != f"{RELEASE}-tenant-manager"
-               for b in out.all("ClusterRoleBinding"))
+    assert all(
+        b["roleRef"]["name"] != f"{RELEASE}-tenant-manager" for b in out.all("ClusterRoleBinding")
+    )
     for rule in tenant_role:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-        assert not {"nodes", "namespaces", "clusterroles", "clusterrolebindings"} & \
-            set(rule["resources"])
+        assert not {"nodes", "namespaces", "clusterroles", "clusterrolebindings"} & set(
+            rule["resources"]
+        )
     # The gateway pod gets a token only because the manager needs it.
     pod = out.one("Deployment")["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is True
@@ -185,21 +211,26 @@ def test_lifecycle_rbac_is_least_privilege(rendered: dict[str, Rendered], varian
         assert source.count("- apiGroups:") <= source.count("#"), name
 
 
-def test_admission_policy_confines_the_cluster_scoped_writes(
-        rendered: dict[str, Rendered]) -> None:
+def test_admission_policy_confines_the_cluster_scoped_writes(rendered: dict[str, Rendered]) -> None:
     out = rendered["lifecycle-sqlite"]
     policy = out.one("ValidatingAdmissionPolicy")["spec"]
     assert policy["failurePolicy"] == "Fail"
     resources = {r["resources"][0] for r in policy["matchConstraints"]["resourceRules"]}
     assert resources == {"namespaces", "rolebindings"}
-    assert policy["matchConditions"][0]["expression"] == \
-        f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:{RELEASE}"'
+    assert (
+        policy["matchConditions"][0]["expression"]
+        == f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:{RELEASE}"'
+    )
     assert {v["name"] for v in policy["variables"]} == {"label", "newLabelled", "oldLabelled"}
-    assert next(v for v in policy["variables"] if v["name"] == "label")["expression"] == \
-        "'vgate.io/tenant'"
+    assert (
+        next(v for v in policy["variables"] if v["name"] == "label")["expression"]
+        == "'vgate.io/tenant'"
+    )
     binding = out.one("ValidatingAdmissionPolicyBinding")["spec"]
-    assert binding == {"policyName": out.one("ValidatingAdmissionPolicy")["metadata"]["name"],
-                       "validationActions": ["Deny"]}
+    assert binding == {
+        "policyName": out.one("ValidatingAdmissionPolicy")["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
 
 
 def test_store_role_is_namespaced(rendered: dict[str, Rendered]) -> None:
@@ -208,4 +239,7 @@ def test_store_role_is_namespaced(rendered: dict[str, Rendered]) -> None:
     assert role["metadata"]["namespace"] == NAMESPACE
     assert any(r["resources"] == ["secrets"] for r in role["rules"])
     assert out.one("RoleBinding")["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }

@@ -20,10 +20,12 @@ def no_binaries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_binaries")
-@pytest.mark.parametrize("require", [require_helm, lambda: require_kube(kubectl=True)],
-                         ids=["helm", "kube-apiserver"])
-def test_a_missing_binary_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch,
-                                                          require: Callable[[], object]) -> None:
+@pytest.mark.parametrize(
+    "require", [require_helm, lambda: require_kube(kubectl=True)], ids=["helm", "kube-apiserver"]
+)
+def test_a_missing_binary_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, require: Callable[[], object]
+) -> None:
     monkeypatch.delenv("VGATE_REQUIRE_E2E", raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"install_helm\.py|KUBEBUILDER_ASSETS"):
         require()

@@ -59,13 +59,13 @@ def test_the_image_runs_as_the_charts_user_on_its_port(helm: str) -> None:
     assert cmd == container["args"]  # `docker run vgate` does what the pod does
 
 
-def test_the_image_has_the_sleep_the_pre_stop_hook_runs_before_kubernetes_1_30(
-        helm: str) -> None:
+def test_the_image_has_the_sleep_the_pre_stop_hook_runs_before_kubernetes_1_30(helm: str) -> None:
     """Before 1.30 the kubelet has no preStop sleep action, so the chart execs /bin/sleep in the
     container. The final stage is Debian slim, where coreutils (and so /bin/sleep) is an
     Essential package, and nothing in the Dockerfile removes it."""
-    container = render(helm, {}, target=KubeTarget("1.29.0")).one(
-        "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = render(helm, {}, target=KubeTarget("1.29.0")).one("Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
     assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "/bin/sleep"
     final = final_stage()
     base = final[0][1].split()[0]
@@ -81,8 +81,11 @@ def test_the_base_image_is_the_python_the_package_needs() -> None:
 
 
 def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
-    rules = [r for r in (ROOT / ".dockerignore").read_text().splitlines()
-             if r.strip() and not r.startswith("#")]
+    rules = [
+        r
+        for r in (ROOT / ".dockerignore").read_text().splitlines()
+        if r.strip() and not r.startswith("#")
+    ]
 
     def included(path: str) -> bool:
         keep = True
@@ -93,8 +96,11 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
                 keep = negate
         return keep
 
-    copied = [rest.split()[:-1] for word, rest in instructions()
-              if word == "COPY" and not rest.startswith("--from")]
+    copied = [
+        rest.split()[:-1]
+        for word, rest in instructions()
+        if word == "COPY" and not rest.startswith("--from")
+    ]
     sources = [s for group in copied for s in group]
     assert sources, "the Dockerfile copies nothing from the context"
     for source in sources:
@@ -117,18 +123,34 @@ def test_the_wheel_carries_the_whole_package(tmp_path: Path) -> None:
     context.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, context / name)
-    shutil.copytree(ROOT / "gateway", context / "gateway",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--wheel-dir", str(tmp_path / "wheels"), str(context)],
-                   check=True, capture_output=True, timeout=300)
+    shutil.copytree(
+        ROOT / "gateway", context / "gateway", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path / "wheels"),
+            str(context),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next((tmp_path / "wheels").glob("vgate-*.whl"))
     with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
-        entry_points = next(whl.read(n).decode() for n in names
-                            if n.endswith("entry_points.txt"))
-    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gateway").rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts}
+        entry_points = next(whl.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    sources = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "gateway").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert sources - names == set(), "files of gateway/ missing from the wheel"
     assert not any(n.startswith("tests/") for n in names)
     assert "vgate = gateway.cli:main" in entry_points

@@ -42,12 +42,25 @@ def store_api(kube_api: ApiServer, tenant_crd: Path) -> ApiServer:
 
 def busy_record() -> TenantRecord:
     return TenantRecord(
-        spec=TenantSpec(name="team-a", admin_groups=["a"], view_groups=["v"], ha=3,
-                        quota={"pods": "20"}, values={"sync": {"toHost": {}}}),
-        status=TenantStatus(phase=Phase.ready, step=None, conditions=[
-            Condition(type="Ready", status="True", reason="Converged")],
-            route=RouteInfo(server="https://team-a.vcluster-team-a.svc:443", token_file="/t")),
-        version=7, generation=3, created_at=1.5, last_activity=2.5)
+        spec=TenantSpec(
+            name="team-a",
+            admin_groups=["a"],
+            view_groups=["v"],
+            ha=3,
+            quota={"pods": "20"},
+            values={"sync": {"toHost": {}}},
+        ),
+        status=TenantStatus(
+            phase=Phase.ready,
+            step=None,
+            conditions=[Condition(type="Ready", status="True", reason="Converged")],
+            route=RouteInfo(server="https://team-a.vcluster-team-a.svc:443", token_file="/t"),
+        ),
+        version=7,
+        generation=3,
+        created_at=1.5,
+        last_activity=2.5,
+    )
 
 
 def create(api: ApiServer, obj: dict[str, Any]) -> Any:
@@ -57,16 +70,20 @@ def create(api: ApiServer, obj: dict[str, Any]) -> Any:
 
 def test_the_crd_names_what_the_store_uses(crd: dict[str, Any]) -> None:
     names = crd["spec"]["names"]
-    assert (crd["spec"]["group"], names["kind"], names["plural"]) == \
-        (kube_store.GROUP, kube_store.KIND, kube_store.PLURAL)
+    assert (crd["spec"]["group"], names["kind"], names["plural"]) == (
+        kube_store.GROUP,
+        kube_store.KIND,
+        kube_store.PLURAL,
+    )
     assert [v["name"] for v in crd["spec"]["versions"] if v["storage"]] == [kube_store.VERSION]
     assert crd["spec"]["scope"] == "Namespaced"
 
 
 @pytest.mark.e2e
 def test_the_api_server_establishes_the_crd(store_api: ApiServer) -> None:
-    status = json.loads(store_api.kubectl("get", "crd", "tenants.vgate.io", "-o", "json")
-                        .stdout)["status"]
+    status = json.loads(store_api.kubectl("get", "crd", "tenants.vgate.io", "-o", "json").stdout)[
+        "status"
+    ]
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions["Established"] == "True" and conditions["NamesAccepted"] == "True"
     assert "NonStructuralSchema" not in conditions
@@ -74,33 +91,55 @@ def test_the_api_server_establishes_the_crd(store_api: ApiServer) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("record", [busy_record(), TenantRecord(
-    spec=TenantSpec(name="t", admin_groups=["a"]), version=1, generation=1)],
-    ids=["busy", "new"])
-def test_what_the_store_writes_is_stored_and_reads_back(store_api: ApiServer,
-                                                        record: TenantRecord) -> None:
+@pytest.mark.parametrize(
+    "record",
+    [
+        busy_record(),
+        TenantRecord(spec=TenantSpec(name="t", admin_groups=["a"]), version=1, generation=1),
+    ],
+    ids=["busy", "new"],
+)
+def test_what_the_store_writes_is_stored_and_reads_back(
+    store_api: ApiServer, record: TenantRecord
+) -> None:
     written = kube_store.object_of(record, NAMESPACE, None)
     proc = create(store_api, written)
     assert proc.returncode == 0, proc.stderr
-    stored = json.loads(store_api.kubectl("-n", NAMESPACE, "get", "tenant", record.name,
-                                          "-o", "json").stdout)
+    stored = json.loads(
+        store_api.kubectl("-n", NAMESPACE, "get", "tenant", record.name, "-o", "json").stdout
+    )
     # nothing pruned or defaulted away
     assert (stored["spec"], stored["status"]) == (written["spec"], written["status"])
     assert kube_store.record_of(stored) == record
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("desired", "sleeping", 'spec.desired: Unsupported value: "sleeping"'),
-    ("admin_groups", [], "spec.admin_groups: Invalid value: 0: spec.admin_groups in body "
-                         "should have at least 1 items"),
-    ("ha", 9, "spec.ha: Invalid value: 9: spec.ha in body should be less than or equal to 7"),
-], ids=["desired", "admin_groups", "ha"])
-def test_the_schema_refuses_what_vgate_would_never_write(store_api: ApiServer, field: str,
-                                                         value: Any, message: str) -> None:
-    bad = kube_store.object_of(TenantRecord(
-        spec=TenantSpec(name=f"bad-{field.replace('_', '-')}", admin_groups=["a"]),
-        version=1, generation=1), NAMESPACE, None)
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("desired", "sleeping", 'spec.desired: Unsupported value: "sleeping"'),
+        (
+            "admin_groups",
+            [],
+            "spec.admin_groups: Invalid value: 0: spec.admin_groups in body "
+            "should have at least 1 items",
+        ),
+        ("ha", 9, "spec.ha: Invalid value: 9: spec.ha in body should be less than or equal to 7"),
+    ],
+    ids=["desired", "admin_groups", "ha"],
+)
+def test_the_schema_refuses_what_vgate_would_never_write(
+    store_api: ApiServer, field: str, value: Any, message: str
+) -> None:
+    bad = kube_store.object_of(
+        TenantRecord(
+            spec=TenantSpec(name=f"bad-{field.replace('_', '-')}", admin_groups=["a"]),
+            version=1,
+            generation=1,
+        ),
+        NAMESPACE,
+        None,
+    )
     bad["spec"][field] = value
     proc = create(store_api, bad)
     assert proc.returncode != 0
@@ -109,22 +148,34 @@ def test_the_schema_refuses_what_vgate_would_never_write(store_api: ApiServer, f
 
 @pytest.mark.e2e
 def test_printer_columns_show_the_written_fields(store_api: ApiServer) -> None:
-    record = TenantRecord(spec=TenantSpec(name="columns", admin_groups=["a"]),
-                          status=TenantStatus(phase=Phase.provisioning, step="helm-install"),
-                          version=1, generation=1)
+    record = TenantRecord(
+        spec=TenantSpec(name="columns", admin_groups=["a"]),
+        status=TenantStatus(phase=Phase.provisioning, step="helm-install"),
+        version=1,
+        generation=1,
+    )
     proc = create(store_api, kube_store.object_of(record, NAMESPACE, None))
     assert proc.returncode == 0, proc.stderr
-    header, row = store_api.kubectl("-n", NAMESPACE, "get", "tenants", "columns").stdout \
-        .splitlines()
+    header, row = store_api.kubectl(
+        "-n", NAMESPACE, "get", "tenants", "columns"
+    ).stdout.splitlines()
     shown = dict(zip(header.split(), row.split(), strict=True))
-    assert shown == {"NAME": "columns", "DESIRED": "running", "PHASE": "Provisioning",
-                     "STEP": "helm-install", "KUBERNETES": record.spec.k8s_version,
-                     "AGE": shown["AGE"]}
+    assert shown == {
+        "NAME": "columns",
+        "DESIRED": "running",
+        "PHASE": "Provisioning",
+        "STEP": "helm-install",
+        "KUBERNETES": record.spec.k8s_version,
+        "AGE": shown["AGE"],
+    }
 
 
 def test_helm_installs_the_crd(helm: str) -> None:
-    out = render(helm, {"lifecycle": {"enabled": True, "store": {"type": "kubernetes"}}},
-                 extra_args=("--include-crds",))
+    out = render(
+        helm,
+        {"lifecycle": {"enabled": True, "store": {"type": "kubernetes"}}},
+        extra_args=("--include-crds",),
+    )
     assert out.one("CustomResourceDefinition", "tenants.vgate.io")
 
 
@@ -138,8 +189,9 @@ USED = {
 
 
 def test_the_store_role_grants_what_the_store_uses(helm: str) -> None:
-    out = render(helm, {"replicaCount": 2, "lifecycle": {"enabled": True,
-                                                         "store": {"type": "kubernetes"}}})
+    out = render(
+        helm, {"replicaCount": 2, "lifecycle": {"enabled": True, "store": {"type": "kubernetes"}}}
+    )
     role = out.one("Role", f"{RELEASE}-lifecycle-store")
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:

@@ -6,72 +6,143 @@ from typing import Any
 
 # Values that must never show up in rendered output: the test "secrets" a user keeps in the
 # Secrets the chart refers to by name.
-SECRET_VALUES = ("ldap-S3cret-bind-pw", "idp-client-S3cret", "cookie-S3cret-0123456789abcdef",
-                 "tenant-token-S3cret")
+SECRET_VALUES = (
+    "ldap-S3cret-bind-pw",
+    "idp-client-S3cret",
+    "cookie-S3cret-0123456789abcdef",
+    "tenant-token-S3cret",
+)
 
 FULL: dict[str, Any] = {
-    "oidc": {"issuers": [{
-        "issuer": "https://idp.corp.example.com", "audiences": ["vgate"],
-        "usernameClaim": "email", "usernamePrefix": "oidc:", "groupsClaim": "groups",
-        "groupsPrefix": "oidc:", "caConfigMap": "idp-ca"}]},
-    "ldap": {"enabled": True, "urls": ["ldaps://dc1.corp.example.com:636"],
-             "bindDN": "CN=vgate,OU=Service,DC=corp,DC=example,DC=com",
-             "bindPasswordSecret": {"name": "vgate-ldap", "key": "password"},
-             "userBaseDN": "DC=corp,DC=example,DC=com",
-             "groupBaseDN": "DC=corp,DC=example,DC=com", "caConfigMap": "corp-ca"},
-    "portal": {"enabled": True, "issuer": "https://idp.corp.example.com",
-               "clientSecret": {"name": "vgate-portal", "key": "client-secret"},
-               "cookieSecret": {"name": "vgate-portal", "key": "cookie-secret"}},
+    "oidc": {
+        "issuers": [
+            {
+                "issuer": "https://idp.corp.example.com",
+                "audiences": ["vgate"],
+                "usernameClaim": "email",
+                "usernamePrefix": "oidc:",
+                "groupsClaim": "groups",
+                "groupsPrefix": "oidc:",
+                "caConfigMap": "idp-ca",
+            }
+        ]
+    },
+    "ldap": {
+        "enabled": True,
+        "urls": ["ldaps://dc1.corp.example.com:636"],
+        "bindDN": "CN=vgate,OU=Service,DC=corp,DC=example,DC=com",
+        "bindPasswordSecret": {"name": "vgate-ldap", "key": "password"},
+        "userBaseDN": "DC=corp,DC=example,DC=com",
+        "groupBaseDN": "DC=corp,DC=example,DC=com",
+        "caConfigMap": "corp-ca",
+    },
+    "portal": {
+        "enabled": True,
+        "issuer": "https://idp.corp.example.com",
+        "clientSecret": {"name": "vgate-portal", "key": "client-secret"},
+        "cookieSecret": {"name": "vgate-portal", "key": "cookie-secret"},
+    },
     "tenants": [
-        {"name": "legacy", "upstream": "https://10.20.0.5:6443",
-         "credentialsSecret": "legacy-vgate"},
-        {"name": "edge", "upstream": "https://edge.example.com", "auth": "clientCertificate",
-         "credentialsSecret": "edge-vgate", "caKey": "-"},
+        {
+            "name": "legacy",
+            "upstream": "https://10.20.0.5:6443",
+            "credentialsSecret": "legacy-vgate",
+        },
+        {
+            "name": "edge",
+            "upstream": "https://edge.example.com",
+            "auth": "clientCertificate",
+            "credentialsSecret": "edge-vgate",
+            "caKey": "-",
+        },
     ],
-    "policies": {"inline": {"legacy.yaml": {
-        "tenant": "legacy", "roles": {"view": {"groups": ["oidc:developers"]}}}}},
-    "networkPolicy": {"egress": {
-        "idp": {"cidrs": ["203.0.113.10/32"], "ports": [443]},
-        "directory": {"cidrs": ["10.1.0.0/24"], "ports": [636]},
-        "kubeAPIServer": {"cidrs": ["10.0.0.1/32"], "ports": [443]},
-        "staticTenants": {"cidrs": ["10.20.0.0/16"], "ports": [6443]},
-        "extra": [{"to": [{"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": "keycloak"}}}],
-            "ports": [{"protocol": "TCP", "port": 8443}]}]}},
+    "policies": {
+        "inline": {
+            "legacy.yaml": {"tenant": "legacy", "roles": {"view": {"groups": ["oidc:developers"]}}}
+        }
+    },
+    "networkPolicy": {
+        "egress": {
+            "idp": {"cidrs": ["203.0.113.10/32"], "ports": [443]},
+            "directory": {"cidrs": ["10.1.0.0/24"], "ports": [636]},
+            "kubeAPIServer": {"cidrs": ["10.0.0.1/32"], "ports": [443]},
+            "staticTenants": {"cidrs": ["10.20.0.0/16"], "ports": [6443]},
+            "extra": [
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "keycloak"}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": 8443}],
+                }
+            ],
+        }
+    },
 }
 
 # name -> values. Every flavour with both TLS modes, both certificate sources, both stores.
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "nginx-passthrough-single-host": {"tls": {"mode": "passthrough"}, "baseDomain": ""},
-    "traefik-reencrypt": {"ingress": {"flavour": "traefik"},
-                          "tls": {"backend": {"caConfigMap": "vgate-backend-ca"}}},
+    "traefik-reencrypt": {
+        "ingress": {"flavour": "traefik"},
+        "tls": {"backend": {"caConfigMap": "vgate-backend-ca"}},
+    },
     "traefik-passthrough": {"ingress": {"flavour": "traefik"}, "tls": {"mode": "passthrough"}},
-    "gatewayapi-reencrypt": {"ingress": {"flavour": "gatewayAPI",
-                                         "gatewayAPIRequestTimeout": "0s"}},
-    "nginx-reencrypt-verified": {"tls": {"backend": {"secretName": "vgate-internal-tls",
-                                                     "caSecret": "vgate-backend-ca",
-                                                     "serverName": "vgate.vgate-system.svc"}}},
-    "gatewayapi-reencrypt-ca": {"ingress": {"flavour": "gatewayAPI"},
-                                "tls": {"backend": {"secretName": "vgate-internal-tls",
-                                                    "caConfigMap": "vgate-backend-ca",
-                                                    "serverName": "vgate.vgate-system.svc"}}},
-    "gatewayapi-passthrough": {"ingress": {"flavour": "gatewayAPI"},
-                               "tls": {"mode": "passthrough"}},
+    "gatewayapi-reencrypt": {
+        "ingress": {"flavour": "gatewayAPI", "gatewayAPIRequestTimeout": "0s"}
+    },
+    "nginx-reencrypt-verified": {
+        "tls": {
+            "backend": {
+                "secretName": "vgate-internal-tls",
+                "caSecret": "vgate-backend-ca",
+                "serverName": "vgate.vgate-system.svc",
+            }
+        }
+    },
+    "gatewayapi-reencrypt-ca": {
+        "ingress": {"flavour": "gatewayAPI"},
+        "tls": {
+            "backend": {
+                "secretName": "vgate-internal-tls",
+                "caConfigMap": "vgate-backend-ca",
+                "serverName": "vgate.vgate-system.svc",
+            }
+        },
+    },
+    "gatewayapi-passthrough": {
+        "ingress": {"flavour": "gatewayAPI"},
+        "tls": {"mode": "passthrough"},
+    },
     "gatewayapi-passthrough-v1alpha2": {
-        "ingress": {"flavour": "gatewayAPI",
-                    "tlsRouteAPIVersion": "gateway.networking.k8s.io/v1alpha2"},
-        "tls": {"mode": "passthrough"}},
-    "cert-manager": {"tls": {"source": "certManager",
-                             "certManager": {"issuerRef": {"name": "letsencrypt-dns01"}}}},
-    "no-ingress-loadbalancer": {"ingress": {"flavour": "none"},
-                                "service": {"type": "LoadBalancer"},
-                                "networkPolicy": {"clientCIDRs": ["0.0.0.0/0", "::/0"]}},
+        "ingress": {
+            "flavour": "gatewayAPI",
+            "tlsRouteAPIVersion": "gateway.networking.k8s.io/v1alpha2",
+        },
+        "tls": {"mode": "passthrough"},
+    },
+    "cert-manager": {
+        "tls": {
+            "source": "certManager",
+            "certManager": {"issuerRef": {"name": "letsencrypt-dns01"}},
+        }
+    },
+    "no-ingress-loadbalancer": {
+        "ingress": {"flavour": "none"},
+        "service": {"type": "LoadBalancer"},
+        "networkPolicy": {"clientCIDRs": ["0.0.0.0/0", "::/0"]},
+    },
     "lifecycle-sqlite": {"replicaCount": 1, "lifecycle": {"enabled": True}},
-    "lifecycle-kubernetes-ha": {"replicaCount": 3, "autoscaling": {"enabled": True},
-                                "serviceMonitor": {"enabled": True},
-                                "lifecycle": {"enabled": True,
-                                              "store": {"type": "kubernetes"}}},
+    "lifecycle-kubernetes-ha": {
+        "replicaCount": 3,
+        "autoscaling": {"enabled": True},
+        "serviceMonitor": {"enabled": True},
+        "lifecycle": {"enabled": True, "store": {"type": "kubernetes"}},
+    },
     "static-tenants": {k: v for k, v in FULL.items() if k not in ("ldap", "portal")},
     "full": FULL,
 }

@@ -46,9 +46,14 @@ class Corp:
 
     def ldap(self, **overrides) -> LDAP:
         fields = dict(
-            urls=[self.dc.ldap_url], tls="none", bind_dn=SERVICE_DN,
-            bind_password_file=self.password_file(), user_base_dn=BASE,
-            group_base_dn=BASE, timeout_seconds=3, connect_timeout_seconds=2,
+            urls=[self.dc.ldap_url],
+            tls="none",
+            bind_dn=SERVICE_DN,
+            bind_password_file=self.password_file(),
+            user_base_dn=BASE,
+            group_base_dn=BASE,
+            timeout_seconds=3,
+            connect_timeout_seconds=2,
             flush_file=self.dir / "flush",
         )
         fields.update(overrides)
@@ -62,17 +67,28 @@ def _seed(dc: SambaDC, corp: Corp) -> None:
     s = Seeder(conn)
     people, groups = s.ou("People"), s.ou("Groups")
     g = corp.groups
-    for name in ("k8s-tenant1-admins", "platform-admins", "sre-oncall", "team-web",
-                 "team-data", "k8s-tenant2-viewers", "cycle-a", "cycle-b", "cycle-c",
-                 "k8s-primary", "primary-parent"):
+    for name in (
+        "k8s-tenant1-admins",
+        "platform-admins",
+        "sre-oncall",
+        "team-web",
+        "team-data",
+        "k8s-tenant2-viewers",
+        "cycle-a",
+        "cycle-b",
+        "cycle-c",
+        "k8s-primary",
+        "primary-parent",
+    ):
         g[name] = s.group(name, groups)
     u = corp.users
     for name in ("alice", "bob", "dave", "erin", "frank", "henry"):
         u[name] = s.user(name, people)
     u["carol"] = s.user("carol", people, disabled=True)
     u["jurgen"] = s.user("jurgen", people)
-    conn.modify(u["jurgen"], {"userPrincipalName": [("MODIFY_REPLACE",
-                                                      ["jürgen@corp.example.com"])]})
+    conn.modify(
+        u["jurgen"], {"userPrincipalName": [("MODIFY_REPLACE", ["jürgen@corp.example.com"])]}
+    )
     # three levels: alice ∈ sre-oncall ∈ platform-admins ∈ k8s-tenant1-admins
     s.add_members(g["k8s-tenant1-admins"], [g["platform-admins"]])
     s.add_members(g["platform-admins"], [g["sre-oncall"]])
@@ -111,8 +127,10 @@ def corp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corp]:
     corp = Corp(dc, ca, base)
     try:
         _seed(dc, corp)
-        print(f"samba DC on {dc.ip} provisioned, started and seeded in "
-              f"{time.monotonic() - started:.1f}s")
+        print(
+            f"samba DC on {dc.ip} provisioned, started and seeded in "
+            f"{time.monotonic() - started:.1f}s"
+        )
         yield corp
     finally:
         dc.stop()

@@ -18,10 +18,17 @@ BASE = "DC=corp,DC=example,DC=com"
 
 def ldap_config(tmp: Path | None = None, **overrides) -> LDAP:
     fields = dict(
-        urls=["ldap://127.0.0.1"], tls="none", bind_dn=f"CN=svc,{BASE}",
-        bind_password_file=Path("/nonexistent"), user_base_dn=BASE, group_base_dn=BASE,
-        cache_ttl_seconds=10, max_staleness_seconds=60, negative_ttl_seconds=2,
-        retry_interval_seconds=1, flush_file=(tmp or Path("/nonexistent")) / "flush",
+        urls=["ldap://127.0.0.1"],
+        tls="none",
+        bind_dn=f"CN=svc,{BASE}",
+        bind_password_file=Path("/nonexistent"),
+        user_base_dn=BASE,
+        group_base_dn=BASE,
+        cache_ttl_seconds=10,
+        max_staleness_seconds=60,
+        negative_ttl_seconds=2,
+        retry_interval_seconds=1,
+        flush_file=(tmp or Path("/nonexistent")) / "flush",
     )
     fields.update(overrides)
     return LDAP(**fields)
@@ -32,8 +39,13 @@ class SizeLimitedConnection:
     without the paged-results control is error 4 (sizeLimitExceeded); ranged attributes are
     served `max_values` at a time."""
 
-    def __init__(self, entries: dict[str, dict[str, list[bytes]]], *, size_limit: int = 1000,
-                 max_values: int = 1500) -> None:
+    def __init__(
+        self,
+        entries: dict[str, dict[str, list[bytes]]],
+        *,
+        size_limit: int = 1000,
+        max_values: int = 1500,
+    ) -> None:
         self.entries = entries
         self.size_limit = size_limit
         self.max_values = max_values
@@ -42,30 +54,46 @@ class SizeLimitedConnection:
         self.result: dict = {}
         self.searches: list[tuple[str, str, list[str]]] = []
 
-    def search(self, base, search_filter, search_scope=None, attributes=None, paged_size=None,
-               paged_cookie=None, **_kw) -> bool:
+    def search(
+        self,
+        base,
+        search_filter,
+        search_scope=None,
+        attributes=None,
+        paged_size=None,
+        paged_cookie=None,
+        **_kw,
+    ) -> bool:
         self.searches.append((base, search_filter, list(attributes or [])))
         if search_scope == "BASE":
             raw = self.entries.get(base)
             if raw is None:
                 self.response, self.result = [], {"result": 32, "description": "noSuchObject"}
                 return False
-            self.response = [{"type": "searchResEntry", "dn": base,
-                              "raw_attributes": self._ranged(raw, attributes or [])}]
+            self.response = [
+                {
+                    "type": "searchResEntry",
+                    "dn": base,
+                    "raw_attributes": self._ranged(raw, attributes or []),
+                }
+            ]
             self.result = {"result": 0}
             return True
         matches = [dn for dn in self.entries if dn != "user"]
         start = int(paged_cookie or 0)
         if paged_size is None and len(matches) > self.size_limit:
-            self.response = [{"type": "searchResEntry", "dn": dn, "raw_attributes": {}}
-                             for dn in matches[:self.size_limit]]
+            self.response = [
+                {"type": "searchResEntry", "dn": dn, "raw_attributes": {}}
+                for dn in matches[: self.size_limit]
+            ]
             self.result = {"result": 4, "description": "sizeLimitExceeded"}
             return False
-        page = matches[start:start + (paged_size or len(matches))]
+        page = matches[start : start + (paged_size or len(matches))]
         nxt = start + len(page)
         cookie = str(nxt).encode() if nxt < len(matches) else b""
-        self.response = [{"type": "searchResEntry", "dn": dn, "raw_attributes": self.entries[dn]}
-                         for dn in page]
+        self.response = [
+            {"type": "searchResEntry", "dn": dn, "raw_attributes": self.entries[dn]} for dn in page
+        ]
         self.response.append({"type": "searchResRef", "uri": ["ldap://elsewhere/"]})
         self.result = {"result": 0, "controls": {PAGED_RESULTS: {"value": {"cookie": cookie}}}}
         return True
@@ -77,7 +105,7 @@ class SizeLimitedConnection:
             values = raw.get(name, [])
             lo = int(rng.split("-")[0]) if rng else 0
             if len(values) > self.max_values or rng:
-                chunk = values[lo:lo + self.max_values]
+                chunk = values[lo : lo + self.max_values]
                 hi = lo + len(chunk) - 1
                 end = "*" if lo + len(chunk) >= len(values) else str(hi)
                 out[f"{name};range={lo}-{end}"] = chunk
@@ -106,11 +134,19 @@ class FakeSource:
         groups = self.users.get(value)
         if groups is None:
             return not_found(value)
-        return membership(value, dn=f"CN={value},{BASE}", sid="S-1-5-21-1-2-3-1000", guid=None,
-                          disabled=False, locked=False, method="fake",
-                          groups=[DirectoryGroup(f"S-1-5-21-1-2-3-{2000 + i}",
-                                                 f"CN={g},OU=Groups,{BASE}", g)
-                                  for i, g in enumerate(groups)])
+        return membership(
+            value,
+            dn=f"CN={value},{BASE}",
+            sid="S-1-5-21-1-2-3-1000",
+            guid=None,
+            disabled=False,
+            locked=False,
+            method="fake",
+            groups=[
+                DirectoryGroup(f"S-1-5-21-1-2-3-{2000 + i}", f"CN={g},OU=Groups,{BASE}", g)
+                for i, g in enumerate(groups)
+            ],
+        )
 
     def check(self) -> None:
         if self.fail is not None:

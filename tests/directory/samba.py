@@ -73,27 +73,43 @@ class SambaDC:
     def provision(self) -> SambaDC:
         tool = shutil.which("samba-tool") or "/usr/bin/samba-tool"
         subprocess.run(
-            [tool, "domain", "provision", f"--targetdir={self.dir}", f"--realm={REALM}",
-             "--domain=CORP", "--server-role=dc", "--dns-backend=NONE",
-             f"--adminpass={ADMIN_PASSWORD}", "--use-rfc2307", "--host-name=dc1",
-             f"--host-ip={self.ip}"],
-            check=True, capture_output=True, timeout=120,
+            [
+                tool,
+                "domain",
+                "provision",
+                f"--targetdir={self.dir}",
+                f"--realm={REALM}",
+                "--domain=CORP",
+                "--server-role=dc",
+                "--dns-backend=NONE",
+                f"--adminpass={ADMIN_PASSWORD}",
+                "--use-rfc2307",
+                "--host-name=dc1",
+                f"--host-ip={self.ip}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         leaf = self.ca.issue("dc1", [self.ip, "dc1.corp.example.com"])
         os.chmod(leaf.key_file, 0o600)
         text = self.conf.read_text()
         text = re.sub(r"\n\s*server services = [^\n]*", "", text)
         text = re.sub(r"\n\s*(log file|interfaces|bind interfaces only) = [^\n]*", "", text)
-        extra = (f"\tserver services = ldap\n"
-                 f"\tinterfaces = {self.ip}/8\n\tbind interfaces only = yes\n"
-                 f"\tpid directory = {self.dir}\n\tlog file = {self.dir}/log.%m\n"
-                 f"\tldap server require strong auth = no\n"
-                 f"\ttls enabled = yes\n\ttls keyfile = {leaf.key_file}\n"
-                 f"\ttls certfile = {leaf.cert_file}\n\ttls cafile = {self.ca.cert_file}\n")
+        extra = (
+            f"\tserver services = ldap\n"
+            f"\tinterfaces = {self.ip}/8\n\tbind interfaces only = yes\n"
+            f"\tpid directory = {self.dir}\n\tlog file = {self.dir}/log.%m\n"
+            f"\tldap server require strong auth = no\n"
+            f"\ttls enabled = yes\n\ttls keyfile = {leaf.key_file}\n"
+            f"\ttls certfile = {leaf.cert_file}\n\ttls cafile = {self.ca.cert_file}\n"
+        )
         self.conf.write_text(text.replace("[global]\n", "[global]\n" + extra, 1))
         subprocess.run(
             [tool, "user", "create", SERVICE_USER, SERVICE_PASSWORD, "-s", str(self.conf)],
-            check=True, capture_output=True, timeout=60,
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         return self
 
@@ -108,7 +124,9 @@ class SambaDC:
         out = open(self.log, "ab")  # noqa: SIM115 - owned by the process
         self._proc = subprocess.Popen(
             [samba, "-i", "-M", "single", "-s", str(self.conf)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         out.close()
         deadline = time.monotonic() + timeout
@@ -157,8 +175,14 @@ class SambaDC:
 
     def admin(self) -> ldap3.Connection:
         server = ldap3.Server(self.ip, get_info=ldap3.NONE, connect_timeout=2)
-        return ldap3.Connection(server, f"Administrator@{REALM.lower()}", ADMIN_PASSWORD,
-                                auto_bind=True, raise_exceptions=True, receive_timeout=10)
+        return ldap3.Connection(
+            server,
+            f"Administrator@{REALM.lower()}",
+            ADMIN_PASSWORD,
+            auto_bind=True,
+            raise_exceptions=True,
+            receive_timeout=10,
+        )
 
 
 class Seeder:
@@ -174,17 +198,24 @@ class Seeder:
 
     def group(self, name: str, ou: str) -> str:
         dn = f"CN={name},{ou}"
-        self.conn.add(dn, ["top", "group"], {"sAMAccountName": name,
-                                             "groupType": GLOBAL_SECURITY_GROUP})
+        self.conn.add(
+            dn, ["top", "group"], {"sAMAccountName": name, "groupType": GLOBAL_SECURITY_GROUP}
+        )
         return dn
 
     def user(self, name: str, ou: str, *, disabled: bool = False) -> str:
         dn = f"CN={name},{ou}"
         uac = UF_NORMAL | UF_PASSWD_NOTREQD | (UF_DISABLED if disabled else 0)
-        self.conn.add(dn, ["top", "person", "organizationalPerson", "user"], {
-            "sAMAccountName": name, "userPrincipalName": f"{name}@corp.example.com",
-            "mail": f"{name}@corp.example.com", "userAccountControl": uac,
-        })
+        self.conn.add(
+            dn,
+            ["top", "person", "organizationalPerson", "user"],
+            {
+                "sAMAccountName": name,
+                "userPrincipalName": f"{name}@corp.example.com",
+                "mail": f"{name}@corp.example.com",
+                "userAccountControl": uac,
+            },
+        )
         return dn
 
     def add_members(self, group_dn: str, member_dns: list[str]) -> None:
@@ -201,5 +232,6 @@ class Seeder:
         return sid_to_str(self.conn.response[0]["raw_attributes"]["objectSid"][0])
 
     def set_primary_group(self, user_dn: str, group_dn: str) -> None:
-        self.conn.modify(user_dn, {"primaryGroupID": [(ldap3.MODIFY_REPLACE,
-                                                        [self.rid(group_dn)])]})
+        self.conn.modify(
+            user_dn, {"primaryGroupID": [(ldap3.MODIFY_REPLACE, [self.rid(group_dn)])]}
+        )

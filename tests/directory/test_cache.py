@@ -154,8 +154,7 @@ def test_flush_file_compaction_flushes_everything(tmp_path: Path) -> None:
     assert d.cached("bob") is None
 
 
-def test_while_unhealthy_stale_is_answered_at_once_and_refreshed_behind(
-        tmp_path: Path) -> None:
+def test_while_unhealthy_stale_is_answered_at_once_and_refreshed_behind(tmp_path: Path) -> None:
     d, source, clock, metrics = make(tmp_path)
 
     async def scenario() -> None:

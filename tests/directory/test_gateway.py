@@ -32,8 +32,9 @@ AD_USERS = ("alice", "bob", "carol", "erin", "henry", "frank")
 
 
 def _idp_users() -> dict[str, dict]:
-    users = {u: {"email": f"{u}@corp.example.com", "name": u.title(), "groups": []}
-             for u in AD_USERS}
+    users = {
+        u: {"email": f"{u}@corp.example.com", "name": u.title(), "groups": []} for u in AD_USERS
+    }
     users["zed"] = {"email": "zed@corp.example.com", "name": "Not in AD", "groups": []}
     return users
 
@@ -65,12 +66,16 @@ class ADWorld(World):
         cfg.pop("listen", None)
         return cfg
 
-    def get(self, tenant: str, user: str, gateway: GatewayThread | None = None,
-            timeout: float = 15) -> httpx.Response:
+    def get(
+        self, tenant: str, user: str, gateway: GatewayThread | None = None, timeout: float = 15
+    ) -> httpx.Response:
         gw = gateway or self.gateway
-        return httpx.get(f"{gw.url}/clusters/{tenant}/api/v1/namespaces/default/pods",
-                         headers={"Authorization": f"Bearer {self.token(user)}"},
-                         verify=self.tls(), timeout=timeout)
+        return httpx.get(
+            f"{gw.url}/clusters/{tenant}/api/v1/namespaces/default/pods",
+            headers={"Authorization": f"Bearer {self.token(user)}"},
+            verify=self.tls(),
+            timeout=timeout,
+        )
 
     def tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca.cert_file))
@@ -82,8 +87,7 @@ class ADWorld(World):
         return cache[user]
 
 
-def _gateway_config(base: Path, corp: Corp, idp: OIDCProvider, tenants: RealTenants,
-                    leaf) -> dict:
+def _gateway_config(base: Path, corp: Corp, idp: OIDCProvider, tenants: RealTenants, leaf) -> dict:
     policies = base / "policies"
     policies.mkdir(exist_ok=True)
     for file, doc in _policies(corp).items():
@@ -96,14 +100,21 @@ def _gateway_config(base: Path, corp: Corp, idp: OIDCProvider, tenants: RealTena
         "audit": {"file": str(base / "audit.log")},
         "tenants": tenant_entries(tenants, base),
         "ldap": {
-            "urls": [corp.dc.ldap_url], "tls": "starttls", "ca_file": str(corp.ca.cert_file),
-            "bind_dn": SERVICE_DN, "bind_password_file": str(corp.password_file()),
+            "urls": [corp.dc.ldap_url],
+            "tls": "starttls",
+            "ca_file": str(corp.ca.cert_file),
+            "bind_dn": SERVICE_DN,
+            "bind_password_file": str(corp.password_file()),
             "user_base_dn": "OU=People,DC=corp,DC=example,DC=com",
-            "user_attribute": "userPrincipalName", "user_claim": "email",
+            "user_attribute": "userPrincipalName",
+            "user_claim": "email",
             "group_base_dn": "DC=corp,DC=example,DC=com",
-            "cache_ttl_seconds": 60, "max_staleness_seconds": 120,
-            "retry_interval_seconds": 0.5, "timeout_seconds": 1,
-            "connect_timeout_seconds": 1, "flush_file": str(base / "directory.flush"),
+            "cache_ttl_seconds": 60,
+            "max_staleness_seconds": 120,
+            "retry_interval_seconds": 0.5,
+            "timeout_seconds": 1,
+            "connect_timeout_seconds": 1,
+            "flush_file": str(base / "directory.flush"),
         },
     }
 
@@ -115,8 +126,9 @@ def ad_world(corp: Corp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     leaf = corp.ca.issue("gateway", ["127.0.0.1", "localhost"])
     tenants = real_tenants()
     idp = OIDCProvider(base / "idp", users=_idp_users()).start()
-    gateway = GatewayThread(base / "gateway",
-                            _gateway_config(base, corp, idp, tenants, leaf)).start()
+    gateway = GatewayThread(
+        base / "gateway", _gateway_config(base, corp, idp, tenants, leaf)
+    ).start()
     world = ADWorld(base, corp.ca, idp, gateway, dict(tenants.servers))
     world.corp = corp
     try:
@@ -127,9 +139,14 @@ def ad_world(corp: Corp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
 
 
 def vgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_kubectl_whoami_as_nested_admin(ad_world: ADWorld) -> None:
@@ -165,15 +182,15 @@ def test_audit_line_names_the_directory_group(ad_world: ADWorld) -> None:
     events: list[dict] = []
     while time.monotonic() < deadline:
         lines = (ad_world.dir / "audit.log").read_text().splitlines()
-        events = [json.loads(x) for x in lines if '"decision":"allow"' in x
-                  and "alice@corp" in x]
+        events = [json.loads(x) for x in lines if '"decision":"allow"' in x and "alice@corp" in x]
         if events:
             break
         time.sleep(0.1)
     assert events
     event = events[-1]
     assert event["directory_groups"] == [
-        {"role": "cluster-admin", "group": ad_world.corp.groups["k8s-tenant1-admins"]}]
+        {"role": "cluster-admin", "group": ad_world.corp.groups["k8s-tenant1-admins"]}
+    ]
     assert event["directory_user"] == ad_world.corp.users["alice"]
     denied = ad_world.get("tenant1", "carol")
     assert denied.status_code == 403
@@ -196,14 +213,17 @@ def test_cached_path_makes_no_directory_round_trip(ad_world: ADWorld) -> None:
         loop.call_soon_threadsafe(loop.set_task_factory, counting_factory)
         try:
             for _ in range(200):
-                r = client.get(f"{ad_world.gateway.url}/clusters/tenant1/api/v1/namespaces",
-                               headers={"Authorization": f"Bearer {token}"})
+                r = client.get(
+                    f"{ad_world.gateway.url}/clusters/tenant1/api/v1/namespaces",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
                 assert r.status_code == 200
         finally:
             loop.call_soon_threadsafe(loop.set_task_factory, None)
     assert directory.round_trips == before
-    per_request = [c for c in created if "_accept_connection" not in getattr(
-        c, "__qualname__", "")]  # asyncio's own accept of a new keep-alive connection
+    per_request = [
+        c for c in created if "_accept_connection" not in getattr(c, "__qualname__", "")
+    ]  # asyncio's own accept of a new keep-alive connection
     assert per_request == [], "the cached path runs without creating a task"
     metrics = httpx.get(f"{ad_world.gateway.metrics_url}/metrics")
     assert 'vgate_directory_cache_total{result="hit"}' in metrics.text
@@ -216,8 +236,14 @@ def test_group_removal_takes_effect_after_a_flush(ad_world: ADWorld) -> None:
     seeder.remove_members(corp.groups["sre-oncall"], [corp.users["henry"]])
     try:
         assert ad_world.get("tenant1", "henry").status_code == 200  # cached (TTL 60 s)
-        done = vgate("directory", "flush", "--config", str(ad_world.gateway.config_file),
-                     "--user", "HENRY@corp.example.com")
+        done = vgate(
+            "directory",
+            "flush",
+            "--config",
+            str(ad_world.gateway.config_file),
+            "--user",
+            "HENRY@corp.example.com",
+        )
         assert done.returncode == 0, done.stderr
         time.sleep(1.2)  # workers look at the flush file at most once a second
         assert ad_world.get("tenant1", "henry").status_code == 403
@@ -231,24 +257,43 @@ def test_group_removal_takes_effect_after_a_flush(ad_world: ADWorld) -> None:
 
 def test_policy_explain(ad_world: ADWorld) -> None:
     config = str(ad_world.gateway.config_file)
-    done = vgate("policy", "explain", "--config", config, "--user", "alice@corp.example.com",
-                 "--tenant", "tenant1")
+    done = vgate(
+        "policy",
+        "explain",
+        "--config",
+        config,
+        "--user",
+        "alice@corp.example.com",
+        "--tenant",
+        "tenant1",
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert f"entry: {ad_world.corp.users['alice']}" in out
-    assert ("user -> CN=sre-oncall,OU=Groups,DC=corp,DC=example,DC=com -> "
-            "CN=platform-admins,OU=Groups,DC=corp,DC=example,DC=com -> "
-            "CN=k8s-tenant1-admins,OU=Groups,DC=corp,DC=example,DC=com") in out
+    assert (
+        "user -> CN=sre-oncall,OU=Groups,DC=corp,DC=example,DC=com -> "
+        "CN=platform-admins,OU=Groups,DC=corp,DC=example,DC=com -> "
+        "CN=k8s-tenant1-admins,OU=Groups,DC=corp,DC=example,DC=com"
+    ) in out
     assert "role cluster-admin: directory group CN=k8s-tenant1-admins" in out
     assert "tenant1.yaml:" in out
     assert "Impersonate-User: oidc:alice@corp.example.com" in out
     assert "Impersonate-Group: vgate:cluster-admin" in out
     assert "Impersonate-Group: ad:cn=team-web,ou=groups,dc=corp,dc=example,dc=com" in out
-    done = vgate("policy", "explain", "--config", config, "--user", "carol@corp.example.com",
-                 "--tenant", "tenant1")
+    done = vgate(
+        "policy",
+        "explain",
+        "--config",
+        config,
+        "--user",
+        "carol@corp.example.com",
+        "--tenant",
+        "tenant1",
+    )
     assert done.returncode == 1 and "account disabled" in done.stdout
-    done = vgate("policy", "explain", "--config", config, "--user", "*)(objectClass=*",
-                 "--tenant", "tenant1")
+    done = vgate(
+        "policy", "explain", "--config", config, "--user", "*)(objectClass=*", "--tenant", "tenant1"
+    )
     assert done.returncode == 1 and "no entry found" in done.stdout
 
 
@@ -257,8 +302,16 @@ def test_explain_with_a_wrong_bind_password(ad_world: ADWorld, tmp_path: Path) -
     bad.write_text("wrong\n")
     cfg = ad_world.config(bind_password_file=str(bad))
     (tmp_path / "vgate.yaml").write_text(yaml.safe_dump(cfg))
-    done = vgate("policy", "explain", "--config", str(tmp_path / "vgate.yaml"),
-                 "--user", "alice@corp.example.com", "--tenant", "tenant1")
+    done = vgate(
+        "policy",
+        "explain",
+        "--config",
+        str(tmp_path / "vgate.yaml"),
+        "--user",
+        "alice@corp.example.com",
+        "--tenant",
+        "tenant1",
+    )
     assert done.returncode == 2
     assert "refused the bind as CN=svc-vgate" in done.stdout and "wrong password" in done.stdout
 
@@ -298,18 +351,27 @@ def test_slow_directory_does_not_hold_other_tenants(ad_world: ADWorld, running_d
 
 
 @pytest.mark.slow
-def test_directory_stopped_serves_stale_then_fails_closed(ad_world: ADWorld, running_dc,
-                                                          tmp_path: Path) -> None:
-    cfg = ad_world.config(cache_ttl_seconds=1, max_staleness_seconds=3,
-                          retry_interval_seconds=0.3, flush_file=str(tmp_path / "flush"))
+def test_directory_stopped_serves_stale_then_fails_closed(
+    ad_world: ADWorld, running_dc, tmp_path: Path
+) -> None:
+    cfg = ad_world.config(
+        cache_ttl_seconds=1,
+        max_staleness_seconds=3,
+        retry_interval_seconds=0.3,
+        flush_file=str(tmp_path / "flush"),
+    )
     with GatewayThread(tmp_path / "gw", cfg) as gw:
         assert ad_world.get("tenant1", "alice", gw).status_code == 200
         stopped = time.monotonic()
         running_dc.stop()
         codes = []
         while time.monotonic() - stopped < 5:
-            codes.append((round(time.monotonic() - stopped, 1),
-                          ad_world.get("tenant1", "alice", gw).status_code))
+            codes.append(
+                (
+                    round(time.monotonic() - stopped, 1),
+                    ad_world.get("tenant1", "alice", gw).status_code,
+                )
+            )
             time.sleep(0.2)
         ok_times = [t for t, c in codes if c == 200]
         refused = [t for t, c in codes if c == 503]
@@ -326,12 +388,12 @@ def test_directory_stopped_serves_stale_then_fails_closed(ad_world: ADWorld, run
 
 
 def test_gateway_with_a_wrong_bind_password_says_so_and_fails_closed(
-        ad_world: ADWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ad_world: ADWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     bad = tmp_path / "bad.pw"
     bad.write_text("wrong\n")
     cfg = ad_world.config(bind_password_file=str(bad), flush_file=str(tmp_path / "flush"))
-    with caplog.at_level("INFO", logger="vgate.serve"), \
-            GatewayThread(tmp_path / "gw", cfg) as gw:
+    with caplog.at_level("INFO", logger="vgate.serve"), GatewayThread(tmp_path / "gw", cfg) as gw:
         r = ad_world.get("tenant1", "alice", gw)
         assert r.status_code == 503 and r.json()["kind"] == "Status"
         deadline = time.monotonic() + 5
@@ -349,8 +411,11 @@ def test_flush_reaches_every_worker_of_vgate_serve(ad_world: ADWorld, tmp_path: 
     (tmp_path / "vgate.yaml").write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "vgate.yaml")],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE, text=True)
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seeder = Seeder(corp.dc.admin())
     try:
         assert proc.stderr is not None

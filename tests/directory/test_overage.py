@@ -39,8 +39,10 @@ USERS = {
 }
 POLICY = {
     "tenant": "corp",
-    "roles": {"view": {"groups": ["oidc:bulk-319", "oidc:developers"]},
-              "cluster-admin": {"groups": ["oidc:platform-admins"]}},
+    "roles": {
+        "view": {"groups": ["oidc:bulk-319", "oidc:developers"]},
+        "cluster-admin": {"groups": ["oidc:platform-admins"]},
+    },
     "forward_groups": {"mode": "referenced"},
 }
 
@@ -55,34 +57,58 @@ class World:
     tls: ssl.SSLContext
 
     def get(self, user: str) -> httpx.Response:
-        return httpx.get(f"{self.gateway.url}/clusters/corp/api/v1/namespaces/default/pods",
-                         headers={"Authorization": f"Bearer {self.idp.login(user).id_token}"},
-                         verify=self.tls, timeout=20)
+        return httpx.get(
+            f"{self.gateway.url}/clusters/corp/api/v1/namespaces/default/pods",
+            headers={"Authorization": f"Bearer {self.idp.login(user).id_token}"},
+            verify=self.tls,
+            timeout=20,
+        )
 
     def kubectl(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
         config = self.dir / f"kubeconfig-{user}"
-        config.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "corp", "cluster": {
-                "server": f"{self.gateway.url}/clusters/corp",
-                "certificate-authority": str(self.corp.ca.cert_file)}}],
-            "users": [{"name": user, "user": {"token": self.idp.login(user).id_token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "corp", "user": user}}],
-            "current-context": "c"}))
-        return subprocess.run([kube.KUBECTL, "--kubeconfig", str(config), *args],
-                              capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "KUBECACHEDIR": str(self.dir / "cache")})
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "corp",
+                            "cluster": {
+                                "server": f"{self.gateway.url}/clusters/corp",
+                                "certificate-authority": str(self.corp.ca.cert_file),
+                            },
+                        }
+                    ],
+                    "users": [{"name": user, "user": {"token": self.idp.login(user).id_token}}],
+                    "contexts": [{"name": "c", "context": {"cluster": "corp", "user": user}}],
+                    "current-context": "c",
+                }
+            )
+        )
+        return subprocess.run(
+            [kube.KUBECTL, "--kubeconfig", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "KUBECACHEDIR": str(self.dir / "cache")},
+        )
 
     def audit(self, request_id: str) -> dict:
         time.sleep(0.4)
-        return next(json.loads(x) for x in
-                    Path(self.gateway.config.audit.file).read_text().splitlines()
-                    if request_id in x)
+        return next(
+            json.loads(x)
+            for x in Path(self.gateway.config.audit.file).read_text().splitlines()
+            if request_id in x
+        )
 
     def lookups(self) -> float:
         text = generate_latest(self.gateway.gateway.recorder.metrics.registry).decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("vgate_directory_lookups_total{"))
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("vgate_directory_lookups_total{")
+        )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +119,11 @@ def world(corp: Corp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worl
     leaf = corp.ca.issue("gateway", ["127.0.0.1", "localhost"])
     (base / "policies").mkdir()
     (base / "policies" / "corp.yaml").write_text(yaml.safe_dump(POLICY))
-    with kube.Etcd(base / "etcd") as etcd, kube.ApiServer(base / "corp", etcd) as api, \
-            OIDCProvider(base / "idp", users=USERS) as idp:
+    with (
+        kube.Etcd(base / "etcd") as etcd,
+        kube.ApiServer(base / "corp", etcd) as api,
+        OIDCProvider(base / "idp", users=USERS) as idp,
+    ):
         kube.bind_role_groups(api)
         (base / "gateway.token").write_text(kube.impersonator_token(api) + "\n")
         config = {
@@ -103,21 +132,37 @@ def world(corp: Corp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worl
             "oidc": {"issuers": [{**idp.issuer_entry(), "overage_group_names": "name"}]},
             "policies": str(base / "policies"),
             "audit": {"file": str(base / "audit.log")},
-            "tenants": [{"name": "corp", "upstream": api.url, "ca_file": str(api.ca_file),
-                         "token_file": str(base / "gateway.token")}],
+            "tenants": [
+                {
+                    "name": "corp",
+                    "upstream": api.url,
+                    "ca_file": str(api.ca_file),
+                    "token_file": str(base / "gateway.token"),
+                }
+            ],
             "ldap": {
-                "urls": [corp.dc.ldap_url], "tls": "starttls",
-                "ca_file": str(corp.ca.cert_file), "bind_dn": SERVICE_DN,
+                "urls": [corp.dc.ldap_url],
+                "tls": "starttls",
+                "ca_file": str(corp.ca.cert_file),
+                "bind_dn": SERVICE_DN,
                 "bind_password_file": str(corp.password_file()),
                 "user_base_dn": "OU=People,DC=corp,DC=example,DC=com",
-                "user_attribute": "userPrincipalName", "user_claim": "email",
-                "group_base_dn": "DC=corp,DC=example,DC=com", "lookup": "overage",
+                "user_attribute": "userPrincipalName",
+                "user_claim": "email",
+                "group_base_dn": "DC=corp,DC=example,DC=com",
+                "lookup": "overage",
                 "flush_file": str(base / "directory.flush"),
             },
         }
         with GatewayThread(base / "gateway", config) as gateway:
-            yield World(base, corp, api, idp, gateway,
-                        ssl.create_default_context(cafile=str(corp.ca.cert_file)))
+            yield World(
+                base,
+                corp,
+                api,
+                idp,
+                gateway,
+                ssl.create_default_context(cafile=str(corp.ca.cert_file)),
+            )
 
 
 def test_overage_groups_come_from_the_directory(world: World) -> None:
@@ -128,7 +173,9 @@ def test_overage_groups_come_from_the_directory(world: World) -> None:
     # the view rule names oidc:bulk-319, a group only the directory knows erin is in; of
     # her 300-odd groups only that one is referenced by the policy, so only it leaves
     assert sorted(g for g in info["groups"] if g != "system:authenticated") == [
-        "oidc:bulk-319", "vgate:view"]
+        "oidc:bulk-319",
+        "vgate:view",
+    ]
     r = world.get("erin")
     assert r.status_code == 200, r.text
     ran = world.api.audit.ran_as(r.headers["audit-id"])

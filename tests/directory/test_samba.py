@@ -18,8 +18,7 @@ from tests.support.pki import TestCA
 
 pytestmark = pytest.mark.integration
 
-METHODS = [pytest.param({}, id="tokenGroups"), pytest.param({"token_groups": False},
-                                                             id="in-chain")]
+METHODS = [pytest.param({}, id="tokenGroups"), pytest.param({"token_groups": False}, id="in-chain")]
 
 
 def names(corp: Corp, user: str, **overrides) -> set[str]:
@@ -34,8 +33,13 @@ def test_nested_three_levels(corp: Corp, how: dict) -> None:
     m = source.lookup(corp.upn("alice"))
     assert m.method == ("tokenGroups" if not how else "in-chain")
     got = {g.name for g in m.groups}
-    assert {"sre-oncall", "platform-admins", "k8s-tenant1-admins", "team-web",
-            "Domain Users"} <= got
+    assert {
+        "sre-oncall",
+        "platform-admins",
+        "k8s-tenant1-admins",
+        "team-web",
+        "Domain Users",
+    } <= got
     assert normalize_dn(corp.groups["k8s-tenant1-admins"]) in m.keys
     assert corp.sids["k8s-tenant1-admins"] in m.keys
     bob = source.lookup(corp.upn("bob"))
@@ -76,9 +80,18 @@ def test_disabled_account_gets_no_groups(corp: Corp) -> None:
     assert m.why_inactive == "account disabled in the directory"
 
 
-@pytest.mark.parametrize("value", ["*)(objectClass=*", "*", "alice@corp.example.com)(|(cn=*",
-                                   "al\x00ice@corp.example.com", "ålice@corp.example.com",
-                                   "\\", "x" * 300])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "*)(objectClass=*",
+        "*",
+        "alice@corp.example.com)(|(cn=*",
+        "al\x00ice@corp.example.com",
+        "ålice@corp.example.com",
+        "\\",
+        "x" * 300,
+    ],
+)
 def test_hostile_usernames_find_nothing(corp: Corp, value: str) -> None:
     source = LdapSource(corp.ldap())
     assert not source.lookup(value).found

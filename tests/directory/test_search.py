@@ -12,8 +12,13 @@ from tests.directory.fakes import BASE, SizeLimitedConnection, ldap_config
 
 
 def groups(n: int) -> dict[str, dict[str, list[bytes]]]:
-    return {f"CN=g{i},{BASE}": {"objectSid": [sid_to_bytes(f"S-1-5-21-1-2-3-{5000 + i}")],
-                               "sAMAccountName": [f"g{i}".encode()]} for i in range(n)}
+    return {
+        f"CN=g{i},{BASE}": {
+            "objectSid": [sid_to_bytes(f"S-1-5-21-1-2-3-{5000 + i}")],
+            "sAMAccountName": [f"g{i}".encode()],
+        }
+        for i in range(n)
+    }
 
 
 def test_unpaged_search_over_the_size_limit_is_an_error_not_a_short_list() -> None:
@@ -48,8 +53,7 @@ def test_ranged_member_values_are_read_to_the_end() -> None:
     assert entry is not None and "member;range=0-1499" in entry.raw
     values = all_values(conn, entry, "member", limit=10_000)
     assert values == members
-    assert [s[2] for s in conn.searches[1:]] == [["member;range=1500-*"],
-                                                 ["member;range=3000-*"]]
+    assert [s[2] for s in conn.searches[1:]] == [["member;range=1500-*"], ["member;range=3000-*"]]
 
 
 def test_plain_values_need_no_extra_round_trip() -> None:
@@ -75,16 +79,26 @@ USER_DN = f"CN=gina,OU=People,{BASE}"
 USER_SID = sid_to_bytes("S-1-5-21-1-2-3-1200")
 
 
-@pytest.mark.parametrize(("attrs", "locked"), [
-    ({"msDS-User-Account-Control-Computed": [b"16"], "lockoutTime": [b"0"]}, True),
-    ({"msDS-User-Account-Control-Computed": [b"0"], "lockoutTime": [b"133000000000000000"]},
-     False),  # the lockout has expired: AD's computed flag is authoritative
-    ({"lockoutTime": [b"133000000000000000"]}, True),  # no computed flag: lockoutTime says
-    ({"lockoutTime": [b"0"]}, False),
-])
+@pytest.mark.parametrize(
+    ("attrs", "locked"),
+    [
+        ({"msDS-User-Account-Control-Computed": [b"16"], "lockoutTime": [b"0"]}, True),
+        (
+            {"msDS-User-Account-Control-Computed": [b"0"], "lockoutTime": [b"133000000000000000"]},
+            False,
+        ),  # the lockout has expired: AD's computed flag is authoritative
+        ({"lockoutTime": [b"133000000000000000"]}, True),  # no computed flag: lockoutTime says
+        ({"lockoutTime": [b"0"]}, False),
+    ],
+)
 def test_locked_accounts_get_no_groups(attrs: dict, locked: bool) -> None:
-    raw = {"objectSid": [USER_SID], "userAccountControl": [b"512"], "primaryGroupID": [b"513"],
-           "tokenGroups": [sid_to_bytes("S-1-5-21-1-2-3-513")], **attrs}
+    raw = {
+        "objectSid": [USER_SID],
+        "userAccountControl": [b"512"],
+        "primaryGroupID": [b"513"],
+        "tokenGroups": [sid_to_bytes("S-1-5-21-1-2-3-513")],
+        **attrs,
+    }
     conn = SizeLimitedConnection({USER_DN: raw})
     m = Lookup(ldap_config()).run(conn, "gina@corp.example.com")
     assert m.found and m.locked is locked

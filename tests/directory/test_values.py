@@ -11,22 +11,27 @@ from gateway.names.sid import SidError, is_sid, sid_to_bytes, sid_to_str
 from tests.directory.fakes import ldap_config
 
 
-@pytest.mark.parametrize(("raw", "escaped"), [
-    ("alice@corp.example.com", "alice@corp.example.com"),
-    ("*)(objectClass=*", "\\2a\\29\\28objectClass=\\2a"),
-    ("a\\b", "a\\5cb"),
-    ("nul\x00byte", "nul\\00byte"),
-    ("jürgen", "j\\c3\\bcrgen"),
-    ("new\nline", "new\\0aline"),
-])
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("alice@corp.example.com", "alice@corp.example.com"),
+        ("*)(objectClass=*", "\\2a\\29\\28objectClass=\\2a"),
+        ("a\\b", "a\\5cb"),
+        ("nul\x00byte", "nul\\00byte"),
+        ("jürgen", "j\\c3\\bcrgen"),
+        ("new\nline", "new\\0aline"),
+    ],
+)
 def test_escape_value(raw: str, escaped: str) -> None:
     assert escape_value(raw) == escaped
 
 
 def test_user_filter_cannot_be_widened() -> None:
     f = Lookup(ldap_config()).user_filter("*)(objectClass=*")
-    assert f == ("(&(objectCategory=person)(objectClass=user)"
-                 "(userPrincipalName=\\2a\\29\\28objectClass=\\2a))")
+    assert f == (
+        "(&(objectCategory=person)(objectClass=user)"
+        "(userPrincipalName=\\2a\\29\\28objectClass=\\2a))"
+    )
     assert f.count("(") - f.count("\\28") == f.count(")") - f.count("\\29")
 
 
@@ -45,8 +50,9 @@ def test_sid_round_trip() -> None:
     assert sid_to_str(sid_to_bytes("S-1-5-32-545")) == "S-1-5-32-545"
 
 
-@pytest.mark.parametrize("bad", ["S-1-5", "S-1-5-21-x", "S-2-5-21", "S-1-5-21-4294967296",
-                                 "s-1-5-21-1", "S-1-5-21-1\n"])
+@pytest.mark.parametrize(
+    "bad", ["S-1-5", "S-1-5-21-x", "S-2-5-21", "S-1-5-21-4294967296", "s-1-5-21-1", "S-1-5-21-1\n"]
+)
 def test_malformed_sids(bad: str) -> None:
     assert not is_sid(bad)
     with pytest.raises(SidError):

@@ -36,8 +36,9 @@ USERS = {
     "carol": {"email": "carol@example.com", "name": "Carol", "groups": ["tenant2-admins"]},
 }
 #: besides the admin groups stored with each tenant: developers may view tenant1
-POLICIES = {"tenant1.yaml": {"tenant": "tenant1",
-                             "roles": {"view": {"groups": ["oidc:developers"]}}}}
+POLICIES = {
+    "tenant1.yaml": {"tenant": "tenant1", "roles": {"view": {"groups": ["oidc:developers"]}}}
+}
 
 
 def require_binaries() -> None:
@@ -56,8 +57,9 @@ def until(check, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def ready_tenants(store: SQLiteTenantStore, names: tuple[str, ...] = ("tenant1", "tenant2"),
-                  timeout: float = 180) -> None:
+def ready_tenants(
+    store: SQLiteTenantStore, names: tuple[str, ...] = ("tenant1", "tenant2"), timeout: float = 180
+) -> None:
     """Create `names` (admins: oidc:<name>-admins) and wait until each is Ready."""
     from gateway.lifecycle.model import Phase, TenantSpec
     from gateway.lifecycle.operations import TenantOperations
@@ -77,12 +79,12 @@ def phase(store: SQLiteTenantStore, name: str):
         return None
 
 
-def gateway_config(base: Path, leaf: Leaf, idp: OIDCProvider,
-                   tenants: tuple[str, ...]) -> dict:
+def gateway_config(base: Path, leaf: Leaf, idp: OIDCProvider, tenants: tuple[str, ...]) -> dict:
     """What every e2e gateway shares: TLS with `leaf`, both routings, the IdP, the policies
     and audit log in `base`; also writes `base/hosts` for hostname routing to `tenants`."""
-    (base / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
-        f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in tenants))
+    (base / "hosts").write_text(
+        "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in tenants)
+    )
     return {
         "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
         "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
@@ -104,16 +106,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, SQLit
         (base / "policies" / file).write_text(yaml.safe_dump(doc))
     config = {
         **gateway_config(base, leaf, idp, ("tenant1", "tenant2")),
-        "lifecycle": {"provisioner": "local", "store": str(base / "tenants.db"),
-                      "credentials_dir": str(base / "credentials"), "poll_seconds": 0.1,
-                      "wake_timeout_seconds": 90,
-                      # ASSETS, and a k8s/1.29.0-<os>-<arch>/ folder to upgrade to
-                      "local": {"assets_dir": str(versioned_assets(base / "assets")),
-                                "work_dir": str(base / "local")}},
+        "lifecycle": {
+            "provisioner": "local",
+            "store": str(base / "tenants.db"),
+            "credentials_dir": str(base / "credentials"),
+            "poll_seconds": 0.1,
+            "wake_timeout_seconds": 90,
+            # ASSETS, and a k8s/1.29.0-<os>-<arch>/ folder to upgrade to
+            "local": {
+                "assets_dir": str(versioned_assets(base / "assets")),
+                "work_dir": str(base / "local"),
+            },
+        },
     }
     gateway = GatewayThread(base / "gateway", config).start()
-    runtime = LifecycleRuntime(gateway.config, gateway.gateway.registry,
-                               gateway.gateway.policy.set_stored_roles)
+    runtime = LifecycleRuntime(
+        gateway.config, gateway.gateway.registry, gateway.gateway.policy.set_stored_roles
+    )
     asyncio.run_coroutine_threadsafe(runtime.start(), gateway.loop).result(30)
     store = SQLiteTenantStore(base / "tenants.db")
     world = World(base, ca, idp, gateway, {}, config)
@@ -155,12 +164,16 @@ def readme_recipe() -> list[tuple[list[str], str | None]]:
 
 def readme_cluster_role() -> dict:
     """The ClusterRole the README's recipe applies."""
-    return next(yaml.safe_load(stdin) for args, stdin in readme_recipe()
-                if args[:2] == ["apply", "-f"] and stdin and "ClusterRole" in stdin)
+    return next(
+        yaml.safe_load(stdin)
+        for args, stdin in readme_recipe()
+        if args[:2] == ["apply", "-f"] and stdin and "ClusterRole" in stdin
+    )
 
 
-def recipe_credential(api: envtest.ApiServer,
-                      recipe: list[tuple[list[str], str | None]] | None = None) -> str:
+def recipe_credential(
+    api: envtest.ApiServer, recipe: list[tuple[list[str], str | None]] | None = None
+) -> str:
     """Run a credential recipe's commands as the cluster's admin (the README's by default);
     the last prints the gateway's token."""
     out = ""
@@ -176,13 +189,23 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("served-e2e")
     ca = TestCA(base / "pki")
     leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
-    with RealTenants(base / "kube", credential=recipe_credential) as real, \
-            OIDCProvider(base / "idp", users=USERS) as idp:
+    with (
+        RealTenants(base / "kube", credential=recipe_credential) as real,
+        OIDCProvider(base / "idp", users=USERS) as idp,
+    ):
         (base / "policies").mkdir()
         for name in real.servers:
-            (base / "policies" / f"{name}.yaml").write_text(yaml.safe_dump(
-                {"tenant": name, "roles": {"cluster-admin": {"groups": [f"oidc:{name}-admins"]},
-                                           **POLICIES.get(f"{name}.yaml", {}).get("roles", {})}}))
+            (base / "policies" / f"{name}.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "tenant": name,
+                        "roles": {
+                            "cluster-admin": {"groups": [f"oidc:{name}-admins"]},
+                            **POLICIES.get(f"{name}.yaml", {}).get("roles", {}),
+                        },
+                    }
+                )
+            )
         config = {
             **gateway_config(base, leaf, idp, tuple(real.servers)),
             "listen": {"host": "127.0.0.1", "port": envtest.free_port()},

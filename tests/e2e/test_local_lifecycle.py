@@ -34,9 +34,21 @@ GATEWAY_SA = "system:serviceaccount:vgate-system:vgate-gateway"
 
 def vgate_tenant(world: World, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """`vgate tenant --config <the gateway's config> ...` as a person runs it."""
-    return subprocess.run([sys.executable, "-m", "gateway", "tenant", "--config",
-                           str(world.gateway.config_file), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "tenant",
+            "--config",
+            str(world.gateway.config_file),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> str:
@@ -57,16 +69,25 @@ def listed_version(world: World, name: str) -> str:
 
 def kubectl_events(log: AuditLog, resource: str, verb: str, since: int) -> list[RanAs]:
     """Who kubectl's `verb` requests on `resource` ran as (events after the first `since`)."""
-    events = [e for e in log.events()[since:] if e.get("stage") == "ResponseComplete"
-              and e.get("verb") == verb and e.get("userAgent", "").startswith("kubectl/")
-              and (e.get("objectRef") or {}).get("resource") == resource]
+    events = [
+        e
+        for e in log.events()[since:]
+        if e.get("stage") == "ResponseComplete"
+        and e.get("verb") == verb
+        and e.get("userAgent", "").startswith("kubectl/")
+        and (e.get("objectRef") or {}).get("resource") == resource
+    ]
     return [ran_as(e) for e in events]
 
 
 def through_gateway(world: World, user: str, tenant: str, path: str) -> httpx.Response:
     verify = ssl.create_default_context(cafile=str(world.ca.cert_file))
-    return httpx.get(f"{world.gateway.url}/clusters/{tenant}{path}", verify=verify,
-                     headers={"Authorization": f"Bearer {world.token(user)}"}, timeout=60)
+    return httpx.get(
+        f"{world.gateway.url}/clusters/{tenant}{path}",
+        verify=verify,
+        headers={"Authorization": f"Bearer {world.token(user)}"},
+        timeout=60,
+    )
 
 
 def apiservers(folder: Path) -> list[str]:
@@ -81,16 +102,37 @@ def test_local_tenants_from_create_to_delete(lab):
     world, store = lab
     local = world.dir / "local"
     assert (apiservers(local), etcds(local)) == ([], [])  # nothing runs before
-    audit = {name: AuditLog(local / "tenants" / name / "audit.log")
-             for name in ("tenant1", "tenant2")}
+    audit = {
+        name: AuditLog(local / "tenants" / name / "audit.log") for name in ("tenant1", "tenant2")
+    }
 
     # create, following the steps until Ready (the gateway's manager does the work)
-    created = vgate_tenant(world, "create", "tenant1", "--admin-group", "oidc:tenant1-admins",
-                           "--view-group", "oidc:developers", "--wait", "--timeout", "180")
+    created = vgate_tenant(
+        world,
+        "create",
+        "tenant1",
+        "--admin-group",
+        "oidc:tenant1-admins",
+        "--view-group",
+        "oidc:developers",
+        "--wait",
+        "--timeout",
+        "180",
+    )
     assert ok(created).splitlines()[-1] == 'tenant "tenant1" ready'
     assert "tenant1: apiserver" in created.stdout  # the slow step (quick ones may pass unseen)
-    ok(vgate_tenant(world, "create", "tenant2", "--admin-group", "oidc:tenant2-admins",
-                    "--wait", "--timeout", "180"))
+    ok(
+        vgate_tenant(
+            world,
+            "create",
+            "tenant2",
+            "--admin-group",
+            "oidc:tenant2-admins",
+            "--wait",
+            "--timeout",
+            "180",
+        )
+    )
     assert len(apiservers(local)) == 2 and len(etcds(local)) == 1
 
     # the version shown is the one the tenant's API server reports through vgate
@@ -108,12 +150,18 @@ def test_local_tenants_from_create_to_delete(lab):
     assert "namespace/kube-system" in names
     why = host_mode_available()
     if why is None:
-        assert "namespace/default" in ok(world.kubectl("tenant1", "alice", "get", "ns", "-o",
-                                                       "name", mode="host"))
+        assert "namespace/default" in ok(
+            world.kubectl("tenant1", "alice", "get", "ns", "-o", "name", mode="host")
+        )
     else:
         print(f"hostname routing not exercised: {why}")
-    until(lambda: len(kubectl_events(audit["tenant1"], "namespaces", "list", seen))
-          >= (1 if why else 2), 10, "audit events")
+    until(
+        lambda: (
+            len(kubectl_events(audit["tenant1"], "namespaces", "list", seen)) >= (1 if why else 2)
+        ),
+        10,
+        "audit events",
+    )
     for who in kubectl_events(audit["tenant1"], "namespaces", "list", seen):
         assert who.impersonated and who.authenticated_as == GATEWAY_SA
         assert (who.user, who.uid) == ("oidc:alice@example.com", "alice")
@@ -132,8 +180,10 @@ def test_local_tenants_from_create_to_delete(lab):
 
     # pause: the API server stops; requests get a 503 saying so
     pid_file = local / "tenants" / "tenant1" / "pid"
-    assert ok(vgate_tenant(world, "pause", "tenant1", "--wait")).splitlines()[-1] == \
-        'tenant "tenant1" paused'
+    assert (
+        ok(vgate_tenant(world, "pause", "tenant1", "--wait")).splitlines()[-1]
+        == 'tenant "tenant1" paused'
+    )
     assert running_pid(pid_file, "kube-apiserver") is None
     assert len(apiservers(local)) == 1
     paused = world.kubectl("tenant1", "alice", "get", "ns")
@@ -141,28 +191,31 @@ def test_local_tenants_from_create_to_delete(lab):
 
     # wake on request: the request is held while the API server starts, then answered
     record = asyncio.run(store.get("tenant1"))
-    asyncio.run(store.update_spec("tenant1", record.spec.model_copy(update={"auto_wake": True}),
-                                  record.version))
+    asyncio.run(
+        store.update_spec(
+            "tenant1", record.spec.model_copy(update={"auto_wake": True}), record.version
+        )
+    )
     until(lambda: asyncio.run(store.get("tenant1")).status.route.auto_wake, 30, "auto-wake")
     time.sleep(0.5)  # the gateway's registry has the waking route
-    woke = world.kubectl("tenant1", "alice", "get", "configmap", "kept", "-o", "name",
-                         timeout=120)
+    woke = world.kubectl("tenant1", "alice", "get", "configmap", "kept", "-o", "name", timeout=120)
     assert ok(woke).strip() == "configmap/kept"
     assert asyncio.run(store.get("tenant1")).spec.desired is Desired.running
     until(lambda: phase(store, "tenant1") is Phase.ready, 60, "tenant1 ready after waking")
 
     # pause and resume by command
     ok(vgate_tenant(world, "pause", "tenant1", "--wait"))
-    assert ok(vgate_tenant(world, "resume", "tenant1", "--wait")).splitlines()[-1] == \
-        'tenant "tenant1" ready'
+    assert (
+        ok(vgate_tenant(world, "resume", "tenant1", "--wait")).splitlines()[-1]
+        == 'tenant "tenant1" ready'
+    )
     before_upgrade = running_pid(pid_file, "kube-apiserver")
     assert before_upgrade is not None
 
     # upgrade: refused to a version no binary exists for, naming what there is
     refused = vgate_tenant(world, "upgrade", "tenant1", "--k8s-version", "1.30")
     assert refused.returncode == 2
-    assert "k8s_version: Kubernetes 1.30 is not available here (available: 1.28" in \
-        refused.stderr
+    assert "k8s_version: Kubernetes 1.30 is not available here (available: 1.28" in refused.stderr
     assert f"1.29 ({world.dir}/assets/k8s/1.29.0-{platform_suffix()}" in refused.stderr
     # to the 1.29 folder: a new process on that binary, same data, version as reported
     upgraded = vgate_tenant(world, "upgrade", "tenant1", "--k8s-version", "1.29", "--wait")
@@ -170,7 +223,8 @@ def test_local_tenants_from_create_to_delete(lab):
     after_upgrade = running_pid(pid_file, "kube-apiserver")
     assert after_upgrade not in (None, before_upgrade)
     assert running_executable(pid_file, "kube-apiserver") == str(
-        world.dir / "assets" / "k8s" / f"1.29.0-{platform_suffix()}" / "kube-apiserver")
+        world.dir / "assets" / "k8s" / f"1.29.0-{platform_suffix()}" / "kube-apiserver"
+    )
     assert shown(world, "tenant1")["k8s_version"] == "1.29"
     assert shown(world, "tenant1")["observed_k8s_version"] == "v1.28.7"  # what it reports
     assert listed_version(world, "tenant1") == "v1.28.7→1.29"
@@ -178,15 +232,17 @@ def test_local_tenants_from_create_to_delete(lab):
     assert yaml.safe_load(kept)["data"] == {"k": "v"}
 
     # delete: gone from the gateway at once, process and files gone; tenant2 unaffected
-    assert ok(vgate_tenant(world, "delete", "tenant1", "--wait")).splitlines()[-1] == \
-        'tenant "tenant1" deleted'
+    assert (
+        ok(vgate_tenant(world, "delete", "tenant1", "--wait")).splitlines()[-1]
+        == 'tenant "tenant1" deleted'
+    )
     gone = world.kubectl("tenant1", "alice", "get", "ns")
     assert gone.returncode != 0 and b"not found" in gone.stderr
     assert not (local / "tenants" / "tenant1").exists()
-    assert "namespace/default" in ok(world.kubectl("tenant2", "carol", "get", "ns", "-o",
-                                                   "name"))
+    assert "namespace/default" in ok(world.kubectl("tenant2", "carol", "get", "ns", "-o", "name"))
     ok(vgate_tenant(world, "delete", "tenant2", "--wait"))
     assert ok(vgate_tenant(world, "list")).splitlines() == [
-        "NAME  PHASE  HOSTNAME  VERSION  AGE  LAST ACTIVITY"]
+        "NAME  PHASE  HOSTNAME  VERSION  AGE  LAST ACTIVITY"
+    ]
     # no API server left; the shared etcd runs until the gateway's host stops it
     assert apiservers(local) == [] and len(etcds(local)) == 1

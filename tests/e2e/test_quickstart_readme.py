@@ -62,17 +62,19 @@ def _shot(page, name: str) -> Path:
 
 def _state(page, tenant: str) -> tuple[str, str]:
     detail = page.query_selector(f"#state-detail-{tenant}")
-    return (page.inner_text(f"#state-{tenant}"),
-            detail.inner_text() if detail is not None else "")
+    return (page.inner_text(f"#state-{tenant}"), detail.inner_text() if detail is not None else "")
 
 
 def _shown(page, tenant: str, label: str) -> tuple[str, str]:
     """The portal page once it shows `tenant` as `label` (the gateway's route sync follows
     the store within a poll)."""
+
     def check():
         page.reload()
-        return page.query_selector(f"#state-{tenant}") is not None \
-            and _state(page, tenant)[0] == label
+        return (
+            page.query_selector(f"#state-{tenant}") is not None and _state(page, tenant)[0] == label
+        )
+
     until(check, 30, f"the portal to show {tenant} {label}")
     return _state(page, tenant)
 
@@ -89,22 +91,36 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     # `pip install -e .` in the clone: a `vgate` command running the clone's package
-    vgate = _script(bin_dir / "vgate",
-                    f'PYTHONPATH={shlex.quote(str(clone))} exec {sys.executable} -m gateway "$@"')
-    browser = _script(bin_dir / "chromium-user",
-                      f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} exec {sys.executable} "
-                      '-m tests.support.chromium_user "$@"')
+    vgate = _script(
+        bin_dir / "vgate",
+        f'PYTHONPATH={shlex.quote(str(clone))} exec {sys.executable} -m gateway "$@"',
+    )
+    browser = _script(
+        bin_dir / "chromium-user",
+        f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} exec {sys.executable} "
+        '-m tests.support.chromium_user "$@"',
+    )
     env = quickstart_env(
-        home, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        home,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         # the person at the browser; a shared machine: any free loopback port for the redirect
-        BROWSER=str(browser), DISPLAY="", WAYLAND_DISPLAY="", VGATE_TEST_USER="alice",
-        VGATE_TEST_PASSWORD="alice", VGATE_LOGIN_PORTS="0",
-        npm_config_prefer_offline="true")
+        BROWSER=str(browser),
+        DISPLAY="",
+        WAYLAND_DISPLAY="",
+        VGATE_TEST_USER="alice",
+        VGATE_TEST_PASSWORD="alice",
+        VGATE_LOGIN_PORTS="0",
+        npm_config_prefer_offline="true",
+    )
     env.pop("PYTHONPATH", None)
     port, idp_port = free_port(), free_port()
     # the README's command, on free ports (others share this machine)
-    qs = Quickstart(["--port", str(port), "--idp-port", str(idp_port)], cwd=clone, env=env,
-                    command=[str(vgate), "quickstart"])
+    qs = Quickstart(
+        ["--port", str(port), "--idp-port", str(idp_port)],
+        cwd=clone,
+        env=env,
+        command=[str(vgate), "quickstart"],
+    )
     work = home / ".vgate" / "quickstart"
     etcd_stopped: int | None = None
     try:
@@ -113,15 +129,17 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
         assert banner_field(banner, "config") == str(work / "vgate.yaml")
         gateway = f"https://127.0.0.1:{port}"
         tenant_lines = banner.split("  tenant ", 1)[1]
-        assert tenant_lines.index(f"{gateway}/clusters/local") < \
-            tenant_lines.index("https://local.localhost")
+        assert tenant_lines.index(f"{gateway}/clusters/local") < tenant_lines.index(
+            "https://local.localhost"
+        )
         try_command = banner_field(banner, "try")
         assert try_command == f"KUBECONFIG={work / 'kubeconfig'} kubectl auth whoami"
 
         # the printed "try": kubectl → vgate login → Chromium signs in at the IdP; the tenant
         # may still be starting (503 + Retry-After: kubectl waits for it)
-        r = subprocess.run(["sh", "-c", try_command], env=env, capture_output=True,
-                           text=True, timeout=240)
+        r = subprocess.run(
+            ["sh", "-c", try_command], env=env, capture_output=True, text=True, timeout=240
+        )
         assert r.returncode == 0, r.stderr + qs.output
         assert re.search(r"Username\s+oidc:alice@example.com", r.stdout), r.stdout
         assert "vgate:cluster-admin" in r.stdout
@@ -130,8 +148,12 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as pw:
-            context = launch(pw, tmp_path / "profile", ignore_https_errors=True,
-                             viewport={"width": 1100, "height": 900})
+            context = launch(
+                pw,
+                tmp_path / "profile",
+                ignore_https_errors=True,
+                viewport={"width": 1100, "height": 900},
+            )
             try:
                 page = context.new_page()
                 page.set_default_timeout(30000)
@@ -141,9 +163,9 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
 
                 # Ready: the path form first, the hostname form with what DNS it needs
                 assert _state(page, "local") == ("Ready", "")
-                assert page.eval_on_selector_all("#tenant-local a.button",
-                                                 "els => els.map(e => e.id)") == [
-                    "download-local-path", "download-local-host"]
+                assert page.eval_on_selector_all(
+                    "#tenant-local a.button", "els => els.map(e => e.id)"
+                ) == ["download-local-path", "download-local-host"]
                 assert f"{gateway}/clusters/local" in page.text_content("#tenant-local pre.bash")
                 assert "/etc/hosts" in page.inner_text("#dns-note")
                 _shot(page, "ready")
@@ -151,8 +173,9 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
                 # Failing: a step that really fails (a file where its folder must go)
                 (work / "local" / "tenants").mkdir(parents=True, exist_ok=True)
                 (work / "local" / "tenants" / "broken").write_text("in the way\n")
-                _tenant(env, vgate, work, "create", "broken",
-                        "--admin-group", "oidc:platform-admins")
+                _tenant(
+                    env, vgate, work, "create", "broken", "--admin-group", "oidc:platform-admins"
+                )
                 status = until(lambda: _failed(work, "broken"), 90, "broken failing")
                 _, detail = _shown(page, "broken", "Failing")
                 assert f'Provisioning, step "{status.step}"; failed' in detail, detail
@@ -160,21 +183,31 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
                 _shot(page, "failed")
                 # kubectl says so (not "the selfsubjectreviews API is not enabled")
                 broken = tmp_path / "kubeconfig-broken"
-                broken.write_text((work / "kubeconfig").read_text().replace(
-                    "/clusters/local", "/clusters/broken"))
-                r = subprocess.run([KUBECTL, "--kubeconfig", str(broken), "auth", "whoami"],
-                                   env=env, capture_output=True, text=True, timeout=120)
+                broken.write_text(
+                    (work / "kubeconfig").read_text().replace("/clusters/local", "/clusters/broken")
+                )
+                r = subprocess.run(
+                    [KUBECTL, "--kubeconfig", str(broken), "auth", "whoami"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
                 assert r.returncode == 1
-                assert ('Error from server (ServiceUnavailable): tenant "broken" is not ready '
-                        f'(Provisioning, step "{status.step}"; failed') in r.stderr, r.stderr
+                assert (
+                    'Error from server (ServiceUnavailable): tenant "broken" is not ready '
+                    f'(Provisioning, step "{status.step}"; failed'
+                ) in r.stderr, r.stderr
 
                 # Provisioning: a new tenant held at its first step (the shared etcd stopped)
                 etcd_stopped = next(s.pid for s in running(work) if s.what == "etcd")
                 os.kill(etcd_stopped, signal.SIGSTOP)
-                _tenant(env, vgate, work, "create", "second",
-                        "--admin-group", "oidc:platform-admins")
-                until(lambda: _status(work, "second", "step") == "etcd", 60,
-                      "second at its etcd step")
+                _tenant(
+                    env, vgate, work, "create", "second", "--admin-group", "oidc:platform-admins"
+                )
+                until(
+                    lambda: _status(work, "second", "step") == "etcd", 60, "second at its etcd step"
+                )
                 _, detail = _shown(page, "second", "Provisioning")
                 assert detail.startswith('Provisioning, step "etcd". kubectl answers'), detail
                 _shot(page, "provisioning")
@@ -191,8 +224,9 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
                 context.close()
 
         # the "try" command again: kubectl's request wakes the paused tenant
-        r = subprocess.run(["sh", "-c", try_command], env=env, capture_output=True,
-                           text=True, timeout=240)
+        r = subprocess.run(
+            ["sh", "-c", try_command], env=env, capture_output=True, text=True, timeout=240
+        )
         assert r.returncode == 0, r.stderr
         assert "oidc:alice@example.com" in r.stdout
 
@@ -205,8 +239,9 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
         if etcd_stopped is not None:
             os.kill(etcd_stopped, signal.SIGCONT)
         qs.kill()
-        subprocess.run([str(vgate), "quickstart", "--stop"], env=env, timeout=120,
-                       capture_output=True)
+        subprocess.run(
+            [str(vgate), "quickstart", "--stop"], env=env, timeout=120, capture_output=True
+        )
 
 
 def _status(work: Path, name: str, field: str) -> str | None:
@@ -220,6 +255,11 @@ def _failed(work: Path, name: str):
 
 
 def _tenant(env: dict[str, str], vgate: Path, work: Path, *args: str) -> None:
-    r = subprocess.run([str(vgate), "tenant", "--config", str(work / "vgate.yaml"), *args],
-                       env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(vgate), "tenant", "--config", str(work / "vgate.yaml"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

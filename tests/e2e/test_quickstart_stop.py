@@ -26,13 +26,28 @@ from tests.support.sso_world import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-EVERYTHING = {"the quickstart (gateway)", "the OpenID Provider", "kube-apiserver of tenant local",
-              "etcd"}
+EVERYTHING = {
+    "the quickstart (gateway)",
+    "the OpenID Provider",
+    "kube-apiserver of tenant local",
+    "etcd",
+}
 
 
 def _start(work: Path, env: dict[str, str]) -> Quickstart:
-    qs = Quickstart(["--envtest", "--dir", str(work), "--port", str(free_port()),
-                     "--idp-port", str(free_port())], cwd=REPO_ROOT, env=env)
+    qs = Quickstart(
+        [
+            "--envtest",
+            "--dir",
+            str(work),
+            "--port",
+            str(free_port()),
+            "--idp-port",
+            str(free_port()),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+    )
     qs.banner()
     return qs
 
@@ -43,9 +58,14 @@ def _all_running(work: Path) -> dict[str, int]:
 
 
 def _stop_command(work: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway", "quickstart", "--stop", "--dir",
-                           str(work)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "quickstart", "--stop", "--dir", str(work)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_ctrl_c_and_stop_leave_nothing_running(tmp_path: Path) -> None:
@@ -60,17 +80,19 @@ def test_ctrl_c_and_stop_leave_nothing_running(tmp_path: Path) -> None:
         pids = until(lambda: _all_running(work), 30, "every process in the pid files")
         assert qs.stop(signal.SIGINT) == 0, qs.output
         assert [what for what, pid in pids.items() if not gone(pid)] == []
-        assert (f"vgate quickstart: stopped kube-apiserver of tenant local "
-                f"(pid {pids['kube-apiserver of tenant local']}), etcd (pid {pids['etcd']})"
-                ) in qs.output
+        assert (
+            f"vgate quickstart: stopped kube-apiserver of tenant local "
+            f"(pid {pids['kube-apiserver of tenant local']}), etcd (pid {pids['etcd']})"
+        ) in qs.output
 
         # --stop, from another terminal, of a quickstart that runs
         qs = _start(work, env)
         pids = until(lambda: _all_running(work), 120, "every process in the pid files")
         r = _stop_command(work, env)
         assert r.returncode == 0, r.stderr
-        assert f"stopped the quickstart (gateway) (pid {pids['the quickstart (gateway)']})" \
-            in r.stderr
+        assert (
+            f"stopped the quickstart (gateway) (pid {pids['the quickstart (gateway)']})" in r.stderr
+        )
         assert qs.proc.wait(30) == 0
         assert [what for what, pid in pids.items() if not gone(pid)] == []
 
@@ -88,7 +110,8 @@ def test_ctrl_c_and_stop_leave_nothing_running(tmp_path: Path) -> None:
         r = _stop_command(work, env)
         assert r.returncode == 0, r.stderr
         assert sorted(r.stderr.splitlines()) == sorted(
-            f"stopped {what} (pid {pid})" for what, pid in left.items())
+            f"stopped {what} (pid {pid})" for what, pid in left.items()
+        )
         assert [what for what, pid in left.items() if not gone(pid)] == []
         assert decoy.poll() is None
         r = _stop_command(work, env)

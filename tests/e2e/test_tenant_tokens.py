@@ -28,8 +28,10 @@ from tests.support.pki import TestCA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-USERS = {"alice": {"email": "alice@example.com", "name": "Alice", "groups": ["admins"]},
-         "bob": {"email": "bob@example.com", "name": "Bob", "groups": ["admins"]}}
+USERS = {
+    "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["admins"]},
+    "bob": {"email": "bob@example.com", "name": "Bob", "groups": ["admins"]},
+}
 REVIEWER = """apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: vgate-token-reviewer}
@@ -64,8 +66,7 @@ subjects: [{kind: ServiceAccount, name: NAME, namespace: default}]
 def account_token(api: kube.ApiServer, name: str) -> str:
     """A ServiceAccount that may read configmaps in `default`, and a token for it."""
     api.apply(ACCOUNT.replace("NAME", name))
-    return api.kubectl("create", "token", name, "-n", "default",
-                       "--duration=1h").stdout.strip()
+    return api.kubectl("create", "token", name, "-n", "default", "--duration=1h").stdout.strip()
 
 
 @dataclass
@@ -84,38 +85,71 @@ class Lab:
     def url(self, tenant: str, path: str = "/api/v1/namespaces/default/configmaps") -> str:
         return f"{self.gateway.url}/clusters/{tenant}{path}"
 
-    def get(self, tenant: str, token: str, path: str = "/api/v1/namespaces/default/configmaps",
-            **headers: str) -> httpx.Response:
-        return httpx.get(self.url(tenant, path), verify=self.tls, timeout=20,
-                         headers={"Authorization": f"Bearer {token}", **headers})
+    def get(
+        self,
+        tenant: str,
+        token: str,
+        path: str = "/api/v1/namespaces/default/configmaps",
+        **headers: str,
+    ) -> httpx.Response:
+        return httpx.get(
+            self.url(tenant, path),
+            verify=self.tls,
+            timeout=20,
+            headers={"Authorization": f"Bearer {token}", **headers},
+        )
 
-    def kubectl(self, tenant: str, token: str, *args: str,
-                env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, tenant: str, token: str, *args: str, env: dict | None = None
+    ) -> subprocess.CompletedProcess[str]:
         config = self.dir / f"kubeconfig-{tenant}-{abs(hash(token))}"
-        config.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": tenant, "cluster": {
-                "server": f"{self.gateway.url}/clusters/{tenant}",
-                "certificate-authority": str(self.ca.cert_file)}}],
-            "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "c", "context": {"cluster": tenant, "user": "u",
-                                                   "namespace": "default"}}],
-            "current-context": "c"}))
-        return subprocess.run([kube.KUBECTL, "--kubeconfig", str(config), *args],
-                              capture_output=True, text=True, timeout=90,
-                              env={**os.environ, "KUBECACHEDIR": str(self.dir / "cache"),
-                                   **(env or {})})
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": tenant,
+                            "cluster": {
+                                "server": f"{self.gateway.url}/clusters/{tenant}",
+                                "certificate-authority": str(self.ca.cert_file),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "u", "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "c",
+                            "context": {"cluster": tenant, "user": "u", "namespace": "default"},
+                        }
+                    ],
+                    "current-context": "c",
+                }
+            )
+        )
+        return subprocess.run(
+            [kube.KUBECTL, "--kubeconfig", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env={**os.environ, "KUBECACHEDIR": str(self.dir / "cache"), **(env or {})},
+        )
 
     def audit(self) -> list[dict]:
         """The gateway's audit lines (written every 0.2 s)."""
         time.sleep(0.4)
-        return [json.loads(x) for x in
-                Path(self.gateway.config.audit.file).read_text().splitlines()]
+        return [
+            json.loads(x) for x in Path(self.gateway.config.audit.file).read_text().splitlines()
+        ]
 
     def reviews(self, api: kube.ApiServer) -> int:
         """TokenReviews the gateway made at `api` (its audit log)."""
-        return sum(1 for e in api.audit.matching(verb="create")
-                   if (e.get("objectRef") or {}).get("resource") == "tokenreviews")
+        return sum(
+            1
+            for e in api.audit.matching(verb="create")
+            if (e.get("objectRef") or {}).get("resource") == "tokenreviews"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -124,24 +158,36 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("tenant-tokens")
     ca = TestCA(base / "pki")
     leaf = ca.issue("gateway", ["127.0.0.1", "localhost"])
-    with kube.Etcd(base / "etcd") as etcd, \
-            kube.ApiServer(base / "tenant-a", etcd) as a, \
-            kube.ApiServer(base / "tenant-b", etcd) as b, \
-            OIDCProvider(base / "idp", users=USERS) as idp:
+    with (
+        kube.Etcd(base / "etcd") as etcd,
+        kube.ApiServer(base / "tenant-a", etcd) as a,
+        kube.ApiServer(base / "tenant-b", etcd) as b,
+        OIDCProvider(base / "idp", users=USERS) as idp,
+    ):
         tenants = []
         for api in (a, b):
             kube.bind_role_groups(api)
             token = kube.impersonator_token(api)
             api.apply(REVIEWER)
             (base / f"{api.name}.token").write_text(token + "\n")
-        for name, api, passthrough in (("tenant-a", a, True), ("tenant-b", b, True),
-                                       ("tenant-a-plain", a, False)):
-            tenants.append({"name": name, "upstream": api.url, "ca_file": str(api.ca_file),
-                            "token_file": str(base / f"{api.name}.token"),
-                            "token_passthrough": passthrough})
+        for name, api, passthrough in (
+            ("tenant-a", a, True),
+            ("tenant-b", b, True),
+            ("tenant-a-plain", a, False),
+        ):
+            tenants.append(
+                {
+                    "name": name,
+                    "upstream": api.url,
+                    "ca_file": str(api.ca_file),
+                    "token_file": str(base / f"{api.name}.token"),
+                    "token_passthrough": passthrough,
+                }
+            )
         (base / "policies").mkdir()
-        (base / "policies" / "all.yaml").write_text(yaml.safe_dump(
-            {"tenant": "*", "roles": {"cluster-admin": {"groups": ["oidc:admins"]}}}))
+        (base / "policies" / "all.yaml").write_text(
+            yaml.safe_dump({"tenant": "*", "roles": {"cluster-admin": {"groups": ["oidc:admins"]}}})
+        )
         config = {
             "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
             "routing": {"path_prefix": "/clusters"},
@@ -151,8 +197,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             "tenants": tenants,
             "token_review": {"negative_cache_seconds": 30},
             # bob is slowed down at tenant-b (kubectl must back off and still succeed)
-            "rate_limits": {"tenants": {"tenant-b": {
-                "user": {"requests_per_second": 2, "burst": 2}}}},
+            "rate_limits": {
+                "tenants": {"tenant-b": {"user": {"requests_per_second": 2, "burst": 2}}}
+            },
         }
         with GatewayThread(base / "gateway", config) as gateway:
             yield Lab(base, ca, a, b, idp, gateway)
@@ -189,7 +236,8 @@ def test_it_runs_as_the_service_account_at_the_tenant(lab: Lab, ci_token: str) -
 
 
 def test_a_token_of_tenant_a_is_refused_at_b_and_where_passthrough_is_off(
-        lab: Lab, ci_token: str) -> None:
+    lab: Lab, ci_token: str
+) -> None:
     before = lab.reviews(lab.a)
     for tenant in ("tenant-b", "tenant-a-plain"):
         r = lab.get(tenant, ci_token)
@@ -259,11 +307,18 @@ def test_kubectl_backs_off_on_429_and_succeeds(lab: Lab) -> None:
     token = lab.idp.login("bob").id_token
     logs = ""
     for i in range(3):  # no discovery cache: each run asks /api, /apis, then lists
-        done = lab.kubectl("tenant-b", token, "get", "configmaps", "-v=6",
-                           env={"KUBECACHEDIR": str(lab.dir / f"cache-bob-{i}")})
+        done = lab.kubectl(
+            "tenant-b",
+            token,
+            "get",
+            "configmaps",
+            "-v=6",
+            env={"KUBECACHEDIR": str(lab.dir / f"cache-bob-{i}")},
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         logs += done.stderr
     assert "429 Too Many Requests" in logs
-    limited = [e for e in lab.audit()
-               if e["decision"] == "limited" and e["user"] == "oidc:bob@example.com"]
+    limited = [
+        e for e in lab.audit() if e["decision"] == "limited" and e["user"] == "oidc:bob@example.com"
+    ]
     assert limited and all(e["status"] == 429 and e["tenant"] == "tenant-b" for e in limited)

@@ -36,17 +36,25 @@ def error_response(err: ApiError, req: Request) -> Response:
     if err.text:
         msg = f'Internal Server Error: "{req.target.decode("latin-1")}": {err.message}\n'
         msg = msg.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return Response(err.code, msg.encode(), "text/plain; charset=utf-8",
-                        [("x-content-type-options", "nosniff")])
+        return Response(
+            err.code,
+            msg.encode(),
+            "text/plain; charset=utf-8",
+            [("x-content-type-options", "nosniff")],
+        )
     return json_response(err.status(), err.code)
 
 
 class Api:
     """Everything behind the socket. Runs on the server's event loop only."""
 
-    def __init__(self, tokens: Mapping[str, Caller],
-                 rules: Mapping[str, tuple[Rule, ...]] = RULES,
-                 bookmark_interval: float = 1.0, log_interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        tokens: Mapping[str, Caller],
+        rules: Mapping[str, tuple[Rule, ...]] = RULES,
+        bookmark_interval: float = 1.0,
+        log_interval: float = 0.1,
+    ) -> None:
         self.tokens = tokens
         self.rules = rules
         self.store = Store()
@@ -78,8 +86,9 @@ class Api:
             obj = objects.prepare_update(old, obj, rtype)
         return self.store.put(rtype, obj)
 
-    def get(self, api_version: str, kind: str, name: str,
-            namespace: str = "default") -> dict[str, Any] | None:
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str = "default"
+    ) -> dict[str, Any] | None:
         rtype = by_kind(api_version, kind)
         if rtype is None:
             raise ValueError(f"unknown kind {api_version}/{kind}")
@@ -137,8 +146,13 @@ class Api:
             return self._watch(req, rtype, namespace, a.name)
         if not a.name:
             return self._collection(req, rtype, namespace)
-        handlers = {"GET": self.rest.get, "HEAD": self.rest.get, "PUT": self.rest.update,
-                    "PATCH": self.rest.patch, "DELETE": self.rest.delete}
+        handlers = {
+            "GET": self.rest.get,
+            "HEAD": self.rest.get,
+            "PUT": self.rest.update,
+            "PATCH": self.rest.patch,
+            "DELETE": self.rest.delete,
+        }
         if req.method not in handlers:
             raise method_not_allowed()
         return handlers[req.method](req, rtype, namespace, a.name)
@@ -152,8 +166,9 @@ class Api:
             return self.rest.delete_collection(req, rtype, namespace)
         raise method_not_allowed()
 
-    def _subresource(self, req: Request, rtype: ResourceType, namespace: str,
-                     a: Attributes) -> Result:
+    def _subresource(
+        self, req: Request, rtype: ResourceType, namespace: str, a: Attributes
+    ) -> Result:
         if not any(s.name == a.subresource for s in rtype.subresources):
             raise _404()
         if a.subresource == "log" and rtype is PODS:
@@ -183,8 +198,11 @@ class Api:
             raise not_found("", "pods", name)
         logs.check_previous(req, pod, logs.pick_container(pod, req.param("container")))
         if req.flag("follow"):
-            return Stream(200, "text/plain",
-                          logs.follow(req, self.log_interval, self._counter("active_log_follows")))
+            return Stream(
+                200,
+                "text/plain",
+                logs.follow(req, self.log_interval, self._counter("active_log_follows")),
+            )
         return Response(200, logs.history(req), "text/plain")
 
     def _watch(self, req: Request, rtype: ResourceType, namespace: str, name: str) -> Result:
@@ -207,8 +225,7 @@ class Api:
             return labels(obj) and fields(obj)
 
         watcher, error = open_watch(self.store, rtype, namespace, match, opts)
-        ws = WatchStream(self.store, rtype, watcher, opts, self._counter("active_watches"),
-                         error)
+        ws = WatchStream(self.store, rtype, watcher, opts, self._counter("active_watches"), error)
         return Stream(200, JSON, ws.chunks(), cleanup=ws.close)
 
     def _review(self, req: Request, rtype: ResourceType, user: EffectiveUser) -> Result:

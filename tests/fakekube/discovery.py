@@ -37,9 +37,7 @@ def api_versions(server_address: str) -> Obj:
 
 
 def _group(name: str) -> Obj:
-    versions = [
-        {"groupVersion": f"{g}/{v}", "version": v} for g, v in GROUP_VERSIONS if g == name
-    ]
+    versions = [{"groupVersion": f"{g}/{v}", "version": v} for g, v in GROUP_VERSIONS if g == name]
     return {"name": name, "versions": versions, "preferredVersion": versions[0]}
 
 
@@ -49,8 +47,11 @@ def group_names() -> list[str]:
 
 def api_group_list() -> Obj:
     """GET /apis."""
-    return {"kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [_group(g) for g in group_names()]}
+    return {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [_group(g) for g in group_names()],
+    }
 
 
 def api_group(name: str) -> Obj | None:
@@ -81,9 +82,15 @@ def _entries(t: ResourceType) -> list[Obj]:
         main["storageVersionHash"] = _storage_hash(t)
     out = [main]
     for s in t.subresources:
-        out.append({"name": f"{t.plural}/{s.name}", "singularName": "",
-                    "namespaced": t.namespaced, "kind": s.kind or t.kind,
-                    "verbs": list(s.verbs)})
+        out.append(
+            {
+                "name": f"{t.plural}/{s.name}",
+                "singularName": "",
+                "namespaced": t.namespaced,
+                "kind": s.kind or t.kind,
+                "verbs": list(s.verbs),
+            }
+        )
     return out
 
 
@@ -92,7 +99,10 @@ def resource_list(group: str, version: str) -> Obj | None:
     if (group, version) not in GROUP_VERSIONS:
         return None
     gv = f"{group}/{version}" if group else version
-    resources = [e for t in TYPES if (t.group, t.version) == (group, version)
-                 for e in _entries(t)]
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-            "resources": resources}
+    resources = [e for t in TYPES if (t.group, t.version) == (group, version) for e in _entries(t)]
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": gv,
+        "resources": resources,
+    }

@@ -52,8 +52,7 @@ class _Ask:
     def __str__(self) -> str:
         # Go's %v of v1.ObjectReference{Kind, Namespace, Name, UID, APIVersion, RV, FieldPath}
         return (
-            f"{{{self.kind} {self.namespace} {self.name}  {self.api_version}  "
-            f"{self.field_path}}}"
+            f"{{{self.kind} {self.namespace} {self.name}  {self.api_version}  {self.field_path}}}"
         )
 
 
@@ -77,7 +76,7 @@ def _asks(headers: Headers) -> list[_Ask]:
     extras: dict[str, list[str]] = {}
     for k, v in headers:
         if k.startswith(EXTRA_PREFIX):
-            extras.setdefault(unquote(k[len(EXTRA_PREFIX):]), []).append(v)
+            extras.setdefault(unquote(k[len(EXTRA_PREFIX) :]), []).append(v)
     for key, values in extras.items():
         asks += [
             _Ask("UserExtra", v, api_version="authentication.k8s.io/v1", field_path=key)
@@ -98,17 +97,25 @@ def _asks(headers: Headers) -> list[_Ask]:
 
 def _attributes(ask: _Ask) -> Attributes:
     if ask.kind == "ServiceAccount":
-        return Attributes("impersonate", resource="serviceaccounts", namespace=ask.namespace,
-                          name=ask.name)
+        return Attributes(
+            "impersonate", resource="serviceaccounts", namespace=ask.namespace, name=ask.name
+        )
     if ask.kind == "User":
         return Attributes("impersonate", resource="users", name=ask.name)
     if ask.kind == "Group":
         return Attributes("impersonate", resource="groups", name=ask.name)
     if ask.kind == "UserExtra":
-        return Attributes("impersonate", group="authentication.k8s.io", version="v1",
-                          resource="userextras", subresource=ask.field_path, name=ask.name)
-    return Attributes("impersonate", group="authentication.k8s.io", version="v1",
-                      resource="uids", name=ask.name)
+        return Attributes(
+            "impersonate",
+            group="authentication.k8s.io",
+            version="v1",
+            resource="userextras",
+            subresource=ask.field_path,
+            name=ask.name,
+        )
+    return Attributes(
+        "impersonate", group="authentication.k8s.io", version="v1", resource="uids", name=ask.name
+    )
 
 
 def impersonate(

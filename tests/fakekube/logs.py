@@ -21,8 +21,7 @@ def pick_container(pod: dict[str, Any], wanted: str | None) -> str:
         if len(names) == 1:
             return names[0]
         raise bad_request(
-            f"a container name must be specified for pod {name}, choose one of: "
-            f"[{' '.join(names)}]"
+            f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]"
         )
     if wanted not in names:
         raise bad_request(f"container {wanted} is not valid for pod {name}")
@@ -32,8 +31,10 @@ def pick_container(pod: dict[str, Any], wanted: str | None) -> str:
 def check_previous(req: Request, pod: dict[str, Any], container: str) -> None:
     """No container here ever restarted, so `previous=true` fails like on a fresh pod."""
     if req.flag("previous"):
-        raise bad_request(f'previous terminated container "{container}" in pod '
-                          f'"{pod["metadata"]["name"]}" not found')
+        raise bad_request(
+            f'previous terminated container "{container}" in pod '
+            f'"{pod["metadata"]["name"]}" not found'
+        )
 
 
 def _fmt(n: int, timestamps: bool) -> bytes:
@@ -59,14 +60,15 @@ def history(req: Request) -> bytes:
     tail = _int(req, "tailLines")
     numbers = list(range(1, HISTORY + 1))
     if tail is not None:
-        numbers = numbers[max(0, len(numbers) - tail):]
+        numbers = numbers[max(0, len(numbers) - tail) :]
     body = b"".join(_fmt(n, req.flag("timestamps")) for n in numbers)
     limit = _int(req, "limitBytes")
     return body[:limit] if limit is not None else body
 
 
-async def follow(req: Request, interval: float,
-                 counter: Callable[[int], None]) -> AsyncIterator[bytes]:
+async def follow(
+    req: Request, interval: float, counter: Callable[[int], None]
+) -> AsyncIterator[bytes]:
     """The follow answer: history at once, then a new line every `interval` forever."""
     counter(+1)
     try:

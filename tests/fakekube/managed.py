@@ -13,8 +13,18 @@ Obj = dict[str, Any]
 Path = tuple[str, ...]
 Owners = dict[tuple[str, str, str], set[Path]]  # (manager, operation, subresource) -> fields
 
-_META_SKIP = {"name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
-              "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"}
+_META_SKIP = {
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+}
 
 
 def now() -> str:
@@ -98,8 +108,14 @@ def write_owners(obj: Obj, table: Owners, rtype: ResourceType) -> None:
     for (manager, op, sub), paths in table.items():
         if not paths:
             continue
-        e: Obj = {"manager": manager, "operation": op, "apiVersion": rtype.api_version,
-                  "time": now(), "fieldsType": "FieldsV1", "fieldsV1": _fields_v1(paths)}
+        e: Obj = {
+            "manager": manager,
+            "operation": op,
+            "apiVersion": rtype.api_version,
+            "time": now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": _fields_v1(paths),
+        }
         if sub:
             e["subresource"] = sub
         entries.append(e)
@@ -110,8 +126,9 @@ def write_owners(obj: Obj, table: Owners, rtype: ResourceType) -> None:
         meta.pop("managedFields", None)
 
 
-def record_update(old: Obj | None, new: Obj, manager: str, rtype: ResourceType,
-                  subresource: str = "") -> None:
+def record_update(
+    old: Obj | None, new: Obj, manager: str, rtype: ResourceType, subresource: str = ""
+) -> None:
     """An Update operation: `manager` takes every field it changed or added."""
     table = owners(old) if old else {}
     before = leaves(old, rtype) if old else set()
@@ -125,8 +142,7 @@ def record_update(old: Obj | None, new: Obj, manager: str, rtype: ResourceType,
     write_owners(new, table, rtype)
 
 
-def apply(live: Obj | None, config: Obj, manager: str, force: bool,
-          rtype: ResourceType) -> Obj:
+def apply(live: Obj | None, config: Obj, manager: str, force: bool, rtype: ResourceType) -> Obj:
     """Server-side apply of `config` by `manager` onto `live` (None: create)."""
     cfg = leaves(config, rtype)
     table = owners(live) if live else {}
@@ -173,9 +189,11 @@ def _overlay(base: Obj, config: Obj, rtype: ResourceType) -> Obj:
 
 def _conflict_error(conflicts: list[tuple[str, Path]], rtype: ResourceType) -> ApiError:
     causes = [
-        {"reason": "FieldManagerConflict",
-         "message": f'conflict with "{m}" using {rtype.api_version}',
-         "field": "." + ".".join(p)}
+        {
+            "reason": "FieldManagerConflict",
+            "message": f'conflict with "{m}" using {rtype.api_version}',
+            "field": "." + ".".join(p),
+        }
         for m, p in conflicts
     ]
     lines = "\n".join(f"- {c['message']}: {c['field']}" for c in causes)

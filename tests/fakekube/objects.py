@@ -16,10 +16,23 @@ Obj = dict[str, Any]
 NODE = "fake-node"
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_META_KEYS = {"name", "generateName", "namespace", "uid", "resourceVersion", "generation",
-              "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
-              "labels", "annotations", "ownerReferences", "finalizers", "managedFields",
-              "selfLink"}
+_META_KEYS = {
+    "name",
+    "generateName",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+    "selfLink",
+}
 
 
 def check_body(obj: Any, rtype: ResourceType, namespace: str, name: str | None) -> Obj:
@@ -28,11 +41,14 @@ def check_body(obj: Any, rtype: ResourceType, namespace: str, name: str | None) 
         raise bad_request("the body of the request was in an unknown format")
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     if api_version and api_version != rtype.api_version:
-        raise bad_request(f"the API version in the data ({api_version}) does not match the "
-                          f"expected API version ({rtype.api_version})")
+        raise bad_request(
+            f"the API version in the data ({api_version}) does not match the "
+            f"expected API version ({rtype.api_version})"
+        )
     if kind and kind != rtype.kind:
-        raise bad_request(f"the kind in the data ({kind}) does not match the expected kind "
-                          f"({rtype.kind})")
+        raise bad_request(
+            f"the kind in the data ({kind}) does not match the expected kind ({rtype.kind})"
+        )
     obj["kind"], obj["apiVersion"] = rtype.kind, rtype.api_version
     meta = obj.setdefault("metadata", {})
     if not isinstance(meta, dict):
@@ -58,30 +74,35 @@ def unknown_fields(obj: Obj, rtype: ResourceType) -> list[str]:
     """Top-level and metadata fields the schema does not declare (for fieldValidation)."""
     known = {"apiVersion", "kind", "metadata", *rtype.fields}
     bad = [f'unknown field "{k}"' for k in obj if k not in known]
-    bad += [f'unknown field "metadata.{k}"' for k in obj.get("metadata", {})
-            if k not in _META_KEYS]
+    bad += [f'unknown field "metadata.{k}"' for k in obj.get("metadata", {}) if k not in _META_KEYS]
     return bad
 
 
 def validate_name(obj: Obj, rtype: ResourceType) -> None:
     name = obj["metadata"].get("name", "")
     if not name:
-        raise invalid(rtype.kind, rtype.group, "", "metadata.name", "",
-                      "name or generateName is required")
+        raise invalid(
+            rtype.kind, rtype.group, "", "metadata.name", "", "name or generateName is required"
+        )
     pattern = _LABEL if rtype.plural in ("namespaces", "services") else _DNS1123
     if len(name) > 253 or not pattern.match(name):
-        raise invalid(rtype.kind, rtype.group, name, "metadata.name", name,
-                      "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                      "characters, '-' or '.', and must start and end with an alphanumeric "
-                      "character")
+        raise invalid(
+            rtype.kind,
+            rtype.group,
+            name,
+            "metadata.name",
+            name,
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+            "characters, '-' or '.', and must start and end with an alphanumeric "
+            "character",
+        )
 
 
 def generate_name(obj: Obj) -> None:
     meta = obj["metadata"]
     if not meta.get("name") and meta.get("generateName"):
         alphabet = "bcdfghjklmnpqrstvwxz2456789"
-        meta["name"] = meta["generateName"] + "".join(secrets.choice(alphabet)
-                                                      for _ in range(5))
+        meta["name"] = meta["generateName"] + "".join(secrets.choice(alphabet) for _ in range(5))
 
 
 def prepare_create(obj: Obj, rtype: ResourceType) -> Obj:
@@ -112,11 +133,14 @@ def prepare_update(old: Obj, new: Obj, rtype: ResourceType) -> Obj:
         meta["generation"] = old_meta["generation"] + (new.get("spec") != old.get("spec"))
     if rtype.plural == "secrets":
         _secret(new)
-    if rtype.plural == "configmaps" and old.get("immutable") and (
-        new.get("data") != old.get("data") or new.get("binaryData") != old.get("binaryData")
+    if (
+        rtype.plural == "configmaps"
+        and old.get("immutable")
+        and (new.get("data") != old.get("data") or new.get("binaryData") != old.get("binaryData"))
     ):
-        raise invalid("ConfigMap", "", meta["name"], "data", "",
-                      "field is immutable when `immutable` is set")
+        raise invalid(
+            "ConfigMap", "", meta["name"], "data", "", "field is immutable when `immutable` is set"
+        )
     return new
 
 
@@ -124,8 +148,7 @@ def _pod(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     containers = spec.get("containers") or []
     if not containers:
-        raise invalid("Pod", "", obj["metadata"]["name"], "spec.containers", [],
-                      "Required value")
+        raise invalid("Pod", "", obj["metadata"]["name"], "spec.containers", [], "Required value")
     spec.setdefault("nodeName", NODE)
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("serviceAccountName", "default")
@@ -135,8 +158,13 @@ def _pod(obj: Obj) -> None:
         "phase": "Running",
         "conditions": [
             {"type": t, "status": "True", "lastTransitionTime": started}
-            for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
-                      "PodScheduled")
+            for t in (
+                "PodReadyToStartContainers",
+                "Initialized",
+                "Ready",
+                "ContainersReady",
+                "PodScheduled",
+            )
         ],
         "hostIP": "10.0.0.1",
         "podIP": ip,
@@ -144,10 +172,16 @@ def _pod(obj: Obj) -> None:
         "startTime": started,
         "qosClass": "BestEffort",
         "containerStatuses": [
-            {"name": c.get("name", ""), "ready": True, "restartCount": 0, "started": True,
-             "image": c.get("image", ""), "imageID": "",
-             "containerID": "containerd://" + uuid.uuid4().hex,
-             "state": {"running": {"startedAt": started}}}
+            {
+                "name": c.get("name", ""),
+                "ready": True,
+                "restartCount": 0,
+                "started": True,
+                "image": c.get("image", ""),
+                "imageID": "",
+                "containerID": "containerd://" + uuid.uuid4().hex,
+                "state": {"running": {"startedAt": started}},
+            }
             for c in containers
         ],
     }
@@ -179,8 +213,13 @@ def _deployment(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     spec.setdefault("replicas", 1)
     n = spec["replicas"]
-    obj["status"] = {"observedGeneration": 1, "replicas": n, "updatedReplicas": n,
-                     "readyReplicas": n, "availableReplicas": n}
+    obj["status"] = {
+        "observedGeneration": 1,
+        "replicas": n,
+        "updatedReplicas": n,
+        "readyReplicas": n,
+        "availableReplicas": n,
+    }
 
 
 def _service(obj: Obj) -> None:
@@ -190,12 +229,21 @@ def _service(obj: Obj) -> None:
     obj["status"] = {"loadBalancer": {}}
 
 
-_DEFAULTS = {"pods": _pod, "namespaces": _namespace, "secrets": _secret,
-             "deployments": _deployment, "services": _service}
+_DEFAULTS = {
+    "pods": _pod,
+    "namespaces": _namespace,
+    "secrets": _secret,
+    "deployments": _deployment,
+    "services": _service,
+}
 
 
-def seed_pod(name: str, namespace: str = "default", containers: tuple[str, ...] = ("app",),
-             labels: dict[str, str] | None = None) -> Obj:
+def seed_pod(
+    name: str,
+    namespace: str = "default",
+    containers: tuple[str, ...] = ("app",),
+    labels: dict[str, str] | None = None,
+) -> Obj:
     """A minimal Pod manifest with the given containers (image busybox)."""
     return {
         "apiVersion": "v1",
@@ -203,4 +251,3 @@ def seed_pod(name: str, namespace: str = "default", containers: tuple[str, ...] 
         "metadata": {"name": name, "namespace": namespace, "labels": labels or {"app": name}},
         "spec": {"containers": [{"name": c, "image": "busybox:1.36"} for c in containers]},
     }
-

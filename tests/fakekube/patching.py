@@ -42,8 +42,10 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
             continue
         if v is None:
             result.pop(k, None)
-        elif isinstance(v, list) and _keyed([i for i in v if "$patch" not in i]) and (
-            isinstance(result.get(k), list) and _keyed(result[k])
+        elif (
+            isinstance(v, list)
+            and _keyed([i for i in v if "$patch" not in i])
+            and (isinstance(result.get(k), list) and _keyed(result[k]))
         ):
             result[k] = _merge_named(result[k], v)
         else:
@@ -133,7 +135,9 @@ def json_patch(target: Any, ops: Any) -> Any:
             doc = _op(doc, op)
         except (KeyError, IndexError, ValueError, TypeError) as e:
             raise ApiError(
-                422, "Invalid", f"the server rejected our request due to an error in our "
-                f"request: {op.get('op')} operation does not apply: {e}"
+                422,
+                "Invalid",
+                f"the server rejected our request due to an error in our "
+                f"request: {op.get('op')} operation does not apply: {e}",
             ) from e
     return doc

@@ -72,21 +72,42 @@ RULES: Mapping[str, tuple[Rule, ...]] = {
             verbs=READ,
             resources=("*",),
             scope="namespaced",
-            except_resources=("secrets", "pods/exec", "pods/attach", "pods/portforward",
-                              "pods/proxy", "services/proxy"),
+            except_resources=(
+                "secrets",
+                "pods/exec",
+                "pods/attach",
+                "pods/portforward",
+                "pods/proxy",
+                "services/proxy",
+            ),
         ),
         Rule(verbs=READ, groups=("",), resources=("namespaces", "namespaces/status")),
     ),
     # system:basic-user + system:discovery + system:public-info-viewer
     "system:authenticated": (
-        Rule(verbs=("create",), groups=("authentication.k8s.io",),
-             resources=("selfsubjectreviews",)),
-        Rule(verbs=("create",), groups=("authorization.k8s.io",),
-             resources=("selfsubjectaccessreviews", "selfsubjectrulesreviews")),
+        Rule(
+            verbs=("create",), groups=("authentication.k8s.io",), resources=("selfsubjectreviews",)
+        ),
+        Rule(
+            verbs=("create",),
+            groups=("authorization.k8s.io",),
+            resources=("selfsubjectaccessreviews", "selfsubjectrulesreviews"),
+        ),
         Rule(
             verbs=("get",),
-            paths=("/api", "/api/*", "/apis", "/apis/*", "/version", "/version/",
-                   "/openapi", "/openapi/*", "/healthz", "/livez", "/readyz"),
+            paths=(
+                "/api",
+                "/api/*",
+                "/apis",
+                "/apis/*",
+                "/version",
+                "/version/",
+                "/openapi",
+                "/openapi/*",
+                "/healthz",
+                "/livez",
+                "/readyz",
+            ),
         ),
     ),
 }
@@ -118,18 +139,14 @@ def allowed(
     namespaced: bool | None,
 ) -> bool:
     """Whether any rule bound to one of `user`'s groups allows `attrs`."""
-    return any(
-        rule.matches(attrs, namespaced) for g in user.groups for rule in rules.get(g, ())
-    )
+    return any(rule.matches(attrs, namespaced) for g in user.groups for rule in rules.get(g, ()))
 
 
 def forbidden_message(username: str, attrs: Attributes) -> str:
     """`forbiddenMessage()` from k8s.io/apiserver responsewriters."""
     if not attrs.resource_request:
         return f'User "{username}" cannot {attrs.verb} path "{attrs.path}"'
-    where = (
-        f'in the namespace "{attrs.namespace}"' if attrs.namespace else "at the cluster scope"
-    )
+    where = f'in the namespace "{attrs.namespace}"' if attrs.namespace else "at the cluster scope"
     return (
         f'User "{username}" cannot {attrs.verb} resource "{attrs.full_resource}" '
         f'in API group "{attrs.group}" {where}'
@@ -152,4 +169,3 @@ def forbidden(username: str, attrs: Attributes, reason: str = "") -> ApiError:
         details["group"] = attrs.group
     details["kind"] = attrs.resource
     return ApiError(403, "Forbidden", f"{who} is forbidden: {msg}", details)
-

@@ -48,40 +48,100 @@ class ResourceType:
 _STATUS = Sub("status", "", ("get", "patch", "update"))
 
 TYPES: tuple[ResourceType, ...] = (
-    ResourceType("", "v1", "namespaces", "Namespace", False, ("ns",),
-                 ("create", "delete", "get", "list", "patch", "update", "watch"),
-                 (Sub("finalize", "Namespace", ("update",)), Sub("status", "Namespace",
-                                                                  _STATUS.verbs))),
-    ResourceType("", "v1", "pods", "Pod", True, ("po",), CRUD,
-                 (Sub("attach", "PodAttachOptions", ("create", "get")),
-                  Sub("exec", "PodExecOptions", ("create", "get")),
-                  Sub("log", "Pod", ("get",)),
-                  Sub("portforward", "PodPortForwardOptions", ("create", "get")),
-                  Sub("status", "Pod", _STATUS.verbs)),
-                 ("all",)),
-    ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",),
-                 fields=("data", "binaryData", "immutable")),
-    ResourceType("", "v1", "secrets", "Secret", True,
-                 fields=("data", "stringData", "type", "immutable")),
-    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",),
-                 fields=("secrets", "imagePullSecrets", "automountServiceAccountToken")),
-    ResourceType("", "v1", "services", "Service", True, ("svc",),
-                 subresources=(Sub("status", "Service", _STATUS.verbs),), categories=("all",)),
-    ResourceType("apps", "v1", "deployments", "Deployment", True, ("deploy",),
-                 subresources=(Sub("status", "Deployment", _STATUS.verbs),),
-                 categories=("all",)),
-    ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
-                 False, fields=("roleRef", "subjects")),
+    ResourceType(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        False,
+        ("ns",),
+        ("create", "delete", "get", "list", "patch", "update", "watch"),
+        (Sub("finalize", "Namespace", ("update",)), Sub("status", "Namespace", _STATUS.verbs)),
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        True,
+        ("po",),
+        CRUD,
+        (
+            Sub("attach", "PodAttachOptions", ("create", "get")),
+            Sub("exec", "PodExecOptions", ("create", "get")),
+            Sub("log", "Pod", ("get",)),
+            Sub("portforward", "PodPortForwardOptions", ("create", "get")),
+            Sub("status", "Pod", _STATUS.verbs),
+        ),
+        ("all",),
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "configmaps",
+        "ConfigMap",
+        True,
+        ("cm",),
+        fields=("data", "binaryData", "immutable"),
+    ),
+    ResourceType(
+        "", "v1", "secrets", "Secret", True, fields=("data", "stringData", "type", "immutable")
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        True,
+        ("sa",),
+        fields=("secrets", "imagePullSecrets", "automountServiceAccountToken"),
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "services",
+        "Service",
+        True,
+        ("svc",),
+        subresources=(Sub("status", "Service", _STATUS.verbs),),
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        True,
+        ("deploy",),
+        subresources=(Sub("status", "Deployment", _STATUS.verbs),),
+        categories=("all",),
+    ),
+    ResourceType(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        False,
+        fields=("roleRef", "subjects"),
+    ),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, fields=("spec",)),
     # vgate's own CRD (deploy/helm/vgate/crds/): no status subresource, one object per tenant
     ResourceType("vgate.io", "v1alpha1", "tenants", "Tenant", True),
-    ResourceType("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview",
-                 False, verbs=("create",), virtual=True),
+    ResourceType(
+        "authentication.k8s.io",
+        "v1",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        False,
+        verbs=("create",),
+        virtual=True,
+    ),
 )
 
 #: (group, version) pairs in discovery order, core first.
-GROUP_VERSIONS: tuple[tuple[str, str], ...] = tuple(dict.fromkeys((t.group, t.version)
-                                                                  for t in TYPES))
+GROUP_VERSIONS: tuple[tuple[str, str], ...] = tuple(
+    dict.fromkeys((t.group, t.version) for t in TYPES)
+)
 
 
 def find(group: str, version: str, plural: str) -> ResourceType | None:

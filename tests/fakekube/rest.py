@@ -28,8 +28,12 @@ from .web import JSON, Request, Response, json_response
 Obj = dict[str, Any]
 NAMESPACES = find("", "v1", "namespaces")
 GRACEFUL = ("pods", "namespaces")  # DELETE answers the object, not a Status
-PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
-               "application/strategic-merge-patch+json", "application/apply-patch+yaml")
+PATCH_TYPES = (
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+)
 
 
 def _media(req: Request) -> str:
@@ -46,9 +50,12 @@ def parse_body(req: Request) -> Any:
             return json.loads(req.body or b"null")
     except (ValueError, KeyError, yaml.YAMLError) as e:
         raise bad_request(f"the object provided is unrecognized or malformed: {e}") from e
-    raise ApiError(415, "UnsupportedMediaType",
-                   "the body of the request was in an unknown format - accepted media types "
-                   "include: application/json, application/yaml")
+    raise ApiError(
+        415,
+        "UnsupportedMediaType",
+        "the body of the request was in an unknown format - accepted media types "
+        "include: application/json, application/yaml",
+    )
 
 
 def _dry_run(req: Request) -> bool:
@@ -103,8 +110,11 @@ def _key(obj: Obj) -> str:
 
 
 def _out(obj: Obj, rtype: ResourceType) -> Obj:
-    return {"kind": rtype.kind, "apiVersion": rtype.api_version,
-            **{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}}
+    return {
+        "kind": rtype.kind,
+        "apiVersion": rtype.api_version,
+        **{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")},
+    }
 
 
 def _etag(obj: Obj) -> str:
@@ -116,8 +126,14 @@ def _etag(obj: Obj) -> str:
 class Rest:
     store: Store
 
-    def _object_response(self, req: Request, rtype: ResourceType, obj: Obj, status: int = 200,
-                         warnings: list[str] | None = None) -> Response:
+    def _object_response(
+        self,
+        req: Request,
+        rtype: ResourceType,
+        obj: Obj,
+        status: int = 200,
+        warnings: list[str] | None = None,
+    ) -> Response:
         return json_response(_out(obj, rtype), status, headers=_warn(warnings or []))
 
     def _require_namespace(self, rtype: ResourceType, namespace: str) -> None:
@@ -152,10 +168,15 @@ class Rest:
             meta["continue"] = _encode_continue(self.store.rv, _key(items[limit - 1]))
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
-        stripped = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")}
-                    for o in items]
-        return json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
-                              "metadata": meta, "items": stripped})
+        stripped = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
+        return json_response(
+            {
+                "kind": f"{rtype.kind}List",
+                "apiVersion": rtype.api_version,
+                "metadata": meta,
+                "items": stripped,
+            }
+        )
 
     def create(self, req: Request, rtype: ResourceType, namespace: str) -> Response:
         obj = objects.check_body(parse_body(req), rtype, namespace, None)
@@ -175,8 +196,15 @@ class Rest:
             obj = self.store.put(rtype, obj)
         return self._object_response(req, rtype, obj, 201, warnings)
 
-    def _save(self, req: Request, rtype: ResourceType, old: Obj, new: Obj,
-              warnings: list[str], status: int = 200) -> Response:
+    def _save(
+        self,
+        req: Request,
+        rtype: ResourceType,
+        old: Obj,
+        new: Obj,
+        warnings: list[str],
+        status: int = 200,
+    ) -> Response:
         def comparable(o: Obj) -> Obj:
             o = copy.deepcopy(o)
             o["metadata"].pop("resourceVersion", None)
@@ -195,9 +223,13 @@ class Rest:
     def _check_rv(self, rtype: ResourceType, old: Obj, new: Obj) -> None:
         rv = new["metadata"].get("resourceVersion")
         if rv and rv != old["metadata"]["resourceVersion"]:
-            raise conflict(rtype.group, rtype.plural, old["metadata"]["name"],
-                           "the object has been modified; please apply your changes to the "
-                           "latest version and try again")
+            raise conflict(
+                rtype.group,
+                rtype.plural,
+                old["metadata"]["name"],
+                "the object has been modified; please apply your changes to the "
+                "latest version and try again",
+            )
 
     def _existing(self, rtype: ResourceType, namespace: str, name: str) -> Obj:
         old = self.store.get(rtype, namespace, name)
@@ -205,8 +237,9 @@ class Rest:
             raise not_found(rtype.group, rtype.plural, name)
         return old
 
-    def update(self, req: Request, rtype: ResourceType, namespace: str, name: str,
-               subresource: str = "") -> Response:
+    def update(
+        self, req: Request, rtype: ResourceType, namespace: str, name: str, subresource: str = ""
+    ) -> Response:
         old = self._existing(rtype, namespace, name)
         new = objects.check_body(parse_body(req), rtype, namespace, name)
         warnings = _field_validation(req, new, rtype)
@@ -225,13 +258,17 @@ class Rest:
         new["metadata"]["managedFields"] = old["metadata"].get("managedFields", [])
         return objects.prepare_update(old, new, rtype)
 
-    def patch(self, req: Request, rtype: ResourceType, namespace: str, name: str,
-              subresource: str = "") -> Response:
+    def patch(
+        self, req: Request, rtype: ResourceType, namespace: str, name: str, subresource: str = ""
+    ) -> Response:
         media = _media(req)
         if media not in PATCH_TYPES:
-            raise ApiError(415, "UnsupportedMediaType",
-                           f'the body of the request was in an unknown format - accepted '
-                           f'media types include: {", ".join(PATCH_TYPES)}')
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted "
+                f"media types include: {', '.join(PATCH_TYPES)}",
+            )
         body = parse_body(req)
         if media == "application/apply-patch+yaml":
             return self._apply(req, rtype, namespace, name, body, subresource)
@@ -250,12 +287,18 @@ class Rest:
         managed.record_update(old, new, _field_manager(req), rtype, subresource)
         return self._save(req, rtype, old, new, warnings)
 
-    def _apply(self, req: Request, rtype: ResourceType, namespace: str, name: str, body: Any,
-               subresource: str) -> Response:
+    def _apply(
+        self,
+        req: Request,
+        rtype: ResourceType,
+        namespace: str,
+        name: str,
+        body: Any,
+        subresource: str,
+    ) -> Response:
         manager = req.param("fieldManager")
         if not manager:
-            raise bad_request("PATCH, fieldManager: Required value: is required for apply "
-                              "patch")
+            raise bad_request("PATCH, fieldManager: Required value: is required for apply patch")
         config = objects.check_body(body, rtype, namespace, name)
         config["metadata"].setdefault("name", name)
         warnings = _field_validation(req, config, rtype)
@@ -303,26 +346,44 @@ class Rest:
         options = parse_body(req) if req.body else {}
         pre = (options or {}).get("preconditions") or {}
         if pre.get("uid") and pre["uid"] != old["metadata"]["uid"]:
-            raise conflict(rtype.group, rtype.plural, name,
-                           f"Precondition failed: UID in precondition: {pre['uid']}, UID in "
-                           f"object meta: {old['metadata']['uid']}")
-        if pre.get("resourceVersion") and pre["resourceVersion"] != old["metadata"][
-            "resourceVersion"
-        ]:
-            raise conflict(rtype.group, rtype.plural, name,
-                           "the object has been modified; please apply your changes to the "
-                           "latest version and try again")
+            raise conflict(
+                rtype.group,
+                rtype.plural,
+                name,
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in "
+                f"object meta: {old['metadata']['uid']}",
+            )
+        if (
+            pre.get("resourceVersion")
+            and pre["resourceVersion"] != old["metadata"]["resourceVersion"]
+        ):
+            raise conflict(
+                rtype.group,
+                rtype.plural,
+                name,
+                "the object has been modified; please apply your changes to the "
+                "latest version and try again",
+            )
         dry = _dry_run(req) or "All" in ((options or {}).get("dryRun") or [])
         gone = self._deleted(rtype, old, dry)
         if rtype.plural in GRACEFUL:
             return json_response(_out(gone, rtype))
-        details = {"name": name, **({"group": rtype.group} if rtype.group else {}),
-                   "kind": rtype.plural, "uid": old["metadata"]["uid"]}
+        details = {
+            "name": name,
+            **({"group": rtype.group} if rtype.group else {}),
+            "kind": rtype.plural,
+            "uid": old["metadata"]["uid"],
+        }
         return json_response(success_status(details))
 
     def delete_collection(self, req: Request, rtype: ResourceType, namespace: str) -> Response:
         dry = _dry_run(req)
         items = [self._deleted(rtype, o, dry) for o in self.matching(req, rtype, namespace)]
-        return json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
-                              "metadata": {"resourceVersion": str(self.store.rv)},
-                              "items": items})
+        return json_response(
+            {
+                "kind": f"{rtype.kind}List",
+                "apiVersion": rtype.api_version,
+                "metadata": {"resourceVersion": str(self.store.rv)},
+                "items": items,
+            }
+        )

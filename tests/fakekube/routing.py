@@ -8,8 +8,14 @@ from .rbac import Attributes
 from .selectors import _split
 from .web import Request
 
-_VERBS = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch",
-          "DELETE": "delete"}
+_VERBS = {
+    "POST": "create",
+    "GET": "get",
+    "HEAD": "get",
+    "PUT": "update",
+    "PATCH": "patch",
+    "DELETE": "delete",
+}
 _NS_SUBRESOURCES = {"status", "finalize"}
 STREAM_SUBRESOURCES = {"exec", "attach", "portforward"}
 
@@ -30,8 +36,11 @@ def _name_from_field_selector(selector: str | None) -> str:
         for op in ("==", "="):
             if op in term and "!=" not in term:
                 key, _, value = (s.strip() for s in term.partition(op))
-                if key == "metadata.name" and value and "/" not in value and value not in (
-                    ".", ".."
+                if (
+                    key == "metadata.name"
+                    and value
+                    and "/" not in value
+                    and value not in (".", "..")
                 ):
                     return value
                 break
@@ -73,8 +82,9 @@ def request_info(req: Request) -> RequestInfo:
     attrs = Attributes(verb, True, group, version, resource, sub, namespace, name, req.path)
     if not name and verb == "get":
         verb = "watch" if req.flag("watch") else "list"
-        attrs = replace(attrs, verb=verb,
-                        name=_name_from_field_selector(req.param("fieldSelector")))
+        attrs = replace(
+            attrs, verb=verb, name=_name_from_field_selector(req.param("fieldSelector"))
+        )
     elif not name and verb == "delete":
         attrs = replace(attrs, verb="deletecollection")
     if sub in STREAM_SUBRESOURCES and resource == "pods" and req.method == "GET":

@@ -189,8 +189,9 @@ class FakeKube:
         """Create or replace an object (watchers see it). Returns it as stored."""
         return self.call(self.api.put, obj)
 
-    def get(self, api_version: str, kind: str, name: str,
-            namespace: str = "default") -> dict[str, Any] | None:
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str = "default"
+    ) -> dict[str, Any] | None:
         """The stored object, or None."""
         return self.call(self.api.get, api_version, kind, name, namespace)
 
@@ -207,8 +208,11 @@ class FakeKube:
                 try:
                     req = await self._read(conn, reader, writer)
                 except _TooLarge:
-                    body = status_body(413, "RequestEntityTooLarge",
-                                       f"Request entity too large: limit is {MAX_BODY}")
+                    body = status_body(
+                        413,
+                        "RequestEntityTooLarge",
+                        f"Request entity too large: limit is {MAX_BODY}",
+                    )
                     await self._send_plain(conn, writer, json_response(body, 413))
                     return
                 if req is None:
@@ -231,8 +235,9 @@ class FakeKube:
                 with contextlib.suppress(Exception):
                     writer.close()
 
-    async def _read(self, conn: h11.Connection, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter) -> Request | None:
+    async def _read(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Request | None:
         head: h11.Request | None = None
         body = bytearray()
         while True:
@@ -242,8 +247,7 @@ class FakeKube:
                 return None
             if ev is h11.NEED_DATA:
                 if conn.they_are_waiting_for_100_continue:
-                    writer.write(conn.send(h11.InformationalResponse(status_code=100,
-                                                                     headers=[])))
+                    writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
                 conn.receive_data(await reader.read(65536))
             elif isinstance(ev, h11.Request):
                 head = ev
@@ -252,26 +256,41 @@ class FakeKube:
                 if len(body) > MAX_BODY:
                     raise _TooLarge
             elif isinstance(ev, h11.EndOfMessage) and head is not None:
-                return Request.build(head.method.decode(), bytes(head.target),
-                                     list(head.headers.raw_items()), bytes(body))
+                return Request.build(
+                    head.method.decode(),
+                    bytes(head.target),
+                    list(head.headers.raw_items()),
+                    bytes(body),
+                )
             else:  # ConnectionClosed, PAUSED
                 return None
 
-    def _headers(self, req: Request, resp: Response | Stream,
-                 identity: EffectiveUser | None) -> list[tuple[str, str]]:
+    def _headers(
+        self, req: Request, resp: Response | Stream, identity: EffectiveUser | None
+    ) -> list[tuple[str, str]]:
         audit = req.header("audit-id") or str(uuid.uuid4())
-        hs = [("Audit-Id", audit), ("Cache-Control", "no-cache, private"),
-              ("Content-Type", resp.content_type),
-              ("Date", email.utils.formatdate(usegmt=True))]
+        hs = [
+            ("Audit-Id", audit),
+            ("Cache-Control", "no-cache, private"),
+            ("Content-Type", resp.content_type),
+            ("Date", email.utils.formatdate(usegmt=True)),
+        ]
         hs += [(_canonical(k), v) for k, v in resp.headers]
         if identity is not None:
-            hs += [("X-Kubernetes-Pf-Flowschema-Uid", FLOWSCHEMA_UID),
-                   ("X-Kubernetes-Pf-Prioritylevel-Uid", PRIORITY_UID)]
+            hs += [
+                ("X-Kubernetes-Pf-Flowschema-Uid", FLOWSCHEMA_UID),
+                ("X-Kubernetes-Pf-Prioritylevel-Uid", PRIORITY_UID),
+            ]
         return sorted(hs, key=lambda kv: kv[0])  # Go writes headers sorted by name
 
-    async def _send_plain(self, conn: h11.Connection, writer: asyncio.StreamWriter,
-                          resp: Response, headers: list[tuple[str, str]] | None = None,
-                          head_only: bool = False) -> None:
+    async def _send_plain(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        resp: Response,
+        headers: list[tuple[str, str]] | None = None,
+        head_only: bool = False,
+    ) -> None:
         hs = list(headers if headers is not None else [("Content-Type", resp.content_type)])
         if resp.status != 304:
             hs.append(("Content-Length", str(len(resp.body))))
@@ -281,25 +300,38 @@ class FakeKube:
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
-    async def _respond(self, conn: h11.Connection, req: Request, outcome: Outcome,
-                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _respond(
+        self,
+        conn: h11.Connection,
+        req: Request,
+        outcome: Outcome,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
         """Send the answer; False when the connection must close."""
         resp = outcome.result
         assert isinstance(resp, Response | Stream)
         headers = self._headers(req, resp, outcome.identity)
-        self._record(Record(req.method, req.target, req.raw_headers, outcome.identity,
-                            resp.status))
+        self._record(Record(req.method, req.target, req.raw_headers, outcome.identity, resp.status))
         if isinstance(resp, Stream):
             return await self._stream(conn, resp, headers, reader, writer)
         if len(resp.body) > self.gzip_threshold and _accepts_gzip(req):
             resp = Response(resp.status, gzip.compress(resp.body), resp.content_type)
-            headers = sorted([*headers, ("Content-Encoding", "gzip"),
-                              ("Vary", "Accept-Encoding")], key=lambda kv: kv[0])
+            headers = sorted(
+                [*headers, ("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")],
+                key=lambda kv: kv[0],
+            )
         await self._send_plain(conn, writer, resp, headers, head_only=req.method == "HEAD")
         return True
 
-    async def _stream(self, conn: h11.Connection, resp: Stream, headers: list[tuple[str, str]],
-                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _stream(
+        self,
+        conn: h11.Connection,
+        resp: Stream,
+        headers: list[tuple[str, str]],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
         """Chunked body until the producer ends (True) or the client goes away (False)."""
 
         async def pump() -> None:
@@ -336,8 +368,14 @@ class FakeKube:
                 with contextlib.suppress(Exception):
                     await aclose()
 
-    async def _upgrade(self, req: Request, outcome: Outcome, conn: h11.Connection,
-                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _upgrade(
+        self,
+        req: Request,
+        outcome: Outcome,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         """Hand an exec/attach/portforward connection to the streams package (which does
         the 101 handshake and closes the writer)."""
         up = outcome.result
@@ -345,9 +383,15 @@ class FakeKube:
         rec = Record(req.method, req.target, req.raw_headers, outcome.identity, 101)
         self._record(rec)
         leftover = bytes(conn.trailing_data[0])
-        sreq = StreamRequest(kind=up.kind, namespace=up.namespace, pod=up.pod,
-                             query=list(req.query), headers=list(req.headers))
-        result = await serve_stream(sreq, reader, writer, leftover,
-                                    transports=self.stream_transports)
+        sreq = StreamRequest(
+            kind=up.kind,
+            namespace=up.namespace,
+            pod=up.pod,
+            query=list(req.query),
+            headers=list(req.headers),
+        )
+        result = await serve_stream(
+            sreq, reader, writer, leftover, transports=self.stream_transports
+        )
         if isinstance(result, int):
             rec.status = result

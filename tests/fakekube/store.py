@@ -78,7 +78,8 @@ class Store:
     def list(self, rtype: ResourceType, namespace: str = "") -> list[Obj]:
         """Objects of `rtype` (in `namespace`, or all), sorted by namespace/name."""
         found = [
-            (k, o) for k, o in self.objects.items()
+            (k, o)
+            for k, o in self.objects.items()
             if k[:2] == (rtype.group, rtype.plural) and (not namespace or k[2] == namespace)
         ]
         return [copy.deepcopy(o) for _, o in sorted(found, key=lambda ko: ko[0])]

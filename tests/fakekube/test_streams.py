@@ -86,14 +86,31 @@ class Kubectl:
         self.home = home
         self.mode = mode
         config = home / "kubeconfig"
-        config.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "t",
-            "clusters": [{"name": "t", "cluster": {
-                "server": harness.url, "certificate-authority": str(ca.cert_file)}}],
-            "users": [{"name": "t", "user": {"token": "any-token"}}],
-            "contexts": [{"name": "t", "context": {
-                "cluster": "t", "user": "t", "namespace": "default"}}],
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "t",
+                    "clusters": [
+                        {
+                            "name": "t",
+                            "cluster": {
+                                "server": harness.url,
+                                "certificate-authority": str(ca.cert_file),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "t", "user": {"token": "any-token"}}],
+                    "contexts": [
+                        {
+                            "name": "t",
+                            "context": {"cluster": "t", "user": "t", "namespace": "default"},
+                        }
+                    ],
+                }
+            )
+        )
         self.env = {k: v for k, v in os.environ.items() if k not in MODE_ENV}
         self.env.update(KUBECONFIG=str(config), HOME=str(home))
         if mode == "spdy":
@@ -105,7 +122,11 @@ class Kubectl:
         kwargs.setdefault("stdout", asyncio.subprocess.PIPE)
         kwargs.setdefault("stderr", asyncio.subprocess.PIPE)
         return await asyncio.create_subprocess_exec(
-            KUBECTL, *args, env=self.env, cwd=self.home, **kwargs  # type: ignore[arg-type]
+            KUBECTL,
+            *args,
+            env=self.env,
+            cwd=self.home,
+            **kwargs,  # type: ignore[arg-type]
         )
 
     async def run(self, *args: str, stdin: bytes | None = None) -> Result:
@@ -138,10 +159,15 @@ def assert_served(served: Served, mode: str, kind: str) -> None:
     if kind == "portforward":
         protocol = "SPDY/3.1+portforward.k8s.io" if mode == "websocket" else "portforward.k8s.io"
     assert (served.kind, served.upgrade, served.protocol, served.status) == (
-        kind, upgrade, protocol, 101)
+        kind,
+        upgrade,
+        protocol,
+        101,
+    )
 
 
 # --- real kubectl, both transports ------------------------------------------------------------
+
 
 @pytest.mark.integration
 @needs_kubectl
@@ -215,7 +241,8 @@ async def test_port_forward(kubectl: Kubectl, harness: Harness, mode: str) -> No
         assert found, line
         for _ in range(2):  # a second connection gets its own stream pair and greeting
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", int(found.group(1))), 5)
+                asyncio.open_connection("127.0.0.1", int(found.group(1))), 5
+            )
             writer.write(b"hello")
             expected = b"PORT 8080\nHELLO"
             assert await asyncio.wait_for(reader.readexactly(len(expected)), 10) == expected
@@ -239,8 +266,9 @@ async def test_tty_gets_resize_and_line_discipline(kubectl: Kubectl, mode: str) 
     async def in_pty(*argv: str, keys: list[bytes]) -> bytes:
         controller, terminal = pty.openpty()
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-        proc = await kubectl.start(*argv, stdin=terminal, stdout=terminal, stderr=terminal,
-                                   start_new_session=True)
+        proc = await kubectl.start(
+            *argv, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True
+        )
         os.close(terminal)
         output = bytearray()
         loop = asyncio.get_running_loop()
@@ -274,8 +302,9 @@ async def test_tty_gets_resize_and_line_discipline(kubectl: Kubectl, mode: str) 
 
 @pytest.mark.integration
 @needs_kubectl
-async def test_session_ends_when_client_vanishes(kubectl: Kubectl, harness: Harness,
-                                                 mode: str) -> None:
+async def test_session_ends_when_client_vanishes(
+    kubectl: Kubectl, harness: Harness, mode: str
+) -> None:
     proc = await kubectl.start("exec", "web-0", "--", "sleep", "600")
     try:
         await asyncio.wait_for(harness.stream_started.wait(), RUN_LIMIT)
@@ -290,17 +319,27 @@ async def test_session_ends_when_client_vanishes(kubectl: Kubectl, harness: Harn
 # --- unit checks, no kubectl -------------------------------------------------------------------
 
 
-def _request(kind: str, headers: list[tuple[str, str]], query: list[tuple[str, str]] | None = None,
-             ) -> StreamRequest:
+def _request(
+    kind: str,
+    headers: list[tuple[str, str]],
+    query: list[tuple[str, str]] | None = None,
+) -> StreamRequest:
     query = [("command", "echo"), ("stdout", "true")] if query is None else query
     return StreamRequest(kind, "default", "web-0", query, headers)
 
 
 def test_negotiation_follows_client_order_and_refuses_the_unknown() -> None:
-    ws = [("connection", "Upgrade"), ("upgrade", "websocket"),
-          ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="), ("sec-websocket-version", "13")]
-    chosen = negotiate(_request("exec", [*ws, ("sec-websocket-protocol",
-                                               "base64.channel.k8s.io, v4.channel.k8s.io")]))
+    ws = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ]
+    chosen = negotiate(
+        _request(
+            "exec", [*ws, ("sec-websocket-protocol", "base64.channel.k8s.io, v4.channel.k8s.io")]
+        )
+    )
     assert isinstance(chosen, Upgrade) and chosen.protocol == "v4.channel.k8s.io"
     assert ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") in chosen.headers  # RFC 6455
     spdy = [("connection", "Upgrade"), ("upgrade", "SPDY/3.1")]
@@ -318,29 +357,40 @@ async def test_refusal_is_a_status_response(harness: Harness, pki: tuple[TestCA,
     context = ssl.create_default_context(cafile=str(pki[0].cert_file))
     port = int(harness.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
-    writer.write(b"POST /api/v1/namespaces/default/pods/web-0/exec?command=ls HTTP/1.1\r\n"
-                 b"Host: x\r\nContent-Length: 0\r\n\r\n")
+    writer.write(
+        b"POST /api/v1/namespaces/default/pods/web-0/exec?command=ls HTTP/1.1\r\n"
+        b"Host: x\r\nContent-Length: 0\r\n\r\n"
+    )
     response = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ")
     status = json.loads(body)
     assert (status["kind"], status["code"], status["message"]) == (
-        "Status", 400, "Upgrade request required")
+        "Status",
+        400,
+        "Upgrade request required",
+    )
     assert await harness.wait_idle(10)
     assert harness.served[-1].status == 400
 
 
-async def test_websocket_with_an_independent_client(harness: Harness,
-                                                    pki: tuple[TestCA, Leaf]) -> None:
+async def test_websocket_with_an_independent_client(
+    harness: Harness, pki: tuple[TestCA, Leaf]
+) -> None:
     """The `websockets` library (not Go) speaks to the same server: stdin, close signal, ping."""
     connect = pytest.importorskip("websockets.asyncio.client").connect
 
     context = ssl.create_default_context(cafile=str(pki[0].cert_file))
     url = harness.url.replace("https", "wss") + (
-        "/api/v1/namespaces/default/pods/web-0/exec?command=cat&stdin=true&stdout=true")
-    async with connect(url, ssl=context, subprotocols=["v5.channel.k8s.io"],  # type: ignore[list-item]
-                       open_timeout=10) as ws:
+        "/api/v1/namespaces/default/pods/web-0/exec?command=cat&stdin=true&stdout=true"
+    )
+    async with connect(
+        url,
+        ssl=context,
+        subprotocols=["v5.channel.k8s.io"],  # type: ignore[list-item]
+        open_timeout=10,
+    ) as ws:
         assert ws.subprotocol == "v5.channel.k8s.io"
         await asyncio.wait_for(await ws.ping(b"beat"), 5)
         await ws.send(b"\x00" + b"x" * 70_000)  # 64-bit length frame
@@ -380,7 +430,11 @@ def test_spdy_frame_layout() -> None:
 def test_tar_argument_forms_kubectl_uses() -> None:
     extract = parse_args(["-xmf", "-", "-C", "/tmp"])
     assert (extract.mode, extract.archive, extract.directory, extract.touch) == (
-        "x", "-", "/tmp", True)
+        "x",
+        "-",
+        "/tmp",
+        True,
+    )
     create = parse_args(["cf", "-", "/tmp/x"])
     assert (create.mode, create.archive, create.members) == ("c", "-", ["/tmp/x"])
 

@@ -32,8 +32,13 @@ def _line(kind: str, obj: Obj) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
-def open_watch(store: Store, rtype: ResourceType, namespace: str,
-               match: Callable[[Obj], bool], opts: WatchOptions) -> tuple[Watcher, Obj | None]:
+def open_watch(
+    store: Store,
+    rtype: ResourceType,
+    namespace: str,
+    match: Callable[[Obj], bool],
+    opts: WatchOptions,
+) -> tuple[Watcher, Obj | None]:
     """Subscribe now (synchronously, so no event is missed) and queue what to replay.
 
     Returns the watcher and, if the resourceVersion is too old, the ERROR Status to send.
@@ -52,8 +57,9 @@ def open_watch(store: Store, rtype: ResourceType, namespace: str,
         except ValueError:
             since = -1
         if since < store.oldest_rv():
-            return w, status_body(410, "Expired",
-                                  f"too old resource version: {rv} ({store.oldest_rv()})")
+            return w, status_body(
+                410, "Expired", f"too old resource version: {rv} ({store.oldest_rv()})"
+            )
         for ev in store.since(since):
             w.offer(ev)
     store.watchers.add(w)
@@ -63,8 +69,15 @@ def open_watch(store: Store, rtype: ResourceType, namespace: str,
 class WatchStream:
     """Produces the byte chunks of one watch; counts itself in `counter` while running."""
 
-    def __init__(self, store: Store, rtype: ResourceType, watcher: Watcher, opts: WatchOptions,
-                 counter: Callable[[int], None], error: Obj | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        rtype: ResourceType,
+        watcher: Watcher,
+        opts: WatchOptions,
+        counter: Callable[[int], None],
+        error: Obj | None = None,
+    ) -> None:
         self.store, self.rtype, self.watcher, self.opts = store, rtype, watcher, opts
         self.counter, self.error = counter, error
 
@@ -75,8 +88,10 @@ class WatchStream:
         meta: Obj = {"resourceVersion": str(self.store.rv), "creationTimestamp": None}
         if initial_end:
             meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-        return _line("BOOKMARK", {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version,
-                                  "metadata": meta})
+        return _line(
+            "BOOKMARK",
+            {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version, "metadata": meta},
+        )
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.counter(+1)

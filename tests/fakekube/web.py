@@ -22,8 +22,9 @@ class Request:
     headers: list[tuple[str, str]] = field(default_factory=list)  # names lower-cased
 
     @classmethod
-    def build(cls, method: str, target: bytes, raw_headers: list[tuple[bytes, bytes]],
-              body: bytes = b"") -> Request:
+    def build(
+        cls, method: str, target: bytes, raw_headers: list[tuple[bytes, bytes]], body: bytes = b""
+    ) -> Request:
         parts = urlsplit(target.decode("latin-1"))
         return cls(
             method=method,
@@ -32,8 +33,7 @@ class Request:
             body=body,
             path=unquote(parts.path),
             query=parse_qsl(parts.query, keep_blank_values=True),
-            headers=[(k.decode("latin-1").lower(), v.decode("latin-1"))
-                     for k, v in raw_headers],
+            headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw_headers],
         )
 
     def param(self, name: str, default: str | None = None) -> str | None:
@@ -84,7 +84,12 @@ class Upgrade:
     pod: str
 
 
-def json_response(obj: Any, status: int = 200, content_type: str = JSON,
-                  headers: list[tuple[str, str]] | None = None) -> Response:
-    return Response(status, json.dumps(obj, separators=(",", ":")).encode() + b"\n",
-                    content_type, headers or [])
+def json_response(
+    obj: Any,
+    status: int = 200,
+    content_type: str = JSON,
+    headers: list[tuple[str, str]] | None = None,
+) -> Response:
+    return Response(
+        status, json.dumps(obj, separators=(",", ":")).encode() + b"\n", content_type, headers or []
+    )

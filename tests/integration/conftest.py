@@ -110,36 +110,78 @@ class World:
     def kubeconfig(self, tenant: str, user: str, mode: str = "path") -> Path:
         path = self.dir / f"kubeconfig-{tenant}-{user}-{mode}"
         if not path.exists():
-            path.write_text(yaml.safe_dump({
-                "apiVersion": "v1", "kind": "Config",
-                "clusters": [{"name": tenant, "cluster": {
-                    "server": self.server(tenant, mode),
-                    "certificate-authority": str(self.ca.cert_file)}}],
-                "users": [{"name": user, "user": {"token": self.token(user)}}],
-                "contexts": [{"name": "c", "context": {"cluster": tenant, "user": user,
-                                                       "namespace": "default"}}],
-                "current-context": "c",
-            }))
+            path.write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Config",
+                        "clusters": [
+                            {
+                                "name": tenant,
+                                "cluster": {
+                                    "server": self.server(tenant, mode),
+                                    "certificate-authority": str(self.ca.cert_file),
+                                },
+                            }
+                        ],
+                        "users": [{"name": user, "user": {"token": self.token(user)}}],
+                        "contexts": [
+                            {
+                                "name": "c",
+                                "context": {
+                                    "cluster": tenant,
+                                    "user": user,
+                                    "namespace": "default",
+                                },
+                            }
+                        ],
+                        "current-context": "c",
+                    }
+                )
+            )
         return path
 
     def kubectl_argv(
-        self, tenant: str, user: str, args: list[str], mode: str = "path",
+        self,
+        tenant: str,
+        user: str,
+        args: list[str],
+        mode: str = "path",
         kubectl: str = KUBECTL,
     ) -> list[str]:
         argv = [kubectl, "--kubeconfig", str(self.kubeconfig(tenant, user, mode)), *args]
         if mode == "host":
             # no DNS for *.k8s.test: give kubectl its own /etc/hosts in a private mount ns
             hosts = self.dir / "hosts"
-            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                    f'mount --bind {hosts} /etc/hosts && exec "$@"', "kubectl-in-ns", *argv]
+            argv = [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f'mount --bind {hosts} /etc/hosts && exec "$@"',
+                "kubectl-in-ns",
+                *argv,
+            ]
         return argv
 
-    def kubectl(self, tenant: str, user: str, *args: str, mode: str = "path",
-                input: bytes | None = None, env: dict | None = None,
-                timeout: float = 30, kubectl: str = KUBECTL) -> subprocess.CompletedProcess:
+    def kubectl(
+        self,
+        tenant: str,
+        user: str,
+        *args: str,
+        mode: str = "path",
+        input: bytes | None = None,
+        env: dict | None = None,
+        timeout: float = 30,
+        kubectl: str = KUBECTL,
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             self.kubectl_argv(tenant, user, list(args), mode, kubectl),
-            input=input, capture_output=True, timeout=timeout,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
             env={**os.environ, **(env or {})},
         )
 
@@ -181,12 +223,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     config = {
         "tls": {"cert_file": str(gw_leaf.cert_file), "key_file": str(gw_leaf.key_file)},
         "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{
-            "issuer": idp.issuer, "audiences": ["vgate"],
-            "username_claim": "email", "username_prefix": "oidc:",
-            "groups_claim": "groups", "groups_prefix": "oidc:",
+        "oidc": {
+            "issuers": [
+                {
+                    "issuer": idp.issuer,
+                    "audiences": ["vgate"],
+                    "username_claim": "email",
+                    "username_prefix": "oidc:",
+                    "groups_claim": "groups",
+                    "groups_prefix": "oidc:",
+                    "jwks_refresh_min_interval_seconds": 0.5,
+                }
+            ],
             "jwks_refresh_min_interval_seconds": 0.5,
-        }], "jwks_refresh_min_interval_seconds": 0.5},
+        },
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
         "tenants": tenant_entries(real, base, standin=standin, ca=ca),

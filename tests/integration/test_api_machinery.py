@@ -22,18 +22,25 @@ DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscove
 
 
 def client(world: World, user: str, tenant: str = "tenant1") -> httpx.Client:
-    return httpx.Client(base_url=world.server(tenant, "path"), timeout=30,
-                        headers={"Authorization": f"Bearer {world.token(user)}"},
-                        verify=ssl.create_default_context(cafile=str(world.ca.cert_file)))
+    return httpx.Client(
+        base_url=world.server(tenant, "path"),
+        timeout=30,
+        headers={"Authorization": f"Bearer {world.token(user)}"},
+        verify=ssl.create_default_context(cafile=str(world.ca.cert_file)),
+    )
 
 
 def direct(world: World, tenant: str = "tenant1") -> httpx.Client:
     """The tenant's API server as its admin, not through the gateway."""
     api = world.tenants[tenant]
     from tests.support.kube import ADMIN_TOKEN
-    return httpx.Client(base_url=api.url, timeout=30,
-                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                        verify=ssl.create_default_context(cafile=str(api.ca_file)))
+
+    return httpx.Client(
+        base_url=api.url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        verify=ssl.create_default_context(cafile=str(api.ca_file)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +68,16 @@ def test_content_negotiation_passes_through(alice: httpx.Client) -> None:
 
 
 def test_repeated_warning_headers_reach_the_client(alice: httpx.Client) -> None:
-    body = {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "warned", "bogusOne": 1, "bogusTwo": 2}}
-    r = alice.post("/api/v1/namespaces/default/configmaps",
-                   params={"fieldValidation": "Warn", "dryRun": "All"}, json=body)
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "warned", "bogusOne": 1, "bogusTwo": 2},
+    }
+    r = alice.post(
+        "/api/v1/namespaces/default/configmaps",
+        params={"fieldValidation": "Warn", "dryRun": "All"},
+        json=body,
+    )
     assert r.status_code == 201, r.text
     warnings = r.headers.get_list("warning")
     assert len(warnings) == 2, warnings
@@ -95,15 +108,29 @@ def test_status_errors_are_the_servers_own(world: World, alice: httpx.Client) ->
 
 
 CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "widgets.example.com"},
-    "spec": {"group": "example.com", "scope": "Namespaced",
-             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {
-                               "type": "object",
-                               "properties": {"spec": {"type": "object", "properties": {
-                                   "size": {"type": "integer"}}}}}}}]},
+    "spec": {
+        "group": "example.com",
+        "scope": "Namespaced",
+        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}
+                        },
+                    }
+                },
+            }
+        ],
+    },
 }
 
 
@@ -111,14 +138,36 @@ def test_custom_resources_and_real_rbac(world: World) -> None:
     manifest = json.dumps(CRD).encode()
     ok(world.kubectl("tenant1", "alice", "apply", "-f", "-", input=manifest))
     try:
-        ok(world.kubectl("tenant1", "alice", "wait", "--for=condition=Established",
-                         "crd/widgets.example.com", "--timeout=30s"))
-        widget = {"apiVersion": "example.com/v1", "kind": "Widget",
-                  "metadata": {"name": "w1", "namespace": "default"}, "spec": {"size": 3}}
-        ok(world.kubectl("tenant1", "alice", "apply", "--server-side", "-f", "-",
-                         input=json.dumps(widget).encode()))
-        got = json.loads(ok(world.kubectl("tenant1", "alice", "get", "widgets", "w1",
-                                          "-o", "json")))
+        ok(
+            world.kubectl(
+                "tenant1",
+                "alice",
+                "wait",
+                "--for=condition=Established",
+                "crd/widgets.example.com",
+                "--timeout=30s",
+            )
+        )
+        widget = {
+            "apiVersion": "example.com/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1", "namespace": "default"},
+            "spec": {"size": 3},
+        }
+        ok(
+            world.kubectl(
+                "tenant1",
+                "alice",
+                "apply",
+                "--server-side",
+                "-f",
+                "-",
+                input=json.dumps(widget).encode(),
+            )
+        )
+        got = json.loads(
+            ok(world.kubectl("tenant1", "alice", "get", "widgets", "w1", "-o", "json"))
+        )
         assert got["spec"] == {"size": 3}
         # the view role in this cluster covers the core, apps and batch groups only
         viewer = world.kubectl("tenant1", "bob", "get", "widgets")
@@ -131,8 +180,13 @@ def test_custom_resources_and_real_rbac(world: World) -> None:
 def test_lease_updates_are_optimistic(alice: httpx.Client) -> None:
     leases = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
     name = f"leader-{time.monotonic_ns()}"
-    made = alice.post(leases, json={"metadata": {"name": name},
-                                    "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}})
+    made = alice.post(
+        leases,
+        json={
+            "metadata": {"name": name},
+            "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15},
+        },
+    )
     assert made.status_code == 201, made.text
     lease = made.json()
     first = alice.put(f"{leases}/{name}", json={**lease, "spec": {"holderIdentity": "b"}})
@@ -143,16 +197,23 @@ def test_lease_updates_are_optimistic(alice: httpx.Client) -> None:
 
 
 def test_token_request_through_the_gateway(world: World) -> None:
-    token = ok(world.kubectl("tenant1", "alice", "create", "token", "default",
-                             "--duration=10m")).strip()
+    token = ok(
+        world.kubectl("tenant1", "alice", "create", "token", "default", "--duration=10m")
+    ).strip()
     api = world.tenants["tenant1"]
-    with httpx.Client(base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {token}"},
-                      verify=ssl.create_default_context(cafile=str(api.ca_file))) as c:
-        review = c.post("/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                        json={"apiVersion": "authentication.k8s.io/v1",
-                              "kind": "SelfSubjectReview"})
-    assert review.json()["status"]["userInfo"]["username"] == \
-        "system:serviceaccount:default:default", "a real token of the tenant's API server"
+    with httpx.Client(
+        base_url=api.url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+        verify=ssl.create_default_context(cafile=str(api.ca_file)),
+    ) as c:
+        review = c.post(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            json={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+    assert (
+        review.json()["status"]["userInfo"]["username"] == "system:serviceaccount:default:default"
+    ), "a real token of the tenant's API server"
     viewer = world.kubectl("tenant1", "bob", "create", "token", "default")
     assert viewer.returncode != 0
     assert b'cannot create resource "serviceaccounts/token"' in viewer.stderr

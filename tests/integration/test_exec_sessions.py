@@ -40,10 +40,11 @@ from tests.support.tenants import start_standin
 
 pytestmark = [pytest.mark.integration]
 
-SPDY_ENV = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false",
-            "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
-WS_ENV = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "true",
-          "KUBECTL_PORT_FORWARD_WEBSOCKETS": "true"}
+SPDY_ENV = {
+    "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false",
+    "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false",
+}
+WS_ENV = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "true", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "true"}
 MAX_SESSION_BYTES = 1 << 20
 BUFFER_BYTES = 256 << 10
 
@@ -62,38 +63,75 @@ class SessionWorld:
     tenants: list[dict]
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def kubeconfig(self, tenant: str, *, front: bool = False, gateway: GatewayThread | None = None
-                   ) -> Path:
+    def kubeconfig(
+        self, tenant: str, *, front: bool = False, gateway: GatewayThread | None = None
+    ) -> Path:
         base = self.front_ingress.url if front else (gateway or self.gateway).url
         name = f"kubeconfig-{tenant}-{'front' if front else (gateway or self.gateway).port}"
         path = self.dir / name
         if not path.exists():
             if "alice" not in self.tokens:
                 self.tokens["alice"] = self.idp.login("alice").id_token
-            path.write_text(yaml.safe_dump({
-                "apiVersion": "v1", "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {
-                    "server": f"{base}/clusters/{tenant}",
-                    "certificate-authority": str(self.ca.cert_file)}}],
-                "users": [{"name": "alice", "user": {"token": self.tokens["alice"]}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "alice",
-                                                       "namespace": "default"}}],
-                "current-context": "c",
-            }))
+            path.write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Config",
+                        "clusters": [
+                            {
+                                "name": "c",
+                                "cluster": {
+                                    "server": f"{base}/clusters/{tenant}",
+                                    "certificate-authority": str(self.ca.cert_file),
+                                },
+                            }
+                        ],
+                        "users": [{"name": "alice", "user": {"token": self.tokens["alice"]}}],
+                        "contexts": [
+                            {
+                                "name": "c",
+                                "context": {
+                                    "cluster": "c",
+                                    "user": "alice",
+                                    "namespace": "default",
+                                },
+                            }
+                        ],
+                        "current-context": "c",
+                    }
+                )
+            )
         return path
 
-    def argv(self, tenant: str, *args: str, kubectl: str = KUBECTL, front: bool = False,
-             gateway: GatewayThread | None = None) -> list[str]:
+    def argv(
+        self,
+        tenant: str,
+        *args: str,
+        kubectl: str = KUBECTL,
+        front: bool = False,
+        gateway: GatewayThread | None = None,
+    ) -> list[str]:
         config = self.kubeconfig(tenant, front=front, gateway=gateway)
         return [kubectl, "--kubeconfig", str(config), *args]
 
-    def kubectl(self, tenant: str, *args: str, env: dict | None = None, input: bytes | None = None,
-                kubectl: str = KUBECTL, front: bool = False, gateway: GatewayThread | None = None,
-                timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(tenant, *args, kubectl=kubectl, front=front,
-                                        gateway=gateway),
-                              input=input, capture_output=True, timeout=timeout,
-                              env={**os.environ, **(env or {})})
+    def kubectl(
+        self,
+        tenant: str,
+        *args: str,
+        env: dict | None = None,
+        input: bytes | None = None,
+        kubectl: str = KUBECTL,
+        front: bool = False,
+        gateway: GatewayThread | None = None,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.argv(tenant, *args, kubectl=kubectl, front=front, gateway=gateway),
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
 
     def audit_lines(self) -> list[dict]:
         time.sleep(0.3)  # the audit log is flushed every 0.2 s
@@ -103,13 +141,17 @@ class SessionWorld:
 def _policy(base: Path) -> Path:
     folder = base / "policies"
     folder.mkdir()
-    (folder / "all.yaml").write_text(yaml.safe_dump({
-        "tenant": "*", "roles": {"cluster-admin": {"groups": ["oidc:tenant1-admins"]}}}))
+    (folder / "all.yaml").write_text(
+        yaml.safe_dump(
+            {"tenant": "*", "roles": {"cluster-admin": {"groups": ["oidc:tenant1-admins"]}}}
+        )
+    )
     return folder
 
 
-def _gateway_config(base: Path, idp: OIDCProvider, ca: TestCA, tenants: list[dict],
-                    recording: dict, name: str) -> dict:
+def _gateway_config(
+    base: Path, idp: OIDCProvider, ca: TestCA, tenants: list[dict], recording: dict, name: str
+) -> dict:
     leaf = ca.issue(f"gateway-{name}", ["127.0.0.1", "localhost"])
     return {
         "tls": {"cert_file": str(leaf.cert_file), "key_file": str(leaf.key_file)},
@@ -135,32 +177,58 @@ def sw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionWorld]:
     }
     started: list = list(standins.values())
     try:
-        tenant_ingress = SpdyRefusingIngress(ca.issue("ingress-t", ["127.0.0.1"]),
-                                             standins["wsonly"].url, ca.cert_file).start()
+        tenant_ingress = SpdyRefusingIngress(
+            ca.issue("ingress-t", ["127.0.0.1"]), standins["wsonly"].url, ca.cert_file
+        ).start()
         started.append(tenant_ingress)
         idp = OIDCProvider(base / "idp", users=USERS).start()
         started.append(idp)
         _policy(base)
-        tenants = [{"name": name, "ca_file": str(ca.cert_file),
-                    "token_file": str(base / f"{name}.token"),
-                    "upstream": tenant_ingress.url if name == "wsonly" else kube.url}
-                   for name, kube in standins.items()]
+        tenants = [
+            {
+                "name": name,
+                "ca_file": str(ca.cert_file),
+                "token_file": str(base / f"{name}.token"),
+                "upstream": tenant_ingress.url if name == "wsonly" else kube.url,
+            }
+            for name, kube in standins.items()
+        ]
         # `bulk`: the recorded stand-in again, best-effort (a loaded machine may make the
         # recording fall behind a flood of output: then it drops and marks, never ends it)
         tenants.append({**tenants[-1], "name": "bulk"})
         casts = base / "casts"
-        config = _gateway_config(base, idp, ca, tenants, {
-            "directory": str(casts),
-            "tenants": {"rec": {"mode": "required"}, "bulk": {"mode": "best-effort"}},
-            "max_session_bytes": MAX_SESSION_BYTES, "buffer_bytes": BUFFER_BYTES,
-            "min_free_bytes": 0}, "main")
+        config = _gateway_config(
+            base,
+            idp,
+            ca,
+            tenants,
+            {
+                "directory": str(casts),
+                "tenants": {"rec": {"mode": "required"}, "bulk": {"mode": "best-effort"}},
+                "max_session_bytes": MAX_SESSION_BYTES,
+                "buffer_bytes": BUFFER_BYTES,
+                "min_free_bytes": 0,
+            },
+            "main",
+        )
         gateway = GatewayThread(base / "gateway", config).start()
         started.append(gateway)
-        front = SpdyRefusingIngress(ca.issue("ingress-f", ["127.0.0.1"]), gateway.url,
-                                    ca.cert_file).start()
+        front = SpdyRefusingIngress(
+            ca.issue("ingress-f", ["127.0.0.1"]), gateway.url, ca.cert_file
+        ).start()
         started.append(front)
-        yield SessionWorld(base, ca, idp, gateway, standins, tenant_ingress, front, casts,
-                           base / "audit-main.log", tenants)
+        yield SessionWorld(
+            base,
+            ca,
+            idp,
+            gateway,
+            standins,
+            tenant_ingress,
+            front,
+            casts,
+            base / "audit-main.log",
+            tenants,
+        )
     finally:
         for thing in reversed(started):
             thing.stop()
@@ -186,15 +254,22 @@ def upgrades(kube: FakeKube, since: int = 0) -> list[tuple[str, str, int]]:
 # --- recording -------------------------------------------------------------------------------
 
 
-def _in_pty(argv: list[str], keys: list[bytes], ready, size=(33, 101), limit: float = 30
-            ) -> tuple[int, bytes]:
+def _in_pty(
+    argv: list[str], keys: list[bytes], ready, size=(33, 101), limit: float = 30
+) -> tuple[int, bytes]:
     """Run `argv` on a new terminal of `size` (rows, cols); type `keys` once `ready()` is
     true (kubectl has put the terminal in raw mode by then), 0.3 s apart; return the exit
     code and every byte the terminal showed."""
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
-    proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal,
-                            start_new_session=True, env=os.environ.copy())
+    proc = subprocess.Popen(
+        argv,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        env=os.environ.copy(),
+    )
     os.close(terminal)
     output = bytearray()
     deadline = time.monotonic() + limit
@@ -251,7 +326,8 @@ def _vgate(capfdbinary: pytest.CaptureFixture[bytes], *args: str) -> tuple[int, 
 
 @pytest.mark.parametrize("transport", ["websocket", "spdy"])
 def test_tty_session_is_recorded_and_plays_back_byte_exact(
-        sw: SessionWorld, transport: str, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    sw: SessionWorld, transport: str, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
     before = set(sw.casts.glob("*.cast")) if sw.casts.exists() else set()
     env_backup = {k: os.environ.get(k) for k in SPDY_ENV}
     os.environ.update(SPDY_ENV if transport == "spdy" else WS_ENV)
@@ -259,7 +335,8 @@ def test_tty_session_is_recorded_and_plays_back_byte_exact(
         code, screen = _in_pty(
             sw.argv("rec", "exec", "-it", "web-0", "--", "sh"),
             [b"echo hello there\r", b"stty size\r", b"exit 7\r"],
-            ready=lambda: sw.casts.exists() and bool(set(sw.casts.glob("*.cast")) - before))
+            ready=lambda: sw.casts.exists() and bool(set(sw.casts.glob("*.cast")) - before),
+        )
     finally:
         for key, value in env_backup.items():
             if value is None:
@@ -282,22 +359,26 @@ def test_tty_session_is_recorded_and_plays_back_byte_exact(
     assert typed == "echo hello there\rstty size\rexit 7\r"
     assert ["r", "101x33"] in [e[1:] for e in events]
     assert events[-1][1:] == ["m", "exit 7"]
-    output = b"".join(text.encode("utf-8", "surrogateescape")
-                      for _, code_, text in events if code_ == "o")
+    output = b"".join(
+        text.encode("utf-8", "surrogateescape") for _, code_, text in events if code_ == "o"
+    )
     # the terminal showed exactly the recorded output, then kubectl's own last words
     assert screen.startswith(output) and output.startswith(b"echo hello there"), (screen, output)
-    assert screen[len(output):] == b"command terminated with exit code 7\r\n"
-    code, played = _vgate(capfdbinary, "sessions", "play", "--dir", str(sw.casts),
-                          "--speed", "50", meta["session"])
+    assert screen[len(output) :] == b"command terminated with exit code 7\r\n"
+    code, played = _vgate(
+        capfdbinary, "sessions", "play", "--dir", str(sw.casts), "--speed", "50", meta["session"]
+    )
     assert code == 0 and played == output  # byte for byte what the client's terminal got
     audit = [line for line in sw.audit_lines() if line.get("session") == meta["session"]]
     assert len(audit) == 1 and audit[0]["status"] == 101 and audit[0]["tenant"] == "rec"
     code, listed = _vgate(capfdbinary, "sessions", "list", "--dir", str(sw.casts), "--json")
     rows = [json.loads(line) for line in listed.splitlines()]
     assert {"session": meta["session"], "ended": "exit 7"}.items() <= next(
-        r for r in rows if r["session"] == meta["session"]).items()
-    code, shown = _vgate(capfdbinary, "sessions", "show", "--dir", str(sw.casts),
-                         meta["session"][:8])
+        r for r in rows if r["session"] == meta["session"]
+    ).items()
+    code, shown = _vgate(
+        capfdbinary, "sessions", "show", "--dir", str(sw.casts), meta["session"][:8]
+    )
     assert code == 0 and b"exit 7" in shown and b"web-0" in shown
     metrics = httpx.get(sw.gateway.metrics_url + "/metrics").text
     assert 'vgate_session_recordings_total{outcome="recorded",tenant="rec"}' in metrics
@@ -319,15 +400,22 @@ def test_stdin_without_a_tty_is_not_recorded(sw: SessionWorld) -> None:
 def test_required_recording_that_cannot_be_written_refuses_with_503(sw: SessionWorld) -> None:
     blocker = sw.dir / "not-a-directory"
     blocker.write_text("a file where the recording directory's parent should be\n")
-    config = _gateway_config(sw.dir, sw.idp, sw.ca, sw.tenants, {
-        "mode": "required", "directory": str(blocker / "casts")}, "unwritable")
+    config = _gateway_config(
+        sw.dir,
+        sw.idp,
+        sw.ca,
+        sw.tenants,
+        {"mode": "required", "directory": str(blocker / "casts")},
+        "unwritable",
+    )
     gateway = GatewayThread(sw.dir / "gateway-unwritable", config).start()
     try:
         kube = sw.standins["both"]
         seen = len(kube.records)
         for env in (WS_ENV, SPDY_ENV):
-            result = sw.kubectl("both", "exec", "web-0", "--", "echo", "not run", env=env,
-                                gateway=gateway)
+            result = sw.kubectl(
+                "both", "exec", "web-0", "--", "echo", "not run", env=env, gateway=gateway
+            )
             assert result.returncode != 0 and b"not run" not in result.stdout
             stderr = result.stderr.decode()
             assert "must be recorded and the recording cannot be written" in stderr, stderr
@@ -381,13 +469,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _port_forward(sw: SessionWorld, tenant: str, env: dict, kubectl: str = KUBECTL,
-                  front: bool = False, gateway: GatewayThread | None = None) -> bytes:
+def _port_forward(
+    sw: SessionWorld,
+    tenant: str,
+    env: dict,
+    kubectl: str = KUBECTL,
+    front: bool = False,
+    gateway: GatewayThread | None = None,
+) -> bytes:
     local = _free_port()
     proc = subprocess.Popen(
-        sw.argv(tenant, "port-forward", "--address", "127.0.0.1", "pod/web-0",
-                f"{local}:8080", kubectl=kubectl, front=front, gateway=gateway),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+        sw.argv(
+            tenant,
+            "port-forward",
+            "--address",
+            "127.0.0.1",
+            "pod/web-0",
+            f"{local}:8080",
+            kubectl=kubectl,
+            front=front,
+            gateway=gateway,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -427,8 +533,10 @@ def test_bridging_matrix(sw: SessionWorld, tenant: str, client: str, tmp_path: P
     kube = sw.standins[tenant]
     # exec: stdout, stderr, stdin, the exit status
     seen = len(kube.records)
-    assert ok(sw.kubectl(tenant, "exec", "web-0", "--", "echo", "hello", tenant,
-                         env=env)) == f"hello {tenant}\n".encode()
+    assert (
+        ok(sw.kubectl(tenant, "exec", "web-0", "--", "echo", "hello", tenant, env=env))
+        == f"hello {tenant}\n".encode()
+    )
     failed = sw.kubectl(tenant, "exec", "web-0", "--", "sh", "-c", "nosuch; exit 3", env=env)
     assert failed.returncode == 3 and b"nosuch: not found" in failed.stderr, failed.stderr
     data = b"".join(b"line %d\n" % i for i in range(3000))
@@ -467,8 +575,7 @@ def test_tenant_protocol_is_learnt_once(sw: SessionWorld) -> None:
     sw.gateway.call(lambda: sw.gateway.gateway.forwarder.protocols.forget("spdyonly"))
     seen = len(kube.records)
     ok(sw.kubectl("spdyonly", "exec", "web-0", "--", "true", env=WS_ENV))
-    assert [(u, s) for u, _, s in upgrades(kube, seen)] == [("websocket", 403),
-                                                            ("spdy/3.1", 101)]
+    assert [(u, s) for u, _, s in upgrades(kube, seen)] == [("websocket", 403), ("spdy/3.1", 101)]
     seen = len(kube.records)
     ok(sw.kubectl("spdyonly", "exec", "web-0", "--", "true", env=WS_ENV))
     assert [(u, s) for u, _, s in upgrades(kube, seen)] == [("spdy/3.1", 101)]
@@ -478,42 +585,63 @@ def test_tenant_protocol_is_learnt_once(sw: SessionWorld) -> None:
     assert bridged in metrics and float(metrics.split(bridged)[1].split()[0]) >= 2
 
 
-@pytest.mark.parametrize(("minor", "tenant", "client"), [
-    ("27", "wsonly", "spdy"),  # SPDY only: the gateway speaks WebSocket to the tenant
-    ("28", "wsonly", "spdy"),
-    ("29", "spdyonly", "websocket"),  # WebSocket exec behind a feature gate (the env)
-    ("30", "spdyonly", "websocket"),  # WebSocket exec by default, port-forward by the env
-    ("31", "spdyonly", "websocket"),  # both by default
-    ("33", "spdyonly", "websocket"),
-    ("33", "wsonly", "spdy"),
-])
+@pytest.mark.parametrize(
+    ("minor", "tenant", "client"),
+    [
+        ("27", "wsonly", "spdy"),  # SPDY only: the gateway speaks WebSocket to the tenant
+        ("28", "wsonly", "spdy"),
+        ("29", "spdyonly", "websocket"),  # WebSocket exec behind a feature gate (the env)
+        ("30", "spdyonly", "websocket"),  # WebSocket exec by default, port-forward by the env
+        ("31", "spdyonly", "websocket"),  # both by default
+        ("33", "spdyonly", "websocket"),
+        ("33", "wsonly", "spdy"),
+    ],
+)
 def test_kubectl_versions(sw: SessionWorld, minor: str, tenant: str, client: str) -> None:
     """Each pinned kubectl the machine has, against a tenant that refuses its upgrade."""
     kubectl = pinned_kubectl(minor)
     env = ENVS[client]
     text = f"from kubectl 1.{minor}\n".encode()
     audit_seen = len(sw.audit_lines())
-    out = ok(sw.kubectl(tenant, "exec", "-i", "web-0", "--", "cat", input=text, env=env,
-                        kubectl=kubectl))
+    out = ok(
+        sw.kubectl(tenant, "exec", "-i", "web-0", "--", "cat", input=text, env=env, kubectl=kubectl)
+    )
     assert out == text
     reply = _port_forward(sw, tenant, env, kubectl=kubectl)
     assert b"PING FIRST" in reply and b"PING SECOND" in reply
     # kubectl before 1.30 has no WebSocket port-forward at all
     forward_client = client if int(minor) >= 30 else "spdy"
-    bridged = {line["path"].split("?")[0].rsplit("/", 1)[-1]: line.get("bridged")
-               for line in sw.audit_lines()[audit_seen:] if line["status"] == 101}
+    bridged = {
+        line["path"].split("?")[0].rsplit("/", 1)[-1]: line.get("bridged")
+        for line in sw.audit_lines()[audit_seen:]
+        if line["status"] == 101
+    }
     other = {"websocket": "spdy", "spdy": "websocket"}
     assert bridged["exec"] == f"{client}->{other[client]}", bridged
-    expected = (f"{forward_client}->{other[forward_client]}"
-                if EXPECTED[tenant][forward_client][1] else None)
+    expected = (
+        f"{forward_client}->{other[forward_client]}"
+        if EXPECTED[tenant][forward_client][1]
+        else None
+    )
     assert bridged["portforward"] == expected, bridged
 
 
 def test_through_an_ingress_that_refuses_spdy(sw: SessionWorld) -> None:
     """kubectl → an ingress that drops SPDY → vgate → a tenant that speaks only SPDY."""
     seen = len(sw.front_ingress.refused)
-    out = ok(sw.kubectl("spdyonly", "exec", "-i", "web-0", "--", "cat", input=b"via ingress\n",
-                        env=WS_ENV, front=True))
+    out = ok(
+        sw.kubectl(
+            "spdyonly",
+            "exec",
+            "-i",
+            "web-0",
+            "--",
+            "cat",
+            input=b"via ingress\n",
+            env=WS_ENV,
+            front=True,
+        )
+    )
     assert out == b"via ingress\n"
     reply = _port_forward(sw, "spdyonly", WS_ENV, front=True)
     assert b"PING FIRST" in reply

@@ -17,7 +17,8 @@ def _get(world: World, token: str) -> httpx.Response:
     return httpx.get(
         f"{world.gateway.url}/clusters/tenant1/api/v1/namespaces/default/pods",
         headers={"Authorization": f"Bearer {token}"},
-        verify=ssl.create_default_context(cafile=str(world.ca.cert_file)), timeout=10,
+        verify=ssl.create_default_context(cafile=str(world.ca.cert_file)),
+        timeout=10,
     )
 
 

@@ -18,6 +18,7 @@ from tests.support.tenants import GATEWAY_SERVICE_ACCOUNT
 
 pytestmark = [pytest.mark.integration]
 
+
 def sub_of(world: World, user: str) -> str:
     return jwt.decode(world.token(user), options={"verify_signature": False})["sub"]
 
@@ -44,7 +45,10 @@ def test_get_pods_runs_as_the_impersonated_user(world: World, mode: str) -> None
     assert wait_for(lambda: any(e["request_id"] == audit_id for e in gateway_audit(world)))
     line = next(e for e in gateway_audit(world) if e["request_id"] == audit_id)
     assert (line["user"], line["tenant"], line["status"]) == (
-        "oidc:alice@example.com", "tenant1", 200)
+        "oidc:alice@example.com",
+        "tenant1",
+        200,
+    )
 
 
 def test_tenants_are_isolated(world: World) -> None:
@@ -91,15 +95,18 @@ def test_auth_can_i_follows_the_role(world: World) -> None:
     assert ok(world.kubectl("tenant1", "bob", "auth", "can-i", "list", "pods")).strip() == "yes"
     listed = ok(world.kubectl("tenant1", "bob", "auth", "can-i", "--list"))
     # SelfSubjectRulesReview: the rules of the role `view` is bound to in this cluster
-    assert any(line.split()[:1] == ["*.apps"] and line.endswith("[get list watch]")
-               for line in listed.splitlines()), listed
+    assert any(
+        line.split()[:1] == ["*.apps"] and line.endswith("[get list watch]")
+        for line in listed.splitlines()
+    ), listed
 
 
 def test_real_rbac_refuses_a_viewer_write(world: World) -> None:
     denied = world.kubectl("tenant1", "bob", "create", "configmap", "nope", "-v=8")
     assert denied.returncode != 0
-    assert (b'configmaps is forbidden: User "oidc:bob@example.com" cannot create resource '
-            b'"configmaps"') in denied.stderr
+    assert (
+        b'configmaps is forbidden: User "oidc:bob@example.com" cannot create resource "configmaps"'
+    ) in denied.stderr
     ran = world.ran_as("tenant1", denied, "configmaps")
     assert ran.event["responseStatus"]["code"] == 403
     assert ran.event["annotations"]["authorization.k8s.io/decision"] == "forbid"
@@ -114,51 +121,111 @@ def test_as_flag_is_refused_clearly(world: World) -> None:
     assert not world.tenants["tenant1"].audit.has(audit_id), "refused at the gateway"
 
 
-@pytest.mark.parametrize(("client", "websocket"), [
-    ("dispatched", "false"),  # kubectl 1.28 (the server's minor): SPDY only
-    ("1.32", "true"),         # tries a WebSocket upgrade first
-    ("1.32", "false"),
-])
-def test_exec_refusals_of_the_real_server_are_relayed(world: World, client: str,
-                                                      websocket: str) -> None:
+@pytest.mark.parametrize(
+    ("client", "websocket"),
+    [
+        ("dispatched", "false"),  # kubectl 1.28 (the server's minor): SPDY only
+        ("1.32", "true"),  # tries a WebSocket upgrade first
+        ("1.32", "false"),
+    ],
+)
+def test_exec_refusals_of_the_real_server_are_relayed(
+    world: World, client: str, websocket: str
+) -> None:
     kubectl = KUBECTL if client == "dispatched" else pinned_kubectl(client.split(".")[1])
     env = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": websocket}
-    viewer = world.kubectl("tenant1", "bob", "exec", "web-0", "--", "echo", "hi", env=env,
-                           kubectl=kubectl)
+    viewer = world.kubectl(
+        "tenant1", "bob", "exec", "web-0", "--", "echo", "hi", env=env, kubectl=kubectl
+    )
     assert viewer.returncode != 0
-    assert (b'pods "web-0" is forbidden: User "oidc:bob@example.com" cannot create resource '
-            b'"pods/exec"') in viewer.stderr, viewer.stderr
+    assert (
+        b'pods "web-0" is forbidden: User "oidc:bob@example.com" cannot create resource "pods/exec"'
+    ) in viewer.stderr, viewer.stderr
     # alice may, but no kubelet runs the pod: the API server's own 400 reaches kubectl
-    admin = world.kubectl("tenant1", "alice", "exec", "web-0", "--", "echo", "hi", env=env,
-                          kubectl=kubectl)
+    admin = world.kubectl(
+        "tenant1", "alice", "exec", "web-0", "--", "echo", "hi", env=env, kubectl=kubectl
+    )
     assert admin.returncode != 0
     assert b"pod web-0 does not have a host assigned" in admin.stderr, admin.stderr
-    clients = {e.get("userAgent", "").split("/")[0] for e in world.tenants["tenant1"].audit
-               .matching(objectRef={"resource": "pods", "namespace": "default", "name": "web-0",
-                                    "apiVersion": "v1", "subresource": "exec"})}
+    clients = {
+        e.get("userAgent", "").split("/")[0]
+        for e in world.tenants["tenant1"].audit.matching(
+            objectRef={
+                "resource": "pods",
+                "namespace": "default",
+                "name": "web-0",
+                "apiVersion": "v1",
+                "subresource": "exec",
+            }
+        )
+    }
     assert ("kubectl.1.32" if client == "1.32" else "kubectl") in clients, clients
 
 
 def test_apply_server_side_and_dry_run(world: World, mode: str) -> None:
     name = f"cm-{mode}"
-    manifest = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
-                           "metadata": {"name": name}, "data": {"k": "v"}}).encode()
-    ok(world.kubectl("tenant1", "alice", "apply", "--server-side", "--dry-run=server", "-f", "-",
-                     input=manifest, mode=mode))
+    manifest = json.dumps(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}}
+    ).encode()
+    ok(
+        world.kubectl(
+            "tenant1",
+            "alice",
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            "-",
+            input=manifest,
+            mode=mode,
+        )
+    )
     missing = world.kubectl("tenant1", "alice", "get", "configmap", name, mode=mode)
     assert missing.returncode != 0, "dry-run must not persist"
-    ok(world.kubectl("tenant1", "alice", "apply", "--server-side", "-f", "-",
-                     input=manifest, mode=mode))
-    got = json.loads(ok(world.kubectl("tenant1", "alice", "get", "configmap", name,
-                                      "-o", "json", "--show-managed-fields", mode=mode)))
+    ok(
+        world.kubectl(
+            "tenant1", "alice", "apply", "--server-side", "-f", "-", input=manifest, mode=mode
+        )
+    )
+    got = json.loads(
+        ok(
+            world.kubectl(
+                "tenant1",
+                "alice",
+                "get",
+                "configmap",
+                name,
+                "-o",
+                "json",
+                "--show-managed-fields",
+                mode=mode,
+            )
+        )
+    )
     assert got["data"] == {"k": "v"}
     assert [(m["manager"], m["operation"]) for m in got["metadata"]["managedFields"]] == [
-        ("kubectl", "Apply")]
+        ("kubectl", "Apply")
+    ]
     # another manager taking the field over is a real SSA conflict
-    clash = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
-                        "data": {"k": "other"}}).encode()
-    conflict = world.kubectl("tenant1", "alice", "apply", "--server-side",
-                             "--field-manager=other", "-f", "-", input=clash, mode=mode)
+    clash = json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name},
+            "data": {"k": "other"},
+        }
+    ).encode()
+    conflict = world.kubectl(
+        "tenant1",
+        "alice",
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        "-",
+        input=clash,
+        mode=mode,
+    )
     assert conflict.returncode != 0 and b"conflict" in conflict.stderr.lower()
     ok(world.kubectl("tenant1", "alice", "delete", "configmap", name, mode=mode))
 
@@ -168,12 +235,14 @@ def test_watch_streams_events_and_cancels_upstream(world: World, mode: str) -> N
     before = audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT)
     proc = subprocess.Popen(
         world.kubectl_argv("tenant1", "alice", ["get", "configmaps", "-w", "-o", "name"], mode),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     opened: set[str] = set()
     try:
-        assert wait_for(lambda: audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT) - before,
-                        timeout=10), "the watch never reached the API server"
+        assert wait_for(
+            lambda: audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT) - before, timeout=10
+        ), "the watch never reached the API server"
         opened = audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT) - before
         name = f"watched-{mode}-{int(time.time() * 1000)}"
         ok(world.kubectl("tenant1", "alice", "create", "configmap", name, mode=mode))
@@ -188,8 +257,9 @@ def test_watch_streams_events_and_cancels_upstream(world: World, mode: str) -> N
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
-    assert wait_for(lambda: not opened & audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT),
-                    timeout=5), "the upstream watch outlived the client"
+    assert wait_for(
+        lambda: not opened & audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT), timeout=5
+    ), "the upstream watch outlived the client"
     ended = audit.find(next(iter(opened)))
     assert ended["impersonatedUser"]["username"] == "oidc:alice@example.com"
 

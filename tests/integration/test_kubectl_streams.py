@@ -18,8 +18,10 @@ pytestmark = [pytest.mark.integration]
 
 STREAM_ENVS = {
     "websocket": {},
-    "spdy": {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false",
-             "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"},
+    "spdy": {
+        "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false",
+        "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false",
+    },
 }
 
 
@@ -30,11 +32,15 @@ def headers_of(record) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("transport", list(STREAM_ENVS))
 def test_exec_non_interactive_and_exit_code(world: World, transport: str, mode: str) -> None:
     env = STREAM_ENVS[transport]
-    out = ok(world.kubectl(STANDIN, "alice", "exec", "web-0", "--", "echo", "hello", "there",
-                           env=env, mode=mode))
+    out = ok(
+        world.kubectl(
+            STANDIN, "alice", "exec", "web-0", "--", "echo", "hello", "there", env=env, mode=mode
+        )
+    )
     assert out.strip() == "hello there"
-    failed = world.kubectl(STANDIN, "alice", "exec", "web-0", "--", "sh", "-c", "exit 3",
-                           env=env, mode=mode)
+    failed = world.kubectl(
+        STANDIN, "alice", "exec", "web-0", "--", "sh", "-c", "exit 3", env=env, mode=mode
+    )
     assert failed.returncode == 3, failed.stderr
 
 
@@ -59,8 +65,9 @@ def test_exec_request_head_is_exactly_the_gateways(world: World) -> None:
 @pytest.mark.parametrize("transport", list(STREAM_ENVS))
 def test_exec_interactive_stdin(world: World, transport: str) -> None:
     data = b"".join(b"line %d\n" % i for i in range(2000))
-    out = world.kubectl(STANDIN, "alice", "exec", "-i", "web-0", "--", "cat",
-                        input=data, env=STREAM_ENVS[transport])
+    out = world.kubectl(
+        STANDIN, "alice", "exec", "-i", "web-0", "--", "cat", input=data, env=STREAM_ENVS[transport]
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == data
 
@@ -68,7 +75,8 @@ def test_exec_interactive_stdin(world: World, transport: str) -> None:
 def test_logs_follow_streams_until_the_client_leaves(world: World) -> None:
     proc = subprocess.Popen(
         world.kubectl_argv(STANDIN, "alice", ["logs", "-f", "web-0"]),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -84,11 +92,23 @@ def test_cp_both_ways(world: World, transport: str, tmp_path) -> None:
     env = STREAM_ENVS[transport]
     src = tmp_path / "payload.bin"
     src.write_bytes(os.urandom(300_000))
-    ok(world.kubectl(STANDIN, "alice", "cp", str(src), f"web-0:/tmp/payload-{transport}",
-                     env=env, timeout=60))
+    ok(
+        world.kubectl(
+            STANDIN, "alice", "cp", str(src), f"web-0:/tmp/payload-{transport}", env=env, timeout=60
+        )
+    )
     back = tmp_path / "back.bin"
-    ok(world.kubectl(STANDIN, "alice", "cp", f"web-0:/tmp/payload-{transport}", str(back),
-                     env=env, timeout=60))
+    ok(
+        world.kubectl(
+            STANDIN,
+            "alice",
+            "cp",
+            f"web-0:/tmp/payload-{transport}",
+            str(back),
+            env=env,
+            timeout=60,
+        )
+    )
     assert back.read_bytes() == src.read_bytes()
 
 
@@ -102,10 +122,13 @@ def _free_port() -> int:
 def test_port_forward_carries_data_both_ways(world: World, transport: str) -> None:
     local = _free_port()
     proc = subprocess.Popen(
-        world.kubectl_argv(STANDIN, "alice",
-                           ["port-forward", "--address", "127.0.0.1", "pod/web-0",
-                            f"{local}:8080"]),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        world.kubectl_argv(
+            STANDIN,
+            "alice",
+            ["port-forward", "--address", "127.0.0.1", "pod/web-0", f"{local}:8080"],
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={**os.environ, **STREAM_ENVS[transport]},
     )
     try:

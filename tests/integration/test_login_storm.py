@@ -39,11 +39,11 @@ def _finish_all(plugins: list[Plugin], timeout: float = 180) -> list[tuple[int, 
     return [p.finish(max(deadline - time.monotonic(), 1)) for p in plugins]
 
 
-def _one_valid_token(world: LoginWorld, results: list[tuple[int, str, str]],
-                     email: str) -> str:
+def _one_valid_token(world: LoginWorld, results: list[tuple[int, str, str]], email: str) -> str:
     """Every process printed an ExecCredential, all with the same valid ID token."""
-    assert [code for code, _, _ in results] == [0] * len(results), \
-        [err[-600:] for code, _, err in results if code]
+    assert [code for code, _, _ in results] == [0] * len(results), [
+        err[-600:] for code, _, err in results if code
+    ]
     creds = [json.loads(out) for _, out, _ in results]
     assert {c["kind"] for c in creds} == {"ExecCredential"}
     tokens = {c["status"]["token"] for c in creds}
@@ -55,8 +55,9 @@ def _one_valid_token(world: LoginWorld, results: list[tuple[int, str, str]],
 
 
 def _expired_entry(world: LoginWorld, cache, refresh_token: str | None) -> None:
-    TokenCache(cache).store(CachedTokens(world.issuer, "vgate", "", "an.expired.token",
-                                         refresh_token, time.time() - 60))
+    TokenCache(cache).store(
+        CachedTokens(world.issuer, "vgate", "", "an.expired.token", refresh_token, time.time() - 60)
+    )
 
 
 def test_twenty_plugins_with_an_expired_token_open_one_browser(world, tmp_path):
@@ -152,13 +153,15 @@ def _holder(world: LoginWorld, cache, name: str) -> Plugin:
     """A plugin that holds the lock signing in, its browser run over ("the tab was
     closed"): it waits for a redirect that never comes."""
     runs = len(world.browser_runs())
-    holder = world.start(world.login_args("--timeout=120"),
-                         world.env("bob", cache=cache, mode="close"), name)
+    holder = world.start(
+        world.login_args("--timeout=120"), world.env("bob", cache=cache, mode="close"), name
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         records = [p.read_text() for p in cache.glob("*.lock")] if cache.exists() else []
-        if any(f'"pid": {holder.proc.pid}' in r and "signing in" in r for r in records) \
-                and any(line.startswith("close ") for line in world.browser_runs()[runs:]):
+        if any(f'"pid": {holder.proc.pid}' in r and "signing in" in r for r in records) and any(
+            line.startswith("close ") for line in world.browser_runs()[runs:]
+        ):
             return holder
         assert holder.proc.poll() is None, holder.stderr()
         time.sleep(0.05)

@@ -41,8 +41,9 @@ def sign_in(world, c: httpx.Client, user: str) -> httpx.Response:
     r = c.get(world.url + "/login")
     assert r.status_code == 302 and r.headers["location"].startswith(world.idp.issuer)
     callback = world.url + "/oauth2/callback"
-    params = world.idp._walk(c, c.get(r.headers["location"]), user,
-                             sso_world.USERS[user]["password"], stop_at=callback)
+    params = world.idp._walk(
+        c, c.get(r.headers["location"]), user, sso_world.USERS[user]["password"], stop_at=callback
+    )
     assert isinstance(params, dict), params
     r = c.get(callback, params=params)
     assert r.status_code == 303, r.text
@@ -52,8 +53,9 @@ def sign_in(world, c: httpx.Client, user: str) -> httpx.Response:
 
 def _tenants(page: httpx.Response) -> dict[str, list[str]]:
     found = {}
-    for m in re.finditer(r'<section class="tenant" id="tenant-([a-z0-9-]+)">(.*?)</section>',
-                         page.text, re.S):
+    for m in re.finditer(
+        r'<section class="tenant" id="tenant-([a-z0-9-]+)">(.*?)</section>', page.text, re.S
+    ):
         found[m.group(1)] = re.findall(r'<span class="role">([^<]+)</span>', m.group(2))
     return found
 
@@ -90,21 +92,29 @@ def test_a_tenant_not_ready_is_listed_with_its_state(world):
     registry, policy = world.gateway.gateway.registry, world.gateway.gateway.policy
     error = "apiserver: kube-apiserver of tenant3 not ready after 60s"
     world.gateway.call(policy.set_stored_roles, "tenant3", {"cluster-admin": ["oidc:nobody"]})
-    world.gateway.call(registry.set_states, {
-        "tenant3": TenantState("Provisioning", "apiserver", error, failures=2),
-        "tenant4": TenantState("Provisioning", "certificates"),
-        "tenant1": TenantState("Provisioning", "apiserver")})  # routable: being upgraded
+    world.gateway.call(
+        registry.set_states,
+        {
+            "tenant3": TenantState("Provisioning", "apiserver", error, failures=2),
+            "tenant4": TenantState("Provisioning", "certificates"),
+            "tenant1": TenantState("Provisioning", "apiserver"),
+        },
+    )  # routable: being upgraded
     world.gateway.call(policy.set_stored_roles, "tenant4", {"view": ["oidc:nobody"]})
     try:
         with _client(world) as c:
             page = sign_in(world, c, "mallory")
             assert 'id="no-tenants"' not in page.text
             assert _tenants(page) == {"tenant3": ["cluster-admin"], "tenant4": ["view"]}
-            assert _state(page, "tenant3") == ("Failing", (
-                'Provisioning, step "apiserver"; failed 2 times in a row, last error: '
-                "kube-apiserver of tenant3 not ready after 60s. "
-                "The lifecycle manager keeps retrying; if this persists, ask a platform "
-                "engineer."))
+            assert _state(page, "tenant3") == (
+                "Failing",
+                (
+                    'Provisioning, step "apiserver"; failed 2 times in a row, last error: '
+                    "kube-apiserver of tenant3 not ready after 60s. "
+                    "The lifecycle manager keeps retrying; if this persists, ask a platform "
+                    "engineer."
+                ),
+            )
             label, detail = _state(page, "tenant4")
             assert label == "Provisioning"
             assert detail.startswith('Provisioning, step "certificates". kubectl answers')
@@ -114,7 +124,9 @@ def test_a_tenant_not_ready_is_listed_with_its_state(world):
             page = sign_in(world, c, "alice")
             assert set(_tenants(page)) == {"tenant1"}
             assert _state(page, "tenant1") == (
-                "Provisioning", 'Provisioning, step "apiserver". It answers meanwhile.')
+                "Provisioning",
+                'Provisioning, step "apiserver". It answers meanwhile.',
+            )
             assert error not in page.text
             world.gateway.call(registry.set_states, {})
             assert _state(c.get(world.url + "/"), "tenant1") == ("Ready", "")
@@ -152,8 +164,10 @@ def test_session_cookie_flags_and_page_headers(world):
 def test_kubeconfig_download_and_403(world, tmp_path):
     with _client(world) as c:
         sign_in(world, c, "alice")
-        for form, server in (("host", f"https://tenant1.k8s.test:{world.gateway.port}"),
-                             ("path", f"{world.url}/clusters/tenant1")):
+        for form, server in (
+            ("host", f"https://tenant1.k8s.test:{world.gateway.port}"),
+            ("path", f"{world.url}/clusters/tenant1"),
+        ):
             r = c.get(f"{world.url}/tenants/tenant1/kubeconfig", params={"form": form})
             assert r.status_code == 200
             assert "attachment" in r.headers["content-disposition"]
@@ -163,8 +177,11 @@ def test_kubeconfig_download_and_403(world, tmp_path):
             user = kc["users"][0]["user"]
             assert set(user) == {"exec"}  # no token, no secret
             assert user["exec"]["apiVersion"] == "client.authentication.k8s.io/v1"
-            assert user["exec"]["args"][:3] == ["login", f"--issuer={world.idp.issuer}",
-                                                "--client-id=vgate"]
+            assert user["exec"]["args"][:3] == [
+                "login",
+                f"--issuer={world.idp.issuer}",
+                "--client-id=vgate",
+            ]
         r = c.get(f"{world.url}/tenants/tenant2/kubeconfig", params={"form": "path"})
         assert r.status_code == 403
         r = c.get(f"{world.url}/tenants/nope/kubeconfig")
@@ -219,8 +236,13 @@ def test_a_nonce_from_another_sign_in_is_a_400_that_names_it(world, caplog):
         r = c.get(world.url + "/login")
         request = dict(httpx.URL(r.headers["location"]).params)
         request["nonce"] = "the-attackers-nonce"
-        params = world.idp._walk(c, c.get(world.idp.issuer + "/auth", params=request), "alice",
-                                 sso_world.USERS["alice"]["password"], stop_at=callback)
+        params = world.idp._walk(
+            c,
+            c.get(world.idp.issuer + "/auth", params=request),
+            "alice",
+            sso_world.USERS["alice"]["password"],
+            stop_at=callback,
+        )
         assert isinstance(params, dict) and "code" in params, params
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="vgate.portal"):
@@ -237,8 +259,13 @@ def test_idp_down_at_the_code_exchange_is_the_only_502(world):
     callback = world.url + "/oauth2/callback"
     with _client(world) as c:
         r = c.get(world.url + "/login")
-        params = world.idp._walk(c, c.get(r.headers["location"]), "bob",
-                                 sso_world.USERS["bob"]["password"], stop_at=callback)
+        params = world.idp._walk(
+            c,
+            c.get(r.headers["location"]),
+            "bob",
+            sso_world.USERS["bob"]["password"],
+            stop_at=callback,
+        )
         world.idp.stop()
         try:
             r = c.get(callback, params=params)
@@ -299,13 +326,18 @@ def test_paste_ready_bash_command_keeps_the_existing_kubeconfig(world, tmp_path)
     bash = re.search(r'<pre class="bash">(.*?)</pre>', page.text, re.S).group(1)
     bash = bash.replace("&#39;", "'").replace("&amp;", "&").replace("&#34;", '"')
     kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "mine", "cluster": {"server": "https://mine.example:6443"}}],
-        "users": [{"name": "me", "user": {"token": "keep-me"}}],
-        "contexts": [{"name": "mine", "context": {"cluster": "mine", "user": "me"}}],
-        "current-context": "mine",
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "mine", "cluster": {"server": "https://mine.example:6443"}}],
+                "users": [{"name": "me", "user": {"token": "keep-me"}}],
+                "contexts": [{"name": "mine", "context": {"cluster": "mine", "user": "me"}}],
+                "current-context": "mine",
+            }
+        )
+    )
     env = {**world.plugin_env("alice", cache=tmp_path / "cache"), "KUBECONFIG": str(kubeconfig)}
     r = subprocess.run(["bash", "-c", bash], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
@@ -318,9 +350,20 @@ def test_paste_ready_bash_command_keeps_the_existing_kubeconfig(world, tmp_path)
     if why:
         tool_missing(why)
     r = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f'mount --bind {world.dir / "hosts"} /etc/hosts && exec kubectl auth whoami'],
-        env=env, capture_output=True, text=True, timeout=60)
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount --bind {world.dir / 'hosts'} /etc/hosts && exec kubectl auth whoami",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "oidc:alice@example.com" in r.stdout
 
@@ -334,5 +377,3 @@ def _host_mode_unavailable() -> str | None:
     if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         return "unshare -m is not permitted here"
     return None
-
-

@@ -28,8 +28,13 @@ def test_chromium_signs_in_downloads_and_kubectl_uses_it(world, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        context = launch(pw, tmp_path / "profile", ignore_https_errors=True,
-                         accept_downloads=True, viewport={"width": 390, "height": 844})  # a phone
+        context = launch(
+            pw,
+            tmp_path / "profile",
+            ignore_https_errors=True,
+            accept_downloads=True,
+            viewport={"width": 390, "height": 844},
+        )  # a phone
         try:
             page = context.new_page()
             page.set_default_timeout(15000)
@@ -37,8 +42,7 @@ def test_chromium_signs_in_downloads_and_kubectl_uses_it(world, tmp_path):
             sign_in_at_idp(page, world.idp.issuer, "carol", sso_world.USERS["carol"]["password"])
             page.wait_for_url(world.url + "/")
             assert page.inner_text("#user") == "oidc:carol@example.com"
-            tenants = page.eval_on_selector_all(
-                "section.tenant", "els => els.map(e => e.id)")
+            tenants = page.eval_on_selector_all("section.tenant", "els => els.map(e => e.id)")
             assert tenants == ["tenant-tenant1", "tenant-tenant2"]
             roles = {t: page.inner_text(f"#tenant-{t} .role") for t in ("tenant1", "tenant2")}
             assert roles == {"tenant1": "view", "tenant2": "cluster-admin"}
@@ -62,8 +66,7 @@ def test_chromium_signs_in_downloads_and_kubectl_uses_it(world, tmp_path):
             page.click("#trust-ca summary")  # "Did your browser warn about ...?"
             with page.expect_download() as ca_download:
                 page.click("#trust-ca a[href='/ca.crt']")
-            assert Path(ca_download.value.path()).read_bytes() == \
-                world.ca.cert_file.read_bytes()
+            assert Path(ca_download.value.path()).read_bytes() == world.ca.cert_file.read_bytes()
             copied = [c for c in context.cookies() if c["name"] == "vgate_portal"]
             page.click("header button[type=submit]")  # sign out (POST + CSRF token)
             page.wait_for_selector("#message")
@@ -82,5 +85,3 @@ def test_chromium_signs_in_downloads_and_kubectl_uses_it(world, tmp_path):
     assert "vgate:cluster-admin" in info["groups"]
     r = world.kubectl(kubeconfig, "get", "namespaces", env=env)
     assert r.returncode == 0, r.stderr
-
-

@@ -43,14 +43,19 @@ def _clean_op(op: CraftedProvider) -> Iterator[None]:
 
 
 def _rejections(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "vgate.portal" and "sign-in rejected" in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "vgate.portal" and "sign-in rejected" in r.getMessage()
+    ]
 
 
 def _rejected(portal: str, caplog: pytest.LogCaptureFixture) -> httpx.Response:
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="vgate.portal"), \
-            httpx.Client(timeout=10, follow_redirects=False) as c:
+    with (
+        caplog.at_level(logging.INFO, logger="vgate.portal"),
+        httpx.Client(timeout=10, follow_redirects=False) as c,
+    ):
         r = crafted_sign_in(portal, c)
         assert c.get(portal + "/").status_code == 303  # not signed in
     assert "could not be reached" not in r.text
@@ -120,8 +125,10 @@ def test_idp_down_at_the_code_exchange_is_a_502(tmp_path):
     """The only 502: the IdP cannot be reached (here: it stops between /auth and /token)."""
     with CraftedProvider() as lone:
         config = portal_config(tmp_path, lone.issuer, free_port())
-        with GatewayThread(tmp_path / "gw", config) as gw, \
-                httpx.Client(timeout=10, follow_redirects=False) as c:
+        with (
+            GatewayThread(tmp_path / "gw", config) as gw,
+            httpx.Client(timeout=10, follow_redirects=False) as c,
+        ):
             r = c.get(gw.url + "/login")
             back = c.get(r.headers["location"]).headers["location"]
             lone.stop()

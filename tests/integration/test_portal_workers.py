@@ -39,8 +39,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
 
 
 @contextlib.contextmanager
-def _connection(served: tuple[str, int], cookie: str | None = None
-                ) -> Iterator[tuple[httpx.Client, int]]:
+def _connection(
+    served: tuple[str, int], cookie: str | None = None
+) -> Iterator[tuple[httpx.Client, int]]:
     """A client on one new keep-alive connection, and the pid of the worker holding it."""
     url, master = served
     with httpx.Client(timeout=10, follow_redirects=False) as c:

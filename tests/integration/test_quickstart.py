@@ -37,28 +37,60 @@ def test_quickstart_one_command(tmp_path: Path) -> None:
     ca = TestCA(tmp_path / "pki")
     fake = FakeKube(
         name="mine",
-        tokens={"kube-admin-token": Caller(user="kubernetes-admin", groups=("system:masters",),
-                                           may_impersonate=True)},
+        tokens={
+            "kube-admin-token": Caller(
+                user="kubernetes-admin", groups=("system:masters",), may_impersonate=True
+            )
+        },
         tls=ca.issue("mine", ["127.0.0.1"]),
     ).start()
     user_kubeconfig = tmp_path / "user-kubeconfig"
-    user_kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "mine",
-        "clusters": [{"name": "mine", "cluster": {
-            "server": fake.url, "certificate-authority": str(ca.cert_file)}}],
-        "users": [{"name": "admin", "user": {"token": "kube-admin-token"}}],
-        "contexts": [{"name": "mine", "context": {"cluster": "mine", "user": "admin"}}],
-    }))
+    user_kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "mine",
+                "clusters": [
+                    {
+                        "name": "mine",
+                        "cluster": {"server": fake.url, "certificate-authority": str(ca.cert_file)},
+                    }
+                ],
+                "users": [{"name": "admin", "user": {"token": "kube-admin-token"}}],
+                "contexts": [{"name": "mine", "context": {"cluster": "mine", "user": "admin"}}],
+            }
+        )
+    )
     bin_dir = plugin_commands(tmp_path / "bin")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(REPO_ROOT), "KUBECONFIG": str(user_kubeconfig)}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO_ROOT),
+        "KUBECONFIG": str(user_kubeconfig),
+    }
     work = tmp_path / "qs"
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "quickstart", "--dir", str(work), "--port", str(port),
-         "--idp-port", str(free_port()), "--bind-roles"],
-        cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "quickstart",
+            "--dir",
+            str(work),
+            "--port",
+            str(port),
+            "--idp-port",
+            str(free_port()),
+            "--bind-roles",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
@@ -69,8 +101,10 @@ def test_quickstart_one_command(tmp_path: Path) -> None:
             assert line is not None, "quickstart exited early:\n" + "".join(seen)
             seen.append(line)
         output = "".join(seen)
-        assert ("applied ClusterRoleBinding vgate-cluster-admin: group vgate:cluster-admin → "
-                "ClusterRole cluster-admin") in output
+        assert (
+            "applied ClusterRoleBinding vgate-cluster-admin: group vgate:cluster-admin → "
+            "ClusterRole cluster-admin"
+        ) in output
         binding = fake.get("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "vgate-view", "")
         assert binding["roleRef"]["name"] == "view"
         assert binding["subjects"][0]["name"] == "vgate:view"
@@ -78,13 +112,24 @@ def test_quickstart_one_command(tmp_path: Path) -> None:
         kubeconfig = work / "kubeconfig"
         assert f"KUBECONFIG={kubeconfig} kubectl auth whoami" in output
         # the person at the browser signs in as alice through the IdP's forms
-        kubectl_env = {**env, "KUBECONFIG": str(kubeconfig),
-                       "BROWSER": str(bin_dir / "test-browser"),
-                       "VGATE_TEST_USER": "alice", "VGATE_TEST_PASSWORD": "alice",
-                       "VGATE_CACHE_DIR": str(tmp_path / "cache"), "VGATE_LOGIN_PORTS": "0",
-                       "DISPLAY": "", "WAYLAND_DISPLAY": ""}
-        r = subprocess.run([KUBECTL, "auth", "whoami", "-o", "json"], env=kubectl_env,
-                           capture_output=True, text=True, timeout=60)
+        kubectl_env = {
+            **env,
+            "KUBECONFIG": str(kubeconfig),
+            "BROWSER": str(bin_dir / "test-browser"),
+            "VGATE_TEST_USER": "alice",
+            "VGATE_TEST_PASSWORD": "alice",
+            "VGATE_CACHE_DIR": str(tmp_path / "cache"),
+            "VGATE_LOGIN_PORTS": "0",
+            "DISPLAY": "",
+            "WAYLAND_DISPLAY": "",
+        }
+        r = subprocess.run(
+            [KUBECTL, "auth", "whoami", "-o", "json"],
+            env=kubectl_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         info = json.loads(r.stdout)["status"]["userInfo"]
         assert info["username"] == "oidc:alice@example.com"

@@ -34,16 +34,26 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-def _kubeconfig(world: sso_world.SSOWorld, tmp_path: Path, tenant: str = "tenant1",
-                *extra: str) -> Path:
-    r = world.vgate("kubeconfig", "--server", f"{world.url}/clusters/{tenant}",
-                    "--tenant", tenant, "--issuer", world.idp.issuer,
-                    "--certificate-authority", str(world.ca.cert_file))
+def _kubeconfig(
+    world: sso_world.SSOWorld, tmp_path: Path, tenant: str = "tenant1", *extra: str
+) -> Path:
+    r = world.vgate(
+        "kubeconfig",
+        "--server",
+        f"{world.url}/clusters/{tenant}",
+        "--tenant",
+        tenant,
+        "--issuer",
+        world.idp.issuer,
+        "--certificate-authority",
+        str(world.ca.cert_file),
+    )
     assert r.returncode == 0, r.stderr
     text = r.stdout
     for arg in extra:  # extra plugin arguments, e.g. --grant=device-code
-        text = text.replace("      - --client-id=vgate\n",
-                            f"      - --client-id=vgate\n      - {arg}\n")
+        text = text.replace(
+            "      - --client-id=vgate\n", f"      - --client-id=vgate\n      - {arg}\n"
+        )
     path = tmp_path / f"kubeconfig-{tenant}"
     path.write_text(text)
     return path
@@ -100,8 +110,9 @@ def test_expiry_refreshes_silently_then_failed_refresh_logs_in(world, tmp_path, 
     assert second["refresh_token"] != first["refresh_token"]  # rotated by the IdP
     assert second["expires_at"] > time.time()
 
-    path.write_text(json.dumps({**second, "expires_at": time.time() - 5,
-                                "refresh_token": "revoked-or-garbage"}))
+    path.write_text(
+        json.dumps({**second, "expires_at": time.time() - 5, "refresh_token": "revoked-or-garbage"})
+    )
     r = _whoami(world, kc, env)
     assert _username(r) == "oidc:bob@example.com"
     assert "signing in again" in r.stderr
@@ -126,12 +137,18 @@ def test_logout_forces_a_new_login(world, tmp_path, cache):
 
 def test_users_side_by_side_and_logout_all(world, tmp_path, cache):
     for user in ("alice", "bob"):
-        r = world.vgate("login", f"--issuer={world.idp.issuer}", "--client-id=vgate",
-                        f"--user={user}", env=world.plugin_env(user, cache=cache))
+        r = world.vgate(
+            "login",
+            f"--issuer={world.idp.issuer}",
+            "--client-id=vgate",
+            f"--user={user}",
+            env=world.plugin_env(user, cache=cache),
+        )
         assert r.returncode == 0, r.stderr
     assert len(list(cache.glob("*.json"))) == 2
-    r = world.vgate("logout", "--issuer", world.idp.issuer, "--user", "bob",
-                    env=world.plugin_env(cache=cache))
+    r = world.vgate(
+        "logout", "--issuer", world.idp.issuer, "--user", "bob", env=world.plugin_env(cache=cache)
+    )
     assert r.returncode == 0 and len(list(cache.glob("*.json"))) == 1
     r = world.vgate("logout", "--all", env=world.plugin_env(cache=cache))
     assert r.returncode == 0 and not list(cache.glob("*.json"))
@@ -144,7 +161,11 @@ def test_device_code_through_kubectl(world, tmp_path, cache):
     runs = world.browser_runs()
     proc = subprocess.Popen(
         [sso_world.KUBECTL, "--kubeconfig", str(kc), "auth", "whoami", "-o", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     seen: list[str] = []
     url = None
     assert proc.stderr is not None
@@ -163,16 +184,36 @@ def test_device_code_through_kubectl(world, tmp_path, cache):
 
 
 def test_concurrent_plugins_do_one_login(world, cache):
-    env = {**world.plugin_env("alice", cache=cache),
-           "KUBERNETES_EXEC_INFO": json.dumps({
-               "apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
-               "spec": {"interactive": False}})}
+    env = {
+        **world.plugin_env("alice", cache=cache),
+        "KUBERNETES_EXEC_INFO": json.dumps(
+            {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "spec": {"interactive": False},
+            }
+        ),
+    }
     runs = world.browser_runs()
-    argv = [sys.executable, "-m", "gateway", "login", f"--issuer={world.idp.issuer}",
-            "--client-id=vgate"]
-    procs = [subprocess.Popen(argv, cwd=sso_world.REPO_ROOT, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(5)]
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "login",
+        f"--issuer={world.idp.issuer}",
+        "--client-id=vgate",
+    ]
+    procs = [
+        subprocess.Popen(
+            argv,
+            cwd=sso_world.REPO_ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(5)
+    ]
     results = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
     creds = [json.loads(out) for out, _ in results]
@@ -182,10 +223,16 @@ def test_concurrent_plugins_do_one_login(world, cache):
 
 
 def test_exec_info_v1beta1_is_answered_in_kind(world, cache):
-    env = {**world.plugin_env("alice", cache=cache),
-           "KUBERNETES_EXEC_INFO": json.dumps({
-               "apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
-               "spec": {}})}
+    env = {
+        **world.plugin_env("alice", cache=cache),
+        "KUBERNETES_EXEC_INFO": json.dumps(
+            {
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "kind": "ExecCredential",
+                "spec": {},
+            }
+        ),
+    }
     r = world.vgate("login", f"--issuer={world.idp.issuer}", "--client-id=vgate", env=env)
     assert r.returncode == 0, r.stderr
     cred = json.loads(r.stdout)
@@ -209,19 +256,33 @@ def test_clear_errors(world, cache):
     other = issuer.replace("127.0.0.1", "localhost")
     err = _fails(world, f"--issuer={other}", "--client-id=vgate", env=env)
     assert "wrong issuer" in err
-    err = _fails(world, f"--issuer=http://127.0.0.1:{free_port()}", "--client-id=vgate",
-                 env=env)
+    err = _fails(world, f"--issuer=http://127.0.0.1:{free_port()}", "--client-id=vgate", env=env)
     assert "cannot reach the identity provider" in err
-    err = _fails(world, f"--issuer={issuer}", "--client-id=vgate",
-                 env=world.plugin_env("alice", mode="deny", cache=cache))
+    err = _fails(
+        world,
+        f"--issuer={issuer}",
+        "--client-id=vgate",
+        env=world.plugin_env("alice", mode="deny", cache=cache),
+    )
     assert "denied or cancelled" in err
     t0 = time.monotonic()
-    err = _fails(world, f"--issuer={issuer}", "--client-id=vgate", "--timeout=2",
-                 env=world.plugin_env("alice", mode="close", cache=cache))
+    err = _fails(
+        world,
+        f"--issuer={issuer}",
+        "--client-id=vgate",
+        "--timeout=2",
+        env=world.plugin_env("alice", mode="close", cache=cache),
+    )
     assert "no login arrived within 2 s" in err and "closed" in err
     assert time.monotonic() - t0 < 20
-    err = _fails(world, f"--issuer={issuer}", "--client-id=not-registered", "--browser=none",
-                 "--timeout=1", env=env)
+    err = _fails(
+        world,
+        f"--issuer={issuer}",
+        "--client-id=not-registered",
+        "--browser=none",
+        "--timeout=1",
+        env=env,
+    )
     assert "open this URL" in err  # headless: the URL is printed, never opened
     assert not list(cache.glob("*.json"))
 
@@ -231,12 +292,27 @@ def test_expired_device_code(tmp_path):
     if sso_world.missing_tools():
         tool_missing(sso_world.missing_tools())
     with OIDCProvider(tmp_path / "idp", users=sso_world.USERS, ttl={"DeviceCode": 2}) as idp:
-        env = {**os.environ, "PYTHONPATH": str(sso_world.REPO_ROOT),
-               "VGATE_CACHE_DIR": str(tmp_path / "cache")}
-        r = subprocess.run([sys.executable, "-m", "gateway", "login", f"--issuer={idp.issuer}",
-                            "--client-id=vgate", "--grant=device-code"],
-                           cwd=sso_world.REPO_ROOT, env=env, capture_output=True, text=True,
-                           timeout=60)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(sso_world.REPO_ROOT),
+            "VGATE_CACHE_DIR": str(tmp_path / "cache"),
+        }
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "login",
+                f"--issuer={idp.issuer}",
+                "--client-id=vgate",
+                "--grant=device-code",
+            ],
+            cwd=sso_world.REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert r.returncode == 1 and r.stdout == ""
     assert "enter the code" in r.stderr
     assert "device code expired" in r.stderr
@@ -254,5 +330,3 @@ def test_loopback_ports_fall_back(world, cache):
         r = world.vgate("login", f"--issuer={world.idp.issuer}", "--client-id=vgate", env=env)
     assert r.returncode == 0, r.stderr
     assert f"127.0.0.1%3A{free}%2Fcallback" in r.stderr
-
-

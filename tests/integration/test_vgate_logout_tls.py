@@ -32,8 +32,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoginWorld]:
 
 def _login(world: LoginWorld, cache: Path, user: str = "alice", *extra: str) -> None:
     """Sign in as `user`, trusting the IdP by --issuer-ca-data (as kubeconfigs do)."""
-    r = world.vgate(*world.login_args(f"--issuer-ca-data={world.ca_data}", *extra),
-                    env=world.env(user, cache=cache))
+    r = world.vgate(
+        *world.login_args(f"--issuer-ca-data={world.ca_data}", *extra),
+        env=world.env(user, cache=cache),
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["kind"] == "ExecCredential"
 
@@ -53,9 +55,14 @@ def _refused(world: LoginWorld, refresh_token: str) -> bool:
 
 def test_logout_tenant_revokes_through_the_private_ca(world, tmp_path):
     cache = tmp_path / "cache"
-    r = world.vgate("kubeconfig", "--server=https://127.0.0.1:9/clusters/tenant1",
-                    "--tenant=tenant1", f"--issuer={world.issuer}",
-                    f"--issuer-ca-file={world.ca.cert_file}", env=world.env(cache=cache))
+    r = world.vgate(
+        "kubeconfig",
+        "--server=https://127.0.0.1:9/clusters/tenant1",
+        "--tenant=tenant1",
+        f"--issuer={world.issuer}",
+        f"--issuer-ca-file={world.ca.cert_file}",
+        env=world.env(cache=cache),
+    )
     assert r.returncode == 0, r.stderr
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(r.stdout)
@@ -65,8 +72,9 @@ def test_logout_tenant_revokes_through_the_private_ca(world, tmp_path):
     assert r.returncode == 0, r.stderr
     refresh = cache_entry(cache)["refresh_token"]
 
-    r = world.vgate("logout", "--tenant=tenant1",
-                    env=world.env(cache=cache, KUBECONFIG=str(kubeconfig)))
+    r = world.vgate(
+        "logout", "--tenant=tenant1", env=world.env(cache=cache, KUBECONFIG=str(kubeconfig))
+    )
     assert r.returncode == 0, r.stderr
     assert "refresh token is revoked" in r.stderr and r.stdout == ""
     assert not list(cache.glob("*.json"))
@@ -112,10 +120,10 @@ def test_logout_of_an_entry_without_the_ca_names_the_tls_failure(world, tmp_path
         refresh = cache_entry(cache)["refresh_token"]
         path = next(cache.glob("*.json"))
         entry = json.loads(path.read_text())
-        path.write_text(json.dumps({k: v for k, v in entry.items()
-                                    if not k.startswith("issuer_ca_")}))
-        r = world.vgate("logout", f"--issuer={world.issuer}", *ca_flag,
-                        env=world.env(cache=cache))
+        path.write_text(
+            json.dumps({k: v for k, v in entry.items() if not k.startswith("issuer_ca_")})
+        )
+        r = world.vgate("logout", f"--issuer={world.issuer}", *ca_flag, env=world.env(cache=cache))
         assert r.returncode == expect_code, r.stderr
         assert not list(cache.glob("*.json"))
         if expect_code:

@@ -37,8 +37,12 @@ def _context(world: World) -> ssl.SSLContext:
 async def test_exec_with_the_token_in_a_subprotocol(world: World) -> None:
     token = world.token("alice")
     protocols = [bearer_protocol(token), "v5.channel.k8s.io"]
-    async with connect(_url(world), ssl=_context(world), subprotocols=protocols,  # type: ignore[arg-type]
-                       open_timeout=10) as ws:
+    async with connect(
+        _url(world),
+        ssl=_context(world),
+        subprotocols=protocols,  # type: ignore[arg-type]
+        open_timeout=10,
+    ) as ws:
         assert ws.subprotocol == "v5.channel.k8s.io"
         await ws.send(b"\x00hello from a browser")
         await ws.send(b"\xff\x00")
@@ -58,16 +62,22 @@ async def test_exec_with_the_token_in_a_subprotocol(world: World) -> None:
         assert b"bearer.authorization" not in value
 
 
-@pytest.mark.parametrize("protocol", [
-    bearer_protocol("not-a-jwt"),
-    "base64url.bearer.authorization.k8s.io.%%%",
-])
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        bearer_protocol("not-a-jwt"),
+        "base64url.bearer.authorization.k8s.io.%%%",
+    ],
+)
 async def test_a_bad_subprotocol_token_is_401(world: World, protocol: str) -> None:
     before = len(standin(world).records)
     with pytest.raises(InvalidStatus) as info:
-        async with connect(_url(world), ssl=_context(world),
-                           subprotocols=[protocol, "v5.channel.k8s.io"],  # type: ignore[list-item]
-                           open_timeout=10):
+        async with connect(
+            _url(world),
+            ssl=_context(world),
+            subprotocols=[protocol, "v5.channel.k8s.io"],  # type: ignore[list-item]
+            open_timeout=10,
+        ):
             pass
     assert info.value.response.status_code == 401
     assert len(standin(world).records) == before
@@ -76,8 +86,15 @@ async def test_a_bad_subprotocol_token_is_401(world: World, protocol: str) -> No
 async def test_two_bearer_subprotocols_are_refused(world: World) -> None:
     token = world.token("alice")
     with pytest.raises(InvalidStatus) as info:
-        async with connect(_url(world), ssl=_context(world),
-                           subprotocols=[bearer_protocol(token), bearer_protocol(token),  # type: ignore[list-item]
-                                         "v5.channel.k8s.io"], open_timeout=10):
+        async with connect(
+            _url(world),
+            ssl=_context(world),
+            subprotocols=[
+                bearer_protocol(token),
+                bearer_protocol(token),  # type: ignore[list-item]
+                "v5.channel.k8s.io",
+            ],
+            open_timeout=10,
+        ):
             pass
     assert info.value.response.status_code == 401

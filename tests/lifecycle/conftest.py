@@ -24,16 +24,25 @@ class Setup:
     files: CredentialFiles
     tmp: Path
     settings: HelmSettings = field(
-        default_factory=lambda: HelmSettings(poll_seconds=0.0, ready_timeout=0.05))
+        default_factory=lambda: HelmSettings(poll_seconds=0.0, ready_timeout=0.05)
+    )
 
     def reconciler(self) -> Reconciler:
         """A fresh reconciler (as after a restart) over the same store and world."""
         provisioner = HelmProvisioner(
-            FakeHost(self.world), FakeHelm(self.world), connector(self.world), self.files,
+            FakeHost(self.world),
+            FakeHelm(self.world),
+            connector(self.world),
+            self.files,
             self.settings,
         )
-        return Reconciler(self.store, provisioner, hostname=lambda n: f"{n}.k8s.example.com",
-                          backoff=Backoff(base=0.0, cap=0.0, jitter=0.0), poll_seconds=0.01)
+        return Reconciler(
+            self.store,
+            provisioner,
+            hostname=lambda n: f"{n}.k8s.example.com",
+            backoff=Backoff(base=0.0, cap=0.0, jitter=0.0),
+            poll_seconds=0.01,
+        )
 
 
 @pytest.fixture
@@ -68,8 +77,9 @@ CRDS = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "vgate" / "crds
 def tenant_crd(kube_host: ApiServer) -> ApiServer:
     """`kube_host` with the chart's `tenants.vgate.io` CRD installed and established."""
     kube_host.kubectl("apply", "--server-side", "-f", str(CRDS))
-    kube_host.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                      "crd/tenants.vgate.io")
+    kube_host.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/tenants.vgate.io"
+    )
     return kube_host
 
 
@@ -88,7 +98,10 @@ def chart_rbac() -> list[dict]:
     out = render(helm, {"lifecycle": {"enabled": True, "store": {"type": "kubernetes"}}})
     found = [o for o in out.objects if o["apiVersion"].startswith("rbac.authorization.k8s.io/")]
     assert {o["metadata"]["name"] for o in found} == {
-        "vgate-lifecycle", "vgate-tenant-manager", "vgate-lifecycle-store"}, found
+        "vgate-lifecycle",
+        "vgate-tenant-manager",
+        "vgate-lifecycle-store",
+    }, found
     return found
 
 
@@ -101,8 +114,13 @@ def grant_chart_rbac(api: ApiServer, namespace: str, objects: list[dict], path: 
 
     from tests.deploy.chart import NAMESPACE
 
-    docs: list[dict] = [{"apiVersion": "v1", "kind": "ServiceAccount",
-                         "metadata": {"name": "vgate", "namespace": namespace}}]
+    docs: list[dict] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "vgate", "namespace": namespace},
+        }
+    ]
     for obj in copy.deepcopy(objects):
         if obj["metadata"].get("namespace") == NAMESPACE:
             obj["metadata"]["namespace"] = namespace
@@ -110,15 +128,15 @@ def grant_chart_rbac(api: ApiServer, namespace: str, objects: list[dict], path: 
             subject["namespace"] = namespace
         docs.append(obj)
     api.apply(yaml.safe_dump_all(docs))
-    token = api.kubectl("-n", namespace, "create", "token", "vgate",
-                        "--duration=1h").stdout.strip()
+    token = api.kubectl("-n", namespace, "create", "token", "vgate", "--duration=1h").stdout.strip()
     path.write_text(api.kubeconfig_text(token, user="vgate"))
     return path
 
 
 @pytest.fixture
-def store_kubeconfig(tenant_crd: ApiServer, host_namespace: str, chart_rbac: list[dict],
-                     tmp_path: Path) -> Path:
+def store_kubeconfig(
+    tenant_crd: ApiServer, host_namespace: str, chart_rbac: list[dict], tmp_path: Path
+) -> Path:
     """A kubeconfig for ServiceAccount `vgate` in `host_namespace` with exactly the chart's
     tenant-store RBAC there: what a gateway replica has in a real installation."""
     store = [o for o in chart_rbac if o["metadata"]["name"].endswith("-lifecycle-store")]

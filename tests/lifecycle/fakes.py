@@ -78,8 +78,11 @@ class FakeHost:
         meta = obj["metadata"]
         key = (obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
         self.world.mutate(f"apply {obj['kind']}/{meta['name']}")
-        if obj["kind"] != "Namespace" and key[2] and (
-                ("v1", "Namespace", "", key[2]) not in self.world.objects):
+        if (
+            obj["kind"] != "Namespace"
+            and key[2]
+            and (("v1", "Namespace", "", key[2]) not in self.world.objects)
+        ):
             raise RuntimeError(f'namespaces "{key[2]}" not found')
         live = self.world.objects.get(key, {})
         merged = _merge(copy.deepcopy(live), obj)
@@ -97,7 +100,8 @@ class FakeHost:
         for (av, k, ns, _), obj in self.world.objects.items():
             have = obj["metadata"].get("labels") or {}
             if (av, k, ns) == (api_version, kind, namespace) and all(
-                    have.get(a) == b for a, b in (labels or {}).items()):
+                have.get(a) == b for a, b in (labels or {}).items()
+            ):
                 found.append(copy.deepcopy(obj))
         return found
 
@@ -158,36 +162,57 @@ class FakeHelm:
         if old is not None and old["spec"]["replicas"] == 0:
             replicas = 0  # helm upgrade of a paused vcluster keeps it paused? keep as is
         w.objects[sts_key] = {
-            "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": release, "namespace": namespace, "labels": labels,
-                         "annotations": (old or {}).get("metadata", {}).get("annotations", {})},
-            "spec": {"replicas": replicas}, "status": {"readyReplicas": replicas},
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {
+                "name": release,
+                "namespace": namespace,
+                "labels": labels,
+                "annotations": (old or {}).get("metadata", {}).get("annotations", {}),
+            },
+            "spec": {"replicas": replicas},
+            "status": {"readyReplicas": replicas},
         }
-        kubeconfig = {"apiVersion": "v1", "kind": "Config",
-                      "clusters": [{"name": "vc", "cluster": {"server": server}}],
-                      "users": [{"name": "admin", "user": {"client-certificate-data": "eA=="}}],
-                      "contexts": [{"name": "vc", "context": {"cluster": "vc", "user": "admin"}}],
-                      "current-context": "vc"}
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "vc", "cluster": {"server": server}}],
+            "users": [{"name": "admin", "user": {"client-certificate-data": "eA=="}}],
+            "contexts": [{"name": "vc", "context": {"cluster": "vc", "user": "admin"}}],
+            "current-context": "vc",
+        }
         b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
         w.objects[("v1", "Secret", namespace, f"vc-{release}")] = {
-            "apiVersion": "v1", "kind": "Secret",
+            "apiVersion": "v1",
+            "kind": "Secret",
             "metadata": {"name": f"vc-{release}", "namespace": namespace, "labels": labels},
-            "data": {"config": b64(yaml.safe_dump(kubeconfig).encode()),
-                     "certificate-authority": b64(w.ca_pem or b"CA-" + server.encode())},
+            "data": {
+                "config": b64(yaml.safe_dump(kubeconfig).encode()),
+                "certificate-authority": b64(w.ca_pem or b"CA-" + server.encode()),
+            },
         }
         w.objects[("v1", "PersistentVolumeClaim", namespace, f"data-{release}-0")] = {
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
             "metadata": {"name": f"data-{release}-0", "namespace": namespace, "labels": labels},
         }
-        w.releases[(namespace, release)] = {"status": "deployed", "chart_version": version,
-                                            "values": copy.deepcopy(values)}
+        w.releases[(namespace, release)] = {
+            "status": "deployed",
+            "chart_version": version,
+            "values": copy.deepcopy(values),
+        }
 
     async def uninstall(self, release, namespace):
         w = self.world
         w.mutate(f"helm uninstall {release}")
         w.releases.pop((namespace, release), None)
-        for key in [k for k in w.objects if k[2] == namespace and k[1] != "PersistentVolumeClaim"
-                    and (w.objects[k]["metadata"].get("labels") or {}).get("app") == "vcluster"]:
+        for key in [
+            k
+            for k in w.objects
+            if k[2] == namespace
+            and k[1] != "PersistentVolumeClaim"
+            and (w.objects[k]["metadata"].get("labels") or {}).get("app") == "vcluster"
+        ]:
             del w.objects[key]
 
 
@@ -222,8 +247,9 @@ class FakeClusterAPI:
         assert self.admin, "only the admin credential may change RBAC"
         meta = obj["metadata"]
         self.world.mutate(f"vcluster apply {obj['kind']}/{meta['name']}")
-        self.cluster.objects[(obj["kind"], meta.get("namespace", ""), meta["name"])] = \
+        self.cluster.objects[(obj["kind"], meta.get("namespace", ""), meta["name"])] = (
             copy.deepcopy(obj)
+        )
 
     async def get(self, api_version, kind, name, namespace=None):
         self._up()

@@ -22,22 +22,37 @@ import httpx
 
 from tests.support.kube import ADMIN_TOKEN, ApiServer
 
-NAMESPACED = ("api/v1/{ns}/secrets", "api/v1/{ns}/configmaps", "api/v1/{ns}/services",
-              "api/v1/{ns}/serviceaccounts", "api/v1/{ns}/resourcequotas",
-              "api/v1/{ns}/limitranges", "api/v1/{ns}/persistentvolumeclaims",
-              "apis/apps/v1/{ns}/statefulsets",
-              "apis/rbac.authorization.k8s.io/v1/{ns}/roles",
-              "apis/rbac.authorization.k8s.io/v1/{ns}/rolebindings",
-              "apis/networking.k8s.io/v1/{ns}/networkpolicies")
+NAMESPACED = (
+    "api/v1/{ns}/secrets",
+    "api/v1/{ns}/configmaps",
+    "api/v1/{ns}/services",
+    "api/v1/{ns}/serviceaccounts",
+    "api/v1/{ns}/resourcequotas",
+    "api/v1/{ns}/limitranges",
+    "api/v1/{ns}/persistentvolumeclaims",
+    "apis/apps/v1/{ns}/statefulsets",
+    "apis/rbac.authorization.k8s.io/v1/{ns}/roles",
+    "apis/rbac.authorization.k8s.io/v1/{ns}/rolebindings",
+    "apis/networking.k8s.io/v1/{ns}/networkpolicies",
+)
 MERGE = {"Content-Type": "application/merge-patch+json"}
 
 
 class HostControllers:
-    def __init__(self, host: ApiServer, tenant: ApiServer,
-                 is_tenant_namespace: Callable[[str], bool], *, poll: float = 0.2) -> None:
-        self.http = httpx.Client(base_url=host.url, timeout=10,
-                                 verify=ssl.create_default_context(cafile=str(host.ca_file)),
-                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    def __init__(
+        self,
+        host: ApiServer,
+        tenant: ApiServer,
+        is_tenant_namespace: Callable[[str], bool],
+        *,
+        poll: float = 0.2,
+    ) -> None:
+        self.http = httpx.Client(
+            base_url=host.url,
+            timeout=10,
+            verify=ssl.create_default_context(cafile=str(host.ca_file)),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
         self.tenant = tenant
         self.is_tenant_namespace = is_tenant_namespace
         self.poll = poll
@@ -77,18 +92,32 @@ class HostControllers:
         for sts in self._items(f"/apis/apps/v1/namespaces/{ns}/statefulsets"):
             name, want = sts["metadata"]["name"], sts["spec"].get("replicas", 1)
             if (sts.get("status") or {}).get("readyReplicas", 0) != want:
-                self.http.patch(f"/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status",
-                                headers=MERGE, json={"status": {
-                                    "replicas": want, "readyReplicas": want,
-                                    "availableReplicas": want}})
+                self.http.patch(
+                    f"/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status",
+                    headers=MERGE,
+                    json={
+                        "status": {
+                            "replicas": want,
+                            "readyReplicas": want,
+                            "availableReplicas": want,
+                        }
+                    },
+                )
             if want == 0:
                 continue
             for template in sts["spec"].get("volumeClaimTemplates") or []:
-                self.http.post(f"/api/v1/namespaces/{ns}/persistentvolumeclaims", json={
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": f"{template['metadata']['name']}-{name}-0",
-                                 "labels": sts["spec"]["selector"]["matchLabels"]},
-                    "spec": template["spec"]})  # 409 once it exists
+                self.http.post(
+                    f"/api/v1/namespaces/{ns}/persistentvolumeclaims",
+                    json={
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "metadata": {
+                            "name": f"{template['metadata']['name']}-{name}-0",
+                            "labels": sts["spec"]["selector"]["matchLabels"],
+                        },
+                        "spec": template["spec"],
+                    },
+                )  # 409 once it exists
             release = (sts["metadata"].get("labels") or {}).get("release")
             if release == name:
                 self._vcluster_secret(ns, name)
@@ -100,21 +129,31 @@ class HostControllers:
         kubeconfig = self.tenant.kubeconfig_text(ADMIN_TOKEN).replace(
             f"certificate-authority: '{self.tenant.ca_file}'",
             "certificate-authority-data: "
-            f"'{base64.b64encode(self.tenant.ca_file.read_bytes()).decode()}'")
-        data = {"config": kubeconfig.encode(), "certificate-authority":
-                self.tenant.ca_file.read_bytes()}
-        self.http.post(f"/api/v1/namespaces/{ns}/secrets", json={
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": f"vc-{release}", "labels": {"app": "vcluster"}},
-            "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})
+            f"'{base64.b64encode(self.tenant.ca_file.read_bytes()).decode()}'",
+        )
+        data = {
+            "config": kubeconfig.encode(),
+            "certificate-authority": self.tenant.ca_file.read_bytes(),
+        }
+        self.http.post(
+            f"/api/v1/namespaces/{ns}/secrets",
+            json={
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"vc-{release}", "labels": {"app": "vcluster"}},
+                "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+            },
+        )
 
     def _released_pvcs(self, ns: str) -> None:
         for pvc in self._items(f"/api/v1/namespaces/{ns}/persistentvolumeclaims"):
             meta = pvc["metadata"]
             if meta.get("deletionTimestamp") and meta.get("finalizers"):
-                self.http.patch(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/"
-                                f"{meta['name']}", headers=MERGE,
-                                json={"metadata": {"finalizers": None}})
+                self.http.patch(
+                    f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{meta['name']}",
+                    headers=MERGE,
+                    json={"metadata": {"finalizers": None}},
+                )
 
     def _finalize(self, ns: dict) -> None:
         name = ns["metadata"]["name"]

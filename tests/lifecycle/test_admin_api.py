@@ -27,14 +27,19 @@ async def authenticate(token: str) -> Identity:
 @pytest.fixture
 async def api(tmp_path):
     store = SQLiteTenantStore(tmp_path / "t.db")
-    app = admin_app(TenantOperations(store, static_tenants=["static1"],
-                                     versions=lambda: VCLUSTER_VERSIONS),
-                    authenticate=authenticate,
-                    is_platform_admin=platform_admin_check(["platform-admins"], []),
-                    path_prefix="/clusters", public_url="https://vgate.example.com")
+    app = admin_app(
+        TenantOperations(store, static_tenants=["static1"], versions=lambda: VCLUSTER_VERSIONS),
+        authenticate=authenticate,
+        is_platform_admin=platform_admin_check(["platform-admins"], []),
+        path_prefix="/clusters",
+        public_url="https://vgate.example.com",
+    )
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://vgate",
-                                 headers={"Authorization": "Bearer admin-token"}) as client:
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://vgate",
+        headers={"Authorization": "Bearer admin-token"},
+    ) as client:
         yield client, store
     await store.close()
 
@@ -48,15 +53,19 @@ async def test_only_platform_admins_get_in(api):
     r = await client.get("/admin/tenants", headers={"Authorization": "Bearer dev-token"})
     assert r.status_code == 403
     assert r.json()["message"] == 'user "bob@corp" is not a platform administrator'
-    r = await client.post("/admin/tenants", json={"name": "t1", "admin_groups": ["a"]},
-                          headers={"Authorization": "Bearer dev-token"})
+    r = await client.post(
+        "/admin/tenants",
+        json={"name": "t1", "admin_groups": ["a"]},
+        headers={"Authorization": "Bearer dev-token"},
+    )
     assert r.status_code == 403
 
 
 async def test_lifecycle_of_a_tenant_through_the_api(api):
     client, store = api
-    r = await client.post("/admin/tenants", json={"name": "t1", "admin_groups": ["admins"],
-                                                   "k8s_version": "1.31"})
+    r = await client.post(
+        "/admin/tenants", json={"name": "t1", "admin_groups": ["admins"], "k8s_version": "1.31"}
+    )
     assert r.status_code == 201, r.text
     assert r.json()["phase"] == "Pending"
     assert r.json()["servers"] == ["https://vgate.example.com/clusters/t1"]
@@ -75,8 +84,9 @@ async def test_lifecycle_of_a_tenant_through_the_api(api):
     assert r.status_code == 422
     cause = r.json()["details"]["causes"][0]
     assert cause["field"] == "k8s_version"
-    assert cause["message"].startswith("Kubernetes 1.99 is not available here (available: "
-                                       "1.30 (image tag v1.30.13), 1.31")
+    assert cause["message"].startswith(
+        "Kubernetes 1.99 is not available here (available: 1.30 (image tag v1.30.13), 1.31"
+    )
     r = await client.delete("/admin/tenants/t1")
     assert r.status_code == 202 and r.json()["desired"] == "deleted"
     r = await client.post("/admin/tenants/t1/resume")
@@ -86,8 +96,9 @@ async def test_lifecycle_of_a_tenant_through_the_api(api):
 
 async def test_errors_name_the_field_and_missing_tenants_are_404(api):
     client, _ = api
-    r = await client.post("/admin/tenants", json={"name": "Bad", "admin_groups": [],
-                                                   "quota": {"cpu": "lots"}})
+    r = await client.post(
+        "/admin/tenants", json={"name": "Bad", "admin_groups": [], "quota": {"cpu": "lots"}}
+    )
     assert r.status_code == 422
     fields = {c["field"] for c in r.json()["details"]["causes"]}
     assert fields == {"name", "admin_groups", "quota"}
@@ -95,8 +106,11 @@ async def test_errors_name_the_field_and_missing_tenants_are_404(api):
     assert r.status_code == 409 and "configured statically" in r.json()["message"]
     r = await client.post("/admin/tenants", content=b"{nope")
     assert r.status_code == 400
-    for method, path in (("GET", "/admin/tenants/ghost"), ("DELETE", "/admin/tenants/ghost"),
-                         ("POST", "/admin/tenants/ghost/pause")):
+    for method, path in (
+        ("GET", "/admin/tenants/ghost"),
+        ("DELETE", "/admin/tenants/ghost"),
+        ("POST", "/admin/tenants/ghost/pause"),
+    ):
         r = await client.request(method, path)
         assert (r.status_code, r.json()["message"]) == (404, 'tenant "ghost" not found')
 
@@ -105,9 +119,13 @@ def test_hostname_server_uses_the_public_scheme_and_port():
     from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
     from gateway.lifecycle.operations import describe
 
-    record = TenantRecord(spec=TenantSpec(name="t1", admin_groups=["a"]),
-                          status=TenantStatus(hostname="t1.k8s.example.com"))
+    record = TenantRecord(
+        spec=TenantSpec(name="t1", admin_groups=["a"]),
+        status=TenantStatus(hostname="t1.k8s.example.com"),
+    )
     shown = describe(record, path_prefix="/clusters", public_url="https://vgate.example.com:8443")
-    assert shown["servers"] == ["https://t1.k8s.example.com:8443",
-                                "https://vgate.example.com:8443/clusters/t1"]
+    assert shown["servers"] == [
+        "https://t1.k8s.example.com:8443",
+        "https://vgate.example.com:8443/clusters/t1",
+    ]
     assert describe(record)["servers"] == ["https://t1.k8s.example.com"]

@@ -32,10 +32,12 @@ def config_file(tmp_path: Path) -> Path:
     config = {
         "routing": {"base_domain": "k8s.example.com", "path_prefix": "/clusters"},
         "oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["vgate"]}]},
-        "tenants": [{"name": "static1", "upstream": "https://10.0.0.1",
-                     "token_file": "token"}],
-        "lifecycle": {"store": "state/tenants.db", "credentials_dir": "state/credentials",
-                      "public_url": "https://vgate.example.com"},
+        "tenants": [{"name": "static1", "upstream": "https://10.0.0.1", "token_file": "token"}],
+        "lifecycle": {
+            "store": "state/tenants.db",
+            "credentials_dir": "state/credentials",
+            "public_url": "https://vgate.example.com",
+        },
     }
     path = tmp_path / "vgate.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -43,15 +45,31 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def vgate(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway", "tenant", "--config", str(config),
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "tenant", "--config", str(config), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_commands_messages_and_exit_codes(config_file, tmp_path):
     (tmp_path / "extra.yaml").write_text("sync:\n  toHost:\n    ingresses:\n      enabled: true\n")
-    r = vgate(config_file, "create", "t1", "--admin-group", "CN=admins,DC=corp",
-              "--quota", "cpu=10,memory=20Gi,pods=50", "--isolate", "--k8s-version", "1.31",
-              "--values", str(tmp_path / "extra.yaml"))
+    r = vgate(
+        config_file,
+        "create",
+        "t1",
+        "--admin-group",
+        "CN=admins,DC=corp",
+        "--quota",
+        "cpu=10,memory=20Gi,pods=50",
+        "--isolate",
+        "--k8s-version",
+        "1.31",
+        "--values",
+        str(tmp_path / "extra.yaml"),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == 'tenant "t1" created; follow it with: vgate tenant show t1\n'
     r = vgate(config_file, "create", "t1", "--admin-group", "x")
@@ -87,15 +105,20 @@ def test_commands_messages_and_exit_codes(config_file, tmp_path):
     assert r.returncode == 4
 
 
-def test_wait_follows_steps_and_reconciles_when_no_gateway_manages(config_file, monkeypatch,
-                                                                  capsys):
+def test_wait_follows_steps_and_reconciles_when_no_gateway_manages(
+    config_file, monkeypatch, capsys
+):
     world = World()
 
     def fake_provisioner(config):
         lc = config.lifecycle
-        return HelmProvisioner(FakeHost(world), FakeHelm(world), connector(world),
-                               CredentialFiles(lc.credentials_dir),
-                               HelmSettings(poll_seconds=0.0, ready_timeout=0.1))
+        return HelmProvisioner(
+            FakeHost(world),
+            FakeHelm(world),
+            connector(world),
+            CredentialFiles(lc.credentials_dir),
+            HelmSettings(poll_seconds=0.0, ready_timeout=0.1),
+        )
 
     monkeypatch.setattr(assemble, "build_provisioner", fake_provisioner)
     args = ["tenant", "--config", str(config_file)]
@@ -103,8 +126,7 @@ def test_wait_follows_steps_and_reconciles_when_no_gateway_manages(config_file, 
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "t1: Pending" or out[0].startswith("t1: ")
     steps = [line.split(": ", 1)[1] for line in out if line.startswith("t1: ")]
-    for step in ("namespace", "vcluster-release", "tenant-rbac", "gateway-token",
-                 "register-route"):
+    for step in ("namespace", "vcluster-release", "tenant-rbac", "gateway-token", "register-route"):
         assert step in steps
     assert out[-1] == 'tenant "t1" ready'
     assert cli.main([*args, "pause", "t1", "--wait"]) == 0
@@ -122,29 +144,49 @@ def test_wait_follows_steps_and_reconciles_when_no_gateway_manages(config_file, 
     assert world.objects == {}
 
 
-def test_wait_stops_when_a_step_keeps_failing_with_the_same_error(config_file, monkeypatch,
-                                                                  capsys):
+def test_wait_stops_when_a_step_keeps_failing_with_the_same_error(config_file, monkeypatch, capsys):
     """`--wait` gives up (exit 1, the error printed) after the same error three passes in a
     row instead of spinning until --timeout. The failure is injected: a namespace of the
     tenant's name that vgate does not own."""
     world = World()
     world.objects[("v1", "Namespace", "", "vcluster-t1")] = {
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vcluster-t1"}}
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "vcluster-t1"},
+    }
 
     def fake_provisioner(config):
-        return HelmProvisioner(FakeHost(world), FakeHelm(world), connector(world),
-                               CredentialFiles(config.lifecycle.credentials_dir),
-                               HelmSettings(poll_seconds=0.0, ready_timeout=0.1))
+        return HelmProvisioner(
+            FakeHost(world),
+            FakeHelm(world),
+            connector(world),
+            CredentialFiles(config.lifecycle.credentials_dir),
+            HelmSettings(poll_seconds=0.0, ready_timeout=0.1),
+        )
 
     monkeypatch.setattr(assemble, "build_provisioner", fake_provisioner)
-    code = cli.main(["tenant", "--config", str(config_file), "create", "t1",
-                     "--admin-group", "admins", "--wait", "--timeout", "60"])
+    code = cli.main(
+        [
+            "tenant",
+            "--config",
+            str(config_file),
+            "create",
+            "t1",
+            "--admin-group",
+            "admins",
+            "--wait",
+            "--timeout",
+            "60",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
-    assert err == ("vgate tenant: tenant t1: 3 attempts in a row failed with the same error: "
-                   "namespace: namespace vcluster-t1 exists and is not managed by vgate for "
-                   "tenant t1; refusing to touch it (the lifecycle manager retries it; see "
-                   "vgate tenant show t1)\n")
+    assert err == (
+        "vgate tenant: tenant t1: 3 attempts in a row failed with the same error: "
+        "namespace: namespace vcluster-t1 exists and is not managed by vgate for "
+        "tenant t1; refusing to touch it (the lifecycle manager retries it; see "
+        "vgate tenant show t1)\n"
+    )
     assert out.splitlines()[-1] == "t1: failing"
 
 
@@ -154,13 +196,18 @@ async def test_api_client_maps_errors(tmp_path):
     async def authenticate(token):
         return Identity("root", "1", ("ops",), "https://idp", 0.0)
 
-    app = admin_app(TenantOperations(store), authenticate=authenticate,
-                    is_platform_admin=platform_admin_check(["ops"], []))
+    app = admin_app(
+        TenantOperations(store),
+        authenticate=authenticate,
+        is_platform_admin=platform_admin_check(["ops"], []),
+    )
     client = ApiClient("http://vgate", "tok")
     await client.http.aclose()
-    client.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                    base_url="http://vgate/admin",
-                                    headers={"Authorization": "Bearer tok"})
+    client.http = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://vgate/admin",
+        headers={"Authorization": "Bearer tok"},
+    )
     created = await client.create({"name": "t1", "admin_groups": ["a"]})
     assert created["phase"] == "Pending"
     with pytest.raises(TenantExists):

@@ -44,8 +44,7 @@ GATEWAY_SA = "system:serviceaccount:vgate-system:vgate-gateway"
 @pytest.fixture
 def tenant_api(kube_host, tmp_path):
     """The tenant's virtual cluster: another real API server on the host's etcd."""
-    with ApiServer(tmp_path / "vcluster", kube_host.etcd,
-                   name=f"vc-{uuid.uuid4().hex[:8]}") as api:
+    with ApiServer(tmp_path / "vcluster", kube_host.etcd, name=f"vc-{uuid.uuid4().hex[:8]}") as api:
         yield api
 
 
@@ -63,41 +62,58 @@ def releases(api: ApiServer, ns: str) -> list[str]:
 async def whoami(server: str, ca: bytes, token: str) -> str:
     context = ssl.create_default_context(cadata=ca.decode())
     async with httpx.AsyncClient(verify=context) as http:
-        r = await http.post(f"{server}/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                            json={"apiVersion": "authentication.k8s.io/v1",
-                                  "kind": "SelfSubjectReview"},
-                            headers={"Authorization": f"Bearer {token}"})
+        r = await http.post(
+            f"{server}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            json={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
     assert r.status_code == 201, r.text
     return r.json()["status"]["userInfo"]["username"]
 
 
-async def test_helm_provisioner_on_real_api_servers(tenant_crd, host_namespace, chart_rbac,
-                                                   tenant_api, tmp_path, monkeypatch):
+async def test_helm_provisioner_on_real_api_servers(
+    tenant_crd, host_namespace, chart_rbac, tenant_api, tmp_path, monkeypatch
+):
     host, ns_prefix = tenant_crd, f"hv{uuid.uuid4().hex[:6]}-"
     for what in ("CACHE", "CONFIG", "DATA"):  # helm's own files stay in the test's folder
         monkeypatch.setenv(f"HELM_{what}_HOME", str(tmp_path / "helm" / what.lower()))
     manager = grant_chart_rbac(host, host_namespace, chart_rbac, tmp_path / "manager.yaml")
     files = CredentialFiles(tmp_path / "credentials")
     host_api = LightkubeAPI.from_path(manager)
-    shared = CredentialSecrets(LightkubeAPI.from_path(manager), host_namespace,
-                               CredentialFiles(tmp_path / "mirror"))
+    shared = CredentialSecrets(
+        LightkubeAPI.from_path(manager), host_namespace, CredentialFiles(tmp_path / "mirror")
+    )
     settings = HelmSettings(
-        chart=str(CHART), repo=None, chart_version="0.26.0", namespace_prefix=ns_prefix,
-        gateway_namespace=host_namespace, manager_cluster_role="vgate-tenant-manager",
-        manager_service_account="vgate", server_template=tenant_api.url,
-        ready_timeout=30, poll_seconds=0.2)
-    provisioner = HelmProvisioner(host_api, HelmRunner(HELM, kubeconfig=str(manager)),
-                                  connect, files, settings, shared=shared)
-    store = KubernetesTenantStore(namespace=host_namespace, lease_name="vgate-lifecycle",
-                                  kubeconfig=manager)
+        chart=str(CHART),
+        repo=None,
+        chart_version="0.26.0",
+        namespace_prefix=ns_prefix,
+        gateway_namespace=host_namespace,
+        manager_cluster_role="vgate-tenant-manager",
+        manager_service_account="vgate",
+        server_template=tenant_api.url,
+        ready_timeout=30,
+        poll_seconds=0.2,
+    )
+    provisioner = HelmProvisioner(
+        host_api, HelmRunner(HELM, kubeconfig=str(manager)), connect, files, settings, shared=shared
+    )
+    store = KubernetesTenantStore(
+        namespace=host_namespace, lease_name="vgate-lifecycle", kubeconfig=manager
+    )
     reconciler = Reconciler(store, provisioner, backoff=Backoff(base=0.2, cap=1, jitter=0))
     operations = TenantOperations(store, versions=provisioner.versions)
     ns = f"{ns_prefix}t1"
     try:
         with HostControllers(host, tenant_api, lambda name: name.startswith(ns_prefix)) as kc:
-            await operations.create(TenantSpec(name="t1", admin_groups=["t1-admins"],
-                                               quota={"pods": "20", "requests.cpu": "4"},
-                                               isolate=True))
+            await operations.create(
+                TenantSpec(
+                    name="t1",
+                    admin_groups=["t1-admins"],
+                    quota={"pods": "20", "requests.cpu": "4"},
+                    isolate=True,
+                )
+            )
             record = await run_until_converged(reconciler, "t1", within=120)
             assert record.status.phase is Phase.ready, record.status
             assert record.status.k8s_version == "v1.28.7"  # what the tenant's server says
@@ -105,8 +121,7 @@ async def test_helm_provisioner_on_real_api_servers(tenant_crd, host_namespace, 
             # every host object the provisioner applied, as the API server keeps it
             live_ns = host_get(host, "namespace", ns)
             assert live_ns["metadata"]["labels"]["vgate.io/tenant"] == "t1"
-            assert live_ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == \
-                "baseline"
+            assert live_ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
             quota = host_get(host, "-n", ns, "resourcequota", "vgate-quota")
             assert quota["spec"]["hard"] == {"pods": "20", "requests.cpu": "4"}
             assert host_get(host, "-n", ns, "limitrange", "vgate-limits") is not None
@@ -131,8 +146,7 @@ async def test_helm_provisioner_on_real_api_servers(tenant_crd, host_namespace, 
             ca = files.ca_path("t1").read_bytes()
             assert await whoami(tenant_api.url, ca, token) == GATEWAY_SA
             minted = tenant_api.audit.matching(verb="create")
-            minted = [e for e in minted if (e.get("objectRef") or {}).get("subresource")
-                      == "token"]
+            minted = [e for e in minted if (e.get("objectRef") or {}).get("subresource") == "token"]
             assert minted and minted[-1]["user"]["username"] == "admin"  # the vc- credential
             assert minted[-1]["responseStatus"]["code"] == 201
             # published for the other replicas, as a Secret next to the Tenant object
@@ -142,27 +156,39 @@ async def test_helm_provisioner_on_real_api_servers(tenant_crd, host_namespace, 
             # the token is renewed by the gateway itself (no admin credential)
             expiry_secret = host_get(host, "-n", ns, "secret", "vgate-gateway-token")
             aged = str(float(base64.b64decode(expiry_secret["data"]["expiry"])) - 3000)
-            host.kubectl("-n", ns, "patch", "secret", "vgate-gateway-token", "--type=merge",
-                         "-p", json.dumps({"data": {"expiry": base64.b64encode(
-                             aged.encode()).decode()}}))
+            host.kubectl(
+                "-n",
+                ns,
+                "patch",
+                "secret",
+                "vgate-gateway-token",
+                "--type=merge",
+                "-p",
+                json.dumps({"data": {"expiry": base64.b64encode(aged.encode()).decode()}}),
+            )
             assert await reconciler.reconcile("t1")
             renewed = files.token_path("t1").read_text()
             assert renewed != token
             assert await whoami(tenant_api.url, ca, renewed) == GATEWAY_SA
-            minted = [e for e in tenant_api.audit.matching(verb="create")
-                      if (e.get("objectRef") or {}).get("subresource") == "token"]
+            minted = [
+                e
+                for e in tenant_api.audit.matching(verb="create")
+                if (e.get("objectRef") or {}).get("subresource") == "token"
+            ]
             assert minted[-1]["user"]["username"] == GATEWAY_SA
 
             # pause and resume like the vcluster CLI
             await operations.pause("t1")
-            assert (await run_until_converged(reconciler, "t1", within=60)).status.phase \
-                is Phase.paused
+            assert (
+                await run_until_converged(reconciler, "t1", within=60)
+            ).status.phase is Phase.paused
             sts = host_get(host, "-n", ns, "statefulset", "t1")
             assert sts["spec"]["replicas"] == 0
             assert sts["metadata"]["annotations"]["loft.sh/paused"] == "true"
             await operations.resume("t1")
-            assert (await run_until_converged(reconciler, "t1", within=60)).status.phase \
-                is Phase.ready
+            assert (
+                await run_until_converged(reconciler, "t1", within=60)
+            ).status.phase is Phase.ready
             assert host_get(host, "-n", ns, "statefulset", "t1")["spec"]["replicas"] == 1
 
             # upgrade: a helm upgrade with the next image; a version without one is refused
@@ -171,8 +197,7 @@ async def test_helm_provisioner_on_real_api_servers(tenant_crd, host_namespace, 
             await operations.upgrade("t1", "1.33")
             await run_until_converged(reconciler, "t1", within=60)
             status = await HelmRunner(HELM, kubeconfig=str(manager)).status("t1", ns)
-            assert status["values"]["controlPlane"]["distro"]["k8s"]["image"]["tag"] == \
-                "v1.33.1"
+            assert status["values"]["controlPlane"]["distro"]["k8s"]["image"]["tag"] == "v1.33.1"
             assert releases(host, ns) == ["sh.helm.release.v1.t1.v1", "sh.helm.release.v1.t1.v2"]
 
             # delete: release, PVCs, namespace (finalized by the stand-in), credentials

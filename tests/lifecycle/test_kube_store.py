@@ -54,12 +54,10 @@ class Host:
         self.api = api
         self.namespace = namespace
         self.kubeconfig = kubeconfig
-        self.client = AsyncClient(config=KubeConfig.from_file(api.kubeconfig),
-                                  field_manager="test")
+        self.client = AsyncClient(config=KubeConfig.from_file(api.kubeconfig), field_manager="test")
 
     async def tenant(self, name: str) -> dict:
-        return (await self.client.get(tenant_resource(), name,
-                                      namespace=self.namespace)).to_dict()
+        return (await self.client.get(tenant_resource(), name, namespace=self.namespace)).to_dict()
 
     async def put_tenant(self, obj: dict) -> None:
         resource = tenant_resource()
@@ -84,8 +82,9 @@ async def host(tenant_crd, host_namespace, store_kubeconfig):
 
 
 def store_on(host: Host) -> KubernetesTenantStore:
-    return KubernetesTenantStore(namespace=host.namespace, lease_name="vgate-lifecycle",
-                                 kubeconfig=host.kubeconfig)
+    return KubernetesTenantStore(
+        namespace=host.namespace, lease_name="vgate-lifecycle", kubeconfig=host.kubeconfig
+    )
 
 
 @pytest.fixture
@@ -161,12 +160,14 @@ async def test_another_replica_sees_every_change_through_its_watch(stores):
 
     async def seen():
         return await second.revision() != before and await second.list()
+
     assert [r.name for r in await eventually(seen)] == ["t1"]
 
     await first.update_status("t1", TenantStatus(step="helm-install"), created.version)
 
     async def step():
         return (await second.get("t1")).status.step == "helm-install"
+
     await eventually(step)
     # the second replica's copy is current, so its own compare-and-swap succeeds
     latest = await second.get("t1")
@@ -174,11 +175,13 @@ async def test_another_replica_sees_every_change_through_its_watch(stores):
 
     async def paused():
         return (await first.get("t1")).spec.desired is Desired.paused
+
     await eventually(paused)
     await first.delete("t1", (await first.get("t1")).version)
 
     async def gone():
         return await second.list() == []
+
     await eventually(gone)
 
 
@@ -227,8 +230,14 @@ async def test_activity_only_moves_forward_and_keeps_the_version(stores):
 
 async def test_objects_that_are_not_records_are_skipped(stores, host):
     # valid for the CRD's schema, but without vgate's bookkeeping annotations
-    await host.put_tenant({"apiVersion": "vgate.io/v1alpha1", "kind": "Tenant",
-                           "metadata": {"name": "junk"}, "spec": {"admin_groups": ["x"]}})
+    await host.put_tenant(
+        {
+            "apiVersion": "vgate.io/v1alpha1",
+            "kind": "Tenant",
+            "metadata": {"name": "junk"},
+            "spec": {"admin_groups": ["x"]},
+        }
+    )
     store, _ = stores
     logger = logging.getLogger("vgate.lifecycle.store")
     seen: list[str] = []
@@ -248,16 +257,22 @@ async def test_objects_that_are_not_records_are_skipped(stores, host):
 
 async def test_the_crd_refuses_what_vgate_would_never_write(host):
     with pytest.raises(ApiError) as refused:
-        await host.put_tenant({"apiVersion": "vgate.io/v1alpha1", "kind": "Tenant",
-                               "metadata": {"name": "bad"},
-                               "spec": {"admin_groups": ["x"], "ha": "many"}})
+        await host.put_tenant(
+            {
+                "apiVersion": "vgate.io/v1alpha1",
+                "kind": "Tenant",
+                "metadata": {"name": "bad"},
+                "spec": {"admin_groups": ["x"], "ha": "many"},
+            }
+        )
     assert refused.value.status.code == 422
     assert "spec.ha" in refused.value.status.message
 
 
 async def test_unreachable_configuration_is_a_readable_error(tmp_path):
-    store = KubernetesTenantStore(namespace="vgate-system", lease_name="l",
-                                  kubeconfig=tmp_path / "missing-kubeconfig")
+    store = KubernetesTenantStore(
+        namespace="vgate-system", lease_name="l", kubeconfig=tmp_path / "missing-kubeconfig"
+    )
     with pytest.raises(StoreError, match="no way to reach the Kubernetes API"):
         await store.list()
     await store.close()
@@ -269,15 +284,20 @@ async def test_refusals_from_the_api_server_are_readable_errors(host, tmp_path):
     api = host.api
     api.kubectl("-n", host.namespace, "create", "serviceaccount", "nobody")
     nobody = api.kubectl("-n", host.namespace, "create", "token", "nobody").stdout.strip()
-    for token, cause in (("wrong-token", "Unauthorized"),
-                         (nobody, f"system:serviceaccount:{host.namespace}:nobody.*forbidden|"
-                                  "forbidden.*nobody")):
+    for token, cause in (
+        ("wrong-token", "Unauthorized"),
+        (nobody, f"system:serviceaccount:{host.namespace}:nobody.*forbidden|forbidden.*nobody"),
+    ):
         (tmp_path / "who.yaml").write_text(api.kubeconfig_text(token))
-        store = KubernetesTenantStore(namespace=host.namespace, lease_name="l",
-                                      kubeconfig=tmp_path / "who.yaml")
+        store = KubernetesTenantStore(
+            namespace=host.namespace, lease_name="l", kubeconfig=tmp_path / "who.yaml"
+        )
         started = time.monotonic()
-        with pytest.raises(StoreError, match=rf"cannot read Tenant objects in namespace "
-                                             rf"'{host.namespace}': .*({cause})"):
+        with pytest.raises(
+            StoreError,
+            match=rf"cannot read Tenant objects in namespace "
+            rf"'{host.namespace}': .*({cause})",
+        ):
             await store.list()
         assert time.monotonic() - started < 5
         await store.close()
@@ -317,14 +337,23 @@ spec: {{holderIdentity: pod-a, leaseDurationSeconds: 5,
     assert await a.acquire_lease(MANAGER_LEASE, "pod-a", 5)
     lease = await host.lease()
     assert lease["spec"]["holderIdentity"] == "pod-a"
-    raw = host.api.kubectl("-n", host.namespace, "get", "lease", "vgate-lifecycle",
-                           "-o", "jsonpath={.spec.acquireTime} {.spec.renewTime}").stdout
+    raw = host.api.kubectl(
+        "-n",
+        host.namespace,
+        "get",
+        "lease",
+        "vgate-lifecycle",
+        "-o",
+        "jsonpath={.spec.acquireTime} {.spec.renewTime}",
+    ).stdout
     acquired, renewed = raw.split()
     assert acquired.startswith("2024-01-01T00:00:00.00000") and len(acquired) == 27
     assert renewed > "2024-01-02" and len(renewed) == 27
     # a new Lease created on a whole second is a valid MicroTime too
-    whole = Lease(metadata=ObjectMeta(name="whole-second", namespace=host.namespace),
-                  spec=LeaseSpec(holderIdentity="x", renewTime=_micro_datetime(1704067200.0)))
+    whole = Lease(
+        metadata=ObjectMeta(name="whole-second", namespace=host.namespace),
+        spec=LeaseSpec(holderIdentity="x", renewTime=_micro_datetime(1704067200.0)),
+    )
     created = await host.client.create(whole)
     assert created.spec.renewTime.timestamp() == pytest.approx(1704067200.0, abs=1e-5)
 
@@ -382,12 +411,17 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
         api = gateway_api(host)
         shared = CredentialSecrets(api, host.namespace, files)
         store = store_on(host)
-        provisioner = HelmProvisioner(FakeHost(world), FakeHelm(world), connector(world), files,
-                                      HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
-                                      shared=shared)
-        reconciler = Reconciler(store, provisioner, backoff=Backoff(base=0.0, cap=0.0,
-                                                                    jitter=0.0),
-                                poll_seconds=0.02)
+        provisioner = HelmProvisioner(
+            FakeHost(world),
+            FakeHelm(world),
+            connector(world),
+            files,
+            HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
+            shared=shared,
+        )
+        reconciler = Reconciler(
+            store, provisioner, backoff=Backoff(base=0.0, cap=0.0, jitter=0.0), poll_seconds=0.02
+        )
         registry = TenantRegistry()
         sync = RouteSync(store, registry, poll_seconds=0.02, shared=shared)
         replicas.append((store, reconciler, registry, sync, api))
@@ -400,6 +434,7 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
 
         async def both_route():
             return all(r[2].get("t1") is not None for r in replicas)
+
         await eventually(both_route, within=20)
         managers = [bool(r[1]._workers) for r in replicas]
         assert managers.count(True) == 1
@@ -411,6 +446,7 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
         # the manager dies: no release of the lease
         async def no_release(*_args):
             return None
+
         replicas[leader][0].release_lease = no_release
         tasks.pop(f"run{leader}").cancel()
         store = replicas[follower][0]
@@ -419,6 +455,7 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
 
         async def paused():
             return (await store.get("t1")).status.phase is Phase.paused
+
         await eventually(paused, within=20)
         assert replicas[follower][1]._workers
     finally:

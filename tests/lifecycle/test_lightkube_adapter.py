@@ -17,8 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 async def admin(kube_host: ApiServer):
-    return await connect(server=kube_host.url, token=ADMIN_TOKEN,
-                         ca=kube_host.ca_file.read_bytes())
+    return await connect(server=kube_host.url, token=ADMIN_TOKEN, ca=kube_host.ca_file.read_bytes())
 
 
 async def test_apply_get_list_patch_delete(kube_host, host_namespace):
@@ -26,19 +25,27 @@ async def test_apply_get_list_patch_delete(kube_host, host_namespace):
     ns = host_namespace
     try:
         labels = {"vgate.io/tenant": "t1"}
-        await api.apply({"apiVersion": "v1", "kind": "Namespace",
-                         "metadata": {"name": ns, "labels": labels}})
+        await api.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}
+        )
         live_ns = await api.get("v1", "Namespace", ns)
         assert live_ns["metadata"]["labels"]["vgate.io/tenant"] == "t1"
-        await api.apply({"apiVersion": "v1", "kind": "ConfigMap",
-                         "metadata": {"name": "a", "namespace": ns,
-                                      "labels": labels}, "data": {"k": "v"}})
-        await api.apply({"apiVersion": "v1", "kind": "ConfigMap",
-                         "metadata": {"name": "b", "namespace": ns}})
+        await api.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "a", "namespace": ns, "labels": labels},
+                "data": {"k": "v"},
+            }
+        )
+        await api.apply(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": ns}}
+        )
         found = await api.list("v1", "ConfigMap", ns, labels)
         assert [o["metadata"]["name"] for o in found] == ["a"]
-        await api.merge_patch("v1", "ConfigMap", "a", ns,
-                              {"metadata": {"annotations": {"loft.sh/paused": "true"}}})
+        await api.merge_patch(
+            "v1", "ConfigMap", "a", ns, {"metadata": {"annotations": {"loft.sh/paused": "true"}}}
+        )
         live = await api.get("v1", "ConfigMap", "a", ns)
         assert live["metadata"]["annotations"] == {"loft.sh/paused": "true"}
         assert live["data"] == {"k": "v"}
@@ -52,8 +59,13 @@ async def test_apply_get_list_patch_delete(kube_host, host_namespace):
 async def test_token_request_mints_a_service_account_token(kube_host, host_namespace):
     api = await admin(kube_host)
     try:
-        await api.apply({"apiVersion": "v1", "kind": "ServiceAccount",
-                         "metadata": {"name": "gw", "namespace": host_namespace}})
+        await api.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "gw", "namespace": host_namespace},
+            }
+        )
         token, expiry = await api.create_token(host_namespace, "gw", 3600)
     finally:
         await api.close()
@@ -64,7 +76,8 @@ async def test_token_request_mints_a_service_account_token(kube_host, host_names
         r = await http.post(
             f"{kube_host.url}/apis/authentication.k8s.io/v1/selfsubjectreviews",
             json={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
-            headers={"Authorization": f"Bearer {token}"})
+            headers={"Authorization": f"Bearer {token}"},
+        )
     assert r.status_code == 201, r.text
     user = r.json()["status"]["userInfo"]["username"]
     assert user == f"system:serviceaccount:{host_namespace}:gw"

@@ -32,16 +32,18 @@ from tests.support.local_kube import processes_under, versioned_assets
 
 
 async def test_missing_binaries_are_a_clear_tenant_error(setup, tmp_path):
-    provisioner = LocalProvisioner(CredentialFiles(tmp_path / "cred"),
-                                   LocalSettings(assets_dir=tmp_path / "none",
-                                                 work_dir=tmp_path / "work"))
+    provisioner = LocalProvisioner(
+        CredentialFiles(tmp_path / "cred"),
+        LocalSettings(assets_dir=tmp_path / "none", work_dir=tmp_path / "work"),
+    )
     reconciler = Reconciler(setup.store, provisioner, backoff=Backoff(base=0, jitter=0))
     await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
     assert not await reconciler.reconcile("t1")
     record = await setup.store.get("t1")
     assert record.status.last_error == (
         f"etcd: {tmp_path / 'none' / 'etcd'} not found: set $KUBEBUILDER_ASSETS or "
-        "lifecycle.local.assets_dir to a folder with kube-apiserver and etcd")
+        "lifecycle.local.assets_dir to a folder with kube-apiserver and etcd"
+    )
     # the route points at a port chosen once and kept
     route = provisioner.route(record.spec)
     assert route == provisioner.route(record.spec)
@@ -67,20 +69,32 @@ def test_pki_is_private_and_the_bootstrap_cert_is_system_masters(tmp_path):
 
 
 def test_aggregated_roles_get_the_rules_of_the_roles_they_select():
-    view = {"metadata": {"name": "view"}, "aggregationRule": {"clusterRoleSelectors": [
-        {"matchLabels": {"agg/view": "true"}},
-        {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["read"]}]}]}}
+    view = {
+        "metadata": {"name": "view"},
+        "aggregationRule": {
+            "clusterRoleSelectors": [
+                {"matchLabels": {"agg/view": "true"}},
+                {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["read"]}]},
+            ]
+        },
+    }
     read_pods = {"verbs": ["get"], "resources": ["pods"], "apiGroups": [""]}
     roles = [
         view,
         {"metadata": {"name": "b", "labels": {"agg/view": "true"}}, "rules": [read_pods]},
-        {"metadata": {"name": "a", "labels": {"tier": "read"}},
-         "rules": [{"verbs": ["list"], "resources": ["pods"], "apiGroups": [""]}, read_pods]},
-        {"metadata": {"name": "c", "labels": {"agg/view": "false", "tier": "write"}},
-         "rules": [{"verbs": ["delete"], "resources": ["pods"], "apiGroups": [""]}]},
+        {
+            "metadata": {"name": "a", "labels": {"tier": "read"}},
+            "rules": [{"verbs": ["list"], "resources": ["pods"], "apiGroups": [""]}, read_pods],
+        },
+        {
+            "metadata": {"name": "c", "labels": {"agg/view": "false", "tier": "write"}},
+            "rules": [{"verbs": ["delete"], "resources": ["pods"], "apiGroups": [""]}],
+        },
     ]
     assert aggregated_rules(view, roles) == [  # by role name, each rule once
-        {"verbs": ["list"], "resources": ["pods"], "apiGroups": [""]}, read_pods]
+        {"verbs": ["list"], "resources": ["pods"], "apiGroups": [""]},
+        read_pods,
+    ]
     assert aggregated_rules(roles[1], roles) is None  # not an aggregated role
 
 
@@ -105,7 +119,8 @@ def test_versions_are_found_the_way_setup_envtest_lays_them_out(tmp_path):
         f"1.28 ({assets}/kube-apiserver, v1.28.7), "
         f"1.29 ({k8s}/1.29.2-{platform_suffix()}/kube-apiserver, v1.29.2)); "
         f"put a kube-apiserver for it in {k8s}/<version>-{platform_suffix()}/ "
-        "(setup-envtest's layout)")
+        "(setup-envtest's layout)"
+    )
     # $KUBEBUILDER_ASSETS pointing into setup-envtest's store: the others are its siblings,
     # and its own binary counts at the version it reports
     inside = find_binaries(k8s / f"1.29.0-{platform_suffix()}")
@@ -115,15 +130,15 @@ def test_versions_are_found_the_way_setup_envtest_lays_them_out(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-async def test_upgrade_restarts_the_api_server_on_the_new_binary_with_its_data(setup,
-                                                                               tmp_path):
+async def test_upgrade_restarts_the_api_server_on_the_new_binary_with_its_data(setup, tmp_path):
     require_kube()
     assets = versioned_assets(tmp_path / "assets")
     work = tmp_path / "work"
     files = CredentialFiles(tmp_path / "credentials")
     provisioner = LocalProvisioner(files, LocalSettings(assets_dir=assets, work_dir=work))
-    reconciler = Reconciler(setup.store, provisioner,
-                            backoff=Backoff(base=0.2, cap=1.0, jitter=0.0))
+    reconciler = Reconciler(
+        setup.store, provisioner, backoff=Backoff(base=0.2, cap=1.0, jitter=0.0)
+    )
     operations = TenantOperations(setup.store, versions=provisioner.versions)
     before = processes_under(work)
     try:
@@ -136,13 +151,20 @@ async def test_upgrade_restarts_the_api_server_on_the_new_binary_with_its_data(s
         assert running_executable(pid_file, "kube-apiserver") == str(assets / "kube-apiserver")
         admin = await provisioner._admin("t1")
         try:
-            await admin.apply({"apiVersion": "v1", "kind": "ConfigMap",
-                               "metadata": {"name": "kept", "namespace": "default"},
-                               "data": {"k": "v"}})
+            await admin.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "kept", "namespace": "default"},
+                    "data": {"k": "v"},
+                }
+            )
             # no controller manager, yet the role groups' aggregated roles have rules
             view = await admin.get("rbac.authorization.k8s.io/v1", "ClusterRole", "view")
-            assert any("configmaps" in r["resources"] and r["verbs"] == ["get", "list", "watch"]
-                       for r in view["rules"]), view["rules"]
+            assert any(
+                "configmaps" in r["resources"] and r["verbs"] == ["get", "list", "watch"]
+                for r in view["rules"]
+            ), view["rules"]
         finally:
             await admin.close()
 
@@ -154,7 +176,8 @@ async def test_upgrade_restarts_the_api_server_on_the_new_binary_with_its_data(s
         second_pid = running_pid(pid_file, "kube-apiserver")
         assert second_pid is not None and second_pid != first_pid
         assert running_executable(pid_file, "kube-apiserver") == str(
-            tmp_path / "assets" / "k8s" / f"1.29.0-{platform_suffix()}" / "kube-apiserver")
+            tmp_path / "assets" / "k8s" / f"1.29.0-{platform_suffix()}" / "kube-apiserver"
+        )
         # the folder said 1.29; the binary in it is what the tenant reports
         assert record.spec.k8s_version == "1.29" and record.status.k8s_version == "v1.28.7"
         admin = await provisioner._admin("t1")
@@ -164,8 +187,11 @@ async def test_upgrade_restarts_the_api_server_on_the_new_binary_with_its_data(s
             await admin.close()
         assert kept is not None and kept["data"] == {"k": "v"}
         # the tenant's audit log says who made the ConfigMap: the bootstrap credential
-        made = [e for e in AuditLog(provisioner.audit_log("t1")).matching(verb="patch")
-                if (e.get("objectRef") or {}).get("name") == "kept"]
+        made = [
+            e
+            for e in AuditLog(provisioner.audit_log("t1")).matching(verb="patch")
+            if (e.get("objectRef") or {}).get("name") == "kept"
+        ]
         assert made and made[0]["user"]["username"] == "vgate-bootstrap"
 
         await operations.delete("t1")

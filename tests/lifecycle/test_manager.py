@@ -30,7 +30,8 @@ async def test_only_the_lease_holder_reconciles_and_it_follows_spec_changes(setu
         assert bool(first._workers) != bool(second._workers)  # exactly one manages
         record = await setup.store.get("t1")
         await setup.store.update_spec(
-            "t1", record.spec.model_copy(update={"desired": Desired.paused}), record.version)
+            "t1", record.spec.model_copy(update={"desired": Desired.paused}), record.version
+        )
         await phase(setup.store, Phase.paused)
     finally:
         for task in runs:
@@ -65,6 +66,7 @@ async def test_the_manager_lists_on_change_not_every_poll_and_sees_its_own_store
         nonlocal lists
         lists += 1
         return await original()
+
     setup.store.list = counting_list
     run = asyncio.create_task(reconciler.run())
     try:
@@ -74,7 +76,8 @@ async def test_the_manager_lists_on_change_not_every_poll_and_sees_its_own_store
         await asyncio.sleep(0.3)
         assert lists == settled, "the manager re-listed an unchanged store"
         await setup.store.update_spec(
-            "t1", record.spec.model_copy(update={"desired": Desired.paused}), record.version)
+            "t1", record.spec.model_copy(update={"desired": Desired.paused}), record.version
+        )
         await phase(setup.store, Phase.paused)
     finally:
         run.cancel()

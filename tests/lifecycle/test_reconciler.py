@@ -37,7 +37,6 @@ async def run_until_converged(
         await asyncio.sleep(delay)
 
 
-
 def spec(name: str = "t1", **kw) -> TenantSpec:
     return TenantSpec(name=name, admin_groups=["CN=admins,DC=corp"], **kw)
 
@@ -60,11 +59,16 @@ async def test_create_converges_with_every_object(setup):
     assert record.status.route.server == "https://t1.vcluster-t1.svc:443"
     assert record.status.hostname == "t1.k8s.example.com"
     kinds = {(k[1], k[3]) for k in setup.world.in_namespace(NS)}
-    assert {("ResourceQuota", "vgate-quota"), ("LimitRange", "vgate-limits"),
-            ("NetworkPolicy", "vgate-isolate"), ("NetworkPolicy", "vgate-gateway"),
-            ("Role", "vgate-tenant-admin"),
-            ("RoleBinding", "vgate-tenant-admins"), ("StatefulSet", "t1"),
-            ("Secret", "vgate-gateway-token")} <= kinds
+    assert {
+        ("ResourceQuota", "vgate-quota"),
+        ("LimitRange", "vgate-limits"),
+        ("NetworkPolicy", "vgate-isolate"),
+        ("NetworkPolicy", "vgate-gateway"),
+        ("Role", "vgate-tenant-admin"),
+        ("RoleBinding", "vgate-tenant-admins"),
+        ("StatefulSet", "t1"),
+        ("Secret", "vgate-gateway-token"),
+    } <= kinds
     ns = setup.world.objects[("v1", "Namespace", "", NS)]
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
     role = setup.world.objects[("rbac.authorization.k8s.io/v1", "Role", NS, "vgate-tenant-admin")]
@@ -86,17 +90,25 @@ async def test_manager_binds_its_own_tenant_role_first(setup):
     """With the Helm chart's RBAC the manager may read Secrets only in tenant namespaces, via
     a RoleBinding it creates right after the namespace."""
     setup.settings = dataclasses.replace(
-        setup.settings, manager_cluster_role="vgate-tenant-manager",
-        manager_service_account="vgate", gateway_namespace="vgate-system")
+        setup.settings,
+        manager_cluster_role="vgate-tenant-manager",
+        manager_service_account="vgate",
+        gateway_namespace="vgate-system",
+    )
     await setup.store.create(spec())
     record = await converge(setup)
     assert record.status.phase is Phase.ready
-    binding = setup.world.objects[("rbac.authorization.k8s.io/v1", "RoleBinding", NS,
-                                   "vgate-lifecycle-manager")]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
-                                  "kind": "ClusterRole", "name": "vgate-tenant-manager"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vgate",
-                                    "namespace": "vgate-system"}]
+    binding = setup.world.objects[
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", NS, "vgate-lifecycle-manager")
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "vgate-tenant-manager",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "vgate", "namespace": "vgate-system"}
+    ]
     applied = [c for c in setup.world.calls if c.startswith("apply ")]
     assert applied[:2] == [f"apply Namespace/{NS}", "apply RoleBinding/vgate-lifecycle-manager"]
 
@@ -176,8 +188,7 @@ async def test_kill_at_every_delete_step_leaves_nothing(setup, tmp_path_factory)
             for name in ("t1", "t2"):
                 await store.create(spec(name))
                 await run_until_converged(other.reconciler(), name, within=5.0)
-            t2_before = {k: v for k, v in other.world.snapshot().items()
-                         if NS not in (k[2], k[3])}
+            t2_before = {k: v for k, v in other.world.snapshot().items() if NS not in (k[2], k[3])}
             await set_desired(other, "t1", Desired.deleted)
             other.world.kill_at = other.world.mutations + kill_at
             with pytest.raises(Killed):
@@ -209,8 +220,11 @@ async def test_delete_deregisters_route_before_uninstall(setup):
     assert seen == [None]
     calls = setup.world.calls
     start = calls.index("helm uninstall t1")
-    assert calls[start:] == ["helm uninstall t1", "delete PersistentVolumeClaim/data-t1-0",
-                             "delete Namespace/vcluster-t1"]
+    assert calls[start:] == [
+        "helm uninstall t1",
+        "delete PersistentVolumeClaim/data-t1-0",
+        "delete Namespace/vcluster-t1",
+    ]
 
 
 async def test_drift_is_repaired_on_the_next_pass(setup):
@@ -258,7 +272,10 @@ async def test_error_sets_condition_and_retries(setup):
 
 async def test_foreign_namespace_is_never_adopted(setup):
     setup.world.objects[("v1", "Namespace", "", NS)] = {
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {}}}
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NS, "labels": {}},
+    }
     await setup.store.create(spec())
     assert not await setup.reconciler().reconcile("t1")
     record = await setup.store.get("t1")
@@ -275,16 +292,23 @@ async def test_pause_and_resume_use_the_vcluster_cli_annotations(setup):
     await converge(setup)
     w = setup.world
     w.objects[("v1", "Pod", NS, "web-x-default-vcluster")] = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web-x-default-vcluster", "namespace": NS,
-                     "labels": {"vcluster.loft.sh/managed-by": "t1"}}}
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-x-default-vcluster",
+            "namespace": NS,
+            "labels": {"vcluster.loft.sh/managed-by": "t1"},
+        },
+    }
     await set_desired(setup, "t1", Desired.paused)
     record = await converge(setup)
     assert record.status.phase is Phase.paused
     assert record.status.route.paused
     sts = w.objects[("apps/v1", "StatefulSet", NS, "t1")]
-    assert sts["metadata"]["annotations"] == {"loft.sh/paused": "true",
-                                              "loft.sh/paused-replicas": "1"}
+    assert sts["metadata"]["annotations"] == {
+        "loft.sh/paused": "true",
+        "loft.sh/paused-replicas": "1",
+    }
     assert sts["spec"]["replicas"] == 0
     assert ("v1", "Pod", NS, "web-x-default-vcluster") not in w.objects
     await set_desired(setup, "t1", Desired.running)
@@ -369,9 +393,14 @@ async def test_kill_at_every_pause_and_resume_step(setup, tmp_path_factory):
 
     def pod(world):
         world.objects[("v1", "Pod", NS, "app-x-default-t1")] = {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "app-x-default-t1", "namespace": NS,
-                         "labels": {"vcluster.loft.sh/managed-by": "t1"}}}
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "app-x-default-t1",
+                "namespace": NS,
+                "labels": {"vcluster.loft.sh/managed-by": "t1"},
+            },
+        }
 
     await setup.store.create(spec())
     await converge(setup)
@@ -385,8 +414,10 @@ async def test_kill_at_every_pause_and_resume_step(setup, tmp_path_factory):
     await converge(setup)
     resume_steps = setup.world.mutations - before
     assert pause_steps >= 2 and resume_steps >= 1
-    for phase, desired, steps in ((Phase.paused, Desired.paused, pause_steps),
-                                  (Phase.ready, Desired.running, resume_steps)):
+    for phase, desired, steps in (
+        (Phase.paused, Desired.paused, pause_steps),
+        (Phase.ready, Desired.running, resume_steps),
+    ):
         for kill_at in range(1, steps + 1):
             tmp = tmp_path_factory.mktemp(f"{desired.value}{kill_at}")
             store = SQLiteTenantStore(tmp / "tenants.db")

@@ -29,50 +29,75 @@ class Manager:
         return asyncio.run(coro)
 
     def create(self, name: str, *, paused=False, auto_wake=False, admins=("a",)) -> None:
-        spec = TenantSpec(name=name, admin_groups=list(admins),
-                          desired=Desired.paused if paused else Desired.running)
+        spec = TenantSpec(
+            name=name,
+            admin_groups=list(admins),
+            desired=Desired.paused if paused else Desired.running,
+        )
         record = self.run(self.store.create(spec))
         route = self.route.model_copy(update={"paused": paused, "auto_wake": auto_wake})
-        self.run(self.store.update_status(
-            name, record.status.model_copy(update={"route": route}), record.version))
+        self.run(
+            self.store.update_status(
+                name, record.status.model_copy(update={"route": route}), record.version
+            )
+        )
 
     def set_running(self, name: str) -> None:
         record = self.run(self.store.get(name))
-        self.run(self.store.update_status(name, record.status.model_copy(
-            update={"route": self.route}), record.version))
+        self.run(
+            self.store.update_status(
+                name, record.status.model_copy(update={"route": self.route}), record.version
+            )
+        )
 
     def delete(self, name: str) -> None:
         record = self.run(self.store.get(name))
         self.run(self.store.delete(name, record.version))
 
-    def progress(self, name: str, phase: Phase, step: str | None, error: str | None = None,
-                 failures: int = 0) -> None:
+    def progress(
+        self, name: str, phase: Phase, step: str | None, error: str | None = None, failures: int = 0
+    ) -> None:
         """The status a reconciler writes while it works on a tenant (no route yet)."""
         record = self.run(self.store.get(name))
-        self.run(self.store.update_status(name, record.status.model_copy(update={
-            "phase": phase, "step": step, "last_error": error, "failures": failures}),
-            record.version))
+        self.run(
+            self.store.update_status(
+                name,
+                record.status.model_copy(
+                    update={"phase": phase, "step": step, "last_error": error, "failures": failures}
+                ),
+                record.version,
+            )
+        )
 
 
 @pytest.fixture
 def world(tmp_path, issuer, upstream):
     (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (tmp_path / "policies" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     token = tmp_path / "token"
     token.write_text("upstream-secret\n")
     config = {
         "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [
+                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
+            ]
+        },
         "policies": str(tmp_path / "policies"),
         "audit": {"file": str(tmp_path / "audit.log")},
     }
     manager = Manager(tmp_path / "tenants.db", token, upstream.port)
     with GatewayThread(tmp_path, config) as gw:
         sync_store = SQLiteTenantStore(tmp_path / "tenants.db")
-        sync = RouteSync(sync_store, gw.gateway.registry, poll_seconds=0.05,
-                         activity_seconds=0.1, on_roles=gw.gateway.policy.set_stored_roles)
+        sync = RouteSync(
+            sync_store,
+            gw.gateway.registry,
+            poll_seconds=0.05,
+            activity_seconds=0.1,
+            on_roles=gw.gateway.policy.set_stored_roles,
+        )
         task = asyncio.run_coroutine_threadsafe(sync.run(), gw.loop)
         headers = {"Authorization": f"Bearer {issuer.sign(issuer.claims())}"}
         with httpx.Client(base_url=gw.url, headers=headers, timeout=10) as client:
@@ -118,11 +143,18 @@ def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
     assert r.headers["retry-after"] == "5"
     status = r.json()
     assert status["kind"] == "Status" and status["reason"] == "ServiceUnavailable"
-    assert status["message"] == ('tenant "t1" is not ready yet (Provisioning, step '
-                                 '"apiserver"); retry shortly')
-    assert status["details"] == {"name": "t1", "kind": "tenant", "retryAfterSeconds": 5,
-                                 "causes": [{"type": "TenantPhase", "message": "Provisioning"},
-                                            {"type": "TenantStep", "message": "apiserver"}]}
+    assert status["message"] == (
+        'tenant "t1" is not ready yet (Provisioning, step "apiserver"); retry shortly'
+    )
+    assert status["details"] == {
+        "name": "t1",
+        "kind": "tenant",
+        "retryAfterSeconds": 5,
+        "causes": [
+            {"type": "TenantPhase", "message": "Provisioning"},
+            {"type": "TenantStep", "message": "apiserver"},
+        ],
+    }
     error = "apiserver: kube-apiserver of t1 not ready after 60s"
     manager.progress("t1", Phase.provisioning, "apiserver", error, failures=3)
     assert wait_for(lambda: getattr(registry.state("t1"), "failures", 0) == 3)
@@ -131,7 +163,8 @@ def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
     assert r.json()["message"] == (
         'tenant "t1" is not ready (Provisioning, step "apiserver"; failed 3 times in a row, '
         "last error: kube-apiserver of t1 not ready after 60s); the lifecycle manager keeps "
-        "retrying: ask a platform administrator if this persists")
+        "retrying: ask a platform administrator if this persists"
+    )
     assert {"type": "TenantLastError", "message": error} in r.json()["details"]["causes"]
     discovery = client.get("/clusters/t1/api")  # client-go shows a text body here
     assert discovery.status_code == 503 and discovery.text.startswith('tenant "t1" is not')
@@ -146,11 +179,13 @@ def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
     manager.progress("t1", Phase.deleting, "etcd-data-deleted")
     assert wait_for(lambda: getattr(registry.state("t1"), "phase", "") == "Deleting")
     assert client.get("/clusters/t1/api/v1/pods").json()["message"] == (
-        'tenant "t1" is being deleted (Deleting, step "etcd-data-deleted")')
+        'tenant "t1" is being deleted (Deleting, step "etcd-data-deleted")'
+    )
 
     def recorded() -> list[dict]:
         lines = (gw.workdir / "audit.log").read_text().splitlines()
         return [e for e in map(json.loads, lines) if e["decision"] == "unavailable"]
+
     assert wait_for(lambda: any("Deleting" in e["reason"] for e in recorded()))
     assert {e["tenant"] for e in recorded()} == {"t1"}
     manager.set_running("t1")  # the route arrives: the same request goes through
@@ -172,8 +207,9 @@ def test_paused_without_auto_wake_is_503_status(world):
     assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
     r = client.get("/clusters/t1/api/v1/pods")
     assert r.status_code == 503
-    assert r.json()["message"] == ('tenant "t1" is paused; ask a platform administrator to '
-                                   "resume it")
+    assert r.json()["message"] == (
+        'tenant "t1" is paused; ask a platform administrator to resume it'
+    )
     assert manager.run(manager.store.get("t1")).spec.desired is Desired.paused
 
 
@@ -185,8 +221,9 @@ def test_auto_wake_holds_the_request_until_the_tenant_runs(world):
     assert httpx.get(f"{gw.url}/clusters/t1/api").status_code == 401
 
     def reconciler():  # sees the resume request, "starts" the cluster after a while
-        assert wait_for(lambda: manager.run(manager.store.get("t1")).spec.desired
-                        is Desired.running, timeout=5)
+        assert wait_for(
+            lambda: manager.run(manager.store.get("t1")).spec.desired is Desired.running, timeout=5
+        )
         time.sleep(0.3)
         manager.set_running("t1")
 
@@ -194,8 +231,10 @@ def test_auto_wake_holds_the_request_until_the_tenant_runs(world):
     thread.start()
     start = time.monotonic()
     responses = []
-    threads = [threading.Thread(target=lambda: responses.append(client.get("/clusters/t1/api")))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: responses.append(client.get("/clusters/t1/api")))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -238,17 +277,30 @@ def test_admin_api_is_mounted_on_the_gateway(tmp_path, issuer):
     (tmp_path / "policies").mkdir()
     config = {
         "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email", "groups_claim": "groups"}]},
+        "oidc": {
+            "issuers": [
+                {
+                    "issuer": issuer.issuer,
+                    "audiences": ["vgate"],
+                    "username_claim": "email",
+                    "groups_claim": "groups",
+                }
+            ]
+        },
         "policies": str(tmp_path / "policies"),
         "audit": {"file": str(tmp_path / "audit.log")},
-        "lifecycle": {"store": str(tmp_path / "tenants.db"), "provisioner": "local",
-                      "manage": False, "platform_admin_groups": ["platform-admins"]},
+        "lifecycle": {
+            "store": str(tmp_path / "tenants.db"),
+            "provisioner": "local",
+            "manage": False,
+            "platform_admin_groups": ["platform-admins"],
+        },
     }
     manager = Manager(tmp_path / "tenants.db", tmp_path / "token", 1)
     manager.create("t1")
-    admin = issuer.sign(issuer.claims(sub="root", email="root@example.com",
-                                      groups=["platform-admins"]))
+    admin = issuer.sign(
+        issuer.claims(sub="root", email="root@example.com", groups=["platform-admins"])
+    )
     someone = issuer.sign(issuer.claims(sub="dev", email="dev@example.com", groups=["devs"]))
     with GatewayThread(tmp_path, config) as gw, httpx.Client(base_url=gw.url, timeout=10) as c:
         r = c.get("/admin/tenants")

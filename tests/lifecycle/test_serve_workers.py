@@ -21,14 +21,18 @@ def served(tmp_path):
     issuer = CraftingIssuer().start()
     upstream = ScriptedUpstream()
     (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "all.yaml").write_text(yaml.safe_dump(
-        {"tenant": "*", "roles": {"view": {"groups": ["developers"]}}}))
+    (tmp_path / "policies" / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
     config = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "workers": 2,
         "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer.issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [
+                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
+            ]
+        },
         "audit": {"file": str(tmp_path / "audit.log")},
         "policies": str(tmp_path / "policies"),
         "lifecycle": {"manage": False, "poll_seconds": 0.2},
@@ -49,14 +53,16 @@ def test_every_worker_sees_create_and_delete(served):
     store = SQLiteTenantStore(tmp / "tenants.db")
     record = asyncio.run(store.create(TenantSpec(name="t1", admin_groups=["a"])))
     route = RouteInfo(server=f"http://127.0.0.1:{upstream.port}", token_file=str(tmp / "token"))
-    asyncio.run(store.update_status("t1", record.status.model_copy(update={"route": route}),
-                                    record.version))
+    asyncio.run(
+        store.update_status("t1", record.status.model_copy(update={"route": route}), record.version)
+    )
 
     def statuses(n=8):  # fresh connections spread over both workers
         codes = []
         for _ in range(n):
-            with httpx.Client(headers={"Authorization": f"Bearer {token}",
-                                       "Connection": "close"}) as c:
+            with httpx.Client(
+                headers={"Authorization": f"Bearer {token}", "Connection": "close"}
+            ) as c:
                 r = c.get(f"http://127.0.0.1:{port}/clusters/t1/api")
                 codes.append(r.status_code)
         return codes

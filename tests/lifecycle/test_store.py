@@ -103,8 +103,11 @@ def test_every_spec_error_names_its_field(fields, where, says):
 
 def test_versions_normalise_and_quota_parses():
     assert TenantSpec(name="t1", admin_groups=["a"], k8s_version="v1.31.4").k8s_version == "1.31"
-    assert parse_quota("cpu=10, memory=20Gi,pods=50") == {"cpu": "10", "memory": "20Gi",
-                                                          "pods": "50"}
+    assert parse_quota("cpu=10, memory=20Gi,pods=50") == {
+        "cpu": "10",
+        "memory": "20Gi",
+        "pods": "50",
+    }
     assert parse_quota("requests.cpu=500m") == {"requests.cpu": "500m"}
     for bad in ("cpu", "cpu=", "=5", "cpu=lots", "Bad Key=1"):
         with pytest.raises(ValueError):

@@ -10,8 +10,14 @@ from typing import Any
 CHROMIUM = "/usr/bin/chromium"
 # loopback only: the IdP's login page pulls web fonts from the internet
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # gitignored
@@ -29,7 +35,8 @@ def missing() -> str | None:
 def launch(pw: Any, profile: Path, **options: Any) -> Any:
     """A persistent context (it owns a fresh --user-data-dir; playwright refuses the flag)."""
     return pw.chromium.launch_persistent_context(
-        str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS, **options)
+        str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS, **options
+    )
 
 
 def sign_in_at_idp(page: Any, issuer: str, user: str, password: str) -> None:

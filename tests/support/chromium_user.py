@@ -34,8 +34,11 @@ def run(url: str) -> int:
             page.goto(url)
             sign_in_at_idp(page, issuer, user, os.environ.get("VGATE_TEST_PASSWORD", user))
             page.wait_for_url("http://127.0.0.1:*/callback?**")
-            print(f"chromium_user: back at {urlsplit(page.url).netloc}: "
-                  f"{page.inner_text('body')[:80]!r}", file=sys.stderr)
+            print(
+                f"chromium_user: back at {urlsplit(page.url).netloc}: "
+                f"{page.inner_text('body')[:80]!r}",
+                file=sys.stderr,
+            )
         finally:
             context.close()
     return 0

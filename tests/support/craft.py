@@ -75,17 +75,29 @@ class CraftingIssuer:
     def claims(self, **overrides: Any) -> dict:
         now = int(time.time())
         base = {
-            "iss": self.issuer, "aud": "vgate", "sub": "u-alice", "email": "alice@example.com",
-            "groups": ["developers"], "iat": now, "exp": now + 600,
+            "iss": self.issuer,
+            "aud": "vgate",
+            "sub": "u-alice",
+            "email": "alice@example.com",
+            "groups": ["developers"],
+            "iat": now,
+            "exp": now + 600,
         }
         base.update(overrides)
         return {k: v for k, v in base.items() if v is not None}
 
-    def sign(self, claims: dict, *, kid: str = "rsa1", alg: str | None = None,
-             headers: dict | None = None) -> str:
+    def sign(
+        self,
+        claims: dict,
+        *,
+        kid: str = "rsa1",
+        alg: str | None = None,
+        headers: dict | None = None,
+    ) -> str:
         key_alg, key = self.keys[kid]
-        return jwt.encode(claims, key, algorithm=alg or key_alg,
-                          headers={"kid": kid, **(headers or {})})
+        return jwt.encode(
+            claims, key, algorithm=alg or key_alg, headers={"kid": kid, **(headers or {})}
+        )
 
     def public_pem(self) -> bytes:
         return self.rsa.public_key().public_bytes(

@@ -31,8 +31,9 @@ class CraftedProvider:
     """`issuer` is http://127.0.0.1:PORT; set `overrides` (claims; None removes one) or
     `sign_with_unknown_key` before a sign-in; `token_requests` counts code exchanges."""
 
-    def __init__(self, *, email: str = "alice@example.com",
-                 groups: tuple[str, ...] = ("developers",)) -> None:
+    def __init__(
+        self, *, email: str = "alice@example.com", groups: tuple[str, ...] = ("developers",)
+    ) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.email = email
@@ -51,17 +52,24 @@ class CraftedProvider:
     def id_token(self, request: dict[str, str]) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "aud": request.get("client_id", ""), "sub": "u-alice",
-            "email": self.email, "email_verified": True, "groups": self.groups,
-            "name": "Alice", "iat": now, "exp": now + 300,
+            "iss": self.issuer,
+            "aud": request.get("client_id", ""),
+            "sub": "u-alice",
+            "email": self.email,
+            "email_verified": True,
+            "groups": self.groups,
+            "name": "Alice",
+            "iat": now,
+            "exp": now + 300,
         }
         if request.get("nonce"):
             claims["nonce"] = request["nonce"]
         claims.update(self.overrides)
         claims = {k: v for k, v in claims.items() if v is not None}
         if self.sign_with_unknown_key:
-            return jwt.encode(claims, self.other_key, algorithm="RS256",
-                              headers={"kid": "not-published"})
+            return jwt.encode(
+                claims, self.other_key, algorithm="RS256", headers={"kid": "not-published"}
+            )
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
 
     def _jwks(self) -> dict:
@@ -71,9 +79,12 @@ class CraftedProvider:
 
     def _discovery(self) -> dict:
         return {
-            "issuer": self.issuer, "authorization_endpoint": self.issuer + "/auth",
-            "token_endpoint": self.issuer + "/token", "jwks_uri": self.issuer + "/jwks",
-            "response_types_supported": ["code"], "subject_types_supported": ["public"],
+            "issuer": self.issuer,
+            "authorization_endpoint": self.issuer + "/auth",
+            "token_endpoint": self.issuer + "/token",
+            "jwks_uri": self.issuer + "/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
         }
@@ -106,8 +117,9 @@ class CraftedProvider:
                     request = {k: v[0] for k, v in parse_qs(url.query).items()}
                     code = secrets.token_urlsafe(16)
                     op._codes[code] = request
-                    back = urlencode({"code": code, "state": request.get("state", ""),
-                                      "iss": op.issuer})
+                    back = urlencode(
+                        {"code": code, "state": request.get("state", ""), "iss": op.issuer}
+                    )
                     self.send_response(302)
                     self.send_header("Location", f"{request.get('redirect_uri', '')}?{back}")
                     self.send_header("Content-Length", "0")
@@ -124,12 +136,19 @@ class CraftedProvider:
                 op.token_requests += 1
                 request = op._codes.pop(form.get("code", ""), None)
                 if request is None:
-                    self._json(400, {"error": "invalid_grant",
-                                     "error_description": "unknown or used code"})
+                    self._json(
+                        400, {"error": "invalid_grant", "error_description": "unknown or used code"}
+                    )
                     return
-                self._json(200, {"access_token": secrets.token_urlsafe(16),
-                                 "token_type": "Bearer", "expires_in": 300,
-                                 "id_token": op.id_token(request)})
+                self._json(
+                    200,
+                    {
+                        "access_token": secrets.token_urlsafe(16),
+                        "token_type": "Bearer",
+                        "expires_in": 300,
+                        "id_token": op.id_token(request),
+                    },
+                )
 
         return Handler
 
@@ -153,23 +172,35 @@ def portal_config(base: Path, issuer: str, port: int, **portal: object) -> dict:
     """A plain-HTTP gateway whose portal signs in at `issuer`; one tenant policy."""
     policies = base / "policies"
     policies.mkdir(parents=True, exist_ok=True)
-    (policies / "tenant1.yaml").write_text(yaml.safe_dump(
-        {"tenant": "tenant1", "roles": {"view": {"groups": ["oidc:developers"]}}}))
+    (policies / "tenant1.yaml").write_text(
+        yaml.safe_dump({"tenant": "tenant1", "roles": {"view": {"groups": ["oidc:developers"]}}})
+    )
     (base / "portal-secret").write_text(secrets.token_urlsafe(32) + "\n")
     (base / "cookie-secret").write_text(secrets.token_urlsafe(48) + "\n")
     return {
         "listen": {"host": "127.0.0.1", "port": port},
-        "oidc": {"issuers": [{
-            "issuer": issuer, "audiences": ["vgate"], "username_claim": "email",
-            "username_prefix": "oidc:", "groups_claim": "groups", "groups_prefix": "oidc:",
-        }]},
+        "oidc": {
+            "issuers": [
+                {
+                    "issuer": issuer,
+                    "audiences": ["vgate"],
+                    "username_claim": "email",
+                    "username_prefix": "oidc:",
+                    "groups_claim": "groups",
+                    "groups_prefix": "oidc:",
+                }
+            ]
+        },
         "policies": str(policies),
         "portal": {
-            "issuer": issuer, "client_id": "vgate-portal",
+            "issuer": issuer,
+            "client_id": "vgate-portal",
             "client_secret_file": str(base / "portal-secret"),
             "cookie_secret_file": str(base / "cookie-secret"),
-            "public_url": f"http://127.0.0.1:{port}", "insecure_http": True,
-            "session_store_file": str(base / "sessions.db"), **portal,
+            "public_url": f"http://127.0.0.1:{port}",
+            "insecure_http": True,
+            "session_store_file": str(base / "sessions.db"),
+            **portal,
         },
     }
 

@@ -58,8 +58,10 @@ class GatewayThread:
 
     def call(self, fn, *args):
         """Run `fn(*args)` on the gateway's loop thread and return its result."""
+
         async def run():
             return fn(*args)
+
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     def stop(self, grace: float = 1.0) -> None:
@@ -75,9 +77,16 @@ class GatewayThread:
         self.stop()
 
 
-def crafted_config(workdir: Path, issuer: str, upstream_port: int, tenants: tuple[str, ...],
-                   policies: dict[str, dict], *, tenant_options: dict | None = None,
-                   **sections: Any) -> dict[str, Any]:
+def crafted_config(
+    workdir: Path,
+    issuer: str,
+    upstream_port: int,
+    tenants: tuple[str, ...],
+    policies: dict[str, dict],
+    *,
+    tenant_options: dict | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
     """A gateway config for tests against a local issuer (username from `email`) and one
     local plain-HTTP upstream serving every tenant: the policy files are written to
     `workdir/policies`, the tenant credential to `workdir/token`; `sections` are added."""
@@ -88,12 +97,19 @@ def crafted_config(workdir: Path, issuer: str, upstream_port: int, tenants: tupl
     (Path(workdir) / "token").write_text("upstream-secret\n")
     return {
         "routing": {"path_prefix": "/clusters"},
-        "oidc": {"issuers": [{"issuer": issuer, "audiences": ["vgate"],
-                              "username_claim": "email"}]},
+        "oidc": {
+            "issuers": [{"issuer": issuer, "audiences": ["vgate"], "username_claim": "email"}]
+        },
         "policies": str(folder),
         "audit": {"file": str(Path(workdir) / "audit.log")},
-        "tenants": [{"name": t, "upstream": f"http://127.0.0.1:{upstream_port}",
-                     "token_file": str(Path(workdir) / "token"), **(tenant_options or {})}
-                    for t in tenants],
+        "tenants": [
+            {
+                "name": t,
+                "upstream": f"http://127.0.0.1:{upstream_port}",
+                "token_file": str(Path(workdir) / "token"),
+                **(tenant_options or {}),
+            }
+            for t in tenants
+        ],
         **sections,
     }

@@ -53,9 +53,11 @@ async def endless_lines(head, reader, writer) -> bool:
 
 async def endless_trailer(head, reader, writer) -> bool:
     return await _endless(
-        writer, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ",
-        b"t" * PIECE)
+        writer,
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ",
+        b"t" * PIECE,
+    )
 
 
 async def dribble(head, reader, writer) -> bool:
@@ -72,17 +74,24 @@ async def hang(head, reader, writer) -> bool:
     return False
 
 
-HOSTILE = {"good": ScriptedUpstream.default, "endless-value": endless_value,
-           "endless-lines": endless_lines, "endless-trailer": endless_trailer,
-           "dribble": dribble, "hang": hang}
+HOSTILE = {
+    "good": ScriptedUpstream.default,
+    "endless-value": endless_value,
+    "endless-lines": endless_lines,
+    "endless-trailer": endless_trailer,
+    "dribble": dribble,
+    "hang": hang,
+}
 
 
-def _client(port: int, path: str, token: str, pause: float, counts: dict[str, int],
-            stop: threading.Event) -> None:
+def _client(
+    port: int, path: str, token: str, pause: float, counts: dict[str, int], stop: threading.Event
+) -> None:
     """One connection's requests, one after the other; a response the gateway cuts (a
     stream it had begun) counts as "cut", and the next request goes on a new connection."""
-    request = (f"GET {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
-               "\r\n").encode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
     while not stop.is_set():
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
@@ -115,8 +124,10 @@ def client(argv: list[str]) -> None:
     concurrency, pause = int(argv[3]), float(argv[4])
     counts: dict[str, int] = {}
     stop = threading.Event()
-    threads = [threading.Thread(target=_client, args=(port, path, token, pause, counts, stop),
-                                daemon=True) for _ in range(concurrency)]
+    threads = [
+        threading.Thread(target=_client, args=(port, path, token, pause, counts, stop), daemon=True)
+        for _ in range(concurrency)
+    ]
     for t in threads:
         t.start()
     sys.stdin.read()

@@ -38,8 +38,9 @@ class SpdyRefusingIngress:
         self.passed: list[bytes] = []
         self.url = ""
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="ingress-stand-in")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="ingress-stand-in"
+        )
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -75,8 +76,13 @@ class SpdyRefusingIngress:
         self._tasks.add(task)
         try:
             await self._one(reader, writer)
-        except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError):
+        except (
+            ConnectionError,
+            ssl.SSLError,
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
             pass
         finally:
             self._tasks.discard(task)
@@ -92,18 +98,24 @@ class SpdyRefusingIngress:
         upgrade = b",".join(v.strip().lower() for n, v in fields if n.strip().lower() == b"upgrade")
         if b"spdy" in upgrade:
             self.refused.append(lines[0])
-            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
-                         b"Content-Length: %d\r\nConnection: close\r\n\r\n%b"
-                         % (len(REFUSAL_BODY), REFUSAL_BODY))
+            writer.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%b"
+                % (len(REFUSAL_BODY), REFUSAL_BODY)
+            )
             await writer.drain()
             return
         self.passed.append(lines[0])
         if not upgrade:
-            kept = [line for line in lines
-                    if not line.lower().startswith((b"connection:", b"keep-alive:"))]
+            kept = [
+                line
+                for line in lines
+                if not line.lower().startswith((b"connection:", b"keep-alive:"))
+            ]
             head = b"\r\n".join([*kept, b"Connection: close"]) + b"\r\n\r\n"
         up_reader, up_writer = await asyncio.open_connection(
-            *self.backend, ssl=self.backend_tls, server_hostname=self.backend[0])
+            *self.backend, ssl=self.backend_tls, server_hostname=self.backend[0]
+        )
         up_writer.write(head)
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))

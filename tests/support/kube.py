@@ -43,7 +43,6 @@ ADMIN_TOKEN = "vgate-test-admin-token"  # a throwaway token for throwaway server
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 
 
-
 def assets_dir() -> Path:
     """envtest's convention: $KUBEBUILDER_ASSETS, else /usr/local/kubebuilder/bin."""
     return Path(os.environ.get("KUBEBUILDER_ASSETS") or DEFAULT_ASSETS)
@@ -59,8 +58,10 @@ def require_kube(*, kubectl: bool = False) -> None:
     missing = missing_binaries()
     why = ""
     if missing:
-        why = (f"needs {' and '.join(missing)} in {assets_dir()} "
-               "(run ../shared/kube/install.sh, or set $KUBEBUILDER_ASSETS)")
+        why = (
+            f"needs {' and '.join(missing)} in {assets_dir()} "
+            "(run ../shared/kube/install.sh, or set $KUBEBUILDER_ASSETS)"
+        )
     elif kubectl and not Path(KUBECTL).exists():
         why = "needs kubectl"
     if why:
@@ -100,13 +101,25 @@ class Etcd:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port, peer = free_port(), free_port()
         log = (self.workdir / "etcd.log").open("wb")
-        self.proc = subprocess.Popen([
-            str(assets_dir() / "etcd"), "--data-dir", str(self.workdir / "data"),
-            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"default=http://127.0.0.1:{peer}",
-        ], stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                str(assets_dir() / "etcd"),
+                "--data-dir",
+                str(self.workdir / "data"),
+                "--listen-client-urls",
+                self.url,
+                "--advertise-client-urls",
+                self.url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{peer}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         return self
 
@@ -157,7 +170,9 @@ class AuditLog:
         while True:
             for event in reversed(self.events()):
                 if event.get("auditID") == audit_id and event.get("stage") in (
-                        "ResponseComplete", "Panic"):
+                    "ResponseComplete",
+                    "Panic",
+                ):
                     return event
             if time.monotonic() > deadline:
                 raise AssertionError(f"no audit event {audit_id} in {self.path}")
@@ -187,8 +202,11 @@ class AuditLog:
 
     def matching(self, **where: Any) -> list[dict[str, Any]]:
         """Final events whose top-level fields equal `where` (e.g. verb="create")."""
-        return [e for e in self.events() if e.get("stage") == "ResponseComplete"
-                and all(e.get(k) == v for k, v in where.items())]
+        return [
+            e
+            for e in self.events()
+            if e.get("stage") == "ResponseComplete" and all(e.get(k) == v for k, v in where.items())
+        ]
 
 
 def ran_as(event: dict[str, Any]) -> RanAs:
@@ -212,9 +230,16 @@ class ApiServer:
     signed by `client_ca_file` when given. Authorization: RBAC. Audit: every request at
     level Metadata into `audit_log`."""
 
-    def __init__(self, workdir: Path, etcd: Etcd, *, name: str | None = None,
-                 tokens: dict[str, tuple[str, tuple[str, ...]]] | None = None,
-                 extra_args: tuple[str, ...] = (), binary: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        etcd: Etcd,
+        *,
+        name: str | None = None,
+        tokens: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+        extra_args: tuple[str, ...] = (),
+        binary: Path | None = None,
+    ) -> None:
         self.workdir = workdir
         self.etcd = etcd
         self.name = name or workdir.name
@@ -245,32 +270,58 @@ class ApiServer:
         sa_key = w / "sa.key"
         if not sa_key.exists():
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            sa_key.write_bytes(key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption()))
+            sa_key.write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.TraditionalOpenSSL,
+                    serialization.NoEncryption(),
+                )
+            )
         lines = [f'{ADMIN_TOKEN},admin,admin,"system:masters"']
-        lines += [f'{tok},{user},{user},"{",".join(groups)}"'
-                  for tok, (user, groups) in self.tokens.items()]
+        lines += [
+            f'{tok},{user},{user},"{",".join(groups)}"'
+            for tok, (user, groups) in self.tokens.items()
+        ]
         (w / "tokens.csv").write_text("\n".join(lines) + "\n")
         (w / "audit-policy.yaml").write_text(AUDIT_POLICY)
         log = (w / "apiserver.log").open("ab")
-        self.proc = subprocess.Popen([
-            str(self.binary),
-            "--etcd-servers", self.etcd.url, "--etcd-prefix", f"/{self.name}",
-            "--bind-address", "127.0.0.1", "--secure-port", str(self.port),
-            "--cert-dir", str(w / "certs"),
-            "--token-auth-file", str(w / "tokens.csv"),
-            "--authorization-mode", "RBAC",
-            "--service-cluster-ip-range", "10.0.0.0/24",
-            "--service-account-issuer", f"https://{self.name}.kubernetes.default.svc",
-            "--service-account-key-file", str(sa_key),
-            "--service-account-signing-key-file", str(sa_key),
-            "--audit-policy-file", str(w / "audit-policy.yaml"),
-            "--audit-log-path", str(self.audit.path),
-            "--audit-log-mode", "blocking",
-            "--allow-privileged=true",
-            *self.extra_args,
-        ], stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                str(self.binary),
+                "--etcd-servers",
+                self.etcd.url,
+                "--etcd-prefix",
+                f"/{self.name}",
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(self.port),
+                "--cert-dir",
+                str(w / "certs"),
+                "--token-auth-file",
+                str(w / "tokens.csv"),
+                "--authorization-mode",
+                "RBAC",
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--service-account-issuer",
+                f"https://{self.name}.kubernetes.default.svc",
+                "--service-account-key-file",
+                str(sa_key),
+                "--service-account-signing-key-file",
+                str(sa_key),
+                "--audit-policy-file",
+                str(w / "audit-policy.yaml"),
+                "--audit-log-path",
+                str(self.audit.path),
+                "--audit-log-mode",
+                "blocking",
+                "--allow-privileged=true",
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self._wait_ready(time.monotonic() + timeout)
         self.kubeconfig.write_text(self.kubeconfig_text(ADMIN_TOKEN))
@@ -283,14 +334,16 @@ class ApiServer:
             f"certificate-authority: '{self.ca_file}'}}}}]\n"
             f"users: [{{name: {user}, user: {{token: '{token}'}}}}]\n"
             f"contexts: [{{name: {self.name}, context: {{cluster: {self.name}, user: {user}}}}}]\n"
-            f"current-context: {self.name}\n")
+            f"current-context: {self.name}\n"
+        )
 
     def _wait_ready(self, deadline: float) -> None:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        request = urllib.request.Request(f"{self.url}/readyz",
-                                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        request = urllib.request.Request(
+            f"{self.url}/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"kube-apiserver exited: {self.log_tail()}")
@@ -304,14 +357,23 @@ class ApiServer:
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.workdir / "apiserver.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) \
-            if path.exists() else ""
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """kubectl as the API server's admin."""
-        proc = subprocess.run([KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
         return proc
@@ -319,11 +381,11 @@ class ApiServer:
     def apply(self, manifest: str) -> None:
         self.kubectl("apply", "-f", "-", input=manifest)
 
-    def token(self, service_account: str, namespace: str = "default",
-              duration: str = "24h") -> str:
+    def token(self, service_account: str, namespace: str = "default", duration: str = "24h") -> str:
         """A TokenRequest token for a ServiceAccount."""
-        return self.kubectl("create", "token", service_account, "-n", namespace,
-                            f"--duration={duration}").stdout.strip()
+        return self.kubectl(
+            "create", "token", service_account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -351,8 +413,11 @@ def role_bindings(roles: dict[str, str] | None = None) -> str:
     """ClusterRoleBindings `vgate-<role>`: group `vgate:<role>` → ClusterRole. There is no
     controller-manager here, so the aggregated `admin`/`edit`/`view` roles are empty:
     `view` and `admin` are bound to ClusterRoles of this module's own."""
-    roles = roles or {"cluster-admin": "cluster-admin", "admin": "vgate-test-admin",
-                      "view": "vgate-test-view"}
+    roles = roles or {
+        "cluster-admin": "cluster-admin",
+        "admin": "vgate-test-admin",
+        "view": "vgate-test-view",
+    }
     docs = [
         """apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -384,24 +449,38 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "vgate:{rol
 GATEWAY_EXTRAS: tuple[str, ...] = ()  # the gateway impersonates no extras (README)
 
 
-def impersonator_token(api: ApiServer, name: str = "vgate", namespace: str = "default", *,
-                       extras: tuple[str, ...] = GATEWAY_EXTRAS,
-                       may_review: bool = False) -> str:
+def impersonator_token(
+    api: ApiServer,
+    name: str = "vgate",
+    namespace: str = "default",
+    *,
+    extras: tuple[str, ...] = GATEWAY_EXTRAS,
+    may_review: bool = False,
+) -> str:
     """Apply `impersonator(...)` and return a TokenRequest token for its ServiceAccount."""
     api.apply(impersonator(name, namespace, extras=extras, may_review=may_review))
     return api.token(name, namespace)
 
 
-def impersonator(name: str = "vgate", namespace: str = "default", *,
-                 extras: tuple[str, ...] = GATEWAY_EXTRAS, may_review: bool = False) -> str:
+def impersonator(
+    name: str = "vgate",
+    namespace: str = "default",
+    *,
+    extras: tuple[str, ...] = GATEWAY_EXTRAS,
+    may_review: bool = False,
+) -> str:
     """A ServiceAccount that may only impersonate (what the gateway needs upstream: users,
     groups, uids and the `extras` keys, each named: RBAC's `userextras` alone does not cover
     `userextras/<key>`). `may_review` also lets it create SubjectAccessReviews (what nested
     impersonation, `kubectl --as`, needs)."""
-    review = """
+    review = (
+        """
 - apiGroups: ["authorization.k8s.io"]
   resources: ["subjectaccessreviews"]
-  verbs: ["create"]""" if may_review else ""
+  verbs: ["create"]"""
+        if may_review
+        else ""
+    )
     return f"""apiVersion: v1
 kind: ServiceAccount
 metadata: {{name: {name}, namespace: {namespace}}}
@@ -446,7 +525,7 @@ def start_all(servers: list[ApiServer], timeout: float = 90.0) -> None:
         raise failures[0]
 
 
-_LOGGED_REQUEST = re.compile(r'\b(GET|POST|PUT|PATCH|DELETE|HEAD) (https?://\S+)')
+_LOGGED_REQUEST = re.compile(r"\b(GET|POST|PUT|PATCH|DELETE|HEAD) (https?://\S+)")
 _LOGGED_AUDIT_ID = re.compile(r"\bAudit-Id: ([0-9A-Za-z-]+)", re.IGNORECASE)
 
 
@@ -480,6 +559,7 @@ def audit_id_of(kubectl_stderr: str, path_part: str) -> str:
     """The Audit-Id of the last logged request whose URL contains `path_part`."""
     ids = [c.audit_id for c in logged_calls(kubectl_stderr) if path_part in c.url]
     if not ids:
-        raise AssertionError(f"kubectl logged no answered request to {path_part!r}:\n"
-                             + kubectl_stderr[-3000:])
+        raise AssertionError(
+            f"kubectl logged no answered request to {path_part!r}:\n" + kubectl_stderr[-3000:]
+        )
     return ids[-1]

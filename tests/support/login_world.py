@@ -27,12 +27,24 @@ from tests.support.pki import TestCA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USERS = {
-    "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["tenant1-admins"],
-              "password": "alice-pw"},
-    "bob": {"email": "bob@example.com", "name": "Bob", "groups": ["developers"],
-            "password": "bob-pw"},
-    "carol": {"email": "carol@example.com", "name": "Carol", "groups": ["developers"],
-              "password": "carol-pw"},
+    "alice": {
+        "email": "alice@example.com",
+        "name": "Alice",
+        "groups": ["tenant1-admins"],
+        "password": "alice-pw",
+    },
+    "bob": {
+        "email": "bob@example.com",
+        "name": "Bob",
+        "groups": ["developers"],
+        "password": "bob-pw",
+    },
+    "carol": {
+        "email": "carol@example.com",
+        "name": "Carol",
+        "groups": ["developers"],
+        "password": "carol-pw",
+    },
 }
 _TRUST_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
@@ -69,8 +81,9 @@ class Plugin:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError(f"pid {self.proc.pid} still ran after {timeout} s:\n"
-                                 + self.stderr()[-2000:]) from None
+            raise AssertionError(
+                f"pid {self.proc.pid} still ran after {timeout} s:\n" + self.stderr()[-2000:]
+            ) from None
         return code, self.out.read_text(), self.stderr()
 
 
@@ -92,24 +105,34 @@ class LoginWorld:
         assert self.ca is not None
         return base64.b64encode(self.ca.cert_file.read_bytes()).decode()
 
-    def env(self, user: str = "alice", *, cache: Path, mode: str = "login",
-            browser: str | None = "test-browser", delay: float = 0.0,
-            **extra: str) -> dict[str, str]:
+    def env(
+        self,
+        user: str = "alice",
+        *,
+        cache: Path,
+        mode: str = "login",
+        browser: str | None = "test-browser",
+        delay: float = 0.0,
+        **extra: str,
+    ) -> dict[str, str]:
         """The plugin's environment acting as `user`; `browser=None`: a box without one."""
         env = {k: v for k, v in os.environ.items() if k not in _TRUST_ENV}
         env.pop("BROWSER", None)
-        env.update({
-            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONPATH": str(REPO_ROOT),
-            "VGATE_TEST_USER": user,
-            "VGATE_TEST_PASSWORD": USERS[user]["password"],
-            "VGATE_TEST_BROWSER_MODE": mode,
-            "VGATE_TEST_BROWSER_LOG": str(self.browser_log),
-            "VGATE_TEST_BROWSER_DELAY": str(delay) if delay else "",
-            "VGATE_CACHE_DIR": str(cache),
-            "VGATE_LOGIN_PORTS": "0",
-            "DISPLAY": "", "WAYLAND_DISPLAY": "",
-        })
+        env.update(
+            {
+                "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "PYTHONPATH": str(REPO_ROOT),
+                "VGATE_TEST_USER": user,
+                "VGATE_TEST_PASSWORD": USERS[user]["password"],
+                "VGATE_TEST_BROWSER_MODE": mode,
+                "VGATE_TEST_BROWSER_LOG": str(self.browser_log),
+                "VGATE_TEST_BROWSER_DELAY": str(delay) if delay else "",
+                "VGATE_CACHE_DIR": str(cache),
+                "VGATE_LOGIN_PORTS": "0",
+                "DISPLAY": "",
+                "WAYLAND_DISPLAY": "",
+            }
+        )
         if browser is not None:
             env["BROWSER"] = str(self.bin_dir / browser)
         if self.ca is not None:
@@ -124,20 +147,32 @@ class LoginWorld:
     def login_args(self, *extra: str) -> list[str]:
         return ["login", f"--issuer={self.issuer}", "--client-id=vgate", *extra]
 
-    def vgate(self, *args: str, env: dict[str, str],
-              timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO_ROOT,
-                              env=env, capture_output=True, text=True, timeout=timeout)
+    def vgate(
+        self, *args: str, env: dict[str, str], timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start(self, args: list[str], env: dict[str, str], name: str) -> Plugin:
         out, err = self.dir / f"{name}.out", self.dir / f"{name}.err"
         with out.open("wb") as o, err.open("wb") as e:
-            proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=REPO_ROOT,
-                                    env=env, stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", *args],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=o,
+                stderr=e,
+            )
         return Plugin(proc, out, err)
 
-    def start_many(self, n: int, args: list[str], env: dict[str, str],
-                   name: str) -> list[Plugin]:
+    def start_many(self, n: int, args: list[str], env: dict[str, str], name: str) -> list[Plugin]:
         """`n` plugin processes started at once, like kubectl calls from a script."""
         return [self.start(args, env, f"{name}-{i}") for i in range(n)]
 
@@ -146,9 +181,14 @@ class LoginWorld:
         the IdP's published key, iss, aud `vgate`, exp)."""
         kid = jwt.get_unverified_header(id_token)["kid"]
         jwk = next(k for k in self.idp.public_jwks["keys"] if k["kid"] == kid)
-        return jwt.decode(id_token, jwt.PyJWK(jwk).key, algorithms=[jwk["alg"]],
-                          audience="vgate", issuer=self.issuer,
-                          options={"require": ["exp", "iat", "sub"]})
+        return jwt.decode(
+            id_token,
+            jwt.PyJWK(jwk).key,
+            algorithms=[jwk["alg"]],
+            audience="vgate",
+            issuer=self.issuer,
+            options={"require": ["exp", "iat", "sub"]},
+        )
 
     def stop(self) -> None:
         self.idp.stop()
@@ -181,8 +221,10 @@ def running(base: Path, *, tls: bool) -> Iterator[LoginWorld]:
     idp = OIDCProvider(base / "idp", users=USERS, tls=leaf).start()
     bin_dir = base / "bin"
     bin_dir.mkdir()
-    for name, text in (("test-browser", _BROWSER.format(python=sys.executable)),
-                       ("broken-browser", _BROKEN_BROWSER)):
+    for name, text in (
+        ("test-browser", _BROWSER.format(python=sys.executable)),
+        ("broken-browser", _BROKEN_BROWSER),
+    ):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     world = LoginWorld(base, idp, ca, bin_dir, base / "browser.log")

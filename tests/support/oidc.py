@@ -93,17 +93,30 @@ def private_jwk(kind: str = "RSA", kid: str | None = None) -> dict[str, str]:
         n = key.private_numbers()
         pub = n.public_numbers
         return {
-            "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
-            "n": _b64u_int(pub.n), "e": _b64u_int(pub.e), "d": _b64u_int(n.d),
-            "p": _b64u_int(n.p), "q": _b64u_int(n.q), "dp": _b64u_int(n.dmp1),
-            "dq": _b64u_int(n.dmq1), "qi": _b64u_int(n.iqmp),
+            "kty": "RSA",
+            "kid": kid,
+            "alg": "RS256",
+            "use": "sig",
+            "n": _b64u_int(pub.n),
+            "e": _b64u_int(pub.e),
+            "d": _b64u_int(n.d),
+            "p": _b64u_int(n.p),
+            "q": _b64u_int(n.q),
+            "dp": _b64u_int(n.dmp1),
+            "dq": _b64u_int(n.dmq1),
+            "qi": _b64u_int(n.iqmp),
         }
     if kind == "EC":
         eckey = ec.generate_private_key(ec.SECP256R1())
         en = eckey.private_numbers()
         return {
-            "kty": "EC", "kid": kid, "alg": "ES256", "use": "sig", "crv": "P-256",
-            "x": _b64u_fixed(en.public_numbers.x, 32), "y": _b64u_fixed(en.public_numbers.y, 32),
+            "kty": "EC",
+            "kid": kid,
+            "alg": "ES256",
+            "use": "sig",
+            "crv": "P-256",
+            "x": _b64u_fixed(en.public_numbers.x, 32),
+            "y": _b64u_fixed(en.public_numbers.y, 32),
             "d": _b64u_fixed(en.private_value, 32),
         }
     raise ValueError(f"unknown key kind {kind!r} (RSA or EC)")
@@ -149,8 +162,14 @@ class _FormParser(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "form":
-            self.forms.append({"id": a.get("id", ""), "action": a.get("action", ""),
-                               "method": a.get("method", "get").lower(), "fields": {}})
+            self.forms.append(
+                {
+                    "id": a.get("id", ""),
+                    "action": a.get("action", ""),
+                    "method": a.get("method", "get").lower(),
+                    "fields": {},
+                }
+            )
         elif tag == "input" and self.forms and a.get("name"):
             self.forms[-1]["fields"][a["name"]] = a.get("value", "")
 
@@ -169,8 +188,9 @@ def _oauth_error(resp: httpx.Response, what: str) -> OIDCError:
     err = body.get("error") if isinstance(body, dict) else None
     desc = body.get("error_description", "") if isinstance(body, dict) else ""
     text = f"{err}: {desc}" if err else resp.text[:500]
-    return OIDCError(f"{what} failed ({resp.status_code}): {text}", error=err,
-                     status=resp.status_code)
+    return OIDCError(
+        f"{what} failed ({resp.status_code}): {text}", error=err, status=resp.status_code
+    )
 
 
 def _pkce() -> tuple[str, str]:
@@ -204,7 +224,9 @@ class OIDCProvider:
         self.tls = tls
         self.ttl = dict(ttl or {})
         self.extra_clients = list(extra_clients or [])
-        self.portal_redirect_uris = list(portal_redirect_uris or ["http://127.0.0.1/oauth2/callback"])
+        self.portal_redirect_uris = list(
+            portal_redirect_uris or ["http://127.0.0.1/oauth2/callback"]
+        )
         self.resources = resources
         self.portal_client_secret = secrets.token_urlsafe(32)
         self.port = free_port()
@@ -224,9 +246,14 @@ class OIDCProvider:
     def issuer_entry(self) -> dict:
         """The gateway config's `oidc.issuers` entry for this IdP, as the test worlds use it:
         audience `vgate`, the email as the username, both prefixed `oidc:`."""
-        return {"issuer": self.issuer, "audiences": [self.client_id],
-                "username_claim": "email", "username_prefix": "oidc:",
-                "groups_claim": "groups", "groups_prefix": "oidc:"}
+        return {
+            "issuer": self.issuer,
+            "audiences": [self.client_id],
+            "username_claim": "email",
+            "username_prefix": "oidc:",
+            "groups_claim": "groups",
+            "groups_prefix": "oidc:",
+        }
 
     # ------------------------------------------------------------ process
 
@@ -253,8 +280,12 @@ class OIDCProvider:
                 "token_endpoint_auth_method": "none",
                 "grant_types": ["authorization_code", "refresh_token", DEVICE_GRANT],
                 "response_types": ["code"],
-                "redirect_uris": ["http://127.0.0.1/callback", "http://localhost/callback",
-                                  "http://127.0.0.1/", "http://localhost/"],
+                "redirect_uris": [
+                    "http://127.0.0.1/callback",
+                    "http://localhost/callback",
+                    "http://127.0.0.1/",
+                    "http://localhost/",
+                ],
             },
             {
                 "client_id": self.portal_client_id,
@@ -298,7 +329,10 @@ class OIDCProvider:
             offset = log.tell()  # before the child shares the file: it may write at once
             self._proc = subprocess.Popen(
                 [NODE, str(DEV_IDP_DIR / "server.mjs"), "--config", str(self.config_file)],
-                cwd=DEV_IDP_DIR, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=DEV_IDP_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
             )
             _RUNNING.add(self._proc)
@@ -397,8 +431,9 @@ class OIDCProvider:
 
     def _token(self, c: httpx.Client, data: dict[str, str], client_id: str, what: str) -> TokenSet:
         fields, auth = self._client_auth(client_id)
-        r = c.post(f"{self.issuer}/token", data={**data, **fields},
-                   auth=auth or httpx.USE_CLIENT_DEFAULT)
+        r = c.post(
+            f"{self.issuer}/token", data={**data, **fields}, auth=auth or httpx.USE_CLIENT_DEFAULT
+        )
         if r.status_code != 200:
             raise _oauth_error(r, what)
         body = r.json()
@@ -410,8 +445,14 @@ class OIDCProvider:
             raw=body,
         )
 
-    def _walk(self, c: httpx.Client, resp: httpx.Response, user: str, password: str | None,
-              stop_at: str | None) -> httpx.Response | dict[str, str]:
+    def _walk(
+        self,
+        c: httpx.Client,
+        resp: httpx.Response,
+        user: str,
+        password: str | None,
+        stop_at: str | None,
+    ) -> httpx.Response | dict[str, str]:
         """Follow redirects, fill login/consent/device forms, submit form_post pages.
 
         Returns the callback's parameters once a redirect (or form_post) targets `stop_at`,
@@ -428,12 +469,22 @@ class OIDCProvider:
                 m = re.search(r"<strong>error</strong>: ([\w.-]+)", resp.text)
                 err = m.group(1) if m else None
                 desc = re.search(r"<strong>error_description</strong>: ([^<]*)", resp.text)
-                raise OIDCError(f"login flow got {resp.status_code} at {resp.url.path}: "
-                                f"{err}: {desc.group(1) if desc else resp.text[:300]}",
-                                error=err, status=resp.status_code)
+                raise OIDCError(
+                    f"login flow got {resp.status_code} at {resp.url.path}: "
+                    f"{err}: {desc.group(1) if desc else resp.text[:300]}",
+                    error=err,
+                    status=resp.status_code,
+                )
             forms = [f for f in _forms(resp.text) if f["method"] == "post"]
-            form = next((f for f in forms if f["fields"].get("prompt") in ("login", "consent")
-                         or f["id"] in ("op.deviceConfirmForm", "op.deviceInputForm")), None)
+            form = next(
+                (
+                    f
+                    for f in forms
+                    if f["fields"].get("prompt") in ("login", "consent")
+                    or f["id"] in ("op.deviceConfirmForm", "op.deviceInputForm")
+                ),
+                None,
+            )
             if form is None and forms and "document.forms[0].submit()" in resp.text:
                 form = forms[0]  # response_mode=form_post (also the device flow's callback)
             if form is None:
@@ -444,8 +495,11 @@ class OIDCProvider:
                 return fields
             if fields.get("prompt") == "login":
                 fields["login"] = user
-                fields["password"] = (password if password is not None
-                                      else str(self.users.get(user, {}).get("password", "")))
+                fields["password"] = (
+                    password
+                    if password is not None
+                    else str(self.users.get(user, {}).get("password", ""))
+                )
             resp = c.post(action, data=fields)
             if resp.status_code == 401:
                 raise OIDCError(f"login as {user!r} rejected", error="access_denied", status=401)
@@ -464,32 +518,47 @@ class OIDCProvider:
     ) -> TokenSet:
         """Authorization code + PKCE (S256) through the dev forms, then the code exchange."""
         if redirect_uri is None:
-            redirect_uri = (DEFAULT_REDIRECT_URI if client_id == self.client_id
-                            else self._redirect_uris(client_id)[0])
+            redirect_uri = (
+                DEFAULT_REDIRECT_URI
+                if client_id == self.client_id
+                else self._redirect_uris(client_id)[0]
+            )
         verifier, challenge = _pkce()
         state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         params = {
-            "client_id": client_id, "response_type": "code", "scope": scopes,
-            "redirect_uri": redirect_uri, "state": state, "nonce": nonce,
-            "code_challenge": challenge, "code_challenge_method": "S256",
+            "client_id": client_id,
+            "response_type": "code",
+            "scope": scopes,
+            "redirect_uri": redirect_uri,
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
             **(extra_params or {}),
         }
         if resource:
             params["resource"] = resource
         with self.http_client() as c:
-            q = self._walk(c, c.get(f"{self.issuer}/auth", params=params), user, password,
-                           stop_at=redirect_uri)
+            q = self._walk(
+                c, c.get(f"{self.issuer}/auth", params=params), user, password, stop_at=redirect_uri
+            )
             if not isinstance(q, dict):
                 raise OIDCError(f"login flow ended at {q.url} without redirecting back")
             if "error" in q:
-                raise OIDCError(f"authorization failed: {q['error']}: "
-                                f"{q.get('error_description', '')}", error=q["error"])
+                raise OIDCError(
+                    f"authorization failed: {q['error']}: {q.get('error_description', '')}",
+                    error=q["error"],
+                )
             if q.get("state") != state:
                 raise OIDCError("state mismatch in the authorization response")
             if q.get("iss") not in (None, self.issuer):
                 raise OIDCError(f"iss mismatch in the authorization response: {q.get('iss')}")
-            data = {"grant_type": "authorization_code", "code": q["code"],
-                    "redirect_uri": redirect_uri, "code_verifier": verifier}
+            data = {
+                "grant_type": "authorization_code",
+                "code": q["code"],
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+            }
             if resource:
                 data["resource"] = resource
             return self._token(c, data, client_id, "code exchange")
@@ -500,8 +569,9 @@ class OIDCProvider:
                 return list(meta.get("redirect_uris", []))
         raise KeyError(client_id)
 
-    def refresh(self, refresh_token: str, client_id: str = "vgate", *,
-                resource: str | None = None) -> TokenSet:
+    def refresh(
+        self, refresh_token: str, client_id: str = "vgate", *, resource: str | None = None
+    ) -> TokenSet:
         """The refresh_token grant (the public client gets a rotated refresh token back)."""
         data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         if resource:
@@ -515,14 +585,18 @@ class OIDCProvider:
         """Start a device authorization: device_code, user_code, verification_uri(_complete)."""
         fields, auth = self._client_auth(client_id)
         with self.http_client() as c:
-            r = c.post(f"{self.issuer}/device/auth", data={"scope": scopes, **fields},
-                       auth=auth or httpx.USE_CLIENT_DEFAULT)
+            r = c.post(
+                f"{self.issuer}/device/auth",
+                data={"scope": scopes, **fields},
+                auth=auth or httpx.USE_CLIENT_DEFAULT,
+            )
         if r.status_code != 200:
             raise _oauth_error(r, "device authorization")
         return r.json()
 
-    def approve_device(self, user: str, verification_uri_complete: str, *,
-                       password: str | None = None) -> None:
+    def approve_device(
+        self, user: str, verification_uri_complete: str, *, password: str | None = None
+    ) -> None:
         """Act as the user's browser: confirm the user code, log in, consent."""
         with self.http_client() as c:
             page = self._walk(c, c.get(verification_uri_complete), user, password, stop_at=None)
@@ -532,11 +606,16 @@ class OIDCProvider:
     def device_token(self, device_code: str, *, client_id: str = "vgate") -> TokenSet:
         """One poll of the token endpoint (raises OIDCError authorization_pending etc.)."""
         with self.http_client() as c:
-            return self._token(c, {"grant_type": DEVICE_GRANT, "device_code": device_code},
-                               client_id, "device token")
+            return self._token(
+                c,
+                {"grant_type": DEVICE_GRANT, "device_code": device_code},
+                client_id,
+                "device token",
+            )
 
-    def device_login(self, user: str, *, client_id: str = "vgate",
-                     scopes: str = DEFAULT_SCOPES) -> TokenSet:
+    def device_login(
+        self, user: str, *, client_id: str = "vgate", scopes: str = DEFAULT_SCOPES
+    ) -> TokenSet:
         """The whole device flow: authorize, approve as `user`, fetch the tokens."""
         start = self.device_authorize(client_id=client_id, scopes=scopes)
         self.approve_device(user, start["verification_uri_complete"])

@@ -19,12 +19,18 @@ BANNER_END = "if it was killed:"  # the banner's last line
 
 
 class Quickstart:
-    def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str],
-                 command: list[str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], *, cwd: Path, env: dict[str, str], command: list[str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
             [*(command or [sys.executable, "-m", "gateway", "quickstart"]), *args],
-            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -59,7 +65,7 @@ class Quickstart:
             assert line is not None, "quickstart exited early:\n" + self.output
         start = max(i for i, line in enumerate(self.lines) if line.rstrip() == "vgate quickstart")
         end = next(i for i, line in enumerate(self.lines) if BANNER_END in line)
-        return "".join(self.lines[start:end + 1])
+        return "".join(self.lines[start : end + 1])
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 90) -> int:
         """Send `sig` and wait for the exit status."""
@@ -80,7 +86,7 @@ def banner_field(banner: str, name: str) -> str:
     """The text after `name` on its banner line ("try", "portal", ...)."""
     for line in banner.splitlines():
         if line.strip().startswith(name + " "):
-            return line.strip()[len(name):].strip()
+            return line.strip()[len(name) :].strip()
     raise AssertionError(f"no {name!r} line in the banner:\n{banner}")
 
 
@@ -137,9 +143,11 @@ def require_tools(*, browser: bool = False) -> None:
     from tests.support.tiers import tool_missing
 
     require_kube(kubectl=True)
-    for tool, why in (("node", "Node.js runs the quickstart's OpenID Provider"),
-                      ("npm", "the quickstart's first run installs the IdP with npm"),
-                      ("git", "the test clones the repository")):
+    for tool, why in (
+        ("node", "Node.js runs the quickstart's OpenID Provider"),
+        ("npm", "the quickstart's first run installs the IdP with npm"),
+        ("git", "the test clones the repository"),
+    ):
         if shutil.which(tool) is None:
             tool_missing(f"{tool} is not installed ({why})")
     why = missing() if browser else None

@@ -23,7 +23,8 @@ class ScriptedUpstream:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls), self.loop).result()
+            asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls), self.loop
+        ).result()
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -42,14 +43,17 @@ class ScriptedUpstream:
     @staticmethod
     async def default(head: bytes, reader, writer) -> bool:
         body = b'{"kind":"List","items":[]}'
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
         await writer.drain()
         return True
 
     def stop(self) -> None:
         """Close the server on its own loop (asyncio's Server is not thread-safe: closing it
         from the test's thread raced with a connection ending), then stop the loop."""
+
         async def close() -> None:
             self.server.close()
 

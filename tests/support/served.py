@@ -22,7 +22,10 @@ class ServedGateway:
     def __init__(self, config_file: Path, *, workers: int = 1, timeout: float = 20.0) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config_file)],
-            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
         ports: set[tuple[int, int]] = set()

@@ -27,24 +27,46 @@ KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 BASE_DOMAIN = "k8s.test"
 
 USERS = {
-    "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["tenant1-admins"],
-              "password": "alice-pw"},
-    "bob": {"email": "bob@example.com", "name": "Bob", "groups": ["developers"],
-            "password": "bob-pw"},
-    "carol": {"email": "carol@example.com", "name": "Carol",
-              "groups": ["tenant2-admins", "developers"], "password": "carol-pw"},
-    "mallory": {"email": "mallory@example.com", "name": "M", "groups": ["nobody"],
-                "password": "mallory-pw"},
+    "alice": {
+        "email": "alice@example.com",
+        "name": "Alice",
+        "groups": ["tenant1-admins"],
+        "password": "alice-pw",
+    },
+    "bob": {
+        "email": "bob@example.com",
+        "name": "Bob",
+        "groups": ["developers"],
+        "password": "bob-pw",
+    },
+    "carol": {
+        "email": "carol@example.com",
+        "name": "Carol",
+        "groups": ["tenant2-admins", "developers"],
+        "password": "carol-pw",
+    },
+    "mallory": {
+        "email": "mallory@example.com",
+        "name": "M",
+        "groups": ["nobody"],
+        "password": "mallory-pw",
+    },
 }
 
 POLICIES = {
-    "tenant1.yaml": {"tenant": "tenant1", "roles": {
-        "cluster-admin": {"groups": ["oidc:tenant1-admins"]},
-        "view": {"groups": ["oidc:developers"]},
-    }},
-    "tenant2.yaml": {"tenant": "tenant2", "roles": {
-        "cluster-admin": {"groups": ["oidc:tenant2-admins"]},
-    }},
+    "tenant1.yaml": {
+        "tenant": "tenant1",
+        "roles": {
+            "cluster-admin": {"groups": ["oidc:tenant1-admins"]},
+            "view": {"groups": ["oidc:developers"]},
+        },
+    },
+    "tenant2.yaml": {
+        "tenant": "tenant2",
+        "roles": {
+            "cluster-admin": {"groups": ["oidc:tenant2-admins"]},
+        },
+    },
 }
 
 
@@ -71,8 +93,9 @@ class SSOWorld:
     def url(self) -> str:
         return self.gateway.url
 
-    def plugin_env(self, user: str = "alice", *, mode: str = "login", cache: Path | None = None,
-                   **extra: str) -> dict[str, str]:
+    def plugin_env(
+        self, user: str = "alice", *, mode: str = "login", cache: Path | None = None, **extra: str
+    ) -> dict[str, str]:
         """Environment for kubectl (and so for `vgate login`) acting as `user`."""
         return {
             **os.environ,
@@ -85,23 +108,41 @@ class SSOWorld:
             "VGATE_TEST_BROWSER_LOG": str(self.browser_log),
             "VGATE_CACHE_DIR": str(cache or self.dir / "cache"),
             "VGATE_LOGIN_PORTS": "0",
-            "DISPLAY": "", "WAYLAND_DISPLAY": "",
+            "DISPLAY": "",
+            "WAYLAND_DISPLAY": "",
             **extra,
         }
 
     def browser_runs(self) -> int:
         return len(self.browser_log.read_text().splitlines()) if self.browser_log.exists() else 0
 
-    def vgate(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
-              input: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=timeout,
-                              env=env or self.plugin_env(), input=input)
+    def vgate(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env or self.plugin_env(),
+            input=input,
+        )
 
-    def kubectl(self, kubeconfig: Path, *args: str, env: dict[str, str],
-                timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args],
-                              capture_output=True, text=True, timeout=timeout, env=env)
+    def kubectl(
+        self, kubeconfig: Path, *args: str, env: dict[str, str], timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
 
     def stop(self) -> None:
         self.gateway.stop()
@@ -138,8 +179,12 @@ def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
     gw_leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
     port = free_port()
     public_url = f"https://127.0.0.1:{port}"
-    idp = OIDCProvider(base / "idp", users=USERS, ttl=idp_ttl,
-                       portal_redirect_uris=[f"{public_url}/oauth2/callback"]).start()
+    idp = OIDCProvider(
+        base / "idp",
+        users=USERS,
+        ttl=idp_ttl,
+        portal_redirect_uris=[f"{public_url}/oauth2/callback"],
+    ).start()
     policies = base / "policies"
     policies.mkdir()
     for file, doc in POLICIES.items():
@@ -150,24 +195,35 @@ def build(base: Path, *, idp_ttl: dict | None = None) -> SSOWorld:
         "listen": {"host": "127.0.0.1", "port": port, "metrics_port": 0},
         "tls": {"cert_file": str(gw_leaf.cert_file), "key_file": str(gw_leaf.key_file)},
         "routing": {"base_domain": BASE_DOMAIN, "path_prefix": "/clusters"},
-        "oidc": {"issuers": [{
-            "issuer": idp.issuer, "audiences": ["vgate"],
-            "username_claim": "email", "username_prefix": "oidc:",
-            "groups_claim": "groups", "groups_prefix": "oidc:",
-        }]},
+        "oidc": {
+            "issuers": [
+                {
+                    "issuer": idp.issuer,
+                    "audiences": ["vgate"],
+                    "username_claim": "email",
+                    "username_prefix": "oidc:",
+                    "groups_claim": "groups",
+                    "groups_prefix": "oidc:",
+                }
+            ]
+        },
         "policies": str(policies),
         "audit": {"file": str(base / "audit.log")},
         "tenants": tenant_entries(real, base),
         "portal": {
-            "issuer": idp.issuer, "client_id": idp.portal_client_id,
+            "issuer": idp.issuer,
+            "client_id": idp.portal_client_id,
             "client_secret_file": str(base / "portal-client-secret"),
-            "public_url": public_url, "cookie_secret_file": str(base / "cookie-secret"),
-            "ca_file": str(ca.cert_file), "cli_client_id": idp.client_id,
+            "public_url": public_url,
+            "cookie_secret_file": str(base / "cookie-secret"),
+            "ca_file": str(ca.cert_file),
+            "cli_client_id": idp.client_id,
             "session_lifetime_seconds": 600,
         },
     }
     gateway = GatewayThread(base / "gateway", config).start()
     bin_dir = plugin_commands(base / "bin")
     (base / "hosts").write_text(
-        "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in real.servers))
+        "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {t}.{BASE_DOMAIN}\n" for t in real.servers)
+    )
     return SSOWorld(base, ca, idp, gateway, dict(real.servers), bin_dir, base / "browser.log")

@@ -32,8 +32,9 @@ from tests.support.pki import TestCA
 REAL = ("tenant1", "tenant2")
 STANDIN = "standin"
 GATEWAY_SERVICE_ACCOUNT = "system:serviceaccount:default:vgate"
-STANDIN_CALLER = Caller(user=GATEWAY_SERVICE_ACCOUNT, groups=("system:serviceaccounts",),
-                        may_impersonate=True)
+STANDIN_CALLER = Caller(
+    user=GATEWAY_SERVICE_ACCOUNT, groups=("system:serviceaccounts",), may_impersonate=True
+)
 
 SEED = """apiVersion: v1
 kind: ServiceAccount
@@ -53,8 +54,13 @@ class RealTenants:
     role groups bound, the seed applied, and `credential(api)` (by default a ServiceAccount
     `vgate` that may only impersonate) minting the gateway's token, kept in `tokens`."""
 
-    def __init__(self, workdir: Path, names: tuple[str, ...] = REAL, *,
-                 credential: Callable[[ApiServer], str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        names: tuple[str, ...] = REAL,
+        *,
+        credential: Callable[[ApiServer], str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.etcd = Etcd(workdir / "etcd")
         self.servers = {n: ApiServer(workdir / n, self.etcd, name=n) for n in names}
@@ -130,23 +136,36 @@ def start_standin(ca: TestCA, base: Path, name: str = STANDIN, **options: Any) -
     `base/<name>.token`; `options` go to `FakeKube` (e.g. `stream_transports`)."""
     token = f"gateway-credential-for-{name}"
     (base / f"{name}.token").write_text(token + "\n")
-    return FakeKube(name=name, tokens={token: STANDIN_CALLER},
-                    tls=ca.issue(name, ["127.0.0.1"]), **options).start()
+    return FakeKube(
+        name=name, tokens={token: STANDIN_CALLER}, tls=ca.issue(name, ["127.0.0.1"]), **options
+    ).start()
 
 
-def tenant_entries(real: RealTenants, base: Path, *, standin: FakeKube | None = None,
-                   ca: TestCA | None = None) -> list[dict]:
+def tenant_entries(
+    real: RealTenants, base: Path, *, standin: FakeKube | None = None, ca: TestCA | None = None
+) -> list[dict]:
     """The config's `tenants:` list: every real tenant (its token written to
     `base/<name>.token`) and the stand-in, if given (`ca` signed its certificate)."""
     entries = []
     for name, api in real.servers.items():
         token_file = base / f"{name}.token"
         token_file.write_text(real.tokens[name] + "\n")
-        entries.append({"name": name, "upstream": api.url, "ca_file": str(api.ca_file),
-                        "token_file": str(token_file)})
+        entries.append(
+            {
+                "name": name,
+                "upstream": api.url,
+                "ca_file": str(api.ca_file),
+                "token_file": str(token_file),
+            }
+        )
     if standin is not None:
         assert ca is not None, "the stand-in's certificate is signed by the world's CA"
-        entries.append({"name": standin.name, "upstream": standin.url,
-                        "ca_file": str(ca.cert_file),
-                        "token_file": str(base / f"{standin.name}.token")})
+        entries.append(
+            {
+                "name": standin.name,
+                "upstream": standin.url,
+                "ca_file": str(ca.cert_file),
+                "token_file": str(base / f"{standin.name}.token"),
+            }
+        )
     return entries

@@ -30,8 +30,9 @@ def _socket_inode(server_port: int, client_port: int) -> int | None:
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local, remote = fields[1], fields[2]
-        if (local.endswith(":" + _hex_port(server_port))
-                and remote.endswith(":" + _hex_port(client_port))):
+        if local.endswith(":" + _hex_port(server_port)) and remote.endswith(
+            ":" + _hex_port(client_port)
+        ):
             return int(fields[9])
     return None
 
@@ -51,17 +52,25 @@ def owner(pids: set[int], inode: int) -> int | None:
     return None
 
 
-def one_connection_per_worker(port: int, master: int, *, tls: ssl.SSLContext | None = None,
-                              attempts: int = 60, path: str = "/healthz"
-                              ) -> dict[int, http.client.HTTPConnection]:
+def one_connection_per_worker(
+    port: int,
+    master: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    attempts: int = 60,
+    path: str = "/healthz",
+) -> dict[int, http.client.HTTPConnection]:
     """worker pid → a keep-alive connection that worker accepted (after one request)."""
     pids = worker_pids(master)
     held: dict[int, http.client.HTTPConnection] = {}
     for _ in range(attempts):
         if set(held) == pids:
             return held
-        conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=tls)
-                if tls is not None else http.client.HTTPConnection("127.0.0.1", port, timeout=30))
+        conn = (
+            http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=tls)
+            if tls is not None
+            else http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        )
         conn.request("GET", path)
         conn.getresponse().read()
         assert conn.sock is not None
@@ -72,8 +81,9 @@ def one_connection_per_worker(port: int, master: int, *, tls: ssl.SSLContext | N
         else:
             conn.close()
             time.sleep(0.01)
-    raise AssertionError(f"could not reach every worker of {master}: got {sorted(held)} "
-                         f"of {sorted(pids)}")
+    raise AssertionError(
+        f"could not reach every worker of {master}: got {sorted(held)} of {sorted(pids)}"
+    )
 
 
 def worker_of(master: int, server_port: int, client_port: int) -> int | None:

@@ -19,8 +19,7 @@ from gateway.lifecycle.steps import Step, StepFailed
 NAMESPACE = "vgate-system"
 SERVICE_ACCOUNT = "vgate-gateway"
 IMPERSONATOR_ROLE = "vgate:impersonator"
-ROLE_BINDINGS = {"cluster-admin": "cluster-admin", "admin": "admin", "edit": "edit",
-                 "view": "view"}
+ROLE_BINDINGS = {"cluster-admin": "cluster-admin", "admin": "admin", "edit": "edit", "view": "view"}
 # the one extra the gateway may send: who asked, when nested impersonation (`kubectl --as`)
 # is enabled; the plain path impersonates no extras (README "What leaves the gateway")
 EXTRA_KEYS = ("vgate.io/original-user",)
@@ -51,13 +50,21 @@ def impersonator_rules() -> list[Manifest]:
       `token_passthrough` is on)."""
     return [
         {"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]},
-        {"apiGroups": ["authentication.k8s.io"],
-         "resources": ["uids", *(f"userextras/{key}" for key in EXTRA_KEYS)],
-         "verbs": ["impersonate"]},
-        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
-         "verbs": ["create"]},
-        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
-         "verbs": ["create"]},
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["uids", *(f"userextras/{key}" for key in EXTRA_KEYS)],
+            "verbs": ["impersonate"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
     ]
 
 
@@ -65,36 +72,78 @@ def bootstrap_objects() -> list[Manifest]:
     """Everything the gateway needs inside a tenant cluster, in apply order."""
     objects: list[Manifest] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(NAMESPACE)},
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": _meta(SERVICE_ACCOUNT, NAMESPACE), "automountServiceAccountToken": False},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": _meta(IMPERSONATOR_ROLE), "rules": impersonator_rules()},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": _meta(IMPERSONATOR_ROLE),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": IMPERSONATOR_ROLE},
-         "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT,
-                       "namespace": NAMESPACE}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": _meta("vgate:self-token", NAMESPACE),
-         "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"],
-                    "verbs": ["create"], "resourceNames": [SERVICE_ACCOUNT]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": _meta("vgate:self-token", NAMESPACE),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": "vgate:self-token"},
-         "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT,
-                       "namespace": NAMESPACE}]},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(SERVICE_ACCOUNT, NAMESPACE),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(IMPERSONATOR_ROLE),
+            "rules": impersonator_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(IMPERSONATOR_ROLE),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": IMPERSONATOR_ROLE,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta("vgate:self-token", NAMESPACE),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["serviceaccounts/token"],
+                    "verbs": ["create"],
+                    "resourceNames": [SERVICE_ACCOUNT],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta("vgate:self-token", NAMESPACE),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "vgate:self-token",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}
+            ],
+        },
     ]
     for role, cluster_role in ROLE_BINDINGS.items():
-        objects.append({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": _meta(f"vgate:{role}"),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": cluster_role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-                          "name": f"vgate:{role}"}],
-        })
+        objects.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": _meta(f"vgate:{role}"),
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": cluster_role,
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Group",
+                        "name": f"vgate:{role}",
+                    }
+                ],
+            }
+        )
     return objects
 
 
@@ -172,8 +221,9 @@ class Bootstrap:
         try:
             for obj in bootstrap_objects():
                 meta = obj["metadata"]
-                live = await api.get(obj["apiVersion"], obj["kind"], meta["name"],
-                                     meta.get("namespace"))
+                live = await api.get(
+                    obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace")
+                )
                 if not _matches(live, obj):
                     return False
             return True
@@ -210,8 +260,9 @@ class Bootstrap:
             try:  # the gateway renews its own token; no admin credential needed
                 api = await self.as_gateway(saved[0])
                 try:
-                    token, expiry = await api.create_token(NAMESPACE, SERVICE_ACCOUNT,
-                                                           self.policy.seconds)
+                    token, expiry = await api.create_token(
+                        NAMESPACE, SERVICE_ACCOUNT, self.policy.seconds
+                    )
                 finally:
                     await api.close()
             except Exception:
@@ -219,8 +270,9 @@ class Bootstrap:
         if token is None:
             api = await self.admin()
             try:
-                token, expiry = await api.create_token(NAMESPACE, SERVICE_ACCOUNT,
-                                                       self.policy.seconds)
+                token, expiry = await api.create_token(
+                    NAMESPACE, SERVICE_ACCOUNT, self.policy.seconds
+                )
             finally:
                 await api.close()
         assert expiry is not None

@@ -45,17 +45,26 @@ class CredentialSecrets:
         return data.get("token") == _b64(token) and data.get("ca.crt") == _b64(ca)
 
     async def publish(self, tenant: str, token: bytes, ca: bytes) -> None:
-        await self.api.apply({
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": self.secret_name(tenant), "namespace": self.namespace,
-                         "labels": {**KIND_LABEL, TENANT_LABEL: tenant,
-                                    "app.kubernetes.io/managed-by": "vgate"}},
-            "data": {"token": _b64(token), "ca.crt": _b64(ca)},
-        })
+        await self.api.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {
+                    "name": self.secret_name(tenant),
+                    "namespace": self.namespace,
+                    "labels": {
+                        **KIND_LABEL,
+                        TENANT_LABEL: tenant,
+                        "app.kubernetes.io/managed-by": "vgate",
+                    },
+                },
+                "data": {"token": _b64(token), "ca.crt": _b64(ca)},
+            }
+        )
 
     async def withdrawn(self, tenant: str) -> bool:
-        return await self.api.get("v1", "Secret", self.secret_name(tenant),
-                                  self.namespace) is None
+        return await self.api.get("v1", "Secret", self.secret_name(tenant), self.namespace) is None
 
     async def withdraw(self, tenant: str) -> None:
         await self.api.delete("v1", "Secret", self.secret_name(tenant), self.namespace)
@@ -85,8 +94,12 @@ class CredentialSecrets:
                 token = base64.b64decode(data["token"], validate=True)
                 ca = base64.b64decode(data["ca.crt"], validate=True)
             except (KeyError, ValueError) as exc:
-                log.warning("Secret %s/%s is not a usable credential: %s",
-                            self.namespace, meta.get("name"), exc)
+                log.warning(
+                    "Secret %s/%s is not a usable credential: %s",
+                    self.namespace,
+                    meta.get("name"),
+                    exc,
+                )
                 continue
             self.files.write(self.files.ca_path(tenant), ca)
             self.files.write(self.files.token_path(tenant), token)

@@ -14,7 +14,9 @@ def token_kubeconfig(server: str, token: str, ca: bytes | None) -> dict[str, Any
     if ca:
         cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
     return {
-        "apiVersion": "v1", "kind": "Config", "current-context": "vgate",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "vgate",
         "clusters": [{"name": "vgate", "cluster": cluster}],
         "users": [{"name": "vgate", "user": {"token": token}}],
         "contexts": [{"name": "vgate", "context": {"cluster": "vgate", "user": "vgate"}}],
@@ -29,8 +31,13 @@ def with_server(kubeconfig: dict[str, Any], server: str) -> dict[str, Any]:
     return out
 
 
-async def connect(*, server: str, kubeconfig: dict[str, Any] | None = None,
-                  token: str | None = None, ca: bytes | None = None) -> KubeAPI:
+async def connect(
+    *,
+    server: str,
+    kubeconfig: dict[str, Any] | None = None,
+    token: str | None = None,
+    ca: bytes | None = None,
+) -> KubeAPI:
     """A `KubeAPI` for a tenant cluster; the credential lives only in this client."""
     if kubeconfig is not None:
         return LightkubeAPI.from_kubeconfig(with_server(kubeconfig, server))

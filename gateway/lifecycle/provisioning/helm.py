@@ -58,9 +58,15 @@ VClusterConnect = Any
 class HelmProvisioner:
     kind = "helm"
 
-    def __init__(self, host: KubeAPI, helm: HelmRelease, connect: VClusterConnect,
-                 files: CredentialFiles, settings: HelmSettings,
-                 shared: CredentialSecrets | None = None) -> None:
+    def __init__(
+        self,
+        host: KubeAPI,
+        helm: HelmRelease,
+        connect: VClusterConnect,
+        files: CredentialFiles,
+        settings: HelmSettings,
+        shared: CredentialSecrets | None = None,
+    ) -> None:
         """`shared`: publish the gateway's credentials for other replicas (kubernetes store)."""
         self.host = host
         self.helm = helm
@@ -73,12 +79,14 @@ class HelmProvisioner:
         return self.settings.namespace_prefix + spec.name
 
     def server(self, spec: TenantSpec) -> str:
-        return self.settings.server_template.format(name=spec.name,
-                                                    namespace=self.namespace(spec))
+        return self.settings.server_template.format(name=spec.name, namespace=self.namespace(spec))
 
     def route(self, spec: TenantSpec) -> RouteInfo:
-        return RouteInfo(server=self.server(spec), ca_file=str(self.files.ca_path(spec.name)),
-                         token_file=str(self.files.token_path(spec.name)))
+        return RouteInfo(
+            server=self.server(spec),
+            ca_file=str(self.files.ca_path(spec.name)),
+            token_file=str(self.files.token_path(spec.name)),
+        )
 
     def versions(self) -> KubernetesVersions:
         return VCLUSTER_VERSIONS
@@ -90,17 +98,31 @@ class HelmProvisioner:
 
     def up(self, spec: TenantSpec) -> list[Step]:
         return [
-            Step("namespace", lambda: self._namespace_done(spec),
-                 lambda: self._namespace_run(spec)),
-            *([Step("manager-access", lambda: self._manager_access_done(spec),
-                    lambda: self._manager_access_run(spec))]
-              if self.settings.manager_cluster_role else []),
-            Step("isolation", lambda: self._isolation_done(spec),
-                 lambda: self._isolation_run(spec)),
-            Step("host-rbac", lambda: self._host_rbac_done(spec),
-                 lambda: self._host_rbac_run(spec)),
-            Step("vcluster-release", lambda: self._release_done(spec),
-                 lambda: self._release_run(spec)),
+            Step(
+                "namespace", lambda: self._namespace_done(spec), lambda: self._namespace_run(spec)
+            ),
+            *(
+                [
+                    Step(
+                        "manager-access",
+                        lambda: self._manager_access_done(spec),
+                        lambda: self._manager_access_run(spec),
+                    )
+                ]
+                if self.settings.manager_cluster_role
+                else []
+            ),
+            Step(
+                "isolation", lambda: self._isolation_done(spec), lambda: self._isolation_run(spec)
+            ),
+            Step(
+                "host-rbac", lambda: self._host_rbac_done(spec), lambda: self._host_rbac_run(spec)
+            ),
+            Step(
+                "vcluster-release",
+                lambda: self._release_done(spec),
+                lambda: self._release_run(spec),
+            ),
             Step("resumed", lambda: self._resumed_done(spec), lambda: self._resume(spec)),
             Step("ready", lambda: self._ready(spec), lambda: self._wait_ready(spec)),
             *self._bootstrap(spec).steps(),
@@ -111,13 +133,22 @@ class HelmProvisioner:
 
     def down(self, spec: TenantSpec) -> list[Step]:
         return [
-            Step("release-uninstalled", lambda: self._uninstalled(spec),
-                 lambda: self._uninstall(spec)),
+            Step(
+                "release-uninstalled",
+                lambda: self._uninstalled(spec),
+                lambda: self._uninstall(spec),
+            ),
             Step("pvcs-deleted", lambda: self._no_pvcs(spec), lambda: self._delete_pvcs(spec)),
-            Step("namespace-deleted", lambda: self._namespace_gone(spec),
-                 lambda: self._delete_namespace(spec)),
-            Step("credentials-removed", lambda: self._files_gone(spec),
-                 lambda: self._remove_files(spec)),
+            Step(
+                "namespace-deleted",
+                lambda: self._namespace_gone(spec),
+                lambda: self._delete_namespace(spec),
+            ),
+            Step(
+                "credentials-removed",
+                lambda: self._files_gone(spec),
+                lambda: self._remove_files(spec),
+            ),
         ]
 
     # -- namespace, isolation, host RBAC ----------------------------------------------------
@@ -132,8 +163,10 @@ class HelmProvisioner:
         if found != spec.name:
             if not strict:
                 return None
-            raise StepFailed(f"namespace {self.namespace(spec)} exists and is not managed by "
-                             f"vgate for tenant {spec.name}; refusing to touch it")
+            raise StepFailed(
+                f"namespace {self.namespace(spec)} exists and is not managed by "
+                f"vgate for tenant {spec.name}; refusing to touch it"
+            )
         return live
 
     async def _namespace_done(self, spec: TenantSpec) -> bool:
@@ -148,21 +181,27 @@ class HelmProvisioner:
         live = await self._own_namespace(spec)
         if live is not None and live.get("status", {}).get("phase") == "Terminating":
             raise StepFailed(f"namespace {self.namespace(spec)} is still terminating")
-        await self.host.apply(objects.namespace(spec, self.namespace(spec),
-                                                self.settings.pod_security))
+        await self.host.apply(
+            objects.namespace(spec, self.namespace(spec), self.settings.pod_security)
+        )
 
     def _manager_binding(self, spec: TenantSpec) -> Manifest:
         s = self.settings
         assert s.manager_cluster_role is not None
-        return objects.manager_binding(spec, self.namespace(spec), s.manager_cluster_role,
-                                       s.manager_service_account or "vgate",
-                                       s.gateway_namespace)
+        return objects.manager_binding(
+            spec,
+            self.namespace(spec),
+            s.manager_cluster_role,
+            s.manager_service_account or "vgate",
+            s.gateway_namespace,
+        )
 
     async def _manager_access_done(self, spec: TenantSpec) -> bool:
         want = self._manager_binding(spec)
         try:
-            live = await self.host.get(want["apiVersion"], want["kind"],
-                                       want["metadata"]["name"], self.namespace(spec))
+            live = await self.host.get(
+                want["apiVersion"], want["kind"], want["metadata"]["name"], self.namespace(spec)
+            )
         except Exception:  # before the binding exists, reading it is forbidden (403)
             return False
         return live is not None and all(live.get(k) == want[k] for k in ("roleRef", "subjects"))
@@ -181,8 +220,12 @@ class HelmProvisioner:
 
     async def _isolation_done(self, spec: TenantSpec) -> bool:
         for obj, wanted in self._isolation_objects(spec):
-            live = await self.host.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"],
-                                       obj["metadata"]["namespace"])
+            live = await self.host.get(
+                obj["apiVersion"],
+                obj["kind"],
+                obj["metadata"]["name"],
+                obj["metadata"]["namespace"],
+            )
             if wanted != (live is not None):
                 return False
             if wanted and live is not None and live.get("spec") != obj["spec"]:
@@ -195,16 +238,19 @@ class HelmProvisioner:
             if wanted:
                 await self.host.apply(obj)
             else:
-                await self.host.delete(obj["apiVersion"], obj["kind"], meta["name"],
-                                       meta["namespace"])
+                await self.host.delete(
+                    obj["apiVersion"], obj["kind"], meta["name"], meta["namespace"]
+                )
 
     async def _host_rbac_done(self, spec: TenantSpec) -> bool:
         ns = self.namespace(spec)
         for want in (objects.admin_role(spec, ns), objects.admin_binding(spec, ns)):
-            live = await self.host.get(want["apiVersion"], want["kind"],
-                                       want["metadata"]["name"], ns)
-            if live is None or any(live.get(k) != want[k] for k in ("rules", "subjects",
-                                                                  "roleRef") if k in want):
+            live = await self.host.get(
+                want["apiVersion"], want["kind"], want["metadata"]["name"], ns
+            )
+            if live is None or any(
+                live.get(k) != want[k] for k in ("rules", "subjects", "roleRef") if k in want
+            ):
                 return False
         return True
 
@@ -227,9 +273,14 @@ class HelmProvisioner:
         return status["values"] == self._values(spec)
 
     async def _release_run(self, spec: TenantSpec) -> None:
-        await self.helm.upgrade_install(spec.name, self.namespace(spec), self.settings.chart,
-                                        self.settings.chart_version, self._values(spec),
-                                        self.settings.repo)
+        await self.helm.upgrade_install(
+            spec.name,
+            self.namespace(spec),
+            self.settings.chart,
+            self.settings.chart_version,
+            self._values(spec),
+            self.settings.repo,
+        )
 
     async def _statefulsets(self, spec: TenantSpec) -> list[Manifest]:
         ns = self.namespace(spec)
@@ -241,8 +292,10 @@ class HelmProvisioner:
         return found
 
     async def _resumed_done(self, spec: TenantSpec) -> bool:
-        return not any(PAUSED in (s["metadata"].get("annotations") or {})
-                       for s in await self._statefulsets(spec))
+        return not any(
+            PAUSED in (s["metadata"].get("annotations") or {})
+            for s in await self._statefulsets(spec)
+        )
 
     async def _resume(self, spec: TenantSpec) -> None:
         """Undo a pause the way `vcluster resume` does: restore replicas, drop annotations."""
@@ -251,11 +304,16 @@ class HelmProvisioner:
             if PAUSED not in notes:
                 continue
             replicas = int(notes.get(PAUSED_REPLICAS) or spec.ha)
-            await self.host.merge_patch("apps/v1", "StatefulSet", sts["metadata"]["name"],
-                                        self.namespace(spec), {
-                "metadata": {"annotations": {PAUSED: None, PAUSED_REPLICAS: None}},
-                "spec": {"replicas": replicas},
-            })
+            await self.host.merge_patch(
+                "apps/v1",
+                "StatefulSet",
+                sts["metadata"]["name"],
+                self.namespace(spec),
+                {
+                    "metadata": {"annotations": {PAUSED: None, PAUSED_REPLICAS: None}},
+                    "spec": {"replicas": replicas},
+                },
+            )
 
     async def _ready(self, spec: TenantSpec) -> bool:
         sts = await self.host.get("apps/v1", "StatefulSet", spec.name, self.namespace(spec))
@@ -272,8 +330,7 @@ class HelmProvisioner:
             await asyncio.sleep(self.settings.poll_seconds)
             if await self._ready(spec):
                 return
-        raise StepFailed(f"vcluster {spec.name} not ready after "
-                         f"{self.settings.ready_timeout:.0f}s")
+        raise StepFailed(f"vcluster {spec.name} not ready after {self.settings.ready_timeout:.0f}s")
 
     # -- inside the vcluster ----------------------------------------------------------------
 
@@ -316,17 +373,34 @@ class HelmProvisioner:
             return token, expiry
 
         async def save_token(token: str, expiry: float) -> None:
-            await self.host.apply({
-                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": objects.TOKEN_SECRET, "namespace": ns,
-                             "labels": objects.labels(spec.name)},
-                "data": {"token": base64.b64encode(token.encode()).decode(),
-                         "expiry": base64.b64encode(str(expiry).encode()).decode()},
-            })
+            await self.host.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "Opaque",
+                    "metadata": {
+                        "name": objects.TOKEN_SECRET,
+                        "namespace": ns,
+                        "labels": objects.labels(spec.name),
+                    },
+                    "data": {
+                        "token": base64.b64encode(token.encode()).decode(),
+                        "expiry": base64.b64encode(str(expiry).encode()).decode(),
+                    },
+                }
+            )
 
-        return Bootstrap(tenant=spec.name, admin=admin, as_gateway=as_gateway,
-                         files=self.files, load_token=load_token, save_token=save_token,
-                         ca=ca, policy=self.settings.token, shared=self.shared)
+        return Bootstrap(
+            tenant=spec.name,
+            admin=admin,
+            as_gateway=as_gateway,
+            files=self.files,
+            load_token=load_token,
+            save_token=save_token,
+            ca=ca,
+            policy=self.settings.token,
+            shared=self.shared,
+        )
 
     # -- pause ------------------------------------------------------------------------------
 
@@ -335,8 +409,9 @@ class HelmProvisioner:
             notes = sts["metadata"].get("annotations") or {}
             if notes.get(PAUSED) != "true" or sts.get("spec", {}).get("replicas"):
                 return False
-        pods = await self.host.list("v1", "Pod", self.namespace(spec),
-                                    {MANAGED_BY_VCLUSTER: spec.name})
+        pods = await self.host.list(
+            "v1", "Pod", self.namespace(spec), {MANAGED_BY_VCLUSTER: spec.name}
+        )
         return not pods
 
     async def _pause(self, spec: TenantSpec) -> None:
@@ -344,12 +419,19 @@ class HelmProvisioner:
         ns = self.namespace(spec)
         for sts in await self._statefulsets(spec):
             notes = sts["metadata"].get("annotations") or {}
-            replicas = notes.get(PAUSED_REPLICAS) or str(sts.get("spec", {}).get("replicas")
-                                                         or spec.ha)
-            await self.host.merge_patch("apps/v1", "StatefulSet", sts["metadata"]["name"], ns, {
-                "metadata": {"annotations": {PAUSED: "true", PAUSED_REPLICAS: replicas}},
-                "spec": {"replicas": 0},
-            })
+            replicas = notes.get(PAUSED_REPLICAS) or str(
+                sts.get("spec", {}).get("replicas") or spec.ha
+            )
+            await self.host.merge_patch(
+                "apps/v1",
+                "StatefulSet",
+                sts["metadata"]["name"],
+                ns,
+                {
+                    "metadata": {"annotations": {PAUSED: "true", PAUSED_REPLICAS: replicas}},
+                    "spec": {"replicas": 0},
+                },
+            )
         for pod in await self.host.list("v1", "Pod", ns, {MANAGED_BY_VCLUSTER: spec.name}):
             await self.host.delete("v1", "Pod", pod["metadata"]["name"], ns)
 

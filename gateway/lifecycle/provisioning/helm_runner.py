@@ -31,8 +31,13 @@ class HelmRelease(Protocol):
         """`{"status": "deployed", "chart_version": "...", "values": {...}}` or None."""
 
     async def upgrade_install(
-        self, release: str, namespace: str, chart: str, version: str | None,
-        values: dict[str, Any], repo: str | None,
+        self,
+        release: str,
+        namespace: str,
+        chart: str,
+        version: str | None,
+        values: dict[str, Any],
+        repo: str | None,
     ) -> None: ...
 
     async def uninstall(self, release: str, namespace: str) -> None: ...
@@ -41,8 +46,9 @@ class HelmRelease(Protocol):
 class HelmRunner:
     """Runs helm as a subprocess (no shell). `kubeconfig` None means in-cluster/$KUBECONFIG."""
 
-    def __init__(self, binary: str = "helm", *, kubeconfig: str | None = None,
-                 timeout: float = 600.0) -> None:
+    def __init__(
+        self, binary: str = "helm", *, kubeconfig: str | None = None, timeout: float = 600.0
+    ) -> None:
         self.binary = binary
         self.kubeconfig = kubeconfig
         self.timeout = timeout
@@ -58,7 +64,9 @@ class HelmRunner:
         if self.kubeconfig:
             argv += ["--kubeconfig", self.kubeconfig]
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
         )
         try:
@@ -72,15 +80,13 @@ class HelmRunner:
     async def status(self, release, namespace):
         # `helm get metadata` (Helm >= 3.13) names the chart version in Helm 3 and 4 alike;
         # `helm status -o json` lost it in Helm 4 (and lists every object of the release)
-        code, out, err = await self._run("get", "metadata", release, "-n", namespace,
-                                         "-o", "json")
+        code, out, err = await self._run("get", "metadata", release, "-n", namespace, "-o", "json")
         if code != 0:
             if "not found" in err.lower():
                 return None
             raise HelmError(f"helm get metadata {release}: {err.strip()[-500:]}")
         info = json.loads(out)
-        code, out, err = await self._run("get", "values", release, "-n", namespace,
-                                         "-o", "json")
+        code, out, err = await self._run("get", "values", release, "-n", namespace, "-o", "json")
         if code != 0:
             raise HelmError(f"helm get values {release}: {err.strip()[-500:]}")
         return {
@@ -94,8 +100,17 @@ class HelmRunner:
         try:
             with os.fdopen(fd, "w") as f:
                 yaml.safe_dump(values, f)
-            args = ["upgrade", "--install", release, chart, "-n", namespace,
-                    "--values", path, "--reset-values"]
+            args = [
+                "upgrade",
+                "--install",
+                release,
+                chart,
+                "-n",
+                namespace,
+                "--values",
+                path,
+                "--reset-values",
+            ]
             if version:
                 args += ["--version", version]
             if repo:

@@ -105,8 +105,11 @@ class LocalProvisioner:
         return f"https://127.0.0.1:{self._port(name)}"
 
     def route(self, spec: TenantSpec) -> RouteInfo:
-        return RouteInfo(server=self.server(spec.name), ca_file=str(self.files.ca_path(spec.name)),
-                         token_file=str(self.files.token_path(spec.name)))
+        return RouteInfo(
+            server=self.server(spec.name),
+            ca_file=str(self.files.ca_path(spec.name)),
+            token_file=str(self.files.token_path(spec.name)),
+        )
 
     def versions(self) -> KubernetesVersions:
         return local_versions(self.settings.assets_dir)
@@ -124,10 +127,14 @@ class LocalProvisioner:
         return [
             Step("etcd", self._etcd_up, self._start_etcd),
             Step("certificates", lambda: self._pki_done(name), lambda: self._pki_run(name)),
-            Step("apiserver", lambda: self._apiserver_done(spec),
-                 lambda: self._start_apiserver(spec)),
-            Step("role-aggregation", lambda: self._roles_aggregated(name),
-                 lambda: self._aggregate_roles(name)),
+            Step(
+                "apiserver", lambda: self._apiserver_done(spec), lambda: self._start_apiserver(spec)
+            ),
+            Step(
+                "role-aggregation",
+                lambda: self._roles_aggregated(name),
+                lambda: self._aggregate_roles(name),
+            ),
             *self._bootstrap(name).steps(),
         ]
 
@@ -138,10 +145,10 @@ class LocalProvisioner:
         name = spec.name
         return [
             *self.pause(spec),
-            Step("etcd-data-deleted", lambda: self._etcd_empty(name),
-                 lambda: self._etcd_delete(name)),
-            Step("files-removed", lambda: self._files_gone(name),
-                 lambda: self._remove_files(name)),
+            Step(
+                "etcd-data-deleted", lambda: self._etcd_empty(name), lambda: self._etcd_delete(name)
+            ),
+            Step("files-removed", lambda: self._files_gone(name), lambda: self._remove_files(name)),
         ]
 
     # -- etcd -------------------------------------------------------------------------------
@@ -164,12 +171,28 @@ class LocalProvisioner:
             ports = self._etcd_ports()
             url = self._etcd_url()
             peer = f"http://127.0.0.1:{ports['peer']}"
-            proc.start(self.settings.assets_dir / "etcd", [
-                "--name", "vgate", "--data-dir", str(self.etcd_dir / "data"),
-                "--listen-client-urls", url, "--advertise-client-urls", url,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"vgate={peer}", "--unsafe-no-fsync",
-            ], self.etcd_dir / "pid", self.etcd_dir / "etcd.log")
+            proc.start(
+                self.settings.assets_dir / "etcd",
+                [
+                    "--name",
+                    "vgate",
+                    "--data-dir",
+                    str(self.etcd_dir / "data"),
+                    "--listen-client-urls",
+                    url,
+                    "--advertise-client-urls",
+                    url,
+                    "--listen-peer-urls",
+                    peer,
+                    "--initial-advertise-peer-urls",
+                    peer,
+                    "--initial-cluster",
+                    f"vgate={peer}",
+                    "--unsafe-no-fsync",
+                ],
+                self.etcd_dir / "pid",
+                self.etcd_dir / "etcd.log",
+            )
         await self._until(self._etcd_up, "etcd")
 
     def _prefix(self, name: str) -> str:
@@ -178,8 +201,11 @@ class LocalProvisioner:
     async def _etcd_call(self, op: str, name: str, **extra) -> dict:
         start = self._prefix(name) + "/"
         end = start[:-1] + chr(ord("/") + 1)  # every key under "<prefix>/", nothing else
-        body = {"key": base64.b64encode(start.encode()).decode(),
-                "range_end": base64.b64encode(end.encode()).decode(), **extra}
+        body = {
+            "key": base64.b64encode(start.encode()).decode(),
+            "range_end": base64.b64encode(end.encode()).decode(),
+            **extra,
+        }
         async with httpx.AsyncClient(timeout=10.0) as client:
             r = await client.post(f"{self._etcd_url()}/v3/kv/{op}", json=body)
         r.raise_for_status()
@@ -239,26 +265,33 @@ class LocalProvisioner:
             await asyncio.to_thread(proc.stop, folder / "pid", APISERVER)
         if proc.running_pid(folder / "pid", APISERVER) is None:
             (folder / "audit-policy.yaml").write_text(AUDIT_POLICY)
-            proc.start(binary, [
-                f"--etcd-servers={self._etcd_url()}",
-                f"--etcd-prefix={self._prefix(name)}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-                f"--secure-port={self._port(name)}",
-                f"--cert-dir={folder / 'certs'}",
-                f"--tls-cert-file={pki / 'server.crt'}",
-                f"--tls-private-key-file={pki / 'server.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--service-account-issuer=https://{name}.vgate.local",
-                "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--disable-admission-plugins=ServiceAccount",
-                "--allow-privileged=true",
-                f"--audit-policy-file={folder / 'audit-policy.yaml'}",
-                f"--audit-log-path={self.audit_log(name)}",
-                "--audit-log-maxsize=100", "--audit-log-maxbackup=3",
-            ], folder / "pid", folder / "apiserver.log")
+            proc.start(
+                binary,
+                [
+                    f"--etcd-servers={self._etcd_url()}",
+                    f"--etcd-prefix={self._prefix(name)}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={self._port(name)}",
+                    f"--cert-dir={folder / 'certs'}",
+                    f"--tls-cert-file={pki / 'server.crt'}",
+                    f"--tls-private-key-file={pki / 'server.key'}",
+                    f"--client-ca-file={pki / 'ca.crt'}",
+                    f"--service-account-key-file={pki / 'sa.pub'}",
+                    f"--service-account-signing-key-file={pki / 'sa.key'}",
+                    f"--service-account-issuer=https://{name}.vgate.local",
+                    "--authorization-mode=RBAC",
+                    "--service-cluster-ip-range=10.0.0.0/24",
+                    "--disable-admission-plugins=ServiceAccount",
+                    "--allow-privileged=true",
+                    f"--audit-policy-file={folder / 'audit-policy.yaml'}",
+                    f"--audit-log-path={self.audit_log(name)}",
+                    "--audit-log-maxsize=100",
+                    "--audit-log-maxbackup=3",
+                ],
+                folder / "pid",
+                folder / "apiserver.log",
+            )
         await self._until(lambda: self._apiserver_ready(name), f"kube-apiserver of {name}")
 
     async def _until(self, check, what: str) -> None:
@@ -273,12 +306,27 @@ class LocalProvisioner:
         """A client with the tenant's `system:masters` bootstrap certificate."""
         pki = self.pki(name)
         kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "admin",
-            "clusters": [{"name": "local", "cluster": {
-                "server": self.server(name), "certificate-authority": str(pki / "ca.crt")}}],
-            "users": [{"name": "admin", "user": {
-                "client-certificate": str(pki / "admin.crt"),
-                "client-key": str(pki / "admin.key")}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "admin",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.server(name),
+                        "certificate-authority": str(pki / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate": str(pki / "admin.crt"),
+                        "client-key": str(pki / "admin.key"),
+                    },
+                }
+            ],
             "contexts": [{"name": "admin", "context": {"cluster": "local", "user": "admin"}}],
         }
         return await connect(server=self.server(name), kubeconfig=kubeconfig)
@@ -322,9 +370,16 @@ class LocalProvisioner:
             self.files.write(self.files.token_path(name), token.encode())
             expiry_file.write_text(str(expiry))
 
-        return Bootstrap(tenant=name, admin=admin, as_gateway=as_gateway, files=self.files,
-                         load_token=load_token, save_token=save_token, ca=ca,
-                         policy=self.settings.token)
+        return Bootstrap(
+            tenant=name,
+            admin=admin,
+            as_gateway=as_gateway,
+            files=self.files,
+            load_token=load_token,
+            save_token=save_token,
+            ca=ca,
+            policy=self.settings.token,
+        )
 
     # -- pause / delete ---------------------------------------------------------------------
 

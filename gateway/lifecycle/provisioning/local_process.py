@@ -17,8 +17,10 @@ from pathlib import Path
 
 class BinaryMissing(Exception):
     def __init__(self, path: Path) -> None:
-        super().__init__(f"{path} not found: set $KUBEBUILDER_ASSETS or "
-                         "lifecycle.local.assets_dir to a folder with kube-apiserver and etcd")
+        super().__init__(
+            f"{path} not found: set $KUBEBUILDER_ASSETS or "
+            "lifecycle.local.assets_dir to a folder with kube-apiserver and etcd"
+        )
 
 
 def free_port() -> int:
@@ -55,8 +57,13 @@ def start(binary: Path, args: list[str], pid_file: Path, log_file: Path) -> int:
         raise BinaryMissing(binary)
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen([str(binary), *args], stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(binary), *args],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     pid_file.write_text(str(proc.pid))
     return proc.pid
 

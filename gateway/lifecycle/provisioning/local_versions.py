@@ -23,8 +23,14 @@ from pathlib import Path
 from gateway.lifecycle.versions import KubernetesVersions, minor_of
 
 APISERVER = "kube-apiserver"
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-         "ppc64le": "ppc64le", "s390x": "s390x"}
+_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+}
 
 
 def platform_suffix() -> str:
@@ -43,8 +49,13 @@ class ApiServerBinary:
 @functools.lru_cache(maxsize=64)
 def _reported(path: str, _mtime_ns: int, _size: int) -> str | None:
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True,
-                             timeout=20, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [path, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     found = re.search(r"\bv?(\d+\.\d+\.\d+\S*)", out.stdout)
@@ -83,8 +94,9 @@ def find_binaries(assets_dir: Path) -> dict[str, ApiServerBinary]:
     binaries: dict[str, ApiServerBinary] = {}
     for numbers, folder in _versioned_folders(assets_dir):  # ascending: newest patch last
         version = ".".join(map(str, numbers))
-        binaries[minor_of(version)] = ApiServerBinary(minor_of(version), folder / APISERVER,
-                                                      f"v{version}")
+        binaries[minor_of(version)] = ApiServerBinary(
+            minor_of(version), folder / APISERVER, f"v{version}"
+        )
     default = default_binary(assets_dir)
     if default is not None:
         binaries[default.minor] = default
@@ -104,11 +116,17 @@ def local_versions(assets_dir: Path) -> KubernetesVersions:
     binaries = find_binaries(assets_dir)
     default = default_binary(assets_dir)
     if default is None:
-        how = (f"there is no runnable {APISERVER} in {assets_dir}: set $KUBEBUILDER_ASSETS "
-               "or lifecycle.local.assets_dir to a folder with kube-apiserver and etcd")
+        how = (
+            f"there is no runnable {APISERVER} in {assets_dir}: set $KUBEBUILDER_ASSETS "
+            "or lifecycle.local.assets_dir to a folder with kube-apiserver and etcd"
+        )
     else:
-        how = (f"put a {APISERVER} for it in {assets_dir.parent / 'k8s'}/"
-               f"<version>-{platform_suffix()}/ (setup-envtest's layout)")
+        how = (
+            f"put a {APISERVER} for it in {assets_dir.parent / 'k8s'}/"
+            f"<version>-{platform_suffix()}/ (setup-envtest's layout)"
+        )
     return KubernetesVersions(
         available={m: f"{b.path}, {b.version}" for m, b in binaries.items()},
-        default=default.minor if default else None, how_to_add=how)
+        default=default.minor if default else None,
+        how_to_add=how,
+    )

@@ -21,7 +21,8 @@ KNOWN_VERSIONS: dict[str, str] = {
 }
 VCLUSTER_VERSIONS = KubernetesVersions(
     available={minor: f"image tag {tag}" for minor, tag in KNOWN_VERSIONS.items()},
-    default=DEFAULT_VERSION)
+    default=DEFAULT_VERSION,
+)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -42,18 +43,23 @@ def derived_values(spec: TenantSpec, namespace: str) -> dict[str, Any]:
     service = f"{spec.name}.{namespace}.svc"
     values: dict[str, Any] = {
         "controlPlane": {
-            "distro": {"k8s": {"enabled": True,
-                               "image": {"tag": KNOWN_VERSIONS[spec.k8s_version]}}},
+            "distro": {
+                "k8s": {"enabled": True, "image": {"tag": KNOWN_VERSIONS[spec.k8s_version]}}
+            },
             "statefulSet": {"highAvailability": {"replicas": spec.ha}},
             "proxy": {"extraSANs": [service, f"{service}.cluster.local"]},
         },
         "exportKubeConfig": {"server": f"https://{service}:443"},
     }
     if spec.ha > 1:  # embedded SQLite cannot be shared: deploy etcd with the same quorum
-        values["controlPlane"]["backingStore"] = {"etcd": {"deploy": {
-            "enabled": True,
-            "statefulSet": {"highAvailability": {"replicas": spec.ha}},
-        }}}
+        values["controlPlane"]["backingStore"] = {
+            "etcd": {
+                "deploy": {
+                    "enabled": True,
+                    "statefulSet": {"highAvailability": {"replicas": spec.ha}},
+                }
+            }
+        }
     return values
 
 

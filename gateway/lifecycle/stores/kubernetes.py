@@ -114,17 +114,28 @@ def record_of(obj: dict[str, Any]) -> TenantRecord:
 
 
 def object_of(record: TenantRecord, namespace: str, resource_version: str | None) -> dict:
-    notes = {A_VERSION: str(record.version), A_GENERATION: str(record.generation),
-             A_CREATED: repr(record.created_at)}
+    notes = {
+        A_VERSION: str(record.version),
+        A_GENERATION: str(record.generation),
+        A_CREATED: repr(record.created_at),
+    }
     if record.last_activity is not None:
         notes[A_ACTIVITY] = repr(record.last_activity)
-    meta: dict[str, Any] = {"name": record.name, "namespace": namespace,
-                            "labels": dict(MANAGED_BY), "annotations": notes}
+    meta: dict[str, Any] = {
+        "name": record.name,
+        "namespace": namespace,
+        "labels": dict(MANAGED_BY),
+        "annotations": notes,
+    }
     if resource_version is not None:
         meta["resourceVersion"] = resource_version
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta,
-            "spec": record.spec.model_dump(mode="json", exclude={"name"}),
-            "status": record.status.model_dump(mode="json")}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": meta,
+        "spec": record.spec.model_dump(mode="json", exclude={"name"}),
+        "status": record.status.model_dump(mode="json"),
+    }
 
 
 @dataclass
@@ -142,8 +153,9 @@ class _Observed:
 
 
 class KubernetesTenantStore:
-    def __init__(self, *, namespace: str, lease_name: str, client: Any = None,
-                 kubeconfig: Path | None = None) -> None:
+    def __init__(
+        self, *, namespace: str, lease_name: str, client: Any = None, kubeconfig: Path | None = None
+    ) -> None:
         """`client` is a lightkube `AsyncClient`; by default one is made from `kubeconfig`
         (None: in-cluster service account, else $KUBECONFIG / ~/.kube/config)."""
         self.namespace = namespace
@@ -166,11 +178,16 @@ class KubernetesTenantStore:
             from lightkube import AsyncClient, ConfigError, KubeConfig
 
             try:
-                config = (KubeConfig.from_file(self._kubeconfig) if self._kubeconfig
-                          else KubeConfig.from_env())
+                config = (
+                    KubeConfig.from_file(self._kubeconfig)
+                    if self._kubeconfig
+                    else KubeConfig.from_env()
+                )
             except (ConfigError, OSError) as exc:
-                raise StoreError(f"no way to reach the Kubernetes API for the tenant store "
-                                 f"(in-cluster, $KUBECONFIG or ~/.kube/config): {exc}") from exc
+                raise StoreError(
+                    f"no way to reach the Kubernetes API for the tenant store "
+                    f"(in-cluster, $KUBECONFIG or ~/.kube/config): {exc}"
+                ) from exc
             self._client = AsyncClient(config=config, field_manager="vgate")
         return self._client
 
@@ -180,7 +197,8 @@ class KubernetesTenantStore:
             self.client  # noqa: B018 - no configuration at all fails here, at once
             self._synced = asyncio.Event()
             self._informer = asyncio.get_running_loop().create_task(
-                self._inform(), name="tenant-store-informer")
+                self._inform(), name="tenant-store-informer"
+            )
         deadline = time.monotonic() + SYNC_TIMEOUT
         while not self._synced.is_set():
             refused = _refusal(self._sync_error)
@@ -188,8 +206,10 @@ class KubernetesTenantStore:
                 cause = f": {self._sync_error}" if self._sync_error else ""
                 if _status_code(self._sync_error) == 404:
                     cause += " (is the tenants.vgate.io CRD installed? see the chart's crds/)"
-                raise StoreError(f"cannot read Tenant objects in namespace {self.namespace!r}"
-                                 f"{'' if refused else f' within {SYNC_TIMEOUT:.0f}s'}{cause}")
+                raise StoreError(
+                    f"cannot read Tenant objects in namespace {self.namespace!r}"
+                    f"{'' if refused else f' within {SYNC_TIMEOUT:.0f}s'}{cause}"
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._synced.wait(), 0.05)
 
@@ -202,8 +222,9 @@ class KubernetesTenantStore:
                 assert self._synced is not None
                 self._synced.set()
                 delay = 0.5
-                async for kind, obj in self.client.watch(self._resource, namespace=self.namespace,
-                                                         resource_version=version):
+                async for kind, obj in self.client.watch(
+                    self._resource, namespace=self.namespace, resource_version=version
+                ):
                     self._apply_event(kind, obj.to_dict())
                 # the server ended the watch: list again from scratch
             except asyncio.CancelledError:
@@ -286,8 +307,7 @@ class KubernetesTenantStore:
     async def _replace(self, current: _Cached, record: TenantRecord) -> TenantRecord:
         from lightkube import ApiError
 
-        body = self._resource.from_dict(
-            object_of(record, self.namespace, current.resource_version))
+        body = self._resource.from_dict(object_of(record, self.namespace, current.resource_version))
         try:
             replaced = await self.client.replace(body, namespace=self.namespace)
         except ApiError as exc:
@@ -314,8 +334,13 @@ class KubernetesTenantStore:
     async def update_spec(self, name: str, spec: TenantSpec, version: int) -> TenantRecord:
         await self._ready()
         current = self._at_version(name, version)
-        record = current.record.model_copy(update={
-            "spec": spec, "version": version + 1, "generation": current.record.generation + 1})
+        record = current.record.model_copy(
+            update={
+                "spec": spec,
+                "version": version + 1,
+                "generation": current.record.generation + 1,
+            }
+        )
         return await self._replace(current, record)
 
     async def update_status(self, name: str, status: TenantStatus, version: int) -> TenantRecord:
@@ -347,10 +372,14 @@ class KubernetesTenantStore:
         generic client (lightkube 0.15-1.x) and adds the `DeleteOptions` body.
         """
         generic = self.client._client
-        request = generic.prepare_request("delete", self._resource, name=name,
-                                          namespace=self.namespace)
-        request.data = {"apiVersion": "v1", "kind": "DeleteOptions",
-                        "preconditions": {"resourceVersion": resource_version}}
+        request = generic.prepare_request(
+            "delete", self._resource, name=name, namespace=self.namespace
+        )
+        request.data = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"resourceVersion": resource_version},
+        }
         response = await generic.send(generic.build_adapter_request(request))
         generic.handle_response("delete", response, request)
 
@@ -369,8 +398,9 @@ class KubernetesTenantStore:
                 if when < stored + ACTIVITY_GRANULARITY:
                     break
                 try:
-                    await self._replace(current, current.record.model_copy(
-                        update={"last_activity": when}))
+                    await self._replace(
+                        current, current.record.model_copy(update={"last_activity": when})
+                    )
                     break
                 except Conflict:
                     continue  # _replace read the current object: try again on it
@@ -413,11 +443,16 @@ class KubernetesTenantStore:
         except ApiError as exc:
             if exc.status.code != 404:
                 raise StoreError(f"cannot read Lease {name!r}: {exc}") from exc
-            fresh = Lease(metadata=ObjectMeta(name=name, namespace=self.namespace,
-                                              labels=dict(MANAGED_BY)),
-                          spec=LeaseSpec(holderIdentity=holder, leaseDurationSeconds=seconds,
-                                         acquireTime=_micro_datetime(now),
-                                         renewTime=_micro_datetime(now), leaseTransitions=0))
+            fresh = Lease(
+                metadata=ObjectMeta(name=name, namespace=self.namespace, labels=dict(MANAGED_BY)),
+                spec=LeaseSpec(
+                    holderIdentity=holder,
+                    leaseDurationSeconds=seconds,
+                    acquireTime=_micro_datetime(now),
+                    renewTime=_micro_datetime(now),
+                    leaseTransitions=0,
+                ),
+            )
             try:
                 await self.client.create(fresh, namespace=self.namespace)
             except ApiError as created_exc:

@@ -125,7 +125,8 @@ class SQLiteTenantStore:
 
     def _update_spec(self, name: str, spec: TenantSpec, version: int) -> TenantRecord:
         return self._swap(
-            name, version,
+            name,
+            version,
             "UPDATE tenants SET spec = ?, version = version + 1, generation = generation + 1 "
             "WHERE name = ? AND version = ?",
             (spec.model_dump_json(),),
@@ -133,7 +134,8 @@ class SQLiteTenantStore:
 
     def _update_status(self, name: str, status: TenantStatus, version: int) -> TenantRecord:
         return self._swap(
-            name, version,
+            name,
+            version,
             "UPDATE tenants SET status = ?, version = version + 1 WHERE name = ? AND version = ?",
             (status.model_dump_json(),),
         )

@@ -46,5 +46,8 @@ class WebSocketEnd:
     def close(self, code: int = websocket.CLOSE_NORMAL, reason: str = "") -> None:
         if not self.close_sent:
             self.close_sent = True
-            self._send(websocket.encode(websocket.OP_CLOSE, websocket.close_payload(code, reason),
-                                        masked=self._masked))
+            self._send(
+                websocket.encode(
+                    websocket.OP_CLOSE, websocket.close_payload(code, reason), masked=self._masked
+                )
+            )

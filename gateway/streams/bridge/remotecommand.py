@@ -55,8 +55,9 @@ def spdy_channels(request: StreamRequest) -> list[int]:
 class WebSocketClientSpdyTenant:
     """The client speaks `v4`/`v5.channel.k8s.io`, the tenant SPDY/3.1 `v4.channel.k8s.io`."""
 
-    def __init__(self, ends: Ends, request: StreamRequest, client_protocol: str,
-                 tap: ChannelTap | None) -> None:
+    def __init__(
+        self, ends: Ends, request: StreamRequest, client_protocol: str, tap: ChannelTap | None
+    ) -> None:
         self.ends = ends
         self.request = request
         self.v5 = client_protocol == V5
@@ -127,8 +128,9 @@ class WebSocketClientSpdyTenant:
             self.headers_in.read(spdy.header_block(frame))
         elif frame.type == spdy.SYN_STREAM:
             self.headers_in.read(spdy.header_block(frame))  # keep the zlib stream in step
-            self.ends.to_tenant(spdy.rst_stream(spdy.stream_id_of(frame.body),
-                                                spdy.RST_REFUSED_STREAM))
+            self.ends.to_tenant(
+                spdy.rst_stream(spdy.stream_id_of(frame.body), spdy.RST_REFUSED_STREAM)
+            )
         elif frame.type == spdy.PING:
             self.ends.to_tenant(spdy.control(spdy.PING, frame.body[:4]))
         elif frame.type == spdy.RST_STREAM:
@@ -155,8 +157,9 @@ class SpdyClientWebSocketTenant:
     """The client speaks SPDY/3.1 `v4.channel.k8s.io`, the tenant `v4`/`v5.channel.k8s.io`
     over WebSocket (`tenant_protocol`: the one it chose)."""
 
-    def __init__(self, ends: Ends, request: StreamRequest, tenant_protocol: str,
-                 tap: ChannelTap | None) -> None:
+    def __init__(
+        self, ends: Ends, request: StreamRequest, tenant_protocol: str, tap: ChannelTap | None
+    ) -> None:
         self.ends = ends
         self.request = request
         self.v5 = tenant_protocol == V5
@@ -283,13 +286,17 @@ class SpdyClientWebSocketTenant:
     def _client_ready(self) -> bool:
         """The client has opened every stream output goes to (kubectl does so right after
         the 101, but a short command can finish before)."""
-        return all(channel in self.stream_of for channel in self.expected
-                   if channel in (STDOUT, STDERR, ERROR))
+        return all(
+            channel in self.stream_of
+            for channel in self.expected
+            if channel in (STDOUT, STDERR, ERROR)
+        )
 
     def _wait_for_client(self) -> None:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
-                CLIENT_STREAMS_SECONDS, self._complete, "the client did not open its streams")
+                CLIENT_STREAMS_SECONDS, self._complete, "the client did not open its streams"
+            )
 
     def _complete(self, why: str) -> None:
         """Give the client what waited, end its streams, end the session (once)."""

@@ -131,8 +131,11 @@ async def seq(p: Proc) -> int:
     if not 1 <= len(numbers) <= 3 or (len(numbers) == 3 and numbers[1] == 0):
         await p.err("seq: usage: seq [FIRST [INCREMENT]] LAST\n")
         return 1
-    first, step, last = (1, 1, numbers[0]) if len(numbers) == 1 else (
-        (numbers[0], 1, numbers[1]) if len(numbers) == 2 else tuple(numbers))
+    first, step, last = (
+        (1, 1, numbers[0])
+        if len(numbers) == 1
+        else ((numbers[0], 1, numbers[1]) if len(numbers) == 2 else tuple(numbers))
+    )
     stop = last + (1 if step > 0 else -1)
     batch = 4096
     for start in range(first, stop, step * batch):
@@ -143,7 +146,18 @@ async def seq(p: Proc) -> int:
 
 
 UTILITIES = {
-    "echo": echo, "cat": cat, "ls": ls, "test": test, "[": test, "env": env,
-    "whoami": whoami, "hostname": hostname, "pwd": pwd, "true": true, "false": false,
-    "sleep": sleep, "stty": stty, "seq": seq,
+    "echo": echo,
+    "cat": cat,
+    "ls": ls,
+    "test": test,
+    "[": test,
+    "env": env,
+    "whoami": whoami,
+    "hostname": hostname,
+    "pwd": pwd,
+    "true": true,
+    "false": false,
+    "sleep": sleep,
+    "stty": stty,
+    "seq": seq,
 }

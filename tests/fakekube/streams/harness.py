@@ -42,40 +42,85 @@ def pod(namespace: str, name: str) -> dict[str, Any]:
     return {
         "kind": "Pod",
         "apiVersion": "v1",
-        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}",
-                     "resourceVersion": "1", "creationTimestamp": STARTED},
-        "spec": {"containers": [{"name": "app", "image": "fake/app:1", "stdin": True,
-                                 "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]},
-        "status": {"phase": "Running", "containerStatuses": [{
-            "name": "app", "ready": True, "restartCount": 0, "image": "fake/app:1",
-            "imageID": "", "started": True, "state": {"running": {"startedAt": STARTED}},
-        }]},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{name}",
+            "resourceVersion": "1",
+            "creationTimestamp": STARTED,
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "fake/app:1",
+                    "stdin": True,
+                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                }
+            ]
+        },
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "ready": True,
+                    "restartCount": 0,
+                    "image": "fake/app:1",
+                    "imageID": "",
+                    "started": True,
+                    "state": {"running": {"startedAt": STARTED}},
+                }
+            ],
+        },
     }
 
 
 def _resources() -> dict[str, Any]:
     verbs = ["get", "list"]
-    pods = {"name": "pods", "singularName": "pod", "namespaced": True, "kind": "Pod",
-            "verbs": verbs, "shortNames": ["po"]}
+    pods = {
+        "name": "pods",
+        "singularName": "pod",
+        "namespaced": True,
+        "kind": "Pod",
+        "verbs": verbs,
+        "shortNames": ["po"],
+    }
     subresources = [
-        {"name": f"pods/{sub}", "singularName": "", "namespaced": True,
-         "kind": "PodExecOptions" if sub == "exec" else "Pod", "verbs": ["create", "get"]}
+        {
+            "name": f"pods/{sub}",
+            "singularName": "",
+            "namespaced": True,
+            "kind": "PodExecOptions" if sub == "exec" else "Pod",
+            "verbs": ["create", "get"],
+        }
         for sub in STREAM_KINDS
     ]
     return {"kind": "APIResourceList", "groupVersion": "v1", "resources": [pods, *subresources]}
 
 
 def _not_found(path: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": f"the server could not find the requested resource ({path})",
-            "reason": "NotFound", "code": 404}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"the server could not find the requested resource ({path})",
+        "reason": "NotFound",
+        "code": 404,
+    }
 
 
 def answer(path: str) -> tuple[int, dict[str, Any]]:
     """Status code and JSON body for a plain GET."""
     if path == "/api":
-        return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-            {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}
+        return 200, {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}
+            ],
+        }
     if path == "/apis":
         return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
     if path == "/api/v1":
@@ -145,8 +190,10 @@ class Harness:
                 path = unquote(target.path)
                 self.requests.append((request.method.decode(), request.target.decode()))
                 parts = path.split("/")
-                if len(parts) == 8 and parts[1:4] == ["api", "v1", "namespaces"] and (
-                    parts[5] == "pods" and parts[7] in STREAM_KINDS
+                if (
+                    len(parts) == 8
+                    and parts[1:4] == ["api", "v1", "namespaces"]
+                    and (parts[5] == "pods" and parts[7] in STREAM_KINDS)
                 ):
                     await self._stream(conn, request, parts, target.query, reader, writer)
                     return
@@ -163,12 +210,19 @@ class Harness:
         finally:
             await close_writer(writer)
 
-    async def _stream(self, conn: h11.Connection, request: h11.Request, parts: list[str],
-                      query: str, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def _stream(
+        self,
+        conn: h11.Connection,
+        request: h11.Request,
+        parts: list[str],
+        query: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         headers = [(k.decode().lower(), v.decode()) for k, v in request.headers]
-        req = StreamRequest(parts[7], parts[4], parts[6],
-                            parse_qsl(query, keep_blank_values=True), headers)
+        req = StreamRequest(
+            parts[7], parts[4], parts[6], parse_qsl(query, keep_blank_values=True), headers
+        )
         self.stream_started.set()
         code = await serve_stream(req, reader, writer, conn.trailing_data[0], files=self.files)
         choice = negotiate(req)
@@ -191,12 +245,18 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h
             return None
 
 
-def _respond(conn: h11.Connection, writer: asyncio.StreamWriter, code: int,
-             body: dict[str, Any]) -> None:
+def _respond(
+    conn: h11.Connection, writer: asyncio.StreamWriter, code: int, body: dict[str, Any]
+) -> None:
     payload = json.dumps(body).encode()
-    headers = [("content-type", "application/json"), ("content-length", str(len(payload))),
-               ("audit-id", "00000000-0000-0000-0000-000000000000")]
-    for event in (h11.Response(status_code=code, headers=headers), h11.Data(data=payload),
-                  h11.EndOfMessage()):
+    headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(payload))),
+        ("audit-id", "00000000-0000-0000-0000-000000000000"),
+    ]
+    for event in (
+        h11.Response(status_code=code, headers=headers),
+        h11.Data(data=payload),
+        h11.EndOfMessage(),
+    ):
         writer.write(conn.send(event) or b"")
-

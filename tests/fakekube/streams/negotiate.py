@@ -51,8 +51,7 @@ def _pick(offered: list[str], supported: list[str]) -> str | None:
     return next((p for p in offered if p in supported), None)
 
 
-def negotiate(req: StreamRequest, transports: frozenset[str] = ALL_TRANSPORTS
-              ) -> Upgrade | Refusal:
+def negotiate(req: StreamRequest, transports: frozenset[str] = ALL_TRANSPORTS) -> Upgrade | Refusal:
     """Decide how to answer the upgrade request; `transports`: the upgrades this kubelet
     speaks. A kubelet without WebSocket streams (Kubernetes before 1.30 for v5 and
     port-forward tunnelling) refuses in its WebSocket handshake: 403, no body."""
@@ -84,7 +83,8 @@ def _websocket(req: StreamRequest) -> Upgrade | Refusal:
     chosen = _pick(offered, supported)
     if chosen is None:
         return Refusal(
-            400, "BadRequest",
+            400,
+            "BadRequest",
             f"unable to upgrade: client supports {offered}, server supports {supported}",
         )
     headers = [
@@ -102,7 +102,8 @@ def _spdy(req: StreamRequest) -> Upgrade | Refusal:
     chosen = _pick(offered, supported)
     if chosen is None:
         return Refusal(
-            400, "BadRequest",
+            400,
+            "BadRequest",
             f"unable to upgrade: unable to negotiate protocol: client supports {offered}, "
             f"server supports {supported}",
         )

@@ -70,8 +70,9 @@ async def run_spdy_exec(
     helpers: list[asyncio.Task[None]] = []
     process: asyncio.Task[dict[str, object]] | None = None
     try:
-        await asyncio.wait({reader, waiter}, timeout=STREAM_CREATION_TIMEOUT,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {reader, waiter}, timeout=STREAM_CREATION_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
         if not ready.is_set():
             return
         io = ProcessIO(

@@ -67,8 +67,9 @@ def parse_args(args: list[str]) -> TarOptions:
             opts.members.append(arg)
         first = False
     if not opts.mode:
-        raise TarUsage("You must specify one of the '-Acdtrux', '--delete' or '--test-label' "
-                       "options")
+        raise TarUsage(
+            "You must specify one of the '-Acdtrux', '--delete' or '--test-label' options"
+        )
     return opts
 
 
