@@ -22,8 +22,15 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.directory.samba import BASE, SERVICE_DN, SERVICE_PASSWORD, SambaDC, Seeder, unavailable
 from tests.fakekube import Caller, FakeKube
+from tests.support.directory.samba import (
+    BASE,
+    SERVICE_DN,
+    SERVICE_PASSWORD,
+    SambaDC,
+    Seeder,
+    unavailable,
+)
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA

@@ -1,5 +1,5 @@
 """The directory behind the `vgate-ad-groups` target: a real Samba AD DC (the one the test
-suite provisions, `tests/directory/samba.py`) holding one bench user in one group that the
+suite provisions, `tests/support/directory/samba.py`) holding one bench user in one group that the
 bench policy grants `view`. The user's token carries no group with a role, so every allowed
 request depends on the directory answer, which vgate caches (the measured path)."""
 
@@ -15,9 +15,9 @@ EMAIL = f"{USER}@example.com"
 def unavailable() -> str | None:
     """Why the directory target cannot run here (one line), or None."""
     try:
-        from tests.directory.samba import unavailable as samba_unavailable
+        from tests.support.directory.samba import unavailable as samba_unavailable
     except ImportError as exc:  # the bench runs from a checkout; tests/ holds the DC helper
-        return f"the Samba DC helper (tests/directory/samba.py) cannot be imported: {exc}"
+        return f"the Samba DC helper (tests/support/directory/samba.py) cannot be imported: {exc}"
     return samba_unavailable()
 
 
@@ -32,7 +32,7 @@ class BenchDirectory:
         self.group_dn = ""
 
     def start(self) -> BenchDirectory:
-        from tests.directory.samba import SambaDC, Seeder
+        from tests.support.directory.samba import SambaDC, Seeder
         from tests.support.pki import TestCA
 
         self.ca = TestCA(self.work / "pki")
@@ -50,7 +50,7 @@ class BenchDirectory:
         return self
 
     def vgate_ldap(self) -> dict:
-        from tests.directory.samba import BASE, SERVICE_DN, SERVICE_PASSWORD
+        from tests.support.directory.samba import BASE, SERVICE_DN, SERVICE_PASSWORD
 
         assert self.dc is not None and self.ca is not None
         password = self.work / "bind-password"

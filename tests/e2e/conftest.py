@@ -2,7 +2,8 @@
 `$KUBEBUILDER_ASSETS`, the real IdP, a gateway and real kubectl. `served` runs `vgate serve`
 itself in front of API servers set up as the README tells a platform engineer (static
 tenants); `lab` lets the lifecycle's `local` provisioner create them. Skips with one line
-when the binaries are absent, and fails instead under VGATE_REQUIRE_E2E=1 (CI)."""
+when the binaries are absent, and fails instead under VGATE_REQUIRE_E2E=1 (CI). Every test
+under this folder is marked `e2e`."""
 
 from __future__ import annotations
 
@@ -19,15 +20,15 @@ import yaml
 from gateway.lifecycle.provisioning.local_process import stop as stop_process
 from gateway.lifecycle.runtime import LifecycleRuntime
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
-from tests.integration.conftest import BASE_DOMAIN, KUBECTL, World
 from tests.support import kube as envtest
 from tests.support.gateway_thread import GatewayThread
+from tests.support.kubectl_world import BASE_DOMAIN, KUBECTL, World
 from tests.support.local_kube import versioned_assets
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import Leaf, TestCA
 from tests.support.served import ServedGateway
 from tests.support.tenants import RealTenants, tenant_entries
-from tests.support.tiers import tool_missing
+from tests.support.tiers import mark_tier, tool_missing
 
 ASSETS = envtest.assets_dir()
 USERS = {
@@ -215,3 +216,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         (base / "vgate.yaml").write_text(yaml.safe_dump(config))
         with ServedGateway(base / "vgate.yaml", workers=2) as gateway:
             yield World(base, ca, idp, gateway, dict(real.servers), config)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_tier(items, Path(__file__).parent, "e2e")

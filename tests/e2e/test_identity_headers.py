@@ -34,7 +34,7 @@ from tests.support.kube import (
     require_kube,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 VICTIMS = {"oidc:alice@example.com", "alice@example.com"}
 SECRET = b'{"apiVersion":"v1","kind":"Secret","metadata":{"generateName":"x-"},"data":{}}'

@@ -17,11 +17,11 @@ import pytest
 
 from gateway.lifecycle.credentials.bootstrap import EXTRA_KEYS, impersonator_rules
 from tests.e2e.conftest import readme_cluster_role, readme_recipe, recipe_credential
-from tests.integration.conftest import World, host_mode_available, ok, wait_for
 from tests.support.kube import ApiServer, Etcd, audit_id_of
+from tests.support.kubectl_world import World, host_mode_available, ok, wait_for
 from tests.support.tiers import tool_missing
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 GATEWAY = "system:serviceaccount:default:vgate"
 CONFIGMAP = """apiVersion: v1

@@ -22,11 +22,11 @@ from gateway.lifecycle.model import Desired, Phase
 from gateway.lifecycle.provisioning.local_process import running_executable, running_pid
 from gateway.lifecycle.provisioning.local_versions import platform_suffix
 from tests.e2e.conftest import phase, until
-from tests.integration.conftest import World, host_mode_available
 from tests.support.kube import AuditLog, RanAs, ran_as
+from tests.support.kubectl_world import World, host_mode_available
 from tests.support.local_kube import processes_under
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_SA = "system:serviceaccount:vgate-system:vgate-gateway"

@@ -38,7 +38,7 @@ from tests.support.pki import TestCA
 from tests.support.served import ServedGateway
 from tests.support.workers import one_connection_per_worker
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 REVOKE_BOUND = 2.0  # seconds from the file change until every worker refuses
 USERS = {"alice": ["ops"], "bob": ["devs"], "carol": ["auditors"]}

@@ -36,7 +36,7 @@ from tests.support.quickstart_proc import (
 )
 from tests.support.sso_world import KUBECTL, REPO_ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 
 def readme_command() -> str:

@@ -24,7 +24,7 @@ from tests.support.quickstart_proc import (
 )
 from tests.support.sso_world import REPO_ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 EVERYTHING = {
     "the quickstart (gateway)",

@@ -26,7 +26,7 @@ from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 USERS = {
     "alice": {"email": "alice@example.com", "name": "Alice", "groups": ["admins"]},

@@ -21,6 +21,7 @@ import pytest
 
 from tests.fakekube import Caller, EffectiveUser, FakeKube
 from tests.support.pki import TestCA
+from tests.support.tiers import tool_missing
 
 KUBECTL = "/usr/bin/kubectl"
 TOKENS = {
@@ -38,10 +39,6 @@ STATUS_401 = {
     "reason": "Unauthorized",
     "code": 401,
 }
-
-pytestmark = pytest.mark.skipif(
-    not Path(KUBECTL).exists() and not shutil.which("kubectl"), reason="kubectl is not installed"
-)
 
 
 @pytest.fixture
@@ -100,6 +97,9 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def kubectl_cmd(kubeconfig: Path, tmp_path: Path) -> Callable[..., list[str]]:
+    if not Path(KUBECTL).exists() and not shutil.which("kubectl"):
+        tool_missing("kubectl is not installed")
+
     def cmd(*args: str, context: str = "admin") -> list[str]:
         return [
             KUBECTL,
@@ -168,6 +168,7 @@ def pod(name: str) -> dict[str, Any]:
 # ----- with kubectl ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_kubectl_get_pods_chunked(kubectl: Kubectl, kube: FakeKube) -> None:
     for i in range(4):
         kube.put(pod(f"extra-{i}"))
@@ -180,11 +181,13 @@ def test_kubectl_get_pods_chunked(kubectl: Kubectl, kube: FakeKube) -> None:
     assert sum(b"continue=" in t for t in pages) == 4
 
 
+@pytest.mark.integration
 def test_kubectl_logs_and_tail(kubectl: Kubectl) -> None:
     assert kubectl("logs", "web-0").stdout.splitlines() == [f"line {i}" for i in range(1, 6)]
     assert kubectl("logs", "web-0", "--tail=2").stdout.splitlines() == ["line 4", "line 5"]
 
 
+@pytest.mark.integration
 def test_kubectl_logs_follow_streams_until_killed(
     kubectl_cmd: Callable[..., list[str]], kube: FakeKube
 ) -> None:
@@ -210,6 +213,7 @@ def _configmap(name: str, data: dict[str, str]) -> str:
     )
 
 
+@pytest.mark.integration
 def test_kubectl_auth_whoami_through_impersonation(kubectl: Kubectl, kube: FakeKube) -> None:
     out = kubectl(
         "auth",
@@ -232,6 +236,7 @@ def test_kubectl_auth_whoami_through_impersonation(kubectl: Kubectl, kube: FakeK
     assert rec.header("Impersonate-Group") == ["g1"]
 
 
+@pytest.mark.integration
 def test_kubectl_exec_is_handed_to_streams_and_forbidden_for_view(
     kubectl: Kubectl, kube: FakeKube
 ) -> None:

@@ -12,9 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.conftest import World, ok
-
-pytestmark = [pytest.mark.integration]
+from tests.support.kubectl_world import World, ok
 
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"

@@ -31,14 +31,12 @@ import yaml
 
 from gateway.cli import main as cli_main
 from tests.fakekube import FakeKube
-from tests.integration.conftest import KUBECTL, USERS, _require_tools, pinned_kubectl
 from tests.support.gateway_thread import GatewayThread
 from tests.support.ingress import SpdyRefusingIngress
+from tests.support.kubectl_world import KUBECTL, USERS, pinned_kubectl, require_tools
 from tests.support.oidc import OIDCProvider
 from tests.support.pki import TestCA
 from tests.support.tenants import start_standin
-
-pytestmark = [pytest.mark.integration]
 
 SPDY_ENV = {
     "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false",
@@ -166,7 +164,7 @@ def _gateway_config(
 
 @pytest.fixture(scope="module")
 def sw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionWorld]:
-    _require_tools()
+    require_tools()
     base = tmp_path_factory.mktemp("sessions")
     ca = TestCA(base / "pki")
     standins = {

@@ -6,11 +6,8 @@ import ssl
 import time
 
 import httpx
-import pytest
 
-from tests.integration.conftest import World
-
-pytestmark = [pytest.mark.integration]
+from tests.support.kubectl_world import World
 
 
 def _get(world: World, token: str) -> httpx.Response:

@@ -12,11 +12,9 @@ import time
 import jwt
 import pytest
 
-from tests.integration.conftest import KUBECTL, World, ok, pinned_kubectl, wait_for
 from tests.support.kube import audit_id_of
+from tests.support.kubectl_world import KUBECTL, World, ok, pinned_kubectl, wait_for
 from tests.support.tenants import GATEWAY_SERVICE_ACCOUNT
-
-pytestmark = [pytest.mark.integration]
 
 
 def sub_of(world: World, user: str) -> str:

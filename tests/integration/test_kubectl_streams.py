@@ -11,10 +11,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import World, ok, standin
+from tests.support.kubectl_world import World, ok, standin
 from tests.support.tenants import STANDIN
-
-pytestmark = [pytest.mark.integration]
 
 STREAM_ENVS = {
     "websocket": {},

@@ -22,7 +22,7 @@ from tests.support.login_world import LoginWorld, Plugin, cache_entry, wait_for_
 from tests.support.oidc import OIDCError
 from tests.support.tiers import tool_missing
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 STORM = 20
 

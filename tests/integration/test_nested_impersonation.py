@@ -14,11 +14,9 @@ import pytest
 import yaml
 
 from gateway.lifecycle.credentials.bootstrap import NAMESPACE, SERVICE_ACCOUNT, bootstrap_objects
-from tests.integration.conftest import KUBECTL, World, wait_for
 from tests.support.gateway_thread import GatewayThread
 from tests.support.kube import GATEWAY_EXTRAS, audit_id_of, impersonator_token
-
-pytestmark = [pytest.mark.integration]
+from tests.support.kubectl_world import KUBECTL, World, wait_for
 
 #: The README's credential for nested impersonation: impersonate users, groups and uids,
 #: create SubjectAccessReviews, and the extras the gateway sends, `vgate.io/original-user`

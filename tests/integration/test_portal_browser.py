@@ -13,7 +13,7 @@ from tests.support import sso_world
 from tests.support.chromium import ARTIFACTS, launch, missing, sign_in_at_idp
 from tests.support.tiers import tool_missing
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,6 @@ from tests.support.crafted_op import CraftedProvider, crafted_sign_in, portal_co
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import free_port
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def op() -> Iterator[CraftedProvider]:

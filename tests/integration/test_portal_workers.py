@@ -21,7 +21,7 @@ from tests.support.oidc import free_port
 from tests.support.served import ServedGateway
 from tests.support.workers import worker_of
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 ATTEMPTS = 60
 

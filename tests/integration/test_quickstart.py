@@ -12,7 +12,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.fakekube import Caller, FakeKube
@@ -20,8 +19,6 @@ from tests.support.oidc import free_port
 from tests.support.pki import TestCA
 from tests.support.sso_world import KUBECTL, REPO_ROOT, missing_tools, plugin_commands
 from tests.support.tiers import tool_missing
-
-pytestmark = [pytest.mark.integration]
 
 
 def _lines(stream, out: queue.Queue) -> None:

@@ -21,8 +21,6 @@ from tests.support import sso_world
 from tests.support.oidc import OIDCProvider, free_port
 from tests.support.tiers import tool_missing
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sso_world.SSOWorld]:

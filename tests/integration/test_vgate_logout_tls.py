@@ -20,8 +20,6 @@ from tests.support.login_world import LoginWorld, cache_entry
 from tests.support.oidc import OIDCError
 from tests.support.tiers import tool_missing
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoginWorld]:

@@ -10,10 +10,8 @@ import ssl
 
 import pytest
 
-from tests.integration.conftest import World, standin
+from tests.support.kubectl_world import World, standin
 from tests.support.tenants import STANDIN
-
-pytestmark = [pytest.mark.integration]
 
 connect = pytest.importorskip("websockets.asyncio.client").connect
 InvalidStatus = pytest.importorskip("websockets.exceptions").InvalidStatus

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -19,3 +20,15 @@ def tool_missing(why: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"VGATE_REQUIRE_E2E=1 but {why}", pytrace=False)
     pytest.skip(why)
+
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def mark_tier(items: list[pytest.Item], folder: Path, tier: str) -> None:
+    """Give every collected test under `folder` the marker of its tier (a tier's conftest.py
+    calls this: the folder a test lives in is its tier)."""
+    marker = getattr(pytest.mark, tier)
+    for item in items:
+        if item.path.is_relative_to(folder):
+            item.add_marker(marker)
