@@ -6,7 +6,9 @@ policy file by device, inode, mtime and size, after following symlinks, so a Con
 volume's `..data` swap counts as a change like an edit in place — and at once on SIGHUP.
 A change is read, validated and only then swapped in; a file that does not validate keeps
 the last good configuration, logs one line and counts `result="error"`. Files that change
-while they are read are read again at the next look.
+while they are read are read again at the next look. The config file is read and validated
+again only when it changed itself: a policy edit costs the policy files alone, however many
+static tenants the config file lists.
 
 What reloads: the policy files (and the `policies` path), and `tenants` (static routes:
 added, changed, removed). Everything else in the config file is read at start only; a
@@ -47,6 +49,7 @@ class Snapshot:
     policies: list[LoadedPolicy]
     digest: str  # sha256 of what the policies and static tenants say (not of file bytes)
     stamp: Stamp  # the files as seen when they were read
+    tenants_sha: str = ""  # sha256 of the static tenants alone (kept while the file is)
     loaded_at: float = field(default_factory=time.time)
     # static tenants whose route changed since the previous snapshot, built while reading
     upstreams: dict[str, Upstream] = field(default_factory=dict, compare=False)
@@ -81,10 +84,16 @@ def stamp(config_file: Path | None, policies: Path) -> Stamp:
     )
 
 
-def digest(config: GatewayConfig, policies: list[LoadedPolicy]) -> str:
+def tenants_digest(config: GatewayConfig) -> str:
+    """The sha256 of what the static tenants say (read again only when the config file is)."""
+    doc = [t.model_dump(mode="json") for t in config.tenants]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def digest(tenants_sha: str, policies: list[LoadedPolicy]) -> str:
     """The sha256 of what the live sections say: equal for files touched but not changed."""
     doc = {
-        "tenants": [t.model_dump(mode="json") for t in config.tenants],
+        "tenants": tenants_sha,
         "policies": [[Path(p.file).name, p.policy.model_dump(mode="json")] for p in policies],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -96,7 +105,8 @@ def first_load(config: GatewayConfig, config_file: Path | None) -> Snapshot:
     policies, problems = load_policies(config.policies)
     if problems:
         raise ValueError("\n".join(str(p) for p in problems))
-    return Snapshot(config, policies, digest(config, policies), before)
+    tenants_sha = tenants_digest(config)
+    return Snapshot(config, policies, digest(tenants_sha, policies), before, tenants_sha)
 
 
 class ConfigSource:
@@ -114,11 +124,15 @@ class ConfigSource:
 
     def read(self, current: Snapshot) -> Snapshot | Refused | None:
         """A new validated snapshot, why the files are refused, or None when they changed
-        while being read (read again at the next look)."""
+        while being read (read again at the next look). The config file is read and validated
+        again only when it changed: a policy edit costs the policy files alone, however many
+        static tenants the config file lists."""
         config = current.config
         restart: tuple[str, ...] = ()
+        tenants_sha = current.tenants_sha
+        upstreams: dict[str, Upstream] = {}
         first = _stat(self.config_file) if self.config_file is not None else None
-        if self.config_file is not None:
+        if self.config_file is not None and first != _config_stat(current.stamp):
             try:
                 loaded = load_config(self.config_file)
             except ConfigError as exc:
@@ -133,24 +147,28 @@ class ConfigSource:
                 if name not in LIVE_SECTIONS and getattr(loaded, name) != getattr(config, name)
             )
             config = config.model_copy(update={k: getattr(loaded, k) for k in LIVE_SECTIONS})
+            try:
+                upstreams = self._changed_upstreams(current.config, config)
+            except (OSError, ValueError) as exc:
+                return Refused(
+                    f"tenants: {exc}", stamp(self.config_file, config.policies), config.policies
+                )
+            tenants_sha = tenants_digest(config)
         before = stamp(self.config_file, config.policies)
         if not config.policies.is_dir():
             return Refused(f"policy directory {config.policies} not found", before, config.policies)
         policies, problems = load_policies(config.policies)
         if problems:
             return Refused(_one_line(problems), before, config.policies)
-        try:
-            upstreams = self._changed_upstreams(current.config, config)
-        except (OSError, ValueError) as exc:
-            return Refused(f"tenants: {exc}", before, config.policies)
         after = stamp(self.config_file, config.policies)
         if after != before or (first is not None and after[0][1] != first):
             return None
         return Snapshot(
             config,
             policies,
-            digest(config, policies),
+            digest(tenants_sha, policies),
             before,
+            tenants_sha,
             upstreams=upstreams,
             restart_needed=restart,
         )
@@ -159,6 +177,11 @@ class ConfigSource:
     def _changed_upstreams(old: GatewayConfig, new: GatewayConfig) -> dict[str, Upstream]:
         before = {t.name: t for t in old.tenants}
         return {t.name: upstream_from_config(t) for t in new.tenants if before.get(t.name) != t}
+
+
+def _config_stat(seen: Stamp) -> tuple[int, int, int, int] | None:
+    """The config file's `stat` as `seen` recorded it (None when there is no file)."""
+    return seen[0][1] if seen[0] is not None else None
 
 
 def _one_line(problems: list) -> str:
@@ -194,7 +217,7 @@ class Tracked:
         old = self.current
         if result.digest == old.digest:  # touched, or changed and changed back
             self.current = Snapshot(
-                old.config, old.policies, old.digest, result.stamp, old.loaded_at
+                old.config, old.policies, old.digest, result.stamp, old.tenants_sha, old.loaded_at
             )
             return None
         self.current = result

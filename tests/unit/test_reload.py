@@ -171,6 +171,37 @@ def test_config_changes_outside_the_live_sections_are_named_and_not_used(tmp_pat
     assert [t.name for t in new.config.tenants] == ["t9"] and set(new.upstreams) == {"t9"}
 
 
+def test_a_policy_edit_does_not_read_the_config_file_again(tmp_path: Path, monkeypatch) -> None:
+    """At 10,000 static tenants reading and validating the config file takes 1-2 s of CPU in
+    every process (holding the GIL beside the serving loop): a policy edit must not pay it."""
+    cm, path, tracked = start(tmp_path)
+    import gateway.reload as reload
+
+    reads = []
+    real = reload.load_config
+    monkeypatch.setattr(reload, "load_config", lambda f: reads.append(f) or real(f))
+    cm.publish({"t1.yaml": policy(view=["oidc:ops"])})
+    new = tracked.look()
+    assert isinstance(new, Snapshot) and new.policies[0].policy.roles.keys() == {"view"}
+    assert reads == [] and new.upstreams == {} and new.config is tracked.current.config
+    assert tracked.take(new) is not None and tracked.generation == 2
+    config_file(
+        tmp_path,
+        cm.root,
+        tenants=[
+            {"name": "t9", "upstream": "https://10.0.0.9", "token_file": str(tmp_path / "token")}
+        ],
+    )
+    changed = tracked.look()
+    assert reads == [path] and isinstance(changed, Snapshot) and set(changed.upstreams) == {"t9"}
+    assert changed.tenants_sha != new.tenants_sha and changed.digest != new.digest
+    tracked.take(changed)
+    os.utime(path, ns=(1, 1))  # touched, not changed: read, the same digest, no generation
+    touched = tracked.look()
+    assert isinstance(touched, Snapshot) and touched.digest == changed.digest
+    assert tracked.take(touched) is None and tracked.generation == 3
+
+
 def test_files_changing_while_read_are_read_again_later(tmp_path: Path, monkeypatch) -> None:
     cm, _, tracked = start(tmp_path)
     (cm.root / "t1.yaml").write_text(policy(view=["oidc:ops"]))
