@@ -164,8 +164,15 @@ class TenantRegistry:
         return sorted(self._tenants.keys() | self._states.keys())
 
     def set_states(self, states: dict[str, TenantState]) -> None:
-        """Replace every tenant state at once (the lifecycle's route sync)."""
+        """Replace every tenant state at once."""
         self._states = dict(states)
+
+    def set_state(self, name: str, state: TenantState | None) -> None:
+        """One tenant's state (the lifecycle's route sync); None: it has none (Ready, gone)."""
+        if state is None:
+            self._states.pop(name, None)
+        else:
+            self._states[name] = state
 
     def put(self, upstream: Upstream) -> None:
         self._tenants[upstream.name] = upstream

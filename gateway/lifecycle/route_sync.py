@@ -2,11 +2,15 @@
 
 Every gateway worker runs one `RouteSync`. It polls the store's `revision()` (SQLite's
 `PRAGMA data_version`, or the kubernetes store's watch counter: cheap) every
-`poll_seconds` and re-reads the records only when something changed, so a deleted tenant
-is gone from every worker within a poll. It also flushes the registry's per-tenant activity
-to the store in batches, and gives paused tenants that allow it a `wake` that asks for a
-resume and waits for the running route. The state of every tenant that is not Ready (phase,
-step, last error) goes to the registry too: a tenant without a route yet is answered with it.
+`poll_seconds`; when it moved, it reads every tenant's fingerprint (name and version) and
+then whole records only for the tenants whose fingerprint changed, so a deleted tenant is
+gone from every worker within a poll, and a write to one tenant (or a lease renewal, or
+activity) costs every worker one record, not all of them: with 10,000 tenants, reading and
+validating all records takes about half a second of CPU. It also flushes the registry's
+per-tenant activity to the store in batches, and gives paused tenants that allow it a
+`wake` that asks for a resume and waits for the running route. The state of every tenant
+that is not Ready (phase, step, last error) goes to the registry too: a tenant without a
+route yet is answered with it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 
 from gateway.config.model import Tenant as TenantConfig
@@ -54,64 +58,93 @@ class RouteSync:
         self._roles: dict[str, dict[str, list[str]]] = {}
         self._revision: int | None = None
         self._routes: dict[str, RouteInfo] = {}
+        self._fingerprints: dict[str, Hashable] = {}  # as applied to the registry
         self._waking: dict[str, asyncio.Task] = {}
 
     async def sync_once(self, *, force: bool = False) -> bool:
-        """Apply store changes to the registry; True if the store was re-read."""
+        """Apply store changes to the registry; True if the store was read. `force`: look
+        at every fingerprint even if the revision did not move, and mirror shared
+        credentials again (how a rotated token reaches this worker)."""
         revision = await self.store.revision()
         if revision == self._revision and not force:
             return False
-        records = await self.store.list()
-        if self.shared is not None:
-            await self.shared.mirror()
-        self._revision = revision
-        wanted = {
-            r.name: r.status.route
-            for r in records
-            if r.status.route is not None and r.name not in self.static
-        }
-        self._sync_roles(records)
-        self.registry.set_states(
-            {
-                r.name: TenantState(
-                    phase=r.status.phase.value,
-                    step=r.status.step,
-                    last_error=r.status.last_error,
-                    failures=r.status.failures,
-                )
-                for r in records
-                if r.status.phase is not Phase.ready and r.name not in self.static
-            }
-        )
-        for name in set(self._routes) - set(wanted):
-            self.registry.remove(name)
-            del self._routes[name]
-        for name, route in wanted.items():
-            if self._routes.get(name) == route:
-                continue
-            upstream = self._upstream(name, route)
-            if upstream is None:
-                continue
-            self.registry.put(upstream)
-            self._routes[name] = route
+        fingerprints = await self.store.fingerprints()
+        self._revision = revision  # read before the fingerprints: a later write moves it
+        changed = [n for n, f in fingerprints.items() if self._fingerprints.get(n) != f]
+        gone = [n for n in self._fingerprints if n not in fingerprints]
+        if self.shared is not None and (force or changed or gone):
+            await self.shared.mirror()  # credentials before the routes that use them (and gone)
+        records = {r.name: r for r in await self.store.get_many(changed)} if changed else {}
+        for name in gone:
+            self._forget(name)
+        for name in changed:
+            record = records.get(name)
+            if record is None:  # deleted between the two reads
+                self._forget(name)
+            elif self._apply(record):
+                self._fingerprints[name] = fingerprints[name]
         return True
 
-    def _sync_roles(self, records: list[TenantRecord]) -> None:
+    def _apply(self, record: TenantRecord) -> bool:
+        """One tenant's record into the registry; False when its route cannot be built yet
+        (its credential files are missing): it is tried again at the next look."""
+        name = record.name
+        if name in self.static:
+            return True
+        status = record.status
+        self.registry.set_state(
+            name,
+            None
+            if status.phase is Phase.ready
+            else TenantState(
+                phase=status.phase.value,
+                step=status.step,
+                last_error=status.last_error,
+                failures=status.failures,
+            ),
+        )
+        self._set_roles(
+            name,
+            None
+            if record.spec.desired is Desired.deleted
+            else {
+                "cluster-admin": list(record.spec.admin_groups),
+                "view": list(record.spec.view_groups),
+            },
+        )
+        route = status.route
+        if route is None:
+            self._drop_route(name)
+            return True
+        if self._routes.get(name) == route:
+            return True
+        upstream = self._upstream(name, route)
+        if upstream is None:
+            return False
+        self.registry.put(upstream)
+        self._routes[name] = route
+        return True
+
+    def _forget(self, name: str) -> None:
+        """A tenant no longer in the store."""
+        self._fingerprints.pop(name, None)
+        self.registry.set_state(name, None)
+        self._set_roles(name, None)
+        self._drop_route(name)
+
+    def _drop_route(self, name: str) -> None:
+        if self._routes.pop(name, None) is not None:
+            self.registry.remove(name)
+
+    def _set_roles(self, name: str, roles: dict[str, list[str]] | None) -> None:
         """Tenants' stored groups as roles: admin groups → cluster-admin, view → view."""
-        if self.on_roles is None:
+        if self.on_roles is None or self._roles.get(name) == roles:
             return
-        wanted = {
-            r.name: {"cluster-admin": list(r.spec.admin_groups), "view": list(r.spec.view_groups)}
-            for r in records
-            if r.spec.desired is not Desired.deleted and r.name not in self.static
-        }
-        for name in set(self._roles) - set(wanted):
-            self.on_roles(name, None)
-            del self._roles[name]
-        for name, roles in wanted.items():
-            if self._roles.get(name) != roles:
-                self.on_roles(name, roles)
-                self._roles[name] = roles
+        self.on_roles(name, roles)
+        if roles is None:
+            self._roles.pop(name, None)
+        else:
+            self._roles[name] = roles
 
     def _upstream(self, name: str, route: RouteInfo) -> Upstream | None:
         token_file, ca_file = route.token_file, route.ca_file

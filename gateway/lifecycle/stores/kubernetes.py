@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,15 @@ class KubernetesTenantStore:
     async def get(self, name: str) -> TenantRecord:
         await self._ready()
         return self._cached(name).record
+
+    async def fingerprints(self) -> dict[str, str]:
+        await self._ready()
+        return {name: cached.resource_version for name, cached in self._cache.items()}
+
+    async def get_many(self, names: Iterable[str]) -> list[TenantRecord]:
+        await self._ready()
+        found = (self._cache.get(name) for name in names)
+        return [cached.record for cached in found if cached is not None]
 
     async def list(self) -> list[TenantRecord]:
         await self._ready()

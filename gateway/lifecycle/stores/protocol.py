@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Protocol
 
 from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
@@ -39,6 +40,14 @@ class TenantStore(Protocol):
 
     async def get(self, name: str) -> TenantRecord:
         """The record, or `TenantNotFound`."""
+
+    async def fingerprints(self) -> Mapping[str, Hashable]:
+        """Every tenant's name → a value that changes whenever its record does (spec, status,
+        or the name deleted and created again). Cheap next to `list`: with thousands of
+        tenants, the route sync of every worker reads whole records only where this moved."""
+
+    async def get_many(self, names: Iterable[str]) -> list[TenantRecord]:
+        """The records of those of `names` that exist (the others are left out)."""
 
     async def list(self) -> list[TenantRecord]:
         """Every record, sorted by name."""

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS leases (
 )
 """
 _COLUMNS = "name, spec, status, version, generation, created_at, last_activity"
+_NAMES_PER_QUERY = 500  # under SQLite's smallest limit on bound parameters (999)
 
 
 class SQLiteTenantStore:
@@ -100,6 +102,21 @@ class SQLiteTenantStore:
     def _list(self) -> list[TenantRecord]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM tenants ORDER BY name").fetchall()
+        return [self._record(r) for r in rows]
+
+    def _fingerprints(self) -> dict[str, tuple[float, int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, created_at, version FROM tenants").fetchall()
+        return {name: (created_at, version) for name, created_at, version in rows}
+
+    def _get_many(self, names: list[str]) -> list[TenantRecord]:
+        rows: list[tuple] = []
+        with self._lock:
+            for start in range(0, len(names), _NAMES_PER_QUERY):
+                chunk = names[start : start + _NAMES_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT {_COLUMNS} FROM tenants WHERE name IN ({marks}) ORDER BY name"
+                rows += self._db.execute(sql, chunk).fetchall()
         return [self._record(r) for r in rows]
 
     def _create(self, spec: TenantSpec) -> TenantRecord:
@@ -193,6 +210,12 @@ class SQLiteTenantStore:
 
     async def get(self, name: str) -> TenantRecord:
         return await asyncio.to_thread(self._get, name)
+
+    async def fingerprints(self) -> dict[str, tuple[float, int]]:
+        return await asyncio.to_thread(self._fingerprints)
+
+    async def get_many(self, names: Iterable[str]) -> list[TenantRecord]:
+        return await asyncio.to_thread(self._get_many, list(names))
 
     async def list(self) -> list[TenantRecord]:
         return await asyncio.to_thread(self._list)
