@@ -110,6 +110,20 @@ class TenantOperations:
 
         return await self._change(name, change)
 
+    async def set_token_passthrough(
+        self, name: str, enabled: bool, issuer: str | None = None
+    ) -> TenantRecord:
+        """Switch tenant-native tokens on (with their issuer, or None: asked from the
+        tenant) or off; a bad issuer is a `ValidationError` on `service_account_issuer`."""
+
+        def change(spec: TenantSpec) -> TenantSpec:
+            self._alive(spec)
+            data = spec.model_dump()
+            data.update(token_passthrough=enabled, service_account_issuer=issuer)
+            return TenantSpec.model_validate(data)
+
+        return await self._change(name, change)
+
     async def delete(self, name: str) -> TenantRecord:
         return await self._change(
             name, lambda spec: spec.model_copy(update={"desired": Desired.deleted})

@@ -103,6 +103,8 @@ class Reconciler:
                     if spec.auto_wake is None
                     else spec.auto_wake,
                     "ca_sha256": _digest(info.ca_file),
+                    "token_passthrough": spec.token_passthrough,
+                    "service_account_issuer": spec.service_account_issuer,
                 }
             )
 
