@@ -59,6 +59,8 @@ path to a mounted Secret. Paths are absolute, so they do not depend on the confi
       "shutdown_grace_seconds" .Values.shutdownGraceSeconds)
   "audit" (dict "file" .Values.audit.file)
 -}}
+{{- include "vgate.config.requests" (dict "root" . "config" $config) -}}
+{{- include "vgate.config.sessions" (dict "root" . "config" $config) -}}
 {{- include "vgate.config.ldap" (dict "root" . "config" $config) -}}
 {{- include "vgate.config.portal" (dict "root" . "config" $config) -}}
 {{- include "vgate.config.lifecycle" (dict "root" . "config" $config) -}}
