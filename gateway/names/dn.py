@@ -21,6 +21,8 @@ _ESCAPABLE = frozenset('"+,;<>\\ #=')
 # what the canonical form escapes anywhere in a value; a leading space or `#` and a trailing
 # space are escaped too (RFC 4514, section 2.4)
 _SPECIAL = frozenset('"+,;<>\\=')
+_PLAIN = re.compile(r'[^,;+\\"<>\x00]+')  # value characters that end nothing and escape nothing
+_NEEDS_ESCAPE = re.compile(r'["+,;<>\\=]|^[ #]| $')
 
 
 class _Value:
@@ -35,6 +37,14 @@ class _Value:
         self.data += raw
         if escaped or raw != b" ":
             self.significant = len(self.data)
+
+    def add_plain(self, run: str) -> None:
+        """Unescaped characters: their trailing spaces are significant only once something
+        follows them."""
+        kept = run.rstrip(" ")
+        if kept:
+            self.significant = len(self.data) + len(kept.encode())
+        self.data += run.encode()
 
     def text(self) -> str:
         try:
@@ -95,6 +105,11 @@ def _read_value(dn: str, i: int) -> tuple[str, int]:
         return "#" + digits.lower(), rest
     value = _Value()
     while i < n:
+        plain = _PLAIN.match(dn, i)
+        if plain is not None:
+            value.add_plain(plain.group())
+            i = plain.end()
+            continue
         c = dn[i]
         if c in ",;+":
             break
@@ -113,8 +128,6 @@ def _read_value(dn: str, i: int) -> tuple[str, int]:
             continue
         if c in '"<>' or c == "\x00":
             raise ValueError(f"not a DN: {c!r} must be escaped")
-        value.add(c.encode(), escaped=False)
-        i += 1
     text = value.text()
     if not text:
         raise ValueError("not a DN: an empty value")
@@ -127,6 +140,8 @@ def _escape(value: str) -> str:
     """`value` in the canonical escaped form: RFC 4514's specials as `\\c`, a leading space
     or `#` and a trailing space as `\\ ` / `\\#`, whitespace other than U+0020 and control
     characters as hex escapes of their UTF-8 bytes (visible, and distinct from a space)."""
+    if value.isprintable() and not _NEEDS_ESCAPE.search(value):
+        return value  # the common case: nothing to escape
     out = []
     last = len(value) - 1
     for k, c in enumerate(value):
