@@ -352,6 +352,9 @@ def test_request_shaping_and_recording_reach_the_gateway_config(
     out = rendered["shaping-recording-pvc"]
     config = load_config(mounts.materialize(out, tmp_path))
     assert (config.impersonation.max_header_bytes, config.impersonation.max_groups) == (16384, 100)
+    (ci,) = config.tenants  # a static tenant whose own tokens pass, reviewed there
+    assert ci.token_passthrough
+    assert ci.service_account_issuer == "https://kubernetes.default.svc.cluster.local"
     review = config.token_review
     assert (review.cache_seconds, review.negative_cache_seconds, review.cache_size) == (
         120,
@@ -366,9 +369,10 @@ def test_request_shaping_and_recording_reach_the_gateway_config(
     assert (limits.user.requests_per_second, limits.user.burst) == (20.5, 40)
     assert limits.tenant.burst is None and limits.tenant.concurrent_streams == 2000
     assert limits.roles["cluster-admin"].concurrent_streams == 200
-    ci = limits.tenants["ci-heavy"]
-    assert ci.tenant is not None and ci.tenant.requests_per_second == 2000
-    assert ci.roles["view"].concurrent_streams == 5 and ci.roles["view"].requests_per_second is None
+    heavy = limits.tenants["ci-heavy"]
+    assert heavy.tenant is not None and heavy.tenant.requests_per_second == 2000
+    assert heavy.roles["view"].concurrent_streams == 5
+    assert heavy.roles["view"].requests_per_second is None
     assert (limits.idle_seconds, limits.max_keys) == (600, 131072)
     sessions = config.sessions
     assert sessions.bridge is False

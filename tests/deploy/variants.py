@@ -148,6 +148,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # default forward_groups, session recording on a PVC (one replica) ...
     "shaping-recording-pvc": {
         "replicaCount": 1,
+        "tenants": [
+            {
+                "name": "ci",
+                "upstream": "https://10.20.0.6:6443",
+                "credentialsSecret": "ci-vgate",
+                "tokenPassthrough": True,
+                "serviceAccountIssuer": "https://kubernetes.default.svc.cluster.local",
+            }
+        ],
         "impersonation": {"maxHeaderBytes": 16384, "maxGroups": 100},
         "forwardGroups": {"mode": "referenced", "names": ["oidc:oncall"], "match": "^CN=team-"},
         "tokenReview": {"cacheSeconds": 120, "negativeCacheSeconds": 5, "cacheSize": 5000},

@@ -33,6 +33,8 @@ path to a mounted Secret. Paths are absolute, so they do not depend on the confi
 {{- end -}}
 {{- if ne (toString (default "ca.crt" .caKey)) "-" -}}{{- $_ := set $t "ca_file" (printf "%s/ca.crt" $dir) -}}{{- end -}}
 {{- if .serverName -}}{{- $_ := set $t "server_name" .serverName -}}{{- end -}}
+{{- if .tokenPassthrough -}}{{- $_ := set $t "token_passthrough" true -}}{{- end -}}
+{{- if .serviceAccountIssuer -}}{{- $_ := set $t "service_account_issuer" .serviceAccountIssuer -}}{{- end -}}
 {{- $tenants = append $tenants $t -}}
 {{- end -}}
 {{- $listen := dict "host" "0.0.0.0" "port" 8443 -}}
