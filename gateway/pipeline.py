@@ -429,8 +429,9 @@ class Pipeline:
 
     def _not_routable(self, flow: Flow) -> Next:
         """A granted request for a tenant without a route: the route may have come while
-        the request waited (go on); else 503 naming the tenant's phase, step and last
-        error, or 404 if the tenant is gone meanwhile."""
+        the request waited (go on); else 503 naming the tenant's phase, step and the last
+        error's reference (its text only in the audit line), or 404 if the tenant is gone
+        meanwhile."""
         tenant = flow.tenant
         assert tenant is not None
         upstream = self.registry.get(tenant)
@@ -447,7 +448,7 @@ class Pipeline:
             flow.end(Outcome.REFUSED, "tenant gone")
             flow.exchange.fail(404, f'tenant "{tenant}" not found')
             return DONE
-        flow.end(Outcome.UNAVAILABLE, f"tenant not ready: {state.describe()}")
+        flow.end(Outcome.UNAVAILABLE, f"tenant not ready: {state.describe_for_operators()}")
         flow.fail(
             503,
             state.message(tenant),

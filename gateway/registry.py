@@ -9,6 +9,7 @@ request in `activity`, which the lifecycle manager drains (idle tenants may be p
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,37 +49,62 @@ class Upstream:
         self.authority = (host if self.port == default else f"{host}:{self.port}").encode()
 
 
+def error_reference(error: str) -> str:
+    """A short, stable reference to a lifecycle error that tells nothing of its text: tenant
+    users quote it, operators find it next to the full error (`vgate tenant show`, the
+    gateway's audit line, the lifecycle manager's log)."""
+    return hashlib.sha256(error.encode("utf-8", "replace")).hexdigest()[:10]
+
+
 @dataclass(frozen=True)
 class TenantState:
     """What the lifecycle manager reports about a tenant that is not Ready: its phase
     ("Pending", "Provisioning", "Pausing", "Paused", "Deleting"), the step it is on, the last
-    error of a failed step and how many passes failed in a row."""
+    error of a failed step and how many passes failed in a row.
+
+    Whoever has a role on the tenant learns the phase, the step, how often it failed and an
+    error reference (`describe`, `message`, `details`). The error's text is the host's: it
+    can name host paths, host-cluster namespaces and hosts, command lines; it is for
+    operators only (`describe_for_operators`: the audit line), never in a tenant's answer.
+    """
 
     phase: str
     step: str | None = None
     last_error: str | None = None
     failures: int = 0
 
-    MAX_ERROR: ClassVar[int] = 500  # characters of `last_error` shown to people
+    MAX_ERROR: ClassVar[int] = 500  # characters of `last_error` in an operator's line
 
     @property
     def error(self) -> str | None:
-        """`last_error`, bounded for a message."""
+        """`last_error`, bounded for a log line (operators only)."""
         e = self.last_error
         return e if e is None or len(e) <= self.MAX_ERROR else e[: self.MAX_ERROR] + "…"
 
+    @property
+    def reference(self) -> str | None:
+        """The last error's `error_reference`, None when no step failed."""
+        return error_reference(self.last_error) if self.last_error else None
+
     def describe(self) -> str:
-        """One line for people: the phase, the step, and the last error if a step failed."""
+        """One line for the tenant's users: the phase, the step, and when a step failed how
+        often, with the error's reference (never its text)."""
         at = f', step "{self.step}"' if self.step else ""
         if self.phase == "Pending" and not self.step and not self.last_error:
             at = ": waiting for the lifecycle manager"
         if not self.last_error:
             return f"{self.phase}{at}"
         times = "once" if self.failures <= 1 else f"{self.failures} times in a row"
+        return f"{self.phase}{at}; failed {times}, error reference {self.reference}"
+
+    def describe_for_operators(self) -> str:
+        """`describe` and the last error's text (bounded): for the gateway's own log."""
+        if not self.last_error:
+            return self.describe()
         error = self.error or ""
         if self.step:  # the reconciler's errors start with the step's name
             error = error.removeprefix(f"{self.step}: ")
-        return f"{self.phase}{at}; failed {times}, last error: {error}"
+        return f"{self.describe()}, last error: {error}"
 
     @property
     def retry_after(self) -> int:
@@ -88,23 +114,24 @@ class TenantState:
         return 1 if self.last_error else 5
 
     def message(self, tenant: str) -> str:
-        """What a client is told about `tenant` in this state."""
+        """What a client with a role on `tenant` is told about it in this state."""
         if self.phase == "Deleting":
             return f'tenant "{tenant}" is being deleted ({self.describe()})'
         if self.last_error:
             return (
                 f'tenant "{tenant}" is not ready ({self.describe()}); the lifecycle '
-                "manager keeps retrying: ask a platform administrator if this persists"
+                "manager keeps retrying: ask a platform administrator if this persists "
+                "(quote the error reference)"
             )
         return f'tenant "{tenant}" is not ready yet ({self.describe()}); retry shortly'
 
     def details(self, tenant: str) -> dict:
-        """A `Status`'s `details`: the phase, step and last error as causes."""
+        """A `Status`'s `details`: the phase, the step and the error reference as causes."""
         causes = [{"type": "TenantPhase", "message": self.phase}]
         if self.step:
             causes.append({"type": "TenantStep", "message": self.step})
-        if self.error:
-            causes.append({"type": "TenantLastError", "message": self.error})
+        if self.reference:
+            causes.append({"type": "TenantErrorReference", "message": self.reference})
         return {
             "name": tenant,
             "kind": "tenant",

@@ -174,6 +174,18 @@ def admin_app(
                 if not isinstance(version, str):
                     raise _BadRequest(422, "k8s_version is required")
                 record = await operations.upgrade(tenant, version)
+            elif name == "set_token_passthrough":
+                data = await body(request)
+                if not isinstance(data, dict) or not isinstance(
+                    data.get("token_passthrough"), bool
+                ):
+                    raise _BadRequest(422, "token_passthrough (true or false) is required")
+                issuer = data.get("service_account_issuer")
+                if issuer is not None and not isinstance(issuer, str):
+                    raise _BadRequest(422, "service_account_issuer must be a string or null")
+                record = await operations.set_token_passthrough(
+                    tenant, data["token_passthrough"], issuer
+                )
             else:
                 record = await getattr(operations, name)(tenant)
             log.info("admin API: %s: %s %s", who.username, name, tenant)
@@ -200,6 +212,11 @@ def admin_app(
             *(
                 Route(f"{base}/tenants/{{name}}/{verb}", guarded(action(verb)), methods=["POST"])
                 for verb in ("pause", "resume", "upgrade")
+            ),
+            Route(
+                f"{base}/tenants/{{name}}/token-passthrough",
+                guarded(action("set_token_passthrough")),
+                methods=["POST"],
             ),
         ]
     )

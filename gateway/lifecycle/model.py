@@ -52,6 +52,7 @@ DEFAULT_VERSION = "1.32"
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 QUOTA_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 MAX_GROUPS = 64
+MAX_ISSUER = 1024
 
 
 def field_problems(exc: ValidationError, *, whole: str = "input") -> list[tuple[str, str]]:
@@ -120,6 +121,10 @@ class TenantSpec(BaseModel):
     isolate: bool = False
     values: dict[str, Any] = {}
     auto_wake: bool | None = None
+    # tokens the tenant's own API server issued (ServiceAccount tokens) pass through, checked
+    # by a TokenReview there, as for a static tenant (README "Tenant-native tokens")
+    token_passthrough: bool = False
+    service_account_issuer: Annotated[str | None, Field(max_length=MAX_ISSUER)] = None
     desired: Desired = Desired.running
 
     @field_validator("name")
@@ -160,6 +165,19 @@ class TenantSpec(BaseModel):
     def _quota(cls, v: dict[str, str]) -> dict[str, str]:
         return validate_quota(v)
 
+    @field_validator("service_account_issuer")
+    @classmethod
+    def _issuer(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """The `iss` of the tenant's ServiceAccount tokens: one printable word, only with
+        `token_passthrough` (None: the gateway asks the tenant)."""
+        if v is None:
+            return v
+        if not v or not v.isprintable() or any(c.isspace() for c in v):
+            raise ValueError("must be an issuer (`iss`): printable, no spaces")
+        if not info.data.get("token_passthrough"):
+            raise ValueError("applies only with token_passthrough")
+        return v
+
 
 class Condition(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -181,6 +199,8 @@ class RouteInfo(BaseModel):
     server_name: str | None = None
     paused: bool = False
     auto_wake: bool = False
+    token_passthrough: bool = False  # the spec's, as the gateway routes it now
+    service_account_issuer: str | None = None
 
 
 class TenantStatus(BaseModel):

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from gateway.lifecycle.model import Desired, TenantRecord, TenantSpec
 from gateway.lifecycle.stores.protocol import Conflict, StoreError, TenantStore
 from gateway.lifecycle.versions import KubernetesVersions, minor_number
+from gateway.registry import error_reference
 
 
 class Refused(StoreError):
@@ -109,6 +110,20 @@ class TenantOperations:
 
         return await self._change(name, change)
 
+    async def set_token_passthrough(
+        self, name: str, enabled: bool, issuer: str | None = None
+    ) -> TenantRecord:
+        """Switch tenant-native tokens on (with their issuer, or None: asked from the
+        tenant) or off; a bad issuer is a `ValidationError` on `service_account_issuer`."""
+
+        def change(spec: TenantSpec) -> TenantSpec:
+            self._alive(spec)
+            data = spec.model_dump()
+            data.update(token_passthrough=enabled, service_account_issuer=issuer)
+            return TenantSpec.model_validate(data)
+
+        return await self._change(name, change)
+
     async def delete(self, name: str) -> TenantRecord:
         return await self._change(
             name, lambda spec: spec.model_copy(update={"desired": Desired.deleted})
@@ -140,6 +155,9 @@ def describe(
         "age_seconds": max(0.0, time.time() - record.created_at),
         "last_activity": record.last_activity,
         "last_error": record.status.last_error,
+        "error_reference": (
+            error_reference(record.status.last_error) if record.status.last_error else None
+        ),
         "failures": record.status.failures,
         "conditions": [c.model_dump() for c in record.status.conditions],
         "servers": servers,

@@ -34,6 +34,7 @@ from gateway.lifecycle.model import (
 )
 from gateway.lifecycle.steps import Provisioner, Step
 from gateway.lifecycle.stores.protocol import MANAGER_LEASE, Conflict, TenantNotFound, TenantStore
+from gateway.registry import error_reference
 
 log = logging.getLogger("vgate.lifecycle")
 
@@ -102,6 +103,8 @@ class Reconciler:
                     if spec.auto_wake is None
                     else spec.auto_wake,
                     "ca_sha256": _digest(info.ca_file),
+                    "token_passthrough": spec.token_passthrough,
+                    "service_account_issuer": spec.service_account_issuer,
                 }
             )
 
@@ -151,7 +154,9 @@ class Reconciler:
             raise
         except Exception as exc:
             message = f"{current or 'plan'}: {exc}"
-            log.warning("tenant %s: %s", name, message)
+            log.warning(
+                "tenant %s: %s (error reference %s)", name, message, error_reference(message)
+            )
 
             def failed(s: TenantStatus) -> TenantStatus:
                 s = s.with_condition(

@@ -160,6 +160,8 @@ class RouteSync:
                     ca_file=Path(ca_file) if ca_file else None,
                     token_file=Path(token_file),
                     server_name=route.server_name,
+                    token_passthrough=route.token_passthrough,
+                    service_account_issuer=route.service_account_issuer,
                 )
             )
         except (OSError, ValueError) as exc:  # credential files not there (yet)

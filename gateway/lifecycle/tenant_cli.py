@@ -88,6 +88,15 @@ def add_parser(sub: Any) -> None:
     wake = q.add_mutually_exclusive_group()
     wake.add_argument("--auto-wake", dest="auto_wake", action="store_true", default=None)
     wake.add_argument("--no-auto-wake", dest="auto_wake", action="store_false")
+    q.add_argument(
+        "--token-passthrough",
+        action="store_true",
+        help="accept the tenant's own ServiceAccount tokens (checked by a TokenReview there)",
+    )
+    q.add_argument(
+        "--service-account-issuer",
+        help="their `iss`, with --token-passthrough (default: asked from the tenant)",
+    )
     waitable(q)
     q = ops.add_parser("list", help="list tenants")
     q.add_argument("-o", "--output", choices=["table", "json"], default="table")
@@ -101,6 +110,17 @@ def add_parser(sub: Any) -> None:
     q = ops.add_parser("upgrade", help="move a tenant to another Kubernetes version")
     q.add_argument("name")
     q.add_argument("--k8s-version", required=True)
+    waitable(q)
+    q = ops.add_parser(
+        "token-passthrough", help="accept the tenant's own ServiceAccount tokens, or stop"
+    )
+    q.add_argument("name")
+    onoff = q.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--on", dest="enabled", action="store_true", default=None)
+    onoff.add_argument("--off", dest="enabled", action="store_false")
+    q.add_argument(
+        "--service-account-issuer", help="their `iss`, with --on (default: asked from the tenant)"
+    )
     waitable(q)
 
 
@@ -131,6 +151,10 @@ def _spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         spec["ha"] = args.ha
     if args.auto_wake is not None:
         spec["auto_wake"] = args.auto_wake
+    if args.token_passthrough:
+        spec["token_passthrough"] = True
+    if args.service_account_issuer is not None:
+        spec["service_account_issuer"] = args.service_account_issuer
     if args.quota:
         try:
             spec["quota"] = parse_quota(args.quota)
@@ -233,6 +257,12 @@ async def _operate(args: argparse.Namespace, session: _Session) -> int:
         if tenant["desired"] == "paused":
             verb += " (applied when it resumes)"
             target = "Paused"
+    elif op == "token-passthrough":
+        tenant = await client.token_passthrough(
+            args.name, args.enabled, args.service_account_issuer
+        )
+        verb = "token passthrough " + ("on" if args.enabled else "off")
+        target = "Paused" if tenant["desired"] == "paused" else "Ready"
     else:
         tenant = await getattr(client, op)(args.name)
         verb = {"pause": "pausing", "resume": "resuming", "delete": "deleting"}[op]

@@ -33,6 +33,7 @@ class TenantClient(Protocol):
     async def pause(self, name: str) -> Tenant: ...
     async def resume(self, name: str) -> Tenant: ...
     async def upgrade(self, name: str, k8s_version: str) -> Tenant: ...
+    async def token_passthrough(self, name: str, enabled: bool, issuer: str | None) -> Tenant: ...
     async def delete(self, name: str) -> Tenant: ...
     async def close(self) -> None: ...
 
@@ -73,6 +74,12 @@ class DirectClient:
     async def upgrade(self, name, k8s_version):
         try:
             return self._show(await self.operations.upgrade(name, k8s_version))
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+
+    async def token_passthrough(self, name, enabled, issuer):
+        try:
+            return self._show(await self.operations.set_token_passthrough(name, enabled, issuer))
         except ValidationError as exc:
             raise _invalid(exc) from None
 
@@ -135,6 +142,14 @@ class ApiClient:
     async def upgrade(self, name, k8s_version):
         return await self._call(
             "POST", f"/tenants/{name}/upgrade", name, {"k8s_version": k8s_version}
+        )
+
+    async def token_passthrough(self, name, enabled, issuer):
+        return await self._call(
+            "POST",
+            f"/tenants/{name}/token-passthrough",
+            name,
+            {"token_passthrough": enabled, "service_account_issuer": issuer},
         )
 
     async def delete(self, name):

@@ -6,6 +6,7 @@ through the policy and impersonation; and real kubectl backs off on the limit st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -21,6 +22,12 @@ import jwt
 import pytest
 import yaml
 
+from gateway.lifecycle.model import RouteInfo, TenantSpec
+from gateway.lifecycle.operations import TenantOperations
+from gateway.lifecycle.reconciler import Reconciler
+from gateway.lifecycle.route_sync import RouteSync
+from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
+from gateway.lifecycle.versions import KubernetesVersions
 from tests.support import kube
 from tests.support.gateway_thread import GatewayThread
 from tests.support.oidc import OIDCProvider
@@ -322,3 +329,78 @@ def test_kubectl_backs_off_on_429_and_succeeds(lab: Lab) -> None:
         e for e in lab.audit() if e["decision"] == "limited" and e["user"] == "oidc:bob@example.com"
     ]
     assert limited and all(e["status"] == 429 and e["tenant"] == "tenant-b" for e in limited)
+
+
+class _ExistingCluster:
+    """The provisioner's part, for a tenant whose cluster already runs (API server A): no
+    steps, the route to A. What is tested is the rest: the spec's switch, the reconciler's
+    route, the store, the route sync, the gateway's review at the real API server."""
+
+    kind = "existing"
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+
+    def up(self, spec: TenantSpec) -> list:
+        return []
+
+    pause = down = up
+
+    def route(self, spec: TenantSpec) -> RouteInfo:
+        return RouteInfo(
+            server=self.lab.a.url,
+            ca_file=str(self.lab.a.ca_file),
+            token_file=str(self.lab.dir / f"{self.lab.a.name}.token"),
+        )
+
+    def versions(self) -> KubernetesVersions:
+        raise NotImplementedError
+
+    async def served_version(self, spec: TenantSpec) -> str:
+        return "v1.28.7"
+
+
+def test_a_lifecycle_tenant_with_token_passthrough(lab: Lab, ci_token: str) -> None:
+    """`token_passthrough` in a lifecycle tenant's spec reaches the gateway's route: the
+    ServiceAccount token of A works at a lifecycle tenant on A that has it (the review made
+    at A), is refused at one that has not, and stops once it is switched off."""
+    store = SQLiteTenantStore(lab.dir / "lifecycle.db")
+    operations = TenantOperations(store)
+    reconciler = Reconciler(store, _ExistingCluster(lab))  # type: ignore[arg-type]
+    gateway = lab.gateway.gateway
+
+    async def create_both() -> None:
+        await operations.create(
+            TenantSpec(name="life-a", admin_groups=["oidc:admins"], token_passthrough=True)
+        )
+        await operations.create(TenantSpec(name="life-plain", admin_groups=["oidc:admins"]))
+        assert await reconciler.reconcile("life-a") and await reconciler.reconcile("life-plain")
+
+    asyncio.run(create_both())
+    route = asyncio.run(store.get("life-a")).status.route
+    assert route is not None and route.token_passthrough
+    sync = RouteSync(store, gateway.registry, on_roles=gateway.policy.set_stored_roles)
+    asyncio.run_coroutine_threadsafe(sync.sync_once(force=True), lab.gateway.loop).result(10)
+    try:
+        r = lab.get("life-a", ci_token)
+        assert r.status_code == 200, r.text
+        assert lab.a.audit.ran_as(r.headers["audit-id"]).authenticated_as == (
+            "system:serviceaccount:default:ci"
+        )
+        line = next(e for e in lab.audit() if e["request_id"] == r.headers["audit-id"])
+        assert line["issuer"] == "tokenreview:life-a"
+        assert lab.get("life-plain", ci_token).status_code == 401
+
+        async def switch_off() -> None:
+            await operations.set_token_passthrough("life-a", False)
+            assert await reconciler.reconcile("life-a")
+
+        asyncio.run(switch_off())
+        asyncio.run_coroutine_threadsafe(sync.sync_once(force=True), lab.gateway.loop).result(10)
+        r = lab.get("life-a", ci_token)
+        assert r.status_code == 401, r.text
+    finally:
+        for name in ("life-a", "life-plain"):
+            gateway.registry.remove(name)
+        gateway.registry.set_states({})
+        asyncio.run(store.close())

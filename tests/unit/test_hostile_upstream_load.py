@@ -5,14 +5,22 @@ For each hostile behaviour (tests/support/hostile.py) the gateway's peak RSS may
 most `RSS_GROWTH_BOUND` while the hostile tenant's clients keep asking, and the other
 tenant's median latency, measured in blocks interleaved with blocks where the hostile
 clients are stopped (SIGSTOP), stays within `P50_FACTOR` of its median without them, and
-its 99th percentile under `STALL_BOUND`. The machine is shared and noisy: interleaving puts
-the same noise on both sides."""
+its 99th percentile under `STALL_BOUND`.
+
+The machine is shared and noisy, and a block lasts about 10 ms, far less than the bursts of
+the other loads on it: a burst that hits a few blocks of one kind moves a median pooled
+over 8 rounds by a third (measured: attacked/quiet 0.93 to 1.47 for endless-trailer, whose
+true cost is about 1.1: each hostile request is a new TLS connection, and 64-200 KiB read
+in small pieces before the cut). So each round compares its attacked block with the quiet
+block just before it (the same background), and the test takes the median of `ROUNDS`
+such ratios (measured over 5 runs: 1.10 to 1.23)."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +41,7 @@ P50_FACTOR = 1.5
 STALL_BOUND = 0.1  # seconds: the other tenant's p99 under attack (a blocked loop: seconds)
 # the hostile tenant's own users: connections that ask it again PAUSE s after each answer
 HOSTILE_CLIENTS, PAUSE = 4, 0.05
-ROUNDS, BLOCK = 8, 40  # good-tenant requests: ROUNDS x (BLOCK quiet + BLOCK under attack)
+ROUNDS, BLOCK = 24, 40  # good-tenant requests: ROUNDS x (BLOCK quiet + BLOCK under attack)
 
 
 class Upstream:
@@ -141,14 +149,18 @@ def test_hostile_tenant_bounds_memory_and_spares_the_other_tenant(lab, mode) -> 
             )
             quiet: list[float] = []
             attacked: list[float] = []
+            ratios: list[float] = []  # per round: attacked median / quiet median
             try:
                 for _ in range(ROUNDS):
                     clients.send_signal(signal.SIGSTOP)
                     time.sleep(0.05)
-                    quiet += good(BLOCK)
+                    calm = good(BLOCK)
                     clients.send_signal(signal.SIGCONT)
                     time.sleep(0.05)
-                    attacked += good(BLOCK)
+                    hit = good(BLOCK)
+                    ratios.append(statistics.median(hit) / statistics.median(calm))
+                    quiet += calm
+                    attacked += hit
             finally:
                 clients.send_signal(signal.SIGCONT)
                 counts = json.loads(clients.communicate(timeout=30)[0])  # closes its stdin
@@ -156,10 +168,12 @@ def test_hostile_tenant_bounds_memory_and_spares_the_other_tenant(lab, mode) -> 
             quiet.sort()
             attacked.sort()
             p50_quiet, p50_attacked = quiet[len(quiet) // 2], attacked[len(attacked) // 2]
+            slowdown = statistics.median(ratios)
             print(
                 f"\n{mode}: hostile answers {counts}; peak RSS +{growth / 2**20:.1f} MiB; "
                 f"good p50 {p50_quiet * 1e3:.2f} ms quiet, {p50_attacked * 1e3:.2f} ms "
-                f"attacked (p99 {quiet[int(len(quiet) * 0.99)] * 1e3:.1f} / "
+                f"attacked, x{slowdown:.2f} per round "
+                f"(p99 {quiet[int(len(quiet) * 0.99)] * 1e3:.1f} / "
                 f"{attacked[int(len(attacked) * 0.99)] * 1e3:.1f} ms)"
             )
             if mode == "dribble":  # each hostile request waits out the head deadline
@@ -169,7 +183,7 @@ def test_hostile_tenant_bounds_memory_and_spares_the_other_tenant(lab, mode) -> 
             else:
                 assert counts.get("502", 0) > 20 and set(counts) == {"502"}
             assert growth < RSS_GROWTH_BOUND
-            assert p50_attacked < P50_FACTOR * p50_quiet
+            assert slowdown < P50_FACTOR
             assert attacked[int(len(attacked) * 0.99)] < STALL_BOUND
     finally:
         hostile.stop()

@@ -47,13 +47,20 @@ def busy_record() -> TenantRecord:
             view_groups=["v"],
             ha=3,
             quota={"pods": "20"},
+            token_passthrough=True,
+            service_account_issuer="https://kubernetes.default.svc.cluster.local",
             values={"sync": {"toHost": {}}},
         ),
         status=TenantStatus(
             phase=Phase.ready,
             step=None,
             conditions=[Condition(type="Ready", status="True", reason="Converged")],
-            route=RouteInfo(server="https://team-a.vcluster-team-a.svc:443", token_file="/t"),
+            route=RouteInfo(
+                server="https://team-a.vcluster-team-a.svc:443",
+                token_file="/t",
+                token_passthrough=True,
+                service_account_issuer="https://kubernetes.default.svc.cluster.local",
+            ),
         ),
         version=7,
         generation=3,
@@ -110,8 +117,19 @@ def test_what_the_store_writes_is_stored_and_reads_back(
             "should have at least 1 items",
         ),
         ("ha", 9, "spec.ha: Invalid value: 9: spec.ha in body should be less than or equal to 7"),
+        (
+            "token_passthrough",
+            "yes",
+            'spec.token_passthrough: Invalid value: "string": spec.token_passthrough in body '
+            "must be of type boolean",
+        ),
+        (
+            "service_account_issuer",
+            "i" * 1025,
+            "spec.service_account_issuer: Too long: may not be longer than 1024",
+        ),
     ],
-    ids=["desired", "admin_groups", "ha"],
+    ids=["desired", "admin_groups", "ha", "token_passthrough", "service_account_issuer"],
 )
 def test_the_schema_refuses_what_vgate_would_never_write(
     store_api: ApiServer, field: str, value: Any, message: str

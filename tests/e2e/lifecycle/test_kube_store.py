@@ -22,6 +22,7 @@ from gateway.lifecycle.credentials.files import CredentialFiles
 from gateway.lifecycle.credentials.secrets import CredentialSecrets
 from gateway.lifecycle.kube import LightkubeAPI
 from gateway.lifecycle.model import Desired, Phase, TenantSpec, TenantStatus
+from gateway.lifecycle.operations import TenantOperations
 from gateway.lifecycle.provisioning.helm import HelmProvisioner, HelmSettings
 from gateway.lifecycle.reconciler import Reconciler
 from gateway.lifecycle.route_sync import RouteSync
@@ -448,8 +449,9 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
         replicas[leader][0].release_lease = no_release
         tasks.pop(f"run{leader}").cancel()
         store = replicas[follower][0]
-        record = await store.get("t1")
-        await store.update_spec("t1", spec(desired=Desired.paused), record.version)
+        # as `vgate tenant pause` does it: the reconciler may still be writing the status
+        # (its pass goes on after the route is registered), so compare-and-swap with retry
+        await TenantOperations(store).pause("t1")
 
         async def paused():
             return (await store.get("t1")).status.phase is Phase.paused

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.config.model import GatewayConfig
+from gateway.config.model import GatewayConfig, Impersonation, RateLimits, TokenReview
 from tests.support.deploy import mounts, schemas
 from tests.support.deploy.chart import NAMESPACE, RELEASE, REPO, Rendered, helm_kube_version, render
 from tests.support.deploy.variants import VARIANTS
@@ -342,3 +342,109 @@ def test_lifecycle_kubernetes_store_scales_with_leader_election(
     assert (config["metrics_host"], config["metrics_port"]) == ("0.0.0.0", 9090)
     ports = {p["name"]: p["port"] for p in out.one("Service")["spec"]["ports"]}
     assert ports["metrics"] == 9090
+
+
+def test_request_shaping_and_recording_reach_the_gateway_config(
+    rendered: dict[str, Rendered], tmp_path: Path
+) -> None:
+    """impersonation, tokenReview, rateLimits and sessions arrive in vgate's spelling and
+    load with the gateway's own model; the recording directory is a mounted volume."""
+    out = rendered["shaping-recording-pvc"]
+    config = load_config(mounts.materialize(out, tmp_path))
+    assert (config.impersonation.max_header_bytes, config.impersonation.max_groups) == (16384, 100)
+    (ci,) = config.tenants  # a static tenant whose own tokens pass, reviewed there
+    assert ci.token_passthrough
+    assert ci.service_account_issuer == "https://kubernetes.default.svc.cluster.local"
+    review = config.token_review
+    assert (review.cache_seconds, review.negative_cache_seconds, review.cache_size) == (
+        120,
+        5,
+        5000,
+    )
+    assert (review.timeout_seconds, review.issuer_cache_seconds) == (5, 3600)  # defaults
+    limits = config.rate_limits
+    assert limits.configured
+    assert (limits.global_.requests_per_second, limits.global_.bucket) == (5000, 10000)
+    assert limits.global_.concurrent_streams == 20000
+    assert (limits.user.requests_per_second, limits.user.burst) == (20.5, 40)
+    assert limits.tenant.burst is None and limits.tenant.concurrent_streams == 2000
+    assert limits.roles["cluster-admin"].concurrent_streams == 200
+    heavy = limits.tenants["ci-heavy"]
+    assert heavy.tenant is not None and heavy.tenant.requests_per_second == 2000
+    assert heavy.roles["view"].concurrent_streams == 5
+    assert heavy.roles["view"].requests_per_second is None
+    assert (limits.idle_seconds, limits.max_keys) == (600, 131072)
+    sessions = config.sessions
+    assert sessions.bridge is False
+    recording = sessions.recording
+    assert (recording.mode, recording.stdin) == ("best-effort", "tty")
+    assert recording.tenants["prod"].mode == "required"
+    assert recording.tenants["prod"].stdin == "never"
+    assert recording.roles["cluster-admin"].mode == "required"
+    assert recording.max_directory_bytes == 10737418240  # an integer, not 1.07e+10
+    assert recording.directory == tmp_path / "var/lib/vgate-sessions"
+    assert recording.directory.is_dir()  # a volume is mounted there
+    pod = out.one("Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "sessions")
+    assert volume == {"name": "sessions", "persistentVolumeClaim": {"claimName": "vgate-sessions"}}
+    claim = out.one("PersistentVolumeClaim", "vgate-sessions")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_recording_off_mounts_nothing_and_keeps_vgates_defaults(
+    rendered: dict[str, Rendered], tmp_path: Path
+) -> None:
+    out = rendered["default"]
+    pod = out.one("Deployment")["spec"]["template"]["spec"]
+    assert "sessions" not in {v["name"] for v in pod["volumes"]}
+    assert not [c for c in out.all("PersistentVolumeClaim") if "sessions" in c["metadata"]["name"]]
+    config = load_config(mounts.materialize(out, tmp_path))
+    assert config.rate_limits == RateLimits() and not config.rate_limits.configured
+    assert config.impersonation == Impersonation()
+    assert config.token_review == TokenReview()
+    assert config.sessions.recording.mode == "off" and config.sessions.bridge is True
+
+
+def test_recording_on_each_pods_empty_dir(rendered: dict[str, Rendered], tmp_path: Path) -> None:
+    out = rendered["recording-emptydir-ha"]
+    pod = out.one("Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "sessions")
+    assert volume["emptyDir"] == {"sizeLimit": "2Gi"}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "sessions")
+    assert mount["mountPath"] == "/var/lib/vgate-sessions" and not mount.get("readOnly")
+    config = load_config(mounts.materialize(out, tmp_path))
+    assert config.sessions.recording.mode == "off"
+    assert config.sessions.recording.roles["cluster-admin"].mode == "required"
+    assert config.sessions.recording.enabled
+
+
+@pytest.mark.parametrize("variant", ["shaping-recording-pvc", "recording-emptydir-ha"])
+def test_forward_groups_is_a_policy_file_beside_the_others(
+    rendered: dict[str, Rendered], variant: str, tmp_path: Path
+) -> None:
+    """forwardGroups becomes the default of every tenant: a `tenant: "*"` policy file,
+    projected into the policies folder beside the inline or existing ones."""
+    from gateway.policy import PolicyEngine, load_policies
+
+    out = rendered[variant]
+    load_config(mounts.materialize(out, tmp_path))
+    folder = tmp_path / "etc/vgate/policies"
+    assert (folder / "chart-forward-groups.yaml").is_file()
+    policies, problems = load_policies(folder, known_tenants=["t1"])
+    assert problems == []
+    engine = PolicyEngine(policies)
+    want = VARIANTS[variant]["forwardGroups"]
+    scope = engine.scope("t1")
+    assert scope.mode == want["mode"]
+    assert scope.names == frozenset(want.get("names", []))
+    assert [p.pattern for p in scope.patterns] == ([want["match"]] if "match" in want else [])
+    pod = out.one("Deployment")["spec"]["template"]["spec"]
+    sources = next(v for v in pod["volumes"] if v["name"] == "policies")["projected"]["sources"]
+    existing = VARIANTS[variant].get("policies", {}).get("existingConfigMap")
+    assert [s["configMap"]["name"] for s in sources] == [
+        existing or f"{RELEASE}-policies",
+        f"{RELEASE}-policy-defaults",
+    ]

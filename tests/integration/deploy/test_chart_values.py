@@ -80,6 +80,17 @@ BAD_VALUES = [
     ({"bogus": 1}, "bogus"),
     ({"image": {"repo": "x"}}, "repo"),
     ({"ingress": {"flavour": "haproxy"}}, "/ingress/flavour"),
+    ({"rateLimits": {"user": {"burst": 5}}}, "/rateLimits/user"),
+    ({"rateLimits": {"user": {"requestsPerSecond": 0}}}, "/rateLimits/user/requestsPerSecond"),
+    ({"rateLimits": {"tenants": {"t1": {"users": {}}}}}, "users"),
+    ({"impersonation": {"maxGroups": 0}}, "/impersonation/maxGroups"),
+    ({"tokenReview": {"timeoutSeconds": 120}}, "/tokenReview/timeoutSeconds"),
+    ({"forwardGroups": {"mode": "some"}}, "/forwardGroups/mode"),
+    ({"sessions": {"recording": {"mode": "always"}}}, "/sessions/recording/mode"),
+    (
+        {"sessions": {"recording": {"storage": {"type": "hostPath", "size": "1Gi"}}}},
+        "/sessions/recording/storage/type",
+    ),
     ({"tls": {"mode": "edge"}}, "/tls/mode"),
     ({"host": "Not A Host"}, "/host"),
     (
@@ -160,6 +171,30 @@ TEMPLATE_CHECKS = [
         },
         'tenants: "t1" is listed twice',
     ),
+    (
+        {
+            "replicaCount": 2,
+            "sessions": {
+                "recording": {"mode": "required", "storage": {"type": "persistentVolumeClaim"}}
+            },
+        },
+        "sessions.recording.storage is a persistentVolumeClaim without ReadWriteMany",
+    ),
+    (
+        {"sessions": {"recording": {"mode": "required", "storage": {"size": "1Gi"}}}},
+        "sessions.recording.maxDirectoryBytes (1610612736) must stay below",
+    ),
+    (
+        {
+            "forwardGroups": {"mode": "all"},
+            "policies": {
+                "inline": {
+                    "all.yaml": {"tenant": "*", "roles": {}, "forward_groups": {"mode": "roles"}}
+                }
+            },
+        },
+        "forwardGroups.mode and the forward_groups.mode of policies.inline all.yaml",
+    ),
 ]
 
 
@@ -177,6 +212,9 @@ TEMPLATE_CHECKS = [
         "no-gateway",
         "portal-without-host",
         "tenant-twice",
+        "recording-pvc-replicas",
+        "recording-over-volume",
+        "forward-groups-twice",
     ],
 )
 def test_combinations_fail_with_a_sentence(helm: str, values: dict, message: str) -> None:

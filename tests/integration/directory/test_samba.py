@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import ldap3
 import pytest
 
 from gateway.directory import Directory, DirectoryUnavailable
@@ -13,7 +14,7 @@ from gateway.directory.source import LdapSource
 from gateway.metrics import Metrics
 from gateway.names.dn import normalize_dn
 from tests.support.directory.corp import BULK_GROUPS, Corp
-from tests.support.directory.samba import BASE
+from tests.support.directory.samba import BASE, GLOBAL_SECURITY_GROUP, Seeder
 from tests.support.pki import TestCA
 
 METHODS = [pytest.param({}, id="tokenGroups"), pytest.param({"token_groups": False}, id="in-chain")]
@@ -186,3 +187,54 @@ def test_group_base_limits_resolution(corp: Corp) -> None:
     unresolved = [g for g in m.groups if g.dn is None]
     assert unresolved  # Domain Users / builtin groups stay as SIDs
     assert all(g.name == g.sid for g in unresolved)
+
+
+# RFC 4514 edge cases, as the DC itself writes them: a trailing and a leading space, a
+# leading '#', a comma inside the name (DN as written to create it, how a policy spells it)
+EDGE_GROUPS = {
+    "edge-trailing ": (r"CN=edge-trailing\ ", r"CN=Edge-Trailing\20"),
+    " edge-leading": (r"CN=\ edge-leading", r"cn=\20edge-leading"),
+    "#edge-hash": (r"CN=\#edge-hash", r"CN=\23EDGE-hash"),
+    "edge, comma": (r"CN=edge\, comma", r"CN=edge\2C comma"),
+}
+
+
+def _edge_world(corp: Corp) -> dict[str, str]:
+    """The edge groups (name → DN as the DC returns it) and their member `edgar`, created
+    once per session."""
+    if "edgar" in corp.users:
+        return {name: corp.groups[name] for name in EDGE_GROUPS}
+    conn = corp.dc.admin()
+    seeder = Seeder(conn)
+    groups_ou = f"OU=Groups,{BASE}"
+    corp.users["edgar"] = seeder.user("edgar", f"OU=People,{BASE}")
+    for name, (rdn, _) in EDGE_GROUPS.items():
+        dn = f"{rdn},{groups_ou}"
+        assert conn.add(
+            dn,
+            ["top", "group"],
+            {"sAMAccountName": f"edge{len(corp.groups)}", "groupType": GLOBAL_SECURITY_GROUP},
+        ), conn.result
+        conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["cn"])
+        assert conn.entries[0].cn.value == name  # the DC kept the space / '#' / comma
+        corp.groups[name] = conn.entries[0].entry_dn
+        seeder.add_members(dn, [corp.users["edgar"]])
+    conn.unbind()
+    return {name: corp.groups[name] for name in EDGE_GROUPS}
+
+
+@pytest.mark.parametrize("how", METHODS)
+def test_groups_with_rfc4514_edge_names(corp: Corp, how: dict) -> None:
+    """A group whose name ends or starts with a space, starts with '#' or holds a comma is
+    matched by a policy naming its DN in any RFC 4514 spelling, and never by the group
+    without the space; explaining chains (normalizing every memberOf value) works."""
+    dns = _edge_world(corp)
+    m = LdapSource(corp.ldap(**how)).lookup(corp.upn("edgar"), chains=True)
+    assert m.found and m.active
+    got = {g.dn: g for g in m.groups if g.dn}
+    for name, (_, policy_rdn) in EDGE_GROUPS.items():
+        assert dns[name] in got, (dns[name], sorted(got))
+        assert got[dns[name]].via == ()  # a direct membership, its chain found
+        assert normalize_dn(f"{policy_rdn},OU=Groups,{BASE}") in m.keys
+    assert normalize_dn(f"CN=edge-trailing,OU=Groups,{BASE}") not in m.keys
+    assert normalize_dn(f"CN=edge-leading,OU=Groups,{BASE}") not in m.keys

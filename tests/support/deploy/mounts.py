@@ -40,7 +40,11 @@ def materialize(rendered: Rendered, root: Path) -> Path:
         elif "projected" in volume:
             for source in volume["projected"]["sources"]:
                 kind = next(iter(source))
-                files.update({p: "placeholder" for p in _items(source[kind])})
+                spec = source[kind]
+                if kind == "configMap" and spec["name"] in chart_configmaps and "items" not in spec:
+                    files.update(chart_configmaps[spec["name"]])
+                else:
+                    files.update({p: "placeholder" for p in _items(spec)})
         for path, text in files.items():
             (folder / path).write_text(text)
     config = root / "etc/vgate/config/vgate.yaml"

@@ -144,5 +144,59 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "lifecycle": {"enabled": True, "store": {"type": "kubernetes"}},
     },
     "static-tenants": {k: v for k, v in FULL.items() if k not in ("ldap", "portal")},
+    # what the gateway shapes: impersonation caps, TokenReview caching, rate limits, the
+    # default forward_groups, session recording on a PVC (one replica) ...
+    "shaping-recording-pvc": {
+        "replicaCount": 1,
+        "tenants": [
+            {
+                "name": "ci",
+                "upstream": "https://10.20.0.6:6443",
+                "credentialsSecret": "ci-vgate",
+                "tokenPassthrough": True,
+                "serviceAccountIssuer": "https://kubernetes.default.svc.cluster.local",
+            }
+        ],
+        "impersonation": {"maxHeaderBytes": 16384, "maxGroups": 100},
+        "forwardGroups": {"mode": "referenced", "names": ["oidc:oncall"], "match": "^CN=team-"},
+        "tokenReview": {"cacheSeconds": 120, "negativeCacheSeconds": 5, "cacheSize": 5000},
+        "rateLimits": {
+            "global": {"requestsPerSecond": 5000, "burst": 10000, "concurrentStreams": 20000},
+            "tenant": {"requestsPerSecond": 500, "concurrentStreams": 2000},
+            "user": {"requestsPerSecond": 20.5, "burst": 40, "concurrentStreams": 50},
+            "roles": {"cluster-admin": {"requestsPerSecond": 100, "concurrentStreams": 200}},
+            "tenants": {
+                "ci-heavy": {
+                    "tenant": {"requestsPerSecond": 2000},
+                    "user": {"requestsPerSecond": 200},
+                    "roles": {"view": {"concurrentStreams": 5}},
+                }
+            },
+            "idleSeconds": 600,
+            "maxKeys": 131072,
+        },
+        "sessions": {
+            "bridge": False,
+            "recording": {
+                "mode": "best-effort",
+                "tenants": {"prod": {"mode": "required", "stdin": "never"}},
+                "roles": {"cluster-admin": {"mode": "required"}},
+                "maxDirectoryBytes": 10737418240,
+                "storage": {
+                    "type": "persistentVolumeClaim",
+                    "size": "20Gi",
+                    "storageClassName": "fast",
+                },
+            },
+        },
+    },
+    # ... or on each pod's emptyDir, several replicas, for one role only, on an existing
+    # policy ConfigMap (the default forward_groups projected beside its files)
+    "recording-emptydir-ha": {
+        "replicaCount": 3,
+        "forwardGroups": {"mode": "all"},
+        "policies": {"existingConfigMap": "corp-policies"},
+        "sessions": {"recording": {"roles": {"cluster-admin": {"mode": "required"}}}},
+    },
     "full": FULL,
 }

@@ -129,3 +129,48 @@ def test_hostname_server_uses_the_public_scheme_and_port():
         "https://vgate.example.com:8443/clusters/t1",
     ]
     assert describe(record)["servers"] == ["https://t1.k8s.example.com"]
+
+
+async def test_token_passthrough_through_the_api(api):
+    """Set at creation or later, with or without the issuer; an issuer without passthrough
+    or with spaces is a 422 naming the field."""
+    client, store = api
+    r = await client.post(
+        "/admin/tenants", json={"name": "t1", "admin_groups": ["a"], "token_passthrough": True}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["token_passthrough"] is True
+    assert r.json()["spec"]["service_account_issuer"] is None
+    r = await client.post(
+        "/admin/tenants",
+        json={"name": "t2", "admin_groups": ["a"], "service_account_issuer": "https://k"},
+    )
+    assert r.status_code == 422
+    assert [(c["field"], c["message"]) for c in r.json()["details"]["causes"]] == [
+        ("service_account_issuer", "applies only with token_passthrough")
+    ]
+    issuer = "https://kubernetes.default.svc.cluster.local"
+    r = await client.post(
+        "/admin/tenants/t1/token-passthrough",
+        json={"token_passthrough": True, "service_account_issuer": issuer},
+    )
+    assert r.status_code == 200, r.text
+    spec = (await store.get("t1")).spec
+    assert (spec.token_passthrough, spec.service_account_issuer) == (True, issuer)
+    assert r.json()["generation"] == 2  # a spec change the reconciler picks up
+    r = await client.post(
+        "/admin/tenants/t1/token-passthrough",
+        json={"token_passthrough": True, "service_account_issuer": "two words"},
+    )
+    assert r.status_code == 422
+    assert r.json()["details"]["causes"][0]["field"] == "service_account_issuer"
+    r = await client.post("/admin/tenants/t1/token-passthrough", json={"token_passthrough": "yes"})
+    assert r.status_code == 422
+    r = await client.post("/admin/tenants/t1/token-passthrough", json={"token_passthrough": False})
+    assert r.status_code == 200
+    spec = (await store.get("t1")).spec
+    assert (spec.token_passthrough, spec.service_account_issuer) == (False, None)
+    r = await client.post(
+        "/admin/tenants/ghost/token-passthrough", json={"token_passthrough": True}
+    )
+    assert r.status_code == 404

@@ -99,6 +99,22 @@ def test_commands_messages_and_exit_codes(config_file, tmp_path):
     assert yaml.safe_load(vgate(config_file, "show", "t1").stdout)["desired"] == "paused"
     r = vgate(config_file, "upgrade", "t1", "--k8s-version", "1.33")
     assert r.returncode == 1 and "one minor version at a time" in r.stderr
+    r = vgate(config_file, "create", "t3", "--admin-group", "x", "--token-passthrough")
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(vgate(config_file, "show", "t3").stdout)["spec"]["token_passthrough"]
+    r = vgate(config_file, "create", "t4", "--admin-group", "x", "--service-account-issuer", "i")
+    assert r.returncode == 2
+    assert "service_account_issuer: applies only with token_passthrough" in r.stderr
+    r = vgate(
+        config_file, "token-passthrough", "t3", "--on", "--service-account-issuer", "https://k"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == 'tenant "t3" token passthrough on; follow it with: vgate tenant show t3\n'
+    spec = yaml.safe_load(vgate(config_file, "show", "t3").stdout)["spec"]
+    assert (spec["token_passthrough"], spec["service_account_issuer"]) == (True, "https://k")
+    assert vgate(config_file, "token-passthrough", "t3", "--off").returncode == 0
+    spec = yaml.safe_load(vgate(config_file, "show", "t3").stdout)["spec"]
+    assert (spec["token_passthrough"], spec["service_account_issuer"]) == (False, None)
     r = vgate(config_file, "delete", "ghost")
     assert (r.returncode, r.stderr) == (4, 'vgate tenant: tenant "ghost" not found\n')
     r = vgate(config_file, "show", "ghost")

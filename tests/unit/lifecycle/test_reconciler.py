@@ -10,6 +10,8 @@ import pytest
 
 from gateway.lifecycle.credentials.bootstrap import impersonator_rules
 from gateway.lifecycle.model import Desired, Phase, TenantSpec
+from gateway.lifecycle.operations import describe
+from gateway.registry import error_reference
 from tests.support.lifecycle.converge import run_until_converged
 from tests.support.lifecycle.fakes import Killed
 
@@ -241,6 +243,10 @@ async def test_error_sets_condition_and_retries(setup):
     record = await setup.store.get("t1")
     assert record.status.last_error == "vcluster-release: chart repo unreachable"
     assert record.status.failures == 1
+    # operators match a user's error reference to the error (`vgate tenant show`)
+    shown = describe(record)
+    assert shown["last_error"] == "vcluster-release: chart repo unreachable"
+    assert shown["error_reference"] == error_reference(shown["last_error"])
     ready = record.status.condition("Ready")
     assert (ready.status, ready.reason) == ("False", "StepFailed")
     assert record.status.phase is Phase.provisioning  # not a terminal failed state

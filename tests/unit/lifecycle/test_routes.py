@@ -15,6 +15,7 @@ import yaml
 from gateway.lifecycle.model import Desired, Phase, RouteInfo, TenantSpec
 from gateway.lifecycle.route_sync import RouteSync
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
+from gateway.registry import error_reference
 from tests.support.gateway_thread import GatewayThread
 
 
@@ -129,7 +130,8 @@ def test_created_route_serves_and_deleted_route_is_404_promptly(world):
 
 def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
     """Known to the lifecycle but without a route (being created, failing, being deleted):
-    503 with Retry-After and a Status naming phase, step and last error — said only to a
+    503 with Retry-After and a Status naming phase, step and the last error's reference (its
+    text, with the host's paths and names, only in the audit line) — said only to a
     caller with a role there (no token: the 401 of any name; no role: the 403 of a ready
     tenant); a name the store does not know stays 404."""
     gw, manager, client = world
@@ -155,17 +157,30 @@ def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
             {"type": "TenantStep", "message": "apiserver"},
         ],
     }
-    error = "apiserver: kube-apiserver of t1 not ready after 60s"
+    # the error is the host's: paths, host-cluster names, a command line. Its users learn
+    # the phase, the step, how often it failed and a reference, never the text
+    error = (
+        "apiserver: kube-apiserver of t1 not ready after 60s: [Errno 20] Not a directory: "
+        "'/var/lib/vgate/local/tenants/t1/pki' (/usr/local/bin/kube-apiserver "
+        "--etcd-servers=https://etcd-0.vgate-system.svc.cluster.local:2379)"
+    )
     manager.progress("t1", Phase.provisioning, "apiserver", error, failures=3)
     assert wait_for(lambda: getattr(registry.state("t1"), "failures", 0) == 3)
+    reference = error_reference(error)
     r = client.post(whoami, json={})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["message"] == (
         'tenant "t1" is not ready (Provisioning, step "apiserver"; failed 3 times in a row, '
-        "last error: kube-apiserver of t1 not ready after 60s); the lifecycle manager keeps "
-        "retrying: ask a platform administrator if this persists"
+        f"error reference {reference}); the lifecycle manager keeps retrying: ask a platform "
+        "administrator if this persists (quote the error reference)"
     )
-    assert {"type": "TenantLastError", "message": error} in r.json()["details"]["causes"]
+    assert r.json()["details"]["causes"] == [
+        {"type": "TenantPhase", "message": "Provisioning"},
+        {"type": "TenantStep", "message": "apiserver"},
+        {"type": "TenantErrorReference", "message": reference},
+    ]
+    for secret in ("/var/lib", "/usr/local", "kube-apiserver", "etcd", "svc.cluster", "Errno"):
+        assert secret not in r.text
     discovery = client.get("/clusters/t1/api")  # client-go shows a text body here
     assert discovery.status_code == 503 and discovery.text.startswith('tenant "t1" is not')
     # who learns nothing
@@ -187,6 +202,9 @@ def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
         return [e for e in map(json.loads, lines) if e["decision"] == "unavailable"]
 
     assert wait_for(lambda: any("Deleting" in e["reason"] for e in recorded()))
+    # the operators' side: the audit line has the reference and the whole error
+    failing = [e["reason"] for e in recorded() if reference in e["reason"]]
+    assert failing and error.removeprefix("apiserver: ") in failing[0]
     assert {e["tenant"] for e in recorded()} == {"t1"}
     manager.set_running("t1")  # the route arrives: the same request goes through
     assert wait_for(lambda: client.get("/clusters/t1/api/v1/pods").status_code == 200)

@@ -33,6 +33,8 @@ path to a mounted Secret. Paths are absolute, so they do not depend on the confi
 {{- end -}}
 {{- if ne (toString (default "ca.crt" .caKey)) "-" -}}{{- $_ := set $t "ca_file" (printf "%s/ca.crt" $dir) -}}{{- end -}}
 {{- if .serverName -}}{{- $_ := set $t "server_name" .serverName -}}{{- end -}}
+{{- if .tokenPassthrough -}}{{- $_ := set $t "token_passthrough" true -}}{{- end -}}
+{{- if .serviceAccountIssuer -}}{{- $_ := set $t "service_account_issuer" .serviceAccountIssuer -}}{{- end -}}
 {{- $tenants = append $tenants $t -}}
 {{- end -}}
 {{- $listen := dict "host" "0.0.0.0" "port" 8443 -}}
@@ -59,6 +61,8 @@ path to a mounted Secret. Paths are absolute, so they do not depend on the confi
       "shutdown_grace_seconds" .Values.shutdownGraceSeconds)
   "audit" (dict "file" .Values.audit.file)
 -}}
+{{- include "vgate.config.requests" (dict "root" . "config" $config) -}}
+{{- include "vgate.config.sessions" (dict "root" . "config" $config) -}}
 {{- include "vgate.config.ldap" (dict "root" . "config" $config) -}}
 {{- include "vgate.config.portal" (dict "root" . "config" $config) -}}
 {{- include "vgate.config.lifecycle" (dict "root" . "config" $config) -}}

@@ -72,3 +72,117 @@ and adds its section to $cfg when enabled. Secrets appear only as *_file paths.
 {{- $_ := set .config "lifecycle" (merge $s (deepCopy ($v.extra | default dict))) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+impersonation, token_review and rate_limits: always rendered (their defaults are vgate's own;
+rate limits with no limit set add no step to the request path).
+*/}}
+{{- define "vgate.config.requests" -}}
+{{- $v := .root.Values -}}
+{{- $_ := set .config "impersonation" (dict
+  "max_header_bytes" (int64 $v.impersonation.maxHeaderBytes)
+  "max_groups" (int64 $v.impersonation.maxGroups)) -}}
+{{- $_ := set .config "token_review" (dict
+  "cache_seconds" $v.tokenReview.cacheSeconds
+  "negative_cache_seconds" $v.tokenReview.negativeCacheSeconds
+  "cache_size" (int64 $v.tokenReview.cacheSize)
+  "timeout_seconds" $v.tokenReview.timeoutSeconds
+  "issuer_cache_seconds" $v.tokenReview.issuerCacheSeconds) -}}
+{{- $r := $v.rateLimits -}}
+{{- $roles := dict -}}
+{{- range $role, $limit := $r.roles -}}
+{{- $_ := set $roles $role (include "vgate.limit" $limit | fromJson) -}}
+{{- end -}}
+{{- $tenants := dict -}}
+{{- range $tenant, $t := $r.tenants -}}
+{{- $o := dict -}}
+{{- if $t.tenant -}}{{- $_ := set $o "tenant" (include "vgate.limit" $t.tenant | fromJson) -}}{{- end -}}
+{{- if $t.user -}}{{- $_ := set $o "user" (include "vgate.limit" $t.user | fromJson) -}}{{- end -}}
+{{- if $t.roles -}}
+{{- $tr := dict -}}
+{{- range $role, $limit := $t.roles -}}
+{{- $_ := set $tr $role (include "vgate.limit" $limit | fromJson) -}}
+{{- end -}}
+{{- $_ := set $o "roles" $tr -}}
+{{- end -}}
+{{- $_ := set $tenants $tenant $o -}}
+{{- end -}}
+{{- $_ := set .config "rate_limits" (dict
+  "global" (include "vgate.limit" $r.global | fromJson)
+  "tenant" (include "vgate.limit" $r.tenant | fromJson)
+  "user" (include "vgate.limit" $r.user | fromJson)
+  "roles" $roles
+  "tenants" $tenants
+  "idle_seconds" $r.idleSeconds
+  "max_keys" (int64 $r.maxKeys)) -}}
+{{- end -}}
+
+{{/* One limit in vgate's spelling, as JSON: {requests_per_second, burst, concurrent_streams}. */}}
+{{- define "vgate.limit" -}}
+{{- $out := dict -}}
+{{- if hasKey . "requestsPerSecond" -}}{{- $_ := set $out "requests_per_second" .requestsPerSecond -}}{{- end -}}
+{{- if hasKey . "burst" -}}{{- $_ := set $out "burst" (int64 .burst) -}}{{- end -}}
+{{- if hasKey . "concurrentStreams" -}}{{- $_ := set $out "concurrent_streams" (int64 .concurrentStreams) -}}{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* sessions: the bridge, and recording into the sessions volume (vgate.recording). */}}
+{{- define "vgate.config.sessions" -}}
+{{- $v := .root.Values.sessions -}}
+{{- $rec := $v.recording -}}
+{{- $_ := set .config "sessions" (dict
+  "bridge" $v.bridge
+  "recording" (dict
+    "mode" (include "vgate.recordingMode" $rec.mode)
+    "stdin" $rec.stdin
+    "directory" "/var/lib/vgate-sessions"
+    "tenants" (include "vgate.recordingRules" $rec.tenants | fromJson)
+    "roles" (include "vgate.recordingRules" $rec.roles | fromJson)
+    "max_session_bytes" (int64 $rec.maxSessionBytes)
+    "max_directory_bytes" (int64 $rec.maxDirectoryBytes)
+    "max_age_days" $rec.maxAgeDays
+    "min_free_bytes" (int64 $rec.minFreeBytes))) -}}
+{{- end -}}
+
+{{/* name -> {mode, stdin} as JSON, the mode always a string (YAML reads a bare off as false). */}}
+{{- define "vgate.recordingRules" -}}
+{{- $out := dict -}}
+{{- range $name, $rule := . -}}
+{{- $r := dict -}}
+{{- if hasKey $rule "mode" -}}{{- $_ := set $r "mode" (include "vgate.recordingMode" $rule.mode) -}}{{- end -}}
+{{- if hasKey $rule "stdin" -}}{{- $_ := set $r "stdin" $rule.stdin -}}{{- end -}}
+{{- $_ := set $out $name $r -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* A recording mode as vgate reads it: a bare YAML off (false) is "off". */}}
+{{- define "vgate.recordingMode" -}}
+{{- if eq (toString .) "false" -}}off{{- else -}}{{ . }}{{- end -}}
+{{- end -}}
+
+{{/* "true" when some session may be recorded: the sessions volume is mounted then. */}}
+{{- define "vgate.recording" -}}
+{{- $rec := .Values.sessions.recording -}}
+{{- $on := ne (include "vgate.recordingMode" $rec.mode) "off" -}}
+{{- range $rule := concat (values $rec.tenants) (values $rec.roles) -}}
+{{- if and (hasKey $rule "mode") (ne (include "vgate.recordingMode" $rule.mode) "off") -}}{{- $on = true -}}{{- end -}}
+{{- end -}}
+{{- if $on -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when forwardGroups sets a default for every tenant (the chart's policy file). */}}
+{{- define "vgate.forwardGroups" -}}
+{{- $f := .Values.forwardGroups -}}
+{{- if or $f.mode $f.names $f.match -}}true{{- end -}}
+{{- end -}}
+
+{{/* The policy file forwardGroups renders: `tenant: "*"`, no roles, the forward_groups. */}}
+{{- define "vgate.forwardGroupsPolicy" -}}
+{{- $f := .Values.forwardGroups -}}
+{{- $fg := dict -}}
+{{- if $f.mode -}}{{- $_ := set $fg "mode" $f.mode -}}{{- end -}}
+{{- if $f.names -}}{{- $_ := set $fg "names" $f.names -}}{{- end -}}
+{{- if $f.match -}}{{- $_ := set $fg "match" $f.match -}}{{- end -}}
+{{- toYaml (dict "tenant" "*" "roles" (dict) "forward_groups" $fg) -}}
+{{- end -}}

@@ -108,6 +108,26 @@ app.kubernetes.io/part-of: vgate
 {{- end -}}
 {{- $_ := set $seen .name true -}}
 {{- end -}}
+{{- $storage := .Values.sessions.recording.storage -}}
+{{- if and (include "vgate.recording" .) (eq $storage.type "persistentVolumeClaim") (not (has "ReadWriteMany" $storage.accessModes)) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) -}}
+{{- fail "sessions.recording.storage is a persistentVolumeClaim without ReadWriteMany, which one pod at a time can use: set replicaCount: 1, accessModes: [ReadWriteMany] (a class that supports it), or type: emptyDir" -}}
+{{- end -}}
+{{- if and (include "vgate.recording" .) (regexMatch "^[0-9]+(Ki|Mi|Gi|Ti)$" $storage.size) -}}
+{{- $unit := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- $bytes := mul (int64 (regexFind "^[0-9]+" $storage.size)) (get $unit (regexFind "[KMGT]i$" $storage.size)) -}}
+{{- if ge (int64 .Values.sessions.recording.maxDirectoryBytes) (int64 $bytes) -}}
+{{- fail (printf "sessions.recording.maxDirectoryBytes (%d) must stay below sessions.recording.storage.size (%s = %d bytes): a full emptyDir evicts the pod, a full volume stops recording" (int64 .Values.sessions.recording.maxDirectoryBytes) $storage.size (int64 $bytes)) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.forwardGroups.mode -}}
+{{- range $file, $doc := .Values.policies.inline -}}
+{{- if and (kindIs "map" $doc) (eq (toString $doc.tenant) "*") (kindIs "map" $doc.forward_groups) -}}
+{{- if hasKey $doc.forward_groups "mode" -}}
+{{- fail (printf "forwardGroups.mode and the forward_groups.mode of policies.inline %s (tenant \"*\") both set every tenant's default: keep one" $file) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.ingress.flavour "gatewayAPI") (not .Values.ingress.gatewayRefs) -}}
 {{- fail "ingress.flavour gatewayAPI: list the Gateway(s) to attach to in ingress.gatewayRefs" -}}
 {{- end -}}
