@@ -20,6 +20,7 @@ from loadtests.bench import (
     directory,
     fairness,
     kube,
+    lifecycle_tenants,
     procs,
     report,
     stack,
@@ -368,6 +369,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode in ("all", "tenants"):
             log(f"tenants at scale, load {procs.load_average()}")
             results["tenants"] = tenants.run(
+                work,
+                seconds=args.seconds,
+                rounds=args.rounds,
+                counts=(10, 100) if args.smoke else tenants.COUNTS,
+                log=log,
+            )
+            log(f"lifecycle tenants at scale (half paused), load {procs.load_average()}")
+            results["lifecycle_tenants"] = lifecycle_tenants.run(
                 work,
                 seconds=args.seconds,
                 rounds=args.rounds,

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import fairness, kube, procs, stack, tenants, tokens, wrk
+from loadtests.bench import fairness, kube, lifecycle_tenants, procs, stack, tenants, tokens, wrk
 from loadtests.bench.throughput import Summary
 
 
@@ -251,6 +251,13 @@ def markdown(results: dict) -> str:
         out += ["#### A real kube-apiserver", "", f"Not measured: {results['kube_skipped']}.", ""]
     if "tenants" in results:
         out += ["#### Tenants at scale", "", *tenants.table(results["tenants"]), ""]
+    if "lifecycle_tenants" in results:
+        out += [
+            "#### Lifecycle tenants at scale (half paused)",
+            "",
+            *lifecycle_tenants.table(results["lifecycle_tenants"]),
+            "",
+        ]
     if "tokens" in results:
         out += ["#### A never-seen token", "", *tokens.table(results["tokens"]), ""]
     if "watches" in results:

@@ -54,7 +54,7 @@ def _status(port: int, path: str, token: str) -> int:
         conn.close()
 
 
-def _until(port: int, path: str, token: str, want: int) -> float:
+def until_status(port: int, path: str, token: str, want: int) -> float:
     """Seconds until `IN_A_ROW` requests in a row get `want` (inf past `TIMEOUT_S`)."""
     start = time.monotonic()
     streak = 0
@@ -173,14 +173,14 @@ def _changes(gate: stack.Vgate, token: str, upstream_port: int) -> dict[str, flo
     )
     t0 = time.monotonic()
     _write(gate.config_file, config)
-    new_tenant = time.monotonic() - t0 + _until(gate.port, path, token, 200)
+    new_tenant = time.monotonic() - t0 + until_status(gate.port, path, token, 200)
     denied = {"tenant": "*", "roles": {"view": {"groups": ["oidc:nobody-has-this"]}}}
     t0 = time.monotonic()
     _write(policies / "all.yaml", denied)
-    withdrawn = time.monotonic() - t0 + _until(gate.port, path, token, 403)
+    withdrawn = time.monotonic() - t0 + until_status(gate.port, path, token, 403)
     t0 = time.monotonic()
     _write(policies / "all.yaml", GRANT)
-    restored = time.monotonic() - t0 + _until(gate.port, path, token, 200)
+    restored = time.monotonic() - t0 + until_status(gate.port, path, token, 200)
     return {"new_tenant_s": new_tenant, "withdrawn_s": withdrawn, "restored_s": restored}
 
 

@@ -148,3 +148,30 @@ def test_tenants_table_and_ratios() -> None:
     text = "\n".join(tenants.table({"rows": rows}))
     assert "| 10 | 1.0 | 100 | — | 100 | 40.0 | 20.0 | 1.00 | 1.50 | 1.20 | 1.10 | 0 |" in text
     assert "| 1,010 | 1.0 | 110 | 10.2 | 100 | 42.0 | 21.0 | 1.05 |" in text
+
+
+def test_lifecycle_tenants_table() -> None:
+    """The lifecycle tenants table shows each count against the smallest one and the idle
+    CPU under store churn as a share of a core."""
+    from loadtests.bench import lifecycle_tenants
+
+    rows = [
+        {
+            "tenants": n,
+            "start_s": 2.0,
+            "rss": rss,
+            "cpu_us": cpu,
+            "user_us": cpu / 2,
+            "rps": 100.0,
+            "errors": 0,
+            "new_tenant_s": 0.5,
+            "paused_s": 0.6,
+            "churn_cpu_s": churn,
+            "cpu_x_smallest": cpu / 40.0,
+            "kb_per_tenant": None if n == 10 else (rss - 100 * 2**20) / (n - 10) / 1024,
+        }
+        for n, rss, cpu, churn in ((10, 100 * 2**20, 40.0, 0.05), (10010, 150 * 2**20, 44.0, 0.3))
+    ]
+    text = "\n".join(lifecycle_tenants.table({"rows": rows}))
+    assert "| 10 | 2.0 | 100 | — | 100 | 40.0 | 1.00 | 0.50 | 0.60 | 0.5 | 0 |" in text
+    assert "| 10,010 | 2.0 | 150 | 5.1 | 100 | 44.0 | 1.10 | 0.50 | 0.60 | 3.0 | 0 |" in text
