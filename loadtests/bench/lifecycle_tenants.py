@@ -26,8 +26,7 @@ from gateway.lifecycle.model import Desired, Phase, RouteInfo, TenantSpec, Tenan
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from loadtests.bench import procs, stack
 from loadtests.bench.issuer import GROUP, LocalIssuer
-from loadtests.bench.tenants import COUNTS, until_status
-from loadtests.bench.throughput import Target, interleaved
+from loadtests.bench.tenants import COUNTS, measure, until_status
 
 CHURN_SECONDS = 10.0
 FIRST = "t00000"
@@ -113,34 +112,10 @@ def run(
             rows.append({"tenants": count, "db": db, "start_s": time.monotonic() - t0})
             gates.append(gate)
         time.sleep(1.0)
-        targets = []
+        first = f"/clusters/{FIRST}{stack.LIST_PATH}"
+        urls = [f"http://127.0.0.1:{gate.port}{first}" for gate in gates]
+        measure(rows, gates, urls, token, "lifecycle", seconds=seconds, rounds=rounds, log=log)
         for row, gate in zip(rows, gates, strict=True):
-            pids = gate.pids
-            row["rss"] = procs.rss_bytes(pids)
-            targets.append(
-                Target(
-                    f"lifecycle-{row['tenants']}",
-                    f"http://127.0.0.1:{gate.port}/clusters/{FIRST}{stack.LIST_PATH}",
-                    lambda pids=pids: pids,
-                    token=token,
-                )
-            )
-        summaries = interleaved(
-            targets,
-            rounds=rounds,
-            seconds=seconds,
-            connections=50,
-            warmup=min(2.0, seconds),
-            log=log,
-        )
-        for row, gate, target in zip(rows, gates, targets, strict=True):
-            summary = summaries[target.name]
-            row.update(
-                cpu_us=summary.cpu_us,
-                user_us=summary.user_us,
-                rps=summary.rps,
-                errors=summary.errors,
-            )
             row.update(_changes(gate, row["db"], token, up.port, token_file))
             row["churn_cpu_s"] = _idle_cpu(gate, row["db"])
             log(

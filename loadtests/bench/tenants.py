@@ -111,34 +111,17 @@ def run(
             gates.append(gate.start(timeout=300))
             rows.append({"tenants": count, "start_s": time.monotonic() - t0})
         time.sleep(1.0)
-        targets = []
-        for row, gate in zip(rows, gates, strict=True):
-            pids = gate.pids
-            row["rss"] = procs.rss_bytes(pids)
-            targets.append(
-                Target(
-                    f"tenants-{row['tenants']}",
-                    gate.base + stack.LIST_PATH,
-                    lambda pids=pids: pids,
-                    token=token,
-                )
-            )
-        summaries = interleaved(
-            targets,
-            rounds=rounds,
+        measure(
+            rows,
+            gates,
+            [g.base + stack.LIST_PATH for g in gates],
+            token,
+            "tenants",
             seconds=seconds,
-            connections=50,
-            warmup=min(2.0, seconds),
+            rounds=rounds,
             log=log,
         )
-        for row, gate, target in zip(rows, gates, targets, strict=True):
-            summary = summaries[target.name]
-            row.update(
-                cpu_us=summary.cpu_us,
-                user_us=summary.user_us,
-                rps=summary.rps,
-                errors=summary.errors,
-            )
+        for row, gate in zip(rows, gates, strict=True):
             row.update(_changes(gate, token, up.port))
             log(
                 f"  {row['tenants']:,} tenants: started in {row['start_s']:.1f}s, RSS "
@@ -156,6 +139,34 @@ def run(
         extra = r["tenants"] - base["tenants"]
         r["kb_per_tenant"] = ((r["rss"] - base["rss"]) / extra / 1024) if extra else None
     return {"rows": rows}
+
+
+def measure(
+    rows: list[dict],
+    gates: list[stack.Vgate],
+    urls: list[str],
+    token: str,
+    kind: str,
+    *,
+    seconds: float,
+    rounds: int,
+    log: Callable[[str], None],
+) -> None:
+    """Each row's RSS, then CPU per cached-token request to its gateway's `url`, all
+    gateways interleaved (one per count, so a noisy neighbour hits every count alike)."""
+    targets = []
+    for row, gate, url in zip(rows, gates, urls, strict=True):
+        pids = gate.pids
+        row["rss"] = procs.rss_bytes(pids)
+        targets.append(Target(f"{kind}-{row['tenants']}", url, lambda pids=pids: pids, token=token))
+    summaries = interleaved(
+        targets, rounds=rounds, seconds=seconds, connections=50, warmup=min(2.0, seconds), log=log
+    )
+    for row, target in zip(rows, targets, strict=True):
+        summary = summaries[target.name]
+        row.update(
+            cpu_us=summary.cpu_us, user_us=summary.user_us, rps=summary.rps, errors=summary.errors
+        )
 
 
 def _changes(gate: stack.Vgate, token: str, upstream_port: int) -> dict[str, float]:

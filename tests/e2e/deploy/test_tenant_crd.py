@@ -1,7 +1,7 @@
-"""The tenants.vgate.io CRD in the chart's crds/, judged by a real API server (e2e): it is
+"""The tenants.vgate.io CRD in the chart's crds/, judged by a real API server: it is
 established, stores what the kubernetes tenant store writes and gives it back unchanged,
-refuses what its schema forbids, and its printer columns show the written fields. Offline:
-helm ships it, and the chart's Role grants exactly what that store uses."""
+refuses what its schema forbids, and its printer columns show the written fields. What helm
+ships and the store's Role are `tests/integration/deploy/test_tenant_crd_chart.py`."""
 
 from __future__ import annotations
 

@@ -1,34 +1,10 @@
-"""check-config on the lifecycle section, and the progress display."""
+"""check-config on the kubernetes tenant store of a real API server."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def check(tmp_path: Path, lifecycle: dict) -> subprocess.CompletedProcess:
-    (tmp_path / "policies").mkdir(exist_ok=True)
-    (tmp_path / "policies" / "later.yaml").write_text(
-        yaml.safe_dump({"tenant": "not-yet-created", "roles": {"view": {"groups": ["devs"]}}})
-    )
-    config = {
-        "oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["vgate"]}]},
-        "policies": str(tmp_path / "policies"),
-        "lifecycle": lifecycle,
-    }
-    (tmp_path / "vgate.yaml").write_text(yaml.safe_dump(config))
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", "--config", str(tmp_path / "vgate.yaml")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.support.lifecycle.check_config import check
 
 
 def test_check_config_reads_the_kubernetes_store(

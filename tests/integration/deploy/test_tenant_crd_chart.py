@@ -1,71 +1,24 @@
-"""The tenants.vgate.io CRD in the chart's crds/, judged by a real API server (e2e): it is
-established, stores what the kubernetes tenant store writes and gives it back unchanged,
-refuses what its schema forbids, and its printer columns show the written fields. Offline:
-helm ships it, and the chart's Role grants exactly what that store uses."""
+"""The tenants.vgate.io CRD as the chart ships it (the real helm binary): it names what the
+kubernetes tenant store uses, helm installs it, and the chart's Role grants exactly what
+that store calls. The API server's judgement of the CRD is `tests/e2e/deploy/`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from gateway.lifecycle.model import (
-    Condition,
-    Phase,
-    RouteInfo,
-    TenantRecord,
-    TenantSpec,
-    TenantStatus,
-)
 from gateway.lifecycle.stores import kubernetes as kube_store
 from tests.support.deploy.chart import RELEASE, render
-from tests.support.kube import ApiServer
 
 CRD_FILE = Path(__file__).resolve().parents[3] / "deploy/helm/vgate/crds/tenants.vgate.io.yaml"
-NAMESPACE = "vgate-crd"  # the CRD tests' own, beside the other chart tests' namespaces
 
 
 @pytest.fixture(scope="module")
 def crd() -> dict[str, Any]:
     return yaml.safe_load(CRD_FILE.read_text())
-
-
-@pytest.fixture(scope="module")
-def store_api(kube_api: ApiServer, chart_crds: Path) -> ApiServer:
-    """The API server with the chart's CRD established and a namespace for these tests."""
-    kube_api.kubectl("create", "namespace", NAMESPACE)
-    return kube_api
-
-
-def busy_record() -> TenantRecord:
-    return TenantRecord(
-        spec=TenantSpec(
-            name="team-a",
-            admin_groups=["a"],
-            view_groups=["v"],
-            ha=3,
-            quota={"pods": "20"},
-            values={"sync": {"toHost": {}}},
-        ),
-        status=TenantStatus(
-            phase=Phase.ready,
-            step=None,
-            conditions=[Condition(type="Ready", status="True", reason="Converged")],
-            route=RouteInfo(server="https://team-a.vcluster-team-a.svc:443", token_file="/t"),
-        ),
-        version=7,
-        generation=3,
-        created_at=1.5,
-        last_activity=2.5,
-    )
-
-
-def create(api: ApiServer, obj: dict[str, Any]) -> Any:
-    """Create `obj` as the store would (no resourceVersion); the CompletedProcess."""
-    return api.kubectl("create", "-f", "-", input=json.dumps(obj), check=False)
 
 
 def test_the_crd_names_what_the_store_uses(crd: dict[str, Any]) -> None:
