@@ -159,6 +159,10 @@ class Pipeline:
             self.recorder.record(flow)
         except Exception:
             log.exception("recording failed")
+        # the flow and the exchange refer to each other: without this the pair (and the
+        # request head, its lists and tuples) would wait for the cycle collector instead
+        # of being freed now
+        exchange.context = None
 
     def _run(self, flow: Flow, start: int) -> None:
         steps = self.steps
