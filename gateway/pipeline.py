@@ -264,7 +264,14 @@ class Pipeline:
         ):
             return self._tenant_native(flow, self.tenant_tokens, token)
         self.recorder.token_cache_miss()
-        return self._verify(flow, token)
+        try:
+            identity = self.authenticator.verify_now(token)
+        except AuthError as exc:
+            return self._unauthenticated(flow, exc)
+        if identity is None:  # the issuer's keys must be fetched again first
+            return self._verify(flow, token)
+        flow.identity = identity
+        return self._authenticated(flow)
 
     def _tenant_native(
         self, flow: Flow, tokens: TenantTokens, token: str

@@ -66,10 +66,20 @@ def decode_segment(segment: str, what: str, *, canonical: bool = False) -> bytes
     return raw
 
 
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # what `json.loads` ends in
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode())  # UTF-8 (RFC 7519); a str skips the encoding sniff
-    except (ValueError, RecursionError):
+        text = raw.decode()  # UTF-8 (RFC 7519); a str skips the encoding sniff
+        value: Any = None
+        if text[:1] == "{":  # the common case: one object and nothing after it, scanned
+            value, end = _scan(text, 0)  # without `loads`' two whitespace matches
+            if end != len(text):
+                value = None
+        if value is None:  # anything else: exactly what `json.loads` makes of it
+            value = json.loads(text)
+    except (ValueError, RecursionError, StopIteration):
         raise JWSError(f"{what} is not JSON") from None
     if not isinstance(value, dict):
         raise JWSError(f"{what} is not a JSON object")
