@@ -143,7 +143,13 @@ class Pipeline:
         """A request head is complete: run the steps."""
         flow = Flow(exchange)
         exchange.context = flow
-        self._run(flow, 0)
+        for step in self.steps:  # `_run` from the first step, without index arithmetic
+            result = step(flow)
+            if result is None:
+                continue
+            if result is not DONE:
+                self._wait(flow, result, self.steps.index(step))  # type: ignore[arg-type]
+            return
 
     def done(self, exchange: Exchange) -> None:
         """The exchange ended (answered, or the client left): step 7, record it."""
