@@ -107,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
             limits.keepalive_timeout_seconds, limits.request_head_timeout_seconds
         )
         self._corked: list[bytes] | None = None
+        self._flush_due = False  # `uncork` is scheduled (`uncork_soon`)
         self._read_paused = False
         self._refusal: bytes | None = None  # a refused head's answer, due after the current
         self._refused = False  # a head was refused: read nothing more
@@ -338,9 +339,22 @@ class ClientConnection(asyncio.Protocol):
             self._corked = []
 
     def uncork(self) -> None:
+        self._flush_due = False
         corked, self._corked = self._corked, None
         if corked:
             self.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def uncork_soon(self) -> None:
+        """Like `uncork`, once the event loop has run the callbacks of this round of I/O
+        events (before it waits for more): the answers to every request that completed
+        in one round leave back to back, so a client (or a load generator) asleep on
+        another CPU is woken once for them rather than once per answer, and answers to the
+        same connection share one send. Writes made meanwhile join in order."""
+        if self._corked and not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self.uncork)
+        elif not self._corked and not self._flush_due:
+            self._corked = None
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None:
