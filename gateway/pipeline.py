@@ -40,7 +40,7 @@ from gateway.forward import Forwarder
 from gateway.forward.forwarder import is_streaming
 from gateway.http.client_address import ClientAddress
 from gateway.http.exchange import Exchange
-from gateway.identity import Deny, TooLarge
+from gateway.identity import Deny, Grant, TooLarge
 from gateway.limits import Limiter, Refusal
 from gateway.names.kube import UnsafeName
 from gateway.policy import PolicyEngine
@@ -72,6 +72,7 @@ DONE: Final = _Done()
 Next = _Done | None
 Step = Callable[[Flow], "Next | Awaitable[Next]"]
 
+MAX_CREDENTIAL_BLOCKS = 4096
 _WWW_AUTHENTICATE = (b"WWW-Authenticate", b'Bearer realm="vgate"')
 _INVALID_TOKEN = (b"WWW-Authenticate", b'Bearer realm="vgate", error="invalid_token"')
 
@@ -131,6 +132,7 @@ class Pipeline:
             i.issuer: (i.overage_group_names, i.groups_prefix) for i in authenticator.config.issuers
         }
         self._tasks: set[asyncio.Task] = set()
+        self._credential_blocks: dict[tuple[int, int], tuple[bytes | None, Grant, bytes]] = {}
         registry.on_change(forwarder.forget)
         if nested is not None:
             registry.on_change(nested.forget)
@@ -634,13 +636,31 @@ class Pipeline:
         """The head that leaves for the tenant (kept on the flow for the forward step)."""
         exchange, upstream, grant = flow.exchange, flow.upstream, flow.grant
         assert upstream is not None and grant is not None
-        try:
-            # a tenant-native token goes as itself: it impersonates nobody
-            identity_block = impersonation_block(grant) if flow.credential is None else b""
-        except UnsafeName as exc:  # the last check of every name: nothing leaves
-            flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
-            flow.fail(403, "the identity of this request cannot be passed on safely")
-            return DONE
+        credential = flow.credential
+        authorization: bytes | None = credential
+        if credential is not None:  # a tenant-native token goes as itself: no impersonation
+            identity_block = b""
+        else:
+            authorization = upstream.authorization() if upstream.authorization else None
+            # the credential and impersonation lines, joined once per (credential, grant):
+            # both are the same objects request after request
+            key = (id(authorization), id(grant))
+            hit = self._credential_blocks.get(key)
+            if hit is not None and hit[0] is authorization and hit[1] is grant:
+                identity_block = hit[2]
+            else:
+                try:
+                    identity_block = impersonation_block(grant)
+                except UnsafeName as exc:  # the last check of every name: nothing leaves
+                    flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
+                    flow.fail(403, "the identity of this request cannot be passed on safely")
+                    return DONE
+                if authorization:
+                    identity_block = b"Authorization: " + authorization + b"\r\n" + identity_block
+                if len(self._credential_blocks) >= MAX_CREDENTIAL_BLOCKS:
+                    self._credential_blocks.clear()
+                self._credential_blocks[key] = (authorization, grant, identity_block)
+            authorization = None  # in `identity_block`, ahead of the impersonation lines
         if exchange.chunked_in:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif exchange.content_length:
@@ -652,8 +672,7 @@ class Pipeline:
             flow.target or b"/",
             exchange.head,
             authority=upstream.authority,
-            authorization=flow.credential
-            or (upstream.authorization() if upstream.authorization else None),
+            authorization=authorization,
             identity_block=identity_block,
             request_id=exchange.request_id,
             framing=framing,

@@ -67,6 +67,9 @@ class Authenticator:
         self._cache = VerifiedTokens(config.token_cache_size)
         self._cache_enabled = config.token_cache_size > 0
         self._last_hit: tuple[str, Identity] | None = None
+        # the last `Authorization` value taken apart, and its token: a client repeats it, and
+        # handing out the same str makes the `_last_hit` comparison an identity check
+        self._last_header: tuple[bytes, str] | None = None
         self._refresher: asyncio.Task | None = None
         self.hits = 0
 
@@ -111,15 +114,20 @@ class Authenticator:
                 return token
         if not authorization:
             raise AuthError("missing", "no bearer token")
+        last = self._last_header
+        if last is not None and last[0] == authorization:
+            return last[1]  # the header the last request carried: the same token object
         if len(authorization) > self.max_token_bytes + 7:
             raise AuthError("too_large", f"token larger than {self.max_token_bytes} bytes")
         scheme, _, credential = authorization.partition(b" ")
         if scheme.lower() != b"bearer" or not credential:
             raise AuthError("missing", "authorization is not a bearer token")
         try:
-            return credential.strip().decode("ascii")
+            token = credential.strip().decode("ascii")
         except UnicodeDecodeError:
             raise AuthError("malformed", "token is not ASCII") from None
+        self._last_header = (authorization, token)
+        return token
 
     def cached(self, token: str) -> Identity | None:
         """The cached identity for `token`, if it was verified before and has not expired.
