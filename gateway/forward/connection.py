@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vgate.forward")
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+MAX_HELD_BODY_BYTES = 64 * 1024  # a request body chunk this large is sent at once
 
 
 class _Inert:
@@ -305,10 +306,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
 
     def _write(self, data: bytes) -> None:
-        if self._outgoing is not None:
-            self._outgoing.append(data)
-        elif self.transport is not None:
-            self.transport.write(data)
+        outgoing = self._outgoing
+        if outgoing is None:
+            if self.transport is not None:
+                self.transport.write(data)
+            return
+        outgoing.append(data)
+        if len(data) >= MAX_HELD_BODY_BYTES or len(outgoing) > 16:  # a body streaming in:
+            self._send_outgoing()  # the transport's flow control must see it now
 
     def _body(self, chunk: bytes | None) -> None:
         if self.transport is None or self.closed:
