@@ -132,9 +132,16 @@ class AuditLog:
         line (user … granted_by), serialized once per (identity, grant, source, tenant):
         identity and grant are immutable and reused across requests."""
         ident, grant, source, tenant = flow.identity, flow.grant, flow.source, flow.tenant
-        key = (id(ident), id(grant), source, tenant)
+        # by the identity's fields the line shows: a user's next token is a new `Identity`
+        # (the policy engine hands out the same `Grant` for it)
+        key = (
+            (ident.username, ident.uid, ident.issuer) if ident else None,
+            id(grant),
+            source,
+            tenant,
+        )
         hit = self._who_cache.get(key)
-        if hit is not None and hit[0] is ident and hit[1] is grant:
+        if hit is not None and hit[1] is grant:
             return hit[2]
         who: dict = {
             "user": ident.username if ident else None,
