@@ -40,7 +40,7 @@ from gateway.forward import Forwarder
 from gateway.forward.forwarder import is_streaming
 from gateway.http.client_address import ClientAddress
 from gateway.http.exchange import Exchange
-from gateway.identity import Deny, TooLarge
+from gateway.identity import Deny, Grant, TooLarge
 from gateway.limits import Limiter, Refusal
 from gateway.names.kube import UnsafeName
 from gateway.policy import PolicyEngine
@@ -72,6 +72,7 @@ DONE: Final = _Done()
 Next = _Done | None
 Step = Callable[[Flow], "Next | Awaitable[Next]"]
 
+MAX_CREDENTIAL_BLOCKS = 4096
 _WWW_AUTHENTICATE = (b"WWW-Authenticate", b'Bearer realm="vgate"')
 _INVALID_TOKEN = (b"WWW-Authenticate", b'Bearer realm="vgate", error="invalid_token"')
 
@@ -131,6 +132,7 @@ class Pipeline:
             i.issuer: (i.overage_group_names, i.groups_prefix) for i in authenticator.config.issuers
         }
         self._tasks: set[asyncio.Task] = set()
+        self._credential_blocks: dict[tuple[int, int], tuple[bytes | None, Grant, bytes]] = {}
         registry.on_change(forwarder.forget)
         if nested is not None:
             registry.on_change(nested.forget)
@@ -143,7 +145,13 @@ class Pipeline:
         """A request head is complete: run the steps."""
         flow = Flow(exchange)
         exchange.context = flow
-        self._run(flow, 0)
+        for step in self.steps:  # `_run` from the first step, without index arithmetic
+            result = step(flow)
+            if result is None:
+                continue
+            if result is not DONE:
+                self._wait(flow, result, self.steps.index(step))  # type: ignore[arg-type]
+            return
 
     def done(self, exchange: Exchange) -> None:
         """The exchange ended (answered, or the client left): step 7, record it."""
@@ -159,6 +167,10 @@ class Pipeline:
             self.recorder.record(flow)
         except Exception:
             log.exception("recording failed")
+        # the flow and the exchange refer to each other: without this the pair (and the
+        # request head, its lists and tuples) would wait for the cycle collector instead
+        # of being freed now
+        exchange.context = None
 
     def _run(self, flow: Flow, start: int) -> None:
         steps = self.steps
@@ -260,7 +272,14 @@ class Pipeline:
         ):
             return self._tenant_native(flow, self.tenant_tokens, token)
         self.recorder.token_cache_miss()
-        return self._verify(flow, token)
+        try:
+            identity = self.authenticator.verify_now(token)
+        except AuthError as exc:
+            return self._unauthenticated(flow, exc)
+        if identity is None:  # the issuer's keys must be fetched again first
+            return self._verify(flow, token)
+        flow.identity = identity
+        return self._authenticated(flow)
 
     def _tenant_native(
         self, flow: Flow, tokens: TenantTokens, token: str
@@ -618,13 +637,31 @@ class Pipeline:
         """The head that leaves for the tenant (kept on the flow for the forward step)."""
         exchange, upstream, grant = flow.exchange, flow.upstream, flow.grant
         assert upstream is not None and grant is not None
-        try:
-            # a tenant-native token goes as itself: it impersonates nobody
-            identity_block = impersonation_block(grant) if flow.credential is None else b""
-        except UnsafeName as exc:  # the last check of every name: nothing leaves
-            flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
-            flow.fail(403, "the identity of this request cannot be passed on safely")
-            return DONE
+        credential = flow.credential
+        authorization: bytes | None = credential
+        if credential is not None:  # a tenant-native token goes as itself: no impersonation
+            identity_block = b""
+        else:
+            authorization = upstream.authorization() if upstream.authorization else None
+            # the credential and impersonation lines, joined once per (credential, grant):
+            # both are the same objects request after request
+            key = (id(authorization), id(grant))
+            hit = self._credential_blocks.get(key)
+            if hit is not None and hit[0] is authorization and hit[1] is grant:
+                identity_block = hit[2]
+            else:
+                try:
+                    identity_block = impersonation_block(grant)
+                except UnsafeName as exc:  # the last check of every name: nothing leaves
+                    flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
+                    flow.fail(403, "the identity of this request cannot be passed on safely")
+                    return DONE
+                if authorization:
+                    identity_block = b"Authorization: " + authorization + b"\r\n" + identity_block
+                if len(self._credential_blocks) >= MAX_CREDENTIAL_BLOCKS:
+                    self._credential_blocks.clear()
+                self._credential_blocks[key] = (authorization, grant, identity_block)
+            authorization = None  # in `identity_block`, ahead of the impersonation lines
         if exchange.chunked_in:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif exchange.content_length:
@@ -636,8 +673,7 @@ class Pipeline:
             flow.target or b"/",
             exchange.head,
             authority=upstream.authority,
-            authorization=flow.credential
-            or (upstream.authorization() if upstream.authorization else None),
+            authorization=authorization,
             identity_block=identity_block,
             request_id=exchange.request_id,
             framing=framing,

@@ -24,6 +24,8 @@ _BAD_PATH = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:/|$)|//|\\|%2e%2e|%00|[\x00-\
 # the common case, anything else gets the full search
 _PLAIN_PATH = re.compile(rb"(?:/[^/.%\\\x00-\x20\x7f]+)*/?")
 MAX_REMEMBERED_NAMES = 4096
+MAX_REMEMBERED_TARGETS = 4096
+MAX_REMEMBERED_TARGET_BYTES = 512
 
 
 def _bad_path(path: bytes) -> bool:
@@ -60,9 +62,26 @@ class Router:
         self._suffix = ("." + base_domain).encode() if base_domain else None
         self._prefix = (path_prefix.rstrip("/") + "/").encode() if path_prefix else None
         self._names: dict[bytes, str] = {}  # tenant names seen in paths that passed _TENANT
+        # answers by request target (and Host, with a base domain): clients repeat their
+        # targets (a controller lists and watches the same few paths), and an answer is a
+        # pure function of them; immutable, so one object serves every repeat
+        self._answers: dict[object, Route | Refused | None] = {}
 
     def route(self, host: bytes | None, target: bytes) -> Route | Refused | None:
         """Route a request; None means "not addressed to a tenant" (the gateway's own pages)."""
+        key = target if self._suffix is None else (host, target)
+        try:
+            return self._answers[key]
+        except KeyError:
+            pass
+        answer = self._route(host, target)
+        if len(target) <= MAX_REMEMBERED_TARGET_BYTES and (host is None or len(host) <= 255):
+            if len(self._answers) >= MAX_REMEMBERED_TARGETS:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
+
+    def _route(self, host: bytes | None, target: bytes) -> Route | Refused | None:
         if not target.startswith(b"/"):
             return Refused(400, "request target must be an absolute path")
         path, sep, query = target.partition(b"?")

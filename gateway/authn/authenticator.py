@@ -10,11 +10,10 @@ import json
 import logging
 import time
 
-from cachetools import TLRUCache
-
 from gateway.authn import jws
 from gateway.authn.errors import AuthError
 from gateway.authn.keys import IssuerKeys
+from gateway.authn.token_cache import VerifiedTokens
 from gateway.authn.verify import IssuerVerifier
 from gateway.authn.websocket import websocket_bearer_token
 from gateway.config.model import OIDC
@@ -65,13 +64,12 @@ class Authenticator:
             )
             keys.on_keys_removed = functools.partial(self._forget_issuer, issuer.issuer)
             self._verifiers[issuer.issuer] = IssuerVerifier(issuer, keys)
-        self._cache: TLRUCache = TLRUCache(
-            maxsize=max(config.token_cache_size, 1),
-            ttu=lambda _key, identity, _now: identity.expires_at,
-            timer=time.time,
-        )
+        self._cache = VerifiedTokens(config.token_cache_size)
         self._cache_enabled = config.token_cache_size > 0
         self._last_hit: tuple[str, Identity] | None = None
+        # the last `Authorization` value taken apart, and its token: a client repeats it, and
+        # handing out the same str makes the `_last_hit` comparison an identity check
+        self._last_header: tuple[bytes, str] | None = None
         self._refresher: asyncio.Task | None = None
         self.hits = 0
 
@@ -116,15 +114,20 @@ class Authenticator:
                 return token
         if not authorization:
             raise AuthError("missing", "no bearer token")
+        last = self._last_header
+        if last is not None and last[0] == authorization:
+            return last[1]  # the header the last request carried: the same token object
         if len(authorization) > self.max_token_bytes + 7:
             raise AuthError("too_large", f"token larger than {self.max_token_bytes} bytes")
         scheme, _, credential = authorization.partition(b" ")
         if scheme.lower() != b"bearer" or not credential:
             raise AuthError("missing", "authorization is not a bearer token")
         try:
-            return credential.strip().decode("ascii")
+            token = credential.strip().decode("ascii")
         except UnicodeDecodeError:
             raise AuthError("malformed", "token is not ASCII") from None
+        self._last_header = (authorization, token)
+        return token
 
     def cached(self, token: str) -> Identity | None:
         """The cached identity for `token`, if it was verified before and has not expired.
@@ -134,10 +137,11 @@ class Authenticator:
         if not self._cache_enabled:
             return None
         last = self._last_hit
-        if last is not None and last[0] == token and last[1].expires_at > time.time():
+        now = time.time()
+        if last is not None and last[0] == token and last[1].expires_at > now:
             self.hits += 1
             return last[1]
-        identity = self._cache.get(hashlib.sha256(token.encode()).digest())
+        identity = self._cache.get(hashlib.sha256(token.encode()).digest(), now)
         if identity is not None:
             self.hits += 1
             self._last_hit = (token, identity)
@@ -154,28 +158,45 @@ class Authenticator:
         token signed by the withdrawn key stops working now rather than at its `exp`."""
         if self._last_hit is not None and self._last_hit[1].issuer == issuer:
             self._last_hit = None
-        stale = [key for key, identity in self._cache.items() if identity.issuer == issuer]
-        for key in stale:
-            self._cache.pop(key, None)
-        if stale:
-            log.info(
-                "issuer %s: dropped %d cached tokens after a key withdrawal", issuer, len(stale)
-            )
+        dropped = self._cache.drop(lambda identity: identity.issuer != issuer)
+        if dropped:
+            log.info("issuer %s: dropped %d cached tokens after a key withdrawal", issuer, dropped)
+
+    def verify_now(self, token: str) -> Identity | None:
+        """Verify a token that is not cached (signature and every claim) without waiting:
+        its `Identity`, remembered until `exp`; `AuthError` when it does not verify; None
+        when its issuer's key set must be fetched again first (an unknown `kid`), which
+        `authenticate` awaits. The common case, a known key, costs no task or await."""
+        try:
+            parsed = jws.parse(token)
+        except jws.JWSError as exc:
+            raise AuthError("malformed", str(exc)) from None
+        verifier = self._verifier(parsed)
+        key = verifier.key_now(parsed)
+        if key is None:
+            return None
+        return self._remember(token, verifier.check(parsed, key))
 
     async def authenticate(self, token: str) -> Identity:
         """Verify `token` fully (cache miss path) and remember the result until `exp`."""
         identity = self.cached(token)
         if identity is not None:
             return identity
-        try:
-            parsed = jws.parse(token)
-        except jws.JWSError as exc:
-            raise AuthError("malformed", str(exc)) from None
+        identity = self.verify_now(token)
+        if identity is not None:
+            return identity
+        parsed = jws.parse(token)  # well-formed: `verify_now` parsed it
+        verifier = self._verifier(parsed)
+        return self._remember(token, await verifier.verify(parsed))
+
+    def _verifier(self, parsed: jws.CompactJWS) -> IssuerVerifier:
         issuer = parsed.payload.get("iss")
         verifier = self._verifiers.get(issuer) if isinstance(issuer, str) else None
         if verifier is None:
             raise AuthError("unknown_issuer", f"issuer {str(issuer)[:128]!r} is not configured")
-        identity = await verifier.verify(parsed)
+        return verifier
+
+    def _remember(self, token: str, identity: Identity) -> Identity:
         if self._cache_enabled and identity.expires_at > time.time():
-            self._cache[hashlib.sha256(token.encode()).digest()] = identity
+            self._cache.put(hashlib.sha256(token.encode()).digest(), identity)
         return identity

@@ -66,10 +66,20 @@ def decode_segment(segment: str, what: str, *, canonical: bool = False) -> bytes
     return raw
 
 
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # what `json.loads` ends in
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode())  # UTF-8 (RFC 7519); a str skips the encoding sniff
-    except (ValueError, RecursionError):
+        text = raw.decode()  # UTF-8 (RFC 7519); a str skips the encoding sniff
+        value: Any = None
+        if text[:1] == "{":  # the common case: one object and nothing after it, scanned
+            value, end = _scan(text, 0)  # without `loads`' two whitespace matches
+            if end != len(text):
+                value = None
+        if value is None:  # anything else: exactly what `json.loads` makes of it
+            value = json.loads(text)
+    except (ValueError, RecursionError, StopIteration):
         raise JWSError(f"{what} is not JSON") from None
     if not isinstance(value, dict):
         raise JWSError(f"{what} is not a JSON object")
@@ -97,6 +107,11 @@ def parse(token: str) -> CompactJWS:
 
 
 _algorithms: dict[str, Algorithm] = {}
+# (alg, id(key)) -> (key, the key as `prepare_key` made it): an issuer's keys are parsed
+# once per JWKS fetch and used for token after token; `prepare_key`'s checks (six ABC
+# isinstance calls for an RSA key) need not run again for the same key object
+_prepared: dict[tuple[str, int], tuple[Any, Any]] = {}
+MAX_PREPARED_KEYS = 64
 
 
 def signature_valid(jws: CompactJWS, alg: str, key: Any) -> bool:
@@ -104,7 +119,15 @@ def signature_valid(jws: CompactJWS, alg: str, key: Any) -> bool:
     algorithm = _algorithms.get(alg)
     if algorithm is None:
         algorithm = _algorithms[alg] = jwt.get_algorithm_by_name(alg)
-    return bool(algorithm.verify(jws.signing_input, algorithm.prepare_key(key), jws.signature))
+    hit = _prepared.get((alg, id(key)))
+    if hit is not None and hit[0] is key:
+        prepared = hit[1]
+    else:
+        prepared = algorithm.prepare_key(key)
+        if len(_prepared) >= MAX_PREPARED_KEYS:
+            _prepared.clear()
+        _prepared[(alg, id(key))] = (key, prepared)
+    return bool(algorithm.verify(jws.signing_input, prepared, jws.signature))
 
 
 def _integer(claims: dict[str, Any], name: str) -> int:

@@ -151,6 +151,12 @@ class IssuerKeys:
             raise AuthError("unknown_key", f"no key {kid!r} for alg {alg} at {self.issuer.issuer}")
         return key.key
 
+    def key_now(self, kid: str | None, alg: str) -> PublicKey | None:
+        """The key for `kid`/`alg` if the key set has it; None when `key_for` must be
+        awaited (it refetches once, or says why there is no key)."""
+        key = self._lookup(kid, alg)
+        return None if key is None else key.key
+
     def _lookup(self, kid: str | None, alg: str) -> _Key | None:
         if kid is not None:
             key = self._keys.get(kid)

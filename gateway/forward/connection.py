@@ -2,9 +2,13 @@
 
 Response bytes are relayed to the client as they arrive, with no task per chunk and
 no buffering: when the client cannot keep up, reading from the upstream pauses (and
-the other way round for request bodies). A 101 answer turns the connection into a raw
-byte tunnel in both directions — that is how exec, attach, cp and port-forward pass,
-whether they speak WebSocket or SPDY/3.1.
+the other way round for request bodies). Both directions are sent once the event loop has
+run the callbacks of the current round of I/O events (the request head by `send`, what one
+upstream read yields by `ClientConnection.uncork_soon`): every request and answer of a
+round leaves back to back, so a peer asleep on another CPU is woken once per round instead
+of once per message (on a 2-vCPU VM those wake-ups were 16% of the gateway's CPU). A 101
+answer turns the connection into a raw byte tunnel in both directions — that is how exec,
+attach, cp and port-forward pass, whether they speak WebSocket or SPDY/3.1.
 
 What a tenant sends is bounded before the parser sees it: the response head is held and
 counted as it arrives and handed to httptools in one piece once complete (so the parser
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vgate.forward")
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+MAX_HELD_BODY_BYTES = 64 * 1024  # a request body chunk this large is sent at once
 
 
 class _Inert:
@@ -82,6 +87,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.limits: HeadLimits = pool.head_limits
         self._head_open = False  # a response head is due (set by `send`)
         self._held = bytearray()  # the incomplete head's bytes so far
+        # the request head and body bytes, written once this round of I/O events is done
+        self._outgoing: list[bytes] | None = None
         self._held_lines = 0
         self._progress = 0  # parser events that moved the response on (head, body, end)
         self._stalled = 0  # bytes fed since the last of them
@@ -184,7 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.abort()
         finally:
             if client is not None:
-                client.uncork()
+                client.uncork_soon()
 
     def _collect_head(self, data: bytes) -> bytes:
         """Hold response-head bytes until the head is complete, counting them as they come;
@@ -284,7 +291,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade_expected = exchange.upgrade
         exchange.client_gone_hook = self._client_gone
         exchange.conn.on_write_pause = self._client_write_paused
-        self.transport.write(flow.upstream_head)
+        self._outgoing = [flow.upstream_head]
+        self.loop.call_soon(self._send_outgoing)
         self._arm_deadline(timeout)
         if exchange.upgrade:
             self._request_sent = True
@@ -292,17 +300,32 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.attach_body_sink(self._body)
         exchange.conn.resume_reading()
 
+    def _send_outgoing(self) -> None:
+        outgoing, self._outgoing = self._outgoing, None
+        if outgoing and self.transport is not None and not self.closed:
+            self.transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+
+    def _write(self, data: bytes) -> None:
+        outgoing = self._outgoing
+        if outgoing is None:
+            if self.transport is not None:
+                self.transport.write(data)
+            return
+        outgoing.append(data)
+        if len(data) >= MAX_HELD_BODY_BYTES or len(outgoing) > 16:  # a body streaming in:
+            self._send_outgoing()  # the transport's flow control must see it now
+
     def _body(self, chunk: bytes | None) -> None:
         if self.transport is None or self.closed:
             return
         if chunk is None:
             if self._chunked_body:
-                self.transport.write(b"0\r\n\r\n")
+                self._write(b"0\r\n\r\n")
             self._request_sent = True
         elif self._chunked_body:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         else:
-            self.transport.write(chunk)
+            self._write(chunk)
 
     def _client_write_paused(self, paused: bool) -> None:
         if self.transport is None or self.closed:

@@ -32,9 +32,12 @@ class UpstreamFailure(Exception):
 
 def is_streaming(target: bytes) -> bool:
     """Watches and `logs -f` run as long as the client wants (once their head came)."""
-    _, _, query = target.partition(b"?")
+    start = target.find(b"?")
+    if start < 0:
+        return False  # the common case: no query at all
+    query = target[start + 1 :]
     if b"watch=" not in query and b"follow=" not in query:
-        return False  # the common case, without a generator
+        return False  # without a generator
     return any(m in query for m in _STREAMING_MARKERS)
 
 

@@ -19,8 +19,10 @@ _HOP_BY_HOP = frozenset(
 _COPY, _DROP, _LENGTH, _AUDIT = range(4)
 MAX_REMEMBERED_NAMES = 512
 # header names exactly as upstreams spell them -> what to do; an API server sends the same
-# few names in the same spelling on every response, so `lower()` runs once per spelling
+# few names in the same spelling on every response, so `lower()` runs once per spelling.
+# A field copied as it is (most) maps to its line's start, ``name: ``, in `_copied`
 _actions: dict[bytes, int] = {}
+_copied: dict[bytes, bytes] = {}
 
 
 def _action(name: bytes) -> int:
@@ -36,6 +38,8 @@ def _action(name: bytes) -> int:
     )
     if len(_actions) < MAX_REMEMBERED_NAMES:
         _actions[name] = action
+        if action == _COPY:
+            _copied[name] = name + b": "
     return action
 
 
@@ -56,9 +60,13 @@ def client_head(
     out = [status_line(status)]
     has_length = False
     has_audit = False
-    actions = _actions
+    copied = _copied
     for name, value in headers:
-        action = actions.get(name)
+        start = copied.get(name)
+        if start is not None:  # the common case: a field relayed as it is
+            out += (start, value, b"\r\n")
+            continue
+        action = _actions.get(name)
         if action is None:
             action = _action(name)
         if action == _DROP:

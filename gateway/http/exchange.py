@@ -136,8 +136,17 @@ class Exchange:
             self.body_sink(None)
 
     def continue_if_expected(self) -> None:
-        """Send `100 Continue` when the client waits for it before sending its body."""
-        if not self.body_done and self.head.expect:
+        """Send `100 Continue` when the client waits for it before sending its body: once
+        the bytes that came with the head are parsed, and only if no body byte has come
+        by then and no answer has begun (RFC 9110 §10.1.1: a server may omit it when the
+        framing says there is no body or the body is arriving already). So the first head
+        a client that sent its body at once reads is the answer, however soon the request
+        was forwarded."""
+        if self.head.expect and self.body_pending:
+            self.conn.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        if self.status == 0 and not self.finished and self.body_bytes == 0 and not self.body_done:
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def attach_body_sink(self, sink: Callable[[bytes | None], None]) -> None:

@@ -83,13 +83,17 @@ class PolicyEngine:
         self._decided: dict[
             tuple[int, str, int], tuple[Identity, Membership | None, Grant | Deny]
         ] = {}
+        # decisions by what they depend on: a user's next token is a new `Identity` object
+        # with the same name, uid and groups, and gets the same decision (the same `Grant`
+        # object, so the per-grant work downstream is not done again either)
+        self._by_value: dict[tuple, tuple[Membership | None, Grant | Deny]] = {}
         self._load(policies)
         self.generation = 1  # which set of policy files decides: +1 at every `replace`
 
     def replace(self, policies: list[LoadedPolicy]) -> None:
         """Use `policies` from the next decision on (validated by the caller)."""
         self._load(policies)
-        self._decided.clear()
+        self._forget()
         self.generation += 1
 
     def _load(self, policies: list[LoadedPolicy]) -> None:
@@ -147,7 +151,7 @@ class PolicyEngine:
     def set_stored_roles(self, tenant: str, roles: Mapping[str, Iterable[str]] | None) -> None:
         """Roles kept with a lifecycle-managed tenant (role → groups), on top of the policy
         files; None forgets them."""
-        self._decided.clear()
+        self._forget()
         if roles is None:
             self._stored.pop(tenant, None)
             return
@@ -164,11 +168,35 @@ class PolicyEngine:
         hit = self._decided.get(key)
         if hit is not None and hit[0] is identity and hit[1] is directory:
             return hit[2]  # the ids are of objects the entry keeps alive: no reuse
-        decision = self._decide(identity, tenant, directory)
+        if identity.reviewed_by is None:  # a tenant-native one also depends on its claims
+            value = (
+                identity.username,
+                identity.uid,
+                identity.groups,
+                identity.issuer,
+                identity.groups_overage,
+                tenant,
+                id(directory),
+            )
+            known = self._by_value.get(value)
+            if known is not None and known[0] is directory:
+                decision = known[1]
+            else:
+                decision = self._decide(identity, tenant, directory)
+                if len(self._by_value) >= MAX_REMEMBERED_DECISIONS:
+                    self._by_value.clear()
+                self._by_value[value] = (directory, decision)
+        else:
+            decision = self._decide(identity, tenant, directory)
         if len(self._decided) >= MAX_REMEMBERED_DECISIONS:
             self._decided.clear()
         self._decided[key] = (identity, directory, decision)
         return decision
+
+    def _forget(self) -> None:
+        """Every remembered decision (the rules changed)."""
+        self._decided.clear()
+        self._by_value.clear()
 
     def _decide(
         self, identity: Identity, tenant: str, directory: Membership | None

@@ -7,13 +7,10 @@ import json
 import sys
 import time
 from json.encoder import encode_basestring_ascii  # the C implementation
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from gateway.flow import Flow, Outcome
 from gateway.http.target import redacted
-
-if TYPE_CHECKING:
-    from gateway.identity import Grant, Identity
 
 FLUSH_INTERVAL = 0.2
 MAX_BUFFERED_LINES = 256  # written at once when that many wait (bounds each write: ~100 KB)
@@ -21,7 +18,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 MAX_CACHED_IDENTITIES = 4096
 MAX_CACHED_PATHS = 4096
 MAX_CACHED_PATH_BYTES = 512
-_DECISIONS = {outcome: encode_basestring_ascii(outcome.value) for outcome in Outcome}
+# by member name: an `Outcome` hashes through Python code (`Enum.__hash__`), a str does not
+_DECISIONS = {outcome.name: encode_basestring_ascii(outcome.value) for outcome in Outcome}
 
 
 def _string(value: str | None) -> str:
@@ -45,7 +43,7 @@ class AuditLog:
         self._lines: list[str] = []
         self._methods: dict[bytes, str] = {}
         self._paths: dict[bytes, str] = {}
-        self._who_cache: dict[tuple[int, int], tuple[object, object, str]] = {}
+        self._who_cache: dict[tuple, tuple[object, object, str]] = {}
         self._second = -1
         self._stamp = ""
 
@@ -77,13 +75,13 @@ class AuditLog:
             optional += f',"directory_user":{_string(directory.dn)}'
         if flow.stream is not None:
             optional += self._stream(flow)
+        reason = flow.reason
         lines = self._lines
         lines.append(
             f'{{"time":"{self._timestamp()}","request_id":"{exchange.request_id.decode()}",'
-            f'"source":{_string(flow.source)},"tenant":{_string(flow.tenant)},'
-            f"{self._who(flow.identity, flow.grant)},"
-            f'"decision":{_DECISIONS[flow.outcome]},'
-            f'"reason":{_string(flow.reason or None)},'
+            f"{self._who(flow)},"
+            f'"decision":{_DECISIONS[flow.outcome._name_]},'
+            f'"reason":{encode_basestring_ascii(reason) if reason else "null"},'
             f'"method":{method},"path":{path},'
             f'"status":{exchange.status:d},"bytes":{exchange.bytes_out:d},'
             f'"duration_ms":{elapsed * 1000:.3f}{optional}}}\n'
@@ -129,12 +127,21 @@ class AuditLog:
         if lines:
             self._out.write("".join(lines))
 
-    def _who(self, ident: Identity | None, grant: Grant | None) -> str:
-        """The identity part of an audit line (user … granted_by), serialized once per
-        (identity, grant) pair: both are immutable and reused across requests."""
-        key = (id(ident), id(grant))
+    def _who(self, flow: Flow) -> str:
+        """Who asked and where: the source, the tenant and the identity part of an audit
+        line (user … granted_by), serialized once per (identity, grant, source, tenant):
+        identity and grant are immutable and reused across requests."""
+        ident, grant, source, tenant = flow.identity, flow.grant, flow.source, flow.tenant
+        # by the identity's fields the line shows: a user's next token is a new `Identity`
+        # (the policy engine hands out the same `Grant` for it)
+        key = (
+            (ident.username, ident.uid, ident.issuer) if ident else None,
+            id(grant),
+            source,
+            tenant,
+        )
         hit = self._who_cache.get(key)
-        if hit is not None and hit[0] is ident and hit[1] is grant:
+        if hit is not None and hit[1] is grant:
             return hit[2]
         who: dict = {
             "user": ident.username if ident else None,
@@ -151,7 +158,9 @@ class AuditLog:
             who["directory_groups"] = [
                 {"role": role, "group": group} for role, group in grant.directory_groups
             ]
-        text = _ENCODER.encode(who)[1:-1]
+        text = (
+            f'"source":{_string(source)},"tenant":{_string(tenant)},' + _ENCODER.encode(who)[1:-1]
+        )
         if len(self._who_cache) >= MAX_CACHED_IDENTITIES:
             self._who_cache.clear()
         self._who_cache[key] = (ident, grant, text)

@@ -558,6 +558,27 @@ async def test_prefixed_system_names_are_allowed(idp: CraftingIssuer, auth: Auth
     assert identity.groups == ("oidc:system:masters", "oidc:dev")
 
 
+async def test_names_that_passed_before_let_no_unsafe_one_through(
+    idp: CraftingIssuer, make: Auths
+) -> None:
+    """The verifier remembers claim values that passed the name gate; a token repeating
+    them and adding an unsafe one is still refused, and the unsafe one is not remembered."""
+    auth = await make(issuer_config(idp, groups_prefix=""))
+    first = await auth.authenticate(idp.sign(idp.claims(jti="1", groups=["dev", "ops"])))
+    assert first.groups == ("dev", "ops")
+    for jti, groups, reason in (
+        ("2", ["dev", "system:masters"], "reserved_identity"),
+        ("3", ["dev", "dev "], "malformed_name"),
+        ("4", ["ops", "system:masters"], "reserved_identity"),  # refused again, not cached
+    ):
+        err = await refused(auth, idp.sign(idp.claims(jti=jti, groups=groups)))
+        assert err.reason == reason
+    err = await refused(auth, idp.sign(idp.claims(jti="5", sub=" u-alice")))
+    assert err.reason == "invalid"
+    again = await auth.authenticate(idp.sign(idp.claims(jti="6", groups=["ops"])))
+    assert again.groups == ("ops",) and again.username == first.username
+
+
 @pytest.mark.parametrize("groups", [{"a": 1}, 42, ["ok", 1], [["nested"]], True, ["a", None]])
 async def test_groups_claim_not_a_string_list(
     idp: CraftingIssuer, auth: Authenticator, groups: Any

@@ -383,3 +383,31 @@ def test_only_unambiguous_heads_leave(
     else:
         assert not forwarded, raw[:300]
         assert 400 <= status < 500 or status == 0
+
+
+def test_a_client_waiting_for_100_continue_gets_it_first(gateway, issuers) -> None:
+    """A client that sends only the head with `Expect: 100-continue` gets `100 Continue`
+    before the answer (when the body comes with the head, the answer is the first head:
+    `test_only_unambiguous_heads_leave`)."""
+    issuer = issuers["oidc:"]
+    token = issuer.sign(issuer.claims(groups=["developers"], jti=f"c{next(_serial)}")).encode()
+    head = (
+        b"POST " + TARGET + b" HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nAuthorization: Bearer " + token + b"\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
+        s.sendall(head)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(65536)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), reply[:200]
+        s.sendall(b"hello")
+        while b"HTTP/1.1 200 " not in reply:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert b"HTTP/1.1 200 " in reply, reply[:300]

@@ -195,6 +195,37 @@ async def test_a_response_leaves_in_one_write_per_read() -> None:
     conn.close()
 
 
+async def test_answers_of_one_round_of_io_leave_together_and_in_order() -> None:
+    """`uncork_soon` (what an upstream read ends with) holds the bytes until the event loop
+    has run this round's callbacks: answers to two reads leave in one write, in order. Past
+    `MAX_CORKED_BYTES` they leave at once, so the transport's flow control sees them."""
+    import asyncio
+
+    from gateway.config.model import Limits
+    from gateway.http.connection import MAX_CORKED_BYTES, ClientConnection
+
+    dispatcher, transport = _Dispatcher(), _Transport()
+    conn = ClientConnection(dispatcher, Limits(), set())
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    for piece in (b"one,", b"two"):
+        conn.cork()
+        conn.write(piece)
+        conn.uncork_soon()
+    assert transport.writes == []
+    await asyncio.sleep(0)
+    assert transport.writes == [b"one,two"]
+    conn.cork()
+    conn.write(b"x" * MAX_CORKED_BYTES)
+    conn.uncork_soon()
+    assert len(transport.writes) == 2, "a large read is written at once"
+    conn.cork()
+    conn.write(b"late")
+    conn.close()  # closing flushes what is held
+    assert transport.writes[-1] == b"late"
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 3
+
+
 def _identity(user: str, groups: tuple[str, ...]) -> Identity:
     return Identity(
         username=user,

@@ -323,6 +323,34 @@ def test_equal_identities_are_decided_alike_and_unequal_ones_apart(tmp_path: Pat
         assert isinstance(engine.decide(ident(groups=("oidc:other",)), "tenant1"), Deny)
 
 
+def test_a_users_next_token_gets_the_same_grant_object(tmp_path: Path) -> None:
+    """A new `Identity` object with the same name, uid, groups and issuer (the user's next
+    token: another `expires_at`) is decided alike by value: the same `Grant` object. Any
+    difference that matters gives a decision of its own, and a policy change forgets."""
+    engine = engine_from(tmp_path, {"t1.yaml": TENANT1})
+
+    def alice(expires_at: float, **changed: object) -> Identity:
+        fields: dict = {
+            "username": "oidc:alice@example.com",
+            "uid": "u-1",
+            "groups": ("oidc:developers",),
+            "issuer": ISSUER,
+            "expires_at": expires_at,
+        }
+        return Identity(**{**fields, **changed})
+
+    first = engine.decide(alice(1e9), "tenant1")
+    assert isinstance(first, Grant)
+    assert engine.decide(alice(2e9), "tenant1") is first
+    assert engine.decide(alice(2e9, uid="u-2"), "tenant1").uid == "u-2"
+    assert isinstance(engine.decide(alice(2e9, groups=("oidc:other",)), "tenant1"), Deny)
+    other_issuer = engine.decide(alice(2e9, issuer="https://other.example.com"), "tenant1")
+    assert other_issuer is not first
+    engine.replace(load_policies(tmp_path / "policies")[0])
+    again = engine.decide(alice(3e9), "tenant1")
+    assert again == first and again is not first
+
+
 def test_stored_roles_change_forgets_remembered_decisions(tmp_path: Path) -> None:
     engine = engine_from(tmp_path, {"t1.yaml": TENANT1})
     bob = ident("oidc:bob@example.com", groups=("oidc:ops",))
