@@ -7,13 +7,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway.http.headers import RequestHeaders
 from gateway.http.status import status_body, status_line
 
 if TYPE_CHECKING:
     from gateway.http.connection import ClientConnection
-    from gateway.http.headers import RequestHeaders
 
 Headers = list[tuple[bytes, bytes]]
+# what a released exchange's `head` is: no fields, nothing classified (never added to)
+_RELEASED = RequestHeaders()
 
 
 _ID_BATCH = 256
@@ -115,6 +117,14 @@ class Exchange:
         Content-Length or chunked framing has no body, so an answer given from the parser's
         headers-complete callback can keep the connection open."""
         return not self.body_done and bool(self.content_length or self.chunked_in)
+
+    def release_request_head(self) -> None:
+        """Let go of the request's header fields once nothing will read them again (a
+        streaming response under way, the request body complete): an open watch then no
+        longer holds the client's fields, its bearer token among them. `method`, `target`,
+        `host` and the framing flags stay (the audit line and the connection use them)."""
+        self.head = _RELEASED
+        self.headers = _RELEASED.fields
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lowercase), or None. A scan: the hot path
