@@ -12,7 +12,8 @@ With `--target` (repeatable) the watches go round-robin to those addresses and p
 instead of `--port`/`--path`; with `--source` every connection is bound to that loopback
 address first (so that several clients spread over several source addresses, each with
 its own ephemeral ports). Events carry a number per watch: `gaps` counts numbers that never
-arrived, `silent` the watches that received nothing while held.
+arrived, `received` every event that did (from the first), `silent` the watches that
+received nothing while held.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class Watch(asyncio.Protocol):
                 if seq > self.seq + 1:
                     stats.gaps += seq - self.seq - 1
                 self.seq = seq
+        got = len(stats.latencies) - before
+        stats.received += got
         if stats.holding:
-            self.events += len(stats.latencies) - before
+            self.events += got
         if now <= self.stats.window_end:
             self.stats.window_events += len(self.stats.latencies) - before
 
@@ -96,6 +99,7 @@ class Stats:
         self.first_error = ""
         self.holding = False
         self.gaps = 0  # event numbers that never arrived
+        self.received = 0  # events, from the first (`latencies` restarts at OPEN)
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -185,6 +189,7 @@ async def run(args: argparse.Namespace) -> dict:
         "event_p99_ms": pct(0.99),
         "errors": stats.errors,
         "gaps": stats.gaps,
+        "received": stats.received,
         "silent": sum(1 for w in watches if w.opened.done() and w.opened.result() and not w.events),
         "window_s": args.window,
         "window_events": stats.window_events,

@@ -22,8 +22,9 @@ everything else on the machine):
 Per target: the short-request p99 idle (GET list at `watches.SHORT_RATE` req/s), the proxy's
 memory (PSS and RSS summed over all its processes), N watches opened (timed), memory again
 (per watch: the difference over the open watches), the short-request p99 while each watch
-gets an event every `watches.EVENT_PERIOD` s (spread evenly over time), then every client
-reports events received, per-watch numbering gaps (events lost) and silent watches.
+gets an event every `watches.EVENT_PERIOD` s (spread evenly over time); then the upstreams
+pause their events and say how many they wrote, `DRAIN` seconds pass, and the clients
+report what they received: lost = written - received (and per-watch numbering gaps).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import math
 import os
 import resource
 import select
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -51,6 +53,7 @@ CLIENT_BASE = 2  # client c connects from 127.0.0.(2 + c)
 PER_PROCESS = 12_500  # watches per upstream and per client process
 OPEN_TIMEOUT = 600.0  # seconds for every client to open its share
 TARGETS = ("direct", "nginx", "vgate")
+DRAIN = 3.0  # seconds between pausing the events and closing the watches
 
 
 @dataclass
@@ -67,9 +70,11 @@ class Row:
     pss_open: int = 0
     rss_idle: int = 0
     rss_open: int = 0
-    events: int = 0
+    events: int = 0  # received while held (the latency sample)
+    sent: int = 0  # written by the upstreams to this target's watches
+    received: int = 0  # received by the clients, from the first event
     gaps: int = 0
-    silent: int = 0
+    silent: int = 0  # watches that got nothing while held (a slow client, not a loss)
     errors: int = 0
     first_error: str = ""
     event_p50_ms: float = 0.0  # the median of the clients' p50
@@ -215,6 +220,7 @@ def _finish(clients: list[subprocess.Popen], row: Row) -> None:
         c.wait(60)
         r = json.loads(out.strip().splitlines()[-1])
         row.events += r["events"]
+        row.received += r["received"]
         row.gaps += r["gaps"]
         row.silent += r["silent"]
         row.errors += r["errors"]
@@ -222,6 +228,26 @@ def _finish(clients: list[subprocess.Popen], row: Row) -> None:
         p50s.append(r["event_p50_ms"])
         row.event_p99_ms = max(row.event_p99_ms, r["event_p99_ms"])
     row.event_p50_ms = sorted(p50s)[len(p50s) // 2] if p50s else 0.0
+
+
+def _pause(ups: list[subprocess.Popen]) -> int:
+    """Pause every upstream's events; the events they have written so far, in all."""
+    total = 0
+    for up in ups:
+        os.kill(up.pid, signal.SIGUSR1)
+    for up in ups:
+        assert up.stdout is not None
+        ready, _, _ = select.select([up.stdout], [], [], 30)
+        line = up.stdout.readline().decode() if ready else ""
+        if not line.startswith("SENT "):
+            raise RuntimeError(f"a watch upstream did not report what it sent: {line!r}")
+        total += int(line.split()[1])
+    return total
+
+
+def _resume(ups: list[subprocess.Popen]) -> None:
+    for up in ups:
+        os.kill(up.pid, signal.SIGUSR1)
 
 
 def _fds(pids: list[int]) -> list[int]:
@@ -263,6 +289,7 @@ def run(
     token = issuer.token(7)
     ups: list[subprocess.Popen] = []
     rows: list[Row] = []
+    sent_so_far = [0]  # the upstreams' total when the previous target ended
     try:
         key = str(pki.key_file)
 
@@ -288,6 +315,8 @@ def run(
             rows.append(
                 _measure(
                     target,
+                    ups,
+                    sent_so_far,
                     work,
                     n,
                     workers,
@@ -323,6 +352,8 @@ def run(
 
 def _measure(
     target: str,
+    ups: list[subprocess.Popen],
+    sent_so_far: list[int],
     work: Path,
     n: int,
     workers: int,
@@ -383,7 +414,12 @@ def _measure(
         row.pss_open, row.rss_open = procs.pss_bytes(pids), procs.rss_bytes(pids)
         row.fds = _fds(pids)
         row.spread = watches._short(short_url, tok, short_s)
+        before = _pause(ups)
+        time.sleep(DRAIN)  # what is on its way arrives
         _finish(clients, row)
+        row.sent = before - sent_so_far[0]
+        sent_so_far[0] = before
+        _resume(ups)
     finally:
         for c in clients:
             procs.stop(c)
@@ -393,7 +429,8 @@ def _measure(
     log(
         f"  {target:<6} {row.open:>6,}/{n:,} open in {row.open_s:.1f}s"
         + (f", {kb:.2f} KB/watch (PSS)" if kb is not None else "")
-        + f", events {row.events:,} (gaps {row.gaps}, silent {row.silent}), event p99 "
+        + f", events sent {row.sent:,} received {row.received:,} (gaps {row.gaps}, silent "
+        f"{row.silent}), event p99 "
         f"{row.event_p99_ms:.1f} ms, short p99 {row.idle['p99_ms']:.2f} -> "
         f"{row.spread['p99_ms']:.2f} ms, errors {row.errors} {row.first_error} "
         f"fds {row.fds} load {procs.load_average()}"
@@ -414,9 +451,10 @@ def table(w: dict) -> list[str]:
         "HTTP to the proxies, TLS straight to the upstream (direct).",
         "",
         "| target | client side | open watches | opened in s | PSS idle MB | PSS open MB "
-        "| KB per watch (PSS) | x nginx | KB per watch (RSS) | proxy CPU (cores) | events "
-        "| lost (gaps / silent) | event p50 ms | event p99 ms | errors | fds per process |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| KB per watch (PSS) | x nginx | KB per watch (RSS) | proxy CPU (cores) "
+        "| events sent | lost (sent - received) | numbering gaps | event p50 ms "
+        "| event p99 ms | errors | fds per process |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         kb = r.get("kb_per_watch")
@@ -430,8 +468,9 @@ def table(w: dict) -> list[str]:
             f"{r['open']:,}/{r['n']:,} | {r['open_s']:.1f} | "
             f"{r['pss_idle'] / 2**20:.1f} | {r['pss_open'] / 2**20:.1f} | "
             f"{'—' if kb is None else f'{kb:.2f}'} | {ratio} | "
-            f"{'—' if not r['rss_open'] else f'{rss_kb:.2f}'} | {cpu} | {r['events']:,} | "
-            f"{r['gaps']} / {r['silent']} | {r['event_p50_ms']:.2f} | {r['event_p99_ms']:.2f} | "
+            f"{'—' if not r['rss_open'] else f'{rss_kb:.2f}'} | {cpu} | {r['sent']:,} | "
+            f"{r['sent'] - r['received']} | {r['gaps']} | {r['event_p50_ms']:.2f} | "
+            f"{r['event_p99_ms']:.2f} | "
             f"{r['errors']} | {' '.join(map(str, r['fds'])) or '—'} |"
         )
     out += [
@@ -458,6 +497,10 @@ def table(w: dict) -> list[str]:
 def errors(w: dict) -> int:
     """Failures that make the run fail: errors, lost events, short-request errors."""
     return sum(
-        r["errors"] + r["gaps"] + r["silent"] + r["idle"]["errors"] + r["spread"]["errors"]
+        r["errors"]
+        + r["gaps"]
+        + abs(r["sent"] - r["received"])
+        + r["idle"]["errors"]
+        + r["spread"]["errors"]
         for r in w["rows"]
     )

@@ -15,7 +15,9 @@ stream, in one of two groups:
 
 Every event carries the CLOCK_MONOTONIC time it was written, so clients can compute delivery
 latency, and its number on that watch (`bench.vgate.io/seq`, 1, 2, …), so they can tell
-whether any was lost. Any other request gets a ~2 KB PodList. Exits on SIGTERM or stdin EOF.
+whether any was lost. SIGUSR1 pauses the events and prints `SENT <n>` (events written so
+far), the next SIGUSR1 resumes them: with the clients' counts, nothing lost at the end
+either. Any other request gets a ~2 KB PodList. Exits on SIGTERM or stdin EOF.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ class Watchers:
         self.burst: dict[int, Handler] = {}
         self.next_id = 0
         self.rv = 1000
+        self.sent = 0  # events written, all watches
+        self.paused = False
+
+    def toggle(self) -> None:
+        """Pause (and print `SENT <n>`) or resume the events."""
+        self.paused = not self.paused
+        if self.paused:
+            print(f"SENT {self.sent}", flush=True)
 
     def add(self, handler: Handler, *, burst: bool) -> int:
         self.next_id += 1
@@ -60,6 +70,7 @@ class Watchers:
         if t is None or t.is_closing():
             return
         self.rv += 1
+        self.sent += 1
         handler.seq += 1
         if kind == b"BOOKMARK":
             body = (
@@ -83,6 +94,8 @@ class Watchers:
         next_burst = time.monotonic() + self.burst_period
         while True:
             await asyncio.sleep(tick)
+            if self.paused:
+                continue
             if self.burst and time.monotonic() >= next_burst:
                 next_burst = max(next_burst + self.burst_period, time.monotonic())
                 for h in list(self.burst.values()):
@@ -161,6 +174,7 @@ async def serve(
     print(server.sockets[0].getsockname()[1], flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, watchers.toggle)
     loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
     ticker = loop.create_task(watchers.run())
     await stop.wait()
