@@ -20,10 +20,12 @@ everything else on the machine):
   and measures anyway (what breaks, and how, is part of the answer).
 
 Per target: the short-request p99 idle (GET list at `watches.SHORT_RATE` req/s), the proxy's
-memory (PSS and RSS summed over all its processes), N watches opened (timed), memory again
-(per watch: the difference over the open watches), the short-request p99 while each watch
-gets an event every `watches.EVENT_PERIOD` s (spread evenly over time); then the upstreams
-pause their events and say how many they wrote, `DRAIN` seconds pass, and the clients
+memory (PSS and RSS summed over all its processes), N watches opened (timed), the
+short-request p99 while each watch gets an event every `watches.EVENT_PERIOD` s (spread
+evenly over time), memory again (per watch: the difference over the open watches, which
+have streamed for several seconds by then); then the upstreams
+pause their events (they run only while a target's watches are open) and say how many
+they wrote, `DRAIN` seconds pass, and the clients
 report what they received: lost = written - received (and per-watch numbering gaps).
 """
 
@@ -118,7 +120,9 @@ def _nginx_block(upstreams: list[tuple[str, int]], ca: Path) -> str:
             f"upstream w{k} {{ server {host}:{port}; keepalive 64;\n"
             "  keepalive_requests 10000000; keepalive_timeout 120s; }\n"
         )
-    out += "server {\n  listen 127.0.0.1:@PORT@ backlog=4096;\n"
+    # reuseport: a listening socket per worker, connections spread by the kernel (one
+    # shared socket with multi_accept gave one worker twice the others' share)
+    out += "server {\n  listen 127.0.0.1:@PORT@ backlog=4096 reuseport;\n"
     for k in range(len(upstreams)):
         out += (
             f"  location /clusters/w{k}/ {{ proxy_pass https://w{k}/; proxy_http_version 1.1;\n"
@@ -230,8 +234,8 @@ def _finish(clients: list[subprocess.Popen], row: Row) -> None:
     row.event_p50_ms = sorted(p50s)[len(p50s) // 2] if p50s else 0.0
 
 
-def _pause(ups: list[subprocess.Popen]) -> int:
-    """Pause every upstream's events; the events they have written so far, in all."""
+def _toggle(ups: list[subprocess.Popen]) -> int:
+    """Pause (or resume) every upstream's events; the events they have written so far."""
     total = 0
     for up in ups:
         os.kill(up.pid, signal.SIGUSR1)
@@ -243,11 +247,6 @@ def _pause(ups: list[subprocess.Popen]) -> int:
             raise RuntimeError(f"a watch upstream did not report what it sent: {line!r}")
         total += int(line.split()[1])
     return total
-
-
-def _resume(ups: list[subprocess.Popen]) -> None:
-    for up in ups:
-        os.kill(up.pid, signal.SIGUSR1)
 
 
 def _fds(pids: list[int]) -> list[int]:
@@ -289,7 +288,6 @@ def run(
     token = issuer.token(7)
     ups: list[subprocess.Popen] = []
     rows: list[Row] = []
-    sent_so_far = [0]  # the upstreams' total when the previous target ended
     try:
         key = str(pki.key_file)
 
@@ -307,6 +305,7 @@ def run(
             )
             ups.append(proc)
             upstreams.append((host, up_port))
+        _toggle(ups)  # paused until a target's watches open
         log(
             f"  {n:,} watches: {groups} TLS upstream(s) on {hosts[0]}.., {groups} client "
             f"process(es) from 127.0.0.{CLIENT_BASE}.., proxies with {workers} workers"
@@ -316,7 +315,6 @@ def run(
                 _measure(
                     target,
                     ups,
-                    sent_so_far,
                     work,
                     n,
                     workers,
@@ -353,7 +351,6 @@ def run(
 def _measure(
     target: str,
     ups: list[subprocess.Popen],
-    sent_so_far: list[int],
     work: Path,
     n: int,
     workers: int,
@@ -403,6 +400,9 @@ def _measure(
             wrk.run(short_url, seconds=1, connections=10, token=tok)  # warm up
         row.idle = watches._short(short_url, tok, short_s)
         row.pss_idle, row.rss_idle = procs.pss_bytes(pids), procs.rss_bytes(pids)
+        # the events run only while this target's watches are open (a previous target's
+        # connections, closing, must not count)
+        base = _toggle(ups)  # resumed
         t0 = time.monotonic()
         clients = _start_clients(work, n, groups, targets, extra, hold)
         row.open = _wait_open(clients, OPEN_TIMEOUT)
@@ -411,15 +411,13 @@ def _measure(
         time.sleep(settle)
         if pids:
             row.cpu_share = (procs.cpu_seconds(pids) - cpu0) / settle
+        row.spread = watches._short(short_url, tok, short_s)
+        # memory once the watches have streamed for a while (timers of the opening gone)
         row.pss_open, row.rss_open = procs.pss_bytes(pids), procs.rss_bytes(pids)
         row.fds = _fds(pids)
-        row.spread = watches._short(short_url, tok, short_s)
-        before = _pause(ups)
+        row.sent = _toggle(ups) - base  # paused
         time.sleep(DRAIN)  # what is on its way arrives
         _finish(clients, row)
-        row.sent = before - sent_so_far[0]
-        sent_so_far[0] = before
-        _resume(ups)
     finally:
         for c in clients:
             procs.stop(c)

@@ -15,8 +15,8 @@ stream, in one of two groups:
 
 Every event carries the CLOCK_MONOTONIC time it was written, so clients can compute delivery
 latency, and its number on that watch (`bench.vgate.io/seq`, 1, 2, …), so they can tell
-whether any was lost. SIGUSR1 pauses the events and prints `SENT <n>` (events written so
-far), the next SIGUSR1 resumes them: with the clients' counts, nothing lost at the end
+whether any was lost. SIGUSR1 pauses the events, the next SIGUSR1 resumes them, and each
+prints `SENT <n>` (events written so far): with the clients' counts, nothing lost at the end
 either. Any other request gets a ~2 KB PodList. Exits on SIGTERM or stdin EOF.
 """
 
@@ -50,10 +50,9 @@ class Watchers:
         self.paused = False
 
     def toggle(self) -> None:
-        """Pause (and print `SENT <n>`) or resume the events."""
+        """Pause or resume the events; print `SENT <n>` either way."""
         self.paused = not self.paused
-        if self.paused:
-            print(f"SENT {self.sent}", flush=True)
+        print(f"SENT {self.sent}", flush=True)
 
     def add(self, handler: Handler, *, burst: bool) -> int:
         self.next_id += 1
@@ -171,10 +170,10 @@ async def serve(
     server = await loop.create_server(
         lambda: Handler(watchers, body), host, 0, backlog=4096, ssl=tls
     )
-    print(server.sockets[0].getsockname()[1], flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, watchers.toggle)
+    print(server.sockets[0].getsockname()[1], flush=True)  # ready, signals included
     loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
     ticker = loop.create_task(watchers.run())
     await stop.wait()
