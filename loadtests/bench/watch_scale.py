@@ -478,27 +478,31 @@ def table(w: dict) -> list[str]:
         f"every {w['bookmark_period_s']:g} s, spread evenly over time (target: p99 ≤ 1.5x "
         "idle):",
         "",
-        "| target | idle p50 ms | idle p99 ms | spread p50 ms | spread p99 ms | p99 x idle "
-        "| errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| target | idle req/s | idle p50 ms | idle p99 ms | spread req/s | spread p50 ms "
+        "| spread p99 ms | p99 x idle | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         i, s = r["idle"], r["spread"]
-        ratio = f"{s['p99_ms'] / i['p99_ms']:.2f}" if i.get("p99_ms") else "—"
+        ratio = f"{s['p99_ms'] / i['p99_ms']:.2f}" if i.get("p99_ms") and s["rps"] else "—"
         out.append(
-            f"| {r['target']} | {i['p50_ms']:.2f} | {i['p99_ms']:.2f} | {s['p50_ms']:.2f} | "
-            f"{s['p99_ms']:.2f} | {ratio} | {i['errors'] + s['errors']} |"
+            f"| {r['target']} | {i['rps']:,.0f} | {i['p50_ms']:.2f} | {i['p99_ms']:.2f} | "
+            f"{s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {ratio} | "
+            f"{i['errors'] + s['errors']} |"
         )
     return out
 
 
 def errors(w: dict) -> int:
-    """Failures that make the run fail: errors, lost events, short-request errors."""
+    """Failures that make the run fail: errors, lost events, short-request errors (a short
+    run that completed no request at all, when wrk could not even connect, counts one)."""
     return sum(
         r["errors"]
         + r["gaps"]
         + abs(r["sent"] - r["received"])
         + r["idle"]["errors"]
         + r["spread"]["errors"]
+        + (not r["idle"]["rps"])
+        + (not r["spread"]["rps"])
         for r in w["rows"]
     )
