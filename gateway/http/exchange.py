@@ -14,8 +14,12 @@ if TYPE_CHECKING:
     from gateway.http.connection import ClientConnection
 
 Headers = list[tuple[bytes, bytes]]
-# what a released exchange's `head` is: no fields, nothing classified (never added to)
+# what a released exchange's `head` is: no fields, nothing classified (never added to),
+# except whether the request asked for impersonation (a policy reload reads that of an
+# open stream: `kubectl --as` streams end only when access is gone)
 _RELEASED = RequestHeaders()
+_RELEASED_IMPERSONATING = RequestHeaders()
+_RELEASED_IMPERSONATING.impersonation = True
 
 
 _ID_BATCH = 256
@@ -122,9 +126,11 @@ class Exchange:
         """Let go of the request's header fields once nothing will read them again (a
         streaming response under way, the request body complete): an open watch then no
         longer holds the client's fields, its bearer token among them. `method`, `target`,
-        `host` and the framing flags stay (the audit line and the connection use them)."""
-        self.head = _RELEASED
-        self.headers = _RELEASED.fields
+        `host`, the framing flags and whether it asked for impersonation stay (the audit
+        line, the connection and a policy reload use them)."""
+        released = _RELEASED_IMPERSONATING if self.head.impersonation else _RELEASED
+        self.head = released
+        self.headers = released.fields
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lowercase), or None. A scan: the hot path

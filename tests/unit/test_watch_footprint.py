@@ -157,3 +157,32 @@ def test_an_open_watch_keeps_no_request_state_and_no_timers(gateway, issuer, ups
         s.settimeout(KEEPALIVE * 6)
         assert s.recv(1) == b"", "the idle connection was never closed"
         assert time.monotonic() - started >= KEEPALIVE * 0.8
+
+
+def test_a_released_request_still_says_whether_it_asked_for_impersonation() -> None:
+    """A policy reload ends open streams by what their request asked for (`kubectl --as`
+    streams only when access is gone): that survives the release, the fields do not."""
+    from typing import cast
+
+    from gateway.http.exchange import Exchange
+    from gateway.http.headers import RequestHeaders
+
+    for fields, impersonating in (
+        ([(b"Host", b"x"), (b"Authorization", b"Bearer t")], False),
+        ([(b"Host", b"x"), (b"Authorization", b"Bearer t"), (b"Impersonate-User", b"a")], True),
+    ):
+        head = RequestHeaders.of(fields)
+        exchange = Exchange(
+            cast(ClientConnection, None),
+            b"GET",
+            b"/api/v1/pods?watch=true",
+            head,
+            http11=True,
+            keep_alive=True,
+            upgrade=False,
+        )
+        assert exchange.head.impersonation is impersonating
+        exchange.release_request_head()
+        assert exchange.head.impersonation is impersonating
+        assert exchange.headers == [] and exchange.head.authorization is None
+        assert exchange.target == b"/api/v1/pods?watch=true"
