@@ -53,6 +53,7 @@ from loadtests.bench.issuer import GROUP, LocalIssuer
 UPSTREAM_BASE = 20  # upstream k listens on 127.0.0.(20 + k)
 CLIENT_BASE = 2  # client c connects from 127.0.0.(2 + c)
 PER_PROCESS = 12_500  # watches per upstream and per client process
+MAX_WATCHES = 200_000  # a bound: 16 client addresses (127.0.0.2-17) of 12,500
 OPEN_TIMEOUT = 600.0  # seconds for every client to open its share
 TARGETS = ("direct", "nginx", "vgate")
 DRAIN = 3.0  # seconds between pausing the events and closing the watches
@@ -167,9 +168,16 @@ def _vgate(
 
 
 def _start_clients(
-    work: Path, n: int, groups: int, targets: list[str], extra: list[str], hold: float
-) -> list[subprocess.Popen]:
-    clients = []
+    clients: list[subprocess.Popen],
+    work: Path,
+    n: int,
+    groups: int,
+    targets: list[str],
+    extra: list[str],
+    hold: float,
+) -> None:
+    """Start the watch clients, each appended to `clients` as soon as it runs (so that an
+    interrupt in between still stops every one)."""
     for c in range(groups):
         share = n // groups + (1 if c < n % groups else 0)
         # each client starts with another tenant, so that every tenant gets its share
@@ -188,7 +196,6 @@ def _start_clients(
                 preexec_fn=procs.preexec(procs.load_cpu()),
             )
         )
-    return clients
 
 
 def _wait_open(clients: list[subprocess.Popen], timeout: float) -> int:
@@ -267,6 +274,8 @@ def run(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Measure `n` watches on each target in `TARGETS`; a dict with the rows and settings."""
+    if not 0 < n <= MAX_WATCHES:
+        raise ValueError(f"watches at scale: between 1 and {MAX_WATCHES:,} watches, not {n:,}")
     groups = _groups(n)
     capacity = fd_capacity(workers)
     if n > capacity:
@@ -404,7 +413,7 @@ def _measure(
         # connections, closing, must not count)
         base = _toggle(ups)  # resumed
         t0 = time.monotonic()
-        clients = _start_clients(work, n, groups, targets, extra, hold)
+        _start_clients(clients, work, n, groups, targets, extra, hold)
         row.open = _wait_open(clients, OPEN_TIMEOUT)
         row.open_s = time.monotonic() - t0
         cpu0 = procs.cpu_seconds(pids)
