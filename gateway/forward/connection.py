@@ -65,6 +65,35 @@ class HeadLimits:
 class UpstreamConnection(asyncio.Protocol):
     """Carries one exchange at a time; returns itself to its pool when reusable."""
 
+    # slots: an open watch holds one of these for hours, tens of thousands per worker
+    __slots__ = (
+        "_chunked_body",
+        "_deadline",
+        "_head_open",
+        "_headers",
+        "_held",
+        "_held_lines",
+        "_outgoing",
+        "_progress",
+        "_relay",
+        "_request_sent",
+        "_responded",
+        "_stalled",
+        "_timer",
+        "_tunnel",
+        "_upgrade_expected",
+        "closed",
+        "exchange",
+        "flow",
+        "idle_since",
+        "limits",
+        "loop",
+        "parser",
+        "pool",
+        "reused",
+        "transport",
+    )
+
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()  # looked up once (each lookup is a getpid())
@@ -438,9 +467,17 @@ class UpstreamConnection(asyncio.Protocol):
             http11=exchange.http11,
             keep_alive=exchange.keep_alive and not exchange.upgrade,
         )
+        self._headers = []  # relayed: a watch would keep them for as long as it streams
         exchange.chunked_out = chunked
         exchange.keep_alive = keep_alive
         exchange.send_head(status, head)
+        if exchange.streaming and exchange.body_done and not exchange.upgrade and self.flow:
+            # answered, and nothing left to send or retry: what only the request needed
+            # (its head as sent upstream, the client's header fields with its bearer
+            # token) goes now instead of living as long as the watch
+            self.flow.upstream_head = b""
+            exchange.release_request_head()
+            self._stop_timer()  # the head came: its deadline timer would linger for minutes
         if exchange.method == b"HEAD":
             # httptools cannot be told the request was HEAD: end here, never reuse
             self._detach()

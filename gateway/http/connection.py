@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -61,6 +60,44 @@ class Dispatcher(Protocol):
 class ClientConnection(asyncio.Protocol):
     """Parses requests, runs one exchange at a time (pipelined ones wait), streams output."""
 
+    # slots: an open watch holds one of these for hours, tens of thousands per worker
+    __slots__ = (
+        "_corked",
+        "_corked_bytes",
+        "_fields_left",
+        "_flush_due",
+        "_had_request",
+        "_head_bytes",
+        "_head_since",
+        "_headers",
+        "_idle_since",
+        "_max_fields",
+        "_parsing",
+        "_pipeline",
+        "_read_paused",
+        "_refusal",
+        "_refused",
+        "_tick",
+        "_timer",
+        "_tunnel_buffered",
+        "_url",
+        "admission",
+        "closed",
+        "closing",
+        "connections",
+        "current",
+        "dispatcher",
+        "limits",
+        "loop",
+        "on_write_pause",
+        "parser",
+        "peer",
+        "transport",
+        "tunnel_buffer",
+        "tunnel_sink",
+        "unauthenticated",
+    )
+
     def __init__(
         self,
         dispatcher: Dispatcher,
@@ -81,11 +118,12 @@ class ClientConnection(asyncio.Protocol):
         self.unauthenticated = False  # counted against the peer's cap until `authenticated`
         self.current: Exchange | None = None
         self._parsing: Exchange | None = None
-        self._pipeline: deque[Exchange] = deque()
+        self._pipeline: list[Exchange] = []  # at most MAX_PIPELINED (a deque costs 600 B)
         # the request head being parsed (reset once it is complete, so no message-begin
-        # callback is needed)
+        # callback is needed); its fields are made with the first one (a connection that
+        # waits, or streams a watch, keeps none)
         self._url = b""
-        self._headers = RequestHeaders()
+        self._headers: RequestHeaders | None = None
         self._head_bytes = 0
         self._max_fields = limits.max_request_header_fields
         self._fields_left = self._max_fields
@@ -103,9 +141,6 @@ class ClientConnection(asyncio.Protocol):
                 limits.first_byte_timeout_seconds,
             )
             / 2
-        )
-        self._busy_recheck = min(
-            limits.keepalive_timeout_seconds, limits.request_head_timeout_seconds
         )
         self._corked: list[bytes] | None = None
         self._flush_due = False  # `uncork` is scheduled (`uncork_soon`)
@@ -219,13 +254,16 @@ class ClientConnection(asyncio.Protocol):
                 431,
                 f"too many request header fields (limit {self.limits.max_request_header_fields})",
             )
-        self._headers.add(name, value)
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = RequestHeaders()
+        headers.add(name, value)
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        headers, url = self._headers, self._url
+        headers, url = self._headers or RequestHeaders(), self._url
         self._url = b""
-        self._headers = RequestHeaders()
+        self._headers = None
         self._head_bytes = 0
         self._fields_left = self._max_fields
         self._head_since = None
@@ -301,7 +339,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         if self._pipeline:
-            self._start(self._pipeline.popleft())
+            self._start(self._pipeline.pop(0))
             return
         if self._refusal is not None:  # a later head was refused: answer it now, and end
             self.write(self._refusal)
@@ -414,7 +452,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _arm_idle(self) -> None:
         """The connection waits for a request head from now on. A pending timer is due
-        within a tick, or within `_busy_recheck` after a long exchange."""
+        within a tick; a busy connection has none (`_check_deadlines`), so one is armed."""
         self._idle_since = self.loop.time()
         if self._timer is None:
             self._timer = self.loop.call_at(self._idle_since + self._tick, self._check_deadlines)
@@ -432,9 +470,9 @@ class ClientConnection(asyncio.Protocol):
         loop, limits = self.loop, self.limits
         now = loop.time()
         if self.current is not None or self._pipeline:
-            # busy: exchanges have their own clocks; look again once the head deadline
-            # could matter (cheap for thousands of open watches)
-            self._timer = loop.call_at(now + self._busy_recheck, self._check_deadlines)
+            # busy: exchanges have their own clocks, and the connection holds no timer
+            # until its exchanges are done (`exchange_finished` arms one): an open watch
+            # costs no timer and no wake-up for as long as it streams
             return
         idle_since = self._idle_since
         if idle_since is None:  # bytes of a head have arrived since the connection was idle

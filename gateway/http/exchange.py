@@ -7,13 +7,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway.http.headers import RequestHeaders
 from gateway.http.status import status_body, status_line
 
 if TYPE_CHECKING:
     from gateway.http.connection import ClientConnection
-    from gateway.http.headers import RequestHeaders
 
 Headers = list[tuple[bytes, bytes]]
+# what a released exchange's `head` is: no fields, nothing classified (never added to),
+# except whether the request asked for impersonation (a policy reload reads that of an
+# open stream: `kubectl --as` streams end only when access is gone)
+_RELEASED = RequestHeaders()
+_RELEASED_IMPERSONATING = RequestHeaders()
+_RELEASED_IMPERSONATING.impersonation = True
 
 
 _ID_BATCH = 256
@@ -115,6 +121,16 @@ class Exchange:
         Content-Length or chunked framing has no body, so an answer given from the parser's
         headers-complete callback can keep the connection open."""
         return not self.body_done and bool(self.content_length or self.chunked_in)
+
+    def release_request_head(self) -> None:
+        """Let go of the request's header fields once nothing will read them again (a
+        streaming response under way, the request body complete): an open watch then no
+        longer holds the client's fields, its bearer token among them. `method`, `target`,
+        `host`, the framing flags and whether it asked for impersonation stay (the audit
+        line, the connection and a policy reload use them)."""
+        released = _RELEASED_IMPERSONATING if self.head.impersonation else _RELEASED
+        self.head = released
+        self.headers = released.fields
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lowercase), or None. A scan: the hot path

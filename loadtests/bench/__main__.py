@@ -26,6 +26,7 @@ from loadtests.bench import (
     stack,
     tenants,
     tokens,
+    watch_scale,
     watches,
     wrk,
 )
@@ -55,6 +56,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     p.add_argument(
         "--watches", default=None, help="comma-separated watch counts (default 1000,5000,10000)"
+    )
+    p.add_argument(
+        "--watch-workers",
+        type=int,
+        default=0,
+        help="watches at scale: each --watches count straight to TLS upstreams, through "
+        "nginx with this many worker processes and through vgate with `workers:` this many, "
+        "side by side (e.g. --mode watches --watches 50000 --watch-workers 4)",
     )
     p.add_argument("--out", type=Path, help="write the Markdown report here")
     p.add_argument("--json", type=Path, help="write the raw numbers here")
@@ -388,7 +397,20 @@ def main(argv: list[str] | None = None) -> int:
             results["tokens"] = tokens.run(
                 work, count=200 if args.smoke else 2000, rounds=args.rounds, log=log
             )
-        if args.mode in ("all", "watches"):
+        if args.mode == "watches" and args.watch_workers:
+            log(f"watches at scale, load {procs.load_average()}")
+            results["watch_scale"] = [
+                watch_scale.run(
+                    work,
+                    n,
+                    workers=args.watch_workers,
+                    seconds=args.seconds,
+                    smoke=args.smoke,
+                    log=log,
+                )
+                for n in args.watches
+            ]
+        elif args.mode in ("all", "watches"):
             results["watches"] = watches.run(
                 work, args.watches, seconds=args.seconds, smoke=args.smoke, log=log
             )

@@ -126,5 +126,18 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size of `pids` (shared pages split among the processes that map
+    them: forked workers are not counted twice), from /proc/<pid>/smaps_rollup."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+    return total
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])

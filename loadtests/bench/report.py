@@ -11,7 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import fairness, kube, lifecycle_tenants, procs, stack, tenants, tokens, wrk
+from loadtests.bench import (
+    fairness,
+    kube,
+    lifecycle_tenants,
+    procs,
+    stack,
+    tenants,
+    tokens,
+    watch_scale,
+    wrk,
+)
 from loadtests.bench.throughput import Summary
 
 
@@ -262,6 +272,8 @@ def markdown(results: dict) -> str:
         out += ["#### A never-seen token", "", *tokens.table(results["tokens"]), ""]
     if "watches" in results:
         out += ["#### Concurrent watches", "", *_watch_tables(results["watches"]), ""]
+    for w in results.get("watch_scale", []):
+        out += [f"#### {w['n']:,} watches at scale", "", *watch_scale.table(w), ""]
     out += closing(results)
     return "\n".join(out)
 
@@ -353,6 +365,7 @@ def errors(results: dict) -> int:
     fair = results.get("fairness")
     if fair:
         n += fair["alone"].errors + fair["flooded"].errors + fair["flood_errors"]
+    n += sum(watch_scale.errors(w) for w in results.get("watch_scale", []))
     w = results.get("watches") or {}
     n += sum(r["errors"] for r in w.get("runs", []))
     n += sum(s["errors"] for s in w.get("short", []))

@@ -73,10 +73,10 @@ def nginx_binary() -> str | None:
     )
 
 
-def _nginx_main(workdir: Path, name: str) -> str:
+def _nginx_main(workdir: Path, name: str, workers: int = 1) -> str:
     user = "user root root;\n" if os.geteuid() == 0 else ""
     return (
-        f"{user}daemon off;\nmaster_process on;\nworker_processes 1;\n"
+        f"{user}daemon off;\nmaster_process on;\nworker_processes {workers};\n"
         f"worker_rlimit_nofile {procs.NOFILE};\n"
         f"pid {workdir}/{name}.pid;\nerror_log {workdir}/{name}-error.log warn;\n"
         "events { worker_connections 40000; multi_accept on; }\n"
@@ -110,8 +110,8 @@ def _tls_listen(tls: ServingFiles | None) -> str:
 
 
 class Nginx:
-    """One nginx master + 1 worker with its own config, pinned to `cpu`. With a TLS
-    listener in its config (`@TLSPORT@`), `tls_port` is that listener's port."""
+    """One nginx master + 1 worker (or `workers`) with its own config, pinned to `cpu`.
+    With a TLS listener in its config (`@TLSPORT@`), `tls_port` is that listener's port."""
 
     def __init__(
         self,
@@ -120,13 +120,14 @@ class Nginx:
         server_block: str,
         cpu: set[int] | None,
         port: int | None = None,
+        workers: int = 1,
     ):
         self.workdir, self.name, self.cpu = workdir, name, cpu
         self.port = port or procs.free_port()
         self.tls_port = procs.free_port() if "@TLSPORT@" in server_block else 0
         self.conf = workdir / f"{name}.conf"
         self.conf.write_text(
-            _nginx_main(workdir, name)
+            _nginx_main(workdir, name, workers)
             + "http {\n"
             + _nginx_http(workdir, name)
             + server_block.replace("@PORT@", str(self.port)).replace(

@@ -1,8 +1,10 @@
 """A watch-capable API server stand-in for the bench (not a kube-apiserver: just fast).
 
 `python -m loadtests.bench.watch_upstream [--period S] [--bookmark-period S]
-[--burst-period S]` listens on 127.0.0.1 (an ephemeral port, printed as the first stdout
-line). `GET …?watch=true` gets a chunked JSON watch stream, in one of two groups:
+[--burst-period S] [--host 127.0.0.x] [--tls-cert F --tls-key F]` listens on `host`
+(default 127.0.0.1; an ephemeral port, printed as the first stdout line), with TLS when given
+a certificate (as a kube-apiserver does). `GET …?watch=true` gets a chunked JSON watch
+stream, in one of two groups:
 
 - spread (the default): every watch receives one MODIFIED event every `period` seconds and
   one BOOKMARK every `bookmark-period` seconds, spread evenly over time (what a fleet of
@@ -11,8 +13,11 @@ line). `GET …?watch=true` gets a chunked JSON watch stream, in one of two grou
   goes to every watch of the group at once, written back to back (a change that fans out
   to every watcher at the same moment).
 
-Every event carries the CLOCK_MONOTONIC time it was written so clients can compute delivery
-latency. Any other request gets a ~2 KB PodList. Exits on SIGTERM or stdin EOF.
+Every event carries the CLOCK_MONOTONIC time it was written, so clients can compute delivery
+latency, and its number on that watch (`bench.vgate.io/seq`, 1, 2, …), so they can tell
+whether any was lost. SIGUSR1 pauses the events, the next SIGUSR1 resumes them, and each
+prints `SENT <n>` (events written so far): with the clients' counts, nothing lost at the end
+either. Any other request gets a ~2 KB PodList. Exits on SIGTERM or stdin EOF.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import sys
 import time
 
@@ -36,36 +42,49 @@ class Watchers:
         self.period = period
         self.bookmark_period = bookmark_period
         self.burst_period = burst_period
-        self.streams: dict[int, asyncio.Transport] = {}  # spread group
-        self.burst: dict[int, asyncio.Transport] = {}
+        self.streams: dict[int, Handler] = {}  # spread group
+        self.burst: dict[int, Handler] = {}
         self.next_id = 0
         self.rv = 1000
+        self.sent = 0  # events written, all watches
+        self.paused = False
 
-    def add(self, transport: asyncio.Transport, *, burst: bool) -> int:
+    def toggle(self) -> None:
+        """Pause or resume the events; print `SENT <n>` either way."""
+        self.paused = not self.paused
+        print(f"SENT {self.sent}", flush=True)
+
+    def add(self, handler: Handler, *, burst: bool) -> int:
         self.next_id += 1
-        (self.burst if burst else self.streams)[self.next_id] = transport
+        (self.burst if burst else self.streams)[self.next_id] = handler
         return self.next_id
 
     def remove(self, watch_id: int) -> None:
         self.streams.pop(watch_id, None)
         self.burst.pop(watch_id, None)
 
-    def event(self, kind: bytes = b"MODIFIED") -> bytes:
+    def send(self, handler: Handler, kind: bytes = b"MODIFIED") -> None:
+        """Write one event (`kind`) to `handler`'s watch, numbered on that watch."""
+        t = handler.transport
+        if t is None or t.is_closing():
+            return
         self.rv += 1
+        self.sent += 1
+        handler.seq += 1
         if kind == b"BOOKMARK":
             body = (
                 b'{"type":"BOOKMARK","object":{"kind":"Pod","apiVersion":"v1","metadata":'
-                b'{"resourceVersion":"%d","annotations":{"bench.vgate.io/sent-ns":"%d"}}}}\n'
-                % (self.rv, time.monotonic_ns())
+                b'{"resourceVersion":"%d","annotations":{"bench.vgate.io/sent-ns":"%d",'
+                b'"bench.vgate.io/seq":"%d"}}}}\n' % (self.rv, time.monotonic_ns(), handler.seq)
             )
         else:
             body = (
                 b'{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":'
                 b'{"name":"web-0","namespace":"default","resourceVersion":"%d",'
-                b'"annotations":{"bench.vgate.io/sent-ns":"%d"}},"status":{"phase":"Running"}}}\n'
-                % (self.rv, time.monotonic_ns())
+                b'"annotations":{"bench.vgate.io/sent-ns":"%d","bench.vgate.io/seq":"%d"}},'
+                b'"status":{"phase":"Running"}}}\n' % (self.rv, time.monotonic_ns(), handler.seq)
             )
-        return b"%x\r\n%b\r\n" % (len(body), body)
+        t.write(b"%x\r\n%b\r\n" % (len(body), body))
 
     async def run(self) -> None:
         tick = 0.01  # fine-grained, so spread events do not arrive in large bursts
@@ -74,11 +93,12 @@ class Watchers:
         next_burst = time.monotonic() + self.burst_period
         while True:
             await asyncio.sleep(tick)
+            if self.paused:
+                continue
             if self.burst and time.monotonic() >= next_burst:
                 next_burst = max(next_burst + self.burst_period, time.monotonic())
-                for t in list(self.burst.values()):
-                    if not t.is_closing():
-                        t.write(self.event())
+                for h in list(self.burst.values()):
+                    self.send(h)
             ids = list(self.streams)
             if not ids:
                 continue
@@ -86,9 +106,9 @@ class Watchers:
                 share = max(1, round(len(ids) * tick / period))
                 cursor = cursors[kind]
                 for i in range(share):
-                    t = self.streams.get(ids[(cursor + i) % len(ids)])
-                    if t is not None and not t.is_closing():
-                        t.write(self.event(kind))
+                    h = self.streams.get(ids[(cursor + i) % len(ids)])
+                    if h is not None:
+                        self.send(h, kind)
                 cursors[kind] = (cursor + share) % len(ids)
 
 
@@ -99,6 +119,7 @@ class Handler(asyncio.Protocol):
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.watch_id: int | None = None
+        self.seq = 0  # events written to this watch
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -125,7 +146,7 @@ class Handler(asyncio.Protocol):
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     b"Cache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n\r\n"
                 )
-                self.watch_id = self.watchers.add(self.transport, burst=b"bench-burst=1" in target)
+                self.watch_id = self.watchers.add(self, burst=b"bench-burst=1" in target)
                 return
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -136,14 +157,23 @@ class Handler(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(period: float, bookmark_period: float, burst_period: float) -> None:
+async def serve(
+    period: float,
+    bookmark_period: float,
+    burst_period: float,
+    host: str = "127.0.0.1",
+    tls: ssl.SSLContext | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     watchers = Watchers(period, bookmark_period, burst_period)
     body = pod_list()
-    server = await loop.create_server(lambda: Handler(watchers, body), "127.0.0.1", 0, backlog=4096)
-    print(server.sockets[0].getsockname()[1], flush=True)
+    server = await loop.create_server(
+        lambda: Handler(watchers, body), host, 0, backlog=4096, ssl=tls
+    )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, watchers.toggle)
+    print(server.sockets[0].getsockname()[1], flush=True)  # ready, signals included
     loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
     ticker = loop.create_task(watchers.run())
     await stop.wait()
@@ -166,9 +196,18 @@ def main() -> None:
         default=2.0,
         help="seconds between bursts (burst group: every watch at once)",
     )
+    p.add_argument("--host", default="127.0.0.1", help="a loopback address to listen on")
+    p.add_argument("--tls-cert", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", help="… and this key")
     args = p.parse_args()
+    if not args.host.startswith("127."):
+        p.error("--host must be a loopback address (127.x.y.z)")
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     procs.raise_nofile()
-    run_loop(serve(args.period, args.bookmark_period, args.burst_period))
+    run_loop(serve(args.period, args.bookmark_period, args.burst_period, args.host, tls))
 
 
 def run_loop(coro) -> object:

@@ -36,7 +36,11 @@ def _python(module: str, *args: str) -> list[str]:
 
 
 def _start_upstream(
-    work: Path, period: float, bookmark_period: float, burst_period: float
+    work: Path,
+    period: float,
+    bookmark_period: float,
+    burst_period: float,
+    extra: tuple[str, ...] | list[str] = (),
 ) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         _python(
@@ -47,6 +51,7 @@ def _start_upstream(
             str(bookmark_period),
             "--burst-period",
             str(burst_period),
+            *extra,
         ),
         cwd=stack.REPO_ROOT,
         stdin=subprocess.PIPE,

@@ -195,3 +195,38 @@ def test_token_mode_measures_both_algorithms(tmp_path: Path) -> None:
         assert row["authenticate"] > 0 and row["jwt_decode"] > 0 and row["signature"] > 0
     text = "\n".join(tokens.table(result))
     assert "| RS256 |" in text and "| ES256 |" in text
+
+
+def test_watch_scale_smoke(tmp_path: Path) -> None:
+    """Watches at scale, small: direct, nginx and vgate with 2 workers each carry every watch
+    over TLS upstreams on two loopback addresses from two client addresses, and every event
+    the upstreams wrote arrives (the run fails on any error, loss or gap)."""
+    why = missing_tools()
+    if why:
+        tool_missing(f"watch scale smoke needs nginx and wrk: {why}")
+    report = tmp_path / "scale.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--smoke",
+            "--mode",
+            "watches",
+            "--watches",
+            "1000",
+            "--watch-workers",
+            "2",
+            "--out",
+            str(report),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = report.read_text()
+    for row in ("| direct | TLS | 1,000/1,000 |", "| nginx | plain | 1,000/1,000 |"):
+        assert row in text, f"{row!r} missing from the report:\n{text}"
+    assert "| vgate | plain | 1,000/1,000 |" in text, text

@@ -175,3 +175,57 @@ def test_lifecycle_tenants_table() -> None:
     text = "\n".join(lifecycle_tenants.table({"rows": rows}))
     assert "| 10 | 2.0 | 100 | — | 100 | 40.0 | 1.00 | 0.50 | 0.60 | 0.5 | 0 |" in text
     assert "| 10,010 | 2.0 | 150 | 5.1 | 100 | 44.0 | 1.10 | 0.50 | 0.60 | 3.0 | 0 |" in text
+
+
+def test_watch_scale_counts_losses_as_errors() -> None:
+    """A row whose clients received fewer events than the upstreams wrote fails the run, and
+    the table shows the loss and the memory ratio to nginx."""
+    from loadtests.bench import watch_scale
+
+    short = {"rps": 1000.0, "p50_ms": 0.2, "p99_ms": 1.0, "errors": 0}
+
+    def row(target: str, kb: float | None, received: int) -> dict:
+        return {
+            "target": target,
+            "n": 10,
+            "workers": 4,
+            "client_tls": target == "direct",
+            "open": 10,
+            "open_s": 1.0,
+            "pss_idle": 1 << 20,
+            "pss_open": (1 << 20) + int((kb or 0) * 1024 * 10),
+            "rss_idle": 1 << 20,
+            "rss_open": (1 << 20) + int((kb or 0) * 1024 * 10),
+            "sent": 100,
+            "received": received,
+            "gaps": 0,
+            "silent": 0,
+            "errors": 0,
+            "first_error": "",
+            "event_p50_ms": 0.1,
+            "event_p99_ms": 1.0,
+            "cpu_share": None if kb is None else 0.1,
+            "fds": [],
+            "idle": short,
+            "spread": short,
+            "kb_per_watch": kb,
+        }
+
+    result = {
+        "n": 10,
+        "workers": 4,
+        "groups": 1,
+        "fd_hard": 20000,
+        "capacity": 39600,
+        "event_period_s": 5.0,
+        "bookmark_period_s": 15.0,
+        "short_rate": 1000,
+        "short_seconds": 6.0,
+        "rows": [row("direct", None, 100), row("nginx", 40.0, 100), row("vgate", 30.0, 100)],
+    }
+    assert watch_scale.errors(result) == 0
+    text = "\n".join(watch_scale.table(result))
+    assert "| 30.00 | 0.75 |" in text  # vgate's KB per watch and its ratio to nginx
+    result["rows"][2]["received"] = 97
+    assert watch_scale.errors(result) == 3
+    assert "| 100 | 3 | 0 |" in "\n".join(watch_scale.table(result))
