@@ -40,7 +40,7 @@ from gateway.forward import Forwarder
 from gateway.forward.forwarder import is_streaming
 from gateway.http.client_address import ClientAddress
 from gateway.http.exchange import Exchange
-from gateway.identity import Deny, Grant, TooLarge
+from gateway.identity import Deny, TooLarge
 from gateway.limits import Limiter, Refusal
 from gateway.names.kube import UnsafeName
 from gateway.policy import PolicyEngine
@@ -52,7 +52,7 @@ from gateway.policy.nested import (
 )
 from gateway.record import Recorder
 from gateway.registry import TenantRegistry
-from gateway.rewrite import impersonation_block, private_cookie_names, upstream_head
+from gateway.rewrite import credential_block, private_cookie_names, upstream_head
 from gateway.route import Refused, Router
 from gateway.sessions.sink import RecordingUnavailable
 from gateway.sessions.start import SessionRecordings, Wanted
@@ -72,7 +72,6 @@ DONE: Final = _Done()
 Next = _Done | None
 Step = Callable[[Flow], "Next | Awaitable[Next]"]
 
-MAX_CREDENTIAL_BLOCKS = 4096
 _WWW_AUTHENTICATE = (b"WWW-Authenticate", b'Bearer realm="vgate"')
 _INVALID_TOKEN = (b"WWW-Authenticate", b'Bearer realm="vgate", error="invalid_token"')
 
@@ -132,7 +131,6 @@ class Pipeline:
             i.issuer: (i.overage_group_names, i.groups_prefix) for i in authenticator.config.issuers
         }
         self._tasks: set[asyncio.Task] = set()
-        self._credential_blocks: dict[tuple[int, int], tuple[bytes | None, Grant, bytes]] = {}
         registry.on_change(forwarder.forget)
         if nested is not None:
             registry.on_change(nested.forget)
@@ -145,13 +143,7 @@ class Pipeline:
         """A request head is complete: run the steps."""
         flow = Flow(exchange)
         exchange.context = flow
-        for step in self.steps:  # `_run` from the first step, without index arithmetic
-            result = step(flow)
-            if result is None:
-                continue
-            if result is not DONE:
-                self._wait(flow, result, self.steps.index(step))  # type: ignore[arg-type]
-            return
+        self._run(flow, 0)
 
     def done(self, exchange: Exchange) -> None:
         """The exchange ended (answered, or the client left): step 7, record it."""
@@ -173,13 +165,15 @@ class Pipeline:
         exchange.context = None
 
     def _run(self, flow: Flow, start: int) -> None:
-        steps = self.steps
-        for index in range(start, len(steps)):
-            result = steps[index](flow)
+        """Run the steps from `start` while each answers at once; hand a pending one to
+        `_wait`. (A slice only when resuming: the common request walks the tuple itself.)"""
+        steps = self.steps if start == 0 else self.steps[start:]
+        for offset, step in enumerate(steps):
+            result = step(flow)
             if result is None:
                 continue
             if result is not DONE:
-                self._wait(flow, result, index)  # type: ignore[arg-type]
+                self._wait(flow, result, start + offset)  # type: ignore[arg-type]
             return
 
     def _wait(self, flow: Flow, pending: Awaitable[Next], index: int) -> None:
@@ -637,31 +631,18 @@ class Pipeline:
         """The head that leaves for the tenant (kept on the flow for the forward step)."""
         exchange, upstream, grant = flow.exchange, flow.upstream, flow.grant
         assert upstream is not None and grant is not None
-        credential = flow.credential
-        authorization: bytes | None = credential
-        if credential is not None:  # a tenant-native token goes as itself: no impersonation
+        authorization = flow.credential
+        if authorization is not None:  # a tenant-native token goes as itself: no impersonation
             identity_block = b""
         else:
-            authorization = upstream.authorization() if upstream.authorization else None
-            # the credential and impersonation lines, joined once per (credential, grant):
-            # both are the same objects request after request
-            key = (id(authorization), id(grant))
-            hit = self._credential_blocks.get(key)
-            if hit is not None and hit[0] is authorization and hit[1] is grant:
-                identity_block = hit[2]
-            else:
-                try:
-                    identity_block = impersonation_block(grant)
-                except UnsafeName as exc:  # the last check of every name: nothing leaves
-                    flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
-                    flow.fail(403, "the identity of this request cannot be passed on safely")
-                    return DONE
-                if authorization:
-                    identity_block = b"Authorization: " + authorization + b"\r\n" + identity_block
-                if len(self._credential_blocks) >= MAX_CREDENTIAL_BLOCKS:
-                    self._credential_blocks.clear()
-                self._credential_blocks[key] = (authorization, grant, identity_block)
-            authorization = None  # in `identity_block`, ahead of the impersonation lines
+            try:
+                identity_block = credential_block(
+                    upstream.authorization() if upstream.authorization else None, grant
+                )
+            except UnsafeName as exc:  # the last check of every name: nothing leaves
+                flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
+                flow.fail(403, "the identity of this request cannot be passed on safely")
+                return DONE
         if exchange.chunked_in:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif exchange.content_length:

@@ -84,6 +84,26 @@ def _serialize_block(grant: Grant) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
+_credential_blocks: dict[tuple[bytes | None, Grant], bytes] = {}
+
+
+def credential_block(authorization: bytes | None, grant: Grant) -> bytes:
+    """The gateway's `Authorization` line followed by the grant's `Impersonate-*` lines,
+    joined once per (credential, grant): both are the same objects request after request (a
+    credential's bytes and a `Grant` hash once), so a hit is one lookup. `kube.UnsafeName`
+    as `impersonation_block`."""
+    key = (authorization, grant)
+    block = _credential_blocks.get(key)
+    if block is None:
+        block = impersonation_block(grant)
+        if authorization:
+            block = b"Authorization: " + authorization + b"\r\n" + block
+        if len(_credential_blocks) >= MAX_CACHED_BLOCKS:
+            _credential_blocks.clear()
+        _credential_blocks[key] = block
+    return block
+
+
 def impersonation_bytes(grant: Grant) -> int:
     """How many bytes of `Impersonate-*` header lines a request with this grant carries."""
     return len(impersonation_block(grant))
