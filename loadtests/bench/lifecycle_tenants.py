@@ -18,56 +18,69 @@ static upstream, and each tenant's stored admin group (the bench token's) grants
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.lifecycle.model import Desired, Phase, RouteInfo, TenantSpec, TenantStatus
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 from loadtests.bench import procs, stack
 from loadtests.bench.issuer import GROUP, LocalIssuer
-from loadtests.bench.tenants import COUNTS, measure, until_status
+from loadtests.bench.tenants import COUNTS, against_smallest, measure, until_status
 
 CHURN_SECONDS = 10.0
 FIRST = "t00000"
 
 
 def _fill(db: Path, count: int, upstream_port: int, token_file: Path) -> None:
-    """`count` tenants (every odd one paused) written straight through the store's own
-    (blocking) methods."""
-    store = SQLiteTenantStore(db)
+    """`count` tenants, every odd one paused, written through the store."""
     running = RouteInfo(server=f"http://127.0.0.1:{upstream_port}", token_file=str(token_file))
     paused = running.model_copy(update={"paused": True})
-    try:
+
+    async def fill(store: SQLiteTenantStore) -> None:
         for i in range(count):
             pause = i % 2 == 1
-            _put(store, f"t{i:05d}", running if not pause else paused, pause)
-    finally:
-        store._db.close()
+            await _put(store, f"t{i:05d}", paused if pause else running, pause)
+
+    _with_store(db, fill)
 
 
-def _put(store: SQLiteTenantStore, name: str, route: RouteInfo, paused: bool) -> None:
+async def _put(store: SQLiteTenantStore, name: str, route: RouteInfo, paused: bool) -> None:
     spec = TenantSpec(
         name=name,
         admin_groups=[f"oidc:{GROUP}"],
         desired=Desired.paused if paused else Desired.running,
     )
-    record = store._create(spec)
+    record = await store.create(spec)
     status = TenantStatus(phase=Phase.paused if paused else Phase.ready, route=route)
-    store._update_status(name, status, record.version)
+    await store.update_status(name, status, record.version)
+
+
+def _with_store(db: Path, use: Callable[[SQLiteTenantStore], Awaitable[None]]) -> None:
+    """Run `use` on the store at `db` (its own connection, as another process would have)."""
+
+    async def main() -> None:
+        store = SQLiteTenantStore(db)
+        try:
+            await use(store)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
 
 
 def _churn(db: Path, seconds: float) -> None:
     """What a lifecycle manager commits once a second: its lease, one tenant's activity."""
-    store = SQLiteTenantStore(db)
-    try:
+
+    async def churn(store: SQLiteTenantStore) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            store._acquire("lifecycle-manager", "bench", 15.0)
-            store._record_activity({FIRST: time.time()})
-            time.sleep(1.0)
-    finally:
-        store._db.close()
+            await store.acquire_lease("lifecycle-manager", "bench", 15.0)
+            await store.record_activity({FIRST: time.time()})
+            await asyncio.sleep(1.0)
+
+    _with_store(db, churn)
 
 
 def run(
@@ -129,36 +142,33 @@ def run(
         for gate in gates:
             gate.stop()
         up.stop()
-    base = rows[0]
     for r in rows:
         r.pop("db")
-        r["cpu_x_smallest"] = r["cpu_us"] / base["cpu_us"] if base["cpu_us"] else 0.0
-        extra = r["tenants"] - base["tenants"]
-        r["kb_per_tenant"] = ((r["rss"] - base["rss"]) / extra / 1024) if extra else None
-    return {"rows": rows}
+    return {"rows": against_smallest(rows)}
 
 
 def _changes(
     gate: stack.Vgate, db: Path, token: str, upstream_port: int, token_file: Path
 ) -> dict[str, float]:
     """How long a new running tenant and a newly paused one take to reach every worker."""
-    store = SQLiteTenantStore(db)
     route = RouteInfo(server=f"http://127.0.0.1:{upstream_port}", token_file=str(token_file))
-    try:
+    path = f"/clusters/t-new{stack.LIST_PATH}"
+    took: dict[str, float] = {}
+
+    async def change(store: SQLiteTenantStore) -> None:
         t0 = time.monotonic()
-        _put(store, "t-new", route, paused=False)
-        path = f"/clusters/t-new{stack.LIST_PATH}"
-        new_tenant = time.monotonic() - t0 + until_status(gate.port, path, token, 200)
+        await _put(store, "t-new", route, paused=False)
+        took["new_tenant_s"] = time.monotonic() - t0 + until_status(gate.port, path, token, 200)
         t0 = time.monotonic()
-        record = store._get("t-new")
+        record = await store.get("t-new")
         paused = record.status.model_copy(
             update={"phase": Phase.paused, "route": route.model_copy(update={"paused": True})}
         )
-        store._update_status("t-new", paused, record.version)
-        paused_s = time.monotonic() - t0 + until_status(gate.port, path, token, 503)
-    finally:
-        store._db.close()
-    return {"new_tenant_s": new_tenant, "paused_s": paused_s}
+        await store.update_status("t-new", paused, record.version)
+        took["paused_s"] = time.monotonic() - t0 + until_status(gate.port, path, token, 503)
+
+    _with_store(db, change)
+    return took
 
 
 def _idle_cpu(gate: stack.Vgate, db: Path) -> float:

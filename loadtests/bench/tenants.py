@@ -133,12 +133,18 @@ def run(
         for gate in gates:
             gate.stop()
         up.stop()
+    return {"rows": against_smallest(rows)}
+
+
+def against_smallest(rows: list[dict]) -> list[dict]:
+    """Each row's CPU per request as a multiple of the smallest count's, and its memory per
+    tenant over the smallest count's."""
     base = rows[0]
     for r in rows:
         r["cpu_x_smallest"] = r["cpu_us"] / base["cpu_us"] if base["cpu_us"] else 0.0
         extra = r["tenants"] - base["tenants"]
         r["kb_per_tenant"] = ((r["rss"] - base["rss"]) / extra / 1024) if extra else None
-    return {"rows": rows}
+    return rows
 
 
 def measure(

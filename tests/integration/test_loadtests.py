@@ -19,31 +19,28 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_bench_smoke(tmp_path: Path) -> None:
+def bench_smoke(tmp_path: Path, *args: str, timeout: float) -> str:
+    """`python -m loadtests.bench --smoke ARGS`, which must succeed: its Markdown report."""
     why = missing_tools()
     if why:
-        tool_missing(f"bench smoke needs nginx and wrk: {why}")
+        tool_missing(f"the bench smoke needs nginx and wrk: {why}")
     report = tmp_path / "bench.md"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtests.bench",
-            "--smoke",
-            "--out",
-            str(report),
-            "--json",
-            str(tmp_path / "bench.json"),
-        ],
+        [sys.executable, "-m", "loadtests.bench", "--smoke", *args, "--out", str(report)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = report.read_text()
+    return report.read_text()
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    text = bench_smoke(tmp_path, "--json", str(tmp_path / "bench.json"), timeout=420)
     assert "| RS256 |" in text and "| ES256 |" in text  # the token mode
     assert "| 100 |" in text.split("#### Tenants at scale")[1]  # 10 and 100 tenants
+    assert "| 100 |" in text.split("#### Lifecycle tenants at scale")[1]  # half paused
     from loadtests.bench import kube
 
     if kube.unavailable() is None:  # the real API server rows, every path and the relay
@@ -201,32 +198,9 @@ def test_watch_scale_smoke(tmp_path: Path) -> None:
     """Watches at scale, small: direct, nginx and vgate with 2 workers each carry every watch
     over TLS upstreams on two loopback addresses from two client addresses, and every event
     the upstreams wrote arrives (the run fails on any error, loss or gap)."""
-    why = missing_tools()
-    if why:
-        tool_missing(f"watch scale smoke needs nginx and wrk: {why}")
-    report = tmp_path / "scale.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtests.bench",
-            "--smoke",
-            "--mode",
-            "watches",
-            "--watches",
-            "1000",
-            "--watch-workers",
-            "2",
-            "--out",
-            str(report),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    text = bench_smoke(
+        tmp_path, "--mode", "watches", "--watches", "1000", "--watch-workers", "2", timeout=300
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = report.read_text()
     for row in ("| direct | TLS | 1,000/1,000 |", "| nginx | plain | 1,000/1,000 |"):
         assert row in text, f"{row!r} missing from the report:\n{text}"
     assert "| vgate | plain | 1,000/1,000 |" in text, text

@@ -15,7 +15,7 @@ import yaml
 from gateway.lifecycle.model import Desired, Phase, RouteInfo, TenantSpec
 from gateway.lifecycle.route_sync import RouteSync
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
-from gateway.registry import error_reference
+from gateway.registry import TenantRegistry, error_reference
 from tests.support.gateway_thread import GatewayThread
 
 
@@ -350,8 +350,6 @@ async def test_a_change_to_one_tenant_costs_each_worker_that_record_alone(tmp_pa
     """With thousands of tenants every worker re-read and validated every record on any
     write to the store (activity, a lease renewal, one tenant's status): half a second of CPU
     per worker at 10,000 tenants. Only changed records are read now."""
-    from gateway.registry import TenantRegistry
-
     token = tmp_path / "t.token"
     token.write_text("x\n")
     writer = SQLiteTenantStore(tmp_path / "t.db")
@@ -401,8 +399,6 @@ async def test_a_change_to_one_tenant_costs_each_worker_that_record_alone(tmp_pa
 
 
 async def test_a_route_without_its_credential_yet_is_tried_again(tmp_path: Path) -> None:
-    from gateway.registry import TenantRegistry
-
     token = tmp_path / "late.token"
     writer = SQLiteTenantStore(tmp_path / "t.db")
     record = await writer.create(TenantSpec(name="late", admin_groups=["ops"]))
