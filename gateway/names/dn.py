@@ -5,6 +5,10 @@ Two spellings of one DN normalize alike: `\\,` and `\\2C`, `\\ ` and `\\20`, `ca
 `caf\\C3\\A9`, `CN=a+SN=b` and `SN=b+CN=a`, spaces around separators. Two different DNs
 never do: an escaped leading or trailing space, a leading `#`, and any whitespace other
 than U+0020 are part of the value.
+
+Not ldap3's `parse_dn`: it refuses a value ending in an escaped space (`CN=a\\ ,…`, which AD
+writes for a group named with a trailing space) and leaves escapes undecoded, so two
+spellings of one group would compare unequal.
 """
 
 from __future__ import annotations
