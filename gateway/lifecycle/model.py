@@ -227,6 +227,29 @@ class TenantStatus(BaseModel):
         return next((c for c in self.conditions if c.type == type_), None)
 
 
+#: fields added after records were first stored: the stores write them only when set, so a
+#: replica of the previous version (whose models refuse unknown fields) still reads every
+#: record that does not use them, as it must while a rolling upgrade runs both versions
+ADDED_LATER = frozenset({"token_passthrough", "service_account_issuer"})
+
+
+def _without_unset_additions(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if not (k in ADDED_LATER and v in (None, False))}
+
+
+def stored_spec(spec: TenantSpec, **dump: Any) -> dict[str, Any]:
+    """The spec as the stores write it (JSON-ready); `dump`: `model_dump`'s options."""
+    return _without_unset_additions(spec.model_dump(mode="json", **dump))
+
+
+def stored_status(status: TenantStatus) -> dict[str, Any]:
+    """The status as the stores write it (JSON-ready), its route included."""
+    data = status.model_dump(mode="json")
+    if data.get("route") is not None:
+        data["route"] = _without_unset_additions(data["route"])
+    return data
+
+
 class TenantRecord(BaseModel):
     """A stored tenant. `version` changes on every write (optimistic concurrency)."""
 

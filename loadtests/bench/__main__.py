@@ -74,7 +74,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         metavar="CHECKOUT",
         help="also measure vgate from another checkout (e.g. a `git worktree` of "
-        "main) as target vgate-baseline, interleaved with this one",
+        "main) as target vgate-baseline, interleaved with this one (requests, kube; "
+        "tenants: one more lifecycle gateway at the largest count)",
     )
     args = p.parse_args(argv)
     if args.smoke:
@@ -390,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=args.seconds,
                 rounds=args.rounds,
                 counts=(10, 100) if args.smoke else tenants.COUNTS,
+                baseline=args.baseline,
                 log=log,
             )
         if args.mode in ("all", "tokens"):

@@ -89,8 +89,11 @@ def run(
     seconds: float,
     rounds: int,
     counts: tuple[int, ...] = COUNTS,
+    baseline: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
+    """One gateway per count; with `baseline` (another checkout, `--baseline`) one more at
+    the largest count running that checkout's code, measured interleaved with the others."""
     port = procs.free_port()
     issuer = LocalIssuer(f"http://127.0.0.1:{port}/issuer")
     up = stack.static_upstream(work, issuer, procs.load_cpu(), port).start()
@@ -100,8 +103,11 @@ def run(
     gates: list[stack.Vgate] = []
     rows = []
     try:
-        for count in counts:
-            name = f"vgate-lifecycle-{count}"
+        runs: list[tuple[int, Path | None]] = [(count, None) for count in counts]
+        if baseline is not None:
+            runs.append((max(counts), baseline))
+        for count, checkout in runs:
+            name = f"vgate-lifecycle-{count}" + ("-baseline" if checkout else "")
             db = work / f"{name}.db"
             db.unlink(missing_ok=True)
             t0 = time.monotonic()
@@ -114,6 +120,7 @@ def run(
                 procs.proxy_cpu(),
                 name=name,
                 workers=2,
+                checkout=checkout or stack.REPO_ROOT,
                 extra={
                     "tenants": [],
                     "lifecycle": {"store": str(db), "manage": False, "provisioner": "local"},
@@ -122,7 +129,10 @@ def run(
             t0 = time.monotonic()
             gate.start(timeout=300)
             until_status(gate.port, f"/clusters/{FIRST}{stack.LIST_PATH}", token, 200)
-            rows.append({"tenants": count, "db": db, "start_s": time.monotonic() - t0})
+            row = {"tenants": count, "db": db, "start_s": time.monotonic() - t0}
+            if checkout is not None:
+                row["label"] = f"{count:,} (baseline: {checkout.name})"
+            rows.append(row)
             gates.append(gate)
         time.sleep(1.0)
         first = f"/clusters/{FIRST}{stack.LIST_PATH}"
@@ -189,7 +199,8 @@ def table(result: dict) -> list[str]:
     for r in result["rows"]:
         kb = "—" if r["kb_per_tenant"] is None else f"{r['kb_per_tenant']:.1f}"
         out.append(
-            f"| {r['tenants']:,} | {r['start_s']:.1f} | {r['rss'] / 2**20:.0f} | {kb} | "
+            f"| {r.get('label') or format(r['tenants'], ',')} | {r['start_s']:.1f} | "
+            f"{r['rss'] / 2**20:.0f} | {kb} | "
             f"{r['rps']:,.0f} | {r['cpu_us']:.1f} | {r['cpu_x_smallest']:.2f} | "
             f"{r['new_tenant_s']:.2f} | {r['paused_s']:.2f} | "
             f"{100 * r['churn_cpu_s'] / CHURN_SECONDS:.1f} | {r['errors']} |"

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
+from gateway.lifecycle.model import (
+    TenantRecord,
+    TenantSpec,
+    TenantStatus,
+    stored_spec,
+    stored_status,
+)
 from gateway.lifecycle.stores.protocol import (
     MANAGER_LEASE,
     Conflict,
@@ -134,8 +140,8 @@ def object_of(record: TenantRecord, namespace: str, resource_version: str | None
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": meta,
-        "spec": record.spec.model_dump(mode="json", exclude={"name"}),
-        "status": record.status.model_dump(mode="json"),
+        "spec": stored_spec(record.spec, exclude={"name"}),
+        "status": stored_status(record.status),
     }
 
 

@@ -9,6 +9,7 @@ instance's own writes: cheap to poll, and it moves on every commit.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import threading
@@ -16,7 +17,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
+from gateway.lifecycle.model import (
+    TenantRecord,
+    TenantSpec,
+    TenantStatus,
+    stored_spec,
+    stored_status,
+)
 from gateway.lifecycle.stores.protocol import Conflict, TenantExists, TenantNotFound
 
 _SCHEMA = """
@@ -39,6 +46,10 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 _COLUMNS = "name, spec, status, version, generation, created_at, last_activity"
 _NAMES_PER_QUERY = 500  # under SQLite's smallest limit on bound parameters (999)
+
+
+def _json(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"))
 
 
 class SQLiteTenantStore:
@@ -124,7 +135,12 @@ class SQLiteTenantStore:
             self._call(
                 "INSERT INTO tenants (name, spec, status, version, generation, created_at) "
                 "VALUES (?, ?, ?, 1, 1, ?)",
-                (spec.name, spec.model_dump_json(), TenantStatus().model_dump_json(), time.time()),
+                (
+                    spec.name,
+                    _json(stored_spec(spec)),
+                    _json(stored_status(TenantStatus())),
+                    time.time(),
+                ),
             )
         except sqlite3.IntegrityError:
             raise TenantExists(spec.name) from None
@@ -146,7 +162,7 @@ class SQLiteTenantStore:
             version,
             "UPDATE tenants SET spec = ?, version = version + 1, generation = generation + 1 "
             "WHERE name = ? AND version = ?",
-            (spec.model_dump_json(),),
+            (_json(stored_spec(spec)),),
         )
 
     def _update_status(self, name: str, status: TenantStatus, version: int) -> TenantRecord:
@@ -154,7 +170,7 @@ class SQLiteTenantStore:
             name,
             version,
             "UPDATE tenants SET status = ?, version = version + 1 WHERE name = ? AND version = ?",
-            (status.model_dump_json(),),
+            (_json(stored_status(status)),),
         )
 
     def _delete(self, name: str, version: int) -> None:

@@ -125,3 +125,30 @@ async def test_revision_moves_on_this_connections_writes_too(tmp_path):
     third = await store.revision()
     assert await store.revision() == third  # nothing written: no change
     await store.close()
+
+
+async def test_a_record_without_new_features_is_what_an_older_replica_reads(tmp_path):
+    """Fields added to the spec and the route after records were first stored are written
+    only when set: a replica of the previous version (its models refuse unknown fields)
+    reads every record that does not use them, as it does during a rolling upgrade."""
+    import sqlite3
+
+    from gateway.lifecycle.model import RouteInfo
+
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    plain = await store.create(spec("plain"))
+    route = RouteInfo(server="https://10.0.0.1", token_file="/t")
+    await store.update_status("plain", TenantStatus(route=route), plain.version)
+    await store.create(spec("reviewed", token_passthrough=True))
+    await store.close()
+    rows = dict(
+        sqlite3.connect(tmp_path / "t.db")
+        .execute("SELECT name, spec || status FROM tenants")
+        .fetchall()
+    )
+    for added in ("token_passthrough", "service_account_issuer"):
+        assert added not in rows["plain"]
+    assert '"token_passthrough":true' in rows["reviewed"]
+    reopened = SQLiteTenantStore(tmp_path / "t.db")
+    assert (await reopened.get("plain")).status.route == route
+    assert (await reopened.get("reviewed")).spec.token_passthrough
