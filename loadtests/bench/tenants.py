@@ -164,7 +164,8 @@ def measure(
     for row, gate, url in zip(rows, gates, urls, strict=True):
         pids = gate.pids
         row["rss"] = procs.rss_bytes(pids)
-        targets.append(Target(f"{kind}-{row['tenants']}", url, lambda pids=pids: pids, token=token))
+        name = f"{kind}-{row.get('label') or row['tenants']}"  # a baseline row shares its count
+        targets.append(Target(name, url, lambda pids=pids: pids, token=token))
     summaries = interleaved(
         targets, rounds=rounds, seconds=seconds, connections=50, warmup=min(2.0, seconds), log=log
     )
