@@ -94,6 +94,16 @@ class Metrics:
         self.open_streams = Gauge(
             "vgate_open_streams", "Watches, log follows and tunnels open now", ["kind"], registry=r
         )
+        self.http2_connections = Gauge(
+            "vgate_upstream_http2_connections",
+            "HTTP/2 connections to tenants' API servers (they carry watches and log follows)",
+            registry=r,
+        )
+        self.http2_streams = Gauge(
+            "vgate_upstream_http2_streams",
+            "Watches and log follows open as streams of those HTTP/2 connections",
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "vgate_upstream_errors_total", "Upstream failures by tenant", ["tenant"], registry=r
         )

@@ -9,10 +9,12 @@ request in `activity`, which the lifecycle manager drains (idle tenants may be p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -41,12 +43,21 @@ class Upstream:
     wake: Callable[[], Awaitable[bool]] | None = None
     token_passthrough: bool = False
     service_account_issuer: str | None = None
+    # builds the same TLS settings offering HTTP/2 (ALPN h2, then http/1.1), for the
+    # long-running requests the forwarder multiplexes; None: plain HTTP, no HTTP/2
+    multiplex_tls: Callable[[], SSLContext] | None = None
     authority: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         default = 443 if self.ssl else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.authority = (host if self.port == default else f"{host}:{self.port}").encode()
+
+    @functools.cached_property
+    def ssl_multiplex(self) -> SSLContext | None:
+        """`multiplex_tls()`, built on first use (a context costs up to ~20 ms to load its
+        trust store: ten thousand tenants must not pay that at start-up)."""
+        return self.multiplex_tls() if self.multiplex_tls is not None else None
 
 
 def error_reference(error: str) -> str:
@@ -143,26 +154,34 @@ class TenantState:
 def upstream_from_config(tenant: TenantConfig) -> Upstream:
     """Build the runtime `Upstream` for a statically configured tenant."""
     parts = urlsplit(tenant.upstream)
-    context: ssl.SSLContext | None = None
-    if parts.scheme == "https":
-        context = ssl.create_default_context(cafile=str(tenant.ca_file) if tenant.ca_file else None)
-        if tenant.insecure_skip_tls_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if tenant.client_cert_file:
-            context.load_cert_chain(str(tenant.client_cert_file), str(tenant.client_key_file))
-        context.set_alpn_protocols(["http/1.1"])
+    https = parts.scheme == "https"
     token = TokenFile(tenant.token_file) if tenant.token_file else None
     return Upstream(
         name=tenant.name,
         host=parts.hostname or "",
-        port=parts.port or (443 if parts.scheme == "https" else 80),
-        ssl=context,
-        server_hostname=(tenant.server_name or parts.hostname) if context else None,
+        port=parts.port or (443 if https else 80),
+        ssl=_tls_context(tenant, ["http/1.1"]) if https else None,
+        server_hostname=(tenant.server_name or parts.hostname) if https else None,
         authorization=token.header if token else None,
         token_passthrough=tenant.token_passthrough,
         service_account_issuer=tenant.service_account_issuer,
+        multiplex_tls=functools.partial(_tls_context, tenant, _H2_FIRST) if https else None,
     )
+
+
+_H2_FIRST = ["h2", "http/1.1"]
+
+
+def _tls_context(tenant: TenantConfig, protocols: list[str]) -> ssl.SSLContext:
+    """TLS to the tenant's API server, offering `protocols` (ALPN)."""
+    context = ssl.create_default_context(cafile=str(tenant.ca_file) if tenant.ca_file else None)
+    if tenant.insecure_skip_tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tenant.client_cert_file:
+        context.load_cert_chain(str(tenant.client_cert_file), str(tenant.client_key_file))
+    context.set_alpn_protocols(protocols)
+    return context
 
 
 class TenantRegistry:

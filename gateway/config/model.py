@@ -272,6 +272,12 @@ class Upstream(Strict):
     max_response_headers: Annotated[int, Field(ge=16, le=10_000)] = 256
     max_idle_connections_per_tenant: Annotated[int, Field(ge=0)] = 256
     idle_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # watches and `logs -f` to a TLS tenant run as streams of shared HTTP/2 connections
+    # (ALPN h2; HTTP/1.1 when the tenant does not choose h2): one file descriptor per watch
+    # in the gateway instead of two, and no TLS session per watch upstream
+    http2_for_watches: bool = True
+    # streams per HTTP/2 connection at most (the tenant's SETTINGS may say fewer)
+    http2_max_streams_per_connection: Annotated[int, Field(ge=1, le=10_000)] = 1000
 
 
 class Limits(Strict):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from gateway.forward.failure import Failure
+from gateway.forward.failure import Failure, credential_rejected
 from gateway.forward.response import client_head
 from gateway.http.status import PHRASES
 from gateway.streams.relay import Ends, Relay
@@ -549,25 +549,12 @@ class UpstreamConnection(asyncio.Protocol):
         return True
 
     def _credential_rejected(self) -> None:
-        """A 401 to a request the gateway impersonated: the tenant refused the gateway's own
-        credential, not the user's. Not relayed (kubectl would tell the user to log in)."""
+        """A 401 to a request the gateway impersonated (`failure.credential_rejected`)."""
         flow = self.flow
         assert flow is not None
         self._detach()
         self.close()
-        tenant = flow.tenant or "?"
-        self.pool.on_failure(
-            self.pool,
-            flow,
-            Failure(
-                "the tenant's API server rejected the gateway's credential (401)",
-                502,
-                f"the gateway's own credential for tenant {tenant} was rejected by the tenant's "
-                "API server (401 Unauthorized). This is not a problem with your login: a "
-                "platform administrator must renew the gateway's credential for this tenant",
-                credential=True,
-            ),
-        )
+        self.pool.on_failure(self.pool, flow, credential_rejected(flow.tenant or "?"))
 
     # -- tunnel ---------------------------------------------------------------------------
 

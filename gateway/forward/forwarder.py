@@ -11,6 +11,7 @@ from gateway.config.model import Upstream as UpstreamSettings
 from gateway.forward.connection import HeadLimits
 from gateway.forward.failure import Failure
 from gateway.forward.health import TenantHealth
+from gateway.forward.multiplex_pool import MultiplexPool
 from gateway.forward.pool import UpstreamPool
 from gateway.metrics import Metrics
 from gateway.registry import Upstream
@@ -58,7 +59,15 @@ class Forwarder:
             settings.max_response_head_bytes, settings.max_response_headers
         )
         self._pools: dict[str, UpstreamPool] = {}
+        self._multiplexed: dict[str, MultiplexPool] = {}  # HTTP/2, for long-running requests
         self._sweeper: asyncio.Task | None = None
+        if metrics is not None:
+            metrics.http2_connections.set_function(
+                lambda: sum(len(m.connections) for m in self._multiplexed.values())
+            )
+            metrics.http2_streams.set_function(
+                lambda: sum(m.streams() for m in self._multiplexed.values())
+            )
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
@@ -68,6 +77,8 @@ class Forwarder:
             await asyncio.sleep(min(self.settings.idle_timeout_seconds / 2, 15.0))
             for pool in list(self._pools.values()):
                 pool.sweep()
+            for mux in list(self._multiplexed.values()):
+                mux.sweep()
 
     def close(self) -> None:
         if self._sweeper:
@@ -75,12 +86,18 @@ class Forwarder:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        for mux in self._multiplexed.values():
+            mux.close()
+        self._multiplexed.clear()
 
     def forget(self, tenant: str) -> None:
         """The tenant's route changed or went away: stop reusing its connections."""
         pool = self._pools.pop(tenant, None)
         if pool:
             pool.close()
+        mux = self._multiplexed.pop(tenant, None)
+        if mux:
+            mux.close()
         self.health.answered(tenant)  # a new route or credential: judged afresh
         if self.protocols is not None:
             self.protocols.forget(tenant)
@@ -102,14 +119,49 @@ class Forwarder:
             self._pools[upstream.name] = pool
         return pool
 
+    def _multiplex_pool(self, upstream: Upstream) -> MultiplexPool:
+        mux = self._multiplexed.get(upstream.name)
+        if mux is None or mux.upstream is not upstream:
+            if mux is not None:
+                mux.close()
+            mux = MultiplexPool(
+                upstream,
+                connect_timeout=self.settings.connect_timeout_seconds,
+                idle_timeout=self.settings.idle_timeout_seconds,
+                max_streams=self.settings.http2_max_streams_per_connection,
+                on_failure=lambda flow, failure: self._failed(self._pool(upstream), flow, failure),
+                fallback=self._send_http11,
+                head_limits=self.head_limits,
+                health=self.health,
+            )
+            self._multiplexed[upstream.name] = mux
+        return mux
+
     def forward(self, flow: Flow) -> None:
         """Send `flow.upstream_head` (and the body) to `flow.upstream`; the response is
-        relayed by callbacks as it arrives."""
+        relayed by callbacks as it arrives. A watch or `logs -f` without a body goes to a TLS
+        tenant as an HTTP/2 stream (`MultiplexPool`) when the tenant speaks HTTP/2."""
         exchange, upstream = flow.exchange, flow.upstream
         assert upstream is not None
         exchange.streaming = exchange.upgrade or is_streaming(exchange.target)
         if exchange.upgrade:
             self._plan_stream(flow)
+        elif (
+            exchange.streaming
+            and upstream.multiplex_tls is not None
+            and self.settings.http2_for_watches
+            and not exchange.body_pending
+            and exchange.body_bytes == 0
+            and self._multiplex_pool(upstream).forward(
+                flow, timeout=self.settings.response_timeout_seconds
+            )
+        ):
+            return
+        self._send_http11(flow)
+
+    def _send_http11(self, flow: Flow) -> None:
+        exchange, upstream = flow.exchange, flow.upstream
+        assert upstream is not None
         timeout = self.settings.response_timeout_seconds
         pool = self._pool(upstream)
         conn = None if exchange.upgrade else pool.take_idle()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import httpx
 import jwt
 import pytest
 
@@ -226,6 +227,60 @@ def test_apply_server_side_and_dry_run(world: World, mode: str) -> None:
     )
     assert conflict.returncode != 0 and b"conflict" in conflict.stderr.lower()
     ok(world.kubectl("tenant1", "alice", "delete", "configmap", name, mode=mode))
+
+
+def _http2_gauges(world: World) -> tuple[float, float]:
+    """(HTTP/2 connections, streams on them) from the gateway's metrics listener."""
+    text = httpx.get(f"{world.gateway.metrics_url}/metrics").text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("vgate_upstream_http2_connections", "vgate_upstream_http2_streams"):
+            values[name] = float(value)
+    return values["vgate_upstream_http2_connections"], values["vgate_upstream_http2_streams"]
+
+
+def test_watches_share_one_http2_connection_upstream(world: World) -> None:
+    """Eight kubectl watches reach the real API server as eight streams of one HTTP/2
+    connection (HTTP/1.1 would hold eight connections), each runs as the user who asked and
+    gets the event, and each stream is reset when its client goes."""
+    audit = world.tenants["tenant1"].audit
+    before = audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT)
+    argv = world.kubectl_argv("tenant1", "alice", ["get", "configmaps", "-w", "-o", "name"])
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(8)
+    ]
+    opened: set[str] = set()
+    try:
+        assert wait_for(
+            lambda: len(audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT) - before) == 8,
+            timeout=15,
+        ), "the eight watches did not all reach the API server"
+        opened = audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT) - before
+        assert _http2_gauges(world) == (1, 8)
+        started = [e for e in audit.events() if e.get("auditID") in opened]
+        assert {e["impersonatedUser"]["username"] for e in started} == {"oidc:alice@example.com"}
+        name = f"fanned-{int(time.time() * 1000)}"
+        ok(world.kubectl("tenant1", "alice", "create", "configmap", name))
+        for proc in procs:
+            assert proc.stdout is not None
+            os.set_blocking(proc.stdout.fileno(), False)
+        seen = [b""] * len(procs)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(name.encode() in s for s in seen):
+            for i, proc in enumerate(procs):
+                seen[i] += proc.stdout.read() or b"" if proc.stdout else b""
+            time.sleep(0.05)
+        assert all(name.encode() in s for s in seen), seen
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            proc.wait(10)
+    assert wait_for(
+        lambda: not opened & audit.open_requests("watch", GATEWAY_SERVICE_ACCOUNT), timeout=5
+    ), "an upstream watch outlived its client (its stream was not reset)"
+    assert wait_for(lambda: _http2_gauges(world) == (1, 0), timeout=5)
 
 
 def test_watch_streams_events_and_cancels_upstream(world: World, mode: str) -> None:

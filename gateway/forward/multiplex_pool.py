@@ -1,0 +1,189 @@
+"""The HTTP/2 connections to one tenant's API server that carry its long-running requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway.forward.connection import HeadLimits
+from gateway.forward.failure import Failure
+from gateway.forward.health import TenantHealth
+from gateway.forward.multiplex import MultiplexConnection, NotMultiplexed
+from gateway.registry import Upstream
+
+if TYPE_CHECKING:
+    from gateway.flow import Flow
+
+log = logging.getLogger("vgate.forward")
+
+#: streams a new connection is expected to take before its SETTINGS say (RFC 9113 §6.5.2
+#: recommends at least 100): how many waiting requests one connect under way covers
+_EXPECTED_STREAMS = 100
+
+
+class MultiplexPool:
+    """Requests are opened as streams on the first connection with room; when none has,
+    they wait for a new one (one connect per `_EXPECTED_STREAMS` waiting). A tenant whose
+    API server does not choose ``h2`` is remembered: `forward` then returns False and the
+    caller uses HTTP/1.1. A connection without streams closes after `idle_timeout`."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_streams: int,
+        on_failure: Callable[[Flow, Failure], None],
+        fallback: Callable[[Flow], None],
+        head_limits: HeadLimits | None = None,
+        health: TenantHealth | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_streams = max_streams
+        self.on_failure = on_failure
+        self.fallback = fallback
+        self.head_limits = head_limits or HeadLimits()
+        self.health = health or TenantHealth()
+        self.connections: list[MultiplexConnection] = []
+        self.waiting: list[tuple[Flow, float]] = []
+        self.connecting = 0
+        self.unsupported = False
+        self.closed = False
+        self._tasks: set[asyncio.Task] = set()  # connects under way
+
+    def forward(self, flow: Flow, *, timeout: float) -> bool:
+        """Open `flow` as a stream now or once a connection has room; False when this
+        tenant does not speak HTTP/2."""
+        if self.unsupported or self.closed or self.upstream.ssl_multiplex is None:
+            return False
+        for conn in self.connections:
+            if conn.capacity > 0:
+                conn.open(flow, timeout=timeout)
+                return True
+        self.waiting.append((flow, timeout))
+        flow.exchange.client_gone_hook = lambda: self._drop_waiting(flow)
+        self._grow()
+        return True
+
+    def _drop_waiting(self, flow: Flow) -> None:
+        self.waiting = [(f, t) for f, t in self.waiting if f is not flow]
+
+    def _grow(self) -> None:
+        if len(self.waiting) > self.connecting * _EXPECTED_STREAMS:
+            self.connecting += 1
+            task = asyncio.get_running_loop().create_task(self._connect())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        u = self.upstream
+        deadline = loop.time() + self.connect_timeout
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: MultiplexConnection(self),
+                    u.host,
+                    u.port,
+                    ssl=u.ssl_multiplex,
+                    server_hostname=u.server_hostname,
+                ),
+                self.connect_timeout,
+            )
+            await asyncio.wait_for(conn.ready, max(deadline - loop.time(), 0.001))
+        except NotMultiplexed as exc:
+            self.connecting -= 1
+            log.info("tenant %s: no HTTP/2 (%s); watches use HTTP/1.1", u.name, exc)
+            self.unsupported = True
+            waiting, self.waiting = self.waiting, []
+            for flow, _ in waiting:
+                self.fallback(flow)
+            return
+        except TimeoutError:
+            self.connecting -= 1
+            self._fail_waiting(Failure("connect timeout", 504))
+            return
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            self.connecting -= 1
+            self._fail_waiting(Failure(f"connect failed: {exc}"))
+            return
+        self.connecting -= 1
+        self._drain()
+
+    def connection_ready(self, conn: MultiplexConnection) -> None:
+        """`conn` knows the server's settings: it takes streams from now on."""
+        if self.closed:
+            conn.close()
+            return
+        self.connections.append(conn)
+        log.info(
+            "tenant %s: HTTP/2 connection open (%d of them, up to %d streams on this one)",
+            self.upstream.name,
+            len(self.connections),
+            min(conn.h2.remote_settings.max_concurrent_streams, self.max_streams),
+        )
+        self._drain()
+
+    def _drain(self) -> None:
+        """Open waiting requests on connections with room; connect again for the rest."""
+        while self.waiting:
+            conn = next((c for c in self.connections if c.capacity > 0), None)
+            if conn is None:
+                break
+            room = conn.capacity
+            batch, self.waiting = self.waiting[:room], self.waiting[room:]
+            for flow, timeout in batch:
+                if flow.exchange.conn.closed:
+                    continue  # gone while waiting
+                conn.open(flow, timeout=timeout)
+        if self.waiting:
+            self._grow()
+
+    def _fail_waiting(self, failure: Failure) -> None:
+        """A connect failed: the requests it was to carry get the failure, unless another
+        connection has room or a connect is still under way."""
+        self._drain()
+        if self.connecting:
+            return
+        waiting, self.waiting = self.waiting, []
+        for flow, _ in waiting:
+            if not flow.exchange.conn.closed:
+                self.on_failure(flow, failure)
+
+    def answered(self) -> None:
+        """A response head came: a tenant judged degraded is answering again."""
+        if self.health.degraded:
+            self.health.answered(self.upstream.name)
+
+    def lost(self, conn: MultiplexConnection) -> None:
+        """`conn` takes no new streams (closed, broken or going away)."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+        if self.waiting and not self.closed:
+            self._grow()
+
+    def streams(self) -> int:
+        """Open streams on every connection."""
+        return sum(len(c.streams) for c in self.connections)
+
+    def sweep(self) -> None:
+        """Close connections without streams for longer than `idle_timeout`."""
+        cutoff = time.monotonic() - self.idle_timeout
+        for conn in list(self.connections):
+            if not conn.streams and conn.idle_since < cutoff:
+                conn.close()
+
+    def close(self) -> None:
+        """No new streams; each connection closes once its streams ended (a watch under
+        way runs on, as on an HTTP/1.1 connection)."""
+        self.closed = True
+        for conn in list(self.connections):
+            conn.retire()
+        self.connections.clear()
