@@ -15,9 +15,13 @@ everything else on the machine):
 - clients: as many `watch_client` processes, each bound to its own source address
   127.0.0.(`CLIENT_BASE` + c) (bind before connect), its watches round-robin over the
   tenants;
-- the proxies listen on 127.0.0.1 and hold two descriptors per watch, so W workers carry
-  at most about W * (hard limit - 200) / 2 watches: the run says so when N is above that,
-  and measures anyway (what breaks, and how, is part of the answer).
+- the proxies listen on 127.0.0.1 and, with one upstream connection per watch (nginx,
+  HTTP/1.1 to the upstream), hold two descriptors per watch, so W workers carry at most
+  about W * (hard limit - 200) / 2 watches: the run says so when N is above that, and
+  measures anyway (what breaks, and how, is part of the answer). The upstreams offer ALPN
+  `h2` as a kube-apiserver does: a proxy that takes it can carry many watches per upstream
+  connection (HTTP/2 streams), and each proxy row says how many TCP connections its
+  processes held to the upstreams while the watches were open.
 
 Per target: the short-request p99 idle (GET list at `watches.SHORT_RATE` req/s), the proxy's
 memory (PSS and RSS summed over all its processes), N watches opened (timed), the
@@ -84,6 +88,7 @@ class Row:
     event_p99_ms: float = 0.0  # the worst client's p99
     cpu_share: float | None = None  # the proxy's CPU over the relaying window, in cores
     fds: list[int] = field(default_factory=list)  # descriptors per proxy process
+    upstream_conns: int | None = None  # the proxy's TCP connections to the upstreams
     idle: dict = field(default_factory=dict)
     spread: dict = field(default_factory=dict)
 
@@ -281,7 +286,7 @@ def run(
     if n > capacity:
         log(
             f"  {n:,} watches need {n // workers * 2 + 200:,} descriptors in each of {workers} "
-            f"proxy workers; the hard RLIMIT_NOFILE here is "
+            f"proxy workers at one upstream connection per watch; the hard RLIMIT_NOFILE here is "
             f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,} per process (raising it needs "
             f"CAP_SYS_RESOURCE): at most about {capacity:,} fit, measuring {n:,} anyway"
         )
@@ -424,6 +429,8 @@ def _measure(
         # memory once the watches have streamed for a while (timers of the opening gone)
         row.pss_open, row.rss_open = procs.pss_bytes(pids), procs.rss_bytes(pids)
         row.fds = _fds(pids)
+        if pids:
+            row.upstream_conns = procs.connections_to(pids, set(upstreams))
         row.sent = _toggle(ups) - base  # paused
         time.sleep(DRAIN)  # what is on its way arrives
         _finish(clients, row)
@@ -440,7 +447,8 @@ def _measure(
         f"{row.silent}), event p99 "
         f"{row.event_p99_ms:.1f} ms, short p99 {row.idle['p99_ms']:.2f} -> "
         f"{row.spread['p99_ms']:.2f} ms, errors {row.errors} {row.first_error} "
-        f"fds {row.fds} load {procs.load_average()}"
+        f"fds {row.fds} upstream connections {row.upstream_conns} "
+        f"load {procs.load_average()}"
     )
     return row
 
@@ -455,13 +463,15 @@ def table(w: dict) -> list[str]:
         f"{w['groups']} TLS upstream process(es) and as many client processes (own source "
         f"addresses); hard RLIMIT_NOFILE {w['fd_hard']:,} per process, so about "
         f"{w['capacity']:,} watches fit in {w['workers']} proxy workers. Client side: plain "
-        "HTTP to the proxies, TLS straight to the upstream (direct).",
+        "HTTP to the proxies, TLS straight to the upstream (direct). The upstreams offer "
+        "ALPN h2 and http/1.1; upstream connections: the proxy's established TCP connections "
+        "to them while the watches were open.",
         "",
         "| target | client side | open watches | opened in s | PSS idle MB | PSS open MB "
         "| KB per watch (PSS) | x nginx | KB per watch (RSS) | proxy CPU (cores) "
         "| events sent | lost (sent - received) | numbering gaps | event p50 ms "
-        "| event p99 ms | errors | fds per process |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| event p99 ms | errors | fds per process | upstream connections |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         kb = r.get("kb_per_watch")
@@ -478,7 +488,8 @@ def table(w: dict) -> list[str]:
             f"{'—' if not r['rss_open'] else f'{rss_kb:.2f}'} | {cpu} | {r['sent']:,} | "
             f"{r['sent'] - r['received']} | {r['gaps']} | {r['event_p50_ms']:.2f} | "
             f"{r['event_p99_ms']:.2f} | "
-            f"{r['errors']} | {' '.join(map(str, r['fds'])) or '—'} |"
+            f"{r['errors']} | {' '.join(map(str, r['fds'])) or '—'} | "
+            f"{_conns(r.get('upstream_conns'), r['open'])} |"
         )
     out += [
         "",
@@ -500,6 +511,15 @@ def table(w: dict) -> list[str]:
             f"{i['errors'] + s['errors']} |"
         )
     return out
+
+
+def _conns(conns: int | None, watches: int) -> str:
+    """The upstream connections cell: the count and the watches each carries on average."""
+    if conns is None:
+        return "—"
+    if not conns:
+        return "0"
+    return f"{conns:,} ({watches / conns:,.1f} watches each)"
 
 
 def errors(w: dict) -> int:
