@@ -51,7 +51,7 @@ from pathlib import Path
 import yaml
 
 from gateway.quickstart.pki import serving_certificate
-from loadtests.bench import procs, stack, watches
+from loadtests.bench import procs, stack, watch_h2, watches
 from loadtests.bench.issuer import GROUP, LocalIssuer
 
 UPSTREAM_BASE = 20  # upstream k listens on 127.0.0.(20 + k)
@@ -276,11 +276,16 @@ def run(
     workers: int,
     seconds: float,
     smoke: bool,
+    h2_streams: int = watch_h2.MAX_STREAMS,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure `n` watches on each target in `TARGETS`; a dict with the rows and settings."""
+    """Measure `n` watches on each target in `TARGETS`; a dict with the rows and settings.
+    The upstreams advertise `h2_streams` concurrent streams per HTTP/2 connection (0: they
+    offer ALPN http/1.1 only)."""
     if not 0 < n <= MAX_WATCHES:
         raise ValueError(f"watches at scale: between 1 and {MAX_WATCHES:,} watches, not {n:,}")
+    if h2_streams < 0:
+        raise ValueError(f"watches at scale: --upstream-h2-streams {h2_streams} below 0")
     groups = _groups(n)
     capacity = fd_capacity(workers)
     if n > capacity:
@@ -306,7 +311,8 @@ def run(
         key = str(pki.key_file)
 
         def tls_args(host: str) -> tuple[str, ...]:
-            return ("--host", host, "--tls-cert", str(pki.cert_file), "--tls-key", key)
+            h2 = ("--h2-max-streams", str(h2_streams)) if h2_streams else ("--no-h2",)
+            return ("--host", host, "--tls-cert", str(pki.cert_file), "--tls-key", key, *h2)
 
         upstreams = []
         for host in hosts:
@@ -354,6 +360,7 @@ def run(
         "groups": groups,
         "fd_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "capacity": capacity,
+        "h2_streams": h2_streams,
         "event_period_s": period,
         "bookmark_period_s": bookmark,
         "short_rate": watches.SHORT_RATE,
@@ -463,9 +470,10 @@ def table(w: dict) -> list[str]:
         f"{w['groups']} TLS upstream process(es) and as many client processes (own source "
         f"addresses); hard RLIMIT_NOFILE {w['fd_hard']:,} per process, so about "
         f"{w['capacity']:,} watches fit in {w['workers']} proxy workers. Client side: plain "
-        "HTTP to the proxies, TLS straight to the upstream (direct). The upstreams offer "
-        "ALPN h2 and http/1.1; upstream connections: the proxy's established TCP connections "
-        "to them while the watches were open.",
+        "HTTP to the proxies, TLS straight to the upstream (direct). "
+        + _alpn(w.get("h2_streams"))
+        + "; upstream connections: the proxy's established TCP connections to them while the "
+        "watches were open.",
         "",
         "| target | client side | open watches | opened in s | PSS idle MB | PSS open MB "
         "| KB per watch (PSS) | x nginx | KB per watch (RSS) | proxy CPU (cores) "
@@ -511,6 +519,17 @@ def table(w: dict) -> list[str]:
             f"{i['errors'] + s['errors']} |"
         )
     return out
+
+
+def _alpn(h2_streams: int | None) -> str:
+    if h2_streams is None:  # a run from before the upstreams spoke HTTP/2
+        return "The upstreams spoke HTTP/1.1 only"
+    if not h2_streams:
+        return "The upstreams offered ALPN http/1.1 only"
+    return (
+        f"The upstreams offered ALPN h2 (at most {h2_streams:,} streams per connection) "
+        "and http/1.1"
+    )
 
 
 def _conns(conns: int | None, watches: int) -> str:

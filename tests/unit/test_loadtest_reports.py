@@ -218,6 +218,7 @@ def test_watch_scale_counts_losses_as_errors() -> None:
         "groups": 1,
         "fd_hard": 20000,
         "capacity": 39600,
+        "h2_streams": 100,
         "event_period_s": 5.0,
         "bookmark_period_s": 15.0,
         "short_rate": 1000,
@@ -229,6 +230,7 @@ def test_watch_scale_counts_losses_as_errors() -> None:
     assert "| 30.00 | 0.75 |" in text  # vgate's KB per watch and its ratio to nginx
     # the proxies' upstream connections (multiplexed: 2.5 watches each), none for direct
     assert "| — | 4 (2.5 watches each) |" in text and "| — | 10 (1.0 watches each) |" in text
+    assert "ALPN h2 (at most 100 streams per connection)" in text
     direct = next(line for line in text.splitlines() if line.startswith("| direct | TLS |"))
     assert direct.endswith("| 0 | — | — |")  # errors, fds, upstream connections
     result["rows"][2]["received"] = 97
