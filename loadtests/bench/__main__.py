@@ -26,6 +26,7 @@ from loadtests.bench import (
     stack,
     tenants,
     tokens,
+    watch_h2,
     watch_scale,
     watches,
     wrk,
@@ -64,6 +65,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="watches at scale: each --watches count straight to TLS upstreams, through "
         "nginx with this many worker processes and through vgate with `workers:` this many, "
         "side by side (e.g. --mode watches --watches 50000 --watch-workers 4)",
+    )
+    p.add_argument(
+        "--upstream-h2-streams",
+        type=int,
+        default=watch_h2.MAX_STREAMS,
+        help="watches at scale: SETTINGS_MAX_CONCURRENT_STREAMS of the TLS upstreams' HTTP/2 "
+        f"connections (default {watch_h2.MAX_STREAMS}, a kube-apiserver's); 0: they offer "
+        "ALPN http/1.1 only",
     )
     p.add_argument("--out", type=Path, help="write the Markdown report here")
     p.add_argument("--json", type=Path, help="write the raw numbers here")
@@ -406,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                     work,
                     n,
                     workers=args.watch_workers,
+                    h2_streams=args.upstream_h2_streams,
                     seconds=args.seconds,
                     smoke=args.smoke,
                     log=log,

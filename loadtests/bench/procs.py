@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -141,3 +143,47 @@ def pss_bytes(pids: list[int]) -> int:
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def connections_to(pids: list[int], peers: set[tuple[str, int]]) -> int:
+    """Established TCP connections that `pids` hold (as descriptors) to any of `peers`
+    ((IPv4 address, port)): their socket inodes from /proc/<pid>/fd, matched against
+    /proc/net/tcp and tcp6 (IPv4-mapped addresses) of the first pid's network namespace."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    if not inodes:
+        return 0
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pids[0]}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10 or f[3] != "01" or f[9] not in inodes:  # 01: ESTABLISHED
+                continue
+            if _peer(f[2]) in peers:
+                count += 1
+    return count
+
+
+def _peer(field: str) -> tuple[str, int] | None:
+    """`0100007F:1F90` (tcp) or a 32-digit address (tcp6): (IPv4 address, port); None for
+    an IPv6 address that is not IPv4-mapped. The kernel prints each 32-bit word of the
+    address in host byte order."""
+    addr, _, port = field.partition(":")
+    words = [int(addr[i : i + 8], 16) for i in range(0, len(addr), 8)]
+    raw = struct.pack(f"={len(words)}I", *words)
+    if len(raw) == 16:
+        mapped = ipaddress.IPv6Address(raw).ipv4_mapped
+        if mapped is None:
+            return None
+        raw = mapped.packed
+    return socket.inet_ntoa(raw), int(port, 16)

@@ -15,9 +15,13 @@ everything else on the machine):
 - clients: as many `watch_client` processes, each bound to its own source address
   127.0.0.(`CLIENT_BASE` + c) (bind before connect), its watches round-robin over the
   tenants;
-- the proxies listen on 127.0.0.1 and hold two descriptors per watch, so W workers carry
-  at most about W * (hard limit - 200) / 2 watches: the run says so when N is above that,
-  and measures anyway (what breaks, and how, is part of the answer).
+- the proxies listen on 127.0.0.1 and, with one upstream connection per watch (nginx,
+  HTTP/1.1 to the upstream), hold two descriptors per watch, so W workers carry at most
+  about W * (hard limit - 200) / 2 watches: the run says so when N is above that, and
+  measures anyway (what breaks, and how, is part of the answer). The upstreams offer ALPN
+  `h2` as a kube-apiserver does: a proxy that takes it can carry many watches per upstream
+  connection (HTTP/2 streams), and each proxy row says how many TCP connections its
+  processes held to the upstreams while the watches were open.
 
 Per target: the short-request p99 idle (GET list at `watches.SHORT_RATE` req/s), the proxy's
 memory (PSS and RSS summed over all its processes), N watches opened (timed), the
@@ -47,7 +51,7 @@ from pathlib import Path
 import yaml
 
 from gateway.quickstart.pki import serving_certificate
-from loadtests.bench import procs, stack, watches
+from loadtests.bench import procs, stack, watch_h2, watches
 from loadtests.bench.issuer import GROUP, LocalIssuer
 
 UPSTREAM_BASE = 20  # upstream k listens on 127.0.0.(20 + k)
@@ -84,6 +88,7 @@ class Row:
     event_p99_ms: float = 0.0  # the worst client's p99
     cpu_share: float | None = None  # the proxy's CPU over the relaying window, in cores
     fds: list[int] = field(default_factory=list)  # descriptors per proxy process
+    upstream_conns: int | None = None  # the proxy's TCP connections to the upstreams
     idle: dict = field(default_factory=dict)
     spread: dict = field(default_factory=dict)
 
@@ -271,17 +276,22 @@ def run(
     workers: int,
     seconds: float,
     smoke: bool,
+    h2_streams: int = watch_h2.MAX_STREAMS,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure `n` watches on each target in `TARGETS`; a dict with the rows and settings."""
+    """Measure `n` watches on each target in `TARGETS`; a dict with the rows and settings.
+    The upstreams advertise `h2_streams` concurrent streams per HTTP/2 connection (0: they
+    offer ALPN http/1.1 only)."""
     if not 0 < n <= MAX_WATCHES:
         raise ValueError(f"watches at scale: between 1 and {MAX_WATCHES:,} watches, not {n:,}")
+    if h2_streams < 0:
+        raise ValueError(f"watches at scale: --upstream-h2-streams {h2_streams} below 0")
     groups = _groups(n)
     capacity = fd_capacity(workers)
     if n > capacity:
         log(
             f"  {n:,} watches need {n // workers * 2 + 200:,} descriptors in each of {workers} "
-            f"proxy workers; the hard RLIMIT_NOFILE here is "
+            f"proxy workers at one upstream connection per watch; the hard RLIMIT_NOFILE here is "
             f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,} per process (raising it needs "
             f"CAP_SYS_RESOURCE): at most about {capacity:,} fit, measuring {n:,} anyway"
         )
@@ -301,7 +311,8 @@ def run(
         key = str(pki.key_file)
 
         def tls_args(host: str) -> tuple[str, ...]:
-            return ("--host", host, "--tls-cert", str(pki.cert_file), "--tls-key", key)
+            h2 = ("--h2-max-streams", str(h2_streams)) if h2_streams else ("--no-h2",)
+            return ("--host", host, "--tls-cert", str(pki.cert_file), "--tls-key", key, *h2)
 
         upstreams = []
         for host in hosts:
@@ -349,6 +360,7 @@ def run(
         "groups": groups,
         "fd_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "capacity": capacity,
+        "h2_streams": h2_streams,
         "event_period_s": period,
         "bookmark_period_s": bookmark,
         "short_rate": watches.SHORT_RATE,
@@ -424,6 +436,8 @@ def _measure(
         # memory once the watches have streamed for a while (timers of the opening gone)
         row.pss_open, row.rss_open = procs.pss_bytes(pids), procs.rss_bytes(pids)
         row.fds = _fds(pids)
+        if pids:
+            row.upstream_conns = procs.connections_to(pids, set(upstreams))
         row.sent = _toggle(ups) - base  # paused
         time.sleep(DRAIN)  # what is on its way arrives
         _finish(clients, row)
@@ -440,7 +454,8 @@ def _measure(
         f"{row.silent}), event p99 "
         f"{row.event_p99_ms:.1f} ms, short p99 {row.idle['p99_ms']:.2f} -> "
         f"{row.spread['p99_ms']:.2f} ms, errors {row.errors} {row.first_error} "
-        f"fds {row.fds} load {procs.load_average()}"
+        f"fds {row.fds} upstream connections {row.upstream_conns} "
+        f"load {procs.load_average()}"
     )
     return row
 
@@ -455,13 +470,16 @@ def table(w: dict) -> list[str]:
         f"{w['groups']} TLS upstream process(es) and as many client processes (own source "
         f"addresses); hard RLIMIT_NOFILE {w['fd_hard']:,} per process, so about "
         f"{w['capacity']:,} watches fit in {w['workers']} proxy workers. Client side: plain "
-        "HTTP to the proxies, TLS straight to the upstream (direct).",
+        "HTTP to the proxies, TLS straight to the upstream (direct). "
+        + _alpn(w.get("h2_streams"))
+        + "; upstream connections: the proxy's established TCP connections to them while the "
+        "watches were open.",
         "",
         "| target | client side | open watches | opened in s | PSS idle MB | PSS open MB "
         "| KB per watch (PSS) | x nginx | KB per watch (RSS) | proxy CPU (cores) "
         "| events sent | lost (sent - received) | numbering gaps | event p50 ms "
-        "| event p99 ms | errors | fds per process |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| event p99 ms | errors | fds per process | upstream connections |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         kb = r.get("kb_per_watch")
@@ -478,7 +496,8 @@ def table(w: dict) -> list[str]:
             f"{'—' if not r['rss_open'] else f'{rss_kb:.2f}'} | {cpu} | {r['sent']:,} | "
             f"{r['sent'] - r['received']} | {r['gaps']} | {r['event_p50_ms']:.2f} | "
             f"{r['event_p99_ms']:.2f} | "
-            f"{r['errors']} | {' '.join(map(str, r['fds'])) or '—'} |"
+            f"{r['errors']} | {' '.join(map(str, r['fds'])) or '—'} | "
+            f"{_conns(r.get('upstream_conns'), r['open'])} |"
         )
     out += [
         "",
@@ -500,6 +519,26 @@ def table(w: dict) -> list[str]:
             f"{i['errors'] + s['errors']} |"
         )
     return out
+
+
+def _alpn(h2_streams: int | None) -> str:
+    if h2_streams is None:  # a run from before the upstreams spoke HTTP/2
+        return "The upstreams spoke HTTP/1.1 only"
+    if not h2_streams:
+        return "The upstreams offered ALPN http/1.1 only"
+    return (
+        f"The upstreams offered ALPN h2 (at most {h2_streams:,} streams per connection) "
+        "and http/1.1"
+    )
+
+
+def _conns(conns: int | None, watches: int) -> str:
+    """The upstream connections cell: the count and the watches each carries on average."""
+    if conns is None:
+        return "—"
+    if not conns:
+        return "0"
+    return f"{conns:,} ({watches / conns:,.1f} watches each)"
 
 
 def errors(w: dict) -> int:

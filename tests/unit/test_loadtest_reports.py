@@ -206,6 +206,7 @@ def test_watch_scale_counts_losses_as_errors() -> None:
             "event_p99_ms": 1.0,
             "cpu_share": None if kb is None else 0.1,
             "fds": [],
+            "upstream_conns": {"direct": None, "nginx": 10, "vgate": 4}[target],
             "idle": short,
             "spread": short,
             "kb_per_watch": kb,
@@ -217,6 +218,7 @@ def test_watch_scale_counts_losses_as_errors() -> None:
         "groups": 1,
         "fd_hard": 20000,
         "capacity": 39600,
+        "h2_streams": 100,
         "event_period_s": 5.0,
         "bookmark_period_s": 15.0,
         "short_rate": 1000,
@@ -226,6 +228,11 @@ def test_watch_scale_counts_losses_as_errors() -> None:
     assert watch_scale.errors(result) == 0
     text = "\n".join(watch_scale.table(result))
     assert "| 30.00 | 0.75 |" in text  # vgate's KB per watch and its ratio to nginx
+    # the proxies' upstream connections (multiplexed: 2.5 watches each), none for direct
+    assert "| — | 4 (2.5 watches each) |" in text and "| — | 10 (1.0 watches each) |" in text
+    assert "ALPN h2 (at most 100 streams per connection)" in text
+    direct = next(line for line in text.splitlines() if line.startswith("| direct | TLS |"))
+    assert direct.endswith("| 0 | — | — |")  # errors, fds, upstream connections
     result["rows"][2]["received"] = 97
     assert watch_scale.errors(result) == 3
     assert "| 100 | 3 | 0 |" in "\n".join(watch_scale.table(result))
