@@ -10,7 +10,6 @@ request in `activity`, which the lifecycle manager drains (idle tenants may be p
 from __future__ import annotations
 
 import functools
-import hashlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -60,29 +59,25 @@ class Upstream:
         return self.multiplex_tls() if self.multiplex_tls is not None else None
 
 
-def error_reference(error: str) -> str:
-    """A short, stable reference to a lifecycle error that tells nothing of its text: tenant
-    users quote it, operators find it next to the full error (`vgate tenant show`, the
-    gateway's audit line, the lifecycle manager's log)."""
-    return hashlib.sha256(error.encode("utf-8", "replace")).hexdigest()[:10]
-
-
 @dataclass(frozen=True)
 class TenantState:
     """What the lifecycle manager reports about a tenant that is not Ready: its phase
     ("Pending", "Provisioning", "Pausing", "Paused", "Deleting"), the step it is on, the last
     error of a failed step and how many passes failed in a row.
 
-    Whoever has a role on the tenant learns the phase, the step, how often it failed and an
-    error reference (`describe`, `message`, `details`). The error's text is the host's: it
-    can name host paths, host-cluster namespaces and hosts, command lines; it is for
-    operators only (`describe_for_operators`: the audit line), never in a tenant's answer.
+    Whoever has a role on the tenant learns the phase, the step, how often it failed and the
+    error's `reference` (`describe`, `message`, `details`): a random id the lifecycle manager
+    drew when the error was recorded (`TenantStatus.error_reference`), which tells nothing of
+    the text; None for an error recorded before references were. The error's text is the
+    host's: it can name host paths, host-cluster namespaces and hosts, command lines; it is
+    for operators only (`describe_for_operators`: the audit line), never in a tenant's answer.
     """
 
     phase: str
     step: str | None = None
     last_error: str | None = None
     failures: int = 0
+    reference: str | None = None
 
     MAX_ERROR: ClassVar[int] = 500  # characters of `last_error` in an operator's line
 
@@ -91,11 +86,6 @@ class TenantState:
         """`last_error`, bounded for a log line (operators only)."""
         e = self.last_error
         return e if e is None or len(e) <= self.MAX_ERROR else e[: self.MAX_ERROR] + "…"
-
-    @property
-    def reference(self) -> str | None:
-        """The last error's `error_reference`, None when no step failed."""
-        return error_reference(self.last_error) if self.last_error else None
 
     def describe(self) -> str:
         """One line for the tenant's users: the phase, the step, and when a step failed how
@@ -106,7 +96,10 @@ class TenantState:
         if not self.last_error:
             return f"{self.phase}{at}"
         times = "once" if self.failures <= 1 else f"{self.failures} times in a row"
-        return f"{self.phase}{at}; failed {times}, error reference {self.reference}"
+        ref = "no error reference recorded yet"  # an error stored before references were
+        if self.reference:
+            ref = f"error reference {self.reference}"
+        return f"{self.phase}{at}; failed {times}, {ref}"
 
     def describe_for_operators(self) -> str:
         """`describe` and the last error's text (bounded): for the gateway's own log."""
@@ -131,8 +124,8 @@ class TenantState:
         if self.last_error:
             return (
                 f'tenant "{tenant}" is not ready ({self.describe()}); the lifecycle '
-                "manager keeps retrying: ask a platform administrator if this persists "
-                "(quote the error reference)"
+                "manager keeps retrying: ask a platform administrator if this persists"
+                + (" (quote the error reference)" if self.reference else "")
             )
         return f'tenant "{tenant}" is not ready yet ({self.describe()}); retry shortly'
 
@@ -141,7 +134,7 @@ class TenantState:
         causes = [{"type": "TenantPhase", "message": self.phase}]
         if self.step:
             causes.append({"type": "TenantStep", "message": self.step})
-        if self.reference:
+        if self.last_error and self.reference:
             causes.append({"type": "TenantErrorReference", "message": self.reference})
         return {
             "name": tenant,

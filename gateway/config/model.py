@@ -263,7 +263,10 @@ class RateLimits(Strict):
 
 
 class Upstream(Strict):
-    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # TCP connect + TLS handshake to a tenant's API server; a timeout answers 504. 30 s as
+    # client-go's dialer and kube-apiserver's proxy transport (net.Dialer{Timeout: 30s}): a
+    # loaded API server can take longer than a few seconds to accept and finish a handshake
+    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     # time to every response head, watches, logs -f and upgrades included (their bodies
     # then stream as long as they last)
     response_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0

@@ -7,6 +7,7 @@ say which input was wrong.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from enum import StrEnum
 from typing import Annotated, Any
@@ -53,6 +54,7 @@ QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 QUOTA_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 MAX_GROUPS = 64
 MAX_ISSUER = 1024
+ERROR_REFERENCE = r"^[0-9a-f]{10}$"  # `new_error_reference()`; the CRD's status schema too
 
 
 def field_problems(exc: ValidationError, *, whole: str = "input") -> list[tuple[str, str]]:
@@ -203,12 +205,24 @@ class RouteInfo(BaseModel):
     service_account_issuer: str | None = None
 
 
+def new_error_reference() -> str:
+    """A fresh reference to a failed step's error: random, so it tells nothing of the error's
+    text (a digest would confirm a guess of it). Tenant users quote it; operators find it
+    next to the error (`vgate tenant show`, the lifecycle log line, the gateway's audit line)."""
+    return secrets.token_hex(5)
+
+
 class TenantStatus(BaseModel):
+    """What the reconciler observed. `error_reference` names the episode of `last_error`: drawn
+    when a step fails with a new error, kept while it fails with the same one, gone with it.
+    Records stored before it existed have a `last_error` without one until the next failure."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     phase: Phase = Phase.pending
     step: str | None = None
     conditions: list[Condition] = []
     last_error: str | None = None
+    error_reference: Annotated[str, Field(pattern=ERROR_REFERENCE)] | None = None
     failures: int = 0
     observed_generation: int = 0
     k8s_version: str | None = None
@@ -226,11 +240,24 @@ class TenantStatus(BaseModel):
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
 
+    def failed(self, error: str, *, fresh: str) -> TenantStatus:
+        """This status after one more failed pass with `error`: the same episode keeps its
+        `error_reference` (operators grep one id while a step keeps failing the same way);
+        another error, or one recorded without a reference, takes `fresh`."""
+        same = error == self.last_error and self.error_reference is not None
+        return self.model_copy(
+            update={
+                "last_error": error,
+                "error_reference": self.error_reference if same else fresh,
+                "failures": self.failures + 1,
+            }
+        )
+
 
 #: fields added after records were first stored: the stores write them only when set, so a
 #: replica of the previous version (whose models refuse unknown fields) still reads every
 #: record that does not use them, as it must while a rolling upgrade runs both versions
-ADDED_LATER = frozenset({"token_passthrough", "service_account_issuer"})
+ADDED_LATER = frozenset({"token_passthrough", "service_account_issuer", "error_reference"})
 
 
 def _without_unset_additions(data: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +271,7 @@ def stored_spec(spec: TenantSpec, **dump: Any) -> dict[str, Any]:
 
 def stored_status(status: TenantStatus) -> dict[str, Any]:
     """The status as the stores write it (JSON-ready), its route included."""
-    data = status.model_dump(mode="json")
+    data = _without_unset_additions(status.model_dump(mode="json"))
     if data.get("route") is not None:
         data["route"] = _without_unset_additions(data["route"])
     return data

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 from gateway.lifecycle.model import Desired, TenantRecord, TenantSpec
 from gateway.lifecycle.stores.protocol import Conflict, StoreError, TenantStore
 from gateway.lifecycle.versions import KubernetesVersions, minor_number
-from gateway.registry import error_reference
 
 
 class Refused(StoreError):
@@ -155,9 +154,7 @@ def describe(
         "age_seconds": max(0.0, time.time() - record.created_at),
         "last_activity": record.last_activity,
         "last_error": record.status.last_error,
-        "error_reference": (
-            error_reference(record.status.last_error) if record.status.last_error else None
-        ),
+        "error_reference": record.status.error_reference,
         "failures": record.status.failures,
         "conditions": [c.model_dump() for c in record.status.conditions],
         "servers": servers,

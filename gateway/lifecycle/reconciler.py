@@ -31,10 +31,10 @@ from gateway.lifecycle.model import (
     RouteInfo,
     TenantRecord,
     TenantStatus,
+    new_error_reference,
 )
 from gateway.lifecycle.steps import Provisioner, Step
 from gateway.lifecycle.stores.protocol import MANAGER_LEASE, Conflict, TenantNotFound, TenantStore
-from gateway.registry import error_reference
 
 log = logging.getLogger("vgate.lifecycle")
 
@@ -154,20 +154,24 @@ class Reconciler:
             raise
         except Exception as exc:
             message = f"{current or 'plan'}: {exc}"
-            log.warning(
-                "tenant %s: %s (error reference %s)", name, message, error_reference(message)
-            )
+            # drawn once per pass (`_update` may apply `failed` again after a conflict); the
+            # episode's own reference when the step keeps failing with the same error
+            fresh = recorded = new_error_reference()
 
             def failed(s: TenantStatus) -> TenantStatus:
+                nonlocal recorded
                 s = s.with_condition(
                     Condition(type="Ready", status="False", reason="StepFailed", message=message)
-                )
-                update: dict = {"last_error": message, "failures": s.failures + 1}
+                ).failed(message, fresh=fresh)
+                recorded = s.error_reference or fresh
                 if s.phase is Phase.pending:  # a step's check failed before any step ran
-                    update.update(phase=busy, step=current)
-                return s.model_copy(update=update)
+                    s = s.model_copy(update={"phase": busy, "step": current})
+                return s
 
-            await self._update(name, failed)
+            try:
+                await self._update(name, failed)
+            finally:  # the reference the store now holds, as users and `tenant show` see it
+                log.warning("tenant %s: %s (error reference %s)", name, message, recorded)
             return False
         if desired is Desired.deleted:
             await self._forget(name)
@@ -188,6 +192,7 @@ class Reconciler:
                     "phase": done,
                     "step": None,
                     "last_error": None,
+                    "error_reference": None,
                     "failures": 0,
                     "observed_generation": generation,
                     "hostname": self.hostname(name),

@@ -101,6 +101,7 @@ class RouteSync:
                 step=status.step,
                 last_error=status.last_error,
                 failures=status.failures,
+                reference=status.error_reference,
             ),
         )
         self._set_roles(

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from gateway.quickstart.processes import running
-from gateway.registry import error_reference
 from tests.e2e.conftest import until
 from tests.support.chromium import ARTIFACTS, launch, sign_in_at_idp
 from tests.support.oidc import free_port
@@ -182,7 +181,7 @@ def test_readme_quickstart_from_a_fresh_clone(tmp_path: Path) -> None:
                 assert f'Provisioning, step "{status.step}"; failed' in detail, detail
                 # the error names the host's paths: its users see only a reference to it
                 assert str(work) in status.last_error
-                assert f"error reference {error_reference(status.last_error)}" in detail
+                assert f"error reference {status.error_reference}" in detail
                 assert str(work) not in page.content()
                 _shot(page, "failed")
                 # kubectl says so (not "the selfsubjectreviews API is not enabled")

@@ -89,8 +89,20 @@ def test_the_api_server_establishes_the_crd(store_api: ApiServer) -> None:
     [
         busy_record(),
         TenantRecord(spec=TenantSpec(name="t", admin_groups=["a"]), version=1, generation=1),
+        TenantRecord(
+            spec=TenantSpec(name="failing", admin_groups=["a"]),
+            status=TenantStatus(
+                phase=Phase.provisioning,
+                step="apiserver",
+                last_error="apiserver: open /srv/vgate/tenants/failing/pki: permission denied",
+                error_reference="0123456789",
+                failures=2,
+            ),
+            version=4,
+            generation=1,
+        ),
     ],
-    ids=["busy", "new"],
+    ids=["busy", "new", "failing"],
 )
 def test_what_the_store_writes_is_stored_and_reads_back(
     store_api: ApiServer, record: TenantRecord
@@ -147,6 +159,18 @@ def test_the_schema_refuses_what_vgate_would_never_write(
     proc = create(store_api, bad)
     assert proc.returncode != 0
     assert message in proc.stderr
+
+
+def test_the_schema_refuses_an_error_reference_vgate_would_never_draw(
+    store_api: ApiServer,
+) -> None:
+    bad = kube_store.object_of(
+        TenantRecord(spec=TenantSpec(name="bad-reference", admin_groups=["a"])), NAMESPACE, None
+    )
+    bad["status"]["error_reference"] = "../../etc"
+    proc = create(store_api, bad)
+    assert proc.returncode != 0
+    assert "status.error_reference: Invalid value" in proc.stderr
 
 
 def test_printer_columns_show_the_written_fields(store_api: ApiServer) -> None:

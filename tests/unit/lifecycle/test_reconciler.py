@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
+import re
 import stat
 
 import pytest
 
 from gateway.lifecycle.credentials.bootstrap import impersonator_rules
-from gateway.lifecycle.model import Desired, Phase, TenantSpec
+from gateway.lifecycle.model import ERROR_REFERENCE, Desired, Phase, TenantSpec, TenantStatus
 from gateway.lifecycle.operations import describe
-from gateway.registry import error_reference
 from tests.support.lifecycle.converge import run_until_converged
 from tests.support.lifecycle.fakes import Killed
 
@@ -246,13 +247,81 @@ async def test_error_sets_condition_and_retries(setup):
     # operators match a user's error reference to the error (`vgate tenant show`)
     shown = describe(record)
     assert shown["last_error"] == "vcluster-release: chart repo unreachable"
-    assert shown["error_reference"] == error_reference(shown["last_error"])
+    assert re.fullmatch(ERROR_REFERENCE, shown["error_reference"])
+    assert shown["error_reference"] == record.status.error_reference
     ready = record.status.condition("Ready")
     assert (ready.status, ready.reason) == ("False", "StepFailed")
     assert record.status.phase is Phase.provisioning  # not a terminal failed state
     assert await reconciler.reconcile("t1")
     record = await setup.store.get("t1")
     assert record.status.last_error is None and record.status.failures == 0
+    assert record.status.error_reference is None
+
+
+def logged_references(caplog, name: str) -> list[str]:
+    """The error references of the lifecycle log's failure lines for tenant `name`."""
+    return [
+        m.group(1)
+        for r in caplog.records
+        if r.name == "vgate.lifecycle"
+        and (m := re.fullmatch(rf"tenant {name}: .* \(error reference (\w+)\)", r.getMessage()))
+    ]
+
+
+async def test_error_reference_is_random_and_names_one_failure_episode(setup, caplog):
+    """The reference is drawn at random (the same text in two tenants gets two), kept while
+    the step fails with the same error (one id to grep for), and new for another error or
+    after a success; the log line carries what the store holds."""
+    caplog.set_level(logging.WARNING, logger="vgate.lifecycle")
+    await setup.store.create(spec())
+    await setup.store.create(spec("t2"))
+    reconciler = setup.reconciler()
+
+    async def fail(name: str, error: str) -> TenantStatus:
+        setup.world.fail[f"helm upgrade {name}"] = RuntimeError(error)
+        assert not await reconciler.reconcile(name)
+        status = (await setup.store.get(name)).status
+        assert status.last_error == f"vcluster-release: {error}"
+        assert re.fullmatch(ERROR_REFERENCE, status.error_reference or "")
+        assert logged_references(caplog, name)[-1] == status.error_reference
+        return status
+
+    first = await fail("t1", "chart repo unreachable")
+    assert (await fail("t2", "chart repo unreachable")).error_reference != first.error_reference
+    again = await fail("t1", "chart repo unreachable")
+    assert (again.error_reference, again.failures) == (first.error_reference, 2)
+    other = await fail("t1", "context deadline exceeded")
+    assert other.error_reference != first.error_reference and other.failures == 3
+    back = await fail("t1", "chart repo unreachable")  # a new episode, not the first one
+    assert back.error_reference not in (first.error_reference, other.error_reference)
+    assert await reconciler.reconcile("t1")
+    setup.world.releases.clear()  # drift: the release is installed again, and that fails
+    after = await fail("t1", "chart repo unreachable")
+    assert after.failures == 1
+    assert after.error_reference not in (first.error_reference, back.error_reference)
+    assert logged_references(caplog, "t1") == [
+        first.error_reference,
+        first.error_reference,
+        other.error_reference,
+        back.error_reference,
+        after.error_reference,
+    ]
+
+
+async def test_an_error_recorded_without_a_reference_gets_one_at_the_next_failure(setup):
+    """A record written before references existed (`last_error`, no `error_reference`) reads
+    and shows fine; the next failed pass draws its reference."""
+    record = await setup.store.create(spec())
+    error = "vcluster-release: chart repo unreachable"
+    old = TenantStatus(phase=Phase.provisioning, step="vcluster-release", last_error=error)
+    await setup.store.update_status("t1", old.model_copy(update={"failures": 4}), record.version)
+    record = await setup.store.get("t1")
+    assert record.status.last_error == error and record.status.error_reference is None
+    assert describe(record)["error_reference"] is None
+    setup.world.fail["helm upgrade t1"] = RuntimeError("chart repo unreachable")
+    assert not await setup.reconciler().reconcile("t1")
+    status = (await setup.store.get("t1")).status
+    assert status.failures == 5 and re.fullmatch(ERROR_REFERENCE, status.error_reference or "")
 
 
 async def test_foreign_namespace_is_never_adopted(setup):

@@ -12,10 +12,10 @@ import httpx
 import pytest
 import yaml
 
-from gateway.lifecycle.model import Desired, Phase, RouteInfo, TenantSpec
+from gateway.lifecycle.model import Desired, Phase, RouteInfo, TenantSpec, new_error_reference
 from gateway.lifecycle.route_sync import RouteSync
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
-from gateway.registry import TenantRegistry, error_reference
+from gateway.registry import TenantRegistry, TenantState
 from tests.support.gateway_thread import GatewayThread
 
 
@@ -56,18 +56,25 @@ class Manager:
         self.run(self.store.delete(name, record.version))
 
     def progress(
-        self, name: str, phase: Phase, step: str | None, error: str | None = None, failures: int = 0
+        self,
+        name: str,
+        phase: Phase,
+        step: str | None,
+        error: str | None = None,
+        failures: int = 0,
+        reference: str | None = None,
     ) -> None:
         """The status a reconciler writes while it works on a tenant (no route yet)."""
         record = self.run(self.store.get(name))
+        update = {
+            "phase": phase,
+            "step": step,
+            "last_error": error,
+            "failures": failures,
+            "error_reference": reference,
+        }
         self.run(
-            self.store.update_status(
-                name,
-                record.status.model_copy(
-                    update={"phase": phase, "step": step, "last_error": error, "failures": failures}
-                ),
-                record.version,
-            )
+            self.store.update_status(name, record.status.model_copy(update=update), record.version)
         )
 
 
@@ -164,9 +171,9 @@ def test_a_tenant_not_routable_yet_says_its_state_to_its_users(world, issuer):
         "'/var/lib/vgate/local/tenants/t1/pki' (/usr/local/bin/kube-apiserver "
         "--etcd-servers=https://etcd-0.vgate-system.svc.cluster.local:2379)"
     )
-    manager.progress("t1", Phase.provisioning, "apiserver", error, failures=3)
+    reference = new_error_reference()
+    manager.progress("t1", Phase.provisioning, "apiserver", error, failures=3, reference=reference)
     assert wait_for(lambda: getattr(registry.state("t1"), "failures", 0) == 3)
-    reference = error_reference(error)
     r = client.post(whoami, json={})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["message"] == (
@@ -413,3 +420,21 @@ async def test_a_route_without_its_credential_yet_is_tried_again(tmp_path: Path)
     token.write_text("x\n")
     await sync.sync_once(force=True)  # nothing in the store moved; the resync tries again
     assert registry.get("late") is not None
+
+
+def test_an_error_recorded_without_a_reference_is_still_described():
+    """A status written before references were drawn (`last_error`, no reference): users
+    learn that it failed and that there is no reference yet; nothing is derived from the
+    error's text."""
+    error = "apiserver: open /srv/vgate/tenants/t1/pki: permission denied"
+    state = TenantState("Provisioning", "apiserver", error, failures=2)
+    assert state.message("t1") == (
+        'tenant "t1" is not ready (Provisioning, step "apiserver"; failed 2 times in a row, '
+        "no error reference recorded yet); the lifecycle manager keeps retrying: ask a "
+        "platform administrator if this persists"
+    )
+    assert state.details("t1")["causes"] == [
+        {"type": "TenantPhase", "message": "Provisioning"},
+        {"type": "TenantStep", "message": "apiserver"},
+    ]
+    assert "/srv" not in state.message("t1") and "/srv" in state.describe_for_operators()

@@ -140,15 +140,55 @@ async def test_a_record_without_new_features_is_what_an_older_replica_reads(tmp_
     route = RouteInfo(server="https://10.0.0.1", token_file="/t")
     await store.update_status("plain", TenantStatus(route=route), plain.version)
     await store.create(spec("reviewed", token_passthrough=True))
+    failing = await store.create(spec("failing"))
+    status = TenantStatus(last_error="x: boom", failures=1, error_reference="0123456789")
+    await store.update_status("failing", status, failing.version)
     await store.close()
     rows = dict(
         sqlite3.connect(tmp_path / "t.db")
         .execute("SELECT name, spec || status FROM tenants")
         .fetchall()
     )
-    for added in ("token_passthrough", "service_account_issuer"):
+    for added in ("token_passthrough", "service_account_issuer", "error_reference"):
         assert added not in rows["plain"]
     assert '"token_passthrough":true' in rows["reviewed"]
+    assert '"error_reference":"0123456789"' in rows["failing"]
     reopened = SQLiteTenantStore(tmp_path / "t.db")
     assert (await reopened.get("plain")).status.route == route
     assert (await reopened.get("reviewed")).spec.token_passthrough
+    assert (await reopened.get("failing")).status == status
+    await reopened.close()
+
+
+async def test_a_failed_status_stored_before_error_references_reads(tmp_path):
+    """A status as the version before error references wrote it: a `last_error` and no
+    `error_reference`. It reads, with no reference (none is derived from the text)."""
+    import json
+    import sqlite3
+
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    await store.create(spec("old"))
+    await store.close()
+    older = {
+        "phase": "Provisioning",
+        "step": "apiserver",
+        "conditions": [],
+        "last_error": "apiserver: open /srv/vgate/tenants/old/pki: permission denied",
+        "failures": 3,
+        "observed_generation": 0,
+        "k8s_version": None,
+        "route": None,
+        "hostname": None,
+    }
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        db.execute("UPDATE tenants SET status = ? WHERE name = 'old'", (json.dumps(older),))
+    reopened = SQLiteTenantStore(tmp_path / "t.db")
+    status = (await reopened.get("old")).status
+    assert (status.last_error, status.failures) == (older["last_error"], 3)
+    assert status.error_reference is None
+    await reopened.close()
+
+
+def test_an_error_reference_is_ten_hex_digits_or_refused():
+    with pytest.raises(ValidationError, match="error_reference"):
+        TenantStatus.model_validate({"error_reference": "../../etc"})
