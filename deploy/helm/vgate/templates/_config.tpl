@@ -53,7 +53,8 @@ path to a mounted Secret. Paths are absolute, so they do not depend on the confi
   "tenants" $tenants
   "upstream" (dict
       "connect_timeout_seconds" .Values.upstream.connectTimeoutSeconds
-      "response_timeout_seconds" .Values.upstream.responseTimeoutSeconds)
+      "response_timeout_seconds" .Values.upstream.responseTimeoutSeconds
+      "http2_for_watches" .Values.upstream.http2ForWatches)
   "limits" (dict
       "max_request_head_bytes" (int .Values.limits.maxRequestHeadBytes)
       "max_request_body_bytes" (int .Values.limits.maxRequestBodyBytes)
