@@ -172,6 +172,10 @@ class MultiplexConnection(asyncio.Protocol):
             },
         )
         self.h2.initiate_connection()
+        # h2 hands MAX_HEADER_LIST_SIZE to its hpack decoder only when a changed value is
+        # acknowledged, never an initial one: without this the limit announced above was
+        # h2's own 64 KiB, whatever `max_response_head_bytes` said
+        self.h2.decoder.max_header_list_size = self.pool.head_limits.max_bytes
         self.h2.increment_flow_control_window(_MAX_WINDOW - self.h2.inbound_flow_control_window)
         self.flush()
 
@@ -189,8 +193,15 @@ class MultiplexConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
+        except h2.exceptions.DenialOfServiceError as exc:  # hpack: a header list too large
+            max_bytes = self.pool.head_limits.max_bytes
+            self._broken(
+                f"response head over the limits ({exc}, limit {max_bytes} bytes)",
+                f"a response head over {max_bytes} bytes",
+            )
+            return
         except h2.exceptions.ProtocolError as exc:
-            self._broken(f"HTTP/2 protocol error from the tenant: {exc}")
+            self._broken(f"HTTP/2 protocol error from the tenant: {exc}", "a broken HTTP/2 frame")
             return
         progress = False
         for event in events:
@@ -199,10 +210,13 @@ class MultiplexConnection(asyncio.Protocol):
             self._stalled = 0
         else:
             self._stalled += len(data)
-            if self._stalled > self.pool.head_limits.max_bytes:
+            max_bytes = self.pool.head_limits.max_bytes
+            if self._stalled > max_bytes:
                 self._broken(
                     f"{self._stalled} bytes of HTTP/2 frames without any progress "
-                    "(endless control frames or empty data)"
+                    "(endless control frames, empty data or a response head)",
+                    f"over {max_bytes} bytes without any progress (endless control frames, "
+                    f"empty data, or a response head over {max_bytes} bytes)",
                 )
                 return
         self.flush()
@@ -354,14 +368,20 @@ class MultiplexConnection(asyncio.Protocol):
         if not self.streams:
             self.close()
 
-    def _broken(self, why: str) -> None:
-        log.warning("tenant %s: %s; HTTP/2 connection closed", self.pool.upstream.name, why)
+    def _broken(self, why: str, what: str) -> None:
+        """The tenant broke the connection (`what` it sent, for the client): close it; the
+        streams waiting for their head get a 502 naming the tenant, the others are cut."""
+        tenant = self.pool.upstream.name
+        log.warning("tenant %s: %s; HTTP/2 connection closed", tenant, why)
         self.closed = True
         self.pool.lost(self)
         if self.transport is not None:
             self.transport.abort()
+        message = (
+            f"the API server of tenant {tenant} sent {what}; the gateway closed the connection"
+        )
         for stream in list(self.streams.values()):
-            self._end(stream, Failure(why))
+            self._end(stream, Failure(why, 502, message))
 
     # -- streams --------------------------------------------------------------------------
 
