@@ -15,10 +15,11 @@ is bounded by the stream window.
 The bounds of the HTTP/1.1 path hold here too: the response head (`HeadLimits`: hpack's
 header-list size and the number of fields), a deadline for every response head, and bytes
 that bring no progress (control frames, empty data) cut the connection past
-`HeadLimits.max_bytes`. A response that fails before its head is answered through the
-forwarder's failure handler (which retries an unprocessed request once over HTTP/1.1); a
-stream that fails after its head breaks the client's stream, as an HTTP/1.1 connection
-lost mid-body does.
+`HeadLimits.max_bytes`; so does a frame header announcing more than SETTINGS_MAX_FRAME_SIZE
+(bytes that are not HTTP/2), at once. A response that fails before its head is answered
+through the forwarder's failure handler (which retries an unprocessed request once over
+HTTP/1.1); a stream that fails after its head breaks the client's stream, as an HTTP/1.1
+connection lost mid-body does.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ class MultiplexConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = time.monotonic()
         self._stalled = 0  # bytes received since the last one that moved a stream on
+        self._frame_head = bytearray()  # an incomplete frame header (9 bytes) so far
+        self._frame_left = 0  # payload bytes of the current frame still to come
 
     # -- capacity -------------------------------------------------------------------------
 
@@ -191,6 +194,14 @@ class MultiplexConnection(asyncio.Protocol):
             self._end(stream, Failure(why, retry=not stream.responded))
 
     def data_received(self, data: bytes) -> None:
+        oversized = self._oversized_frame(data)
+        if oversized:
+            self._broken(
+                f"a frame of {oversized} bytes announced, limit {self.h2.max_inbound_frame_size}"
+                " (not HTTP/2?)",
+                "a broken HTTP/2 frame",
+            )
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.DenialOfServiceError as exc:  # hpack: a header list too large
@@ -220,6 +231,30 @@ class MultiplexConnection(asyncio.Protocol):
                 )
                 return
         self.flush()
+
+    def _oversized_frame(self, data: bytes) -> int:
+        """Follow the frame boundaries through `data`; the length a frame header announces
+        over SETTINGS_MAX_FRAME_SIZE, else 0. h2 checks it only once the whole frame has
+        arrived: bytes that are not HTTP/2 (an HTTP/1.1 answer reads as a 4 MB frame) would
+        sit unnoticed until the head deadline."""
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._frame_left:
+                step = min(self._frame_left, size - pos)
+                self._frame_left -= step
+                pos += step
+                continue
+            need = 9 - len(self._frame_head)
+            self._frame_head += data[pos : pos + need]
+            pos += need
+            if len(self._frame_head) < 9:
+                break
+            length = int.from_bytes(self._frame_head[:3], "big")
+            self._frame_head.clear()
+            if length > self.h2.max_inbound_frame_size:
+                return length
+            self._frame_left = length
+        return 0
 
     # -- events ---------------------------------------------------------------------------
 
