@@ -19,7 +19,8 @@ that bring no progress (control frames, empty data) cut the connection past
 (bytes that are not HTTP/2), at once. A response that fails before its head is answered
 through the forwarder's failure handler (which retries an unprocessed request once over
 HTTP/1.1); a stream that fails after its head breaks the client's stream, as an HTTP/1.1
-connection lost mid-body does.
+connection lost mid-body does. A GOAWAY retries the streams it says were never processed
+and lets the others run to their end; new streams go to another connection.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from gateway.forward.failure import Failure, credential_rejected
 from gateway.forward.response import client_head
 
 if TYPE_CHECKING:
+    from h2.events import Event
+    from hyperframe.frame import Frame, GoAwayFrame
+
     from gateway.flow import Flow
     from gateway.forward.multiplex_pool import MultiplexPool
     from gateway.http.exchange import Exchange
@@ -54,6 +58,23 @@ _MAX_WINDOW = 2**31 - 1
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
+
+
+class _Connection(h2.connection.H2Connection):
+    """h2's client connection, except that a GOAWAY received leaves it open: the streams at
+    or below its last stream id may still complete (RFC 9113 §6.8), as a server that shuts
+    down gracefully expects. h2 itself moves to CLOSED at once and then refuses every frame
+    that follows, which broke those streams (python-hyper/h2#1181); nothing new is opened
+    here after a GOAWAY (`MultiplexConnection.going_away`)."""
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
+        event = h2.events.ConnectionTerminated()
+        event.error_code = frame.error_code
+        with contextlib.suppress(ValueError):  # a code of its own stays a number
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class NotMultiplexed(Exception):
@@ -131,9 +152,7 @@ class MultiplexConnection(asyncio.Protocol):
     def __init__(self, pool: MultiplexPool) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
+        self.h2 = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, MultiplexStream] = {}
         self.ready: asyncio.Future[None] = self.loop.create_future()
