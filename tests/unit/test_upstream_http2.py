@@ -237,9 +237,8 @@ def test_a_slow_client_holds_its_own_stream_only(w: World, client, token):
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
     slow.connect(("127.0.0.1", w.gw.port))
     try:
-        slow.sendall(
-            f"GET {watch('slow')} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
-        )
+        request = f"GET {watch('slow')} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}"
+        slow.sendall(request.encode() + b"\r\n\r\n")
         w.up.wait(lambda: "slow" in pushers and pushers["slow"].window == 0, what="window 0")
         with client.stream("GET", watch("fast")) as fast:
             lines = fast.iter_lines()
