@@ -15,10 +15,12 @@ is bounded by the stream window.
 The bounds of the HTTP/1.1 path hold here too: the response head (`HeadLimits`: hpack's
 header-list size and the number of fields), a deadline for every response head, and bytes
 that bring no progress (control frames, empty data) cut the connection past
-`HeadLimits.max_bytes`. A response that fails before its head is answered through the
-forwarder's failure handler (which retries an unprocessed request once over HTTP/1.1); a
-stream that fails after its head breaks the client's stream, as an HTTP/1.1 connection
-lost mid-body does.
+`HeadLimits.max_bytes`; so does a frame header announcing more than SETTINGS_MAX_FRAME_SIZE
+(bytes that are not HTTP/2), at once. A response that fails before its head is answered
+through the forwarder's failure handler (which retries an unprocessed request once over
+HTTP/1.1); a stream that fails after its head breaks the client's stream, as an HTTP/1.1
+connection lost mid-body does. A GOAWAY retries the streams it says were never processed
+and lets the others run to their end; new streams go to another connection.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from gateway.forward.failure import Failure, credential_rejected
 from gateway.forward.response import client_head
 
 if TYPE_CHECKING:
+    from h2.events import Event
+    from hyperframe.frame import Frame, GoAwayFrame
+
     from gateway.flow import Flow
     from gateway.forward.multiplex_pool import MultiplexPool
     from gateway.http.exchange import Exchange
@@ -53,6 +58,23 @@ _MAX_WINDOW = 2**31 - 1
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
+
+
+class _Connection(h2.connection.H2Connection):
+    """h2's client connection, except that a GOAWAY received leaves it open: the streams at
+    or below its last stream id may still complete (RFC 9113 §6.8), as a server that shuts
+    down gracefully expects. h2 itself moves to CLOSED at once and then refuses every frame
+    that follows, which broke those streams (python-hyper/h2#1181); nothing new is opened
+    here after a GOAWAY (`MultiplexConnection.going_away`)."""
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
+        event = h2.events.ConnectionTerminated()
+        event.error_code = frame.error_code
+        with contextlib.suppress(ValueError):  # a code of its own stays a number
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class NotMultiplexed(Exception):
@@ -130,9 +152,7 @@ class MultiplexConnection(asyncio.Protocol):
     def __init__(self, pool: MultiplexPool) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
+        self.h2 = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, MultiplexStream] = {}
         self.ready: asyncio.Future[None] = self.loop.create_future()
@@ -140,6 +160,8 @@ class MultiplexConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = time.monotonic()
         self._stalled = 0  # bytes received since the last one that moved a stream on
+        self._frame_head = bytearray()  # an incomplete frame header (9 bytes) so far
+        self._frame_left = 0  # payload bytes of the current frame still to come
 
     # -- capacity -------------------------------------------------------------------------
 
@@ -172,6 +194,10 @@ class MultiplexConnection(asyncio.Protocol):
             },
         )
         self.h2.initiate_connection()
+        # h2 hands MAX_HEADER_LIST_SIZE to its hpack decoder only when a changed value is
+        # acknowledged, never an initial one: without this the limit announced above was
+        # h2's own 64 KiB, whatever `max_response_head_bytes` said
+        self.h2.decoder.max_header_list_size = self.pool.head_limits.max_bytes
         self.h2.increment_flow_control_window(_MAX_WINDOW - self.h2.inbound_flow_control_window)
         self.flush()
 
@@ -187,10 +213,25 @@ class MultiplexConnection(asyncio.Protocol):
             self._end(stream, Failure(why, retry=not stream.responded))
 
     def data_received(self, data: bytes) -> None:
+        oversized = self._oversized_frame(data)
+        if oversized:
+            self._broken(
+                f"a frame of {oversized} bytes announced, limit {self.h2.max_inbound_frame_size}"
+                " (not HTTP/2?)",
+                "a broken HTTP/2 frame",
+            )
+            return
         try:
             events = self.h2.receive_data(data)
+        except h2.exceptions.DenialOfServiceError as exc:  # hpack: a header list too large
+            max_bytes = self.pool.head_limits.max_bytes
+            self._broken(
+                f"response head over the limits ({exc}, limit {max_bytes} bytes)",
+                f"a response head over {max_bytes} bytes",
+            )
+            return
         except h2.exceptions.ProtocolError as exc:
-            self._broken(f"HTTP/2 protocol error from the tenant: {exc}")
+            self._broken(f"HTTP/2 protocol error from the tenant: {exc}", "a broken HTTP/2 frame")
             return
         progress = False
         for event in events:
@@ -199,13 +240,40 @@ class MultiplexConnection(asyncio.Protocol):
             self._stalled = 0
         else:
             self._stalled += len(data)
-            if self._stalled > self.pool.head_limits.max_bytes:
+            max_bytes = self.pool.head_limits.max_bytes
+            if self._stalled > max_bytes:
                 self._broken(
                     f"{self._stalled} bytes of HTTP/2 frames without any progress "
-                    "(endless control frames or empty data)"
+                    "(endless control frames, empty data or a response head)",
+                    f"over {max_bytes} bytes without any progress (endless control frames, "
+                    f"empty data, or a response head over {max_bytes} bytes)",
                 )
                 return
         self.flush()
+
+    def _oversized_frame(self, data: bytes) -> int:
+        """Follow the frame boundaries through `data`; the length a frame header announces
+        over SETTINGS_MAX_FRAME_SIZE, else 0. h2 checks it only once the whole frame has
+        arrived: bytes that are not HTTP/2 (an HTTP/1.1 answer reads as a 4 MB frame) would
+        sit unnoticed until the head deadline."""
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._frame_left:
+                step = min(self._frame_left, size - pos)
+                self._frame_left -= step
+                pos += step
+                continue
+            need = 9 - len(self._frame_head)
+            self._frame_head += data[pos : pos + need]
+            pos += need
+            if len(self._frame_head) < 9:
+                break
+            length = int.from_bytes(self._frame_head[:3], "big")
+            self._frame_head.clear()
+            if length > self.h2.max_inbound_frame_size:
+                return length
+            self._frame_left = length
+        return 0
 
     # -- events ---------------------------------------------------------------------------
 
@@ -354,14 +422,20 @@ class MultiplexConnection(asyncio.Protocol):
         if not self.streams:
             self.close()
 
-    def _broken(self, why: str) -> None:
-        log.warning("tenant %s: %s; HTTP/2 connection closed", self.pool.upstream.name, why)
+    def _broken(self, why: str, what: str) -> None:
+        """The tenant broke the connection (`what` it sent, for the client): close it; the
+        streams waiting for their head get a 502 naming the tenant, the others are cut."""
+        tenant = self.pool.upstream.name
+        log.warning("tenant %s: %s; HTTP/2 connection closed", tenant, why)
         self.closed = True
         self.pool.lost(self)
         if self.transport is not None:
             self.transport.abort()
+        message = (
+            f"the API server of tenant {tenant} sent {what}; the gateway closed the connection"
+        )
         for stream in list(self.streams.values()):
-            self._end(stream, Failure(why))
+            self._end(stream, Failure(why, 502, message))
 
     # -- streams --------------------------------------------------------------------------
 
