@@ -162,6 +162,7 @@ class MultiplexConnection(asyncio.Protocol):
         self._stalled = 0  # bytes received since the last one that moved a stream on
         self._frame_head = bytearray()  # an incomplete frame header (9 bytes) so far
         self._frame_left = 0  # payload bytes of the current frame still to come
+        self._flush_due = False  # a `flush` is scheduled for the end of this round
 
     # -- capacity -------------------------------------------------------------------------
 
@@ -446,16 +447,26 @@ class MultiplexConnection(asyncio.Protocol):
         upstream = flow.upstream
         assert upstream is not None
         stream_id = self.h2.get_next_available_stream_id()
+        try:
+            self.h2.send_headers(
+                stream_id, request_fields(flow.upstream_head, upstream.authority), end_stream=True
+            )
+        except h2.exceptions.ProtocolError as exc:  # a field HTTP/2 refuses: HTTP/1.1 takes it
+            log.warning(
+                "request %s tenant %s: not sent as an HTTP/2 stream (%s); using HTTP/1.1",
+                exchange.request_id.decode(),
+                flow.tenant,
+                exc,
+            )
+            self.pool.fallback(flow)
+            return
         stream = MultiplexStream(self, stream_id, flow)
         self.streams[stream_id] = stream
-        self.h2.send_headers(
-            stream_id, request_fields(flow.upstream_head, upstream.authority), end_stream=True
-        )
         exchange.client_gone_hook = stream.client_gone
         exchange.conn.on_write_pause = stream.client_paused
         stream.deadline = self.loop.call_later(timeout, self._timed_out, stream)
         exchange.conn.resume_reading()
-        self.flush()
+        self.flush_soon()
 
     def acknowledge(self, stream: MultiplexStream, size: int) -> None:
         """Hand `size` bytes of `stream`'s window back (sent with the next flush)."""
@@ -466,7 +477,7 @@ class MultiplexConnection(asyncio.Protocol):
         """The client is gone: reset the stream (the tenant stops the watch)."""
         self._forget(stream)
         self.cancel_stream(stream.stream_id)
-        self.flush()
+        self.flush_soon()
 
     def cancel_stream(self, stream_id: int) -> None:
         if self.closed:
@@ -505,6 +516,18 @@ class MultiplexConnection(asyncio.Protocol):
         self.pool.on_failure(flow, Failure("timeout", 504))
 
     # -- output ---------------------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        """`flush` once the callbacks of this round of I/O events ran: the streams opened
+        or cancelled in one round (thousands when a fleet of watchers reconnects) leave in
+        one write instead of one each."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_due_now)
+
+    def _flush_due_now(self) -> None:
+        self._flush_due = False
+        self.flush()
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
