@@ -281,6 +281,11 @@ class Upstream(Strict):
     http2_for_watches: bool = True
     # streams per HTTP/2 connection at most (the tenant's SETTINGS may say fewer)
     http2_max_streams_per_connection: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    # client-go's HTTP/2 health check: a PING after this long without a frame from the
+    # tenant; no frame this long after it and the connection is dead (its watches break and
+    # their clients reconnect instead of waiting forever on a half-open connection)
+    http2_ping_after_seconds: Annotated[float, Field(gt=0)] = 30.0
+    http2_ping_timeout_seconds: Annotated[float, Field(gt=0)] = 15.0
 
 
 class Limits(Strict):

@@ -129,6 +129,8 @@ class Forwarder:
                 connect_timeout=self.settings.connect_timeout_seconds,
                 idle_timeout=self.settings.idle_timeout_seconds,
                 max_streams=self.settings.http2_max_streams_per_connection,
+                ping_after=self.settings.http2_ping_after_seconds,
+                ping_timeout=self.settings.http2_ping_timeout_seconds,
                 on_failure=lambda flow, failure: self._failed(self._pool(upstream), flow, failure),
                 fallback=self._send_http11,
                 head_limits=self.head_limits,

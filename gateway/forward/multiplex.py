@@ -163,6 +163,9 @@ class MultiplexConnection(asyncio.Protocol):
         self._frame_head = bytearray()  # an incomplete frame header (9 bytes) so far
         self._frame_left = 0  # payload bytes of the current frame still to come
         self._flush_due = False  # a `flush` is scheduled for the end of this round
+        self._last_read = self.loop.time()  # when the tenant last sent anything
+        self._ping_sent: float | None = None  # the health check's PING awaiting an answer
+        self._alive_timer: asyncio.TimerHandle | None = None
 
     # -- capacity -------------------------------------------------------------------------
 
@@ -201,9 +204,11 @@ class MultiplexConnection(asyncio.Protocol):
         self.h2.decoder.max_header_list_size = self.pool.head_limits.max_bytes
         self.h2.increment_flow_control_window(_MAX_WINDOW - self.h2.inbound_flow_control_window)
         self.flush()
+        self._alive_timer = self.loop.call_later(self.pool.ping_after, self._check_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_alive_timer()
         self.transport = None
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"connection lost: {exc or 'closed'}"))
@@ -214,6 +219,7 @@ class MultiplexConnection(asyncio.Protocol):
             self._end(stream, Failure(why, retry=not stream.responded))
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
         oversized = self._oversized_frame(data)
         if oversized:
             self._broken(
@@ -515,6 +521,45 @@ class MultiplexConnection(asyncio.Protocol):
         self.flush()
         self.pool.on_failure(flow, Failure("timeout", 504))
 
+    # -- health ---------------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        """client-go's HTTP/2 health check: after `ping_after` seconds without a frame from
+        the tenant a PING goes out; with no frame at all `ping_timeout` seconds after it the
+        connection is dead (the tenant's node gone, a half-open TCP connection), and its
+        streams break so that their clients reconnect instead of waiting forever. One timer
+        per connection, whatever its streams."""
+        self._alive_timer = None
+        if self.closed:
+            return
+        now, pool = self.loop.time(), self.pool
+        sent = self._ping_sent
+        if sent is not None and self._last_read < sent:
+            if now - sent >= pool.ping_timeout:
+                quiet = now - self._last_read
+                self._broken(
+                    f"no frame for {quiet:.0f} s, not even the answer to a PING",
+                    f"nothing for {quiet:.0f} s, not even the answer to a PING",
+                )
+                return
+            self._alive_timer = self.loop.call_at(sent + pool.ping_timeout, self._check_alive)
+            return
+        self._ping_sent = None
+        if now - self._last_read >= pool.ping_after:
+            self.h2.ping(b"vgate-hc")
+            self.flush()
+            self._ping_sent = now
+            self._alive_timer = self.loop.call_at(now + pool.ping_timeout, self._check_alive)
+        else:
+            self._alive_timer = self.loop.call_at(
+                self._last_read + pool.ping_after, self._check_alive
+            )
+
+    def _stop_alive_timer(self) -> None:
+        if self._alive_timer is not None:
+            self._alive_timer.cancel()
+            self._alive_timer = None
+
     # -- output ---------------------------------------------------------------------------
 
     def flush_soon(self) -> None:
@@ -545,6 +590,7 @@ class MultiplexConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self._stop_alive_timer()
         self.pool.lost(self)
         if self.transport is not None:
             self.h2.close_connection()

@@ -42,8 +42,12 @@ class MultiplexPool:
         fallback: Callable[[Flow], None],
         head_limits: HeadLimits | None = None,
         health: TenantHealth | None = None,
+        ping_after: float = 30.0,
+        ping_timeout: float = 15.0,
     ) -> None:
         self.upstream = upstream
+        self.ping_after = ping_after  # the health check of each connection (`MultiplexConnection`)
+        self.ping_timeout = ping_timeout
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_streams = max_streams

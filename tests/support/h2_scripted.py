@@ -89,6 +89,9 @@ class Connection:
     streams: dict[int, H2Stream] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # window or stream state
     closed: bool = False
+    # a dead peer (its node gone, a half-open connection): what arrives is dropped unread,
+    # so nothing is answered, PINGs included
+    silent: bool = False
 
     def flush(self) -> None:
         if self.h2 is not None and not self.closed:
@@ -373,6 +376,8 @@ class H2ScriptedUpstream:
             data = await reader.read(65536)
             if not data:
                 return
+            if conn.silent:
+                continue
             try:
                 events = h2.receive_data(data)
             except ProtocolError as exc:

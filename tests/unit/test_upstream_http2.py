@@ -26,7 +26,7 @@ from h2.errors import ErrorCodes
 from gateway.forward.multiplex import STREAM_WINDOW
 from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread
-from tests.support.h2_scripted import H2ScriptedUpstream, H2Stream
+from tests.support.h2_scripted import H2ScriptedUpstream, H2Stream, event
 from tests.support.pki import TestCA
 
 RESPONSE_TIMEOUT = 1.0
@@ -539,5 +539,64 @@ def test_http2_for_watches_off_keeps_watches_on_http11(tmp_path, issuer, pki, to
             assert names(r.iter_lines(), 1) == ["pod-0"]
         assert [r.protocol for r in up.requests] == ["http/1.1"]
         assert [c.alpn for c in up.connections] == ["http/1.1"]
+    finally:
+        up.stop()
+
+
+# -- the health check of an HTTP/2 connection -----------------------------------------------
+
+
+def _quiet_after_one_event(*, dead: bool):
+    """A watch that sends one event and then nothing; with `dead` the tenant also stops
+    reading (a node gone: not even a PING is answered)."""
+
+    async def handler(stream: H2Stream) -> None:
+        stream.respond()
+        await stream.send(event(0))
+        stream.conn.silent = dead
+        await stream.until_gone()
+
+    return handler
+
+
+@pytest.mark.parametrize("dead", [True, False], ids=["dead-peer", "quiet-peer"])
+def test_a_dead_connection_is_found_by_a_ping_and_a_quiet_one_is_kept(
+    tmp_path, issuer, pki, token, dead
+):
+    """After `http2_ping_after_seconds` without a frame a PING goes out: a tenant that does
+    not answer within `http2_ping_timeout_seconds` has its watches broken (their clients
+    reconnect); one that answers keeps them, however long no event comes."""
+    ca, leaf = pki
+    up = H2ScriptedUpstream(leaf.cert_file, leaf.key_file)
+    up.handler = _quiet_after_one_event(dead=dead)
+    try:
+        config = config_for(
+            tmp_path,
+            issuer,
+            ca,
+            {"h2": up},
+            http2_ping_after_seconds=0.3,
+            http2_ping_timeout_seconds=0.3,
+        )
+        with (
+            GatewayThread(tmp_path, config) as gw,
+            httpx.Client(
+                base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=5
+            ) as c,
+            c.stream("GET", watch("a")) as r,
+        ):
+            lines = r.iter_lines()
+            assert names(lines, 1) == ["pod-0"]
+            started = time.monotonic()
+            if dead:
+                with pytest.raises(httpx.RemoteProtocolError):  # a broken stream, not an end
+                    list(lines)
+                assert time.monotonic() - started < 3.0
+            else:
+                time.sleep(1.5)  # several PING rounds with no event
+                (conn,) = up.connections
+                assert not conn.closed
+                up.call(lambda: conn.streams and next(iter(conn.streams.values())).end())
+                assert list(lines) == []  # the tenant's clean end, relayed
     finally:
         up.stop()
