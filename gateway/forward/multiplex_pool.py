@@ -13,6 +13,7 @@ from gateway.forward.connection import HeadLimits
 from gateway.forward.failure import Failure
 from gateway.forward.health import TenantHealth
 from gateway.forward.multiplex import MultiplexConnection, NotMultiplexed
+from gateway.forward.pool import probe_liveness
 from gateway.registry import Upstream
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class MultiplexPool:
         u = self.upstream
         deadline = loop.time() + self.connect_timeout
         try:
-            _, conn = await asyncio.wait_for(
+            transport, conn = await asyncio.wait_for(
                 loop.create_connection(
                     lambda: MultiplexConnection(self),
                     u.host,
@@ -101,6 +102,7 @@ class MultiplexPool:
                 ),
                 self.connect_timeout,
             )
+            probe_liveness(transport)
             await asyncio.wait_for(conn.ready, max(deadline - loop.time(), 0.001))
         except NotMultiplexed as exc:
             self.connecting -= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -18,6 +19,26 @@ if TYPE_CHECKING:
 
 #: (pool, flow, failure): a connection failed before any usable response came
 FailureHandler = Callable[["UpstreamPool", "Flow", Failure], None]
+
+
+#: TCP keepalive on every upstream connection, as client-go's dialer (`KeepAlive: 30s`):
+#: a tenant whose node is gone (a half-open connection) is found after idle + count x
+#: interval = 30 + 9 x 30 s, and the watches it held break instead of waiting forever
+KEEPALIVE_IDLE_SECONDS = 30
+KEEPALIVE_INTERVAL_SECONDS = 30
+KEEPALIVE_PROBES = 9
+
+
+def probe_liveness(transport: asyncio.BaseTransport) -> None:
+    """Turn TCP keepalive on for `transport`'s socket (`KEEPALIVE_*`)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's defaults
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 class UpstreamPool:
@@ -60,7 +81,7 @@ class UpstreamPool:
         """Open a new connection (TLS handshake included) within `connect_timeout`."""
         loop = asyncio.get_running_loop()
         u = self.upstream
-        _, conn = await asyncio.wait_for(
+        transport, conn = await asyncio.wait_for(
             loop.create_connection(
                 lambda: UpstreamConnection(self),
                 u.host,
@@ -70,6 +91,7 @@ class UpstreamPool:
             ),
             self.connect_timeout,
         )
+        probe_liveness(transport)
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:

@@ -14,7 +14,9 @@ tests/integration/test_kubectl.py::test_watches_share_one_http2_connection_upstr
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -28,6 +30,7 @@ from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread
 from tests.support.h2_scripted import H2ScriptedUpstream, H2Stream, event
 from tests.support.pki import TestCA
+from tests.support.tiers import tool_missing
 
 RESPONSE_TIMEOUT = 1.0
 HEAD_BYTES = 8192  # `upstream.max_response_head_bytes`
@@ -202,6 +205,31 @@ def test_watches_share_one_connection_and_a_plain_get_uses_http11(w: World, clie
     assert plain.path == b"/api/v1/namespaces/a/pods"
     assert w.up.connections[plain.conn].alpn == "http/1.1" and plain.conn != 0
     assert len(w.up.connections) == 2
+
+
+def test_every_upstream_connection_has_tcp_keepalive(w: World, client):
+    """Both kinds of upstream connection (an HTTP/2 one carrying a watch, an HTTP/1.1 one
+    left idle in the pool) probe a silent peer: the kernel shows their keepalive timers."""
+    if shutil.which("ss") is None:
+        tool_missing("ss (iproute2) is needed to read the sockets' timers")
+    with client.stream("GET", watch("a")) as r:
+        assert names(r.iter_lines(), 1) == ["pod-0"]
+        assert client.get("/clusters/h2/api/v1/namespaces/a/pods").status_code == 200
+    # both stay open (the HTTP/2 one without streams); a timer shows `on` while bytes are
+    # unacknowledged, so look until both are quiet
+    deadline, ours = time.monotonic() + 3, []
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["ss", "-tno", "state", "established", f"dport = :{w.up.port}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        ours = [line for line in out.splitlines() if f":{w.up.port}" in line]
+        if len(ours) == 2 and all("timer:(keepalive," in line for line in ours):
+            break
+        time.sleep(0.05)
+    assert len(ours) == 2 and all("timer:(keepalive," in line for line in ours), ours
 
 
 # -- cancellation and flow control ----------------------------------------------------------
