@@ -257,7 +257,13 @@ class TenantStatus(BaseModel):
 #: fields added after records were first stored: the stores write them only when set, so a
 #: replica of the previous version (whose models refuse unknown fields) still reads every
 #: record that does not use them, as it must while a rolling upgrade runs both versions
-ADDED_LATER = frozenset({"token_passthrough", "service_account_issuer", "error_reference"})
+ADDED_LATER = frozenset({"token_passthrough", "service_account_issuer"})
+#: where a stored status keeps `error_reference`: the message of a condition of this type.
+#: Unlike an optional feature the reference is written on every failed step, so a field of
+#: its own would make a replica of the version before it (whose status refuses unknown
+#: fields) drop every failing tenant during a rolling upgrade; a condition of any type is
+#: something every version reads
+REFERENCE_CONDITION = "ErrorReference"
 
 
 def _without_unset_additions(data: dict[str, Any]) -> dict[str, Any]:
@@ -270,11 +276,36 @@ def stored_spec(spec: TenantSpec, **dump: Any) -> dict[str, Any]:
 
 
 def stored_status(status: TenantStatus) -> dict[str, Any]:
-    """The status as the stores write it (JSON-ready), its route included."""
+    """The status as the stores write it (JSON-ready), its route included; the error
+    reference as a `REFERENCE_CONDITION` condition (`loaded_status` reads it back)."""
     data = _without_unset_additions(status.model_dump(mode="json"))
+    reference = data.pop("error_reference", None)
+    if reference is not None:
+        data["conditions"] = [
+            *data["conditions"],
+            {
+                "type": REFERENCE_CONDITION,
+                "status": "True",
+                "reason": "StepFailed",
+                "message": reference,
+            },
+        ]
     if data.get("route") is not None:
         data["route"] = _without_unset_additions(data["route"])
     return data
+
+
+def loaded_status(data: dict[str, Any]) -> TenantStatus:
+    """A status as `stored_status` wrote it (or a version before it did), validated: a
+    reference that is not ten hex digits is refused like any other invalid field."""
+    conditions = data.get("conditions") or []
+    references = [
+        c for c in conditions if isinstance(c, dict) and c.get("type") == REFERENCE_CONDITION
+    ]
+    if references:
+        kept = [c for c in conditions if c not in references]
+        data = {**data, "conditions": kept, "error_reference": references[-1].get("message")}
+    return TenantStatus.model_validate(data)
 
 
 class TenantRecord(BaseModel):

@@ -32,6 +32,7 @@ from gateway.lifecycle.model import (
     TenantRecord,
     TenantSpec,
     TenantStatus,
+    loaded_status,
     stored_spec,
     stored_status,
 )
@@ -110,7 +111,7 @@ def record_of(obj: dict[str, Any]) -> TenantRecord:
         activity = notes.get(A_ACTIVITY)
         return TenantRecord(
             spec=TenantSpec.model_validate(spec),
-            status=TenantStatus.model_validate(obj.get("status") or {}),
+            status=loaded_status(obj.get("status") or {}),
             version=int(notes[A_VERSION]),
             generation=int(notes[A_GENERATION]),
             created_at=float(notes[A_CREATED]),

@@ -21,6 +21,7 @@ from gateway.lifecycle.model import (
     TenantRecord,
     TenantSpec,
     TenantStatus,
+    loaded_status,
     stored_spec,
     stored_status,
 )
@@ -94,7 +95,7 @@ class SQLiteTenantStore:
         _, spec, status, version, generation, created_at, last_activity = row
         return TenantRecord(
             spec=TenantSpec.model_validate_json(spec),
-            status=TenantStatus.model_validate_json(status),
+            status=loaded_status(json.loads(status)),
             version=version,
             generation=generation,
             created_at=created_at,

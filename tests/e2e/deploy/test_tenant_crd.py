@@ -161,18 +161,6 @@ def test_the_schema_refuses_what_vgate_would_never_write(
     assert message in proc.stderr
 
 
-def test_the_schema_refuses_an_error_reference_vgate_would_never_draw(
-    store_api: ApiServer,
-) -> None:
-    bad = kube_store.object_of(
-        TenantRecord(spec=TenantSpec(name="bad-reference", admin_groups=["a"])), NAMESPACE, None
-    )
-    bad["status"]["error_reference"] = "../../etc"
-    proc = create(store_api, bad)
-    assert proc.returncode != 0
-    assert "status.error_reference: Invalid value" in proc.stderr
-
-
 def test_printer_columns_show_the_written_fields(store_api: ApiServer) -> None:
     record = TenantRecord(
         spec=TenantSpec(name="columns", admin_groups=["a"]),

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+
 import pytest
 from pydantic import ValidationError
 
-from gateway.lifecycle.model import TenantSpec, TenantStatus, parse_quota
+from gateway.lifecycle.model import (
+    TenantSpec,
+    TenantStatus,
+    loaded_status,
+    parse_quota,
+    stored_status,
+)
 from gateway.lifecycle.stores.protocol import Conflict, TenantExists, TenantNotFound
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 
@@ -127,11 +136,26 @@ async def test_revision_moves_on_this_connections_writes_too(tmp_path):
     await store.close()
 
 
+#: what the version before error references read in a stored status (its models refuse
+#: anything else)
+PREVIOUS_STATUS_FIELDS = {
+    "phase",
+    "step",
+    "conditions",
+    "last_error",
+    "failures",
+    "observed_generation",
+    "k8s_version",
+    "route",
+    "hostname",
+}
+PREVIOUS_CONDITION_FIELDS = {"type", "status", "reason", "message", "last_transition"}
+
+
 async def test_a_record_without_new_features_is_what_an_older_replica_reads(tmp_path):
     """Fields added to the spec and the route after records were first stored are written
     only when set: a replica of the previous version (its models refuse unknown fields)
     reads every record that does not use them, as it does during a rolling upgrade."""
-    import sqlite3
 
     from gateway.lifecycle.model import RouteInfo
 
@@ -152,7 +176,20 @@ async def test_a_record_without_new_features_is_what_an_older_replica_reads(tmp_
     for added in ("token_passthrough", "service_account_issuer", "error_reference"):
         assert added not in rows["plain"]
     assert '"token_passthrough":true' in rows["reviewed"]
-    assert '"error_reference":"0123456789"' in rows["failing"]
+    # the reference is written on every failed step: never as a field the previous
+    # version's status refuses, but as a condition (any type is one every version reads)
+    assert "error_reference" not in rows["failing"]
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        (stored,) = db.execute("SELECT status FROM tenants WHERE name = 'failing'").fetchone()
+    stored = json.loads(stored)
+    assert set(stored) <= PREVIOUS_STATUS_FIELDS
+    assert all(set(c) <= PREVIOUS_CONDITION_FIELDS for c in stored["conditions"])
+    assert {
+        "type": "ErrorReference",
+        "status": "True",
+        "reason": "StepFailed",
+        "message": "0123456789",
+    } in stored["conditions"]
     reopened = SQLiteTenantStore(tmp_path / "t.db")
     assert (await reopened.get("plain")).status.route == route
     assert (await reopened.get("reviewed")).spec.token_passthrough
@@ -164,7 +201,6 @@ async def test_a_failed_status_stored_before_error_references_reads(tmp_path):
     """A status as the version before error references wrote it: a `last_error` and no
     `error_reference`. It reads, with no reference (none is derived from the text)."""
     import json
-    import sqlite3
 
     store = SQLiteTenantStore(tmp_path / "t.db")
     await store.create(spec("old"))
@@ -192,3 +228,8 @@ async def test_a_failed_status_stored_before_error_references_reads(tmp_path):
 def test_an_error_reference_is_ten_hex_digits_or_refused():
     with pytest.raises(ValidationError, match="error_reference"):
         TenantStatus.model_validate({"error_reference": "../../etc"})
+    stored = stored_status(TenantStatus(last_error="x", error_reference="0123456789"))
+    assert loaded_status(stored).error_reference == "0123456789"
+    stored["conditions"][-1]["message"] = "../../etc"  # edited in the store by hand
+    with pytest.raises(ValidationError, match="error_reference"):
+        loaded_status(stored)
