@@ -113,3 +113,42 @@ def crafted_config(
         ],
         **sections,
     }
+
+
+def viewer_config(
+    workdir: Path,
+    issuer: str,
+    upstreams: dict[str, str],
+    *,
+    ca_file: Path | None = None,
+    token: str = "upstream-secret",
+    **sections: Any,
+) -> dict[str, Any]:
+    """A gateway config for tests against stand-in upstreams: group `developers` is `view`
+    in every tenant (username from `email`), each tenant name maps to its upstream URL
+    (`https://` ones trust `ca_file`), the tenant credential `token` is in `workdir/token`;
+    `sections` are added (`upstream`, `limits`, …)."""
+    folder = Path(workdir) / "policies"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "all.yaml").write_text(
+        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    )
+    (Path(workdir) / "token").write_text(token + "\n")
+    return {
+        "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
+        "oidc": {
+            "issuers": [{"issuer": issuer, "audiences": ["vgate"], "username_claim": "email"}]
+        },
+        "policies": str(folder),
+        "audit": {"file": str(Path(workdir) / "audit.log")},
+        "tenants": [
+            {
+                "name": name,
+                "upstream": url,
+                **({"ca_file": str(ca_file)} if ca_file and url.startswith("https:") else {}),
+                "token_file": str(Path(workdir) / "token"),
+            }
+            for name, url in upstreams.items()
+        ],
+        **sections,
+    }

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.support.craft import CraftingIssuer
-from tests.support.gateway_thread import GatewayThread
+from tests.support.gateway_thread import GatewayThread, viewer_config
 from tests.support.scripted import ScriptedUpstream
 
 
@@ -33,43 +33,20 @@ def _dead_port() -> int:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, issuer, upstream) -> Iterator[GatewayThread]:
     d: Path = tmp_path_factory.mktemp("proxy")
-    (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(
-        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
-    )
-    (d / "token").write_text("upstream-secret\n")
     blackhole = socket.socket()
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(1)  # accepts the TCP handshake, never answers
-    config = {
-        "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
-        "oidc": {
-            "issuers": [
-                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
-            ]
+    config = viewer_config(
+        d,
+        issuer.issuer,
+        {
+            "live": f"http://127.0.0.1:{upstream.port}",
+            "dead": f"http://127.0.0.1:{_dead_port()}",
+            "silent": f"http://127.0.0.1:{blackhole.getsockname()[1]}",
         },
-        "policies": str(d / "policies"),
-        "audit": {"file": str(d / "audit.log")},
-        "upstream": {"response_timeout_seconds": 1.0, "connect_timeout_seconds": 1.0},
-        "limits": {"max_request_head_bytes": 32768},
-        "tenants": [
-            {
-                "name": "live",
-                "upstream": f"http://127.0.0.1:{upstream.port}",
-                "token_file": str(d / "token"),
-            },
-            {
-                "name": "dead",
-                "upstream": f"http://127.0.0.1:{_dead_port()}",
-                "token_file": str(d / "token"),
-            },
-            {
-                "name": "silent",
-                "upstream": f"http://127.0.0.1:{blackhole.getsockname()[1]}",
-                "token_file": str(d / "token"),
-            },
-        ],
-    }
+        upstream={"response_timeout_seconds": 1.0, "connect_timeout_seconds": 1.0},
+        limits={"max_request_head_bytes": 32768},
+    )
     with GatewayThread(d, config) as gw:
         yield gw
     blackhole.close()

@@ -19,7 +19,7 @@ import yaml
 
 from gateway.config.model import Upstream
 from tests.support.craft import CraftingIssuer
-from tests.support.gateway_thread import GatewayThread
+from tests.support.gateway_thread import GatewayThread, viewer_config
 from tests.support.pki import TestCA
 from tests.support.scripted import server_context
 
@@ -76,29 +76,9 @@ def slow(tmp_path_factory, issuer: CraftingIssuer) -> Iterator[GatewayThread]:
     ca = TestCA(d / "pki")
     leaf = ca.issue("upstream", ["127.0.0.1"])
     up = SlowHandshakeUpstream(server_context(leaf.cert_file, leaf.key_file), DELAY)
-    (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(
-        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    config = viewer_config(
+        d, issuer.issuer, {"busy": f"https://127.0.0.1:{up.port}"}, ca_file=ca.cert_file
     )
-    (d / "token").write_text("upstream-secret\n")
-    config = {
-        "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
-        "oidc": {
-            "issuers": [
-                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
-            ]
-        },
-        "policies": str(d / "policies"),
-        "audit": {"file": str(d / "audit.log")},
-        "tenants": [
-            {
-                "name": "busy",
-                "upstream": f"https://127.0.0.1:{up.port}",
-                "ca_file": str(ca.cert_file),
-                "token_file": str(d / "token"),
-            }
-        ],
-    }
     try:
         with GatewayThread(d, config) as gw:
             yield gw

@@ -17,10 +17,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import yaml
 
 from tests.support.craft import CraftingIssuer
-from tests.support.gateway_thread import GatewayThread
+from tests.support.gateway_thread import GatewayThread, viewer_config
 from tests.support.hostile import HOSTILE
 from tests.support.pki import TestCA
 from tests.support.scripted import ScriptedUpstream, server_context
@@ -38,31 +37,13 @@ def world(
     leaf = ca.issue("upstream", ["127.0.0.1"])
     good = ScriptedUpstream(server_context(leaf.cert_file, leaf.key_file))
     bad = ScriptedUpstream(server_context(leaf.cert_file, leaf.key_file))
-    (d / "policies").mkdir()
-    (d / "policies" / "all.yaml").write_text(
-        yaml.safe_dump({"tenant": "*", "roles": {"view": {"groups": ["developers"]}}})
+    config = viewer_config(
+        d,
+        issuer.issuer,
+        {name: f"https://127.0.0.1:{up.port}" for name, up in (("good", good), ("hostile", bad))},
+        ca_file=ca.cert_file,
+        upstream={"response_timeout_seconds": RESPONSE_TIMEOUT},
     )
-    (d / "token").write_text("upstream-secret\n")
-    config = {
-        "routing": {"base_domain": "k8s.test", "path_prefix": "/clusters"},
-        "oidc": {
-            "issuers": [
-                {"issuer": issuer.issuer, "audiences": ["vgate"], "username_claim": "email"}
-            ]
-        },
-        "policies": str(d / "policies"),
-        "audit": {"file": str(d / "audit.log")},
-        "upstream": {"response_timeout_seconds": RESPONSE_TIMEOUT},
-        "tenants": [
-            {
-                "name": name,
-                "upstream": f"https://127.0.0.1:{up.port}",
-                "ca_file": str(ca.cert_file),
-                "token_file": str(d / "token"),
-            }
-            for name, up in (("good", good), ("hostile", bad))
-        ],
-    }
     with GatewayThread(d, config) as gw:
         yield gw, good, bad
     good.stop()
