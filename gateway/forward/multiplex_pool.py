@@ -24,6 +24,8 @@ log = logging.getLogger("vgate.forward")
 #: streams a new connection is expected to take before its SETTINGS say (RFC 9113 §6.5.2
 #: recommends at least 100): how many waiting requests one connect under way covers
 _EXPECTED_STREAMS = 100
+#: `_open`'s answer when the tenant chose HTTP/1.1
+_NOT_MULTIPLEXED = Failure("the tenant did not choose HTTP/2")
 
 
 class MultiplexPool:
@@ -88,6 +90,29 @@ class MultiplexPool:
             task.add_done_callback(self._tasks.discard)
 
     async def _connect(self) -> None:
+        """One new connection; the waiting requests go on it (or fail, or fall back to
+        HTTP/1.1 when the tenant does not choose h2)."""
+        try:
+            failure = await self._open()
+        except Exception as exc:  # unforeseen: the waiting requests must not wait forever
+            log.exception("tenant %s: HTTP/2 connect failed", self.upstream.name)
+            failure = Failure(f"connect failed: {exc!r}")
+        finally:
+            self.connecting -= 1  # whatever happened, this connect is no longer under way
+        if failure is None:
+            self._drain()
+        elif failure is _NOT_MULTIPLEXED:
+            self.unsupported = True
+            waiting, self.waiting = self.waiting, []
+            for flow, _ in waiting:
+                if not flow.exchange.conn.closed:
+                    self.fallback(flow)
+        else:
+            self._fail_waiting(failure)
+
+    async def _open(self) -> Failure | None:
+        """Connect, hand-shake and wait for the server's SETTINGS within `connect_timeout`;
+        None when the connection is ready (`connection_ready` took it)."""
         loop = asyncio.get_running_loop()
         u = self.upstream
         deadline = loop.time() + self.connect_timeout
@@ -105,23 +130,13 @@ class MultiplexPool:
             probe_liveness(transport)
             await asyncio.wait_for(conn.ready, max(deadline - loop.time(), 0.001))
         except NotMultiplexed as exc:
-            self.connecting -= 1
             log.info("tenant %s: no HTTP/2 (%s); watches use HTTP/1.1", u.name, exc)
-            self.unsupported = True
-            waiting, self.waiting = self.waiting, []
-            for flow, _ in waiting:
-                self.fallback(flow)
-            return
+            return _NOT_MULTIPLEXED
         except TimeoutError:
-            self.connecting -= 1
-            self._fail_waiting(Failure("connect timeout", 504))
-            return
+            return Failure("connect timeout", 504)
         except (OSError, ssl.SSLError, ConnectionError) as exc:
-            self.connecting -= 1
-            self._fail_waiting(Failure(f"connect failed: {exc}"))
-            return
-        self.connecting -= 1
-        self._drain()
+            return Failure(f"connect failed: {exc}")
+        return None
 
     def connection_ready(self, conn: MultiplexConnection) -> None:
         """`conn` knows the server's settings: it takes streams from now on."""
