@@ -522,6 +522,25 @@ def test_a_tenant_without_h2_gets_watches_over_http11_and_is_remembered(w: World
     assert [r.protocol for r in w.h1.requests] == ["http/1.1", "http/1.1"]
 
 
+def test_a_request_http2_refuses_to_frame_goes_over_http11(w: World, client, monkeypatch):
+    """A field the h2 library refuses to send (here: `TE` other than ``trailers``, which
+    `request_fields` never lets through) must not fail the watch: it goes over HTTP/1.1."""
+    from gateway.forward import multiplex
+
+    framed = multiplex.request_fields
+    monkeypatch.setattr(
+        multiplex,
+        "request_fields",
+        lambda head, authority: [*framed(head, authority), (b"te", b"gzip")],
+    )
+    with client.stream("GET", watch("a")) as r:
+        assert r.status_code == 200
+        assert names(r.iter_lines(), 1) == ["pod-0"]
+    assert not w.up.h2_requests()
+    [plain] = w.up.http1_requests()
+    assert plain.path == b"/api/v1/namespaces/a/pods?watch=1"
+
+
 UNAUTHORIZED = b'{"kind":"Status","apiVersion":"v1","status":"Failure","code":401}'
 
 
