@@ -13,7 +13,7 @@ from gateway.forward.connection import HeadLimits
 from gateway.forward.failure import Failure
 from gateway.forward.health import TenantHealth
 from gateway.forward.multiplex import MultiplexConnection, NotMultiplexed
-from gateway.forward.pool import probe_liveness
+from gateway.forward.pool import dial
 from gateway.registry import Upstream
 
 if TYPE_CHECKING:
@@ -117,17 +117,9 @@ class MultiplexPool:
         u = self.upstream
         deadline = loop.time() + self.connect_timeout
         try:
-            transport, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: MultiplexConnection(self),
-                    u.host,
-                    u.port,
-                    ssl=u.ssl_multiplex,
-                    server_hostname=u.server_hostname,
-                ),
-                self.connect_timeout,
+            conn = await dial(
+                u, lambda: MultiplexConnection(self), u.ssl_multiplex, self.connect_timeout
             )
-            probe_liveness(transport)
             await asyncio.wait_for(conn.ready, max(deadline - loop.time(), 0.001))
         except NotMultiplexed as exc:
             log.info("tenant %s: no HTTP/2 (%s); watches use HTTP/1.1", u.name, exc)

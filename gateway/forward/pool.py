@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.forward.connection import HeadLimits, UpstreamConnection
 from gateway.forward.failure import Failure
@@ -16,6 +17,8 @@ from gateway.registry import Upstream
 if TYPE_CHECKING:
     from gateway.flow import Flow
 
+
+P = TypeVar("P", bound=asyncio.Protocol)
 
 #: (pool, flow, failure): a connection failed before any usable response came
 FailureHandler = Callable[["UpstreamPool", "Flow", Failure], None]
@@ -27,6 +30,29 @@ FailureHandler = Callable[["UpstreamPool", "Flow", Failure], None]
 KEEPALIVE_IDLE_SECONDS = 30
 KEEPALIVE_INTERVAL_SECONDS = 30
 KEEPALIVE_PROBES = 9
+
+
+async def dial(
+    upstream: Upstream,
+    protocol: Callable[[], P],
+    context: ssl.SSLContext | None,
+    within: float,
+) -> P:
+    """A new connection to `upstream` (TCP connect and TLS handshake with `context` within
+    `within` seconds), driven by `protocol()`, with TCP keepalive on (`probe_liveness`)."""
+    loop = asyncio.get_running_loop()
+    transport, conn = await asyncio.wait_for(
+        loop.create_connection(
+            protocol,
+            upstream.host,
+            upstream.port,
+            ssl=context,
+            server_hostname=upstream.server_hostname,
+        ),
+        within,
+    )
+    probe_liveness(transport)
+    return conn
 
 
 def probe_liveness(transport: asyncio.BaseTransport) -> None:
@@ -79,20 +105,9 @@ class UpstreamPool:
 
     async def connect(self) -> UpstreamConnection:
         """Open a new connection (TLS handshake included) within `connect_timeout`."""
-        loop = asyncio.get_running_loop()
-        u = self.upstream
-        transport, conn = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: UpstreamConnection(self),
-                u.host,
-                u.port,
-                ssl=u.ssl,
-                server_hostname=u.server_hostname,
-            ),
-            self.connect_timeout,
+        return await dial(
+            self.upstream, lambda: UpstreamConnection(self), self.upstream.ssl, self.connect_timeout
         )
-        probe_liveness(transport)
-        return conn
 
     def release(self, conn: UpstreamConnection) -> None:
         if self.closed or conn.closed or len(self._idle) >= self.max_idle:
