@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import __version__
+from gateway.build_info import describe
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -152,7 +152,7 @@ def _directory_flush(path: Path, user: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vgate", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"vgate {__version__}")
+    parser.add_argument("--version", action="version", version=describe())
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the gateway")

@@ -85,6 +85,13 @@ class Metrics:
         r = self.registry
         self.tally = RequestTally()  # requests, request latency, token cache
         r.register(self.tally)
+        self.build_info = Gauge(
+            "vgate_build_info",
+            "1, labelled with the version and whether the request path runs compiled (mypyc) "
+            "or interpreted",
+            ["version", "request_path"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "vgate_auth_failures_total", "Authentication failures by reason", ["reason"], registry=r
         )

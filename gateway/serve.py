@@ -15,8 +15,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway import __version__
 from gateway.authn import Authenticator
 from gateway.authn.tenant_tokens import TenantTokens
+from gateway.build_info import describe, request_path_build
 from gateway.config import GatewayConfig
 from gateway.directory import Directory, DirectoryError
 from gateway.directory.source import LdapSource
@@ -76,6 +78,7 @@ def build_pipeline(
     for tenant in config.tenants:
         registry.put(upstream_from_config(tenant))
     metrics = Metrics()
+    metrics.build_info.labels(__version__, request_path_build()).set(1)
     policy = PolicyEngine(policies, config.impersonation)
     tenant_api = TenantApi(timeout=config.token_review.timeout_seconds)
     directory = build_directory(config, metrics)
@@ -415,7 +418,13 @@ async def _serve_one(
     _tune_gc()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("vgate listening on %s:%d (pid %d)", config.listen.host, running.port, os.getpid())
+    log.info(
+        "%s listening on %s:%d (pid %d)",
+        describe(),
+        config.listen.host,
+        running.port,
+        os.getpid(),
+    )
     if running.metrics_port is not None:
         log.info(
             "metrics and health on http://%s:%d", config.listen.metrics_host, running.metrics_port

@@ -30,6 +30,7 @@ STEPS = {
 }
 #: what every room may build on
 GROUND = {
+    "build_info",
     "identity",
     "flow",
     "metrics",
@@ -49,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     "names": set(),
     "identity": {"names"},  # the name gate (gateway.names.kube)
     "metrics": set(),
+    "build_info": set(),  # how this installation was built (compiled or not)
     "private_file": set(),
     "config": {"names"},
     "credentials": {"private_file"},
