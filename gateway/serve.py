@@ -18,7 +18,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.authn import Authenticator
 from gateway.authn.tenant_tokens import TenantTokens
-from gateway.build_info import describe, request_path_build
+from gateway.build_info import request_path_build
 from gateway.config import GatewayConfig
 from gateway.directory import Directory, DirectoryError
 from gateway.directory.source import LdapSource
@@ -419,11 +419,12 @@ async def _serve_one(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "%s listening on %s:%d (pid %d)",
-        describe(),
+        "vgate listening on %s:%d (pid %d); version %s, request path %s",
         config.listen.host,
         running.port,
         os.getpid(),
+        __version__,
+        request_path_build(),
     )
     if running.metrics_port is not None:
         log.info(
