@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 #: The modules every proxied request runs through (route → authn → policy → rewrite →
 #: forward → record, and the connections on both sides). Everything else (configuration,
@@ -56,16 +57,29 @@ REQUEST_PATH = [
 ]
 
 
-def compiled_extensions() -> list:
-    """The request path as mypyc extensions when VGATE_COMPILE=1, else none."""
-    wanted = os.environ.get("VGATE_COMPILE", "").strip().lower()
-    if wanted in ("", "0", "false", "no"):
-        return []
-    if wanted not in ("1", "true", "yes"):
-        raise SystemExit(f"VGATE_COMPILE={wanted!r}: expected 1 (compile) or 0 (plain Python)")
-    from mypyc.build import mypycify  # a build requirement (pyproject.toml)
-
-    return mypycify(REQUEST_PATH, opt_level="3", debug_level="1")
+def wanted() -> bool:
+    """VGATE_COMPILE: 1 compiles the request path, unset or 0 does not."""
+    value = os.environ.get("VGATE_COMPILE", "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value not in ("1", "true", "yes"):
+        raise SystemExit(f"VGATE_COMPILE={value!r}: expected 1 (compile) or 0 (plain Python)")
+    return True
 
 
-setup(ext_modules=compiled_extensions())
+class BuildRequestPath(build_ext):
+    """Runs mypyc when extensions are built, not for every setup.py call (pip calls it three
+    times per wheel: build requirements, metadata, the wheel)."""
+
+    def finalize_options(self) -> None:
+        from mypyc.build import mypycify  # a build requirement (pyproject.toml)
+
+        self.distribution.ext_modules = mypycify(REQUEST_PATH, opt_level="3", debug_level="1")
+        super().finalize_options()
+
+
+# the placeholder tells setuptools the wheel is platform-specific; the command fills in the rest
+setup(
+    ext_modules=[Extension("gateway.pipeline", sources=[])] if wanted() else [],
+    cmdclass={"build_ext": BuildRequestPath},
+)

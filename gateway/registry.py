@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.model import Tenant as TenantConfig
 from gateway.credentials import TokenFile
+from gateway.http.tls_object import direct_records
 
 
 @dataclass(eq=False)
@@ -174,7 +175,7 @@ def _tls_context(tenant: TenantConfig, protocols: list[str]) -> ssl.SSLContext:
     if tenant.client_cert_file:
         context.load_cert_chain(str(tenant.client_cert_file), str(tenant.client_key_file))
     context.set_alpn_protocols(protocols)
-    return context
+    return direct_records(context)
 
 
 class TenantRegistry:

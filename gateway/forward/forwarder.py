@@ -36,10 +36,11 @@ def is_streaming(target: bytes) -> bool:
     start = target.find(b"?")
     if start < 0:
         return False  # the common case: no query at all
-    query = target[start + 1 :]
-    if b"watch=" not in query and b"follow=" not in query:
+    # `find`, not `in`: CPython's `bytes in bytes` first tries the operand as an integer and
+    # raises (then clears) a TypeError, which costs more than the search
+    if target.find(b"watch=", start) < 0 and target.find(b"follow=", start) < 0:
         return False  # without a generator
-    return any(m in query for m in _STREAMING_MARKERS)
+    return any(target.find(m, start) >= 0 for m in _STREAMING_MARKERS)
 
 
 class Forwarder:

@@ -19,6 +19,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
+from gateway.http.tls_object import direct_records
 from gateway.private_file import write_private
 
 log = logging.getLogger("vgate.tls")
@@ -28,7 +29,7 @@ def _new_context() -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])  # kubectl must not negotiate HTTP/2 with us
-    return ctx
+    return direct_records(ctx)
 
 
 class ServingCertificate:

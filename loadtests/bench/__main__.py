@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from loadtests.bench import (
+    compiled,
     directory,
     fairness,
     kube,
@@ -73,6 +74,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="watches at scale: SETTINGS_MAX_CONCURRENT_STREAMS of the TLS upstreams' HTTP/2 "
         f"connections (default {watch_h2.MAX_STREAMS}, a kube-apiserver's); 0: they offer "
         "ALPN http/1.1 only",
+    )
+    p.add_argument(
+        "--build",
+        choices=("compiled", "interpreted"),
+        default="compiled",
+        help="how vgate (and a --baseline checkout) runs: `compiled` (default), the request "
+        "path compiled by mypyc as the image ships it (VGATE_COMPILE=1; built once per source, "
+        "~70 s, cached), or `interpreted`, the plain Python of `pip install -e .`",
     )
     p.add_argument("--out", type=Path, help="write the Markdown report here")
     p.add_argument("--json", type=Path, help="write the raw numbers here")
@@ -365,11 +374,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: cannot run: {why}", file=sys.stderr)
         return 2
     procs.raise_nofile()
+    if args.build == "compiled":
+        stack.use_gateway(compiled.build(log=log))
+        if args.baseline is not None:
+            args.baseline = compiled.build(args.baseline.resolve(), log=log)
     work = Path(tempfile.mkdtemp(prefix="vgate-bench-"))
     work.chmod(0o755)
     started = time.monotonic()
     results: dict = {
-        "machine": report.machine(),
+        "machine": report.machine(args.build),
         "command": " ".join(["python -m loadtests.bench", *(argv or sys.argv[1:])]),
     }
     log(f"bench: work dir {work}; {results['machine']['summary']}")

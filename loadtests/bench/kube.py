@@ -198,7 +198,7 @@ def run(
             tls=pki,
             upstream_name="kubernetes.default.svc",
         ).start()
-        for name, checkout in (("vgate", stack.REPO_ROOT), ("vgate-baseline", baseline)):
+        for name, checkout in (("vgate", stack.GATEWAY_CHECKOUT), ("vgate-baseline", baseline)):
             if checkout is not None:
                 gates.append(
                     stack.Vgate(

@@ -120,7 +120,7 @@ def run(
                 procs.proxy_cpu(),
                 name=name,
                 workers=2,
-                checkout=checkout or stack.REPO_ROOT,
+                checkout=checkout or stack.GATEWAY_CHECKOUT,
                 extra={
                     "tenants": [],
                     "lifecycle": {"store": str(db), "manage": False, "provisioner": "local"},

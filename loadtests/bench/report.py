@@ -34,7 +34,9 @@ def _version(argv: list[str]) -> str:
     return text[0] if text else "?"
 
 
-def machine() -> dict:
+def machine(build: str = "interpreted") -> dict:
+    """The machine, versions and load average; `build`: how vgate runs (compiled or
+    interpreted)."""
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -61,7 +63,8 @@ def machine() -> dict:
         "nginx": _version([stack.nginx_binary() or "nginx", "-v"]).replace("nginx version: ", ""),
         "wrk": _version([wrk.wrk_binary() or "wrk", "-v"]).split(" [")[0],
         "vgate": commit
-        + (" (+ uncommitted changes in gateway/)" if dirty not in ("", "?") else ""),
+        + (" (+ uncommitted changes in gateway/)" if dirty not in ("", "?") else "")
+        + f", request path {build}",
         "load_start": procs.load_average(),
     }
     info["summary"] = (

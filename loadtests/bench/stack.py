@@ -19,6 +19,17 @@ from loadtests.bench import procs
 from loadtests.bench.issuer import GROUP, LocalIssuer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: whose gateway runs as "vgate": this checkout as it is, or its compiled copy (the bench's
+#: `--build compiled`, the default: what the image ships; see loadtests/bench/compiled.py)
+GATEWAY_CHECKOUT = REPO_ROOT
+
+
+def use_gateway(checkout: Path) -> None:
+    """Run every vgate of this bench from `checkout` (cwd and PYTHONPATH)."""
+    global GATEWAY_CHECKOUT
+    GATEWAY_CHECKOUT = checkout
+
+
 TENANT = "bench"
 LIST_PATH = "/api/v1/namespaces/default/pods?limit=500"
 
@@ -237,8 +248,8 @@ def nginx_proxy(
 
 
 class Vgate:
-    """`python -m gateway serve` from this checkout (or from `checkout`, another one: the
-    `--baseline` target), 1 worker unless `workers`, pinned to `cpu`. `roles` replaces the
+    """`python -m gateway serve` from `GATEWAY_CHECKOUT` (or from `checkout`, another one:
+    the `--baseline` target), 1 worker unless `workers`, pinned to `cpu`. `roles` replaces the
     bench policy's roles; `extra` is merged into the config. With `upstream_ca` the tenant's
     upstream is `https://` (verified against that CA); with `tls` vgate serves TLS;
     `credential` is the token vgate presents upstream (default: a dummy the static
@@ -255,12 +266,13 @@ class Vgate:
         workers: int = 1,
         roles: dict | None = None,
         extra: dict | None = None,
-        checkout: Path = REPO_ROOT,
+        checkout: Path | None = None,
         upstream_ca: Path | None = None,
         tls: ServingFiles | None = None,
         credential: str | None = None,
     ) -> None:
-        self.workdir, self.cpu, self.name, self.checkout = workdir, cpu, name, checkout
+        self.workdir, self.cpu, self.name = workdir, cpu, name
+        self.checkout = checkout or GATEWAY_CHECKOUT
         self.scheme = "https" if tls is not None else "http"
         token_file = "tenant.token"
         if credential is not None:  # the tenant's real credential (a ServiceAccount token)

@@ -8,6 +8,7 @@ wheel the Dockerfile installs, checking it carries the whole package.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shlex
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.deploy.chart import KubeTarget, render
+from tests.support.tiers import tool_missing
 
 ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILE = ROOT / "deploy/image/Dockerfile"
@@ -117,11 +119,18 @@ def test_helm_in_the_image_is_the_pinned_one() -> None:
 
 
 @pytest.mark.slow
-def test_the_wheel_carries_the_whole_package(tmp_path: Path) -> None:
+def test_the_wheel_carries_the_whole_package_with_its_request_path_compiled(
+    tmp_path: Path,
+) -> None:
+    """The build stage's wheel, built as it builds it (`VGATE_COMPILE=1`): every file of
+    gateway/, the request path also as mypyc extension modules, and installed on its own it
+    runs the compiled request path."""
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        tool_missing("no C compiler (apt-get install gcc): the image compiles the request path")
     # the build stage's context: exactly what its COPY lines take (and no build/ left here)
     context = tmp_path / "src"
     context.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, context / name)
     shutil.copytree(
         ROOT / "gateway", context / "gateway", ignore=shutil.ignore_patterns("__pycache__")
@@ -140,7 +149,8 @@ def test_the_wheel_carries_the_whole_package(tmp_path: Path) -> None:
         ],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=900,
+        env={**os.environ, "VGATE_COMPILE": "1"},
     )
     wheel = next((tmp_path / "wheels").glob("vgate-*.whl"))
     with zipfile.ZipFile(wheel) as whl:
@@ -154,3 +164,22 @@ def test_the_wheel_carries_the_whole_package(tmp_path: Path) -> None:
     assert sources - names == set(), "files of gateway/ missing from the wheel"
     assert not any(n.startswith("tests/") for n in names)
     assert "vgate = gateway.cli:main" in entry_points
+    native = {n.split(".cpython")[0] for n in names if n.endswith(".so")}
+    assert {"gateway/pipeline", "gateway/http/connection", "gateway/forward/connection"} <= native
+    assert any(n.endswith("__mypyc") for n in native), native  # mypyc's shared runtime
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), wheel],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    version = subprocess.run(
+        [sys.executable, "-P", "-m", "gateway", "--version"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.stdout.strip() == "vgate 0.1.0 (request path compiled)", version
