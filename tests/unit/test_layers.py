@@ -54,7 +54,7 @@ ALLOWED: dict[str, set[str]] = {
     "private_file": set(),
     "config": {"names"},
     "credentials": {"private_file"},
-    "registry": {"config", "credentials"},
+    "registry": {"config", "credentials", "http"},  # http.tls_object: the TLS contexts
     "tenant_api": {"registry"},  # the gateway's own calls to tenants (reviews)
     "flow": {
         "http",
