@@ -50,7 +50,10 @@ def ensure_node_modules(directory: Path = DEV_IDP_DIR) -> None:
 
     if fresh():
         return
-    lock_file = Path(tempfile.gettempdir()) / f"vgate-dev-idp-npm-{os.getuid()}.lock"
+    # one lock per node_modules: starts from the same checkout wait for each other's
+    # `npm ci`, a start from another checkout (a clone, a worktree) does not
+    where = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    lock_file = Path(tempfile.gettempdir()) / f"vgate-dev-idp-npm-{os.getuid()}-{where}.lock"
     with lock_file.open("w") as lf:
         fcntl.flock(lf, fcntl.LOCK_EX)  # concurrent starts: one npm ci at a time
         if fresh():

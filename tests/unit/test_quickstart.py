@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,53 @@ def test_no_cluster_at_all_says_both_ways_out(
     with pytest.raises(QuickstartError) as info:
         prepare(Options(directory=tmp_path / "qs", port=free_port(), idp_port=free_port()))
     assert "no current context" in str(info.value) and "--envtest" in str(info.value)
+
+
+def _fake_npm(bin_dir: Path, log: Path, seconds: float) -> None:
+    """An `npm` that takes `seconds`, logs its directory and leaves what `npm ci` leaves."""
+    bin_dir.mkdir()
+    for name in ("node", "npm"):
+        tool = bin_dir / name
+        tool.write_text(
+            "#!/bin/sh\n"
+            f'echo "$PWD" >> {log}\n'
+            f"sleep {seconds}\n"
+            "mkdir -p node_modules/oidc-provider\n"
+            "echo {} > node_modules/oidc-provider/package.json\n"
+        )
+        tool.chmod(0o755)
+
+
+def _idp_dir(path: Path) -> Path:
+    path.mkdir()
+    (path / "server.mjs").write_text("// the dev IdP\n")
+    (path / "package-lock.json").write_text('{"lockfileVersion": 3}\n')
+    return path
+
+
+def test_npm_ci_waits_for_the_same_checkout_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two starts from one checkout run `npm ci` once (the second waits, then finds it
+    done); a start from another checkout (a clone, a worktree) does not wait for it."""
+    import threading
+    import time
+
+    from gateway.quickstart.dev_idp import ensure_node_modules
+
+    log = tmp_path / "npm.log"
+    _fake_npm(tmp_path / "bin", log, 1.5)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    one, other = _idp_dir(tmp_path / "one"), _idp_dir(tmp_path / "other")
+    started = time.monotonic()
+    threads = [threading.Thread(target=ensure_node_modules, args=(d,)) for d in (one, one, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    elapsed = time.monotonic() - started
+    runs = log.read_text().split()
+    assert sorted(runs) == sorted([str(one), str(other)])  # once per checkout
+    assert elapsed < 2.9, f"the other checkout waited for the first one's npm ci ({elapsed:.1f}s)"
+    ensure_node_modules(one)  # fresh now: no npm at all
+    assert len(log.read_text().split()) == 2
