@@ -121,8 +121,8 @@ class MultiplexPool:
                 u, lambda: MultiplexConnection(self), u.ssl_multiplex, self.connect_timeout
             )
             await asyncio.wait_for(conn.ready, max(deadline - loop.time(), 0.001))
-        except NotMultiplexed as exc:
-            log.info("tenant %s: no HTTP/2 (%s); watches use HTTP/1.1", u.name, exc)
+        except NotMultiplexed as why:
+            log.info("tenant %s: no HTTP/2 (%s); watches use HTTP/1.1", u.name, why)
             return _NOT_MULTIPLEXED
         except TimeoutError:
             return Failure("connect timeout", 504)
