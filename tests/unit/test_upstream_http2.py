@@ -576,6 +576,33 @@ def test_http2_for_watches_off_keeps_watches_on_http11(tmp_path, issuer, pki, to
         up.stop()
 
 
+def test_a_watch_to_a_tenant_nothing_listens_for_gets_502(tmp_path, issuer, pki, token, caplog):
+    """The HTTP/2 connect is refused: the watch is answered with the connect failure, as an
+    expected one (not as an error the pool did not foresee)."""
+    ca, _ = pki
+    with socket.socket() as vacant:  # a port nothing listens on once it is closed
+        vacant.bind(("127.0.0.1", 0))
+        port = vacant.getsockname()[1]
+    config = viewer_config(
+        tmp_path,
+        issuer.issuer,
+        {"gone": f"https://127.0.0.1:{port}"},
+        ca_file=ca.cert_file,
+        token=TOKEN.decode(),
+    )
+    with (
+        GatewayThread(tmp_path, config) as gw,
+        httpx.Client(
+            base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ) as c,
+    ):
+        r = c.get(watch("a", "gone"))
+    assert r.status_code == 502
+    assert status_of(r)["message"] == "the API server of tenant gone is unreachable"
+    assert "tenant gone upstream" in caplog.text and "connect failed: [Errno 111]" in caplog.text
+    assert not [x for x in caplog.records if x.levelname == "ERROR"], caplog.text
+
+
 # -- the health check of an HTTP/2 connection -----------------------------------------------
 
 
