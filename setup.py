@@ -9,52 +9,26 @@ checks into native attribute access and direct calls, and checks them at run tim
 
 from __future__ import annotations
 
+import ast
 import os
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-#: The modules every proxied request runs through (route → authn → policy → rewrite →
-#: forward → record, and the connections on both sides). Everything else (configuration,
-#: lifecycle, portal, login, CLI) stays interpreted: it runs once per change, not per request.
-REQUEST_PATH = [
-    "gateway/flow.py",
-    "gateway/pipeline.py",
-    "gateway/route.py",
-    "gateway/rewrite.py",
-    "gateway/identity.py",
-    "gateway/credentials.py",
-    "gateway/metrics.py",
-    "gateway/http/admission.py",
-    "gateway/http/client_address.py",
-    "gateway/http/connection.py",
-    "gateway/http/exchange.py",
-    "gateway/http/headers.py",
-    "gateway/http/status.py",
-    "gateway/http/target.py",
-    "gateway/authn/authenticator.py",
-    "gateway/authn/errors.py",
-    "gateway/authn/jws.py",
-    "gateway/authn/keys.py",
-    "gateway/authn/tenant_tokens.py",
-    "gateway/authn/token_cache.py",
-    "gateway/authn/verify.py",
-    "gateway/policy/engine.py",
-    "gateway/forward/connection.py",
-    "gateway/forward/failure.py",
-    "gateway/forward/forwarder.py",
-    "gateway/forward/health.py",
-    "gateway/forward/multiplex.py",
-    "gateway/forward/multiplex_pool.py",
-    "gateway/forward/pool.py",
-    "gateway/forward/response.py",
-    "gateway/limits/limiter.py",
-    "gateway/limits/table.py",
-    "gateway/names/dn.py",
-    "gateway/names/kube.py",
-    "gateway/record/audit.py",
-    "gateway/record/recorder.py",
-]
+HERE = Path(__file__).resolve().parent
+
+
+def request_path() -> list[str]:
+    """The source files of `gateway.build_info.REQUEST_PATH` (the modules every proxied
+    request runs through), read from that file: the package is not importable here."""
+    tree = ast.parse((HERE / "gateway" / "build_info.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "REQUEST_PATH" for t in node.targets
+        ):
+            return [f"{name.replace('.', '/')}.py" for name in ast.literal_eval(node.value)]
+    raise SystemExit("gateway/build_info.py has no REQUEST_PATH literal")
 
 
 def wanted() -> bool:
@@ -74,7 +48,7 @@ class BuildRequestPath(build_ext):
     def finalize_options(self) -> None:
         from mypyc.build import mypycify  # a build requirement (pyproject.toml)
 
-        self.distribution.ext_modules = mypycify(REQUEST_PATH, opt_level="3", debug_level="1")
+        self.distribution.ext_modules = mypycify(request_path(), opt_level="3", debug_level="1")
         super().finalize_options()
 
 

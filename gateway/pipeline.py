@@ -297,10 +297,10 @@ class Pipeline:
             flow.identity = await tokens.authenticate(flow.upstream, token)
         except AuthError as exc:
             return self._unauthenticated(flow, exc)
-        except CredentialRefused as exc:
-            return self._gateway_refused(flow, exc)
-        except TokenReviewUnavailable as exc:
-            flow.end(Outcome.UNAVAILABLE, str(exc))
+        except CredentialRefused as refused:
+            return self._gateway_refused(flow, refused)
+        except TokenReviewUnavailable as unavailable:
+            flow.end(Outcome.UNAVAILABLE, str(unavailable))
             flow.exchange.fail(
                 503,
                 f'tenant "{flow.tenant}" could not check this token right now; try again',
@@ -521,10 +521,10 @@ class Pipeline:
         assert flow.upstream is not None and flow.grant is not None
         try:
             decision = await nested.decide(flow.upstream, flow.grant, requested)
-        except CredentialRefused as exc:
-            return self._gateway_refused(flow, exc)
-        except ReviewUnavailable as exc:
-            flow.end(Outcome.REFUSED, str(exc))
+        except CredentialRefused as refused:
+            return self._gateway_refused(flow, refused)
+        except ReviewUnavailable as unavailable:
+            flow.end(Outcome.REFUSED, str(unavailable))
             flow.exchange.fail(
                 503,
                 "the tenant's API server could not check the impersonation request; try again",

@@ -200,8 +200,8 @@ class TenantTokens:
             return self._rejected(upstream, f"TokenReview: {error}")
         try:
             identity = self._identity(upstream, token, status.get("user") or {})
-        except ValueError as exc:
-            return self._rejected(upstream, f"TokenReview answer unusable: {exc}")
+        except ValueError as unusable:
+            return self._rejected(upstream, f"TokenReview answer unusable: {unusable}")
         self.on_review(upstream.name, "authenticated")
         return _Answer(identity, "", identity.expires_at)
 

@@ -214,8 +214,8 @@ class UpstreamConnection(asyncio.Protocol):
             if client is not None:
                 client.uncork()  # the 101 head goes out before any tunnelled byte
             self._enter_tunnel(data[offset:])
-        except httptools.HttpParserError as exc:
-            log.warning("malformed response from upstream: %s", exc)
+        except httptools.HttpParserError as malformed:
+            log.warning("malformed response from upstream: %s", malformed)
             if self.transport is not None:
                 self.transport.abort()
         finally:

@@ -230,10 +230,10 @@ class MultiplexConnection(asyncio.Protocol):
             return
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.DenialOfServiceError as exc:  # hpack: a header list too large
+        except h2.exceptions.DenialOfServiceError as too_large:  # hpack: a header list too large
             max_bytes = self.pool.head_limits.max_bytes
             self._broken(
-                f"response head over the limits ({exc}, limit {max_bytes} bytes)",
+                f"response head over the limits ({too_large}, limit {max_bytes} bytes)",
                 f"a response head over {max_bytes} bytes",
             )
             return

@@ -121,8 +121,8 @@ class MultiplexPool:
                 u, lambda: MultiplexConnection(self), u.ssl_multiplex, self.connect_timeout
             )
             await asyncio.wait_for(conn.ready, max(deadline - loop.time(), 0.001))
-        except NotMultiplexed as exc:
-            log.info("tenant %s: no HTTP/2 (%s); watches use HTTP/1.1", u.name, exc)
+        except NotMultiplexed as why:
+            log.info("tenant %s: no HTTP/2 (%s); watches use HTTP/1.1", u.name, why)
             return _NOT_MULTIPLEXED
         except TimeoutError:
             return Failure("connect timeout", 504)
@@ -146,6 +146,12 @@ class MultiplexPool:
 
     def _drain(self) -> None:
         """Open waiting requests on connections with room; connect again for the rest."""
+        self._open_waiting()
+        if self.waiting:
+            self._grow()
+
+    def _open_waiting(self) -> None:
+        """Open waiting requests on connections with room."""
         while self.waiting:
             conn = next((c for c in self.connections if c.capacity > 0), None)
             if conn is None:
@@ -156,13 +162,13 @@ class MultiplexPool:
                 if flow.exchange.conn.closed:
                     continue  # gone while waiting
                 conn.open(flow, timeout=timeout)
-        if self.waiting:
-            self._grow()
 
     def _fail_waiting(self, failure: Failure) -> None:
         """A connect failed: the requests it was to carry get the failure, unless another
-        connection has room or a connect is still under way."""
-        self._drain()
+        connection has room or a connect is still under way (no new connect is started for
+        them: against a tenant that refuses at once, that would be a busy loop of connects
+        while they wait)."""
+        self._open_waiting()
         if self.connecting:
             return
         waiting, self.waiting = self.waiting, []

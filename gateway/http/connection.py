@@ -187,14 +187,14 @@ class ClientConnection(asyncio.Protocol):
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self.tunnel_buffer = []
             self._buffer_tunnel(data[offset:])
-        except _Refused as exc:
-            self._refuse(exc.code, exc.message)
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
+        except _Refused as refused:
+            self._refuse(refused.code, refused.message)
+        except httptools.HttpParserError as malformed:
+            cause = malformed.__context__
             if isinstance(cause, _Refused):  # raised inside a parser callback
                 self._refuse(cause.code, cause.message)
             elif not self.closed:
-                self._refuse(400, f"malformed HTTP request: {exc}")
+                self._refuse(400, f"malformed HTTP request: {malformed}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -1,5 +1,5 @@
 """vgate as the image ships it: a copy of this working tree with the request path compiled
-by mypyc (`VGATE_COMPILE=1`, setup.py's `REQUEST_PATH`), for the bench and the tests that
+by mypyc (`VGATE_COMPILE=1`, `gateway.build_info.REQUEST_PATH`), for the bench and the tests that
 run the compiled build.
 
 A build is reused while its inputs are unchanged: the key hashes every file under

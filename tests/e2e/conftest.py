@@ -8,6 +8,7 @@ under this folder is marked `e2e`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 import shutil
 import time
@@ -187,7 +188,14 @@ def recipe_credential(
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """`vgate serve` (two workers) with static tenants: real API servers on one etcd."""
     require_binaries()
-    base = tmp_path_factory.mktemp("served-e2e")
+    with served_world(tmp_path_factory.mktemp("served-e2e")) as world:
+        yield world
+
+
+@contextlib.contextmanager
+def served_world(base: Path, checkout: Path | None = None) -> Iterator[World]:
+    """`served`'s world in `base`: `vgate serve` (two workers, this checkout's or the one in
+    `checkout`) in front of real API servers whose credential the README's recipe made."""
     ca = TestCA(base / "pki")
     leaf = ca.issue("gateway", ["127.0.0.1", "localhost", BASE_DOMAIN, f"*.{BASE_DOMAIN}"])
     with (
@@ -209,12 +217,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
         config = {
             **gateway_config(base, leaf, idp, tuple(real.servers)),
-            "listen": {"host": "127.0.0.1", "port": envtest.free_port()},
+            "listen": {
+                "host": "127.0.0.1",
+                "port": envtest.free_port(),
+                "metrics_port": envtest.free_port(),
+            },
             "workers": 2,
             "tenants": tenant_entries(real, base),
         }
         (base / "vgate.yaml").write_text(yaml.safe_dump(config))
-        with ServedGateway(base / "vgate.yaml", workers=2) as gateway:
+        with ServedGateway(base / "vgate.yaml", workers=2, checkout=checkout) as gateway:
             yield World(base, ca, idp, gateway, dict(real.servers), config)
 
 

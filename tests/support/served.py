@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -17,12 +18,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class ServedGateway:
     """Starts `python -m gateway serve --config <file>` and waits until `workers` workers
-    say they listen; `port` and `url` are theirs. Use as a context manager (SIGTERM on exit)."""
+    say they listen; `port` and `url` are theirs. Use as a context manager (SIGTERM on exit).
 
-    def __init__(self, config_file: Path, *, workers: int = 1, timeout: float = 20.0) -> None:
+    The gateway is this checkout's, or with `checkout` the one in that tree (its working
+    directory and all of PYTHONPATH: e.g. a compiled copy, loadtests/bench/compiled.py)."""
+
+    def __init__(
+        self,
+        config_file: Path,
+        *,
+        workers: int = 1,
+        timeout: float = 20.0,
+        checkout: Path | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config_file)],
-            cwd=ROOT,
+            cwd=checkout or ROOT,
+            env=None if checkout is None else {**os.environ, "PYTHONPATH": str(checkout)},
             stderr=subprocess.PIPE,
             text=True,
         )

@@ -141,14 +141,15 @@ def test_slow_request_head_is_not_cut_by_the_idle_timer(gateway, issuer) -> None
 class _Transport:
     """Records every write (each one is a send system call on a real socket)."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: str = "127.0.0.1") -> None:
         self.writes: list[bytes] = []
+        self.peer = peer
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
     def get_extra_info(self, _name: str) -> tuple[str, int]:
-        return ("127.0.0.1", 1)
+        return (self.peer, 1)
 
     def close(self) -> None:
         pass
@@ -236,34 +237,29 @@ def _identity(user: str, groups: tuple[str, ...]) -> Identity:
     )
 
 
-class _Conn:
-    def __init__(self, peer: str) -> None:
-        self.peer = peer
+def _flow(
+    *,
+    peer: str = "127.0.0.1",
+    method: bytes = b"GET",
+    target: bytes = b"/clusters/t/x",
+    status: int = 200,
+    bytes_out: int = 12,
+) -> Flow:
+    """A flow on a real exchange: the request head parsed by a client connection from
+    `peer`, and what its answer would have set (status, bytes sent)."""
+    from gateway.config.model import Limits
+    from gateway.http.connection import ClientConnection
+
+    dispatcher = _Dispatcher()
+    conn = ClientConnection(dispatcher, Limits(), set())
+    conn.connection_made(_Transport(peer))  # type: ignore[arg-type]
+    conn.data_received(method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    [exchange] = dispatcher.exchanges
+    exchange.status, exchange.bytes_out = status, bytes_out
+    return Flow(exchange)
 
 
-class _Exchange:
-    """What the audit line reads of an exchange."""
-
-    def __init__(
-        self,
-        *,
-        peer: str = "127.0.0.1",
-        method: bytes = b"GET",
-        target: bytes = b"/clusters/t/x",
-        status: int = 200,
-        bytes_out: int = 12,
-    ):
-        self.conn = _Conn(peer)
-        self.request_id = b"0123-4567"
-        self.method, self.target, self.status, self.bytes_out = method, target, status, bytes_out
-        self.started = time.monotonic()
-
-
-def _flow(**exchange: object) -> Flow:
-    return Flow(_Exchange(**exchange))  # type: ignore[arg-type]
-
-
-def test_audit_lines_are_json_with_each_requests_identity(tmp_path: Path) -> None:
+async def test_audit_lines_are_json_with_each_requests_identity(tmp_path: Path) -> None:
     log = AuditLog(str(tmp_path / "audit.log"))
     grants = []
     for user in ("alice", "bob", "alice"):
@@ -370,4 +366,5 @@ def test_audit_lines_buffered_then_written_by_the_timer_and_at_size(tmp_path: Pa
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(lines) == 1 + audit_module.MAX_BUFFERED_LINES
     assert {x["method"] for x in lines} == {"PATCH"}
+    assert {x["source"] for x in lines} == {"10.0.0.1"}
     assert all(isinstance(x["duration_ms"], float) for x in lines)

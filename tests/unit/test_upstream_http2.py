@@ -14,6 +14,7 @@ tests/integration/test_kubectl.py::test_watches_share_one_http2_connection_upstr
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -524,15 +525,19 @@ def test_a_tenant_without_h2_gets_watches_over_http11_and_is_remembered(w: World
 
 def test_a_request_http2_refuses_to_frame_goes_over_http11(w: World, client, monkeypatch):
     """A field the h2 library refuses to send (here: `TE` other than ``trailers``, which
-    `request_fields` never lets through) must not fail the watch: it goes over HTTP/1.1."""
-    from gateway.forward import multiplex
+    `request_fields` never lets through) must not fail the watch: it goes over HTTP/1.1.
+    The field is added where the gateway hands its fields to h2 (a compiled
+    `request_fields` is called directly, so it cannot be wrapped)."""
+    from h2.connection import H2Connection
 
-    framed = multiplex.request_fields
-    monkeypatch.setattr(
-        multiplex,
-        "request_fields",
-        lambda head, authority: [*framed(head, authority), (b"te", b"gzip")],
-    )
+    send_headers = H2Connection.send_headers
+
+    def with_te(self, stream_id, headers, *args, **kwargs):
+        if self.config.client_side:  # the gateway's side, not the stand-in tenant's
+            headers = [*headers, (b"te", b"gzip")]
+        return send_headers(self, stream_id, headers, *args, **kwargs)
+
+    monkeypatch.setattr(H2Connection, "send_headers", with_te)
     with client.stream("GET", watch("a")) as r:
         assert r.status_code == 200
         assert names(r.iter_lines(), 1) == ["pod-0"]
@@ -574,6 +579,34 @@ def test_http2_for_watches_off_keeps_watches_on_http11(tmp_path, issuer, pki, to
         assert [c.alpn for c in up.connections] == ["http/1.1"]
     finally:
         up.stop()
+
+
+def test_a_watch_to_a_tenant_nothing_listens_for_gets_502(tmp_path, issuer, pki, token, caplog):
+    """The HTTP/2 connect is refused: the watch is answered with the connect failure, as an
+    expected one (not as an error the pool did not foresee)."""
+    ca, _ = pki
+    with socket.socket() as vacant:  # a port nothing listens on once it is closed
+        vacant.bind(("127.0.0.1", 0))
+        port = vacant.getsockname()[1]
+    config = viewer_config(
+        tmp_path,
+        issuer.issuer,
+        {"gone": f"https://127.0.0.1:{port}"},
+        ca_file=ca.cert_file,
+        token=TOKEN.decode(),
+    )
+    with (
+        GatewayThread(tmp_path, config) as gw,
+        httpx.Client(
+            base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ) as c,
+    ):
+        r = c.get(watch("a", "gone"))
+    assert r.status_code == 502
+    assert status_of(r)["message"] == "the API server of tenant gone is unreachable"
+    assert "tenant gone upstream" in caplog.text and "connect failed: [Errno 111]" in caplog.text
+    errors = [x for x in caplog.records if x.levelno >= logging.ERROR]
+    assert not [x for x in errors if x.name.startswith("vgate")], caplog.text  # unforeseen
 
 
 # -- the health check of an HTTP/2 connection -----------------------------------------------

@@ -638,19 +638,20 @@ def test_metrics_are_served_only_on_their_own_listener(gateway, token) -> None:
 
 
 def test_a_grant_with_an_unsafe_name_is_refused_before_anything_leaves(
-    gateway, token, upstream
+    gateway, issuer, upstream
 ) -> None:
-    policy = gateway.gateway.policy
-    real = policy.decide
-
-    def decide(identity, tenant, membership=None):
-        return Grant(tenant, identity.username + " ", identity.uid, ("vgate:view",), ("view",), ())
-
-    policy.decide = decide  # type: ignore[method-assign]
-    try:
-        reply = _exchange(gateway, _get(token, target=b"/clusters/live/api/v1/pods"))
-    finally:
-        policy.decide = real  # type: ignore[method-assign]
+    """The policy engine grants a name no check before the last would let through: the
+    impersonation headers are never built. (The grant is put in the engine's memo of
+    decisions for the identity the request's token yields, so `decide` answers with it.)"""
+    token = issuer.sign(issuer.claims(groups=["developers"], jti="unsafe-grant"))
+    authenticator, policy = gateway.gateway.authenticator, gateway.gateway.policy
+    gateway.call(authenticator.verify_now, token)
+    identity = gateway.call(authenticator.cached, token)
+    grant = Grant("live", identity.username + " ", identity.uid, ("vgate:view",), ("view",), ())
+    memo = (id(identity), "live", id(None))
+    gateway.call(policy._decided.__setitem__, memo, (identity, None, grant))
+    assert gateway.call(policy.decide, identity, "live") is grant
+    reply = _exchange(gateway, _get(token.encode(), target=b"/clusters/live/api/v1/pods"))
     assert _status(reply) == 403 and "cannot be passed on safely" in _body(reply)["message"]
     assert upstream.heads == []
 
