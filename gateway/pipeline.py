@@ -420,11 +420,14 @@ class Pipeline:
     def authorize(self, flow: Flow) -> Next:
         identity, tenant = flow.identity, flow.tenant
         assert identity is not None and tenant is not None
-        decision = (
-            self.policy.decide(identity, tenant)
-            if flow.membership is None
-            else self.policy.decide(identity, tenant, flow.membership)
-        )
+        try:
+            decision = (
+                self.policy.decide(identity, tenant)
+                if flow.membership is None
+                else self.policy.decide(identity, tenant, flow.membership)
+            )
+        except UnsafeName as unsafe:  # measuring the headers met a name that cannot leave
+            return self._not_passed_on(flow, unsafe)
         if isinstance(decision, Deny):
             if isinstance(decision, TooLarge):
                 flow.end(Outcome.REFUSED, decision.reason)
@@ -439,6 +442,13 @@ class Pipeline:
         if flow.upstream is None:
             return self._not_routable(flow)
         return None
+
+    @staticmethod
+    def _not_passed_on(flow: Flow, unsafe: UnsafeName) -> Next:
+        """403: a name of this identity cannot travel as an impersonation header."""
+        flow.end(Outcome.REFUSED, f"not impersonated: {unsafe}")
+        flow.fail(403, "the identity of this request cannot be passed on safely")
+        return DONE
 
     def _not_routable(self, flow: Flow) -> Next:
         """A granted request for a tenant without a route: the route may have come while
@@ -639,10 +649,8 @@ class Pipeline:
                 identity_block = credential_block(
                     upstream.authorization() if upstream.authorization else None, grant
                 )
-            except UnsafeName as exc:  # the last check of every name: nothing leaves
-                flow.end(Outcome.REFUSED, f"not impersonated: {exc}")
-                flow.fail(403, "the identity of this request cannot be passed on safely")
-                return DONE
+            except UnsafeName as unsafe:  # the last check of every name: nothing leaves
+                return self._not_passed_on(flow, unsafe)
         if exchange.chunked_in:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif exchange.content_length:

@@ -25,6 +25,7 @@ from loadtests.bench.stack import REPO_ROOT
 
 BUILD_TIMEOUT = 1200  # seconds: mypyc + gcc over the request path take ~70 s on 2 cores
 KEEP_BUILDS = 3
+IDLE_BEFORE_PRUNE = 6 * 3600  # seconds since a build's last use before it may go
 #: what the build reads: a change to any of these is a new build
 _INPUTS = ("gateway", "setup.py", "pyproject.toml")
 
@@ -122,12 +123,16 @@ def compiled_modules(root: Path) -> list[str]:
 
 
 def _prune(root: Path, keep: Path) -> None:
-    """Drop all but the KEEP_BUILDS most recently used builds (never `keep`)."""
+    """Drop builds beyond the KEEP_BUILDS most recently used that nobody used for
+    IDLE_BEFORE_PRUNE seconds (another session may be running from one), with their lock
+    files; never `keep`."""
     builds = sorted(
         (p for p in root.iterdir() if (p / ".built").exists()),
         key=lambda p: (p / ".built").stat().st_mtime,
         reverse=True,
     )
     for old in builds[KEEP_BUILDS:]:
-        if old != keep:
-            shutil.rmtree(old, ignore_errors=True)
+        if old == keep or time.time() - (old / ".built").stat().st_mtime < IDLE_BEFORE_PRUNE:
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        (root / f"{old.name}.lock").unlink(missing_ok=True)

@@ -8,6 +8,8 @@ reaches it: "refused before anything leaves" is checked as "the upstream saw no 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import socket
 import threading
@@ -651,6 +653,25 @@ def test_a_grant_with_an_unsafe_name_is_refused_before_anything_leaves(
     memo = (id(identity), "live", id(None))
     gateway.call(policy._decided.__setitem__, memo, (identity, None, grant))
     assert gateway.call(policy.decide, identity, "live") is grant
+    reply = _exchange(gateway, _get(token.encode(), target=b"/clusters/live/api/v1/pods"))
+    assert _status(reply) == 403 and "cannot be passed on safely" in _body(reply)["message"]
+    assert upstream.heads == []
+
+
+def test_an_identity_with_an_unsafe_name_is_refused_by_the_policy_step_too(
+    gateway, issuer, upstream
+) -> None:
+    """The policy engine measures the impersonation headers of every grant it makes: an
+    unsafe name met there is the same 403 as at the rewrite step (it was a 500), and
+    nothing leaves. (The verified token's cached identity is swapped for one whose name no
+    check before the last would let through.)"""
+    token = issuer.sign(issuer.claims(groups=["developers"], jti="unsafe-identity"))
+    authenticator = gateway.gateway.authenticator
+    identity = gateway.call(authenticator.verify_now, token)
+    unsafe = dataclasses.replace(identity, username=identity.username + "\r\nX-Evil: 1")
+    digest = hashlib.sha256(token.encode()).digest()
+    gateway.call(authenticator._cache.put, digest, unsafe)
+    assert gateway.call(authenticator.cached, token) is unsafe
     reply = _exchange(gateway, _get(token.encode(), target=b"/clusters/live/api/v1/pods"))
     assert _status(reply) == 403 and "cannot be passed on safely" in _body(reply)["message"]
     assert upstream.heads == []
