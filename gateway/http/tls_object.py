@@ -8,7 +8,7 @@ calls C directly. Same calls, same arguments, same exceptions; the rest of `SSLO
 (handshake, certificates, ALPN, shutdown) is unchanged.
 
 This leans on `SSLObject._create` and the `_sslobj` it sets, private to CPython's `ssl`
-module (unchanged from 3.7 to 3.13); `tests/unit/test_tls_object.py` fails if either moves.
+module (as in the 3.11 this runs on); `tests/unit/test_tls_object.py` fails if either moves.
 """
 
 from __future__ import annotations
