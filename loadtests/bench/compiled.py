@@ -1,6 +1,7 @@
 """vgate as the image ships it: a copy of this working tree with the request path compiled
 by mypyc (`VGATE_COMPILE=1`, `gateway.build_info.REQUEST_PATH`), for the bench and the tests that
-run the compiled build.
+run the compiled build. The wheel is built as the Dockerfile builds it (`pip wheel`) and
+unpacked over the copy; `wheel()` is that wheel.
 
 A build is reused while its inputs are unchanged: the key hashes every file under
 `gateway/`, `setup.py`, `pyproject.toml`, the mypy version and the Python version. The rest of
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +27,10 @@ from loadtests.bench.stack import REPO_ROOT
 
 BUILD_TIMEOUT = 1200  # seconds: mypyc + gcc over the request path take ~70 s on 2 cores
 KEEP_BUILDS = 3
+WHEEL_DIR = ".wheel"
 IDLE_BEFORE_PRUNE = 6 * 3600  # seconds since a build's last use before it may go
+#: how a build is made: a new recipe is a new build
+_RECIPE = "pip wheel, unpacked"
 #: what the build reads: a change to any of these is a new build
 _INPUTS = ("gateway", "setup.py", "pyproject.toml")
 
@@ -55,7 +60,7 @@ def build_key(source: Path, files: list[str]) -> str:
     import mypy.version
 
     digest = hashlib.sha256()
-    digest.update(f"{mypy.version.__version__}|{sys.version}".encode())
+    digest.update(f"{_RECIPE}|{mypy.version.__version__}|{sys.version}".encode())
     for rel in files:
         if rel.split("/", 1)[0] in _INPUTS:
             digest.update(rel.encode() + b"\0" + (source / rel).read_bytes() + b"\0")
@@ -93,8 +98,13 @@ def build(source: Path = REPO_ROOT, log: Callable[[str], None] = print) -> Path:
             _copy(source, dest, files, gateway_too=True)
             log(f"compiling the request path with mypyc into {dest} ...")
             t0 = time.monotonic()
+            # the image's build: `pip wheel` with VGATE_COMPILE=1 (isolated, like the
+            # Dockerfile's build stage), then the wheel unpacked over the copy
             result = subprocess.run(
-                [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                [
+                    *(sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check"),
+                    *("--no-deps", "--wheel-dir", str(dest / WHEEL_DIR), "."),
+                ],
                 cwd=dest,
                 env={**os.environ, "VGATE_COMPILE": "1"},
                 capture_output=True,
@@ -104,13 +114,21 @@ def build(source: Path = REPO_ROOT, log: Callable[[str], None] = print) -> Path:
             if result.returncode != 0:
                 tail = (result.stdout + result.stderr)[-4000:]
                 raise RuntimeError(f"the mypyc build failed (exit {result.returncode}):\n{tail}")
-            shutil.rmtree(dest / "build", ignore_errors=True)  # mypyc's generated C
+            with zipfile.ZipFile(wheel(dest)) as built:
+                built.extractall(dest)
+            for leftover in ("build", "vgate.egg-info"):  # setuptools' in-tree build
+                shutil.rmtree(dest / leftover, ignore_errors=True)
             (dest / ".built").write_text(f"{time.monotonic() - t0:.0f}\n")
             log(f"compiled in {time.monotonic() - t0:.0f}s")
         _copy(source, dest, files, gateway_too=False)
         (dest / ".built").touch()  # last used: what pruning keeps
     _prune(root, keep=dest)
     return dest
+
+
+def wheel(root: Path) -> Path:
+    """The wheel a build made (what the image installs)."""
+    return next((root / WHEEL_DIR).glob("vgate-*.whl"))
 
 
 def compiled_modules(root: Path) -> list[str]:

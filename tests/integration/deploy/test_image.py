@@ -122,37 +122,18 @@ def test_helm_in_the_image_is_the_pinned_one() -> None:
 def test_the_wheel_carries_the_whole_package_with_its_request_path_compiled(
     tmp_path: Path,
 ) -> None:
-    """The build stage's wheel, built as it builds it (`VGATE_COMPILE=1`): every file of
-    gateway/, the request path also as mypyc extension modules, and installed on its own it
-    runs the compiled request path."""
+    """The build stage's wheel, built as it builds it (`pip wheel` with `VGATE_COMPILE=1`,
+    the build the bench and the compiled e2e tests share): every file of gateway/, the
+    request path also as mypyc extension modules, and installed on its own it runs the
+    compiled request path."""
+    from loadtests.bench import compiled
+
     if shutil.which("gcc") is None and shutil.which("cc") is None:
         tool_missing("no C compiler (apt-get install gcc): the image compiles the request path")
-    # the build stage's context: exactly what its COPY lines take (and no build/ left here)
-    context = tmp_path / "src"
-    context.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
-        shutil.copy(ROOT / name, context / name)
-    shutil.copytree(
-        ROOT / "gateway", context / "gateway", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--wheel-dir",
-            str(tmp_path / "wheels"),
-            str(context),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=900,
-        env={**os.environ, "VGATE_COMPILE": "1"},
-    )
-    wheel = next((tmp_path / "wheels").glob("vgate-*.whl"))
+    try:
+        wheel = compiled.wheel(compiled.build(log=lambda _: None))
+    except RuntimeError as failed:
+        pytest.fail(str(failed), pytrace=False)
     with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
         entry_points = next(whl.read(n).decode() for n in names if n.endswith("entry_points.txt"))
