@@ -86,7 +86,7 @@ class AuditLog:
             f'"decision":{_DECISIONS[flow.outcome._name_]},'
             f'"reason":{encode_basestring_ascii(reason) if reason else "null"},'
             f'"method":{method},"path":{path},'
-            f'"status":{int(exchange.status)},"bytes":{int(exchange.bytes_out)},'
+            f'"status":{exchange.status},"bytes":{exchange.bytes_out},'
             f'"duration_ms":{duration_ms}{optional}}}\n'
         )
         if len(lines) >= MAX_BUFFERED_LINES:

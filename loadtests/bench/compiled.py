@@ -15,9 +15,11 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -33,6 +35,18 @@ IDLE_BEFORE_PRUNE = 6 * 3600  # seconds since a build's last use before it may g
 _RECIPE = "pip wheel, unpacked"
 #: what the build reads: a change to any of these is a new build
 _INPUTS = ("gateway", "setup.py", "pyproject.toml")
+
+
+def missing_toolchain() -> str | None:
+    """Why this machine cannot build the compiled request path (one line), or None: mypyc's
+    C needs the compiler Python was built with and Python's headers."""
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
+    if shutil.which(cc) is None:
+        return f"the compiled build needs a C compiler ({cc} is not installed)"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.exists():
+        return f"the compiled build needs Python's headers ({headers} is missing)"
+    return None
 
 
 def cache_root() -> Path:

@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import os
 import select
-import shlex
-import shutil
 import ssl
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
 from gateway.build_info import REQUEST_PATH
-from loadtests.bench.compiled import build, compiled_modules
+from loadtests.bench.compiled import build, compiled_modules, missing_toolchain
 from tests.e2e.conftest import require_binaries, served_world
 from tests.support.kubectl_world import World, ok, wait_for
 from tests.support.tiers import tool_missing
@@ -38,20 +35,13 @@ ALICE = "oidc:alice@example.com"
 UNIT_TIER_TIMEOUT = 900  # seconds: ~2.5 min on 2 cores
 
 
-def require_compiler() -> None:
-    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
-    if shutil.which(cc) is None:
-        tool_missing(f"the compiled build needs a C compiler ({cc} is not installed)")
-    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
-    if not headers.exists():
-        tool_missing(f"the compiled build needs Python's headers ({headers} is missing)")
-
-
 @pytest.fixture(scope="module")
 def compiled() -> Path:
     """The root of the compiled copy, with every request-path module (and only those) a
     native extension."""
-    require_compiler()
+    why = missing_toolchain()
+    if why:
+        tool_missing(why)
     try:
         root = build(log=lambda line: print(line, file=sys.stderr))
     except RuntimeError as exc:

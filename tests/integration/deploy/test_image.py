@@ -11,7 +11,6 @@ import fnmatch
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -128,8 +127,9 @@ def test_the_wheel_carries_the_whole_package_with_its_request_path_compiled(
     compiled request path."""
     from loadtests.bench import compiled
 
-    if shutil.which("gcc") is None and shutil.which("cc") is None:
-        tool_missing("no C compiler (apt-get install gcc): the image compiles the request path")
+    why = compiled.missing_toolchain()
+    if why:
+        tool_missing(why)
     try:
         wheel = compiled.wheel(compiled.build(log=lambda _: None))
     except RuntimeError as failed:
