@@ -305,26 +305,35 @@ class Reconciler:
 
     async def _worker(self, name: str) -> None:
         while True:
+            # the revision and generation are read *before* the pass: a change committed at
+            # any point after them moves the revision, and the wait below then sees it
+            seen: int | None = None
+            generation: int | None = None
             try:
+                seen = await self.store.revision()
+                generation = (await self.store.get(name)).generation
                 converged = await self.reconcile(name)
-                record = await self.store.get(name)
+                failures = (await self.store.get(name)).status.failures
             except TenantNotFound:
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("tenant %s: reconcile pass crashed", name)
-                converged, record = False, None
-            failures = record.status.failures if record else 1
+                converged, failures = False, 1
             delay = self.resync_seconds if converged else self.backoff.delay(max(1, failures))
-            await self._wait_for_change(name, record.generation if record else None, delay)
+            await self._wait_for_change(name, generation, delay, seen)
 
-    async def _wait_for_change(self, name: str, generation: int | None, delay: float) -> None:
-        """Sleep up to `delay`, waking early when the tenant's spec changes (read only when
-        another writer moved the store's revision)."""
+    async def _wait_for_change(
+        self, name: str, generation: int | None, delay: float, seen: int | None
+    ) -> None:
+        """Sleep up to `delay`, waking early once the tenant's generation differs from
+        `generation` (read only when the store's revision moved past `seen`, which the
+        caller took before it read `generation`; None: take it now)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
-        seen = await self.store.revision()
+        if seen is None:
+            seen = await self.store.revision()
         while loop.time() < deadline:
             await asyncio.sleep(min(self.poll_seconds, max(0.0, deadline - loop.time())))
             revision = await self.store.revision()

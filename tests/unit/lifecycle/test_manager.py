@@ -40,6 +40,37 @@ async def test_only_the_lease_holder_reconciles_and_it_follows_spec_changes(setu
         await second.store.close()
 
 
+async def test_a_spec_change_right_after_a_pass_still_wakes_the_worker(setup):
+    """A change committed between the worker's read of the converged record and the start
+    of its wait is not missed (it used to sleep until the next resync, 60 s later)."""
+    reconciler = setup.reconciler()
+    own = SQLiteTenantStore(setup.store.path)  # the manager's own connection
+    reconciler.store = own
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    read = own.get
+    armed = True
+
+    async def get_then_another_writer_pauses(name: str):
+        nonlocal armed
+        record = await read(name)
+        if armed and record.status.phase is Phase.ready:
+            armed = False
+            await setup.store.update_spec(
+                name, record.spec.model_copy(update={"desired": Desired.paused}), record.version
+            )
+        return record
+
+    own.get = get_then_another_writer_pauses
+    run = asyncio.create_task(reconciler.run())
+    try:
+        await phase(setup.store, Phase.paused)
+        assert not armed
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await own.close()
+
+
 async def test_idle_tenants_are_paused_and_busy_ones_are_not(setup):
     store = setup.store
     for name in ("busy", "idle"):
