@@ -30,7 +30,12 @@ from starlette.routing import Route
 from gateway.identity import Identity
 from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
-from gateway.lifecycle.stores.protocol import Conflict, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import (
+    Conflict,
+    TenantExists,
+    TenantNotFound,
+    UnreadableRecord,
+)
 
 log = logging.getLogger("vgate.admin")
 
@@ -137,6 +142,8 @@ def admin_app(
                 return status_response(409, str(exc), reason="Conflict")
             except ValidationError as exc:
                 return status_response(422, "invalid tenant", causes=validation_causes(exc))
+            except UnreadableRecord as exc:  # as kube-apiserver answers an undecodable object
+                return status_response(500, str(exc), reason="InternalError")
 
         return run
 

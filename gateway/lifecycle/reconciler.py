@@ -34,7 +34,13 @@ from gateway.lifecycle.model import (
     new_error_reference,
 )
 from gateway.lifecycle.steps import Provisioner, Step
-from gateway.lifecycle.stores.protocol import MANAGER_LEASE, Conflict, TenantNotFound, TenantStore
+from gateway.lifecycle.stores.protocol import (
+    MANAGER_LEASE,
+    Conflict,
+    TenantNotFound,
+    TenantStore,
+    UnreadableRecord,
+)
 
 log = logging.getLogger("vgate.lifecycle")
 
@@ -314,8 +320,8 @@ class Reconciler:
                 generation = (await self.store.get(name)).generation
                 converged = await self.reconcile(name)
                 failures = (await self.store.get(name)).status.failures
-            except TenantNotFound:
-                return
+            except (TenantNotFound, UnreadableRecord):
+                return  # gone, or for a version that can read it (listed again once it can)
             except asyncio.CancelledError:
                 raise
             except Exception:

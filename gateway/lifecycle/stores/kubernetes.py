@@ -254,10 +254,15 @@ class KubernetesTenantStore:
         return listing.resourceVersion
 
     def _keep(self, into: dict[str, _Cached], obj: dict[str, Any]) -> None:
+        """Cache `obj`'s record; an object this version cannot read is left out, and a copy
+        cached before it changed goes too (as a relist would): no route is kept on a spec
+        that is no longer the stored one."""
         meta = obj.get("metadata") or {}
         try:
             into[meta["name"]] = _Cached(record_of(obj), meta["resourceVersion"])
         except (KeyError, ValueError) as exc:
+            if isinstance(meta.get("name"), str):
+                into.pop(meta["name"], None)
             log.warning("ignoring Tenant object: %s", exc)
 
     def _apply_event(self, kind: str, obj: dict[str, Any]) -> None:

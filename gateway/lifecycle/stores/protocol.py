@@ -34,6 +34,19 @@ class Conflict(StoreError):
         self.name = name
 
 
+class UnreadableRecord(StoreError):
+    """A stored tenant this version cannot read: written by a newer vgate (a field it does
+    not know: it refuses rather than ignore what may restrict access) or damaged. Listings
+    leave such a tenant out, and no route is served for it from this process."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(
+            f'tenant "{name}" is stored in a form this version of vgate cannot read '
+            f"(written by a newer version, or damaged): {why}"
+        )
+        self.name = name
+
+
 class TenantStore(Protocol):
     async def create(self, spec: TenantSpec) -> TenantRecord:
         """Store a new tenant; `TenantExists` if the name is taken."""

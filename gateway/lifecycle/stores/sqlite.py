@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -17,15 +18,23 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from gateway.lifecycle.model import (
     TenantRecord,
     TenantSpec,
     TenantStatus,
+    field_problems,
     loaded_status,
     stored_spec,
     stored_status,
 )
-from gateway.lifecycle.stores.protocol import Conflict, TenantExists, TenantNotFound
+from gateway.lifecycle.stores.protocol import (
+    Conflict,
+    TenantExists,
+    TenantNotFound,
+    UnreadableRecord,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -45,6 +54,8 @@ CREATE TABLE IF NOT EXISTS leases (
     expires REAL NOT NULL
 )
 """
+log = logging.getLogger("vgate.lifecycle.store")
+
 _COLUMNS = "name, spec, status, version, generation, created_at, last_activity"
 _NAMES_PER_QUERY = 500  # under SQLite's smallest limit on bound parameters (999)
 
@@ -59,6 +70,7 @@ class SQLiteTenantStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._writes = 0  # this connection's commits (data_version does not count them)
+        self._unreadable: dict[str, int] = {}  # name -> stored version already warned about
         self._db = sqlite3.connect(
             self.path, timeout=10.0, isolation_level=None, check_same_thread=False
         )
@@ -92,15 +104,38 @@ class SQLiteTenantStore:
 
     @staticmethod
     def _record(row: tuple) -> TenantRecord:
-        _, spec, status, version, generation, created_at, last_activity = row
-        return TenantRecord(
-            spec=TenantSpec.model_validate_json(spec),
-            status=loaded_status(json.loads(status)),
-            version=version,
-            generation=generation,
-            created_at=created_at,
-            last_activity=last_activity,
-        )
+        """The record of a row; `UnreadableRecord` when this version cannot read it."""
+        name, spec, status, version, generation, created_at, last_activity = row
+        try:
+            return TenantRecord(
+                spec=TenantSpec.model_validate_json(spec),
+                status=loaded_status(json.loads(status)),
+                version=version,
+                generation=generation,
+                created_at=created_at,
+                last_activity=last_activity,
+            )
+        except ValidationError as exc:
+            why = "; ".join(f"{field}: {msg}" for field, msg in field_problems(exc)[:5])
+            raise UnreadableRecord(name, why) from exc
+        except ValueError as exc:  # not JSON at all
+            raise UnreadableRecord(name, str(exc)) from exc
+
+    def _readable(self, rows: list[tuple]) -> list[TenantRecord]:
+        """The records of `rows`, leaving out (with one warning per stored version) those
+        this version cannot read: one such tenant must not stop the others' listing."""
+        records = []
+        for row in rows:
+            try:
+                records.append(self._record(row))
+            except UnreadableRecord as exc:
+                name, version = row[0], row[3]
+                with self._lock:
+                    warned = self._unreadable.get(name) == version
+                    self._unreadable[name] = version
+                if not warned:
+                    log.warning("%s; left out until it can be read", exc)
+        return records
 
     def _get(self, name: str) -> TenantRecord:
         with self._lock:
@@ -114,7 +149,7 @@ class SQLiteTenantStore:
     def _list(self) -> list[TenantRecord]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM tenants ORDER BY name").fetchall()
-        return [self._record(r) for r in rows]
+        return self._readable(rows)
 
     def _fingerprints(self) -> dict[str, tuple[float, int]]:
         with self._lock:
@@ -129,7 +164,7 @@ class SQLiteTenantStore:
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT {_COLUMNS} FROM tenants WHERE name IN ({marks}) ORDER BY name"
                 rows += self._db.execute(sql, chunk).fetchall()
-        return [self._record(r) for r in rows]
+        return self._readable(rows)
 
     def _create(self, spec: TenantSpec) -> TenantRecord:
         try:

@@ -254,6 +254,28 @@ async def test_objects_that_are_not_records_are_skipped(stores, host):
     assert any("'junk' is not a valid vgate record" in line for line in seen), seen
 
 
+async def test_a_record_that_turns_unreadable_is_dropped_not_kept_stale(stores, host):
+    """Changed into something this version cannot read (valid for the CRD, but
+    `ha: 2`, which no vgate writes): the other replica drops its copy, as a relist would,
+    instead of serving routes from the spec that is no longer stored."""
+    writer, reader = stores
+    await writer.create(spec())
+    await eventually(lambda: reader.fingerprints())
+    obj = await host.tenant("t1")
+    obj["spec"]["ha"] = 2
+    await host.put_tenant(obj)
+
+    async def dropped() -> bool:
+        try:
+            await reader.get("t1")
+        except TenantNotFound:
+            return True
+        return False
+
+    await eventually(dropped)
+    assert await reader.list() == []
+
+
 async def test_the_crd_refuses_what_vgate_would_never_write(host):
     with pytest.raises(ApiError) as refused:
         await host.put_tenant(

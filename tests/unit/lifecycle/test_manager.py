@@ -71,6 +71,33 @@ async def test_a_spec_change_right_after_a_pass_still_wakes_the_worker(setup):
         await own.close()
 
 
+async def test_a_tenant_this_version_cannot_read_does_not_stop_the_others(setup):
+    """The manager leaves a record written by a newer version alone (no crash loop, its
+    status untouched) and still brings every other tenant to Ready."""
+    import json
+    import sqlite3
+
+    await setup.store.create(TenantSpec(name="newer", admin_groups=["a"]))
+    with sqlite3.connect(setup.store.path) as db:
+        (stored,) = db.execute("SELECT spec FROM tenants WHERE name = 'newer'").fetchone()
+        spec = {**json.loads(stored), "deny_groups": ["contractors"]}
+        db.execute("UPDATE tenants SET spec = ? WHERE name = 'newer'", (json.dumps(spec),))
+        (before,) = db.execute("SELECT status FROM tenants WHERE name = 'newer'").fetchone()
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    reconciler = setup.reconciler()
+    run = asyncio.create_task(reconciler.run())
+    try:
+        await phase(setup.store, Phase.ready)
+        await asyncio.sleep(0.1)  # ten polls
+        assert set(reconciler._workers) == {"t1"}
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+    with sqlite3.connect(setup.store.path) as db:
+        (after,) = db.execute("SELECT status FROM tenants WHERE name = 'newer'").fetchone()
+    assert after == before
+
+
 async def test_idle_tenants_are_paused_and_busy_ones_are_not(setup):
     store = setup.store
     for name in ("busy", "idle"):

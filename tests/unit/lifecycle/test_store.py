@@ -233,3 +233,34 @@ def test_an_error_reference_is_ten_hex_digits_or_refused():
     stored["conditions"][-1]["message"] = "../../etc"  # edited in the store by hand
     with pytest.raises(ValidationError, match="error_reference"):
         loaded_status(stored)
+
+
+async def test_a_record_this_version_cannot_read_is_left_out_not_fatal(tmp_path, caplog):
+    """A row written by a newer vgate (a field this one does not know) or damaged: listings
+    leave it out with one warning per stored version, the others still list, and reading
+    it by name says why. Before, one such row made every listing fail."""
+    from gateway.lifecycle.stores.protocol import UnreadableRecord
+
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    await store.create(spec("good"))
+    await store.create(spec("newer"))
+    await store.create(spec("broken"))
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        (stored,) = db.execute("SELECT spec FROM tenants WHERE name = 'newer'").fetchone()
+        newer = {**json.loads(stored), "deny_groups": ["contractors"]}
+        db.execute("UPDATE tenants SET spec = ? WHERE name = 'newer'", (json.dumps(newer),))
+        db.execute("UPDATE tenants SET status = '{' WHERE name = 'broken'")
+    caplog.set_level("WARNING", logger="vgate.lifecycle.store")
+    for _ in range(3):
+        assert [r.name for r in await store.list()] == ["good"]
+        assert [r.name for r in await store.get_many(["broken", "good", "newer"])] == ["good"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # once per unreadable row, not once per poll
+    with pytest.raises(UnreadableRecord) as unreadable:
+        await store.get("newer")
+    assert "deny_groups: Extra inputs are not permitted" in str(unreadable.value)
+    assert 'tenant "newer"' in str(unreadable.value)
+    with pytest.raises(UnreadableRecord):
+        await store.get("broken")
+    assert (await store.get("good")).spec.name == "good"
+    await store.close()
