@@ -6,11 +6,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ DEV_IDP_DIR = Path(__file__).resolve().parents[2] / "deploy" / "dev-idp"
 # it prints `ready` in about a second; the bound only matters when it never does (a machine
 # under heavy load can take far longer to load its modules)
 START_TIMEOUT = 60.0
+NPM_LOCK = ".npm-ci.lock"  # held while `npm ci` fills node_modules
 
 
 def ensure_node_modules(directory: Path = DEV_IDP_DIR) -> None:
@@ -50,10 +49,10 @@ def ensure_node_modules(directory: Path = DEV_IDP_DIR) -> None:
 
     if fresh():
         return
-    # one lock per node_modules: starts from the same checkout wait for each other's
-    # `npm ci`, a start from another checkout (a clone, a worktree) does not
-    where = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
-    lock_file = Path(tempfile.gettempdir()) / f"vgate-dev-idp-npm-{os.getuid()}-{where}.lock"
+    # one lock per node_modules, next to it (npm ci writes there anyway, and the lock goes
+    # with the checkout): starts from the same checkout wait for each other's `npm ci`, a
+    # start from another checkout (a clone, a worktree) does not
+    lock_file = directory / NPM_LOCK
     with lock_file.open("w") as lf:
         fcntl.flock(lf, fcntl.LOCK_EX)  # concurrent starts: one npm ci at a time
         if fresh():

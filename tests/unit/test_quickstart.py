@@ -244,7 +244,7 @@ def test_npm_ci_waits_for_the_same_checkout_only(
     import threading
     import time
 
-    from gateway.quickstart.dev_idp import ensure_node_modules
+    from gateway.quickstart.dev_idp import NPM_LOCK, ensure_node_modules
 
     log = tmp_path / "npm.log"
     _fake_npm(tmp_path / "bin", log, 1.5)
@@ -262,3 +262,5 @@ def test_npm_ci_waits_for_the_same_checkout_only(
     assert elapsed < 2.9, f"the other checkout waited for the first one's npm ci ({elapsed:.1f}s)"
     ensure_node_modules(one)  # fresh now: no npm at all
     assert len(log.read_text().split()) == 2
+    # the lock stays with its checkout: nothing piles up in the shared temporary directory
+    assert (one / NPM_LOCK).is_file() and (other / NPM_LOCK).is_file()
