@@ -133,6 +133,16 @@ class TlsStack:
         self.proxy = stack.nginx_proxy(
             work, up.tls_port, cpu, name="proxy-tls", upstream_ca=pki.ca_file, tls=pki
         )
+        # the same, writing an access line per request as vgate writes its audit line
+        self.proxy_logged = stack.nginx_proxy(
+            work,
+            up.tls_port,
+            cpu,
+            name="proxy-tls-logged",
+            upstream_ca=pki.ca_file,
+            tls=pki,
+            access_log=True,
+        )
         self.gate_up = stack.Vgate(
             work, issuer.issuer, up.tls_port, cpu, name="vgate-tls-up", upstream_ca=pki.ca_file
         )
@@ -148,6 +158,7 @@ class TlsStack:
 
     def start(self) -> TlsStack:
         self.proxy.start()
+        self.proxy_logged.start()
         self.gate_up.start()
         self.gate.start()
         return self
@@ -155,10 +166,11 @@ class TlsStack:
     def stop(self) -> None:
         self.gate.stop()
         self.gate_up.stop()
+        self.proxy_logged.stop()
         self.proxy.stop()
 
     def targets(self, token: str) -> list[Target]:
-        path, proxy, up = stack.LIST_PATH, self.proxy, self.up
+        path, proxy, logged, up = stack.LIST_PATH, self.proxy, self.proxy_logged, self.up
         gate_up_pids, gate_pids = self.gate_up.pids, self.gate.pids
         return [
             Target("direct-tls", f"https://127.0.0.1:{up.tls_port}{path}", lambda: up.pids),
@@ -174,6 +186,12 @@ class TlsStack:
                 "nginx-tls",
                 f"https://127.0.0.1:{proxy.tls_port}{path}",
                 lambda: proxy.pids,
+                direct="direct-tls",
+            ),
+            Target(
+                "nginx-tls-logged",
+                f"https://127.0.0.1:{logged.tls_port}{path}",
+                lambda: logged.pids,
                 direct="direct-tls",
             ),
             Target(

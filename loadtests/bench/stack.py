@@ -212,6 +212,14 @@ def static_upstream(
     return Nginx(workdir, "upstream", block, cpu, port)
 
 
+#: a JSON line per request with what nginx knows of the fields of vgate's audit line
+ACCESS_LOG_FORMAT = (
+    '{"time":"$time_iso8601","request_id":"$request_id","source":"$remote_addr",'
+    '"method":"$request_method","path":"$request_uri","status":$status,'
+    '"bytes":$bytes_sent,"duration_s":$request_time}'
+)
+
+
 def nginx_proxy(
     workdir: Path,
     upstream_port: int,
@@ -221,11 +229,13 @@ def nginx_proxy(
     upstream_ca: Path | None = None,
     upstream_name: str = "localhost",
     tls: ServingFiles | None = None,
+    access_log: bool = False,
 ) -> Nginx:
     """nginx as a reverse proxy: keep-alive upstream, unbuffered (watches must stream).
     With `upstream_ca` it speaks TLS to the upstream (`proxy_ssl`, certificate verified
     against that CA for `upstream_name`); with `tls` it also listens with TLS on
-    `tls_port`."""
+    `tls_port`. With `access_log` it writes a line per request as vgate writes its audit
+    line (`ACCESS_LOG_FORMAT`, buffered like vgate's: flushed at 64 KB or 200 ms)."""
     scheme, upstream_tls = "http", ""
     if upstream_ca is not None:
         scheme = "https"
@@ -233,10 +243,17 @@ def nginx_proxy(
             f"    proxy_ssl_trusted_certificate {upstream_ca}; proxy_ssl_verify on;\n"
             f"    proxy_ssl_name {upstream_name}; proxy_ssl_session_reuse on;\n"
         )
+    log_format, log_directive = "", ""
+    if access_log:  # in the server block: `access_log off` at the http level cancels it
+        log_format = f"log_format vgate_like escape=json '{ACCESS_LOG_FORMAT}';\n"
+        log_directive = (
+            f"  access_log {workdir / name}-access.log vgate_like buffer=64k flush=200ms;\n"
+        )
     block = (
-        f"upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 1024;\n"
+        log_format + f"upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 1024;\n"
         "  keepalive_requests 10000000; keepalive_timeout 120s; }\n"
         "server {\n  listen 127.0.0.1:@PORT@ backlog=4096;\n"
+        + log_directive
         + _tls_listen(tls)
         + f"  location / {{ proxy_pass {scheme}://api; proxy_http_version 1.1;\n"
         '    proxy_set_header Connection ""; proxy_set_header Host $proxy_host;\n'

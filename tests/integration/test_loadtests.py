@@ -69,6 +69,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "| nginx-tls-up |",
         "| vgate-tls-up |",
         "| nginx-tls |",
+        "| nginx-tls-logged |",
         "| vgate-tls |",
         "| vgate-ad-groups |",
         "| vgate | 200/200 | spread |",

@@ -368,3 +368,50 @@ def test_audit_lines_buffered_then_written_by_the_timer_and_at_size(tmp_path: Pa
     assert {x["method"] for x in lines} == {"PATCH"}
     assert {x["source"] for x in lines} == {"10.0.0.1"}
     assert all(isinstance(x["duration_ms"], float) for x in lines)
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "shown"),
+    [
+        (0.0, "0.000"),
+        (0.0000004, "0.000"),
+        (0.0000006, "0.001"),
+        (0.0012345, "1.235"),
+        (0.0405, "40.500"),
+        (1.0, "1000.000"),
+        (86_400.25, "86400250.000"),
+    ],
+)
+async def test_audit_duration_is_milliseconds_to_three_places(
+    tmp_path: Path, elapsed: float, shown: str
+) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(str(path))
+    flow = _flow()
+    flow.end(Outcome.ALLOW)
+    log.write(flow, elapsed)
+    log.close()
+    line = path.read_text()
+    assert f'"duration_ms":{shown},' in line or f'"duration_ms":{shown}}}' in line, line
+    assert json.loads(line)["duration_ms"] == float(shown)
+
+
+@pytest.mark.parametrize(
+    ("target", "streaming"),
+    [
+        (b"/api/v1/pods", False),
+        (b"/api/v1/pods?limit=500", False),
+        (b"/api/v1/pods?watch=true", True),
+        (b"/api/v1/pods?limit=1&watch=1", True),
+        (b"/api/v1/pods?watch=false", False),
+        (b"/api/v1/pods?watch=0&resourceVersion=1", False),
+        (b"/api/v1/namespaces/x/pods/p/log?follow=true&container=c", True),
+        (b"/api/v1/namespaces/x/pods/p/log?follow=1", True),
+        (b"/api/v1/namespaces/x/pods/watch=true/log", False),  # not in the query
+        (b"/a?" + b"?" * 8000 + b"limit=1", False),  # many `?`: still one linear scan
+    ],
+)
+def test_streaming_requests_are_told_by_their_query(target: bytes, streaming: bool) -> None:
+    from gateway.forward.forwarder import is_streaming
+
+    assert is_streaming(target) is streaming

@@ -62,6 +62,7 @@ def test_report_compares_each_row_with_its_own_hops() -> None:
             row("vgate-cached", 20, 3.0, 40.0),
             row("direct-tls", 80, 1.5, 8.0),
             row("nginx-tls", 40, 2.5, 20.0, direct="direct-tls"),
+            row("nginx-tls-logged", 38, 2.6, 25.0, direct="direct-tls"),
             row("vgate-tls", 10, 4.5, 80.0, direct="direct-tls", nginx="nginx-tls"),
         )
     }
@@ -73,6 +74,7 @@ def test_report_compares_each_row_with_its_own_hops() -> None:
     assert any(x.startswith("TLS rows") for x in lines)
     summary = "\n".join(report.closing({"max": rmax}))
     assert "With TLS on both hops: vgate 80.0 µs" in summary and "0.25x nginx per core" in summary
+    assert "nginx 25.0 µs of CPU per request (user 12.5): vgate 0.31x nginx per core" in summary
 
 
 def test_kube_table_subtracts_the_idle_api_server() -> None:
@@ -236,3 +238,17 @@ def test_watch_scale_counts_losses_as_errors() -> None:
     result["rows"][2]["received"] = 97
     assert watch_scale.errors(result) == 3
     assert "| 100 | 3 | 0 |" in "\n".join(watch_scale.table(result))
+
+
+def test_the_logged_nginx_writes_its_access_line_in_the_server_block(tmp_path: Path) -> None:
+    """`access_log off` at the http level cancels an `access_log` at the same level: the
+    logged proxy's must sit in its server block, or the row silently logs nothing."""
+    from loadtests.bench import stack
+
+    proxy = stack.nginx_proxy(tmp_path, 1234, None, name="logged", access_log=True)
+    conf = proxy.conf.read_text()
+    http_level, server = conf.split("server {", 1)
+    assert "access_log off;" in http_level and "log_format vgate_like" in http_level
+    assert f"access_log {tmp_path}/logged-access.log vgate_like" in server
+    plain = stack.nginx_proxy(tmp_path, 1234, None, name="plain").conf.read_text()
+    assert "vgate_like" not in plain
