@@ -18,8 +18,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 MAX_CACHED_IDENTITIES = 4096
 MAX_CACHED_PATHS = 4096
 MAX_CACHED_PATH_BYTES = 512
+_THOUSANDTHS = tuple(f"{n:03d}" for n in range(1000))  # "000" … "999"
 # by member name: an `Outcome` hashes through Python code (`Enum.__hash__`), a str does not
-_THOUSANDTHS = tuple(f"{n:03d}" for n in range(1000))
 _DECISIONS = {outcome.name: encode_basestring_ascii(outcome.value) for outcome in Outcome}
 
 
