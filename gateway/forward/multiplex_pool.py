@@ -26,13 +26,17 @@ log = logging.getLogger("vgate.forward")
 _EXPECTED_STREAMS = 100
 #: `_open`'s answer when the tenant chose HTTP/1.1
 _NOT_MULTIPLEXED = Failure("the tenant did not choose HTTP/2")
+#: how long a tenant that chose HTTP/1.1 is taken at its word before a watch asks again: its
+#: API server (or a proxy in front of it) may start offering h2 without its route changing
+H1_RECHECK_SECONDS = 300.0
 
 
 class MultiplexPool:
     """Requests are opened as streams on the first connection with room; when none has,
     they wait for a new one (one connect per `_EXPECTED_STREAMS` waiting). A tenant whose
-    API server does not choose ``h2`` is remembered: `forward` then returns False and the
-    caller uses HTTP/1.1. A connection without streams closes after `idle_timeout`."""
+    API server does not choose ``h2`` is remembered for `h1_recheck` seconds: `forward` then
+    returns False and the caller uses HTTP/1.1. A connection without streams closes after
+    `idle_timeout`."""
 
     def __init__(
         self,
@@ -47,6 +51,7 @@ class MultiplexPool:
         health: TenantHealth | None = None,
         ping_after: float = 30.0,
         ping_timeout: float = 15.0,
+        h1_recheck: float = H1_RECHECK_SECONDS,
     ) -> None:
         self.upstream = upstream
         self.ping_after = ping_after  # the health check of each connection (`MultiplexConnection`)
@@ -61,14 +66,17 @@ class MultiplexPool:
         self.connections: list[MultiplexConnection] = []
         self.waiting: list[tuple[Flow, float]] = []
         self.connecting = 0
-        self.unsupported = False
+        self.h1_recheck = h1_recheck
+        self.h1_until = 0.0  # `time.monotonic()` before which the tenant is taken to lack h2
         self.closed = False
         self._tasks: set[asyncio.Task] = set()  # connects under way
 
     def forward(self, flow: Flow, *, timeout: float) -> bool:
         """Open `flow` as a stream now or once a connection has room; False when this
         tenant does not speak HTTP/2."""
-        if self.unsupported or self.closed or self.upstream.ssl_multiplex is None:
+        if self.closed or self.upstream.ssl_multiplex is None:
+            return False
+        if self.h1_until and time.monotonic() < self.h1_until:
             return False
         for conn in self.connections:
             if conn.capacity > 0:
@@ -102,7 +110,7 @@ class MultiplexPool:
         if failure is None:
             self._drain()
         elif failure is _NOT_MULTIPLEXED:
-            self.unsupported = True
+            self.h1_until = time.monotonic() + self.h1_recheck
             waiting, self.waiting = self.waiting, []
             for flow, _ in waiting:
                 if not flow.exchange.conn.closed:

@@ -523,6 +523,20 @@ def test_a_tenant_without_h2_gets_watches_over_http11_and_is_remembered(w: World
     assert [r.protocol for r in w.h1.requests] == ["http/1.1", "http/1.1"]
 
 
+def test_a_tenant_without_h2_is_asked_again_once_the_recheck_time_passed(w: World, client):
+    """Remembered for `h1_recheck` seconds, not for as long as the route stands: its API
+    server may be upgraded (or a proxy before it changed) to offer h2."""
+    with client.stream("GET", watch("a", "h1only")) as a:
+        assert names(a.iter_lines(), 1) == ["pod-0"]
+    assert len(w.h1.connections) == 2  # the probe and the watch's own connection
+    pool = w.gw.gateway.forwarder._multiplexed["h1only"]
+    assert pool.h1_until - time.monotonic() > 0.9 * pool.h1_recheck
+    w.gw.call(lambda: setattr(pool, "h1_until", time.monotonic() - 1))  # the time passed
+    with client.stream("GET", watch("b", "h1only")) as b:
+        assert names(b.iter_lines(), 1) == ["pod-0"]
+    assert [c.alpn for c in w.h1.connections][2:] == ["http/1.1", "http/1.1"]  # asked again
+
+
 def test_a_request_http2_refuses_to_frame_goes_over_http11(w: World, client, monkeypatch):
     """A field the h2 library refuses to send (here: `TE` other than ``trailers``, which
     `request_fields` never lets through) must not fail the watch: it goes over HTTP/1.1.
