@@ -1,19 +1,26 @@
-"""What a never-seen token costs: `Authenticator.authenticate` in this process, CPU time per
-token, for an RS256 and an ES256 issuer (discovery and JWKS fetched from the bench's static
-upstream first, as vgate does). Next to it, for the same tokens and key: PyJWT's `jwt.decode`
-with the options the verify step used before `gateway.authn.jws`, and the signature check
-alone (the floor). Interleaved rounds, pinned to the proxy core; medians over rounds."""
+"""What a never-seen token costs: `Authenticator.authenticate`, CPU time per token, for an
+RS256 and an ES256 issuer (discovery and JWKS fetched from the bench's static upstream
+first, as vgate does). Next to it, for the same tokens and key: PyJWT's `jwt.decode` with
+the options the verify step used before `gateway.authn.jws`, and the signature check alone
+(the floor). Measured in a process of its own that runs the gateway build under test
+(`stack.GATEWAY_CHECKOUT`: the compiled copy unless `--build interpreted`), pinned to the
+proxy core; interleaved rounds, medians over rounds."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 
 from gateway.authn import Authenticator, jws
 from gateway.config.model import OIDC, Issuer
@@ -27,7 +34,7 @@ TARGET_US = 50.0
 def run(work: Path, *, count: int, rounds: int, log: Callable[[str], None] = print) -> dict:
     """`rounds` x `count` fresh tokens per algorithm; µs of CPU per token for each way."""
     rows: dict[str, dict[str, float]] = {}
-    before = os.sched_getaffinity(0)
+    build = ""
     for alg in ALGORITHMS:
         port = procs.free_port()
         issuer = LocalIssuer(f"http://127.0.0.1:{port}/issuer", alg)
@@ -35,32 +42,82 @@ def run(work: Path, *, count: int, rounds: int, log: Callable[[str], None] = pri
         workdir.mkdir(exist_ok=True)
         up = stack.static_upstream(workdir, issuer, procs.load_cpu(), port).start()
         try:
-            tokens = issuer.mint(count * rounds)
-            cpu = procs.proxy_cpu()
-            if cpu:
-                os.sched_setaffinity(0, cpu)
-            rows[alg] = asyncio.run(_measure(issuer, tokens, count, rounds))
+            tokens = workdir / "tokens.txt"
+            tokens.write_text("\n".join(issuer.mint(count * rounds)) + "\n")
+            public = workdir / "public.pem"
+            public.write_bytes(
+                issuer.key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+            measured = _in_child(issuer, tokens, public, count, rounds)
+            rows[alg], build = measured["row"], measured["build"]
         finally:
-            os.sched_setaffinity(0, before)
             up.stop()
         r = rows[alg]
         log(
             f"  {alg}: authenticate {r['authenticate']:.1f} µs/token, jwt.decode "
-            f"{r['jwt_decode']:.1f}, signature alone {r['signature']:.1f}, load "
+            f"{r['jwt_decode']:.1f}, signature alone {r['signature']:.1f} ({build}), load "
             f"{procs.load_average()}"
         )
-    return {"count": count, "rounds": rounds, "rows": rows}
+    return {"count": count, "rounds": rounds, "rows": rows, "build": build}
+
+
+def _in_child(issuer: LocalIssuer, tokens: Path, public: Path, count: int, rounds: int) -> dict:
+    """`main` below, run by the gateway build under test; its JSON answer."""
+    checkout = stack.GATEWAY_CHECKOUT
+    cpu = procs.proxy_cpu()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench.tokens",
+            *("--issuer", issuer.issuer, "--alg", issuer.alg),
+            *("--tokens", str(tokens), "--public-key", str(public)),
+            *("--count", str(count), "--rounds", str(rounds)),
+            *(("--cpu", ",".join(map(str, sorted(cpu)))) if cpu else ()),
+        ],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"token measurement failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: measure, print {"row": …, "build": …} as the last line."""
+    from gateway import build_info
+
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.tokens")
+    parser.add_argument("--issuer", required=True)
+    parser.add_argument("--alg", choices=ALGORITHMS, required=True)
+    parser.add_argument("--tokens", type=Path, required=True)
+    parser.add_argument("--public-key", type=Path, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--cpu", default="")
+    args = parser.parse_args(argv)
+    if args.cpu:
+        os.sched_setaffinity(0, {int(c) for c in args.cpu.split(",")})
+    key = serialization.load_pem_public_key(args.public_key.read_bytes())
+    tokens = args.tokens.read_text().split()
+    row = asyncio.run(_measure(args.issuer, args.alg, key, tokens, args.count, args.rounds))
+    print(json.dumps({"row": row, "build": f"request path {build_info.request_path_build()}"}))
 
 
 async def _measure(
-    issuer: LocalIssuer, tokens: list[str], count: int, rounds: int
+    issuer: str, alg: str, key: object, tokens: list[str], count: int, rounds: int
 ) -> dict[str, float]:
-    alg = issuer.alg
     auth = Authenticator(
         OIDC(
             issuers=[
                 Issuer(
-                    issuer=issuer.issuer,
+                    issuer=issuer,
                     audiences=[AUDIENCE],
                     username_claim="email",
                     username_prefix="oidc:",
@@ -76,7 +133,6 @@ async def _measure(
     try:
         if not auth.ready:
             raise RuntimeError(f"{alg}: the issuer's keys did not load")
-        key = issuer.key.public_key()
         options = {"require": ["iss", "aud", "exp", "iat", "sub"], "verify_iat": True}
         samples: dict[str, list[float]] = {"authenticate": [], "jwt_decode": [], "signature": []}
         for r in range(rounds):
@@ -92,7 +148,7 @@ async def _measure(
                     key=key,
                     algorithms=[alg],
                     audience=[AUDIENCE],
-                    issuer=issuer.issuer,
+                    issuer=issuer,
                     options=options,
                 )
             samples["jwt_decode"].append(time.process_time() - t0)
@@ -120,8 +176,13 @@ def table(result: dict) -> list[str]:
     rows += [
         "",
         f"{result['count']:,} never-seen tokens per round, {result['rounds']} round(s), "
-        "in the bench process pinned to the proxy core; `authenticate` is the whole "
+        f"in a process of its own ({result.get('build', 'request path interpreted')}) "
+        "pinned to the proxy core; `authenticate` is the whole "
         "fresh-token step (parse, key lookup, signature, claims, name checks, cache "
         "insert); `jwt.decode` is what the verify step called before.",
     ]
     return rows
+
+
+if __name__ == "__main__":
+    main()

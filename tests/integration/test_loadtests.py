@@ -162,7 +162,16 @@ def test_tls_configs_are_valid_nginx(tmp_path: Path) -> None:
     proxy = stack.nginx_proxy(
         tmp_path, up.tls_port, None, name="proxy-tls", upstream_ca=pki.ca_file, tls=pki
     )
-    for server in (up, proxy):
+    logged = stack.nginx_proxy(
+        tmp_path,
+        up.tls_port,
+        None,
+        name="proxy-tls-logged",
+        upstream_ca=pki.ca_file,
+        tls=pki,
+        access_log=True,
+    )
+    for server in (up, proxy, logged):
         text = server.conf.read_text()
         assert f"listen 127.0.0.1:{server.tls_port} ssl" in text and "@" not in text
         assert f"ssl_certificate {pki.cert_file};" in text
