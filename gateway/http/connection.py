@@ -40,6 +40,10 @@ MAX_CORKED_BYTES = 64 * 1024  # held for `uncork_soon` at most; then written at 
 MAX_PIPELINED = 32  # complete request heads waiting behind the current exchange
 TUNNELLED_UPGRADES = frozenset({b"websocket", b"spdy/3.1"})  # what kubectl upgrades to
 _ABSOLUTE_FORM = (b"http://", b"https://")
+#: what a closed connection's `parser` becomes: it calls back nothing, so the connection
+#: and its parser no longer hold each other (a finished connection is then freed by
+#: reference counting, not left to the cycle collector)
+_CLOSED_PARSER = httptools.HttpRequestParser(object())
 
 
 class Limits(Protocol):
@@ -212,6 +216,21 @@ class ClientConnection(asyncio.Protocol):
             self.current = None
             self.dispatcher.done(current)
         self._pipeline.clear()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop what refers back to this connection (its parser's callbacks, its
+        exchanges' `conn`, the transport's protocol, callbacks bound to a stream), so the
+        whole connection is freed when its last reference goes, without waiting for (and
+        lengthening) a pause of the cycle collector."""
+        self.parser = _CLOSED_PARSER
+        self.transport = None
+        self.current = None
+        self._parsing = None
+        self._headers = None
+        self.tunnel_sink = None
+        self.tunnel_buffer = None
+        self.on_write_pause = None
 
     def pause_writing(self) -> None:
         if self.on_write_pause is not None:

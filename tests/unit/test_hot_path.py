@@ -415,3 +415,57 @@ def test_streaming_requests_are_told_by_their_query(target: bytes, streaming: bo
     from gateway.forward.forwarder import is_streaming
 
     assert is_streaming(target) is streaming
+
+
+#: what one finished client connection is made of, on the gateway's side
+_CONNECTION_PARTS = {
+    "ClientConnection",
+    "Exchange",
+    "RequestHeaders",
+    "HttpRequestParser",
+    "SSLProtocol",
+    "_SSLProtocolTransport",
+    "DirectSSLObject",
+    "_SSLSocket",
+    "MemoryBIO",
+    "UVTransport",
+    "TCPTransport",
+}
+
+
+def _cyclic_garbage_after(make_connections) -> dict[str, int]:
+    """Which connection parts the cycle collector (not reference counting) had to free
+    after `make_connections()` ran and its connections closed."""
+    import collections
+    import gc
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.garbage.clear()
+        make_connections()
+        time.sleep(0.3)  # the gateway's loop runs connection_lost
+        gc.collect()
+        return dict(
+            collections.Counter(
+                type(o).__name__ for o in gc.garbage if type(o).__name__ in _CONNECTION_PARTS
+            )
+        )
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def test_a_finished_connection_is_freed_without_the_cycle_collector(gateway, issuer) -> None:
+    """kubectl opens a connection per command. A finished connection must be freed by
+    reference counting: left to the cycle collector, closed connections pile up until a
+    collection stops the event loop (6.6 ms for one batch of ~260 closed TLS connections,
+    measured in the bench)."""
+    token = issuer.sign(issuer.claims(groups=["developers"]))
+
+    def connections() -> None:
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+                assert _request(s, token).startswith(b"HTTP/1.1 200")
+
+    assert _cyclic_garbage_after(connections) == {}
