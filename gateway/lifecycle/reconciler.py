@@ -135,10 +135,15 @@ class Reconciler:
 
     async def reconcile(self, name: str) -> bool:
         """One pass for one tenant. True when the tenant is converged (or gone)."""
+        converged, _ = await self._pass(name)
+        return converged
+
+    async def _pass(self, name: str) -> tuple[bool, int | None]:
+        """`reconcile`, and the generation of the spec the pass acted on (None: gone)."""
         try:
             record = await self.store.get(name)
         except TenantNotFound:
-            return True
+            return True, None
         desired = record.spec.desired
         busy = {
             Desired.running: Phase.provisioning,
@@ -178,10 +183,10 @@ class Reconciler:
                 await self._update(name, failed)
             finally:  # the reference the store now holds, as users and `tenant show` see it
                 log.warning("tenant %s: %s (error reference %s)", name, message, recorded)
-            return False
+            return False, record.generation
         if desired is Desired.deleted:
             await self._forget(name)
-            return True
+            return True, record.generation
         done = Phase.paused if desired is Desired.paused else Phase.ready
         generation = record.generation
 
@@ -206,7 +211,7 @@ class Reconciler:
             )
 
         await self._update(name, converged)
-        return True
+        return True, generation
 
     # -- the reconciler's own steps ---------------------------------------------------------
 
@@ -311,14 +316,13 @@ class Reconciler:
 
     async def _worker(self, name: str) -> None:
         while True:
-            # the revision and generation are read *before* the pass: a change committed at
-            # any point after them moves the revision, and the wait below then sees it
+            # the revision is read before the pass reads the spec: a change committed after
+            # that read moves the revision, and the wait below then sees it
             seen: int | None = None
             generation: int | None = None
             try:
                 seen = await self.store.revision()
-                generation = (await self.store.get(name)).generation
-                converged = await self.reconcile(name)
+                converged, generation = await self._pass(name)
                 failures = (await self.store.get(name)).status.failures
             except (TenantNotFound, UnreadableRecord):
                 return  # gone, or for a version that can read it (listed again once it can)
