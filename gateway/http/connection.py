@@ -369,9 +369,24 @@ class ClientConnection(asyncio.Protocol):
 
     def _refuse(self, code: int, message: str) -> None:
         """Answer a refused request head with a `Status` and close, after the exchanges
-        before it (never in the middle of another response)."""
+        before it (never in the middle of another response).
+
+        Bytes refused inside a request's body (its chunk framing broke, or it grew past
+        `max_request_body_bytes`) end that request as well: it can never be complete, so
+        it never leaves if it waits in the pipeline, and if it is under way its upstream
+        request is cancelled (the tenant would wait for the rest of the body until the
+        response timeout) and the refusal is its answer, or the connection is cut when
+        its answer has begun."""
         self._refused = True
         self._pause_reading()
+        broken = self._parsing
+        if broken is not None and broken.body_pending and not broken.finished:
+            self._parsing = None
+            if broken is self.current:
+                self._end_broken(broken, code, message)
+                return
+            if broken in self._pipeline:
+                self._pipeline.remove(broken)
         body = status_body(code, message)
         refusal = (
             status_line(code) + b"Content-Type: application/json\r\nContent-Length: %d\r\n"
@@ -382,6 +397,19 @@ class ClientConnection(asyncio.Protocol):
             self.close()
         else:
             self._refusal = refusal
+
+    def _end_broken(self, exchange: Exchange, code: int, message: str) -> None:
+        """The current request's body broke (`_refuse`): cancel what works on it upstream
+        (or in a pending step), then answer it with the refusal and close, or cut the
+        connection if its answer has begun."""
+        cancel, exchange.client_gone_hook = exchange.client_gone_hook, None
+        if cancel is not None:
+            cancel()
+        if exchange.status == 0 and not self.closed:
+            exchange.keep_alive = False
+            exchange.fail(code, message)  # a body is pending: the answer closes
+        else:
+            self.abort()
 
     # -- output and flow control ---------------------------------------------------------
 

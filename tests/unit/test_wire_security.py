@@ -491,6 +491,66 @@ def test_a_refused_pipelined_head_is_answered_after_the_ones_before_it(
     assert len(upstream.heads) == 2
 
 
+def _waits_for_the_whole_body(ended: threading.Event):
+    """An upstream handler that, like Go's server, answers a chunked request only once its
+    body is complete; `ended` is set when the connection ends with the body incomplete."""
+
+    async def handler(head: bytes, reader, writer) -> bool:
+        got = b""
+        while not got.endswith(b"0\r\n\r\n"):
+            chunk = await reader.read(65536)
+            if not chunk:
+                ended.set()
+                return False
+            got += chunk
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        return True
+
+    return handler
+
+
+_POST_CHUNKED = (
+    b"POST /clusters/live/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: gw.test\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer "
+)
+
+
+@pytest.mark.parametrize("broken", [b"zz\r\n", b"ffffffffffffffffffff1\r\n{}\r\n", b"-1\r\n"])
+def test_a_body_whose_framing_breaks_is_refused_and_cancelled_upstream(
+    gateway, token, upstream, broken: bytes
+) -> None:
+    """The request is under way when its chunked body turns out malformed: it can never be
+    complete, so the upstream request is cancelled and the client gets a 400 `Status` at
+    once (not after the response timeout, with the tenant holding a half-sent request)."""
+    ended = threading.Event()
+    upstream.handler = _waits_for_the_whole_body(ended)
+    with _connect(gateway) as s:
+        s.sendall(_POST_CHUNKED + token + b"\r\n\r\n2\r\n{}\r\n")
+        deadline = time.monotonic() + 5
+        while not upstream.heads and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert upstream.heads, "the request was not forwarded"
+        started = time.monotonic()
+        s.sendall(broken)
+        reply = _read_all(s, timeout=5)
+    assert time.monotonic() - started < 3
+    assert _status(reply) == 400 and _body(reply)["kind"] == "Status"
+    assert ended.wait(3), "the upstream request was left open"
+
+
+def test_a_pipelined_request_whose_body_breaks_never_leaves(gateway, token, upstream) -> None:
+    ended = threading.Event()
+    upstream.handler = _waits_for_the_whole_body(ended)
+    good = _POST_CHUNKED + token + b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    bad = _POST_CHUNKED + token + b"\r\n\r\n2\r\n{}\r\nzz\r\n"
+    started = time.monotonic()
+    reply = _exchange(gateway, good + bad)
+    assert time.monotonic() - started < 3
+    assert reply.startswith(b"HTTP/1.1 201 ") and reply.count(b"HTTP/1.1 400 ") == 1, reply
+    assert len(upstream.heads) == 1
+
+
 def test_pipelined_requests_are_bounded(gateway, token, upstream) -> None:
     from gateway.http.connection import MAX_PIPELINED
 
