@@ -287,11 +287,16 @@ class ClientConnection(asyncio.Protocol):
         self._fields_left = self._max_fields
         self._head_since = None
         self._had_request = True
-        http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        http11 = version == "1.1"
         method = parser.get_method()
         upgrade = parser.should_upgrade()
         problem = None
-        if headers.hosts != 1 or headers.error is not None or headers.transfer_encoding:
+        if not http11 and version != "1.0":  # httptools parses HTTP/0.9 and HTTP/2.0 heads
+            problem = 505, f"HTTP/{version} is not supported: this listener speaks HTTP/1.1"
+        if problem is None and (
+            headers.hosts != 1 or headers.error is not None or headers.transfer_encoding
+        ):
             problem = headers.problem(http11=http11)
         if problem is None and url[:1] != b"/":
             url, problem = _origin_form(url, headers.host)

@@ -45,6 +45,7 @@ PHRASES = {
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
 
 _status_lines: dict[int, bytes] = {}

@@ -465,6 +465,9 @@ def test_credentials_in_the_query_are_redacted_in_the_audit_log(
         (b"Content-Length: -1\r\n", b"HTTP/1.1", 400),
         (b"Content-Length: 0, 0\r\n", b"HTTP/1.1", 400),
         (b"Expect: 200-ok\r\n", b"HTTP/1.1", 417),
+        # only HTTP/1.x is spoken here (httptools parses these; Go answers them 505)
+        (b"", b"HTTP/2.0", 505),
+        (b"", b"HTTP/0.9", 505),
     ],
 )
 def test_ambiguous_framing_is_refused_before_anything_leaves(
