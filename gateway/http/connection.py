@@ -301,7 +301,8 @@ class ClientConnection(asyncio.Protocol):
         if problem is None and url[:1] != b"/":
             url, problem = _origin_form(url, headers.host)
         if problem is None and upgrade:
-            problem = _upgrade_problem(method, headers.upgrade)
+            has_body = bool(headers.chunked or headers.content_length)
+            problem = _upgrade_problem(method, headers.upgrade, has_body=has_body)
         if problem is not None:
             raise _Refused(*problem)
         if (headers.content_length or 0) > self.limits.max_request_body_bytes:
@@ -595,10 +596,16 @@ def _origin_form(target: bytes, host: bytes | None) -> tuple[bytes, tuple[int, s
     return (path if path.startswith(b"/") else b"/" + path), None
 
 
-def _upgrade_problem(method: bytes, upgrade: bytes | None) -> tuple[int, str] | None:
-    """Only what kubectl tunnels is tunnelled: one WebSocket or SPDY/3.1 upgrade."""
+def _upgrade_problem(
+    method: bytes, upgrade: bytes | None, *, has_body: bool = False
+) -> tuple[int, str] | None:
+    """Only what kubectl tunnels is tunnelled: one WebSocket or SPDY/3.1 upgrade, without
+    a body (kubectl never sends one; its bytes would be taken for the tunnel's or never
+    reach the tenant, which may wait for them before it answers)."""
     if method == b"CONNECT":
         return 405, "CONNECT is not supported"
+    if has_body:
+        return 400, "an upgrade request must not have a body"
     if upgrade is None or upgrade.strip(b" \t").lower() not in TUNNELLED_UPGRADES:
         offered = (upgrade or b"").decode("latin-1")[:64]
         return 400, (

@@ -468,6 +468,13 @@ def test_credentials_in_the_query_are_redacted_in_the_audit_log(
         # only HTTP/1.x is spoken here (httptools parses these; Go answers them 505)
         (b"", b"HTTP/2.0", 505),
         (b"", b"HTTP/0.9", 505),
+        # an upgrade with a body: the body would never reach the tenant, which waits for it
+        (b"Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n", b"HTTP/1.1", 400),
+        (
+            b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nTransfer-Encoding: chunked\r\n",
+            b"HTTP/1.1",
+            400,
+        ),
     ],
 )
 def test_ambiguous_framing_is_refused_before_anything_leaves(
