@@ -43,8 +43,11 @@ def websocket_bearer_token(values: list[bytes], *, max_bytes: int) -> str | None
 
 
 def without_bearer_protocol(value: bytes) -> bytes:
-    """`value` (one `Sec-WebSocket-Protocol` header) minus any bearer token subprotocol."""
+    """`value` (one `Sec-WebSocket-Protocol` header) minus any subprotocol that holds the
+    bearer prefix anywhere, in any case: kube-apiserver trims each one with Go's
+    `strings.TrimSpace`, which strips Unicode spaces (U+00A0, U+0085, ...) that
+    `bytes.strip` keeps, so a prefix test after our strip would let such a token through."""
     if BEARER_PROTOCOL_PREFIX not in value.lower():
         return value
-    kept = [p for p in _protocols([value]) if not p.lower().startswith(BEARER_PROTOCOL_PREFIX)]
+    kept = [p for p in _protocols([value]) if BEARER_PROTOCOL_PREFIX not in p.lower()]
     return b", ".join(kept)

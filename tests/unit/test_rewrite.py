@@ -272,6 +272,11 @@ BEARER = b"base64url.bearer.authorization.k8s.io.ZXlKaGJHY2lPaUpTVXpJMU5pSjk"
         ([BEARER], []),
         ([BEARER, b"v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
         ([b"v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
+        # kube-apiserver splits on "," and trims with Go's strings.TrimSpace, which also
+        # strips U+00A0, U+0085 and the other Unicode spaces: still a token to it
+        ([b"\xc2\xa0" + BEARER + b", v5.channel.k8s.io"], [b"v5.channel.k8s.io"]),
+        ([b"v5.channel.k8s.io,\xc2\x85" + BEARER + b"\xe2\x80\x83"], [b"v5.channel.k8s.io"]),
+        ([b"\xe3\x80\x80" + BEARER], []),
     ],
 )
 def test_websocket_bearer_subprotocol_is_removed(
