@@ -549,6 +549,28 @@ def test_a_body_whose_framing_breaks_is_refused_and_cancelled_upstream(
     assert ended.wait(3), "the upstream request was left open"
 
 
+def test_a_body_past_the_limit_is_refused_and_cancelled_upstream(
+    tmp_path, issuer, token, upstream
+) -> None:
+    """A chunked body that outgrows `max_request_body_bytes` while its request is under
+    way: 413 at once, and the tenant's half-sent request is cancelled."""
+    ended = threading.Event()
+    upstream.handler = _waits_for_the_whole_body(ended)
+    config = _config(tmp_path, issuer, upstream, max_request_body_bytes=4096)
+    with GatewayThread(tmp_path / "gw", config) as gw, _connect(gw) as s:
+        s.sendall(_POST_CHUNKED + token + b"\r\n\r\n800\r\n" + b"x" * 2048 + b"\r\n")
+        deadline = time.monotonic() + 5
+        while not upstream.heads and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert upstream.heads, "the request was not forwarded"
+        started = time.monotonic()
+        s.sendall(b"1000\r\n" + b"x" * 4096 + b"\r\n")
+        reply = _read_all(s, timeout=5)
+        assert time.monotonic() - started < 3
+    assert _status(reply) == 413 and _body(reply)["kind"] == "Status"
+    assert ended.wait(3), "the upstream request was left open"
+
+
 def test_a_pipelined_request_whose_body_breaks_never_leaves(gateway, token, upstream) -> None:
     ended = threading.Event()
     upstream.handler = _waits_for_the_whole_body(ended)
