@@ -45,6 +45,18 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 MAX_HELD_BODY_BYTES = 64 * 1024  # a request body chunk this large is sent at once
 
 
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def _delimited_by_close(status: int, method: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a response's body ends where the connection does (RFC 9112 §6.3): it has
+    neither Content-Length nor Transfer-Encoding, and its method and status carry a body.
+    Only a clean close ends such a body; any other loss of the connection cuts it."""
+    if method == b"HEAD" or status < 200 or status in (204, 304):
+        return False
+    return not any(name.lower() in _FRAMING for name, _ in headers)
+
+
 class _Inert:
     """Receives no callbacks."""
 
@@ -81,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_stalled",
         "_timer",
         "_tunnel",
+        "_until_close",
         "_upgrade_expected",
         "closed",
         "exchange",
@@ -113,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._tunnel = False
         self._relay: Relay | None = None  # what carries a switched session, None: raw bytes
         self._upgrade_expected = False
+        self._until_close = False  # the response body ends where the connection does
         self.limits: HeadLimits = pool.head_limits
         self._head_open = False  # a response head is due (set by `send`)
         self._held = bytearray()  # the incomplete head's bytes so far
@@ -154,8 +168,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self.pool, flow, Failure(f"connection lost: {exc or 'closed'}", retry=retry)
             )
         elif not exchange.finished:
-            # the response was cut short: the client must see a broken stream, not an end
-            exchange.conn.abort()
+            if not (self._until_close and exc is None):
+                # the response was cut short: the client must see a broken stream, not an end
+                exchange.conn.abort()
+            # else the clean close is the end of a body delimited by it: relayed as an end
             exchange.finish(reusable=False)
 
     def pause_writing(self) -> None:
@@ -318,6 +334,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._stalled = 0
         self._chunked_body = exchange.chunked_in
         self._upgrade_expected = exchange.upgrade
+        self._until_close = False
         exchange.client_gone_hook = self._client_gone
         exchange.conn.on_write_pause = self._client_write_paused
         self._outgoing = [flow.upstream_head]
@@ -467,6 +484,8 @@ class UpstreamConnection(asyncio.Protocol):
             http11=exchange.http11,
             keep_alive=exchange.keep_alive and not exchange.upgrade,
         )
+        if chunked or not keep_alive:  # the client gets no length: is there one at all?
+            self._until_close = _delimited_by_close(status, exchange.method, self._headers)
         self._headers = []  # relayed: a watch would keep them for as long as it streams
         exchange.chunked_out = chunked
         exchange.keep_alive = keep_alive

@@ -212,3 +212,50 @@ def test_403_from_the_tenant_is_the_users_rbac_and_passes_untouched(world, clien
     bad.handler = answer(403, FORBIDDEN)
     r = client.get("/clusters/hostile/api/v1/pods")
     assert r.status_code == 403 and r.content == FORBIDDEN
+
+
+def _close_delimited(status: bytes, body: bytes):
+    """Answers with neither Content-Length nor Transfer-Encoding: the body ends where the
+    connection does (RFC 9112 §6.3; Go's x/net/websocket refuses a handshake this way)."""
+
+    async def handler(head: bytes, reader, writer) -> bool:
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n\r\n" + body)
+        await writer.drain()
+        return False  # the server closes: the end of the body
+
+    return handler
+
+
+@pytest.mark.parametrize("upgrade", [False, True])
+def test_a_body_delimited_by_the_close_arrives_whole_and_properly_ended(
+    world, issuer, upgrade: bool
+) -> None:
+    gw, _, bad = world
+    body = b"x" * 200_000 + b"the end"
+    bad.handler = _close_delimited(b"403 Forbidden", body)
+    token = issuer.sign(issuer.claims()).encode()
+    extra = (
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        if upgrade
+        else b""
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(
+            b"GET /clusters/hostile/api/v1/pods?watch=1 HTTP/1.1\r\nHost: gw.test\r\n"
+            b"Authorization: Bearer " + token + b"\r\n" + extra + b"\r\n"
+        )
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    head, _, chunked = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 ") and b"transfer-encoding: chunked" in head.lower()
+    assert chunked.endswith(b"0\r\n\r\n"), "the client saw a broken stream, not an end"
+    got, rest = b"", chunked
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        got, rest = got + rest[:n], rest[n + 2 :]
+    assert got == body
