@@ -31,8 +31,10 @@ class OwnEndpoints:
     """`/healthz` and `/livez` (the process is up), `/readyz`, then the mounts.
 
     `/readyz?verbose` answers like kube-apiserver's: one `[+]name ok` or `[-]name failed:
-    why` line per check, then the `notes` (state worth knowing that does not make the
-    gateway unready, like a tenant whose API server rejects the gateway's credential)."""
+    why` line per check, then, on the metrics listener only, the `notes` (state worth
+    knowing that does not make the gateway unready, like a tenant whose API server rejects
+    the gateway's credential): they name tenants and policy files, and the main listener
+    answers anyone, without a token."""
 
     def __init__(
         self, metrics: Metrics, keys_loaded: Callable[[], bool], apps: AsgiBridge | None = None
@@ -48,14 +50,15 @@ class OwnEndpoints:
         if not self.health(exchange) and not self.apps.handle(exchange):
             exchange.fail(404, "not found: address a tenant by hostname or by path prefix")
 
-    def health(self, exchange: Exchange) -> bool:
-        """Answer a health or readiness probe; False for any other path."""
+    def health(self, exchange: Exchange, *, notes: bool = False) -> bool:
+        """Answer a health or readiness probe (`notes`: with the notes); False for any
+        other path."""
         path = exchange.target.partition(b"?")[0]
         if path in (b"/healthz", b"/livez"):
             exchange.respond(200, b"ok", content_type=b"text/plain")
         elif path == b"/readyz":
             if b"verbose" in exchange.target.partition(b"?")[2]:
-                self._verbose_readiness(exchange)
+                self._verbose_readiness(exchange, notes=notes)
                 return True
             why = self.not_ready()
             if why is None:
@@ -83,14 +86,14 @@ class OwnEndpoints:
                 return why
         return None
 
-    def _verbose_readiness(self, exchange: Exchange) -> None:
+    def _verbose_readiness(self, exchange: Exchange, *, notes: bool) -> None:
         lines, ready = [], True
         for name, check in self._checks():
             why = check()
             ready = ready and why is None
             lines.append(f"[+]{name} ok" if why is None else f"[-]{name} failed: {why}")
-        for notes in self.notes:
-            lines.extend(f"note: {line}" for line in notes())
+        for more in self.notes if notes else ():
+            lines.extend(f"note: {line}" for line in more())
         lines.append(f"readyz check {'passed' if ready else 'failed'}")
         exchange.respond(
             200 if ready else 503,
@@ -112,7 +115,7 @@ class MetricsEndpoints:
                 generate_latest(self.own.metrics.registry),
                 content_type=CONTENT_TYPE_LATEST.encode(),
             )
-        elif not self.own.health(exchange):
+        elif not self.own.health(exchange, notes=True):
             exchange.fail(
                 404, "not found: this listener serves /metrics, /healthz, /livez and /readyz"
             )

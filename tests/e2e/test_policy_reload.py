@@ -312,12 +312,18 @@ def test_a_rejected_gateway_credential_is_not_blamed_on_the_user(lab: Lab) -> No
         assert "You must be logged in" not in result.stderr
         assert "gateway's own credential for tenant t1" in result.stderr
         verbose = []
-        for conn in lab.workers().values():
+        listen = yaml.safe_load((lab.tmp / "vgate.yaml").read_text())["listen"]
+        for conn in one_connection_per_worker(
+            listen["metrics_port"], lab.gateway.proc.pid
+        ).values():
             conn.request("GET", "/readyz?verbose")
             verbose.append(conn.getresponse().read().decode())
         assert any("note: tenant t1: the gateway's credential is rejected" in v for v in verbose), (
             verbose
         )
+        for conn in lab.workers().values():  # the public port names no tenant to anyone
+            conn.request("GET", "/readyz?verbose")
+            assert "note:" not in conn.getresponse().read().decode()
     finally:
         lab.token_file.write_text(good)
         time.sleep(1.5)
