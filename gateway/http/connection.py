@@ -336,6 +336,12 @@ class ClientConnection(asyncio.Protocol):
             self._pause_reading()
 
     def on_message_complete(self) -> None:
+        if self._headers is not None:
+            # fields after a chunked body are its trailers (bounded like a head): dropped,
+            # never forwarded, and never fields of the next request's head
+            self._headers = None
+            self._head_bytes = 0
+            self._fields_left = self._max_fields
         exchange = self._parsing
         if exchange is not None:
             exchange.end_body()

@@ -507,7 +507,7 @@ def _waits_for_the_whole_body(ended: threading.Event):
 
     async def handler(head: bytes, reader, writer) -> bool:
         got = b""
-        while not got.endswith(b"0\r\n\r\n"):
+        while b"chunked" in head.lower() and not got.endswith(b"0\r\n\r\n"):
             chunk = await reader.read(65536)
             if not chunk:
                 ended.set()
@@ -580,6 +580,35 @@ def test_a_pipelined_request_whose_body_breaks_never_leaves(gateway, token, upst
     reply = _exchange(gateway, good + bad)
     assert time.monotonic() - started < 3
     assert reply.startswith(b"HTTP/1.1 201 ") and reply.count(b"HTTP/1.1 400 ") == 1, reply
+    assert len(upstream.heads) == 1
+
+
+@pytest.mark.parametrize(
+    ("trailer", "second", "status"),
+    [
+        # the next request has no credential of its own: 401, not the trailer's
+        (
+            b"Authorization: Bearer TOKEN",
+            b"GET /clusters/live/api HTTP/1.1\r\nHost: gw.test\r\n",
+            401,
+        ),
+        # nor a Host: it addresses no tenant, not the trailer's
+        (b"Host: live.k8s.test", b"GET /api HTTP/1.0\r\nAuthorization: Bearer TOKEN\r\n", 404),
+    ],
+)
+def test_trailer_fields_never_become_fields_of_the_next_request(
+    gateway, token, upstream, trailer: bytes, second: bytes, status: int
+) -> None:
+    """Fields after a chunked body are its trailers: dropped, never a field of the next
+    head on the connection (behind an ingress that shares one connection among users and
+    passes trailers on, one user would write into another's request)."""
+    upstream.handler = _waits_for_the_whole_body(threading.Event())
+    first = _POST_CHUNKED + token + b"\r\n\r\n2\r\n{}\r\n0\r\n" + trailer + b"\r\n\r\n"
+    raw = (first + second + b"Connection: close\r\n\r\n").replace(b"TOKEN", token)
+    reply = _exchange(gateway, raw)
+    assert reply.startswith(b"HTTP/1.1 201 ")
+    answers = reply.split(b"HTTP/1.1 ")
+    assert len(answers) == 3 and int(answers[2][:3]) == status, reply
     assert len(upstream.heads) == 1
 
 
