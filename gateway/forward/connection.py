@@ -447,6 +447,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         if exchange is None:
+            # a response nobody asked for (it came behind the previous one): the next
+            # request's answer would be read as its body, so this connection is done
+            self.close()
             return
         status = self.parser.get_status_code()
         if status < 200 and status != 101:

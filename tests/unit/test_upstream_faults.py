@@ -264,3 +264,32 @@ def test_a_body_delimited_by_the_close_arrives_whole_and_properly_ended(
             break
         got, rest = got + rest[:n], rest[n + 2 :]
     assert got == body
+
+
+def test_a_response_nobody_asked_for_never_answers_the_next_request(world, client) -> None:
+    """A tenant that sends a second response after the first (in the same read): that
+    connection must not carry another user's request, whose answer would be read as the
+    unasked-for response's body."""
+    _, _, bad = world
+    sent = []
+
+    async def two_answers(head: bytes, reader, writer) -> bool:
+        body = b'{"kind":"List","items":[]}'
+        one = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+        if not sent:
+            sent.append(head)
+            writer.write(
+                one % (len(body), body) + b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\nx"
+            )
+        else:
+            writer.write(one % (len(body), body))
+        await writer.drain()
+        return True
+
+    bad.handler = two_answers
+    first = client.get("/clusters/hostile/api/v1/pods")
+    assert first.status_code == 200 and first.json()["kind"] == "List"
+    time.sleep(0.2)
+    for _ in range(3):
+        again = client.get("/clusters/hostile/api/v1/pods")
+        assert again.status_code == 200 and again.json() == {"kind": "List", "items": []}
