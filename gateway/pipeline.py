@@ -336,6 +336,14 @@ class Pipeline:
             flow.end(Outcome.UNAUTHENTICATED, exc.detail)
             header = _WWW_AUTHENTICATE if exc.reason == "missing" else _INVALID_TOKEN
             flow.exchange.fail(401, "Unauthorized", extra=[header])
+        elif exc.code == 503:  # no signing keys (IdP down since start): fail closed, not 401
+            flow.end(Outcome.UNAVAILABLE, exc.detail)
+            flow.exchange.fail(
+                503,
+                "the gateway cannot check tokens right now: the signing keys of your "
+                "identity provider could not be loaded; try again shortly",
+                extra=[(b"Retry-After", b"5")],
+            )
         else:
             flow.end(Outcome.REFUSED, exc.detail)
             flow.exchange.fail(

@@ -167,8 +167,10 @@ class IssuerKeys:
             await self.refresh()
             key = self._lookup(kid, alg)
         if key is None:
-            if not self._keys:
-                raise AuthError("idp_unavailable", f"no keys loaded for {self.issuer.issuer}")
+            if not self._keys:  # the gateway's trouble, not the token's: 503, not 401
+                raise AuthError(
+                    "idp_unavailable", f"no keys loaded for {self.issuer.issuer}", code=503
+                )
             raise AuthError("unknown_key", f"no key {kid!r} for alg {alg} at {self.issuer.issuer}")
         return key.key
 

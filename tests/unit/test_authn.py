@@ -807,6 +807,7 @@ async def test_idp_down_at_start(own_idp: CraftingIssuer, make: Auths) -> None:
     assert not auth.ready
     err = await refused(auth, own_idp.sign(own_idp.claims()))
     assert err.reason == "idp_unavailable"
+    assert err.code == 503  # the gateway's trouble, not the token's
 
 
 async def test_unknown_issuer_tokens_cause_no_fetch(own_idp: CraftingIssuer, make: Auths) -> None:
