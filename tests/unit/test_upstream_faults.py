@@ -212,3 +212,48 @@ def test_403_from_the_tenant_is_the_users_rbac_and_passes_untouched(world, clien
     bad.handler = answer(403, FORBIDDEN)
     r = client.get("/clusters/hostile/api/v1/pods")
     assert r.status_code == 403 and r.content == FORBIDDEN
+
+
+def test_a_tenant_certificate_not_signed_by_its_ca_is_a_502_saying_so(tmp_path, issuer) -> None:
+    """The tenant's API server starts serving a certificate its configured CA did not sign
+    (a re-issued certificate, a man in the middle): new connections fail closed with a 502
+    `Status` naming the tenant and the certificate, for plain requests and watches (which
+    would go over HTTP/2) alike; nothing is sent. Before, it read "is unreachable". Once the
+    right certificate is back, the tenant is reached again without a restart."""
+    ca, rogue_ca = TestCA(tmp_path / "pki"), TestCA(tmp_path / "rogue")
+    leaf, rogue = ca.issue("upstream", ["127.0.0.1"]), rogue_ca.issue("upstream", ["127.0.0.1"])
+    context = server_context(leaf.cert_file, leaf.key_file)
+    up = ScriptedUpstream(context)
+
+    async def answer_and_close(head, reader, writer) -> bool:
+        await ScriptedUpstream.default(head, reader, writer)
+        return False  # every request on a new connection: a new handshake
+
+    up.handler = answer_and_close
+    config = viewer_config(
+        tmp_path, issuer.issuer, {"t1": f"https://127.0.0.1:{up.port}"}, ca_file=ca.cert_file
+    )
+    token = issuer.sign(issuer.claims())
+    try:
+        with (
+            GatewayThread(tmp_path, config) as gw,
+            httpx.Client(
+                base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            ) as c,
+        ):
+            assert c.get("/clusters/t1/api/v1/pods").status_code == 200
+            context.load_cert_chain(str(rogue.cert_file), str(rogue.key_file))
+            heads = len(up.heads)
+            for path in ("/clusters/t1/api/v1/pods", "/clusters/t1/api/v1/pods?watch=1"):
+                r = c.get(path)
+                assert r.status_code == 502, r.text
+                message = status_of(r)["message"]
+                assert message.startswith(
+                    "the API server of tenant t1 presented a TLS certificate the gateway "
+                    "does not trust ("
+                ), message
+            assert len(up.heads) == heads  # nothing reached the impostor
+            context.load_cert_chain(str(leaf.cert_file), str(leaf.key_file))
+            assert c.get("/clusters/t1/api/v1/pods").status_code == 200
+    finally:
+        up.stop()
