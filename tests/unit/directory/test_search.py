@@ -63,6 +63,17 @@ def test_plain_values_need_no_extra_round_trip() -> None:
     assert conn.searches == []
 
 
+def test_plain_values_over_the_limit_are_too_many() -> None:
+    """The limit holds for values that come whole, as tokenGroups does (it was checked
+    only for ranged values, so `max_groups` did not bound the default tokenGroups path)."""
+    conn = SizeLimitedConnection({})
+    entry = Entry("CN=x", {"tokenGroups": [b"%d" % i for i in range(11)]})
+    assert len(all_values(conn, entry, "tokenGroups", limit=11)) == 11
+    with pytest.raises(DirectoryError) as exc:
+        all_values(conn, entry, "tokenGroups", limit=10)
+    assert exc.value.kind == "too_many"
+
+
 def test_sid_resolution_in_batches_keeps_unresolved_sids() -> None:
     entries = groups(250)
     conn = SizeLimitedConnection(entries)
