@@ -32,7 +32,13 @@ from typing import Final
 from gateway.authn import Authenticator, AuthError
 from gateway.authn.tenant_tokens import ReviewUnavailable as TokenReviewUnavailable
 from gateway.authn.tenant_tokens import TenantTokens
-from gateway.directory import Directory, DirectoryUnavailable, Membership, lookup_value
+from gateway.directory import (
+    Directory,
+    DirectoryRefused,
+    DirectoryUnavailable,
+    Membership,
+    lookup_value,
+)
 from gateway.directory.overage import with_directory_groups
 from gateway.endpoints import OwnEndpoints
 from gateway.flow import Flow, Outcome
@@ -389,6 +395,13 @@ class Pipeline:
             membership = await directory.membership(value)
         except DirectoryUnavailable as exc:
             return self._directory_down(flow, exc)
+        except DirectoryRefused as exc:  # this user's answer (too many groups), not an outage
+            return self._deny(
+                flow,
+                f"directory: {exc}",
+                "the directory lists more groups for you than this gateway accepts "
+                "(ldap.max_groups); ask the platform team",
+            )
         self._member(flow, membership)
         return None
 
