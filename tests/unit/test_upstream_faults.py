@@ -109,6 +109,39 @@ def test_endless_trailer_cuts_the_stream(world, client) -> None:
     assert client.get("/clusters/good/api/v1/pods").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"8\r\n",
+    ],
+    ids=["content-length", "chunked-watch"],
+)
+def test_a_tenant_killed_mid_response_breaks_the_clients_response(world, client, head) -> None:
+    """The API server dies (its connection reset) after part of a body over HTTP/1.1: the
+    client sees a broken response, never a clean, silently short one (a watch: client-go
+    watches again), at once; the next request gets a new connection and its answer."""
+    _, _, bad = world
+
+    async def killed(head_, reader, writer) -> bool:
+        writer.write(head + b'{"kind":')
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()  # RST: the process is gone
+        return False
+
+    bad.handler = killed
+    path = "/clusters/hostile/api/v1/pods" + ("?watch=1" if b"chunked" in head else "")
+    started = time.monotonic()
+    with pytest.raises(httpx.RemoteProtocolError), client.stream("GET", path) as r:
+        assert r.status_code == 200
+        r.read()
+    assert time.monotonic() - started < 2.0
+    bad.handler = bad.default
+    assert client.get("/clusters/hostile/api/v1/pods").status_code == 200
+
+
 @pytest.mark.parametrize("mode", ["hang", "dribble"])
 def test_a_watch_gets_504_when_no_head_comes_in_time(world, client, mode) -> None:
     _, _, bad = world
