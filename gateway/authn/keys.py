@@ -142,8 +142,8 @@ class IssuerKeys:
                 return True
             except (httpx.HTTPError, RuntimeError, ValueError, OSError) as exc:
                 why = f"no answer within {self.fetch_deadline:g} s"
-                if not isinstance(exc, TimeoutError):
-                    why = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, TimeoutError):  # httpx's timeouts have no message
+                    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 log.warning(
                     "issuer %s: key refresh failed (keeping %d cached keys): %s",
                     self.issuer.issuer,
