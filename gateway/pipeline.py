@@ -343,12 +343,13 @@ class Pipeline:
             header = _WWW_AUTHENTICATE if exc.reason == "missing" else _INVALID_TOKEN
             flow.exchange.fail(401, "Unauthorized", extra=[header])
         elif exc.code == 503:  # no signing keys (IdP down since start): fail closed, not 401
+            # no Retry-After: client-go would retry each request ten times, and kubectl say
+            # nothing for minutes instead of this message
             flow.end(Outcome.UNAVAILABLE, exc.detail)
             flow.exchange.fail(
                 503,
                 "the gateway cannot check tokens right now: the signing keys of your "
                 "identity provider could not be loaded; try again shortly",
-                extra=[(b"Retry-After", b"5")],
             )
         else:
             flow.end(Outcome.REFUSED, exc.detail)

@@ -306,7 +306,7 @@ def test_unknown_tenants_create_no_metric_series(client, gateway) -> None:
 
 def test_an_idp_down_since_start_is_a_503_saying_so_until_its_keys_load(tmp_path, upstream) -> None:
     """The IdP answers no JWKS when the gateway starts: a token of that issuer gets a 503
-    `Status` with `Retry-After` saying the signing keys could not be loaded (it was a 401,
+    `Status` saying the signing keys could not be loaded (it was a 401,
     which tells a kubectl user with a good token to log in again), `/readyz` is 503, the
     metric counts `idp_unavailable`; once the IdP answers, the next request's refetch
     loads the keys and the same token works, with no restart."""
@@ -328,7 +328,7 @@ def test_an_idp_down_since_start_is_a_503_saying_so_until_its_keys_load(tmp_path
             ) as c:
                 r = c.get("/clusters/live/api/v1/pods")
                 assert r.status_code == 503, r.text
-                assert r.headers["Retry-After"] == "5"
+                assert "Retry-After" not in r.headers  # kubectl would retry for minutes
                 status = r.json()
                 assert status["kind"] == "Status" and status["code"] == 503
                 assert "signing keys of your identity provider" in status["message"]
