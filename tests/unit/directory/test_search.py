@@ -117,7 +117,11 @@ def test_locked_accounts_get_no_groups(attrs: dict, locked: bool) -> None:
     assert m.active is not locked
 
 
-def test_two_matching_entries_mean_not_found() -> None:
+@pytest.mark.parametrize("matches", [2, 3])
+def test_several_matching_entries_mean_not_found(matches: int) -> None:
+    """Three or more were a `too_many` error: the directory marked down (503s for others),
+    later a 403 about too many groups; several matches are "not found", as two were."""
     raw = {"objectSid": [USER_SID], "userAccountControl": [b"512"]}
-    conn = SizeLimitedConnection({USER_DN: raw, f"CN=gina2,{BASE}": raw})
+    entries = {USER_DN: raw, **{f"CN=gina{i},{BASE}": raw for i in range(2, matches + 1)}}
+    conn = SizeLimitedConnection(entries)
     assert not Lookup(ldap_config()).run(conn, "gina@corp.example.com").found
