@@ -396,10 +396,10 @@ class Pipeline:
             membership = await directory.membership(value)
         except DirectoryUnavailable as exc:
             return self._directory_down(flow, exc)
-        except DirectoryRefused as exc:  # this user's answer (too many groups), not an outage
+        except DirectoryRefused as refused:  # this user's answer (too many groups): no outage
             return self._deny(
                 flow,
-                f"directory: {exc}",
+                f"directory: {refused}",
                 "the directory lists more groups for you than this gateway accepts "
                 "(ldap.max_groups); ask the platform team",
             )
