@@ -32,7 +32,13 @@ from typing import Final
 from gateway.authn import Authenticator, AuthError
 from gateway.authn.tenant_tokens import ReviewUnavailable as TokenReviewUnavailable
 from gateway.authn.tenant_tokens import TenantTokens
-from gateway.directory import Directory, DirectoryUnavailable, Membership, lookup_value
+from gateway.directory import (
+    Directory,
+    DirectoryRefused,
+    DirectoryUnavailable,
+    Membership,
+    lookup_value,
+)
 from gateway.directory.overage import with_directory_groups
 from gateway.endpoints import OwnEndpoints
 from gateway.flow import Flow, Outcome
@@ -336,6 +342,15 @@ class Pipeline:
             flow.end(Outcome.UNAUTHENTICATED, exc.detail)
             header = _WWW_AUTHENTICATE if exc.reason == "missing" else _INVALID_TOKEN
             flow.exchange.fail(401, "Unauthorized", extra=[header])
+        elif exc.code == 503:  # no signing keys (IdP down since start): fail closed, not 401
+            # no Retry-After: client-go would retry each request ten times, and kubectl say
+            # nothing for minutes instead of this message
+            flow.end(Outcome.UNAVAILABLE, exc.detail)
+            flow.exchange.fail(
+                503,
+                "the gateway cannot check tokens right now: the signing keys of your "
+                "identity provider could not be loaded; try again shortly",
+            )
         else:
             flow.end(Outcome.REFUSED, exc.detail)
             flow.exchange.fail(
@@ -381,6 +396,13 @@ class Pipeline:
             membership = await directory.membership(value)
         except DirectoryUnavailable as exc:
             return self._directory_down(flow, exc)
+        except DirectoryRefused as refused:  # this user's answer (too many groups): no outage
+            return self._deny(
+                flow,
+                f"directory: {refused}",
+                "the directory lists more groups for you than this gateway accepts "
+                "(ldap.max_groups); ask the platform team",
+            )
         self._member(flow, membership)
         return None
 

@@ -15,6 +15,8 @@ from gateway.registry import Upstream
 log = logging.getLogger("vgate.tenant_api")
 
 LOG_EVERY_SECONDS = 30.0
+#: a review or discovery answer is a few hundred bytes; a tenant sending more is cut off
+MAX_ANSWER_BYTES = 1 << 20
 
 
 class CredentialRefused(Exception):
@@ -85,18 +87,50 @@ class TenantApi:
         extensions = {}
         if upstream.server_hostname and upstream.server_hostname != upstream.host:
             extensions["sni_hostname"] = upstream.server_hostname
-        r = await self._client(upstream).request(
-            method,
-            path,
-            content=json.dumps(body) if body is not None else None,
-            headers=headers,
-            extensions=extensions,
+        client = self._client(upstream)
+        r = await self._bounded(
+            client,
+            client.build_request(
+                method,
+                path,
+                content=json.dumps(body) if body is not None else None,
+                headers=headers,
+                extensions=extensions,
+            ),
         )
         if r.status_code in (401, 403):
             refused = CredentialRefused(upstream.name, r.status_code, needs)
             self._log(refused)
             raise refused
         return r
+
+    async def _bounded(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+        """Send `request`; the whole answer is due within the timeout (httpx's own bounds
+        each read, so a tenant dribbling bytes would hold the call forever) and may hold
+        at most `MAX_ANSWER_BYTES`. Both failures are `httpx.HTTPError`s, like no answer."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await client.send(request, stream=True)
+                try:
+                    content = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        content += chunk
+                        if len(content) > MAX_ANSWER_BYTES:
+                            raise httpx.RemoteProtocolError(
+                                f"answer larger than {MAX_ANSWER_BYTES} bytes", request=request
+                            )
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise httpx.ReadTimeout(
+                f"no whole answer within {self._timeout:g}s", request=request
+            ) from None
+        return httpx.Response(
+            response.status_code,
+            headers={"Content-Type": response.headers.get("Content-Type", "")},
+            content=bytes(content),
+            request=request,
+        )
 
     def _log(self, refused: CredentialRefused) -> None:
         """One line per tenant and right, then one every `LOG_EVERY_SECONDS`."""

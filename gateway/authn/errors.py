@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class AuthError(Exception):
-    """The caller is not authenticated (401) or claims a forbidden identity (403).
+    """The caller is not authenticated (401), claims a forbidden identity (403), or the
+    token cannot be checked now because its issuer's keys could not be loaded (503).
 
     `reason` is a short stable label for metrics; `detail` goes to the audit log only.
     """

@@ -23,6 +23,9 @@ from gateway.config.model import Issuer
 log = logging.getLogger("vgate.authn")
 
 MAX_DOCUMENT_BYTES = 512 * 1024
+# a whole refresh (discovery + JWKS) gives up after this long, however the IdP dribbles its
+# answer: only requests that need a key the set does not have wait for it
+FETCH_DEADLINE_SECONDS = 10.0
 
 
 class IssuerKeys:
@@ -44,6 +47,7 @@ class IssuerKeys:
         self._attempted_at = float("-inf")
         self._lock = asyncio.Lock()
         self._jwks_uri: str | None = None
+        self.fetch_deadline = FETCH_DEADLINE_SECONDS
         verify: ssl.SSLContext | bool = True
         if issuer.ca_file:
             verify = ssl.create_default_context(cafile=str(issuer.ca_file))
@@ -86,10 +90,16 @@ class IssuerKeys:
                 raise RuntimeError("discovery document has no usable jwks_uri")
             self._jwks_uri = jwks_uri
         jwks = await self._get_json(self._jwks_uri)
+        entries = jwks.get("keys")
+        if not isinstance(entries, list):
+            raise RuntimeError('JWKS has no "keys" list')
         keys: dict[str | None, _Key] = {}
         fingerprints: set[str] = set()
-        for entry in jwks.get("keys", []):
+        for entry in entries:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            if not isinstance(entry.get("kid", ""), str):
+                log.warning("issuer %s: skipping a JWK whose kid is no string", self.issuer.issuer)
                 continue
             if entry.get("kty") == "oct":  # symmetric keys are never accepted
                 continue
@@ -118,36 +128,49 @@ class IssuerKeys:
         log.info("issuer %s: loaded %d signing keys", self.issuer.issuer, len(keys))
 
     async def refresh(self, *, force: bool = False) -> bool:
-        """Refetch unless one was attempted within `min_interval`; True if keys changed hands."""
+        """Refetch unless one ended within `min_interval`; True if keys changed hands.
+
+        Never raises: a failed, malformed or too slow (`fetch_deadline`, the whole refresh)
+        answer keeps the last good key set. The interval counts from the end of the last
+        attempt, so callers queued behind a slow fetch do not each start another."""
         async with self._lock:
-            now = time.monotonic()
-            if not force and now - self._attempted_at < self.min_interval:
+            if not force and time.monotonic() - self._attempted_at < self.min_interval:
                 return False
-            self._attempted_at = now
             try:
-                await self._fetch()
+                async with asyncio.timeout(self.fetch_deadline):
+                    await self._fetch()
                 return True
             except (httpx.HTTPError, RuntimeError, ValueError, OSError) as exc:
+                why = f"no answer within {self.fetch_deadline:g} s"
+                if not isinstance(exc, TimeoutError):  # httpx's timeouts have no message
+                    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 log.warning(
                     "issuer %s: key refresh failed (keeping %d cached keys): %s",
                     self.issuer.issuer,
                     len(self._keys),
-                    exc,
+                    why,
                 )
                 self._jwks_uri = None if not self._keys else self._jwks_uri
                 return False
+            finally:
+                self._attempted_at = time.monotonic()
 
     def stale(self) -> bool:
         return time.monotonic() - self._fetched_at > self.max_age
 
     async def key_for(self, kid: str | None, alg: str) -> PublicKey:
-        """The key to verify a token with header `kid`/`alg`; refetches once on a miss."""
+        """The key to verify a token with header `kid`/`alg`; refetches once on a miss. The
+        key set is looked at again after `refresh` whatever it did: a caller that waited for
+        another caller's fetch (or was rate-limited behind it) finds the keys it brought."""
         key = self._lookup(kid, alg)
-        if key is None and await self.refresh():
+        if key is None:
+            await self.refresh()
             key = self._lookup(kid, alg)
         if key is None:
-            if not self._keys:
-                raise AuthError("idp_unavailable", f"no keys loaded for {self.issuer.issuer}")
+            if not self._keys:  # the gateway's trouble, not the token's: 503, not 401
+                raise AuthError(
+                    "idp_unavailable", f"no keys loaded for {self.issuer.issuer}", code=503
+                )
             raise AuthError("unknown_key", f"no key {kid!r} for alg {alg} at {self.issuer.issuer}")
         return key.key
 

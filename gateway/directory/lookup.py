@@ -57,14 +57,24 @@ class Lookup:
         cfg = self.config
         if not value or len(value) > MAX_LOOKUP_CHARS:
             return not_found(value[:MAX_LOOKUP_CHARS])
-        found = paged_search(
-            conn,
-            cfg.user_base_dn,
-            self.user_filter(value),
-            ["objectSid"],
-            page_size=cfg.page_size,
-            limit=2,
-        )
+        try:
+            found = paged_search(
+                conn,
+                cfg.user_base_dn,
+                self.user_filter(value),
+                ["objectSid"],
+                page_size=cfg.page_size,
+                limit=2,
+            )
+        except DirectoryError as exc:  # more than 2 match: "not found", like 2
+            if exc.kind != "too_many":
+                raise
+            log.warning(
+                "directory: several entries match %s=%r; refusing to pick one",
+                cfg.user_attribute,
+                value,
+            )
+            return not_found(value)
         if len(found) != 1:
             if found:
                 log.warning(

@@ -114,10 +114,13 @@ def read_entry(conn: ldap3.Connection, dn: str, attributes: list[str]) -> Entry 
 
 def all_values(conn: ldap3.Connection, entry: Entry, attr: str, *, limit: int) -> list[bytes]:
     """Every value of a multi-valued attribute, following AD's ranged retrieval: when the
-    entry holds `attr;range=0-1499`, ask for `attr;range=1500-*` and so on until `*`."""
+    entry holds `attr;range=0-1499`, ask for `attr;range=1500-*` and so on until `*`. More
+    than `limit` values, ranged or not (tokenGroups comes whole), is `too_many`."""
     values = entry.values(attr)
     ranged = _ranged(entry, attr)
     rounds = 0
+    if len(values) > limit:
+        raise DirectoryError("too_many", f"{attr} of {entry.dn} has more than {limit} values")
     while ranged is not None:
         got, hi = ranged
         values.extend(got)

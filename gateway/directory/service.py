@@ -22,7 +22,12 @@ from cachetools import LRUCache
 
 from gateway.config.model import LDAP
 from gateway.directory.entry import Membership, not_found
-from gateway.directory.errors import DirectoryError, DirectoryUnavailable
+from gateway.directory.errors import (
+    USER_KINDS,
+    DirectoryError,
+    DirectoryRefused,
+    DirectoryUnavailable,
+)
 from gateway.directory.flush import FlushWatcher
 from gateway.identity import Identity
 from gateway.metrics import Metrics
@@ -171,6 +176,10 @@ class Directory:
         try:
             found = await self._lookup(value)
         except DirectoryError as exc:
+            if exc.kind in USER_KINDS:  # this user's answer: refuse them, and only them
+                self._refused(value, exc)
+                result.set_exception(DirectoryRefused(str(exc)))
+                return
             self._failed(exc)
             try:
                 found = self._stale_or_refuse(self._cache.get(key), self.clock())
@@ -206,6 +215,11 @@ class Directory:
             self.metrics.directory_latency.observe(time.perf_counter() - started)
         self.metrics.directory_lookups.labels("found" if found.found else "not_found").inc()
         return found
+
+    def _refused(self, value: str, exc: DirectoryError) -> None:
+        self.metrics.directory_lookups.labels("error").inc()
+        self.metrics.directory_errors.labels(exc.kind).inc()
+        log.warning("directory lookup of %r refused (%s): %s", value[:256], exc.kind, exc)
 
     def _failed(self, exc: DirectoryError) -> None:
         self.metrics.directory_lookups.labels("error").inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 
@@ -27,3 +28,18 @@ def credential_rejected(tenant: str) -> Failure:
         "platform administrator must renew the gateway's credential for this tenant",
         credential=True,
     )
+
+
+def connect_failed(tenant: str, exc: BaseException) -> Failure:
+    """A connection to `tenant` that could not be made: a 502. A certificate that does not
+    verify (not signed by the tenant's configured CA, or naming another host) is said so in
+    the client's message, since the API server is reachable but not trusted; nothing was
+    sent to it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure(
+            f"connect failed: {exc}",
+            502,
+            f"the API server of tenant {tenant} presented a TLS certificate the gateway "
+            f"does not trust ({exc.verify_message}); nothing was sent to it",
+        )
+    return Failure(f"connect failed: {exc}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from gateway.config.model import Upstream as UpstreamSettings
 from gateway.forward.connection import HeadLimits
-from gateway.forward.failure import Failure
+from gateway.forward.failure import Failure, connect_failed
 from gateway.forward.health import TenantHealth
 from gateway.forward.multiplex_pool import MultiplexPool
 from gateway.forward.pool import UpstreamPool
@@ -195,7 +195,7 @@ class Forwarder:
             self._answer_failure(flow, pool.upstream, Failure("connect timeout", 504))
             return
         except (OSError, ssl.SSLError) as exc:
-            self._answer_failure(flow, pool.upstream, Failure(f"connect failed: {exc}"))
+            self._answer_failure(flow, pool.upstream, connect_failed(pool.upstream.name, exc))
             return
         if flow.exchange.conn.closed:
             conn.close()

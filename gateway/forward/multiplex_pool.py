@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.forward.connection import HeadLimits
-from gateway.forward.failure import Failure
+from gateway.forward.failure import Failure, connect_failed
 from gateway.forward.health import TenantHealth
 from gateway.forward.multiplex import MultiplexConnection, NotMultiplexed
 from gateway.forward.pool import dial
@@ -135,7 +135,7 @@ class MultiplexPool:
         except TimeoutError:
             return Failure("connect timeout", 504)
         except (OSError, ssl.SSLError, ConnectionError) as exc:
-            return Failure(f"connect failed: {exc}")
+            return connect_failed(u.name, exc)
         return None
 
     def connection_ready(self, conn: MultiplexConnection) -> None:

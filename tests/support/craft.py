@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,6 +26,8 @@ class CraftingIssuer:
         self.ec = ec.generate_private_key(ec.SECP256R1())
         self.keys = {"rsa1": ("RS256", self.rsa), "ec1": ("ES256", self.ec)}
         self.jwks_fetches = 0
+        # fault injection: when set, answers a JWKS request itself (writes the whole response)
+        self.jwks_fault: Callable[[BaseHTTPRequestHandler], None] | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         self.issuer = f"http://127.0.0.1:{self.port}"
@@ -50,6 +53,9 @@ class CraftingIssuer:
                     body = {"issuer": issuer.issuer, "jwks_uri": issuer.issuer + "/jwks"}
                 elif self.path == "/jwks":
                     issuer.jwks_fetches += 1
+                    if issuer.jwks_fault is not None:
+                        issuer.jwks_fault(self)
+                        return
                     body = issuer._jwks()
                 else:
                     self.send_error(404)

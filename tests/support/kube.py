@@ -263,10 +263,11 @@ class ApiServer:
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
 
-    def start(self, timeout: float = 60.0) -> ApiServer:
+    def start(self, timeout: float = 60.0, *, same_port: bool = False) -> ApiServer:
+        """Start (or, with `same_port`, start again where it listened before: a restart)."""
         w = self.workdir
         w.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.port if same_port and self.port else free_port()
         sa_key = w / "sa.key"
         if not sa_key.exists():
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

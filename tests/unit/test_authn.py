@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import itertools
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import jwt
@@ -805,6 +807,7 @@ async def test_idp_down_at_start(own_idp: CraftingIssuer, make: Auths) -> None:
     assert not auth.ready
     err = await refused(auth, own_idp.sign(own_idp.claims()))
     assert err.reason == "idp_unavailable"
+    assert err.code == 503  # the gateway's trouble, not the token's
 
 
 async def test_unknown_issuer_tokens_cause_no_fetch(own_idp: CraftingIssuer, make: Auths) -> None:
@@ -812,6 +815,107 @@ async def test_unknown_issuer_tokens_cause_no_fetch(own_idp: CraftingIssuer, mak
     for i in range(5):
         await refused(auth, own_idp.sign(own_idp.claims(iss=f"https://x{i}.example.com")))
     assert own_idp.jwks_fetches == 1
+
+
+async def test_requests_waiting_for_a_refetch_find_the_key_it_brought(
+    own_idp: CraftingIssuer, make: Auths
+) -> None:
+    """Right after a rotation, every concurrent request signed by the new key verifies: one
+    refetch, and those that waited for it look at the key set again (they were 401)."""
+    auth = await make(issuer_config(own_idp), jwks_refresh_min_interval_seconds=0.3)
+    own_idp.keys["rsa2"] = ("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    await asyncio.sleep(0.35)
+    tokens = [own_idp.sign(own_idp.claims(sub=f"u-{i}"), kid="rsa2") for i in range(5)]
+    identities = await asyncio.gather(*(auth.authenticate(t) for t in tokens))
+    assert [identity.uid for identity in identities] == [f"u-{i}" for i in range(5)]
+    assert own_idp.jwks_fetches == 2
+
+
+def jwks_answer(body: bytes) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A JWKS response with `body` as it is (the IdP's fault)."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        with contextlib.suppress(OSError):  # the gateway stops reading a huge one
+            handler.wfile.write(body)
+
+    return answer
+
+
+def kid_not_a_string(idp: CraftingIssuer) -> bytes:
+    jwks = idp._jwks()
+    for jwk in jwks["keys"]:
+        jwk["kid"] = [jwk["kid"]]
+    return json.dumps(jwks).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda idp: b'{"keys": 5}',
+        lambda idp: b'{"keys": null}',
+        kid_not_a_string,
+        lambda idp: b'{"keys": [',
+        lambda idp: b'{"keys": [], "pad": "' + b"x" * (600 * 1024) + b'"}',
+    ],
+    ids=["keys-a-number", "keys-null", "kid-a-list", "truncated", "huge"],
+)
+async def test_a_malformed_or_huge_jwks_keeps_the_cached_keys(
+    own_idp: CraftingIssuer, make: Auths, body: Callable[[CraftingIssuer], bytes]
+) -> None:
+    """A JWKS of the wrong shape is a failed refresh like any other: the token with the
+    unknown kid is a 401 (`unknown_key`), known keys keep verifying, and `refresh` itself
+    never raises (it runs in the background loop too). Before, a non-list `keys` or a
+    non-string `kid` escaped as a TypeError."""
+    auth = await make(issuer_config(own_idp), jwks_refresh_min_interval_seconds=0)
+    own_idp.jwks_fault = jwks_answer(body(own_idp))
+    err = await refused(auth, own_idp.sign(own_idp.claims(), headers={"kid": "new"}))
+    assert err.reason == "unknown_key"
+    assert await auth.keys_for(own_idp.issuer).refresh(force=True) is False
+    identity = await auth.authenticate(own_idp.sign(own_idp.claims(sub="u-known"), kid="ec1"))
+    assert identity.uid == "u-known"
+
+
+async def test_a_jwks_that_dribbles_is_given_up_and_stalls_no_other_request(
+    own_idp: CraftingIssuer, make: Auths, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An IdP that sends its JWKS a byte at a time (each read well within httpx's 5 s) is
+    given up after `fetch_deadline` for the whole refresh; meanwhile a token whose key is
+    known verifies at once. Before, the refresh, and every request waiting for it, lasted
+    as long as the IdP kept dribbling."""
+    auth = await make(issuer_config(own_idp), jwks_refresh_min_interval_seconds=0)
+    auth.keys_for(own_idp.issuer).fetch_deadline = 1.0
+    stop = threading.Event()
+
+    def dribble(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.2):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+
+    own_idp.jwks_fault = dribble
+    try:
+        started = time.monotonic()
+        pending = asyncio.ensure_future(
+            auth.authenticate(own_idp.sign(own_idp.claims(), headers={"kid": "new"}))
+        )
+        await asyncio.sleep(0.1)
+        known = own_idp.sign(own_idp.claims(sub="u-known"))
+        assert (await asyncio.wait_for(auth.authenticate(known), 0.5)).uid == "u-known"
+        with pytest.raises(AuthError) as info:
+            await asyncio.wait_for(pending, 10)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+    assert info.value.reason == "unknown_key"
+    assert 0.9 < elapsed < 3.0, elapsed
+    assert "key refresh failed (keeping 2 cached keys): no answer within 1 s" in caplog.text
 
 
 # -- the verified-token cache --------------------------------------------------------------

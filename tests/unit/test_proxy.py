@@ -302,3 +302,42 @@ def test_unknown_tenants_create_no_metric_series(client, gateway) -> None:
     metrics = httpx.get(f"{gateway.metrics_url}/metrics", timeout=10).text
     assert "made-up-" not in metrics
     assert 'tenant="live"' in metrics or "vgate_requests_total" in metrics
+
+
+def test_an_idp_down_since_start_is_a_503_saying_so_until_its_keys_load(tmp_path, upstream) -> None:
+    """The IdP answers no JWKS when the gateway starts: a token of that issuer gets a 503
+    `Status` saying the signing keys could not be loaded (it was a 401,
+    which tells a kubectl user with a good token to log in again), `/readyz` is 503, the
+    metric counts `idp_unavailable`; once the IdP answers, the next request's refetch
+    loads the keys and the same token works, with no restart."""
+    idp = CraftingIssuer().start()
+
+    def unavailable(handler) -> None:
+        handler.send_response(503)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    idp.jwks_fault = unavailable
+    config = viewer_config(tmp_path, idp.issuer, {"live": f"http://127.0.0.1:{upstream.port}"})
+    config["oidc"]["jwks_refresh_min_interval_seconds"] = 0.3
+    try:
+        with GatewayThread(tmp_path, config) as gw:
+            token = idp.sign(idp.claims())
+            with httpx.Client(
+                base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            ) as c:
+                r = c.get("/clusters/live/api/v1/pods")
+                assert r.status_code == 503, r.text
+                assert "Retry-After" not in r.headers  # kubectl would retry for minutes
+                status = r.json()
+                assert status["kind"] == "Status" and status["code"] == 503
+                assert "signing keys of your identity provider" in status["message"]
+                assert httpx.get(f"{gw.metrics_url}/readyz").status_code == 503
+                metrics = httpx.get(f"{gw.metrics_url}/metrics").text
+                assert 'vgate_auth_failures_total{reason="idp_unavailable"} 1.0' in metrics
+                idp.jwks_fault = None  # the IdP is back
+                time.sleep(0.35)
+                assert c.get("/clusters/live/api/v1/pods").status_code == 200
+                assert httpx.get(f"{gw.metrics_url}/readyz").status_code == 200
+    finally:
+        idp.down()

@@ -121,6 +121,45 @@ def test_a_refusing_or_absent_tenant_is_named_or_unavailable_and_not_cached(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("how", ["dribbled", "huge"])
+def test_an_answer_dribbled_or_huge_is_no_answer_in_bounded_time(
+    upstream: ScriptedUpstream, how: str
+) -> None:
+    """A tenant that sends its TokenReview answer a byte at a time, or sends far more than
+    an answer, gets a 503 ("cannot review") within the review timeout, and the gateway
+    holds at most `MAX_ANSWER_BYTES` of it. Before, the timeout bounded each read only:
+    the call lasted as long as the tenant dribbled, and the whole answer was read."""
+    stop = asyncio.Event()
+
+    async def hostile(head: bytes, reader, writer) -> bool:
+        writer.write(b"HTTP/1.1 201 X\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 1000000000\r\n\r\n")
+        while not stop.is_set():
+            writer.write(b" " if how == "dribbled" else b" " * 65536)
+            await writer.drain()
+            if how == "dribbled":
+                await asyncio.sleep(0.05)
+        return False
+
+    async def scenario() -> float:
+        tokens = TenantTokens(TokenReview(), TenantApi(timeout=0.5))
+        started = time.monotonic()
+        try:
+            with pytest.raises(ReviewUnavailable):
+                await asyncio.wait_for(tokens.authenticate(tenant(upstream.port), "t"), 10)
+            return time.monotonic() - started
+        finally:
+            upstream.loop.call_soon_threadsafe(stop.set)
+            await tokens.api.close()
+
+    upstream.handler = hostile
+    try:
+        took = asyncio.run(scenario())
+    finally:
+        upstream.handler = upstream.default
+    assert took < 2.0, took
+
+
 def test_unusable_answers_are_rejections(reviewer: Reviewer, upstream: ScriptedUpstream) -> None:
     async def scenario() -> None:
         tokens = TenantTokens(TokenReview(), TenantApi())

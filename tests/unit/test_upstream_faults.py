@@ -109,6 +109,39 @@ def test_endless_trailer_cuts_the_stream(world, client) -> None:
     assert client.get("/clusters/good/api/v1/pods").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"8\r\n",
+    ],
+    ids=["content-length", "chunked-watch"],
+)
+def test_a_tenant_killed_mid_response_breaks_the_clients_response(world, client, head) -> None:
+    """The API server dies (its connection reset) after part of a body over HTTP/1.1: the
+    client sees a broken response, never a clean, silently short one (a watch: client-go
+    watches again), at once; the next request gets a new connection and its answer."""
+    _, _, bad = world
+
+    async def killed(head_, reader, writer) -> bool:
+        writer.write(head + b'{"kind":')
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()  # RST: the process is gone
+        return False
+
+    bad.handler = killed
+    path = "/clusters/hostile/api/v1/pods" + ("?watch=1" if b"chunked" in head else "")
+    started = time.monotonic()
+    with pytest.raises(httpx.RemoteProtocolError), client.stream("GET", path) as r:
+        assert r.status_code == 200
+        r.read()
+    assert time.monotonic() - started < 2.0
+    bad.handler = bad.default
+    assert client.get("/clusters/hostile/api/v1/pods").status_code == 200
+
+
 @pytest.mark.parametrize("mode", ["hang", "dribble"])
 def test_a_watch_gets_504_when_no_head_comes_in_time(world, client, mode) -> None:
     _, _, bad = world
@@ -293,3 +326,48 @@ def test_a_response_nobody_asked_for_never_answers_the_next_request(world, clien
     for _ in range(3):
         again = client.get("/clusters/hostile/api/v1/pods")
         assert again.status_code == 200 and again.json() == {"kind": "List", "items": []}
+
+
+def test_a_tenant_certificate_not_signed_by_its_ca_is_a_502_saying_so(tmp_path, issuer) -> None:
+    """The tenant's API server starts serving a certificate its configured CA did not sign
+    (a re-issued certificate, a man in the middle): new connections fail closed with a 502
+    `Status` naming the tenant and the certificate, for plain requests and watches (which
+    would go over HTTP/2) alike; nothing is sent. Before, it read "is unreachable". Once the
+    right certificate is back, the tenant is reached again without a restart."""
+    ca, rogue_ca = TestCA(tmp_path / "pki"), TestCA(tmp_path / "rogue")
+    leaf, rogue = ca.issue("upstream", ["127.0.0.1"]), rogue_ca.issue("upstream", ["127.0.0.1"])
+    context = server_context(leaf.cert_file, leaf.key_file)
+    up = ScriptedUpstream(context)
+
+    async def answer_and_close(head, reader, writer) -> bool:
+        await ScriptedUpstream.default(head, reader, writer)
+        return False  # every request on a new connection: a new handshake
+
+    up.handler = answer_and_close
+    config = viewer_config(
+        tmp_path, issuer.issuer, {"t1": f"https://127.0.0.1:{up.port}"}, ca_file=ca.cert_file
+    )
+    token = issuer.sign(issuer.claims())
+    try:
+        with (
+            GatewayThread(tmp_path, config) as gw,
+            httpx.Client(
+                base_url=gw.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            ) as c,
+        ):
+            assert c.get("/clusters/t1/api/v1/pods").status_code == 200
+            context.load_cert_chain(str(rogue.cert_file), str(rogue.key_file))
+            heads = len(up.heads)
+            for path in ("/clusters/t1/api/v1/pods", "/clusters/t1/api/v1/pods?watch=1"):
+                r = c.get(path)
+                assert r.status_code == 502, r.text
+                message = status_of(r)["message"]
+                assert message.startswith(
+                    "the API server of tenant t1 presented a TLS certificate the gateway "
+                    "does not trust ("
+                ), message
+            assert len(up.heads) == heads  # nothing reached the impostor
+            context.load_cert_chain(str(leaf.cert_file), str(leaf.key_file))
+            assert c.get("/clusters/t1/api/v1/pods").status_code == 200
+    finally:
+        up.stop()

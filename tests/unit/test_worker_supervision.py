@@ -158,6 +158,36 @@ def test_sighup_reloads_every_worker_and_the_master_stays(gateway) -> None:
     assert log_has(served, "SIGHUP: every worker reads the configuration again")
 
 
+@pytest.mark.parametrize("gateway", [0], indirect=True)  # reload.poll_seconds: SIGHUP only
+def test_sighup_with_a_broken_policy_keeps_the_last_good_one_in_every_worker(gateway) -> None:
+    served, tmp, headers = gateway
+    (tmp / "policies" / "all.yaml").write_text("tenant: '*'\nroles: [\n")  # a bad edit
+    served.proc.send_signal(signal.SIGHUP)
+    sent = time.monotonic()
+    while sum("configuration not reloaded" in line for line in served.lines) < 2:
+        assert time.monotonic() - sent < 5, "".join(served.lines[-10:])
+        time.sleep(0.05)
+    refused = [line for line in served.lines if "configuration not reloaded" in line]
+    assert all("all.yaml:" in line for line in refused), refused  # file and line named
+    for pid, conn in one_connection_per_worker(served.port, served.proc.pid).items():
+        conn.request("GET", "/clusters/t1/api", headers=headers)
+        r = conn.getresponse()
+        assert r.status == 200, (pid, r.read())  # the last good policy still decides
+        r.read()
+    assert served.proc.poll() is None
+    metrics_port = yaml.safe_load((tmp / "vgate.yaml").read_text())["listen"]["metrics_port"]
+    status, text = get(metrics_port, "/metrics")
+    assert 'vgate_config_reload_total{result="error"} 1.0' in text
+    status, text = get(metrics_port, "/readyz?verbose")
+    assert status == 200 and "all.yaml" in text  # ready, and the refused change is shown
+    (tmp / "policies" / "all.yaml").write_text(yaml.safe_dump(NOBODY))  # fixed: applies
+    served.proc.send_signal(signal.SIGHUP)
+    sent = time.monotonic()
+    while get(served.port, "/clusters/t1/api", headers)[0] != 403:
+        assert time.monotonic() - sent < 2
+        time.sleep(0.05)
+
+
 def test_sigterm_drains_every_worker(gateway, upstream: ScriptedUpstream) -> None:
     served, _, headers = gateway
     release = threading.Event()

@@ -401,6 +401,24 @@ def test_gateway_with_a_wrong_bind_password_says_so_and_fails_closed(
     assert "wrong password" in caplog.text
 
 
+def test_a_user_in_more_groups_than_max_groups_is_refused_alone(
+    ad_world: ADWorld, tmp_path: Path
+) -> None:
+    """erin's 300+ groups over a `max_groups` of 100: erin gets a 403 saying why (not a
+    503 "try again", which would never help), and the next user is looked up and served at
+    once. Before, erin's lookup marked the directory down, and alice got a 503."""
+    cfg = ad_world.config(max_groups=100, flush_file=str(tmp_path / "flush"))
+    with GatewayThread(tmp_path / "gw", cfg) as gw:
+        refused = ad_world.get("tenant2", "erin", gw)
+        assert refused.status_code == 403, refused.text
+        assert "more groups for you than this gateway accepts" in refused.json()["message"]
+        started = time.monotonic()
+        assert ad_world.get("tenant1", "alice", gw).status_code == 200
+        assert time.monotonic() - started < 2.0
+        errors = gw.gateway.directory.metrics.directory_errors.labels("too_many")._value.get()
+        assert errors == 1
+
+
 @pytest.mark.slow
 def test_flush_reaches_every_worker_of_vgate_serve(ad_world: ADWorld, tmp_path: Path) -> None:
     corp = ad_world.corp

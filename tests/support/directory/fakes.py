@@ -121,6 +121,7 @@ class FakeSource:
         self.users = users
         self.calls = 0
         self.fail: DirectoryError | None = None
+        self.fail_for: dict[str, DirectoryError] = {}  # one user's lookup fails
         self.delay = 0.0
         self.lock = threading.Lock()
 
@@ -131,6 +132,8 @@ class FakeSource:
             time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
+        if value in self.fail_for:
+            raise self.fail_for[value]
         groups = self.users.get(value)
         if groups is None:
             return not_found(value)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.directory import Directory, DirectoryUnavailable
+from gateway.directory import Directory, DirectoryRefused, DirectoryUnavailable
 from gateway.directory.errors import DirectoryError
 from gateway.directory.flush import request_flush
 from gateway.metrics import Metrics
@@ -81,6 +81,22 @@ def test_stale_served_while_down_then_refused(tmp_path: Path) -> None:
     clock.now += 2  # the directory is back
     assert asyncio.run(d.membership("alice")).found
     assert metrics.directory_errors.labels("connect")._value.get() == 2
+
+
+def test_a_user_in_too_many_groups_is_refused_alone(tmp_path: Path) -> None:
+    """More groups than `max_groups` is that user's answer (`DirectoryRefused`, a 403), not
+    a directory outage: before, it marked the directory down, and for
+    `retry_interval_seconds` every user not cached got a 503."""
+    d, source, _, metrics = make(tmp_path)
+    source.fail_for["huge"] = DirectoryError("too_many", "more than 5000 groups")
+    with pytest.raises(DirectoryRefused):
+        asyncio.run(d.membership("huge"))
+    assert asyncio.run(d.membership("bob")).found  # looked up at once, not refused
+    assert source.calls == 2
+    with pytest.raises(DirectoryRefused):  # asked again: nothing cached for them
+        asyncio.run(d.membership("huge"))
+    assert metrics.directory_errors.labels("too_many")._value.get() == 2
+    assert count(metrics, "refused") == 0
 
 
 def test_no_staleness_means_fail_closed_at_once(tmp_path: Path) -> None:

@@ -63,6 +63,17 @@ def test_plain_values_need_no_extra_round_trip() -> None:
     assert conn.searches == []
 
 
+def test_plain_values_over_the_limit_are_too_many() -> None:
+    """The limit holds for values that come whole, as tokenGroups does (it was checked
+    only for ranged values, so `max_groups` did not bound the default tokenGroups path)."""
+    conn = SizeLimitedConnection({})
+    entry = Entry("CN=x", {"tokenGroups": [b"%d" % i for i in range(11)]})
+    assert len(all_values(conn, entry, "tokenGroups", limit=11)) == 11
+    with pytest.raises(DirectoryError) as exc:
+        all_values(conn, entry, "tokenGroups", limit=10)
+    assert exc.value.kind == "too_many"
+
+
 def test_sid_resolution_in_batches_keeps_unresolved_sids() -> None:
     entries = groups(250)
     conn = SizeLimitedConnection(entries)
@@ -106,7 +117,11 @@ def test_locked_accounts_get_no_groups(attrs: dict, locked: bool) -> None:
     assert m.active is not locked
 
 
-def test_two_matching_entries_mean_not_found() -> None:
+@pytest.mark.parametrize("matches", [2, 3])
+def test_several_matching_entries_mean_not_found(matches: int) -> None:
+    """Three or more were a `too_many` error: the directory marked down (503s for others),
+    later a 403 about too many groups; several matches are "not found", as two were."""
     raw = {"objectSid": [USER_SID], "userAccountControl": [b"512"]}
-    conn = SizeLimitedConnection({USER_DN: raw, f"CN=gina2,{BASE}": raw})
+    entries = {USER_DN: raw, **{f"CN=gina{i},{BASE}": raw for i in range(2, matches + 1)}}
+    conn = SizeLimitedConnection(entries)
     assert not Lookup(ldap_config()).run(conn, "gina@corp.example.com").found
