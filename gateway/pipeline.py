@@ -46,6 +46,7 @@ from gateway.forward import Forwarder
 from gateway.forward.forwarder import is_streaming
 from gateway.http.client_address import ClientAddress
 from gateway.http.exchange import Exchange
+from gateway.http.target import jwt_parameters
 from gateway.identity import Deny, TooLarge
 from gateway.limits import Limiter, Refusal
 from gateway.names.kube import UnsafeName
@@ -465,6 +466,28 @@ class Pipeline:
             return self._not_routable(flow)
         return None
 
+    def _gateway_token_in_query(self, target: bytes) -> str | None:
+        """The name of a query parameter that holds a token of one of the gateway's
+        issuers, if any: a client's credential, which never goes upstream."""
+        for name, value in jwt_parameters(target):
+            if self.authenticator.issued_here(value):
+                return name
+        return None
+
+    @staticmethod
+    def _token_in_query(flow: Flow, name: str) -> Next:
+        """400: the query carries a token of the gateway's identity provider. Forwarded,
+        it would reach the tenant's API server and its audit log, where whoever reads
+        them could replay it at the gateway for every tenant its user may use."""
+        flow.end(Outcome.REFUSED, f"a token of the gateway's issuer in query parameter {name!r}")
+        flow.fail(
+            400,
+            f"the query parameter {name!r} holds a token of the gateway's identity provider: "
+            "the gateway never passes a client's token on to a cluster. Send it as an "
+            "'Authorization: Bearer' header instead",
+        )
+        return DONE
+
     @staticmethod
     def _not_passed_on(flow: Flow, unsafe: UnsafeName) -> Next:
         """403: a name of this identity cannot travel as an impersonation header."""
@@ -663,6 +686,11 @@ class Pipeline:
         """The head that leaves for the tenant (kept on the flow for the forward step)."""
         exchange, upstream, grant = flow.exchange, flow.upstream, flow.grant
         assert upstream is not None and grant is not None
+        target = flow.target or b"/"
+        if b"eyJ" in target or b"%" in target:  # a JWT in the query, maybe encoded
+            leaked = self._gateway_token_in_query(target)
+            if leaked is not None:
+                return self._token_in_query(flow, leaked)
         authorization = flow.credential
         if authorization is not None:  # a tenant-native token goes as itself: no impersonation
             identity_block = b""
@@ -681,7 +709,7 @@ class Pipeline:
             framing = b""
         flow.upstream_head = upstream_head(
             exchange.method,
-            flow.target or b"/",
+            target,
             exchange.head,
             authority=upstream.authority,
             authorization=authorization,

@@ -33,6 +33,26 @@ def is_credential_name(name: bytes) -> bool:
     return text in _CREDENTIAL_NAMES or _CREDENTIAL.search(text) is not None
 
 
+def jwt_parameters(target: bytes) -> list[tuple[str, str]]:
+    """(name, value) of every query parameter of `target` whose value, percent-decoded,
+    has the shape of a JWT (it starts with a JOSE header, ``eyJ``): the candidates for a
+    token that must not travel in the query. Empty, after two substring tests, for a query
+    without one (what nearly every request has)."""
+    start = target.find(b"?")
+    if start < 0:
+        return []
+    query = target[start + 1 :]
+    if b"eyJ" not in query and (b"%" not in query or b"eyJ" not in unquote_to_bytes(query)):
+        return []
+    found = []
+    for part in re.split(rb"[&;]", query):
+        name, _, value = part.partition(b"=")
+        text = unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8", "replace").strip()
+        if text.startswith("eyJ"):
+            found.append((unquote_to_bytes(name).decode("utf-8", "replace")[:64], text))
+    return found
+
+
 def redacted(target: bytes) -> bytes:
     """`target` with the value of every credential-bearing query parameter replaced."""
     start = target.find(b"?")

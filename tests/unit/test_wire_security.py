@@ -445,6 +445,35 @@ def test_credentials_in_the_query_are_redacted_in_the_audit_log(
     assert not [r for r in caplog.records if secret.decode() in r.getMessage()]
 
 
+def test_a_token_of_the_gateways_issuer_in_the_query_never_leaves(
+    gateway, token, issuer, upstream
+) -> None:
+    """A token of the gateway's own issuer in the query, under any parameter name and
+    percent-encoded or not, is refused with 400 before anything leaves: forwarded, it would
+    reach the tenant's API server and its audit log, and could be replayed at the gateway.
+    A JWT of some other issuer (an application's, behind the API server's service proxy)
+    is not the gateway's to judge and goes upstream as it is."""
+    other = issuer.sign(issuer.claims(groups=["developers"]))  # any token of this issuer
+    encoded = "".join(f"%{b:02X}" for b in other.encode())
+    targets = [
+        b"/clusters/live/api/v1/pods?access_token=" + other.encode() + b"&limit=1",
+        b"/clusters/live/api?limit=5&x=" + other.encode(),
+        b"/clusters/live/api?labelSelector=a%3Db&q=" + encoded.encode(),
+        b"/clusters/live/api?" + b"%74oken=%65" + other[1:].encode(),
+    ]
+    for target in targets:
+        reply = _exchange(gateway, _get(token, target=target))
+        assert _status(reply) == 400, target
+        assert b"identity provider" in reply  # a Status, or text on a discovery path
+    assert upstream.heads == [], "nothing left for the tenant"
+    foreign = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2FwcC5leGFtcGxlIn0.sig"
+    assert (
+        _status(_exchange(gateway, _get(token, target=b"/clusters/live/api?t=" + foreign.encode())))
+        == 200
+    )
+    assert len(upstream.heads) == 1 and foreign.encode() in upstream.heads[0]
+
+
 # -- 6. framing: nothing is forwarded before the whole head is accepted -------------------
 
 
