@@ -157,8 +157,9 @@ class Exchange:
         by then and no answer has begun (RFC 9110 §10.1.1: a server may omit it when the
         framing says there is no body or the body is arriving already). So the first head
         a client that sent its body at once reads is the answer, however soon the request
-        was forwarded."""
-        if self.head.expect and self.body_pending:
+        was forwarded. Never to an HTTP/1.0 client, which cannot know an interim answer
+        (RFC 9110 §10.1.1: a server ignores the expectation in an HTTP/1.0 request)."""
+        if self.head.expect and self.body_pending and self.http11:
             self.conn.loop.call_soon(self._continue)
 
     def _continue(self) -> None:

@@ -411,3 +411,23 @@ def test_a_client_waiting_for_100_continue_gets_it_first(gateway, issuers) -> No
                 break
             reply += chunk
     assert b"HTTP/1.1 200 " in reply, reply[:300]
+
+
+def test_an_http10_client_never_gets_100_continue(gateway, issuers) -> None:
+    """`Expect: 100-continue` in an HTTP/1.0 request is ignored (RFC 9110 §10.1.1): the
+    client cannot know an interim answer and would take it for the response. The first
+    head it reads is the answer (the scripted tenant answers without reading a body)."""
+    issuer = issuers["oidc:"]
+    token = issuer.sign(issuer.claims(groups=["developers"], jti=f"c{next(_serial)}")).encode()
+    head = (
+        b"POST " + TARGET + b" HTTP/1.0\r\nHost: gw.test\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nAuthorization: Bearer " + token + b"\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
+        s.sendall(head)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(65536)
+            assert chunk, reply
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
