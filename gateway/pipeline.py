@@ -430,11 +430,13 @@ class Pipeline:
         return DONE
 
     def _directory_down(self, flow: Flow, exc: DirectoryUnavailable) -> Next:
+        """503, without `Retry-After`: client-go would retry each request ten times, so
+        kubectl would hang for a minute or more (discovery retried too) before failing the
+        same way. Users whose groups are cached are not asked to wait at all."""
         flow.end(Outcome.UNAVAILABLE, str(exc))
         flow.exchange.fail(
             503,
             "the gateway cannot read your groups from the directory right now; try again shortly",
-            extra=[(b"Retry-After", b"5")],
         )
         return DONE
 

@@ -341,7 +341,7 @@ def test_slow_directory_does_not_hold_other_tenants(ad_world: ADWorld, running_d
     response = result["response"]
     assert isinstance(response, httpx.Response)
     assert response.status_code == 503 and response.json()["code"] == 503
-    assert response.headers["Retry-After"]
+    assert "Retry-After" not in response.headers  # kubectl would retry for a minute or more
     assert 0.9 < float(result["took"]) < 5  # bounded by the directory timeouts
     assert len(fast) >= 3 and max(fast) < 0.5
     time.sleep(0.6)  # past the retry interval
