@@ -1,5 +1,5 @@
-"""Request targets as the gateway records them: credential-bearing query parameters
-redacted.
+"""Request targets as the gateway records them (credential-bearing query parameters
+redacted), and the JWTs a query carries (the pipeline refuses its own issuer's).
 
 Some clients put a credential in the query (``?access_token=…`` is what OAuth 2.0 bearer
 usage allows; also ``id_token``, ``client_secret``, ``code``, signed-URL signatures, …). The
@@ -34,23 +34,31 @@ def is_credential_name(name: bytes) -> bool:
 
 
 def jwt_parameters(target: bytes) -> list[tuple[str, str]]:
-    """(name, value) of every query parameter of `target` whose value, percent-decoded,
-    has the shape of a JWT (it starts with a JOSE header, ``eyJ``): the candidates for a
-    token that must not travel in the query. Empty, after two substring tests, for a query
-    without one (what nearly every request has)."""
+    """(name, JWT) for every JWT-shaped string (a JOSE header, ``eyJ…``, and two more
+    base64url parts) in the query of `target`: in a parameter's value, anywhere in it
+    (``Bearer eyJ…``), or in its name (a bare ``?eyJ…``), percent-decoded. These are the
+    candidates for a token that must not travel in the query. Empty, after two substring
+    tests, for a query without one (what nearly every request has)."""
     start = target.find(b"?")
     if start < 0:
         return []
     query = target[start + 1 :]
     if b"eyJ" not in query and (b"%" not in query or b"eyJ" not in unquote_to_bytes(query)):
         return []
-    found = []
+    found: list[tuple[str, str]] = []
     for part in re.split(rb"[&;]", query):
         name, _, value = part.partition(b"=")
-        text = unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8", "replace").strip()
-        if text.startswith("eyJ"):
-            found.append((unquote_to_bytes(name).decode("utf-8", "replace")[:64], text))
+        label = _decoded(name)
+        for text in (_decoded(value), label):
+            found.extend((label[:64], jwt.group()) for jwt in _JWT_SHAPED.finditer(text))
     return found
+
+
+_JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def _decoded(piece: bytes) -> str:
+    return unquote_to_bytes(piece.replace(b"+", b" ")).decode("utf-8", "replace")
 
 
 def redacted(target: bytes) -> bytes:

@@ -460,6 +460,8 @@ def test_a_token_of_the_gateways_issuer_in_the_query_never_leaves(
         b"/clusters/live/api?limit=5&x=" + other.encode(),
         b"/clusters/live/api?labelSelector=a%3Db&q=" + encoded.encode(),
         b"/clusters/live/api?" + b"%74oken=%65" + other[1:].encode(),
+        b"/clusters/live/api/v1/pods?" + other.encode() + b"&limit=1",
+        b"/clusters/live/api?auth=Bearer%20" + other.encode(),
     ]
     for target in targets:
         reply = _exchange(gateway, _get(token, target=target))
