@@ -385,24 +385,33 @@ def test_only_unambiguous_heads_leave(
         assert 400 <= status < 500 or status == 0
 
 
+def _expecting_continue(issuers, version: bytes, *, close: bytes = b"") -> bytes:
+    """A POST head with `Content-Length: 5` and `Expect: 100-continue`, body not sent."""
+    issuer = issuers["oidc:"]
+    token = issuer.sign(issuer.claims(groups=["developers"], jti=f"c{next(_serial)}")).encode()
+    return (
+        b"POST " + TARGET + b" " + version + b"\r\nHost: gw.test\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nAuthorization: Bearer " + token + b"\r\n" + close + b"\r\n"
+    )
+
+
+def _first_head(s: socket.socket) -> bytes:
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = s.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
 def test_a_client_waiting_for_100_continue_gets_it_first(gateway, issuers) -> None:
     """A client that sends only the head with `Expect: 100-continue` gets `100 Continue`
     before the answer (when the body comes with the head, the answer is the first head:
     `test_only_unambiguous_heads_leave`)."""
-    issuer = issuers["oidc:"]
-    token = issuer.sign(issuer.claims(groups=["developers"], jti=f"c{next(_serial)}")).encode()
-    head = (
-        b"POST " + TARGET + b" HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\n"
-        b"Expect: 100-continue\r\nAuthorization: Bearer " + token + b"\r\n"
-        b"Connection: close\r\n\r\n"
-    )
+    head = _expecting_continue(issuers, b"HTTP/1.1", close=b"Connection: close\r\n")
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
         s.sendall(head)
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            chunk = s.recv(65536)
-            assert chunk, reply
-            reply += chunk
+        reply = _first_head(s)
         assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), reply[:200]
         s.sendall(b"hello")
         while b"HTTP/1.1 200 " not in reply:
@@ -417,17 +426,7 @@ def test_an_http10_client_never_gets_100_continue(gateway, issuers) -> None:
     """`Expect: 100-continue` in an HTTP/1.0 request is ignored (RFC 9110 §10.1.1): the
     client cannot know an interim answer and would take it for the response. The first
     head it reads is the answer (the scripted tenant answers without reading a body)."""
-    issuer = issuers["oidc:"]
-    token = issuer.sign(issuer.claims(groups=["developers"], jti=f"c{next(_serial)}")).encode()
-    head = (
-        b"POST " + TARGET + b" HTTP/1.0\r\nHost: gw.test\r\nContent-Length: 5\r\n"
-        b"Expect: 100-continue\r\nAuthorization: Bearer " + token + b"\r\n\r\n"
-    )
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
-        s.sendall(head)
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            chunk = s.recv(65536)
-            assert chunk, reply
-            reply += chunk
+        s.sendall(_expecting_continue(issuers, b"HTTP/1.0"))
+        reply = _first_head(s)
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
