@@ -348,6 +348,8 @@ class Portal:
         if params.get("error"):
             error = params.get("error", "")
             request.session.clear()
+            if (refused := await self._mixed_up(params.get("iss"))) is not None:
+                return refused
             if error == "access_denied":
                 return self._error(
                     403, "Sign-in cancelled", "The identity provider did not sign you in."
@@ -366,6 +368,8 @@ class Portal:
                 "This sign-in answer does not belong to your browser session "
                 "(or it took too long).",
             )
+        if (refused := await self._mixed_up(params.get("iss"))) is not None:
+            return refused
         try:
             token = await idp.fetch_access_token(
                 code=code,
@@ -438,6 +442,37 @@ class Portal:
             }
         )
         return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
+
+    async def _mixed_up(self, iss: str | None) -> Response | None:
+        """A 400 (logged) when an authorization answer's `iss` (RFC 9207) is not the
+        portal's issuer, else None. A different one is an answer meant for another IdP's
+        sign-in (a mix-up); a missing one is refused when the IdP's metadata says it always
+        sends it."""
+        why = await self._foreign_issuer(iss)
+        if why is None:
+            return None
+        log.warning("portal sign-in refused: %s", why)
+        return self._error(400, "Sign-in failed", why)
+
+    async def _foreign_issuer(self, iss: str | None) -> str | None:
+        """Why `iss` is not the answer of the portal's issuer, or None."""
+        if iss is None:
+            try:  # cached once loaded (this worker may not have started the sign-in)
+                metadata = await self.oauth.idp.load_server_metadata()
+            except Exception:  # the IdP is down: the code exchange will say so
+                metadata = {}
+            if metadata.get("authorization_response_iss_parameter_supported") is True:
+                return (
+                    "The sign-in answer does not name its identity provider (iss), "
+                    f"which {self.settings.issuer} always does."
+                )
+            return None
+        if iss != self.settings.issuer:
+            return (
+                f"The sign-in answer comes from another identity provider ({iss[:100]}), "
+                f"not {self.settings.issuer}."
+            )
+        return None
 
     async def download(self, request: Request) -> Response:
         identity = await self._identity(request)

@@ -260,6 +260,39 @@ def test_a_nonce_from_another_sign_in_is_a_400_that_names_it(world, caplog):
     assert len(logged) == 1, caplog.messages
 
 
+def test_an_answer_naming_another_issuer_is_refused(world, caplog):
+    """RFC 9207 mix-up defence: the real IdP names itself in `iss` on the callback; an
+    answer naming another issuer (meant for a sign-in at another IdP), or none although
+    the IdP's metadata promises it, is a 400 that says so, and nobody is signed in."""
+    callback = world.url + "/oauth2/callback"
+    metadata = httpx.get(world.idp.issuer + "/.well-known/openid-configuration").json()
+    assert metadata["authorization_response_iss_parameter_supported"] is True
+    for iss, says in (
+        ("https://evil.example", "comes from another identity provider (https://evil.example)"),
+        (None, "does not name its identity provider (iss)"),
+    ):
+        with _client(world) as c:
+            r = c.get(world.url + "/login")
+            params = world.idp._walk(
+                c,
+                c.get(r.headers["location"]),
+                "alice",
+                sso_world.USERS["alice"]["password"],
+                stop_at=callback,
+            )
+            assert params["iss"] == world.idp.issuer  # the real IdP sends it
+            params.pop("iss")
+            if iss is not None:
+                params["iss"] = iss
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="vgate.portal"):
+                r = c.get(callback, params=params)
+            assert r.status_code == 400, r.text
+            assert says in html.unescape(r.text)
+            assert c.get(world.url + "/").status_code == 303  # not signed in
+            assert any("sign-in refused" in m for m in caplog.messages), caplog.messages
+
+
 def test_idp_down_at_the_code_exchange_is_the_only_502(world):
     callback = world.url + "/oauth2/callback"
     with _client(world) as c:
