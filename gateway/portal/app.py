@@ -24,6 +24,7 @@ from typing import Any
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.starlette_client import OAuth
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -210,7 +211,11 @@ class Portal:
                     path="/",
                 )
             ],
-            exception_handlers={404: self._not_found, 405: self._not_allowed},
+            exception_handlers={
+                404: self._not_found,
+                405: self._not_allowed,
+                HTTPException: self._http_error,
+            },
         )
 
     # -- helpers --------------------------------------------------------------------------
@@ -272,6 +277,15 @@ class Portal:
             405, "Method not allowed", "This page does not take that method.", retry=False
         )
 
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Any other refusal starlette raises (a form it cannot parse: too many fields, a
+        broken multipart body) is a page like ours, with the security headers."""
+        code = exc.status_code if isinstance(exc, HTTPException) else 400
+        code = code if 400 <= code < 500 else 400
+        return self._error(
+            code, "Bad request", "The portal could not read this request.", retry=False
+        )
+
     def _spec(self, tenant: str, server: str) -> KubeconfigSpec:
         return KubeconfigSpec(
             tenant=tenant,
@@ -331,12 +345,15 @@ class Portal:
         redirect_uri = self.settings.public_url + CALLBACK_PATH
         nonce = secrets.token_urlsafe(24)  # kept with the state, checked in the ID token
         try:
-            return await self.oauth.idp.authorize_redirect(request, redirect_uri, nonce=nonce)
+            redirect = await self.oauth.idp.authorize_redirect(request, redirect_uri, nonce=nonce)
         except Exception as exc:  # discovery failed: the IdP is down or misconfigured
             log.warning("portal sign-in cannot start: %s", str(exc)[:300])
             return self._error(
                 503, "Sign-in unavailable", "The identity provider cannot be reached right now."
             )
+        # it carries the state and nonce (and the cookie with the PKCE verifier): no-store
+        redirect.headers.update(_SECURITY_HEADERS)
+        return redirect
 
     async def callback(self, request: Request) -> Response:
         """The IdP's answer: state (this browser's sign-in), code exchange, ID token check.

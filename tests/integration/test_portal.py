@@ -166,6 +166,26 @@ def test_session_cookie_flags_and_page_headers(world):
         assert 'name="viewport"' in page.text
 
 
+def test_every_portal_answer_has_the_security_headers(world):
+    """The redirect to the IdP (state, nonce, the PKCE verifier's cookie) is never stored,
+    and a request starlette itself refuses (a sign-out form with too many fields) gets the
+    portal's page with the same headers, not a bare text."""
+    with _client(world) as c:
+        r = c.get(world.url + "/login")
+        assert r.status_code == 302 and r.headers["cache-control"] == "no-store"
+        assert r.headers["x-frame-options"] == "DENY"
+        page = sign_in(world, c, "alice")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        fields = {f"f{i}": "x" for i in range(8)} | {"csrf": csrf}
+        r = c.post(world.url + "/logout", data=fields)
+        assert r.status_code == 400, r.text
+        assert "The portal could not read this request." in r.text
+        assert r.headers["content-type"].startswith("text/html")
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["cache-control"] == "no-store"
+        assert c.get(world.url + "/").status_code == 200  # the refused form signed no one out
+
+
 def test_kubeconfig_download_and_403(world, tmp_path):
     with _client(world) as c:
         sign_in(world, c, "alice")
