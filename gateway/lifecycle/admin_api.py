@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -47,6 +48,7 @@ _REASONS = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "NotFound",
+    405: "MethodNotAllowed",
     409: "AlreadyExists",
     413: "RequestEntityTooLarge",
     422: "Invalid",
@@ -155,6 +157,8 @@ def admin_app(
             return json.loads(raw or b"null")
         except ValueError:
             raise _BadRequest(400, "body is not JSON") from None
+        except RecursionError:  # `[[[[...` within the size bound: no spec is nested so deep
+            raise _BadRequest(400, "body is JSON nested too deeply") from None
 
     async def list_tenants(request: Request, who: Identity) -> Response:
         return JSONResponse({"items": [show(r) for r in await operations.list()]})
@@ -209,8 +213,18 @@ def admin_app(
 
         return endpoint(run)
 
+    async def no_route(request: Request, exc: Exception) -> Response:
+        """A path or method the API does not have: a `Status` like every other error."""
+        code = exc.status_code if isinstance(exc, HTTPException) else 404
+        message = "the admin API has no such path"
+        if code == 405:
+            message = f"{request.url.path} does not take {request.method}"
+        headers = getattr(exc, "headers", None)
+        return status_response(code, message, headers=dict(headers) if headers else None)
+
     base = prefix.rstrip("/")
     return Starlette(
+        exception_handlers={HTTPException: no_route},
         routes=[
             Route(f"{base}/tenants", guarded(list_tenants), methods=["GET"]),
             Route(f"{base}/tenants", guarded(create), methods=["POST"]),
@@ -225,7 +239,7 @@ def admin_app(
                 guarded(action("set_token_passthrough")),
                 methods=["POST"],
             ),
-        ]
+        ],
     )
 
 

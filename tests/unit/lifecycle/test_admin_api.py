@@ -115,6 +115,26 @@ async def test_errors_name_the_field_and_missing_tenants_are_404(api):
         assert (r.status_code, r.json()["message"]) == (404, 'tenant "ghost" not found')
 
 
+async def test_every_error_is_a_status(api):
+    """JSON nested deeper than the parser recurses (well within the size bound), a path
+    the API does not have and a method a path does not take are `Status` bodies with
+    their code, not a bare 500 or text."""
+    client, _ = api
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for method, path, content, code in (
+        ("POST", "/admin/tenants", deep, 400),
+        ("POST", "/admin/tenants/t1/upgrade", deep, 400),
+        ("GET", "/admin/nothing", None, 404),
+        ("PUT", "/admin/tenants/t1", None, 405),
+    ):
+        r = await client.request(method, path, content=content)
+        assert r.status_code == code, (path, r.text)
+        status = r.json()
+        assert status["kind"] == "Status" and status["code"] == code, status
+        assert status["message"], status
+    assert "allow" in {k.lower() for k in r.headers}  # the 405 says what the path takes
+
+
 def test_hostname_server_uses_the_public_scheme_and_port():
     from gateway.lifecycle.model import TenantRecord, TenantSpec, TenantStatus
     from gateway.lifecycle.operations import describe
