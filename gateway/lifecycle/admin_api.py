@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.http.asgi import SERVED_AS
 from gateway.identity import Identity
 from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
@@ -123,6 +124,7 @@ def admin_app(
                 "Unauthorized",
                 headers={"WWW-Authenticate": 'Bearer realm="vgate", error="invalid_token"'},
             )
+        setattr(request.state, SERVED_AS, identity)  # the audit line names who asked
         if not is_platform_admin(identity):
             return status_response(
                 403, f'user "{identity.username}" is not a platform administrator'

@@ -35,6 +35,7 @@ from gateway.authn.errors import AuthError
 from gateway.authn.keys import IssuerKeys
 from gateway.config.model import GatewayConfig
 from gateway.directory.errors import DirectoryUnavailable
+from gateway.http.asgi import SERVED_AS
 from gateway.identity import Identity
 from gateway.login.kubeconfig import (
     KubeconfigSpec,
@@ -249,7 +250,7 @@ class Portal:
             return self._error(
                 503, "Try again shortly", "The portal cannot check its sessions right now."
             )
-        return Identity(
+        identity = Identity(
             username=s["user"],
             uid=s["sub"],
             groups=tuple(s.get("groups", ())),
@@ -257,6 +258,8 @@ class Portal:
             expires_at=float(until),
             claims=s.get("claims", {}),
         )
+        setattr(request.state, SERVED_AS, identity)  # the audit line names the user
+        return identity
 
     async def _tenants(self, identity: Identity) -> list[TenantRole] | Response:
         """The identity's tenants, or an error page when the directory cannot answer."""
@@ -439,6 +442,7 @@ class Portal:
             why = rejection(exc, id_token, self.settings.client_id)
             log.warning("portal sign-in rejected (%s): %s", exc.reason, why.message)
             return self._error(why.status, why.title, why.message)
+        setattr(request.state, SERVED_AS, identity)  # the audit line names who signed in
         now = time.time()
         request.session.update(
             {

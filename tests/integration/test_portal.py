@@ -4,10 +4,12 @@ policy engine, kubeconfig access control, cookie flags, CSRF-safe logout."""
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from urllib.parse import urljoin
 
@@ -376,6 +378,34 @@ def test_no_codes_or_tokens_in_the_audit_log(world):
     audit = (world.dir / "audit.log").read_text()
     assert "/oauth2/callback" in audit
     assert "code=" not in audit and "state=" not in audit and "eyJ" not in audit
+
+
+def test_the_audit_log_names_the_portal_user(world):
+    """The sign-in, the tenant page and each kubeconfig download are audited with the
+    user the portal signed in (they were audited as nobody); a request without a session
+    stays anonymous."""
+    with _client(world) as c:
+        sign_in(world, c, "carol")
+        c.get(f"{world.url}/tenants/tenant2/kubeconfig", params={"form": "path"})
+    with _client(world) as anonymous:
+        anonymous.get(f"{world.url}/tenants/tenant2/kubeconfig", params={"form": "host"})
+    carol = "oidc:carol@example.com"  # the only user of tenant2 in this module but alice
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in (world.dir / "audit.log").read_text().splitlines()]
+        downloads = [
+            a
+            for a in lines
+            if a["path"] == "/tenants/tenant2/kubeconfig" and a["user"] in (carol, None)
+        ]
+        if len(downloads) == 2:
+            break
+        time.sleep(0.05)
+    assert [(a["status"], a["user"]) for a in downloads] == [(200, carol), (303, None)]
+    assert downloads[0]["uid"] == "carol" and downloads[0]["issuer"] == world.idp.issuer
+    signed_in = [a for a in lines if a["path"] == "/oauth2/callback" and a["user"] == carol]
+    assert signed_in and signed_in[-1]["status"] == 303
+    assert any(a["path"] == "/" and a["status"] == 200 and a["user"] == carol for a in lines)
 
 
 def test_paste_ready_bash_command_keeps_the_existing_kubeconfig(world, tmp_path):
