@@ -34,6 +34,7 @@ from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
 from gateway.lifecycle.stores.protocol import (
     Conflict,
+    StoreError,
     TenantExists,
     TenantNotFound,
     UnreadableRecord,
@@ -148,6 +149,14 @@ def admin_app(
                 return status_response(422, "invalid tenant", causes=validation_causes(exc))
             except UnreadableRecord as exc:  # as kube-apiserver answers an undecodable object
                 return status_response(500, str(exc), reason="InternalError")
+            except StoreError as exc:  # the host cluster refused, or cannot be reached
+                log.warning("admin API: the tenant store failed: %s", exc)
+                return status_response(
+                    503, f"the tenant store failed: {exc}", reason="ServiceUnavailable"
+                )
+            except Exception:  # a Status like every other error; the details go to the log
+                log.exception("admin API: %s %s failed", request.method, request.url.path)
+                return status_response(500, "internal error (the gateway's log has the details)")
 
         return run
 
