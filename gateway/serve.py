@@ -29,8 +29,9 @@ from gateway.http.admission import Admission
 from gateway.http.asgi import AsgiBridge
 from gateway.http.client_address import ClientAddress
 from gateway.http.connection import ClientConnection
+from gateway.http.exchange import Exchange
 from gateway.http.serving_certificate import ServingCertificate
-from gateway.identity import Deny, Grant
+from gateway.identity import Deny, Grant, Identity
 from gateway.limits import BucketTable, Limiter, limit_table
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
@@ -49,6 +50,14 @@ from gateway.workers import HEARTBEAT_SECONDS, BoardCollector, Supervisor, Worke
 log = logging.getLogger("vgate.serve")
 
 GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700
+
+
+def audit_served_as(exchange: Exchange, served: object) -> None:
+    """A mounted app (the admin API, the portal) authenticated its caller: the request's
+    audit line names that user, as it does for requests to tenants."""
+    flow = exchange.context
+    if isinstance(flow, Flow) and isinstance(served, Identity) and flow.identity is None:
+        flow.identity = served
 
 
 def serving_certificate(config: GatewayConfig) -> ServingCertificate | None:
@@ -82,7 +91,7 @@ def build_pipeline(
     policy = PolicyEngine(policies, config.impersonation)
     tenant_api = TenantApi(timeout=config.token_review.timeout_seconds)
     directory = build_directory(config, metrics)
-    local_apps = AsgiBridge()
+    local_apps = AsgiBridge(on_served=audit_served_as)
     authenticator = Authenticator(config.oidc)
     private_cookies: tuple[str, ...] = ()
     if config.portal is not None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from gateway.forward.failure import Failure, credential_rejected
-from gateway.forward.response import client_head
+from gateway.forward.response import client_head, sets_gateway_cookie
 from gateway.http.status import PHRASES
 from gateway.streams.relay import Ends, Relay
 from gateway.streams.session import UnusableSwitch
@@ -474,7 +474,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if status == 101 and self._upgrade_expected:
             lines = [b"HTTP/1.1 101 %b\r\n" % PHRASES[101].encode()]
-            lines.extend(b"%b: %b\r\n" % h for h in self._headers)
+            lines.extend(
+                b"%b: %b\r\n" % (name, value)
+                for name, value in self._headers
+                if name.lower() != b"set-cookie" or not sets_gateway_cookie(value)
+            )
             lines.append(b"\r\n")
             exchange.streaming = True
             exchange.send_head(101, b"".join(lines))

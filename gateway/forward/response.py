@@ -16,7 +16,21 @@ _HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     }
 )
-_COPY, _DROP, _LENGTH, _AUDIT = range(4)
+_COPY, _DROP, _LENGTH, _AUDIT, _COOKIE = range(5)
+#: the gateway's own cookies (the portal's session, `gateway.portal.app.SESSION_COOKIE`,
+#: with the prefixes browsers reserve), lowercase: the gateway removes them from requests
+#: upstream, and a tenant may not set them either (in path form a tenant answers on the
+#: portal's own origin, a 101 included)
+GATEWAY_COOKIES = frozenset((b"vgate_portal", b"__host-vgate_portal", b"__secure-vgate_portal"))
+
+
+def sets_gateway_cookie(value: bytes) -> bool:
+    """Whether a `Set-Cookie` value sets one of `GATEWAY_COOKIES` (the name before the first
+    `=`, trimmed and in any case, as lenient as any browser)."""
+    name, eq, _ = value.partition(b"=")
+    return bool(eq) and name.strip(b" \t").lower() in GATEWAY_COOKIES
+
+
 MAX_REMEMBERED_NAMES = 512
 # header names exactly as upstreams spell them -> what to do; an API server sends the same
 # few names in the same spelling on every response, so `lower()` runs once per spelling.
@@ -34,6 +48,8 @@ def _action(name: bytes) -> int:
         if lower == b"content-length"
         else _AUDIT
         if lower == b"audit-id"
+        else _COOKIE
+        if lower == b"set-cookie"
         else _COPY
     )
     if len(_actions) < MAX_REMEMBERED_NAMES:
@@ -69,7 +85,7 @@ def client_head(
         action = _actions.get(name)
         if action is None:
             action = _action(name)
-        if action == _DROP:
+        if action == _DROP or (action == _COOKIE and sets_gateway_cookie(value)):
             continue
         if action == _LENGTH:
             has_length = True

@@ -43,11 +43,23 @@ def _normalize_prefix(prefix: str) -> str:
     return "" if prefix == "/" else prefix
 
 
+#: where a mounted app names whom it served, in its scope's "state" (starlette:
+#: `request.state`), once it has authenticated the caller: the bridge hands it to
+#: `on_served` before the response starts, so the request's audit line names the user
+SERVED_AS = "vgate_served_as"
+
+#: called with the exchange and what the app put under `SERVED_AS`
+OnServed = Callable[[Exchange, object], None]
+
+
 class AsgiBridge:
     """A mount table (path prefix → ASGI app); the longest matching prefix wins."""
 
-    def __init__(self, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, on_served: OnServed | None = None
+    ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.on_served = on_served
         self._mounts: list[tuple[str, ASGIApp]] = []
         self._tasks: set[asyncio.Task] = set()
         self._closers: list[Callable[[], Awaitable[None]]] = []
@@ -196,6 +208,7 @@ class _Call:
         if kind == "http.response.start":
             if self.status:
                 raise RuntimeError("http.response.start sent twice")
+            self._report_served()
             self.status = int(message["status"])
             self.headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", [])]
             return
@@ -279,8 +292,16 @@ class _Call:
             if ex.conn.on_write_pause == self._write_paused:
                 ex.conn.on_write_pause = None
 
+    def _report_served(self) -> None:
+        """Hand whom the app served (`SERVED_AS`) to the bridge's `on_served`, once."""
+        state = self.scope.get("state")
+        served = state.pop(SERVED_AS, None) if isinstance(state, dict) else None
+        if served is not None and self.bridge.on_served is not None:
+            self.bridge.on_served(self.exchange, served)
+
     def _crashed(self) -> None:
         ex = self.exchange
+        self._report_served()
         log.exception(
             "mounted application failed on %s %s",
             ex.method.decode("latin-1"),

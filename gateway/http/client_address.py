@@ -17,15 +17,22 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in one hop (ports dropped), as the audit line records it: an
+    IPv4-mapped IPv6 address (what a dual-stack proxy writes for an IPv4 client) is that
+    IPv4 address, and an IPv6 zone (`%eth0`, only meaningful on the proxy's own link, any
+    length) is dropped; None when the hop is no address."""
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
         text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # v4:port
         text = text.partition(":")[0]
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text.partition("%")[0] if ":" in text else text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
 
 
 class ClientAddress:

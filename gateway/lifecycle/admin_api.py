@@ -23,15 +23,18 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.http.asgi import SERVED_AS
 from gateway.identity import Identity
 from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
 from gateway.lifecycle.stores.protocol import (
     Conflict,
+    StoreError,
     TenantExists,
     TenantNotFound,
     UnreadableRecord,
@@ -47,6 +50,7 @@ _REASONS = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "NotFound",
+    405: "MethodNotAllowed",
     409: "AlreadyExists",
     413: "RequestEntityTooLarge",
     422: "Invalid",
@@ -121,6 +125,7 @@ def admin_app(
                 "Unauthorized",
                 headers={"WWW-Authenticate": 'Bearer realm="vgate", error="invalid_token"'},
             )
+        setattr(request.state, SERVED_AS, identity)  # the audit line names who asked
         if not is_platform_admin(identity):
             return status_response(
                 403, f'user "{identity.username}" is not a platform administrator'
@@ -144,6 +149,14 @@ def admin_app(
                 return status_response(422, "invalid tenant", causes=validation_causes(exc))
             except UnreadableRecord as exc:  # as kube-apiserver answers an undecodable object
                 return status_response(500, str(exc), reason="InternalError")
+            except StoreError as exc:  # the host cluster refused, or cannot be reached
+                log.warning("admin API: the tenant store failed: %s", exc)
+                return status_response(
+                    503, f"the tenant store failed: {exc}", reason="ServiceUnavailable"
+                )
+            except Exception:  # a Status like every other error; the details go to the log
+                log.exception("admin API: %s %s failed", request.method, request.url.path)
+                return status_response(500, "internal error (the gateway's log has the details)")
 
         return run
 
@@ -155,6 +168,8 @@ def admin_app(
             return json.loads(raw or b"null")
         except ValueError:
             raise _BadRequest(400, "body is not JSON") from None
+        except RecursionError:  # `[[[[...` within the size bound: no spec is nested so deep
+            raise _BadRequest(400, "body is JSON nested too deeply") from None
 
     async def list_tenants(request: Request, who: Identity) -> Response:
         return JSONResponse({"items": [show(r) for r in await operations.list()]})
@@ -209,8 +224,18 @@ def admin_app(
 
         return endpoint(run)
 
+    async def no_route(request: Request, exc: Exception) -> Response:
+        """A path or method the API does not have: a `Status` like every other error."""
+        code = exc.status_code if isinstance(exc, HTTPException) else 404
+        message = "the admin API has no such path"
+        if code == 405:
+            message = f"{request.url.path} does not take {request.method}"
+        headers = getattr(exc, "headers", None)
+        return status_response(code, message, headers=dict(headers) if headers else None)
+
     base = prefix.rstrip("/")
     return Starlette(
+        exception_handlers={HTTPException: no_route},
         routes=[
             Route(f"{base}/tenants", guarded(list_tenants), methods=["GET"]),
             Route(f"{base}/tenants", guarded(create), methods=["POST"]),
@@ -225,7 +250,7 @@ def admin_app(
                 guarded(action("set_token_passthrough")),
                 methods=["POST"],
             ),
-        ]
+        ],
     )
 
 

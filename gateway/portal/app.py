@@ -24,6 +24,7 @@ from typing import Any
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.starlette_client import OAuth
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -34,6 +35,7 @@ from gateway.authn.errors import AuthError
 from gateway.authn.keys import IssuerKeys
 from gateway.config.model import GatewayConfig
 from gateway.directory.errors import DirectoryUnavailable
+from gateway.http.asgi import SERVED_AS
 from gateway.identity import Identity
 from gateway.login.kubeconfig import (
     KubeconfigSpec,
@@ -210,7 +212,11 @@ class Portal:
                     path="/",
                 )
             ],
-            exception_handlers={404: self._not_found, 405: self._not_allowed},
+            exception_handlers={
+                404: self._not_found,
+                405: self._not_allowed,
+                HTTPException: self._http_error,
+            },
         )
 
     # -- helpers --------------------------------------------------------------------------
@@ -244,7 +250,7 @@ class Portal:
             return self._error(
                 503, "Try again shortly", "The portal cannot check its sessions right now."
             )
-        return Identity(
+        identity = Identity(
             username=s["user"],
             uid=s["sub"],
             groups=tuple(s.get("groups", ())),
@@ -252,6 +258,8 @@ class Portal:
             expires_at=float(until),
             claims=s.get("claims", {}),
         )
+        setattr(request.state, SERVED_AS, identity)  # the audit line names the user
+        return identity
 
     async def _tenants(self, identity: Identity) -> list[TenantRole] | Response:
         """The identity's tenants, or an error page when the directory cannot answer."""
@@ -270,6 +278,15 @@ class Portal:
     async def _not_allowed(self, request: Request, exc: Exception) -> Response:
         return self._error(
             405, "Method not allowed", "This page does not take that method.", retry=False
+        )
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Any other refusal starlette raises (a form it cannot parse: too many fields, a
+        broken multipart body) is a page like ours, with the security headers."""
+        code = exc.status_code if isinstance(exc, HTTPException) else 400
+        code = code if 400 <= code < 500 else 400
+        return self._error(
+            code, "Bad request", "The portal could not read this request.", retry=False
         )
 
     def _spec(self, tenant: str, server: str) -> KubeconfigSpec:
@@ -331,12 +348,15 @@ class Portal:
         redirect_uri = self.settings.public_url + CALLBACK_PATH
         nonce = secrets.token_urlsafe(24)  # kept with the state, checked in the ID token
         try:
-            return await self.oauth.idp.authorize_redirect(request, redirect_uri, nonce=nonce)
+            redirect = await self.oauth.idp.authorize_redirect(request, redirect_uri, nonce=nonce)
         except Exception as exc:  # discovery failed: the IdP is down or misconfigured
             log.warning("portal sign-in cannot start: %s", str(exc)[:300])
             return self._error(
                 503, "Sign-in unavailable", "The identity provider cannot be reached right now."
             )
+        # it carries the state and nonce (and the cookie with the PKCE verifier): no-store
+        redirect.headers.update(_SECURITY_HEADERS)
+        return redirect
 
     async def callback(self, request: Request) -> Response:
         """The IdP's answer: state (this browser's sign-in), code exchange, ID token check.
@@ -348,6 +368,8 @@ class Portal:
         if params.get("error"):
             error = params.get("error", "")
             request.session.clear()
+            if (refused := await self._mixed_up(params.get("iss"))) is not None:
+                return refused
             if error == "access_denied":
                 return self._error(
                     403, "Sign-in cancelled", "The identity provider did not sign you in."
@@ -366,6 +388,8 @@ class Portal:
                 "This sign-in answer does not belong to your browser session "
                 "(or it took too long).",
             )
+        if (refused := await self._mixed_up(params.get("iss"))) is not None:
+            return refused
         try:
             token = await idp.fetch_access_token(
                 code=code,
@@ -418,6 +442,7 @@ class Portal:
             why = rejection(exc, id_token, self.settings.client_id)
             log.warning("portal sign-in rejected (%s): %s", exc.reason, why.message)
             return self._error(why.status, why.title, why.message)
+        setattr(request.state, SERVED_AS, identity)  # the audit line names who signed in
         now = time.time()
         request.session.update(
             {
@@ -438,6 +463,37 @@ class Portal:
             }
         )
         return RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
+
+    async def _mixed_up(self, iss: str | None) -> Response | None:
+        """A 400 (logged) when an authorization answer's `iss` (RFC 9207) is not the
+        portal's issuer, else None. A different one is an answer meant for another IdP's
+        sign-in (a mix-up); a missing one is refused when the IdP's metadata says it always
+        sends it."""
+        why = await self._foreign_issuer(iss)
+        if why is None:
+            return None
+        log.warning("portal sign-in refused: %s", why)
+        return self._error(400, "Sign-in failed", why)
+
+    async def _foreign_issuer(self, iss: str | None) -> str | None:
+        """Why `iss` is not the answer of the portal's issuer, or None."""
+        if iss is None:
+            try:  # cached once loaded (this worker may not have started the sign-in)
+                metadata = await self.oauth.idp.load_server_metadata()
+            except Exception:  # the IdP is down: the code exchange will say so
+                metadata = {}
+            if metadata.get("authorization_response_iss_parameter_supported") is True:
+                return (
+                    "The sign-in answer does not name its identity provider (iss), "
+                    f"which {self.settings.issuer} always does."
+                )
+            return None
+        if iss != self.settings.issuer:
+            return (
+                f"The sign-in answer comes from another identity provider ({iss[:100]}), "
+                f"not {self.settings.issuer}."
+            )
+        return None
 
     async def download(self, request: Request) -> Response:
         identity = await self._identity(request)

@@ -4,10 +4,12 @@ policy engine, kubeconfig access control, cookie flags, CSRF-safe logout."""
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from urllib.parse import urljoin
 
@@ -166,6 +168,26 @@ def test_session_cookie_flags_and_page_headers(world):
         assert 'name="viewport"' in page.text
 
 
+def test_every_portal_answer_has_the_security_headers(world):
+    """The redirect to the IdP (state, nonce, the PKCE verifier's cookie) is never stored,
+    and a request starlette itself refuses (a sign-out form with too many fields) gets the
+    portal's page with the same headers, not a bare text."""
+    with _client(world) as c:
+        r = c.get(world.url + "/login")
+        assert r.status_code == 302 and r.headers["cache-control"] == "no-store"
+        assert r.headers["x-frame-options"] == "DENY"
+        page = sign_in(world, c, "alice")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        fields = {f"f{i}": "x" for i in range(8)} | {"csrf": csrf}
+        r = c.post(world.url + "/logout", data=fields)
+        assert r.status_code == 400, r.text
+        assert "The portal could not read this request." in r.text
+        assert r.headers["content-type"].startswith("text/html")
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["cache-control"] == "no-store"
+        assert c.get(world.url + "/").status_code == 200  # the refused form signed no one out
+
+
 def test_kubeconfig_download_and_403(world, tmp_path):
     with _client(world) as c:
         sign_in(world, c, "alice")
@@ -260,6 +282,39 @@ def test_a_nonce_from_another_sign_in_is_a_400_that_names_it(world, caplog):
     assert len(logged) == 1, caplog.messages
 
 
+def test_an_answer_naming_another_issuer_is_refused(world, caplog):
+    """RFC 9207 mix-up defence: the real IdP names itself in `iss` on the callback; an
+    answer naming another issuer (meant for a sign-in at another IdP), or none although
+    the IdP's metadata promises it, is a 400 that says so, and nobody is signed in."""
+    callback = world.url + "/oauth2/callback"
+    metadata = httpx.get(world.idp.issuer + "/.well-known/openid-configuration").json()
+    assert metadata["authorization_response_iss_parameter_supported"] is True
+    for iss, says in (
+        ("https://evil.example", "comes from another identity provider (https://evil.example)"),
+        (None, "does not name its identity provider (iss)"),
+    ):
+        with _client(world) as c:
+            r = c.get(world.url + "/login")
+            params = world.idp._walk(
+                c,
+                c.get(r.headers["location"]),
+                "alice",
+                sso_world.USERS["alice"]["password"],
+                stop_at=callback,
+            )
+            assert params["iss"] == world.idp.issuer  # the real IdP sends it
+            params.pop("iss")
+            if iss is not None:
+                params["iss"] = iss
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="vgate.portal"):
+                r = c.get(callback, params=params)
+            assert r.status_code == 400, r.text
+            assert says in html.unescape(r.text)
+            assert c.get(world.url + "/").status_code == 303  # not signed in
+            assert any("sign-in refused" in m for m in caplog.messages), caplog.messages
+
+
 def test_idp_down_at_the_code_exchange_is_the_only_502(world):
     callback = world.url + "/oauth2/callback"
     with _client(world) as c:
@@ -323,6 +378,34 @@ def test_no_codes_or_tokens_in_the_audit_log(world):
     audit = (world.dir / "audit.log").read_text()
     assert "/oauth2/callback" in audit
     assert "code=" not in audit and "state=" not in audit and "eyJ" not in audit
+
+
+def test_the_audit_log_names_the_portal_user(world):
+    """The sign-in, the tenant page and each kubeconfig download are audited with the
+    user the portal signed in (they were audited as nobody); a request without a session
+    stays anonymous."""
+    with _client(world) as c:
+        sign_in(world, c, "carol")
+        c.get(f"{world.url}/tenants/tenant2/kubeconfig", params={"form": "path"})
+    with _client(world) as anonymous:
+        anonymous.get(f"{world.url}/tenants/tenant2/kubeconfig", params={"form": "host"})
+    carol = "oidc:carol@example.com"  # the only user of tenant2 in this module but alice
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in (world.dir / "audit.log").read_text().splitlines()]
+        downloads = [
+            a
+            for a in lines
+            if a["path"] == "/tenants/tenant2/kubeconfig" and a["user"] in (carol, None)
+        ]
+        if len(downloads) == 2:
+            break
+        time.sleep(0.05)
+    assert [(a["status"], a["user"]) for a in downloads] == [(200, carol), (303, None)]
+    assert downloads[0]["uid"] == "carol" and downloads[0]["issuer"] == world.idp.issuer
+    signed_in = [a for a in lines if a["path"] == "/oauth2/callback" and a["user"] == carol]
+    assert signed_in and signed_in[-1]["status"] == 303
+    assert any(a["path"] == "/" and a["status"] == 200 and a["user"] == carol for a in lines)
 
 
 def test_paste_ready_bash_command_keeps_the_existing_kubeconfig(world, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from gateway.forward import response
 from gateway.http.client_address import ClientAddress
 from tests.support.craft import CraftingIssuer
 from tests.support.gateway_thread import GatewayThread
@@ -42,6 +44,12 @@ INGRESS = ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]
         ("10.0.0.5", [b"198.51.100.7:5555"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
         ("fd00::1", [b"[2001:db8::1]:443"], "2001:db8::1", b"2001:db8::1, fd00::1"),
         ("::ffff:10.0.0.5", [b"198.51.100.7"], "198.51.100.7", b"198.51.100.7, ::ffff:10.0.0.5"),
+        # a dual-stack proxy's IPv4 client is recorded as that IPv4 address (it was
+        # "::ffff:c633:6407"), and a zone, of any length, is dropped
+        ("10.0.0.5", [b"::ffff:198.51.100.7"], "198.51.100.7", b"198.51.100.7, 10.0.0.5"),
+        ("fd00::1", [b"[::ffff:198.51.100.7]:80"], "198.51.100.7", b"198.51.100.7, fd00::1"),
+        ("10.0.0.5", [b"fe80::1%eth0" + b"0" * 3000], "fe80::1", b"fe80::1, 10.0.0.5"),
+        ("10.0.0.5", [b"6.6.6.6, fd00::7%eth0"], "6.6.6.6", b"6.6.6.6, fd00::7, 10.0.0.5"),
         # trusted peer without a header
         ("10.0.0.5", [], "10.0.0.5", b"10.0.0.5"),
     ],
@@ -118,3 +126,61 @@ def test_forwarded_chain_and_audit_source(world) -> None:
             break
         time.sleep(0.05)
     assert (lines[-1]["source"], lines[-1]["via"]) == ("198.51.100.7", "127.0.0.1")
+
+
+def test_a_tenant_cannot_set_the_portals_session_cookie(world) -> None:
+    """The gateway removes its portal's session cookie from requests upstream; a tenant may
+    not set it either (in path form the tenant answers on the portal's own origin). Its
+    Set-Cookie is dropped from a response and from a 101, in any case and with the
+    prefixes browsers reserve; the tenant's other cookies pass."""
+    from gateway.portal.app import SESSION_COOKIE
+
+    gw, upstream, token, _ = world
+    planted = (
+        b"Set-Cookie: vgate_portal=planted; Path=/; SameSite=None; Secure\r\n"
+        b"Set-Cookie:  VGATE_PORTAL =planted\r\n"
+        b"Set-Cookie: __Host-vgate_portal=planted; Path=/; Secure\r\n"
+        b"Set-Cookie: other=kept; Path=/\r\n"
+        b"Set-Cookie: vgate_portal_not=kept\r\n"
+    )
+
+    async def answer(head: bytes, reader, writer) -> bool:
+        if b"upgrade: websocket" in head.lower():
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n" + planted + b"\r\n"
+            )
+            await writer.drain()
+            return False
+        writer.write(b"HTTP/1.1 200 OK\r\n" + planted + b"Content-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        return True
+
+    upstream.handler = answer
+    try:
+        r = httpx.get(
+            f"{gw.url}/clusters/live/api", timeout=10, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.headers.get_list("set-cookie") == ["other=kept; Path=/", "vgate_portal_not=kept"]
+        host, port = gw.url.split("//")[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                b"GET /clusters/live/api/v1/namespaces/x/pods/p/exec?command=sh&stdout=1 "
+                b"HTTP/1.1\r\nHost: %b\r\nAuthorization: Bearer %b\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+                % (host.encode(), token.encode())
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+    finally:
+        upstream.handler = upstream.default
+    assert head.startswith(b"HTTP/1.1 101"), head
+    cookies = [line for line in head.split(b"\r\n") if line.lower().startswith(b"set-cookie")]
+    assert cookies == [b"Set-Cookie: other=kept; Path=/", b"Set-Cookie: vgate_portal_not=kept"]
+    assert SESSION_COOKIE.encode() in response.GATEWAY_COOKIES  # one name, two modules

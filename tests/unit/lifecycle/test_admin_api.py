@@ -9,6 +9,7 @@ from gateway.identity import Identity
 from gateway.lifecycle.admin_api import admin_app, platform_admin_check
 from gateway.lifecycle.operations import TenantOperations
 from gateway.lifecycle.provisioning.vcluster_values import VCLUSTER_VERSIONS
+from gateway.lifecycle.stores.protocol import StoreError
 from gateway.lifecycle.stores.sqlite import SQLiteTenantStore
 
 TOKENS = {
@@ -113,6 +114,62 @@ async def test_errors_name_the_field_and_missing_tenants_are_404(api):
     ):
         r = await client.request(method, path)
         assert (r.status_code, r.json()["message"]) == (404, 'tenant "ghost" not found')
+
+
+async def test_every_error_is_a_status(api):
+    """JSON nested deeper than the parser recurses (well within the size bound), a path
+    the API does not have and a method a path does not take are `Status` bodies with
+    their code, not a bare 500 or text."""
+    client, _ = api
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for method, path, content, code in (
+        ("POST", "/admin/tenants", deep, 400),
+        ("POST", "/admin/tenants/t1/upgrade", deep, 400),
+        ("GET", "/admin/nothing", None, 404),
+        ("PUT", "/admin/tenants/t1", None, 405),
+    ):
+        r = await client.request(method, path, content=content)
+        assert r.status_code == code, (path, r.text)
+        status = r.json()
+        assert status["kind"] == "Status" and status["code"] == code, status
+        assert status["message"], status
+    assert "allow" in {k.lower() for k in r.headers}  # the 405 says what the path takes
+
+
+class FailingStore(SQLiteTenantStore):
+    """A store whose host cluster refuses writes, and whose listing has a bug."""
+
+    async def create(self, spec):
+        raise StoreError(f"cannot create Tenant {spec.name!r}: quota exceeded")
+
+    async def list(self):
+        raise RuntimeError("a bug: /secret/path/in/traceback")
+
+
+async def test_a_failing_store_is_a_status(tmp_path, caplog):
+    """A store that fails (the host cluster refuses or cannot be reached) is a 503 Status
+    saying so, and any other failure a 500 Status without its details (they go to the
+    log): both were a bare text/plain 500 from the bridge."""
+    store = FailingStore(tmp_path / "t.db")
+    app = admin_app(
+        TenantOperations(store, static_tenants=[], versions=lambda: VCLUSTER_VERSIONS),
+        authenticate=authenticate,
+        is_platform_admin=platform_admin_check(["platform-admins"], []),
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://vgate",
+        headers={"Authorization": "Bearer admin-token"},
+    ) as client:
+        r = await client.post("/admin/tenants", json={"name": "t1", "admin_groups": ["g"]})
+        assert r.status_code == 503, r.text
+        assert r.json()["kind"] == "Status" and "quota exceeded" in r.json()["message"]
+        r = await client.get("/admin/tenants")
+        assert r.status_code == 500, r.text
+        assert r.json()["kind"] == "Status" and "secret" not in r.text
+    await store.close()
+    assert any("a bug" in (rec.exc_text or "") for rec in caplog.records)
 
 
 def test_hostname_server_uses_the_public_scheme_and_port():

@@ -298,7 +298,9 @@ def test_stored_admin_groups_grant_cluster_admin(world, issuer, upstream):
 
 def test_admin_api_is_mounted_on_the_gateway(tmp_path, issuer):
     """The admin API answers under /admin of a gateway with a lifecycle: platform admins
-    only, with Kubernetes Status bodies for everyone else."""
+    only, with Kubernetes Status bodies for everyone else. The audit line of each request
+    names the user the API authenticated (it named nobody: who created, paused or deleted
+    a tenant, or tried to, was in no audit record)."""
     (tmp_path / "policies").mkdir()
     config = {
         "routing": {"path_prefix": "/clusters"},
@@ -335,6 +337,24 @@ def test_admin_api_is_mounted_on_the_gateway(tmp_path, issuer):
         r = c.get("/admin/tenants", headers={"Authorization": f"Bearer {admin}"})
         assert r.status_code == 200, r.text
         assert "t1" in r.text
+        r = c.post("/admin/tenants/t1/pause", headers={"Authorization": f"Bearer {someone}"})
+        assert r.status_code == 403
+        r = c.post("/admin/tenants/t1/pause", headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 200, r.text
+
+        def audit() -> list[dict]:
+            return [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+
+        assert wait_for(lambda: len(audit()) == 5)
+    who = [(a["method"], a["path"], a["status"], a["user"], a["decision"]) for a in audit()]
+    assert who == [
+        ("GET", "/admin/tenants", 401, None, "local"),
+        ("GET", "/admin/tenants", 403, "dev@example.com", "local"),
+        ("GET", "/admin/tenants", 200, "root@example.com", "local"),
+        ("POST", "/admin/tenants/t1/pause", 403, "dev@example.com", "local"),
+        ("POST", "/admin/tenants/t1/pause", 200, "root@example.com", "local"),
+    ]
+    assert audit()[-1]["uid"] == "root" and audit()[-1]["issuer"] == issuer.issuer
     asyncio.run(manager.store.close())
 
 
