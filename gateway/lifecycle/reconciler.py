@@ -273,33 +273,57 @@ class Reconciler:
     # -- the long-running manager -----------------------------------------------------------
 
     async def run(self, *, lease_ttl: float = 15.0) -> None:
-        """Reconcile every tenant, one worker each, while holding the manager lease."""
+        """Reconcile every tenant, one worker each, while holding the manager lease.
+
+        A store that fails (host API server down, 5xx/429, credential revoked, SQLite file
+        locked) never ends the manager: the error is logged and the round retried. While
+        renewals fail the workers go on only until the lease last written runs out (another
+        replica may take it from then on), and start again with the next renewal.
+        """
         loop = asyncio.get_running_loop()
         renew_at = 0.0
+        held_until = 0.0  # monotonic end of the lease this process last wrote
         leader = False
         seen: int | None = None  # store revision of the last listing
         full_at = 0.0
         try:
             while True:
-                if loop.time() >= renew_at:  # a write: renew well before expiry, not per poll
-                    leader = await self.store.acquire_lease(MANAGER_LEASE, self.holder, lease_ttl)
-                    renew_at = loop.time() + lease_ttl / 3
-                if leader:
-                    for name in [n for n, t in self._workers.items() if t.done()]:
-                        del self._workers[name]
-                    # new tenants come from other writers, which move the revision; list on
-                    # that (and once per resync), not on every poll
-                    revision = await self.store.revision()
-                    if revision != seen or loop.time() >= full_at or not self._workers:
-                        seen, full_at = revision, loop.time() + self.resync_seconds
-                        for record in await self.store.list():
-                            task = self._workers.get(record.name)
-                            if task is None or task.done():
-                                self._workers[record.name] = asyncio.create_task(
-                                    self._worker(record.name), name=f"reconcile-{record.name}"
-                                )
-                elif self._workers:
-                    await self._stop_workers()  # someone else manages now
+                try:
+                    if loop.time() >= renew_at:  # a write: renew well before expiry, not per poll
+                        asked = loop.time()
+                        try:
+                            leader = await asyncio.wait_for(
+                                self.store.acquire_lease(MANAGER_LEASE, self.holder, lease_ttl),
+                                lease_ttl / 3,
+                            )
+                        except Exception:
+                            leader = leader and loop.time() < held_until
+                            renew_at = loop.time() + min(1.0, lease_ttl / 3)
+                            raise
+                        held_until = asked + lease_ttl if leader else 0.0
+                        renew_at = loop.time() + lease_ttl / 3
+                    elif leader and loop.time() >= held_until:
+                        leader = False  # renewals kept failing: the lease is gone
+                    if leader:
+                        for name in [n for n, t in self._workers.items() if t.done()]:
+                            del self._workers[name]
+                        # new tenants come from other writers, which move the revision; list
+                        # on that (and once per resync), not on every poll
+                        revision = await self.store.revision()
+                        if revision != seen or loop.time() >= full_at or not self._workers:
+                            seen, full_at = revision, loop.time() + self.resync_seconds
+                            for record in await self.store.list():
+                                task = self._workers.get(record.name)
+                                if task is None or task.done():
+                                    self._workers[record.name] = asyncio.create_task(
+                                        self._worker(record.name), name=f"reconcile-{record.name}"
+                                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("lifecycle manager: %s; retrying", exc or type(exc).__name__)
+                if not leader and self._workers:
+                    await self._stop_workers()  # someone else manages now, or may
                 await asyncio.sleep(self.poll_seconds)
         finally:
             await self._stop_workers()

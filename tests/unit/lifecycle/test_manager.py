@@ -140,3 +140,66 @@ async def test_the_manager_lists_on_change_not_every_poll_and_sees_its_own_store
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_the_manager_outlives_a_store_it_cannot_reach_at_start(setup):
+    """The host API server down at start (or a 500/429, or the SQLite file locked by another
+    process past its busy timeout): acquiring the lease raises. The manager logs it and
+    tries again; it used to end there, silently, and never managed anything again."""
+    from gateway.lifecycle.stores.protocol import StoreError
+
+    reconciler = setup.reconciler()
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    acquire = setup.store.acquire_lease
+    outage = 3
+
+    async def down_at_first(*args, **kw):
+        nonlocal outage
+        if outage:
+            outage -= 1
+            raise StoreError("cannot read Lease 'vgate-lifecycle': 500 etcdserver: leader changed")
+        return await acquire(*args, **kw)
+
+    setup.store.acquire_lease = down_at_first
+    run = asyncio.create_task(reconciler.run(lease_ttl=0.3))
+    try:
+        await phase(setup.store, Phase.ready)
+        assert outage == 0
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_a_leader_that_cannot_renew_stops_before_its_lease_runs_out(setup):
+    """While renewals fail the leader keeps acting only as long as the lease it last wrote
+    holds (another replica may take over after that); then its workers stop, and they start
+    again once a renewal succeeds."""
+    from gateway.lifecycle.stores.protocol import StoreError
+
+    reconciler = setup.reconciler()
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    acquire = setup.store.acquire_lease
+    failing = False
+
+    async def revocable(*args, **kw):
+        if failing:
+            raise StoreError("cannot update Lease 'vgate-lifecycle': 403 Forbidden")
+        return await acquire(*args, **kw)
+
+    setup.store.acquire_lease = revocable
+    run = asyncio.create_task(reconciler.run(lease_ttl=0.3))
+    try:
+        await phase(setup.store, Phase.ready)
+        assert reconciler._workers
+        failing = True
+        await asyncio.sleep(0.6)  # two lease durations without a renewal
+        assert not reconciler._workers, "a leader without a lease kept reconciling"
+        failing = False
+        for _ in range(500):
+            if reconciler._workers:
+                break
+            await asyncio.sleep(0.01)
+        assert reconciler._workers
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
