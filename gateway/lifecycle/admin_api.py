@@ -32,6 +32,7 @@ from gateway.lifecycle.model import TenantSpec, field_problems
 from gateway.lifecycle.operations import Refused, TenantOperations, describe
 from gateway.lifecycle.stores.protocol import (
     Conflict,
+    StoreError,
     TenantExists,
     TenantNotFound,
     UnreadableRecord,
@@ -51,6 +52,7 @@ _REASONS = {
     413: "RequestEntityTooLarge",
     422: "Invalid",
     500: "InternalError",
+    503: "ServiceUnavailable",
 }
 
 
@@ -144,6 +146,8 @@ def admin_app(
                 return status_response(422, "invalid tenant", causes=validation_causes(exc))
             except UnreadableRecord as exc:  # as kube-apiserver answers an undecodable object
                 return status_response(500, str(exc), reason="InternalError")
+            except StoreError as exc:  # the store failed (locked, full, host API down): retry
+                return status_response(503, str(exc), headers={"Retry-After": "1"})
 
         return run
 

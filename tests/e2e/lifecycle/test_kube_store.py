@@ -487,3 +487,34 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
         for store, _, _, _, api in replicas:
             await store.close()
             await api.close()
+
+
+async def test_writes_the_api_server_does_not_answer_are_store_errors(host, tmp_path):
+    """The host API server gone mid-operation (connection refused): create, update and delete
+    fail with a `StoreError` saying what failed (the CLI prints it and exits 1, the admin API
+    answers a 503 Status), not with the HTTP client's exception (a traceback, a bare 500)."""
+    import socket
+
+    import yaml
+
+    store = store_on(host)
+    try:
+        record = await store.create(spec("gone"))
+        with socket.socket() as probe:  # a port nothing listens on any more
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = yaml.safe_load(host.kubeconfig.read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
+        (tmp_path / "down.yaml").write_text(yaml.safe_dump(config))
+        await store.client.close()
+        store._client = AsyncClient(config=KubeConfig.from_file(tmp_path / "down.yaml"))
+        with pytest.raises(StoreError, match="cannot create Tenant 'other': the API server did"):
+            await store.create(spec("other"))
+        with pytest.raises(StoreError, match="cannot update Tenant 'gone': the API server did"):
+            await store.update_status("gone", TenantStatus(phase=Phase.ready), record.version)
+        with pytest.raises(StoreError, match="cannot delete Tenant 'gone': the API server did"):
+            await store.delete("gone", record.version)
+        assert (await store.get("gone")).version == record.version  # nothing half-written
+    finally:
+        await store.close()
