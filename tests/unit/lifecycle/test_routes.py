@@ -281,6 +281,36 @@ def test_auto_wake_gives_up_with_retry_after(world):
     assert manager.run(manager.store.get("t1")).spec.desired is Desired.running
 
 
+def test_a_request_to_wake_a_tenant_being_deleted_is_told_so_and_wakes_nothing(world):
+    """Delete races a request that would wake the paused tenant: the delete wins (the spec
+    stays `deleted`), and the held request is answered once the route is gone with the 503
+    naming the deletion, not "starting; retry shortly" (which sent kubectl back for a tenant
+    that is going away)."""
+    gw, manager, client = world
+    manager.create("t1", paused=True, auto_wake=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    record = manager.run(manager.store.get("t1"))
+    deleted = record.spec.model_copy(update={"desired": Desired.deleted})
+    manager.run(manager.store.update_spec("t1", deleted, record.version))
+
+    def reconciler():  # its first delete step: the route goes
+        time.sleep(0.3)
+        record = manager.run(manager.store.get("t1"))
+        status = record.status.model_copy(
+            update={"route": None, "phase": Phase.deleting, "step": "helm-release"}
+        )
+        manager.run(manager.store.update_status("t1", status, record.version))
+
+    thread = threading.Thread(target=reconciler)
+    thread.start()
+    r = client.get("/clusters/t1/api/v1/pods")
+    thread.join()
+    assert manager.run(manager.store.get("t1")).spec.desired is Desired.deleted
+    assert r.status_code == 503, r.text
+    assert "being deleted" in r.json()["message"], r.json()
+    assert {"type": "TenantPhase", "message": "Deleting"} in r.json()["details"]["causes"]
+
+
 def test_stored_admin_groups_grant_cluster_admin(world, issuer, upstream):
     gw, manager, client = world
     outsider = {"Authorization": "Bearer " + issuer.sign(issuer.claims(groups=["ops-t1"]))}
