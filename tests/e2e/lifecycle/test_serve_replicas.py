@@ -218,7 +218,7 @@ def test_the_manager_lease_moves_on_sigterm_at_once_and_after_sigkill_within_its
         replicas[first].stop()  # SIGTERM
         assert replicas[first].proc.returncode == 0
         _, took = held_by({other: replicas[other]}, 15)
-        assert took < 6, f"a released lease took {took:.1f}s to move"
+        assert took < 8, f"a released lease took {took:.1f}s to move"
         print(f"lease takeover after SIGTERM: {took:.1f}s")
         replicas[first] = replica(first)  # back, as a follower
         os.kill(replicas[other].proc.pid, signal.SIGKILL)
