@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.lifecycle.backoff import Backoff
 from gateway.lifecycle.model import (
@@ -45,6 +45,10 @@ from gateway.lifecycle.stores.protocol import (
 log = logging.getLogger("vgate.lifecycle")
 
 ProgressHook = Callable[[str, str], None]  # (tenant, step)
+
+
+class _Superseded(Exception):
+    """A waiting step was abandoned: the tenant's spec changed meanwhile."""
 
 
 def _digest(path: str | None) -> str | None:
@@ -160,9 +164,14 @@ class Reconciler:
                 if self.on_step:
                     self.on_step(name, step.name)
                 log.info("tenant %s: %s", name, step.name)
-                await step.run()
+                if step.waits:
+                    await self._unless_superseded(name, record.generation, step.run())
+                else:
+                    await step.run()
         except asyncio.CancelledError:
             raise
+        except _Superseded:
+            return False, record.generation  # the next pass acts on the new spec
         except Exception as exc:
             message = f"{current or 'plan'}: {exc}"
             # drawn once per pass (`_update` may apply `failed` again after a conflict); the
@@ -212,6 +221,30 @@ class Reconciler:
 
         await self._update(name, converged)
         return True, generation
+
+    async def _unless_superseded(
+        self, name: str, generation: int, waiting: Awaitable[None]
+    ) -> None:
+        """Await `waiting` (a step that only waits), abandoning it with `_Superseded` once
+        the tenant's spec moves past `generation` or the tenant is gone."""
+        task = asyncio.ensure_future(waiting)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.poll_seconds)
+                if task.done():
+                    break
+                try:
+                    current = (await self.store.get(name)).generation
+                except TenantNotFound:
+                    current = None
+                if current != generation:
+                    raise _Superseded(name)
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     # -- the reconciler's own steps ---------------------------------------------------------
 

@@ -129,7 +129,7 @@ class HelmProvisioner:
                 lambda: self._release_run(spec),
             ),
             Step("resumed", lambda: self._resumed_done(spec), lambda: self._resume(spec)),
-            Step("ready", lambda: self._ready(spec), lambda: self._wait_ready(spec)),
+            Step("ready", lambda: self._ready(spec), lambda: self._wait_ready(spec), waits=True),
             *self._bootstrap(spec).steps(),
         ]
 

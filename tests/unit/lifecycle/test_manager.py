@@ -203,3 +203,40 @@ async def test_a_leader_that_cannot_renew_stops_before_its_lease_runs_out(setup)
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_a_delete_does_not_wait_for_a_vcluster_that_never_gets_ready(setup):
+    """A vcluster that never becomes ready holds its pass in the `ready` step for
+    `ready_timeout` (300 s by default); a delete (or pause) asked meanwhile starts at once
+    instead of after that wait."""
+    from gateway.lifecycle.provisioning.helm import HelmSettings
+
+    setup.settings = HelmSettings(poll_seconds=0.01, ready_timeout=60.0)
+    reconciler = setup.reconciler()
+
+    async def never_ready(spec):
+        return False
+
+    reconciler.provisioner._ready = never_ready
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    run = asyncio.create_task(reconciler.run())
+    try:
+        for _ in range(1000):
+            record = await setup.store.get("t1")
+            if record.status.step == "ready":
+                break
+            await asyncio.sleep(0.01)
+        assert record.status.step == "ready", record.status
+        await setup.store.update_spec(
+            "t1", record.spec.model_copy(update={"desired": Desired.deleted}), record.version
+        )
+        asked = time.monotonic()
+        while time.monotonic() - asked < 10:
+            if not await setup.store.list():
+                break
+            await asyncio.sleep(0.02)
+        assert not await setup.store.list(), "the delete waited for the ready timeout"
+        assert not [k for k in setup.world.objects if k[2] == "vcluster-t1"]
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
