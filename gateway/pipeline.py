@@ -636,6 +636,9 @@ class Pipeline:
             return None
         if current is None:  # deleted meanwhile, or no longer routable
             return self._unavailable_tenant(flow, upstream.name)
+        state = self.registry.state(upstream.name)
+        if state is not None and state.last_error:  # the resume fails: say so, with its reference
+            return self._unavailable_tenant(flow, upstream.name)
         flow.end(Outcome.PAUSED, "tenant waking up")
         flow.exchange.fail(
             503,

@@ -55,6 +55,7 @@ _REASONS = {
     413: "RequestEntityTooLarge",
     422: "Invalid",
     500: "InternalError",
+    503: "ServiceUnavailable",
 }
 
 
@@ -149,10 +150,13 @@ def admin_app(
                 return status_response(422, "invalid tenant", causes=validation_causes(exc))
             except UnreadableRecord as exc:  # as kube-apiserver answers an undecodable object
                 return status_response(500, str(exc), reason="InternalError")
-            except StoreError as exc:  # the host cluster refused, or cannot be reached
+            except StoreError as exc:  # locked, full, or the host cluster refused or is gone
                 log.warning("admin API: the tenant store failed: %s", exc)
                 return status_response(
-                    503, f"the tenant store failed: {exc}", reason="ServiceUnavailable"
+                    503,
+                    f"the tenant store failed: {exc}",
+                    reason="ServiceUnavailable",
+                    headers={"Retry-After": "1"},
                 )
             except Exception:  # a Status like every other error; the details go to the log
                 log.exception("admin API: %s %s failed", request.method, request.url.path)

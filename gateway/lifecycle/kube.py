@@ -14,6 +14,10 @@ Manifest = dict[str, Any]
 FIELD_MANAGER = "vgate"
 
 
+class Unauthorized(PermissionError):
+    """The API server refused the credential itself (401): it no longer knows it."""
+
+
 class KubeAPI(Protocol):
     async def apply(self, obj: Manifest) -> None:
         """Server-side apply (forced) of one object."""
@@ -160,6 +164,8 @@ class LightkubeAPI:
         # credential: the same object in lightkube 0.15-1.x) sends the GET
         generic = self.client._client
         response = await generic.send(generic._client.build_request("GET", "/version"))
+        if response.status_code == 401:
+            raise Unauthorized(f"GET /version answered 401: {response.text[:200]}")
         try:
             version = response.json().get("gitVersion") if response.status_code == 200 else None
         except ValueError:

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.lifecycle.backoff import Backoff
 from gateway.lifecycle.model import (
@@ -45,6 +45,10 @@ from gateway.lifecycle.stores.protocol import (
 log = logging.getLogger("vgate.lifecycle")
 
 ProgressHook = Callable[[str, str], None]  # (tenant, step)
+
+
+class _Superseded(Exception):
+    """A waiting step was abandoned: the tenant's spec changed meanwhile."""
 
 
 def _digest(path: str | None) -> str | None:
@@ -160,9 +164,14 @@ class Reconciler:
                 if self.on_step:
                     self.on_step(name, step.name)
                 log.info("tenant %s: %s", name, step.name)
-                await step.run()
+                if step.waits:
+                    await self._unless_superseded(name, record.generation, step.run())
+                else:
+                    await step.run()
         except asyncio.CancelledError:
             raise
+        except _Superseded:
+            return False, record.generation  # the next pass acts on the new spec
         except Exception as exc:
             message = f"{current or 'plan'}: {exc}"
             # drawn once per pass (`_update` may apply `failed` again after a conflict); the
@@ -212,6 +221,30 @@ class Reconciler:
 
         await self._update(name, converged)
         return True, generation
+
+    async def _unless_superseded(
+        self, name: str, generation: int, waiting: Awaitable[None]
+    ) -> None:
+        """Await `waiting` (a step that only waits), abandoning it with `_Superseded` once
+        the tenant's spec moves past `generation` or the tenant is gone."""
+        task = asyncio.ensure_future(waiting)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.poll_seconds)
+                if task.done():
+                    break
+                try:
+                    current = (await self.store.get(name)).generation
+                except TenantNotFound:
+                    current = None
+                if current != generation:
+                    raise _Superseded(name)
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     # -- the reconciler's own steps ---------------------------------------------------------
 
@@ -273,33 +306,57 @@ class Reconciler:
     # -- the long-running manager -----------------------------------------------------------
 
     async def run(self, *, lease_ttl: float = 15.0) -> None:
-        """Reconcile every tenant, one worker each, while holding the manager lease."""
+        """Reconcile every tenant, one worker each, while holding the manager lease.
+
+        A store that fails (host API server down, 5xx/429, credential revoked, SQLite file
+        locked) never ends the manager: the error is logged and the round retried. While
+        renewals fail the workers go on only until the lease last written runs out (another
+        replica may take it from then on), and start again with the next renewal.
+        """
         loop = asyncio.get_running_loop()
         renew_at = 0.0
+        held_until = 0.0  # monotonic end of the lease this process last wrote
         leader = False
         seen: int | None = None  # store revision of the last listing
         full_at = 0.0
         try:
             while True:
-                if loop.time() >= renew_at:  # a write: renew well before expiry, not per poll
-                    leader = await self.store.acquire_lease(MANAGER_LEASE, self.holder, lease_ttl)
-                    renew_at = loop.time() + lease_ttl / 3
-                if leader:
-                    for name in [n for n, t in self._workers.items() if t.done()]:
-                        del self._workers[name]
-                    # new tenants come from other writers, which move the revision; list on
-                    # that (and once per resync), not on every poll
-                    revision = await self.store.revision()
-                    if revision != seen or loop.time() >= full_at or not self._workers:
-                        seen, full_at = revision, loop.time() + self.resync_seconds
-                        for record in await self.store.list():
-                            task = self._workers.get(record.name)
-                            if task is None or task.done():
-                                self._workers[record.name] = asyncio.create_task(
-                                    self._worker(record.name), name=f"reconcile-{record.name}"
-                                )
-                elif self._workers:
-                    await self._stop_workers()  # someone else manages now
+                try:
+                    if loop.time() >= renew_at:  # a write: renew well before expiry, not per poll
+                        asked = loop.time()
+                        try:
+                            leader = await asyncio.wait_for(
+                                self.store.acquire_lease(MANAGER_LEASE, self.holder, lease_ttl),
+                                lease_ttl / 3,
+                            )
+                        except Exception:
+                            leader = leader and loop.time() < held_until
+                            renew_at = loop.time() + min(1.0, lease_ttl / 3)
+                            raise
+                        held_until = asked + lease_ttl if leader else 0.0
+                        renew_at = loop.time() + lease_ttl / 3
+                    elif leader and loop.time() >= held_until:
+                        leader = False  # renewals kept failing: the lease is gone
+                    if leader:
+                        for name in [n for n, t in self._workers.items() if t.done()]:
+                            del self._workers[name]
+                        # new tenants come from other writers, which move the revision; list
+                        # on that (and once per resync), not on every poll
+                        revision = await self.store.revision()
+                        if revision != seen or loop.time() >= full_at or not self._workers:
+                            seen, full_at = revision, loop.time() + self.resync_seconds
+                            for record in await self.store.list():
+                                task = self._workers.get(record.name)
+                                if task is None or task.done():
+                                    self._workers[record.name] = asyncio.create_task(
+                                        self._worker(record.name), name=f"reconcile-{record.name}"
+                                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("lifecycle manager: %s; retrying", exc or type(exc).__name__)
+                if not leader and self._workers:
+                    await self._stop_workers()  # someone else manages now, or may
                 await asyncio.sleep(self.poll_seconds)
         finally:
             await self._stop_workers()

@@ -190,14 +190,15 @@ class RouteSync:
         return await asyncio.shield(task)
 
     async def _wake(self, name: str) -> bool:
+        """A tenant being deleted is never woken; its held requests wait (within the
+        caller's timeout) until its route goes, so they are answered "being deleted" (or 404)
+        rather than "starting"."""
         for _ in range(20):
             try:
                 record: TenantRecord = await self.store.get(name)
             except TenantNotFound:
                 return False
-            if record.spec.desired is Desired.deleted:
-                return False
-            if record.spec.desired is Desired.running:
+            if record.spec.desired in (Desired.running, Desired.deleted):
                 break
             log.info("tenant %s: waking on request", name)
             running = record.spec.model_copy(update={"desired": Desired.running})

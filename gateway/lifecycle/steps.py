@@ -17,6 +17,9 @@ class Step:
     name: str
     done: Callable[[], Awaitable[bool]]
     run: Callable[[], Awaitable[None]]
+    # run() only waits for the world (changes nothing): the reconciler abandons it when the
+    # tenant's spec changes meanwhile (a delete or pause need not wait out a ready timeout)
+    waits: bool = False
 
 
 class StepFailed(Exception):

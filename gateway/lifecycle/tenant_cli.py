@@ -212,6 +212,8 @@ async def _run(args: argparse.Namespace) -> int:
         session = _open(args)
     except Invalid as exc:
         return _fail(str(exc), EXIT_INVALID)
+    except StoreError as exc:  # the store cannot be opened (damaged, unwritable)
+        return _fail(str(exc), EXIT_FAILED)
     try:
         return await _operate(args, session)
     except Invalid as exc:

@@ -251,7 +251,26 @@ class Bootstrap:
         ca = await self.ca()
         if files.read(files.ca_path(self.tenant)) != ca:
             return False
-        return self.shared is None or await self.shared.matches(self.tenant, token, ca)
+        if self.shared is not None and not await self.shared.matches(self.tenant, token, ca):
+            return False
+        return await self._accepted(saved[0])
+
+    async def _accepted(self, token: str) -> bool:
+        """False only when the tenant refuses the token (`PermissionError`, a 401: its
+        ServiceAccount was deleted, the vcluster lost its data or signing key), so a new one
+        is minted with the admin credential now rather than at half its life. Any other
+        failure (the tenant down) is left to the steps after this one to report."""
+        try:
+            api = await self.as_gateway(token)
+            try:
+                await api.server_version()
+            finally:
+                await api.close()
+        except PermissionError:
+            return False
+        except Exception:
+            return True
+        return True
 
     async def _token_run(self) -> None:
         saved = await self.load_token()

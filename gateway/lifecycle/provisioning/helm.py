@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from gateway.lifecycle.provisioning.vcluster_values import VCLUSTER_VERSIONS, re
 from gateway.lifecycle.steps import Step, StepFailed
 from gateway.lifecycle.versions import KubernetesVersions
 
+log = logging.getLogger("vgate.lifecycle")
 PAUSED = "loft.sh/paused"
 PAUSED_REPLICAS = "loft.sh/paused-replicas"
 MANAGED_BY_VCLUSTER = "vcluster.loft.sh/managed-by"
@@ -47,6 +49,9 @@ class HelmSettings:
     server_template: str = "https://{name}.{namespace}.svc:443"
     ready_timeout: float = 300.0
     poll_seconds: float = 2.0
+    # a release "pending-*" for longer than this was left by a helm that died mid-operation
+    # (its manager killed): longer than any helm vgate runs (HelmRunner kills it at 600 s)
+    stale_pending_seconds: float = 900.0
     token: TokenPolicy = field(default_factory=TokenPolicy)
 
 
@@ -124,7 +129,7 @@ class HelmProvisioner:
                 lambda: self._release_run(spec),
             ),
             Step("resumed", lambda: self._resumed_done(spec), lambda: self._resume(spec)),
-            Step("ready", lambda: self._ready(spec), lambda: self._wait_ready(spec)),
+            Step("ready", lambda: self._ready(spec), lambda: self._wait_ready(spec), waits=True),
             *self._bootstrap(spec).steps(),
         ]
 
@@ -273,6 +278,7 @@ class HelmProvisioner:
         return status["values"] == self._values(spec)
 
     async def _release_run(self, spec: TenantSpec) -> None:
+        await self._unlock_release(spec)
         await self.helm.upgrade_install(
             spec.name,
             self.namespace(spec),
@@ -281,6 +287,34 @@ class HelmProvisioner:
             self._values(spec),
             self.settings.repo,
         )
+
+    async def _unlock_release(self, spec: TenantSpec) -> None:
+        """A release helm left "pending-install/upgrade/rollback" (the helm process killed
+        with its manager) refuses every later `helm upgrade` ("another operation is in
+        progress"). Once it has been pending for `stale_pending_seconds` nobody is working
+        on it: a pending first install is uninstalled, a pending upgrade or rollback rolled
+        back to the previous revision; the upgrade that follows does the work again.
+        Younger, it is a readable step failure, retried."""
+        ns = self.namespace(spec)
+        status = await self.helm.status(spec.name, ns)
+        state = str((status or {}).get("status") or "")
+        if not state.startswith("pending-"):
+            return
+        assert status is not None
+        since = status.get("deployed_at")
+        age = None if since is None else time.time() - since
+        if age is None or age < self.settings.stale_pending_seconds:
+            took = "for an unknown time" if age is None else f"for {age:.0f}s"
+            raise StepFailed(
+                f"helm release {spec.name} in {ns} is {state} {took}: another helm operation "
+                f"is in progress, or one died; it is repaired once pending for "
+                f"{self.settings.stale_pending_seconds:.0f}s"
+            )
+        log.warning("helm release %s in %s left %s for %.0fs: repairing", spec.name, ns, state, age)
+        if state == "pending-install":
+            await self.helm.uninstall(spec.name, ns)
+        else:
+            await self.helm.rollback(spec.name, ns)
 
     async def _statefulsets(self, spec: TenantSpec) -> list[Manifest]:
         ns = self.namespace(spec)

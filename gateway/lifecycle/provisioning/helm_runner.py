@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
@@ -28,7 +29,8 @@ class HelmNotFound(HelmError):
 
 class HelmRelease(Protocol):
     async def status(self, release: str, namespace: str) -> dict[str, Any] | None:
-        """`{"status": "deployed", "chart_version": "...", "values": {...}}` or None."""
+        """`{"status": "deployed", "chart_version": "...", "values": {...}}` (and
+        `deployed_at`, seconds, when helm tells) or None."""
 
     async def upgrade_install(
         self,
@@ -41,6 +43,19 @@ class HelmRelease(Protocol):
     ) -> None: ...
 
     async def uninstall(self, release: str, namespace: str) -> None: ...
+
+    async def rollback(self, release: str, namespace: str) -> None:
+        """Back to the release's previous revision."""
+
+
+def _epoch(when: Any) -> float | None:
+    """`deployedAt` of `helm get metadata` (RFC 3339) as seconds, or None."""
+    if not isinstance(when, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class HelmRunner:
@@ -93,6 +108,7 @@ class HelmRunner:
             "status": info.get("status"),
             "chart_version": info.get("version"),
             "values": json.loads(out) or {},
+            "deployed_at": _epoch(info.get("deployedAt")),
         }
 
     async def upgrade_install(self, release, namespace, chart, version, values, repo):
@@ -125,3 +141,8 @@ class HelmRunner:
         code, _, err = await self._run("uninstall", release, "-n", namespace)
         if code != 0 and "not found" not in err.lower():
             raise HelmError(f"helm uninstall {release}: {err.strip()[-500:]}")
+
+    async def rollback(self, release, namespace):
+        code, _, err = await self._run("rollback", release, "-n", namespace)
+        if code != 0:
+            raise HelmError(f"helm rollback {release}: {err.strip()[-500:]}")

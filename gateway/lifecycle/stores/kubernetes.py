@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,32 @@ def _refusal(error: Exception | None) -> bool:
 
 def _status_code(error: Exception | None) -> int | None:
     return getattr(getattr(error, "status", None), "code", None)
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What lightkube raises when a request gets no answer: httpx's errors (lightkube 0.x)
+    and httpx2's (lightkube 1.x)."""
+    import httpx
+
+    errors: list[type[Exception]] = [httpx.TransportError]
+    try:
+        import httpx2  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        errors.append(httpx2.TransportError)
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def _reaching(what: str) -> Iterator[None]:
+    """A write that cannot reach the API server (refused, reset, timed out) is a
+    `StoreError` saying what failed, like an answer with an error code: callers (the CLI,
+    the admin API) know the store's errors, not the HTTP client's."""
+    try:
+        yield
+    except _transport_errors() as exc:
+        raise StoreError(f"cannot {what}: the API server did not answer: {exc!r}") from exc
 
 
 def _micro_safe(moment: dt.datetime) -> dt.datetime:
@@ -302,7 +328,8 @@ class KubernetesTenantStore:
         record = TenantRecord(spec=spec, version=1, generation=1, created_at=time.time())
         body = self._resource.from_dict(object_of(record, self.namespace, None))
         try:
-            created = await self.client.create(body, namespace=self.namespace)
+            with _reaching(f"create Tenant {spec.name!r}"):
+                created = await self.client.create(body, namespace=self.namespace)
         except ApiError as exc:
             if exc.status.code == 409:
                 raise TenantExists(spec.name) from None
@@ -331,7 +358,8 @@ class KubernetesTenantStore:
 
         body = self._resource.from_dict(object_of(record, self.namespace, current.resource_version))
         try:
-            replaced = await self.client.replace(body, namespace=self.namespace)
+            with _reaching(f"update Tenant {record.name!r}"):
+                replaced = await self.client.replace(body, namespace=self.namespace)
         except ApiError as exc:
             if exc.status.code == 409:
                 with contextlib.suppress(Exception):  # the conflict is the news to report
@@ -377,7 +405,8 @@ class KubernetesTenantStore:
         await self._ready()
         current = self._at_version(name, version)
         try:
-            await self._delete_if_unchanged(name, current.resource_version)
+            with _reaching(f"delete Tenant {name!r}"):
+                await self._delete_if_unchanged(name, current.resource_version)
         except ApiError as exc:
             if exc.status.code == 409:
                 raise Conflict(name) from None

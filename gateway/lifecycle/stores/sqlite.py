@@ -15,8 +15,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -31,6 +32,7 @@ from gateway.lifecycle.model import (
 )
 from gateway.lifecycle.stores.protocol import (
     Conflict,
+    StoreError,
     TenantExists,
     TenantNotFound,
     UnreadableRecord,
@@ -55,6 +57,7 @@ CREATE TABLE IF NOT EXISTS leases (
 )
 """
 log = logging.getLogger("vgate.lifecycle.store")
+_T = TypeVar("_T")
 
 _COLUMNS = "name, spec, status, version, generation, created_at, last_activity"
 _NAMES_PER_QUERY = 500  # under SQLite's smallest limit on bound parameters (999)
@@ -71,15 +74,18 @@ class SQLiteTenantStore:
         self._lock = threading.Lock()
         self._writes = 0  # this connection's commits (data_version does not count them)
         self._unreadable: dict[str, int] = {}  # name -> stored version already warned about
-        self._db = sqlite3.connect(
-            self.path, timeout=10.0, isolation_level=None, check_same_thread=False
-        )
-        with self._lock:
-            self._wal()
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute(_SCHEMA)
-            self._db.execute(_LEASES)
+        try:  # a damaged or unwritable file is a `StoreError` naming it, as later errors are
+            self._db = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            with self._lock:
+                self._wal()
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA busy_timeout=10000")
+                self._db.execute(_SCHEMA)
+                self._db.execute(_LEASES)
+        except sqlite3.Error as exc:
+            raise StoreError(f"tenant store {self.path}: {exc}") from exc
         os.chmod(self.path, 0o600)
 
     def _wal(self) -> None:
@@ -257,42 +263,52 @@ class SQLiteTenantStore:
 
     # -- async API -------------------------------------------------------------------------
 
+    async def _off(self, call: Callable[..., _T], *args: Any) -> _T:
+        """Run `call` in a worker thread. SQLite's own failures (the file locked by another
+        process past the busy timeout, disk full, a read-only directory, a damaged file)
+        come out as `StoreError` naming the file, as every store's errors do: the CLI
+        prints them, the admin API answers a `Status`, the manager logs and retries."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"tenant store {self.path}: {exc}") from exc
+
     async def create(self, spec: TenantSpec) -> TenantRecord:
-        return await asyncio.to_thread(self._create, spec)
+        return await self._off(self._create, spec)
 
     async def get(self, name: str) -> TenantRecord:
-        return await asyncio.to_thread(self._get, name)
+        return await self._off(self._get, name)
 
     async def fingerprints(self) -> dict[str, tuple[float, int]]:
-        return await asyncio.to_thread(self._fingerprints)
+        return await self._off(self._fingerprints)
 
     async def get_many(self, names: Iterable[str]) -> list[TenantRecord]:
-        return await asyncio.to_thread(self._get_many, list(names))
+        return await self._off(self._get_many, list(names))
 
     async def list(self) -> list[TenantRecord]:
-        return await asyncio.to_thread(self._list)
+        return await self._off(self._list)
 
     async def update_spec(self, name: str, spec: TenantSpec, version: int) -> TenantRecord:
-        return await asyncio.to_thread(self._update_spec, name, spec, version)
+        return await self._off(self._update_spec, name, spec, version)
 
     async def update_status(self, name: str, status: TenantStatus, version: int) -> TenantRecord:
-        return await asyncio.to_thread(self._update_status, name, status, version)
+        return await self._off(self._update_status, name, status, version)
 
     async def delete(self, name: str, version: int) -> None:
-        await asyncio.to_thread(self._delete, name, version)
+        await self._off(self._delete, name, version)
 
     async def record_activity(self, seen: dict[str, float]) -> None:
         if seen:
-            await asyncio.to_thread(self._record_activity, dict(seen))
+            await self._off(self._record_activity, dict(seen))
 
     async def acquire_lease(self, lease: str, holder: str, ttl: float) -> bool:
-        return await asyncio.to_thread(self._acquire, lease, holder, ttl)
+        return await self._off(self._acquire, lease, holder, ttl)
 
     async def release_lease(self, lease: str, holder: str) -> None:
-        await asyncio.to_thread(self._release, lease, holder)
+        await self._off(self._release, lease, holder)
 
     async def revision(self) -> int:
-        return await asyncio.to_thread(self._revision)
+        return await self._off(self._revision)
 
     async def close(self) -> None:
         with self._lock:

@@ -8,10 +8,12 @@ controller manager this world does not have."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
 import ssl
+import time
 import uuid
 from pathlib import Path
 
@@ -69,6 +71,19 @@ async def whoami(server: str, ca: bytes, token: str) -> str:
         )
     assert r.status_code == 201, r.text
     return r.json()["status"]["userInfo"]["username"]
+
+
+async def refused_within(server: str, ca: bytes, token: str, seconds: float) -> None:
+    """Wait until the API server refuses `token` (401)."""
+    context = ssl.create_default_context(cadata=ca.decode())
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(verify=context) as http:
+        while True:
+            r = await http.get(f"{server}/version", headers={"Authorization": f"Bearer {token}"})
+            if r.status_code == 401:
+                return
+            assert time.monotonic() < deadline, f"token still accepted after {seconds}s"
+            await asyncio.sleep(0.5)
 
 
 async def test_helm_provisioner_on_real_api_servers(
@@ -176,6 +191,15 @@ async def test_helm_provisioner_on_real_api_servers(
                 if (e.get("objectRef") or {}).get("subresource") == "token"
             ]
             assert minted[-1]["user"]["username"] == GATEWAY_SA
+
+            # the gateway's ServiceAccount deleted inside the tenant (its tokens die with it):
+            # the next pass recreates it and mints a token the tenant accepts, at once
+            tenant_api.kubectl("-n", "vgate-system", "delete", "serviceaccount", "vgate-gateway")
+            await refused_within(tenant_api.url, ca, renewed, 30)  # its token cache: ~10 s
+            assert await reconciler.reconcile("t1")
+            replaced = files.token_path("t1").read_text()
+            assert replaced != renewed
+            assert await whoami(tenant_api.url, ca, replaced) == GATEWAY_SA
 
             # pause and resume like the vcluster CLI
             await operations.pause("t1")

@@ -487,3 +487,113 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
         for store, _, _, _, api in replicas:
             await store.close()
             await api.close()
+
+
+async def test_writes_the_api_server_does_not_answer_are_store_errors(host, tmp_path):
+    """The host API server gone mid-operation (connection refused): create, update and delete
+    fail with a `StoreError` saying what failed (the CLI prints it and exits 1, the admin API
+    answers a 503 Status), not with the HTTP client's exception (a traceback, a bare 500)."""
+    import socket
+
+    import yaml
+
+    store = store_on(host)
+    try:
+        record = await store.create(spec("gone"))
+        with socket.socket() as probe:  # a port nothing listens on any more
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = yaml.safe_load(host.kubeconfig.read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
+        (tmp_path / "down.yaml").write_text(yaml.safe_dump(config))
+        await store.client.close()
+        store._client = AsyncClient(config=KubeConfig.from_file(tmp_path / "down.yaml"))
+        with pytest.raises(StoreError, match="cannot create Tenant 'other': the API server did"):
+            await store.create(spec("other"))
+        with pytest.raises(StoreError, match="cannot update Tenant 'gone': the API server did"):
+            await store.update_status("gone", TenantStatus(phase=Phase.ready), record.version)
+        with pytest.raises(StoreError, match="cannot delete Tenant 'gone': the API server did"):
+            await store.delete("gone", record.version)
+        assert (await store.get("gone")).version == record.version  # nothing half-written
+    finally:
+        await store.close()
+
+
+async def test_a_manager_started_while_the_host_is_down_manages_once_it_is_up(host, tmp_path):
+    """The host API server unreachable when the manager starts (a stand-in port that refuses
+    connections, then forwards to the real server): the manager keeps trying, and once the
+    server answers it takes the Lease and brings the waiting tenant to Ready. It used to end
+    at its first failed Lease request and never manage anything."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import yaml
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = yaml.safe_load(host.kubeconfig.read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    (tmp_path / "via-proxy.yaml").write_text(yaml.safe_dump(config))
+    real = urlsplit(host.api.url)
+
+    async def forward(reader, writer):
+        try:
+            up_reader, up_writer = await asyncio.open_connection(real.hostname, real.port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    world = World()
+    files = CredentialFiles(tmp_path / "credentials")
+    store = KubernetesTenantStore(
+        namespace=host.namespace,
+        lease_name="vgate-lifecycle",
+        kubeconfig=tmp_path / "via-proxy.yaml",
+    )
+    provisioner = HelmProvisioner(
+        FakeHost(world),
+        FakeHelm(world),
+        connector(world),
+        files,
+        HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
+    )
+    reconciler = Reconciler(
+        store, provisioner, backoff=Backoff(base=0.0, cap=0.0, jitter=0.0), poll_seconds=0.05
+    )
+    writer = store_on(host)
+    run = asyncio.create_task(reconciler.run(lease_ttl=3.0))
+    server = None
+    try:
+        await writer.create(spec())
+        await asyncio.sleep(2.0)  # the manager meets a host that is down
+        assert not run.done(), run
+        server = await asyncio.start_server(forward, "127.0.0.1", port)
+        up = time.monotonic()
+
+        async def ready():
+            return (await writer.get("t1")).status.phase is Phase.ready
+
+        await eventually(ready, within=30)
+        print(f"tenant Ready {time.monotonic() - up:.1f}s after the host came back")
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        if server is not None:
+            server.close()
+        await store.close()
+        await writer.close()

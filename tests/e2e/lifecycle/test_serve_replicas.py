@@ -155,3 +155,77 @@ def test_two_replicas_serve_a_tenant_from_the_kubernetes_store(
         for replica in replicas:
             replica.stop()
         issuer.down()
+
+
+def test_the_manager_lease_moves_on_sigterm_at_once_and_after_sigkill_within_its_duration(
+    host_namespace, store_kubeconfig, kube_host, tmp_path
+):
+    """Two managing `vgate serve` replicas on the chart's RBAC: one holds the Lease. SIGTERM
+    releases it (the other takes it on its next try, within a third of the lease); SIGKILL
+    leaves it held, and the other takes it once it has seen it unrenewed for the lease's
+    duration (15 s) by its own clock."""
+    import os
+    import signal
+    import socket
+
+    ns = host_namespace
+
+    def replica(name: str) -> ServedGateway:
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        (folder / "policies").mkdir(exist_ok=True)
+        config = {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "workers": 1,
+            "routing": {"path_prefix": "/clusters"},
+            "oidc": {"issuers": [{"issuer": "https://idp.example.com", "audiences": ["v"]}]},
+            "policies": str(folder / "policies"),
+            "lifecycle": {
+                "store_backend": "kubernetes",
+                "store_namespace": ns,
+                "store_kubeconfig": str(store_kubeconfig),
+                "credentials_dir": str(folder / "credentials"),
+                "provisioner": "helm",  # no tenant here: it never runs
+                "helm": {"kubeconfig": str(store_kubeconfig)},
+                "poll_seconds": 0.1,
+            },
+        }
+        (folder / "vgate.yaml").write_text(yaml.safe_dump(config))
+        return ServedGateway(folder / "vgate.yaml")
+
+    def holder() -> str:
+        out = kube_host.kubectl(
+            "-n", ns, "get", "lease", "vgate-lifecycle", "-o", "json", check=False
+        )
+        if out.returncode:
+            return ""
+        return (yaml.safe_load(out.stdout).get("spec") or {}).get("holderIdentity") or ""
+
+    def held_by(replicas: dict[str, ServedGateway], within: float) -> tuple[str, float]:
+        start = time.monotonic()
+        while time.monotonic() - start < within:
+            now = holder()
+            for name, served in replicas.items():
+                if now.startswith(f"{socket.gethostname()}:{served.proc.pid}:"):
+                    return name, time.monotonic() - start
+            time.sleep(0.2)
+        raise AssertionError(f"no replica holds the lease after {within}s: {holder()!r}")
+
+    replicas = {name: replica(name) for name in ("a", "b")}
+    try:
+        first, _ = held_by(replicas, 20)
+        other = "b" if first == "a" else "a"
+        replicas[first].stop()  # SIGTERM
+        assert replicas[first].proc.returncode == 0
+        _, took = held_by({other: replicas[other]}, 15)
+        assert took < 8, f"a released lease took {took:.1f}s to move"
+        print(f"lease takeover after SIGTERM: {took:.1f}s")
+        replicas[first] = replica(first)  # back, as a follower
+        os.kill(replicas[other].proc.pid, signal.SIGKILL)
+        replicas[other].proc.wait(10)
+        _, took = held_by({first: replicas[first]}, 30)
+        assert 14 < took < 25, f"took over after {took:.1f}s"
+        print(f"lease takeover after SIGKILL: {took:.1f}s")
+    finally:
+        for served in replicas.values():
+            served.stop()

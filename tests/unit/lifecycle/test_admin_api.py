@@ -255,3 +255,24 @@ async def test_a_tenant_stored_by_a_newer_version_is_a_500_status_saying_so(api)
     r = await client.get("/admin/tenants")
     assert r.status_code == 200
     assert "t2" not in json.dumps(r.json()) and "t1" in json.dumps(r.json())
+
+
+async def test_a_store_that_fails_is_a_503_status_to_retry(api):
+    """The store locked by another process (or full, or the host API down): a Kubernetes
+    `Status` 503 with `Retry-After` and the store's reason, not a bare text 500."""
+    import sqlite3
+
+    client, store = api
+    store._db.execute("PRAGMA busy_timeout=100")
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        r = await client.post("/admin/tenants", json={"name": "t1", "admin_groups": ["a"]})
+    finally:
+        other.rollback()
+        other.close()
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["kind"] == "Status" and r.json()["reason"] == "ServiceUnavailable"
+    assert "database is locked" in r.json()["message"]
+    r = await client.post("/admin/tenants", json={"name": "t1", "admin_groups": ["a"]})
+    assert r.status_code == 201

@@ -121,6 +121,18 @@ def test_commands_messages_and_exit_codes(config_file, tmp_path):
     assert r.returncode == 4
 
 
+def test_a_damaged_store_file_is_one_line_and_exit_1(config_file, tmp_path):
+    """A store file that is not a database (or cannot be written): the reason and the file in
+    one line, exit 1; it used to be a Python traceback."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "tenants.db").write_bytes(b"not a database, really" * 400)
+    r = vgate(config_file, "list")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == (
+        f"vgate tenant: tenant store {tmp_path / 'state' / 'tenants.db'}: file is not a database\n"
+    )
+
+
 def test_wait_follows_steps_and_reconciles_when_no_gateway_manages(
     config_file, monkeypatch, capsys
 ):

@@ -140,3 +140,103 @@ async def test_the_manager_lists_on_change_not_every_poll_and_sees_its_own_store
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_the_manager_outlives_a_store_it_cannot_reach_at_start(setup):
+    """The host API server down at start (or a 500/429, or the SQLite file locked by another
+    process past its busy timeout): acquiring the lease raises. The manager logs it and
+    tries again; it used to end there, silently, and never managed anything again."""
+    from gateway.lifecycle.stores.protocol import StoreError
+
+    reconciler = setup.reconciler()
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    acquire = setup.store.acquire_lease
+    outage = 3
+
+    async def down_at_first(*args, **kw):
+        nonlocal outage
+        if outage:
+            outage -= 1
+            raise StoreError("cannot read Lease 'vgate-lifecycle': 500 etcdserver: leader changed")
+        return await acquire(*args, **kw)
+
+    setup.store.acquire_lease = down_at_first
+    run = asyncio.create_task(reconciler.run(lease_ttl=0.3))
+    try:
+        await phase(setup.store, Phase.ready)
+        assert outage == 0
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_a_leader_that_cannot_renew_stops_before_its_lease_runs_out(setup):
+    """While renewals fail the leader keeps acting only as long as the lease it last wrote
+    holds (another replica may take over after that); then its workers stop, and they start
+    again once a renewal succeeds."""
+    from gateway.lifecycle.stores.protocol import StoreError
+
+    reconciler = setup.reconciler()
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    acquire = setup.store.acquire_lease
+    failing = False
+
+    async def revocable(*args, **kw):
+        if failing:
+            raise StoreError("cannot update Lease 'vgate-lifecycle': 403 Forbidden")
+        return await acquire(*args, **kw)
+
+    setup.store.acquire_lease = revocable
+    run = asyncio.create_task(reconciler.run(lease_ttl=0.3))
+    try:
+        await phase(setup.store, Phase.ready)
+        assert reconciler._workers
+        failing = True
+        await asyncio.sleep(0.6)  # two lease durations without a renewal
+        assert not reconciler._workers, "a leader without a lease kept reconciling"
+        failing = False
+        for _ in range(500):
+            if reconciler._workers:
+                break
+            await asyncio.sleep(0.01)
+        assert reconciler._workers
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_a_delete_does_not_wait_for_a_vcluster_that_never_gets_ready(setup):
+    """A vcluster that never becomes ready holds its pass in the `ready` step for
+    `ready_timeout` (300 s by default); a delete (or pause) asked meanwhile starts at once
+    instead of after that wait."""
+    from gateway.lifecycle.provisioning.helm import HelmSettings
+
+    setup.settings = HelmSettings(poll_seconds=0.01, ready_timeout=60.0)
+    reconciler = setup.reconciler()
+
+    async def never_ready(spec):
+        return False
+
+    reconciler.provisioner._ready = never_ready
+    await setup.store.create(TenantSpec(name="t1", admin_groups=["a"]))
+    run = asyncio.create_task(reconciler.run())
+    try:
+        for _ in range(1000):
+            record = await setup.store.get("t1")
+            if record.status.step == "ready":
+                break
+            await asyncio.sleep(0.01)
+        assert record.status.step == "ready", record.status
+        await setup.store.update_spec(
+            "t1", record.spec.model_copy(update={"desired": Desired.deleted}), record.version
+        )
+        asked = time.monotonic()
+        while time.monotonic() - asked < 10:
+            if not await setup.store.list():
+                break
+            await asyncio.sleep(0.02)
+        assert not await setup.store.list(), "the delete waited for the ready timeout"
+        assert not [k for k in setup.world.objects if k[2] == "vcluster-t1"]
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)

@@ -420,6 +420,25 @@ async def test_token_is_rotated_by_the_gateway_itself_before_expiry(setup):
     assert cluster.admin_logins == admin_logins + 1
 
 
+async def test_a_token_the_tenant_no_longer_accepts_is_replaced_at_once(setup):
+    """Behind the manager's back the gateway's ServiceAccount is deleted inside the tenant
+    (its admins are cluster-admin there) or the vcluster loses its data: the saved token,
+    still fresh by its expiry, is refused (401). The next pass mints a new one with the admin
+    credential; it used to keep the dead token until half its life had passed (30 min by
+    default), every request through the gateway answered 401 by the tenant meanwhile."""
+    await setup.store.create(spec())
+    await converge(setup)
+    cluster = setup.world.clusters["https://t1.vcluster-t1.svc:443"]
+    old = setup.files.token_path("t1").read_text()
+    del cluster.objects[("ServiceAccount", "vgate-system", "vgate-gateway")]
+    cluster.tokens.clear()  # deleting a ServiceAccount invalidates its tokens
+    assert await setup.reconciler().reconcile("t1")
+    new = setup.files.token_path("t1").read_text()
+    assert new != old and new in cluster.tokens
+    record = await setup.store.get("t1")
+    assert record.status.phase is Phase.ready and record.status.last_error is None
+
+
 async def test_ha_deploys_etcd(setup):
     await setup.store.create(spec(ha=3))
     await converge(setup)

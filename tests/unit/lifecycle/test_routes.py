@@ -281,6 +281,66 @@ def test_auto_wake_gives_up_with_retry_after(world):
     assert manager.run(manager.store.get("t1")).spec.desired is Desired.running
 
 
+def test_a_wake_whose_resume_keeps_failing_says_so_with_the_error_reference(world):
+    """The held request of a tenant whose resume fails (its vcluster never gets ready) is
+    answered like any tenant whose step failed: the phase, the step, how often and the
+    error's reference, `Retry-After: 1`; never the error's text. It used to be told
+    "starting; retry shortly" (Retry-After 10) however long the resume had been failing."""
+    gw, manager, client = world
+    gw.gateway.wake_timeout = 0.3
+    manager.create("t1", paused=True, auto_wake=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    reference = new_error_reference()
+    manager.progress(
+        "t1",
+        Phase.provisioning,
+        "ready",
+        error="ready: vcluster t1 not ready after 300s (host 10.1.2.3)",
+        failures=3,
+        reference=reference,
+    )
+    assert wait_for(lambda: gw.gateway.registry.state("t1") is not None)
+    r = client.get("/clusters/t1/api/v1/pods")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["message"].startswith(
+        f'tenant "t1" is not ready (Provisioning, step "ready"; failed 3 times in a row, '
+        f"error reference {reference})"
+    )
+    assert {"type": "TenantErrorReference", "message": reference} in r.json()["details"]["causes"]
+    assert "10.1.2.3" not in r.text
+    assert manager.run(manager.store.get("t1")).spec.desired is Desired.running
+
+
+def test_a_request_to_wake_a_tenant_being_deleted_is_told_so_and_wakes_nothing(world):
+    """Delete races a request that would wake the paused tenant: the delete wins (the spec
+    stays `deleted`), and the held request is answered once the route is gone with the 503
+    naming the deletion, not "starting; retry shortly" (which sent kubectl back for a tenant
+    that is going away)."""
+    gw, manager, client = world
+    manager.create("t1", paused=True, auto_wake=True)
+    assert wait_for(lambda: gw.gateway.registry.get("t1") is not None)
+    record = manager.run(manager.store.get("t1"))
+    deleted = record.spec.model_copy(update={"desired": Desired.deleted})
+    manager.run(manager.store.update_spec("t1", deleted, record.version))
+
+    def reconciler():  # its first delete step: the route goes
+        time.sleep(0.3)
+        record = manager.run(manager.store.get("t1"))
+        status = record.status.model_copy(
+            update={"route": None, "phase": Phase.deleting, "step": "helm-release"}
+        )
+        manager.run(manager.store.update_status("t1", status, record.version))
+
+    thread = threading.Thread(target=reconciler)
+    thread.start()
+    r = client.get("/clusters/t1/api/v1/pods")
+    thread.join()
+    assert manager.run(manager.store.get("t1")).spec.desired is Desired.deleted
+    assert r.status_code == 503, r.text
+    assert "being deleted" in r.json()["message"], r.json()
+    assert {"type": "TenantPhase", "message": "Deleting"} in r.json()["details"]["causes"]
+
+
 def test_stored_admin_groups_grant_cluster_admin(world, issuer, upstream):
     gw, manager, client = world
     outsider = {"Authorization": "Bearer " + issuer.sign(issuer.claims(groups=["ops-t1"]))}

@@ -264,3 +264,34 @@ async def test_a_record_this_version_cannot_read_is_left_out_not_fatal(tmp_path,
         await store.get("broken")
     assert (await store.get("good")).spec.name == "good"
     await store.close()
+
+
+async def test_a_locked_or_damaged_file_is_a_store_error_naming_it(tmp_path):
+    """Another process holding the file's write lock past the busy timeout, or a file that is
+    not a database: `StoreError` with the file and SQLite's reason (the CLI prints it, the
+    admin API answers a 503 Status, the manager retries), not `sqlite3.OperationalError`.
+    Reads go on under the lock (WAL), and nothing half-written is left once it is gone."""
+    from gateway.lifecycle.stores.protocol import StoreError
+
+    store = SQLiteTenantStore(tmp_path / "t.db")
+    try:
+        record = await store.create(spec("t1"))
+        store._db.execute("PRAGMA busy_timeout=100")  # not the 10 s a test would wait
+        other = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StoreError, match=rf"{tmp_path / 't.db'}: database is locked"):
+                await store.create(spec("t2"))
+            with pytest.raises(StoreError, match="database is locked"):
+                await store.update_spec("t1", spec("t1", ha=3), record.version)
+            assert (await store.get("t1")).version == record.version
+        finally:
+            other.rollback()
+            other.close()
+        assert [r.name for r in await store.list()] == ["t1"]
+        assert (await store.update_spec("t1", spec("t1", ha=3), record.version)).version == 2
+    finally:
+        await store.close()
+    (tmp_path / "bad.db").write_bytes(b"not a database, really" * 400)
+    with pytest.raises(StoreError, match=rf"{tmp_path / 'bad.db'}: file is not a database"):
+        SQLiteTenantStore(tmp_path / "bad.db")
