@@ -493,20 +493,11 @@ async def test_writes_the_api_server_does_not_answer_are_store_errors(host, tmp_
     """The host API server gone mid-operation (connection refused): create, update and delete
     fail with a `StoreError` saying what failed (the CLI prints it and exits 1, the admin API
     answers a 503 Status), not with the HTTP client's exception (a traceback, a bare 500)."""
-    import socket
-
-    import yaml
 
     store = store_on(host)
     try:
         record = await store.create(spec("gone"))
-        with socket.socket() as probe:  # a port nothing listens on any more
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        config = yaml.safe_load(host.kubeconfig.read_text())
-        for cluster in config["clusters"]:
-            cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
-        (tmp_path / "down.yaml").write_text(yaml.safe_dump(config))
+        _kubeconfig_on_free_port(host, tmp_path / "down.yaml")  # nothing listens there
         await store.client.close()
         store._client = AsyncClient(config=KubeConfig.from_file(tmp_path / "down.yaml"))
         with pytest.raises(StoreError, match="cannot create Tenant 'other': the API server did"):
@@ -525,18 +516,9 @@ async def test_a_manager_started_while_the_host_is_down_manages_once_it_is_up(ho
     connections, then forwards to the real server): the manager keeps trying, and once the
     server answers it takes the Lease and brings the waiting tenant to Ready. It used to end
     at its first failed Lease request and never manage anything."""
-    import socket
     from urllib.parse import urlsplit
 
-    import yaml
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = yaml.safe_load(host.kubeconfig.read_text())
-    for cluster in config["clusters"]:
-        cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
-    (tmp_path / "via-proxy.yaml").write_text(yaml.safe_dump(config))
+    port = _kubeconfig_on_free_port(host, tmp_path / "via-proxy.yaml")
     real = urlsplit(host.api.url)
 
     async def forward(reader, writer):
@@ -597,3 +579,20 @@ async def test_a_manager_started_while_the_host_is_down_manages_once_it_is_up(ho
             server.close()
         await store.close()
         await writer.close()
+
+
+def _kubeconfig_on_free_port(host, path):
+    """Write to `path` the host's kubeconfig with its server moved to a free local port
+    (nothing listens there until a test does); return that port."""
+    import socket
+
+    import yaml
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = yaml.safe_load(host.kubeconfig.read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    path.write_text(yaml.safe_dump(config))
+    return port
