@@ -100,6 +100,21 @@ def gateway_api(host: Host) -> LightkubeAPI:
     return LightkubeAPI.from_path(host.kubeconfig)
 
 
+def scripted_provisioner(
+    world: World, files: CredentialFiles, shared: CredentialSecrets | None = None
+) -> HelmProvisioner:
+    """A provisioner whose host cluster and helm are the scripted `world` (the store under
+    test is the real one), quick to call a vcluster ready."""
+    return HelmProvisioner(
+        FakeHost(world),
+        FakeHelm(world),
+        connector(world),
+        files,
+        HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
+        shared=shared,
+    )
+
+
 def spec(name: str = "t1", **kw) -> TenantSpec:
     return TenantSpec(name=name, admin_groups=["admins"], **kw)
 
@@ -432,14 +447,7 @@ async def test_two_replicas_one_manages_both_route_and_the_other_takes_over(host
         api = gateway_api(host)
         shared = CredentialSecrets(api, host.namespace, files)
         store = store_on(host)
-        provisioner = HelmProvisioner(
-            FakeHost(world),
-            FakeHelm(world),
-            connector(world),
-            files,
-            HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
-            shared=shared,
-        )
+        provisioner = scripted_provisioner(world, files, shared=shared)
         reconciler = Reconciler(
             store, provisioner, backoff=Backoff(base=0.0, cap=0.0, jitter=0.0), poll_seconds=0.02
         )
@@ -547,13 +555,7 @@ async def test_a_manager_started_while_the_host_is_down_manages_once_it_is_up(ho
         lease_name="vgate-lifecycle",
         kubeconfig=tmp_path / "via-proxy.yaml",
     )
-    provisioner = HelmProvisioner(
-        FakeHost(world),
-        FakeHelm(world),
-        connector(world),
-        files,
-        HelmSettings(poll_seconds=0.0, ready_timeout=0.05),
-    )
+    provisioner = scripted_provisioner(world, files)
     reconciler = Reconciler(
         store, provisioner, backoff=Backoff(base=0.0, cap=0.0, jitter=0.0), poll_seconds=0.05
     )
