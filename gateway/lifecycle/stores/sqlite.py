@@ -85,8 +85,12 @@ class SQLiteTenantStore:
                 self._db.execute(_SCHEMA)
                 self._db.execute(_LEASES)
         except sqlite3.Error as exc:
-            raise StoreError(f"tenant store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
         os.chmod(self.path, 0o600)
+
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        """One of SQLite's own failures, as the `StoreError` naming this store's file."""
+        return StoreError(f"tenant store {self.path}: {exc}")
 
     def _wal(self) -> None:
         """Switch to WAL. Several processes opening a new store at once (gateway workers)
@@ -271,7 +275,7 @@ class SQLiteTenantStore:
         try:
             return await asyncio.to_thread(call, *args)
         except sqlite3.Error as exc:
-            raise StoreError(f"tenant store {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     async def create(self, spec: TenantSpec) -> TenantRecord:
         return await self._off(self._create, spec)
